@@ -1,0 +1,102 @@
+"""Engine overhead: 20,000 zero-latency `sim` jobs through the whole path on one worker.
+
+Submits 100 plans of 200 jobs (100 roots, each with one dependent) from a separate connection
+while one worker runs, then reads the timings back from the database:
+- jobs/s from the first job's start to the last job's finish;
+- p50/p99 hand-off: a dependency's completion to its dependent's start.
+
+    python bench/overhead.py [--jobs 20000] [--database-url sqlite:///path]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from reelflow.config import Settings
+from reelflow.engine.scheduler import Engine
+from reelflow.engine.worker import Worker
+from reelflow.providers.registry import Providers
+from reelflow.providers.sim import SimProvider
+from reelflow.store import open_store
+
+
+def plan(pairs: int) -> dict[str, object]:
+    jobs: list[dict[str, object]] = []
+    for i in range(pairs):
+        jobs.append({"id": f"r{i}", "type": "generate-video", "model": "sim/video", "params": {}})
+    for i in range(pairs):
+        jobs.append(
+            {"id": f"d{i}", "type": "generate-video", "model": "sim/video", "params": {}, "depends_on": [f"r{i}"]}
+        )
+    return {"jobs": jobs}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def main(total: int, database_url: str | None, concurrency: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="reelflow-bench-"))
+    settings = Settings(
+        database_url=database_url or f"sqlite:///{tmp}/bench.db",
+        storage_url=f"file://{tmp}/artifacts",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    pairs = 100
+    plans = max(1, total // (2 * pairs))
+    worker_store = open_store(settings.database_url)
+    await worker_store.migrate()
+    client_store = open_store(settings.database_url)
+    engine = Engine(client_store)
+    worker = Worker(worker_store, settings=settings, providers=Providers({"sim": SimProvider()}),
+                    concurrency=concurrency)
+    runner = asyncio.create_task(worker.run())
+    t0 = time.perf_counter()
+    ids = [await engine.submit(plan(pairs)) for _ in range(plans)]
+    submit_s = time.perf_counter() - t0
+    for eid in ids:
+        await engine.wait(eid, poll_s=0.05)
+    worker.stop()
+    await runner
+    starts: list[float] = []
+    ends: list[float] = []
+    handoffs: list[float] = []
+    for eid in ids:
+        state = await engine.get(eid)
+        by_id = {j["id"]: j for j in state["jobs"]}
+        assert state["status"] == "succeeded", state["error"]
+        for j in state["jobs"]:
+            starts.append(_ts(j["started_at"]))
+            ends.append(_ts(j["finished_at"]))
+            if j["depends_on"]:
+                handoffs.append(_ts(j["started_at"]) - _ts(by_id[j["depends_on"][0]]["finished_at"]))
+    n = len(starts)
+    span = max(ends) - min(starts)
+    print(f"store: {settings.database_url.split(':')[0]}  jobs: {n}  plans: {plans} x {2 * pairs}")
+    print(f"submit: {plans} plans in {submit_s:.2f} s ({n / submit_s:,.0f} jobs/s enqueued)")
+    print(f"throughput: {(n - 1) / span:,.0f} jobs/s (first start to last finish: {span:.2f} s)")
+    print(f"hand-off (dependency done -> dependent started): p50 {statistics.median(handoffs) * 1000:.1f} ms,"
+          f" p99 {pct(handoffs, 0.99) * 1000:.1f} ms, max {max(handoffs) * 1000:.1f} ms")
+    await worker_store.close()
+    await client_store.close()
+
+
+def _ts(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--database-url")
+    parser.add_argument("--concurrency", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.database_url, args.concurrency))

@@ -1,0 +1,331 @@
+"""The `reelflow` command line (typer + rich). Exit status: 0 ok, 1 failed or refused, 2 bad usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .config import get_settings
+from .display import progress_view, timeline_table
+from .engine.runtime import LocalRuntime
+from .engine.worker import Worker
+from .errors import PlanError, ReelflowError
+from .plan import load_plan_text
+from .providers.catalog import list_models
+
+app = typer.Typer(
+    name="reelflow",
+    help="Run AI video pipelines: plans of generation jobs on a durable queue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", envvar="REELFLOW_SERVER", help="Talk to a reelflow server at this URL.")
+]
+
+
+class Refused(Exception):
+    """Ends a command with exit status 1 after the message was shown."""
+
+
+def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; turn every expected failure into a message and an exit status."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except PlanError as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+        except (ReelflowError, ValueError, OSError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+        except Refused:
+            pass
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+def _no_server(server: str | None) -> None:
+    if server:
+        err.print("[red]error:[/red] --server needs the HTTP API, which this build does not include yet")
+        raise typer.Exit(2)
+
+
+def _read_plan(path: Path) -> Any:
+    if str(path) == "-":
+        return load_plan_text(sys.stdin.read(), filename="<stdin>")
+    if not path.is_file():
+        err.print(f"[red]error:[/red] plan file {str(path)!r} not found")
+        raise typer.Exit(2)
+    return load_plan_text(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+async def _follow(rt: LocalRuntime, execution_id: str, *, as_json: bool) -> dict[str, Any]:
+    """Wait for the execution, with a live per-job display unless JSON was asked for."""
+    if as_json or not out.is_terminal:
+        return await rt.wait(execution_id)
+    with Live(console=out, refresh_per_second=8, transient=False) as live:
+
+        def show(state: dict[str, Any]) -> None:
+            live.update(progress_view(state))
+
+        return await rt.wait(execution_id, on_update=show)
+
+
+def _summary(state: dict[str, Any]) -> None:
+    style = {"succeeded": "green", "failed": "red", "canceled": "magenta"}.get(state["status"], "yellow")
+    out.print(f"execution [bold]{state['id']}[/bold] [{style}]{state['status']}[/{style}]", highlight=False)
+    if state.get("error"):
+        out.print(f"  error: {state['error']}", highlight=False)
+    result = state.get("result") or {}
+    if result.get("path") or result.get("url"):
+        out.print(f"  output: {result.get('path') or result.get('url')}", highlight=False)
+
+
+def _exit_for(state: dict[str, Any]) -> None:
+    if state["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    plan: Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - for standard input.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress.")] = False,
+    webhook: Annotated[str | None, typer.Option("--webhook", help="Deliver the final state to this URL.")] = None,
+    server: ServerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate and enqueue a plan; with --wait, follow it to the end."""
+    _no_server(server)
+    data = _read_plan(plan)
+    state = _run(data, wait, webhook, as_json)
+    if wait:
+        _exit_for(state)
+
+
+@command
+async def _run(data: Any, wait: bool, webhook: str | None, as_json: bool) -> dict[str, Any]:
+    rt = LocalRuntime()
+    try:
+        execution_id = await rt.engine.submit(data, webhook=webhook)
+        if wait:
+            state = await _follow(rt, execution_id, as_json=as_json)
+            if as_json:
+                _print_json(state)
+            else:
+                out.print(timeline_table(state))
+                _summary(state)
+            return state
+        state = await rt.engine.get(execution_id)
+        if as_json:
+            _print_json({"id": execution_id, "status": state["status"]})
+        else:
+            out.print(f"accepted: execution [bold]{execution_id}[/bold] ({len(state['jobs'])} jobs queued)")
+        return state
+    finally:
+        await rt.close()
+
+
+@app.command()
+def status(
+    execution_id: Annotated[str, typer.Argument(metavar="ID")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress.")] = False,
+    server: ServerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an execution's state."""
+    _no_server(server)
+    state = _status(execution_id, wait, as_json)
+    if wait:
+        _exit_for(state)
+
+
+@command
+async def _status(execution_id: str, wait: bool, as_json: bool) -> dict[str, Any]:
+    rt = LocalRuntime()
+    try:
+        state = await (_follow(rt, execution_id, as_json=as_json) if wait else rt.engine.get(execution_id))
+        if as_json:
+            _print_json(state)
+        else:
+            out.print(progress_view(state))
+            _summary(state)
+        return state
+    finally:
+        await rt.close()
+
+
+@app.command()
+def events(execution_id: Annotated[str, typer.Argument(metavar="ID")], server: ServerOpt = None) -> None:
+    """Print an execution's event log, one JSON object per line."""
+    _no_server(server)
+    _events(execution_id)
+
+
+@command
+async def _events(execution_id: str) -> None:
+    rt = LocalRuntime()
+    try:
+        await rt.engine.get(execution_id)
+        after = 0
+        while batch := await rt.store.events(execution_id, after=after):
+            for e in batch:
+                sys.stdout.write(json.dumps({"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data}) + "\n")
+            after = batch[-1].seq
+    finally:
+        await rt.close()
+
+
+def _lifecycle(name: str, call: Callable[[LocalRuntime, str], Awaitable[Any]]) -> Callable[..., None]:
+    def cmd(
+        execution_id: Annotated[str, typer.Argument(metavar="ID")],
+        server: ServerOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        _no_server(server)
+
+        @command
+        async def body() -> None:
+            rt = LocalRuntime()
+            try:
+                result = await call(rt, execution_id)
+                state = result if isinstance(result, dict) else await rt.engine.get(result)
+                if as_json:
+                    _print_json(state)
+                else:
+                    _summary(state)
+            finally:
+                await rt.close()
+
+        body()
+
+    cmd.__name__ = name
+    return cmd
+
+
+app.command("cancel", help="Cancel an execution: queued jobs are canceled, running ones stopped.")(
+    _lifecycle("cancel", lambda rt, i: rt.engine.cancel(i))
+)
+app.command("resume", help="Re-run only the failed, canceled and skipped jobs of an execution.")(
+    _lifecycle("resume", lambda rt, i: rt.engine.resume(i))
+)
+app.command("retry", help="Start a new execution of the same plan.")(
+    _lifecycle("retry", lambda rt, i: rt.engine.retry(i))
+)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs held at once.")] = 1000,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT: claims jobs from the database and runs them."""
+    _worker(concurrency)
+
+
+@command
+async def _worker(concurrency: int) -> None:
+    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    rt = LocalRuntime()
+    try:
+        w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
+        w.install_signal_handlers()
+        err.print(f"worker {w.id} on {rt.settings.database_url} (concurrency {concurrency})")
+        await w.run()
+        err.print(f"worker {w.id} stopped after {w.finished} jobs")
+    finally:
+        await rt.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    _migrate()
+
+
+@command
+async def _migrate() -> None:
+    rt = LocalRuntime()
+    try:
+        version = await rt.store.migrate()
+        out.print(f"database {rt.settings.database_url} at schema version {version}")
+    finally:
+        await rt.close()
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the model catalog."""
+    specs = list_models()
+    if as_json:
+        _print_json([m.model_dump(mode="json") for m in specs])
+        return
+    table = Table(title="models")
+    for col in ("model", "types", "parameters", "price"):
+        table.add_column(col)
+    for m in specs:
+        price = "free" if m.price.unit == "free" else f"${m.price.usd:g} / {m.price.unit}"
+        table.add_row(m.id, ", ".join(m.types), ", ".join(m.params), price)
+    out.print(table)
+
+
+@app.command()
+def demo() -> None:
+    """Render the sunset demo on the local provider and print the MP4's path and a timeline."""
+    text = (resources.files("reelflow") / "examples" / "sunset.yaml").read_text(encoding="utf-8")
+    state = _demo(load_plan_text(text, filename="sunset.yaml"))
+    _exit_for(state)
+
+
+@command
+async def _demo(data: Any) -> dict[str, Any]:
+    rt = LocalRuntime()
+    try:
+        execution_id = await rt.engine.submit(data)
+        out.print(f"demo: execution [bold]{execution_id}[/bold] on {rt.settings.database_url}")
+        state = await _follow(rt, execution_id, as_json=False)
+        out.print(timeline_table(state))
+        _summary(state)
+        if state["status"] == "succeeded":
+            result = state["result"] or {}
+            out.print(
+                f"[green]final video:[/green] {result.get('path')}  "
+                f"({result.get('duration')} s, {result.get('width')}x{result.get('height')})",
+                highlight=False,
+            )
+        return state
+    finally:
+        await rt.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

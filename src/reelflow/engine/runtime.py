@@ -1,0 +1,50 @@
+"""The local runtime: a Store from the settings, an Engine on it, and an embedded worker on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from ..config import Settings, get_settings
+from ..store import Store, open_store
+from .scheduler import Engine, Listener
+from .worker import Worker
+
+
+class LocalRuntime:
+    """Everything the CLI and SDK need to work on the local database without a server."""
+
+    def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.store = store or open_store(self.settings.database_url)
+        self.engine = Engine(self.store)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def workers_running(self) -> bool:
+        return await self.store.live_workers(within_s=self.settings.lease_seconds) > 0
+
+    async def wait(
+        self,
+        execution_id: str,
+        *,
+        on_update: Listener | None = None,
+        timeout: float | None = None,
+        embedded_worker: bool | None = None,
+        poll_s: float = 0.2,
+    ) -> dict[str, Any]:
+        """Wait for an execution to end; run a worker here when none is running elsewhere."""
+        if embedded_worker is None:
+            embedded_worker = not await self.workers_running()
+        if not embedded_worker:
+            return await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
+        worker = Worker(self.store, settings=self.settings)
+        running = asyncio.create_task(worker.run())
+        try:
+            return await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
+        finally:
+            worker.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running

@@ -1,0 +1,150 @@
+"""The engine's front door: submit, inspect, cancel, resume, retry and wait, on a Store.
+
+The transitions themselves happen inside the Store's transactions (claim, finish, cancel,
+resume), following the rules in `reelflow.states`; this module turns plans into rows and
+gives the CLI, SDK and API one place to call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import NotFound
+from ..plan import Plan, parse_plan
+from ..providers.catalog import estimate_cost, get_model
+from ..states import TERMINAL_EXECUTION
+from ..store.base import NewExecution, NewJob, Store
+
+Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def new_execution_id() -> str:
+    """Sortable enough to eyeball, unique everywhere: `ex_<time hex><random hex>`."""
+    return f"ex_{int(time.time() * 1000):x}{uuid.uuid4().hex[:12]}"
+
+
+def build_execution(
+    plan: Plan,
+    *,
+    execution_id: str | None = None,
+    tenant: str = "default",
+    webhook: str | None = None,
+    idempotency_key: str | None = None,
+    retry_of: str | None = None,
+) -> NewExecution:
+    """The rows one validated plan becomes."""
+    deps = plan.dependencies()
+    dependents = plan.dependents()
+    jobs = []
+    total = 0.0
+    for pos, job in enumerate(plan.jobs):
+        spec = get_model(job.model) if job.model else None
+        cost = estimate_cost(spec, job.params)
+        total += cost
+        jobs.append(
+            NewJob(
+                key=job.id,
+                position=pos,
+                type=job.type,
+                provider=job.model.split("/", 1)[0] if job.model else "local",
+                model=job.model,
+                params=job.params,
+                depends_on=deps[job.id],
+                dependents=dependents[job.id],
+                max_attempts=job.max_attempts,
+                timeout_s=job.timeout_s,
+                start_timeout_s=job.start_timeout_s,
+                cost_estimated=cost,
+            )
+        )
+    return NewExecution(
+        id=execution_id or new_execution_id(),
+        plan=plan.model_dump(mode="json", exclude_none=True),
+        jobs=jobs,
+        tenant=tenant,
+        metadata=plan.metadata,
+        webhook=webhook or plan.webhook,
+        on_failure=plan.options.on_failure,
+        priority=plan.options.priority,
+        timeout_s=plan.options.timeout_s,
+        cost_estimated=total,
+        retry_of=retry_of,
+        idempotency_key=idempotency_key,
+    )
+
+
+class Engine:
+    """Submit and follow executions on one Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def submit(
+        self,
+        plan: Plan | dict[str, Any] | Any,
+        *,
+        tenant: str = "default",
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        retry_of: str | None = None,
+    ) -> str:
+        """Validate (raises PlanError, storing nothing) and enqueue in one transaction; return the id."""
+        parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+        execution = build_execution(
+            parsed, tenant=tenant, webhook=webhook, idempotency_key=idempotency_key, retry_of=retry_of
+        )
+        await self.store.create_execution(execution)
+        return execution.id
+
+    async def get(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        state = await self.store.get_execution(execution_id, tenant)
+        if state is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        return state
+
+    async def cancel(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        return await self.store.cancel_execution(execution_id, tenant)
+
+    async def resume(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        return await self.store.resume_execution(execution_id, tenant)
+
+    async def retry(self, execution_id: str, tenant: str | None = None) -> str:
+        """A new execution of the same plan; the old one stays as it is."""
+        state = await self.store.get_execution(execution_id, tenant)
+        if state is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        plan = await self.plan_of(execution_id, tenant)
+        return await self.submit(plan, tenant=tenant or "default", retry_of=execution_id)
+
+    async def plan_of(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        plan = await self.store.execution_plan(execution_id, tenant)
+        if plan is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        return plan
+
+    async def wait(
+        self,
+        execution_id: str,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        poll_s: float = 0.2,
+        on_update: Listener | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the execution ends (or `timeout` passes); call `on_update` with each new state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.get(execution_id, tenant)
+            if on_update is not None:
+                maybe = on_update(state)
+                if maybe is not None:
+                    await maybe
+            if state["status"] in TERMINAL_EXECUTION:
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"execution {execution_id} still {state['status']} after {timeout} s")
+            await asyncio.sleep(poll_s)

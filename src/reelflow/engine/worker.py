@@ -1,0 +1,452 @@
+"""The async worker: claims jobs in batches, runs thousands at once, heartbeats, shuts down cleanly.
+
+One asyncio task per held job; no thread per job. Database writes are batched: provider ids,
+outcomes and progress reports queue up and a single flusher writes each kind in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import media
+from ..config import Settings, get_settings
+from ..errors import PlanError
+from ..plan import resolve_references
+from ..providers.base import (
+    PermanentError,
+    ProgressUpdate,
+    Provider,
+    ProviderError,
+    ProviderResult,
+    Task,
+    TransientError,
+)
+from ..providers.registry import Providers
+from ..storage import Storage, open_storage
+from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
+from .retry import backoff_delay
+
+log = logging.getLogger("reelflow.worker")
+
+PROGRESS_FLUSH_S = 0.5
+CONTROL_TICK_S = 0.5
+RECOVER_EVERY_S = 1.0
+
+
+class JobTimeout(Exception):
+    """A job's own deadline (timeout_s, start_timeout_s, or the execution's) passed."""
+
+
+@dataclass
+class _Held:
+    claim: ClaimedJob
+    task: asyncio.Task[None]
+    provider: Provider | None = None
+    provider_job_id: str | None = None
+    stop_reason: str | None = None  # canceled | lost | shutdown
+
+
+class Worker:
+    """Runs jobs from a Store until stopped. Safe to run many of these against one database."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        settings: Settings | None = None,
+        providers: Providers | None = None,
+        storage: Storage | None = None,
+        concurrency: int = 1000,
+        batch_size: int = 500,
+        worker_id: str | None = None,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings or get_settings()
+        self.providers = providers or Providers()
+        self.storage = storage or open_storage(self.settings.storage_url, self.settings.public_url)
+        self.concurrency = max(1, concurrency)
+        self.batch_size = max(1, batch_size)
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_s = self.settings.lease_seconds
+        self.drain_timeout_s = drain_timeout_s
+        self.workroot = Path(self.settings.storage_url.removeprefix("file://")).parent / "work"
+        self.held: dict[int, _Held] = {}
+        self.started = 0
+        self.finished = 0
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._flush = asyncio.Event()
+        self._outcomes: list[JobOutcome] = []
+        self._pids: list[tuple[int, str, str, asyncio.Future[None]]] = []
+        self._progress: dict[int, ProgressReport] = {}
+        self._last_progress_flush = 0.0
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Stop claiming; held jobs finish (or are released after the drain timeout)."""
+        if not self._stopping:
+            log.info("worker %s stopping: no new claims, draining %d jobs", self.id, len(self.held))
+        self._stopping = True
+        self._wake.set()
+
+    def notify(self) -> None:
+        """New work may be claimable (an in-process submission): look now instead of at the next poll."""
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+
+    async def run(self, until: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Claim and run jobs until `stop()` (or SIGTERM), or until `until()` turns true."""
+        await self.store.register_worker(
+            self.id, {"pid": os.getpid(), "host": socket.gethostname(), "concurrency": self.concurrency}
+        )
+        background = [
+            asyncio.create_task(self._flusher(), name="reelflow-flusher"),
+            asyncio.create_task(self._control(), name="reelflow-control"),
+        ]
+        try:
+            await self._claim_loop(until)
+            await self._drain()
+        finally:
+            self._flush.set()
+            for t in background:
+                t.cancel()
+            for t in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await self._flush_all()
+            with contextlib.suppress(Exception):
+                await self.store.unregister_worker(self.id)
+
+    async def _claim_loop(self, until: Callable[[], Awaitable[bool]] | None) -> None:
+        poll = self.settings.poll_interval_s
+        next_recover = 0.0
+        next_until = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_recover:
+                next_recover = now + RECOVER_EVERY_S
+                await self._recover()
+            free = self.concurrency - len(self.held)
+            want = min(free, self.batch_size)
+            claimed = await self.store.claim(self.id, want, self.lease_s) if want > 0 else []
+            for c in claimed:
+                self._start(c)
+            if until is not None and time.monotonic() >= next_until:
+                next_until = time.monotonic() + 0.1
+                if await until():
+                    return
+            if claimed and len(claimed) == want:
+                await asyncio.sleep(0)  # let the new tasks start before claiming more
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+
+    async def _drain(self) -> None:
+        if self.held:
+            tasks = [h.task for h in self.held.values()]
+            await asyncio.wait(tasks, timeout=self.drain_timeout_s)
+        leftover = list(self.held.values())
+        for h in leftover:
+            h.stop_reason = "shutdown"
+            h.task.cancel()
+        if leftover:
+            await asyncio.wait([h.task for h in leftover])
+            await self.store.release_jobs(self.id, [h.claim.id for h in leftover])
+            log.info("worker %s released %d unfinished jobs", self.id, len(leftover))
+
+    async def _recover(self) -> None:
+        for orphan in await self.store.recover_expired():
+            provider = self.providers.get(orphan.provider)
+            if provider is None:
+                continue
+            task = Task("", "", orphan.type, orphan.model, {}, 0, self.workroot)
+            with contextlib.suppress(Exception):
+                await provider.cancel(task, orphan.provider_job_id)
+
+    async def _control(self) -> None:
+        """Heartbeats (extend leases, notice lost ones) and cancellations requested elsewhere."""
+        next_beat = 0.0
+        beat_every = max(0.05, min(self.lease_s / 4, 15.0))
+        while True:
+            await asyncio.sleep(min(CONTROL_TICK_S, beat_every))
+            try:
+                for job_id in await self.store.canceled_for(self.id):
+                    self._interrupt(job_id, "canceled")
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + beat_every
+                    before = set(self.held)
+                    lost = before - await self.store.heartbeat(self.id, self.lease_s)
+                    if lost:  # canceled since the look above, or taken over by another worker
+                        for job_id in await self.store.canceled_for(self.id):
+                            self._interrupt(job_id, "canceled")
+                        for job_id in lost:
+                            self._interrupt(job_id, "lost")
+                if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
+                    self._flush.set()
+            except Exception:  # the database may be briefly unavailable; try again next tick
+                log.exception("worker %s: control loop error", self.id)
+
+    def _interrupt(self, job_id: int, reason: str) -> None:
+        held = self.held.get(job_id)
+        if held is not None and held.stop_reason is None and not held.task.done():
+            held.stop_reason = reason
+            held.task.cancel()
+
+    # ------------------------------------------------------------------ batching
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            try:
+                await self._flush_all()
+            except Exception:
+                log.exception("worker %s: flush failed; will retry", self.id)
+                await asyncio.sleep(0.5)
+                self._flush.set()
+
+    async def _flush_all(self) -> None:
+        if self._pids:
+            pids, self._pids = self._pids, []
+            try:
+                await self.store.set_provider_ids([(j, o, p) for j, o, p, _ in pids])
+            except BaseException as exc:
+                for *_, fut in pids:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+            for *_, fut in pids:
+                if not fut.done():
+                    fut.set_result(None)
+        if self._outcomes:
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                promoted = await self.store.finish_jobs(outcomes)
+            except BaseException:
+                self._outcomes[:0] = outcomes
+                raise
+            if promoted:
+                self._wake.set()
+        if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
+            reports = [r for r in self._progress.values() if r.job_id in self.held]
+            self._progress.clear()
+            self._last_progress_flush = time.monotonic()
+            if reports:
+                await self.store.report_progress(reports)
+
+    async def _persist_provider_id(self, c: ClaimedJob, pid: str) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pids.append((c.id, self.id, pid, fut))
+        self._flush.set()
+        await fut
+
+    # ------------------------------------------------------------------ one job
+    def _start(self, c: ClaimedJob) -> None:
+        task = asyncio.create_task(self._run_job(c), name=f"job-{c.execution_id}-{c.key}")
+        self.held[c.id] = _Held(claim=c, task=task)
+        self.started += 1
+
+    async def _run_job(self, c: ClaimedJob) -> None:
+        held = self.held[c.id]
+        outcome: JobOutcome | None = None
+        try:
+            outcome = await self._attempt(c, held)
+        except asyncio.CancelledError:
+            if held.stop_reason == "canceled" and held.provider and held.provider_job_id:
+                await self._cancel_remote(c, held)
+            elif held.stop_reason is None:  # cancelled from outside (event loop closing)
+                raise
+        except Exception as exc:  # a bug of ours: never lose the job, retry it like a transient failure
+            log.exception("job %s/%s: unexpected error", c.execution_id, c.key)
+            outcome = self._transient_outcome(c, f"internal error: {type(exc).__name__}: {exc}", None)
+        finally:
+            self.held.pop(c.id, None)
+            self.finished += 1
+            self._wake.set()
+        if outcome is not None:
+            self._outcomes.append(outcome)
+            self._flush.set()
+
+    async def _cancel_remote(self, c: ClaimedJob, held: _Held) -> None:
+        assert held.provider is not None and held.provider_job_id is not None
+        task = Task(c.execution_id, c.key, c.type, c.model, c.params, c.attempts, self.workroot)
+        try:
+            await asyncio.shield(held.provider.cancel(task, held.provider_job_id))
+        except Exception:
+            log.warning("job %s/%s: cancel at provider failed", c.execution_id, c.key, exc_info=True)
+
+    async def _attempt(self, c: ClaimedJob, held: _Held) -> JobOutcome:
+        now = time.time()
+        if c.execution_deadline is not None and now >= c.execution_deadline:
+            return self._failed(c, "the execution's timeout (options.timeout_s) passed before this job could run")
+        provider = self.providers.get(c.provider)
+        if provider is None:
+            return self._failed(c, f"no provider named {c.provider!r} is configured in this worker")
+        held.provider = provider
+        try:
+            params = resolve_references(c.params, c.dep_results)
+        except PlanError as exc:
+            return self._failed(c, str(exc))
+        workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
+        task = Task(
+            execution_id=c.execution_id,
+            job_id=c.key,
+            type=c.type,
+            model=c.model,
+            params=params,
+            attempt=c.attempts,
+            workdir=workdir,
+            inputs=self._local_inputs(params),
+        )
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            pid = c.provider_job_id
+            if pid is None:
+                pid = await provider.submit(task)
+                held.provider_job_id = pid
+                await self._persist_provider_id(c, pid)
+            else:
+                held.provider_job_id = pid
+                log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
+            result = await self._wait(provider, task, pid, c)
+            job_result = await self._store_outputs(result, task)
+            return JobOutcome(c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd)
+        except JobTimeout as exc:
+            if held.provider_job_id:
+                await self._cancel_remote(c, held)
+            return self._failed(c, str(exc))
+        except TransientError as exc:
+            return self._transient_outcome(c, exc.message, exc.retry_after)
+        except ProviderError as exc:
+            return self._failed(c, exc.message)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _failed(self, c: ClaimedJob, error: str) -> JobOutcome:
+        return JobOutcome(c.id, self.id, "failed", error=error)
+
+    def _transient_outcome(self, c: ClaimedJob, error: str, retry_after: float | None) -> JobOutcome:
+        if c.attempts >= c.max_attempts:
+            return self._failed(c, f"{error} (gave up after {c.attempts} attempts)")
+        delay = backoff_delay(
+            c.attempts, base=self.settings.retry_base_s, cap=self.settings.retry_max_s, retry_after=retry_after
+        )
+        return JobOutcome(c.id, self.id, "retry", error=error, retry_at=time.time() + delay)
+
+    def _local_inputs(self, params: dict[str, Any]) -> dict[str, Path]:
+        """Local files for every top-level URL parameter (or list item) that is one of our artifacts."""
+        inputs: dict[str, Path] = {}
+
+        def local(value: Any) -> Path | None:
+            if isinstance(value, str) and "/v1/artifacts/" in value:
+                key = self.storage.key_from_url(value)
+                if key is not None:
+                    return self.storage.local_path(key)
+            return None
+
+        for name, value in params.items():
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if (p := local(item)) is not None:
+                        inputs[f"{name}[{i}]"] = p
+            elif (p := local(value)) is not None:
+                inputs[name] = p
+        return inputs
+
+    async def _wait(self, provider: Provider, task: Task, pid: str, c: ClaimedJob) -> ProviderResult:
+        phase = "running"
+        submitted = time.time()
+        deadlines: list[tuple[float, str]] = []
+        if c.timeout_s is not None:
+            deadlines.append((c.started_at + c.timeout_s, f"timed out after {c.timeout_s:g} s (timeout_s)"))
+        if c.execution_deadline is not None:
+            deadlines.append((c.execution_deadline, "the execution's timeout (options.timeout_s) passed"))
+
+        def report(update: ProgressUpdate) -> None:
+            nonlocal phase
+            phase = update.phase
+            self._progress[c.id] = ProgressReport(
+                c.id, self.id, float(update.percent or 0.0), update.queue_position, update.message
+            )
+
+        waiting = asyncio.ensure_future(provider.wait(task, pid, report))
+        try:
+            while True:
+                now = time.time()
+                active = list(deadlines)
+                if c.start_timeout_s is not None and phase == "queued":
+                    active.append(
+                        (
+                            submitted + c.start_timeout_s,
+                            f"did not start within {c.start_timeout_s:g} s in the provider's queue"
+                            " (start_timeout_s)",
+                        )
+                    )
+                for at, why in active:
+                    if now >= at:
+                        raise JobTimeout(why)
+                timeout = min((at - now for at, _ in active), default=None)
+                if c.start_timeout_s is not None:  # the phase may change: look again soon
+                    timeout = 0.25 if timeout is None else min(timeout, 0.25)
+                done, _ = await asyncio.wait({waiting}, timeout=timeout)
+                if done:
+                    return waiting.result()
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiting
+
+    async def _store_outputs(self, result: ProviderResult, task: Task) -> dict[str, Any]:
+        stored: list[dict[str, Any]] = []
+        for out in result.outputs:
+            if out.path is None:
+                raise PermanentError(
+                    f"{task.type}: remote outputs ({out.url}) cannot be copied yet by this worker"
+                )
+            stored.append(await self._store_file(out.path, out.content_type))
+        job_result: dict[str, Any] = dict(stored[0]) if stored else {}
+        if len(stored) > 1:
+            job_result["outputs"] = stored
+        for k, v in result.fields.items():
+            job_result.setdefault(k, v)
+        return job_result
+
+    async def _store_file(self, path: Path, content_type: str | None) -> dict[str, Any]:
+        suffix = path.suffix.lower()
+        try:
+            info = await media.probe(path)
+        except media.MediaError as exc:
+            raise PermanentError(f"the output is not readable media: {exc}") from exc
+        key = await asyncio.to_thread(self.storage.put_file, path, suffix)
+        local = self.storage.local_path(key)
+        entry: dict[str, Any] = {
+            "url": self.storage.url(key),
+            "key": key,
+            "content_type": content_type or media.CONTENT_TYPES.get(suffix, "application/octet-stream"),
+        }
+        if local is not None:
+            entry["path"] = str(local)
+        entry.update(info)
+        return entry
+
+
+__all__ = ["JobTimeout", "TransientError", "Worker"]

@@ -1,0 +1,49 @@
+"""Errors shared by every layer: each carries what went wrong and where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ErrorItem:
+    """One problem in user input: `loc` is the path to the culprit, `msg` says what is wrong."""
+
+    loc: list[str | int]
+    msg: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg}
+
+    def __str__(self) -> str:
+        where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in self.loc).replace(".[", "[")
+        return f"{where}: {self.msg}" if where else self.msg
+
+
+class ReelflowError(Exception):
+    """Base of reelflow's own errors; their messages are meant for users."""
+
+
+@dataclass
+class PlanError(ReelflowError):
+    """A plan failed validation; `errors` lists every culprit."""
+
+    errors: list[ErrorItem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if len(self.errors) == 1:
+            return f"invalid plan: {self.errors[0]}"
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        return f"invalid plan ({len(self.errors)} problems):\n{lines}"
+
+
+class NotFound(ReelflowError):
+    """An execution (or other resource) that does not exist for this caller."""
+
+
+class Conflict(ReelflowError):
+    """The resource is in a state that does not allow the operation (e.g. resume a running execution)."""

@@ -1,0 +1,116 @@
+"""`sim/*`: a simulated remote provider for tests and benchmarks.
+
+It behaves like a remote API: `submit` returns an id, `wait` waits on it. The id itself carries
+the schedule (when the work starts and ends, and how it ends), so any worker process can resume
+waiting on it after a crash, exactly as with a real provider. A waiting job is one sleeping
+coroutine: no thread, a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+from .base import (
+    Output,
+    PermanentError,
+    ProgressReporter,
+    ProgressUpdate,
+    ProviderResult,
+    Task,
+    TransientError,
+)
+
+SUFFIX = {"sim/image": ".png", "sim/video": ".mp4", "sim/audio": ".m4a"}
+
+
+def _encode(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return "sim-" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(provider_id: str) -> dict[str, Any]:
+    if not provider_id.startswith("sim-"):
+        raise PermanentError(f"not a sim prediction id: {provider_id!r}")
+    raw = provider_id[4:]
+    try:
+        data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except ValueError as exc:
+        raise PermanentError(f"corrupt sim prediction id: {provider_id!r}") from exc
+    return data
+
+
+async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
+    maybe = report(update)
+    if maybe is not None:
+        await maybe
+
+
+class SimProvider:
+    """The simulated provider. Parameters: latency_s, queue_s, fail_times, fail, cost_usd, media."""
+
+    name = "sim"
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.canceled: list[str] = []
+
+    async def submit(self, task: Task) -> str:
+        p = task.params
+        fail_times = int(p.get("fail_times") or 0)
+        if p.get("fail") == "permanent":
+            raise PermanentError(f"sim: job '{task.job_id}' asked to fail (fail: permanent)")
+        if task.attempt <= fail_times:
+            raise TransientError(
+                f"sim: transient failure {task.attempt} of {fail_times} (fail_times)",
+                retry_after=p.get("retry_after_s"),
+            )
+        self.submitted += 1
+        now = time.time()
+        queue_s = float(p.get("queue_s") or 0)
+        latency_s = float(p.get("latency_s") or 0)
+        return _encode({"n": uuid.uuid4().hex[:12], "s": now + queue_s, "e": now + queue_s + latency_s})
+
+    async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
+        sched = _decode(provider_id)
+        now = time.time()
+        if now < sched["s"]:
+            await _report(report, ProgressUpdate(phase="queued", queue_position=1))
+            await asyncio.sleep(sched["s"] - now)
+            await _report(report, ProgressUpdate(phase="running", percent=0))
+        remaining = sched["e"] - time.time()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        outputs: list[Output] = []
+        fields: dict[str, Any] = {"sim_id": sched["n"], "provider_id": provider_id}
+        if "echo" in task.params:  # hand back (resolved) parameters: lets tests see references resolved
+            fields["echo"] = task.params["echo"]
+        if task.params.get("media"):
+            outputs.append(await self._make_media(task))
+        else:
+            fields["url"] = f"https://sim.invalid/outputs/{sched['n']}{SUFFIX.get(task.model or '', '')}"
+        cost = task.params.get("cost_usd")
+        return ProviderResult(outputs=outputs, fields=fields, cost_usd=float(cost) if cost is not None else 0.0)
+
+    async def _make_media(self, task: Task) -> Output:
+        from .. import media
+
+        prompt = str(task.params.get("prompt") or task.job_id)
+        kind = (task.model or "sim/video").split("/", 1)[-1]
+        out = task.workdir / f"{kind}{SUFFIX.get(task.model or '', '.mp4')}"
+        if kind == "image":
+            await media.make_image(out, prompt=prompt, width=320, height=180)
+        elif kind == "audio":
+            await media.make_audio(out, text=prompt, duration=float(task.params.get("duration") or 2.0))
+        else:
+            await media.make_video(
+                out, prompt=prompt, duration=float(task.params.get("duration") or 2.0), width=320, height=180
+            )
+        return Output(path=out)
+
+    async def cancel(self, task: Task, provider_id: str) -> None:
+        self.canceled.append(provider_id)

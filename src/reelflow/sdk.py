@@ -1,0 +1,366 @@
+"""The Python SDK: build plans from steps, run them, follow them.
+
+    still = generate_image(model=image_model("image", "local"), prompt="A sunset over the sea")
+    clip = generate_video(model=video_model("video", "local"), image=still, duration=5)
+    execution = compose(clip).execute()
+    execution.wait(progress=True)
+    print(execution.result.url)
+
+Passing a step into another step's parameters makes the reference (`"$id"`) and the dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .engine.runtime import LocalRuntime
+from .plan import parse_plan
+from .states import TERMINAL_EXECUTION
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model of a provider, e.g. `Model("replicate", "bytedance/seedance-1-pro")`."""
+
+    provider: str
+    name: str
+    kind: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}/{self.name}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def image_model(name: str, provider: str = "local") -> Model:
+    return Model(provider, name, "image")
+
+
+def video_model(name: str, provider: str = "local") -> Model:
+    return Model(provider, name, "video")
+
+
+def audio_model(name: str, provider: str = "local") -> Model:
+    return Model(provider, name, "audio")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A field of a step's result: `step.field("duration")` becomes `"$step.duration"`."""
+
+    step: Step
+    path: str | None = None
+
+
+class Step:
+    """One job of a plan, not yet submitted."""
+
+    def __init__(
+        self,
+        type: str,
+        *,
+        model: Model | str | None = None,
+        params: dict[str, Any] | None = None,
+        id: str | None = None,
+        depends_on: list[Step] | None = None,
+        **job_options: Any,
+    ) -> None:
+        self.type = type
+        self.model = str(model) if model is not None else None
+        self.params = {k: v for k, v in (params or {}).items() if v is not None}
+        self.id = id
+        self.depends_on = list(depends_on or [])
+        self.job_options = {k: v for k, v in job_options.items() if v is not None}
+        self._serial = next(_ids)
+
+    def field(self, path: str) -> Ref:
+        """A reference to one field of this step's result, e.g. `clip.field("duration")`."""
+        return Ref(self, path)
+
+    def __repr__(self) -> str:
+        return f"Step({self.type!r}, id={self.id!r}, model={self.model!r})"
+
+    def upstream(self) -> Iterator[Step]:
+        """Steps this one references or depends on (direct only)."""
+        yield from self.depends_on
+        yield from _steps_in(self.params)
+
+    def plan(self) -> dict[str, Any]:
+        return compose(self).plan()
+
+    def execute(self, webhook: str | None = None, **kwargs: Any) -> Execution:
+        return compose(self).execute(webhook=webhook, **kwargs)
+
+
+def _steps_in(value: Any) -> Iterator[Step]:
+    if isinstance(value, Step):
+        yield value
+    elif isinstance(value, Ref):
+        yield value.step
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _steps_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _steps_in(v)
+
+
+def generate_image(*, model: Model | str, prompt: str, id: str | None = None, **params: Any) -> Step:
+    return Step("generate-image", model=model, params={"prompt": prompt, **params}, id=id)
+
+
+def generate_video(*, model: Model | str, id: str | None = None, **params: Any) -> Step:
+    return Step("generate-video", model=model, params=params, id=id)
+
+
+def generate_audio(*, model: Model | str, id: str | None = None, **params: Any) -> Step:
+    return Step("generate-audio", model=model, params=params, id=id)
+
+
+def merge(*, video: Step | str, audio: Step | str, id: str | None = None) -> Step:
+    return Step("merge-video-audio", params={"video": video, "audio": audio}, id=id)
+
+
+def concat(*videos: Step | str, id: str | None = None, **params: Any) -> Step:
+    return Step("concat", params={"videos": list(videos), **params}, id=id)
+
+
+def captions(video: Step | str, *, id: str | None = None, **params: Any) -> Step:
+    return Step("captions", params={"video": video, **params}, id=id)
+
+
+def overlay(video: Step | str, over: Step | str, *, id: str | None = None, **params: Any) -> Step:
+    return Step("overlay", params={"video": video, "overlay": over, **params}, id=id)
+
+
+class Composition:
+    """A whole plan made of steps; `.plan()` gives the plain plan, `.execute()` runs it."""
+
+    def __init__(self, *steps: Step, **options: Any) -> None:
+        if not steps:
+            raise ValueError("compose() needs at least one step")
+        self.steps = steps
+        self.metadata = options.pop("metadata", None)
+        self.webhook = options.pop("webhook", None)
+        self.options = {k: v for k, v in options.items() if v is not None}
+
+    def _ordered(self) -> list[Step]:
+        seen: dict[int, Step] = {}
+        order: list[Step] = []
+
+        def visit(step: Step, stack: tuple[int, ...]) -> None:
+            if id(step) in stack:
+                raise ValueError(f"steps form a cycle through {step!r}")
+            if id(step) in seen:
+                return
+            for up in step.upstream():
+                visit(up, (*stack, id(step)))
+            seen[id(step)] = step
+            order.append(step)
+
+        for s in self.steps:
+            visit(s, ())
+        return order
+
+    def plan(self) -> dict[str, Any]:
+        steps = self._ordered()
+        names = _assign_ids(steps)
+
+        def encode(value: Any) -> Any:
+            if isinstance(value, Step):
+                return f"${names[id(value)]}"
+            if isinstance(value, Ref):
+                return f"${names[id(value.step)]}" + (f".{value.path}" if value.path else "")
+            if isinstance(value, dict):
+                return {k: encode(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [encode(v) for v in value]
+            return value
+
+        jobs = []
+        for s in steps:
+            job: dict[str, Any] = {"id": names[id(s)], "type": s.type}
+            if s.model:
+                job["model"] = s.model
+            job["params"] = encode(s.params)
+            if s.depends_on:
+                job["depends_on"] = [names[id(d)] for d in s.depends_on]
+            job.update(s.job_options)
+            jobs.append(job)
+        plan: dict[str, Any] = {"jobs": jobs}
+        if self.webhook:
+            plan["webhook"] = self.webhook
+        if self.metadata:
+            plan["metadata"] = self.metadata
+        if self.options:
+            plan["options"] = self.options
+        return plan
+
+    def execute(
+        self, webhook: str | None = None, *, settings: Settings | None = None, runtime: LocalRuntime | None = None
+    ) -> Execution:
+        """Validate and enqueue on the local engine (the database of the settings); return a handle."""
+        return asyncio.run(self._submit(webhook, settings, runtime)).sync()
+
+    async def execute_async(
+        self, webhook: str | None = None, *, settings: Settings | None = None, runtime: LocalRuntime | None = None
+    ) -> AsyncExecution:
+        return await self._submit(webhook, settings, runtime)
+
+    async def _submit(
+        self, webhook: str | None, settings: Settings | None, runtime: LocalRuntime | None
+    ) -> AsyncExecution:
+        plan = parse_plan(self.plan())
+        rt = runtime or LocalRuntime(settings)
+        execution_id = await rt.engine.submit(plan, webhook=webhook)
+        return AsyncExecution(execution_id, rt)
+
+
+def compose(*steps: Step, **options: Any) -> Composition:
+    """Gather steps (and everything they reference) into a plan."""
+    return Composition(*steps, **options)
+
+
+def _assign_ids(steps: list[Step]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    taken = {s.id for s in steps if s.id}
+    short = {
+        "generate-image": "image",
+        "generate-video": "video",
+        "generate-audio": "audio",
+        "merge-video-audio": "merge",
+    }
+    for s in steps:
+        if s.id:
+            names[id(s)] = s.id
+            continue
+        base = re.sub(r"[^a-z0-9_-]", "-", short.get(s.type, s.type).lower())
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name)
+        names[id(s)] = name
+    return names
+
+
+class Result(dict[str, Any]):
+    """A job's (or execution's) result: a dict that also reads as attributes (`result.url`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class AsyncExecution:
+    """A handle on a submitted execution (async)."""
+
+    def __init__(self, execution_id: str, runtime: LocalRuntime) -> None:
+        self.id = execution_id
+        self.runtime = runtime
+        self.state: dict[str, Any] | None = None
+
+    def sync(self) -> Execution:
+        return Execution(self)
+
+    async def refresh(self) -> dict[str, Any]:
+        self.state = await self.runtime.engine.get(self.id)
+        return self.state
+
+    async def status(self) -> str:
+        return str((await self.refresh())["status"])
+
+    @property
+    def result(self) -> Result | None:
+        res = (self.state or {}).get("result")
+        return Result(res) if res is not None else None
+
+    async def wait(self, progress: bool = False, timeout: float | None = None) -> AsyncExecution:
+        """Wait for the end (running a worker here when none runs elsewhere); show progress if asked."""
+        if progress:
+            from rich.console import Console
+            from rich.live import Live
+
+            from .display import progress_view, timeline_table
+
+            console = Console()
+            with Live(console=console, refresh_per_second=8) as live:
+                self.state = await self.runtime.wait(
+                    self.id, timeout=timeout, on_update=lambda s: live.update(progress_view(s))
+                )
+            console.print(timeline_table(self.state))
+        else:
+            self.state = await self.runtime.wait(self.id, timeout=timeout)
+        return self
+
+    async def cancel(self) -> dict[str, Any]:
+        self.state = await self.runtime.engine.cancel(self.id)
+        return self.state
+
+    async def resume(self) -> dict[str, Any]:
+        self.state = await self.runtime.engine.resume(self.id)
+        return self.state
+
+    async def retry(self) -> AsyncExecution:
+        return AsyncExecution(await self.runtime.engine.retry(self.id), self.runtime)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.state and self.state["status"] in TERMINAL_EXECUTION)
+
+    def __repr__(self) -> str:
+        status = self.state["status"] if self.state else "?"
+        return f"<Execution {self.id} {status}>"
+
+
+class Execution:
+    """A handle on a submitted execution (blocking)."""
+
+    def __init__(self, inner: AsyncExecution) -> None:
+        self._inner = inner
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        return self._inner.state
+
+    @property
+    def result(self) -> Result | None:
+        return self._inner.result
+
+    def status(self) -> str:
+        return asyncio.run(self._inner.status())
+
+    def refresh(self) -> dict[str, Any]:
+        return asyncio.run(self._inner.refresh())
+
+    def wait(self, progress: bool = False, timeout: float | None = None) -> Execution:
+        asyncio.run(self._inner.wait(progress=progress, timeout=timeout))
+        return self
+
+    def cancel(self) -> dict[str, Any]:
+        return asyncio.run(self._inner.cancel())
+
+    def resume(self) -> dict[str, Any]:
+        return asyncio.run(self._inner.resume())
+
+    def retry(self) -> Execution:
+        return Execution(asyncio.run(self._inner.retry()))
+
+    def __repr__(self) -> str:
+        return repr(self._inner)

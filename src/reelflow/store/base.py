@@ -1,0 +1,187 @@
+"""The Store protocol: the only way anything touches the database.
+
+Every method is one transaction. Operations that change state also append the matching
+events, so the event log is complete by construction. A second database is a new file
+implementing this protocol, run against the same test suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+JobOutcomeStatus = Literal["succeeded", "failed", "retry", "canceled"]
+
+
+@dataclass
+class NewJob:
+    key: str
+    position: int
+    type: str
+    provider: str | None
+    model: str | None
+    params: dict[str, Any]
+    depends_on: list[str]
+    dependents: list[str]
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    start_timeout_s: float | None = None
+    cost_estimated: float = 0.0
+
+
+@dataclass
+class NewExecution:
+    id: str
+    plan: dict[str, Any]
+    jobs: list[NewJob]
+    tenant: str = "default"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    webhook: str | None = None
+    on_failure: str = "stop"
+    priority: int = 0
+    timeout_s: float | None = None
+    cost_estimated: float = 0.0
+    retry_of: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class ClaimedJob:
+    """A job leased to one worker, with everything needed to run it."""
+
+    id: int
+    execution_id: str
+    key: str
+    type: str
+    provider: str | None
+    model: str | None
+    params: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    provider_job_id: str | None
+    timeout_s: float | None
+    start_timeout_s: float | None
+    started_at: float
+    execution_deadline: float | None
+    dep_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class JobOutcome:
+    """How an attempt ended, as the worker reports it. `retry` re-queues at `retry_at`."""
+
+    job_id: int
+    owner: str
+    status: JobOutcomeStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+    retry_at: float | None = None
+
+
+@dataclass
+class ProgressReport:
+    job_id: int
+    owner: str
+    progress: float
+    queue_position: int | None = None
+    message: str | None = None
+
+
+@dataclass
+class Event:
+    seq: int
+    execution_id: str
+    job_id: str | None
+    type: str
+    data: dict[str, Any]
+    created_at: float
+
+
+@dataclass
+class OrphanedCancel:
+    """A canceled job whose remote work may still be running at its provider."""
+
+    job_id: int
+    provider: str | None
+    model: str | None
+    type: str
+    provider_job_id: str
+
+
+class Store(Protocol):
+    """Durable state of executions, jobs and events."""
+
+    url: str
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # submission and lifecycle (the engine's facade calls these)
+    async def create_execution(self, execution: NewExecution) -> None: ...
+
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """The full state of SPEC §2, or None when unknown (or another tenant's)."""
+        ...
+
+    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """The plan an execution was submitted with (for retry)."""
+        ...
+
+    async def list_executions(
+        self,
+        tenant: str | None = None,
+        *,
+        status: str | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]: ...
+
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]: ...
+
+    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    # the worker's side
+    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None: ...
+
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    async def live_workers(self, within_s: float) -> int: ...
+
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]: ...
+
+    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
+        ...
+
+    async def canceled_for(self, owner: str) -> list[int]:
+        """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
+        ...
+
+    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        """Persist (job id, owner, provider id) before waiting on the provider."""
+        ...
+
+    async def report_progress(self, reports: list[ProgressReport]) -> None: ...
+
+    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
+        """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable."""
+        ...
+
+    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
+        """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
+        ...
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        """Requeue (or fail, when out of attempts) jobs whose lease expired."""
+        ...
+
+    async def next_wakeup(self) -> float | None:
+        """When the earliest queued job becomes claimable (epoch seconds), or None."""
+        ...

@@ -1,0 +1,785 @@
+"""The embedded default Store: one SQLite file in WAL mode, shared safely by many processes.
+
+Every write is a short `BEGIN IMMEDIATE` transaction, so claims are exclusive across processes.
+All database work runs on one dedicated thread per Store, so the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import Conflict, NotFound
+from ..states import (
+    RESUMABLE_JOB,
+    TERMINAL_EXECUTION,
+    execution_progress,
+    execution_status,
+    transitive_dependents,
+)
+from .base import (
+    ClaimedJob,
+    Event,
+    JobOutcome,
+    NewExecution,
+    OrphanedCancel,
+    ProgressReport,
+)
+from .common import (
+    decode_cursor,
+    dumps,
+    encode_cursor,
+    execution_error,
+    execution_result,
+    execution_summary,
+    execution_view,
+    loads,
+    migration_scripts,
+)
+
+T = TypeVar("T")
+EventRow = tuple[str, str | None, str, str, float]
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///relative/or/absolute/path.db` (or `sqlite://:memory:`) to a filename."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    rest = url[len("sqlite://") :]
+    if rest in ("", "/:memory:", ":memory:"):
+        return ":memory:"
+    return rest[1:] if rest.startswith("/") else rest
+
+
+def _qs(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class SQLiteStore:
+    """Store on SQLite. Safe to share one file between processes; use one instance per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._migrated = False
+
+    # ------------------------------------------------------------------ plumbing
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._migrated:
+            await self.migrate()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _close)
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ schema
+    async def migrate(self) -> int:
+        loop = asyncio.get_running_loop()
+        version = await loop.run_in_executor(self._executor, self._migrate)
+        self._migrated = True
+        return version
+
+    def _migrate(self) -> int:
+        conn = self._connect()
+        with self._write():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            version = max(done, default=0)
+            for v, name, sql in migration_scripts("sqlite"):
+                if v in done:
+                    continue
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (v, name, time.time()))
+                version = v
+        return version
+
+    # ------------------------------------------------------------------ submission
+    async def create_execution(self, execution: NewExecution) -> None:
+        await self._run(self._create_execution, execution)
+
+    def _create_execution(self, ex: NewExecution) -> None:
+        now = time.time()
+        deadline = now + ex.timeout_s if ex.timeout_s else None
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
+                " cost_estimated, deadline, retry_of, idempotency_key, created_at, updated_at)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
+                    ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, now, now,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
+                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
+                " cost_estimated, created_at, queued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
+                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
+                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
+                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
+                        None if j.depends_on else now,
+                    )
+                    for j in ex.jobs
+                ],
+            )
+            conn.execute(
+                "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, NULL, ?, ?, ?)",
+                (ex.id, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now),
+            )
+
+    # ------------------------------------------------------------------ reading
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        return await self._run(self._get_execution, execution_id, tenant)
+
+    def _get_execution(self, execution_id: str, tenant: str | None) -> dict[str, Any] | None:
+        with self._read() as conn:
+            row = self._execution_row(conn, execution_id, tenant)
+            if row is None:
+                return None
+            jobs = conn.execute(
+                "SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (execution_id,)
+            ).fetchall()
+        return execution_view(dict(row), [dict(j) for j in jobs])
+
+    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        return await self._run(self._execution_plan, execution_id, tenant)
+
+    def _execution_plan(self, execution_id: str, tenant: str | None) -> dict[str, Any] | None:
+        row = self._execution_row(self._connect(), execution_id, tenant)
+        return None if row is None else dict(loads(row["plan"]))
+
+    @staticmethod
+    def _execution_row(conn: sqlite3.Connection, execution_id: str, tenant: str | None) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM executions WHERE id = ?", (execution_id,)
+        ).fetchone()
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return row
+
+    async def list_executions(
+        self,
+        tenant: str | None = None,
+        *,
+        status: str | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return await self._run(self._list_executions, tenant, status, created_after, limit, cursor)
+
+    def _list_executions(
+        self, tenant: str | None, status: str | None, created_after: float | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if created_after is not None:
+            where.append("created_at > ?")
+            args.append(created_after)
+        if cursor:
+            ts, eid = decode_cursor(cursor)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [ts, ts, eid]
+        sql = "SELECT * FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        conn = self._connect()
+        rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+        return [execution_summary(r) for r in rows], nxt
+
+    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        return await self._run(self._events, execution_id, after, limit)
+
+    def _events(self, execution_id: str, after: int, limit: int) -> list[Event]:
+        rows = self._connect().execute(
+            "SELECT * FROM events WHERE execution_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (execution_id, after, limit),
+        ).fetchall()
+        return [
+            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"])
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ cancel / resume
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        await self._run(self._cancel_execution, execution_id, tenant)
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    def _cancel_execution(self, execution_id: str, tenant: str | None) -> None:
+        now = time.time()
+        with self._write() as conn:
+            row = self._execution_row(conn, execution_id, tenant)
+            if row is None:
+                raise NotFound(f"execution {execution_id!r} not found")
+            if row["status"] in TERMINAL_EXECUTION:
+                raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
+            conn.execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?", (execution_id,))
+            keys = conn.execute(
+                "UPDATE jobs SET status = 'canceled', finished_at = ?, error = 'canceled by request'"
+                " WHERE execution_id = ? AND status IN ('waiting', 'queued', 'running') RETURNING key",
+                (now, execution_id),
+            ).fetchall()
+            events: list[EventRow] = [
+                (execution_id, k[0], "job.canceled", dumps({"reason": "canceled by request"}), now) for k in keys
+            ]
+            self._settle(conn, {execution_id}, now, events)
+            self._insert_events(conn, events)
+
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        await self._run(self._resume_execution, execution_id, tenant)
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    def _resume_execution(self, execution_id: str, tenant: str | None) -> None:
+        now = time.time()
+        with self._write() as conn:
+            row = self._execution_row(conn, execution_id, tenant)
+            if row is None:
+                raise NotFound(f"execution {execution_id!r} not found")
+            if row["status"] not in TERMINAL_EXECUTION:
+                raise Conflict(
+                    f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed"
+                )
+            if row["status"] == "succeeded":
+                raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
+            jobs = conn.execute(
+                "SELECT key, status, depends_on FROM jobs WHERE execution_id = ?", (execution_id,)
+            ).fetchall()
+            done = {j["key"] for j in jobs if j["status"] == "succeeded"}
+            events: list[EventRow] = []
+            rerun = []
+            for j in jobs:
+                if j["status"] not in RESUMABLE_JOB:
+                    continue
+                left = sum(1 for d in loads(j["depends_on"]) if d not in done)
+                status = "waiting" if left else "queued"
+                rerun.append(j["key"])
+                conn.execute(
+                    "UPDATE jobs SET status = ?, deps_left = ?, attempts = 0, error = NULL, result = NULL,"
+                    " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
+                    " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
+                    " cost_actual = NULL, queued_at = ? WHERE execution_id = ? AND key = ?",
+                    (status, left, now if status == "queued" else None, execution_id, j["key"]),
+                )
+                events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
+            conn.execute(
+                "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
+                " error = NULL, result = NULL, updated_at = ? WHERE id = ?",
+                (now, execution_id),
+            )
+            events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
+            self._settle(conn, {execution_id}, now, events)
+            self._insert_events(conn, events)
+
+    # ------------------------------------------------------------------ workers
+    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
+        await self._run(self._register_worker, worker_id, info)
+
+    def _register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (id, info, started_at, last_seen) VALUES (?, ?, ?, ?)",
+                (worker_id, dumps(info), now, now),
+            )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run(self._unregister_worker, worker_id)
+
+    def _unregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    async def live_workers(self, within_s: float) -> int:
+        return await self._run(self._live_workers, within_s)
+
+    def _live_workers(self, within_s: float) -> int:
+        row = self._connect().execute(
+            "SELECT COUNT(*) FROM workers WHERE last_seen > ?", (time.time() - within_s,)
+        ).fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------------ claiming
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+        return await self._run(self._claim, owner, limit, lease_s)
+
+    def _claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+        now = time.time()
+        conn = self._connect()
+        # A cheap read first: an idle worker polls often and must not take the write lock for nothing.
+        if conn.execute(
+            "SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= ? LIMIT 1", (now,)
+        ).fetchone() is None:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
+                " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL"
+                " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ?"
+                "              ORDER BY priority DESC, id LIMIT ?)"
+                " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
+                " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at",
+                (owner, now + lease_s, now, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            exec_ids = sorted({r["execution_id"] for r in rows})
+            events: list[EventRow] = [
+                (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
+                for r in rows
+            ]
+            deadlines: dict[str, float | None] = {}
+            for chunk in _chunks(exec_ids):
+                started = conn.execute(
+                    f"UPDATE executions SET status = 'running', started_at = ?, updated_at = ?"
+                    f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))}) RETURNING id",
+                    (now, now, *chunk),
+                ).fetchall()
+                events += [(s[0], None, "execution.running", dumps({"status": "running"}), now) for s in started]
+                for d in conn.execute(
+                    f"SELECT id, deadline FROM executions WHERE id IN ({_qs(len(chunk))})", chunk
+                ):
+                    deadlines[d[0]] = d[1]
+            needs: dict[str, set[str]] = defaultdict(set)
+            deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
+            for r in rows:
+                needs[r["execution_id"]].update(deps_of[r["id"]])
+            results: dict[tuple[str, str], dict[str, Any]] = {}
+            for eid, keys in needs.items():
+                if not keys:
+                    continue
+                for key, res in conn.execute(
+                    f"SELECT key, result FROM jobs WHERE execution_id = ? AND key IN ({_qs(len(keys))})",
+                    (eid, *keys),
+                ):
+                    results[(eid, key)] = loads(res) or {}
+            self._insert_events(conn, events)
+        return [
+            ClaimedJob(
+                id=r["id"],
+                execution_id=r["execution_id"],
+                key=r["key"],
+                type=r["type"],
+                provider=r["provider"],
+                model=r["model"],
+                params=loads(r["params"]),
+                attempts=r["attempts"],
+                max_attempts=r["max_attempts"],
+                provider_job_id=r["provider_job_id"],
+                timeout_s=r["timeout_s"],
+                start_timeout_s=r["start_timeout_s"],
+                started_at=r["started_at"],
+                execution_deadline=deadlines.get(r["execution_id"]),
+                dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
+            )
+            for r in sorted(rows, key=lambda r: r["id"])
+        ]
+
+    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        return await self._run(self._heartbeat, owner, lease_s)
+
+    def _heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        now = time.time()
+        with self._write() as conn:
+            held = conn.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running' RETURNING id",
+                (now + lease_s, owner),
+            ).fetchall()
+            conn.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, owner))
+        return {r[0] for r in held}
+
+    async def canceled_for(self, owner: str) -> list[int]:
+        return await self._run(self._canceled_for, owner)
+
+    def _canceled_for(self, owner: str) -> list[int]:
+        conn = self._connect()
+        if conn.execute(
+            "SELECT 1 FROM jobs WHERE lease_owner = ? AND status != 'running' LIMIT 1", (owner,)
+        ).fetchone() is None:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = ? AND status != 'running' RETURNING id",
+                (owner,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        await self._run(self._set_provider_ids, items)
+
+    def _set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            events: list[EventRow] = []
+            for job_id, owner, pid in items:
+                row = conn.execute(
+                    "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
+                    " RETURNING execution_id, key",
+                    (pid, job_id, owner),
+                ).fetchone()
+                if row is not None:
+                    events.append((row[0], row[1], "job.submitted", dumps({"provider_job_id": pid}), now))
+            self._insert_events(conn, events)
+
+    async def report_progress(self, reports: list[ProgressReport]) -> None:
+        await self._run(self._report_progress, reports)
+
+    def _report_progress(self, reports: list[ProgressReport]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            events: list[EventRow] = []
+            touched: set[str] = set()
+            for r in reports:
+                row = conn.execute(
+                    "UPDATE jobs SET progress = ?, queue_position = ? WHERE id = ? AND lease_owner = ?"
+                    " AND status = 'running' RETURNING execution_id, key",
+                    (r.progress, r.queue_position, r.job_id, r.owner),
+                ).fetchone()
+                if row is None:
+                    continue
+                touched.add(row[0])
+                data: dict[str, Any] = {"progress": r.progress}
+                if r.queue_position is not None:
+                    data["queue_position"] = r.queue_position
+                if r.message:
+                    data["message"] = r.message
+                events.append((row[0], row[1], "job.progress", dumps(data), now))
+            self._settle(conn, touched, now, events)
+            self._insert_events(conn, events)
+
+    # ------------------------------------------------------------------ finishing
+    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
+        return await self._run(self._finish_jobs, outcomes)
+
+    def _finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
+        now = time.time()
+        with self._write() as conn:
+            return self._apply_outcomes(conn, outcomes, now)
+
+    def _apply_outcomes(self, conn: sqlite3.Connection, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
+        events: list[EventRow] = []
+        touched: set[str] = set()
+        promoted: list[str] = []
+        failed: dict[str, list[str]] = defaultdict(list)
+        for o in outcomes:
+            if o.status == "succeeded":
+                row = conn.execute(
+                    "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
+                    " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
+                    " error = NULL WHERE id = ? AND status = 'running' AND lease_owner = ?"
+                    " RETURNING execution_id, key, dependents",
+                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.job_id, o.owner),
+                ).fetchone()
+                if row is None:
+                    continue
+                eid, key = row[0], row[1]
+                events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                dependents = loads(row[2])
+                if dependents:
+                    qs = _qs(len(dependents))
+                    conn.execute(
+                        f"UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = ? AND key IN ({qs})"
+                        " AND status = 'waiting'",
+                        (eid, *dependents),
+                    )
+                    for (k,) in conn.execute(
+                        f"UPDATE jobs SET status = 'queued', queued_at = ? WHERE execution_id = ?"
+                        f" AND key IN ({qs}) AND status = 'waiting' AND deps_left <= 0 RETURNING key",
+                        (now, eid, *dependents),
+                    ).fetchall():
+                        promoted.append(k)
+                        events.append((eid, k, "job.queued", dumps({"after": key}), now))
+            elif o.status == "retry":
+                row = conn.execute(
+                    "UPDATE jobs SET status = 'queued', run_after = ?, error = ?, lease_owner = NULL,"
+                    " lease_expires_at = NULL, progress = 0, queue_position = NULL, provider_job_id = NULL,"
+                    " queued_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+                    " RETURNING execution_id, key, attempts",
+                    (o.retry_at or now, o.error, now, o.job_id, o.owner),
+                ).fetchone()
+                if row is None:
+                    continue
+                eid, key = row[0], row[1]
+                delay = round(max(0.0, (o.retry_at or now) - now), 3)
+                events.append(
+                    (eid, key, "job.retrying", dumps({"attempt": row[2], "error": o.error, "retry_in_s": delay}), now)
+                )
+            else:  # failed or canceled
+                row = conn.execute(
+                    "UPDATE jobs SET status = ?, error = ?, cost_actual = ?, finished_at = ?, lease_owner = NULL,"
+                    " lease_expires_at = NULL, queue_position = NULL WHERE id = ? AND status = 'running'"
+                    " AND lease_owner = ? RETURNING execution_id, key, attempts",
+                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner),
+                ).fetchone()
+                if row is None:
+                    continue
+                eid, key = row[0], row[1]
+                events.append((eid, key, f"job.{o.status}", dumps({"attempt": row[2], "error": o.error}), now))
+                failed[eid].append(key)
+            touched.add(eid)
+        for eid, keys in failed.items():
+            self._skip_after_failure(conn, eid, keys, now, events)
+        self._settle(conn, touched, now, events)
+        self._insert_events(conn, events)
+        return promoted
+
+    def _skip_after_failure(
+        self, conn: sqlite3.Connection, eid: str, keys: list[str], now: float, events: list[EventRow]
+    ) -> None:
+        on_failure = conn.execute("SELECT on_failure FROM executions WHERE id = ?", (eid,)).fetchone()[0]
+        graph = {
+            r[0]: (loads(r[1]), r[2])
+            for r in conn.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = ?", (eid,))
+        }
+        after = transitive_dependents({k: v[0] for k, v in graph.items()}, keys)
+        names = ", ".join(repr(k) for k in keys)
+        for key, (_, status) in graph.items():
+            if status not in ("waiting", "queued"):
+                continue
+            if key in after:
+                reason = f"not run: it depends on {names}, which failed"
+            elif on_failure == "stop":
+                reason = f"not run: job {names} failed and on_failure is stop"
+            else:
+                continue
+            conn.execute(
+                "UPDATE jobs SET status = 'skipped', error = ?, finished_at = ? WHERE execution_id = ? AND key = ?",
+                (reason, now, eid, key),
+            )
+            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
+
+    def _settle(self, conn: sqlite3.Connection, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        """Re-derive each touched execution's status and progress from its jobs."""
+        for chunk in _chunks(sorted(exec_ids)):
+            qs = _qs(len(chunk))
+            counts: dict[str, dict[str, int]] = defaultdict(dict)
+            for eid, status, n in conn.execute(
+                f"SELECT execution_id, status, COUNT(*) FROM jobs WHERE execution_id IN ({qs})"
+                " GROUP BY execution_id, status",
+                chunk,
+            ):
+                counts[eid][status] = n
+            running: dict[str, list[float]] = defaultdict(list)
+            for eid, p in conn.execute(
+                f"SELECT execution_id, progress FROM jobs WHERE execution_id IN ({qs}) AND status = 'running'",
+                chunk,
+            ):
+                running[eid].append(p)
+            for ex in conn.execute(
+                "SELECT id, status, progress, started_at, cancel_requested FROM executions"
+                f" WHERE id IN ({qs})",
+                chunk,
+            ).fetchall():
+                eid = ex["id"]
+                status = execution_status(
+                    counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
+                )
+                progress = execution_progress(counts[eid], running[eid])
+                if status in TERMINAL_EXECUTION and ex["status"] not in TERMINAL_EXECUTION:
+                    self._finish_execution(conn, eid, status, progress, now, events)
+                elif status != ex["status"] or progress != ex["progress"]:
+                    conn.execute(
+                        "UPDATE executions SET status = ?, progress = ?, updated_at = ? WHERE id = ?",
+                        (status, progress, now, eid),
+                    )
+                    if progress != ex["progress"]:
+                        events.append((eid, None, "execution.progress", dumps({"progress": progress}), now))
+
+    def _finish_execution(
+        self, conn: sqlite3.Connection, eid: str, status: str, progress: float, now: float, events: list[EventRow]
+    ) -> None:
+        sinks = conn.execute(
+            "SELECT key, result FROM jobs WHERE execution_id = ? AND dependents = '[]' AND status = 'succeeded'"
+            " ORDER BY position",
+            (eid,),
+        ).fetchall()
+        failed = conn.execute(
+            "SELECT key, error FROM jobs WHERE execution_id = ? AND status = 'failed' ORDER BY finished_at, position",
+            (eid,),
+        ).fetchall()
+        cost = conn.execute(
+            "SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE execution_id = ?", (eid,)
+        ).fetchone()[0]
+        result = execution_result([(s[0], s[1]) for s in sinks]) if status == "succeeded" else None
+        error = execution_error([(f[0], f[1]) for f in failed])
+        if status == "canceled":
+            error = "canceled by request"
+        elif status == "failed" and error is None:
+            error = "not every job succeeded"
+        conn.execute(
+            "UPDATE executions SET status = ?, progress = ?, result = ?, error = ?, cost_actual = ?,"
+            " finished_at = ?, updated_at = ? WHERE id = ?",
+            (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
+             cost, now, now, eid),
+        )
+        events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, events: list[EventRow]) -> None:
+        if events:
+            conn.executemany(
+                "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, ?, ?, ?, ?)", events
+            )
+
+    # ------------------------------------------------------------------ leases
+    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
+        await self._run(self._release_jobs, owner, job_ids)
+
+    def _release_jobs(self, owner: str, job_ids: list[int]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            events: list[EventRow] = []
+            touched: set[str] = set()
+            for chunk in _chunks(job_ids):
+                for eid, key in conn.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,"
+                    " lease_expires_at = NULL, queued_at = ?, run_after = ?, progress = 0"
+                    f" WHERE lease_owner = ? AND status = 'running' AND id IN ({_qs(len(chunk))})"
+                    " RETURNING execution_id, key",
+                    (now, now, owner, *chunk),
+                ).fetchall():
+                    touched.add(eid)
+                    events.append((eid, key, "job.released", dumps({"reason": "worker shutting down"}), now))
+            self._settle(conn, touched, now, events)
+            self._insert_events(conn, events)
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        return await self._run(self._recover_expired)
+
+    def _recover_expired(self) -> list[OrphanedCancel]:
+        now = time.time()
+        conn = self._connect()
+        if conn.execute(
+            "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < ? LIMIT 1", (now,)
+        ).fetchone() is None:
+            return []
+        with self._write() as conn:
+            events: list[EventRow] = []
+            touched: set[str] = set()
+            for eid, key, attempts in conn.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, queued_at = ?,"
+                " run_after = ?, progress = 0 WHERE status = 'running' AND lease_expires_at < ?"
+                " AND attempts < max_attempts RETURNING execution_id, key, attempts",
+                (now, now, now),
+            ).fetchall():
+                touched.add(eid)
+                events.append(
+                    (eid, key, "job.requeued", dumps({"reason": "lease expired", "attempts": attempts}), now)
+                )
+            self._settle(conn, touched, now, events)
+            self._insert_events(conn, events)
+            exhausted = conn.execute(
+                "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+            self._apply_outcomes(
+                conn,
+                [
+                    JobOutcome(
+                        job_id=r[0],
+                        owner=r[1],
+                        status="failed",
+                        error=f"the worker running it stopped responding (lease expired) after {r[2]} attempts",
+                    )
+                    for r in exhausted
+                ],
+                now,
+            )
+            orphans = conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status != 'running'"
+                " AND lease_owner IS NOT NULL AND lease_expires_at < ?"
+                " RETURNING id, provider, model, type, provider_job_id",
+                (now,),
+            ).fetchall()
+        return [OrphanedCancel(r[0], r[1], r[2], r[3], r[4]) for r in orphans if r[4]]
+
+    async def next_wakeup(self) -> float | None:
+        return await self._run(self._next_wakeup)
+
+    def _next_wakeup(self) -> float | None:
+        row = self._connect().execute("SELECT MIN(run_after) FROM jobs WHERE status = 'queued'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a migration file into statements (no semicolons inside our statements)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

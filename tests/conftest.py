@@ -1,0 +1,106 @@
+"""Shared fixtures: a fresh database and artifact folder per test, an in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reelflow.config import Settings
+from reelflow.engine.scheduler import Engine
+from reelflow.engine.worker import Worker
+from reelflow.providers.base import Provider
+from reelflow.providers.registry import Providers
+from reelflow.providers.sim import SimProvider
+from reelflow.store.sqlite import SQLiteStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/reelflow.db",
+        storage_url=f"file://{tmp_path}/artifacts",
+        retry_base_s=0.05,
+        retry_max_s=0.5,
+        lease_seconds=5,
+        poll_interval_s=0.05,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment for a worker subprocess sharing the test's database."""
+    env = dict(os.environ)
+    env.update(
+        REELFLOW_DATABASE_URL=settings.database_url,
+        REELFLOW_STORAGE_URL=settings.storage_url,
+        REELFLOW_RETRY_BASE_S=str(settings.retry_base_s),
+        REELFLOW_RETRY_MAX_S=str(settings.retry_max_s),
+        REELFLOW_LEASE_SECONDS=str(settings.lease_seconds),
+        REELFLOW_POLL_INTERVAL_S=str(settings.poll_interval_s),
+    )
+    return env
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(settings.database_url)
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def engine(store: SQLiteStore) -> Engine:
+    return Engine(store)
+
+
+@pytest.fixture
+def sim() -> SimProvider:
+    return SimProvider()
+
+
+@pytest.fixture
+def providers(sim: SimProvider) -> Providers:
+    return Providers({"sim": sim})
+
+
+WorkerFactory = Callable[..., contextlib.AbstractAsyncContextManager[Worker]]
+
+
+@pytest.fixture
+def running_worker(store: SQLiteStore, settings: Settings, providers: Providers) -> WorkerFactory:
+    """`async with running_worker(**opts) as w:` runs a worker in this event loop for the block."""
+
+    @contextlib.asynccontextmanager
+    async def start(
+        *, store_: SQLiteStore | None = None, providers_: dict[str, Provider] | None = None, **opts: Any
+    ) -> AsyncIterator[Worker]:
+        w = Worker(
+            store_ or store,
+            settings=settings,
+            providers=Providers(providers_) if providers_ is not None else providers,
+            **opts,
+        )
+        task = asyncio.create_task(w.run())
+        try:
+            yield w
+        finally:
+            w.stop()
+            await asyncio.wait_for(task, timeout=30)
+
+    return start
+
+
+def sim_job(job_id: str, model: str = "sim/video", **params: Any) -> dict[str, Any]:
+    extra = {k: params.pop(k) for k in ("depends_on", "max_attempts", "timeout_s", "start_timeout_s") if k in params}
+    return {"id": job_id, "type": "generate-" + model.split("/")[1], "model": model, "params": params, **extra}

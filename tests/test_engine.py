@@ -1,0 +1,417 @@
+"""The engine end to end on SQLite with the simulated provider: order, parallelism, retries, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from conftest import WorkerFactory, sim_job
+from reelflow.engine.scheduler import Engine
+from reelflow.errors import Conflict, NotFound, PlanError
+from reelflow.providers.base import PermanentError, ProgressReporter, ProviderResult, Task
+from reelflow.providers.sim import SimProvider
+from reelflow.store.sqlite import SQLiteStore
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def jobs_by_id(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {j["id"]: j for j in state["jobs"]}
+
+
+async def event_types(store: SQLiteStore, execution_id: str, job: str | None = None) -> list[str]:
+    return [e.type for e in await store.events(execution_id) if job is None or e.job_id == job]
+
+
+async def test_chain_runs_in_dependency_order(engine: Engine, running_worker: WorkerFactory) -> None:
+    plan = {
+        "jobs": [
+            sim_job("a", latency_s=0.1),
+            sim_job("b", latency_s=0.1, depends_on=["a"]),
+            sim_job("c", latency_s=0.1, echo="$b"),
+        ]
+    }
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    assert state["status"] == "succeeded"
+    assert state["progress"] == 100
+    jobs = jobs_by_id(state)
+    assert ts(jobs["b"]["started_at"]) >= ts(jobs["a"]["finished_at"])
+    assert ts(jobs["c"]["started_at"]) >= ts(jobs["b"]["finished_at"])
+    assert jobs["c"]["depends_on"] == ["b"]
+    assert state["result"]["outputs"].keys() == {"c"}
+
+
+async def test_independent_branches_overlap_in_time(engine: Engine, running_worker: WorkerFactory) -> None:
+    plan = {"jobs": [sim_job("left", latency_s=0.6), sim_job("right", latency_s=0.6)]}
+    eid = await engine.submit(plan)
+    t0 = time.monotonic()
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10, poll_s=0.05)
+    makespan = time.monotonic() - t0
+    left, right = jobs_by_id(state)["left"], jobs_by_id(state)["right"]
+    assert ts(right["started_at"]) < ts(left["finished_at"])
+    assert ts(left["started_at"]) < ts(right["finished_at"])
+    assert makespan < 1.1, f"two 0.6 s branches took {makespan:.2f} s together"
+
+
+async def test_references_resolve_anywhere_in_nested_params(engine: Engine, running_worker: WorkerFactory) -> None:
+    plan = {
+        "jobs": [
+            sim_job("src", latency_s=0),
+            sim_job("use", echo={"list": ["$src", {"deep": "$src.sim_id"}], "plain": "not $src"}),
+        ]
+    }
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    src = jobs["src"]["result"]
+    echo = jobs["use"]["result"]["echo"]
+    assert echo["list"][0] == src["url"]
+    assert echo["list"][1]["deep"] == src["sim_id"]
+    assert echo["plain"] == "not $src"
+    assert jobs["use"]["depends_on"] == ["src"]
+
+
+async def test_transient_failures_are_retried_with_backoff_then_succeed(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory
+) -> None:
+    eid = await engine.submit({"jobs": [sim_job("flaky", fail_times=2, max_attempts=3)]})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    job = jobs_by_id(state)["flaky"]
+    assert state["status"] == "succeeded"
+    assert job["attempts"] == 3
+    events = await store.events(eid)
+    retries = [e for e in events if e.type == "job.retrying"]
+    assert [e.data["attempt"] for e in retries] == [1, 2]
+    assert all("transient failure" in e.data["error"] for e in retries)
+    # full jitter under a doubling ceiling: attempt n waits at most base * 2^(n-1) (base 0.05 s here)
+    assert retries[0].data["retry_in_s"] <= 0.05 + 1e-6
+    assert retries[1].data["retry_in_s"] <= 0.10 + 1e-6
+    # and the next attempt never starts before its backoff ran out
+    runs = [e for e in events if e.type == "job.running"]
+    for retry, rerun in zip(retries, runs[1:], strict=True):
+        assert rerun.created_at >= retry.created_at + retry.data["retry_in_s"] - 0.01
+
+
+async def test_retry_after_from_the_provider_is_honoured(engine: Engine, running_worker: WorkerFactory) -> None:
+    eid = await engine.submit({"jobs": [sim_job("slowdown", fail_times=1, retry_after_s=0.4)]})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    job = jobs_by_id(state)["slowdown"]
+    assert job["status"] == "succeeded"
+    assert ts(job["finished_at"]) - ts(job["started_at"]) >= 0.4
+
+
+async def test_transient_failures_give_up_after_max_attempts(engine: Engine, running_worker: WorkerFactory) -> None:
+    eid = await engine.submit({"jobs": [sim_job("hopeless", fail_times=10, max_attempts=2)]})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    job = jobs_by_id(state)["hopeless"]
+    assert state["status"] == "failed"
+    assert job["attempts"] == 2
+    assert "gave up after 2 attempts" in job["error"]
+    assert "job 'hopeless' failed" in state["error"]
+
+
+async def test_permanent_failure_fails_at_once_and_skips_dependents(
+    engine: Engine, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    plan = {
+        "jobs": [
+            sim_job("bad", fail="permanent", max_attempts=5),
+            sim_job("after", echo="$bad"),
+            sim_job("later", depends_on=["after"]),
+        ]
+    }
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    assert state["status"] == "failed"
+    assert jobs["bad"]["status"] == "failed" and jobs["bad"]["attempts"] == 1
+    assert "fail: permanent" in jobs["bad"]["error"]
+    assert jobs["after"]["status"] == "skipped" and jobs["later"]["status"] == "skipped"
+    assert "'bad'" in jobs["after"]["error"]
+    assert jobs["after"]["attempts"] == 0
+    assert sim.submitted == 0
+
+
+async def test_on_failure_stop_starts_nothing_new_but_lets_running_jobs_finish(
+    engine: Engine, running_worker: WorkerFactory
+) -> None:
+    plan = {
+        "jobs": [
+            sim_job("long", latency_s=0.8),
+            sim_job("bad", latency_s=0.1, fail="permanent"),
+            sim_job("child_of_bad", depends_on=["bad"]),
+            sim_job("child_of_long", depends_on=["long"]),
+        ],
+        "options": {"on_failure": "stop"},
+    }
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    assert jobs["long"]["status"] == "succeeded"
+    assert jobs["bad"]["status"] == "failed"
+    assert jobs["child_of_bad"]["status"] == "skipped"
+    assert jobs["child_of_long"]["status"] == "skipped"
+    assert "on_failure is stop" in jobs["child_of_long"]["error"]
+    assert state["status"] == "failed"
+
+
+async def test_on_failure_continue_runs_independent_branches(engine: Engine, running_worker: WorkerFactory) -> None:
+    plan = {
+        "jobs": [
+            sim_job("long", latency_s=0.3),
+            sim_job("bad", fail="permanent"),
+            sim_job("child_of_bad", depends_on=["bad"]),
+            sim_job("child_of_long", depends_on=["long"]),
+        ],
+        "options": {"on_failure": "continue"},
+    }
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    assert jobs["child_of_long"]["status"] == "succeeded"
+    assert jobs["child_of_bad"]["status"] == "skipped"
+    assert state["status"] == "failed"
+    assert state["progress"] == 100
+
+
+class SwitchableProvider(SimProvider):
+    """The sim provider, except that jobs named in `broken` fail permanently; counts submits per job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: set[str] = set()
+        self.runs: dict[str, int] = {}
+
+    async def submit(self, task: Task) -> str:
+        self.runs[task.job_id] = self.runs.get(task.job_id, 0) + 1
+        if task.job_id in self.broken:
+            raise PermanentError(f"{task.job_id} is broken")
+        return await super().submit(task)
+
+
+async def test_resume_reruns_only_failed_and_skipped_jobs(engine: Engine, running_worker: WorkerFactory) -> None:
+    provider = SwitchableProvider()
+    provider.broken = {"b"}
+    plan = {
+        "jobs": [
+            sim_job("a"),
+            sim_job("b", echo="$a"),
+            sim_job("c", echo="$b"),
+            sim_job("side", latency_s=0.05),
+        ],
+        "options": {"on_failure": "continue"},
+    }
+    eid = await engine.submit(plan)
+    async with running_worker(providers_={"sim": provider}):
+        first = await engine.wait(eid, timeout=10)
+        assert first["status"] == "failed"
+        assert {j["id"]: j["status"] for j in first["jobs"]} == {
+            "a": "succeeded", "b": "failed", "c": "skipped", "side": "succeeded"
+        }
+        a_result = jobs_by_id(first)["a"]["result"]
+        provider.broken.clear()
+        resumed = await engine.resume(eid)
+        assert resumed["status"] in ("queued", "running")
+        final = await engine.wait(eid, timeout=10)
+    assert final["status"] == "succeeded"
+    assert provider.runs == {"a": 1, "b": 2, "c": 1, "side": 1}
+    assert jobs_by_id(final)["a"]["result"] == a_result
+    assert jobs_by_id(final)["b"]["result"]["echo"] == a_result["url"]
+    with pytest.raises(Conflict, match="nothing to resume"):
+        await engine.resume(eid)
+
+
+async def test_resume_of_a_running_execution_is_a_conflict(engine: Engine, running_worker: WorkerFactory) -> None:
+    eid = await engine.submit({"jobs": [sim_job("slow", latency_s=5)]})
+    with pytest.raises(Conflict, match="only a finished execution"):
+        await engine.resume(eid)
+    with pytest.raises(NotFound):
+        await engine.resume("ex_missing")
+
+
+async def test_retry_makes_a_new_execution_of_the_same_plan(engine: Engine, running_worker: WorkerFactory) -> None:
+    eid = await engine.submit({"jobs": [sim_job("x", fail="permanent")], "metadata": {"order": 7}})
+    async with running_worker():
+        await engine.wait(eid, timeout=10)
+        again = await engine.retry(eid)
+        state = await engine.wait(again, timeout=10)
+    assert again != eid
+    assert state["retry_of"] == eid
+    assert state["metadata"] == {"order": 7}
+    assert [j["id"] for j in state["jobs"]] == ["x"]
+
+
+async def test_cancel_stops_queued_and_running_jobs(
+    engine: Engine, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    plan = {"jobs": [sim_job("long", latency_s=30), sim_job("next", echo="$long")]}
+    eid = await engine.submit(plan)
+    async with running_worker():
+        for _ in range(100):
+            state = await engine.get(eid)
+            if jobs_by_id(state)["long"]["provider_job_id"]:
+                break
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        canceled = await engine.cancel(eid)
+        assert canceled["status"] == "canceled"
+        assert {j["status"] for j in canceled["jobs"]} == {"canceled"}
+        while not sim.canceled and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.05)
+    assert sim.canceled == [jobs_by_id(canceled)["long"]["provider_job_id"]]
+    assert time.monotonic() - t0 < 2.0
+    with pytest.raises(Conflict):
+        await engine.cancel(eid)
+
+
+async def test_job_timeout_fails_the_job_and_cancels_the_remote_work(
+    engine: Engine, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    eid = await engine.submit({"jobs": [sim_job("slow", latency_s=30, timeout_s=0.5)]})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    job = jobs_by_id(state)["slow"]
+    assert job["status"] == "failed"
+    assert "timeout_s" in job["error"]
+    assert sim.canceled == [job["provider_job_id"]]
+    assert ts(job["finished_at"]) - ts(job["started_at"]) < 2
+
+
+async def test_start_timeout_fails_a_job_stuck_in_the_provider_queue(
+    engine: Engine, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    plan = {
+        "jobs": [sim_job("stuck", queue_s=30, start_timeout_s=0.5), sim_job("quick", queue_s=0.2, start_timeout_s=5)]
+    }
+    eid = await engine.submit(plan | {"options": {"on_failure": "continue"}})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    assert jobs["stuck"]["status"] == "failed"
+    assert "start_timeout_s" in jobs["stuck"]["error"]
+    assert jobs["quick"]["status"] == "succeeded"
+    assert sim.canceled == [jobs["stuck"]["provider_job_id"]]
+
+
+async def test_execution_timeout(engine: Engine, running_worker: WorkerFactory) -> None:
+    plan = {"jobs": [sim_job("slow", latency_s=30)], "options": {"timeout_s": 0.5}}
+    eid = await engine.submit(plan)
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    assert state["status"] == "failed"
+    assert "options.timeout_s" in jobs_by_id(state)["slow"]["error"]
+
+
+async def test_progress_counts_finished_and_running_jobs(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory
+) -> None:
+    plan = {"jobs": [sim_job("a"), sim_job("b", queue_s=30)]}
+    eid = await engine.submit(plan)
+    async with running_worker():
+        for _ in range(100):
+            state = await engine.get(eid)
+            if jobs_by_id(state)["a"]["status"] == "succeeded" and jobs_by_id(state)["b"]["queue_position"]:
+                break
+            await asyncio.sleep(0.05)
+        assert state["progress"] == 50.0
+        assert jobs_by_id(state)["b"]["queue_position"] == 1
+        await engine.cancel(eid)
+    assert "execution.progress" in await event_types(store, eid)
+
+
+async def test_every_state_change_appends_an_event(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory
+) -> None:
+    eid = await engine.submit({"jobs": [sim_job("a"), sim_job("b", echo="$a")]})
+    async with running_worker():
+        await engine.wait(eid, timeout=10)
+    types = await event_types(store, eid)
+    assert types[0] == "execution.created"
+    assert types[-1] == "execution.succeeded"
+    assert await event_types(store, eid, "a") == ["job.running", "job.submitted", "job.succeeded"]
+    assert await event_types(store, eid, "b") == ["job.queued", "job.running", "job.submitted", "job.succeeded"]
+    seqs = [e.seq for e in await store.events(eid)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_invalid_plan_is_refused_and_stores_nothing(engine: Engine, store: SQLiteStore) -> None:
+    with pytest.raises(PlanError, match="clp"):
+        await engine.submit({"jobs": [sim_job("clip"), sim_job("merge", echo="$clp")]})
+    rows, _ = await store.list_executions()
+    assert rows == []
+
+
+async def test_listing_is_newest_first_with_cursor_pagination(engine: Engine, store: SQLiteStore) -> None:
+    ids = [await engine.submit({"jobs": [sim_job("a")]}) for _ in range(5)]
+    page1, cursor = await store.list_executions(limit=2)
+    page2, cursor2 = await store.list_executions(limit=2, cursor=cursor)
+    page3, cursor3 = await store.list_executions(limit=2, cursor=cursor2)
+    assert [r["id"] for r in page1 + page2 + page3] == ids[::-1]
+    assert cursor3 is None
+
+
+async def test_released_jobs_resume_waiting_on_the_same_provider_id(
+    engine: Engine, store: SQLiteStore, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    """A worker shutting down gives its jobs back; the next one waits on the same remote work."""
+    eid = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=1.0) for i in range(3)]})
+    async with running_worker(drain_timeout_s=0.1):
+        for _ in range(100):
+            state = await engine.get(eid)
+            if all(j["provider_job_id"] for j in state["jobs"]):
+                break
+            await asyncio.sleep(0.05)
+    released = await engine.get(eid)
+    assert {j["status"] for j in released["jobs"]} == {"queued"}
+    assert {j["attempts"] for j in released["jobs"]} == {0}
+    pids = {j["id"]: j["provider_job_id"] for j in released["jobs"]}
+    assert sim.submitted == 3
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    assert state["status"] == "succeeded"
+    assert sim.submitted == 3, "resuming must not pay for new remote work"
+    assert {j["id"]: j["result"]["provider_id"] for j in state["jobs"]} == pids
+
+
+class CountingProvider(SimProvider):
+    """Records how many jobs wait at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0
+        self.peak = 0
+
+    async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            return await super().wait(task, provider_id, report)
+        finally:
+            self.now -= 1
+
+
+async def test_concurrency_limits_how_many_jobs_one_worker_holds(
+    engine: Engine, running_worker: WorkerFactory
+) -> None:
+    provider = CountingProvider()
+    eid = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=0.1) for i in range(12)]})
+    async with running_worker(providers_={"sim": provider}, concurrency=4):
+        state = await engine.wait(eid, timeout=10)
+    assert state["status"] == "succeeded"
+    assert provider.peak == 4
