@@ -1,7 +1,8 @@
 """Engine overhead: 20,000 zero-latency `sim` jobs through the whole path on one worker.
 
 Submits 100 plans of 200 jobs (100 roots, each with one dependent) from a separate connection
-while one worker runs, then reads the timings back from the database:
+(validation, estimate and the insert, timed on their own), then starts one worker and reads the
+timings back from the database once every execution has ended:
 - jobs/s from the first job's start to the last job's finish;
 - p50/p99 hand-off: a dependency's completion to its dependent's start.
 
@@ -41,7 +42,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def main(total: int, database_url: str | None, concurrency: int) -> None:
+async def main(total: int, database_url: str | None, concurrency: int, batch: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-bench-"))
     settings = Settings(
         database_url=database_url or f"sqlite:///{tmp}/bench.db",
@@ -55,13 +56,13 @@ async def main(total: int, database_url: str | None, concurrency: int) -> None:
     client_store = open_store(settings.database_url)
     engine = Engine(client_store)
     worker = Worker(worker_store, settings=settings, providers=Providers({"sim": SimProvider()}),
-                    concurrency=concurrency)
-    runner = asyncio.create_task(worker.run())
+                    concurrency=concurrency, batch_size=batch)
     t0 = time.perf_counter()
     ids = [await engine.submit(plan(pairs)) for _ in range(plans)]
     submit_s = time.perf_counter() - t0
+    runner = asyncio.create_task(worker.run())
     for eid in ids:
-        await engine.wait(eid, poll_s=0.05)
+        await engine.wait(eid, poll_s=0.5)
     worker.stop()
     await runner
     starts: list[float] = []
@@ -98,5 +99,6 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--database-url")
     parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100, help="jobs claimed per round trip")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.database_url, args.concurrency))
+    asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch))

@@ -69,7 +69,7 @@ class Worker:
         providers: Providers | None = None,
         storage: Storage | None = None,
         concurrency: int = 1000,
-        batch_size: int = 500,
+        batch_size: int = 100,
         worker_id: str | None = None,
         drain_timeout_s: float = 30.0,
     ) -> None:
@@ -313,11 +313,10 @@ class Worker:
             model=c.model,
             params=params,
             attempt=c.attempts,
-            workdir=workdir,
+            scratch=workdir,
             inputs=self._local_inputs(params),
         )
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
             pid = c.provider_job_id
             if pid is None:
                 pid = await provider.submit(task)
@@ -338,7 +337,8 @@ class Worker:
         except ProviderError as exc:
             return self._failed(c, exc.message)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir.exists():
+                shutil.rmtree(workdir, ignore_errors=True)
 
     def _failed(self, c: ClaimedJob, error: str) -> JobOutcome:
         return JobOutcome(c.id, self.id, "failed", error=error)

@@ -45,9 +45,16 @@ class Task:
     model: str | None
     params: dict[str, Any]
     attempt: int
-    workdir: Path
+    scratch: Path
+    """Where this attempt may write files; created on first use of `workdir`, removed afterwards."""
     inputs: dict[str, Path] = field(default_factory=dict)
     """Local files for the URL parameters that point at our own artifacts (param name -> path)."""
+
+    @property
+    def workdir(self) -> Path:
+        """The attempt's scratch folder, created on first use (most remote jobs never need one)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        return self.scratch
 
 
 @dataclass
