@@ -32,8 +32,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
@@ -74,12 +74,20 @@ def _no_server(server: str | None) -> None:
 
 
 def _read_plan(path: Path) -> Any:
-    if str(path) == "-":
-        return load_plan_text(sys.stdin.read(), filename="<stdin>")
-    if not path.is_file():
+    """The plan's data; a missing file is bad usage (2), unparsable text a refusal (1)."""
+    if str(path) != "-" and not path.is_file():
         err.print(f"[red]error:[/red] plan file {str(path)!r} not found")
         raise typer.Exit(2)
-    return load_plan_text(path.read_text(encoding="utf-8"), filename=str(path))
+    try:
+        if str(path) == "-":
+            return load_plan_text(sys.stdin.read(), filename="<stdin>")
+        return load_plan_text(path.read_text(encoding="utf-8"), filename=str(path))
+    except PlanError as exc:
+        err.print(f"[red]refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]error:[/red] cannot read {str(path)!r}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _print_json(value: Any) -> None:
@@ -105,7 +113,7 @@ def _summary(state: dict[str, Any]) -> None:
         out.print(f"  error: {state['error']}", highlight=False)
     result = state.get("result") or {}
     if result.get("path") or result.get("url"):
-        out.print(f"  output: {result.get('path') or result.get('url')}", highlight=False)
+        out.print(f"  output: {result.get('path') or result.get('url')}", highlight=False, soft_wrap=True)
 
 
 def _exit_for(state: dict[str, Any]) -> None:
@@ -317,6 +325,7 @@ async def _demo(data: Any) -> dict[str, Any]:
                 f"[green]final video:[/green] {result.get('path')}  "
                 f"({result.get('duration')} s, {result.get('width')}x{result.get('height')})",
                 highlight=False,
+                soft_wrap=True,
             )
         return state
     finally:

@@ -33,6 +33,7 @@ from ..providers.base import (
     Task,
     TransientError,
 )
+from ..providers.catalog import check_job_params
 from ..providers.registry import Providers
 from ..storage import Storage, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
@@ -302,9 +303,11 @@ class Worker:
             return self._failed(c, f"no provider named {c.provider!r} is configured in this worker")
         held.provider = provider
         try:
-            params = resolve_references(c.params, c.dep_results)
+            params = resolve_references(c.params, c.dep_results, job_id=c.key)
         except PlanError as exc:
             return self._failed(c, str(exc))
+        if c.type != "run" and (problems := check_job_params(c.type, c.model, params, job_id=c.key)):
+            return self._failed(c, "invalid parameters after resolving references: " + "; ".join(map(str, problems)))
         workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
         task = Task(
             execution_id=c.execution_id,

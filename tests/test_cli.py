@@ -1,0 +1,136 @@
+"""The `reelflow` command line, run as a user runs it: exit codes, messages, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CLI = [sys.executable, "-m", "reelflow.cli"]
+
+
+@pytest.fixture
+def cli(worker_env: dict[str, str], tmp_path: Path) -> Any:
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env=worker_env, cwd=tmp_path, capture_output=True, text=True, input=stdin, timeout=120
+        )
+
+    return run
+
+
+def write_plan(tmp_path: Path, plan: dict[str, Any], name: str = "plan.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+SIM_PLAN = {
+    "jobs": [
+        {"id": "a", "type": "generate-image", "model": "sim/image", "params": {"latency_s": 0.05}},
+        {"id": "b", "type": "generate-video", "model": "sim/video", "params": {"image": "$a", "latency_s": 0.05}},
+    ]
+}
+
+
+def test_run_wait_json_prints_the_final_state_and_exits_0(cli: Any, tmp_path: Path) -> None:
+    proc = cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--wait", "--json")
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(proc.stdout)
+    assert state["status"] == "succeeded"
+    assert [j["status"] for j in state["jobs"]] == ["succeeded", "succeeded"]
+    assert state["jobs"][1]["depends_on"] == ["a"]
+
+
+def test_run_without_wait_enqueues_and_status_reports_it(cli: Any, tmp_path: Path) -> None:
+    proc = cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--json")
+    assert proc.returncode == 0, proc.stderr
+    accepted = json.loads(proc.stdout)
+    assert accepted["status"] == "queued"
+    status = cli("status", accepted["id"], "--json")
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["status"] == "queued"
+    done = cli("status", accepted["id"], "--wait", "--json")  # no worker running: runs one embedded
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+
+
+def test_a_failed_execution_exits_1_and_resume_and_retry_work(cli: Any, tmp_path: Path) -> None:
+    plan = {"type": "generate-video", "model": "sim/video", "params": {"fail": "permanent"}}
+    proc = cli("run", str(write_plan(tmp_path, plan)), "--wait", "--json")
+    assert proc.returncode == 1
+    state = json.loads(proc.stdout)
+    assert state["status"] == "failed"
+    assert "fail: permanent" in state["error"]
+    retried = cli("retry", state["id"], "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["retry_of"] == state["id"]
+    resumed = cli("resume", state["id"], "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] in ("queued", "running")
+
+
+def test_an_invalid_plan_is_refused_with_the_culprit_and_nothing_is_stored(cli: Any, tmp_path: Path) -> None:
+    plan = {"jobs": [{"id": "clip", "type": "generate-video", "model": "local/video",
+                      "params": {"prompt": "x", "duration": 90}}]}
+    proc = cli("run", str(write_plan(tmp_path, plan)))
+    assert proc.returncode == 1
+    assert "job 'clip'" in proc.stderr and "duration must be at most 60 (got 90)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    db = tmp_path / "reelflow.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'executions'").fetchone()[0] in (0, 1)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if "executions" in tables:
+                assert conn.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 0
+                assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
+def test_bad_yaml_names_the_line(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("jobs:\n  - id: a\n    type: [unclosed\n")
+    proc = cli("run", str(path))
+    assert proc.returncode == 1
+    assert "line" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2(cli: Any, tmp_path: Path) -> None:
+    assert cli("run", str(tmp_path / "missing.yaml")).returncode == 2
+    assert cli("run").returncode == 2
+    assert cli("no-such-command").returncode == 2
+
+
+def test_unknown_execution_is_reported_without_a_traceback(cli: Any) -> None:
+    for args in (("status", "ex_nope"), ("cancel", "ex_nope"), ("resume", "ex_nope"), ("retry", "ex_nope")):
+        proc = cli(*args)
+        assert proc.returncode == 1, args
+        assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_from_stdin_and_events(cli: Any) -> None:
+    proc = cli("run", "-", "--wait", "--json", stdin=json.dumps(SIM_PLAN))
+    assert proc.returncode == 0, proc.stderr
+    eid = json.loads(proc.stdout)["id"]
+    events = [json.loads(line) for line in cli("events", eid).stdout.splitlines()]
+    assert events[0]["type"] == "execution.created"
+    assert events[-1]["type"] == "execution.succeeded"
+
+
+def test_models_lists_the_catalog(cli: Any) -> None:
+    proc = cli("models", "--json")
+    assert proc.returncode == 0
+    ids = {m["id"] for m in json.loads(proc.stdout)}
+    assert {"local/image", "local/video", "local/audio", "sim/video"} <= ids
+
+
+def test_migrate_reports_the_schema_version(cli: Any) -> None:
+    proc = cli("migrate")
+    assert proc.returncode == 0
+    assert "schema version 1" in proc.stdout
