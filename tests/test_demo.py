@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from mediacheck import decoded_duration
-
 from reelflow import media
 
 

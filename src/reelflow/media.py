@@ -1,0 +1,1146 @@
+"""ffmpeg operations: probe, make local media, merge, concat, captions, overlay, transcode, thumbnail.
+
+Every operation runs ffmpeg as an asyncio subprocess, so the event loop never blocks; a cancelled
+operation kills its ffmpeg. Outputs are written to a hidden partial file beside `out` and renamed into
+place only on success, so a failed or cancelled operation never leaves a half-written `out`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+X264_PRESET = "veryfast"
+"""libx264 speed preset for every H.264 encode (small machines: keep it fast)."""
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm"})
+AUDIO_SUFFIXES = frozenset({".m4a", ".mp3", ".wav", ".ogg", ".opus"})
+
+CONTENT_TYPES: dict[str, str] = {
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".gif": "image/gif",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".m4a": "audio/mp4",
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".srt": "application/x-subrip",
+    ".json": "application/json",
+}
+
+FONT_CANDIDATES: tuple[str, ...] = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation2/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/TTF/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    "/usr/share/fonts/gnu-free/FreeSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+)
+"""Fonts tried in order for drawn text; without any of them, text is left out (never an error)."""
+
+_STDERR_TAIL_LINES = 6
+_CHAR_WIDTH_EM = 0.6  # a generous average glyph width of a sans font, in font sizes
+
+
+class MediaError(Exception):
+    """An ffmpeg operation failed; the message names the operation and ffmpeg's complaint."""
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped by imageio-ffmpeg (resolved once, on first use)."""
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+FFMPEG: str
+"""The ffmpeg path (module attribute resolved lazily on first access; see ffmpeg_exe())."""
+
+
+def __getattr__(name: str) -> Any:
+    """Module attribute `FFMPEG`: the ffmpeg path, resolved lazily."""
+    if name == "FFMPEG":
+        return ffmpeg_exe()
+    raise AttributeError(name)
+
+
+def find_font() -> str | None:
+    """The first existing font of FONT_CANDIDATES, or None."""
+    for candidate in FONT_CANDIDATES:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# running processes
+
+
+async def _exec(op: str, cmd: Sequence[str], *, check: bool = True) -> tuple[int, str]:
+    """Run `cmd`, return (exit code, stderr); kill the process if the awaiting task is cancelled."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise MediaError(f"{op}: cannot run {_tool(cmd[0])}: {exc}") from exc
+    try:
+        _, err = await proc.communicate()
+    except BaseException:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(proc.wait())
+        raise
+    text = err.decode("utf-8", "replace")
+    code = proc.returncode if proc.returncode is not None else -1
+    if check and code != 0:
+        raise MediaError(f"{op}: {_tool(cmd[0])} failed (exit {code}): {_tail(text)}")
+    return code, text
+
+
+def _tool(exe: str) -> str:
+    name = Path(exe).name
+    return "ffmpeg" if name.startswith("ffmpeg") else name
+
+
+def _tail(stderr: str, lines: int = _STDERR_TAIL_LINES) -> str:
+    """The last few meaningful lines of a tool's stderr, joined on one line (pointers dropped)."""
+    stderr = re.sub(r" @ 0x[0-9a-f]+\]", "]", stderr)
+    kept = [ln.strip() for ln in re.split(r"[\r\n]+", stderr) if ln.strip()]
+    return " | ".join(kept[-lines:]) or "no error output"
+
+
+async def _ffmpeg(op: str, args: Sequence[str], out: Path) -> None:
+    """Run ffmpeg with `args` writing to a partial file, then move it onto `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.part{out.suffix}")
+    cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin", "-loglevel", "error", *args, str(partial)]
+    try:
+        await _exec(op, cmd)
+        if not _nonempty(partial):
+            raise MediaError(f"{op}: ffmpeg produced no output")
+        os.replace(partial, out)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# filtergraph helpers
+
+
+def _esc(value: object) -> str:
+    """Escape a filter option value for both levels (option, then filtergraph): taken literally."""
+    v = str(value).replace("\\", "\\\\").replace("'", "\\'").replace(":", "\\:")
+    v = v.replace("\\", "\\\\")
+    for ch in "'[],;":
+        v = v.replace(ch, "\\" + ch)
+    return v
+
+
+def _filter(name: str, **opts: object) -> str:
+    """`name=k=v:k=v` with every value escaped; None values are left out."""
+    parts = [f"{k}={_esc(v)}" for k, v in opts.items() if v is not None]
+    return f"{name}={':'.join(parts)}" if parts else name
+
+
+def _num(x: float) -> str:
+    """A float short and plain for ffmpeg expressions."""
+    return f"{x:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def _even(n: float) -> int:
+    """Round down to an even number of at least 2 (H.264 wants even dimensions)."""
+    return max(2, int(n) - int(n) % 2)
+
+
+def _chars_per_line(box_width: float, font_size: int) -> int:
+    return max(6, int(box_width / (font_size * _CHAR_WIDTH_EM)))
+
+
+def _wrap(text: str, *, box_width: float, font_size: int, max_lines: int | None = None) -> str:
+    """Wrap `text` to lines that fit `box_width` pixels at `font_size`, keeping its own line breaks."""
+    per_line = _chars_per_line(box_width, font_size)
+    lines: list[str] = []
+    for para in text.splitlines() or [""]:
+        lines.extend(textwrap.wrap(para, per_line, break_long_words=True) or ([""] if para else []))
+    lines = [ln for ln in lines if ln.strip()] if len(lines) > 1 else lines
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(1, per_line - 1)].rstrip() + "…"
+    return "\n".join(lines)
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _drawtext(
+    textfile: Path,
+    *,
+    font: str,
+    font_size: int,
+    color: str = "white",
+    x: str = "(w-text_w)/2",
+    y: str = "(h-text_h)/2",
+    box: bool = True,
+    box_color: str = "black@0.45",
+    enable: str | None = None,
+    alpha: str | None = None,
+) -> str:
+    """A drawtext filter reading its text from a file (no escaping of user text needed)."""
+    return _filter(
+        "drawtext",
+        fontfile=font,
+        textfile=str(textfile),
+        expansion="none",
+        fontsize=font_size,
+        fontcolor=color,
+        line_spacing=max(2, font_size // 5),
+        text_align="C",
+        x=x,
+        y=y,
+        borderw=0 if box else max(1, font_size // 16),
+        bordercolor="black",
+        box=1 if box else 0,
+        boxcolor=box_color,
+        boxborderw=max(4, font_size // 3),
+        alpha=alpha,
+        enable=enable,
+    )
+
+
+def _seeded(prompt: str, seed: int | None) -> bytes:
+    """Bytes that depend only on (prompt, seed): the source of every 'random' choice."""
+    return hashlib.sha256(f"{prompt}\x00{seed}".encode()).digest()
+
+
+def _palette(digest: bytes, n: int) -> list[str]:
+    """`n` harmonious colours (0xRRGGBB) derived from `digest`."""
+    hue = digest[0] / 255
+    spread = 0.12 + digest[1] / 255 * 0.3
+    colours = []
+    for i in range(n):
+        h = (hue + i * spread) % 1.0
+        s = 0.45 + digest[2 + i] / 255 * 0.4
+        v = 0.45 + digest[6 + i] / 255 * 0.45
+        r, g, b = colorsys.hsv_to_rgb(h, s, v)
+        colours.append(f"0x{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return colours
+
+
+def _gradient_source(digest: bytes, width: int, height: int, *, fps: int, speed: float | None = None) -> str:
+    """A `gradients` source filter whose colours, geometry and type derive from `digest`."""
+    n = 2 + digest[10] % 2
+    colours = _palette(digest, n)
+    kind = ("linear", "radial", "linear", "circular")[digest[11] % 4]
+    x0 = digest[12] * width // 255
+    y0 = digest[13] * height // 255
+    opts: dict[str, object] = {f"c{i}": c for i, c in enumerate(colours)}
+    return _filter(
+        "gradients",
+        s=f"{width}x{height}",
+        r=fps,
+        n=n,
+        **opts,
+        x0=x0,
+        y0=y0,
+        x1=width - x0,
+        y1=height - y0,
+        type=kind,
+        speed=_num(speed) if speed is not None else 0,
+        seed=int.from_bytes(digest[14:18], "big"),
+    )
+
+
+def _prompt_text_filter(prompt: str, tmp: Path, width: int, height: int, *, fade_in: bool = False) -> str | None:
+    """drawtext for a prompt centred on a width x height frame, or None without a font or text."""
+    font = find_font()
+    if font is None or not prompt.strip():
+        if font is None:
+            log.warning("no font found; drawing no text")
+        return None
+    size = max(10, min(width, height) // 9)
+    text = _wrap(prompt.strip(), box_width=width * 0.82, font_size=size)
+    while size > 10 and len(text.splitlines()) * size * 1.3 > height * 0.7:
+        size = max(10, int(size * 0.85))
+        text = _wrap(prompt.strip(), box_width=width * 0.82, font_size=size)
+    max_lines = max(1, int(height * 0.7 / (size * 1.3)))
+    text = _wrap(prompt.strip(), box_width=width * 0.82, font_size=size, max_lines=max_lines)
+    textfile = _write_text(tmp / "prompt.txt", text)
+    return _drawtext(
+        textfile,
+        font=font,
+        font_size=size,
+        box_color="black@0.35",
+        alpha="min(1,t/0.8)" if fade_in else None,
+    )
+
+
+def _video_codec_args(op: str, out: Path, *, crf: int | None = None) -> list[str]:
+    """Video encoder options chosen by the output's suffix."""
+    suffix = out.suffix.lower()
+    if suffix == ".webm":
+        quality = ["-crf", str(crf if crf is not None else 33), "-b:v", "0"]
+        speed = "-deadline realtime -cpu-used 8 -row-mt 1 -pix_fmt yuv420p".split()
+        return ["-c:v", "libvpx-vp9", *quality, *speed]
+    if suffix in (".mp4", ".mov", ".mkv"):
+        quality = ["-crf", str(crf if crf is not None else 23)]
+        args = ["-c:v", "libx264", "-preset", X264_PRESET, *quality, "-pix_fmt", "yuv420p"]
+        if suffix != ".mkv":
+            args += ["-movflags", "+faststart"]
+        return args
+    raise MediaError(f"{op}: unsupported video output format {suffix or '(none)'!r}")
+
+
+def _audio_codec_args(op: str, out: Path, *, bitrate: str | None = None) -> list[str]:
+    """Audio encoder options chosen by the output's suffix."""
+    suffix = out.suffix.lower()
+    if suffix in (".mp4", ".mov", ".mkv", ".m4a"):
+        return ["-c:a", "aac", "-b:a", bitrate or "160k"]
+    if suffix in (".webm", ".ogg", ".opus"):
+        return ["-c:a", "libopus", "-b:a", bitrate or "128k"]
+    if suffix == ".mp3":
+        return ["-c:a", "libmp3lame", *(["-b:a", bitrate] if bitrate else ["-q:a", "4"])]
+    if suffix == ".wav":
+        return ["-c:a", "pcm_s16le"]
+    raise MediaError(f"{op}: unsupported audio output format {suffix or '(none)'!r}")
+
+
+def _copyable_audio(codec: str | None, out: Path) -> bool:
+    """Whether an audio stream of `codec` can be copied as is into `out`'s container."""
+    suffix = out.suffix.lower()
+    if suffix in (".mp4", ".mov", ".m4a"):
+        return codec in ("aac", "mp3", "alac")
+    if suffix == ".mkv":
+        return codec in ("aac", "mp3", "opus", "vorbis", "flac", "pcm_s16le")
+    if suffix == ".webm":
+        return codec in ("opus", "vorbis")
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# probe
+
+_INPUT_RE = re.compile(r"^Input #0, (.+?), from ", re.M)
+_DURATION_RE = re.compile(r"^\s*Duration: (?:(\d+):(\d+):(\d+(?:\.\d+)?)|N/A)", re.M)
+_STREAM_RE = re.compile(r"^\s*Stream #0:\d+\S*?: (Video|Audio): (.*)$", re.M)
+_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
+
+
+def _split_top(desc: str) -> list[str]:
+    """Split a stream description on commas outside parentheses and brackets."""
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for ch in desc:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+def _rate(parts: list[str], unit: str) -> float | None:
+    for p in parts:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(k?) " + unit, p)
+        if m:
+            return float(m.group(1)) * (1000 if m.group(2) else 1)
+    return None
+
+
+def _parse_stream(kind: str, desc: str) -> dict[str, Any] | None:
+    """One `Stream #0:N: Video|Audio: ...` description as a dict (None for cover art)."""
+    if "(attached pic)" in desc:
+        return None
+    parts = _split_top(desc)
+    codec = parts[0].split()[0] if parts else "unknown"
+    if kind == "Video":
+        width = height = None
+        for p in parts[1:]:
+            m = re.match(r"(\d+)x(\d+)(?:\s|$)", p)
+            if m:
+                width, height = int(m.group(1)), int(m.group(2))
+                break
+        fps = _rate(parts, "fps") or _rate(parts, "tbr")
+        return {"type": "video", "codec": codec, "width": width, "height": height, "fps": fps}
+    sample_rate = _rate(parts, "Hz")
+    channels = None
+    for p in parts[1:]:
+        layout = p.split("(")[0].strip()
+        if layout in _CHANNELS:
+            channels = _CHANNELS[layout]
+            break
+        m = re.fullmatch(r"(\d+) channels(?: \(.*\))?", p)
+        if m:
+            channels = int(m.group(1))
+            break
+    return {
+        "type": "audio",
+        "codec": codec,
+        "sample_rate": int(sample_rate) if sample_rate else None,
+        "channels": channels,
+    }
+
+
+def parse_probe(stderr: str, size: int) -> dict[str, Any] | None:
+    """Parse the stderr of `ffmpeg -i FILE` into probe()'s dict; None when it shows no media."""
+    m_input = _INPUT_RE.search(stderr)
+    if not m_input:
+        return None
+    header = stderr[m_input.start() :]
+    streams = [s for kind, desc in _STREAM_RE.findall(header) if (s := _parse_stream(kind, desc))]
+    if not streams:
+        return None
+    m_dur = _DURATION_RE.search(header)
+    duration = None
+    if m_dur and m_dur.group(1) is not None:
+        duration = int(m_dur.group(1)) * 3600 + int(m_dur.group(2)) * 60 + float(m_dur.group(3))
+    fmt = m_input.group(1)
+    video = next((s for s in streams if s["type"] == "video"), None)
+    if video is not None and (duration is None or fmt == "image2" or fmt.endswith("_pipe")):
+        duration = None  # a still image (the image2 demuxer reports one frame's duration)
+        video["fps"] = None
+    return {
+        "duration": duration,
+        "size": size,
+        "format": fmt,
+        "width": video["width"] if video else None,
+        "height": video["height"] if video else None,
+        "fps": video["fps"] if video else None,
+        "streams": streams,
+        "has_video": video is not None,
+        "has_audio": any(s["type"] == "audio" for s in streams),
+    }
+
+
+async def probe(path: Path) -> dict[str, Any]:
+    """Duration, size, container and streams of a media file (MediaError when it is not media)."""
+    try:
+        size = _file_size(path)
+    except OSError as exc:
+        raise MediaError(f"probe: cannot read {path.name}: {exc.strerror or exc}") from exc
+    _, stderr = await _exec("probe", [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin", "-i", str(path)], check=False)
+    info = parse_probe(stderr, size)
+    if info is None:
+        lines = [ln for ln in stderr.splitlines() if "output file" not in ln]
+        raise MediaError(f"probe: {path.name} is not a media file: {_tail(chr(10).join(lines), 2)}")
+    return info
+
+
+def _first(info: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((s for s in info["streams"] if s["type"] == kind), None)
+
+
+def _is_still(info: dict[str, Any]) -> bool:
+    return bool(info["has_video"]) and info["duration"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# local/image, local/video, local/audio
+
+
+async def make_image(out: Path, *, prompt: str, width: int = 1280, height: int = 720, seed: int | None = None) -> None:
+    """A still drawn from the prompt: a gradient seeded by (prompt, seed) with the prompt over it."""
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MediaError(f"make-image: unsupported image format {out.suffix!r} (use .png or .jpg)")
+    width, height = _check_size("make-image", width, height)
+    digest = _seeded(prompt, seed)
+    with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
+        chain = [_gradient_source(digest, width, height, fps=1)]
+        text = _prompt_text_filter(prompt, Path(tmp), width, height)
+        if text:
+            chain.append(text)
+        args = ["-f", "lavfi", "-i", ",".join(chain), "-frames:v", "1", "-update", "1"]
+        if out.suffix.lower() != ".png":
+            args += ["-q:v", "3"]
+        await _ffmpeg("make-image", args, out)
+
+
+async def make_video(
+    out: Path,
+    *,
+    prompt: str | None = None,
+    image: Path | None = None,
+    duration: float = 5.0,
+    width: int = 1280,
+    height: int = 720,
+    fps: int = 24,
+    seed: int | None = None,
+) -> None:
+    """A clip of exactly `duration` s: a Ken Burns move over `image`, else a moving gradient + prompt.
+
+    With an image the prompt is not drawn (it describes the motion for AI models). H.264 MP4, no audio.
+    """
+    if duration <= 0:
+        raise MediaError("make-video: duration must be positive")
+    if fps <= 0:
+        raise MediaError("make-video: fps must be positive")
+    width, height = _even(width), _even(height)
+    width, height = _check_size("make-video", width, height)
+    frames = max(1, round(duration * fps))
+    digest = _seeded(prompt or (image.name if image else ""), seed)
+    codec = _video_codec_args("make-video", out)
+    with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
+        if image is not None:
+            info = await probe(image)
+            if not info["has_video"]:
+                raise MediaError(f"make-video: {image.name} is not an image")
+            graph = _ken_burns(digest, width, height, fps, frames)
+            args = ["-i", str(image), "-filter_complex", graph, "-map", "[v]"]
+        else:
+            chain = [_gradient_source(digest, width, height, fps=fps, speed=0.006 + digest[20] / 255 * 0.02)]
+            text = _prompt_text_filter(prompt or "", Path(tmp), width, height, fade_in=True)
+            if text:
+                chain.append(text)
+            chain.append("format=yuv420p")
+            args = ["-f", "lavfi", "-i", ",".join(chain)]
+        args += ["-frames:v", str(frames), "-r", str(fps), "-an", *codec]
+        await _ffmpeg("make-video", args, out)
+
+
+def _ken_burns(digest: bytes, width: int, height: int, fps: int, frames: int) -> str:
+    """A filtergraph: cover-crop the image, then zoom and pan slowly over it (zoompan)."""
+    big_w, big_h = width * 2, height * 2  # zoompan rounds its crop; a larger canvas hides the jitter
+    zoom_in = digest[21] % 2 == 0
+    z0, z1 = (1.0, 1.22) if zoom_in else (1.22, 1.0)
+    fx0, fx1 = digest[22] / 255, digest[23] / 255
+    fy0, fy1 = 0.3 + digest[24] / 255 * 0.4, 0.3 + digest[25] / 255 * 0.4
+    span = max(1, frames - 1)
+    p = f"(0.5-0.5*cos(PI*on/{span}))"  # eased progress 0 -> 1
+    zoom = f"{_num(z0)}+({_num(z1 - z0)})*{p}"
+    x = f"(iw-iw/zoom)*({_num(fx0)}+({_num(fx1 - fx0)})*{p})"
+    y = f"(ih-ih/zoom)*({_num(fy0)}+({_num(fy1 - fy0)})*{p})"
+    return ",".join(
+        [
+            "[0:v:0]" + _filter("scale", w=big_w, h=big_h, force_original_aspect_ratio="increase", out_range="tv"),
+            _filter("crop", w=big_w, h=big_h),
+            _filter("zoompan", z=zoom, x=x, y=y, d=frames, s=f"{width}x{height}", fps=fps),
+            "setsar=1,format=yuv420p[v]",
+        ]
+    )
+
+
+def _check_size(op: str, width: int, height: int) -> tuple[int, int]:
+    if not (1 <= width <= 8192 and 1 <= height <= 8192):
+        raise MediaError(f"{op}: size {width}x{height} is out of range (1..8192)")
+    return int(width), int(height)
+
+
+_VOICE_ALIASES = {"female": "en+f3", "woman": "en+f3", "male": "en+m3", "man": "en+m3"}
+_CHORDS = (
+    (261.63, 329.63, 392.00, 493.88),  # Cmaj7
+    (220.00, 261.63, 329.63, 392.00),  # Am7
+    (174.61, 220.00, 261.63, 329.63),  # Fmaj7
+    (196.00, 246.94, 293.66, 369.99),  # Gmaj7
+)
+
+
+def speech_available() -> bool:
+    """Whether make_audio can speak (espeak-ng is on PATH); otherwise it makes a tone bed."""
+    return shutil.which("espeak-ng") is not None
+
+
+def espeak_voice(voice: str | None) -> str:
+    """Map a requested voice to an espeak-ng voice: an espeak name as given, 'female'/'male', else 'en'."""
+    if not voice:
+        return "en"
+    v = voice.strip().lower()
+    if v in _VOICE_ALIASES:
+        return _VOICE_ALIASES[v]
+    if re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})*(\+[a-z0-9]{1,10})?", v):
+        return v
+    return "en"
+
+
+def _tone_bed(duration: float, text: str) -> str:
+    """A lavfi source: a soft chord of sine tones, gently breathing, faded in and out."""
+    chord = _CHORDS[hashlib.sha256(text.encode()).digest()[0] % len(_CHORDS)]
+    gains = (0.10, 0.07, 0.06, 0.04)
+
+    def channel(detune: float) -> str:
+        tones = "+".join(f"{g}*sin(2*PI*{_num(f * detune)}*t)" for g, f in zip(gains, chord, strict=True))
+        return f"({tones})*(0.85+0.15*sin(2*PI*0.2*t))"
+
+    fade = min(1.0, duration / 4)
+    return ",".join(
+        [
+            _filter("aevalsrc", exprs=f"{channel(1.0)}|{channel(1.003)}", s=44100, d=_num(duration)),
+            _filter("afade", t="in", d=_num(fade)),
+            _filter("afade", t="out", st=_num(max(0.0, duration - fade)), d=_num(fade)),
+        ]
+    )
+
+
+async def make_audio(
+    out: Path, *, text: str | None = None, duration: float | None = None, voice: str | None = None
+) -> None:
+    """Speech with espeak-ng when installed, else a tone bed; AAC .m4a (or .wav/.mp3 by suffix).
+
+    Length: `duration` when given (speech padded or cut to it); otherwise speech keeps its natural
+    length and a tone bed lasts ~0.07 s per character of `text` (at least 1 s; 5 s without text).
+    """
+    if duration is not None and duration <= 0:
+        raise MediaError("make-audio: duration must be positive")
+    codec = _audio_codec_args("make-audio", out)
+    espeak = shutil.which("espeak-ng")
+    words = (text or "").strip()
+    if espeak and words:
+        with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
+            speech = Path(tmp) / "speech.wav"
+            textfile = _write_text(Path(tmp) / "speech.txt", words)
+            await _speak(espeak, espeak_voice(voice), textfile, speech)
+            fit = ["-af", "apad", "-t", _num(duration)] if duration is not None else []
+            await _ffmpeg("make-audio", ["-i", str(speech), *fit, "-ar", "44100", "-ac", "2", *codec], out)
+        return
+    length = duration if duration is not None else (max(1.0, 0.07 * len(words)) if words else 5.0)
+    tone = ["-f", "lavfi", "-i", _tone_bed(length, words), "-t", _num(length)]
+    await _ffmpeg("make-audio", [*tone, *codec], out)
+
+
+async def _speak(espeak: str, voice: str, textfile: Path, wav: Path) -> None:
+    """espeak-ng reads `textfile` into `wav`; an unknown voice falls back to English once."""
+    try:
+        await _exec("make-audio", [espeak, "-v", voice, "-w", str(wav), "-f", str(textfile)])
+    except MediaError:
+        if voice == "en":
+            raise
+        await _exec("make-audio", [espeak, "-v", "en", "-w", str(wav), "-f", str(textfile)])
+    if not _nonempty(wav):
+        raise MediaError("make-audio: espeak-ng produced no audio")
+
+
+# --------------------------------------------------------------------------------------------------
+# merge, concat
+
+
+async def merge_video_audio(video: Path, audio: Path, out: Path) -> None:
+    """Put `audio` under `video`: the video's length wins (audio padded with silence or cut)."""
+    op = "merge-video-audio"
+    vinfo, ainfo = await asyncio.gather(probe(video), probe(audio))
+    vstream = _first(vinfo, "video")
+    if vstream is None:
+        raise MediaError(f"{op}: {video.name} has no video stream")
+    if _is_still(vinfo) or not vinfo["duration"]:
+        raise MediaError(f"{op}: {video.name} is a still image, not a video")
+    if not ainfo["has_audio"]:
+        raise MediaError(f"{op}: {audio.name} has no audio stream")
+    suffix = out.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise MediaError(f"{op}: unsupported output format {suffix!r}")
+    copy_ok = (vstream["codec"] == "h264" and suffix in (".mp4", ".mov", ".mkv")) or (
+        vstream["codec"] in ("vp8", "vp9", "av1") and suffix in (".webm", ".mkv")
+    )
+    vcodec = ["-c:v", "copy"] if copy_ok else _video_codec_args(op, out)
+    faststart = ["-movflags", "+faststart"] if copy_ok and suffix in (".mp4", ".mov") else []
+    args = [
+        "-i", str(video), "-i", str(audio),
+        "-map", "0:v:0", "-map", "1:a:0",
+        *vcodec, *faststart,
+        "-af", "apad", *_audio_codec_args(op, out),
+        "-t", _num(vinfo["duration"]),
+    ]  # fmt: skip
+    await _ffmpeg(op, args, out)
+
+
+async def concat(
+    inputs: list[Path],
+    out: Path,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: int | None = None,
+    image_duration: float = 3.0,
+) -> None:
+    """Join clips (or stills, shown `image_duration` s each) into one MP4, re-encoded.
+
+    Every input is scaled and letterboxed to a common size (default: the first input's) and fps
+    (default: the first video's, else 24). When any input has audio, the others get silence, so the
+    result has one continuous audio track; each part lasts its input's duration.
+    """
+    op = "concat"
+    if not inputs:
+        raise MediaError(f"{op}: no inputs")
+    if image_duration <= 0:
+        raise MediaError(f"{op}: image_duration must be positive")
+    infos = await asyncio.gather(*(probe(p) for p in inputs))
+    for path, info in zip(inputs, infos, strict=True):
+        if not info["has_video"]:
+            raise MediaError(f"{op}: {path.name} has no video stream")
+    first = infos[0]
+    w, h = _fit_size(first["width"], first["height"], width, height)
+    rate = fps or next((round(i["fps"], 3) for i in infos if i["fps"] and not _is_still(i)), 24)
+    any_audio = any(i["has_audio"] for i in infos)
+    args: list[str] = []
+    chains: list[str] = []
+    labels: list[str] = []
+    for idx, (path, info) in enumerate(zip(inputs, infos, strict=True)):
+        still = _is_still(info)
+        dur = image_duration if still else float(info["duration"] or image_duration)
+        if still:
+            args += ["-loop", "1", "-framerate", _num(rate), "-t", _num(dur)]
+        args += ["-i", str(path)]
+        chains.append(
+            f"[{idx}:v:0]"
+            + ",".join(
+                [
+                    _filter("scale", w=w, h=h, force_original_aspect_ratio="decrease"),
+                    _filter("pad", w=w, h=h, x="(ow-iw)/2", y="(oh-ih)/2", color="black"),
+                    "setsar=1",
+                    _filter("fps", fps=_num(rate)),
+                    "format=yuv420p",
+                    _filter("tpad", stop_mode="clone", stop_duration=1),
+                    _filter("trim", duration=_num(dur)),
+                    "setpts=PTS-STARTPTS",
+                ]
+            )
+            + f"[v{idx}]"
+        )
+        labels.append(f"[v{idx}]")
+        if any_audio:
+            if info["has_audio"]:
+                source = f"[{idx}:a:0]aresample=44100,"
+            else:
+                source = _filter("anullsrc", r=44100, cl="stereo") + ","
+            chains.append(
+                source
+                + ",".join(
+                    [
+                        _filter("aformat", sample_fmts="fltp", sample_rates=44100, channel_layouts="stereo"),
+                        "apad",
+                        _filter("atrim", duration=_num(dur)),
+                        "asetpts=PTS-STARTPTS",
+                    ]
+                )
+                + f"[a{idx}]"
+            )
+            labels.append(f"[a{idx}]")
+    n = len(inputs)
+    outputs = "[v][a]" if any_audio else "[v]"
+    chains.append("".join(labels) + f"concat=n={n}:v=1:a={1 if any_audio else 0}{outputs}")
+    args += ["-filter_complex", ";".join(chains), "-map", "[v]"]
+    if any_audio:
+        args += ["-map", "[a]", *_audio_codec_args(op, out)]
+    args += _video_codec_args(op, out)
+    await _ffmpeg(op, args, out)
+
+
+def _fit_size(src_w: int | None, src_h: int | None, width: int | None, height: int | None) -> tuple[int, int]:
+    """Even output dimensions: both given, one given (aspect kept), or the source's."""
+    sw, sh = src_w or 1280, src_h or 720
+    if width and height:
+        return _even(width), _even(height)
+    if width:
+        return _even(width), _even(round(width * sh / sw))
+    if height:
+        return _even(round(height * sw / sh)), _even(height)
+    return _even(sw), _even(sh)
+
+
+# --------------------------------------------------------------------------------------------------
+# captions
+
+_SRT_TIME = r"(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})"
+_SRT_TIMING_RE = re.compile(rf"^\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(?:\s.*)?$")
+_TAG_RE = re.compile(r"<[^>]+>|\{\\[^}]*\}")
+_COLOR_RE = re.compile(r"[A-Za-z]+(@[0-9.]+)?|(#|0x)[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?(@[0-9.]+)?")
+
+
+def parse_srt(srt: str) -> list[dict[str, Any]]:
+    """Segments of an SRT text; MediaError naming the first bad block."""
+    text = srt.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
+    segments: list[dict[str, Any]] = []
+    for number, block in enumerate(blocks, start=1):
+        lines = [ln for ln in block.split("\n")]
+        label = f"block {number}"
+        if lines and re.fullmatch(r"\s*\d+\s*", lines[0]) and len(lines) > 1:
+            label = f"block {number} (#{lines[0].strip()})"
+            lines = lines[1:]
+        m = _SRT_TIMING_RE.match(lines[0]) if lines else None
+        if not m:
+            shown = lines[0].strip()[:60] if lines else ""
+            expected = "'HH:MM:SS,mmm --> HH:MM:SS,mmm'"
+            raise MediaError(f"captions: SRT {label}: expected {expected}, got {shown!r}")
+        g = m.groups()
+        start = int(g[0]) * 3600 + int(g[1]) * 60 + int(g[2]) + int(g[3].ljust(3, "0")) / 1000
+        end = int(g[4]) * 3600 + int(g[5]) * 60 + int(g[6]) + int(g[7].ljust(3, "0")) / 1000
+        if end <= start:
+            raise MediaError(f"captions: SRT {label}: end {end:.3f}s is not after start {start:.3f}s")
+        body = _TAG_RE.sub("", "\n".join(ln.strip() for ln in lines[1:])).strip()
+        if not body:
+            raise MediaError(f"captions: SRT {label}: no text")
+        segments.append({"start": start, "end": end, "text": body})
+    if not segments:
+        raise MediaError("captions: SRT has no blocks")
+    return segments
+
+
+def group_words(
+    words: list[dict[str, Any]], *, max_words: int = 6, max_span: float = 2.5, max_gap: float = 1.0
+) -> list[dict[str, Any]]:
+    """Group word timings into short caption lines shown during their words' span."""
+    segments: list[dict[str, Any]] = []
+    group: list[tuple[str, float, float]] = []
+
+    def flush() -> None:
+        if group:
+            line = " ".join(w for w, _, _ in group)
+            segments.append({"start": group[0][1], "end": group[-1][2], "text": line})
+            group.clear()
+
+    for i, item in enumerate(words):
+        if not isinstance(item, dict):
+            raise MediaError(f"captions: words[{i}] must be an object with word, start, end")
+        word = str(item.get("word", item.get("text", ""))).strip()
+        try:
+            start, end = float(item["start"]), float(item["end"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MediaError(f"captions: words[{i}] needs numeric start and end") from exc
+        if not word:
+            continue
+        end = max(end, start)
+        if group and (
+            len(group) >= max_words
+            or end - group[0][1] > max_span
+            or start - group[-1][2] > max_gap
+            or group[-1][0][-1:] in ".!?"
+        ):
+            flush()
+        group.append((word, start, end))
+    flush()
+    return segments
+
+
+def spread_text(text: str, duration: float, *, per_line: int, page_lines: int = 2) -> list[dict[str, Any]]:
+    """Text shown for the whole video; text too long for one screen becomes pages of `page_lines`
+    lines, each shown for a share of the duration proportional to its length."""
+    lines = [ln for para in text.splitlines() for ln in textwrap.wrap(para, per_line, break_long_words=True)]
+    end = max(duration, 0.001)
+    if not lines:
+        return []
+    if len(lines) <= page_lines + 1:
+        return [{"start": 0.0, "end": end, "text": "\n".join(lines)}]
+    pages = ["\n".join(lines[i : i + page_lines]) for i in range(0, len(lines), page_lines)]
+    total = sum(len(p) for p in pages)
+    segments, start = [], 0.0
+    for page in pages:
+        stop = start + end * len(page) / total
+        segments.append({"start": start, "end": stop, "text": page})
+        start = stop
+    segments[-1]["end"] = end
+    return segments
+
+
+def _caption_segments(
+    text: str | None,
+    segments: list[dict[str, Any]] | None,
+    srt: str | None,
+    words: list[dict[str, Any]] | None,
+    duration: float,
+    per_line: int,
+) -> list[dict[str, Any]]:
+    """Every kind of caption source as [{start, end, text}] (exactly one source allowed)."""
+    given = [
+        name for name, v in (("text", text), ("segments", segments), ("srt", srt), ("words", words)) if v is not None
+    ]
+    if len(given) != 1:
+        raise MediaError(f"captions: give exactly one of text, segments, srt, words (got {given or 'none'})")
+    if text is not None:
+        return spread_text(text, duration, per_line=per_line)
+    if srt is not None:
+        return parse_srt(srt)
+    if words is not None:
+        return group_words(words)
+    out = []
+    for i, seg in enumerate(segments or []):
+        try:
+            start, end, body = float(seg["start"]), float(seg["end"]), str(seg["text"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MediaError(f"captions: segments[{i}] needs start, end and text") from exc
+        if end <= start:
+            raise MediaError(f"captions: segments[{i}]: end is not after start")
+        out.append({"start": start, "end": end, "text": body})
+    return out
+
+
+async def captions(
+    video: Path,
+    out: Path,
+    *,
+    text: str | None = None,
+    segments: list[dict[str, Any]] | None = None,
+    srt: str | None = None,
+    words: list[dict[str, Any]] | None = None,
+    position: str = "bottom",
+    font_size: int | None = None,
+    color: str = "white",
+    box: bool = True,
+) -> None:
+    """Burn text onto a video (drawtext per segment); audio copied, duration unchanged.
+
+    Exactly one source: `text` (whole video), `segments`, `srt` (the file's text) or `words`
+    (word timings, grouped into short lines). `position` is bottom, top or center.
+    """
+    op = "captions"
+    positions = {"bottom": "h-text_h-{m}", "top": "{m}", "center": "(h-text_h)/2", "middle": "(h-text_h)/2"}
+    if position not in positions:
+        raise MediaError(f"{op}: unknown position {position!r} (bottom, top, center)")
+    if font_size is not None and not 4 <= font_size <= 400:
+        raise MediaError(f"{op}: font_size must be between 4 and 400")
+    if not _COLOR_RE.fullmatch(color):
+        raise MediaError(f"{op}: bad color {color!r} (a name such as white, or #RRGGBB)")
+    info = await probe(video)
+    vstream = _first(info, "video")
+    if vstream is None:
+        raise MediaError(f"{op}: {video.name} has no video stream")
+    duration = float(info["duration"] or 0.0)
+    w, h = int(vstream["width"] or 1280), int(vstream["height"] or 720)
+    size = font_size or max(10, round(h / 16))
+    segs = _caption_segments(text, segments, srt, words, duration, _chars_per_line(w * 0.88, size))
+    margin = max(4, round(h / 18))
+    font = find_font()
+    if font is None:
+        log.warning("captions: no font found; the video is re-encoded without captions")
+    with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
+        filters: list[str] = []
+        for i, seg in enumerate(segs if font else []):
+            body = _wrap(seg["text"], box_width=w * 0.88, font_size=size, max_lines=4)
+            if not body.strip():
+                continue
+            textfile = _write_text(Path(tmp) / f"seg{i}.txt", body)
+            whole = seg["start"] <= 0 and (not duration or seg["end"] >= duration)
+            filters.append(
+                _drawtext(
+                    textfile,
+                    font=font or "",
+                    font_size=size,
+                    color=color,
+                    y=positions[position].format(m=margin),
+                    box=box,
+                    box_color="black@0.55",
+                    enable=None if whole else f"gte(t,{_num(seg['start'])})*lt(t,{_num(seg['end'])})",
+                )
+            )
+        graph = "[0:v:0]" + ",".join([*filters, "format=yuv420p"]) + "[v]"
+        script = _write_text(Path(tmp) / "graph.txt", graph)
+        args = ["-i", str(video), "-/filter_complex", str(script), "-map", "[v]", "-map", "0:a:0?"]
+        audio = _first(info, "audio")
+        if audio and _copyable_audio(audio["codec"], out):
+            args += ["-c:a", "copy"]
+        elif audio:
+            args += _audio_codec_args(op, out)
+        args += _video_codec_args(op, out, crf=20)
+        await _ffmpeg(op, args, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# overlay, transcode, thumbnail
+
+_OVERLAY_POSITIONS = {
+    "top-left": ("{m}", "{m}"),
+    "top-right": ("main_w-overlay_w-{m}", "{m}"),
+    "bottom-left": ("{m}", "main_h-overlay_h-{m}"),
+    "bottom-right": ("main_w-overlay_w-{m}", "main_h-overlay_h-{m}"),
+    "center": ("(main_w-overlay_w)/2", "(main_h-overlay_h)/2"),
+}
+
+
+async def overlay(
+    base: Path,
+    over: Path,
+    out: Path,
+    *,
+    position: str = "top-right",
+    x: int | None = None,
+    y: int | None = None,
+    scale: float | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    opacity: float = 1.0,
+    margin: int = 16,
+) -> None:
+    """Lay an image or video over `base` between `start` and `end`; base duration and audio kept.
+
+    `scale` is the overlay's width as a fraction of the base width; `x`/`y` override `position`.
+    A video overlay starts playing at `start` and disappears when it ends; an image stays.
+    """
+    op = "overlay"
+    key = position.replace("_", "-").lower()
+    if key not in _OVERLAY_POSITIONS:
+        raise MediaError(f"{op}: unknown position {position!r} ({', '.join(_OVERLAY_POSITIONS)})")
+    if not 0.0 <= opacity <= 1.0:
+        raise MediaError(f"{op}: opacity must be between 0 and 1")
+    if scale is not None and not 0.0 < scale <= 4.0:
+        raise MediaError(f"{op}: scale must be in (0, 4]")
+    if start < 0 or (end is not None and end <= start):
+        raise MediaError(f"{op}: need 0 <= start < end")
+    binfo, oinfo = await asyncio.gather(probe(base), probe(over))
+    bstream = _first(binfo, "video")
+    if bstream is None or _is_still(binfo):
+        raise MediaError(f"{op}: base {base.name} is not a video")
+    if not oinfo["has_video"]:
+        raise MediaError(f"{op}: {over.name} is neither an image nor a video")
+    still = _is_still(oinfo)
+    bw = int(bstream["width"] or 1280)
+    ochain = ["format=rgba"]
+    if not still:
+        ochain.append(f"setpts=PTS-STARTPTS+{_num(start)}/TB")
+    if scale is not None:
+        ochain.append(_filter("scale", w=max(2, round(bw * scale)), h=-1))
+    if opacity < 1.0:
+        ochain.append(_filter("colorchannelmixer", aa=_num(opacity)))
+    px, py = _OVERLAY_POSITIONS[key]
+    enable = f"between(t,{_num(start)},{_num(end)})" if end is not None else f"gte(t,{_num(start)})"
+    ov = _filter(
+        "overlay",
+        x=str(x) if x is not None else px.format(m=margin),
+        y=str(y) if y is not None else py.format(m=margin),
+        eof_action="repeat" if still else "pass",
+        enable=None if (start <= 0 and end is None) else enable,
+    )
+    graph = f"[1:v:0]{','.join(ochain)}[ov];[0:v:0][ov]{ov},format=yuv420p[v]"
+    args = ["-i", str(base), "-i", str(over), "-filter_complex", graph, "-map", "[v]", "-map", "0:a:0?"]
+    audio = _first(binfo, "audio")
+    if audio and _copyable_audio(audio["codec"], out):
+        args += ["-c:a", "copy"]
+    elif audio:
+        args += _audio_codec_args(op, out)
+    args += _video_codec_args(op, out, crf=20)
+    if binfo["duration"]:
+        args += ["-t", _num(binfo["duration"])]
+    await _ffmpeg(op, args, out)
+
+
+async def transcode(
+    input: Path,
+    out: Path,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: int | None = None,
+    crf: int | None = None,
+    audio_bitrate: str | None = None,
+) -> None:
+    """Re-encode to the format of `out`'s suffix (.mp4/.mov/.mkv h264+aac, .webm vp9+opus, .gif,
+    .m4a, .mp3, .wav); one of width/height keeps the aspect ratio; both letterbox to that size."""
+    op = "transcode"
+    suffix = out.suffix.lower()
+    info = await probe(input)
+    if audio_bitrate is not None and not re.fullmatch(r"\d{1,4}k?", audio_bitrate):
+        raise MediaError(f"{op}: bad audio_bitrate {audio_bitrate!r} (e.g. 128k)")
+    if crf is not None and not 0 <= crf <= 63:
+        raise MediaError(f"{op}: crf must be between 0 and 63")
+    if suffix in AUDIO_SUFFIXES:
+        if not info["has_audio"]:
+            raise MediaError(f"{op}: {input.name} has no audio stream")
+        args = ["-i", str(input), "-map", "0:a:0", "-vn", *_audio_codec_args(op, out, bitrate=audio_bitrate)]
+        await _ffmpeg(op, args, out)
+        return
+    if suffix not in VIDEO_SUFFIXES and suffix != ".gif":
+        raise MediaError(f"{op}: unsupported output format {suffix or '(none)'!r}")
+    if not info["has_video"]:
+        raise MediaError(f"{op}: {input.name} has no video stream")
+    chain: list[str] = []
+    if fps or suffix == ".gif":
+        chain.append(_filter("fps", fps=fps or min(12, round(info["fps"] or 12))))
+    if width and height:
+        w, h = (_even(width), _even(height)) if suffix != ".gif" else (width, height)
+        chain += [
+            _filter("scale", w=w, h=h, force_original_aspect_ratio="decrease"),
+            _filter("pad", w=w, h=h, x="(ow-iw)/2", y="(oh-ih)/2"),
+        ]
+    elif width or height:
+        chain.append(_filter("scale", w=width or -2, h=height or -2, flags="lanczos"))
+    elif suffix != ".gif":
+        chain.append(_filter("scale", w="trunc(iw/2)*2", h="trunc(ih/2)*2"))
+    chain.append("setsar=1")
+    if suffix == ".gif":
+        graph = (
+            f"[0:v:0]{','.join(chain)},split[a][b];[a]palettegen=stats_mode=diff[p];"
+            "[b][p]paletteuse=dither=bayer:bayer_scale=4[v]"
+        )
+        await _ffmpeg(op, ["-i", str(input), "-filter_complex", graph, "-map", "[v]", "-loop", "0"], out)
+        return
+    chain.append("format=yuv420p")
+    args = ["-i", str(input), "-filter_complex", f"[0:v:0]{','.join(chain)}[v]", "-map", "[v]"]
+    if info["has_audio"]:
+        args += ["-map", "0:a:0", *_audio_codec_args(op, out, bitrate=audio_bitrate)]
+    args += _video_codec_args(op, out, crf=crf)
+    await _ffmpeg(op, args, out)
+
+
+async def thumbnail(video: Path, out: Path, *, at: float | None = None, width: int | None = None) -> None:
+    """One frame as JPEG or PNG, at `at` s (default a third of the way in; 0 for clips under 1 s)."""
+    op = "thumbnail"
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MediaError(f"{op}: unsupported image format {out.suffix!r} (use .jpg or .png)")
+    if width is not None and not 1 <= width <= 8192:
+        raise MediaError(f"{op}: width must be between 1 and 8192")
+    info = await probe(video)
+    if not info["has_video"]:
+        raise MediaError(f"{op}: {video.name} has no video stream")
+    duration = info["duration"]
+    if not duration or _is_still(info):
+        when = 0.0
+    else:
+        when = (duration / 3 if duration >= 1.0 else 0.0) if at is None else at
+        if when < 0:
+            raise MediaError(f"{op}: at must not be negative")
+        frame = 1 / (info["fps"] or 25)
+        when = max(0.0, min(when, duration - 2 * frame))
+    args = ["-ss", _num(when), "-i", str(video), "-map", "0:v:0", "-frames:v", "1", "-update", "1"]
+    if width:
+        args += ["-vf", _filter("scale", w=width, h=-2 if width % 2 == 0 else -1)]
+    if out.suffix.lower() != ".png":
+        args += ["-q:v", "2"]
+    await _ffmpeg(op, args, out)
