@@ -20,7 +20,7 @@ from pathlib import Path
 
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
-from reelflow.engine.worker import Worker
+from reelflow.engine.worker import Worker, tune_gc
 from reelflow.providers.registry import Providers
 from reelflow.providers.sim import SimProvider
 from reelflow.store import open_store
@@ -60,9 +60,12 @@ async def main(total: int, database_url: str | None, concurrency: int, batch: in
     t0 = time.perf_counter()
     ids = [await engine.submit(plan(pairs)) for _ in range(plans)]
     submit_s = time.perf_counter() - t0
+    tune_gc()  # as `reelflow worker` does
     runner = asyncio.create_task(worker.run())
+    while worker.finished < plans * 2 * pairs:  # cheap: reading the database here would steal the loop
+        await asyncio.sleep(0.1)
     for eid in ids:
-        await engine.wait(eid, poll_s=0.5)
+        await engine.wait(eid, poll_s=0.05)
     worker.stop()
     await runner
     starts: list[float] = []

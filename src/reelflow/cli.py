@@ -20,7 +20,7 @@ from rich.table import Table
 from .config import get_settings
 from .display import progress_view, timeline_table
 from .engine.runtime import LocalRuntime
-from .engine.worker import Worker
+from .engine.worker import Worker, tune_gc
 from .errors import PlanError, ReelflowError
 from .plan import load_plan_text
 from .providers.catalog import list_models
@@ -263,6 +263,7 @@ async def _worker(concurrency: int) -> None:
     try:
         w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
         w.install_signal_handlers()
+        tune_gc()
         err.print(f"worker {w.id} on {rt.settings.database_url} (concurrency {concurrency})")
         await w.run()
         err.print(f"worker {w.id} stopped after {w.finished} jobs")

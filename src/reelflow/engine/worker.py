@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -44,6 +45,18 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
+
+
+def tune_gc() -> None:
+    """For a process that is mainly a worker: fewer, cheaper garbage collections.
+
+    Thousands of short-lived task objects per second trigger the cyclic collector often; its
+    full passes over start-up objects showed up as 20–40 ms stalls in the hand-off latency.
+    Start-up objects are frozen out of collection and the young generation is made larger.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
 
 
 class JobTimeout(Exception):
