@@ -47,3 +47,7 @@ class NotFound(ReelflowError):
 
 class Conflict(ReelflowError):
     """The resource is in a state that does not allow the operation (e.g. resume a running execution)."""
+
+
+class IdempotencyConflict(Conflict):
+    """An Idempotency-Key reused with a different request."""

@@ -8,6 +8,8 @@ gives the CLI, SDK and API one place to call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +36,7 @@ def build_execution(
     tenant: str = "default",
     webhook: str | None = None,
     idempotency_key: str | None = None,
+    request_hash: str | None = None,
     retry_of: str | None = None,
 ) -> NewExecution:
     """The rows one validated plan becomes."""
@@ -74,6 +77,8 @@ def build_execution(
         cost_estimated=total,
         retry_of=retry_of,
         idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        webhook_events=list(plan.options.webhook_events or []),
     )
 
 
@@ -92,13 +97,25 @@ class Engine:
         idempotency_key: str | None = None,
         retry_of: str | None = None,
     ) -> str:
-        """Validate (raises PlanError, storing nothing) and enqueue in one transaction; return the id."""
+        """Validate (raises PlanError, storing nothing) and enqueue in one transaction; return the id.
+
+        With an `idempotency_key`, the same request within 24 h returns the first execution's id, and a
+        different request under the same key raises IdempotencyConflict.
+        """
         parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+        request_hash = None
+        if idempotency_key is not None:
+            canonical = {"plan": parsed.model_dump(mode="json"), "webhook": webhook}
+            request_hash = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
         execution = build_execution(
-            parsed, tenant=tenant, webhook=webhook, idempotency_key=idempotency_key, retry_of=retry_of
+            parsed,
+            tenant=tenant,
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            retry_of=retry_of,
         )
-        await self.store.create_execution(execution)
-        return execution.id
+        return await self.store.create_execution(execution)
 
     async def get(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         state = await self.store.get_execution(execution_id, tenant)

@@ -43,6 +43,8 @@ class NewExecution:
     cost_estimated: float = 0.0
     retry_of: str | None = None
     idempotency_key: str | None = None
+    request_hash: str | None = None
+    webhook_events: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +111,30 @@ class OrphanedCancel:
     provider_job_id: str
 
 
+@dataclass
+class ApiKey:
+    id: str
+    tenant: str
+    key_hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass
+class Delivery:
+    """One webhook event to deliver, leased to one delivery loop at a time."""
+
+    id: str
+    execution_id: str
+    tenant: str
+    url: str
+    event_type: str
+    payload: str
+    attempts: int
+    created_at: float
+    secret: str
+
+
 class Store(Protocol):
     """Durable state of executions, jobs and events."""
 
@@ -121,7 +147,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # submission and lifecycle (the engine's facade calls these)
-    async def create_execution(self, execution: NewExecution) -> None: ...
+    async def create_execution(self, execution: NewExecution) -> str:
+        """Insert it (one transaction) and return its id; with an idempotency key seen in the last 24 h
+        and the same request hash, return the earlier execution's id instead (IdempotencyConflict if the
+        hash differs)."""
+        ...
 
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The full state of SPEC §2, or None when unknown (or another tenant's)."""
@@ -181,6 +211,44 @@ class Store(Protocol):
     async def recover_expired(self) -> list[OrphanedCancel]:
         """Requeue (or fail, when out of attempts) jobs whose lease expired."""
         ...
+
+    # tenants and API keys
+    async def ensure_tenant(self, tenant: str) -> str:
+        """Create the tenant if missing; return its webhook secret."""
+        ...
+
+    async def add_api_key(self, key: ApiKey) -> None: ...
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+
+    async def revoke_api_key(self, key_id: str) -> bool: ...
+
+    async def owns_artifact(self, tenant: str, key: str) -> bool: ...
+
+    # webhooks
+    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]: ...
+
+    async def record_delivery_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        delivered: bool,
+        status_code: int | None,
+        latency_ms: float | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        """Record one attempt; `delivered`, or retry at `next_attempt_at`, or (None) give up."""
+        ...
+
+    async def list_deliveries(
+        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]: ...
 
     async def next_wakeup(self) -> float | None:
         """When the earliest queued job becomes claimable (epoch seconds), or None."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
+import secrets
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -120,3 +123,66 @@ def migration_scripts(dialect: str) -> list[tuple[int, str, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             out.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
     return sorted(out)
+
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+DEFAULT_WEBHOOK_EVENTS = ("execution.succeeded", "execution.failed", "execution.canceled")
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def new_delivery_id() -> str:
+    """The `webhook-id` of one event: the same on every retry of that event."""
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def wants_event(wanted: list[str], event_type: str) -> bool:
+    """Whether a plan's webhook subscription (defaults plus `options.webhook_events`) covers an event."""
+    return any(fnmatch.fnmatchcase(event_type, p) for p in (*DEFAULT_WEBHOOK_EVENTS, *wanted))
+
+
+def webhook_body(
+    event_type: str, at: float, state: dict[str, Any], job_key: str | None, data: dict[str, Any] | None
+) -> dict[str, Any]:
+    """SPEC §3 body: type, timestamp and the execution's state (plus the job event's details)."""
+    payload: dict[str, Any] = dict(state)
+    if job_key is not None or event_type == "execution.progress":
+        payload["event"] = {"job": job_key, **(data or {})}
+    return {"type": event_type, "timestamp": iso(at), "data": payload}
+
+
+def artifact_keys(result: dict[str, Any] | None) -> list[str]:
+    """The storage keys a job's result points at."""
+    if not result:
+        return []
+    keys = [result["key"]] if isinstance(result.get("key"), str) else []
+    for out in result.get("outputs") or []:
+        if isinstance(out, dict) and isinstance(out.get("key"), str):
+            keys.append(out["key"])
+    return keys
+
+
+def delivery_view(row: Mapping[str, Any], attempts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "execution_id": row["execution_id"],
+        "event_type": row["event_type"],
+        "url": row["url"],
+        "status": row["status"],
+        "attempts": [
+            {
+                "attempt": a["attempt"],
+                "at": iso(a["attempted_at"]),
+                "status_code": a["status_code"],
+                "latency_ms": a["latency_ms"],
+                "error": a["error"],
+            }
+            for a in attempts
+        ],
+        "next_attempt_at": iso(row["next_attempt_at"]) if row["status"] == "pending" else None,
+        "created_at": iso(row["created_at"]),
+        "delivered_at": iso(row["delivered_at"]),
+    }

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
@@ -25,7 +25,9 @@ from ..states import (
     transitive_dependents,
 )
 from .base import (
+    ApiKey,
     ClaimedJob,
+    Delivery,
     Event,
     JobOutcome,
     NewExecution,
@@ -33,7 +35,10 @@ from .base import (
     ProgressReport,
 )
 from .common import (
+    IDEMPOTENCY_WINDOW_S,
+    artifact_keys,
     decode_cursor,
+    delivery_view,
     dumps,
     encode_cursor,
     execution_error,
@@ -42,6 +47,10 @@ from .common import (
     execution_view,
     loads,
     migration_scripts,
+    new_delivery_id,
+    new_webhook_secret,
+    wants_event,
+    webhook_body,
 )
 
 T = TypeVar("T")
@@ -154,20 +163,37 @@ class SQLiteStore:
         return version
 
     # ------------------------------------------------------------------ submission
-    async def create_execution(self, execution: NewExecution) -> None:
-        await self._run(self._create_execution, execution)
+    async def create_execution(self, execution: NewExecution) -> str:
+        return await self._run(self._create_execution, execution)
 
-    def _create_execution(self, ex: NewExecution) -> None:
+    def _create_execution(self, ex: NewExecution) -> str:
         now = time.time()
         deadline = now + ex.timeout_s if ex.timeout_s else None
         with self._write() as conn:
+            if ex.idempotency_key is not None:
+                earlier = conn.execute(
+                    "SELECT id, request_hash, created_at FROM executions WHERE tenant = ? AND idempotency_key = ?",
+                    (ex.tenant, ex.idempotency_key),
+                ).fetchone()
+                if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
+                    if earlier["request_hash"] != ex.request_hash:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
+                            f" (execution {earlier['id']}); use a new key for a new request"
+                        )
+                    return str(earlier["id"])
+                if earlier is not None:  # older than the window: the key is free again
+                    conn.execute("UPDATE executions SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
+            self._ensure_tenant(conn, ex.tenant, now)
             conn.execute(
                 "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
-                " cost_estimated, deadline, retry_of, idempotency_key, created_at, updated_at)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
+                " created_at, updated_at)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
-                    ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, now, now,
+                    ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
+                    dumps(ex.webhook_events) if ex.webhook else None, now, now,
                 ),
             )
             conn.executemany(
@@ -186,10 +212,19 @@ class SQLiteStore:
                     for j in ex.jobs
                 ],
             )
-            conn.execute(
-                "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, NULL, ?, ?, ?)",
-                (ex.id, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now),
+            self._insert_events(
+                conn, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
             )
+        return ex.id
+
+    @staticmethod
+    def _ensure_tenant(conn: sqlite3.Connection, tenant: str, now: float) -> str:
+        row = conn.execute("SELECT webhook_secret FROM tenants WHERE name = ?", (tenant,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        secret = new_webhook_secret()
+        conn.execute("INSERT INTO tenants (name, webhook_secret, created_at) VALUES (?, ?, ?)", (tenant, secret, now))
+        return secret
 
     # ------------------------------------------------------------------ reading
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
@@ -552,6 +587,12 @@ class SQLiteStore:
                     continue
                 eid, key = row[0], row[1]
                 events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                if keys := artifact_keys(o.result):
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)"
+                        " SELECT tenant, ?, id, ? FROM executions WHERE id = ?",
+                        [(k, now, eid) for k in keys],
+                    )
                 dependents = loads(row[2])
                 if dependents:
                     qs = _qs(len(dependents))
@@ -692,11 +733,46 @@ class SQLiteStore:
         )
         events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
 
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: list[EventRow]) -> None:
-        if events:
+    def _insert_events(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
+        if not events:
+            return
+        conn.executemany(
+            "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, ?, ?, ?, ?)", events
+        )
+        self._queue_webhooks(conn, events)
+
+    def _queue_webhooks(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
+        """Record the webhook deliveries these events call for, in the transaction that made them."""
+        exec_ids = sorted({e[0] for e in events})
+        subscribed: dict[str, tuple[str, str, list[str]]] = {}
+        for chunk in _chunks(exec_ids):
+            for eid, tenant, url, wanted in conn.execute(
+                f"SELECT id, tenant, webhook, webhook_events FROM executions WHERE id IN ({_qs(len(chunk))})"
+                " AND webhook IS NOT NULL",
+                chunk,
+            ):
+                subscribed[eid] = (tenant, url, loads(wanted) or [])
+        if not subscribed:
+            return
+        rows = []
+        states: dict[str, dict[str, Any]] = {}
+        for eid, job_key, etype, data, at in events:
+            if eid not in subscribed:
+                continue
+            tenant, url, wanted = subscribed[eid]
+            if not wants_event(wanted, etype):
+                continue
+            if eid not in states:
+                row = conn.execute("SELECT * FROM executions WHERE id = ?", (eid,)).fetchone()
+                jobs = conn.execute("SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (eid,)).fetchall()
+                states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
+            body = webhook_body(etype, at, states[eid], job_key, loads(data))
+            rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
+        if rows:
             conn.executemany(
-                "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, ?, ?, ?, ?)", events
+                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
+                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
 
     # ------------------------------------------------------------------ leases
@@ -770,6 +846,189 @@ class SQLiteStore:
                 (now,),
             ).fetchall()
         return [OrphanedCancel(r[0], r[1], r[2], r[3], r[4]) for r in orphans if r[4]]
+
+    # ------------------------------------------------------------------ tenants and keys
+    async def ensure_tenant(self, tenant: str) -> str:
+        return await self._run(self._ensure_tenant_tx, tenant)
+
+    def _ensure_tenant_tx(self, tenant: str) -> str:
+        with self._write() as conn:
+            return self._ensure_tenant(conn, tenant, time.time())
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        await self._run(self._add_api_key, key)
+
+    def _add_api_key(self, key: ApiKey) -> None:
+        with self._write() as conn:
+            self._ensure_tenant(conn, key.tenant, key.created_at)
+            conn.execute(
+                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (?, ?, ?, ?)",
+                (key.id, key.tenant, key.key_hash, key.created_at),
+            )
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        return await self._run(self._get_api_key, key_id)
+
+    def _get_api_key(self, key_id: str) -> ApiKey | None:
+        row = self._connect().execute(
+            "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return ApiKey(*row) if row else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        return await self._run(self._list_api_keys, tenant)
+
+    def _list_api_keys(self, tenant: str | None) -> list[ApiKey]:
+        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+        args: tuple[Any, ...] = ()
+        if tenant is not None:
+            sql += " WHERE tenant = ?"
+            args = (tenant,)
+        return [ApiKey(*r) for r in self._connect().execute(sql + " ORDER BY created_at", args)]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return await self._run(self._revoke_api_key, key_id)
+
+    def _revoke_api_key(self, key_id: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
+            )
+            return cur.rowcount > 0
+
+    async def owns_artifact(self, tenant: str, key: str) -> bool:
+        return await self._run(self._owns_artifact, tenant, key)
+
+    def _owns_artifact(self, tenant: str, key: str) -> bool:
+        row = self._connect().execute(
+            "SELECT 1 FROM artifacts WHERE tenant = ? AND key = ?", (tenant, key)
+        ).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------------ webhook deliveries
+    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        return await self._run(self._claim_deliveries, owner, limit, lease_s)
+
+    def _claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        now = time.time()
+        conn = self._connect()
+        if conn.execute(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
+            " AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
+            (now, now),
+        ).fetchone() is None:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE webhook_deliveries SET lease_owner = ?, lease_expires_at = ?"
+                " WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
+                "   AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at",
+                (owner, now + lease_s, now, now, limit),
+            ).fetchall()
+            secrets = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    f"SELECT name, webhook_secret FROM tenants WHERE name IN ({_qs(len({x[2] for x in rows}))})",
+                    sorted({x[2] for x in rows}),
+                )
+            } if rows else {}
+        return [
+            Delivery(
+                id=r[0], execution_id=r[1], tenant=r[2], url=r[3], event_type=r[4], payload=r[5], attempts=r[6],
+                created_at=r[7], secret=secrets.get(r[2], ""),
+            )
+            for r in rows
+        ]
+
+    async def record_delivery_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        delivered: bool,
+        status_code: int | None,
+        latency_ms: float | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        await self._run(
+            self._record_delivery_attempt, delivery_id, owner, delivered, status_code, latency_ms, error,
+            next_attempt_at,
+        )
+
+    def _record_delivery_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        delivered: bool,
+        status_code: int | None,
+        latency_ms: float | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        now = time.time()
+        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+                " last_status_code = ?, last_error = ?, delivered_at = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ? AND lease_owner = ? RETURNING attempts",
+                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
+                 now if delivered else None, delivery_id, owner),
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (delivery_id, row[0], now, status_code, latency_ms, error),
+            )
+
+    async def list_deliveries(
+        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self._run(self._list_deliveries, tenant, execution_id, limit)
+
+    def _list_deliveries(self, tenant: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if execution_id is not None:
+            where.append("execution_id = ?")
+            args.append(execution_id)
+        sql = "SELECT * FROM webhook_deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
+            out = []
+            for r in rows:
+                attempts = conn.execute(
+                    "SELECT attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
+                    " WHERE delivery_id = ? ORDER BY attempt",
+                    (r["id"],),
+                ).fetchall()
+                out.append(delivery_view(dict(r), [dict(a) for a in attempts]))
+        return out
+
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
+        await self._run(self._redeliver, delivery_id, tenant)
+        found = [d for d in await self.list_deliveries(tenant, limit=1_000_000) if d["id"] == delivery_id]
+        return found[0]
+
+    def _redeliver(self, delivery_id: str, tenant: str | None) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT tenant FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None or (tenant is not None and row[0] != tenant):
+                raise NotFound(f"webhook delivery {delivery_id!r} not found")
+            conn.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                (time.time(), delivery_id),
+            )
 
     async def next_wakeup(self) -> float | None:
         return await self._run(self._next_wakeup)
