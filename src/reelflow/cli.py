@@ -272,6 +272,107 @@ async def _worker(concurrency: int) -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Embedded workers in this process (0: API only).")
+    ] = 1,
+) -> None:
+    """Run the HTTP API, with N embedded workers (webhook delivery runs here too)."""
+    import uvicorn
+
+    from .api import create_app
+
+    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="warning", access_log=False)
+
+
+keys_app = typer.Typer(help="Manage API keys (each belongs to one tenant).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant_name: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for (created if new).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key; prints it once, with the tenant's webhook secret."""
+    _keys_create(tenant_name, as_json)
+
+
+@command
+async def _keys_create(tenant_name: str, as_json: bool) -> None:
+    from .keys import create_key
+
+    rt = LocalRuntime()
+    try:
+        new = await create_key(rt.store, tenant_name)
+    finally:
+        await rt.close()
+    if as_json:
+        _print_json({"api_key": new.api_key, "webhook_secret": new.webhook_secret, "tenant": new.tenant,
+                     "key_id": new.key_id})
+    else:
+        out.print(f"tenant:         {new.tenant}", highlight=False)
+        out.print(f"api_key:        {new.api_key}", highlight=False, soft_wrap=True)
+        out.print(f"webhook_secret: {new.webhook_secret}", highlight=False, soft_wrap=True)
+        out.print("[dim]The key is shown only now; it is stored as a hash.[/dim]")
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant_name: Annotated[str | None, typer.Option("--tenant")] = None, as_json: JsonOpt = False
+) -> None:
+    """List API keys (ids and tenants; the keys themselves are never stored)."""
+    _keys_list(tenant_name, as_json)
+
+
+@command
+async def _keys_list(tenant_name: str | None, as_json: bool) -> None:
+    from .store.common import iso
+
+    rt = LocalRuntime()
+    try:
+        keys = await rt.store.list_api_keys(tenant_name)
+    finally:
+        await rt.close()
+    rows = [{"key_id": k.id, "tenant": k.tenant, "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)}
+            for k in keys]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="API keys")
+    for col in ("key_id", "tenant", "created_at", "revoked_at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r[c] or "") for c in ("key_id", "tenant", "created_at", "revoked_at")))
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after rf_), or the key.")]) -> None:
+    """Revoke an API key at once."""
+    _keys_revoke(key_id)
+
+
+@command
+async def _keys_revoke(key_id: str) -> None:
+    from .keys import KEY_RE
+
+    m = KEY_RE.match(key_id)
+    rt = LocalRuntime()
+    try:
+        done = await rt.store.revoke_api_key(m.group(1) if m else key_id)
+    finally:
+        await rt.close()
+    if not done:
+        err.print(f"[red]error:[/red] no active key {key_id!r}", highlight=False)
+        raise Refused
+    out.print(f"revoked {key_id}")
+
+
+@app.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
     _migrate()

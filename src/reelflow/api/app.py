@@ -1,0 +1,386 @@
+"""The HTTP API of SPEC §2 (FastAPI). Handlers stay thin: validate, call the engine, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from .. import __version__
+from ..config import Settings, get_settings
+from ..engine.scheduler import Engine
+from ..engine.worker import Worker
+from ..keys import authenticate
+from ..plan import parse_plan, plan_json_schema
+from ..providers.catalog import estimate_cost, estimate_seconds, get_model, list_models
+from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
+from ..storage import BadKey, Storage, check_key, open_storage
+from ..store import Store, open_store
+from ..store.common import BadCursor
+from . import problems
+from .problems import Problem
+
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
+
+
+class Services:
+    """What the handlers need, built once per app."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = Engine(store)
+        self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
+        self._keys: dict[str, tuple[str | None, float]] = {}
+
+    async def tenant_for(self, raw: str) -> str | None:
+        """Authenticate a key, remembering the answer for 5 s (revocation shows within that)."""
+        hit = self._keys.get(raw)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        tenant = await authenticate(self.store, raw)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[raw] = (tenant, now + 5.0)
+        return tenant
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's tenant, from `Authorization: Bearer <api key>`."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="reelflow"'}
+    if not authorization:
+        raise Problem(401, "missing Authorization header: send 'Authorization: Bearer <api key>'", headers=challenge)
+    scheme, _, raw = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise Problem(401, "Authorization must be 'Bearer <api key>'", headers=challenge)
+    found = await services(request).tenant_for(raw.strip())
+    if found is None:
+        raise Problem(401, "invalid or revoked API key", headers=challenge)
+    return found
+
+
+Tenant = Annotated[str, Depends(tenant)]
+Svc = Annotated[Services, Depends(services)]
+
+
+def links(execution_id: str) -> dict[str, str]:
+    base = f"/v1/executions/{execution_id}"
+    return {
+        "self": base,
+        "events": f"{base}/events",
+        "cancel": f"{base}/cancel",
+        "resume": f"{base}/resume",
+        "retry": f"{base}/retry",
+    }
+
+
+def accepted(execution_id: str, status: str) -> JSONResponse:
+    return JSONResponse(
+        {"id": execution_id, "status": status, "links": links(execution_id)},
+        status_code=202,
+        headers={"Location": f"/v1/executions/{execution_id}"},
+    )
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        raise Problem(400, "the request body is empty: send a plan as JSON")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise Problem(400, "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise Problem(400, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def check_path_id(value: str, what: str = "execution") -> str:
+    if not re.match(ID_PATTERN, value):
+        raise Problem(404, f"{what} {value[:100]!r} not found")
+    return value
+
+
+PLAN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "description": "A plan (SPEC §1)"}}},
+    }
+}
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/executions", status_code=202, openapi_extra=PLAN_BODY, tags=["executions"])
+async def submit(
+    request: Request,
+    svc: Svc,
+    who: Tenant,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Validate and enqueue a plan (or a single job); 202 with the execution id at once."""
+    data = await json_body(request)
+    plan = parse_plan(data)
+    if plan.webhook:
+        await check_webhook(plan.webhook, svc.settings)
+    execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
+    state = await svc.engine.get(execution_id, who)
+    return accepted(execution_id, state["status"])
+
+
+async def check_webhook(url: str, settings: Settings) -> None:
+    from ..webhooks import UnsafeDestination, check_destination
+
+    try:
+        await check_destination(url, allow_private=settings.allow_private_urls)
+    except UnsafeDestination as exc:
+        raise Problem(422, str(exc), title="Invalid plan", errors=[{"loc": ["webhook"], "msg": str(exc)}]) from None
+
+
+@router.get("/executions", tags=["executions"])
+async def list_executions(
+    svc: Svc,
+    who: Tenant,
+    status: Annotated[Literal["queued", "running", "succeeded", "failed", "canceled"] | None, Query()] = None,
+    created_after: Annotated[datetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    """Executions, newest first; `next_cursor` fetches the next page."""
+    assert status is None or status in EXECUTION_STATUSES
+    try:
+        rows, nxt = await svc.store.list_executions(
+            who,
+            status=status,
+            created_after=created_after.timestamp() if created_after else None,
+            limit=limit,
+            cursor=cursor,
+        )
+    except BadCursor as exc:
+        raise Problem(422, str(exc), errors=[{"loc": ["query", "cursor"], "msg": str(exc)}]) from None
+    return {"data": rows, "next_cursor": nxt}
+
+
+@router.get("/executions/{execution_id}", tags=["executions"])
+async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
+    return await svc.engine.get(check_path_id(execution_id), who)
+
+
+@router.get("/executions/{execution_id}/events", tags=["executions"], response_class=StreamingResponse)
+async def stream_events(
+    execution_id: str,
+    request: Request,
+    svc: Svc,
+    who: Tenant,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-sent events of the execution's log; `Last-Event-ID` resumes after that event."""
+    await svc.engine.get(check_path_id(execution_id), who)
+    try:
+        after = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise Problem(400, f"Last-Event-ID must be an event number, got {str(last_event_id)[:50]!r}") from None
+    return StreamingResponse(
+        sse(svc, execution_id, who, after, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def sse(svc: Services, execution_id: str, who: str, after: int, request: Request) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    idle_since = time.monotonic()
+    while True:
+        batch = await svc.store.events(execution_id, after=after, limit=500)
+        for e in batch:
+            data = {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data, "created_at": e.created_at}
+            yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+            after = e.seq
+        if batch:
+            idle_since = time.monotonic()
+            if len(batch) == 500:
+                continue
+            if batch[-1].type.removeprefix("execution.") in TERMINAL_EXECUTION:
+                return
+        else:
+            state = await svc.store.get_execution(execution_id, who)
+            if state is None or state["status"] in TERMINAL_EXECUTION:
+                return
+            if time.monotonic() - idle_since >= SSE_KEEPALIVE_S:
+                idle_since = time.monotonic()
+                yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_S)
+
+
+@router.post("/executions/{execution_id}/cancel", tags=["executions"])
+async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """Cancel: queued jobs canceled, running ones stopped at their provider."""
+    return await svc.engine.cancel(check_path_id(execution_id), who)
+
+
+@router.post("/executions/{execution_id}/resume", tags=["executions"])
+async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """Re-run only the failed, canceled and skipped jobs; succeeded ones keep their results."""
+    return await svc.engine.resume(check_path_id(execution_id), who)
+
+
+@router.post("/executions/{execution_id}/retry", status_code=202, tags=["executions"])
+async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
+    """A new execution of the same plan."""
+    new_id = await svc.engine.retry(check_path_id(execution_id), who)
+    return accepted(new_id, "queued")
+
+
+@router.post("/estimate", openapi_extra=PLAN_BODY, tags=["plans"])
+async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
+    """Cost and time estimate of a plan; nothing is enqueued."""
+    plan = parse_plan(await json_body(request))
+    cost: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for job in plan.jobs:
+        model = get_model(job.model) if job.model else None
+        cost[job.id] = estimate_cost(model, job.params)
+        seconds[job.id] = estimate_seconds(model, job.params, job.type)
+    finish: dict[str, float] = {}
+    deps = plan.dependencies()
+    for job_id in plan.topological_order():  # the critical path: parallel branches overlap
+        finish[job_id] = seconds[job_id] + max((finish[d] for d in deps[job_id]), default=0.0)
+    return {
+        "jobs": [{"id": j.id, "cost_usd": cost[j.id], "seconds": seconds[j.id]} for j in plan.jobs],
+        "cost_usd": round(sum(cost.values()), 6),
+        "seconds": round(max(finish.values(), default=0.0), 3),
+    }
+
+
+@router.get("/models", tags=["plans"])
+async def models(who: Tenant) -> dict[str, Any]:
+    """The model catalog: provider, job types, parameters, price."""
+    return {"data": [m.model_dump(mode="json") for m in list_models()]}
+
+
+@router.get("/schema/plan", tags=["plans"])
+async def schema() -> dict[str, Any]:
+    """The JSON Schema of a plan (for editors and programs that write plans)."""
+    return plan_json_schema()
+
+
+@router.get("/artifacts/{key:path}", tags=["artifacts"], response_class=FileResponse)
+async def artifact(key: str, svc: Svc, who: Tenant) -> FileResponse:
+    """A stored output; ranges supported so players can seek."""
+    try:
+        check_key(key)
+    except BadKey:
+        raise Problem(404, f"artifact {key[:100]!r} not found") from None
+    if not await svc.store.owns_artifact(who, key):
+        raise Problem(404, f"artifact {key!r} not found")
+    path = svc.storage.local_path(key)
+    if path is None:
+        raise Problem(404, f"artifact {key!r} is not stored locally")
+    from ..media import CONTENT_TYPES
+
+    return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+
+
+@router.get("/webhook-deliveries", tags=["webhooks"])
+async def deliveries(
+    svc: Svc,
+    who: Tenant,
+    execution_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """Webhook deliveries with every attempt (status code, latency, error)."""
+    return {"data": await svc.store.list_deliveries(who, execution_id, limit)}
+
+
+@router.post("/webhook-deliveries/{delivery_id}/redeliver", tags=["webhooks"])
+async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """Send a delivery again (same webhook-id)."""
+    return await svc.store.redeliver(check_path_id(delivery_id, "webhook delivery"), who)
+
+
+@router.post("/providers/{provider}/callback", tags=["providers"])
+async def provider_callback(provider: str) -> Response:
+    """Inbound provider webhooks (signature checked) — arrive with the provider adapters."""
+    raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    workers: int = 0,
+    deliver_webhooks: bool = True,
+) -> FastAPI:
+    """The API app. With `workers`, that many embedded workers run in the app's event loop."""
+    settings = settings or get_settings()
+    own_store = store is None
+    the_store = store or open_store(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_store.migrate()
+        app.state.services = Services(settings, the_store)
+        running: list[tuple[Any, asyncio.Task[None]]] = []
+        for _ in range(workers):
+            w = Worker(the_store, settings=settings)
+            running.append((w, asyncio.create_task(w.run())))
+        if deliver_webhooks and workers == 0:
+            from ..webhooks import WebhookDispatcher
+
+            d = WebhookDispatcher(the_store, settings=settings, owner=f"api-{id(app):x}")
+            running.append((d, asyncio.create_task(d.run())))
+        try:
+            yield
+        finally:
+            for runner, _ in running:
+                runner.stop()
+            for _, task in running:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if own_store:
+                await the_store.close()
+
+    app = FastAPI(
+        title="reelflow",
+        version=__version__,
+        description="Run AI video pipelines: plans of generation jobs on a durable queue.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.add_middleware(problems.BodyLimit)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await services(request).store.live_workers(within_s=60)
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    if own_store:
+        app.state.store = the_store
+    return app

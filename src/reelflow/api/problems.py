@@ -1,0 +1,142 @@
+"""RFC 9457 problem+json for every error the API can give, malformed requests included."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError
+
+log = logging.getLogger("reelflow.api")
+PROBLEM = "application/problem+json"
+MAX_BODY_BYTES = 1_000_000
+
+
+class Problem(Exception):
+    """An error answer: status, a short title, a detail, and optional per-field errors."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        type_: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.errors = errors
+        self.headers = headers
+        self.type = type_ or "about:blank"
+
+
+def problem_response(p: Problem, instance: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": p.type, "title": p.title, "status": p.status, "detail": p.detail}
+    if instance:
+        body["instance"] = instance
+    if p.errors is not None:
+        body["errors"] = p.errors
+    return JSONResponse(body, status_code=p.status, media_type=PROBLEM, headers=p.headers)
+
+
+def _loc(parts: Any) -> list[str | int]:
+    return [p if isinstance(p, int) else str(p) for p in parts]
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into problem+json."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(PlanError)
+    async def _plan(request: Request, exc: PlanError) -> JSONResponse:
+        errors = [e.as_dict() for e in exc.errors]
+        return problem_response(Problem(422, str(exc), title="Invalid plan", errors=errors), request.url.path)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return problem_response(Problem(404, str(exc)), request.url.path)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return problem_response(Problem(409, str(exc), title="Idempotency-Key reused"), request.url.path)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return problem_response(Problem(409, str(exc)), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) or "invalid request"
+        return problem_response(Problem(422, detail, title="Invalid request", errors=errors), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(Problem(exc.status_code, detail, headers=headers), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(Problem(500, "internal error; it has been logged"), request.url.path)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length says so."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = Problem(413, f"request body over {self.limit} bytes", title="Request too large")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.limit or declared < 0:
+                    await problem_response(too_big if declared > 0 else Problem(400, "bad Content-Length"))(
+                        scope, receive, send
+                    )
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise Problem(413, f"request body over {self.limit} bytes", title="Request too large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+ProblemHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
