@@ -60,8 +60,8 @@ async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-def engine(store: SQLiteStore) -> Engine:
-    return Engine(store)
+def engine(store: SQLiteStore, settings: Settings) -> Engine:
+    return Engine(store, settings)
 
 
 @pytest.fixture

@@ -103,11 +103,12 @@ async def test_sigterm_drains_running_jobs_and_exits_cleanly(
 async def test_two_worker_processes_never_run_a_job_twice(
     engine: Engine, store: SQLiteStore, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    procs = [start_worker(worker_env, tmp_path, f"w{i}") for i in range(2)]
+    # small concurrency and a little latency: neither worker can take every job alone
+    procs = [start_worker(worker_env, tmp_path, f"w{i}", "--concurrency", "20") for i in range(2)]
     try:
         ids = []
         for batch in range(6):
-            plan = {"jobs": [sim_job(f"j{i}", latency_s=0.01 * (i % 3)) for i in range(100)]}
+            plan = {"jobs": [sim_job(f"j{i}", latency_s=0.02 + 0.01 * (i % 3)) for i in range(100)]}
             ids.append(await engine.submit(plan))
             await asyncio.sleep(0.05 * batch)
         for eid in ids:

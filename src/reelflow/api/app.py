@@ -19,9 +19,10 @@ from .. import __version__
 from ..config import Settings, get_settings
 from ..engine.scheduler import Engine
 from ..engine.worker import Worker
+from ..estimate import estimate_plan
 from ..keys import authenticate
 from ..plan import parse_plan, plan_json_schema
-from ..providers.catalog import estimate_cost, estimate_seconds, get_model, list_models
+from ..providers.catalog import list_models
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, Storage, check_key, open_storage
 from ..store import Store, open_store
@@ -40,7 +41,7 @@ class Services:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.engine = Engine(store)
+        self.engine = Engine(store, settings)
         self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
         self._keys: dict[str, tuple[str | None, float]] = {}
 
@@ -137,20 +138,9 @@ async def submit(
     """Validate and enqueue a plan (or a single job); 202 with the execution id at once."""
     data = await json_body(request)
     plan = parse_plan(data)
-    if plan.webhook:
-        await check_webhook(plan.webhook, svc.settings)
     execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
     state = await svc.engine.get(execution_id, who)
     return accepted(execution_id, state["status"])
-
-
-async def check_webhook(url: str, settings: Settings) -> None:
-    from ..webhooks import UnsafeDestination, check_destination
-
-    try:
-        await check_destination(url, allow_private=settings.allow_private_urls)
-    except UnsafeDestination as exc:
-        raise Problem(422, str(exc), title="Invalid plan", errors=[{"loc": ["webhook"], "msg": str(exc)}]) from None
 
 
 @router.get("/executions", tags=["executions"])
@@ -253,22 +243,7 @@ async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
 @router.post("/estimate", openapi_extra=PLAN_BODY, tags=["plans"])
 async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
     """Cost and time estimate of a plan; nothing is enqueued."""
-    plan = parse_plan(await json_body(request))
-    cost: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    for job in plan.jobs:
-        model = get_model(job.model) if job.model else None
-        cost[job.id] = estimate_cost(model, job.params)
-        seconds[job.id] = estimate_seconds(model, job.params, job.type)
-    finish: dict[str, float] = {}
-    deps = plan.dependencies()
-    for job_id in plan.topological_order():  # the critical path: parallel branches overlap
-        finish[job_id] = seconds[job_id] + max((finish[d] for d in deps[job_id]), default=0.0)
-    return {
-        "jobs": [{"id": j.id, "cost_usd": cost[j.id], "seconds": seconds[j.id]} for j in plan.jobs],
-        "cost_usd": round(sum(cost.values()), 6),
-        "seconds": round(max(finish.values(), default=0.0), 3),
-    }
+    return estimate_plan(await json_body(request))
 
 
 @router.get("/models", tags=["plans"])

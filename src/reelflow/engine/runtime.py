@@ -18,7 +18,7 @@ class LocalRuntime:
     def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
         self.settings = settings or get_settings()
         self.store = store or open_store(self.settings.database_url)
-        self.engine = Engine(self.store)
+        self.engine = Engine(self.store, self.settings)
 
     async def close(self) -> None:
         await self.store.close()
@@ -43,8 +43,23 @@ class LocalRuntime:
         worker = Worker(self.store, settings=self.settings)
         running = asyncio.create_task(worker.run())
         try:
-            return await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
+            state = await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
+            await self._let_webhooks_out(execution_id)
+            return state
         finally:
             worker.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+    async def _let_webhooks_out(self, execution_id: str, patience_s: float = 10.0) -> None:
+        """Give the embedded worker's dispatcher a moment for the execution's first delivery attempts,
+        so `run --wait --webhook` sends its event before exiting (later retries fall to any worker)."""
+        deadline = asyncio.get_running_loop().time() + patience_s
+        while asyncio.get_running_loop().time() < deadline:
+            pending = [
+                d for d in await self.store.list_deliveries(None, execution_id)
+                if d["status"] == "pending" and not d["attempts"]
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.05)

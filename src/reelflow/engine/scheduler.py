@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import NotFound
+from ..config import Settings, get_settings
+from ..errors import ErrorItem, NotFound, PlanError
 from ..plan import Plan, parse_plan
 from ..providers.catalog import estimate_cost, get_model
 from ..states import TERMINAL_EXECUTION
 from ..store.base import NewExecution, NewJob, Store
+from ..webhooks import UnsafeDestination, check_destination
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -85,8 +87,9 @@ def build_execution(
 class Engine:
     """Submit and follow executions on one Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
+        self.settings = settings or get_settings()
 
     async def submit(
         self,
@@ -103,6 +106,11 @@ class Engine:
         different request under the same key raises IdempotencyConflict.
         """
         parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+        if url := webhook or parsed.webhook:
+            try:
+                await check_destination(url, allow_private=self.settings.allow_private_urls)
+            except UnsafeDestination as exc:
+                raise PlanError([ErrorItem(["webhook"], str(exc))]) from None
         request_hash = None
         if idempotency_key is not None:
             canonical = {"plan": parsed.model_dump(mode="json"), "webhook": webhook}

@@ -38,6 +38,7 @@ from ..providers.catalog import check_job_params
 from ..providers.registry import Providers
 from ..storage import Storage, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
+from ..webhooks import WebhookDispatcher
 from .retry import backoff_delay
 
 log = logging.getLogger("reelflow.worker")
@@ -86,6 +87,7 @@ class Worker:
         batch_size: int = 100,
         worker_id: str | None = None,
         drain_timeout_s: float = 30.0,
+        deliver_webhooks: bool = True,
     ) -> None:
         self.store = store
         self.settings = settings or get_settings()
@@ -107,6 +109,7 @@ class Worker:
         self._pids: list[tuple[int, str, str, asyncio.Future[None]]] = []
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
+        self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -135,6 +138,7 @@ class Worker:
             asyncio.create_task(self._flusher(), name="reelflow-flusher"),
             asyncio.create_task(self._control(), name="reelflow-control"),
         ]
+        webhooks = asyncio.create_task(self.webhooks.run(), name="reelflow-webhooks") if self.webhooks else None
         try:
             await self._claim_loop(until)
             await self._drain()
@@ -145,9 +149,23 @@ class Worker:
             for t in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            await self._flush_all()
+            try:
+                await self._flush_all()
+            finally:
+                await self._stop_webhooks(webhooks)
             with contextlib.suppress(Exception):
                 await self.store.unregister_worker(self.id)
+
+    async def _stop_webhooks(self, task: asyncio.Task[None] | None) -> None:
+        """Stop the webhook dispatcher after the drain (so drained jobs' final events go out too), once the
+        attempts it has under way end."""
+        if task is None or self.webhooks is None:
+            return
+        self.webhooks.stop()
+        try:
+            await task
+        except Exception:
+            log.exception("worker %s: webhook dispatcher failed", self.id)
 
     async def _claim_loop(self, until: Callable[[], Awaitable[bool]] | None) -> None:
         poll = self.settings.poll_interval_s
@@ -259,6 +277,8 @@ class Worker:
                 raise
             if promoted:
                 self._wake.set()
+            if self.webhooks is not None:  # finished jobs may have queued webhooks
+                self.webhooks.notify()
         if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
             reports = [r for r in self._progress.values() if r.job_id in self.held]
             self._progress.clear()

@@ -1,0 +1,458 @@
+"""Outbound webhooks (SPEC §3): Standard Webhooks signing and verification, destination safety, and the
+delivery loop that sends what the Store queued, retries with backoff for a day, and records every attempt.
+
+The Store writes a delivery in the same transaction as the event that calls for it; this module only
+sends. Each delivery keeps one `webhook-id` (its own id) across every attempt; each attempt gets a fresh
+timestamp and signature over the stored body, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import random
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from .config import Settings, get_settings
+from .errors import ReelflowError
+from .store.base import Delivery, Store
+
+log = logging.getLogger("reelflow.webhooks")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _version() -> str:
+    try:
+        return metadata.version("reelflow")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0"
+
+
+USER_AGENT = f"reelflow-webhooks/{_version()}"
+ALLOWED_SCHEMES = ("http", "https")
+DNS_TIMEOUT_S = 10.0
+ERROR_BODY_CHARS = 200
+"""How much of a failing receiver's response body goes into the attempt's error text."""
+
+
+# ---------------------------------------------------------------------------------------- signing
+def _utc(at: datetime) -> datetime:
+    """An aware UTC datetime (a naive one is taken to be UTC already)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> str:
+    """The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`."""
+    return Webhook(secret).sign(msg_id, _utc(timestamp), body)
+
+
+def headers_for(secret: str, msg_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
+    """Every header of one attempt: a fresh timestamp (integer seconds) and the signature that covers it."""
+    at = _utc(now or datetime.now(UTC))
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(math.floor(at.timestamp())),
+        "webhook-signature": sign(secret, msg_id, at, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str) -> dict[str, Any]:
+    """For receivers: check a webhook's signature and timestamp (5 min tolerance) and return its parsed body.
+
+    Raises WebhookVerificationError when the headers are missing or malformed, the timestamp is too old
+    or too new, or no signature matches (a wrong secret, or a body changed on the way).
+    """
+    webhook = Webhook(secret)  # a malformed secret is the caller's configuration error, raised as such
+    try:
+        body = webhook.verify(payload, dict(headers.items()))
+    except WebhookVerificationError:
+        raise
+    except ValueError as exc:  # undecodable bytes, a malformed signature header, a body that is not JSON
+        raise WebhookVerificationError(f"malformed webhook: {exc}") from exc
+    if not isinstance(body, dict):
+        raise WebhookVerificationError("the webhook body is not a JSON object")
+    return body
+
+
+# ---------------------------------------------------------------------------------------- destinations
+class UnsafeDestination(ReelflowError):
+    """A URL reelflow refuses to call: not http(s), no host, or a private, loopback, link-local… address."""
+
+
+class UnresolvableDestination(UnsafeDestination):
+    """The URL's host name did not resolve. Possibly temporary: the dispatcher retries these."""
+
+
+_ALLOW_HINT = "set REELFLOW_ALLOW_PRIVATE_URLS=1 to allow private destinations"
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """Why an address must not be called ("a loopback address", …), or None for a public one."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and (problem := address_problem(embedded)) is not None:
+            return f"{problem} ({embedded} embedded in IPv6)"
+    kinds = (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("non-public", not ip.is_global),
+    )
+    for kind, matches in kinds:
+        if matches:
+            return f"{_article(kind)} {kind} address"
+    return None
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    """The address a host names literally, including the legacy IPv4 forms resolvers accept (`127.1`)."""
+    try:
+        return ipaddress.ip_address(unquote(host))
+    except ValueError:
+        pass
+    if _NUMERIC_HOST.fullmatch(host):
+        with contextlib.suppress(OSError):
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+    return None
+
+
+def _is_localhost(host: str) -> bool:
+    name = host.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _split_url(url: str) -> tuple[str, int]:
+    """(host, port) of an http(s) URL, or UnsafeDestination saying what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeDestination(f"{url!r} is not a valid URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        shown = repr(scheme) if scheme else "(none)"
+        raise UnsafeDestination(f"{url!r} is not allowed: scheme {shown} is not http or https")
+    host = parts.hostname
+    if not host:
+        raise UnsafeDestination(f"{url!r} is not allowed: the URL has no host")
+    return host, port or (443 if scheme == "https" else 80)
+
+
+def _refuse_literal(url: str, host: str) -> None:
+    """Refuse hosts that are private without any DNS: literal addresses and localhost names."""
+    ip = _literal_ip(host)
+    if ip is not None:
+        if (problem := address_problem(ip)) is not None:
+            raise UnsafeDestination(f"{url!r} is not allowed: {ip} is {problem} ({_ALLOW_HINT})")
+    elif _is_localhost(host):
+        raise UnsafeDestination(f"{url!r} is not allowed: {host} is a loopback host name ({_ALLOW_HINT})")
+
+
+def check_url_syntax(url: str, *, allow_private: bool = False) -> str | None:
+    """Submission-time check without DNS: an error message, or None when the URL may be accepted."""
+    try:
+        host, _ = _split_url(url)
+        if not allow_private:
+            _refuse_literal(url, host)
+    except UnsafeDestination as exc:
+        return str(exc)
+    return None
+
+
+async def check_destination(url: str, *, allow_private: bool) -> None:
+    """Raise UnsafeDestination unless `url` is http(s) with a host whose every address is public.
+
+    The host is resolved without blocking the event loop; one private address among several is enough to
+    refuse. UnresolvableDestination (a subclass) means the name did not resolve, which may be temporary.
+    """
+    host, port = _split_url(url)
+    if allow_private:
+        return
+    if _literal_ip(host) is not None:
+        _refuse_literal(url, host)
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=DNS_TIMEOUT_S)
+    except UnicodeError as exc:
+        raise UnsafeDestination(f"{url!r} is not allowed: {host!r} is not a valid host name") from exc
+    except (OSError, TimeoutError) as exc:
+        if _is_localhost(host):
+            _refuse_literal(url, host)
+        reason = str(exc) or f"timed out after {DNS_TIMEOUT_S:g} s"
+        raise UnresolvableDestination(f"cannot resolve the host of {url!r}: {reason}") from exc
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+    if not addresses:
+        raise UnresolvableDestination(f"cannot resolve the host of {url!r}: no address")
+    for ip in addresses:
+        if (problem := address_problem(ip)) is not None:
+            raise UnsafeDestination(f"{url!r} is not allowed: {host} resolves to {ip}, {problem} ({_ALLOW_HINT})")
+
+
+# ---------------------------------------------------------------------------------------- delivery
+def backoff_schedule(
+    retry: int, *, base_s: float = 5.0, max_s: float = 3600.0, rng: random.Random | None = None
+) -> float:
+    """Seconds before retry number `retry` (1-based): `base_s * 2**(retry-1)`, capped at `max_s`, times a
+    jitter factor drawn from [0.5, 1] — so the first retry comes within `base_s`, and retries of many
+    deliveries that failed together spread out."""
+    ceiling = min(max_s, base_s * 2.0 ** min(max(retry, 1) - 1, 60))
+    return (rng or random).uniform(0.5, 1.0) * ceiling
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+@dataclass
+class AttemptResult:
+    """How one HTTP attempt went, as recorded in the Store."""
+
+    delivered: bool
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    give_up: bool = False  # never worth retrying (an unsafe destination)
+
+
+class WebhookDispatcher:
+    """Sends due webhook deliveries from a Store until `stop()`; safe to run many against one database.
+
+    Each delivery is leased (`lease_s`) while its attempt runs, so a dispatcher that dies mid-send only
+    delays it: another one takes it over when the lease expires, with the same `webhook-id`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        settings: Settings | None = None,
+        owner: str,
+        client: httpx.AsyncClient | None = None,
+        batch: int = 50,
+        lease_s: float = 60.0,
+        poll_s: float = 0.5,
+        timeout_s: float = 30.0,
+        base_delay_s: float = 5.0,
+        max_delay_s: float = 3600.0,
+        give_up_after_s: float = 25 * 3600.0,
+        max_in_flight: int = 50,
+        rng: random.Random | None = None,
+    ) -> None:
+        if lease_s <= timeout_s:
+            raise ValueError(f"lease_s ({lease_s:g}) must exceed timeout_s ({timeout_s:g}): an attempt holds the lease")
+        self.store = store
+        self.settings = settings or get_settings()
+        self.owner = owner
+        self.batch = max(1, batch)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.give_up_after_s = give_up_after_s
+        self.max_in_flight = max(1, max_in_flight)
+        self.attempts = 0
+        self.delivered = 0
+        self._client = client
+        self._rng = rng or random.Random()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Stop claiming; `run()` returns once the attempts under way have finished."""
+        self._stopping = True
+        self._wake.set()
+
+    def notify(self) -> None:
+        """A delivery may have just been queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim due deliveries and send them concurrently until `stop()`."""
+        client = self._client or httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=20),
+        )
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                want = min(self.batch, self.max_in_flight - len(self._in_flight))
+                claimed: list[Delivery] = []
+                if want > 0:
+                    try:
+                        claimed = await self.store.claim_deliveries(self.owner, want, self.lease_s)
+                    except Exception:  # the database may be briefly unavailable; look again at the next poll
+                        log.exception("webhook dispatcher %s: claiming deliveries failed", self.owner)
+                for delivery in claimed:
+                    task = asyncio.create_task(self._deliver(delivery, client), name=f"webhook-{delivery.id}")
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._finished)
+                if claimed and len(claimed) == want:
+                    await asyncio.sleep(0)  # more may be due: claim again at once
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight))
+        finally:
+            for task in list(self._in_flight):  # only when run() itself is cancelled: leases expire, others retry
+                task.cancel()
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight))
+            if self._client is None:
+                await client.aclose()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        full = len(self._in_flight) >= self.max_in_flight
+        self._in_flight.discard(task)
+        if full:
+            self._wake.set()  # a slot is free again
+
+    # ------------------------------------------------------------------ one delivery
+    def next_attempt_at(self, created_at: float, retry: int, now: float) -> float | None:
+        """When to try again after a failed attempt (`retry` numbers the coming retry, 1-based), or None to
+        give up: retries go on until `give_up_after_s` has passed since the delivery was created."""
+        if now - created_at >= self.give_up_after_s:
+            return None
+        return now + backoff_schedule(retry, base_s=self.base_delay_s, max_s=self.max_delay_s, rng=self._rng)
+
+    async def _deliver(self, delivery: Delivery, client: httpx.AsyncClient) -> None:
+        try:
+            result = await self.attempt(delivery, client)
+        except Exception as exc:  # a bug of ours: record it and retry like any failure
+            log.exception("webhook %s: unexpected error", delivery.id)
+            result = AttemptResult(False, error=f"internal error: {type(exc).__name__}: {exc}")
+        next_at: float | None = None
+        error = result.error
+        if not result.delivered and not result.give_up:
+            next_at = self.next_attempt_at(delivery.created_at, delivery.attempts + 1, time.time())
+            if next_at is None:
+                error = f"{error}; gave up after {_duration(self.give_up_after_s)} of retries"
+        self.attempts += 1
+        self.delivered += result.delivered
+        try:
+            await self.store.record_delivery_attempt(
+                delivery.id,
+                self.owner,
+                delivered=result.delivered,
+                status_code=result.status_code,
+                latency_ms=result.latency_ms,
+                error=error,
+                next_attempt_at=next_at,
+            )
+        except Exception:
+            log.exception("webhook %s: recording the attempt failed; it will be tried again", delivery.id)
+            return
+        what = f"webhook {delivery.id} ({delivery.event_type}) to {delivery.url}"
+        if result.delivered:
+            log.info("%s delivered: HTTP %s in %.0f ms", what, result.status_code, result.latency_ms or 0.0)
+        elif next_at is not None:
+            log.warning("%s failed (%s); retry in %.1f s", what, error, next_at - time.time())
+        else:
+            log.warning("%s failed for good: %s", what, error)
+
+    async def attempt(self, delivery: Delivery, client: httpx.AsyncClient) -> AttemptResult:
+        """Send one delivery once: check the destination, sign, POST without following redirects."""
+        started = time.perf_counter()
+
+        def elapsed_ms() -> float:
+            return round((time.perf_counter() - started) * 1000, 1)
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    await check_destination(delivery.url, allow_private=self.settings.allow_private_urls)
+                except UnresolvableDestination as exc:
+                    return AttemptResult(False, error=str(exc))
+                except UnsafeDestination as exc:
+                    return AttemptResult(False, error=f"not sent: {exc}", give_up=True)
+                body = delivery.payload
+                request = client.build_request(
+                    "POST", delivery.url, content=body.encode(), headers=headers_for(delivery.secret, delivery.id, body)
+                )
+                started = time.perf_counter()
+                response = await client.send(request, stream=True, follow_redirects=False)
+        except TimeoutError:
+            return AttemptResult(False, latency_ms=elapsed_ms(), error=f"timed out after {self.timeout_s:g} s")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            return AttemptResult(False, latency_ms=elapsed_ms(), error=_describe(exc))
+        latency = elapsed_ms()
+        try:
+            snippet = await _read_snippet(response)
+        finally:
+            await response.aclose()
+        code = response.status_code
+        if 200 <= code < 300:
+            return AttemptResult(True, code, latency)
+        if 300 <= code < 400:
+            location = response.headers.get("location")
+            target = str(response.url.join(location)) if location else "(no Location header)"
+            return AttemptResult(False, code, latency, f"HTTP {code}: redirect to {target} not followed")
+        return AttemptResult(False, code, latency, f"HTTP {code}: {snippet}" if snippet else f"HTTP {code}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _read_snippet(response: httpx.Response) -> str:
+    """The start of a response body as one line of text, for the attempt's record; never fails."""
+    data = bytearray()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            async for chunk in response.aiter_raw():
+                data += chunk
+                if len(data) >= 4 * ERROR_BODY_CHARS:
+                    break
+    text = " ".join(data.decode("utf-8", "replace").split())
+    return text[:ERROR_BODY_CHARS] + ("…" if len(text) > ERROR_BODY_CHARS else "")
+
+
+__all__ = [
+    "USER_AGENT",
+    "AttemptResult",
+    "UnresolvableDestination",
+    "UnsafeDestination",
+    "WebhookDispatcher",
+    "WebhookVerificationError",
+    "address_problem",
+    "backoff_schedule",
+    "check_destination",
+    "check_url_syntax",
+    "headers_for",
+    "sign",
+    "verify_webhook",
+]
