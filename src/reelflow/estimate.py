@@ -1,0 +1,32 @@
+"""Cost and time estimate of a plan, shared by the API (`POST /v1/estimate`) and `reelflow estimate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .plan import Plan, parse_plan
+from .providers.catalog import estimate_cost, estimate_seconds, get_model
+
+
+def estimate_plan(plan: Plan | Any) -> dict[str, Any]:
+    """Per job cost (USD) and seconds; totals: the summed cost, and the critical path's seconds.
+
+    Parallel branches overlap, so the plan's time is the longest chain of dependencies, not the sum.
+    Raises PlanError for an invalid plan (it is validated first when given as data).
+    """
+    parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+    cost: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for job in parsed.jobs:
+        model = get_model(job.model) if job.model else None
+        cost[job.id] = estimate_cost(model, job.params)
+        seconds[job.id] = estimate_seconds(model, job.params, job.type)
+    finish: dict[str, float] = {}
+    deps = parsed.dependencies()
+    for job_id in parsed.topological_order():
+        finish[job_id] = seconds[job_id] + max((finish[d] for d in deps[job_id]), default=0.0)
+    return {
+        "jobs": [{"id": j.id, "cost_usd": cost[j.id], "seconds": seconds[j.id]} for j in parsed.jobs],
+        "cost_usd": round(sum(cost.values()), 6),
+        "seconds": round(max(finish.values(), default=0.0), 3),
+    }
