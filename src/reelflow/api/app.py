@@ -105,11 +105,38 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise Problem(400, "the request body is empty: send a plan as JSON")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except UnicodeDecodeError:
         raise Problem(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise Problem(400, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits, absurd nesting
+        raise Problem(400, f"the JSON body cannot be read: {str(exc)[:200]}") from None
+    check_shape(data)
+    return data
+
+
+MAX_NESTING = 32
+
+
+def check_shape(data: Any) -> None:
+    """Refuse nesting deeper than MAX_NESTING and text that is not valid Unicode (lone surrogates)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                raise Problem(400, f"the JSON body is nested deeper than {MAX_NESTING} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                if isinstance(k, str):
+                    stack.append((k, depth))
+                stack.append((v, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Problem(400, "the JSON body contains invalid Unicode (a lone surrogate)") from None
 
 
 def check_path_id(value: str, what: str = "execution") -> str:
@@ -155,10 +182,15 @@ async def list_executions(
     """Executions, newest first; `next_cursor` fetches the next page."""
     assert status is None or status in EXECUTION_STATUSES
     try:
+        after = created_after.timestamp() if created_after else None
+    except (OverflowError, ValueError, OSError):
+        msg = "created_after is out of range"
+        raise Problem(422, msg, errors=[{"loc": ["query", "created_after"], "msg": msg}]) from None
+    try:
         rows, nxt = await svc.store.list_executions(
             who,
             status=status,
-            created_after=created_after.timestamp() if created_after else None,
+            created_after=after,
             limit=limit,
             cursor=cursor,
         )
@@ -185,6 +217,8 @@ async def stream_events(
     await svc.engine.get(check_path_id(execution_id), who)
     try:
         after = int(last_event_id) if last_event_id else 0
+        if not 0 <= after < 2**63:
+            raise ValueError
     except ValueError:
         raise Problem(400, f"Last-Event-ID must be an event number, got {str(last_event_id)[:50]!r}") from None
     return StreamingResponse(

@@ -483,7 +483,9 @@ def _check_value(
         if t == "url" and allow_refs:
             want += " or a reference such as '$clip'"
         return [(loc, f"{label} must be {want} (got {show(value)})")]
-    if t == "number" and not math.isfinite(value):
+    if t in ("number", "integer") and not _finite(value):
+        if isinstance(value, int):
+            return [(loc, f"{label} is too large ({len(str(abs(value)))} digits)")]
         return [(loc, f"{label} must be a finite number (got {show(value)})")]
     if spec.choices is not None and value not in spec.choices:
         options = ", ".join(str(c) for c in spec.choices)
@@ -573,9 +575,16 @@ def params_with_defaults(specs: Mapping[str, ParamSpec], params: Mapping[str, An
 
 def _num(params: Mapping[str, Any], name: str, fallback: float) -> float:
     value = params.get(name)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
         return float(value)
     return fallback
+
+
+def _finite(value: float) -> bool:
+    """A number we can compare and store: finite, and an integer within 64 bits."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return math.isfinite(value)
 
 
 def _output_seconds(model: ModelSpec, params: Mapping[str, Any]) -> float:

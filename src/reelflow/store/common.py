@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import math
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -107,9 +108,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, _, eid = raw.partition("|")
-        if not eid:
+        when = float(ts)
+        if not eid or not math.isfinite(when):
             raise ValueError
-        return float(ts), eid
+        return when, eid
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCursor(f"invalid cursor {cursor!r}") from exc
 
