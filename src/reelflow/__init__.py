@@ -1,5 +1,20 @@
 """reelflow: run AI video pipelines on a durable queue. The public SDK names."""
 
+from .client import (
+    APIConnectionError,
+    APIError,
+    AsyncClient,
+    BadRequest,
+    Client,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLarge,
+    PlanRejected,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+    UsageLimitExceeded,
+)
 from .sdk import (
     AsyncExecution,
     Composition,
@@ -18,13 +33,27 @@ from .sdk import (
     overlay,
     video_model,
 )
+from .webhooks import verify_webhook
 
 __all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
     "AsyncExecution",
+    "BadRequest",
+    "Client",
     "Composition",
+    "ConflictError",
     "Execution",
     "Model",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "PlanRejected",
+    "RateLimited",
+    "ServerError",
     "Step",
+    "Unauthorized",
+    "UsageLimitExceeded",
     "audio_model",
     "captions",
     "compose",
@@ -35,6 +64,7 @@ __all__ = [
     "image_model",
     "merge",
     "overlay",
+    "verify_webhook",
     "video_model",
 ]
 __version__ = "0.1.0"

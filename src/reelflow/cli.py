@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,9 +21,12 @@ from .config import get_settings
 from .display import progress_view, timeline_table
 from .engine.runtime import LocalRuntime
 from .engine.worker import Worker, tune_gc
-from .errors import PlanError, ReelflowError
+from .errors import ErrorItem, PlanError, ReelflowError
 from .plan import load_plan_text
 from .providers.catalog import list_models
+
+if TYPE_CHECKING:
+    from .client import APIError, Client
 
 app = typer.Typer(
     name="reelflow",
@@ -39,6 +42,10 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
 ServerOpt = Annotated[
     str | None, typer.Option("--server", envvar="REELFLOW_SERVER", help="Talk to a reelflow server at this URL.")
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="REELFLOW_API_KEY", help="The API key for --server.", show_default=False),
 ]
 
 
@@ -67,10 +74,48 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     return wrapper
 
 
-def _no_server(server: str | None) -> None:
-    if server:
-        err.print("[red]error:[/red] --server needs the HTTP API, which this build does not include yet")
+def _client(server: str, api_key: str | None) -> Client:
+    """A client for --server; a missing key or a malformed URL is bad usage (2)."""
+    from .client import Client
+
+    if not api_key:
+        err.print("[red]error:[/red] --server needs an API key: set REELFLOW_API_KEY or pass --api-key")
         raise typer.Exit(2)
+    try:
+        return Client(server, api_key)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _refused(exc: APIError) -> None:
+    """A problem answer: its detail, then each `loc: msg` the detail does not already say."""
+    err.print(f"[red]refused:[/red] {exc.detail}", highlight=False)
+    for item in exc.errors:
+        loc = item.get("loc")
+        line = str(ErrorItem(list(loc) if isinstance(loc, list) else [], str(item.get("msg", ""))))
+        if line not in exc.detail:
+            err.print(f"  {line}", highlight=False)
+
+
+def remote(server: str, api_key: str | None, body: Callable[[Client], T]) -> T:
+    """Run a command body against a server; its failures become a message and exit status 1."""
+    from .client import APIConnectionError, APIError
+
+    client = _client(server, api_key)
+    try:
+        with client:
+            return body(client)
+    except APIError as exc:
+        _refused(exc)
+    except APIConnectionError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except TimeoutError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    raise typer.Exit(1)
 
 
 def _read_plan(path: Path) -> Any:
@@ -127,14 +172,51 @@ def run(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress.")] = False,
     webhook: Annotated[str | None, typer.Option("--webhook", help="Deliver the final state to this URL.")] = None,
     server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and enqueue a plan; with --wait, follow it to the end."""
-    _no_server(server)
     data = _read_plan(plan)
-    state = _run(data, wait, webhook, as_json)
+    if server:
+        state = remote(server, api_key, lambda client: _run_remote(client, data, wait, webhook, as_json))
+    else:
+        state = _run(data, wait, webhook, as_json)
     if wait:
         _exit_for(state)
+
+
+def _show_final(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(state)
+    else:
+        out.print(timeline_table(state))
+        _summary(state)
+
+
+def _show_accepted(execution_id: str, state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json({"id": execution_id, "status": state["status"]})
+    else:
+        out.print(f"accepted: execution [bold]{execution_id}[/bold] ({len(state['jobs'])} jobs queued)")
+
+
+def _follow_remote(client: Client, execution_id: str, *, as_json: bool) -> dict[str, Any]:
+    """`_follow` on a server: its event stream drives the same live display."""
+    if as_json or not out.is_terminal:
+        return client.wait(execution_id)
+    with Live(console=out, refresh_per_second=8, transient=False) as live:
+        return client.wait(execution_id, on_update=lambda state: live.update(progress_view(state)))
+
+
+def _run_remote(client: Client, data: Any, wait: bool, webhook: str | None, as_json: bool) -> dict[str, Any]:
+    execution_id = client.execute(data, webhook=webhook).id
+    if wait:
+        state = _follow_remote(client, execution_id, as_json=as_json)
+        _show_final(state, as_json)
+        return state
+    state = client.get(execution_id)
+    _show_accepted(execution_id, state, as_json)
+    return state
 
 
 @command
@@ -144,17 +226,10 @@ async def _run(data: Any, wait: bool, webhook: str | None, as_json: bool) -> dic
         execution_id = await rt.engine.submit(data, webhook=webhook)
         if wait:
             state = await _follow(rt, execution_id, as_json=as_json)
-            if as_json:
-                _print_json(state)
-            else:
-                out.print(timeline_table(state))
-                _summary(state)
+            _show_final(state, as_json)
             return state
         state = await rt.engine.get(execution_id)
-        if as_json:
-            _print_json({"id": execution_id, "status": state["status"]})
-        else:
-            out.print(f"accepted: execution [bold]{execution_id}[/bold] ({len(state['jobs'])} jobs queued)")
+        _show_accepted(execution_id, state, as_json)
         return state
     finally:
         await rt.close()
@@ -165,13 +240,30 @@ def status(
     execution_id: Annotated[str, typer.Argument(metavar="ID")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress.")] = False,
     server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show an execution's state."""
-    _no_server(server)
-    state = _status(execution_id, wait, as_json)
+    if server:
+
+        def body(client: Client) -> dict[str, Any]:
+            state = _follow_remote(client, execution_id, as_json=as_json) if wait else client.get(execution_id)
+            _show_state(state, as_json)
+            return state
+
+        state = remote(server, api_key, body)
+    else:
+        state = _status(execution_id, wait, as_json)
     if wait:
         _exit_for(state)
+
+
+def _show_state(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(state)
+    else:
+        out.print(progress_view(state))
+        _summary(state)
 
 
 @command
@@ -179,21 +271,27 @@ async def _status(execution_id: str, wait: bool, as_json: bool) -> dict[str, Any
     rt = LocalRuntime()
     try:
         state = await (_follow(rt, execution_id, as_json=as_json) if wait else rt.engine.get(execution_id))
-        if as_json:
-            _print_json(state)
-        else:
-            out.print(progress_view(state))
-            _summary(state)
+        _show_state(state, as_json)
         return state
     finally:
         await rt.close()
 
 
 @app.command()
-def events(execution_id: Annotated[str, typer.Argument(metavar="ID")], server: ServerOpt = None) -> None:
-    """Print an execution's event log, one JSON object per line."""
-    _no_server(server)
-    _events(execution_id)
+def events(
+    execution_id: Annotated[str, typer.Argument(metavar="ID")], server: ServerOpt = None, api_key: ApiKeyOpt = None
+) -> None:
+    """Print an execution's event log, one JSON object per line (with --server: followed to the end)."""
+    if server:
+
+        def body(client: Client) -> None:
+            for e in client.events(execution_id):
+                sys.stdout.write(json.dumps({k: e.get(k) for k in ("seq", "type", "job", "data")}) + "\n")
+                sys.stdout.flush()
+
+        remote(server, api_key, body)
+    else:
+        _events(execution_id)
 
 
 @command
@@ -210,13 +308,27 @@ async def _events(execution_id: str) -> None:
         await rt.close()
 
 
-def _lifecycle(name: str, call: Callable[[LocalRuntime, str], Awaitable[Any]]) -> Callable[..., None]:
+def _lifecycle(
+    name: str, call: Callable[[LocalRuntime, str], Awaitable[Any]], call_remote: Callable[[Client, str], Any]
+) -> Callable[..., None]:
     def cmd(
         execution_id: Annotated[str, typer.Argument(metavar="ID")],
         server: ServerOpt = None,
+        api_key: ApiKeyOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        _no_server(server)
+        if server:
+
+            def on_server(client: Client) -> None:
+                result = call_remote(client, execution_id)
+                state = result if isinstance(result, dict) else client.get(result)
+                if as_json:
+                    _print_json(state)
+                else:
+                    _summary(state)
+
+            remote(server, api_key, on_server)
+            return
 
         @command
         async def body() -> None:
@@ -238,14 +350,46 @@ def _lifecycle(name: str, call: Callable[[LocalRuntime, str], Awaitable[Any]]) -
 
 
 app.command("cancel", help="Cancel an execution: queued jobs are canceled, running ones stopped.")(
-    _lifecycle("cancel", lambda rt, i: rt.engine.cancel(i))
+    _lifecycle("cancel", lambda rt, i: rt.engine.cancel(i), lambda c, i: c.cancel(i))
 )
 app.command("resume", help="Re-run only the failed, canceled and skipped jobs of an execution.")(
-    _lifecycle("resume", lambda rt, i: rt.engine.resume(i))
+    _lifecycle("resume", lambda rt, i: rt.engine.resume(i), lambda c, i: c.resume(i))
 )
 app.command("retry", help="Start a new execution of the same plan.")(
-    _lifecycle("retry", lambda rt, i: rt.engine.retry(i))
+    _lifecycle("retry", lambda rt, i: rt.engine.retry(i), lambda c, i: c.retry(i).id)
 )
+
+
+@app.command()
+def estimate(
+    plan: Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - for standard input.")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate a plan's cost and time (the longest chain of dependencies); nothing is enqueued."""
+    from .estimate import estimate_plan
+
+    data = _read_plan(plan)
+    if server:
+        answer = remote(server, api_key, lambda client: client.estimate(data))
+    else:
+        try:
+            answer = estimate_plan(data)
+        except PlanError as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    if as_json:
+        _print_json(answer)
+        return
+    table = Table(title="estimate")
+    table.add_column("job")
+    table.add_column("cost", justify="right")
+    table.add_column("time", justify="right")
+    for job in answer["jobs"]:
+        table.add_row(job["id"], f"${job['cost_usd']:.4f}", f"{job['seconds']:.1f}s")
+    out.print(table)
+    out.print(f"total: ${answer['cost_usd']:.4f}, about {answer['seconds']:.1f}s", highlight=False)
 
 
 @app.command()
@@ -389,18 +533,21 @@ async def _migrate() -> None:
 
 
 @app.command()
-def models(as_json: JsonOpt = False) -> None:
+def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
     """List the model catalog."""
-    specs = list_models()
+    if server:
+        specs = remote(server, api_key, lambda client: client.models())
+    else:
+        specs = [m.model_dump(mode="json") for m in list_models()]
     if as_json:
-        _print_json([m.model_dump(mode="json") for m in specs])
+        _print_json(specs)
         return
     table = Table(title="models")
     for col in ("model", "types", "parameters", "price"):
         table.add_column(col)
     for m in specs:
-        price = "free" if m.price.unit == "free" else f"${m.price.usd:g} / {m.price.unit}"
-        table.add_row(m.id, ", ".join(m.types), ", ".join(m.params), price)
+        price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
+        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price)
     out.print(table)
 
 

@@ -14,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .config import Settings
 from .engine.runtime import LocalRuntime
 from .plan import parse_plan
 from .states import TERMINAL_EXECUTION
+
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client
+
+T = TypeVar("T")
 
 _ids = itertools.count(1)
 
@@ -100,6 +105,9 @@ class Step:
 
     def execute(self, webhook: str | None = None, **kwargs: Any) -> Execution:
         return compose(self).execute(webhook=webhook, **kwargs)
+
+    async def execute_async(self, webhook: str | None = None, **kwargs: Any) -> AsyncExecution:
+        return await compose(self).execute_async(webhook=webhook, **kwargs)
 
 
 def _steps_in(value: Any) -> Iterator[Step]:
@@ -207,14 +215,29 @@ class Composition:
         return plan
 
     def execute(
-        self, webhook: str | None = None, *, settings: Settings | None = None, runtime: LocalRuntime | None = None
+        self,
+        webhook: str | None = None,
+        *,
+        settings: Settings | None = None,
+        runtime: LocalRuntime | None = None,
+        client: Client | None = None,
     ) -> Execution:
-        """Validate and enqueue on the local engine (the database of the settings); return a handle."""
+        """Validate and enqueue on the local engine (the database of the settings), or on the server of
+        `client`; return a handle that works the same either way."""
+        if client is not None:
+            return client.execute(self, webhook=webhook)
         return asyncio.run(self._submit(webhook, settings, runtime)).sync()
 
     async def execute_async(
-        self, webhook: str | None = None, *, settings: Settings | None = None, runtime: LocalRuntime | None = None
+        self,
+        webhook: str | None = None,
+        *,
+        settings: Settings | None = None,
+        runtime: LocalRuntime | None = None,
+        client: AsyncClient | None = None,
     ) -> AsyncExecution:
+        if client is not None:
+            return await client.execute(self, webhook=webhook)
         return await self._submit(webhook, settings, runtime)
 
     async def _submit(
@@ -264,19 +287,145 @@ class Result(dict[str, Any]):
             raise AttributeError(name) from None
 
 
-class AsyncExecution:
-    """A handle on a submitted execution (async)."""
+Listener = Callable[[dict[str, Any]], None]
 
-    def __init__(self, execution_id: str, runtime: LocalRuntime) -> None:
-        self.id = execution_id
+
+class ExecutionBackend(Protocol):
+    """Where an async handle's execution lives: the local engine, or a server (`reelflow.client`)."""
+
+    async def get(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]: ...
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def resume(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def retry(self, execution_id: str) -> str: ...
+
+
+class SyncExecutionBackend(Protocol):
+    """The blocking twin of ExecutionBackend."""
+
+    def get(self, execution_id: str) -> dict[str, Any]: ...
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]: ...
+
+    def cancel(self, execution_id: str) -> dict[str, Any]: ...
+
+    def resume(self, execution_id: str) -> dict[str, Any]: ...
+
+    def retry(self, execution_id: str) -> str: ...
+
+
+class LocalBackend:
+    """The local engine (the settings' database); waiting runs a worker here when none runs elsewhere."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
         self.runtime = runtime
+
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.get(execution_id)
+
+    async def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]:
+        return await self.runtime.wait(execution_id, timeout=timeout, on_update=on_update)
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.cancel(execution_id)
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.resume(execution_id)
+
+    async def retry(self, execution_id: str) -> str:
+        return await self.runtime.engine.retry(execution_id)
+
+
+class BlockingBackend:
+    """A blocking backend over an async one: each call runs to completion in its own event loop."""
+
+    def __init__(self, inner: ExecutionBackend) -> None:
+        self.inner = inner
+
+    @staticmethod
+    def _run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run(coro)
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        return self._run(self.inner.get(execution_id))
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]:
+        return self._run(self.inner.wait(execution_id, timeout=timeout, on_update=on_update))
+
+    def cancel(self, execution_id: str) -> dict[str, Any]:
+        return self._run(self.inner.cancel(execution_id))
+
+    def resume(self, execution_id: str) -> dict[str, Any]:
+        return self._run(self.inner.resume(execution_id))
+
+    def retry(self, execution_id: str) -> str:
+        return self._run(self.inner.retry(execution_id))
+
+
+class _Display:
+    """What `wait(progress=True)` shows: the live per-job view while waiting, then the timeline."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console: Console = Console()
+        self.live: Live = Live(console=self.console, refresh_per_second=8)
+
+    def __enter__(self) -> _Display:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, state: dict[str, Any]) -> None:
+        from .display import progress_view
+
+        self.live.update(progress_view(state))
+
+    def timeline(self, state: dict[str, Any]) -> None:
+        from .display import timeline_table
+
+        self.console.print(timeline_table(state))
+
+
+def _result_of(state: dict[str, Any] | None) -> Result | None:
+    res = (state or {}).get("result")
+    return Result(res) if res is not None else None
+
+
+def _is_done(state: dict[str, Any] | None) -> bool:
+    return bool(state and state["status"] in TERMINAL_EXECUTION)
+
+
+class AsyncExecution:
+    """A handle on a submitted execution (async), on the local engine or on a server."""
+
+    def __init__(self, execution_id: str, backend: ExecutionBackend | LocalRuntime) -> None:
+        self.id = execution_id
+        self.backend: ExecutionBackend = LocalBackend(backend) if isinstance(backend, LocalRuntime) else backend
         self.state: dict[str, Any] | None = None
 
     def sync(self) -> Execution:
-        return Execution(self)
+        handle = Execution(self.id, BlockingBackend(self.backend))
+        handle.state = self.state
+        return handle
 
     async def refresh(self) -> dict[str, Any]:
-        self.state = await self.runtime.engine.get(self.id)
+        self.state = await self.backend.get(self.id)
         return self.state
 
     async def status(self) -> str:
@@ -284,41 +433,32 @@ class AsyncExecution:
 
     @property
     def result(self) -> Result | None:
-        res = (self.state or {}).get("result")
-        return Result(res) if res is not None else None
+        return _result_of(self.state)
 
     async def wait(self, progress: bool = False, timeout: float | None = None) -> AsyncExecution:
-        """Wait for the end (running a worker here when none runs elsewhere); show progress if asked."""
+        """Wait for the end (locally, running a worker here when none runs elsewhere); show progress if asked."""
         if progress:
-            from rich.console import Console
-            from rich.live import Live
-
-            from .display import progress_view, timeline_table
-
-            console = Console()
-            with Live(console=console, refresh_per_second=8) as live:
-                self.state = await self.runtime.wait(
-                    self.id, timeout=timeout, on_update=lambda s: live.update(progress_view(s))
-                )
-            console.print(timeline_table(self.state))
+            with _Display() as display:
+                self.state = await self.backend.wait(self.id, timeout=timeout, on_update=display.update)
+            display.timeline(self.state)
         else:
-            self.state = await self.runtime.wait(self.id, timeout=timeout)
+            self.state = await self.backend.wait(self.id, timeout=timeout)
         return self
 
     async def cancel(self) -> dict[str, Any]:
-        self.state = await self.runtime.engine.cancel(self.id)
+        self.state = await self.backend.cancel(self.id)
         return self.state
 
     async def resume(self) -> dict[str, Any]:
-        self.state = await self.runtime.engine.resume(self.id)
+        self.state = await self.backend.resume(self.id)
         return self.state
 
     async def retry(self) -> AsyncExecution:
-        return AsyncExecution(await self.runtime.engine.retry(self.id), self.runtime)
+        return AsyncExecution(await self.backend.retry(self.id), self.backend)
 
     @property
     def done(self) -> bool:
-        return bool(self.state and self.state["status"] in TERMINAL_EXECUTION)
+        return _is_done(self.state)
 
     def __repr__(self) -> str:
         status = self.state["status"] if self.state else "?"
@@ -326,41 +466,49 @@ class AsyncExecution:
 
 
 class Execution:
-    """A handle on a submitted execution (blocking)."""
+    """A handle on a submitted execution (blocking), on the local engine or on a server."""
 
-    def __init__(self, inner: AsyncExecution) -> None:
-        self._inner = inner
-
-    @property
-    def id(self) -> str:
-        return self._inner.id
-
-    @property
-    def state(self) -> dict[str, Any] | None:
-        return self._inner.state
+    def __init__(self, execution_id: str, backend: SyncExecutionBackend) -> None:
+        self.id = execution_id
+        self.backend = backend
+        self.state: dict[str, Any] | None = None
 
     @property
     def result(self) -> Result | None:
-        return self._inner.result
+        return _result_of(self.state)
 
     def status(self) -> str:
-        return asyncio.run(self._inner.status())
+        return str(self.refresh()["status"])
 
     def refresh(self) -> dict[str, Any]:
-        return asyncio.run(self._inner.refresh())
+        self.state = self.backend.get(self.id)
+        return self.state
 
     def wait(self, progress: bool = False, timeout: float | None = None) -> Execution:
-        asyncio.run(self._inner.wait(progress=progress, timeout=timeout))
+        """Wait for the end (locally, running a worker here when none runs elsewhere); show progress if asked."""
+        if progress:
+            with _Display() as display:
+                self.state = self.backend.wait(self.id, timeout=timeout, on_update=display.update)
+            display.timeline(self.state)
+        else:
+            self.state = self.backend.wait(self.id, timeout=timeout)
         return self
 
     def cancel(self) -> dict[str, Any]:
-        return asyncio.run(self._inner.cancel())
+        self.state = self.backend.cancel(self.id)
+        return self.state
 
     def resume(self) -> dict[str, Any]:
-        return asyncio.run(self._inner.resume())
+        self.state = self.backend.resume(self.id)
+        return self.state
 
     def retry(self) -> Execution:
-        return Execution(asyncio.run(self._inner.retry()))
+        return Execution(self.backend.retry(self.id), self.backend)
+
+    @property
+    def done(self) -> bool:
+        return _is_done(self.state)
 
     def __repr__(self) -> str:
-        return repr(self._inner)
+        status = self.state["status"] if self.state else "?"
+        return f"<Execution {self.id} {status}>"
