@@ -429,6 +429,7 @@ def serve(
     from .api import create_app
 
     logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tune_gc()
     uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -26,7 +26,7 @@ from ..providers.catalog import list_models
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, Storage, check_key, open_storage
 from ..store import Store, open_store
-from ..store.common import BadCursor
+from ..store.common import BadCursor, strip_paths
 from . import problems
 from .problems import Problem
 
@@ -58,7 +58,7 @@ class Services:
         return tenant
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -71,7 +71,7 @@ async def tenant(request: Request, authorization: Annotated[str | None, Header()
     scheme, _, raw = authorization.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
         raise Problem(401, "Authorization must be 'Bearer <api key>'", headers=challenge)
-    found = await services(request).tenant_for(raw.strip())
+    found = await (await services(request)).tenant_for(raw.strip())
     if found is None:
         raise Problem(401, "invalid or revoked API key", headers=challenge)
     return found
@@ -166,7 +166,9 @@ async def submit(
     data = await json_body(request)
     plan = parse_plan(data)
     execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
-    state = await svc.engine.get(execution_id, who)
+    if idempotency_key is None:
+        return accepted(execution_id, "queued")
+    state = await svc.engine.get(execution_id, who)  # a replay answers with the first execution's status
     return accepted(execution_id, state["status"])
 
 
@@ -202,7 +204,7 @@ async def list_executions(
 @router.get("/executions/{execution_id}", tags=["executions"])
 async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
-    return await svc.engine.get(check_path_id(execution_id), who)
+    return strip_paths(await svc.engine.get(check_path_id(execution_id), who))
 
 
 @router.get("/executions/{execution_id}/events", tags=["executions"], response_class=StreamingResponse)
@@ -234,7 +236,9 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
     while True:
         batch = await svc.store.events(execution_id, after=after, limit=500)
         for e in batch:
-            data = {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data, "created_at": e.created_at}
+            data = {
+                "seq": e.seq, "type": e.type, "job": e.job_id, "data": strip_paths(e.data), "created_at": e.created_at
+            }
             yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
             after = e.seq
         if batch:
@@ -258,13 +262,13 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
 @router.post("/executions/{execution_id}/cancel", tags=["executions"])
 async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Cancel: queued jobs canceled, running ones stopped at their provider."""
-    return await svc.engine.cancel(check_path_id(execution_id), who)
+    return strip_paths(await svc.engine.cancel(check_path_id(execution_id), who))
 
 
 @router.post("/executions/{execution_id}/resume", tags=["executions"])
 async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Re-run only the failed, canceled and skipped jobs; succeeded ones keep their results."""
-    return await svc.engine.resume(check_path_id(execution_id), who)
+    return strip_paths(await svc.engine.resume(check_path_id(execution_id), who))
 
 
 @router.post("/executions/{execution_id}/retry", status_code=202, tags=["executions"])
@@ -350,7 +354,7 @@ def create_app(
         app.state.services = Services(settings, the_store)
         running: list[tuple[Any, asyncio.Task[None]]] = []
         for _ in range(workers):
-            w = Worker(the_store, settings=settings)
+            w = Worker(the_store, settings=settings, deliver_webhooks=deliver_webhooks)
             running.append((w, asyncio.create_task(w.run())))
         if deliver_webhooks and workers == 0:
             from ..webhooks import WebhookDispatcher
@@ -385,7 +389,7 @@ def create_app(
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await services(request).store.live_workers(within_s=60)
+            await (await services(request)).store.live_workers(within_s=60)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})

@@ -146,6 +146,15 @@ def wants_event(wanted: list[str], event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, p) for p in (*DEFAULT_WEBHOOK_EVENTS, *wanted))
 
 
+def strip_paths(value: Any) -> Any:
+    """A copy without the server's local file paths (`path` beside an artifact `key`): not for clients."""
+    if isinstance(value, dict):
+        return {k: strip_paths(v) for k, v in value.items() if not (k == "path" and "key" in value)}
+    if isinstance(value, list):
+        return [strip_paths(v) for v in value]
+    return value
+
+
 def webhook_body(
     event_type: str, at: float, state: dict[str, Any], job_key: str | None, data: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def webhook_body(
     payload: dict[str, Any] = dict(state)
     if job_key is not None or event_type == "execution.progress":
         payload["event"] = {"job": job_key, **(data or {})}
-    return {"type": event_type, "timestamp": iso(at), "data": payload}
+    return {"type": event_type, "timestamp": iso(at), "data": strip_paths(payload)}
 
 
 def artifact_keys(result: dict[str, Any] | None) -> list[str]:
