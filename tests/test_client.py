@@ -232,7 +232,8 @@ def test_execute_with_a_webhook_delivers_a_signed_final_state(settings: Settings
     hook = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
-        with ApiServer(settings.model_copy(update={"allow_private_urls": True}), workers=1, deliver_webhooks=True) as api:
+        loopback_ok = settings.model_copy(update={"allow_private_urls": True})
+        with ApiServer(loopback_ok, workers=1, deliver_webhooks=True) as api:
             key = api.new_key("acme")
             with Client(api.url, key.api_key) as client:
                 step = generate_video(model="sim/video", latency_s=0.05)
