@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -334,6 +337,37 @@ async def test_an_event_survives_a_worker_restart_and_keeps_its_webhook_id(
     [after] = await deliveries(store, eid)
     assert after["attempts"][-1]["status_code"] == 200
     assert len(after["attempts"]) == len(before["attempts"]) + 1
+
+
+async def test_an_event_survives_a_sigkilled_worker_while_the_receiver_is_down(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory, worker_env: dict[str, str], tmp_path: Any
+) -> None:
+    """The receiver is down, the worker process that ran the execution dies hard; the event still arrives."""
+    receiver = Receiver()  # its port is chosen but nothing listens yet
+    eid = await engine.submit({"jobs": [sim_job("clip", latency_s=0)], "webhook": receiver.url})
+    log = (tmp_path / "victim.log").open("wb")
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "reelflow.cli", "worker"],
+        env=worker_env | {"REELFLOW_ALLOW_PRIVATE_URLS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await eventually(lambda: _attempts(store, eid, 1), timeout=20, what="a failed attempt by the victim")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert (await engine.get(eid))["status"] == "succeeded"
+    [before] = await deliveries(store, eid)
+    assert before["status"] == "pending" and "ConnectError" in before["attempts"][0]["error"]
+    receiver.start()
+    try:
+        async with running_worker():
+            await eventually(lambda: _status(store, eid, "delivered"), timeout=15, what="delivered after the crash")
+    finally:
+        receiver.stop()
+    assert [h.headers["webhook-id"] for h in receiver.hits] == [before["id"]]
+    assert receiver.hits[0].event["type"] == "execution.succeeded"
 
 
 # ---------------------------------------------------------------------------------------- destinations
