@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .. import media
 from ..config import Settings, get_settings
 from ..errors import PlanError
@@ -39,6 +41,7 @@ from ..providers.registry import Providers
 from ..storage import Storage, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
+from .download import MAX_OUTPUT_BYTES, fetch_output
 from .retry import backoff_delay
 
 log = logging.getLogger("reelflow.worker")
@@ -109,6 +112,7 @@ class Worker:
         self._pids: list[tuple[int, str, str, asyncio.Future[None]]] = []
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
+        self._http: httpx.AsyncClient | None = None
         self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
 
     # ------------------------------------------------------------------ control
@@ -155,6 +159,8 @@ class Worker:
                 await self._stop_webhooks(webhooks)
             with contextlib.suppress(Exception):
                 await self.store.unregister_worker(self.id)
+            if self._http is not None:
+                await self._http.aclose()
 
     async def _stop_webhooks(self, task: asyncio.Task[None] | None) -> None:
         """Stop the webhook dispatcher after the drain (so drained jobs' final events go out too), once the
@@ -369,7 +375,8 @@ class Worker:
                 await self._cancel_remote(c, held)
             return self._failed(c, str(exc))
         except TransientError as exc:
-            return self._transient_outcome(c, exc.message, exc.retry_after)
+            keep = held.provider_job_id is not None and not exc.resubmit
+            return self._transient_outcome(c, exc.message, exc.retry_after, keep_provider_id=keep)
         except ProviderError as exc:
             return self._failed(c, exc.message)
         finally:
@@ -379,13 +386,17 @@ class Worker:
     def _failed(self, c: ClaimedJob, error: str) -> JobOutcome:
         return JobOutcome(c.id, self.id, "failed", error=error)
 
-    def _transient_outcome(self, c: ClaimedJob, error: str, retry_after: float | None) -> JobOutcome:
+    def _transient_outcome(
+        self, c: ClaimedJob, error: str, retry_after: float | None, *, keep_provider_id: bool = False
+    ) -> JobOutcome:
         if c.attempts >= c.max_attempts:
             return self._failed(c, f"{error} (gave up after {c.attempts} attempts)")
         delay = backoff_delay(
             c.attempts, base=self.settings.retry_base_s, cap=self.settings.retry_max_s, retry_after=retry_after
         )
-        return JobOutcome(c.id, self.id, "retry", error=error, retry_at=time.time() + delay)
+        return JobOutcome(
+            c.id, self.id, "retry", error=error, retry_at=time.time() + delay, keep_provider_id=keep_provider_id
+        )
 
     def _local_inputs(self, params: dict[str, Any]) -> dict[str, Path]:
         """Local files for every top-level URL parameter (or list item) that is one of our artifacts."""
@@ -453,18 +464,30 @@ class Worker:
 
     async def _store_outputs(self, result: ProviderResult, task: Task) -> dict[str, Any]:
         stored: list[dict[str, Any]] = []
-        for out in result.outputs:
-            if out.path is None:
-                raise PermanentError(
-                    f"{task.type}: remote outputs ({out.url}) cannot be copied yet by this worker"
+        for i, out in enumerate(result.outputs):
+            path = out.path
+            content_type = out.content_type
+            if path is None:
+                if not out.url:
+                    raise PermanentError(f"{task.type}: the provider returned an output with neither file nor URL")
+                path, content_type = await fetch_output(
+                    self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
                 )
-            stored.append(await self._store_file(out.path, out.content_type))
+            stored.append(await self._store_file(path, content_type))
         job_result: dict[str, Any] = dict(stored[0]) if stored else {}
         if len(stored) > 1:
             job_result["outputs"] = stored
         for k, v in result.fields.items():
             job_result.setdefault(k, v)
         return job_result
+
+    def _http_client(self) -> httpx.AsyncClient:
+        """One pooled client for output downloads, made on first use."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                follow_redirects=True, timeout=httpx.Timeout(30.0, read=60.0), limits=httpx.Limits(max_connections=64)
+            )
+        return self._http
 
     async def _store_file(self, path: Path, content_type: str | None) -> dict[str, Any]:
         suffix = path.suffix.lower()

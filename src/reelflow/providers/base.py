@@ -17,10 +17,13 @@ class ProviderError(Exception):
 
     transient: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, resubmit: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.resubmit = resubmit
+        """Raised while waiting: the remote work is gone and a retry must submit anew. By default a
+        transient error after submission keeps the provider id, so the retry waits on the same (paid) work."""
 
 
 class TransientError(ProviderError):

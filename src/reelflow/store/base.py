@@ -79,6 +79,8 @@ class JobOutcome:
     error: str | None = None
     cost_usd: float | None = None
     retry_at: float | None = None
+    keep_provider_id: bool = False
+    """On `retry`: wait again on the same remote work instead of submitting (and paying) anew."""
 
 
 @dataclass

@@ -611,10 +611,11 @@ class SQLiteStore:
             elif o.status == "retry":
                 row = conn.execute(
                     "UPDATE jobs SET status = 'queued', run_after = ?, error = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL, progress = 0, queue_position = NULL, provider_job_id = NULL,"
+                    " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
+                    " provider_job_id = CASE WHEN ? THEN provider_job_id END,"
                     " queued_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
                     " RETURNING execution_id, key, attempts",
-                    (o.retry_at or now, o.error, now, o.job_id, o.owner),
+                    (o.retry_at or now, o.error, o.keep_provider_id, now, o.job_id, o.owner),
                 ).fetchone()
                 if row is None:
                     continue
