@@ -991,9 +991,14 @@ class SQLiteStore:
     ) -> list[dict[str, Any]]:
         return await self._run(self._list_deliveries, tenant, execution_id, limit)
 
-    def _list_deliveries(self, tenant: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
+    def _list_deliveries(
+        self, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
+    ) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
+        if delivery_id is not None:
+            where.append("id = ?")
+            args.append(delivery_id)
         if tenant is not None:
             where.append("tenant = ?")
             args.append(tenant)
@@ -1017,7 +1022,7 @@ class SQLiteStore:
 
     async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
         await self._run(self._redeliver, delivery_id, tenant)
-        found = [d for d in await self.list_deliveries(tenant, limit=1_000_000) if d["id"] == delivery_id]
+        found = await self._run(self._list_deliveries, tenant, None, 1, delivery_id)
         return found[0]
 
     def _redeliver(self, delivery_id: str, tenant: str | None) -> None:
