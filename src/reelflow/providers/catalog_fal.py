@@ -1,0 +1,194 @@
+"""fal's counterparts of the catalogued models, and how our normalised params map to their inputs.
+
+Prices are approximate public list prices (late 2026) and only feed estimates; fal bills the real amount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
+
+# --- input mapping -------------------------------------------------------------------------------
+
+IMAGE_SIZES: dict[str, Any] = {
+    "16:9": "landscape_16_9",
+    "9:16": "portrait_16_9",
+    "1:1": "square_hd",
+    "4:3": "landscape_4_3",
+    "3:4": "portrait_4_3",
+    "21:9": {"width": 1568, "height": 672},
+}
+"""Our aspect ratios as fal's `image_size` (a preset name, or an explicit size where there is none)."""
+
+
+def _image_size(value: Any) -> Any:
+    return IMAGE_SIZES.get(str(value), value)
+
+
+def _as_string(value: Any) -> Any:
+    """fal's video models take their duration as a string enum ("5", "10")."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _upper_p(value: Any) -> Any:
+    """Hailuo spells resolutions "768P"."""
+    return str(value).upper()
+
+
+@dataclass(frozen=True)
+class FalInput:
+    """Where one of our params goes in the model's input, and how its value is converted."""
+
+    name: str
+    convert: Callable[[Any], Any] | None = None
+
+
+_FLUX_MAP: dict[str, FalInput] = {
+    "prompt": FalInput("prompt"),
+    "aspect_ratio": FalInput("image_size", _image_size),
+    "seed": FalInput("seed"),
+    "num_images": FalInput("num_images"),
+}
+
+INPUT_MAP: dict[str, dict[str, FalInput]] = {
+    "fal/fal-ai/flux/schnell": _FLUX_MAP,
+    "fal/fal-ai/flux/dev": _FLUX_MAP,
+    "fal/fal-ai/flux-pro/v1.1": _FLUX_MAP,
+    "fal/fal-ai/bytedance/seedance/v1/pro/image-to-video": {
+        "prompt": FalInput("prompt"),
+        "image": FalInput("image_url"),
+        "duration": FalInput("duration", _as_string),
+        "resolution": FalInput("resolution"),
+        "seed": FalInput("seed"),
+    },
+    "fal/fal-ai/kling-video/v2.1/standard/image-to-video": {
+        "prompt": FalInput("prompt"),
+        "image": FalInput("image_url"),
+        "duration": FalInput("duration", _as_string),
+        "negative_prompt": FalInput("negative_prompt"),
+    },
+    "fal/fal-ai/minimax/hailuo-02/standard/image-to-video": {
+        "prompt": FalInput("prompt"),
+        "image": FalInput("image_url"),
+        "duration": FalInput("duration", _as_string),
+        "resolution": FalInput("resolution", _upper_p),
+    },
+}
+
+
+def to_fal_input(model_id: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's input body for our normalised params (unmapped names pass through unchanged)."""
+    mapping = INPUT_MAP.get(model_id or "", {})
+    body: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        target = mapping.get(name)
+        if target is None:
+            body[name] = value
+        else:
+            body[target.name] = target.convert(value) if target.convert else value
+    return body
+
+
+# --- the models ----------------------------------------------------------------------------------
+
+_RUN_NOTE = " Also runs as `run` with the model's own input."
+_SEED = ParamSpec(type="integer", minimum=0, description="Random seed, for repeatable output.")
+
+
+def _prompt(required: bool) -> ParamSpec:
+    return ParamSpec(type="string", required=required, max_length=2000, description="What to make.")
+
+
+def _image_model(name: str, usd: float, what: str, est_seconds: float) -> ModelSpec:
+    return ModelSpec(
+        id=f"fal/{name}",
+        provider="fal",
+        name=name,
+        types=["generate-image", "run"],
+        params={
+            "prompt": _prompt(required=True),
+            "aspect_ratio": ParamSpec(type="string", choices=ASPECT_RATIOS, description="Shape of the output."),
+            "seed": _SEED,
+            "num_images": ParamSpec(type="integer", minimum=1, maximum=4, default=1, description="Images to make."),
+        },
+        price=Price(unit="image", usd=usd),
+        description=f"{what} on fal (approximately ${usd:g} per image).{_RUN_NOTE}",
+        est_seconds=est_seconds,
+    )
+
+
+def _video_model(
+    name: str,
+    usd_per_s: float,
+    what: str,
+    durations: list[int],
+    resolutions: list[str] | None,
+    seed: bool,
+    est_seconds: float,
+    est_per_second: float,
+) -> ModelSpec:
+    params: dict[str, ParamSpec] = {
+        "prompt": _prompt(required=True),
+        "image": ParamSpec(type="url", required=True, description="The first frame to animate."),
+        "duration": ParamSpec(type="integer", choices=durations, default=durations[0], description="Seconds of video."),
+    }
+    if resolutions:
+        params["resolution"] = ParamSpec(type="string", choices=resolutions, description="Output resolution.")
+    if seed:
+        params["seed"] = _SEED
+    return ModelSpec(
+        id=f"fal/{name}",
+        provider="fal",
+        name=name,
+        types=["generate-video", "run"],
+        params=params,
+        price=Price(unit="second", usd=usd_per_s),
+        description=f"{what} on fal (approximately ${usd_per_s:g} per second of video).{_RUN_NOTE}",
+        max_duration=float(max(durations)),
+        est_seconds=est_seconds,
+        est_seconds_per_second=est_per_second,
+    )
+
+
+MODELS: list[ModelSpec] = [
+    _image_model("fal-ai/flux/schnell", 0.003, "FLUX.1 [schnell], fast text to image", 2.0),
+    _image_model("fal-ai/flux/dev", 0.025, "FLUX.1 [dev], text to image", 6.0),
+    _image_model("fal-ai/flux-pro/v1.1", 0.04, "FLUX1.1 [pro], text to image", 8.0),
+    _video_model(
+        "fal-ai/bytedance/seedance/v1/pro/image-to-video",
+        0.12,
+        "ByteDance Seedance 1.0 Pro, image to video",
+        [5, 10],
+        ["480p", "720p", "1080p"],
+        True,
+        30.0,
+        12.0,
+    ),
+    _video_model(
+        "fal-ai/kling-video/v2.1/standard/image-to-video",
+        0.05,
+        "Kling 2.1 Standard, image to video",
+        [5, 10],
+        None,
+        False,
+        60.0,
+        20.0,
+    ),
+    _video_model(
+        "fal-ai/minimax/hailuo-02/standard/image-to-video",
+        0.045,
+        "MiniMax Hailuo-02 Standard, image to video",
+        [6, 10],
+        ["512p", "768p"],
+        False,
+        60.0,
+        15.0,
+    ),
+]

@@ -1,0 +1,349 @@
+"""Replicate models: their parameters in our normalised names, prices, and the input name each maps to.
+
+Prices are approximate public per-unit prices (late 2026) and only feed estimates and reported costs;
+Replicate's bill is the truth. `INPUT_MAPS` says which Replicate input field each of our parameter
+names becomes (a name absent from a map is passed under its own name).
+"""
+
+from __future__ import annotations
+
+from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
+
+PROVIDER = "replicate"
+
+
+def _prompt(max_length: int = 2000, required: bool = True) -> ParamSpec:
+    return ParamSpec(type="string", required=required, max_length=max_length, description="What to make.")
+
+
+def _image(description: str, required: bool = False) -> ParamSpec:
+    return ParamSpec(type="url", required=required, description=description)
+
+
+def _seed() -> ParamSpec:
+    return ParamSpec(type="integer", minimum=0, maximum=2**32 - 1, description="Random seed, for repeatable output.")
+
+
+def _aspect(choices: list[str] | None = None, default: str | None = None) -> ParamSpec:
+    return ParamSpec(
+        type="string", choices=choices or ASPECT_RATIOS, default=default, description="Shape of the output."
+    )
+
+
+def _negative() -> ParamSpec:
+    return ParamSpec(type="string", max_length=2000, description="What to keep out of the output.")
+
+
+def _output_format(default: str = "png") -> ParamSpec:
+    return ParamSpec(type="string", choices=["webp", "jpg", "png"], default=default, description="Image file format.")
+
+
+def _num_outputs() -> ParamSpec:
+    return ParamSpec(type="integer", minimum=1, maximum=4, description="How many images to make.")
+
+
+def _spec(
+    name: str,
+    kind: str,
+    params: dict[str, ParamSpec],
+    price: Price,
+    description: str,
+    *,
+    max_duration: float | None = None,
+    est_seconds: float = 5.0,
+    est_seconds_per_second: float = 0.0,
+) -> ModelSpec:
+    return ModelSpec(
+        id=f"{PROVIDER}/{name}",
+        provider=PROVIDER,
+        name=name,
+        types=[f"generate-{kind}", "run"],
+        params=params,
+        price=price,
+        description=description,
+        max_duration=max_duration,
+        est_seconds=est_seconds,
+        est_seconds_per_second=est_seconds_per_second,
+    )
+
+
+_SEEDANCE_ASPECTS = ["16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "9:21"]
+
+
+def _seedance(default_resolution: str) -> dict[str, ParamSpec]:
+    return {
+        "prompt": _prompt(),
+        "image": _image("A first frame to start from (image to video)."),
+        "duration": ParamSpec(type="integer", minimum=2, maximum=12, default=5, description="Seconds of video."),
+        "aspect_ratio": _aspect(_SEEDANCE_ASPECTS, "16:9"),
+        "resolution": ParamSpec(type="string", choices=["480p", "720p", "1080p"], default=default_resolution),
+        "fps": ParamSpec(type="integer", choices=[24], description="Frames per second."),
+        "camera_fixed": ParamSpec(type="boolean", description="Keep the camera still."),
+        "seed": _seed(),
+    }
+
+
+RESOLUTION_PRICES: dict[str, dict[str, float]] = {
+    "replicate/bytedance/seedance-1-pro": {"480p": 0.03, "720p": 0.06, "1080p": 0.15},
+    "replicate/bytedance/seedance-1-lite": {"480p": 0.018, "720p": 0.036, "1080p": 0.072},
+    "replicate/minimax/hailuo-02": {"512P": 0.017, "768P": 0.045, "1080P": 0.08},
+}
+"""USD per second of output by the `resolution` parameter, where the price depends on it (approximate)."""
+
+MODE_PRICES: dict[str, dict[str, float]] = {
+    "replicate/kwaivgi/kling-v2.1": {"standard": 0.05, "pro": 0.09},
+}
+"""USD per second of output by the `mode` parameter (approximate)."""
+
+
+MODELS: list[ModelSpec] = [
+    _spec(
+        "bytedance/seedance-1-pro",
+        "video",
+        _seedance("1080p"),
+        Price(unit="second", usd=0.15),
+        "ByteDance Seedance 1 Pro: text or image to video, 2-12 s. About $0.03/s at 480p, $0.06/s at 720p, "
+        "$0.15/s at 1080p (approximate).",
+        max_duration=12,
+        est_seconds=30,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "bytedance/seedance-1-lite",
+        "video",
+        _seedance("720p"),
+        Price(unit="second", usd=0.036),
+        "ByteDance Seedance 1 Lite: text or image to video, 2-12 s. About $0.018/s at 480p, $0.036/s at 720p, "
+        "$0.072/s at 1080p (approximate).",
+        max_duration=12,
+        est_seconds=20,
+        est_seconds_per_second=6,
+    ),
+    _spec(
+        "kwaivgi/kling-v2.1",
+        "video",
+        {
+            "prompt": _prompt(2500),
+            "image": _image("The first frame (Kling 2.1 animates an image).", required=True),
+            "duration": ParamSpec(type="integer", choices=[5, 10], default=5, description="Seconds of video."),
+            "mode": ParamSpec(
+                type="string",
+                choices=["standard", "pro"],
+                default="standard",
+                description="standard: 720p; pro: 1080p.",
+            ),
+            "negative_prompt": _negative(),
+        },
+        Price(unit="second", usd=0.05),
+        "Kuaishou Kling 2.1: image to video, 5 or 10 s. About $0.05/s (standard, 720p) or $0.09/s (pro, 1080p) "
+        "(approximate).",
+        max_duration=10,
+        est_seconds=60,
+        est_seconds_per_second=15,
+    ),
+    _spec(
+        "wan-video/wan-2.2-i2v-fast",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("The first frame to animate.", required=True),
+            "resolution": ParamSpec(type="string", choices=["480p", "720p"], default="480p"),
+            "num_frames": ParamSpec(type="integer", minimum=81, maximum=121, description="Frames to make (16 fps)."),
+            "seed": _seed(),
+        },
+        Price(unit="run", usd=0.05),
+        "Wan 2.2 image to video, fast: about 5 s of video. About $0.05 per video at 480p, $0.11 at 720p (approximate).",
+        est_seconds=40,
+    ),
+    _spec(
+        "google/veo-3",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("An image to start from."),
+            "duration": ParamSpec(type="integer", choices=[8], default=8, description="Seconds of video (fixed)."),
+            "resolution": ParamSpec(type="string", choices=["720p", "1080p"], default="720p"),
+            "negative_prompt": _negative(),
+            "seed": _seed(),
+        },
+        Price(unit="second", usd=0.75),
+        "Google Veo 3: 8 s of video with sound. About $0.75/s (approximate).",
+        max_duration=8,
+        est_seconds=90,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "minimax/hailuo-02",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("A first frame to start from."),
+            "duration": ParamSpec(type="integer", choices=[6, 10], default=6, description="Seconds of video."),
+            "resolution": ParamSpec(
+                type="string", choices=["512P", "768P", "1080P"], default="768P", description="1080P allows 6 s only."
+            ),
+            "prompt_optimizer": ParamSpec(type="boolean", description="Let the model rewrite the prompt."),
+        },
+        Price(unit="second", usd=0.045),
+        "MiniMax Hailuo 02: text or image to video, 6 or 10 s. About $0.045/s at 768P, $0.08/s at 1080P (approximate).",
+        max_duration=10,
+        est_seconds=90,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "black-forest-labs/flux-schnell",
+        "image",
+        {
+            "prompt": _prompt(),
+            "aspect_ratio": _aspect(),
+            "seed": _seed(),
+            "output_format": _output_format(),
+            "num_outputs": _num_outputs(),
+        },
+        Price(unit="image", usd=0.003),
+        "FLUX.1 [schnell]: fast text to image. About $0.003 per image (approximate).",
+        est_seconds=2,
+    ),
+    _spec(
+        "black-forest-labs/flux-dev",
+        "image",
+        {
+            "prompt": _prompt(),
+            "image": _image("An image to start from (image to image)."),
+            "prompt_strength": ParamSpec(
+                type="number", minimum=0, maximum=1, description="How far to move from the image."
+            ),
+            "aspect_ratio": _aspect(),
+            "seed": _seed(),
+            "output_format": _output_format(),
+            "num_outputs": _num_outputs(),
+            "guidance": ParamSpec(type="number", minimum=0, maximum=10, description="Prompt guidance."),
+        },
+        Price(unit="image", usd=0.025),
+        "FLUX.1 [dev]: text or image to image. About $0.025 per image (approximate).",
+        est_seconds=5,
+    ),
+    _spec(
+        "black-forest-labs/flux-1.1-pro",
+        "image",
+        {
+            "prompt": _prompt(),
+            "image": _image("An image to guide composition (Redux)."),
+            "aspect_ratio": _aspect(),
+            "seed": _seed(),
+            "output_format": _output_format(),
+            "safety_tolerance": ParamSpec(type="integer", minimum=1, maximum=6, description="1 strict, 6 loose."),
+        },
+        Price(unit="image", usd=0.04),
+        "FLUX1.1 [pro]: text to image. About $0.04 per image (approximate).",
+        est_seconds=8,
+    ),
+    _spec(
+        "ideogram-ai/ideogram-v3-turbo",
+        "image",
+        {
+            "prompt": _prompt(),
+            "aspect_ratio": _aspect(),
+            "negative_prompt": _negative(),
+            "style_type": ParamSpec(type="string", choices=["None", "Auto", "General", "Realistic", "Design"]),
+            "magic_prompt_option": ParamSpec(type="string", choices=["Auto", "On", "Off"]),
+            "seed": _seed(),
+        },
+        Price(unit="image", usd=0.03),
+        "Ideogram v3 Turbo: text to image, good at lettering. About $0.03 per image (approximate).",
+        est_seconds=8,
+    ),
+]
+
+MODELS_BY_ID: dict[str, ModelSpec] = {m.id: m for m in MODELS}
+
+_SAME = ("prompt", "seed", "aspect_ratio", "resolution", "duration")
+
+INPUT_MAPS: dict[str, dict[str, str]] = {
+    "replicate/bytedance/seedance-1-pro": {
+        **{n: n for n in _SAME},
+        "image": "image",
+        "fps": "fps",
+        "camera_fixed": "camera_fixed",
+    },
+    "replicate/bytedance/seedance-1-lite": {
+        **{n: n for n in _SAME},
+        "image": "image",
+        "fps": "fps",
+        "camera_fixed": "camera_fixed",
+    },
+    "replicate/kwaivgi/kling-v2.1": {
+        "prompt": "prompt",
+        "image": "start_image",
+        "duration": "duration",
+        "mode": "mode",
+        "negative_prompt": "negative_prompt",
+    },
+    "replicate/wan-video/wan-2.2-i2v-fast": {
+        "prompt": "prompt",
+        "image": "image",
+        "resolution": "resolution",
+        "num_frames": "num_frames",
+        "seed": "seed",
+    },
+    "replicate/google/veo-3": {
+        "prompt": "prompt",
+        "image": "image",
+        "resolution": "resolution",
+        "negative_prompt": "negative_prompt",
+        "seed": "seed",
+        "duration": "duration",
+    },
+    "replicate/minimax/hailuo-02": {
+        "prompt": "prompt",
+        "image": "first_frame_image",
+        "duration": "duration",
+        "resolution": "resolution",
+        "prompt_optimizer": "prompt_optimizer",
+    },
+    "replicate/black-forest-labs/flux-schnell": {
+        "prompt": "prompt",
+        "aspect_ratio": "aspect_ratio",
+        "seed": "seed",
+        "output_format": "output_format",
+        "num_outputs": "num_outputs",
+    },
+    "replicate/black-forest-labs/flux-dev": {
+        "prompt": "prompt",
+        "image": "image",
+        "prompt_strength": "prompt_strength",
+        "aspect_ratio": "aspect_ratio",
+        "seed": "seed",
+        "output_format": "output_format",
+        "num_outputs": "num_outputs",
+        "guidance": "guidance",
+    },
+    "replicate/black-forest-labs/flux-1.1-pro": {
+        "prompt": "prompt",
+        "image": "image_prompt",
+        "aspect_ratio": "aspect_ratio",
+        "seed": "seed",
+        "output_format": "output_format",
+        "safety_tolerance": "safety_tolerance",
+    },
+    "replicate/ideogram-ai/ideogram-v3-turbo": {
+        "prompt": "prompt",
+        "aspect_ratio": "aspect_ratio",
+        "negative_prompt": "negative_prompt",
+        "style_type": "style_type",
+        "magic_prompt_option": "magic_prompt_option",
+        "seed": "seed",
+    },
+}
+"""Model id -> {our parameter name: Replicate input name}."""
+
+
+def base_model_id(model: str) -> str:
+    """`replicate/owner/name:version` -> `replicate/owner/name`."""
+    return model.split(":", 1)[0]
+
+
+def is_image_model(model: str) -> bool:
+    """True for catalogued Replicate models that make images (worth a `Prefer: wait`)."""
+    spec = MODELS_BY_ID.get(base_model_id(model))
+    return spec is not None and "generate-image" in spec.types

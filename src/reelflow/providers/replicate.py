@@ -1,0 +1,388 @@
+"""`replicate/*`: models run on Replicate (predictions API).
+
+`submit` creates a prediction and returns its id; `wait` polls `GET {base}/predictions/{id}` with a
+growing interval. Every request goes to the configured base, with URLs we build ourselves from the
+prediction id: URLs a response names (`urls.get`, `urls.cancel`) are never followed, so the token
+never leaves the base's host. Output URLs are handed to the worker, which copies them (without our
+token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import logging
+import mimetypes
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httpx
+
+from .base import (
+    Output,
+    PermanentError,
+    ProgressReporter,
+    ProgressUpdate,
+    ProviderError,
+    ProviderResult,
+    Task,
+    TransientError,
+)
+from .catalog import ModelSpec, params_with_defaults
+from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+TOKEN_ENV = "REPLICATE_API_TOKEN"
+BASE_URL_ENV = "REELFLOW_REPLICATE_BASE_URL"
+
+TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
+"""Reads allow for `Prefer: wait=5` plus a slow network; nothing waits forever."""
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+PREFER_WAIT_S = 5
+MAX_POLL_FAILURES = 5
+"""Consecutive transient failures of a status poll tolerated inside one `wait` before giving up."""
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
+_PERCENT_RE = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
+_AVAILABLE_IN_RE = re.compile(r"available in\s+(\d+(?:\.\d+)?)\s*second", re.IGNORECASE)
+
+_TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+
+
+def parse_percent(logs: Any) -> float | None:
+    """The last `NN%` in the logs, clamped to 0..100; None when there is none."""
+    if not isinstance(logs, str):
+        return None
+    found = _PERCENT_RE.findall(logs)
+    if not found:
+        return None
+    return max(0.0, min(100.0, float(found[-1])))
+
+
+def parse_retry_after(response: httpx.Response, detail: str) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from "Expected available in N seconds"."""
+    header = response.headers.get("retry-after")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    match = _AVAILABLE_IN_RE.search(detail)
+    return float(match.group(1)) if match else None
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    """The problem's `detail` (or `title`), else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("detail", "title", "error", "message"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if value:
+                return str(value)
+    text = response.text.strip()
+    return text[:500] if text else response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def classify(response: httpx.Response, what: str) -> ProviderError:
+    """The error for a non-2xx answer: 429, 408 and 5xx are transient; other 4xx are permanent."""
+    status = response.status_code
+    detail = _problem_detail(response)
+    message = f"replicate: {what} answered {status}: {detail}"
+    if status == 429:
+        return TransientError(message, retry_after=parse_retry_after(response, detail))
+    if status >= 500 or status == 408:
+        return TransientError(message, retry_after=parse_retry_after(response, ""))
+    if 300 <= status < 400:
+        return PermanentError(f"replicate: {what} answered a redirect {status} (not followed)")
+    return PermanentError(message)
+
+
+async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
+    maybe = report(update)
+    if maybe is not None:
+        await maybe
+
+
+def _check_id(provider_id: str) -> str:
+    if not _ID_RE.match(provider_id):
+        raise PermanentError(f"replicate: not a prediction id: {provider_id!r}")
+    return provider_id
+
+
+def _collect_outputs(output: Any) -> list[str]:
+    """Every URL (http(s) or data:) in a prediction's output, in order."""
+    found: list[str] = []
+    if isinstance(output, str):
+        if output.startswith(("https://", "http://", "data:")):
+            found.append(output)
+    elif isinstance(output, list):
+        for item in output:
+            found += _collect_outputs(item)
+    elif isinstance(output, dict):
+        for item in output.values():
+            found += _collect_outputs(item)
+    return found
+
+
+def _write_data_uri(uri: str, folder: Path, index: int) -> Output:
+    """Decode a `data:` URI into a file in `folder`."""
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise PermanentError("replicate: malformed data: URI in the output")
+    meta = header[len("data:") :].split(";")
+    content_type = meta[0] or "application/octet-stream"
+    try:
+        data = base64.b64decode(payload, validate=False) if "base64" in meta[1:] else unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise PermanentError(f"replicate: undecodable data: URI in the output: {exc}") from exc
+    suffix = mimetypes.guess_extension(content_type) or ".bin"
+    path = folder / f"output-{index}{suffix}"
+    path.write_bytes(data)
+    return Output(path=path, content_type=content_type)
+
+
+def _content_type(url: str) -> str | None:
+    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
+    return guessed
+
+
+class ReplicateProvider:
+    """Replicate's predictions API behind the Provider protocol."""
+
+    name = "replicate"
+
+    def __init__(
+        self,
+        token: str | None = None,
+        base_url: str | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+        poll_initial_s: float = 1.0,
+        poll_max_s: float = 15.0,
+    ) -> None:
+        self._token = token
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self._client = client
+        self._owns_client = client is None
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+        self._finished: dict[str, dict[str, Any]] = {}
+        """Predictions that came back already finished from their create (read once by `wait`)."""
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        token = self._token if self._token is not None else os.environ.get(TOKEN_ENV)
+        if not token:
+            raise PermanentError(f"{TOKEN_ENV} is not set")
+        return token
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pooled client if this provider made it."""
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def _call(
+        self, method: str, path: str, *, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """One request to `{base}{path}`; the answer's JSON object, or a classified ProviderError."""
+        token = self.token
+        what = f"{method} {path}"
+        send_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+        try:
+            response = await self._http().request(
+                method, self.base_url + path, json=body, headers=send_headers, follow_redirects=False
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"replicate: {what} timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"replicate: {what} failed: {type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise classify(response, what)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise TransientError(f"replicate: {what} answered {response.status_code} with a non-JSON body") from exc
+        if not isinstance(data, dict):
+            raise TransientError(f"replicate: {what} answered {response.status_code} with no prediction object")
+        return data
+
+    # --- the protocol ----------------------------------------------------------------------------
+
+    async def submit(self, task: Task) -> str:
+        model = task.model or ""
+        if not model.startswith(f"{self.name}/"):
+            raise PermanentError(f"replicate: not a Replicate model: {model!r}")
+        ref = model[len(self.name) + 1 :]
+        owner_name, has_version, version = ref.partition(":")
+        owner, _, name = owner_name.partition("/")
+        if not (_NAME_RE.match(owner) and _NAME_RE.match(name)) or (has_version and not _VERSION_RE.match(version)):
+            raise PermanentError(f"replicate: model must be 'replicate/<owner>/<name>[:<version>]' (got {model!r})")
+        body: dict[str, Any] = {"input": self._input(task)}
+        if has_version:
+            path = "/predictions"
+            body["version"] = version
+        else:
+            path = f"/models/{owner}/{name}/predictions"
+        headers = {"Prefer": f"wait={PREFER_WAIT_S}"} if is_image_model(model) or task.type == "generate-image" else {}
+        data = await self._call("POST", path, body=body, headers=headers)
+        pid = data.get("id")
+        if not isinstance(pid, str):
+            raise TransientError("replicate: the create answer has no prediction id")
+        _check_id(pid)
+        if data.get("status") in _TERMINAL:
+            self._finished[pid] = data
+        return pid
+
+    def _input(self, task: Task) -> dict[str, Any]:
+        """The model's `input`: `params.input` as given for `run`, else our params under the model's names."""
+        params = task.params
+        if task.type == "run":
+            given = params.get("input") or {}
+            if not isinstance(given, Mapping):
+                raise PermanentError("replicate: a run job's params.input must be an object")
+            return dict(given)
+        model_id = base_model_id(task.model or "")
+        spec = MODELS_BY_ID.get(model_id)
+        if spec is not None:
+            params = params_with_defaults(spec.params, params)
+        names = INPUT_MAPS.get(model_id, {})
+        out: dict[str, Any] = {}
+        for key, value in params.items():
+            if value is None:
+                continue
+            if key == "input" and isinstance(value, Mapping):
+                continue
+            out[names.get(key, key)] = value
+        extra = params.get("input")
+        if isinstance(extra, Mapping):
+            out.update(extra)
+        return out
+
+    async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
+        pid = _check_id(provider_id)
+        data = self._finished.pop(pid, None)
+        delay = self.poll_initial_s
+        failures = 0
+        last: tuple[str, float | None] | None = None
+        while True:
+            if data is None:
+                try:
+                    data = await self._call("GET", f"/predictions/{pid}")
+                    failures = 0
+                except TransientError as exc:
+                    failures += 1
+                    if failures >= MAX_POLL_FAILURES:
+                        raise
+                    pause = max(delay, exc.retry_after or 0.0)
+                    log.info("replicate: polling %s failed (%s); again in %.1f s", pid, exc.message, pause)
+                    await asyncio.sleep(pause)
+                    delay = min(delay * 2, self.poll_max_s)
+                    continue
+            status = data.get("status")
+            if status == "succeeded":
+                return self._result(task, pid, data)
+            if status == "failed":
+                error = data.get("error")
+                raise PermanentError(f"replicate: prediction {pid} failed: {error or 'no error message given'}")
+            if status == "canceled":
+                raise PermanentError(f"replicate: prediction {pid} was canceled")
+            if status == "aborted":
+                raise PermanentError(f"replicate: prediction {pid} was aborted before it started (deadline passed)")
+            update: ProgressUpdate | None = None
+            if status == "starting":
+                update = ProgressUpdate(phase="queued")
+            elif status == "processing":
+                update = ProgressUpdate(phase="running", percent=parse_percent(data.get("logs")))
+            else:
+                log.warning("replicate: prediction %s has unknown status %r; still waiting", pid, status)
+            if update is not None and (update.phase, update.percent) != last:
+                last = (update.phase, update.percent)
+                await _report(report, update)
+            data = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.poll_max_s)
+
+    def _result(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
+        output = data.get("output")
+        outputs: list[Output] = []
+        for i, url in enumerate(_collect_outputs(output)):
+            if url.startswith("data:"):
+                outputs.append(_write_data_uri(url, task.workdir, i))
+            else:
+                outputs.append(Output(url=url, content_type=_content_type(url)))
+        metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        fields: dict[str, Any] = {"provider_id": pid, "predict_time": (metrics or {}).get("predict_time")}
+        if not outputs and output is not None:
+            fields["output"] = output
+        return ProviderResult(outputs=outputs, fields=fields, cost_usd=self._cost(task, len(outputs)))
+
+    def _cost(self, task: Task, n_outputs: int) -> float | None:
+        """The run's cost from the catalogued price model; None when it cannot be told."""
+        model_id = base_model_id(task.model or "")
+        spec: ModelSpec | None = MODELS_BY_ID.get(model_id)
+        if spec is None:
+            return None
+        if task.type == "run":
+            given = task.params.get("input")
+            if not isinstance(given, Mapping):
+                return None
+            reverse = {v: k for k, v in INPUT_MAPS.get(model_id, {}).items()}
+            params: dict[str, Any] = {reverse.get(str(k), str(k)): v for k, v in given.items()}
+        else:
+            params = dict(task.params)
+        params = params_with_defaults(spec.params, params)
+        price = spec.price
+        if price.unit == "free":
+            return 0.0
+        if price.unit == "run":
+            return price.usd
+        if price.unit == "image":
+            return round(price.usd * max(n_outputs, 1), 6)
+        if price.unit == "second":
+            duration = params.get("duration")
+            if not isinstance(duration, int | float) or isinstance(duration, bool):
+                return None
+            per_second = price.usd
+            by_res = RESOLUTION_PRICES.get(model_id, {})
+            by_mode = MODE_PRICES.get(model_id, {})
+            per_second = by_res.get(str(params.get("resolution")), by_mode.get(str(params.get("mode")), per_second))
+            return round(per_second * float(duration), 6)
+        return None
+
+    async def cancel(self, task: Task, provider_id: str) -> None:
+        if not _ID_RE.match(provider_id):
+            return
+        self._finished.pop(provider_id, None)
+        try:
+            await self._call("POST", f"/predictions/{provider_id}/cancel")
+        except PermanentError as exc:  # finished, gone or never ours: nothing left to stop
+            log.info("replicate: cancel of %s not needed: %s", provider_id, exc.message)

@@ -1,0 +1,333 @@
+"""A fake of fal's queue API: a small FastAPI app on 127.0.0.1, run in a background thread.
+
+    with FakeFal(latency_s=0.3) as fal:
+        provider = FalProvider(fal.key, fal.base_url)
+
+Requests walk IN_QUEUE (queue_position counting down) -> IN_PROGRESS (logs with a percentage) ->
+COMPLETED over `queue_s` + `latency_s`; results point at real tiny media the fake serves. Knobs fail the
+next N calls of a route, drop connections, fail requests at completion, or forge the URLs submit answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from reelflow import media
+
+_MEDIA: dict[str, bytes] = {}
+_MEDIA_LOCK = threading.Lock()
+
+
+def tiny_media() -> dict[str, bytes]:
+    """A 64x64 PNG and a 1 s 64x64 MP4, made once per process."""
+    with _MEDIA_LOCK:
+        if not _MEDIA:
+
+            def make() -> None:
+                with TemporaryDirectory(prefix="fakefal-") as tmp:
+                    image, video = Path(tmp) / "image.png", Path(tmp) / "video.mp4"
+                    asyncio.run(media.make_image(image, prompt="fal", width=64, height=64))
+                    asyncio.run(media.make_video(video, prompt="fal", duration=1.0, width=64, height=64, fps=12))
+                    _MEDIA["image.png"] = image.read_bytes()
+                    _MEDIA["video.mp4"] = video.read_bytes()
+
+            worker = threading.Thread(target=make)  # a thread of its own: callers may be inside a running loop
+            worker.start()
+            worker.join()
+        return dict(_MEDIA)
+
+
+@dataclass
+class Failure:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeRequest:
+    request_id: str
+    app: str
+    """`<owner>/<app>` (what the status, result and cancel URLs carry)."""
+    path: str
+    """The whole submitted model path, subpath included."""
+    input: dict[str, Any]
+    created: float
+    queue_s: float
+    latency_s: float
+    canceled: bool = False
+    error: tuple[str, str] | None = None
+    """(message, error_type) reported at completion instead of a result."""
+    status_polls: int = 0
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    route: str
+    authorization: str | None
+    body: Any = None
+
+
+@dataclass
+class FakeFal:
+    key: str = "fake-id:fake-secret"
+    queue_s: float = 0.0
+    latency_s: float = 0.2
+    queue_start: int = 3
+    """The queue position a request starts at; it counts down to 1 over `queue_s`."""
+    forge_urls: str | None = None
+    """When set (a base URL), submit answers status/response/cancel URLs on that host instead."""
+
+    requests: dict[str, FakeRequest] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+    """Calls per route: submit, status, result, cancel, file."""
+    log: list[LoggedRequest] = field(default_factory=list)
+    _failures: dict[str, list[Failure]] = field(default_factory=dict)
+    _drops: Counter[str] = field(default_factory=Counter)
+    _errors: list[tuple[str, str]] = field(default_factory=list)
+
+    # --- knobs -----------------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        route: str,
+        n: int = 1,
+        status: int = 500,
+        *,
+        detail: Any = "Internal server error",
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        """The next `n` calls of `route` (submit, status, result, cancel) answer `status` with `detail`."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        if retryable is not None:
+            headers["X-Fal-Retryable"] = "true" if retryable else "false"
+        self._failures.setdefault(route, []).extend(Failure(status, {"detail": detail}, headers) for _ in range(n))
+
+    def drop_next(self, route: str, n: int = 1) -> None:
+        """The next `n` calls of `route` lose their connection mid-answer."""
+        self._drops[route] += n
+
+    def fail_requests(
+        self, n: int = 1, error: str = "Internal error", error_type: str = "internal_server_error"
+    ) -> None:
+        """The next `n` submitted requests end COMPLETED with this error instead of a result."""
+        self._errors.extend((error, error_type) for _ in range(n))
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeFal:
+        self.media = tiny_media()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(self._app(), log_level="critical", log_config=None, lifespan="off", http="h11")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fake fal server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def count(self, route: str) -> int:
+        return self.hits[route]
+
+    # --- the app ---------------------------------------------------------------------------------
+
+    def _state(self, req: FakeRequest) -> dict[str, Any]:
+        elapsed = time.time() - req.created
+        if req.canceled or elapsed >= req.queue_s + req.latency_s:
+            body: dict[str, Any] = {
+                "status": "COMPLETED",
+                "request_id": req.request_id,
+                "logs": [self._log_entry("Generating: 100%")],
+                "metrics": {"inference_time": round(req.latency_s, 3)},
+            }
+            if req.canceled:
+                body["error"], body["error_type"] = "Request was cancelled", "request_cancelled"
+            elif req.error:
+                body["error"], body["error_type"] = req.error
+            return body
+        if elapsed < req.queue_s:
+            left = 1 - elapsed / req.queue_s
+            position = max(0, int(left * self.queue_start + 0.999) - 1)
+            return {"status": "IN_QUEUE", "request_id": req.request_id, "queue_position": position}
+        pct = int(100 * (elapsed - req.queue_s) / req.latency_s) if req.latency_s else 100
+        logs = [self._log_entry("Loading model"), self._log_entry(f"Generating: {pct}%")]
+        return {"status": "IN_PROGRESS", "request_id": req.request_id, "logs": logs}
+
+    @staticmethod
+    def _log_entry(message: str) -> dict[str, Any]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        return {"timestamp": stamp, "message": message, "level": "INFO", "source": "user"}
+
+    def _result(self, req: FakeRequest) -> dict[str, Any]:
+        seed = req.input.get("seed", 42)
+        if "video" in req.path:
+            size = len(self.media["video.mp4"])
+            url = f"{self.base_url}/files/{req.request_id}/video.mp4"
+            return {"video": {"url": url, "content_type": "video/mp4", "file_size": size}, "seed": seed}
+        n = int(req.input.get("num_images") or 1)
+        images = [
+            {
+                "url": f"{self.base_url}/files/{req.request_id}/image-{i}.png",
+                "content_type": "image/png",
+                "width": 64,
+                "height": 64,
+            }
+            for i in range(n)
+        ]
+        return {"images": images, "seed": seed, "has_nsfw_concepts": [False] * n, "prompt": req.input.get("prompt")}
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+        fake = self
+
+        def route_of(request: Request) -> str:
+            parts = request.url.path.strip("/").split("/")
+            if parts[0] == "files":
+                return "file"
+            if len(parts) >= 4 and parts[2] == "requests":
+                if request.method == "PUT" and parts[-1] == "cancel":
+                    return "cancel"
+                return "status" if parts[-1] == "status" else "result"
+            return "submit" if request.method == "POST" else "other"
+
+        @app.middleware("http")
+        async def gate(request: Request, call_next: Any) -> Response:
+            route = route_of(request)
+            fake.hits[route] += 1
+            body: Any = None
+            if route == "submit":
+                raw = await request.body()
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+            fake.log.append(
+                LoggedRequest(request.method, request.url.path, route, request.headers.get("authorization"), body)
+            )
+            if route != "file" and request.headers.get("authorization") != f"Key {fake.key}":
+                return JSONResponse({"detail": "Invalid or missing credentials"}, status_code=401)
+            if fake._drops[route] > 0:
+                fake._drops[route] -= 1
+                # announce more than is sent: the client sees the connection end mid-body
+                return Response(b"{", status_code=200, headers={"Content-Length": "100"})
+            pending = fake._failures.get(route)
+            if pending:
+                failure = pending.pop(0)
+                return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+            response: Response = await call_next(request)
+            return response
+
+        @app.get("/files/{request_id}/{name}")
+        async def file(request_id: str, name: str) -> Response:
+            if request_id not in fake.requests:
+                return JSONResponse({"detail": "Not found"}, status_code=404)
+            if name.endswith(".mp4"):
+                return Response(fake.media["video.mp4"], media_type="video/mp4")
+            return Response(fake.media["image.png"], media_type="image/png")
+
+        @app.get("/{owner}/{app_name}/requests/{request_id}/status")
+        async def status(owner: str, app_name: str, request_id: str) -> Response:
+            req = fake.requests.get(request_id)
+            if req is None or req.app != f"{owner}/{app_name}":
+                return JSONResponse({"detail": f"Request {request_id} not found"}, status_code=404)
+            req.status_polls += 1
+            state = fake._state(req)
+            state["status_url"] = f"{fake.base_url}/{req.app}/requests/{req.request_id}/status"
+            state["response_url"] = f"{fake.base_url}/{req.app}/requests/{req.request_id}"
+            return JSONResponse(state, status_code=200 if state["status"] == "COMPLETED" else 202)
+
+        @app.get("/{owner}/{app_name}/requests/{request_id}")
+        async def result(owner: str, app_name: str, request_id: str) -> Response:
+            req = fake.requests.get(request_id)
+            if req is None or req.app != f"{owner}/{app_name}":
+                return JSONResponse({"detail": f"Request {request_id} not found"}, status_code=404)
+            state = fake._state(req)
+            if state["status"] != "COMPLETED":
+                return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
+            if "error" in state:
+                detail = [{"loc": ["body"], "msg": state["error"], "type": state["error_type"]}]
+                return JSONResponse({"detail": detail}, status_code=422, headers={"X-Fal-Retryable": "false"})
+            return JSONResponse(fake._result(req))
+
+        @app.put("/{owner}/{app_name}/requests/{request_id}/cancel")
+        async def cancel(owner: str, app_name: str, request_id: str) -> Response:
+            req = fake.requests.get(request_id)
+            if req is None or req.app != f"{owner}/{app_name}":
+                return JSONResponse({"detail": f"Request {request_id} not found"}, status_code=404)
+            if req.canceled or fake._state(req)["status"] == "COMPLETED":
+                return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+            req.canceled = True
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+        @app.post("/{model_path:path}")
+        async def submit(model_path: str, request: Request) -> Response:
+            parts = model_path.strip("/").split("/")
+            if len(parts) < 2 or parts[0] not in ("fal-ai",):
+                return JSONResponse({"detail": f"Application '{model_path}' not found"}, status_code=404)
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                detail = [{"loc": ["body"], "msg": "Input should be a valid dictionary", "type": "dict_type"}]
+                return JSONResponse({"detail": detail}, status_code=422)
+            missing = [name for name in fake._required(model_path) if name not in body]
+            if missing:
+                detail = [{"loc": ["body", name], "msg": "Field required", "type": "missing"} for name in missing]
+                return JSONResponse({"detail": detail}, status_code=422)
+            request_id = str(uuid.uuid4())
+            app_id = "/".join(parts[:2])
+            req = FakeRequest(request_id, app_id, model_path, body, time.time(), fake.queue_s, fake.latency_s)
+            if fake._errors:
+                req.error = fake._errors.pop(0)
+            fake.requests[request_id] = req
+            where = fake.forge_urls or fake.base_url
+            base = f"{where}/{app_id}/requests/{request_id}"
+            return JSONResponse(
+                {
+                    "request_id": request_id,
+                    "gateway_request_id": request_id,
+                    "status_url": f"{base}/status",
+                    "response_url": base,
+                    "cancel_url": f"{base}/cancel",
+                    "queue_position": fake.queue_start - 1 if fake.queue_s else 0,
+                }
+            )
+
+        return app
+
+    @staticmethod
+    def _required(model_path: str) -> list[str]:
+        if "image-to-video" in model_path:
+            return ["prompt", "image_url"]
+        return ["prompt"]

@@ -1,0 +1,353 @@
+"""The Replicate adapter against a faithful fake of Replicate's API."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fakes.replicate import FakeReplicate
+from reelflow.engine.scheduler import Engine
+from reelflow.providers import catalog
+from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
+from reelflow.providers.catalog import get_model, register_model
+from reelflow.providers.catalog_replicate import INPUT_MAPS, MODELS
+from reelflow.providers.replicate import ReplicateProvider, parse_percent
+
+SEEDANCE = "replicate/bytedance/seedance-1-pro"
+FLUX = "replicate/black-forest-labs/flux-schnell"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeReplicate]:
+    with FakeReplicate(latency_s=0.4, queue_s=0.1) as f:
+        yield f
+
+
+def make_provider(fake: FakeReplicate, **kw: Any) -> ReplicateProvider:
+    kw.setdefault("poll_initial_s", 0.05)
+    kw.setdefault("poll_max_s", 0.2)
+    return ReplicateProvider(kw.pop("token", fake.token), fake.base_url, **kw)
+
+
+def task(tmp_path: Path, model: str = SEEDANCE, type_: str = "generate-video", **params: Any) -> Task:
+    return Task("ex1", "clip", type_, model, params, 1, tmp_path / "scratch")
+
+
+def create_bodies(fake: FakeReplicate) -> list[dict[str, Any]]:
+    return [json.loads(r["raw_body"]) for r in fake.requests if r["method"] == "POST" and "raw_body" in r]
+
+
+async def run(provider: ReplicateProvider, t: Task) -> tuple[Any, list[ProgressUpdate]]:
+    updates: list[ProgressUpdate] = []
+    pid = await provider.submit(t)
+    result = await provider.wait(t, pid, updates.append)
+    return result, updates
+
+
+# --- the catalog ---------------------------------------------------------------------------------
+
+
+def test_every_model_serves_run_and_maps_only_declared_params() -> None:
+    assert len(MODELS) >= 10
+    for m in MODELS:
+        assert "run" in m.types and m.provider == "replicate"
+        assert set(INPUT_MAPS[m.id]) <= set(m.params), m.id
+        assert m.price.usd > 0
+
+
+# --- a full job ----------------------------------------------------------------------------------
+
+
+async def test_seedance_job_reaches_the_right_endpoint_with_mapped_input(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake)
+    t = task(tmp_path, prompt="slow waves", image="https://example.com/still.png", duration=5, resolution="480p")
+    result, _ = await run(provider, t)
+    creates = fake.requests_to("/v1/models/")
+    assert [r["path"] for r in creates] == ["/v1/models/bytedance/seedance-1-pro/predictions"]
+    assert creates[0]["authorization"] == f"Bearer {fake.token}"
+    assert creates[0]["prefer"] is None  # only image models hold the create open
+    body = create_bodies(fake)[0]
+    assert "version" not in body
+    assert body["input"] == {
+        "prompt": "slow waves",
+        "image": "https://example.com/still.png",
+        "duration": 5,
+        "resolution": "480p",
+        "aspect_ratio": "16:9",
+    }
+    pid = result.fields["provider_id"]
+    assert [o.url for o in result.outputs] == [f"{fake.origin}/files/{pid}.mp4"]
+    assert result.outputs[0].content_type == "video/mp4"
+    assert result.fields["predict_time"] == pytest.approx(0.4)
+    assert result.cost_usd == pytest.approx(5 * 0.03)
+    async with httpx.AsyncClient() as client:
+        video = await client.get(result.outputs[0].url or "")
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    await provider.aclose()
+
+
+async def test_inputs_use_each_models_own_names(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake)
+    t = task(tmp_path, model="replicate/kwaivgi/kling-v2.1", prompt="p", image="https://example.com/a.png")
+    await provider.submit(t)
+    assert create_bodies(fake)[0]["input"] == {
+        "prompt": "p",
+        "start_image": "https://example.com/a.png",
+        "duration": 5,
+        "mode": "standard",
+    }
+    await provider.aclose()
+
+
+async def test_progress_comes_from_the_logs(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.latency_s, fake.queue_s = 1.0, 0.2
+    provider = make_provider(fake, poll_initial_s=0.1, poll_max_s=0.1)
+    _, updates = await run(provider, task(tmp_path, prompt="p"))
+    assert updates[0].phase == "queued"
+    running = [u.percent for u in updates if u.phase == "running" and u.percent is not None]
+    assert len(running) >= 3
+    assert running == sorted(running) and running[-1] > running[0]
+    await provider.aclose()
+
+
+def test_parse_percent_takes_the_last_one() -> None:
+    assert parse_percent("loading\n 10%|#| 1/10\n 40%|####| 4/10\n") == 40
+    assert parse_percent("no numbers here") is None
+    assert parse_percent(None) is None
+
+
+async def test_image_model_prefers_wait_and_needs_no_poll(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.latency_s, fake.queue_s = 0.2, 0.0
+    provider = make_provider(fake)
+    result, _ = await run(provider, task(tmp_path, model=FLUX, type_="generate-image", prompt="a cat"))
+    assert fake.requests_to("/v1/models/")[0]["prefer"] == "wait=5"
+    assert fake.gets == 0
+    assert create_bodies(fake)[0]["input"]["output_format"] == "png"
+    assert len(result.outputs) == 1 and (result.outputs[0].url or "").endswith(".png")
+    assert result.cost_usd == pytest.approx(0.003)
+    await provider.aclose()
+
+
+async def test_pinned_version_posts_to_predictions_with_the_version(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake)
+    t = task(
+        tmp_path,
+        model="replicate/acme/thing:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+        type_="run",
+        input={"text": "hi", "steps": 4},
+    )
+    result, _ = await run(provider, t)
+    assert fake.requests_to("/v1/predictions")[0]["path"] == "/v1/predictions"
+    body = create_bodies(fake)[0]
+    assert body == {
+        "input": {"text": "hi", "steps": 4},
+        "version": "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+    }
+    assert result.outputs and result.cost_usd is None
+    await provider.aclose()
+
+
+async def test_data_uri_output_becomes_a_local_file(fake: FakeReplicate, tmp_path: Path) -> None:
+    png = fake.media["png"]
+    fake.output_override = "data:image/png;base64," + base64.b64encode(png).decode()
+    provider = make_provider(fake)
+    result, _ = await run(provider, task(tmp_path, prompt="p"))
+    out = result.outputs[0]
+    assert out.url is None and out.path is not None and out.path.read_bytes() == png
+    assert out.path.parent == tmp_path / "scratch" and out.content_type == "image/png"
+    await provider.aclose()
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "detail", "expected_retry_after"),
+    [
+        (429, 7, None, 7.0),
+        (429, None, "Request was throttled. Expected available in 3 seconds.", 3.0),
+        (429, None, "Request was throttled. Expected available in 1 second.", 1.0),
+        (500, None, None, None),
+        (503, None, None, None),
+    ],
+)
+async def test_throttling_and_server_errors_are_transient(
+    fake: FakeReplicate,
+    tmp_path: Path,
+    status: int,
+    retry_after: float | None,
+    detail: str | None,
+    expected_retry_after: float | None,
+) -> None:
+    fake.fail_next_creates_with(status, 1, retry_after=retry_after, detail=detail)
+    provider = make_provider(fake)
+    with pytest.raises(TransientError) as caught:
+        await provider.submit(task(tmp_path, prompt="p"))
+    assert caught.value.retry_after == expected_retry_after
+    assert str(status) in caught.value.message
+    assert await provider.submit(task(tmp_path, prompt="p"))  # the next try goes through
+    await provider.aclose()
+
+
+async def test_dropped_connection_is_transient(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.drop_connection_next(1)
+    provider = make_provider(fake)
+    with pytest.raises(TransientError):
+        await provider.submit(task(tmp_path, prompt="p"))
+    await provider.aclose()
+
+
+async def test_unreachable_host_is_transient(tmp_path: Path) -> None:
+    provider = ReplicateProvider("tok", "http://127.0.0.1:9/v1")
+    with pytest.raises(TransientError):
+        await provider.submit(task(tmp_path, prompt="p"))
+    await provider.aclose()
+
+
+@pytest.mark.parametrize("status", [402, 404, 422])
+async def test_refusals_are_permanent_with_the_detail(fake: FakeReplicate, tmp_path: Path, status: int) -> None:
+    from fakes.replicate import DEFAULT_DETAILS
+
+    fake.fail_next_creates_with(status)
+    provider = make_provider(fake)
+    with pytest.raises(PermanentError) as caught:
+        await provider.submit(task(tmp_path, prompt="p"))
+    assert DEFAULT_DETAILS[status] in caught.value.message
+    await provider.aclose()
+
+
+async def test_bad_token_is_permanent_with_the_detail(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake, token="r8_wrong")
+    with pytest.raises(PermanentError, match="You did not pass a valid authentication token"):
+        await provider.submit(task(tmp_path, prompt="p"))
+    await provider.aclose()
+
+
+async def test_missing_token_is_permanent_and_sends_nothing(
+    fake: FakeReplicate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    provider = ReplicateProvider(base_url=fake.base_url)
+    with pytest.raises(PermanentError, match="REPLICATE_API_TOKEN is not set"):
+        await provider.submit(task(tmp_path, prompt="p"))
+    assert fake.requests == []
+
+
+async def test_failed_prediction_is_permanent_with_replicates_error(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.prediction_fails("NSFW content detected")
+    provider = make_provider(fake)
+    with pytest.raises(PermanentError, match="NSFW content detected"):
+        await run(provider, task(tmp_path, prompt="p"))
+    await provider.aclose()
+
+
+async def test_a_dropped_poll_is_retried_inside_wait(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake)
+    t = task(tmp_path, prompt="p")
+    pid = await provider.submit(t)
+    fake.drop_connection_next(2)
+    result = await provider.wait(t, pid, lambda u: None)
+    assert result.outputs
+    await provider.aclose()
+
+
+# --- cancel, hosts, polling ----------------------------------------------------------------------
+
+
+async def test_cancel_reaches_the_fake_and_wait_then_fails(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.latency_s = 30
+    provider = make_provider(fake)
+    t = task(tmp_path, prompt="p")
+    pid = await provider.submit(t)
+    await provider.cancel(t, pid)
+    assert fake.cancels == 1
+    assert fake.requests_to(f"/v1/predictions/{pid}/cancel")[0]["authorization"] == f"Bearer {fake.token}"
+    with pytest.raises(PermanentError, match="canceled"):
+        await provider.wait(t, pid, lambda u: None)
+    await provider.cancel(t, pid)  # already over: no error
+    await provider.cancel(t, "unknown-id")  # never ours: no error
+    await provider.aclose()
+
+
+async def test_a_forged_get_url_is_never_followed(fake: FakeReplicate, tmp_path: Path) -> None:
+    with FakeReplicate() as elsewhere:
+        fake.forge_urls_get(f"http://localhost:{elsewhere.port}/v1/predictions/{{id}}")
+        provider = make_provider(fake)
+        result, _ = await run(provider, task(tmp_path, prompt="p"))
+        assert result.outputs
+        assert elsewhere.requests == []
+    hosts = {r["host"] for r in fake.requests if r["authorization"]}
+    assert hosts == {f"127.0.0.1:{fake.port}"}
+    await provider.aclose()
+
+
+async def test_odd_prediction_ids_are_refused_before_any_request(fake: FakeReplicate, tmp_path: Path) -> None:
+    provider = make_provider(fake)
+    with pytest.raises(PermanentError):
+        await provider.wait(task(tmp_path), "../../elsewhere", lambda u: None)
+    assert fake.requests == []
+
+
+async def test_polling_interval_grows(fake: FakeReplicate, tmp_path: Path) -> None:
+    fake.latency_s, fake.queue_s = 5.0, 0.0
+    provider = make_provider(fake, poll_initial_s=0.1, poll_max_s=15.0)
+    result, _ = await run(provider, task(tmp_path, prompt="p"))
+    assert result.outputs
+    times = [r["t"] for r in fake.requests_to("/v1/predictions/")]
+    assert 3 <= len(times) <= 10  # one per 0.1 s would be 50
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[-1] > 4 * gaps[0]
+    await provider.aclose()
+
+
+# --- through the engine --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def replicate_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Replicate models in the catalog for this test only (the catalog is left as it was)."""
+    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    for m in MODELS:
+        register_model(m, replace=True)
+
+
+async def test_end_to_end_through_the_engine(
+    engine: Engine,
+    running_worker: Any,
+    fake: FakeReplicate,
+    monkeypatch: pytest.MonkeyPatch,
+    replicate_catalog: None,
+) -> None:
+    monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", fake.base_url)
+    monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+    provider = ReplicateProvider(poll_initial_s=0.05, poll_max_s=0.2)
+    plan = {
+        "jobs": [
+            {
+                "id": "clip",
+                "type": "generate-video",
+                "model": SEEDANCE,
+                "params": {"prompt": "slow waves", "duration": 5},
+            }
+        ]
+    }
+    eid = await engine.submit(plan)
+    async with running_worker(providers_={"replicate": provider}):
+        state = await engine.wait(eid, timeout=30)
+    await provider.aclose()
+    assert get_model(SEEDANCE) is not None
+    assert fake.creates == 1
+    job = state["jobs"][0]
+    assert state["status"] == "succeeded", job.get("error")
+    result = job["result"]
+    assert result["provider_id"] in fake.predictions
+    assert "/v1/artifacts/" in result["url"] and not result["url"].startswith(fake.origin)
+    assert result["content_type"] == "video/mp4"
+    assert fake.requests_to("/files/")  # the worker copied the output from the provider's URL
