@@ -415,3 +415,23 @@ async def test_concurrency_limits_how_many_jobs_one_worker_holds(
         state = await engine.wait(eid, timeout=10)
     assert state["status"] == "succeeded"
     assert provider.peak == 4
+
+
+async def test_a_missing_provider_key_is_refused_at_submission(
+    engine: Engine, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    plan = {
+        "jobs": [
+            {"id": "still", "type": "generate-image", "model": "replicate/black-forest-labs/flux-schnell",
+             "params": {"prompt": "A sunset"}},
+            sim_job("other"),
+        ]
+    }
+    with pytest.raises(PlanError, match="job 'still': replicate/black-forest-labs/flux-schnell needs "
+                                        "REPLICATE_API_TOKEN, which is not set") as info:
+        await engine.submit(plan)
+    assert info.value.errors[0].loc == ["jobs", 0, "model"]
+    assert (await store.list_executions())[0] == []
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_test")
+    assert (await engine.submit(plan)).startswith("ex_")

@@ -584,7 +584,7 @@ class _Validator:
         if "model" in view.raw and view.raw["model"] is not None and model_id is None:
             return None  # wrong type for model: reported by the structural check
         if model_id is None:
-            examples = [m.id for m in models_for_type(jtype)]
+            examples = [m.id for m in models_for_type(jtype)][:2]  # the built-in local/sim ones come first
             hint = f", e.g. {join_or(examples)}" if examples else ""
             self.err(view.loc("model"), f"{who}: type {jtype} needs a model ('<provider>/<model name>'){hint}")
             return None

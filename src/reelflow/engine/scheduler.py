@@ -19,6 +19,7 @@ from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
 from ..plan import Plan, parse_plan
 from ..providers.catalog import estimate_cost, get_model
+from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
 from ..store.base import NewExecution, NewJob, Store
 from ..webhooks import UnsafeDestination, check_destination
@@ -84,6 +85,19 @@ def build_execution(
     )
 
 
+def check_credentials(plan: Plan) -> None:
+    """A job whose provider has no key configured is refused now, not after a worker claims it."""
+    problems = []
+    for i, job in enumerate(plan.jobs):
+        provider = job.model.split("/", 1)[0] if job.model else None
+        if var := missing_credential(provider):
+            problems.append(
+                ErrorItem(["jobs", i, "model"], f"job '{job.id}': {job.model} needs {var}, which is not set")
+            )
+    if problems:
+        raise PlanError(problems)
+
+
 class Engine:
     """Submit and follow executions on one Store."""
 
@@ -106,6 +120,7 @@ class Engine:
         different request under the same key raises IdempotencyConflict.
         """
         parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+        check_credentials(parsed)
         if url := webhook or parsed.webhook:
             try:
                 await check_destination(url, allow_private=self.settings.allow_private_urls)

@@ -621,3 +621,14 @@ def estimate_seconds(model: ModelSpec | None, params: Mapping[str, Any], job_typ
     if "latency_s" in model.params:
         return _num(params, "latency_s", 0.0) + _num(params, "queue_s", 0.0)
     return model.est_seconds + model.est_seconds_per_second * _output_seconds(model, params)
+
+
+def _register_remote_models() -> None:
+    """The built-in remote providers' models (their modules build on the definitions above)."""
+    from . import catalog_fal, catalog_replicate
+
+    for spec in (*catalog_replicate.MODELS, *catalog_fal.MODELS):
+        register_model(spec, replace=True)
+
+
+_register_remote_models()

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 from .base import Provider
+
+CREDENTIALS = {
+    "replicate": "REPLICATE_API_TOKEN",
+    "fal": "FAL_KEY",
+    "elevenlabs": "ELEVENLABS_API_KEY",
+    "openai": "OPENAI_API_KEY",
+}
+
+
+def missing_credential(provider: str | None) -> str | None:
+    """The environment variable a provider needs that is not set, or None."""
+    var = CREDENTIALS.get(provider or "")
+    return var if var is not None and not os.environ.get(var) else None
 
 
 def default_providers() -> dict[str, Provider]:
+    from .fal import FalProvider
     from .local import LocalProvider
+    from .replicate import ReplicateProvider
     from .sim import SimProvider
 
-    return {"local": LocalProvider(), "sim": SimProvider()}
+    return {"local": LocalProvider(), "sim": SimProvider(), "replicate": ReplicateProvider(), "fal": FalProvider()}
 
 
 class Providers:
