@@ -625,9 +625,9 @@ def estimate_seconds(model: ModelSpec | None, params: Mapping[str, Any], job_typ
 
 def _register_remote_models() -> None:
     """The built-in remote providers' models (their modules build on the definitions above)."""
-    from . import catalog_fal, catalog_replicate
+    from . import catalog_elevenlabs, catalog_fal, catalog_openai, catalog_replicate
 
-    for spec in (*catalog_replicate.MODELS, *catalog_fal.MODELS):
+    for spec in (*catalog_replicate.MODELS, *catalog_fal.MODELS, *catalog_elevenlabs.MODELS, *catalog_openai.MODELS):
         register_model(spec, replace=True)
 
 

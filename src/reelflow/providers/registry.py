@@ -21,12 +21,21 @@ def missing_credential(provider: str | None) -> str | None:
 
 
 def default_providers() -> dict[str, Provider]:
+    from .elevenlabs import ElevenLabsProvider
     from .fal import FalProvider
     from .local import LocalProvider
+    from .openai import OpenAIProvider
     from .replicate import ReplicateProvider
     from .sim import SimProvider
 
-    return {"local": LocalProvider(), "sim": SimProvider(), "replicate": ReplicateProvider(), "fal": FalProvider()}
+    return {
+        "local": LocalProvider(),
+        "sim": SimProvider(),
+        "replicate": ReplicateProvider(),
+        "fal": FalProvider(),
+        "elevenlabs": ElevenLabsProvider(),
+        "openai": OpenAIProvider(),
+    }
 
 
 class Providers:
