@@ -31,6 +31,7 @@ from .base import (
     TransientError,
 )
 from .catalog_elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
+from .http import retry_after
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io/v1"
 KEY_ENV = "ELEVENLABS_API_KEY"
@@ -54,17 +55,6 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "alaw": (".alaw", "audio/x-alaw-basic"),
 }
 """The file suffix and content type of each `output_format` family."""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, min(seconds, 3600.0))
 
 
 def _detail(response: httpx.Response) -> tuple[str, str | None]:
@@ -91,7 +81,7 @@ def _classify(response: httpx.Response, doing: str) -> ProviderError:
     message, kind = _detail(response)
     text = f"elevenlabs: {doing} failed: HTTP {status}: {message}" + (f" ({kind})" if kind else "")
     if status == 429 or status >= 500 or status == 408:
-        return TransientError(text, retry_after=_retry_after(response))
+        return TransientError(text, retry_after=retry_after(response))
     return PermanentError(text)
 
 

@@ -29,6 +29,7 @@ from .base import (
     TransientError,
 )
 from .catalog_fal import to_fal_input
+from .http import retry_after
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
 POLL_ERROR_RETRIES = 5
@@ -55,17 +56,6 @@ def _split_id(provider_id: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, min(seconds, 3600.0))
-
-
 def _detail(response: httpx.Response) -> str:
     """fal's error detail as given (a string, or the list of {loc, msg, type} as JSON)."""
     try:
@@ -88,9 +78,9 @@ def _classify(response: httpx.Response, doing: str) -> ProviderError:
     if retryable == "false":
         return PermanentError(message)
     if status == 429:
-        return TransientError(message, retry_after=_retry_after(response))
+        return TransientError(message, retry_after=retry_after(response))
     if status >= 500 or status in (408, 409) or retryable == "true":
-        return TransientError(message, retry_after=_retry_after(response))
+        return TransientError(message, retry_after=retry_after(response))
     return PermanentError(message)
 
 
@@ -270,7 +260,7 @@ class FalProvider:
                 continue
             if response.is_success or not _classify(response, "").transient or attempt == POLL_ERROR_RETRIES:
                 break
-            await asyncio.sleep(_retry_after(response) or min(self.poll_max_s, self.poll_initial_s * 2**attempt))
+            await asyncio.sleep(retry_after(response) or min(self.poll_max_s, self.poll_initial_s * 2**attempt))
         assert response is not None
         if not response.is_success:
             raise _classify(response, "fetching the result")

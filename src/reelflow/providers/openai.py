@@ -33,6 +33,7 @@ from .base import (
     TransientError,
 )
 from .catalog_openai import MODELS_BY_ID, image_price, to_image_body, to_speech_body
+from .http import retry_after
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEY_ENV = "OPENAI_API_KEY"
@@ -64,17 +65,6 @@ _IMAGE_FORMATS: dict[str, tuple[str, str]] = {
 Kind = Literal["speech", "image"]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, min(seconds, 3600.0))
-
-
 def _detail(response: httpx.Response) -> tuple[str, str | None]:
     """OpenAI's error message as given, and its code (or type) when there is one."""
     try:
@@ -101,7 +91,7 @@ def _classify(response: httpx.Response, doing: str) -> ProviderError:
     if code in _PERMANENT_CODES:
         return PermanentError(text)
     if status == 429 or status >= 500 or status in (408, 409):
-        return TransientError(text, retry_after=_retry_after(response))
+        return TransientError(text, retry_after=retry_after(response))
     return PermanentError(text)
 
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import logging
 import mimetypes
 import os
 import re
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from .base import (
 )
 from .catalog import ModelSpec, params_with_defaults
 from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
+from .http import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +71,9 @@ def parse_percent(logs: Any) -> float | None:
 
 def parse_retry_after(response: httpx.Response, detail: str) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from "Expected available in N seconds"."""
-    header = response.headers.get("retry-after")
-    if header:
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(header)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                return max(0.0, when.timestamp() - time.time())
+    from_header = retry_after(response)
+    if from_header is not None:
+        return from_header
     match = _AVAILABLE_IN_RE.search(detail)
     return float(match.group(1)) if match else None
 
