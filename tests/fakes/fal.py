@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -22,10 +21,10 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from fakes.runner import ThreadedServer
 from reelflow import media
 
 _MEDIA: dict[str, bytes] = {}
@@ -136,25 +135,12 @@ class FakeFal:
 
     def __enter__(self) -> FakeFal:
         self.media = tiny_media()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(self._app(), log_level="critical", log_config=None, lifespan="off", http="h11")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the fake fal server did not start")
-            time.sleep(0.01)
+        self.runner = ThreadedServer(self._app(), "fal").start()
+        self.base_url = self.runner.url + ""
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self.runner.stop()
 
     def count(self, route: str) -> int:
         return self.hits[route]

@@ -12,9 +12,7 @@ served by the fake itself. Knobs: `fail_next_creates_with`, `prediction_fails`, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -24,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from fakes.runner import ThreadedServer
 from reelflow import media
 
 _MEDIA: dict[str, bytes] = {}
@@ -138,8 +136,6 @@ class FakeReplicate:
         self._fail_error: str | None = None
         self._drops = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.port = 0
         self.media = sample_media()
         self.app = self._build_app()
@@ -376,25 +372,9 @@ class FakeReplicate:
     # --- running -------------------------------------------------------------------------------
 
     def __enter__(self) -> FakeReplicate:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._asgi, interface="asgi3", lifespan="off", log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.time() + 10
-        while not self._server.started:
-            if time.time() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake Replicate server did not start")
-            time.sleep(0.01)
+        self._runner = ThreadedServer(self._asgi, "Replicate", interface="asgi3").start()
+        self.port = self._runner.port
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        with contextlib.suppress(Exception):
-            self._server = None
+        self._runner.stop()
