@@ -270,14 +270,7 @@ class SQLiteStore:
     def _list_executions(
         self, tenant: str | None, status: str | None, created_after: float | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        if tenant is not None:
-            where.append("tenant = ?")
-            args.append(tenant)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
+        where, args = _equal_filters(tenant=tenant, status=status)
         if created_after is not None:
             where.append("created_at > ?")
             args.append(created_after)
@@ -994,17 +987,7 @@ class SQLiteStore:
     def _list_deliveries(
         self, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if delivery_id is not None:
-            where.append("id = ?")
-            args.append(delivery_id)
-        if tenant is not None:
-            where.append("tenant = ?")
-            args.append(tenant)
-        if execution_id is not None:
-            where.append("execution_id = ?")
-            args.append(execution_id)
+        where, args = _equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
         sql = "SELECT * FROM webhook_deliveries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -1042,6 +1025,12 @@ class SQLiteStore:
     def _next_wakeup(self) -> float | None:
         row = self._connect().execute("SELECT MIN(run_after) FROM jobs WHERE status = 'queued'").fetchone()
         return None if row[0] is None else float(row[0])
+
+
+def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
+    """`column = ?` conditions (and their arguments) for every filter that is set."""
+    given = [(name, value) for name, value in columns.items() if value is not None]
+    return [f"{name} = ?" for name, _ in given], [value for _, value in given]
 
 
 def _split_sql(sql: str) -> list[str]:
