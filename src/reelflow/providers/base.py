@@ -6,7 +6,9 @@ a `PermanentError` fails the job at once with the provider's message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -52,6 +54,25 @@ class Task:
     """Where this attempt may write files; created on first use of `workdir`, removed afterwards."""
     inputs: dict[str, Path] = field(default_factory=dict)
     """Local files for the URL parameters that point at our own artifacts (param name -> path)."""
+    callback_url: str | None = None
+    """Where the provider should POST when the work ends (`{public_url}/v1/providers/{name}/callback?...`);
+    None when callbacks are off, and then `wait` polls on its own."""
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set by the worker when a verified callback for this job arrived: look at the work now."""
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key naming this attempt of this job, for providers that de-duplicate submissions by one."""
+        return f"reelflow-{self.execution_id}-{self.job_id}-{self.attempt}"
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, or less if a callback wakes the job; True when woken."""
+        if not self.wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=max(0.0, seconds))
+        woken = self.wake.is_set()
+        self.wake.clear()
+        return woken
 
     @property
     def workdir(self) -> Path:
@@ -89,6 +110,19 @@ class ProgressUpdate:
     message: str | None = None
 
 
+class CallbackRejected(Exception):
+    """An inbound provider callback failed verification (bad or missing signature, stale timestamp,
+    unreadable body). The API answers 401 and changes nothing."""
+
+
+@dataclass
+class CallbackEvent:
+    """What a verified callback says: which remote work it is about, and its status as given."""
+
+    provider_job_id: str
+    status: str | None = None
+
+
 ProgressReporter = Callable[[ProgressUpdate], Awaitable[None] | None]
 
 
@@ -109,3 +143,15 @@ class Provider(Protocol):
     async def cancel(self, task: Task, provider_id: str) -> None:
         """Stop the work at the provider so nothing more is paid; never raises for done work."""
         ...
+
+
+@runtime_checkable
+class CallbackProvider(Provider, Protocol):
+    """A provider that can call us back when work ends, instead of (or besides) being polled.
+
+    `submit` passes `task.callback_url` on when it is set; `wait` sleeps with `task.pause()` so a
+    callback cuts the sleep short. `verify_callback` checks an inbound request's signature and names
+    the work it is about; it raises CallbackRejected for anything it cannot verify.
+    """
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent: ...

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -24,3 +29,222 @@ def retry_after(response: httpx.Response) -> float | None:
             return None
         seconds = when.timestamp() - time.time()
     return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+class RateGate:
+    """Slows one provider down for every job after it answers 429, not just for the job that saw it.
+
+    Each request takes a slot. Normally slots are free; after a 429 the gate (1) holds every request
+    until the provider's Retry-After has passed and (2) spaces requests out at half the rate that
+    drew the 429, then lets the spacing shrink a little with every success until it is gone. Several
+    429s landing together (requests already in flight) count as one. Per process; the limits issue
+    shares the budget across workers.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.interval = 0.0
+        """Seconds between two requests' starts; 0 while unthrottled."""
+        self.hold_until = 0.0
+        self._next_slot = 0.0
+        self._last_cut = -1e9
+        self._recent: deque[float] = deque()
+        self.throttled = 0
+        """How many 429s this gate has seen."""
+
+    def _rate(self, now: float) -> float:
+        """Requests started over the last second."""
+        while self._recent and self._recent[0] < now - 1.0:
+            self._recent.popleft()
+        return float(len(self._recent))
+
+    async def acquire(self) -> None:
+        """Wait for this request's slot."""
+        now = self._clock()
+        slot = max(now, self.hold_until, self._next_slot if self.interval else now)
+        if self.interval:
+            self._next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+        now = self._clock()
+        self._recent.append(now)
+        self._rate(now)
+
+    def on_throttled(self, retry_after_s: float | None) -> None:
+        """A 429 came back: hold everyone for Retry-After (1 s when not given) and halve the pace."""
+        now = self._clock()
+        self.throttled += 1
+        self.hold_until = max(self.hold_until, now + (retry_after_s if retry_after_s is not None else 1.0))
+        if now - self._last_cut < 1.0:
+            return  # answers to requests sent before the cut: already counted
+        self._last_cut = now
+        rate = max(self._rate(now), 1.0 / self.interval if self.interval else 0.0, 1.0)
+        self.interval = min(2.0 / rate, 10.0)
+        self._next_slot = max(self._next_slot, self.hold_until)
+
+    def on_success(self) -> None:
+        """An answer that was not a 429: let the pace recover slowly (about halving the spacing per 70 calls)."""
+        if self.interval:
+            self.interval *= 0.99
+            if self.interval < 0.002:
+                self.interval = 0.0
+
+
+class HttpAdapter:
+    """The plumbing every HTTP provider shares: key and base URL from the environment, one pooled
+    client, the provider-wide rate gate, and transport failures classified as transient.
+
+    Requests only ever go to `base_url + path`: URLs a provider names in its answers are never
+    followed, so the key cannot leak to another host.
+    """
+
+    name: str = ""
+    default_base_url: str = ""
+    key_env: str = ""
+    timeout = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+    def __init__(
+        self,
+        key: str | None = None,
+        base_url: str | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+        poll_initial_s: float = 1.0,
+        poll_max_s: float = 15.0,
+        callback_poll_s: float = 60.0,
+    ) -> None:
+        self._key = key
+        self._base_url = base_url
+        self._client = client
+        self._owns_client = client is None
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+        self.callback_poll_s = callback_poll_s
+        """Polling interval while a callback is expected (polling only covers a lost callback then)."""
+        self.gate = RateGate()
+
+    @property
+    def base_url_env(self) -> str:
+        return f"REELFLOW_{self.name.upper()}_BASE_URL"
+
+    @property
+    def base_url(self) -> str:
+        return (self._base_url or os.environ.get(self.base_url_env) or self.default_base_url).rstrip("/")
+
+    @property
+    def key(self) -> str:
+        key = self._key if self._key is not None else os.environ.get(self.key_env)
+        if not key:
+            from .base import PermanentError
+
+            raise PermanentError(f"{self.key_env} is not set")
+        return key
+
+    def poll_schedule(self, task: Any) -> PollSchedule:
+        """The polling plan for one wait: fast and growing, or slow when a callback will come."""
+        return PollSchedule(
+            self.poll_initial_s,
+            self.poll_max_s,
+            callback_s=self.callback_poll_s if getattr(task, "callback_url", None) else None,
+        )
+
+    def http(self) -> httpx.AsyncClient:
+        """The pooled client, made on first use (and reused by every job of this provider)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, limits=self.limits, follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(
+        self, method: str, path: str, *, doing: str, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request to `{base}{path}` through the rate gate. Transport failures raise TransientError;
+        HTTP errors come back as the response for the adapter to classify (a 429 also slows the gate)."""
+        from .base import TransientError
+
+        send_headers = {**self.auth_headers(), **(headers or {})}
+        await self.gate.acquire()
+        try:
+            response = await self.http().request(
+                method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"{self.name}: {doing} failed: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 429:
+            self.gate.on_throttled(retry_after(response))
+        else:
+            self.gate.on_success()
+        return response
+
+    def auth_headers(self) -> dict[str, str]:
+        """The provider's authentication header(s); adapters override."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+class PollSchedule:
+    """When to look at remote work next.
+
+    Without percentages the interval starts at `initial` and doubles to `maximum`. When the provider
+    reports percentages, the finish is estimated from the rate of progress and the next look is put
+    just after it (never sooner than `initial`, never later than `maximum`), so a 20 s job is seen
+    done about a second after it ends with a handful of requests. While a callback is expected,
+    polling only guards against a lost callback and looks every `callback_s`. A provider's own hint
+    (Retry-After, `openai-poll-after-ms`) is a floor.
+    """
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        maximum: float = 15.0,
+        *,
+        callback_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.callback_s = callback_s
+        self._clock = clock
+        self._start = clock()
+        self._delay = initial
+        self._samples: list[tuple[float, float]] = []
+
+    def eta(self) -> float | None:
+        """Seconds until the work should end, judged from its percentages; None without them."""
+        if not self._samples:
+            return None
+        t2, p2 = self._samples[-1]
+        if p2 >= 100.0:
+            return 0.0
+        earlier = [s for s in self._samples if s[1] < p2]
+        if earlier:
+            t1, p1 = earlier[-1]
+            rate = (p2 - p1) / max(t2 - t1, 1e-3)
+        elif p2 > 0:
+            rate = p2 / max(t2, 1e-3)
+        else:
+            return None
+        return (100.0 - p2) / rate if rate > 0 else None
+
+    def next_delay(self, *, percent: float | None = None, hint: float | None = None) -> float:
+        """Seconds to wait before the next look, after a look that found the work unfinished."""
+        now = self._clock() - self._start
+        if percent is not None:
+            self._samples.append((now, max(0.0, min(100.0, percent))))
+            del self._samples[:-8]
+        if self.callback_s is not None:
+            delay = self.callback_s
+        else:
+            eta = self.eta()
+            if eta is not None:
+                delay = min(self.maximum, max(self.initial, eta + 0.05))
+            else:
+                delay = self._delay
+                self._delay = min(self._delay * 2, self.maximum)
+        return max(delay, hint or 0.0)
