@@ -49,6 +49,8 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
+TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
+"""Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""
 
 
 def tune_gc() -> None:
@@ -491,10 +493,13 @@ class Worker:
 
     async def _store_file(self, path: Path, content_type: str | None) -> dict[str, Any]:
         suffix = path.suffix.lower()
-        try:
-            info = await media.probe(path)
-        except media.MediaError as exc:
-            raise PermanentError(f"the output is not readable media: {exc}") from exc
+        if suffix in TEXT_OUTPUTS:  # a transcript: nothing to probe
+            info: dict[str, Any] = {"size_bytes": path.stat().st_size}
+        else:
+            try:
+                info = await media.probe(path)
+            except media.MediaError as exc:
+                raise PermanentError(f"the output is not readable media: {exc}") from exc
         key = await asyncio.to_thread(self.storage.put_file, path, suffix)
         local = self.storage.local_path(key)
         entry: dict[str, Any] = {
