@@ -71,7 +71,7 @@ def words_from_segments(segments: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _timestamp(seconds: float) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     h, rest = divmod(ms, 3_600_000)
     m, rest = divmod(rest, 60_000)
     s, ms = divmod(rest, 1000)
