@@ -494,7 +494,7 @@ class Worker:
     async def _store_file(self, path: Path, content_type: str | None) -> dict[str, Any]:
         suffix = path.suffix.lower()
         if suffix in TEXT_OUTPUTS:  # a transcript: nothing to probe
-            info: dict[str, Any] = {"size_bytes": os.path.getsize(path)}
+            info: dict[str, Any] = {"size_bytes": await asyncio.to_thread(os.path.getsize, path)}
         else:
             try:
                 info = await media.probe(path)
