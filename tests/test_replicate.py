@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from fakes.replicate import FakeReplicate
 from reelflow.engine.scheduler import Engine
-from reelflow.providers import catalog
+from reelflow.providers import catalog, replicate
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import get_model, register_model
 from reelflow.providers.catalog_replicate import INPUT_MAPS, MODELS
@@ -295,13 +296,28 @@ async def test_odd_prediction_ids_are_refused_before_any_request(fake: FakeRepli
     assert fake.requests == []
 
 
-async def test_polling_interval_grows(fake: FakeReplicate, tmp_path: Path) -> None:
+async def test_polling_jumps_to_the_finish_estimated_from_the_percentages(fake: FakeReplicate, tmp_path: Path) -> None:
     fake.latency_s, fake.queue_s = 5.0, 0.0
+    provider = make_provider(fake, poll_initial_s=0.1, poll_max_s=15.0)
+    created = time.time()
+    result, _ = await run(provider, task(tmp_path, prompt="p"))
+    assert result.outputs
+    times = [r["t"] for r in fake.requests_to("/v1/predictions/")]
+    assert 2 <= len(times) <= 5  # one per 0.1 s would be 50; doubling from 0.1 s would be 7 and end late
+    assert times[-1] - created < 5.0 + 1.2  # seen done about a second after it ended at most
+    await provider.aclose()
+
+
+async def test_polling_interval_doubles_without_percentages(
+    fake: FakeReplicate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.latency_s, fake.queue_s = 3.0, 0.0
+    monkeypatch.setattr(replicate, "parse_percent", lambda logs: None)
     provider = make_provider(fake, poll_initial_s=0.1, poll_max_s=15.0)
     result, _ = await run(provider, task(tmp_path, prompt="p"))
     assert result.outputs
     times = [r["t"] for r in fake.requests_to("/v1/predictions/")]
-    assert 3 <= len(times) <= 10  # one per 0.1 s would be 50
+    assert 3 <= len(times) <= 8  # one per 0.1 s would be 30
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[-1] > 4 * gaps[0]
     await provider.aclose()

@@ -6,12 +6,20 @@
 Predictions walk `starting` -> `processing` (logs with percentages) -> `succeeded` over `queue_s` +
 `latency_s`; their output is a URL to a real tiny mp4 (video models) or png (image models, as a list)
 served by the fake itself. Knobs: `fail_next_creates_with`, `prediction_fails`, `drop_connection_next`,
-`forge_urls_get`, `output_override`; counters `creates`, `gets`, `cancels`; `requests` logs every call.
+`forge_urls_get`, `output_override`, `rate_limit_per_s` (429 with Retry-After past that many API
+requests a second), `drop_webhooks`, `tamper_webhooks`; counters `creates`, `gets`, `cancels`,
+`secret_reads`, `webhooks_sent`, `throttled`; `requests` logs every call.
+
+A create with `webhook` gets a Standard Webhooks POST of the whole prediction to that URL when it
+ends (`webhook_events_filter` honoured for `completed`), signed with `webhook_secret`, which
+`GET /v1/webhooks/default/secret` hands out as Replicate does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import tempfile
 import threading
@@ -22,8 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from standardwebhooks.webhooks import Webhook
 
 from fakes.runner import ThreadedServer
 from reelflow import media
@@ -96,6 +106,7 @@ class FakePrediction:
     fail_error: str | None = None
     output_override: Any = None
     canceled_at: float | None = None
+    webhook: str | None = None
 
     def status(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -130,11 +141,21 @@ class FakeReplicate:
     """Every request: t, method, path, authorization, prefer, body (JSON, for creates)."""
     forged_get_url: str | None = None
     output_override: Any = None
+    webhook_secret: str = field(default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    rate_limit_per_s: float | None = None
+    drop_webhooks: bool = False
+    tamper_webhooks: bool = False
+    secret_reads: int = 0
+    webhooks_sent: int = 0
+    webhook_failures: int = 0
+    throttled: int = 0
 
     def __post_init__(self) -> None:
         self._fail: FailPlan | None = None
         self._fail_error: str | None = None
         self._drops = 0
+        self._window: list[float] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self.port = 0
         self.media = sample_media()
@@ -227,6 +248,43 @@ class FakeReplicate:
         def authorized(request: Request) -> bool:
             return request.headers.get("authorization") == f"Bearer {fake.token}"
 
+        def over_limit() -> Response | None:
+            """Replicate's throttling: past `rate_limit_per_s` requests in the last second, a 429."""
+            if fake.rate_limit_per_s is None:
+                return None
+            now = time.time()
+            with fake._lock:
+                fake._window = [t for t in fake._window if t > now - 1.0]
+                if len(fake._window) >= fake.rate_limit_per_s:
+                    fake.throttled += 1
+                    return _problem(429, "Request was throttled. Expected available in 1 second.", {"Retry-After": "1"})
+                fake._window.append(now)
+            return None
+
+        async def deliver(p: FakePrediction) -> None:
+            """POST the finished prediction to its webhook, signed as Replicate signs."""
+            while p.status(time.time()) in ("starting", "processing"):
+                await asyncio.sleep(0.02)
+            if fake.drop_webhooks or p.webhook is None:
+                return
+            body = json.dumps(fake._view(p)).encode()
+            msg_id = f"msg_{uuid.uuid4().hex}"
+            signature = Webhook(fake.webhook_secret).sign(msg_id, datetime.now(UTC), body.decode())
+            if fake.tamper_webhooks:
+                body = body.replace(b'"succeeded"', b'"failed"')
+            headers = {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(int(time.time())),
+                "webhook-signature": signature,
+                "content-type": "application/json",
+            }
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    await client.post(p.webhook, content=body, headers=headers)
+                fake.webhooks_sent += 1
+            except httpx.HTTPError:
+                fake.webhook_failures += 1
+
         async def create(request: Request, model: str | None) -> Response:
             with fake._lock:
                 fake.creates += 1
@@ -239,6 +297,8 @@ class FakeReplicate:
                     plan = None
             if not authorized(request):
                 return _problem(401, DEFAULT_DETAILS[401])
+            if (throttled := over_limit()) is not None:
+                return throttled
             if plan is not None:
                 headers = {"Retry-After": f"{plan.retry_after:g}"} if plan.retry_after is not None else None
                 if plan.status == 429:
@@ -272,6 +332,13 @@ class FakeReplicate:
                 output_override=fake.output_override,
             )
             fake.predictions[p.id] = p
+            hook = body.get("webhook")
+            events = body.get("webhook_events_filter")
+            if isinstance(hook, str) and (not isinstance(events, list) or "completed" in events):
+                p.webhook = hook
+                task = asyncio.create_task(deliver(p))
+                fake._tasks.add(task)
+                task.add_done_callback(fake._tasks.discard)
             prefer = request.headers.get("prefer", "")
             if prefer.startswith("wait"):
                 _, _, n = prefer.partition("=")
@@ -294,6 +361,8 @@ class FakeReplicate:
             fake.gets += 1
             if not authorized(request):
                 return _problem(401, DEFAULT_DETAILS[401])
+            if (throttled := over_limit()) is not None:
+                return throttled
             p = fake.predictions.get(pid)
             if p is None:
                 return _problem(404, DEFAULT_DETAILS[404])
@@ -310,6 +379,13 @@ class FakeReplicate:
             if p.status(time.time()) in ("starting", "processing"):
                 p.canceled_at = time.time()
             return JSONResponse(fake._view(p))
+
+        @app.get("/v1/webhooks/default/secret")
+        async def webhook_secret(request: Request) -> Response:
+            fake.secret_reads += 1
+            if not authorized(request):
+                return _problem(401, DEFAULT_DETAILS[401])
+            return JSONResponse({"key": fake.webhook_secret})
 
         @app.get("/files/{name}")
         async def files(name: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from ..config import Settings, get_settings
@@ -22,13 +23,17 @@ from ..engine.worker import Worker
 from ..estimate import estimate_plan
 from ..keys import authenticate
 from ..plan import parse_plan, plan_json_schema
+from ..providers.base import CallbackProvider, CallbackRejected
 from ..providers.catalog import list_models
+from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, Storage, check_key, open_storage
 from ..store import Store, open_store
 from ..store.common import BadCursor, strip_paths
 from . import problems
 from .problems import Problem
+
+log = logging.getLogger("reelflow.api")
 
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
@@ -38,9 +43,10 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
 class Services:
     """What the handlers need, built once per app."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, providers: Providers | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.providers = providers or Providers()
         self.engine = Engine(store, settings)
         self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
         self._keys: dict[str, tuple[str | None, float]] = {}
@@ -331,9 +337,28 @@ async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
 
 
 @router.post("/providers/{provider}/callback", tags=["providers"])
-async def provider_callback(provider: str) -> Response:
-    """Inbound provider webhooks (signature checked) — arrive with the provider adapters."""
-    raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
+async def provider_callback(
+    provider: str,
+    request: Request,
+    svc: Svc,
+    execution: Annotated[str | None, Query(max_length=64)] = None,
+    job: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Inbound provider webhooks. The provider's signature is the authentication: a request that does not
+    verify answers 401 and changes nothing. A verified one wakes the job's worker, which confirms the
+    outcome with the provider and finishes the job."""
+    adapter = svc.providers.get(provider)
+    if adapter is None or provider in ("local", "sim") or not isinstance(adapter, CallbackProvider):
+        raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
+    body = await request.body()
+    try:
+        event = await adapter.verify_callback(request.headers, body)
+    except CallbackRejected as exc:
+        log.warning("callback from %s refused: %s", provider, exc)
+        raise Problem(401, f"callback signature not verified: {exc}") from None
+    outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job)
+    log.info("callback from %s about %s: %s", provider, event.provider_job_id, outcome)
+    return {"received": True, "job": outcome}
 
 
 def create_app(
@@ -342,6 +367,7 @@ def create_app(
     store: Store | None = None,
     workers: int = 0,
     deliver_webhooks: bool = True,
+    providers: Providers | None = None,
 ) -> FastAPI:
     """The API app. With `workers`, that many embedded workers run in the app's event loop."""
     settings = settings or get_settings()
@@ -351,10 +377,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_store.migrate()
-        app.state.services = Services(settings, the_store)
+        table = providers or Providers()
+        app.state.services = Services(settings, the_store, table)
         running: list[tuple[Any, asyncio.Task[None]]] = []
         for _ in range(workers):
-            w = Worker(the_store, settings=settings, deliver_webhooks=deliver_webhooks)
+            w = Worker(the_store, settings=settings, providers=table, deliver_webhooks=deliver_webhooks)
             running.append((w, asyncio.create_task(w.run())))
         if deliver_webhooks and workers == 0:
             from ..webhooks import WebhookDispatcher

@@ -28,6 +28,7 @@ from ..config import Settings, get_settings
 from ..errors import PlanError
 from ..plan import resolve_references
 from ..providers.base import (
+    CallbackProvider,
     PermanentError,
     ProgressUpdate,
     Provider,
@@ -76,6 +77,7 @@ class _Held:
     provider: Provider | None = None
     provider_job_id: str | None = None
     stop_reason: str | None = None  # canceled | lost | shutdown
+    work: Task | None = None
 
 
 class Worker:
@@ -231,6 +233,8 @@ class Worker:
             try:
                 for job_id in await self.store.canceled_for(self.id):
                     self._interrupt(job_id, "canceled")
+                for job_id in await self.store.woken_for(self.id):
+                    self.wake(job_id)
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + beat_every
                     before = set(self.held)
@@ -244,6 +248,12 @@ class Worker:
                     self._flush.set()
             except Exception:  # the database may be briefly unavailable; try again next tick
                 log.exception("worker %s: control loop error", self.id)
+
+    def wake(self, job_id: int) -> None:
+        """A provider called back about this job: its adapter looks at the work now."""
+        held = self.held.get(job_id)
+        if held is not None and held.work is not None:
+            held.work.wake.set()
 
     def _interrupt(self, job_id: int, reason: str) -> None:
         held = self.held.get(job_id)
@@ -359,7 +369,9 @@ class Worker:
             attempt=c.attempts,
             scratch=workdir,
             inputs=self._local_inputs(params),
+            callback_url=self._callback_url(provider, c),
         )
+        held.work = task
         try:
             pid = c.provider_job_id
             if pid is None:
@@ -368,6 +380,7 @@ class Worker:
                 await self._persist_provider_id(c, pid)
             else:
                 held.provider_job_id = pid
+                task.resumed = True
                 log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
             result = await self._wait(provider, task, pid, c)
             job_result = await self._store_outputs(result, task)
@@ -384,6 +397,14 @@ class Worker:
         finally:
             if workdir.exists():
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _callback_url(self, provider: Provider, c: ClaimedJob) -> str | None:
+        """The URL the provider should call when this job's work ends, when callbacks are on and it takes them."""
+        if not self.settings.callbacks_enabled or not isinstance(provider, CallbackProvider):
+            return None
+        if not getattr(provider, "callbacks_ready", True):
+            return None
+        return self.settings.callback_url(provider.name, c.execution_id, c.key)
 
     def _failed(self, c: ClaimedJob, error: str) -> JobOutcome:
         return JobOutcome(c.id, self.id, "failed", error=error)

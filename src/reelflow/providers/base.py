@@ -57,6 +57,8 @@ class Task:
     callback_url: str | None = None
     """Where the provider should POST when the work ends (`{public_url}/v1/providers/{name}/callback?...`);
     None when callbacks are off, and then `wait` polls on its own."""
+    resumed: bool = False
+    """True when `wait` picks up work an earlier attempt submitted (a crash, a restart): look at once."""
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set by the worker when a verified callback for this job arrived: look at the work now."""
 

@@ -9,13 +9,13 @@ token).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
 import mimetypes
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,10 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
+from ..webhooks import WebhookVerificationError, verify_webhook
 from .base import (
+    CallbackEvent,
+    CallbackRejected,
     Output,
     PermanentError,
     ProgressReporter,
@@ -35,13 +38,14 @@ from .base import (
 )
 from .catalog import ModelSpec, params_with_defaults
 from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
-from .http import retry_after
+from .http import HttpAdapter, retry_after
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 BASE_URL_ENV = "REELFLOW_REPLICATE_BASE_URL"
+WEBHOOK_SECRET_ENV = "REPLICATE_WEBHOOK_SECRET"
 
 TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
 """Reads allow for `Prefer: wait=5` plus a slow network; nothing waits forever."""
@@ -158,10 +162,14 @@ def _content_type(url: str) -> str | None:
     return guessed
 
 
-class ReplicateProvider:
+class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
     name = "replicate"
+    default_base_url = DEFAULT_BASE_URL
+    key_env = TOKEN_ENV
+    timeout = TIMEOUT
+    limits = LIMITS
 
     def __init__(
         self,
@@ -171,13 +179,19 @@ class ReplicateProvider:
         client: httpx.AsyncClient | None = None,
         poll_initial_s: float = 1.0,
         poll_max_s: float = 15.0,
+        callback_poll_s: float = 60.0,
+        webhook_secret: str | None = None,
     ) -> None:
-        self._token = token
-        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
-        self._client = client
-        self._owns_client = client is None
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
+        super().__init__(
+            token,
+            base_url,
+            client=client,
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
+            callback_poll_s=callback_poll_s,
+        )
+        self._webhook_secret = webhook_secret
+        self._secret_fetched_at = 0.0
         self._finished: dict[str, dict[str, Any]] = {}
         """Predictions that came back already finished from their create (read once by `wait`)."""
 
@@ -185,37 +199,14 @@ class ReplicateProvider:
 
     @property
     def token(self) -> str:
-        token = self._token if self._token is not None else os.environ.get(TOKEN_ENV)
-        if not token:
-            raise PermanentError(f"{TOKEN_ENV} is not set")
-        return token
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the pooled client if this provider made it."""
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        return self.key
 
     async def _call(
         self, method: str, path: str, *, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         """One request to `{base}{path}`; the answer's JSON object, or a classified ProviderError."""
-        token = self.token
         what = f"{method} {path}"
-        send_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
-        try:
-            response = await self._http().request(
-                method, self.base_url + path, json=body, headers=send_headers, follow_redirects=False
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"replicate: {what} timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"replicate: {what} failed: {type(exc).__name__}: {exc}") from exc
+        response = await self.send(method, path, doing=what, json=body, headers=headers)
         if not response.is_success:
             raise classify(response, what)
         try:
@@ -225,6 +216,64 @@ class ReplicateProvider:
         if not isinstance(data, dict):
             raise TransientError(f"replicate: {what} answered {response.status_code} with no prediction object")
         return data
+
+    # --- callbacks -------------------------------------------------------------------------------
+
+    async def _signing_secret(self, refresh: bool = False) -> str:
+        """The account's webhook signing secret: given, from REPLICATE_WEBHOOK_SECRET, or fetched once from
+        `GET /webhooks/default/secret` (fetched again at most once a minute when a signature does not verify)."""
+        configured = self._webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV)
+        if configured and not refresh:
+            return configured
+        if self._fetched_secret and not refresh:
+            return self._fetched_secret
+        if self._fetched_secret and time.monotonic() - self._secret_fetched_at < 60:
+            return self._fetched_secret
+        data = await self._call("GET", "/webhooks/default/secret")
+        key = data.get("key")
+        if not isinstance(key, str) or not key.startswith("whsec_"):
+            raise TransientError("replicate: the webhook secret answer has no whsec_ key")
+        self._fetched_secret = key
+        self._secret_fetched_at = time.monotonic()
+        return key
+
+    _fetched_secret: str | None = None
+
+    @staticmethod
+    def _verified(secret: str, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            return verify_webhook(body, headers, secret)
+        except WebhookVerificationError as exc:
+            raise CallbackRejected(f"bad signature: {exc}") from None
+        except ValueError as exc:  # a malformed secret
+            raise CallbackRejected(f"cannot check the signature: {exc}") from None
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
+        """A Replicate webhook: Standard Webhooks signature over the prediction JSON."""
+        wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
+        if not {"webhook-id", "webhook-timestamp", "webhook-signature"} <= set(wanted):
+            raise CallbackRejected("missing webhook-id, webhook-timestamp or webhook-signature header")
+        try:
+            secret = await self._signing_secret()
+        except ProviderError as exc:
+            raise CallbackRejected(f"cannot get Replicate's webhook secret to check it: {exc.message}") from None
+        try:
+            data = self._verified(secret, body, wanted)
+        except CallbackRejected:
+            if self._webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV):
+                raise
+            try:  # the account's secret may have been rotated since we fetched it
+                fresh = await self._signing_secret(refresh=True)
+            except ProviderError:
+                raise CallbackRejected("bad signature (or timestamp more than 5 minutes off)") from None
+            if fresh == secret:
+                raise
+            data = self._verified(fresh, body, wanted)
+        pid = data.get("id")
+        if not isinstance(pid, str) or not _ID_RE.match(pid):
+            raise CallbackRejected("the body names no prediction id")
+        status = data.get("status")
+        return CallbackEvent(provider_job_id=pid, status=status if isinstance(status, str) else None)
 
     # --- the protocol ----------------------------------------------------------------------------
 
@@ -238,6 +287,9 @@ class ReplicateProvider:
         if not (_NAME_RE.match(owner) and _NAME_RE.match(name)) or (has_version and not _VERSION_RE.match(version)):
             raise PermanentError(f"replicate: model must be 'replicate/<owner>/<name>[:<version>]' (got {model!r})")
         body: dict[str, Any] = {"input": self._input(task)}
+        if task.callback_url:
+            body["webhook"] = task.callback_url
+            body["webhook_events_filter"] = ["completed"]
         if has_version:
             path = "/predictions"
             body["version"] = version
@@ -281,9 +333,11 @@ class ReplicateProvider:
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         pid = _check_id(provider_id)
         data = self._finished.pop(pid, None)
-        delay = self.poll_initial_s
+        schedule = self.poll_schedule(task)
         failures = 0
         last: tuple[str, float | None] | None = None
+        if data is None and not task.resumed:  # just created: nothing to see yet (or a callback will say)
+            await task.pause(schedule.next_delay())
         while True:
             if data is None:
                 try:
@@ -293,10 +347,9 @@ class ReplicateProvider:
                     failures += 1
                     if failures >= MAX_POLL_FAILURES:
                         raise
-                    pause = max(delay, exc.retry_after or 0.0)
+                    pause = schedule.next_delay(hint=exc.retry_after)
                     log.info("replicate: polling %s failed (%s); again in %.1f s", pid, exc.message, pause)
-                    await asyncio.sleep(pause)
-                    delay = min(delay * 2, self.poll_max_s)
+                    await task.pause(pause)
                     continue
             status = data.get("status")
             if status == "succeeded":
@@ -309,18 +362,19 @@ class ReplicateProvider:
             if status == "aborted":
                 raise PermanentError(f"replicate: prediction {pid} was aborted before it started (deadline passed)")
             update: ProgressUpdate | None = None
+            percent: float | None = None
             if status == "starting":
                 update = ProgressUpdate(phase="queued")
             elif status == "processing":
-                update = ProgressUpdate(phase="running", percent=parse_percent(data.get("logs")))
+                percent = parse_percent(data.get("logs"))
+                update = ProgressUpdate(phase="running", percent=percent)
             else:
                 log.warning("replicate: prediction %s has unknown status %r; still waiting", pid, status)
             if update is not None and (update.phase, update.percent) != last:
                 last = (update.phase, update.percent)
                 await _report(report, update)
             data = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.poll_max_s)
+            await task.pause(schedule.next_delay(percent=percent))
 
     def _result(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
         output = data.get("output")

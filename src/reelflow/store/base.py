@@ -192,6 +192,18 @@ class Store(Protocol):
         """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
         ...
 
+    async def wake_job(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> str:
+        """A verified provider callback about `remote_id` arrived: mark the job (named by execution and key,
+        or found by its provider id) so its worker looks at once. Answers `woken`, `ignored` (the job is not
+        running), `mismatch` (the job waits on other work) or `unknown`."""
+        ...
+
+    async def woken_for(self, owner: str) -> list[int]:
+        """Jobs leased to `owner` that a callback woke since the last call (the marks are cleared)."""
+        ...
+
     async def canceled_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
         ...

@@ -197,3 +197,15 @@ def delivery_view(row: Mapping[str, Any], attempts: list[Mapping[str, Any]]) -> 
         "created_at": iso(row["created_at"]),
         "delivered_at": iso(row["delivered_at"]),
     }
+
+
+def callback_matches(stored: str | None, remote_id: str) -> bool:
+    """Whether a callback about `remote_id` is about the job whose provider id is `stored`.
+
+    The stored id may carry a prefix the callback does not name (fal keeps `<owner>/<app>/<request id>`).
+    A job whose id is not stored yet (the callback beat the write) matches: the signature already
+    proved the provider sent it, and waking only makes the worker look.
+    """
+    if not remote_id:
+        return False
+    return stored is None or stored == remote_id or stored.endswith("/" + remote_id)

@@ -37,6 +37,7 @@ from .base import (
 from .common import (
     IDEMPOTENCY_WINDOW_S,
     artifact_keys,
+    callback_matches,
     decode_cursor,
     delivery_view,
     dumps,
@@ -507,6 +508,49 @@ class SQLiteStore:
                 "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE lease_owner = ? AND status != 'running' RETURNING id",
                 (owner,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    async def wake_job(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> str:
+        return await self._run(self._wake_job, provider, remote_id, execution_id, job_key)
+
+    def _wake_job(self, provider: str, remote_id: str, execution_id: str | None, job_key: str | None) -> str:
+        with self._write() as conn:
+            if execution_id is not None and job_key is not None:
+                row = conn.execute(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = ? AND key = ? AND provider = ?",
+                    (execution_id, job_key, provider),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = ? AND provider_job_id = ?"
+                    " ORDER BY id DESC LIMIT 1",
+                    (provider, remote_id),
+                ).fetchone()
+            if row is None:
+                return "unknown"
+            job_id, status, stored = row
+            if not callback_matches(stored, remote_id):
+                return "mismatch"
+            if status != "running":
+                return "ignored"
+            conn.execute("UPDATE jobs SET woken_at = ? WHERE id = ?", (time.time(), job_id))
+            return "woken"
+
+    async def woken_for(self, owner: str) -> list[int]:
+        return await self._run(self._woken_for, owner)
+
+    def _woken_for(self, owner: str) -> list[int]:
+        conn = self._connect()
+        if conn.execute(
+            "SELECT 1 FROM jobs WHERE lease_owner = ? AND woken_at IS NOT NULL LIMIT 1", (owner,)
+        ).fetchone() is None:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = ? AND woken_at IS NOT NULL RETURNING id", (owner,)
             ).fetchall()
         return [r[0] for r in rows]
 

@@ -1,0 +1,122 @@
+"""Waiting on a real provider API: 1,000 Seedance jobs against the Replicate fake, each taking 20 s there.
+
+Two runs: with callbacks (`reelflow serve --workers 1` with REELFLOW_PUBLIC_URL set, so every prediction
+carries a webhook to our API) and with polling only (`reelflow worker`). For each it prints the provider
+requests per job (creates, prediction reads, output downloads, everything the fake saw) and the makespan
+from the first submission to the last job finished.
+
+Targets: at most 3 requests per job with callbacks, at most 12 with polling, makespan within 10% of the
+latency.
+
+    python bench/providers.py [--jobs 1000] [--latency 20] [--only callbacks|polling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fakes.replicate import FakeReplicate  # noqa: E402
+
+from reelflow.engine.scheduler import Engine  # noqa: E402
+from reelflow.store import open_store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def run(mode: str, total: int, latency: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f"reelflow-providers-{mode}-"))
+    url = f"sqlite:///{tmp}/bench.db"
+    store = open_store(url)
+    await store.migrate()
+    with FakeReplicate(latency_s=latency, queue_s=0.0) as fake:
+        env = dict(
+            os.environ,
+            REELFLOW_DATABASE_URL=url,
+            REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
+            REELFLOW_REPLICATE_BASE_URL=fake.base_url,
+            REPLICATE_API_TOKEN=fake.token,
+            REELFLOW_LOG_LEVEL="WARNING",
+        )
+        os.environ["REPLICATE_API_TOKEN"] = fake.token  # the submission checks the key is there
+        if mode == "callbacks":
+            port = free_port()
+            env.update(REELFLOW_PUBLIC_URL=f"http://127.0.0.1:{port}", REPLICATE_WEBHOOK_SECRET=fake.webhook_secret)
+            cmd = ["serve", "--port", str(port), "--workers", "1"]
+        else:
+            env.pop("REELFLOW_PUBLIC_URL", None)
+            cmd = ["worker", "--concurrency", str(total)]
+        proc = subprocess.Popen([sys.executable, "-m", "reelflow.cli", *cmd], env=env, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(2.0)  # let the process start (and the API listen) before the clock starts
+        engine = Engine(store)
+        per_plan = 100
+        t0 = time.time()
+        ids = []
+        for p in range(total // per_plan):
+            jobs = [
+                {
+                    "id": f"clip{i}",
+                    "type": "generate-video",
+                    "model": "replicate/bytedance/seedance-1-lite",
+                    "params": {"prompt": f"waves {p}-{i}", "duration": 5},
+                }
+                for i in range(per_plan)
+            ]
+            ids.append(await engine.submit({"jobs": jobs}))
+        submitted = time.time() - t0
+        for eid in ids:
+            state = await engine.wait(eid, poll_s=0.5, timeout=latency * 10 + 120)
+            if state["status"] != "succeeded":
+                raise SystemExit(f"{mode}: execution {eid} ended {state['status']}: {state['error']}")
+        last = 0.0
+        for eid in ids:
+            for e in await store.events(eid):
+                if e.type == "job.succeeded":
+                    last = max(last, e.created_at)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        makespan = last - t0
+        requests = len(fake.requests)
+        kinds = {
+            "creates": fake.creates,
+            "reads": fake.gets,
+            "downloads": len(fake.requests_to("/files/")),
+            "secret": fake.secret_reads,
+        }
+        print(
+            f"{mode:9s}  jobs {total}  latency {latency:g} s  requests/job {requests / total:.2f} "
+            f"({', '.join(f'{k} {v}' for k, v in kinds.items())}; webhooks sent {fake.webhooks_sent})  "
+            f"makespan {makespan:.2f} s ({makespan / latency * 100 - 100:+.1f}% over the latency; "
+            f"submitting took {submitted:.2f} s)"
+        )
+    await store.close()
+
+
+async def main(total: int, latency: float, only: str | None) -> None:
+    for mode in ("callbacks", "polling"):
+        if only in (None, mode):
+            await run(mode, total, latency)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=20.0)
+    parser.add_argument("--only", choices=["callbacks", "polling"])
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.latency, args.only))
