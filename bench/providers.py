@@ -26,10 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fakes.replicate import FakeReplicate  # noqa: E402
-
-from reelflow.engine.scheduler import Engine  # noqa: E402
-from reelflow.store import open_store  # noqa: E402
+from fakes.replicate import FakeReplicate
+from reelflow.engine.scheduler import Engine
+from reelflow.store import open_store
 
 
 def free_port() -> int:
@@ -84,10 +83,17 @@ async def run(mode: str, total: int, latency: float) -> None:
             if state["status"] != "succeeded":
                 raise SystemExit(f"{mode}: execution {eid} ended {state['status']}: {state['error']}")
         last = 0.0
+        submitted_at: dict[tuple[str, str], float] = {}
+        lags: list[float] = []
         for eid in ids:
             for e in await store.events(eid):
-                if e.type == "job.succeeded":
+                if e.type == "job.submitted":
+                    submitted_at[(eid, e.job_id or "")] = e.created_at
+                elif e.type == "job.succeeded":
                     last = max(last, e.created_at)
+                    lags.append(e.created_at - submitted_at.get((eid, e.job_id or ""), t0) - latency)
+        lags.sort()
+        last_submit = max(submitted_at.values()) - t0
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         makespan = last - t0
@@ -103,6 +109,10 @@ async def run(mode: str, total: int, latency: float) -> None:
             f"({', '.join(f'{k} {v}' for k, v in kinds.items())}; webhooks sent {fake.webhooks_sent})  "
             f"makespan {makespan:.2f} s ({makespan / latency * 100 - 100:+.1f}% over the latency; "
             f"submitting took {submitted:.2f} s)"
+        )
+        print(
+            f"{'':9s}  last provider submission at {last_submit:.2f} s; finished after the provider's latency: "
+            f"p50 {lags[len(lags) // 2]:.2f} s, p99 {lags[int(len(lags) * 0.99)]:.2f} s, max {lags[-1]:.2f} s"
         )
     await store.close()
 

@@ -3,16 +3,29 @@
     with FakeElevenLabs() as eleven:
         provider = ElevenLabsProvider(eleven.key, eleven.base_url)
 
-`POST /v1/text-to-speech/{voice_id}` answers a real 1 s MP3; `GET /v1/voices` lists the premade voices
-plus one custom voice. Errors are shaped as ElevenLabs shapes them (`{"detail": {"status", "message"}}`,
-422 as a list of `{loc, msg, type}`). Knobs fail the next N calls of a route or drop connections.
+`POST /v1/text-to-speech/{voice_id}` answers a real MP3 whose length follows the text (1 s at least);
+`POST /v1/text-to-speech/{voice_id}/with-timestamps` answers JSON with the same audio as `audio_base64`,
+a character `alignment` of the text (times spread over the audio, ends meeting the next start, as
+ElevenLabs gives them) and a `normalized_alignment` of the text with its whitespace collapsed.
+`GET /v1/voices` lists three premade voices plus one custom voice. Only `mp3_*` output formats are made.
+
+Errors are shaped as ElevenLabs shapes them: `{"detail": {"status", "message"}}`, or in the newer style
+`{"detail": {"type", "code", "message", "status", "request_id", "param"}}`; 422 as a list of
+`{loc, msg, type}`. Knobs fail the next N calls of a route, throttle (429 `rate_limit_exceeded` /
+`concurrent_limit_exceeded` with the concurrency headers), enforce a concurrency limit, slow the speech
+down, or drop connections. Routes: `tts` (both speech endpoints; `fail_next("tts-timestamps")` and
+`fail_next("tts-plain")` pick one of them) and `voices`. `hits` counts calls per route (and per endpoint
+as `tts-timestamps` / `tts-plain`); `log` keeps every request with its arrival time (`time.monotonic()`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +38,72 @@ from fastapi.responses import JSONResponse
 from fakes.runner import ThreadedServer
 from reelflow import media
 
-_AUDIO: dict[str, bytes] = {}
+_AUDIO: dict[float, bytes] = {}
 _AUDIO_LOCK = threading.Lock()
 
 PREMADE = {"Rachel": "21m00Tcm4TlvDq8ikWAM", "Adam": "pNInz6obpgDQGcFmaJgB", "Sarah": "EXAVITQu4vr4xnSDxMaL"}
 CUSTOM_NAME, CUSTOM_ID = "Narrator Nell - warm, calm", "c0ffee0c0ffee0c0ffee"
 MAX_CHARACTERS = {"eleven_multilingual_v2": 10000, "eleven_flash_v2_5": 40000}
+SECONDS_PER_CHARACTER = 0.06
+"""About 15 characters a second, the pace of calm narration."""
+LEAD_IN_S, TAIL_S = 0.05, 0.1
+"""Silence before the first character and after the last one."""
 
 
-def tiny_mp3() -> bytes:
-    """A 1 s MP3, made once per process."""
+def speech_seconds(text: str) -> float:
+    """How long the fake's audio for `text` lasts: ~0.06 s a character in quarter seconds, 1 s to 120 s."""
+    return min(120.0, max(1.0, math.ceil(len(text) * SECONDS_PER_CHARACTER * 4) / 4))
+
+
+def _mp3(seconds: float) -> bytes:
+    """A real MP3 of `seconds`, made once per process and length."""
     with _AUDIO_LOCK:
-        if not _AUDIO:
+        if seconds not in _AUDIO:
 
             def make() -> None:
                 with TemporaryDirectory(prefix="fakeeleven-") as tmp:
                     out = Path(tmp) / "speech.mp3"
-                    asyncio.run(media.make_audio(out, duration=1.0))
-                    _AUDIO["mp3"] = out.read_bytes()
+                    asyncio.run(media.make_audio(out, duration=seconds))
+                    _AUDIO[seconds] = out.read_bytes()
 
             worker = threading.Thread(target=make)  # a thread of its own: callers may be inside a running loop
             worker.start()
             worker.join()
-        return _AUDIO["mp3"]
+        return _AUDIO[seconds]
+
+
+def tiny_mp3() -> bytes:
+    """A 1 s MP3 (what any text of up to 16 characters sounds like)."""
+    return _mp3(1.0)
+
+
+def audio_for(text: str) -> bytes:
+    """The MP3 the fake answers for `text`."""
+    return _mp3(speech_seconds(text))
+
+
+def _weight(ch: str) -> float:
+    if ch.isspace():
+        return 0.5
+    if ch in ".!?;:,":
+        return 2.0  # a pause after a clause
+    return 1.0
+
+
+def character_alignment(text: str, duration: float) -> dict[str, list[Any]]:
+    """ElevenLabs-style alignment of `text`: one entry per character, spread over `duration` by weight
+    (letters 1, spaces 0.5, punctuation 2), each end equal to the next start, all within the audio."""
+    chars = list(text)
+    span = max(0.0, duration - LEAD_IN_S - TAIL_S)
+    total = sum(_weight(c) for c in chars) or 1.0
+    starts: list[float] = []
+    ends: list[float] = []
+    at = LEAD_IN_S
+    for ch in chars:
+        starts.append(round(at, 3))
+        at += span * _weight(ch) / total
+        ends.append(round(at, 3))
+    return {"characters": chars, "character_start_times_seconds": starts, "character_end_times_seconds": ends}
 
 
 @dataclass
@@ -66,15 +122,27 @@ class LoggedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any = None
+    t: float = 0.0
+    """Arrival time, `time.monotonic()` (the test's clock too)."""
+    status: int = 0
+    """The status the fake answered."""
+    peer: int | None = None
+    """The client's port: one per connection, so a pooled client shows the same one again."""
 
 
 @dataclass
 class FakeElevenLabs:
     key: str = "sk_fake_eleven"
+    latency_s: float = 0.0
+    """How long speaking takes (lets requests overlap, for the concurrency limit)."""
+    max_concurrent: int | None = None
+    """Speech requests allowed at once; more answer 429 `concurrent_limit_exceeded` (None: no limit)."""
 
     hits: Counter[str] = field(default_factory=Counter)
-    """Calls per route: tts, voices."""
+    """Calls per route: tts (and tts-timestamps / tts-plain), voices, other."""
     log: list[LoggedRequest] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
     _failures: dict[str, list[Failure]] = field(default_factory=dict)
     _drops: Counter[str] = field(default_factory=Counter)
 
@@ -88,14 +156,27 @@ class FakeElevenLabs:
         *,
         detail: Any = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """The next `n` calls of `route` (tts, voices) answer `status` with `{"detail": detail}`."""
+        """The next `n` calls of `route` (tts, tts-timestamps, tts-plain, voices) answer `status` with
+        `{"detail": detail}`."""
         if detail is None:
             detail = {"status": "internal_error", "message": "An internal error occurred."}
-        headers: dict[str, str] = {}
+        sent = dict(headers or {})
         if retry_after is not None:
-            headers["Retry-After"] = f"{retry_after:g}"
-        self._failures.setdefault(route, []).extend(Failure(status, {"detail": detail}, headers) for _ in range(n))
+            sent["Retry-After"] = f"{retry_after:g}"
+        self._failures.setdefault(route, []).extend(Failure(status, {"detail": detail}, sent) for _ in range(n))
+
+    def throttle_next(
+        self, n: int = 1, *, code: str = "rate_limit_exceeded", retry_after: float | None = None, route: str = "tts"
+    ) -> None:
+        """The next `n` speech calls answer 429 in ElevenLabs' newer error style: `rate_limit_exceeded`
+        or `concurrent_limit_exceeded` (the latter with the concurrency headers)."""
+        headers = {}
+        if code == "concurrent_limit_exceeded":
+            headers = {"current-concurrent-requests": "3", "maximum-concurrent-requests": "2"}
+        detail = _new_style(code, _THROTTLE_MESSAGES[code])
+        self.fail_next(route, n, 429, detail=detail, retry_after=retry_after, headers=headers)
 
     def drop_next(self, route: str, n: int = 1) -> None:
         """The next `n` calls of `route` lose their connection mid-answer."""
@@ -115,6 +196,9 @@ class FakeElevenLabs:
     def count(self, route: str) -> int:
         return self.hits[route]
 
+    def requests_to(self, route: str) -> list[LoggedRequest]:
+        return [entry for entry in self.log if entry.route == route]
+
     def voices(self) -> list[dict[str, Any]]:
         listed = [{"voice_id": vid, "name": name, "category": "premade"} for name, vid in PREMADE.items()]
         return [*listed, {"voice_id": CUSTOM_ID, "name": CUSTOM_NAME, "category": "cloned"}]
@@ -125,18 +209,30 @@ class FakeElevenLabs:
         app = FastAPI()
         fake = self
 
-        def route_of(request: Request) -> str:
+        def route_of(request: Request) -> tuple[str, str | None]:
             parts = request.url.path.strip("/").split("/")
             if parts[:2] == ["v1", "text-to-speech"] and request.method == "POST":
-                return "tts"
+                if len(parts) == 4 and parts[3] == "with-timestamps":
+                    return "tts", "tts-timestamps"
+                return "tts", "tts-plain"
             if parts == ["v1", "voices"] and request.method == "GET":
-                return "voices"
-            return "other"
+                return "voices", None
+            return "other", None
+
+        def take_failure(*routes: str | None) -> Failure | None:
+            for route in routes:
+                pending = fake._failures.get(route or "")
+                if pending:
+                    return pending.pop(0)
+            return None
 
         @app.middleware("http")
         async def gate(request: Request, call_next: Any) -> Response:
-            route = route_of(request)
+            route, endpoint = route_of(request)
+            arrived = time.monotonic()
             fake.hits[route] += 1
+            if endpoint:
+                fake.hits[endpoint] += 1
             body: Any = None
             if route == "tts":
                 raw = await request.body()
@@ -144,37 +240,62 @@ class FakeElevenLabs:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
-            fake.log.append(
-                LoggedRequest(
-                    request.method,
-                    request.url.path,
-                    route,
-                    request.headers.get("xi-api-key"),
-                    dict(request.query_params),
-                    dict(request.headers),
-                    body,
-                )
+            entry = LoggedRequest(
+                request.method,
+                request.url.path,
+                route,
+                request.headers.get("xi-api-key"),
+                dict(request.query_params),
+                dict(request.headers),
+                body,
+                arrived,
+                peer=request.client.port if request.client else None,
             )
+            fake.log.append(entry)
+            response = await answer(request, route, endpoint, call_next)
+            entry.status = response.status_code
+            return response
+
+        async def answer(request: Request, route: str, endpoint: str | None, call_next: Any) -> Response:
             if request.headers.get("xi-api-key") != fake.key:
                 detail = {"status": "invalid_api_key", "message": "Invalid API key"}
                 return JSONResponse({"detail": detail}, status_code=401)
-            if fake._drops[route] > 0:
-                fake._drops[route] -= 1
-                # announce more than is sent: the client sees the connection end mid-body
-                return Response(b"ID3", status_code=200, headers={"Content-Length": "100"})
-            pending = fake._failures.get(route)
-            if pending:
-                failure = pending.pop(0)
+            for name in (endpoint, route):
+                if name and fake._drops[name] > 0:
+                    fake._drops[name] -= 1
+                    # announce more than is sent: the client sees the connection end mid-body
+                    return Response(b"ID3", status_code=200, headers={"Content-Length": "100"})
+            failure = take_failure(endpoint, route)
+            if failure is not None:
                 return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
-            response: Response = await call_next(request)
-            return response
+            if route != "tts":
+                response: Response = await call_next(request)
+                return response
+            if fake.max_concurrent is not None and fake.in_flight >= fake.max_concurrent:
+                message = f"Too many concurrent requests: the limit of your plan is {fake.max_concurrent}."
+                headers = {
+                    "current-concurrent-requests": str(fake.in_flight + 1),
+                    "maximum-concurrent-requests": str(fake.max_concurrent),
+                }
+                detail = _new_style("concurrent_limit_exceeded", message)
+                return JSONResponse({"detail": detail}, status_code=429, headers=headers)
+            fake.in_flight += 1
+            fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
+            try:
+                if fake.latency_s:
+                    await asyncio.sleep(fake.latency_s)
+                response = await call_next(request)
+                return response
+            finally:
+                fake.in_flight -= 1
 
-        @app.get("/v1/voices")
-        async def voices() -> Response:
-            return JSONResponse({"voices": fake.voices()})
+        return self._routes(app)
 
-        @app.post("/v1/text-to-speech/{voice_id}")
-        async def tts(voice_id: str, request: Request) -> Response:
+    def _routes(self, app: FastAPI) -> FastAPI:
+        fake = self
+
+        async def speech_request(voice_id: str, request: Request) -> tuple[dict[str, Any], str] | Response:
+            """The checked body and output format of a speech call, or ElevenLabs' refusal."""
             if voice_id not in {v["voice_id"] for v in fake.voices()}:
                 detail = {"status": "voice_not_found", "message": f"A voice with voice_id {voice_id} was not found."}
                 return JSONResponse({"detail": detail}, status_code=404)
@@ -187,8 +308,8 @@ class FakeElevenLabs:
             except ValueError:
                 body = None
             if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-                detail = [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]
-                return JSONResponse({"detail": detail}, status_code=422)
+                missing = [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]
+                return JSONResponse({"detail": missing}, status_code=422)
             model_id = body.get("model_id", "eleven_multilingual_v2")
             limit = MAX_CHARACTERS.get(model_id)
             if limit is None:
@@ -200,7 +321,50 @@ class FakeElevenLabs:
                     "message": f"Text is {len(body['text'])} characters; the limit is {limit}.",
                 }
                 return JSONResponse({"detail": detail}, status_code=400)
-            headers = {"request-id": f"req-{fake.hits['tts']}", "character-cost": str(len(body["text"]))}
-            return Response(fake.audio, media_type="audio/mpeg", headers=headers)
+            return body, fmt
+
+        def answer_headers(text: str) -> dict[str, str]:
+            return {"request-id": f"req-{fake.hits['tts']}", "character-cost": str(len(text))}
+
+        @app.get("/v1/voices")
+        async def voices() -> Response:
+            return JSONResponse({"voices": fake.voices()})
+
+        @app.post("/v1/text-to-speech/{voice_id}")
+        async def tts(voice_id: str, request: Request) -> Response:
+            checked = await speech_request(voice_id, request)
+            if isinstance(checked, Response):
+                return checked
+            body, _ = checked
+            audio = await asyncio.to_thread(audio_for, body["text"])
+            return Response(audio, media_type="audio/mpeg", headers=answer_headers(body["text"]))
+
+        @app.post("/v1/text-to-speech/{voice_id}/with-timestamps")
+        async def tts_with_timestamps(voice_id: str, request: Request) -> Response:
+            checked = await speech_request(voice_id, request)
+            if isinstance(checked, Response):
+                return checked
+            body, _ = checked
+            text: str = body["text"]
+            seconds = speech_seconds(text)
+            audio = await asyncio.to_thread(audio_for, text)
+            answer = {
+                "audio_base64": base64.b64encode(audio).decode("ascii"),
+                "alignment": character_alignment(text, seconds),
+                "normalized_alignment": character_alignment(" ".join(text.split()), seconds),
+            }
+            return JSONResponse(answer, headers=answer_headers(text))
 
         return app
+
+
+_THROTTLE_MESSAGES = {
+    "rate_limit_exceeded": "You have exceeded the rate limit. Please slow down.",
+    "concurrent_limit_exceeded": "Too many concurrent requests for your subscription.",
+    "system_busy": "We are experiencing heavy traffic. Please try again.",
+}
+
+
+def _new_style(code: str, message: str, *, kind: str = "rate_limit_error") -> dict[str, Any]:
+    """An error detail in ElevenLabs' newer shape."""
+    return {"type": kind, "code": code, "message": message, "status": code, "request_id": "req-fake", "param": None}

@@ -156,6 +156,7 @@ class FakeReplicate:
         self._drops = 0
         self._window: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sender: httpx.AsyncClient | None = None
         self._lock = threading.Lock()
         self.port = 0
         self.media = sample_media()
@@ -278,9 +279,10 @@ class FakeReplicate:
                 "webhook-signature": signature,
                 "content-type": "application/json",
             }
+            if fake._sender is None:  # one pooled client in the server's loop (a client per POST costs ~30 ms)
+                fake._sender = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20))
             try:
-                async with httpx.AsyncClient(timeout=10) as client:
-                    await client.post(p.webhook, content=body, headers=headers)
+                await fake._sender.post(p.webhook, content=body, headers=headers)
                 fake.webhooks_sent += 1
             except httpx.HTTPError:
                 fake.webhook_failures += 1

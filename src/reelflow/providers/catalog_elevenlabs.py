@@ -42,6 +42,10 @@ PREMADE_VOICES: dict[str, str] = {
 
 DEFAULT_VOICE = "Rachel"
 
+_RESULT_NOTE = (
+    " The result also carries `text` and `words` (word timings from ElevenLabs' character alignment),"
+    " so a captions job can take `$<job>.words`."
+)
 _RUN_NOTE = " Also runs as `run` with ElevenLabs' own body (plus `voice_id` and `output_format`)."
 
 
@@ -63,7 +67,7 @@ def _tts_model(name: str, usd_per_char: float, what: str, max_chars: int, est_se
             ),
         },
         price=Price(unit="character", usd=usd_per_char),
-        description=f"{what} (approximately ${usd_per_char * 1000:g} per 1000 characters).{_RUN_NOTE}",
+        description=f"{what} (approximately ${usd_per_char * 1000:g} per 1000 characters).{_RESULT_NOTE}{_RUN_NOTE}",
         est_seconds=est_seconds,
     )
 

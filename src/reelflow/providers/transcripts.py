@@ -7,6 +7,7 @@ stores as its output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from ..media import group_words
 
 
 def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return max(0.0, float(value))
 
@@ -82,7 +83,8 @@ def srt_from_words(words: list[dict[str, Any]]) -> str:
     """Short caption lines grouped from the words, as an SRT document."""
     blocks = []
     for i, seg in enumerate(group_words(words), start=1):
-        blocks.append(f"{i}\n{_timestamp(seg['start'])} --> {_timestamp(seg['end'])}\n{seg['text']}\n")
+        end = max(seg["end"], seg["start"] + 0.001)  # a cue must end after it starts (zero-length words)
+        blocks.append(f"{i}\n{_timestamp(seg['start'])} --> {_timestamp(end)}\n{seg['text']}\n")
     return "\n".join(blocks)
 
 
