@@ -164,3 +164,34 @@ async def test_a_callback_for_a_finished_or_unknown_job_is_acknowledged(
         )
     assert answer.status_code == 200
     assert answer.json() == {"received": True, "job": "unknown"}
+
+
+async def _storm(engine: Engine, running_worker: WorkerFactory, *, gate: bool) -> tuple[FakeReplicate, float]:
+    """40 jobs polling every 0.05-0.1 s (about 400 requests a second wanted) against a Replicate that allows
+    20 a second. Returns the fake and the rate of requests it saw from the first 429 on."""
+    with FakeReplicate(latency_s=1.5, queue_s=0.0, rate_limit_per_s=20) as fake:
+        provider = ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.05, poll_max_s=0.1)
+        if not gate:
+            provider.gate.on_throttled = lambda retry_after_s: None  # type: ignore[method-assign]
+        eid = await engine.submit({"jobs": [video_job(f"c{i}") for i in range(40)]})
+        async with running_worker(providers_={"replicate": provider}):
+            state = await engine.wait(eid, timeout=90)
+        await provider.aclose()
+    if gate:  # without it jobs may run out of attempts: that is the point of the gate
+        assert state["status"] == "succeeded", state["error"]
+    api = [r["t"] for r in fake.requests if r["path"].startswith("/v1/")]
+    first_429 = min(r["t"] for r in fake.requests if r.get("status") == 429)
+    after = [t for t in api if t >= first_429]
+    return fake, len(after) / max(max(after) - first_429, 0.5)
+
+
+async def test_a_429_storm_slows_the_whole_provider_down_and_every_job_finishes(
+    engine: Engine, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_any")  # the submission checks a key is configured
+    calm, calm_rate = await _storm(engine, running_worker, gate=True)
+    wild, wild_rate = await _storm(engine, running_worker, gate=False)
+    # with the gate, after the first 429 every job waits its turn: the rate falls to about the limit
+    assert calm_rate < 30, calm_rate
+    assert calm_rate < wild_rate / 2, (calm_rate, wild_rate)
+    assert calm.throttled * 3 < wild.throttled, (calm.throttled, wild.throttled)

@@ -237,8 +237,8 @@ async def test_bad_requests_fail_at_submit_without_a_call(oai: FakeOpenAI, tmp_p
         await p.submit(task(tmp_path, text=""))
     with pytest.raises(PermanentError, match="a prompt is required"):
         await p.submit(image_task(tmp_path))
-    with pytest.raises(PermanentError, match="neither a speech nor an image model"):
-        await p.submit(task(tmp_path, "openai/sora-2", "run", input={"prompt": "x"}))
+    with pytest.raises(PermanentError, match="not a speech, image, video"):
+        await p.submit(task(tmp_path, "openai/gpt-4o", "run", input={"input": "x"}))
     with pytest.raises(PermanentError, match="not an openai model id"):
         await p.submit(task(tmp_path, "elevenlabs/x", text="hi"))
     with pytest.raises(PermanentError, match=r"params\.input must be an object"):

@@ -189,11 +189,25 @@ async def test_throttling_and_server_errors_are_transient(
 ) -> None:
     fake.fail_next_creates_with(status, 1, retry_after=retry_after, detail=detail)
     provider = make_provider(fake)
+    provider.create_retries_on_429 = 0  # the classification itself, not the in-place retry
     with pytest.raises(TransientError) as caught:
         await provider.submit(task(tmp_path, prompt="p"))
     assert caught.value.retry_after == expected_retry_after
     assert str(status) in caught.value.message
     assert await provider.submit(task(tmp_path, prompt="p"))  # the next try goes through
+    await provider.aclose()
+
+
+async def test_a_throttled_create_is_sent_again_after_the_hold_and_other_calls_wait_too(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    fake.fail_next_creates_with(429, 2, retry_after=0.3)
+    provider = make_provider(fake)
+    started = time.monotonic()
+    pid = await provider.submit(task(tmp_path, prompt="p"))
+    assert pid in fake.predictions and fake.creates == 3
+    assert time.monotonic() - started >= 0.55  # two holds of 0.3 s
+    assert provider.gate.throttled == 2
     await provider.aclose()
 
 

@@ -583,7 +583,13 @@ async def _demo(data: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    app()
+    from .providers.catalog import CatalogFileError
+
+    try:
+        app()
+    except CatalogFileError as exc:  # a bad REELFLOW_CATALOG_FILE: its problems, not a traceback
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,19 @@
 Requests walk IN_QUEUE (queue_position counting down) -> IN_PROGRESS (logs with a percentage) ->
 COMPLETED over `queue_s` + `latency_s`; results point at real tiny media the fake serves. Knobs fail the
 next N calls of a route, drop connections, fail requests at completion, or forge the URLs submit answers.
+
+Webhooks: a submission with `?fal_webhook=<url>` gets one signed POST to that URL when it completes
+(from a timer thread), signed like fal's (Ed25519 over `request_id\nuser_id\ntimestamp\n<sha256 hex of
+the body>`) with a key the fake serves as a JWKS at `jwks_url`. Knobs: `drop_webhooks`, `webhook_delay_s`,
+`tamper_webhooks` ("body", "signature", "key", "stale"), `rotate_key()`. Counters: `hits` per route
+(submit, status, result, cancel, file, jwks), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import threading
 import time
@@ -21,6 +29,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -72,6 +83,8 @@ class FakeRequest:
     error: tuple[str, str] | None = None
     """(message, error_type) reported at completion instead of a result."""
     status_polls: int = 0
+    webhook_url: str | None = None
+    """Where the webhook goes when the request completes (the submit's `fal_webhook`)."""
 
 
 @dataclass
@@ -81,6 +94,26 @@ class LoggedRequest:
     route: str
     authorization: str | None
     body: Any = None
+    query: dict[str, str] = field(default_factory=dict)
+    t: float = field(default_factory=time.monotonic)
+    """When the request reached the fake (monotonic seconds)."""
+    answer: int | None = None
+    """The HTTP status the fake answered."""
+
+
+@dataclass
+class SentWebhook:
+    url: str
+    request_id: str
+    headers: dict[str, str]
+    body: bytes
+    answer: int | None
+    """The receiver's HTTP status; None when it could not be reached."""
+
+
+def public_jwk(key: Ed25519PrivateKey) -> dict[str, str]:
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
 
 
 @dataclass
@@ -92,6 +125,14 @@ class FakeFal:
     """The queue position a request starts at; it counts down to 1 over `queue_s`."""
     forge_urls: str | None = None
     """When set (a base URL), submit answers status/response/cancel URLs on that host instead."""
+    drop_webhooks: bool = False
+    """Never deliver webhooks (each one that would have gone counts in `webhooks_dropped`)."""
+    webhook_delay_s: float = 0.0
+    """How long after completion the webhook goes out."""
+    tamper_webhooks: str | None = None
+    """Deliver broken webhooks: "body" (changed after signing), "signature" (one bit flipped), "key"
+    (signed by a key the JWKS does not hold), "stale" (timestamp 10 minutes old)."""
+    user_id: str = "fake-user-1234"
 
     requests: dict[str, FakeRequest] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
@@ -100,6 +141,15 @@ class FakeFal:
     _failures: dict[str, list[Failure]] = field(default_factory=dict)
     _drops: Counter[str] = field(default_factory=Counter)
     _errors: list[tuple[str, str]] = field(default_factory=list)
+    signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    webhooks: list[SentWebhook] = field(default_factory=list)
+    webhooks_sent: int = 0
+    """Webhooks the receiver answered with a 2xx."""
+    webhooks_failed: int = 0
+    """Webhooks that could not be delivered (no connection, or a non-2xx answer)."""
+    webhooks_dropped: int = 0
+    _timers: list[threading.Timer] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- knobs -----------------------------------------------------------------------------------
 
@@ -113,7 +163,7 @@ class FakeFal:
         retry_after: float | None = None,
         retryable: bool | None = None,
     ) -> None:
-        """The next `n` calls of `route` (submit, status, result, cancel) answer `status` with `detail`."""
+        """The next `n` calls of `route` (submit, status, result, cancel, jwks) answer `status` with `detail`."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["Retry-After"] = f"{retry_after:g}"
@@ -131,6 +181,90 @@ class FakeFal:
         """The next `n` submitted requests end COMPLETED with this error instead of a result."""
         self._errors.extend((error, error_type) for _ in range(n))
 
+    def rotate_key(self) -> None:
+        """Sign with a new key from now on; the JWKS serves only the new one."""
+        self.signing_key = Ed25519PrivateKey.generate()
+
+    # --- webhooks --------------------------------------------------------------------------------
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.base_url}/.well-known/jwks.json"
+
+    def sign(
+        self,
+        body: bytes,
+        request_id: str,
+        *,
+        timestamp: int | None = None,
+        key: Ed25519PrivateKey | None = None,
+        user_id: str | None = None,
+    ) -> dict[str, str]:
+        """fal's webhook headers for `body` (signed by `key`, by default the fake's own)."""
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        user = self.user_id if user_id is None else user_id
+        message = "\n".join((request_id, user, stamp, hashlib.sha256(body).hexdigest())).encode()
+        signature = (key or self.signing_key).sign(message)
+        return {
+            "Content-Type": "application/json",
+            "X-Fal-Webhook-Request-Id": request_id,
+            "X-Fal-Webhook-User-Id": user,
+            "X-Fal-Webhook-Timestamp": stamp,
+            "X-Fal-Webhook-Signature": signature.hex(),
+        }
+
+    def webhook_body(self, req: FakeRequest) -> bytes:
+        """What fal POSTs when `req` ends: the result as `payload`, or the error."""
+        state = self._state(req)
+        body: dict[str, Any] = {"request_id": req.request_id, "gateway_request_id": req.request_id}
+        if "error" in state:
+            detail = [{"loc": ["body"], "msg": state["error"], "type": state["error_type"]}]
+            body.update(status="ERROR", error="Invalid status code: 422", payload={"detail": detail})
+        else:
+            body.update(status="OK", payload=self._result(req))
+        return json.dumps(body).encode()
+
+    def signed_webhook(self, req: FakeRequest) -> tuple[dict[str, str], bytes]:
+        """The headers and body of `req`'s webhook, broken as `tamper_webhooks` says."""
+        body = self.webhook_body(req)
+        tamper = self.tamper_webhooks
+        key = Ed25519PrivateKey.generate() if tamper == "key" else None
+        stamp = int(time.time()) - 600 if tamper == "stale" else None
+        headers = self.sign(body, req.request_id, timestamp=stamp, key=key)
+        if tamper == "body":
+            body = body.replace(b'"status": "OK"', b'"status": "ERROR"', 1) if b'"OK"' in body else body + b" "
+        elif tamper == "signature":
+            sig = bytearray(bytes.fromhex(headers["X-Fal-Webhook-Signature"]))
+            sig[0] ^= 1
+            headers["X-Fal-Webhook-Signature"] = sig.hex()
+        return headers, body
+
+    def _schedule_webhook(self, req: FakeRequest) -> None:
+        timer = threading.Timer(req.queue_s + req.latency_s + self.webhook_delay_s, self._deliver, args=(req,))
+        timer.daemon = True
+        with self._lock:
+            self._timers.append(timer)
+        timer.start()
+
+    def _deliver(self, req: FakeRequest) -> None:
+        if self.drop_webhooks or req.webhook_url is None:
+            with self._lock:
+                self.webhooks_dropped += 1
+            return
+        headers, body = self.signed_webhook(req)
+        answer: int | None = None
+        try:
+            with httpx.Client(timeout=10.0) as client:
+                answer = client.post(req.webhook_url, content=body, headers=headers).status_code
+        except httpx.HTTPError:
+            answer = None
+        with self._lock:
+            self.webhooks.append(SentWebhook(req.webhook_url, req.request_id, headers, body, answer))
+            if answer is not None and 200 <= answer < 300:
+                self.webhooks_sent += 1
+            else:
+                self.webhooks_failed += 1
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def __enter__(self) -> FakeFal:
@@ -140,6 +274,13 @@ class FakeFal:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            timers = list(self._timers)
+        for timer in timers:
+            timer.cancel()
+        for timer in timers:
+            if timer.is_alive():
+                timer.join(timeout=10)
         self.runner.stop()
 
     def count(self, route: str) -> int:
@@ -200,11 +341,27 @@ class FakeFal:
             parts = request.url.path.strip("/").split("/")
             if parts[0] == "files":
                 return "file"
+            if parts[0] == ".well-known":
+                return "jwks"
             if len(parts) >= 4 and parts[2] == "requests":
                 if request.method == "PUT" and parts[-1] == "cancel":
                     return "cancel"
                 return "status" if parts[-1] == "status" else "result"
             return "submit" if request.method == "POST" else "other"
+
+        async def respond(route: str, request: Request, call_next: Any) -> Response:
+            if route not in ("file", "jwks") and request.headers.get("authorization") != f"Key {fake.key}":
+                return JSONResponse({"detail": "Invalid or missing credentials"}, status_code=401)
+            if fake._drops[route] > 0:
+                fake._drops[route] -= 1
+                # announce more than is sent: the client sees the connection end mid-body
+                return Response(b"{", status_code=200, headers={"Content-Length": "100"})
+            pending = fake._failures.get(route)
+            if pending:
+                failure = pending.pop(0)
+                return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+            response: Response = await call_next(request)
+            return response
 
         @app.middleware("http")
         async def gate(request: Request, call_next: Any) -> Response:
@@ -217,21 +374,22 @@ class FakeFal:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
-            fake.log.append(
-                LoggedRequest(request.method, request.url.path, route, request.headers.get("authorization"), body)
+            entry = LoggedRequest(
+                request.method,
+                request.url.path,
+                route,
+                request.headers.get("authorization"),
+                body,
+                dict(request.query_params),
             )
-            if route != "file" and request.headers.get("authorization") != f"Key {fake.key}":
-                return JSONResponse({"detail": "Invalid or missing credentials"}, status_code=401)
-            if fake._drops[route] > 0:
-                fake._drops[route] -= 1
-                # announce more than is sent: the client sees the connection end mid-body
-                return Response(b"{", status_code=200, headers={"Content-Length": "100"})
-            pending = fake._failures.get(route)
-            if pending:
-                failure = pending.pop(0)
-                return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
-            response: Response = await call_next(request)
-            return response
+            fake.log.append(entry)
+            answer = await respond(route, request, call_next)
+            entry.answer = answer.status_code
+            return answer
+
+        @app.get("/.well-known/jwks.json")
+        async def jwks() -> Response:
+            return JSONResponse({"keys": [public_jwk(fake.signing_key)]})
 
         @app.get("/files/{request_id}/{name}")
         async def file(request_id: str, name: str) -> Response:
@@ -291,12 +449,19 @@ class FakeFal:
             if missing:
                 detail = [{"loc": ["body", name], "msg": "Field required", "type": "missing"} for name in missing]
                 return JSONResponse({"detail": detail}, status_code=422)
+            webhook = request.query_params.get("fal_webhook")
+            if webhook is not None and not webhook.startswith(("http://", "https://")):
+                detail = [{"loc": ["query", "fal_webhook"], "msg": "Invalid URL", "type": "url_parsing"}]
+                return JSONResponse({"detail": detail}, status_code=422)
             request_id = str(uuid.uuid4())
             app_id = "/".join(parts[:2])
             req = FakeRequest(request_id, app_id, model_path, body, time.time(), fake.queue_s, fake.latency_s)
+            req.webhook_url = webhook
             if fake._errors:
                 req.error = fake._errors.pop(0)
             fake.requests[request_id] = req
+            if webhook is not None:
+                fake._schedule_webhook(req)
             where = fake.forge_urls or fake.base_url
             base = f"{where}/{app_id}/requests/{request_id}"
             return JSONResponse(

@@ -436,6 +436,14 @@ class FakeReplicate:
                     self.creates += 1
                 await self._drop(send)
                 return
+            inner_send = send
+
+            async def recording_send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    entry["status"] = message["status"]
+                await inner_send(message)
+
+            send = recording_send
         await self.app(scope, receive, send)
 
     @staticmethod

@@ -24,7 +24,7 @@ from ..estimate import estimate_plan
 from ..keys import authenticate
 from ..plan import parse_plan, plan_json_schema
 from ..providers.base import CallbackProvider, CallbackRejected
-from ..providers.catalog import list_models
+from ..providers.catalog import list_models, load_extensions
 from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, Storage, check_key, open_storage
@@ -371,6 +371,7 @@ def create_app(
 ) -> FastAPI:
     """The API app. With `workers`, that many embedded workers run in the app's event loop."""
     settings = settings or get_settings()
+    load_extensions(settings)  # a bad catalog file stops the server here, with its problems listed
     own_store = store is None
     the_store = store or open_store(settings.database_url)
 

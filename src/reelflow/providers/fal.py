@@ -1,24 +1,38 @@
 """`fal/*`: models on fal's queue API.
 
 Submit answers a request id; we keep it with the `<owner>/<app>` that status, result and cancel URLs
-are built from. The URLs fal hands back are never followed: every request goes to the configured base
-host, so the key (`Authorization: Key ...`) never leaves it.
+are built from, as the provider id `<owner>/<app>/<request id>`. The URLs fal hands back are never
+followed: every request goes to the configured base host through `HttpAdapter.send`, so the key
+(`Authorization: Key ...`) never leaves it and a 429 slows every fal job down, not only the one that
+drew it.
+
+Callbacks: when `task.callback_url` is set, submit passes it as `?fal_webhook=`; fal POSTs once when
+the request ends. `verify_callback` checks fal's Ed25519 signature against the keys of fal's JWKS
+(fetched without our key, cached up to 24 h) and names the work by the **bare request id** (the
+webhook knows nothing of `<owner>/<app>`): match it against the last segment of the stored id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import binascii
+import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote
 
 import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .base import (
+    CallbackEvent,
+    CallbackRejected,
     Output,
     PermanentError,
     ProgressReporter,
@@ -29,15 +43,28 @@ from .base import (
     TransientError,
 )
 from .catalog_fal import to_fal_input
-from .http import retry_after
+from .http import HttpAdapter, retry_after
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
+DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+JWKS_URL_ENV = "REELFLOW_FAL_JWKS_URL"
+JWKS_MAX_AGE_S = 24 * 3600.0
+"""How long fetched keys are trusted before they are fetched again."""
+JWKS_REFETCH_MIN_S = 60.0
+"""A signature no cached key verifies refetches the keys, but at most this often (forged callbacks
+cannot make us hammer fal's JWKS endpoint)."""
+CALLBACK_MAX_SKEW_S = 300.0
 POLL_ERROR_RETRIES = 5
 """Consecutive transient errors while polling that `wait` absorbs before raising (the work lives on)."""
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
-_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_HEX_SIGNATURE = re.compile(r"^[0-9a-fA-F]{128}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
+_JWKS_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+_CALLBACK_HEADERS = ("request-id", "user-id", "timestamp", "signature")
 
 
 def _split_model(model: str | None) -> tuple[str, str, str]:
@@ -71,7 +98,7 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _classify(response: httpx.Response, doing: str) -> ProviderError:
-    """The error for a non-2xx answer."""
+    """The error for a non-2xx answer (`X-Fal-Retryable` decides when present)."""
     status = response.status_code
     message = f"fal: {doing} failed: HTTP {status}: {_detail(response)}"
     retryable = response.headers.get("x-fal-retryable", "").strip().lower()
@@ -116,10 +143,42 @@ def _outputs(result: dict[str, Any]) -> list[Output]:
     return outputs
 
 
-class FalProvider:
-    """fal's queue API behind the Provider protocol."""
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def parse_jwks(document: Any) -> list[Ed25519PublicKey]:
+    """The Ed25519 keys (`kty: OKP, crv: Ed25519`) of a JWKS document; other keys are skipped."""
+    keys: list[Ed25519PublicKey] = []
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return keys
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
+            continue
+        x = entry.get("x")
+        if not isinstance(x, str):
+            continue
+        try:
+            raw = _b64url(x)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == 32:
+            keys.append(Ed25519PublicKey.from_public_bytes(raw))
+    return keys
+
+
+def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
+    """The bytes fal signs: `request_id\\nuser_id\\ntimestamp\\n<hex sha256 of the raw body>`."""
+    return "\n".join((request_id, user_id, timestamp, hashlib.sha256(body).hexdigest())).encode()
+
+
+class FalProvider(HttpAdapter):
+    """fal's queue API behind the Provider protocol, with fal's webhooks as callbacks."""
 
     name = "fal"
+    default_base_url = DEFAULT_BASE_URL
+    key_env = "FAL_KEY"
 
     def __init__(
         self,
@@ -129,44 +188,55 @@ class FalProvider:
         client: httpx.AsyncClient | None = None,
         poll_initial_s: float = 1.0,
         poll_max_s: float = 15.0,
+        callback_poll_s: float = 60.0,
+        jwks_url: str | None = None,
     ) -> None:
-        self._key = key
-        self._base_url = base_url
-        self._client = client
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
+        super().__init__(
+            key,
+            base_url,
+            client=client,
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
+            callback_poll_s=callback_poll_s,
+        )
+        self._jwks_url = jwks_url
+        self._jwks_keys: list[Ed25519PublicKey] = []
+        self._jwks_fetched_at: float | None = None
+        self._jwks_tried_at: float | None = None
+        self._jwks_lock: asyncio.Lock | None = None
+        self._jwks_client: httpx.AsyncClient | None = None
+        self.jwks_clock: Callable[[], float] = time.monotonic
+        """Times the JWKS cache (tests move it on)."""
+        self.wall_clock: Callable[[], float] = time.time
+        """Judges callback timestamps."""
 
     # --- plumbing --------------------------------------------------------------------------------
 
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Key {self.key}"}
+
     @property
-    def base_url(self) -> str:
-        return (self._base_url or os.environ.get("REELFLOW_FAL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    def jwks_url(self) -> str:
+        return self._jwks_url or os.environ.get(JWKS_URL_ENV) or DEFAULT_JWKS_URL
 
-    def _headers(self) -> dict[str, str]:
-        key = self._key or os.environ.get("FAL_KEY")
-        if not key:
-            raise PermanentError("FAL_KEY is not set")
-        return {"Authorization": f"Key {key}", "Accept": "application/json"}
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._jwks_client is not None:
+            await self._jwks_client.aclose()
+            self._jwks_client = None
 
-    @contextlib.asynccontextmanager
-    async def _http(self) -> AsyncIterator[httpx.AsyncClient]:
-        if self._client is not None:
-            yield self._client
-        else:
-            async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
-                yield client
-
-    async def _request(
-        self, client: httpx.AsyncClient, method: str, path: str, doing: str, **kwargs: Any
-    ) -> httpx.Response:
-        """One call to the base host (never anywhere else, never redirected); transport trouble is transient."""
-        headers = self._headers()
+    async def _json(self, method: str, path: str, doing: str, **kwargs: Any) -> dict[str, Any]:
+        """One request to the base host; its JSON object, or a classified ProviderError."""
+        response = await self.send(method, path, doing=doing, headers={"Accept": "application/json"}, **kwargs)
+        if not response.is_success:
+            raise _classify(response, doing)
         try:
-            return await client.request(method, self.base_url + path, headers=headers, follow_redirects=False, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"fal: {doing} timed out ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"fal: {doing} failed: {type(exc).__name__}: {exc}") from None
+            body = response.json()
+        except ValueError:
+            raise TransientError(f"fal: {doing} answered non-JSON: {response.text[:200]!r}") from None
+        if not isinstance(body, dict):
+            raise TransientError(f"fal: {doing} answered {body!r:.200}")
+        return body
 
     # --- the protocol ----------------------------------------------------------------------------
 
@@ -178,15 +248,12 @@ class FalProvider:
                 raise PermanentError("fal: a run job's params.input must be an object")
         else:
             body = to_fal_input(task.model, task.params)
-        path = "/" + "/".join(quote(p, safe="") for p in (owner, app, *filter(None, subpath.split("/"))))
-        async with self._http() as client:
-            response = await self._request(client, "POST", path, f"submitting to {owner}/{app}", json=body)
-        if not response.is_success:
-            raise _classify(response, f"submitting to {task.model}")
-        try:
-            request_id = response.json()["request_id"]
-        except (ValueError, KeyError, TypeError):
-            raise TransientError(f"fal: submit answered without a request_id: {response.text[:200]!r}") from None
+        path = "/" + "/".join((owner, app, *filter(None, subpath.split("/"))))
+        params = {"fal_webhook": task.callback_url} if task.callback_url else None
+        answer = await self._json("POST", path, f"submitting to {task.model}", json=body, params=params)
+        request_id = answer.get("request_id")
+        if request_id is None:
+            raise TransientError(f"fal: submit answered without a request_id: {json.dumps(answer)[:200]}")
         if not isinstance(request_id, str) or not _SEGMENT.match(request_id):
             raise PermanentError(f"fal: unexpected request_id {request_id!r}")
         return f"{owner}/{app}/{request_id}"
@@ -194,82 +261,59 @@ class FalProvider:
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         owner, app, request_id = _split_id(provider_id)
         base_path = f"/{owner}/{app}/requests/{request_id}"
-        interval = self.poll_initial_s
+        schedule = self.poll_schedule(task)
+        running = False
         errors = 0
-        async with self._http() as client:
-            while True:
-                delay = interval
-                try:
-                    status = await self._status(client, base_path)
-                    errors = 0
-                except TransientError as exc:
-                    errors += 1
-                    if errors > POLL_ERROR_RETRIES:
-                        raise
-                    status = None
-                    if exc.retry_after is not None:
-                        delay = max(delay, exc.retry_after)
-                if status is not None:
-                    state = status.get("status")
-                    if state == "COMPLETED":
-                        return await self._finish(client, base_path, provider_id, status)
-                    if state == "IN_QUEUE":
-                        position = status.get("queue_position")
-                        await _report(
-                            report,
-                            ProgressUpdate(
-                                phase="queued", queue_position=position if isinstance(position, int) else None
-                            ),
-                        )
-                    elif state == "IN_PROGRESS":
-                        await _report(report, ProgressUpdate(phase="running", percent=_percent(status.get("logs"))))
-                await asyncio.sleep(delay)
-                interval = min(self.poll_max_s, interval * 2)
+        while True:
+            percent: float | None = None
+            try:
+                status = await self._json("GET", base_path + "/status", "checking the request", params={"logs": "1"})
+                errors = 0
+            except TransientError as exc:
+                errors += 1
+                if errors > POLL_ERROR_RETRIES:
+                    raise
+                # a failed look is retried on a backoff of its own (not after the slow callback interval)
+                backoff = min(self.poll_max_s, self.poll_initial_s * 2 ** (errors - 1))
+                log.info("fal: checking %s failed (%s); again in %.1f s", provider_id, exc.message, backoff)
+                await task.pause(max(backoff, exc.retry_after or 0.0))
+                continue
+            state = status.get("status")
+            if state == "COMPLETED":
+                return await self._finish(task, base_path, provider_id, status)
+            if state == "IN_QUEUE":
+                position = status.get("queue_position")
+                if not isinstance(position, int) or isinstance(position, bool):
+                    position = None
+                await _report(report, ProgressUpdate(phase="queued", queue_position=position))
+            elif state == "IN_PROGRESS":
+                percent = _percent(status.get("logs"))
+                if not running:
+                    # judge the rate of progress from when the run began, not from the time spent queued
+                    running, schedule = True, self.poll_schedule(task)
+                await _report(report, ProgressUpdate(phase="running", percent=percent))
+            else:
+                log.warning("fal: request %s has unknown status %r; still waiting", provider_id, state)
+            await task.pause(schedule.next_delay(percent=percent))
 
-    async def _status(self, client: httpx.AsyncClient, base_path: str) -> dict[str, Any]:
-        response = await self._request(
-            client, "GET", base_path + "/status", "checking the request", params={"logs": "1"}
-        )
-        if not response.is_success:
-            raise _classify(response, "checking the request")
-        try:
-            body = response.json()
-        except ValueError:
-            raise TransientError(f"fal: status answered non-JSON: {response.text[:200]!r}") from None
-        if not isinstance(body, dict):
-            raise TransientError(f"fal: status answered {body!r:.200}")
-        return body
-
-    async def _finish(
-        self, client: httpx.AsyncClient, base_path: str, provider_id: str, status: dict[str, Any]
-    ) -> ProviderResult:
+    async def _finish(self, task: Task, base_path: str, provider_id: str, status: dict[str, Any]) -> ProviderResult:
         if status.get("error") or status.get("error_type"):
             kind = status.get("error_type")
             message = status.get("error") or "the request failed"
             if not isinstance(message, str):
                 message = json.dumps(message, ensure_ascii=False)
             raise PermanentError(f"fal: {message}" + (f" ({kind})" if kind else ""))
-        response = None
+        result: dict[str, Any] | None = None
         for attempt in range(POLL_ERROR_RETRIES + 1):
             try:
-                response = await self._request(client, "GET", base_path, "fetching the result")
-            except TransientError:
+                result = await self._json("GET", base_path, "fetching the result")
+                break
+            except TransientError as exc:
                 if attempt == POLL_ERROR_RETRIES:
                     raise
-                await asyncio.sleep(min(self.poll_max_s, self.poll_initial_s * 2**attempt))
-                continue
-            if response.is_success or not _classify(response, "").transient or attempt == POLL_ERROR_RETRIES:
-                break
-            await asyncio.sleep(retry_after(response) or min(self.poll_max_s, self.poll_initial_s * 2**attempt))
-        assert response is not None
-        if not response.is_success:
-            raise _classify(response, "fetching the result")
-        try:
-            result = response.json()
-        except ValueError:
-            raise TransientError(f"fal: result answered non-JSON: {response.text[:200]!r}") from None
-        if not isinstance(result, dict):
-            raise PermanentError(f"fal: unexpected result {result!r:.200}")
+                delay = min(self.poll_max_s, self.poll_initial_s * 2**attempt)
+                await task.pause(max(delay, exc.retry_after or 0.0))
+        assert result is not None
         outputs = _outputs(result)
         if not outputs:
             raise PermanentError(f"fal: the result holds no output file: {json.dumps(result)[:500]}")
@@ -283,13 +327,99 @@ class FalProvider:
 
     async def cancel(self, task: Task, provider_id: str) -> None:
         owner, app, request_id = _split_id(provider_id)
-        async with self._http() as client:
-            response = await self._request(
-                client, "PUT", f"/{owner}/{app}/requests/{request_id}/cancel", "cancelling the request"
-            )
+        doing = "cancelling the request"
+        response = await self.send("PUT", f"/{owner}/{app}/requests/{request_id}/cancel", doing=doing)
         if response.is_success or response.status_code in (400, 404):
             return  # 400 ALREADY_COMPLETED, 404 gone: nothing left to pay for
-        raise _classify(response, "cancelling the request")
+        raise _classify(response, doing)
+
+    # --- callbacks -------------------------------------------------------------------------------
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
+        """Check a fal webhook; its event names the work by the **bare request id** (not our
+        `<owner>/<app>/<request id>`, which the webhook cannot know): compare it with the stored id's
+        last segment. Raises CallbackRejected for a missing or bad signature, a timestamp more than
+        5 minutes away, a key fal's JWKS does not hold, or a malformed body."""
+        given = {k.lower(): v for k, v in headers.items()}
+        values: dict[str, str] = {}
+        for name in _CALLBACK_HEADERS:
+            value = given.get(f"x-fal-webhook-{name}", "").strip()
+            if not value:
+                raise CallbackRejected(f"fal: the callback has no X-Fal-Webhook-{name.title()} header")
+            values[name] = value
+        request_id, user_id, stamp, signature = (values[n] for n in _CALLBACK_HEADERS)
+        if not _TIMESTAMP.match(stamp):
+            raise CallbackRejected(f"fal: the callback timestamp {stamp[:40]!r} is not unix seconds")
+        skew = self.wall_clock() - float(stamp)
+        if abs(skew) > CALLBACK_MAX_SKEW_S:
+            raise CallbackRejected(f"fal: the callback timestamp is {skew:+.0f} s away (more than 300 s)")
+        if not _HEX_SIGNATURE.match(signature):
+            raise CallbackRejected("fal: the callback signature is not 64 hex-encoded bytes")
+        message = signed_message(request_id, user_id, stamp, body)
+        if not await self._verify_with_jwks(bytes.fromhex(signature), message):
+            raise CallbackRejected("fal: the callback signature matches no key of fal's JWKS")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise CallbackRejected("fal: the callback body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise CallbackRejected("fal: the callback body is not a JSON object")
+        if payload.get("request_id") != request_id or not _SEGMENT.match(request_id):
+            raise CallbackRejected("fal: the callback body's request_id does not match its header")
+        status = payload.get("status")
+        if status is not None and not isinstance(status, str):
+            raise CallbackRejected(f"fal: the callback status {status!r:.40} is not a string")
+        return CallbackEvent(provider_job_id=request_id, status=status)
+
+    async def _verify_with_jwks(self, signature: bytes, message: bytes) -> bool:
+        """True when a key of fal's JWKS verifies; fetches the keys when none are cached or they are
+        older than a day, and once more (at most once a minute) when no cached key verifies."""
+        if self._jwks_lock is None:
+            self._jwks_lock = asyncio.Lock()
+        async with self._jwks_lock:
+            now = self.jwks_clock()
+            stale = self._jwks_fetched_at is None or now - self._jwks_fetched_at > JWKS_MAX_AGE_S
+            if stale and self._may_fetch(now):
+                await self._fetch_jwks(now)
+            if _any_verifies(self._jwks_keys, signature, message):
+                return True
+            if not self._may_fetch(now):
+                return False
+            await self._fetch_jwks(now)
+            return _any_verifies(self._jwks_keys, signature, message)
+
+    def _may_fetch(self, now: float) -> bool:
+        return self._jwks_tried_at is None or now - self._jwks_tried_at >= JWKS_REFETCH_MIN_S
+
+    async def _fetch_jwks(self, now: float) -> None:
+        """Fetch fal's JWKS (never with our key: a client of its own, no auth header). On failure the
+        keys held so far stay (even past a day: better than refusing every callback meanwhile)."""
+        self._jwks_tried_at = now
+        if self._jwks_client is None:
+            self._jwks_client = httpx.AsyncClient(timeout=_JWKS_TIMEOUT, follow_redirects=True, max_redirects=3)
+        url = self.jwks_url
+        try:
+            response = await self._jwks_client.get(url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            keys = parse_jwks(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("fal: fetching the JWKS from %s failed: %s", url, exc)
+            return
+        if not keys:
+            log.warning("fal: the JWKS at %s holds no Ed25519 key", url)
+            return
+        self._jwks_keys = keys
+        self._jwks_fetched_at = now
+
+
+def _any_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+    for key in keys:
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            continue
+        return True
+    return False
 
 
 async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:

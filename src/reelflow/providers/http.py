@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 MAX_RETRY_AFTER_S = 3600.0
+MAX_HELD_RETRY_S = 30.0
+"""A throttled request is only sent again in place when the provider asks for at most this long a pause."""
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -161,27 +163,43 @@ class HttpAdapter:
             self._client = None
 
     async def send(
-        self, method: str, path: str, *, doing: str, headers: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        doing: str,
+        headers: Mapping[str, str] | None = None,
+        retry_throttled: int = 0,
+        **kwargs: Any,
     ) -> httpx.Response:
         """One request to `{base}{path}` through the rate gate. Transport failures raise TransientError;
-        HTTP errors come back as the response for the adapter to classify (a 429 also slows the gate)."""
+        HTTP errors come back as the response for the adapter to classify (a 429 also slows the gate).
+
+        `retry_throttled`: how many times a 429 is sent again here, after the gate's hold, before it is
+        returned. Only for requests a 429 proves were not acted on (a refused create started nothing),
+        so a brief throttle does not cost the job one of its attempts."""
         from .base import TransientError
 
         send_headers = {**self.auth_headers(), **(headers or {})}
-        await self.gate.acquire()
-        try:
-            response = await self.http().request(
-                method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"{self.name}: {doing} failed: {type(exc).__name__}: {exc}") from None
-        if response.status_code == 429:
-            self.gate.on_throttled(retry_after(response))
-        else:
-            self.gate.on_success()
-        return response
+        for tries_left in range(retry_throttled, -1, -1):
+            await self.gate.acquire()
+            try:
+                response = await self.http().request(
+                    method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
+                )
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
+            except httpx.HTTPError as exc:
+                raise TransientError(f"{self.name}: {doing} failed: {type(exc).__name__}: {exc}") from None
+            if response.status_code != 429:
+                self.gate.on_success()
+                return response
+            wait = retry_after(response)
+            self.gate.on_throttled(wait)
+            if tries_left == 0 or (wait is not None and wait > MAX_HELD_RETRY_S):
+                return response
+            await response.aclose()
+        raise AssertionError("unreachable")
 
     def auth_headers(self) -> dict[str, str]:
         """The provider's authentication header(s); adapters override."""
@@ -223,13 +241,10 @@ class PollSchedule:
         if p2 >= 100.0:
             return 0.0
         earlier = [s for s in self._samples if s[1] < p2]
-        if earlier:
-            t1, p1 = earlier[-1]
-            rate = (p2 - p1) / max(t2 - t1, 1e-3)
-        elif p2 > 0:
-            rate = p2 / max(t2, 1e-3)
-        else:
+        if not earlier:  # one reading says nothing of the pace (the work may have queued before it)
             return None
+        t1, p1 = earlier[-1]
+        rate = (p2 - p1) / max(t2 - t1, 1e-3)
         return (100.0 - p2) / rate if rate > 0 else None
 
     def next_delay(self, *, percent: float | None = None, hint: float | None = None) -> float:

@@ -166,6 +166,8 @@ class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
     name = "replicate"
+    create_retries_on_429 = 4
+    """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""
     default_base_url = DEFAULT_BASE_URL
     key_env = TOKEN_ENV
     timeout = TIMEOUT
@@ -202,11 +204,19 @@ class ReplicateProvider(HttpAdapter):
         return self.key
 
     async def _call(
-        self, method: str, path: str, *, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_throttled: int = 0,
     ) -> dict[str, Any]:
         """One request to `{base}{path}`; the answer's JSON object, or a classified ProviderError."""
         what = f"{method} {path}"
-        response = await self.send(method, path, doing=what, json=body, headers=headers)
+        response = await self.send(
+            method, path, doing=what, json=body, headers=headers, retry_throttled=retry_throttled
+        )
         if not response.is_success:
             raise classify(response, what)
         try:
@@ -296,7 +306,7 @@ class ReplicateProvider(HttpAdapter):
         else:
             path = f"/models/{owner}/{name}/predictions"
         headers = {"Prefer": f"wait={PREFER_WAIT_S}"} if is_image_model(model) or task.type == "generate-image" else {}
-        data = await self._call("POST", path, body=body, headers=headers)
+        data = await self._call("POST", path, body=body, headers=headers, retry_throttled=self.create_retries_on_429)
         pid = data.get("id")
         if not isinstance(pid, str):
             raise TransientError("replicate: the create answer has no prediction id")
