@@ -133,4 +133,4 @@ def test_models_lists_the_catalog(cli: Any) -> None:
 def test_migrate_reports_the_schema_version(cli: Any) -> None:
     proc = cli("migrate")
     assert proc.returncode == 0
-    assert "schema version 2" in proc.stdout
+    assert "schema version 3" in proc.stdout

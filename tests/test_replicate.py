@@ -13,12 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import WorkerFactory
 from fakes.replicate import FakeReplicate
+from reelflow import media
 from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog, replicate
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import get_model, register_model
 from reelflow.providers.catalog_replicate import INPUT_MAPS, MODELS
+from reelflow.providers.local import LocalProvider
 from reelflow.providers.replicate import ReplicateProvider, parse_percent
 
 SEEDANCE = "replicate/bytedance/seedance-1-pro"
@@ -381,3 +384,49 @@ async def test_end_to_end_through_the_engine(
     assert "/v1/artifacts/" in result["url"] and not result["url"].startswith(fake.origin)
     assert result["content_type"] == "video/mp4"
     assert fake.requests_to("/files/")  # the worker copied the output from the provider's URL
+
+
+async def test_whisper_on_replicate_gives_word_timings_that_caption_a_video(
+    fake: FakeReplicate, engine: Engine, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+    fake.latency_s, fake.queue_s = 0.2, 0.0
+    plan = {
+        "jobs": [
+            {
+                "id": "voice",
+                "type": "generate-audio",
+                "model": "local/audio",
+                "params": {"text": "Every evening the sea keeps its promise.", "duration": 3},
+            },
+            {
+                "id": "transcript",
+                "type": "transcribe",
+                "model": "replicate/openai/whisper:abc123",
+                "params": {"audio": "$voice", "language": "en"},
+            },
+            {
+                "id": "clip",
+                "type": "generate-video",
+                "model": "local/video",
+                "params": {"prompt": "the sea", "duration": 3},
+            },
+            {"id": "final", "type": "captions", "params": {"video": "$clip", "words": "$transcript.words"}},
+        ]
+    }
+    eid = await engine.submit(plan)
+    provider = make_provider(fake)
+    async with running_worker(providers_={"replicate": provider, "local": LocalProvider()}):
+        state = await engine.wait(eid, timeout=60)
+    await provider.aclose()
+    assert state["status"] == "succeeded", state["error"]
+    jobs = {j["id"]: j for j in state["jobs"]}
+    transcript = jobs["transcript"]["result"]
+    assert [w["word"] for w in transcript["words"]] == ["Every", "evening", "the", "sea", "keeps", "its", "promise."]
+    assert transcript["words"][0]["start"] == 0.0 and transcript["words"][-1]["end"] == pytest.approx(2.4)
+    assert transcript["language"] == "english" and transcript["url"].endswith(".srt")
+    assert Path(transcript["path"]).read_text().startswith("1\n00:00:00,000 --> ")
+    create = json.loads(fake.requests_to("/v1/predictions")[0]["raw_body"])
+    assert create["version"] == "abc123" and create["input"]["audio"] == jobs["voice"]["result"]["url"]
+    final = await media.probe(Path(jobs["final"]["result"]["path"]))
+    assert final["has_video"] and final["duration"] == pytest.approx(3.0, abs=0.1)

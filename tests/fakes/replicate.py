@@ -213,6 +213,16 @@ class FakeReplicate:
         if status == "succeeded":
             if p.output_override is not None:
                 output = p.output_override
+            elif "audio" in p.input:  # a Whisper model: openai/whisper's output shape (segments without words)
+                output = {
+                    "transcription": " Every evening the sea keeps its promise.",
+                    "segments": [
+                        {"id": 0, "start": 0.0, "end": 1.2, "text": " Every evening the sea"},
+                        {"id": 1, "start": 1.2, "end": 2.4, "text": " keeps its promise."},
+                    ],
+                    "detected_language": "english",
+                    "translation": None,
+                }
             elif p.kind == "png":
                 output = [f"{self.origin}/files/{p.id}.png"]
             else:
@@ -264,8 +274,8 @@ class FakeReplicate:
 
         async def deliver(p: FakePrediction) -> None:
             """POST the finished prediction to its webhook, signed as Replicate signs."""
-            while p.status(time.time()) in ("starting", "processing"):
-                await asyncio.sleep(0.02)
+            while p.status(time.time()) in ("starting", "processing"):  # one sleep to the end, not a busy poll
+                await asyncio.sleep(max(0.01, p.created + p.queue_s + p.latency_s - time.time()))
             if fake.drop_webhooks or p.webhook is None:
                 return
             body = json.dumps(fake._view(p)).encode()

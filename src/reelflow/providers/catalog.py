@@ -348,10 +348,17 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
     _MODELS[spec.id] = spec
 
 
+_VERSION_SUFFIX = re.compile(r"^[A-Za-z0-9]{1,128}$")
+
+
 def get_model(model_id: str) -> ModelSpec | None:
-    """The catalogued model with this id, or None."""
+    """The catalogued model with this id, or None. A pinned version (`replicate/owner/name:<version>`) is the
+    catalogued model it pins."""
     _ensure_extensions()
-    return _MODELS.get(model_id)
+    found = _MODELS.get(model_id)
+    if found is None and ":" in model_id and _VERSION_SUFFIX.match(model_id.rpartition(":")[2]):
+        found = _MODELS.get(model_id.rpartition(":")[0])
+    return found
 
 
 def list_models() -> list[ModelSpec]:

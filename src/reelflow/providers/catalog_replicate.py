@@ -255,6 +255,26 @@ MODELS: list[ModelSpec] = [
     ),
 ]
 
+MODELS.append(
+    ModelSpec(
+        id=f"{PROVIDER}/openai/whisper",
+        provider=PROVIDER,
+        name="openai/whisper",
+        types=["transcribe", "run"],
+        params={
+            "audio": ParamSpec(type="url", required=True, description="The speech to transcribe (audio or video)."),
+            "language": ParamSpec(type="string", max_length=20, description="The spoken language (`en`, `english`)."),
+        },
+        price=Price(unit="run", usd=0.01),
+        description=(
+            "OpenAI Whisper (large-v3) on Replicate: speech to text. About $0.01 a run (approximate). A community"
+            " model: pin a version (`replicate/openai/whisper:<version>`). Word timings come from its segments"
+            " (spread over each segment's span when the model gives none)."
+        ),
+        est_seconds=20.0,
+    )
+)
+
 MODELS_BY_ID: dict[str, ModelSpec] = {m.id: m for m in MODELS}
 
 _SAME = ("prompt", "seed", "aspect_ratio", "resolution", "duration")
@@ -336,6 +356,7 @@ INPUT_MAPS: dict[str, dict[str, str]] = {
     },
 }
 """Model id -> {our parameter name: Replicate input name}."""
+INPUT_MAPS["replicate/openai/whisper"] = {"audio": "audio", "language": "language"}
 
 
 def base_model_id(model: str) -> str:

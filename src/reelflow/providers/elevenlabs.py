@@ -25,7 +25,7 @@ import json
 import math
 import re
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -145,6 +145,8 @@ class ElevenLabsProvider(HttpAdapter):
     """ElevenLabs text to speech behind the Provider protocol."""
 
     name = "elevenlabs"
+    default_limits: ClassVar[dict[str, float]] = {"max_concurrent": 2}
+    """ElevenLabs: concurrency by plan, 2 (free) to 15 for multilingual v2; the lowest is the safe default."""
     default_base_url = DEFAULT_BASE_URL
     key_env = KEY_ENV
     timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=30.0)

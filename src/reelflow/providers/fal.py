@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -177,6 +177,8 @@ class FalProvider(HttpAdapter):
     """fal's queue API behind the Provider protocol, with fal's webhooks as callbacks."""
 
     name = "fal"
+    default_limits: ClassVar[dict[str, float]] = {}
+    """fal: none to enforce here; requests beyond the account's concurrency wait in fal's own queue."""
     default_base_url = DEFAULT_BASE_URL
     key_env = "FAL_KEY"
 

@@ -8,7 +8,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -105,6 +105,9 @@ class HttpAdapter:
     key_env: str = ""
     timeout = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    default_limits: ClassVar[dict[str, float]] = {}
+    """The provider's documented limits (`max_concurrent`, `requests_per_minute`, ...), the defaults that the
+    limits file (REELFLOW_LIMITS_FILE) overrides."""
 
     def __init__(
         self,

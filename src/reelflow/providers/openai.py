@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -193,6 +193,8 @@ class OpenAIProvider(HttpAdapter):
     """OpenAI speech, images, Sora video and Whisper transcription behind the Provider protocol."""
 
     name = "openai"
+    default_limits: ClassVar[dict[str, float]] = {}
+    """OpenAI: limits depend on the account's usage tier; set them in the limits file."""
     default_base_url = DEFAULT_BASE_URL
     key_env = KEY_ENV
     timeout = TIMEOUT

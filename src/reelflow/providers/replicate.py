@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -39,6 +39,7 @@ from .base import (
 from .catalog import ModelSpec, params_with_defaults
 from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
 from .http import HttpAdapter, retry_after
+from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,34 @@ def _write_data_uri(uri: str, folder: Path, index: int) -> Output:
     return Output(path=path, content_type=content_type)
 
 
+def whisper_words(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """Word timings from a Whisper model's output on Replicate: segments with `words`; Hugging Face style
+    `chunks` with `timestamp: [start, end]`; or else each segment's words spread evenly over its span."""
+    segments = output.get("segments")
+    if isinstance(segments, list) and any(isinstance(s, dict) and s.get("words") for s in segments):
+        return words_from_segments(segments)
+    chunks = output.get("chunks")
+    if isinstance(chunks, list):
+        found = []
+        for chunk in chunks:
+            stamp = chunk.get("timestamp") if isinstance(chunk, dict) else None
+            if isinstance(stamp, list | tuple) and len(stamp) == 2:
+                found.append({"word": chunk.get("text"), "start": stamp[0], "end": stamp[1]})
+        return clean_words(found)
+    spread: list[dict[str, Any]] = []
+    for segment in segments if isinstance(segments, list) else []:
+        if not isinstance(segment, dict):
+            continue
+        tokens = str(segment.get("text") or "").split()
+        start, end = segment.get("start"), segment.get("end")
+        if not tokens or not isinstance(start, int | float) or not isinstance(end, int | float):
+            continue
+        step = max(float(end) - float(start), 0.0) / len(tokens)
+        for i, token in enumerate(tokens):
+            spread.append({"word": token, "start": start + i * step, "end": start + (i + 1) * step})
+    return clean_words(spread)
+
+
 def _content_type(url: str) -> str | None:
     guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
     return guessed
@@ -166,6 +195,8 @@ class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
     name = "replicate"
+    default_limits: ClassVar[dict[str, float]] = {"requests_per_minute": 3000, "creates_per_minute": 600}
+    """Replicate: 600 prediction creates a minute, 3000 other calls a minute (bursts tolerated)."""
     create_retries_on_429 = 4
     """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""
     default_base_url = DEFAULT_BASE_URL
@@ -386,7 +417,28 @@ class ReplicateProvider(HttpAdapter):
             data = None
             await task.pause(schedule.next_delay(percent=percent))
 
+    def _transcript(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
+        """A Whisper prediction's output as word timings, the SRT we store, and the transcript fields."""
+        output = data.get("output")
+        if not isinstance(output, dict):
+            raise PermanentError(f"replicate: prediction {pid} gave no transcript object (got {type(output).__name__})")
+        words = whisper_words(output)
+        text = output.get("transcription", output.get("text"))
+        language = output.get("detected_language", output.get("language"))
+        fields = transcript_fields(
+            text if isinstance(text, str) else None, words, language=language if isinstance(language, str) else None
+        )
+        fields["provider_id"] = pid
+        srt = write_srt(task.workdir, words)
+        return ProviderResult(
+            outputs=[Output(path=srt, content_type="application/x-subrip")],
+            fields=fields,
+            cost_usd=self._cost(task, 1),
+        )
+
     def _result(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
+        if task.type == "transcribe":
+            return self._transcript(task, pid, data)
         output = data.get("output")
         outputs: list[Output] = []
         for i, url in enumerate(_collect_outputs(output)):
