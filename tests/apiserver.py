@@ -76,7 +76,7 @@ class ApiServer:
     def start(self) -> ApiServer:
         if self._thread is not None:
             raise RuntimeError("the server is already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port in between
         self._sock = sock

@@ -489,3 +489,26 @@ async def test_failure_message_carries_ffmpegs_complaint(tmp_path: Path) -> None
         await media.transcode(broken, tmp_path / "x.webm")
     assert str(caught.value).startswith(("transcode:", "probe:"))
     assert len(str(caught.value)) > 20
+
+
+async def test_probing_many_files_in_one_run_matches_probing_each(tmp_path: Path) -> None:
+    video, audio, still, bad = (tmp_path / n for n in ("v.mp4", "a.m4a", "s.png", "bad.mp4"))
+    await media.make_video(video, prompt="x", duration=1.5, width=160, height=90)
+    await media.make_audio(audio, duration=2.0)
+    await media.make_image(still, prompt="x", width=64, height=48)
+    bad.write_bytes(b"this is not media")
+    paths = [video, audio, still, bad, video, audio]  # a bad file in the middle stops ffmpeg there
+    many = await media.probe_many(paths)
+    for path, got in zip(paths, many, strict=True):
+        if path == bad:
+            assert isinstance(got, media.MediaError) and "not a media file" in str(got)
+        else:
+            assert got == await media.probe(path)
+    assert many[0]["duration"] == pytest.approx(1.5, abs=0.05) and many[1]["has_audio"] and not many[1]["has_video"]
+    assert many[2]["duration"] is None and many[2]["width"] == 64
+
+    batcher = media.ProbeBatcher(batch=8)
+    results = await asyncio.gather(*(batcher.probe(p) for p in [video] * 20 + [audio] * 5), return_exceptions=False)
+    assert all(r == many[0] for r in results[:20]) and all(r == many[1] for r in results[20:])
+    with pytest.raises(media.MediaError):
+        await batcher.probe(bad)

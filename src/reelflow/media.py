@@ -477,6 +477,85 @@ async def probe(path: Path) -> dict[str, Any]:
     return info
 
 
+_INPUT_SPLIT_RE = re.compile(r"^Input #(\d+), ", re.MULTILINE)
+
+
+async def probe_many(paths: list[Path]) -> list[dict[str, Any] | MediaError]:
+    """`probe` for several files with one ffmpeg run (each run costs ~10 ms of start-up alone): ffmpeg
+    opens every input and prints each one's header. A file it cannot open stops it there; that file and
+    the ones after it are probed alone."""
+    if len(paths) <= 1:
+        return [await _probe_or_error(p) for p in paths]
+    args = [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin"]
+    for path in paths:
+        args += ["-i", str(path)]
+    _, stderr = await _exec("probe", args, check=False)
+    marks = list(_INPUT_SPLIT_RE.finditer(stderr))
+    sections: dict[int, str] = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(stderr)
+        n = int(mark.group(1))  # renumbered as input 0, the form parse_probe reads
+        sections[n] = re.sub(rf"^(\s*)(Input|Stream) #{n}([,:])", r"\1\2 #0\3", stderr[mark.start() : end], flags=re.M)
+    results: list[dict[str, Any] | MediaError] = []
+    for i, path in enumerate(paths):
+        info = None
+        if i in sections and (i + 1 in sections or i == len(paths) - 1):  # a complete header
+            try:
+                info = parse_probe(sections[i], _file_size(path))
+            except OSError:
+                info = None
+        results.append(info if info is not None else await _probe_or_error(path))
+    return results
+
+
+async def _probe_or_error(path: Path) -> dict[str, Any] | MediaError:
+    try:
+        return await probe(path)
+    except MediaError as exc:
+        return exc
+
+
+class ProbeBatcher:
+    """Probes files that many coroutines ask about at once in shared ffmpeg runs (up to `batch` files each,
+    `parallel` runs at a time). A lone request waits at most `linger_s` for company."""
+
+    def __init__(self, batch: int = 32, parallel: int = 2, linger_s: float = 0.005) -> None:
+        self.batch = batch
+        self.linger_s = linger_s
+        self._pending: list[tuple[Path, asyncio.Future[dict[str, Any]]]] = []
+        self._runs = asyncio.Semaphore(parallel)
+        self._flushing = False
+
+    async def probe(self, path: Path) -> dict[str, Any]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((path, fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_later(self.linger_s, self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        self._flushing = False
+        while self._pending:
+            group, self._pending = self._pending[: self.batch], self._pending[self.batch :]
+            task = asyncio.ensure_future(self._run(group))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _run(self, group: list[tuple[Path, asyncio.Future[dict[str, Any]]]]) -> None:
+        async with self._runs:
+            try:
+                results = await probe_many([p for p, _ in group])
+            except Exception as exc:  # ffmpeg could not even start: every caller hears it
+                results = [MediaError(f"probe: {exc}") for _ in group]
+        for (_, fut), result in zip(group, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, MediaError):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+
 def _first(info: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((s for s in info["streams"] if s["type"] == kind), None)
 

@@ -47,7 +47,7 @@ def _fixed_port_server(ports: list[int]) -> type:
         def __init__(self, app: Any, name: str, **kw: Any) -> None:
             super().__init__(app, name, **kw)
             port = ports.pop(0)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))

@@ -16,7 +16,9 @@ class ThreadedServer:
     def __init__(self, app: Any, name: str, *, interface: Any = "auto") -> None:
         self.app = app
         self.name = name
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and without it
+        # every keep-alive request waits ~40 ms on Nagle and delayed ACKs
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]

@@ -50,6 +50,8 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
+DOWNLOADS_IN_FLIGHT = 32
+"""Output downloads under way at once in one worker; the rest wait their turn."""
 TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
 """Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""
 
@@ -117,6 +119,9 @@ class Worker:
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
         self._http: httpx.AsyncClient | None = None
+        self._download_slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
+        self._probes = media.ProbeBatcher()
+        """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
         self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
 
     # ------------------------------------------------------------------ control
@@ -466,8 +471,7 @@ class Worker:
                     active.append(
                         (
                             submitted + c.start_timeout_s,
-                            f"did not start within {c.start_timeout_s:g} s in the provider's queue"
-                            " (start_timeout_s)",
+                            f"did not start within {c.start_timeout_s:g} s in the provider's queue (start_timeout_s)",
                         )
                     )
                 for at, why in active:
@@ -493,9 +497,10 @@ class Worker:
             if path is None:
                 if not out.url:
                     raise PermanentError(f"{task.type}: the provider returned an output with neither file nor URL")
-                path, content_type = await fetch_output(
-                    self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
-                )
+                async with self._download_slots:  # see HttpAdapter.max_in_flight: queue here, not in httpcore
+                    path, content_type = await fetch_output(
+                        self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
+                    )
             stored.append(await self._store_file(path, content_type))
         job_result: dict[str, Any] = dict(stored[0]) if stored else {}
         if len(stored) > 1:
@@ -508,7 +513,9 @@ class Worker:
         """One pooled client for output downloads, made on first use."""
         if self._http is None:
             self._http = httpx.AsyncClient(
-                follow_redirects=True, timeout=httpx.Timeout(30.0, read=60.0), limits=httpx.Limits(max_connections=64)
+                follow_redirects=True,
+                timeout=httpx.Timeout(30.0, read=60.0),
+                limits=httpx.Limits(max_connections=DOWNLOADS_IN_FLIGHT, max_keepalive_connections=DOWNLOADS_IN_FLIGHT),
             )
         return self._http
 
@@ -518,7 +525,7 @@ class Worker:
             info: dict[str, Any] = {"size_bytes": await asyncio.to_thread(os.path.getsize, path)}
         else:
             try:
-                info = await media.probe(path)
+                info = await self._probes.probe(path)
             except media.MediaError as exc:
                 raise PermanentError(f"the output is not readable media: {exc}") from exc
         key = await asyncio.to_thread(self.storage.put_file, path, suffix)

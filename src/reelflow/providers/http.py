@@ -104,7 +104,11 @@ class HttpAdapter:
     default_base_url: str = ""
     key_env: str = ""
     timeout = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    max_in_flight: int = 32
+    """Requests to this provider under way at once in this process. More wait here, in a FIFO semaphore:
+    httpcore's pool re-scans every queued request on each change, so hundreds queued there cost
+    quadratic CPU (it was most of a worker's time with 1,000 jobs in flight)."""
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     default_limits: ClassVar[dict[str, float]] = {}
     """The provider's documented limits (`max_concurrent`, `requests_per_minute`, ...), the defaults that the
     limits file (REELFLOW_LIMITS_FILE) overrides."""
@@ -128,6 +132,14 @@ class HttpAdapter:
         self.callback_poll_s = callback_poll_s
         """Polling interval while a callback is expected (polling only covers a lost callback then)."""
         self.gate = RateGate()
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The in-flight limit, made on first use (inside the event loop that uses it)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        return self._slots
 
     @property
     def base_url_env(self) -> str:
@@ -187,9 +199,10 @@ class HttpAdapter:
         for tries_left in range(retry_throttled, -1, -1):
             await self.gate.acquire()
             try:
-                response = await self.http().request(
-                    method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
-                )
+                async with self.slots:
+                    response = await self.http().request(
+                        method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
+                    )
             except httpx.TimeoutException as exc:
                 raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
