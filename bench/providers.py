@@ -106,7 +106,8 @@ async def run(mode: str, total: int, latency: float) -> None:
         }
         print(
             f"{mode:9s}  jobs {total}  latency {latency:g} s  requests/job {requests / total:.2f} "
-            f"({', '.join(f'{k} {v}' for k, v in kinds.items())}; webhooks sent {fake.webhooks_sent})  "
+            f"({', '.join(f'{k} {v}' for k, v in kinds.items())}; webhooks sent {fake.webhooks_sent}"
+            f"{' answered ' + str(dict(fake.webhook_answers)) if fake.webhook_answers else ''})  "
             f"makespan {makespan:.2f} s ({makespan / latency * 100 - 100:+.1f}% over the latency; "
             f"submitting took {submitted:.2f} s)"
         )

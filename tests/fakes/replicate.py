@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,6 +150,8 @@ class FakeReplicate:
     webhooks_sent: int = 0
     webhook_failures: int = 0
     throttled: int = 0
+    webhook_answers: Counter[int] = field(default_factory=Counter)
+    """Status codes our callback route answered the webhooks with."""
 
     def __post_init__(self) -> None:
         self._fail: FailPlan | None = None
@@ -292,8 +295,9 @@ class FakeReplicate:
             if fake._sender is None:  # one pooled client in the server's loop (a client per POST costs ~30 ms)
                 fake._sender = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20))
             try:
-                await fake._sender.post(p.webhook, content=body, headers=headers)
+                answer = await fake._sender.post(p.webhook, content=body, headers=headers)
                 fake.webhooks_sent += 1
+                fake.webhook_answers[answer.status_code] += 1
             except httpx.HTTPError:
                 fake.webhook_failures += 1
 

@@ -357,6 +357,10 @@ async def provider_callback(
         log.warning("callback from %s refused: %s", provider, exc)
         raise Problem(401, f"callback signature not verified: {exc}") from None
     outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job)
+    if outcome == "woken":  # an embedded worker holding the job looks now (others read the mark within 0.5 s)
+        for worker in getattr(request.app.state, "workers", []):
+            if worker.wake_local(event.provider_job_id, execution, job):
+                break
     log.info("callback from %s about %s: %s", provider, event.provider_job_id, outcome)
     return {"received": True, "job": outcome}
 
@@ -384,6 +388,7 @@ def create_app(
         for _ in range(workers):
             w = Worker(the_store, settings=settings, providers=table, deliver_webhooks=deliver_webhooks)
             running.append((w, asyncio.create_task(w.run())))
+        app.state.workers = [w for w, _ in running]
         if deliver_webhooks and workers == 0:
             from ..webhooks import WebhookDispatcher
 

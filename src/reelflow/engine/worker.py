@@ -260,6 +260,18 @@ class Worker:
         if held is not None and held.work is not None:
             held.work.wake.set()
 
+    def wake_local(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> bool:
+        """A callback arrived in this process (the API with embedded workers): wake the job here at once,
+        without waiting for the control loop to read the mark from the database. True when found."""
+        for job_id, held in self.held.items():
+            c = held.claim
+            if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
+                execution_id is None and held.provider_job_id == remote_id
+            ):
+                self.wake(job_id)
+                return True
+        return False
+
     def _interrupt(self, job_id: int, reason: str) -> None:
         held = self.held.get(job_id)
         if held is not None and held.stop_reason is None and not held.task.done():
