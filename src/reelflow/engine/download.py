@@ -65,19 +65,26 @@ async def fetch_output(
             content_type = response.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
             if not MEDIA_TYPES.match(content_type):
                 raise PermanentError(f"the output at {url[:200]} is {content_type}, not media")
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit_bytes:
-                raise PermanentError(f"the output is {int(declared)} bytes, over the limit of {limit_bytes}")
             path = dest_stem.with_suffix(_suffix(url, content_type))
-            size = 0
-            with path.open("wb") as f:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    size += len(chunk)
-                    if size > limit_bytes:
-                        raise PermanentError(f"the output is over the limit of {limit_bytes} bytes")
-                    await asyncio.to_thread(f.write, chunk)
+            await stream_to_file(response, path, limit_bytes, "the output")
     except TimeoutError:
         raise TransientError(f"downloading the output took over {timeout_s:g} s") from None
     except httpx.HTTPError as exc:
         raise TransientError(f"downloading the output failed: {type(exc).__name__}: {exc}") from None
     return path, content_type
+
+
+async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int, what: str) -> int:
+    """Write a streamed response body to `path`, refusing (PermanentError) a declared or actual size over
+    `limit_bytes`; returns the bytes written. The disk writes run off the event loop."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit_bytes:
+        raise PermanentError(f"{what} is {int(declared)} bytes, over the limit of {limit_bytes}")
+    size = 0
+    with path.open("wb") as f:
+        async for chunk in response.aiter_bytes(1 << 20):
+            size += len(chunk)
+            if size > limit_bytes:
+                raise PermanentError(f"{what} is over the limit of {limit_bytes} bytes")
+            await asyncio.to_thread(f.write, chunk)
+    return size

@@ -507,6 +507,8 @@ class OpenAIProvider(HttpAdapter):
 
     async def _download_content(self, task: Task, vid: str) -> Path:
         """`GET /videos/{id}/content` streamed to the workdir, through the rate gate, size- and time-limited."""
+        from ..engine.download import stream_to_file
+
         doing = f"downloading video {vid}"
         out = task.workdir / "video.mp4"
         await self.gate.acquire()
@@ -531,18 +533,7 @@ class OpenAIProvider(HttpAdapter):
                 ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 if ctype.startswith(("application/json", "text/")):
                     raise TransientError(f"openai: {doing} answered {ctype}, not a video")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > MAX_VIDEO_BYTES:
-                    raise PermanentError(
-                        f"openai: video {vid} is {declared} bytes, over the limit of {MAX_VIDEO_BYTES}"
-                    )
-                size = 0
-                with out.open("wb") as f:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        size += len(chunk)
-                        if size > MAX_VIDEO_BYTES:
-                            raise PermanentError(f"openai: video {vid} is over the limit of {MAX_VIDEO_BYTES} bytes")
-                        await asyncio.to_thread(f.write, chunk)
+                size = await stream_to_file(response, out, MAX_VIDEO_BYTES, f"openai: video {vid}")
         except TimeoutError:
             raise TransientError(f"openai: {doing} took over {DOWNLOAD_TIMEOUT_S:g} s") from None
         except httpx.TimeoutException as exc:
