@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -63,6 +64,8 @@ async def run(mode: str, total: int, latency: float) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "reelflow.cli", *cmd], env=env, stderr=subprocess.DEVNULL)
         await asyncio.sleep(2.0)  # let the process start (and the API listen) before the clock starts
         engine = Engine(store)
+        children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = (children.ru_utime + children.ru_stime, own.ru_utime + own.ru_stime)
         per_plan = 100
         t0 = time.time()
         ids = []
@@ -96,6 +99,10 @@ async def run(mode: str, total: int, latency: float) -> None:
         last_submit = max(submitted_at.values()) - t0
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        worker_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own_cpu = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_worker = worker_cpu.ru_utime + worker_cpu.ru_stime - cpu_before[0]
+        cpu_fake = own_cpu.ru_utime + own_cpu.ru_stime - cpu_before[1]
         makespan = last - t0
         requests = len(fake.requests)
         kinds = {
@@ -113,7 +120,9 @@ async def run(mode: str, total: int, latency: float) -> None:
         )
         print(
             f"{'':9s}  last provider submission at {last_submit:.2f} s; finished after the provider's latency: "
-            f"p50 {lags[len(lags) // 2]:.2f} s, p99 {lags[int(len(lags) * 0.99)]:.2f} s, max {lags[-1]:.2f} s"
+            f"p50 {lags[len(lags) // 2]:.2f} s, p99 {lags[int(len(lags) * 0.99)]:.2f} s, max {lags[-1]:.2f} s; "
+            f"CPU: reelflow process {cpu_worker:.1f} s (ffmpeg probes included), the fake and this client "
+            f"{cpu_fake:.1f} s"
         )
     await store.close()
 

@@ -50,7 +50,7 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
-DOWNLOADS_IN_FLIGHT = 32
+DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
 TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
 """Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""

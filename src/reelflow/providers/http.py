@@ -104,11 +104,11 @@ class HttpAdapter:
     default_base_url: str = ""
     key_env: str = ""
     timeout = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
-    max_in_flight: int = 32
+    max_in_flight: int = 16
     """Requests to this provider under way at once in this process. More wait here, in a FIFO semaphore:
     httpcore's pool re-scans every queued request on each change, so hundreds queued there cost
     quadratic CPU (it was most of a worker's time with 1,000 jobs in flight)."""
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     default_limits: ClassVar[dict[str, float]] = {}
     """The provider's documented limits (`max_concurrent`, `requests_per_minute`, ...), the defaults that the
     limits file (REELFLOW_LIMITS_FILE) overrides."""

@@ -50,7 +50,7 @@ WEBHOOK_SECRET_ENV = "REPLICATE_WEBHOOK_SECRET"
 
 TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
 """Reads allow for `Prefer: wait=5` plus a slow network; nothing waits forever."""
-LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16)
 PREFER_WAIT_S = 5
 MAX_POLL_FAILURES = 5
 """Consecutive transient failures of a status poll tolerated inside one `wait` before giving up."""
