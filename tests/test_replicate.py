@@ -197,6 +197,8 @@ async def test_throttling_and_server_errors_are_transient(
         await provider.submit(task(tmp_path, prompt="p"))
     assert caught.value.retry_after == expected_retry_after
     assert str(status) in caught.value.message
+    assert provider.gate.throttled == (status == 429)
+    provider.gate.hold_until = 0.0  # not wait out the Retry-After here
     assert await provider.submit(task(tmp_path, prompt="p"))  # the next try goes through
     await provider.aclose()
 
