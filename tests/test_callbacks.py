@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -166,15 +167,19 @@ async def test_a_callback_for_a_finished_or_unknown_job_is_acknowledged(
     assert answer.json() == {"received": True, "job": "unknown"}
 
 
-async def _storm(engine: Engine, running_worker: WorkerFactory, *, gate: bool) -> tuple[FakeReplicate, float]:
+async def _storm(
+    engine: Engine, running_worker: WorkerFactory, *, gate: bool, store: SQLiteStore | None = None
+) -> tuple[FakeReplicate, float]:
     """40 jobs polling every 0.05-0.1 s (about 400 requests a second wanted) against a Replicate that allows
     20 a second. Returns the fake and the rate of requests it saw from the first 429 on."""
     with FakeReplicate(latency_s=1.5, queue_s=0.0, rate_limit_per_s=20) as fake:
         provider = ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.05, poll_max_s=0.1)
         if not gate:
             provider.gate.on_throttled = lambda retry_after_s: None  # type: ignore[method-assign]
-        eid = await engine.submit({"jobs": [video_job(f"c{i}") for i in range(40)]})
-        async with running_worker(providers_={"replicate": provider}):
+            provider.gate.slow_down = lambda: None  # type: ignore[method-assign]  # nor other workers' 429s
+        plan = {"jobs": [video_job(f"c{i}") for i in range(40)], "options": {"cache": False}}
+        eid = await engine.submit(plan)
+        async with running_worker(providers_={"replicate": provider}, store_=store):
             state = await engine.wait(eid, timeout=90)
         await provider.aclose()
     if gate:  # without it jobs may run out of attempts: that is the point of the gate
@@ -186,11 +191,19 @@ async def _storm(engine: Engine, running_worker: WorkerFactory, *, gate: bool) -
 
 
 async def test_a_429_storm_slows_the_whole_provider_down_and_every_job_finishes(
-    engine: Engine, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    running_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    settings: Settings,
 ) -> None:
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_any")  # the submission checks a key is configured
     calm, calm_rate = await _storm(engine, running_worker, gate=True)
-    wild, wild_rate = await _storm(engine, running_worker, gate=False)
+    # the control runs on a database of its own: the first run's 429s slowed the provider's shared pace there
+    other = SQLiteStore(f"sqlite:///{tmp_path}/control.db")
+    await other.migrate()
+    wild, wild_rate = await _storm(Engine(other, settings), running_worker, gate=False, store=other)
+    await other.close()
     # with the gate, after the first 429 every job waits its turn: the rate falls to about the limit
     assert calm_rate < 30, calm_rate
     assert calm_rate < wild_rate / 2, (calm_rate, wild_rate)

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -133,4 +134,6 @@ def test_models_lists_the_catalog(cli: Any) -> None:
 def test_migrate_reports_the_schema_version(cli: Any) -> None:
     proc = cli("migrate")
     assert proc.returncode == 0
-    assert "schema version 3" in proc.stdout
+    migrations = resources.files("reelflow.store") / "migrations" / "sqlite"
+    latest = max(int(f.name.split("_", 1)[0]) for f in migrations.iterdir() if f.name.endswith(".sql"))
+    assert f"schema version {latest}\n" in proc.stdout and latest >= 4

@@ -51,3 +51,12 @@ class Conflict(ReelflowError):
 
 class IdempotencyConflict(Conflict):
     """An Idempotency-Key reused with a different request."""
+
+
+class UsageLimitExceeded(ReelflowError):
+    """A tenant's monthly limit would be passed: HTTP 402 for the cost budget, 429 for the execution count."""
+
+    def __init__(self, message: str, *, status: int, limit: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.limit = limit

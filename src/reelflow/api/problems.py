@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError
+from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError, UsageLimitExceeded
 
 log = logging.getLogger("reelflow.api")
 PROBLEM = "application/problem+json"
@@ -75,6 +75,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflict)
     async def _idem(request: Request, exc: IdempotencyConflict) -> JSONResponse:
         return problem_response(Problem(409, str(exc), title="Idempotency-Key reused"), request.url.path)
+
+    @app.exception_handler(UsageLimitExceeded)
+    async def _usage(request: Request, exc: UsageLimitExceeded) -> JSONResponse:
+        title = "Monthly cost budget reached" if exc.status == 402 else "Monthly execution limit reached"
+        return problem_response(Problem(exc.status, str(exc), title=title), request.url.path)
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:

@@ -17,11 +17,12 @@ from typing import Any
 
 from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
+from ..limits import get_limits
 from ..plan import Plan, parse_plan
 from ..providers.catalog import estimate_cost, get_model
 from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
-from ..store.base import NewExecution, NewJob, Store
+from ..store.base import NewExecution, NewJob, Store, UsageLimit
 from ..webhooks import UnsafeDestination, check_destination
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -65,6 +66,7 @@ def build_execution(
                 timeout_s=job.timeout_s,
                 start_timeout_s=job.start_timeout_s,
                 cost_estimated=cost,
+                cache=plan.options.cache if job.cache is None else job.cache,
             )
         )
     return NewExecution(
@@ -138,7 +140,17 @@ class Engine:
             request_hash=request_hash,
             retry_of=retry_of,
         )
+        limit = get_limits(self.settings).tenant(tenant)
+        if limit.monthly_executions is not None or limit.monthly_cost_usd is not None:
+            execution.usage_limit = UsageLimit(limit.monthly_executions, limit.monthly_cost_usd)
         return await self.store.create_execution(execution)
+
+    async def usage(self, tenant: str = "default") -> dict[str, Any]:
+        """This month's executions and cost of a tenant, with its limits."""
+        used = await self.store.usage(tenant)
+        limit = get_limits(self.settings).tenant(tenant)
+        used["limits"] = {"monthly_executions": limit.monthly_executions, "monthly_cost_usd": limit.monthly_cost_usd}
+        return used
 
     async def get(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         state = await self.store.get_execution(execution_id, tenant)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -26,6 +28,7 @@ import httpx
 from .. import media
 from ..config import Settings, get_settings
 from ..errors import PlanError
+from ..limits import get_limits
 from ..plan import resolve_references
 from ..providers.base import (
     CallbackProvider,
@@ -38,11 +41,13 @@ from ..providers.base import (
     TransientError,
 )
 from ..providers.catalog import check_job_params
+from ..providers.http import RateGate
 from ..providers.registry import Providers
 from ..storage import Storage, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
 from .download import MAX_OUTPUT_BYTES, fetch_output
+from .pace import SharedPace, gates_of
 from .retry import backoff_delay
 
 log = logging.getLogger("reelflow.worker")
@@ -54,6 +59,13 @@ DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
 TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
 """Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""
+
+
+def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
+    """A job's canonical form: type, provider, model and its resolved parameters (seed included). Inputs
+    made by earlier jobs appear as their content-addressed URLs, so equal inputs give equal keys."""
+    canonical = {"type": c.type, "provider": c.provider, "model": c.model, "params": params}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def tune_gc() -> None:
@@ -121,6 +133,8 @@ class Worker:
         self._http: httpx.AsyncClient | None = None
         self._download_slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
         self._probes = media.ProbeBatcher()
+        self.pace = SharedPace(store, {})
+        self.gates: dict[str, RateGate] = {}
         """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
         self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
 
@@ -147,6 +161,7 @@ class Worker:
         await self.store.register_worker(
             self.id, {"pid": os.getpid(), "host": socket.gethostname(), "concurrency": self.concurrency}
         )
+        self._apply_limits()
         background = [
             asyncio.create_task(self._flusher(), name="reelflow-flusher"),
             asyncio.create_task(self._control(), name="reelflow-control"),
@@ -170,6 +185,17 @@ class Worker:
                 await self.store.unregister_worker(self.id)
             if self._http is not None:
                 await self._http.aclose()
+
+    def _apply_limits(self) -> None:
+        """Hand the limits file (and the built-in defaults) to the store's claim and to the providers' gates."""
+        limits = get_limits(self.settings)
+        caps_p, caps_m = limits.concurrency_caps()
+        budgets = {t: lim.monthly_cost_usd for t, lim in limits.tenants.items() if t != "default"}
+        self.store.configure_limits(caps_p, caps_m, budgets, limits.tenant("default").monthly_cost_usd)
+        self.pace = SharedPace(self.store, limits.rpm())
+        self.gates = gates_of(self.providers)
+        for name, gate in self.gates.items():
+            self.pace.attach(name, gate)
 
     async def _stop_webhooks(self, task: asyncio.Task[None] | None) -> None:
         """Stop the webhook dispatcher after the drain (so drained jobs' final events go out too), once the
@@ -240,6 +266,8 @@ class Worker:
                     self._interrupt(job_id, "canceled")
                 for job_id in await self.store.woken_for(self.id):
                     self.wake(job_id)
+                if self.gates:
+                    await self.pace.refresh(self.gates)
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + beat_every
                     before = set(self.held)
@@ -376,6 +404,12 @@ class Worker:
             return self._failed(c, str(exc))
         if c.type != "run" and (problems := check_job_params(c.type, c.model, params, job_id=c.key)):
             return self._failed(c, "invalid parameters after resolving references: " + "; ".join(map(str, problems)))
+        key = cache_key(c, params)
+        if c.use_cache and (cached := await self.store.cache_lookup(c.tenant, key)) is not None:
+            cached["cache_hit"] = True
+            return JobOutcome(c.id, self.id, "succeeded", result=cached, cost_usd=0.0, cache_key=key, cache_hit=True)
+        if c.refusal is not None:
+            return self._failed(c, c.refusal)
         workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
         task = Task(
             execution_id=c.execution_id,
@@ -401,7 +435,9 @@ class Worker:
                 log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
             result = await self._wait(provider, task, pid, c)
             job_result = await self._store_outputs(result, task)
-            return JobOutcome(c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd)
+            return JobOutcome(
+                c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key
+            )
         except JobTimeout as exc:
             if held.provider_job_id:
                 await self._cancel_remote(c, held)

@@ -53,6 +53,11 @@ class RateGate:
         self._recent: deque[float] = deque()
         self.throttled = 0
         """How many 429s this gate has seen."""
+        self.shared: Any = None
+        """The store-wide request bucket (an object with `async acquire()`), when the provider has a
+        requests_per_minute limit; set by the worker."""
+        self.report: Callable[[float | None], None] | None = None
+        """Called with each 429's Retry-After so other workers slow down too; set by the worker."""
 
     def _rate(self, now: float) -> float:
         """Requests started over the last second."""
@@ -68,6 +73,8 @@ class RateGate:
             self._next_slot = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
+        if self.shared is not None:
+            await self.shared.acquire()
         now = self._clock()
         self._recent.append(now)
         self._rate(now)
@@ -77,8 +84,15 @@ class RateGate:
         now = self._clock()
         self.throttled += 1
         self.hold_until = max(self.hold_until, now + (retry_after_s if retry_after_s is not None else 1.0))
+        if self.report is not None:
+            self.report(retry_after_s)
+        self.slow_down()
+
+    def slow_down(self) -> None:
+        """Halve the pace (at most once a second: answers to requests sent before a cut are not news)."""
+        now = self._clock()
         if now - self._last_cut < 1.0:
-            return  # answers to requests sent before the cut: already counted
+            return
         self._last_cut = now
         rate = max(self._rate(now), 1.0 / self.interval if self.interval else 0.0, 1.0)
         self.interval = min(2.0 / rate, 10.0)

@@ -27,6 +27,15 @@ class NewJob:
     timeout_s: float | None = None
     start_timeout_s: float | None = None
     cost_estimated: float = 0.0
+    cache: bool = True
+
+
+@dataclass
+class UsageLimit:
+    """A tenant's monthly limits, checked when an execution is created (None: no limit)."""
+
+    monthly_executions: int | None = None
+    monthly_cost_usd: float | None = None
 
 
 @dataclass
@@ -45,6 +54,9 @@ class NewExecution:
     idempotency_key: str | None = None
     request_hash: str | None = None
     webhook_events: list[str] = field(default_factory=list)
+    usage_limit: UsageLimit | None = None
+    """Checked in the same transaction that creates the execution, so concurrent submissions cannot both
+    slip under a limit."""
 
 
 @dataclass
@@ -66,6 +78,10 @@ class ClaimedJob:
     started_at: float
     execution_deadline: float | None
     dep_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tenant: str = "default"
+    use_cache: bool = True
+    refusal: str | None = None
+    """Set when the job must not run (its tenant's monthly budget would be passed): the worker fails it."""
 
 
 @dataclass
@@ -81,6 +97,10 @@ class JobOutcome:
     retry_at: float | None = None
     keep_provider_id: bool = False
     """On `retry`: wait again on the same remote work instead of submitting (and paying) anew."""
+    cache_key: str | None = None
+    """On `succeeded`: the job's canonical form, so later identical jobs of the tenant reuse the result."""
+    cache_hit: bool = False
+    """On `succeeded`: the result was reused from an earlier job, nothing was run or paid."""
 
 
 @dataclass
@@ -202,6 +222,41 @@ class Store(Protocol):
 
     async def woken_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that a callback woke since the last call (the marks are cleared)."""
+        ...
+
+    def configure_limits(
+        self,
+        provider_caps: dict[str, int] | None = None,
+        model_caps: dict[str, int] | None = None,
+        budgets: dict[str, float | None] | None = None,
+        default_budget: float | None = None,
+    ) -> None:
+        """What `claim` enforces: concurrency caps per provider and per model (across every worker), and monthly
+        cost budgets per tenant (a paid job that would pass one is handed out with a `refusal`)."""
+        ...
+
+    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
+        """A tenant's calendar month so far: executions, settled cost, reserved cost, cache hits."""
+        ...
+
+    async def queue_stats(self) -> dict[str, Any]:
+        """Jobs by status, running and queued by provider, active jobs by tenant."""
+        ...
+
+    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
+        """The result of the tenant's latest succeeded job with this cache key, or None."""
+        ...
+
+    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
+        """Up to `want` request tokens from the provider's shared bucket, and seconds until the next one."""
+        ...
+
+    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
+        """A 429 from the provider: hold every worker for Retry-After and halve the shared pace."""
+        ...
+
+    async def provider_paces(self) -> dict[str, tuple[float, float]]:
+        """provider -> (hold until, last 429), as unix times, for providers throttled in the last minute."""
         ...
 
     async def canceled_for(self, owner: str) -> list[int]:

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from ..errors import ReelflowError
+from ..errors import ReelflowError, UsageLimitExceeded
+from .base import UsageLimit
 
 
 def iso(ts: float | None) -> str | None:
@@ -47,6 +48,7 @@ def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "result": loads(row["result"]),
         "error": row["error"],
         "cost": {"estimated": row["cost_estimated"], "actual": row["cost_actual"]},
+        "cache_hit": bool(row["cache_hit"]) if "cache_hit" in row.keys() else False,
         "queued_at": iso(row["queued_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
@@ -209,3 +211,30 @@ def callback_matches(stored: str | None, remote_id: str) -> bool:
     if not remote_id:
         return False
     return stored is None or stored == remote_id or stored.endswith("/" + remote_id)
+
+
+def month_start(now: float) -> float:
+    """The start (UTC) of the calendar month `now` falls in: usage limits count from there."""
+    t = datetime.fromtimestamp(now, tz=UTC)
+    return datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
+
+
+def usage_refusal(
+    tenant: str, limit: UsageLimit, executions: int, cost_used: float, cost_asked: float
+) -> UsageLimitExceeded | None:
+    """The error for a submission that would pass one of the tenant's monthly limits, or None."""
+    if limit.monthly_executions is not None and executions + 1 > limit.monthly_executions:
+        return UsageLimitExceeded(
+            f"tenant {tenant!r} reached its monthly_executions limit of {limit.monthly_executions}:"
+            f" {executions} executions this month, this one would be number {executions + 1}",
+            status=429,
+            limit="monthly_executions",
+        )
+    if limit.monthly_cost_usd is not None and cost_used + cost_asked > limit.monthly_cost_usd + 1e-9:
+        return UsageLimitExceeded(
+            f"tenant {tenant!r} would pass its monthly_cost_usd budget of ${limit.monthly_cost_usd:.2f}:"
+            f" ${cost_used:.4f} used or reserved this month, this execution is estimated at ${cost_asked:.4f}",
+            status=402,
+            limit="monthly_cost_usd",
+        )
+    return None

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,8 +49,10 @@ from .common import (
     execution_view,
     loads,
     migration_scripts,
+    month_start,
     new_delivery_id,
     new_webhook_secret,
+    usage_refusal,
     wants_event,
     webhook_body,
 )
@@ -88,6 +91,9 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._migrated = False
+        self.configure_limits()
+        self._rr_after = ""
+        """The tenant served first by the last claim: the next claim starts after it (round robin)."""
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -186,6 +192,11 @@ class SQLiteStore:
                 if earlier is not None:  # older than the window: the key is free again
                     conn.execute("UPDATE executions SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             self._ensure_tenant(conn, ex.tenant, now)
+            if ex.usage_limit is not None:
+                count, used = self._month_usage(conn, ex.tenant, now)
+                refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
+                if refusal is not None:
+                    raise refusal
             conn.execute(
                 "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
                 " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
@@ -200,15 +211,15 @@ class SQLiteStore:
             conn.executemany(
                 "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
                 " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cost_estimated, created_at, queued_at, tenant, use_cache)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
                         dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
                         "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
                         j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now,
+                        None if j.depends_on else now, ex.tenant, int(j.cache),
                     )
                     for j in ex.jobs
                 ],
@@ -418,17 +429,23 @@ class SQLiteStore:
         ).fetchone() is None:
             return []
         with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
-                " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL"
-                " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ?"
-                "              ORDER BY priority DESC, id LIMIT ?)"
-                " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
-                " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at",
-                (owner, now + lease_s, now, now, limit),
-            ).fetchall()
+            picked = self._pick(conn, limit, now)
+            if not picked:
+                return []
+            rows = []
+            for chunk in _chunks(picked):
+                rows += conn.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
+                    " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL"
+                    f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))})"
+                    " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
+                    " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
+                    " cost_estimated",
+                    (owner, now + lease_s, now, *chunk),
+                ).fetchall()
             if not rows:
                 return []
+            refusals = self._budget_refusals(conn, rows, now)
             exec_ids = sorted({r["execution_id"] for r in rows})
             events: list[EventRow] = [
                 (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
@@ -477,9 +494,284 @@ class SQLiteStore:
                 started_at=r["started_at"],
                 execution_deadline=deadlines.get(r["execution_id"]),
                 dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
+                tenant=r["tenant"],
+                use_cache=bool(r["use_cache"]),
+                refusal=refusals.get(r["id"]),
             )
             for r in sorted(rows, key=lambda r: r["id"])
         ]
+
+    def _pick(self, conn: sqlite3.Connection, limit: int, now: float) -> list[int]:
+        """Up to `limit` ready jobs to start: tenants in turn (round robin, so one tenant's big batch cannot
+        starve another's single job), within a tenant by priority then age, skipping any job whose provider
+        or model is at its concurrency cap (those stay queued; nothing spins on them)."""
+        caps_p, caps_m = self._provider_caps, self._model_caps
+        running_p: dict[str, int] = {}
+        running_m: dict[str, int] = {}
+        if caps_p:
+            running_p = dict(
+                conn.execute(
+                    f"SELECT provider, COUNT(*) FROM jobs WHERE status = 'running' AND provider IN ({_qs(len(caps_p))})"
+                    " GROUP BY provider",
+                    list(caps_p),
+                ).fetchall()
+            )
+        if caps_m:
+            for model, n in conn.execute(
+                "SELECT model, COUNT(*) FROM jobs WHERE status = 'running' AND model IS NOT NULL GROUP BY model"
+            ):
+                base = model.split(":", 1)[0]
+                running_m[base] = running_m.get(base, 0) + n
+        full_p = [p for p, cap in caps_p.items() if running_p.get(p, 0) >= cap]
+        full_m = [m for m, cap in caps_m.items() if running_m.get(m, 0) >= cap]
+        tenants = [
+            r[0]
+            for r in conn.execute(
+                "WITH RECURSIVE t(name) AS ("
+                " SELECT MIN(tenant) FROM jobs WHERE status = 'queued'"
+                " UNION ALL SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)"
+                " FROM t WHERE t.name IS NOT NULL)"
+                " SELECT name FROM t WHERE name IS NOT NULL"
+            )
+        ]
+        if not tenants:
+            return []
+        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
+        tenants = (tenants[start:] + tenants[:start])[:limit]
+        where = "status = 'queued' AND tenant = ? AND run_after <= ?"
+        extra: list[Any] = []
+        if full_p:
+            where += f" AND (provider IS NULL OR provider NOT IN ({_qs(len(full_p))}))"
+            extra += full_p
+        if full_m:
+            where += f" AND (model IS NULL OR model NOT IN ({_qs(len(full_m))}))"
+            extra += full_m
+        queues = [
+            conn.execute(
+                f"SELECT id, provider, model FROM jobs WHERE {where} ORDER BY priority DESC, id LIMIT ?",
+                (tenant, now, *extra, limit),
+            ).fetchall()
+            for tenant in tenants
+        ]
+        picked: list[int] = []
+        for round_ in range(limit):
+            for queue in queues:
+                if round_ >= len(queue) or len(picked) >= limit:
+                    continue
+                job_id, provider, model = queue[round_]
+                base = model.split(":", 1)[0] if model else None
+                if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
+                    continue
+                if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
+                    continue
+                picked.append(job_id)
+                if provider in caps_p:
+                    running_p[provider] = running_p.get(provider, 0) + 1
+                if base in caps_m:
+                    running_m[base] = running_m.get(base, 0) + 1
+            if len(picked) >= limit or all(round_ >= len(q) - 1 for q in queues):
+                break
+        if picked:
+            self._rr_after = tenants[0]
+        return picked
+
+    def _budget_refusals(self, conn: sqlite3.Connection, rows: list[sqlite3.Row], now: float) -> dict[int, str]:
+        """Paid jobs that would take their tenant past its monthly budget: spent this month (actual costs)
+        plus the estimates of its jobs already running, plus this job's estimate."""
+        refusals: dict[int, str] = {}
+        if not self._budgets and self._default_budget is None:
+            return refusals
+        since = month_start(now)
+        batch: dict[str, float] = defaultdict(float)
+        for r in rows:
+            batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
+        spent: dict[str, float] = {}
+        for r in rows:
+            tenant, cost = r["tenant"], float(r["cost_estimated"] or 0.0)
+            budget = self._budgets[tenant] if tenant in self._budgets else self._default_budget
+            if budget is None or cost <= 0:
+                continue
+            if tenant not in spent:  # everything running (this batch included, now) or settled, less this batch
+                spent[tenant] = float(
+                    conn.execute(
+                        "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
+                        " ELSE COALESCE(j.cost_actual, 0) END), 0)"
+                        " FROM jobs j JOIN executions e ON e.id = j.execution_id"
+                        " WHERE e.tenant = ? AND e.created_at >= ?"
+                        " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
+                        (tenant, since),
+                    ).fetchone()[0]
+                ) - batch[tenant]
+            if spent[tenant] + cost > budget + 1e-9:
+                refusals[r["id"]] = (
+                    f"stopped before this paid job: tenant {tenant!r} would pass its monthly_cost_usd budget of"
+                    f" ${budget:.2f} (${spent[tenant]:.4f} spent or running this month, this job is estimated at"
+                    f" ${cost:.4f})"
+                )
+            else:
+                spent[tenant] += cost
+        return refusals
+
+    # ------------------------------------------------------------------ limits, usage, cache, pace
+    def configure_limits(
+        self,
+        provider_caps: dict[str, int] | None = None,
+        model_caps: dict[str, int] | None = None,
+        budgets: dict[str, float | None] | None = None,
+        default_budget: float | None = None,
+    ) -> None:
+        """Concurrency caps the claim enforces (provider -> n, model -> n) and monthly cost budgets (tenant ->
+        USD, and one for tenants not named) checked before a paid job starts."""
+        self._provider_caps = dict(provider_caps or {})
+        self._model_caps = dict(model_caps or {})
+        self._budgets = dict(budgets or {})
+        self._default_budget = default_budget
+
+    @staticmethod
+    def _month_usage(conn: sqlite3.Connection, tenant: str, now: float) -> tuple[int, float]:
+        """Executions created this month, and their cost: actual once finished, else the larger of the
+        estimate (the reservation) and what has been spent so far."""
+        row = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
+            " ELSE MAX(cost_estimated, COALESCE(cost_actual, 0)) END), 0)"
+            " FROM executions WHERE tenant = ? AND created_at >= ?",
+            (tenant, month_start(now)),
+        ).fetchone()
+        return int(row[0]), float(row[1])
+
+    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
+        return await self._run(self._usage, tenant, now)
+
+    def _usage(self, tenant: str, now: float | None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        since = month_start(now)
+        conn = self._connect()
+        row = conn.execute(
+            "SELECT COUNT(*),"
+            " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0),"
+            " COALESCE(SUM(CASE WHEN finished_at IS NULL"
+            "   THEN MAX(cost_estimated, COALESCE(cost_actual, 0)) ELSE 0 END), 0),"
+            " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0)"
+            " FROM executions WHERE tenant = ? AND created_at >= ?",
+            (tenant, since),
+        ).fetchone()
+        jobs = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(cache_hit), 0) FROM jobs j JOIN executions e ON e.id = j.execution_id"
+            " WHERE e.tenant = ? AND e.created_at >= ? AND j.status = 'succeeded'",
+            (tenant, since),
+        ).fetchone()
+        return {
+            "tenant": tenant,
+            "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
+            "executions": int(row[0]),
+            "executions_unfinished": int(row[3]),
+            "cost_usd": round(float(row[1]), 6),
+            "reserved_usd": round(float(row[2]), 6),
+            "jobs_succeeded": int(jobs[0]),
+            "cache_hits": int(jobs[1]),
+        }
+
+    async def queue_stats(self) -> dict[str, Any]:
+        return await self._run(self._queue_stats)
+
+    def _queue_stats(self) -> dict[str, Any]:
+        conn = self._connect()
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        running = conn.execute(
+            "SELECT COALESCE(provider, 'local'), COUNT(*) FROM jobs WHERE status = 'running' GROUP BY 1"
+        ).fetchall()
+        queued = conn.execute(
+            "SELECT COALESCE(provider, 'local'), COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY 1"
+        ).fetchall()
+        tenants = conn.execute(
+            "SELECT tenant, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
+        ).fetchall()
+        return {
+            "jobs": {k: int(v) for k, v in by_status.items()},
+            "running_by_provider": {k: int(v) for k, v in running},
+            "queued_by_provider": {k: int(v) for k, v in queued},
+            "active_by_tenant": {k: int(v) for k, v in tenants},
+        }
+
+    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
+        return await self._run(self._cache_lookup, tenant, cache_key)
+
+    def _cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
+        row = self._connect().execute(
+            "SELECT result, execution_id, key FROM jobs WHERE tenant = ? AND cache_key = ? AND status = 'succeeded'"
+            " ORDER BY finished_at DESC LIMIT 1",
+            (tenant, cache_key),
+        ).fetchone()
+        if row is None:
+            return None
+        result = loads(row[0]) or {}
+        result["cached_from"] = {"execution_id": row[1], "job": row[2]}
+        return dict(result)
+
+    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
+        return await self._run(self._take_tokens, provider, want, per_minute)
+
+    def _take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
+        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
+
+        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
+        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
+        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace WHERE provider = ?",
+                (provider,),
+            ).fetchone()
+            tokens, updated, factor, hold_until, throttled_at = row if row is not None else (0.0, now, 1.0, 0.0, 0.0)
+            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, throttled_at)) / 20.0))
+            if now < hold_until:
+                granted, wait = 0, hold_until - now
+            elif per_minute is None:
+                granted, wait = want, 0.0
+            else:
+                rate = per_minute / 61.0 * factor
+                capacity = max(1.0, rate)
+                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
+                granted = min(want, int(tokens))
+                tokens -= granted
+                wait = 0.0 if granted else (1.0 - tokens) / rate
+            conn.execute(
+                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider) DO UPDATE SET tokens = excluded.tokens,"
+                " updated_at = excluded.updated_at, factor = excluded.factor",
+                (provider, tokens, now, factor, hold_until, throttled_at),
+            )
+        return granted, wait
+
+    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
+        await self._run(self._report_throttle, provider, retry_after_s)
+
+    def _report_throttle(self, provider: str, retry_after_s: float | None) -> None:
+        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
+        now = time.time()
+        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO provider_pace (provider, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (?, ?, 0.5, ?, ?) ON CONFLICT (provider) DO UPDATE SET"
+                " hold_until = MAX(hold_until, excluded.hold_until),"
+                " factor = CASE WHEN excluded.throttled_at - throttled_at >= 1.0 THEN MAX(factor * 0.5, 0.02)"
+                "   ELSE factor END,"
+                " throttled_at = CASE WHEN excluded.throttled_at - throttled_at >= 1.0 THEN excluded.throttled_at"
+                "   ELSE throttled_at END",
+                (provider, now, hold, now),
+            )
+
+    async def provider_paces(self) -> dict[str, tuple[float, float]]:
+        return await self._run(self._provider_paces)
+
+    def _provider_paces(self) -> dict[str, tuple[float, float]]:
+        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
+        rows = self._connect().execute(
+            "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > ?", (time.time() - 60,)
+        ).fetchall()
+        return {r[0]: (float(r[1]), float(r[2])) for r in rows}
 
     async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
         return await self._run(self._heartbeat, owner, lease_s)
@@ -616,13 +908,18 @@ class SQLiteStore:
                 row = conn.execute(
                     "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
                     " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                    " error = NULL WHERE id = ? AND status = 'running' AND lease_owner = ?"
-                    " RETURNING execution_id, key, dependents",
-                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.job_id, o.owner),
+                    " error = NULL, cache_key = ?, cache_hit = ? WHERE id = ? AND status = 'running'"
+                    " AND lease_owner = ? RETURNING execution_id, key, dependents",
+                    (
+                        dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
+                        o.owner,
+                    ),
                 ).fetchone()
                 if row is None:
                     continue
                 eid, key = row[0], row[1]
+                if o.cache_hit:
+                    events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
                 events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
                 if keys := artifact_keys(o.result):
                     conn.executemany(

@@ -1,0 +1,103 @@
+"""Provider pace shared by every worker through the store.
+
+`requests_per_minute` is a token bucket in the store: each worker takes a few tokens at a time and spends
+them locally, so all workers together stay under the limit. A 429 seen by any worker is written to the
+store (hold until Retry-After, halve the pace); the others read it within a control tick and slow down too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from ..providers.http import RateGate
+from ..store.base import Store
+
+log = logging.getLogger("reelflow.pace")
+
+MAX_WAIT_S = 5.0
+
+
+class SharedTokens:
+    """A provider's share of the store's request bucket, refilled a few tokens at a time."""
+
+    def __init__(self, store: Store, provider: str, per_minute: float) -> None:
+        self.store = store
+        self.provider = provider
+        self.per_minute = per_minute
+        self.batch = max(1, int(per_minute / 61.0 / 4))  # about a quarter second's worth per trip
+        self._tokens = 0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        while True:
+            if self._tokens > 0:
+                self._tokens -= 1
+                return
+            async with self._lock:
+                if self._tokens > 0:
+                    continue
+                granted, wait = await self.store.take_tokens(self.provider, self.batch, self.per_minute)
+                self._tokens += granted
+                if granted:
+                    continue
+            await asyncio.sleep(min(max(wait, 0.01), MAX_WAIT_S))
+
+
+class SharedPace:
+    """Connects the worker's providers' rate gates to the store."""
+
+    def __init__(self, store: Store, rpm: dict[str, float]) -> None:
+        self.store = store
+        self.rpm = rpm
+        self._seen: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def attach(self, name: str, gate: RateGate) -> None:
+        """Give `gate` the store-wide bucket (when the provider has requests_per_minute) and report its 429s."""
+        if name in self.rpm:
+            gate.shared = SharedTokens(self.store, name, self.rpm[name])
+
+        def report(retry_after_s: float | None) -> None:
+            task = asyncio.ensure_future(self.store.report_throttle(name, retry_after_s))
+            self._pending.add(task)
+            task.add_done_callback(self._done)
+
+        gate.report = report
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record a provider's 429 in the store: %s", task.exception())
+
+    async def refresh(self, gates: dict[str, RateGate]) -> None:
+        """Apply holds and slow-downs other workers recorded (called from the worker's control loop)."""
+        paces = await self.store.provider_paces()
+        now_wall, now_mono = time.time(), time.monotonic()
+        for name, (hold_until, throttled_at) in paces.items():
+            gate = gates.get(name)
+            if gate is None:
+                continue
+            if hold_until > now_wall:
+                gate.hold_until = max(gate.hold_until, now_mono + (hold_until - now_wall))
+            if throttled_at > self._seen.get(name, 0.0):
+                self._seen[name] = throttled_at
+                gate.slow_down()
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            with contextlib.suppress(Exception):
+                await task
+
+
+def gates_of(providers: Any) -> dict[str, RateGate]:
+    """The rate gates of a worker's providers (those built on HttpAdapter)."""
+    found: dict[str, RateGate] = {}
+    for name in providers.names():
+        gate = getattr(providers.get(name), "gate", None)
+        if isinstance(gate, RateGate):
+            found[name] = gate
+    return found

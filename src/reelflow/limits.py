@@ -1,0 +1,385 @@
+"""The limits file (REELFLOW_LIMITS_FILE, SPEC §4) and the built-in provider limits it overrides.
+
+```yaml
+providers:                       # enforced across every worker process and machine
+  replicate: {max_concurrent: 5, requests_per_minute: 600}
+models:
+  replicate/bytedance/seedance-1-pro: {max_concurrent: 2}
+tenants:                         # checked at submission against the estimate, settled with the actual cost
+  default: {monthly_executions: 1000, monthly_cost_usd: 500}
+  acme: {monthly_cost_usd: 25}
+```
+
+A provider's entry is merged over the provider adapter's `default_limits`: a field the file leaves
+out keeps the default, a field set to null lifts it. A tenant without an entry of its own gets the
+`default` entry. `load_limits` validates the whole file at once and raises LimitsFileError naming
+every problem with its file, line, section, entry and field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reelflow.errors import ReelflowError
+from reelflow.providers.catalog import is_model_id, join_or, show, suggest
+
+if TYPE_CHECKING:
+    from reelflow.config import Settings
+
+SECTIONS: tuple[str, ...] = ("providers", "models", "tenants")
+DEFAULT_TENANT = "default"
+"""The tenants entry that applies to every tenant without an entry of its own."""
+
+_PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class _Entry(BaseModel):
+    # Strict: YAML already gives numbers as numbers, so `"5"` or `true` is a mistake, not a 5 or a 1.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ProviderLimit(_Entry):
+    """How hard reelflow may use one provider, across every worker process and machine."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    """Jobs of this provider running at once."""
+    requests_per_minute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """HTTP requests to this provider per minute."""
+
+
+class ModelLimit(_Entry):
+    """How many jobs of one model may run at once (within its provider's limit)."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class TenantLimit(_Entry):
+    """A tenant's monthly usage limits, checked at submission against the estimate."""
+
+    monthly_executions: int | None = Field(default=None, ge=0)
+    monthly_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+_ENTRY_TYPES: dict[str, type[_Entry]] = {"providers": ProviderLimit, "models": ModelLimit, "tenants": TenantLimit}
+
+
+def default_provider_limits() -> dict[str, ProviderLimit]:
+    """The built-in HTTP adapters' documented limits (`default_limits`), by provider name."""
+    from reelflow.providers.elevenlabs import ElevenLabsProvider
+    from reelflow.providers.fal import FalProvider
+    from reelflow.providers.openai import OpenAIProvider
+    from reelflow.providers.replicate import ReplicateProvider
+
+    out: dict[str, ProviderLimit] = {}
+    for cls in (ReplicateProvider, FalProvider, ElevenLabsProvider, OpenAIProvider):
+        raw = cls.default_limits
+        values: dict[str, Any] = {}
+        if raw.get("max_concurrent") is not None:
+            values["max_concurrent"] = int(raw["max_concurrent"])
+        if raw.get("requests_per_minute") is not None:
+            values["requests_per_minute"] = float(raw["requests_per_minute"])
+        out[cls.name] = ProviderLimit(**values)
+    return out
+
+
+def base_model_id(model_id: str) -> str:
+    """`replicate/a/b:version` -> `replicate/a/b`; an unpinned id is returned as it is."""
+    head, sep, _ = model_id.rpartition(":")
+    return head if sep and "/" in head else model_id
+
+
+@dataclass
+class Limits:
+    """Every limit in force: the built-in provider defaults with the limits file over them."""
+
+    providers: dict[str, ProviderLimit]
+    """The file's provider entries (only the fields they set count; see `provider`)."""
+    models: dict[str, ModelLimit]
+    tenants: dict[str, TenantLimit]
+    defaults: dict[str, ProviderLimit]
+    """The built-in provider limits."""
+    source: str | None = None
+    """The limits file these came from; None for the built-in defaults alone."""
+
+    def provider(self, name: str) -> ProviderLimit:
+        """The provider's limits: the file's entry merged over the built-in default."""
+        base = self.defaults.get(name, ProviderLimit())
+        entry = self.providers.get(name)
+        if entry is None:
+            return base
+        update = {f: getattr(entry, f) for f in entry.model_fields_set}
+        return base.model_copy(update=update)
+
+    def model_key(self, model_id: str) -> str | None:
+        """The models entry that applies to `model_id` (its own, else its unpinned id's), or None."""
+        if model_id in self.models:
+            return model_id
+        base = base_model_id(model_id)
+        return base if base in self.models else None
+
+    def model(self, model_id: str) -> ModelLimit:
+        """The model's limits; a pinned version (`replicate/a/b:ver`) uses the entry of `replicate/a/b`."""
+        key = self.model_key(model_id)
+        return self.models[key] if key is not None else ModelLimit()
+
+    def tenant(self, name: str) -> TenantLimit:
+        """The tenant's own entry, else the `default` entry, else no limits."""
+        if name in self.tenants:
+            return self.tenants[name]
+        return self.tenants.get(DEFAULT_TENANT, TenantLimit())
+
+    def provider_names(self) -> list[str]:
+        """Every provider with a built-in default or a file entry, sorted."""
+        return sorted(set(self.defaults) | set(self.providers))
+
+    def concurrency_caps(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(provider -> max_concurrent, model -> max_concurrent), only the caps that are set."""
+        providers: dict[str, int] = {}
+        for name in self.provider_names():
+            cap = self.provider(name).max_concurrent
+            if cap is not None:
+                providers[name] = cap
+        models = {m: lim.max_concurrent for m, lim in self.models.items() if lim.max_concurrent is not None}
+        return providers, models
+
+    def rpm(self) -> dict[str, float]:
+        """Provider -> requests_per_minute, only the providers that have one."""
+        out: dict[str, float] = {}
+        for name in self.provider_names():
+            value = self.provider(name).requests_per_minute
+            if value is not None:
+                out[name] = value
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits in force, for display (`reelflow stats`): null means no limit."""
+        return {
+            "source": self.source,
+            "providers": {name: self.provider(name).model_dump() for name in self.provider_names()},
+            "models": {m: lim.model_dump() for m, lim in sorted(self.models.items())},
+            "tenants": {t: lim.model_dump() for t, lim in sorted(self.tenants.items())},
+        }
+
+
+# --- the file --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitsProblem:
+    """One thing wrong in a limits file: where (file, line, dotted path) and what."""
+
+    source: str
+    line: int | None
+    loc: str
+    msg: str
+
+    def __str__(self) -> str:
+        parts = [f"{self.source}:{self.line}" if self.line else self.source]
+        if self.loc:
+            parts.append(self.loc)
+        return ": ".join([*parts, self.msg])
+
+
+class LimitsFileError(ReelflowError):
+    """A limits file that cannot be used; `problems` lists every one."""
+
+    def __init__(self, source: str, problems: list[LimitsProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"invalid limits file: {self.problems[0]}"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"invalid limits file {self.source} ({len(self.problems)} problems):\n{lines}"
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+class _Problems:
+    """Collects the problems of one file, finding each one's line in the YAML node tree."""
+
+    def __init__(self, source: str, root: yaml.Node | None) -> None:
+        self.source = source
+        self.root = root
+        self.items: list[LimitsProblem] = []
+
+    def line_of(self, loc: Sequence[str | int]) -> int | None:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            if not isinstance(node, yaml.MappingNode):
+                break
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
+            if not found:
+                break
+            key, node = found[-1]
+            line = key.start_mark.line + 1
+        return line
+
+    def add(self, loc: Sequence[str | int], msg: str, *, line: int | None = None) -> None:
+        self.items.append(LimitsProblem(self.source, line or self.line_of(loc), _dotted(loc), msg))
+
+
+def _entry_problem(error: Any, fields: Sequence[str]) -> tuple[list[str | int], str]:
+    """(loc inside the entry, message) for one pydantic error, in words a limits-file author can act on."""
+    loc = [p for p in error["loc"] if isinstance(p, str | int)]
+    kind = error["type"]
+    got = show(error.get("input"))
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        return loc, f"unknown field '{name}'{suggest(name, fields)}; the fields are {join_or(list(fields))}"
+    if kind == "model_type":
+        return loc, f"must be a mapping of {join_or(list(fields))} (got {got})"
+    if kind == "int_type":
+        return loc, f"must be a whole number or null (got {got})"
+    if kind == "float_type":
+        return loc, f"must be a number or null (got {got})"
+    if kind == "finite_number":
+        return loc, f"must be a finite number (got {got})"
+    if kind == "greater_than_equal":
+        return loc, f"must be at least {show(ctx.get('ge'))} (got {got})"
+    if kind == "greater_than":
+        return loc, f"must be greater than {show(ctx.get('gt'))} (got {got})"
+    return loc, f"{error['msg']} (got {got})"
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: list[str | int], problems: _Problems) -> None:
+    """YAML quietly keeps the last of two equal keys; a limits file must not have them."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name is None:
+            continue
+        if name in seen:
+            problems.add(loc, f"duplicate key '{name}'", line=key.start_mark.line + 1)
+        seen.add(name)
+        _duplicate_keys(value, [*loc, name], problems)
+
+
+def _check_name(section: str, name: str) -> str | None:
+    """Why `name` cannot be an entry of `section`, or None."""
+    if section == "providers" and not _PROVIDER_RE.match(name):
+        return "a provider name is lower-case letters, digits, '_' and '-' (like 'replicate')"
+    if section == "models" and not is_model_id(name):
+        return "a model id is '<provider>/<model name>' (like 'replicate/bytedance/seedance-1-pro')"
+    if section == "tenants":
+        from reelflow.keys import TENANT_RE
+
+        if not TENANT_RE.match(name):
+            return "a tenant name is letters, digits, '_', '.' and '-' (at most 64)"
+    return None
+
+
+def parse_limits_text(text: str, source: str) -> Limits:
+    """Validate a limits file's text; raise LimitsFileError naming every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" (column {mark.column + 1})" if mark is not None else ""
+        line = mark.line + 1 if mark is not None else None
+        raise LimitsFileError(
+            source, [LimitsProblem(source, line, "", f"YAML syntax error: {problem}{where}")]
+        ) from None
+    problems = _Problems(source, root)
+    _duplicate_keys(root, [], problems)
+    tables: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.add([], f"the file must be a mapping with sections {join_or(list(SECTIONS))} (got {show(data)})")
+        data = {}
+    for key, section_data in data.items():
+        if key not in SECTIONS:
+            problems.add(
+                [str(key)],
+                f"unknown section '{key}'{suggest(str(key), SECTIONS)}; the sections are {join_or(SECTIONS)}",
+            )
+            continue
+        if section_data is None:
+            continue
+        entry_type = _ENTRY_TYPES[key]
+        fields = list(entry_type.model_fields)
+        if not isinstance(section_data, Mapping):
+            problems.add([key], f"must be a mapping of names to limits (got {show(section_data)})")
+            continue
+        for name, raw in section_data.items():
+            if not isinstance(name, str):
+                problems.add([key], f"an entry's name must be text (got {show(name)}); quote it")
+                continue
+            if why := _check_name(key, name):
+                problems.add([key, name], f"'{name}' is not a valid name: {why}")
+                continue
+            try:
+                tables[key][name] = entry_type.model_validate({} if raw is None else raw)
+            except ValidationError as exc:
+                for e in exc.errors():
+                    loc, msg = _entry_problem(e, fields)
+                    problems.add([key, name, *loc], msg)
+    if problems.items:
+        raise LimitsFileError(source, sorted(problems.items, key=lambda p: p.line or 0))
+    return Limits(
+        providers=tables["providers"],
+        models=tables["models"],
+        tenants=tables["tenants"],
+        defaults=default_provider_limits(),
+        source=source,
+    )
+
+
+def load_limits(path: str | os.PathLike[str] | None) -> Limits:
+    """The limits of a limits file over the built-in defaults; None gives the defaults alone."""
+    if path is None:
+        return Limits(providers={}, models={}, tenants={}, defaults=default_provider_limits())
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LimitsFileError(source, [LimitsProblem(source, None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise LimitsFileError(source, [LimitsProblem(source, None, "", "is a directory, not a file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LimitsFileError(source, [LimitsProblem(source, None, "", f"cannot be read: {exc}")]) from None
+    return parse_limits_text(text, source)
+
+
+_CACHE: dict[str | None, Limits] = {}
+_LOCK = threading.Lock()
+
+
+def get_limits(settings: Settings | None = None) -> Limits:
+    """The limits of `settings.limits_file` (the process settings when None), read once per path."""
+    if settings is None:
+        from reelflow.config import get_settings
+
+        settings = get_settings()
+    path = settings.limits_file or None
+    with _LOCK:
+        cached = _CACHE.get(path)
+        if cached is None:
+            cached = _CACHE[path] = load_limits(path)
+        return cached
+
+
+def reset_limits() -> None:
+    """Forget the limits read so far (tests)."""
+    with _LOCK:
+        _CACHE.clear()
