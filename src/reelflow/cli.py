@@ -456,8 +456,9 @@ async def _keys_create(tenant_name: str, as_json: bool) -> None:
     finally:
         await rt.close()
     if as_json:
-        _print_json({"api_key": new.api_key, "webhook_secret": new.webhook_secret, "tenant": new.tenant,
-                     "key_id": new.key_id})
+        _print_json(
+            {"api_key": new.api_key, "webhook_secret": new.webhook_secret, "tenant": new.tenant, "key_id": new.key_id}
+        )
     else:
         out.print(f"tenant:         {new.tenant}", highlight=False)
         out.print(f"api_key:        {new.api_key}", highlight=False, soft_wrap=True)
@@ -466,9 +467,7 @@ async def _keys_create(tenant_name: str, as_json: bool) -> None:
 
 
 @keys_app.command("list")
-def keys_list(
-    tenant_name: Annotated[str | None, typer.Option("--tenant")] = None, as_json: JsonOpt = False
-) -> None:
+def keys_list(tenant_name: Annotated[str | None, typer.Option("--tenant")] = None, as_json: JsonOpt = False) -> None:
     """List API keys (ids and tenants; the keys themselves are never stored)."""
     _keys_list(tenant_name, as_json)
 
@@ -482,8 +481,10 @@ async def _keys_list(tenant_name: str | None, as_json: bool) -> None:
         keys = await rt.store.list_api_keys(tenant_name)
     finally:
         await rt.close()
-    rows = [{"key_id": k.id, "tenant": k.tenant, "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)}
-            for k in keys]
+    rows = [
+        {"key_id": k.id, "tenant": k.tenant, "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)}
+        for k in keys
+    ]
     if as_json:
         _print_json(rows)
         return
@@ -550,6 +551,60 @@ def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt
         price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
         table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price)
     out.print(table)
+
+
+@app.command()
+def stats(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Usage this month (executions, cost, cache hits) against the limits, and the queue by provider."""
+    data: dict[str, Any]
+    if server:
+        data = {"usage": [remote(server, api_key, lambda client: client.usage())]}
+    else:
+        data = _stats()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title=f"usage, {data['usage'][0]['month']}" if data["usage"] else "usage")
+    for col in ("tenant", "executions", "cost (settled)", "reserved", "cache hits", "limits"):
+        table.add_column(col)
+    for u in data["usage"]:
+        limits = u.get("limits") or {}
+        shown = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "none"
+        table.add_row(
+            u["tenant"],
+            str(u["executions"]),
+            f"${u['cost_usd']:.4f}",
+            f"${u['reserved_usd']:.4f}",
+            str(u["cache_hits"]),
+            shown,
+        )
+    out.print(table)
+    if "queue" in data:
+        q = data["queue"]
+        jobs = ", ".join(f"{k} {v}" for k, v in sorted(q["jobs"].items())) or "none"
+        out.print(f"jobs: {jobs}")
+        for label, key in (("running", "running_by_provider"), ("queued", "queued_by_provider")):
+            if q[key]:
+                out.print(f"{label} by provider: " + ", ".join(f"{k} {v}" for k, v in sorted(q[key].items())))
+        caps = data["limits"]["providers"]
+        lines = [f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if v is not None)}" for p, lim in caps.items()]
+        out.print("provider limits: " + ("; ".join(ln for ln in lines if not ln.endswith(": ")) or "none"))
+
+
+@command
+async def _stats() -> dict[str, Any]:
+    from .limits import get_limits
+
+    rt = LocalRuntime()
+    try:
+        tenants = sorted({k.tenant for k in await rt.store.list_api_keys()} | {"default"})
+        return {
+            "usage": [await rt.engine.usage(t) for t in tenants],
+            "queue": await rt.store.queue_stats(),
+            "limits": get_limits(rt.settings).as_dict(),
+        }
+    finally:
+        await rt.close()
 
 
 @app.command()

@@ -448,6 +448,11 @@ class Client(_Base):
         """The model catalog."""
         return list(self._request("GET", "/v1/models")["data"])
 
+    def usage(self) -> dict[str, Any]:
+        """This calendar month's usage of the key's tenant, with its limits."""
+        answer: dict[str, Any] = self._request("GET", "/v1/usage")
+        return answer
+
     # events and waiting
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> Iterator[dict[str, Any]]:
         """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
@@ -648,6 +653,10 @@ class AsyncClient(_Base):
 
     async def models(self) -> builtins.list[dict[str, Any]]:
         return list((await self._request("GET", "/v1/models"))["data"])
+
+    async def usage(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._request("GET", "/v1/usage")
+        return answer
 
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> AsyncIterator[dict[str, Any]]:
         """The execution's events in order, after `last_event_id`; resumes dropped connections; ends after

@@ -195,6 +195,22 @@ class FakeReplicate:
     def base_url(self) -> str:
         return f"{self.origin}/v1"
 
+    def peak_running(self) -> int:
+        """The most predictions that were processing at the same moment."""
+        edges: list[tuple[float, int]] = []
+        for p in list(self.predictions.values()):
+            start = p.created + p.queue_s
+            end = p.created + p.queue_s + p.latency_s
+            if p.canceled_at is not None:
+                end = min(end, p.canceled_at)
+            if end > start:
+                edges += [(start, 1), (end, -1)]
+        peak = running = 0
+        for _, step in sorted(edges):  # an end sorts before a start at the same instant
+            running += step
+            peak = max(peak, running)
+        return peak
+
     def requests_to(self, path_prefix: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].startswith(path_prefix)]
 

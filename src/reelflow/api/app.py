@@ -290,6 +290,12 @@ async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
     return estimate_plan(await json_body(request))
 
 
+@router.get("/usage", tags=["usage"])
+async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
+    """The caller's tenant this calendar month: executions, settled and reserved cost, cache hits, limits."""
+    return await svc.engine.usage(who)
+
+
 @router.get("/models", tags=["plans"])
 async def models(who: Tenant) -> dict[str, Any]:
     """The model catalog: provider, job types, parameters, price."""

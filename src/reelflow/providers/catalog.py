@@ -256,7 +256,10 @@ def _sim_params() -> dict[str, ParamSpec]:
             type="integer", minimum=0, description="The first N attempts fail with a transient error."
         ),
         "fail": ParamSpec(type="string", choices=["permanent"], description="Fail at once, permanently."),
-        "cost_usd": ParamSpec(type="number", minimum=0, description="What the run reports it cost."),
+        "cost_usd": ParamSpec(type="number", minimum=0, description="What the run costs (estimate and actual)."),
+        "billed_usd": ParamSpec(
+            type="number", minimum=0, description="What the run reports it cost instead (an overrun of the estimate)."
+        ),
         "media": ParamSpec(type="boolean", description="Make a real small media file."),
         "prompt": ParamSpec(type="string"),
         "duration": ParamSpec(type="number", exclusive_minimum=0, maximum=600),

@@ -93,7 +93,7 @@ class SimProvider:
             outputs.append(await self._make_media(task))
         else:
             fields["url"] = f"https://sim.invalid/outputs/{sched['n']}{SUFFIX.get(task.model or '', '')}"
-        cost = task.params.get("cost_usd")
+        cost = task.params.get("billed_usd", task.params.get("cost_usd"))
         return ProviderResult(outputs=outputs, fields=fields, cost_usd=float(cost) if cost is not None else 0.0)
 
     async def _make_media(self, task: Task) -> Output:

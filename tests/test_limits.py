@@ -1,0 +1,329 @@
+"""Limits across workers: concurrency caps held by two worker processes together, fair claims between
+tenants, priorities within one, monthly budgets (up front, settled, mid-run), and the result cache."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import WorkerFactory, sim_job
+from fakes.replicate import FakeReplicate
+from reelflow.config import Settings
+from reelflow.engine.scheduler import Engine
+from reelflow.errors import UsageLimitExceeded
+from reelflow.limits import reset_limits
+from reelflow.store.sqlite import SQLiteStore
+
+CLI = [sys.executable, "-m", "reelflow.cli"]
+SEEDANCE = "replicate/bytedance/seedance-1-lite"
+
+
+@pytest.fixture
+def limits_file(tmp_path: Path, settings: Settings) -> Iterator[Path]:
+    """`settings.limits_file` points at a file the test writes; the limits cache is fresh on both sides."""
+    path = tmp_path / "limits.yaml"
+    path.write_text("{}\n")
+    settings.limits_file = str(path)
+    reset_limits()
+    yield path
+    reset_limits()
+
+
+def video(job_id: str, prompt: str = "waves") -> dict[str, Any]:
+    return {"id": job_id, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": prompt, "duration": 5}}
+
+
+def workers(env: dict[str, str], tmp_path: Path, n: int) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [*CLI, "worker"], env=env, stdout=(tmp_path / f"w{i}.log").open("wb"), stderr=subprocess.STDOUT
+        )
+        for i in range(n)
+    ]
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(30)
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+async def test_two_worker_processes_never_exceed_max_concurrent_together(
+    engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits_file.write_text("providers:\n  replicate: {max_concurrent: 3}\n")
+    reset_limits()
+    with FakeReplicate(latency_s=0.6, queue_s=0.0) as fake:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+        env = worker_env | {
+            "REELFLOW_LIMITS_FILE": str(limits_file),
+            "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
+            "REPLICATE_API_TOKEN": fake.token,
+        }
+        eid = await engine.submit({"jobs": [video(f"c{i}", f"waves {i}") for i in range(12)]})
+        procs = workers(env, tmp_path, 2)
+        try:
+            state = await engine.wait(eid, timeout=60)
+        finally:
+            stop(procs)
+        assert state["status"] == "succeeded", state["error"]
+        assert fake.creates == 12
+        assert fake.peak_running() == 3  # the cap was reached and never passed, by the two workers together
+        # both processes took part
+        owners = {e.data.get("worker") for e in await engine.store.events(eid) if e.type == "job.running"}
+        assert len(owners) == 2, owners
+
+
+async def test_jobs_over_a_model_cap_wait_queued_while_other_models_run(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, limits_file: Path
+) -> None:
+    limits_file.write_text("models:\n  sim/video: {max_concurrent: 1}\n")
+    reset_limits()
+    eid = await engine.submit(
+        {"jobs": [sim_job(f"v{i}", latency_s=0.4) for i in range(3)] + [sim_job("img", "sim/image", latency_s=0.1)]}
+    )
+    async with running_worker():
+        await asyncio.sleep(0.25)
+        jobs = {j["id"]: j["status"] for j in (await engine.get(eid))["jobs"]}
+        assert sorted(jobs.values()).count("running") <= 2
+        assert [jobs[f"v{i}"] for i in range(3)].count("running") == 1  # the other two wait, queued
+        assert [jobs[f"v{i}"] for i in range(3)].count("queued") == 2
+        assert jobs["img"] in ("running", "succeeded")  # another model is not held up by them
+        state = await engine.wait(eid, timeout=20)
+    assert state["status"] == "succeeded"
+    spans = sorted((j["started_at"], j["finished_at"]) for j in state["jobs"] if j["id"].startswith("v"))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
+
+
+# ---------------------------------------------------------------------------------------------- fairness
+
+
+async def test_one_tenants_big_batch_does_not_starve_another_tenants_single_job(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore
+) -> None:
+    big = []
+    for b in range(10):
+        big.append(
+            await engine.submit(
+                {"jobs": [sim_job(f"j{i}", latency_s=0.05, prompt=f"{b}-{i}") for i in range(200)]}, tenant="bulk"
+            )
+        )
+    small = await engine.submit({"jobs": [sim_job("one", latency_s=0.05)]}, tenant="solo")
+    async with running_worker(concurrency=20, batch_size=10):
+        solo = await engine.wait(small, timeout=30)
+        bulk_state = await engine.get(big[-1])
+    assert solo["status"] == "succeeded"
+    # the single job ran while the 2,000-job batch was still mostly waiting (strict FIFO would put it last)
+    assert bulk_state["status"] in ("queued", "running")
+    stats = await store.queue_stats()
+    assert stats["jobs"].get("queued", 0) > 1000
+
+
+async def test_priorities_order_claims_within_a_tenant(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore
+) -> None:
+    low = await engine.submit({"jobs": [sim_job(f"l{i}", latency_s=0.02, prompt=f"l{i}") for i in range(30)]})
+    high = await engine.submit(
+        {"jobs": [sim_job(f"h{i}", latency_s=0.02, prompt=f"h{i}") for i in range(5)], "options": {"priority": 10}}
+    )
+    async with running_worker(concurrency=1, batch_size=1):
+        high_state = await engine.wait(high, timeout=30)
+        low_state = await engine.wait(low, timeout=30)
+    # submitted later, the higher-priority jobs all started before the earlier low ones
+    last_high = max(j["started_at"] for j in high_state["jobs"])
+    first_low = min(j["started_at"] for j in low_state["jobs"])
+    assert last_high < first_low
+    # and the low ones in their order of age
+    order = [j["id"] for j in sorted(low_state["jobs"], key=lambda j: j["started_at"])]
+    assert order == [f"l{i}" for i in range(30)]
+
+
+# ---------------------------------------------------------------------------------------------- budgets
+
+
+async def test_submissions_past_a_monthly_limit_are_refused_with_the_limit_named(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, limits_file: Path
+) -> None:
+    limits_file.write_text("tenants:\n  default: {monthly_executions: 2}\n  acme: {monthly_cost_usd: 1.0}\n")
+    reset_limits()
+    await engine.submit({"jobs": [sim_job("a", cost_usd=0.1)]})
+    await engine.submit({"jobs": [sim_job("a", cost_usd=0.1)]})
+    with pytest.raises(UsageLimitExceeded) as count:
+        await engine.submit({"jobs": [sim_job("a", cost_usd=0.1)]})
+    assert count.value.status == 429 and count.value.limit == "monthly_executions"
+    assert "monthly_executions limit of 2" in str(count.value) and "number 3" in str(count.value)
+
+    ok = await engine.submit({"jobs": [sim_job("a", cost_usd=0.7)]}, tenant="acme")
+    with pytest.raises(UsageLimitExceeded) as cost:
+        await engine.submit({"jobs": [sim_job("a", cost_usd=0.4)]}, tenant="acme")
+    assert cost.value.status == 402 and cost.value.limit == "monthly_cost_usd"
+    assert "$1.00" in str(cost.value) and "$0.7000" in str(cost.value) and "$0.4000" in str(cost.value)
+    before = await store.usage("acme")
+    assert before["executions"] == 1 and before["reserved_usd"] == pytest.approx(0.7)
+
+    # completion settles the reservation to the actual cost, which frees the rest of the budget
+    await engine.submit({"jobs": [sim_job("b", cost_usd=0.05)]}, tenant="acme")  # 0.75 reserved now
+    async with running_worker():
+        await engine.wait(ok, timeout=20)
+    after = await store.usage("acme")
+    assert after["cost_usd"] == pytest.approx(0.75) and after["reserved_usd"] == pytest.approx(0.0)
+
+
+async def test_a_run_that_overruns_its_estimate_stops_before_the_next_paid_job(
+    engine: Engine, running_worker: WorkerFactory, limits_file: Path
+) -> None:
+    limits_file.write_text("tenants:\n  default: {monthly_cost_usd: 1.0}\n")
+    reset_limits()
+    plan = {
+        "jobs": [
+            sim_job("first", cost_usd=0.3, billed_usd=0.9, latency_s=0.05),  # the provider billed 3x the estimate
+            sim_job("second", cost_usd=0.3, latency_s=0.05, depends_on=["first"]),
+            sim_job("after", cost_usd=0.0, latency_s=0.05, depends_on=["second"]),
+        ],
+        "options": {"on_failure": "stop"},
+    }
+    eid = await engine.submit(plan)  # 0.6 estimated: within the 1.0 budget
+    async with running_worker():
+        state = await engine.wait(eid, timeout=20)
+    jobs = {j["id"]: j for j in state["jobs"]}
+    assert jobs["first"]["status"] == "succeeded" and jobs["first"]["cost"]["actual"] == pytest.approx(0.9)
+    assert jobs["second"]["status"] == "failed" and jobs["second"]["provider_job_id"] is None  # never submitted
+    assert "monthly_cost_usd budget of $1.00" in jobs["second"]["error"]
+    assert jobs["after"]["status"] == "skipped"
+    assert state["status"] == "failed" and state["cost"]["actual"] == pytest.approx(0.9)
+
+
+async def test_usage_counts_the_calendar_month_only(engine: Engine, store: SQLiteStore, limits_file: Path) -> None:
+    limits_file.write_text("tenants:\n  default: {monthly_executions: 1}\n")
+    reset_limits()
+    first = await engine.submit({"jobs": [sim_job("a")]})
+    with pytest.raises(UsageLimitExceeded):
+        await engine.submit({"jobs": [sim_job("a")]})
+    # the first execution moves to last month: this month's count starts again
+    last_month = time.time() - 40 * 86400
+    conn = store._connect()
+    conn.execute("UPDATE executions SET created_at = ? WHERE id = ?", (last_month, first))
+    conn.commit()
+    assert (await store.usage("default"))["executions"] == 0
+    assert await engine.submit({"jobs": [sim_job("a")]})
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+async def test_an_identical_plan_reuses_results_at_no_cost_and_a_changed_seed_or_prompt_misses(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore
+) -> None:
+    def plan(seed: int = 7, prompt: str = "a sunset") -> dict[str, Any]:
+        return {
+            "jobs": [
+                sim_job("still", "sim/image", latency_s=0.5, cost_usd=0.25, seed=seed, prompt=prompt, media=True),
+                sim_job("clip", latency_s=0.5, cost_usd=0.5, prompt="$still", media=True),
+            ]
+        }
+
+    async with running_worker():
+        first = await engine.wait(await engine.submit(plan()), timeout=20)
+        started = time.monotonic()
+        second_id = await engine.submit(plan())
+        second = await engine.wait(second_id, timeout=20)
+        took = time.monotonic() - started
+        seed = await engine.wait(await engine.submit(plan(seed=8)), timeout=20)
+        prompt = await engine.wait(await engine.submit(plan(prompt="a sunrise")), timeout=20)
+        off = await engine.wait(await engine.submit(plan() | {"options": {"cache": False}}), timeout=20)
+    assert first["cost"]["actual"] == pytest.approx(0.75)
+    assert second["status"] == "succeeded" and second["cost"]["actual"] == 0.0
+    assert all(j["cache_hit"] for j in second["jobs"]) and took < 0.9  # two 0.5 s jobs, not run again
+    assert [j["result"]["url"] for j in second["jobs"]] == [j["result"]["url"] for j in first["jobs"]]
+    hits = [e for e in await store.events(second_id) if e.type == "job.cache_hit"]
+    assert {e.job_id for e in hits} == {"still", "clip"}
+    assert hits[0].data["execution_id"] == first["id"]
+    for missed in (seed, prompt):  # the changed job runs again; the clip may hit if the new still is the same file
+        still = next(j for j in missed["jobs"] if j["id"] == "still")
+        assert not still["cache_hit"] and still["cost"]["actual"] == pytest.approx(0.25)
+    assert not any(j["cache_hit"] for j in off["jobs"]) and off["cost"]["actual"] == pytest.approx(0.75)
+    assert (await store.usage("default"))["cache_hits"] >= 2
+
+
+async def test_requests_per_minute_holds_over_a_minute_across_two_workers(
+    engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minute-long run: 120 requests a minute allowed, two worker processes with 60 jobs wanting ~2 requests
+    each as fast as they can. No 60 s window at the fake sees more than 120 of our API requests."""
+    limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120}\n")
+    reset_limits()
+    with FakeReplicate(latency_s=0.2, queue_s=0.0) as fake:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+        env = worker_env | {
+            "REELFLOW_LIMITS_FILE": str(limits_file),
+            "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
+            "REPLICATE_API_TOKEN": fake.token,
+        }
+        eid = await engine.submit({"jobs": [video(f"c{i}", f"waves {i}") for i in range(62)]})
+        started = time.time()
+        procs = workers(env, tmp_path, 2)
+        try:
+            state = await engine.wait(eid, timeout=150)
+        finally:
+            stop(procs)
+    assert state["status"] == "succeeded", state["error"]
+    times = sorted(r["t"] for r in fake.requests if r["path"].startswith("/v1/"))
+    assert times[-1] - times[0] >= 60.0, "the run must span a whole minute to show the limit"
+    busiest = max(sum(1 for t in times[i:] if t < start + 60.0) for i, start in enumerate(times))
+    assert 100 <= busiest <= 120, busiest  # the limit was used, and held
+    assert time.time() - started < 120
+
+
+# ---------------------------------------------------------------------------------------------- API and CLI
+
+
+def test_the_api_refuses_past_a_budget_with_402_and_shows_usage(
+    settings: Settings, limits_file: Path, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    from apiserver import ApiServer
+
+    limits_file.write_text("tenants:\n  acme: {monthly_cost_usd: 0.5, monthly_executions: 10}\n")
+    reset_limits()
+    with ApiServer(settings) as api:
+        key = api.new_key("acme")
+        with api.client(key.api_key) as http:
+            ok = http.post("/v1/executions", json={"jobs": [sim_job("a", cost_usd=0.3)]})
+            refused = http.post("/v1/executions", json={"jobs": [sim_job("a", cost_usd=0.3)]})
+            usage = http.get("/v1/usage").json()
+        counts = api.counts()
+    assert ok.status_code == 202
+    assert refused.status_code == 402
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert problem["title"] == "Monthly cost budget reached"
+    assert "monthly_cost_usd budget of $0.50" in problem["detail"] and "$0.3000" in problem["detail"]
+    assert counts["executions"] == 1  # the refused one stored nothing
+    assert usage["tenant"] == "acme" and usage["executions"] == 1
+    assert usage["reserved_usd"] == pytest.approx(0.3)
+    assert usage["limits"] == {"monthly_executions": 10, "monthly_cost_usd": 0.5}
+
+    env = worker_env | {"REELFLOW_LIMITS_FILE": str(limits_file)}
+    proc = subprocess.run([*CLI, "stats", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    stats = json.loads(proc.stdout)
+    acme = next(u for u in stats["usage"] if u["tenant"] == "acme")
+    assert acme["executions"] == 1 and acme["limits"]["monthly_cost_usd"] == 0.5
+    assert stats["queue"]["jobs"] == {"queued": 1}
+    assert stats["limits"]["providers"]["replicate"]["requests_per_minute"] == 3000
+    table = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "acme" in table.stdout and "queued 1" in table.stdout
