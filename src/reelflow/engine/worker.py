@@ -135,6 +135,7 @@ class Worker:
         self._probes = media.ProbeBatcher()
         self.pace = SharedPace(store, {})
         self.gates: dict[str, RateGate] = {}
+        self._lookups: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
         """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
         self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
 
@@ -405,7 +406,7 @@ class Worker:
         if c.type != "run" and (problems := check_job_params(c.type, c.model, params, job_id=c.key)):
             return self._failed(c, "invalid parameters after resolving references: " + "; ".join(map(str, problems)))
         key = cache_key(c, params)
-        if c.use_cache and (cached := await self.store.cache_lookup(c.tenant, key)) is not None:
+        if c.use_cache and (cached := await self._cache_lookup(c.tenant, key)) is not None:
             cached["cache_hit"] = True
             return JobOutcome(c.id, self.id, "succeeded", result=cached, cost_usd=0.0, cache_key=key, cache_hit=True)
         if c.refusal is not None:
@@ -450,6 +451,26 @@ class Worker:
         finally:
             if workdir.exists():
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _cache_lookup(self, tenant: str, key: str) -> dict[str, Any] | None:
+        """The cached result for this job, if any. Lookups of jobs starting together share one store trip."""
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._lookups.append((tenant, key, fut))
+        if len(self._lookups) == 1:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._run_lookups()))
+        return await fut
+
+    async def _run_lookups(self) -> None:
+        batch, self._lookups = self._lookups, []
+        try:
+            found = await self.store.cache_lookup_many([(t, k) for t, k, _ in batch])
+        except Exception as exc:  # the cache is an optimisation: without it the job just runs
+            log.warning("worker %s: cache lookup failed (%s); running the jobs", self.id, exc)
+            found = {}
+        for tenant, key, fut in batch:
+            if not fut.done():
+                hit = found.get((tenant, key))
+                fut.set_result(dict(hit) if hit is not None else None)
 
     def _callback_url(self, provider: Provider, c: ClaimedJob) -> str | None:
         """The URL the provider should call when this job's work ends, when callbacks are on and it takes them."""

@@ -247,6 +247,10 @@ class Store(Protocol):
         """The result of the tenant's latest succeeded job with this cache key, or None."""
         ...
 
+    async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """`cache_lookup` for many (tenant, key) pairs in one trip; pairs without a result are left out."""
+        ...
+
     async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
         """Up to `want` request tokens from the provider's shared bucket, and seconds until the next one."""
         ...

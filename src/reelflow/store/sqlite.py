@@ -694,19 +694,25 @@ class SQLiteStore:
         }
 
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
-        return await self._run(self._cache_lookup, tenant, cache_key)
+        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
-    def _cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
-        row = self._connect().execute(
-            "SELECT result, execution_id, key FROM jobs WHERE tenant = ? AND cache_key = ? AND status = 'succeeded'"
-            " ORDER BY finished_at DESC LIMIT 1",
-            (tenant, cache_key),
-        ).fetchone()
-        if row is None:
-            return None
-        result = loads(row[0]) or {}
-        result["cached_from"] = {"execution_id": row[1], "job": row[2]}
-        return dict(result)
+    async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return await self._run(self._cache_lookup_many, items)
+
+    def _cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        conn = self._connect()
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for tenant, cache_key in dict.fromkeys(items):
+            row = conn.execute(
+                "SELECT result, execution_id, key FROM jobs WHERE tenant = ? AND cache_key = ?"
+                " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
+                (tenant, cache_key),
+            ).fetchone()
+            if row is not None:
+                result = loads(row[0]) or {}
+                result["cached_from"] = {"execution_id": row[1], "job": row[2]}
+                found[(tenant, cache_key)] = dict(result)
+        return found
 
     async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
         return await self._run(self._take_tokens, provider, want, per_minute)

@@ -6,7 +6,7 @@ ALTER TABLE jobs ADD COLUMN cache_key TEXT;
 ALTER TABLE jobs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX jobs_tenant_queue ON jobs (tenant, priority DESC, id) WHERE status = 'queued';
 CREATE INDEX jobs_running_provider ON jobs (provider, model) WHERE status = 'running';
-CREATE INDEX jobs_cache ON jobs (tenant, cache_key) WHERE cache_key IS NOT NULL AND status = 'succeeded';
+CREATE INDEX jobs_cache ON jobs (tenant, cache_key, finished_at) WHERE cache_key IS NOT NULL AND status = 'succeeded';
 CREATE INDEX executions_tenant_month ON executions (tenant, created_at);
 
 CREATE TABLE provider_pace (
