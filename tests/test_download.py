@@ -32,6 +32,8 @@ class Files:
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, str, bytes]] = {}
+        self.then: dict[str, tuple[int, str, bytes]] = {}
+        """After its first answer, a path answers this instead (a failure that heals)."""
         self.hits: dict[str, int] = {}
         files = self
 
@@ -39,6 +41,8 @@ class Files:
             def do_GET(self) -> None:
                 files.hits[self.path] = files.hits.get(self.path, 0) + 1
                 status, ctype, body = files.routes.get(self.path, (404, "text/plain", b"nope"))
+                if self.path in files.then:
+                    files.routes[self.path] = files.then.pop(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -121,14 +125,10 @@ async def test_a_failed_download_retries_on_the_same_remote_work(
     engine: Engine, files: Files, clip: bytes, running_worker: WorkerFactory
 ) -> None:
     files.routes["/out/gen"] = (503, "text/plain", b"busy")
+    files.then["/out/gen"] = (200, "video/mp4", clip)  # busy once, then the file
     provider = RemoteOutputs(files)
     eid = await engine.submit({"jobs": [sim_job("gen", max_attempts=3)]})
     async with running_worker(providers_={"sim": provider}):
-        for _ in range(200):
-            if files.hits.get("/out/gen"):
-                break
-            await asyncio.sleep(0.02)
-        files.routes["/out/gen"] = (200, "video/mp4", clip)
         state = await engine.wait(eid, timeout=20)
     job = state["jobs"][0]
     assert state["status"] == "succeeded"
