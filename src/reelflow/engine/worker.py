@@ -231,8 +231,26 @@ class Worker:
             if claimed and len(claimed) == want:
                 await asyncio.sleep(0)  # let the new tasks start before claiming more
                 continue
+            await self._idle(poll)
+
+    async def _idle(self, poll: float) -> None:
+        """Wait for work: a local wake-up (an in-process submission, a finished job), the store's notification
+        that jobs became claimable (PostgreSQL's LISTEN), or the poll interval, whichever comes first."""
+        listen = getattr(self.store, "wait_for_work", None)
+        if listen is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            return
+        local = asyncio.ensure_future(self._wake.wait())
+        remote = asyncio.ensure_future(listen(poll))
+        try:
+            await asyncio.wait({local, remote}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (local, remote):
+                if not fut.done():
+                    fut.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await fut
 
     async def _drain(self) -> None:
         if self.held:
