@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..config import Settings, get_settings
@@ -309,8 +309,9 @@ async def schema() -> dict[str, Any]:
 
 
 @router.get("/artifacts/{key:path}", tags=["artifacts"], response_class=FileResponse)
-async def artifact(key: str, svc: Svc, who: Tenant) -> FileResponse:
-    """A stored output; ranges supported so players can seek."""
+async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
+    """A stored output; ranges supported so players can seek. On object storage: a redirect to a fresh
+    signed URL."""
     try:
         check_key(key)
     except BadKey:
@@ -319,7 +320,7 @@ async def artifact(key: str, svc: Svc, who: Tenant) -> FileResponse:
         raise Problem(404, f"artifact {key!r} not found")
     path = svc.storage.local_path(key)
     if path is None:
-        raise Problem(404, f"artifact {key!r} is not stored locally")
+        return RedirectResponse(await asyncio.to_thread(svc.storage.url, key), status_code=307)
     from ..media import CONTENT_TYPES
 
     return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,9 @@ CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
 DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
+LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai"})
+"""Providers that read `task.inputs` (files on this machine) rather than URLs: only for them are our artifacts
+fetched to local files before the job runs."""
 TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
 """Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""
 
@@ -119,7 +123,10 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_s = self.settings.lease_seconds
         self.drain_timeout_s = drain_timeout_s
-        self.workroot = Path(self.settings.storage_url.removeprefix("file://")).parent / "work"
+        if self.settings.storage_url.startswith("file://"):
+            self.workroot = Path(self.settings.storage_url.removeprefix("file://")).parent / "work"
+        else:  # object storage: scratch space is this machine's temporary folder
+            self.workroot = Path(tempfile.gettempdir()) / "reelflow-work"
         self.held: dict[int, _Held] = {}
         self.started = 0
         self.finished = 0
@@ -438,7 +445,7 @@ class Worker:
             params=params,
             attempt=c.attempts,
             scratch=workdir,
-            inputs=self._local_inputs(params),
+            inputs=await self._local_inputs(params, workdir, c.provider),
             callback_url=self._callback_url(provider, c),
         )
         held.work = task
@@ -513,23 +520,27 @@ class Worker:
             c.id, self.id, "retry", error=error, retry_at=time.time() + delay, keep_provider_id=keep_provider_id
         )
 
-    def _local_inputs(self, params: dict[str, Any]) -> dict[str, Path]:
-        """Local files for every top-level URL parameter (or list item) that is one of our artifacts."""
+    async def _local_inputs(self, params: dict[str, Any], workdir: Path, provider: str | None) -> dict[str, Path]:
+        """Local files for every top-level URL parameter (or list item) that is one of our artifacts: the
+        stored file itself on local storage; on object storage a download into the attempt's folder, made
+        only for the providers that read files (the others pass the URL on)."""
         inputs: dict[str, Path] = {}
+        if not self.settings.storage_url.startswith("file://") and provider not in LOCAL_INPUT_PROVIDERS:
+            return inputs
 
-        def local(value: Any) -> Path | None:
-            if isinstance(value, str) and "/v1/artifacts/" in value:
+        async def local(value: Any) -> Path | None:
+            if isinstance(value, str) and value.startswith(("http://", "https://", "s3://")):
                 key = self.storage.key_from_url(value)
                 if key is not None:
-                    return self.storage.local_path(key)
+                    return await asyncio.to_thread(self.storage.fetch_to, key, workdir / "inputs")
             return None
 
         for name, value in params.items():
             if isinstance(value, list):
                 for i, item in enumerate(value):
-                    if (p := local(item)) is not None:
+                    if (p := await local(item)) is not None:
                         inputs[f"{name}[{i}]"] = p
-            elif (p := local(value)) is not None:
+            elif (p := await local(value)) is not None:
                 inputs[name] = p
         return inputs
 
@@ -618,7 +629,7 @@ class Worker:
         key = await asyncio.to_thread(self.storage.put_file, path, suffix)
         local = self.storage.local_path(key)
         entry: dict[str, Any] = {
-            "url": self.storage.url(key),
+            "url": await asyncio.to_thread(self.storage.url, key),
             "key": key,
             "content_type": content_type or media.CONTENT_TYPES.get(suffix, "application/octet-stream"),
         }

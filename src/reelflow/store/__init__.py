@@ -12,7 +12,9 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(url)
     if url.startswith(("postgresql:", "postgres:")):
-        raise ValueError("PostgreSQL support is not built yet; use a sqlite:/// URL")
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")
 
 

@@ -1,0 +1,1538 @@
+"""The Store on PostgreSQL: psycopg 3 (async) through a connection pool, shared by any number of workers.
+
+Every method is one short transaction. Claims lock their candidate jobs with `FOR UPDATE SKIP LOCKED`;
+providers and models under a concurrency cap are counted under a per-cap advisory lock, so two claimers
+cannot both take the last slot. Transactions that make jobs claimable send `NOTIFY reelflow_jobs`, and
+`wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import Conflict, IdempotencyConflict, NotFound
+from ..states import (
+    RESUMABLE_JOB,
+    TERMINAL_EXECUTION,
+    execution_progress,
+    execution_status,
+    transitive_dependents,
+)
+from .base import (
+    ApiKey,
+    ClaimedJob,
+    Delivery,
+    Event,
+    JobOutcome,
+    NewExecution,
+    OrphanedCancel,
+    ProgressReport,
+)
+from .common import (
+    IDEMPOTENCY_WINDOW_S,
+    artifact_keys,
+    callback_matches,
+    decode_cursor,
+    delivery_view,
+    dumps,
+    encode_cursor,
+    execution_error,
+    execution_result,
+    execution_summary,
+    execution_view,
+    loads,
+    migration_scripts,
+    month_start,
+    new_delivery_id,
+    new_webhook_secret,
+    usage_refusal,
+    wants_event,
+    webhook_body,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Cur = AsyncCursor[DictRow]
+EventRow = tuple[str, str | None, str, str, float]
+
+CHANNEL = "reelflow_jobs"
+"""The NOTIFY channel: a transaction made jobs claimable."""
+
+_RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for `name` (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+MIGRATION_LOCK = lock_key("reelflow:migrate")
+
+
+def _base(model: str | None) -> str | None:
+    return model.split(":", 1)[0] if model else None
+
+
+class PostgresStore:
+    """Store on PostgreSQL. One instance per process; its pool is shared by every task of the process."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        listen_check_s: float = 5.0,
+    ) -> None:
+        if not url.startswith(("postgresql:", "postgres:")):
+            raise ValueError(f"not a PostgreSQL URL: {url!r}")
+        if min_connections < 1 or max_connections < min_connections:
+            raise ValueError(
+                f"need 1 <= min_connections <= max_connections, got {min_connections} and {max_connections}"
+            )
+        self.url = url
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self.listen_check_s = listen_check_s
+        """How often the idle LISTEN connection is checked with `SELECT 1`."""
+        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
+        self._ready = asyncio.Lock()
+        self._migrated = False
+        self._closed = False
+        self.configure_limits()
+        self._rr_after = ""
+        """The tenant served first by the last claim: the next claim starts after it (round robin)."""
+        self._work = asyncio.Event()
+        self._listening = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self.listen_pid: int | None = None
+        """Backend pid of the LISTEN connection while it is up (tests terminate it)."""
+        self.listen_connects = 0
+
+    # ------------------------------------------------------------------ plumbing
+    async def _open_pool(self) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+        if self._closed:
+            raise RuntimeError("this PostgresStore is closed")
+        if self._pool is None:
+            pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+                self.url,
+                min_size=self.min_connections,
+                max_size=self.max_connections,
+                kwargs={"autocommit": True, "row_factory": dict_row},
+                connection_class=AsyncConnection[DictRow],
+                open=False,
+                name="reelflow",
+            )
+            await pool.open(wait=True, timeout=30)
+            self._pool = pool
+        return self._pool
+
+    async def _ensure(self) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+        if self._pool is not None and self._migrated:
+            return self._pool
+        async with self._ready:
+            pool = await self._open_pool()
+            if not self._migrated:
+                await self._migrate(pool)
+                self._migrated = True
+            return pool
+
+    async def _tx(self, fn: Callable[[Cur], Awaitable[T]], *, read_only: bool = False) -> T:
+        """Run `fn` in one transaction (retried on deadlock or serialization failure)."""
+        pool = await self._ensure()
+        attempt = 0
+        while True:
+            try:
+                async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                    if read_only:
+                        await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    return await fn(cur)
+            except _RETRIED:
+                attempt += 1
+                if attempt >= 8:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> DictRow | None:
+        """One row of a single read statement (autocommit)."""
+        pool = await self._ensure()
+        async with pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[DictRow]:
+        pool = await self._ensure()
+        async with pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return await cur.fetchall()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @staticmethod
+    async def _notify(cur: Cur) -> None:
+        """Tell every listening worker that jobs became claimable (delivered when the transaction commits)."""
+        await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+    # ------------------------------------------------------------------ schema
+    async def migrate(self) -> int:
+        async with self._ready:
+            pool = await self._open_pool()
+            version = await self._migrate(pool)
+            self._migrated = True
+            return version
+
+    @staticmethod
+    async def _migrate(pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> int:
+        """Apply pending migrations under a transaction-scoped advisory lock: processes starting together
+        wait for the first one and then find nothing left to do."""
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT, applied_at DOUBLE PRECISION)"
+            )
+            await cur.execute("SELECT version FROM schema_migrations")
+            done = {r["version"] for r in await cur.fetchall()}
+            version = max(done, default=0)
+            for v, name, sql in migration_scripts("postgres"):
+                if v in done:
+                    continue
+                await cur.execute(sql.encode())
+                await cur.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (v, name, time.time()),
+                )
+                version = max(version, v)
+        return version
+
+    # ------------------------------------------------------------------ submission
+    async def create_execution(self, execution: NewExecution) -> str:
+        return await self._tx(lambda cur: self._create_execution(cur, execution))
+
+    async def _create_execution(self, cur: Cur, ex: NewExecution) -> str:
+        now = time.time()
+        deadline = now + ex.timeout_s if ex.timeout_s else None
+        if ex.idempotency_key is not None:
+            # Two submissions with one key wait for each other, so the second finds the first.
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}"),)
+            )
+            await cur.execute(
+                "SELECT id, request_hash, created_at FROM executions WHERE tenant = %s AND idempotency_key = %s",
+                (ex.tenant, ex.idempotency_key),
+            )
+            earlier = await cur.fetchone()
+            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
+                if earlier["request_hash"] != ex.request_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
+                        f" (execution {earlier['id']}); use a new key for a new request"
+                    )
+                return str(earlier["id"])
+            if earlier is not None:  # older than the window: the key is free again
+                await cur.execute("UPDATE executions SET idempotency_key = NULL WHERE id = %s", (earlier["id"],))
+        await self._ensure_tenant(cur, ex.tenant, now)
+        if ex.usage_limit is not None:
+            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:usage:{ex.tenant}"),))
+            count, used = await self._month_usage(cur, ex.tenant, now)
+            refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
+            if refusal is not None:
+                raise refusal
+        await cur.execute(
+            "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
+            " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
+            " created_at, updated_at)"
+            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
+                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
+                dumps(ex.webhook_events) if ex.webhook else None, now, now,
+            ),
+        )  # fmt: skip
+        if ex.jobs:
+            await cur.executemany(
+                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
+                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
+                " cost_estimated, created_at, queued_at, tenant, use_cache)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
+                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
+                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
+                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
+                        None if j.depends_on else now, ex.tenant, int(j.cache),
+                    )
+                    for j in ex.jobs
+                ],
+            )  # fmt: skip
+        await self._insert_events(
+            cur, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
+        )
+        if any(not j.depends_on for j in ex.jobs):
+            await self._notify(cur)
+        return ex.id
+
+    @staticmethod
+    async def _ensure_tenant(cur: Cur, tenant: str, now: float) -> str:
+        await cur.execute(
+            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
+            (tenant, new_webhook_secret(), now),
+        )
+        await cur.execute("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row["webhook_secret"])
+
+    # ------------------------------------------------------------------ reading
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(cur: Cur) -> dict[str, Any] | None:
+            row = await self._execution_row(cur, execution_id, tenant)
+            if row is None:
+                return None
+            await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (execution_id,))
+            jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
+            return execution_view(row, jobs)
+
+        return await self._tx(read, read_only=True)
+
+    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        row = await self._one("SELECT tenant, plan FROM executions WHERE id = %s", (execution_id,))
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return dict(loads(row["plan"]))
+
+    @staticmethod
+    async def _execution_row(cur: Cur, execution_id: str, tenant: str | None, lock: bool = False) -> DictRow | None:
+        await cur.execute("SELECT * FROM executions WHERE id = %s" + (" FOR UPDATE" if lock else ""), (execution_id,))
+        row = await cur.fetchone()
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return row
+
+    async def list_executions(
+        self,
+        tenant: str | None = None,
+        *,
+        status: str | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where, args = _equal_filters(tenant=tenant, status=status)
+        if created_after is not None:
+            where.append("created_at > %s")
+            args.append(created_after)
+        if cursor:
+            ts, eid = decode_cursor(cursor)
+            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+            args += [ts, ts, eid]
+        sql = "SELECT * FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        rows = await self._all(sql, (*args, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+        return [execution_summary(r) for r in rows], nxt
+
+    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = await self._all(
+            "SELECT * FROM events WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (execution_id, after, limit),
+        )
+        return [
+            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
+        ]
+
+    # ------------------------------------------------------------------ cancel / resume
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        await self._tx(lambda cur: self._cancel_execution(cur, execution_id, tenant))
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    async def _cancel_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
+        now = time.time()
+        row = await self._execution_row(cur, execution_id, tenant, lock=True)
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        if row["status"] in TERMINAL_EXECUTION:
+            raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
+        await cur.execute("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
+        await cur.execute(
+            "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
+            " WHERE execution_id = %s AND status IN ('waiting', 'queued', 'running') RETURNING id, key)"
+            " SELECT key FROM c ORDER BY id",
+            (now, execution_id),
+        )
+        events: list[EventRow] = [
+            (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
+            for k in await cur.fetchall()
+        ]
+        await self._settle(cur, {execution_id}, now, events)
+        await self._insert_events(cur, events)
+
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        await self._tx(lambda cur: self._resume_execution(cur, execution_id, tenant))
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    async def _resume_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
+        now = time.time()
+        row = await self._execution_row(cur, execution_id, tenant, lock=True)
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        if row["status"] not in TERMINAL_EXECUTION:
+            raise Conflict(f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed")
+        if row["status"] == "succeeded":
+            raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
+        await cur.execute(
+            "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
+        )
+        jobs = await cur.fetchall()
+        done = {j["key"] for j in jobs if j["status"] == "succeeded"}
+        events: list[EventRow] = []
+        rerun = []
+        queued = False
+        for j in jobs:
+            if j["status"] not in RESUMABLE_JOB:
+                continue
+            left = sum(1 for d in loads(j["depends_on"]) if d not in done)
+            status = "waiting" if left else "queued"
+            queued = queued or status == "queued"
+            rerun.append(j["key"])
+            await cur.execute(
+                "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
+                " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
+                " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
+                " cost_actual = NULL, queued_at = %s WHERE execution_id = %s AND key = %s",
+                (status, left, now if status == "queued" else None, execution_id, j["key"]),
+            )
+            events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
+        await cur.execute(
+            "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
+            " error = NULL, result = NULL, updated_at = %s WHERE id = %s",
+            (now, execution_id),
+        )
+        events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
+        await self._settle(cur, {execution_id}, now, events)
+        await self._insert_events(cur, events)
+        if queued:
+            await self._notify(cur)
+
+    # ------------------------------------------------------------------ workers
+    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = time.time()
+
+        async def write(cur: Cur) -> None:
+            await cur.execute(
+                "INSERT INTO workers (id, info, started_at, last_seen) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, started_at = excluded.started_at,"
+                " last_seen = excluded.last_seen",
+                (worker_id, dumps(info), now, now),
+            )
+
+        await self._tx(write)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async def write(cur: Cur) -> None:
+            await cur.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+        await self._tx(write)
+
+    async def live_workers(self, within_s: float) -> int:
+        row = await self._one("SELECT COUNT(*) AS n FROM workers WHERE last_seen > %s", (time.time() - within_s,))
+        return int(row["n"]) if row else 0
+
+    # ------------------------------------------------------------------ claiming
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        # A cheap read first: an idle worker polls often and must not open a write transaction for nothing.
+        if (
+            await self._one("SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= %s LIMIT 1", (time.time(),))
+            is None
+        ):
+            return []
+        return await self._tx(lambda cur: self._claim(cur, owner, limit, lease_s))
+
+    async def _claim(self, cur: Cur, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+        now = time.time()
+        picked = await self._pick(cur, limit, now)
+        if not picked:
+            return []
+        await cur.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s,"
+            " lease_expires_at = %s, started_at = COALESCE(started_at, %s), progress = 0, queue_position = NULL"
+            " WHERE status = 'queued' AND id = ANY(%s::bigint[])"
+            " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
+            " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
+            " cost_estimated",
+            (owner, now + lease_s, now, picked),
+        )
+        rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
+        if not rows:
+            return []
+        refusals = await self._budget_refusals(cur, rows, now)
+        exec_ids = sorted({r["execution_id"] for r in rows})
+        events: list[EventRow] = [
+            (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
+            for r in rows
+        ]
+        await cur.execute(
+            "WITH s AS (UPDATE executions SET status = 'running', started_at = %s, updated_at = %s"
+            " WHERE status = 'queued' AND id = ANY(%s::text[]) RETURNING id) SELECT id FROM s ORDER BY id",
+            (now, now, exec_ids),
+        )
+        events += [
+            (s["id"], None, "execution.running", dumps({"status": "running"}), now) for s in await cur.fetchall()
+        ]
+        await cur.execute("SELECT id, deadline FROM executions WHERE id = ANY(%s::text[])", (exec_ids,))
+        deadlines: dict[str, float | None] = {d["id"]: d["deadline"] for d in await cur.fetchall()}
+        deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
+        pairs = sorted({(r["execution_id"], k) for r in rows for k in deps_of[r["id"]]})
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        if pairs:
+            await cur.execute(
+                "SELECT j.execution_id, j.key, j.result FROM jobs j"
+                " JOIN unnest(%s::text[], %s::text[]) AS w(eid, k) ON j.execution_id = w.eid AND j.key = w.k",
+                ([p[0] for p in pairs], [p[1] for p in pairs]),
+            )
+            for d in await cur.fetchall():
+                results[(d["execution_id"], d["key"])] = loads(d["result"]) or {}
+        await self._insert_events(cur, events)
+        return [
+            ClaimedJob(
+                id=r["id"],
+                execution_id=r["execution_id"],
+                key=r["key"],
+                type=r["type"],
+                provider=r["provider"],
+                model=r["model"],
+                params=loads(r["params"]),
+                attempts=r["attempts"],
+                max_attempts=r["max_attempts"],
+                provider_job_id=r["provider_job_id"],
+                timeout_s=r["timeout_s"],
+                start_timeout_s=r["start_timeout_s"],
+                started_at=r["started_at"],
+                execution_deadline=deadlines.get(r["execution_id"]),
+                dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
+                tenant=r["tenant"],
+                use_cache=bool(r["use_cache"]),
+                refusal=refusals.get(r["id"]),
+            )
+            for r in rows
+        ]
+
+    async def _pick(self, cur: Cur, limit: int, now: float) -> list[int]:
+        """Up to `limit` ready jobs to start, locked for this transaction: tenants in turn (round robin, so one
+        tenant's big batch cannot starve another's single job), within a tenant by priority then age, skipping
+        any job whose provider or model is at its concurrency cap (those stay queued; nothing spins on them).
+
+        Caps are counted under an advisory lock per capped provider and model that has ready jobs, held to
+        the end of the transaction, so concurrent claimers count one after the other and never overshoot."""
+        caps_p, caps_m = self._provider_caps, self._model_caps
+        locked_p: set[str] = set()
+        locked_m: set[str] = set()
+        if caps_p or caps_m:
+            await cur.execute(
+                "SELECT DISTINCT provider, split_part(model, ':', 1) AS base FROM jobs"
+                " WHERE status = 'queued' AND run_after <= %s"
+                " AND (provider = ANY(%s::text[]) OR split_part(model, ':', 1) = ANY(%s::text[]))",
+                (now, list(caps_p), list(caps_m)),
+            )
+            for r in await cur.fetchall():
+                if r["provider"] in caps_p:
+                    locked_p.add(r["provider"])
+                if r["base"] in caps_m:
+                    locked_m.add(r["base"])
+            keys = sorted(
+                {lock_key(f"reelflow:cap:p:{p}") for p in locked_p}
+                | {lock_key(f"reelflow:cap:m:{m}") for m in locked_m}
+            )
+            for key in keys:
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        running_p: dict[str, int] = {}
+        running_m: dict[str, int] = {}
+        if locked_p:
+            await cur.execute(
+                "SELECT provider, COUNT(*) AS n FROM jobs WHERE status = 'running' AND provider = ANY(%s::text[])"
+                " GROUP BY provider",
+                (sorted(locked_p),),
+            )
+            running_p = {r["provider"]: int(r["n"]) for r in await cur.fetchall()}
+        if locked_m:
+            await cur.execute(
+                "SELECT split_part(model, ':', 1) AS base, COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                " AND split_part(model, ':', 1) = ANY(%s::text[]) GROUP BY 1",
+                (sorted(locked_m),),
+            )
+            running_m = {r["base"]: int(r["n"]) for r in await cur.fetchall()}
+        # Capped providers and models that are full, or that this claim holds no lock for, are left alone.
+        skip_p = [p for p, cap in caps_p.items() if p not in locked_p or running_p.get(p, 0) >= cap]
+        skip_m = [m for m, cap in caps_m.items() if m not in locked_m or running_m.get(m, 0) >= cap]
+        await cur.execute(
+            "WITH RECURSIVE t(name) AS ("
+            " SELECT MIN(tenant) FROM jobs WHERE status = 'queued'"
+            " UNION ALL SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)"
+            " FROM t WHERE t.name IS NOT NULL)"
+            " SELECT name FROM t WHERE name IS NOT NULL"
+        )
+        tenants = [r["name"] for r in await cur.fetchall()]
+        if not tenants:
+            return []
+        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
+        tenants = (tenants[start:] + tenants[:start])[:limit]
+        # One statement locks every candidate: each tenant's next `limit` ready jobs, skipping rows another
+        # claimer holds.
+        await cur.execute(
+            "SELECT c.id, c.tenant, c.provider, c.model FROM unnest(%s::text[]) WITH ORDINALITY AS t(name, n)"
+            " CROSS JOIN LATERAL (SELECT j.id, j.tenant, j.provider, j.model, j.priority FROM jobs j"
+            "   WHERE j.status = 'queued' AND j.tenant = t.name AND j.run_after <= %s"
+            "   AND (j.provider IS NULL OR j.provider <> ALL(%s::text[]))"
+            "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%s::text[]))"
+            "   ORDER BY j.priority DESC, j.id LIMIT %s FOR UPDATE OF j SKIP LOCKED) c"
+            " ORDER BY t.n, c.priority DESC, c.id",
+            (tenants, now, skip_p, skip_m, limit),
+        )
+        queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
+        for r in await cur.fetchall():
+            queues[r["tenant"]].append(r)
+        picked: list[int] = []
+        for round_ in range(limit):
+            for queue in queues.values():
+                if round_ >= len(queue) or len(picked) >= limit:
+                    continue
+                job = queue[round_]
+                provider, base = job["provider"], _base(job["model"])
+                if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
+                    continue
+                if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
+                    continue
+                picked.append(job["id"])
+                if provider in caps_p:
+                    running_p[provider] = running_p.get(provider, 0) + 1
+                if base in caps_m:
+                    running_m[base] = running_m.get(base, 0) + 1
+            if len(picked) >= limit or all(round_ >= len(q) - 1 for q in queues.values()):
+                break
+        if picked:
+            self._rr_after = tenants[0]
+        return picked
+
+    async def _budget_refusals(self, cur: Cur, rows: list[DictRow], now: float) -> dict[int, str]:
+        """Paid jobs that would take their tenant past its monthly budget: spent this month (actual costs)
+        plus the estimates of its jobs already running, plus this job's estimate."""
+        refusals: dict[int, str] = {}
+        if not self._budgets and self._default_budget is None:
+            return refusals
+        since = month_start(now)
+        batch: dict[str, float] = defaultdict(float)
+        for r in rows:
+            batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
+        spent: dict[str, float] = {}
+        for r in rows:
+            tenant, cost = r["tenant"], float(r["cost_estimated"] or 0.0)
+            budget = self._budgets[tenant] if tenant in self._budgets else self._default_budget
+            if budget is None or cost <= 0:
+                continue
+            if tenant not in spent:  # everything running (this batch included, now) or settled, less this batch
+                await cur.execute(
+                    "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
+                    " ELSE COALESCE(j.cost_actual, 0) END), 0) AS spent"
+                    " FROM jobs j JOIN executions e ON e.id = j.execution_id"
+                    " WHERE e.tenant = %s AND e.created_at >= %s"
+                    " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
+                    (tenant, since),
+                )
+                row = await cur.fetchone()
+                spent[tenant] = float(row["spent"] if row else 0.0) - batch[tenant]
+            if spent[tenant] + cost > budget + 1e-9:
+                refusals[r["id"]] = (
+                    f"stopped before this paid job: tenant {tenant!r} would pass its monthly_cost_usd budget of"
+                    f" ${budget:.2f} (${spent[tenant]:.4f} spent or running this month, this job is estimated at"
+                    f" ${cost:.4f})"
+                )
+            else:
+                spent[tenant] += cost
+        return refusals
+
+    # ------------------------------------------------------------------ limits, usage, cache, pace
+    def configure_limits(
+        self,
+        provider_caps: dict[str, int] | None = None,
+        model_caps: dict[str, int] | None = None,
+        budgets: dict[str, float | None] | None = None,
+        default_budget: float | None = None,
+    ) -> None:
+        """Concurrency caps the claim enforces (provider -> n, model -> n) and monthly cost budgets (tenant ->
+        USD, and one for tenants not named) checked before a paid job starts."""
+        self._provider_caps = dict(provider_caps or {})
+        self._model_caps = dict(model_caps or {})
+        self._budgets = dict(budgets or {})
+        self._default_budget = default_budget
+
+    @staticmethod
+    async def _month_usage(cur: Cur, tenant: str, now: float) -> tuple[int, float]:
+        """Executions created this month, and their cost: actual once finished, else the larger of the
+        estimate (the reservation) and what has been spent so far."""
+        await cur.execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
+            " ELSE GREATEST(cost_estimated, COALESCE(cost_actual, 0)) END), 0) AS used"
+            " FROM executions WHERE tenant = %s AND created_at >= %s",
+            (tenant, month_start(now)),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row["n"]), float(row["used"])
+
+    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        since = month_start(now)
+
+        async def read(cur: Cur) -> dict[str, Any]:
+            await cur.execute(
+                "SELECT COUNT(*) AS n,"
+                " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0)"
+                "   AS cost,"
+                " COALESCE(SUM(CASE WHEN finished_at IS NULL"
+                "   THEN GREATEST(cost_estimated, COALESCE(cost_actual, 0)) ELSE 0 END), 0) AS reserved,"
+                " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0) AS unfinished"
+                " FROM executions WHERE tenant = %s AND created_at >= %s",
+                (tenant, since),
+            )
+            row = await cur.fetchone()
+            await cur.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(cache_hit), 0) AS hits FROM jobs j"
+                " JOIN executions e ON e.id = j.execution_id"
+                " WHERE e.tenant = %s AND e.created_at >= %s AND j.status = 'succeeded'",
+                (tenant, since),
+            )
+            jobs = await cur.fetchone()
+            assert row is not None and jobs is not None
+            return {
+                "tenant": tenant,
+                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
+                "executions": int(row["n"]),
+                "executions_unfinished": int(row["unfinished"]),
+                "cost_usd": round(float(row["cost"]), 6),
+                "reserved_usd": round(float(row["reserved"]), 6),
+                "jobs_succeeded": int(jobs["n"]),
+                "cache_hits": int(jobs["hits"]),
+            }
+
+        return await self._tx(read, read_only=True)
+
+    async def queue_stats(self) -> dict[str, Any]:
+        async def read(cur: Cur) -> dict[str, Any]:
+            async def pairs(sql: str) -> dict[str, int]:
+                await cur.execute(sql)
+                return {r["k"]: int(r["n"]) for r in await cur.fetchall()}
+
+            return {
+                "jobs": await pairs("SELECT status AS k, COUNT(*) AS n FROM jobs GROUP BY status"),
+                "running_by_provider": await pairs(
+                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                    " GROUP BY 1"
+                ),
+                "queued_by_provider": await pairs(
+                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'queued'"
+                    " GROUP BY 1"
+                ),
+                "active_by_tenant": await pairs(
+                    "SELECT tenant AS k, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
+                ),
+            }
+
+        return await self._tx(read, read_only=True)
+
+    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
+        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
+
+    async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        wanted = list(dict.fromkeys(items))
+        if not wanted:
+            return {}
+        rows = await self._all(
+            "SELECT w.tenant, w.cache_key, c.result, c.execution_id, c.key"
+            " FROM unnest(%s::text[], %s::text[]) AS w(tenant, cache_key)"
+            " CROSS JOIN LATERAL (SELECT j.result, j.execution_id, j.key FROM jobs j"
+            "   WHERE j.tenant = w.tenant AND j.cache_key = w.cache_key AND j.status = 'succeeded'"
+            "   ORDER BY j.finished_at DESC LIMIT 1) c",
+            ([t for t, _ in wanted], [k for _, k in wanted]),
+        )
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            result = loads(r["result"]) or {}
+            result["cached_from"] = {"execution_id": r["execution_id"], "job": r["key"]}
+            found[(r["tenant"], r["cache_key"])] = dict(result)
+        return found
+
+    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
+        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
+
+        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
+        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
+        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
+
+        async def write(cur: Cur) -> tuple[int, float]:
+            now = time.time()
+            await cur.execute(
+                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (%s, 0, %s, 1, 0, 0) ON CONFLICT (provider) DO NOTHING",
+                (provider, now),
+            )
+            await cur.execute(
+                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace"
+                " WHERE provider = %s FOR UPDATE",
+                (provider,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            now = time.time()  # after the lock: another worker may have just taken tokens
+            tokens, updated = float(row["tokens"]), float(row["updated_at"])
+            factor, hold_until, throttled_at = (
+                float(row["factor"]),
+                float(row["hold_until"]),
+                float(row["throttled_at"]),
+            )
+            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, throttled_at)) / 20.0))
+            if now < hold_until:
+                granted, wait = 0, hold_until - now
+            elif per_minute is None:
+                granted, wait = want, 0.0
+            else:
+                rate = per_minute / 61.0 * factor
+                capacity = max(1.0, rate)
+                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
+                granted = min(want, int(tokens))
+                tokens -= granted
+                wait = 0.0 if granted else (1.0 - tokens) / rate
+            await cur.execute(
+                "UPDATE provider_pace SET tokens = %s, updated_at = %s, factor = %s WHERE provider = %s",
+                (tokens, now, factor, provider),
+            )
+            return granted, wait
+
+        return await self._tx(write)
+
+    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
+        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
+        now = time.time()
+        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
+
+        async def write(cur: Cur) -> None:
+            await cur.execute(
+                "INSERT INTO provider_pace AS p (provider, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (%s, %s, 0.5, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
+                " hold_until = GREATEST(p.hold_until, excluded.hold_until),"
+                " factor = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN GREATEST(p.factor * 0.5, 0.02)"
+                "   ELSE p.factor END,"
+                " throttled_at = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN excluded.throttled_at"
+                "   ELSE p.throttled_at END",
+                (provider, now, hold, now),
+            )
+
+        await self._tx(write)
+
+    async def provider_paces(self) -> dict[str, tuple[float, float]]:
+        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
+        rows = await self._all(
+            "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > %s",
+            (time.time() - 60,),
+        )
+        return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
+
+    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        now = time.time()
+
+        async def write(cur: Cur) -> set[int]:
+            await cur.execute(
+                "UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id",
+                (now + lease_s, owner),
+            )
+            held = {r["id"] for r in await cur.fetchall()}
+            await cur.execute("UPDATE workers SET last_seen = %s WHERE id = %s", (now, owner))
+            return held
+
+        return await self._tx(write)
+
+    async def canceled_for(self, owner: str) -> list[int]:
+        if (
+            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND status <> 'running' LIMIT 1", (owner,))
+            is None
+        ):
+            return []
+
+        async def write(cur: Cur) -> list[int]:
+            await cur.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = %s AND status <> 'running' RETURNING id",
+                (owner,),
+            )
+            return sorted(r["id"] for r in await cur.fetchall())
+
+        return await self._tx(write)
+
+    async def wake_job(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> str:
+        async def write(cur: Cur) -> str:
+            if execution_id is not None and job_key is not None:
+                await cur.execute(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = %s AND key = %s"
+                    " AND provider = %s",
+                    (execution_id, job_key, provider),
+                )
+            else:
+                await cur.execute(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = %s"
+                    " ORDER BY id DESC LIMIT 1",
+                    (provider, remote_id),
+                )
+            row = await cur.fetchone()
+            if row is None:
+                return "unknown"
+            if not callback_matches(row["provider_job_id"], remote_id):
+                return "mismatch"
+            if row["status"] != "running":
+                return "ignored"
+            await cur.execute("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
+            return "woken"
+
+        return await self._tx(write)
+
+    async def woken_for(self, owner: str) -> list[int]:
+        if (
+            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
+            is None
+        ):
+            return []
+
+        async def write(cur: Cur) -> list[int]:
+            await cur.execute(
+                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
+                (owner,),
+            )
+            return sorted(r["id"] for r in await cur.fetchall())
+
+        return await self._tx(write)
+
+    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        if not items:
+            return
+
+        async def write(cur: Cur) -> None:
+            now = time.time()
+            events: list[EventRow] = []
+            for job_id, owner, pid in items:
+                await cur.execute(
+                    "UPDATE jobs SET provider_job_id = %s WHERE id = %s AND lease_owner = %s AND status = 'running'"
+                    " RETURNING execution_id, key",
+                    (pid, job_id, owner),
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    events.append(
+                        (row["execution_id"], row["key"], "job.submitted", dumps({"provider_job_id": pid}), now)
+                    )
+            await self._insert_events(cur, events)
+
+        await self._tx(write)
+
+    async def report_progress(self, reports: list[ProgressReport]) -> None:
+        if not reports:
+            return
+
+        async def write(cur: Cur) -> None:
+            now = time.time()
+            events: list[EventRow] = []
+            touched: set[str] = set()
+            for r in reports:
+                await cur.execute(
+                    "UPDATE jobs SET progress = %s, queue_position = %s WHERE id = %s AND lease_owner = %s"
+                    " AND status = 'running' RETURNING execution_id, key",
+                    (r.progress, r.queue_position, r.job_id, r.owner),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                touched.add(row["execution_id"])
+                data: dict[str, Any] = {"progress": r.progress}
+                if r.queue_position is not None:
+                    data["queue_position"] = r.queue_position
+                if r.message:
+                    data["message"] = r.message
+                events.append((row["execution_id"], row["key"], "job.progress", dumps(data), now))
+            await self._settle(cur, touched, now, events)
+            await self._insert_events(cur, events)
+
+        await self._tx(write)
+
+    # ------------------------------------------------------------------ finishing
+    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
+        if not outcomes:
+            return []
+        return await self._tx(lambda cur: self._apply_outcomes(cur, outcomes, time.time()))
+
+    async def _apply_outcomes(self, cur: Cur, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
+        events: list[EventRow] = []
+        touched: set[str] = set()
+        promoted: list[str] = []
+        requeued = False
+        failed: dict[str, list[str]] = defaultdict(list)
+        for o in outcomes:
+            if o.status == "succeeded":
+                await cur.execute(
+                    "UPDATE jobs SET status = 'succeeded', result = %s, cost_actual = %s, progress = 100,"
+                    " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
+                    " error = NULL, cache_key = %s, cache_hit = %s WHERE id = %s AND status = 'running'"
+                    " AND lease_owner = %s RETURNING execution_id, key, dependents",
+                    (
+                        dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
+                        o.owner,
+                    ),
+                )  # fmt: skip
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                eid, key = row["execution_id"], row["key"]
+                if o.cache_hit:
+                    events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
+                events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                if keys := artifact_keys(o.result):
+                    await cur.executemany(
+                        "INSERT INTO artifacts (tenant, key, execution_id, created_at)"
+                        " SELECT tenant, %s, id, %s FROM executions WHERE id = %s ON CONFLICT DO NOTHING",
+                        [(k, now, eid) for k in keys],
+                    )
+                dependents = loads(row["dependents"])
+                if dependents:
+                    await cur.execute(
+                        "UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = %s AND key = ANY(%s::text[])"
+                        " AND status = 'waiting'",
+                        (eid, dependents),
+                    )
+                    await cur.execute(
+                        "WITH p AS (UPDATE jobs SET status = 'queued', queued_at = %s WHERE execution_id = %s"
+                        " AND key = ANY(%s::text[]) AND status = 'waiting' AND deps_left <= 0 RETURNING id, key)"
+                        " SELECT key FROM p ORDER BY id",
+                        (now, eid, dependents),
+                    )
+                    for p in await cur.fetchall():
+                        promoted.append(p["key"])
+                        events.append((eid, p["key"], "job.queued", dumps({"after": key}), now))
+            elif o.status == "retry":
+                await cur.execute(
+                    "UPDATE jobs SET status = 'queued', run_after = %s, error = %s, lease_owner = NULL,"
+                    " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
+                    " provider_job_id = CASE WHEN %s THEN provider_job_id END,"
+                    " queued_at = %s WHERE id = %s AND status = 'running' AND lease_owner = %s"
+                    " RETURNING execution_id, key, attempts",
+                    (o.retry_at or now, o.error, o.keep_provider_id, now, o.job_id, o.owner),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                eid, key = row["execution_id"], row["key"]
+                requeued = True
+                delay = round(max(0.0, (o.retry_at or now) - now), 3)
+                events.append(
+                    (
+                        eid, key, "job.retrying",
+                        dumps({"attempt": row["attempts"], "error": o.error, "retry_in_s": delay}), now,
+                    )
+                )  # fmt: skip
+            else:  # failed or canceled
+                await cur.execute(
+                    "UPDATE jobs SET status = %s, error = %s, cost_actual = %s, finished_at = %s, lease_owner = NULL,"
+                    " lease_expires_at = NULL, queue_position = NULL WHERE id = %s AND status = 'running'"
+                    " AND lease_owner = %s RETURNING execution_id, key, attempts",
+                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                eid, key = row["execution_id"], row["key"]
+                events.append((eid, key, f"job.{o.status}", dumps({"attempt": row["attempts"], "error": o.error}), now))
+                failed[eid].append(key)
+            touched.add(eid)
+        for eid, keys in failed.items():
+            await self._skip_after_failure(cur, eid, keys, now, events)
+        await self._settle(cur, touched, now, events)
+        await self._insert_events(cur, events)
+        if promoted or requeued:
+            await self._notify(cur)
+        return promoted
+
+    async def _skip_after_failure(
+        self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]
+    ) -> None:
+        await cur.execute("SELECT on_failure FROM executions WHERE id = %s", (eid,))
+        ex = await cur.fetchone()
+        assert ex is not None
+        await cur.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
+        graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in await cur.fetchall()}
+        after = transitive_dependents({k: v[0] for k, v in graph.items()}, keys)
+        names = ", ".join(repr(k) for k in keys)
+        for key, (_, status) in graph.items():
+            if status not in ("waiting", "queued"):
+                continue
+            if key in after:
+                reason = f"not run: it depends on {names}, which failed"
+            elif ex["on_failure"] == "stop":
+                reason = f"not run: job {names} failed and on_failure is stop"
+            else:
+                continue
+            await cur.execute(
+                "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
+                (reason, now, eid, key),
+            )
+            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
+
+    async def _settle(self, cur: Cur, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        """Re-derive each touched execution's status and progress from its jobs."""
+        if not exec_ids:
+            return
+        ids = sorted(exec_ids)
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        await cur.execute(
+            "SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE execution_id = ANY(%s::text[])"
+            " GROUP BY execution_id, status",
+            (ids,),
+        )
+        for r in await cur.fetchall():
+            counts[r["execution_id"]][r["status"]] = int(r["n"])
+        running: dict[str, list[float]] = defaultdict(list)
+        await cur.execute(
+            "SELECT execution_id, progress FROM jobs WHERE execution_id = ANY(%s::text[]) AND status = 'running'"
+            " ORDER BY id",
+            (ids,),
+        )
+        for r in await cur.fetchall():
+            running[r["execution_id"]].append(r["progress"])
+        await cur.execute(
+            "SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%s::text[])"
+            " ORDER BY id",
+            (ids,),
+        )
+        for ex in await cur.fetchall():
+            eid = ex["id"]
+            status = execution_status(
+                counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
+            )
+            progress = execution_progress(counts[eid], running[eid])
+            if status in TERMINAL_EXECUTION and ex["status"] not in TERMINAL_EXECUTION:
+                await self._finish_execution(cur, eid, status, progress, now, events)
+            elif status != ex["status"] or progress != ex["progress"]:
+                await cur.execute(
+                    "UPDATE executions SET status = %s, progress = %s, updated_at = %s WHERE id = %s",
+                    (status, progress, now, eid),
+                )
+                if progress != ex["progress"]:
+                    events.append((eid, None, "execution.progress", dumps({"progress": progress}), now))
+
+    async def _finish_execution(
+        self, cur: Cur, eid: str, status: str, progress: float, now: float, events: list[EventRow]
+    ) -> None:
+        await cur.execute(
+            "SELECT key, result FROM jobs WHERE execution_id = %s AND dependents = '[]' AND status = 'succeeded'"
+            " ORDER BY position",
+            (eid,),
+        )
+        sinks = await cur.fetchall()
+        await cur.execute(
+            "SELECT key, error FROM jobs WHERE execution_id = %s AND status = 'failed' ORDER BY finished_at, position",
+            (eid,),
+        )
+        failed = await cur.fetchall()
+        await cur.execute("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
+        cost_row = await cur.fetchone()
+        cost = float(cost_row["cost"]) if cost_row else 0.0
+        result = execution_result([(s["key"], s["result"]) for s in sinks]) if status == "succeeded" else None
+        error = execution_error([(f["key"], f["error"]) for f in failed])
+        if status == "canceled":
+            error = "canceled by request"
+        elif status == "failed" and error is None:
+            error = "not every job succeeded"
+        await cur.execute(
+            "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
+            " finished_at = %s, updated_at = %s WHERE id = %s",
+            (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
+             cost, now, now, eid),
+        )  # fmt: skip
+        events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
+
+    async def _insert_events(self, cur: Cur, events: list[EventRow]) -> None:
+        if not events:
+            return
+        # Lock the executions first: a reader paging by `seq` must never see a later event of an execution
+        # commit before an earlier one, so appends to one execution's log happen one transaction at a time.
+        await cur.execute(
+            "SELECT id FROM executions WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE",
+            (sorted({e[0] for e in events}),),
+        )
+        await cur.executemany(
+            "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (%s, %s, %s, %s, %s)", events
+        )
+        await self._queue_webhooks(cur, events)
+
+    async def _queue_webhooks(self, cur: Cur, events: list[EventRow]) -> None:
+        """Record the webhook deliveries these events call for, in the transaction that made them."""
+        await cur.execute(
+            "SELECT id, tenant, webhook, webhook_events FROM executions WHERE id = ANY(%s::text[])"
+            " AND webhook IS NOT NULL",
+            (sorted({e[0] for e in events}),),
+        )
+        subscribed = {
+            r["id"]: (r["tenant"], r["webhook"], loads(r["webhook_events"]) or []) for r in await cur.fetchall()
+        }
+        if not subscribed:
+            return
+        rows = []
+        states: dict[str, dict[str, Any]] = {}
+        for eid, job_key, etype, data, at in events:
+            if eid not in subscribed:
+                continue
+            tenant, url, wanted = subscribed[eid]
+            if not wants_event(wanted, etype):
+                continue
+            if eid not in states:
+                row = await self._execution_row(cur, eid, None)
+                assert row is not None
+                await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
+                jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
+                states[eid] = execution_view(row, jobs)
+            body = webhook_body(etype, at, states[eid], job_key, loads(data))
+            rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
+        if rows:
+            await cur.executemany(
+                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
+                " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+
+    # ------------------------------------------------------------------ leases
+    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
+        if not job_ids:
+            return
+
+        async def write(cur: Cur) -> None:
+            now = time.time()
+            await cur.execute(
+                "WITH r AS (UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0),"
+                " lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
+                " WHERE lease_owner = %s AND status = 'running' AND id = ANY(%s::bigint[])"
+                " RETURNING id, execution_id, key) SELECT execution_id, key FROM r ORDER BY id",
+                (now, now, owner, list(job_ids)),
+            )
+            rows = await cur.fetchall()
+            events: list[EventRow] = [
+                (r["execution_id"], r["key"], "job.released", dumps({"reason": "worker shutting down"}), now)
+                for r in rows
+            ]
+            await self._settle(cur, {r["execution_id"] for r in rows}, now, events)
+            await self._insert_events(cur, events)
+            if rows:
+                await self._notify(cur)
+
+        await self._tx(write)
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        if (
+            await self._one(
+                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s LIMIT 1", (time.time(),)
+            )
+            is None
+        ):
+            return []
+        return await self._tx(self._recover_expired)
+
+    async def _recover_expired(self, cur: Cur) -> list[OrphanedCancel]:
+        now = time.time()
+        await cur.execute(
+            "WITH r AS (UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
+            " queued_at = %s, run_after = %s, progress = 0 WHERE status = 'running' AND lease_expires_at < %s"
+            " AND attempts < max_attempts RETURNING id, execution_id, key, attempts)"
+            " SELECT execution_id, key, attempts FROM r ORDER BY id",
+            (now, now, now),
+        )
+        requeued = await cur.fetchall()
+        events: list[EventRow] = [
+            (
+                r["execution_id"], r["key"], "job.requeued",
+                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
+            )
+            for r in requeued
+        ]  # fmt: skip
+        await self._settle(cur, {r["execution_id"] for r in requeued}, now, events)
+        await self._insert_events(cur, events)
+        if requeued:
+            await self._notify(cur)
+        await cur.execute(
+            "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < %s ORDER BY id",
+            (now,),
+        )
+        exhausted = await cur.fetchall()
+        await self._apply_outcomes(
+            cur,
+            [
+                JobOutcome(
+                    job_id=r["id"],
+                    owner=r["lease_owner"],
+                    status="failed",
+                    error=f"the worker running it stopped responding (lease expired) after {r['attempts']} attempts",
+                )
+                for r in exhausted
+            ],
+            now,
+        )
+        await cur.execute(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status <> 'running'"
+            " AND lease_owner IS NOT NULL AND lease_expires_at < %s"
+            " RETURNING id, provider, model, type, provider_job_id",
+            (now,),
+        )
+        orphans = sorted(await cur.fetchall(), key=lambda r: r["id"])
+        return [
+            OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"])
+            for r in orphans
+            if r["provider_job_id"]
+        ]
+
+    # ------------------------------------------------------------------ tenants and keys
+    async def ensure_tenant(self, tenant: str) -> str:
+        return await self._tx(lambda cur: self._ensure_tenant(cur, tenant, time.time()))
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        async def write(cur: Cur) -> None:
+            await self._ensure_tenant(cur, key.tenant, key.created_at)
+            await cur.execute(
+                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (%s, %s, %s, %s)",
+                (key.id, key.tenant, key.key_hash, key.created_at),
+            )
+
+        await self._tx(write)
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one(
+            "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s", (key_id,)
+        )
+        return ApiKey(**row) if row else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+        args: tuple[Any, ...] = ()
+        if tenant is not None:
+            sql += " WHERE tenant = %s"
+            args = (tenant,)
+        return [ApiKey(**r) for r in await self._all(sql + " ORDER BY created_at", args)]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async def write(cur: Cur) -> bool:
+            await cur.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), key_id)
+            )
+            return cur.rowcount > 0
+
+        return await self._tx(write)
+
+    async def owns_artifact(self, tenant: str, key: str) -> bool:
+        return await self._one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key)) is not None
+
+    # ------------------------------------------------------------------ webhook deliveries
+    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        due = "status = 'pending' AND next_attempt_at <= %s AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
+        now = time.time()
+        if await self._one(f"SELECT 1 FROM webhook_deliveries WHERE {due} LIMIT 1", (now, now)) is None:
+            return []
+
+        async def write(cur: Cur) -> list[Delivery]:
+            now = time.time()
+            await cur.execute(
+                "WITH d AS (UPDATE webhook_deliveries SET lease_owner = %s, lease_expires_at = %s"
+                f" WHERE id IN (SELECT id FROM webhook_deliveries WHERE {due}"
+                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, next_attempt_at)"
+                " SELECT d.*, t.webhook_secret FROM d LEFT JOIN tenants t ON t.name = d.tenant"
+                " ORDER BY d.next_attempt_at, d.id",
+                (owner, now + lease_s, now, now, limit),
+            )
+            return [
+                Delivery(
+                    id=r["id"], execution_id=r["execution_id"], tenant=r["tenant"], url=r["url"],
+                    event_type=r["event_type"], payload=r["payload"], attempts=r["attempts"],
+                    created_at=r["created_at"], secret=r["webhook_secret"] or "",
+                )
+                for r in await cur.fetchall()
+            ]  # fmt: skip
+
+        return await self._tx(write)
+
+    async def record_delivery_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        delivered: bool,
+        status_code: int | None,
+        latency_ms: float | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        now = time.time()
+        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
+
+        async def write(cur: Cur) -> None:
+            await cur.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, next_attempt_at = %s,"
+                " last_status_code = %s, last_error = %s, delivered_at = %s, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s RETURNING attempts",
+                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
+                 now if delivered else None, delivery_id, owner),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is None:
+                return
+            await cur.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (delivery_id, row["attempts"], now, status_code, latency_ms, error),
+            )
+
+        await self._tx(write)
+
+    async def list_deliveries(
+        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self._tx(lambda cur: self._list_deliveries(cur, tenant, execution_id, limit), read_only=True)
+
+    @staticmethod
+    async def _list_deliveries(
+        cur: Cur, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = _equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
+        sql = "SELECT * FROM webhook_deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        await cur.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+        rows = await cur.fetchall()
+        attempts: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        if rows:
+            await cur.execute(
+                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
+                " WHERE delivery_id = ANY(%s::text[]) ORDER BY delivery_id, attempt",
+                ([r["id"] for r in rows],),
+            )
+            for a in await cur.fetchall():
+                attempts[a["delivery_id"]].append(a)
+        return [delivery_view(r, attempts[r["id"]]) for r in rows]
+
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
+        async def write(cur: Cur) -> dict[str, Any]:
+            await cur.execute("SELECT tenant FROM webhook_deliveries WHERE id = %s FOR UPDATE", (delivery_id,))
+            row = await cur.fetchone()
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                raise NotFound(f"webhook delivery {delivery_id!r} not found")
+            await cur.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = %s",
+                (time.time(), delivery_id),
+            )
+            found = await self._list_deliveries(cur, tenant, None, 1, delivery_id)
+            return found[0]
+
+        return await self._tx(write)
+
+    async def next_wakeup(self) -> float | None:
+        row = await self._one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'")
+        return None if row is None or row["t"] is None else float(row["t"])
+
+    # ------------------------------------------------------------------ LISTEN / NOTIFY
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a transaction that made jobs claimable (any process's); True as
+        soon as one commits, or when one may have been missed (the LISTEN connection came back after a drop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        if self._listener is None or self._listener.done():
+            if self._closed:
+                raise RuntimeError("this PostgresStore is closed")
+            self._listener = asyncio.create_task(self._listen(), name="reelflow-pg-listen")
+        if not self._listening.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), max(0.0, deadline - loop.time()))
+        if not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return False
+        self._work.clear()
+        return True
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection; check it with `SELECT 1` while idle; reconnect (backing off) when it drops."""
+        backoff = 0.05
+        first = True
+        while True:
+            conn: AsyncConnection[Any] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                await conn.execute(f"LISTEN {CHANNEL}")
+                self.listen_pid = conn.info.backend_pid
+                self.listen_connects += 1
+                self._listening.set()
+                if not first:
+                    self._work.set()  # something may have been notified while we were away: look once
+                first = False
+                backoff = 0.05
+                while True:
+                    async for _ in conn.notifies(timeout=self.listen_check_s):
+                        self._work.set()
+                    await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection dropped (or could not be made): try again shortly
+                log.warning("reelflow LISTEN connection lost (%s); reconnecting in %.2f s", exc, backoff)
+                self._listening.clear()
+                self.listen_pid = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+
+def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
+    """`column = %s` conditions (and their arguments) for every filter that is set."""
+    given = [(name, value) for name, value in columns.items() if value is not None]
+    return [f"{name} = %s" for name, _ in given], [value for _, value in given]

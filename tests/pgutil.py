@@ -1,0 +1,54 @@
+"""PostgreSQL for tests: is a server reachable, and a fresh database per test (created and dropped here).
+
+`REELFLOW_TEST_POSTGRES_URL` names a database the tests may connect to and create databases from
+(default: postgresql://postgres@127.0.0.1:5432/test, trust auth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+PG_URL = os.environ.get("REELFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SKIP_REASON = (
+    "PostgreSQL not reachable on 127.0.0.1:5432: start it (pg_ctlcluster ... main start)"
+    " or set REELFLOW_TEST_POSTGRES_URL"
+)
+
+
+def _reachable() -> bool:
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+PG_AVAILABLE = _reachable()
+requires_postgres = pytest.mark.skipif(not PG_AVAILABLE, reason=SKIP_REASON)
+
+
+def database_url(name: str) -> str:
+    """`PG_URL` pointing at database `name` instead (same server, user and options)."""
+    parts = urlsplit(PG_URL)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """The URL of a new empty database, dropped (connections and all) when the block ends."""
+    name = f"reelflow_t_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url(name)
+    finally:
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
