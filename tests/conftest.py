@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,44 @@ from reelflow.engine.worker import Worker
 from reelflow.providers.base import Provider
 from reelflow.providers.registry import Providers
 from reelflow.providers.sim import SimProvider
+from reelflow.store import open_store
 from reelflow.store.sqlite import SQLiteStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+BOTH_STORES = frozenset({"test_engine", "test_limits", "test_worker_processes", "test_webhooks", "test_callbacks"})
+"""Test modules whose every test runs twice: on SQLite and on PostgreSQL (skipped, with the reason, when no
+PostgreSQL server is reachable; on CI a missing server fails the run)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_kind" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        kinds = ["sqlite", "postgres"] if module in BOTH_STORES else ["sqlite"]
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            kinds = ["sqlite"]
+        metafunc.parametrize("db_kind", kinds, scope="function")
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database for the test: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if db_kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/reelflow.db"
+        return
+    from pgutil import PG_AVAILABLE, SKIP_REASON, fresh_database_sync
+
+    if not PG_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    with fresh_database_sync() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        database_url=f"sqlite:///{tmp_path}/reelflow.db",
+        database_url=database_url,
         storage_url=f"file://{tmp_path}/artifacts",
         retry_base_s=0.05,
         retry_max_s=0.5,
@@ -53,9 +82,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(settings.database_url)
+    s = open_store(settings.database_url)
     await s.migrate()
-    yield s
+    yield s  # type: ignore[misc]  # a PostgresStore in the PostgreSQL runs: the same protocol
     await s.close()
 
 

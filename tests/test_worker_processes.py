@@ -16,6 +16,7 @@ import pytest
 from conftest import WorkerFactory, sim_job
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
+from reelflow.store import open_store
 from reelflow.store.sqlite import SQLiteStore
 
 CLI = [sys.executable, "-m", "reelflow.cli"]
@@ -143,7 +144,7 @@ async def test_idle_worker_notices_work_from_another_process_quickly(
         await asyncio.sleep(0.5)
         delays = []
         for _ in range(5):
-            other = SQLiteStore(settings.database_url)  # a separate connection, as another process has
+            other = open_store(settings.database_url)  # a separate connection, as another process has
             eid = await Engine(other).submit({"jobs": [sim_job("x")]})
             await other.close()
 

@@ -1124,6 +1124,10 @@ class PostgresStore:
         if not exec_ids:
             return
         ids = sorted(exec_ids)
+        # Lock the executions before counting their jobs: two workers finishing the last two jobs of one
+        # execution at once would each count the other's job as still running, and neither would end it.
+        # Under READ COMMITTED the counts below, taken after the lock, see the other's committed jobs.
+        await cur.execute("SELECT id FROM executions WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE", (ids,))
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         await cur.execute(
             "SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE execution_id = ANY(%s::text[])"
