@@ -14,6 +14,7 @@ second connection racing it. `counts()` reads row counts straight from the SQLit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -181,14 +182,17 @@ class ApiServer:
         return Path(sqlite_path(self.settings.database_url))
 
     def counts(self, tables: tuple[str, ...] = TABLES) -> dict[str, int]:
-        """Row counts read from the database file (a separate read-only connection)."""
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
-        try:
-            return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
-        finally:
-            conn.close()
+        """Row counts read from the database (a separate connection)."""
+        return {t: int(self.query(f"SELECT count(*) FROM {t}")[0][0]) for t in tables}
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of `sql` (`?` placeholders) read on a separate connection, SQLite file or PostgreSQL."""
+        url = self.settings.database_url
+        if url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as pg:
+                return [tuple(r) for r in pg.execute(sql.replace("?", "%s"), args).fetchall()]
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:
             return [tuple(r) for r in conn.execute(sql, args).fetchall()]
@@ -198,17 +202,17 @@ class ApiServer:
 
 def server_settings(root: Path, **overrides: Any) -> Settings:
     """Settings for a server whose database and artifacts live under `root` (fast retries and polling)."""
-    return Settings(
-        database_url=f"sqlite:///{root}/reelflow.db",
-        storage_url=f"file://{root}/artifacts",
-        public_url="http://127.0.0.1:8000",
-        retry_base_s=0.05,
-        retry_max_s=0.5,
-        lease_seconds=5,
-        poll_interval_s=0.05,
-        _env_file=None,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{root}/reelflow.db",
+        "storage_url": f"file://{root}/artifacts",
+        "public_url": "http://127.0.0.1:8000",
+        "retry_base_s": 0.05,
+        "retry_max_s": 0.5,
+        "lease_seconds": 5,
+        "poll_interval_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -216,3 +220,18 @@ def api_server(settings: Settings) -> Iterator[ApiServer]:
     """A server with one embedded worker on the test's own database (function scope)."""
     with ApiServer(settings, workers=1) as server:
         yield server
+
+
+@contextlib.contextmanager
+def module_database(kind: str, root: Path) -> Iterator[str]:
+    """A database for a module-scoped server: a SQLite file under `root`, or a fresh PostgreSQL database
+    (skipped with the reason when no server is reachable)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{root}/reelflow.db"
+        return
+    from pgutil import PG_AVAILABLE, SKIP_REASON, fresh_database_sync
+
+    if not PG_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    with fresh_database_sync() as url:
+        yield url

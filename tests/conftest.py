@@ -24,7 +24,12 @@ from reelflow.store.sqlite import SQLiteStore
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-BOTH_STORES = frozenset({"test_engine", "test_limits", "test_worker_processes", "test_webhooks", "test_callbacks"})
+BOTH_STORES = frozenset(
+    {
+        "test_engine", "test_limits", "test_worker_processes", "test_webhooks", "test_callbacks",
+        "test_client", "test_sdk",
+    }
+)
 """Test modules whose every test runs twice: on SQLite and on PostgreSQL (skipped, with the reason, when no
 PostgreSQL server is reachable; on CI a missing server fails the run)."""
 

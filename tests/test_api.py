@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apiserver import ApiServer, server_settings
+from apiserver import ApiServer, module_database, server_settings
 from conftest import sim_job
 from reelflow.errors import Conflict, NotFound
 
@@ -24,12 +24,14 @@ JOB_FIELDS = {"id", "type", "status", "attempts", "progress", "result", "error",
 STATE_FIELDS = {"id", "status", "progress", "jobs", "result", "error", "cost", "created_at", "finished_at", "metadata"}
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """One server (one embedded worker) for the module; every test works as its own tenant."""
-    settings = server_settings(tmp_path_factory.mktemp("api"), allow_private_urls=True)  # webhooks to 127.0.0.1
-    with ApiServer(settings, workers=1) as server:
-        yield server
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One server (one embedded worker) for the module, on each store; every test works as its own tenant."""
+    root = tmp_path_factory.mktemp("api")
+    with module_database(request.param, root) as url:
+        settings = server_settings(root, allow_private_urls=True, database_url=url)  # webhooks to 127.0.0.1
+        with ApiServer(settings, workers=1) as server:
+            yield server
 
 
 def new_tenant(api: ApiServer) -> tuple[str, httpx.Client]:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apiserver import ApiServer, server_settings
+from apiserver import ApiServer, module_database, server_settings
 
 PROBLEM = "application/problem+json"
 V = {"type": "generate-video", "model": "sim/video"}
@@ -34,9 +34,13 @@ class World:
     own: str  # an execution of tenant "owner" (queued forever: no worker runs)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with ApiServer(server_settings(tmp_path_factory.mktemp("hostile")), workers=0) as api:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("hostile")
+    with (
+        module_database(request.param, root) as url,
+        ApiServer(server_settings(root, database_url=url), workers=0) as api,
+    ):
         owner = api.new_key("owner").api_key
         mallory = api.new_key("mallory").api_key
         revoked = api.new_key("mallory")
@@ -108,16 +112,42 @@ BODIES: list[tuple[str, int | tuple[int, ...], bytes | Callable[[], Iterator[byt
     ("job-not-an-object", 422, None, {"jobs": [1]}, {"loc": ["jobs", 0]}),
     ("job-id-not-a-string", 422, None, {"jobs": [job(id=5)]}, {"loc": ["jobs", 0, "id"]}),
     ("params-not-an-object", 422, None, {"jobs": [job(params="x")]}, {"loc": ["jobs", 0, "params"]}),
-    ("param-wrong-type", 422, None, {"jobs": [job(params={"latency_s": "slow"})]},
-     {"loc": ["jobs", 0, "params", "latency_s"]}),
-    ("param-out-of-range", 422, None, {"jobs": [job(params={"duration": 10_000})]},
-     {"loc": ["jobs", 0, "params", "duration"]}),
-    ("param-nan", 422, b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
-     b' "params": {"cost_usd": NaN}}]}', None, {"loc": ["jobs", 0, "params", "cost_usd"]}),
-    ("param-infinity", 422, b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
-     b' "params": {"latency_s": 1e999}}]}', None, {"loc": ["jobs", 0, "params", "latency_s"]}),
-    ("param-huge-integer", 422, b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
-     b' "params": {"latency_s": 1' + b"0" * 400 + b"}}]}", None, {"loc": ["jobs", 0, "params", "latency_s"]}),
+    (
+        "param-wrong-type",
+        422,
+        None,
+        {"jobs": [job(params={"latency_s": "slow"})]},
+        {"loc": ["jobs", 0, "params", "latency_s"]},
+    ),
+    (
+        "param-out-of-range",
+        422,
+        None,
+        {"jobs": [job(params={"duration": 10_000})]},
+        {"loc": ["jobs", 0, "params", "duration"]},
+    ),
+    (
+        "param-nan",
+        422,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"cost_usd": NaN}}]}',
+        None,
+        {"loc": ["jobs", 0, "params", "cost_usd"]},
+    ),
+    (
+        "param-infinity",
+        422,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"latency_s": 1e999}}]}',
+        None,
+        {"loc": ["jobs", 0, "params", "latency_s"]},
+    ),
+    (
+        "param-huge-integer",
+        422,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
+        b' "params": {"latency_s": 1' + b"0" * 400 + b"}}]}",
+        None,
+        {"loc": ["jobs", 0, "params", "latency_s"]},
+    ),
     ("depends-on-not-a-list", 422, None, {"jobs": [job(depends_on="b")]}, {"loc": ["jobs", 0, "depends_on"]}),
     ("priority-not-an-int", 422, None, {**ONE, "options": {"priority": "high"}}, {"loc": ["options", "priority"]}),
     ("priority-huge", 422, None, {**ONE, "options": {"priority": 10**30}}, {"loc": ["options", "priority"]}),
@@ -129,29 +159,56 @@ BODIES: list[tuple[str, int | tuple[int, ...], bytes | Callable[[], Iterator[byt
     ("missing-id", 422, None, {"jobs": [{**V, "params": {}}]}, {"loc": ["jobs", 0, "id"]}),
     ("missing-type", 422, None, {"jobs": [{"id": "a", "model": "sim/video"}]}, {"loc": ["jobs", 0, "type"]}),
     ("missing-model", 422, None, {"jobs": [{"id": "a", "type": "generate-video"}]}, {"loc": ["jobs", 0, "model"]}),
-    ("missing-required-param", 422, None,
-     {"jobs": [{"id": "a", "type": "generate-image", "model": "local/image", "params": {}}]},
-     {"loc": ["jobs", 0, "params", "prompt"]}),
+    (
+        "missing-required-param",
+        422,
+        None,
+        {"jobs": [{"id": "a", "type": "generate-image", "model": "local/image", "params": {}}]},
+        {"loc": ["jobs", 0, "params", "prompt"]},
+    ),
     ("unknown-top-level-field", 422, None, {**ONE, "bogus": 1}, {"loc": ["bogus"]}),
     ("unknown-job-field", 422, None, {"jobs": [job(bogus=1)]}, {"loc": ["jobs", 0, "bogus"]}),
     ("unknown-option", 422, None, {**ONE, "options": {"bogus": 1}}, {"loc": ["options", "bogus"]}),
-    ("unknown-param", 422, None,
-     {"jobs": [{"id": "a", "type": "generate-image", "model": "local/image", "params": {"prompt": "x", "bogus": 1}}]},
-     {"loc": ["jobs", 0, "params", "bogus"]}),
+    (
+        "unknown-param",
+        422,
+        None,
+        {
+            "jobs": [
+                {"id": "a", "type": "generate-image", "model": "local/image", "params": {"prompt": "x", "bogus": 1}}
+            ]
+        },
+        {"loc": ["jobs", 0, "params", "bogus"]},
+    ),
     ("unknown-type", 422, None, {"jobs": [job(type="explode")]}, {"loc": ["jobs", 0, "type"]}),
     ("unknown-model", 422, None, {"jobs": [job(model="nope/x")]}, {"loc": ["jobs", 0, "model"]}),
     ("bad-job-id", 422, None, {"jobs": [job(id="Bad Id!")]}, {"loc": ["jobs", 0, "id"]}),
     ("duplicate-job-ids", 422, None, {"jobs": [job(), job()]}, {"loc": ["jobs", 1, "id"]}),
-    ("unknown-reference", 422, None, {"jobs": [job(params={"prompt": "$nope"})]},
-     {"loc": ["jobs", 0, "params", "prompt"], "detail": "nope"}),
-    ("cycle", 422, None, {"jobs": [job(id="a", params={"x": "$b"}), job(id="b", params={"x": "$a"})]},
-     {"detail": "a -> b -> a"}),
+    (
+        "unknown-reference",
+        422,
+        None,
+        {"jobs": [job(params={"prompt": "$nope"})]},
+        {"loc": ["jobs", 0, "params", "prompt"], "detail": "nope"},
+    ),
+    (
+        "cycle",
+        422,
+        None,
+        {"jobs": [job(id="a", params={"x": "$b"}), job(id="b", params={"x": "$a"})]},
+        {"detail": "a -> b -> a"},
+    ),
     ("201-jobs", 422, None, {"jobs": [job(id=f"j{i}") for i in range(201)]}, {"loc": ["jobs"], "detail": "200"}),
     ("deeply-nested-json", (400, 422), b"[" * 100_000 + b"]" * 100_000, None, {}),
     ("deeply-nested-plan", (400, 422), b'{"jobs": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", None, {}),
     ("deeply-nested-param", (400, 422), None, {"jobs": [job(params={"echo": nested(900)})]}, {}),
-    ("lone-surrogate", (400, 422), b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
-     b' "params": {"prompt": "\\ud800"}}]}', None, {}),
+    (
+        "lone-surrogate",
+        (400, 422),
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"prompt": "\\ud800"}}]}',
+        None,
+        {},
+    ),
     ("huge-body-content-length", 413, HUGE, None, {"title": "Request too large"}),
     ("huge-body-chunked", 413, chunked(HUGE), None, {"title": "Request too large"}),
 ]
@@ -182,8 +239,16 @@ PRIVATE_WEBHOOKS = [
     "http://localhost/hook",
 ]
 WEBHOOK_CASES = [
-    Case(f"webhook:{url}", "POST", "/v1/executions", 422, json_body={**ONE, "webhook": url}, loc=["webhook"],
-         detail="not allowed", needs_webhooks=True)
+    Case(
+        f"webhook:{url}",
+        "POST",
+        "/v1/executions",
+        422,
+        json_body={**ONE, "webhook": url},
+        loc=["webhook"],
+        detail="not allowed",
+        needs_webhooks=True,
+    )
     for url in PRIVATE_WEBHOOKS
 ]
 
@@ -257,8 +322,15 @@ BAD_AUTH: list[tuple[str, str | bytes | None]] = [
     ("revoked", "revoked"),
 ]
 AUTH_CASES = [
-    Case(f"{method} {path}:{name}", method, path, 401, json_body=ONE if method == "POST" else None, auth=auth,
-         title="Unauthorized")
+    Case(
+        f"{method} {path}:{name}",
+        method,
+        path,
+        401,
+        json_body=ONE if method == "POST" else None,
+        auth=auth,
+        title="Unauthorized",
+    )
     for method, path in PROTECTED
     for name, auth in BAD_AUTH
 ] + [
@@ -310,15 +382,35 @@ QUERY_CASES = [
 ] + [
     Case("deliveries:limit=0", "GET", "/v1/webhook-deliveries?limit=0", 422, loc=["query", "limit"], raw=True),
     Case("deliveries:limit=abc", "GET", "/v1/webhook-deliveries?limit=abc", 422, loc=["query", "limit"], raw=True),
-    Case("deliveries:sql-execution-id", "GET", "/v1/webhook-deliveries?execution_id=%27%20OR%201%3D1%20--", 422,
-         loc=["query", "execution_id"], raw=True),
-    Case("idempotency-key-too-long", "POST", "/v1/executions", 422, json_body=ONE,
-         headers={"Idempotency-Key": "k" * 300}, loc=["header", "idempotency-key"]),
+    Case(
+        "deliveries:sql-execution-id",
+        "GET",
+        "/v1/webhook-deliveries?execution_id=%27%20OR%201%3D1%20--",
+        422,
+        loc=["query", "execution_id"],
+        raw=True,
+    ),
+    Case(
+        "idempotency-key-too-long",
+        "POST",
+        "/v1/executions",
+        422,
+        json_body=ONE,
+        headers={"Idempotency-Key": "k" * 300},
+        loc=["header", "idempotency-key"],
+    ),
 ]
 BAD_LAST_EVENT_IDS: list[str | bytes] = ["abc", "1e3", "1.5", "0x10", "-1", "99999999999999999999999", b"\xff\xfe"]
 LAST_EVENT_ID_CASES = [
-    Case(f"last-event-id:{value!r}", "GET", "/v1/executions/{own}/events", 400, headers={"Last-Event-ID": value},
-         auth="owner", detail="Last-Event-ID")
+    Case(
+        f"last-event-id:{value!r}",
+        "GET",
+        "/v1/executions/{own}/events",
+        400,
+        headers={"Last-Event-ID": value},
+        auth="owner",
+        detail="Last-Event-ID",
+    )
     for value in BAD_LAST_EVENT_IDS
 ]
 
