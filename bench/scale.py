@@ -1,0 +1,109 @@
+"""Scale-out on PostgreSQL: 20,000 zero-latency `sim` jobs (100 plans of 100 roots + 100 dependents) run by 1, 2
+and 4 `reelflow worker` processes on one database. For each: jobs per second from the first start to the last
+finish, and the hand-off from a dependency's completion to its dependent's start (p50, p99).
+
+Targets: at least 6,000 jobs/s, more workers never slower, hand-off p99 under 20 ms.
+
+    python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--database-url postgresql://…/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from reelflow.engine.scheduler import Engine
+from reelflow.store import open_store
+
+
+def plan(pairs: int, tag: str) -> dict[str, object]:
+    roots = [{"id": f"r{i}", "type": "generate-video", "model": "sim/video", "params": {"latency_s": 0}}
+             for i in range(pairs)]
+    deps = [{"id": f"d{i}", "type": "generate-video", "model": "sim/video",
+             "params": {"latency_s": 0, "prompt": f"$r{i}"}} for i in range(pairs)]
+    return {"jobs": roots + deps, "options": {"cache": False}, "metadata": {"run": tag}}
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def run(admin_url: str, total: int, workers: int) -> None:
+    name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(admin_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    tmp = Path(tempfile.mkdtemp(prefix="reelflow-scale-"))
+    try:
+        store = open_store(url)
+        await store.migrate()
+        engine = Engine(store)
+        pairs = 100
+        ids = [await engine.submit(plan(pairs, str(p))) for p in range(max(1, total // (2 * pairs)))]
+        env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
+                   REELFLOW_LOG_LEVEL="WARNING")
+        procs = [subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", "1000"],
+                                  env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                 for _ in range(workers)]
+        try:
+            for eid in ids:
+                state = await engine.wait(eid, poll_s=0.2, timeout=600)
+                assert state["status"] == "succeeded", state["error"]
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+        starts, ends, handoffs = [], [], []
+        for eid in ids:
+            state = await engine.get(eid)
+            by_id = {j["id"]: j for j in state["jobs"]}
+            for j in state["jobs"]:
+                starts.append(ts(j["started_at"]))
+                ends.append(ts(j["finished_at"]))
+                if j["depends_on"]:
+                    handoffs.append(ts(j["started_at"]) - ts(by_id[j["depends_on"][0]]["finished_at"]))
+        span = max(ends) - min(starts)
+        print(f"workers {workers}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
+              f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms")
+        await store.close()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def main(admin_url: str, total: int, counts: list[int]) -> None:
+    print(f"store: postgresql  jobs: {total} per run")
+    for n in counts:
+        started = time.monotonic()
+        await run(admin_url, total, n)
+        print(f"  (run took {time.monotonic() - started:.0f} s with set-up)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="a database to connect to and create the benchmark's own database from")
+    args = parser.parse_args()
+    asyncio.run(main(args.database_url, args.jobs, [int(n) for n in args.workers.split(",")]))
