@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,7 +226,10 @@ async def test_resume_reruns_only_failed_and_skipped_jobs(engine: Engine, runnin
         first = await engine.wait(eid, timeout=10)
         assert first["status"] == "failed"
         assert {j["id"]: j["status"] for j in first["jobs"]} == {
-            "a": "succeeded", "b": "failed", "c": "skipped", "side": "succeeded"
+            "a": "succeeded",
+            "b": "failed",
+            "c": "skipped",
+            "side": "succeeded",
         }
         a_result = jobs_by_id(first)["a"]["result"]
         provider.broken.clear()
@@ -406,9 +413,7 @@ class CountingProvider(SimProvider):
             self.now -= 1
 
 
-async def test_concurrency_limits_how_many_jobs_one_worker_holds(
-    engine: Engine, running_worker: WorkerFactory
-) -> None:
+async def test_concurrency_limits_how_many_jobs_one_worker_holds(engine: Engine, running_worker: WorkerFactory) -> None:
     provider = CountingProvider()
     eid = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=0.1) for i in range(12)]})
     async with running_worker(providers_={"sim": provider}, concurrency=4):
@@ -423,15 +428,60 @@ async def test_a_missing_provider_key_is_refused_at_submission(
     monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
     plan = {
         "jobs": [
-            {"id": "still", "type": "generate-image", "model": "replicate/black-forest-labs/flux-schnell",
-             "params": {"prompt": "A sunset"}},
+            {
+                "id": "still",
+                "type": "generate-image",
+                "model": "replicate/black-forest-labs/flux-schnell",
+                "params": {"prompt": "A sunset"},
+            },
             sim_job("other"),
         ]
     }
-    with pytest.raises(PlanError, match="job 'still': replicate/black-forest-labs/flux-schnell needs "
-                                        "REPLICATE_API_TOKEN, which is not set") as info:
+    with pytest.raises(
+        PlanError,
+        match="job 'still': replicate/black-forest-labs/flux-schnell needs REPLICATE_API_TOKEN, which is not set",
+    ) as info:
         await engine.submit(plan)
     assert info.value.errors[0].loc == ["jobs", 0, "model"]
     assert (await store.list_executions())[0] == []
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_test")
     assert (await engine.submit(plan)).startswith("ex_")
+
+
+async def test_prune_deletes_finished_executions_older_than_the_cutoff(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    old = await engine.submit({"jobs": [sim_job("a", latency_s=0.01), sim_job("b", latency_s=0.01)]})
+    new = await engine.submit({"jobs": [sim_job("a", latency_s=0.01, prompt="other")]})
+    async with running_worker():
+        await engine.wait(old, timeout=10)
+        await engine.wait(new, timeout=10)
+    waiting = await engine.submit({"jobs": [sim_job("c")]})  # not finished: never pruned
+    assert await store.prune(time.time() - 3600) == {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
+    mid = time.time()
+    await asyncio.sleep(0.05)
+    # `old` and `new` both ended before `mid`: the CLI prunes them, leaving the unfinished one
+    events_before = len(await store.events(old))
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "reelflow.cli", "prune", "--older-than", f"{time.time() - mid + 0.01:.3f}s", "--json"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    removed = json.loads(proc.stdout)
+    assert removed["executions"] == 2 and removed["jobs"] == 3 and removed["events"] >= events_before
+    with pytest.raises(NotFound):
+        await engine.get(old)
+    assert (await engine.get(waiting))["status"] == "queued"
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "reelflow.cli", "prune", "--older-than", "soon"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "not an age like 30d" in bad.stderr

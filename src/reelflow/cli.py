@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from importlib import resources
@@ -603,6 +604,50 @@ async def _stats() -> dict[str, Any]:
             "queue": await rt.store.queue_stats(),
             "limits": get_limits(rt.settings).as_dict(),
         }
+    finally:
+        await rt.close()
+
+
+_AGE = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age_seconds(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s`, `2w` (or plain seconds) as seconds; bad usage otherwise."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _AGE else "s"
+    number = value[:-1] if value[-1:] in _AGE else value
+    try:
+        seconds = float(number) * _AGE[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        err.print(f"[red]error:[/red] --older-than: not an age like 30d, 12h or 90m: {text!r}", highlight=False)
+        raise typer.Exit(2)
+    return seconds
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age of finished executions to delete: 30d, 12h, 90m, 2w.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete executions that ended longer ago than --older-than, with their jobs, events and deliveries
+    (stored artifacts stay)."""
+    removed = _prune(time.time() - _age_seconds(older_than))
+    if as_json:
+        _print_json(removed)
+    else:
+        out.print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in removed.items()) + " deleted")
+
+
+@command
+async def _prune(cutoff: float) -> dict[str, int]:
+    rt = LocalRuntime()
+    try:
+        await rt.store.migrate()
+        return await rt.store.prune(cutoff)
     finally:
         await rt.close()
 

@@ -263,6 +263,10 @@ class Store(Protocol):
         """provider -> (hold until, last 429), as unix times, for providers throttled in the last minute."""
         ...
 
+    async def prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` with their jobs, events and deliveries; counts."""
+        ...
+
     async def canceled_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
         ...

@@ -1477,6 +1477,28 @@ class PostgresStore:
 
         return await self._tx(write)
 
+    async def prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
+        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
+
+        async def work(cur: Cur) -> dict[str, int]:
+            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
+            await cur.execute(
+                "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < %s FOR UPDATE",
+                (older_than,),
+            )
+            ids = [r["id"] for r in await cur.fetchall()]
+            if not ids:
+                return removed
+            for table in ("events", "jobs", "webhook_deliveries"):
+                await cur.execute(f"DELETE FROM {table} WHERE execution_id = ANY(%s::text[])", (ids,))
+                removed[table] = cur.rowcount
+            await cur.execute("DELETE FROM executions WHERE id = ANY(%s::text[])", (ids,))
+            removed["executions"] = cur.rowcount
+            return removed
+
+        return await self._tx(work)
+
     async def next_wakeup(self) -> float | None:
         row = await self._one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'")
         return None if row is None or row["t"] is None else float(row["t"])

@@ -1366,6 +1366,27 @@ class SQLiteStore:
                 (time.time(), delivery_id),
             )
 
+    async def prune(self, older_than: float) -> dict[str, int]:
+        return await self._run(self._prune, older_than)
+
+    def _prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
+        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
+        removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
+        with self._write() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < ?", (older_than,)
+                )
+            ]
+            for chunk in _chunks(ids):
+                qs = _qs(len(chunk))
+                for table in ("events", "jobs", "webhook_deliveries"):
+                    removed[table] += conn.execute(f"DELETE FROM {table} WHERE execution_id IN ({qs})", chunk).rowcount
+                removed["executions"] += conn.execute(f"DELETE FROM executions WHERE id IN ({qs})", chunk).rowcount
+        return removed
+
     async def next_wakeup(self) -> float | None:
         return await self._run(self._next_wakeup)
 
