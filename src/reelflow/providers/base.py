@@ -128,6 +128,13 @@ class CallbackEvent:
 ProgressReporter = Callable[[ProgressUpdate], Awaitable[None] | None]
 
 
+async def report_progress(report: ProgressReporter, update: ProgressUpdate) -> None:
+    """Tell `report` about progress; it may be a plain function or a coroutine function."""
+    maybe = report(update)
+    if maybe is not None:
+        await maybe
+
+
 @runtime_checkable
 class Provider(Protocol):
     """An AI provider (or the local ffmpeg one) behind the same three calls."""

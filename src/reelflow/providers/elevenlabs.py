@@ -40,6 +40,9 @@ from .base import (
     Task,
     TransientError,
 )
+from .base import (
+    report_progress as _report,
+)
 from .catalog_elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
 from .http import HttpAdapter, retry_after
 from .transcripts import words_from_characters
@@ -296,9 +299,3 @@ class ElevenLabsProvider(HttpAdapter):
     async def cancel(self, task: Task, provider_id: str) -> None:
         """Nothing to stop: the work is one synchronous call inside `wait`."""
         return None
-
-
-async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
-    maybe = report(update)
-    if maybe is not None:
-        await maybe

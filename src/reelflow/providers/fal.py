@@ -42,6 +42,9 @@ from .base import (
     Task,
     TransientError,
 )
+from .base import (
+    report_progress as _report,
+)
 from .catalog_fal import to_fal_input
 from .http import HttpAdapter, retry_after
 
@@ -422,9 +425,3 @@ def _any_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes
             continue
         return True
     return False
-
-
-async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
-    maybe = report(update)
-    if maybe is not None:
-        await maybe

@@ -45,6 +45,9 @@ from .base import (
     Task,
     TransientError,
 )
+from .base import (
+    report_progress as _report,
+)
 from .catalog import is_http_url
 from .catalog_openai import (
     MODELS_BY_ID,
@@ -687,9 +690,3 @@ def _write_b64(out: Path, encoded: str) -> Path:
     except (binascii.Error, ValueError):
         raise TransientError("openai: an image came back as invalid base64") from None
     return out
-
-
-async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
-    maybe = report(update)
-    if maybe is not None:
-        await maybe

@@ -36,6 +36,9 @@ from .base import (
     Task,
     TransientError,
 )
+from .base import (
+    report_progress as _report,
+)
 from .catalog import ModelSpec, params_with_defaults
 from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
 from .http import HttpAdapter, retry_after
@@ -112,12 +115,6 @@ def classify(response: httpx.Response, what: str) -> ProviderError:
     if 300 <= status < 400:
         return PermanentError(f"replicate: {what} answered a redirect {status} (not followed)")
     return PermanentError(message)
-
-
-async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
-    maybe = report(update)
-    if maybe is not None:
-        await maybe
 
 
 def _check_id(provider_id: str) -> str:

@@ -24,6 +24,9 @@ from .base import (
     Task,
     TransientError,
 )
+from .base import (
+    report_progress as _report,
+)
 
 SUFFIX = {"sim/image": ".png", "sim/video": ".mp4", "sim/audio": ".m4a"}
 
@@ -42,12 +45,6 @@ def _decode(provider_id: str) -> dict[str, Any]:
     except ValueError as exc:
         raise PermanentError(f"corrupt sim prediction id: {provider_id!r}") from exc
     return data
-
-
-async def _report(report: ProgressReporter, update: ProgressUpdate) -> None:
-    maybe = report(update)
-    if maybe is not None:
-        await maybe
 
 
 class SimProvider:
