@@ -492,7 +492,7 @@ class PostgresStore:
         await cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s,"
             " lease_expires_at = %s, started_at = COALESCE(started_at, %s), progress = 0, queue_position = NULL"
-            " WHERE status = 'queued' AND id = ANY(%s::bigint[])"
+            " WHERE status = 'queued' AND id = ANY(%b::bigint[])"
             " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
             " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
             " cost_estimated",
@@ -509,13 +509,13 @@ class PostgresStore:
         ]
         await cur.execute(
             "WITH s AS (UPDATE executions SET status = 'running', started_at = %s, updated_at = %s"
-            " WHERE status = 'queued' AND id = ANY(%s::text[]) RETURNING id) SELECT id FROM s ORDER BY id",
+            " WHERE status = 'queued' AND id = ANY(%b::text[]) RETURNING id) SELECT id FROM s ORDER BY id",
             (now, now, exec_ids),
         )
         events += [
             (s["id"], None, "execution.running", dumps({"status": "running"}), now) for s in await cur.fetchall()
         ]
-        await cur.execute("SELECT id, deadline FROM executions WHERE id = ANY(%s::text[])", (exec_ids,))
+        await cur.execute("SELECT id, deadline FROM executions WHERE id = ANY(%b::text[])", (exec_ids,))
         deadlines: dict[str, float | None] = {d["id"]: d["deadline"] for d in await cur.fetchall()}
         deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
         pairs = sorted({(r["execution_id"], k) for r in rows for k in deps_of[r["id"]]})
@@ -523,7 +523,7 @@ class PostgresStore:
         if pairs:
             await cur.execute(
                 "SELECT j.execution_id, j.key, j.result FROM jobs j"
-                " JOIN unnest(%s::text[], %s::text[]) AS w(eid, k) ON j.execution_id = w.eid AND j.key = w.k",
+                " JOIN unnest(%b::text[], %b::text[]) AS w(eid, k) ON j.execution_id = w.eid AND j.key = w.k",
                 ([p[0] for p in pairs], [p[1] for p in pairs]),
             )
             for d in await cur.fetchall():
@@ -567,7 +567,7 @@ class PostgresStore:
             await cur.execute(
                 "SELECT DISTINCT provider, split_part(model, ':', 1) AS base FROM jobs"
                 " WHERE status = 'queued' AND run_after <= %s"
-                " AND (provider = ANY(%s::text[]) OR split_part(model, ':', 1) = ANY(%s::text[]))",
+                " AND (provider = ANY(%b::text[]) OR split_part(model, ':', 1) = ANY(%b::text[]))",
                 (now, list(caps_p), list(caps_m)),
             )
             for r in await cur.fetchall():
@@ -585,7 +585,7 @@ class PostgresStore:
         running_m: dict[str, int] = {}
         if locked_p:
             await cur.execute(
-                "SELECT provider, COUNT(*) AS n FROM jobs WHERE status = 'running' AND provider = ANY(%s::text[])"
+                "SELECT provider, COUNT(*) AS n FROM jobs WHERE status = 'running' AND provider = ANY(%b::text[])"
                 " GROUP BY provider",
                 (sorted(locked_p),),
             )
@@ -593,7 +593,7 @@ class PostgresStore:
         if locked_m:
             await cur.execute(
                 "SELECT split_part(model, ':', 1) AS base, COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                " AND split_part(model, ':', 1) = ANY(%s::text[]) GROUP BY 1",
+                " AND split_part(model, ':', 1) = ANY(%b::text[]) GROUP BY 1",
                 (sorted(locked_m),),
             )
             running_m = {r["base"]: int(r["n"]) for r in await cur.fetchall()}
@@ -615,11 +615,11 @@ class PostgresStore:
         # One statement locks every candidate: each tenant's next `limit` ready jobs, skipping rows another
         # claimer holds.
         await cur.execute(
-            "SELECT c.id, c.tenant, c.provider, c.model FROM unnest(%s::text[]) WITH ORDINALITY AS t(name, n)"
+            "SELECT c.id, c.tenant, c.provider, c.model FROM unnest(%b::text[]) WITH ORDINALITY AS t(name, n)"
             " CROSS JOIN LATERAL (SELECT j.id, j.tenant, j.provider, j.model, j.priority FROM jobs j"
             "   WHERE j.status = 'queued' AND j.tenant = t.name AND j.run_after <= %s"
-            "   AND (j.provider IS NULL OR j.provider <> ALL(%s::text[]))"
-            "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%s::text[]))"
+            "   AND (j.provider IS NULL OR j.provider <> ALL(%b::text[]))"
+            "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%b::text[]))"
             "   ORDER BY j.priority DESC, j.id LIMIT %s FOR UPDATE OF j SKIP LOCKED) c"
             " ORDER BY t.n, c.priority DESC, c.id",
             (tenants, now, skip_p, skip_m, limit),
@@ -784,7 +784,7 @@ class PostgresStore:
             return {}
         rows = await self._all(
             "SELECT w.tenant, w.cache_key, c.result, c.execution_id, c.key"
-            " FROM unnest(%s::text[], %s::text[]) AS w(tenant, cache_key)"
+            " FROM unnest(%b::text[], %b::text[]) AS w(tenant, cache_key)"
             " CROSS JOIN LATERAL (SELECT j.result, j.execution_id, j.key FROM jobs j"
             "   WHERE j.tenant = w.tenant AND j.cache_key = w.cache_key AND j.status = 'succeeded'"
             "   ORDER BY j.finished_at DESC LIMIT 1) c",
@@ -953,18 +953,17 @@ class PostgresStore:
 
         async def write(cur: Cur) -> None:
             now = time.time()
-            events: list[EventRow] = []
-            for job_id, owner, pid in items:
-                await cur.execute(
-                    "UPDATE jobs SET provider_job_id = %s WHERE id = %s AND lease_owner = %s AND status = 'running'"
-                    " RETURNING execution_id, key",
-                    (pid, job_id, owner),
-                )
-                row = await cur.fetchone()
-                if row is not None:
-                    events.append(
-                        (row["execution_id"], row["key"], "job.submitted", dumps({"provider_job_id": pid}), now)
-                    )
+            await cur.execute(
+                "UPDATE jobs j SET provider_job_id = w.pid FROM unnest(%b::bigint[], %b::text[], %b::text[])"
+                " AS w(id, owner, pid) WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
+                " RETURNING j.id, j.execution_id, j.key, j.provider_job_id",
+                ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
+            )
+            rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
+            events: list[EventRow] = [
+                (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
+                for r in rows
+            ]
             await self._insert_events(cur, events)
 
         await self._tx(write)
@@ -977,14 +976,19 @@ class PostgresStore:
             now = time.time()
             events: list[EventRow] = []
             touched: set[str] = set()
+            await cur.execute(
+                "UPDATE jobs j SET progress = w.progress, queue_position = w.qp"
+                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[]) AS w(id, owner, progress, qp)"
+                " WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
+                " RETURNING j.id, j.execution_id, j.key",
+                (
+                    [r.job_id for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
+                    [r.queue_position for r in reports],
+                ),
+            )  # fmt: skip
+            updated = {row["id"]: row for row in await cur.fetchall()}
             for r in reports:
-                await cur.execute(
-                    "UPDATE jobs SET progress = %s, queue_position = %s WHERE id = %s AND lease_owner = %s"
-                    " AND status = 'running' RETURNING execution_id, key",
-                    (r.progress, r.queue_position, r.job_id, r.owner),
-                )
-                row = await cur.fetchone()
-                if row is None:
+                if (row := updated.get(r.job_id)) is None:
                     continue
                 touched.add(row["execution_id"])
                 data: dict[str, Any] = {"progress": r.progress}
@@ -1005,92 +1009,130 @@ class PostgresStore:
         return await self._tx(lambda cur: self._apply_outcomes(cur, outcomes, time.time()))
 
     async def _apply_outcomes(self, cur: Cur, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
+        """Write a batch of outcomes in a fixed number of statements, whatever its size: one UPDATE per kind
+        of outcome (succeeded, retry, failed or canceled), one for the dependents they release, one for the
+        artifacts. Events keep the order of the outcomes."""
+        outcomes = list(outcomes)
+        done = [o for o in outcomes if o.status == "succeeded"]
+        retry = [o for o in outcomes if o.status == "retry"]
+        ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
+        rows: dict[int, DictRow] = {}
+        if done:
+            await cur.execute(
+                "UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,"
+                " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
+                " error = NULL, cache_key = w.ck, cache_hit = w.hit"
+                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[])"
+                "   AS w(id, owner, result, cost, ck, hit)"
+                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " RETURNING j.id, j.execution_id, j.key, j.dependents",
+                (
+                    now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
+                    [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
+                    [int(o.cache_hit) for o in done],
+                ),
+            )  # fmt: skip
+            rows.update((r["id"], r) for r in await cur.fetchall())
+        if retry:
+            await cur.execute(
+                "UPDATE jobs j SET status = 'queued', run_after = w.run_after, error = w.error, lease_owner = NULL,"
+                " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
+                " provider_job_id = CASE WHEN w.keep THEN j.provider_job_id END, queued_at = %s"
+                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[])"
+                "   AS w(id, owner, run_after, error, keep)"
+                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " RETURNING j.id, j.execution_id, j.key, j.attempts",
+                (
+                    now, [o.job_id for o in retry], [o.owner for o in retry], [o.retry_at or now for o in retry],
+                    [o.error for o in retry], [bool(o.keep_provider_id) for o in retry],
+                ),
+            )  # fmt: skip
+            rows.update((r["id"], r) for r in await cur.fetchall())
+        if ended:
+            await cur.execute(
+                "UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,"
+                " lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL"
+                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[])"
+                "   AS w(id, owner, status, error, cost)"
+                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " RETURNING j.id, j.execution_id, j.key, j.attempts",
+                (
+                    now, [o.job_id for o in ended], [o.owner for o in ended], [o.status for o in ended],
+                    [o.error for o in ended], [o.cost_usd for o in ended],
+                ),
+            )  # fmt: skip
+            rows.update((r["id"], r) for r in await cur.fetchall())
+
+        # Dependents: each waiting one loses as many dependencies as succeeded in this batch, and is queued
+        # when none are left. `released_by` remembers which finished job released it last, for its event.
+        succeeded = [(o, rows[o.job_id]) for o in done if o.job_id in rows]
+        released_by: dict[tuple[str, str], str] = {}
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for _, row in succeeded:
+            for dep in loads(row["dependents"]) or []:
+                released_by[(row["execution_id"], dep)] = row["key"]
+                counts[(row["execution_id"], dep)] += 1
+        queued: dict[tuple[str, str], int] = {}
+        if counts:
+            pairs = sorted(counts)
+            await cur.execute(
+                "UPDATE jobs j SET deps_left = j.deps_left - w.n,"
+                " status = CASE WHEN j.deps_left - w.n <= 0 THEN 'queued' ELSE j.status END,"
+                " queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END"
+                " FROM unnest(%b::text[], %b::text[], %b::int[]) AS w(eid, key, n)"
+                " WHERE j.execution_id = w.eid AND j.key = w.key AND j.status = 'waiting'"
+                " RETURNING j.id, j.execution_id, j.key, j.status",
+                (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs]),
+            )
+            for r in await cur.fetchall():
+                if r["status"] == "queued":
+                    queued[(r["execution_id"], r["key"])] = r["id"]
+        art = [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]
+        if art:
+            await cur.execute(
+                "INSERT INTO artifacts (tenant, key, execution_id, created_at)"
+                " SELECT e.tenant, w.key, e.id, %s FROM unnest(%b::text[], %b::text[]) AS w(eid, key)"
+                " JOIN executions e ON e.id = w.eid ON CONFLICT DO NOTHING",
+                (now, [a[0] for a in art], [a[1] for a in art]),
+            )
+
         events: list[EventRow] = []
         touched: set[str] = set()
         promoted: list[str] = []
-        requeued = False
         failed: dict[str, list[str]] = defaultdict(list)
+        release_order: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+        for (eid, dep), job_id in queued.items():
+            release_order[(eid, released_by[(eid, dep)])].append((job_id, dep))
         for o in outcomes:
+            found = rows.get(o.job_id)
+            if found is None:
+                continue
+            eid, key = found["execution_id"], found["key"]
+            touched.add(eid)
             if o.status == "succeeded":
-                await cur.execute(
-                    "UPDATE jobs SET status = 'succeeded', result = %s, cost_actual = %s, progress = 100,"
-                    " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                    " error = NULL, cache_key = %s, cache_hit = %s WHERE id = %s AND status = 'running'"
-                    " AND lease_owner = %s RETURNING execution_id, key, dependents",
-                    (
-                        dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
-                        o.owner,
-                    ),
-                )  # fmt: skip
-                row = await cur.fetchone()
-                if row is None:
-                    continue
-                eid, key = row["execution_id"], row["key"]
                 if o.cache_hit:
                     events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
                 events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
-                if keys := artifact_keys(o.result):
-                    await cur.executemany(
-                        "INSERT INTO artifacts (tenant, key, execution_id, created_at)"
-                        " SELECT tenant, %s, id, %s FROM executions WHERE id = %s ON CONFLICT DO NOTHING",
-                        [(k, now, eid) for k in keys],
-                    )
-                dependents = loads(row["dependents"])
-                if dependents:
-                    await cur.execute(
-                        "UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = %s AND key = ANY(%s::text[])"
-                        " AND status = 'waiting'",
-                        (eid, dependents),
-                    )
-                    await cur.execute(
-                        "WITH p AS (UPDATE jobs SET status = 'queued', queued_at = %s WHERE execution_id = %s"
-                        " AND key = ANY(%s::text[]) AND status = 'waiting' AND deps_left <= 0 RETURNING id, key)"
-                        " SELECT key FROM p ORDER BY id",
-                        (now, eid, dependents),
-                    )
-                    for p in await cur.fetchall():
-                        promoted.append(p["key"])
-                        events.append((eid, p["key"], "job.queued", dumps({"after": key}), now))
+                for _, dep in sorted(release_order.pop((eid, key), [])):
+                    promoted.append(dep)
+                    events.append((eid, dep, "job.queued", dumps({"after": key}), now))
             elif o.status == "retry":
-                await cur.execute(
-                    "UPDATE jobs SET status = 'queued', run_after = %s, error = %s, lease_owner = NULL,"
-                    " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
-                    " provider_job_id = CASE WHEN %s THEN provider_job_id END,"
-                    " queued_at = %s WHERE id = %s AND status = 'running' AND lease_owner = %s"
-                    " RETURNING execution_id, key, attempts",
-                    (o.retry_at or now, o.error, o.keep_provider_id, now, o.job_id, o.owner),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    continue
-                eid, key = row["execution_id"], row["key"]
-                requeued = True
                 delay = round(max(0.0, (o.retry_at or now) - now), 3)
                 events.append(
                     (
                         eid, key, "job.retrying",
-                        dumps({"attempt": row["attempts"], "error": o.error, "retry_in_s": delay}), now,
+                        dumps({"attempt": found["attempts"], "error": o.error, "retry_in_s": delay}), now,
                     )
                 )  # fmt: skip
-            else:  # failed or canceled
-                await cur.execute(
-                    "UPDATE jobs SET status = %s, error = %s, cost_actual = %s, finished_at = %s, lease_owner = NULL,"
-                    " lease_expires_at = NULL, queue_position = NULL WHERE id = %s AND status = 'running'"
-                    " AND lease_owner = %s RETURNING execution_id, key, attempts",
-                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    continue
-                eid, key = row["execution_id"], row["key"]
-                events.append((eid, key, f"job.{o.status}", dumps({"attempt": row["attempts"], "error": o.error}), now))
+            else:
+                data = dumps({"attempt": found["attempts"], "error": o.error})
+                events.append((eid, key, f"job.{o.status}", data, now))
                 failed[eid].append(key)
-            touched.add(eid)
         for eid, keys in failed.items():
             await self._skip_after_failure(cur, eid, keys, now, events)
         await self._settle(cur, touched, now, events)
         await self._insert_events(cur, events)
-        if promoted or requeued:
+        if promoted or any(o.job_id in rows for o in retry):
             await self._notify(cur)
         return promoted
 
@@ -1127,10 +1169,10 @@ class PostgresStore:
         # Lock the executions before counting their jobs: two workers finishing the last two jobs of one
         # execution at once would each count the other's job as still running, and neither would end it.
         # Under READ COMMITTED the counts below, taken after the lock, see the other's committed jobs.
-        await cur.execute("SELECT id FROM executions WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE", (ids,))
+        await cur.execute("SELECT id FROM executions WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE", (ids,))
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         await cur.execute(
-            "SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE execution_id = ANY(%s::text[])"
+            "SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE execution_id = ANY(%b::text[])"
             " GROUP BY execution_id, status",
             (ids,),
         )
@@ -1138,14 +1180,14 @@ class PostgresStore:
             counts[r["execution_id"]][r["status"]] = int(r["n"])
         running: dict[str, list[float]] = defaultdict(list)
         await cur.execute(
-            "SELECT execution_id, progress FROM jobs WHERE execution_id = ANY(%s::text[]) AND status = 'running'"
+            "SELECT execution_id, progress FROM jobs WHERE execution_id = ANY(%b::text[]) AND status = 'running'"
             " ORDER BY id",
             (ids,),
         )
         for r in await cur.fetchall():
             running[r["execution_id"]].append(r["progress"])
         await cur.execute(
-            "SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%s::text[])"
+            "SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%b::text[])"
             " ORDER BY id",
             (ids,),
         )
@@ -1202,18 +1244,22 @@ class PostgresStore:
         # Lock the executions first: a reader paging by `seq` must never see a later event of an execution
         # commit before an earlier one, so appends to one execution's log happen one transaction at a time.
         await cur.execute(
-            "SELECT id FROM executions WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE",
+            "SELECT id FROM executions WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE",
             (sorted({e[0] for e in events}),),
         )
-        await cur.executemany(
-            "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (%s, %s, %s, %s, %s)", events
+        await cur.execute(
+            "INSERT INTO events (execution_id, job_key, type, data, created_at)"
+            " SELECT e.execution_id, e.job_key, e.type, e.data, e.created_at"
+            " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[]) WITH ORDINALITY"
+            "   AS e(execution_id, job_key, type, data, created_at, n) ORDER BY n",
+            tuple(list(col) for col in zip(*events, strict=True)),
         )
         await self._queue_webhooks(cur, events)
 
     async def _queue_webhooks(self, cur: Cur, events: list[EventRow]) -> None:
         """Record the webhook deliveries these events call for, in the transaction that made them."""
         await cur.execute(
-            "SELECT id, tenant, webhook, webhook_events FROM executions WHERE id = ANY(%s::text[])"
+            "SELECT id, tenant, webhook, webhook_events FROM executions WHERE id = ANY(%b::text[])"
             " AND webhook IS NOT NULL",
             (sorted({e[0] for e in events}),),
         )
@@ -1255,7 +1301,7 @@ class PostgresStore:
             await cur.execute(
                 "WITH r AS (UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0),"
                 " lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
-                " WHERE lease_owner = %s AND status = 'running' AND id = ANY(%s::bigint[])"
+                " WHERE lease_owner = %s AND status = 'running' AND id = ANY(%b::bigint[])"
                 " RETURNING id, execution_id, key) SELECT execution_id, key FROM r ORDER BY id",
                 (now, now, owner, list(job_ids)),
             )
@@ -1454,7 +1500,7 @@ class PostgresStore:
         if rows:
             await cur.execute(
                 "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
-                " WHERE delivery_id = ANY(%s::text[]) ORDER BY delivery_id, attempt",
+                " WHERE delivery_id = ANY(%b::text[]) ORDER BY delivery_id, attempt",
                 ([r["id"] for r in rows],),
             )
             for a in await cur.fetchall():
@@ -1491,9 +1537,9 @@ class PostgresStore:
             if not ids:
                 return removed
             for table in ("events", "jobs", "webhook_deliveries"):
-                await cur.execute(f"DELETE FROM {table} WHERE execution_id = ANY(%s::text[])", (ids,))
+                await cur.execute(f"DELETE FROM {table} WHERE execution_id = ANY(%b::text[])", (ids,))
                 removed[table] = cur.rowcount
-            await cur.execute("DELETE FROM executions WHERE id = ANY(%s::text[])", (ids,))
+            await cur.execute("DELETE FROM executions WHERE id = ANY(%b::text[])", (ids,))
             removed["executions"] = cur.rowcount
             return removed
 
