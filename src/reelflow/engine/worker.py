@@ -134,7 +134,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._flush = asyncio.Event()
         self._outcomes: list[JobOutcome] = []
-        self._pids: list[tuple[int, str, str, asyncio.Future[None]]] = []
+        self._pids: list[tuple[int, str, str]] = []
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
         self._http: httpx.AsyncClient | None = None
@@ -345,18 +345,13 @@ class Worker:
                 self._flush.set()
 
     async def _flush_all(self) -> None:
-        if self._pids:
+        if self._pids:  # before the outcomes: a job's job.submitted event precedes its end
             pids, self._pids = self._pids, []
             try:
-                await self.store.set_provider_ids([(j, o, p) for j, o, p, _ in pids])
-            except BaseException as exc:
-                for *_, fut in pids:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                await self.store.set_provider_ids(pids)
+            except BaseException:
+                self._pids[:0] = pids
                 raise
-            for *_, fut in pids:
-                if not fut.done():
-                    fut.set_result(None)
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
             try:
@@ -375,11 +370,12 @@ class Worker:
             if reports:
                 await self.store.report_progress(reports)
 
-    async def _persist_provider_id(self, c: ClaimedJob, pid: str) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pids.append((c.id, self.id, pid, fut))
+    def _persist_provider_id(self, c: ClaimedJob, pid: str) -> None:
+        """Record the provider's id of the job with the next flush, without waiting for it: waiting would not
+        narrow the window in which a crash forgets the id (the submission has happened either way), and it
+        would cost every job a round trip before it can finish. The flush writes ids before outcomes."""
+        self._pids.append((c.id, self.id, pid))
         self._flush.set()
-        await fut
 
     # ------------------------------------------------------------------ one job
     def _start(self, c: ClaimedJob) -> None:
@@ -454,7 +450,7 @@ class Worker:
             if pid is None:
                 pid = await provider.submit(task)
                 held.provider_job_id = pid
-                await self._persist_provider_id(c, pid)
+                self._persist_provider_id(c, pid)
             else:
                 held.provider_job_id = pid
                 task.resumed = True

@@ -115,6 +115,8 @@ class PostgresStore:
         self._migrated = False
         self._closed = False
         self.configure_limits()
+        self._claims_full = False
+        """The last claim filled its batch: the next one skips the look for ready jobs."""
         self._rr_after = ""
         """The tenant served first by the last claim: the next claim starts after it (round robin)."""
         self._work = asyncio.Event()
@@ -477,12 +479,15 @@ class PostgresStore:
         if limit <= 0:
             return []
         # A cheap read first: an idle worker polls often and must not open a write transaction for nothing.
-        if (
+        # Skipped while claims come back full: there is surely more.
+        if not self._claims_full and (
             await self._one("SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= %s LIMIT 1", (time.time(),))
             is None
         ):
             return []
-        return await self._tx(lambda cur: self._claim(cur, owner, limit, lease_s))
+        claimed = await self._tx(lambda cur: self._claim(cur, owner, limit, lease_s))
+        self._claims_full = len(claimed) >= limit
+        return claimed
 
     async def _claim(self, cur: Cur, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
         now = time.time()
@@ -490,12 +495,12 @@ class PostgresStore:
         if not picked:
             return []
         await cur.execute(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s,"
-            " lease_expires_at = %s, started_at = COALESCE(started_at, %s), progress = 0, queue_position = NULL"
-            " WHERE status = 'queued' AND id = ANY(%b::bigint[])"
-            " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
-            " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-            " cost_estimated",
+            "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,"
+            " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL"
+            " FROM executions e WHERE e.id = j.execution_id AND j.status = 'queued' AND j.id = ANY(%b::bigint[])"
+            " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
+            " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
+            " j.use_cache, j.cost_estimated, e.deadline",
             (owner, now + lease_s, now, picked),
         )
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
@@ -515,8 +520,6 @@ class PostgresStore:
         events += [
             (s["id"], None, "execution.running", dumps({"status": "running"}), now) for s in await cur.fetchall()
         ]
-        await cur.execute("SELECT id, deadline FROM executions WHERE id = ANY(%b::text[])", (exec_ids,))
-        deadlines: dict[str, float | None] = {d["id"]: d["deadline"] for d in await cur.fetchall()}
         deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
         pairs = sorted({(r["execution_id"], k) for r in rows for k in deps_of[r["id"]]})
         results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -544,7 +547,7 @@ class PostgresStore:
                 timeout_s=r["timeout_s"],
                 start_timeout_s=r["start_timeout_s"],
                 started_at=r["started_at"],
-                execution_deadline=deadlines.get(r["execution_id"]),
+                execution_deadline=r["deadline"],
                 dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
                 tenant=r["tenant"],
                 use_cache=bool(r["use_cache"]),
@@ -1169,29 +1172,25 @@ class PostgresStore:
         # Lock the executions before counting their jobs: two workers finishing the last two jobs of one
         # execution at once would each count the other's job as still running, and neither would end it.
         # Under READ COMMITTED the counts below, taken after the lock, see the other's committed jobs.
-        await cur.execute("SELECT id FROM executions WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE", (ids,))
-        counts: dict[str, dict[str, int]] = defaultdict(dict)
         await cur.execute(
-            "SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE execution_id = ANY(%b::text[])"
-            " GROUP BY execution_id, status",
+            "SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%b::text[])"
+            " ORDER BY id FOR UPDATE",
+            (ids,),
+        )
+        executions = await cur.fetchall()
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        running: dict[str, list[float]] = defaultdict(list)
+        await cur.execute(
+            "SELECT execution_id, status, COUNT(*) AS n,"
+            " array_agg(progress ORDER BY id) FILTER (WHERE status = 'running') AS progress"
+            " FROM jobs WHERE execution_id = ANY(%b::text[]) GROUP BY execution_id, status",
             (ids,),
         )
         for r in await cur.fetchall():
             counts[r["execution_id"]][r["status"]] = int(r["n"])
-        running: dict[str, list[float]] = defaultdict(list)
-        await cur.execute(
-            "SELECT execution_id, progress FROM jobs WHERE execution_id = ANY(%b::text[]) AND status = 'running'"
-            " ORDER BY id",
-            (ids,),
-        )
-        for r in await cur.fetchall():
-            running[r["execution_id"]].append(r["progress"])
-        await cur.execute(
-            "SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%b::text[])"
-            " ORDER BY id",
-            (ids,),
-        )
-        for ex in await cur.fetchall():
+            if r["progress"]:
+                running[r["execution_id"]] = list(r["progress"])
+        for ex in executions:
             eid = ex["id"]
             status = execution_status(
                 counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
@@ -1243,10 +1242,17 @@ class PostgresStore:
             return
         # Lock the executions first: a reader paging by `seq` must never see a later event of an execution
         # commit before an earlier one, so appends to one execution's log happen one transaction at a time.
+        # The same statement reads who subscribed to webhooks.
         await cur.execute(
-            "SELECT id FROM executions WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE",
+            "SELECT id, tenant, webhook, webhook_events FROM executions WHERE id = ANY(%b::text[])"
+            " ORDER BY id FOR UPDATE",
             (sorted({e[0] for e in events}),),
         )
+        subscribed = {
+            r["id"]: (r["tenant"], r["webhook"], loads(r["webhook_events"]) or [])
+            for r in await cur.fetchall()
+            if r["webhook"] is not None
+        }
         await cur.execute(
             "INSERT INTO events (execution_id, job_key, type, data, created_at)"
             " SELECT e.execution_id, e.job_key, e.type, e.data, e.created_at"
@@ -1254,18 +1260,13 @@ class PostgresStore:
             "   AS e(execution_id, job_key, type, data, created_at, n) ORDER BY n",
             tuple(list(col) for col in zip(*events, strict=True)),
         )
-        await self._queue_webhooks(cur, events)
+        if subscribed:
+            await self._queue_webhooks(cur, events, subscribed)
 
-    async def _queue_webhooks(self, cur: Cur, events: list[EventRow]) -> None:
+    async def _queue_webhooks(
+        self, cur: Cur, events: list[EventRow], subscribed: dict[str, tuple[str, str, list[str]]]
+    ) -> None:
         """Record the webhook deliveries these events call for, in the transaction that made them."""
-        await cur.execute(
-            "SELECT id, tenant, webhook, webhook_events FROM executions WHERE id = ANY(%b::text[])"
-            " AND webhook IS NOT NULL",
-            (sorted({e[0] for e in events}),),
-        )
-        subscribed = {
-            r["id"]: (r["tenant"], r["webhook"], loads(r["webhook_events"]) or []) for r in await cur.fetchall()
-        }
         if not subscribed:
             return
         rows = []
