@@ -18,6 +18,13 @@ demo: $(STAMP)
 	$(BIN)/reelflow demo
 
 test: $(STAMP)
+	@# the browser tests (tests/test_ui_browser.py) drive Debian's Chromium: install it when missing (as root)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
+		|| { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will say so"; \
+	fi
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 BOTH_STORES = frozenset(
     {
         "test_engine", "test_limits", "test_worker_processes", "test_webhooks", "test_callbacks",
-        "test_client", "test_sdk",
+        "test_client", "test_sdk", "test_metrics",
     }
 )
 """Test modules whose every test runs twice: on SQLite and on PostgreSQL (skipped, with the reason, when no
@@ -40,6 +40,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         kinds = ["sqlite", "postgres"] if module in BOTH_STORES else ["sqlite"]
         if metafunc.definition.get_closest_marker("sqlite_only"):
             kinds = ["sqlite"]
+        if metafunc.definition.get_closest_marker("postgres_only"):
+            kinds = ["postgres"]
         metafunc.parametrize("db_kind", kinds, scope="function")
 
 

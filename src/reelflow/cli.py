@@ -16,19 +16,22 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
-from .config import get_settings
+from .config import SettingsError, get_settings
 from .display import progress_view, timeline_table
 from .engine.runtime import LocalRuntime
 from .engine.worker import Worker, tune_gc
 from .errors import ErrorItem, PlanError, ReelflowError
+from .metrics import serve_metrics
 from .plan import load_plan_text
 from .providers.catalog import list_models
 
 if TYPE_CHECKING:
     from .client import APIError, Client
 
+log = logging.getLogger("reelflow.cli")
 app = typer.Typer(
     name="reelflow",
     help="Run AI video pipelines: plans of generation jobs on a durable queue.",
@@ -61,6 +64,9 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return asyncio.run(fn(*args, **kwargs))
+        except SettingsError as exc:  # a bad REELFLOW_* variable: bad usage
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
         except PlanError as exc:
             err.print(f"[red]refused:[/red] {exc}", highlight=False)
         except (ReelflowError, ValueError, OSError) as exc:
@@ -396,24 +402,42 @@ def estimate(
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs held at once.")] = 1000,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            envvar="REELFLOW_METRICS_PORT",
+            help="Serve this worker's Prometheus metrics at http://HOST:PORT/metrics (0: off).",
+        ),
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", envvar="REELFLOW_METRICS_HOST", help="Address for --metrics-port.")
+    ] = "0.0.0.0",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT: claims jobs from the database and runs them."""
-    _worker(concurrency)
+    _worker(concurrency, metrics_port, metrics_host)
 
 
 @command
-async def _worker(concurrency: int) -> None:
-    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+async def _worker(concurrency: int, metrics_port: int = 0, metrics_host: str = "0.0.0.0") -> None:
+    from .logs import configure_logging
+
+    configure_logging(get_settings(), service=True)
+    exporter = serve_metrics(metrics_port, metrics_host) if metrics_port else None  # a taken port: exit 1
     rt = LocalRuntime()
     try:
         w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
         w.install_signal_handlers()
         tune_gc()
-        err.print(f"worker {w.id} on {rt.settings.database_url} (concurrency {concurrency})")
+        log.info("worker %s on %s (concurrency %d)", w.id, rt.settings.database_url, concurrency)
         await w.run()
-        err.print(f"worker {w.id} stopped after {w.finished} jobs")
+        log.info("worker %s stopped after %d jobs", w.id, w.finished)
     finally:
         await rt.close()
+        if exporter is not None:
+            exporter.shutdown()
 
 
 @app.command()
@@ -428,10 +452,14 @@ def serve(
     import uvicorn
 
     from .api import create_app
+    from .logs import configure_logging
 
-    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(get_settings(), service=True)  # uvicorn's own lines go through the same handler
     tune_gc()
-    uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="warning", access_log=False)
+    access_log = logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)
+    uvicorn.run(
+        create_app(workers=workers), host=host, port=port, log_config=None, log_level=None, access_log=access_log
+    )
 
 
 keys_app = typer.Typer(help="Manage API keys (each belongs to one tenant).", no_args_is_help=True)
@@ -554,14 +582,31 @@ def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt
     out.print(table)
 
 
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Window of the figures: an ISO 8601 time or a duration back (24h, 90m, 7d)."),
+]
+
+
 @app.command()
-def stats(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
-    """Usage this month (executions, cost, cache hits) against the limits, and the queue by provider."""
+def stats(
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False, since: SinceOpt = None
+) -> None:
+    """Usage this month (executions, cost, cache hits) against the limits, the queue by provider, and the
+    figures of the window (24 h unless --since): success rate, p50/p95 execution time, queue depth,
+    per-provider success and latency, webhook deliveries, spend this month. Locally: every tenant."""
+    from .store.stats import parse_since
+
+    try:
+        start = parse_since(since, time.time())
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --since: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     data: dict[str, Any]
     if server:
-        data = {"usage": [remote(server, api_key, lambda client: client.usage())]}
+        data = remote(server, api_key, lambda client: {"usage": [client.usage()], "stats": client.stats(since)})
     else:
-        data = _stats()
+        data = _stats(start)
     if as_json:
         _print_json(data)
         return
@@ -590,10 +635,53 @@ def stats(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt 
         caps = data["limits"]["providers"]
         lines = [f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if v is not None)}" for p, lim in caps.items()]
         out.print("provider limits: " + ("; ".join(ln for ln in lines if not ln.endswith(": ")) or "none"))
+    _show_stats(data["stats"])
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _show_stats(s: dict[str, Any]) -> None:
+    """The window's figures for a person (the same as `GET /v1/stats`)."""
+    ex = s["executions"]
+    who = "every tenant" if s["tenant"] is None else f"tenant {s['tenant']}"
+    out.print(f"since {s['since']} ({who}):", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(ex["by_status"].items())) or "none"
+    out.print(f"executions: {counts}", highlight=False)
+    out.print(
+        f"success rate: {_pct(ex['success_rate'])}, execution time p50 {_secs(ex['p50_s'])}, p95 {_secs(ex['p95_s'])}",
+        highlight=False,
+    )
+    w = s["workers"]
+    out.print(
+        f"queue depth: {s['queue_depth']}; workers live {w['live']}, slots in use {w['slots_in_use']}", highlight=False
+    )
+    if s["providers"]:
+        table = Table(title="providers")
+        for col in ("provider", "jobs", "succeeded", "failed", "success rate", "p50"):
+            table.add_column(col)
+        for p in s["providers"]:
+            table.add_row(
+                p["provider"], str(p["requests"]), str(p["succeeded"]), str(p["failed"]),
+                _pct(p["success_rate"]), _secs(p["p50_s"]),
+            )  # fmt: skip
+        out.print(table)
+    h = s["webhooks"]
+    out.print(
+        f"webhooks: delivered {h['delivered']}, failed {h['failed']}, pending {h['pending']}"
+        f" (delivery rate {_pct(h['success_rate'])})",
+        highlight=False,
+    )
+    out.print(f"spend this month: ${s['spend_usd_month']:.4f}", highlight=False)
 
 
 @command
-async def _stats() -> dict[str, Any]:
+async def _stats(since: float) -> dict[str, Any]:
     from .limits import get_limits
 
     rt = LocalRuntime()
@@ -603,6 +691,7 @@ async def _stats() -> dict[str, Any]:
             "usage": [await rt.engine.usage(t) for t in tenants],
             "queue": await rt.store.queue_stats(),
             "limits": get_limits(rt.settings).as_dict(),
+            "stats": await rt.store.stats(None, since),
         }
     finally:
         await rt.close()
@@ -662,6 +751,9 @@ def demo() -> None:
 
 @command
 async def _demo(data: Any) -> dict[str, Any]:
+    from .logs import configure_logging
+
+    configure_logging(get_settings())
     rt = LocalRuntime()
     try:
         execution_id = await rt.engine.submit(data)
@@ -690,6 +782,9 @@ def main() -> None:
     except CatalogFileError as exc:  # a bad REELFLOW_CATALOG_FILE: its problems, not a traceback
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
+    except SettingsError as exc:  # a bad REELFLOW_* variable outside an async command (serve)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -453,6 +453,12 @@ class Client(_Base):
         answer: dict[str, Any] = self._request("GET", "/v1/usage")
         return answer
 
+    def stats(self, since: str | None = None) -> dict[str, Any]:
+        """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
+        as `24h` (the default), `90m`, `7d`."""
+        answer: dict[str, Any] = self._request("GET", "/v1/stats", params={"since": since} if since else None)
+        return answer
+
     # events and waiting
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> Iterator[dict[str, Any]]:
         """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
@@ -656,6 +662,11 @@ class AsyncClient(_Base):
 
     async def usage(self) -> dict[str, Any]:
         answer: dict[str, Any] = await self._request("GET", "/v1/usage")
+        return answer
+
+    async def stats(self, since: str | None = None) -> dict[str, Any]:
+        """The key's tenant's figures (`GET /v1/stats`) since `since` (ISO 8601 time or duration; 24h)."""
+        answer: dict[str, Any] = await self._request("GET", "/v1/stats", params={"since": since} if since else None)
         return answer
 
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> AsyncIterator[dict[str, Any]]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import quote, urlencode
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REELFLOW_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite:///./.reelflow/reelflow.db"
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    """PostgreSQL: most connections one process holds (its API requests, worker and webhook loops share them),
+    plus one for LISTEN. Size the server's max_connections for every process's pool."""
     storage_url: str = "file://./.reelflow/artifacts"
     public_url: str = "http://127.0.0.1:8000"
     limits_file: str | None = None
@@ -28,9 +32,25 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=0.1, gt=0)
     """How often an idle worker looks for new work in the database."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL, optionally followed by per-logger levels: `DEBUG,httpx=DEBUG`."""
+    log_format: Literal["json", "text"] | None = None
+    """Unset: JSON lines for `serve` and `worker` when stderr is not a terminal, text otherwise."""
     callbacks: bool | None = None
     """Ask providers to call `POST {public_url}/v1/providers/{p}/callback` when work ends. Unset: on when
     REELFLOW_PUBLIC_URL is set (the default URL is only reachable from this machine)."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        from .logs import parse_level
+
+        parse_level(value)  # a ValueError names the bad part
+        return value.strip()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_lower(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -44,7 +64,25 @@ class Settings(BaseSettings):
         return f"{self.public_url.rstrip('/')}/v1/providers/{quote(provider, safe='')}/callback?{query}"
 
 
+class SettingsError(ValueError):
+    """The environment (or `.env`) holds a value Settings refuses; the message names each variable."""
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """`REELFLOW_LOG_LEVEL='LOUD': 'LOUD' is not a log level: …`, one line per problem."""
+    lines = []
+    for error in exc.errors():
+        loc = error.get("loc") or ("?",)
+        name = "REELFLOW_" + str(loc[0]).upper()
+        msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        lines.append(f"{name}={error.get('input')!r}: {msg}" if "input" in error else f"{name}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once; a bad value is a SettingsError naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None

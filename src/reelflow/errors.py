@@ -53,6 +53,10 @@ class IdempotencyConflict(Conflict):
     """An Idempotency-Key reused with a different request."""
 
 
+class StoreUnavailable(ReelflowError):
+    """The database could not be reached for longer than the store retries (HTTP 503)."""
+
+
 class UsageLimitExceeded(ReelflowError):
     """A tenant's monthly limit would be passed: HTTP 402 for the cost budget, 429 for the execution count."""
 

@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from .logs import add_secret
 from .store.base import ApiKey, Store
 
 KEY_RE = re.compile(r"^rf_([0-9a-f]{12})_([A-Za-z0-9_-]{20,64})$")
@@ -38,6 +39,7 @@ async def create_key(store: Store, tenant: str) -> NewKey:
     check_tenant_name(tenant)
     key_id = secrets.token_hex(6)
     raw = f"rf_{key_id}_{secrets.token_urlsafe(32)}"
+    add_secret(raw)  # the patterns mask keys already; this process also knows the exact value
     await store.add_api_key(ApiKey(id=key_id, tenant=tenant, key_hash=_hash(raw), created_at=time.time()))
     return NewKey(api_key=raw, key_id=key_id, tenant=tenant, webhook_secret=await store.ensure_tenant(tenant))
 

@@ -27,8 +27,10 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from . import metrics
 from .config import Settings, get_settings
 from .errors import ReelflowError
+from .logs import bind as bind_log_context
 from .store.base import Delivery, Store
 
 log = logging.getLogger("reelflow.webhooks")
@@ -349,6 +351,7 @@ class WebhookDispatcher:
         return now + backoff_schedule(retry, base_s=self.base_delay_s, max_s=self.max_delay_s, rng=self._rng)
 
     async def _deliver(self, delivery: Delivery, client: httpx.AsyncClient) -> None:
+        bind_log_context(execution_id=delivery.execution_id)  # runs in its own task
         try:
             result = await self.attempt(delivery, client)
         except Exception as exc:  # a bug of ours: record it and retry like any failure
@@ -362,6 +365,7 @@ class WebhookDispatcher:
                 error = f"{error}; gave up after {_duration(self.give_up_after_s)} of retries"
         self.attempts += 1
         self.delivered += result.delivered
+        metrics.webhook_attempt(result.delivered, retrying=next_at is not None)
         try:
             await self.store.record_delivery_attempt(
                 delivery.id,

@@ -15,13 +15,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry
 
-from .. import __version__
+from .. import __version__, metrics
 from ..config import Settings, get_settings
 from ..engine.scheduler import Engine
 from ..engine.worker import Worker
 from ..estimate import estimate_plan
 from ..keys import authenticate
+from ..logs import RequestLogContext
+from ..logs import bind as bind_log_context
 from ..plan import parse_plan, plan_json_schema
 from ..providers.base import CallbackProvider, CallbackRejected
 from ..providers.catalog import list_models, load_extensions
@@ -30,7 +33,8 @@ from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, Storage, check_key, open_storage
 from ..store import Store, open_store
 from ..store.common import BadCursor, strip_paths
-from . import problems
+from ..store.stats import parse_since
+from . import problems, ui
 from .problems import Problem
 
 log = logging.getLogger("reelflow.api")
@@ -172,6 +176,7 @@ async def submit(
     data = await json_body(request)
     plan = parse_plan(data)
     execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
+    bind_log_context(execution_id=execution_id)  # the rest of this request (its access log line) names it
     if idempotency_key is None:
         return accepted(execution_id, "queued")
     state = await svc.engine.get(execution_id, who)  # a replay answers with the first execution's status
@@ -296,6 +301,24 @@ async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
     return await svc.engine.usage(who)
 
 
+@router.get("/stats", tags=["usage"])
+async def stats(
+    svc: Svc,
+    who: Tenant,
+    since: Annotated[
+        str | None,
+        Query(max_length=64, description="An ISO 8601 time, or a duration back from now (24h, 90m, 7d); default 24h."),
+    ] = None,
+) -> dict[str, Any]:
+    """The caller's tenant since `since`: executions by status with success rate and p50/p95 time, queue depth,
+    jobs by status, per-provider success and p50 time, webhook deliveries, spend this month, workers."""
+    try:
+        start = parse_since(since, time.time())
+    except ValueError as exc:
+        raise Problem(422, str(exc), errors=[{"loc": ["query", "since"], "msg": str(exc)}]) from None
+    return await svc.store.stats(who, start)
+
+
 @router.get("/models", tags=["plans"])
 async def models(who: Tenant) -> dict[str, Any]:
     """The model catalog: provider, job types, parameters, price."""
@@ -384,7 +407,10 @@ def create_app(
     settings = settings or get_settings()
     load_extensions(settings)  # a bad catalog file stops the server here, with its problems listed
     own_store = store is None
-    the_store = store or open_store(settings.database_url)
+    the_store = store or open_store(settings.database_url, pool_size=settings.database_pool_size)
+    gauges = metrics.StoreGauges(the_store)  # this app's database gauges, next to the process's metrics
+    gauge_registry = CollectorRegistry()
+    gauge_registry.register(gauges)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -420,7 +446,9 @@ def create_app(
     )
     problems.install(app)
     app.add_middleware(problems.BodyLimit)
+    app.add_middleware(RequestLogContext)
     app.include_router(router)
+    ui.install(app)  # GET /ui: the dashboard (static files, outside the OpenAPI schema)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -433,6 +461,13 @@ def create_app(
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics (text format): this process's counters and histograms (its embedded workers'
+        included) and gauges read from the database now."""
+        await gauges.refresh()
+        return Response(metrics.exposition(gauge_registry), media_type=metrics.CONTENT_TYPE)
 
     if own_store:
         app.state.store = the_store

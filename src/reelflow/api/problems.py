@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError, UsageLimitExceeded
+from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError, StoreUnavailable, UsageLimitExceeded
 
 log = logging.getLogger("reelflow.api")
 PROBLEM = "application/problem+json"
@@ -80,6 +80,12 @@ def install(app: FastAPI) -> None:
     async def _usage(request: Request, exc: UsageLimitExceeded) -> JSONResponse:
         title = "Monthly cost budget reached" if exc.status == 402 else "Monthly execution limit reached"
         return problem_response(Problem(exc.status, str(exc), title=title), request.url.path)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        problem = Problem(503, f"{exc}; try again shortly", title="Database unavailable", headers={"Retry-After": "5"})
+        return problem_response(problem, request.url.path)
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:

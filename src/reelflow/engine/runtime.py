@@ -17,7 +17,7 @@ class LocalRuntime:
 
     def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
         self.settings = settings or get_settings()
-        self.store = store or open_store(self.settings.database_url)
+        self.store = store or open_store(self.settings.database_url, pool_size=self.settings.database_pool_size)
         self.engine = Engine(self.store, self.settings)
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import hashlib
 import json
@@ -26,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from .. import media
+from .. import logs, media, metrics
 from ..config import Settings, get_settings
 from ..errors import PlanError
 from ..limits import get_limits
@@ -56,6 +57,8 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
+CLAIM_RETRY_S = 2.0
+"""Pause after a claim failed (the database unreachable past the store's own retries)."""
 DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
 LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai"})
@@ -225,10 +228,18 @@ class Worker:
             now = time.monotonic()
             if now >= next_recover:
                 next_recover = now + RECOVER_EVERY_S
-                await self._recover()
+                try:
+                    await self._recover()
+                except Exception:
+                    log.exception("worker %s: recovering expired leases failed; trying again later", self.id)
             free = self.concurrency - len(self.held)
             want = min(free, self.batch_size)
-            claimed = await self.store.claim(self.id, want, self.lease_s) if want > 0 else []
+            try:
+                claimed = await self.store.claim(self.id, want, self.lease_s) if want > 0 else []
+            except Exception:  # the database is away for longer than the store retries: keep trying, slowly
+                log.exception("worker %s: claiming failed; trying again in %.0f s", self.id, CLAIM_RETRY_S)
+                await asyncio.sleep(CLAIM_RETRY_S)
+                continue
             for c in claimed:
                 self._start(c)
             if until is not None and time.monotonic() >= next_until:
@@ -384,6 +395,7 @@ class Worker:
         self.started += 1
 
     async def _run_job(self, c: ClaimedJob) -> None:
+        logs.bind(execution_id=c.execution_id, job_id=c.key)  # this task's log lines (and its subtasks')
         held = self.held[c.id]
         outcome: JobOutcome | None = None
         try:
@@ -401,8 +413,24 @@ class Worker:
             self.finished += 1
             self._wake.set()
         if outcome is not None:
+            self._log_outcome(c, outcome)
+            metrics.job_finished(c.type, c.provider, outcome.status, time.time() - c.started_at, outcome.cost_usd)
             self._outcomes.append(outcome)
             self._flush.set()
+
+    @staticmethod
+    def _log_outcome(c: ClaimedJob, outcome: JobOutcome) -> None:
+        if outcome.status == "retry":
+            delay = max(0.0, (outcome.retry_at or time.time()) - time.time())
+            log.warning(
+                "job %s/%s: attempt %d of %d failed (%s); retrying in %.2f s",
+                c.execution_id, c.key, c.attempts, c.max_attempts, outcome.error, delay,
+                extra={"attempt": c.attempts, "retry_in_s": round(delay, 3)},
+            )
+        elif outcome.status == "failed":
+            log.warning("job %s/%s failed: %s", c.execution_id, c.key, outcome.error, extra={"attempt": c.attempts})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s/%s %s", c.execution_id, c.key, outcome.status, extra={"attempt": c.attempts})
 
     async def _cancel_remote(self, c: ClaimedJob, held: _Held) -> None:
         assert held.provider is not None and held.provider_job_id is not None
@@ -478,7 +506,10 @@ class Worker:
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._lookups.append((tenant, key, fut))
         if len(self._lookups) == 1:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._run_lookups()))
+            # in a fresh context: the batch serves many jobs, its log lines belong to none of them
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self._run_lookups()), context=contextvars.Context()
+            )
         return await fut
 
     async def _run_lookups(self) -> None:

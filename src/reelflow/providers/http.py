@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from .. import metrics
+
 MAX_RETRY_AFTER_S = 3600.0
 MAX_HELD_RETRY_S = 30.0
 """A throttled request is only sent again in place when the provider asks for at most this long a pause."""
@@ -214,9 +216,11 @@ class HttpAdapter:
             await self.gate.acquire()
             try:
                 async with self.slots:
-                    response = await self.http().request(
-                        method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
-                    )
+                    with metrics.provider_call(self.name) as call:  # counted by outcome, timed
+                        response = await self.http().request(
+                            method, self.base_url + path, headers=send_headers, follow_redirects=False, **kwargs
+                        )
+                        call.status = response.status_code
             except httpx.TimeoutException as exc:
                 raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:

@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
+from ..logs import add_secret
 from ..webhooks import WebhookVerificationError, verify_webhook
 from .base import (
     CallbackEvent,
@@ -271,6 +272,7 @@ class ReplicateProvider(HttpAdapter):
         key = data.get("key")
         if not isinstance(key, str) or not key.startswith("whsec_"):
             raise TransientError("replicate: the webhook secret answer has no whsec_ key")
+        add_secret(key)
         self._fetched_secret = key
         self._secret_fetched_at = time.monotonic()
         return key

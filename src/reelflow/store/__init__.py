@@ -5,8 +5,8 @@ from __future__ import annotations
 from .base import Store
 
 
-def open_store(url: str) -> Store:
-    """The Store for a `REELFLOW_DATABASE_URL`."""
+def open_store(url: str, *, pool_size: int = 10) -> Store:
+    """The Store for a `REELFLOW_DATABASE_URL` (`pool_size`: PostgreSQL's connections per process)."""
     if url.startswith("sqlite:"):
         from .sqlite import SQLiteStore
 
@@ -14,7 +14,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, max_connections=pool_size)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")
 
 

@@ -243,6 +243,16 @@ class Store(Protocol):
         """Jobs by status, running and queued by provider, active jobs by tenant."""
         ...
 
+    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+        """Operational figures of one tenant (None: every tenant) since `since` (epoch seconds): the JSON of
+        `GET /v1/stats` (store/stats.py says how each is counted)."""
+        ...
+
+    async def metric_gauges(self) -> dict[str, Any]:
+        """Jobs by status, claimable queue depth, live workers, their slots and slots in use, over every tenant:
+        the gauges `/metrics` reads at each scrape."""
+        ...
+
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         """The result of the tenant's latest succeeded job with this cache key, or None."""
         ...

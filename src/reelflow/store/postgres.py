@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import Conflict, IdempotencyConflict, NotFound
+from .. import metrics
+from ..errors import Conflict, IdempotencyConflict, NotFound, StoreUnavailable
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
@@ -63,6 +64,7 @@ from .common import (
     wants_event,
     webhook_body,
 )
+from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,18 @@ CHANNEL = "reelflow_jobs"
 """The NOTIFY channel: a transaction made jobs claimable."""
 
 _RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
+
+
+def disconnected(exc: BaseException) -> bool:
+    """The error says the server is out of reach (down, restarting, connection dropped), not that the
+    statement was wrong."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(
+        exc, (errors.AdminShutdown, errors.CrashShutdown, errors.CannotConnectNow, errors.ConnectionException)
+    ):
+        return True
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
 
 
 def lock_key(name: str) -> int:
@@ -98,6 +112,7 @@ class PostgresStore:
         min_connections: int = 1,
         max_connections: int = 10,
         listen_check_s: float = 5.0,
+        outage_s: float = 30.0,
     ) -> None:
         if not url.startswith(("postgresql:", "postgres:")):
             raise ValueError(f"not a PostgreSQL URL: {url!r}")
@@ -109,6 +124,8 @@ class PostgresStore:
         self.min_connections = min_connections
         self.max_connections = max_connections
         self.listen_check_s = listen_check_s
+        self.outage_s = outage_s
+        """How long a statement is retried while the database cannot be reached (restart, failover)."""
         """How often the idle LISTEN connection is checked with `SELECT 1`."""
         self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
         self._ready = asyncio.Lock()
@@ -139,8 +156,13 @@ class PostgresStore:
                 connection_class=AsyncConnection[DictRow],
                 open=False,
                 name="reelflow",
+                timeout=5.0,  # waiting longer for a connection: PoolTimeout, and `_outage` takes over
             )
-            await pool.open(wait=True, timeout=30)
+            try:
+                await pool.open(wait=True, timeout=min(10.0, self.outage_s))
+            except BaseException:
+                await pool.close()
+                raise
             self._pool = pool
         return self._pool
 
@@ -155,33 +177,69 @@ class PostgresStore:
             return pool
 
     async def _tx(self, fn: Callable[[Cur], Awaitable[T]], *, read_only: bool = False) -> T:
-        """Run `fn` in one transaction (retried on deadlock or serialization failure)."""
-        pool = await self._ensure()
+        """Run `fn` in one transaction. Retried on deadlock or serialization failure, and while the database
+        cannot be reached (a restart, a failover) for up to `outage_s`; after that, StoreUnavailable."""
         attempt = 0
+        lost_since: float | None = None
         while True:
             try:
-                async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    if read_only:
-                        await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    return await fn(cur)
+                pool = await self._ensure()
+                with metrics.settling():  # executions ended here are counted once the transaction commits
+                    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                        if read_only:
+                            await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        return await fn(cur)
             except _RETRIED:
                 attempt += 1
                 if attempt >= 8:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+            except (psycopg.Error, PoolTimeout) as exc:
+                lost_since = await self._outage(exc, lost_since)
+
+    async def _read(self, sql: str, args: Sequence[Any], *, one: bool) -> Any:
+        """A single read statement (autocommit), retried like `_tx` while the database is unreachable."""
+        lost_since: float | None = None
+        while True:
+            try:
+                pool = await self._ensure()
+                async with pool.connection() as conn, conn.cursor() as cur:
+                    await cur.execute(sql, args)
+                    return await (cur.fetchone() if one else cur.fetchall())
+            except (psycopg.Error, PoolTimeout) as exc:
+                lost_since = await self._outage(exc, lost_since)
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> DictRow | None:
         """One row of a single read statement (autocommit)."""
-        pool = await self._ensure()
-        async with pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(sql, args)
-            return await cur.fetchone()
+        row: DictRow | None = await self._read(sql, args, one=True)
+        return row
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[DictRow]:
-        pool = await self._ensure()
-        async with pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(sql, args)
-            return await cur.fetchall()
+        rows: list[DictRow] = await self._read(sql, args, one=False)
+        return rows
+
+    async def _outage(self, exc: BaseException, since: float | None) -> float:
+        """Re-raise `exc` unless it says the database is out of reach; then drop the pool's dead connections,
+        wait a little and return when the outage began, or raise StoreUnavailable once it lasted `outage_s`.
+
+        A statement that failed with its connection may have committed (the connection died during the
+        COMMIT). Running it again is harmless for the worker's writes, which only apply to jobs in the state
+        they expect; a submission without an Idempotency-Key could in that rare case be stored twice."""
+        if not disconnected(exc):
+            raise exc
+        now = time.monotonic()
+        if since is None:
+            since = now
+            log.warning("PostgreSQL unreachable (%s); retrying for up to %.0f s", str(exc).strip(), self.outage_s)
+        if now - since >= self.outage_s:
+            raise StoreUnavailable(
+                f"the database has been unreachable for {now - since:.0f} s: {str(exc).strip()}"
+            ) from exc
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.check()  # broken idle connections are replaced, not handed out again
+        await asyncio.sleep(min(1.0, 0.05 * 2 ** min(5, int((now - since) / 0.05).bit_length())))
+        return since
 
     async def close(self) -> None:
         self._closed = True
@@ -778,6 +836,24 @@ class PostgresStore:
 
         return await self._tx(read, read_only=True)
 
+    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
+
+    async def metric_gauges(self) -> dict[str, Any]:
+        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
+
+    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
+        """The rows (as tuples) of named read queries, in one read-only transaction."""
+
+        async def read(cur: Cur) -> dict[str, list[Any]]:
+            rows: dict[str, list[Any]] = {}
+            for name, sql, args in queries:
+                await cur.execute(sql.replace("?", "%s"), args)
+                rows[name] = [tuple(r.values()) for r in await cur.fetchall()]
+            return rows
+
+        return await self._tx(read, read_only=True)
+
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
@@ -1231,10 +1307,12 @@ class PostgresStore:
             error = "not every job succeeded"
         await cur.execute(
             "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
-            " finished_at = %s, updated_at = %s WHERE id = %s",
+            " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
             (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
              cost, now, now, eid),
         )  # fmt: skip
+        ended = await cur.fetchone()
+        metrics.execution_finished(status, now - ended["created_at"] if ended else None)
         events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
 
     async def _insert_events(self, cur: Cur, events: list[EventRow]) -> None:

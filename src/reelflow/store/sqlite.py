@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import metrics
 from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
@@ -56,6 +57,7 @@ from .common import (
     wants_event,
     webhook_body,
 )
+from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
 T = TypeVar("T")
 EventRow = tuple[str, str | None, str, str, float]
@@ -118,13 +120,14 @@ class SQLiteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with metrics.settling():  # executions ended here are counted once the transaction commits
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -693,6 +696,18 @@ class SQLiteStore:
             "active_by_tenant": {k: int(v) for k, v in tenants},
         }
 
+    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+        rows = await self._run(self._fetch, stats_queries(tenant, since, time.time()))
+        return assemble_stats(rows, tenant, since)
+
+    async def metric_gauges(self) -> dict[str, Any]:
+        return assemble_gauges(await self._run(self._fetch, gauge_queries(time.time())))
+
+    def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
+        """The rows of named read queries, in one read transaction."""
+        with self._read() as conn:
+            return {name: conn.execute(sql, args).fetchall() for name, sql, args in queries}
+
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
@@ -1066,12 +1081,13 @@ class SQLiteStore:
             error = "canceled by request"
         elif status == "failed" and error is None:
             error = "not every job succeeded"
-        conn.execute(
+        created = conn.execute(
             "UPDATE executions SET status = ?, progress = ?, result = ?, error = ?, cost_actual = ?,"
-            " finished_at = ?, updated_at = ? WHERE id = ?",
+            " finished_at = ?, updated_at = ? WHERE id = ? RETURNING created_at",
             (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
              cost, now, now, eid),
-        )
+        ).fetchone()[0]
+        metrics.execution_finished(status, now - created)
         events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:

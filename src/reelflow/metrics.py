@@ -1,0 +1,273 @@
+"""Prometheus metrics.
+
+Counters and histograms live in one registry per process (`REGISTRY`) and are recorded where the events
+happen: an execution ending (the stores, once the transaction that ended it commits), a job ending (the
+worker), each provider HTTP request (`HttpAdapter.send`), each webhook delivery attempt. Every process
+exposes its own: the API at `GET /metrics` (its embedded workers included), `reelflow worker
+--metrics-port` on a port of its own; Prometheus scrapes them all and sums.
+
+Gauges of shared state (jobs by status, queue depth, live workers and their slots) are read from the
+database at scrape time by `StoreGauges`, which only the API registers, so they are not repeated by
+every worker.
+
+This module imports nothing else of reelflow: every layer may record into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("reelflow.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The text exposition format (version 0.0.4), which every Prometheus reads."""
+
+disable_created_metrics()  # no `_created` series next to every counter and histogram: nothing here reads them
+REGISTRY = CollectorRegistry()
+"""This process's metrics (with the usual process_*, python_* families)."""
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+EXECUTION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600)
+"""Seconds to tens of minutes (an hour is the default execution timeout)."""
+JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+EXECUTIONS = Counter("reelflow_executions", "Executions that ended, by final status.", ["status"], registry=REGISTRY)
+EXECUTION_SECONDS = Histogram(
+    "reelflow_execution_duration_seconds",
+    "Time from submission to the end of an execution (every final status).",
+    buckets=EXECUTION_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "reelflow_job_duration_seconds",
+    "Time from a job's first start to its end (succeeded or failed), retries included.",
+    ["type", "provider"],
+    buckets=JOB_BUCKETS,
+    registry=REGISTRY,
+)
+PROVIDER_REQUESTS = Counter(
+    "reelflow_provider_requests",
+    "HTTP requests to providers, by outcome: ok, throttled (429), rejected (other 4xx), error (5xx or transport).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+PROVIDER_LATENCY = Histogram(
+    "reelflow_provider_latency_seconds",
+    "Latency of provider HTTP requests (the request itself, not the wait for a free slot).",
+    ["provider"],
+    buckets=REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+PROVIDER_COST = Counter(
+    "reelflow_provider_cost_usd", "Cost of finished jobs, in US dollars, by provider.", ["provider"], registry=REGISTRY
+)
+WEBHOOK_DELIVERIES = Counter(
+    "reelflow_webhook_deliveries",
+    "Webhook delivery attempts: delivered, failed (a retry follows) or gave_up (failed for good).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+EXECUTION_STATUSES = ("succeeded", "failed", "canceled")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
+for _status in EXECUTION_STATUSES:  # present at 0 from the start, so rate() sees the first one
+    EXECUTIONS.labels(_status)
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(_outcome)
+
+
+# ---------------------------------------------------------------------------------------- executions
+_held: ContextVar[list[tuple[str, float | None]] | None] = ContextVar("reelflow_metrics_held", default=None)
+
+
+@contextlib.contextmanager
+def settling() -> Iterator[None]:
+    """Around one database transaction: executions that end inside it are counted when it commits (the block
+    exits without an exception), and not at all when it rolls back or is retried."""
+    held: list[tuple[str, float | None]] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+    for status, seconds in held:
+        _count_execution(status, seconds)
+
+
+def execution_finished(status: str, seconds: float | None) -> None:
+    """An execution ended with `status`, `seconds` after it was submitted (called by the stores)."""
+    held = _held.get()
+    if held is None:
+        _count_execution(status, seconds)
+    else:
+        held.append((status, seconds))
+
+
+def _count_execution(status: str, seconds: float | None) -> None:
+    EXECUTIONS.labels(status).inc()
+    if seconds is not None:
+        EXECUTION_SECONDS.observe(max(0.0, seconds))
+
+
+# ---------------------------------------------------------------------------------------- jobs
+def job_finished(job_type: str, provider: str | None, status: str, seconds: float, cost_usd: float | None) -> None:
+    """A worker finished a job. Only final outcomes (succeeded, failed) are counted, not retries."""
+    if status not in ("succeeded", "failed"):
+        return
+    name = provider or "local"
+    JOB_SECONDS.labels(job_type, name).observe(max(0.0, seconds))
+    PROVIDER_COST.labels(name).inc(max(0.0, cost_usd or 0.0))
+
+
+# ---------------------------------------------------------------------------------------- providers
+class ProviderCall:
+    """One provider request under way: set `status` to the HTTP status code once the answer is in."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+
+
+def request_outcome(status: int | None) -> str:
+    """ok, throttled (429), rejected (other 4xx), or error (5xx, or no answer at all)."""
+    if status is None or status >= 500:
+        return "error"
+    if status == 429:
+        return "throttled"
+    if status >= 400:
+        return "rejected"
+    return "ok"
+
+
+@contextlib.contextmanager
+def provider_call(provider: str) -> Iterator[ProviderCall]:
+    """Time one provider HTTP request and count it by outcome; an exception (a transport failure, a
+    timeout) counts as `error`. A cancelled request is not counted."""
+    call = ProviderCall()
+    started = time.perf_counter()
+    try:
+        yield call
+    except Exception:
+        _count_request(provider, None, time.perf_counter() - started)
+        raise
+    _count_request(provider, call.status, time.perf_counter() - started)
+
+
+def _count_request(provider: str, status: int | None, seconds: float) -> None:
+    PROVIDER_REQUESTS.labels(provider, request_outcome(status)).inc()
+    PROVIDER_LATENCY.labels(provider).observe(seconds)
+
+
+# ---------------------------------------------------------------------------------------- webhooks
+def webhook_attempt(delivered: bool, *, retrying: bool) -> None:
+    """One webhook delivery attempt: delivered, failed with a retry to come, or failed for good."""
+    WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed" if retrying else "gave_up").inc()
+
+
+# ---------------------------------------------------------------------------------------- store gauges
+class GaugeSource(Protocol):
+    """What `StoreGauges` reads (the Store has it)."""
+
+    async def metric_gauges(self) -> dict[str, Any]: ...
+
+
+class StoreGauges(Collector):
+    """Gauges of the shared state, from one cheap store query per scrape: `refresh()` reads, `collect()` gives
+    what was read. Registered by the API only."""
+
+    def __init__(self, store: GaugeSource) -> None:
+        self.store = store
+        self.snapshot: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    async def refresh(self) -> None:
+        """Read the gauges now; on a database error the store families are left out of this scrape."""
+        try:
+            snapshot: dict[str, Any] | None = await self.store.metric_gauges()
+        except Exception as exc:
+            log.warning("metrics: reading the store's gauges failed: %s", exc)
+            snapshot = None
+        with self._lock:
+            self.snapshot = snapshot
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        with self._lock:
+            snap = self.snapshot
+        if snap is None:
+            return []
+        jobs = GaugeMetricFamily("reelflow_jobs", "Jobs by status, from the database.", labels=["status"])
+        for status, n in sorted(snap["jobs"].items()):
+            jobs.add_metric([status], n)
+        return [
+            jobs,
+            GaugeMetricFamily(
+                "reelflow_queue_depth",
+                "Queued jobs that may be claimed now (retries waiting out their delay not counted).",
+                value=snap["queue_depth"],
+            ),
+            GaugeMetricFamily("reelflow_workers_live", "Workers seen in the last minute.", value=snap["workers_live"]),
+            GaugeMetricFamily(
+                "reelflow_worker_slots",
+                "Jobs the live workers may hold at once (their concurrency, summed).",
+                value=snap["worker_slots"],
+            ),
+            GaugeMetricFamily(
+                "reelflow_worker_slots_in_use", "Worker slots in use: jobs running now.", value=snap["slots_in_use"]
+            ),
+        ]
+
+
+def exposition(*registries: CollectorRegistry) -> bytes:
+    """This process's metrics, then those of `registries`, in the text format."""
+    return b"".join(generate_latest(r) for r in (REGISTRY, *registries))
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> Any:
+    """Serve this process's `/metrics` on `host:port` from a background thread; returns the server (its
+    `shutdown()` stops it)."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+    log.info("metrics at http://%s:%d/metrics", host, port)
+    return server
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "REGISTRY",
+    "StoreGauges",
+    "execution_finished",
+    "exposition",
+    "job_finished",
+    "provider_call",
+    "request_outcome",
+    "serve_metrics",
+    "settling",
+    "webhook_attempt",
+]

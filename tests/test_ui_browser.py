@@ -1,0 +1,617 @@
+"""The dashboard at GET /ui, driven in Debian's Chromium with Playwright against a real API server.
+
+One server (with an embedded worker and webhook delivery) and one browser serve the whole module. Each test
+signs in through the page or with a key in localStorage, works only through the page, and checks what the
+page shows against the API and the outside world (the webhook receiver). Screenshots for the README are
+written to docs/ at 1440x900.
+
+Chromium: /usr/bin/chromium (`apt-get install -y chromium`; `make test` installs it when missing). Without
+it the module is skipped, or fails when CI is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiserver import ApiServer, server_settings
+from reelflow.api.app import create_app
+from reelflow.providers.base import PermanentError, Task
+from reelflow.providers.local import LocalProvider
+from reelflow.providers.registry import Providers
+from reelflow.providers.sim import SimProvider
+
+CHROMIUM = "/usr/bin/chromium"
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+MISSING = (
+    f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`"
+    " (`make test` does that when run as root)"
+)
+if not Path(CHROMIUM).exists():
+    if ON_CI:  # on CI the browser tests must run
+        raise RuntimeError(f"CI is set but {MISSING}")
+    pytest.skip(MISSING, allow_module_level=True)
+try:
+    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the dev extras pin it
+    if ON_CI:
+        raise
+    pytest.skip("playwright is not installed: pip install -e '.[dev]'", allow_module_level=True)
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+WIDE = {"width": 1440, "height": 900}
+NARROW = {"width": 390, "height": 844}
+SUCCEEDED_RGB = "rgb(21, 128, 61)"  # --st-succeeded
+WAITING_RGB = "rgb(139, 151, 168)"  # --st-waiting
+FAILED_RGB = "rgb(220, 38, 38)"  # --st-failed
+
+
+class FailOnceSim(SimProvider):
+    """`sim`, plus `fail_once: true`: the job's first run in an execution fails permanently, later runs (a resume)
+    work. (`fail_times` counts attempts, which a resume starts again from 1.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[tuple[str, str]] = set()
+
+    async def submit(self, task: Task) -> str:
+        run = (task.execution_id, task.job_id)
+        if task.params.get("fail_once") and run not in self.failed:
+            self.failed.add(run)
+            raise PermanentError(f"sim: job '{task.job_id}' fails on its first run (fail_once)")
+        return await super().submit(task)
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that answers 200 and records every request."""
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[dict[str, str], dict[str, Any]]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                receiver.hits.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/reelflow"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def ids(self, execution_id: str) -> list[str]:
+        return [h["webhook-id"] for h, body in self.hits if body["data"]["id"] == execution_id]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    root = tmp_path_factory.mktemp("ui")
+    limits = root / "limits.yaml"
+    limits.write_text("tenants:\n  capped: {monthly_executions: 1}\n")
+    settings = server_settings(root, allow_private_urls=True, limits_file=str(limits))
+    providers = Providers({"sim": FailOnceSim(), "local": LocalProvider()})
+    app = create_app(settings, workers=1, deliver_webhooks=True, providers=providers)
+    with ApiServer(settings, app=app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def key(api: ApiServer) -> str:
+    return api.new_key("studio").api_key
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+class Console:
+    """Console errors and uncaught exceptions of the pages of one test; `expect_failure` lists the URLs whose
+    HTTP error answers the test provokes on purpose (the browser logs each as a console error)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.allowed: list[str] = []
+
+    def watch(self, page: Page) -> Page:
+        def on_console(msg: Any) -> None:
+            if msg.type != "error":
+                return
+            url = (msg.location or {}).get("url", "")
+            if msg.text.startswith("Failed to load resource") and any(a in url for a in self.allowed):
+                return
+            self.errors.append(f"{msg.text} ({url})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+        return page
+
+    def expect_failure(self, url_part: str) -> None:
+        self.allowed.append(url_part)
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    c = Console()
+    yield c
+    assert c.errors == [], f"the page logged errors: {c.errors}"
+
+
+def new_page(
+    browser: Browser, api: ApiServer, console: Console, api_key: str | None, viewport: dict[str, int] = WIDE
+) -> tuple[BrowserContext, Page]:
+    """A fresh browser context; with `api_key`, signed in (the key put where the page keeps it)."""
+    context = browser.new_context(viewport=viewport, base_url=api.url)
+    if api_key is not None:
+        context.add_init_script(f"localStorage.setItem('reelflow.apiKey', {json.dumps(api_key)})")
+    return context, console.watch(context.new_page())
+
+
+@pytest.fixture
+def page(browser: Browser, api: ApiServer, key: str, console: Console) -> Iterator[Page]:
+    context, p = new_page(browser, api, console, key)
+    yield p
+    context.close()
+
+
+def submit(api: ApiServer, api_key: str, plan: dict[str, Any]) -> str:
+    with api.client(api_key) as http:
+        r = http.post("/v1/executions", json=plan)
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+
+def state(api: ApiServer, api_key: str, execution_id: str) -> dict[str, Any]:
+    with api.client(api_key) as http:
+        r = http.get(f"/v1/executions/{execution_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+def finished(api: ApiServer, api_key: str, execution_id: str) -> dict[str, Any]:
+    return dict(
+        wait_for(
+            lambda: (s := state(api, api_key, execution_id))["status"] in ("succeeded", "failed", "canceled") and s,
+            f"execution {execution_id} to finish",
+        )
+    )
+
+
+def sim(job_id: str, kind: str = "video", **params: Any) -> dict[str, Any]:
+    extra = {k: params.pop(k) for k in ("depends_on", "max_attempts") if k in params}
+    return {"id": job_id, "type": f"generate-{kind}", "model": f"sim/{kind}", "params": params, **extra}
+
+
+def screenshot(page: Page, name: str) -> None:
+    DOCS.mkdir(exist_ok=True)
+    page.wait_for_timeout(400)  # colour transitions settle
+    page.evaluate("document.querySelectorAll('.toast').forEach((t) => t.remove()); document.activeElement?.blur()")
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(DOCS / name))
+
+
+# ---------------------------------------------------------------------------------------------- serving
+
+
+def test_the_page_is_served_without_a_key_and_stays_out_of_the_schema(api: ApiServer) -> None:
+    with api.client() as http:
+        page = http.get("/ui")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="/ui/app.js">' in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
+            r = http.get(f"/ui/{name}")
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
+            assert len(r.content) > 200
+        assert http.get("/ui/", follow_redirects=False).headers["location"] == "/ui"
+        missing = http.get("/ui/nothing.js")
+        assert missing.status_code == 404
+        assert missing.json()["detail"] == "no dashboard file 'nothing.js'"
+        assert http.get("/ui/..%2fapi%2fapp.py").status_code == 404
+        paths = http.get("/openapi.json").json()["paths"]
+        assert not [p for p in paths if p.startswith("/ui")]
+        assert http.get("/v1/executions").status_code == 401  # the data still needs the key
+
+
+# ---------------------------------------------------------------------------------------------- sign in
+
+
+def test_sign_in_keeps_the_key_and_sign_out_forgets_it(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    console.expect_failure("/v1/executions?limit=1")  # the wrong key's 401
+    context, page = new_page(browser, api, console, None)
+    page.goto("/ui")
+    expect(page.get_by_role("heading", name="Sign in to reelflow")).to_be_visible()
+    page.fill("#api-key", "rf_000000000000_wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#signin-error")).to_contain_text("This key was refused: invalid or revoked API key")
+    assert page.evaluate("localStorage.getItem('reelflow.apiKey')") is None
+
+    page.fill("#api-key", key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Executions")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('reelflow.apiKey')") == key
+    key_id = key.split("_")[1]
+    expect(page.locator("#key-id")).to_have_text(f"rf_{key_id}_…")
+
+    page.reload()  # kept in the browser
+    expect(page.get_by_role("heading", name="Executions")).to_be_visible()
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to reelflow")).to_be_visible()
+    expect(page.locator("#signin-error")).to_contain_text("Signed out")
+    assert page.evaluate("localStorage.getItem('reelflow.apiKey')") is None
+    context.close()
+
+
+# ---------------------------------------------------------------------------------------------- one execution
+
+RECORDER = """() => {
+  window.__sameDocument = true;
+  window.__seen = {};
+  const note = (name, value, colour) => {
+    const list = (window.__seen[name] ||= []);
+    if (!list.length || list[list.length - 1][0] !== value) list.push([value, colour]);
+  };
+  const stroke = (g) => getComputedStyle(g.querySelector('rect.box')).stroke;
+  const look = () => {
+    for (const g of document.querySelectorAll('#dag .node')) note(g.dataset.job, g.dataset.status, stroke(g));
+    const badge = document.querySelector('#exec-status');
+    if (badge) note('@execution', badge.dataset.status, badge.textContent);
+  };
+  look();
+  new MutationObserver(look).observe(document.querySelector('main'),
+    {subtree: true, attributes: true, attributeFilter: ['data-status'], childList: true});
+}"""
+
+
+def test_the_execution_page_follows_a_run_live_and_plays_its_outputs(
+    page: Page, api: ApiServer, key: str, receiver: Receiver
+) -> None:
+    plan = {
+        "jobs": [
+            sim("still", "image", media=True, prompt="harbour at dusk", latency_s=1.5),
+            sim("clip", "video", media=True, prompt="slow waves", image="$still", duration=2, latency_s=1.0),
+            sim(
+                "voice",
+                "audio",
+                media=True,
+                prompt="the sea keeps its promise",
+                duration=2,
+                latency_s=0.6,
+                depends_on=["still"],
+            ),
+            {"id": "final", "type": "merge-video-audio", "params": {"video": "$clip", "audio": "$voice"}},
+        ],
+        "metadata": {"order": 1234},
+        "webhook": receiver.url,
+    }
+    eid = submit(api, key, plan)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#dag .node")).to_have_count(4)
+    page.evaluate(RECORDER)
+
+    # the layered drawing: still first, clip and voice next, final last (left to right)
+    xs = {
+        job: page.locator(f'#dag .node[data-job="{job}"] rect.box').get_attribute("x")
+        for job in ("still", "clip", "voice", "final")
+    }
+    assert float(xs["still"] or 0) < float(xs["clip"] or 0) == float(xs["voice"] or 0) < float(xs["final"] or 0)
+    expect(page.locator("#dag path.edge")).to_have_count(4)  # still→clip, still→voice, clip→final, voice→final
+
+    final = page.locator('#dag .node[data-job="final"]')
+    expect(final).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#exec-status")).to_have_text("succeeded")
+    expect(page.locator("#live")).to_have_attribute("data-state", "ended")
+    page.wait_for_timeout(500)  # the stroke transition ends
+    seen = page.evaluate("window.__seen")
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened
+    # the final job was waiting when the page opened, and turned green in front of us, through the states between
+    assert seen["final"][0] == ["waiting", WAITING_RGB], seen["final"]
+    assert seen["final"][-1][0] == "succeeded" and len(seen["final"]) >= 3, seen["final"]
+    assert final.locator("rect.box").evaluate("r => getComputedStyle(r).stroke") == SUCCEEDED_RGB
+    assert [s for s, _ in seen["clip"]][-2:] == ["running", "succeeded"], seen["clip"]
+    assert [s for s, _ in seen["@execution"]][-2:] == ["running", "succeeded"], seen["@execution"]
+    assert seen["@execution"][0][0] in ("queued", "running"), seen["@execution"]
+
+    # timings, attempts and cost per job, from the state and the event stream
+    card = page.locator("#job-clip")
+    expect(card.locator(".badge").first).to_have_text("succeeded")
+    expect(card).to_contain_text("Attempts1 of 3")
+    expect(card).to_contain_text("Depends onstill")
+    expect(card.locator(".attempts li")).to_have_count(1)
+    expect(card.locator(".attempts li")).to_contain_text("#1")
+    expect(page.locator("#events")).to_contain_text("execution.succeeded")
+    expect(page.locator("#exec-summary")).to_contain_text("4 of 4 done")
+
+    # outputs play in place: a real image, audio and video (with sound) fetched with the key
+    expect(page.locator("#job-still .output img")).to_be_visible(timeout=10_000)
+    assert (
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#job-still .output img'); return i.complete && i.naturalWidth; }"
+        ).json_value()
+        == 320
+    )
+    audio_s = page.wait_for_function(
+        "() => { const a = document.querySelector('#job-voice audio'); return a && a.readyState >= 1 && a.duration; }"
+    ).json_value()
+    assert 1.5 < audio_s < 2.5
+    video = page.wait_for_function(
+        """async () => {
+          const v = document.querySelector('#job-final video');
+          if (!v || v.readyState < 1) return false;
+          v.muted = true;
+          await v.play();
+          await new Promise((r) => setTimeout(r, 300));
+          return {duration: v.duration, time: v.currentTime, w: v.videoWidth, src: v.currentSrc};
+        }"""
+    ).json_value()
+    assert 1.5 < video["duration"] < 2.5 and video["time"] > 0 and video["w"] == 320, video
+    assert video["src"].startswith("blob:")
+    result = state(api, key, eid)["jobs"][3]["result"]
+    assert result["has_audio"] is True and result["has_video"] is True
+    page.evaluate("document.querySelector('#job-final video').pause()")
+    screenshot(page, "ui-execution.png")
+
+
+def test_resume_a_failed_execution_from_its_page(page: Page, api: ApiServer, key: str) -> None:
+    plan = {
+        "jobs": [
+            sim("script", "audio", latency_s=0.2, cost_usd=0.02),
+            sim("scene", "video", latency_s=0.4, depends_on=["script"], fail_once=True, cost_usd=0.5),
+            sim("edit", "video", latency_s=0.4, depends_on=["scene"], cost_usd=0.1),
+        ]
+    }
+    eid = submit(api, key, plan)
+    assert finished(api, key, eid)["status"] == "failed"
+    with api.client(key) as http:  # the number of the event that ended the first run
+        log = http.get(f"/v1/executions/{eid}/events").text
+    failed_seq = re.findall(r"id: (\d+)\nevent: execution.failed\n", log)
+    assert len(failed_seq) == 1
+    streams: list[dict[str, str]] = []
+    page.on("request", lambda r: streams.append(r.headers) if r.url.endswith(f"/{eid}/events") else None)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "failed")
+    expect(page.locator("#exec-error")).to_contain_text("job 'scene' failed: sim: job 'scene' fails on its first run")
+    expect(page.locator('#dag .node[data-job="scene"]')).to_have_attribute("data-status", "failed")
+    expect(page.locator('#dag .node[data-job="edit"]')).to_have_attribute("data-status", "skipped")
+    assert (
+        page.locator('#dag .node[data-job="scene"] rect.box').evaluate("r => getComputedStyle(r).stroke") == FAILED_RGB
+    )
+    expect(page.locator("#job-scene pre.error")).to_contain_text("fails on its first run (fail_once)")
+    expect(page.locator("#btn-cancel")).to_be_disabled()
+    page.evaluate(RECORDER)
+
+    page.locator("#btn-resume").click()
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+    expect(page.locator('#dag .node[data-job="edit"]')).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#exec-error")).to_be_hidden()
+    expect(page.locator("#job-scene .attempts")).to_contain_text("resumed")
+    expect(page.locator("#job-scene .attempts li[data-status='succeeded']")).to_have_count(1)
+    expect(page.locator("#job-scene .attempts li[data-status='failed']")).to_have_count(1)
+    seen = page.evaluate("window.__seen")
+    assert [s for s, _ in seen["@execution"]] == ["failed", "running", "succeeded"], seen["@execution"]
+    assert seen["scene"][0][0] == "failed" and seen["scene"][-1][0] == "succeeded", seen["scene"]
+    assert page.evaluate("window.__sameDocument") is True
+    assert state(api, key, eid)["status"] == "succeeded"
+    # the stream is read with the key; after the resume it goes on from the last event seen (Last-Event-ID)
+    assert len(streams) == 2, streams
+    assert streams[0]["authorization"] == f"Bearer {key}" and "last-event-id" not in streams[0]
+    assert streams[1]["last-event-id"] == failed_seq[0]
+    expect(page.locator("#btn-resume")).to_be_disabled()
+    expect(page.locator("#exec-summary")).to_contain_text("$0.62")
+
+    # retry makes a new execution and the page moves to it
+    page.locator("#btn-retry").click()
+    page.wait_for_url(lambda url: "#/executions/ex_" in url and not url.endswith(eid))
+    new_id = page.url.rsplit("/", 1)[-1]
+    expect(page.locator(".toast").last).to_contain_text(f"Retrying as a new execution {new_id}")
+    assert new_id != eid and state(api, key, new_id)["retry_of"] == eid
+
+
+def test_an_action_the_server_refuses_shows_its_problem_detail(
+    browser: Browser, api: ApiServer, console: Console
+) -> None:
+    capped = api.new_key("capped").api_key  # the limits file allows this tenant 1 execution a month
+    eid = submit(api, capped, {"jobs": [sim("only", latency_s=0)]})
+    finished(api, capped, eid)
+    console.expect_failure("/retry")
+    context, page = new_page(browser, api, console, capped)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+    page.locator("#btn-retry").click()
+    alert = page.locator("#exec-alerts .alert")
+    expect(alert).to_contain_text(
+        "Cannot retry this execution: tenant 'capped' reached its monthly_executions limit of 1"
+    )
+    expect(page).to_have_url(re.compile(f"#/executions/{eid}$"))
+    context.close()
+
+
+# ---------------------------------------------------------------------------------------------- webhooks
+
+
+def test_redeliver_a_webhook_from_the_deliveries_page(page: Page, api: ApiServer, key: str, receiver: Receiver) -> None:
+    eid = submit(api, key, {"jobs": [sim("teaser", latency_s=0.1)], "webhook": receiver.url})
+    wait_for(lambda: receiver.ids(eid), "the first webhook")
+    page.goto(f"/ui#/deliveries?execution_id={eid}")
+    rows = page.locator("#deliveries tbody tr[data-id]")
+    expect(rows).to_have_count(1)
+    row = rows.first
+    expect(row).to_have_attribute("data-status", "delivered")
+    expect(row.locator(".attempts-count")).to_have_text("1")
+    expect(row).to_contain_text("execution.succeeded")
+    expect(row).to_contain_text("HTTP 200")
+
+    row.get_by_role("button", name="Redeliver").click()
+    expect(page.locator(".toast")).to_contain_text("queued to be sent again")
+    expect(row.locator(".attempts-count")).to_have_text("2", timeout=10_000)  # the page refreshes by itself
+    expect(row).to_have_attribute("data-status", "delivered")
+    ids = receiver.ids(eid)
+    assert len(ids) == 2 and ids[0] == ids[1] == row.get_attribute("data-id")
+
+    row.locator("td").first.click()  # the attempts, each with code and latency
+    expect(page.locator("#deliveries tr.detail-row .attempts li")).to_have_count(2)
+
+    page.locator("#delivery-filter").fill("")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"#/deliveries$"))
+    with api.client(key) as http:
+        everything = http.get("/v1/webhook-deliveries").json()["data"]
+    assert any(d["execution_id"] == eid for d in everything)
+    expect(page.locator("#deliveries tbody tr[data-id]")).to_have_count(len(everything))
+    screenshot(page, "ui-deliveries.png")
+
+
+# ---------------------------------------------------------------------------------------------- lists
+
+
+def test_the_executions_list_filters_pages_and_refreshes(browser: Browser, api: ApiServer, console: Console) -> None:
+    lister = api.new_key("lister").api_key
+    ids = [submit(api, lister, {"jobs": [sim("a", latency_s=0)]}) for _ in range(27)]
+    failed = [submit(api, lister, {"jobs": [sim("a", fail="permanent")]}) for _ in range(2)]
+    for eid in ids[-3:] + failed:
+        finished(api, lister, eid)
+    wait_for(lambda: all(finished(api, lister, e)["status"] == "succeeded" for e in ids), "all to succeed")
+
+    context, page = new_page(browser, api, console, lister)
+    page.goto("/ui#/executions")
+    rows = page.locator("#executions tbody tr[data-id]")
+    expect(rows).to_have_count(25)
+    assert rows.first.get_attribute("data-id") == failed[-1]  # newest first
+    expect(page.locator("#exec-count")).to_have_text("25 shown")
+    page.locator("#load-more").click()
+    expect(rows).to_have_count(29)
+    expect(page.locator("#load-more")).to_be_hidden()
+    expect(page.locator("#exec-count")).to_have_text("29 shown · end of list")
+
+    page.locator('.chip[data-filter="failed"]').click()
+    expect(page).to_have_url(re.compile(r"#/executions\?status=failed$"))
+    expect(rows).to_have_count(2)
+    assert sorted(r.get_attribute("data-id") or "" for r in rows.all()) == sorted(failed)
+    for r in rows.all():
+        expect(r.locator(".badge")).to_have_text("failed")
+        expect(r).to_contain_text("asked to fail (fail: permanent)")
+    page.locator('.chip[data-filter="running"]').click()
+    expect(page.locator(".empty")).to_contain_text("No running executions")
+
+    # auto-refresh: a new execution shows up without a reload
+    page.locator('.chip[data-filter="all"]').click()
+    expect(rows).to_have_count(25)
+    page.evaluate("window.__sameDocument = true")
+    fresh = submit(api, lister, {"jobs": [sim("late", latency_s=0)]})
+    expect(rows.first).to_have_attribute("data-id", fresh, timeout=10_000)
+    expect(rows.first).to_have_attribute("data-status", "succeeded", timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    rows.first.locator("a").click()
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+    context.close()
+
+
+def test_narrow_screens_keep_everything_within_the_width(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    context, page = new_page(browser, api, console, key, viewport=NARROW)
+    diamond = [
+        sim("still", "image", latency_s=0),
+        sim("clip", image="$still", latency_s=0),
+        sim("voice", "audio", latency_s=0, depends_on=["still"]),
+        sim("final", latency_s=0, depends_on=["clip", "voice"]),
+    ]
+    eid = submit(api, key, {"jobs": diamond})
+    finished(api, key, eid)
+    console.expect_failure("/v1/stats")  # 404 until the server has the endpoint
+    for hash_ in ("#/executions", f"#/executions/{eid}", "#/deliveries", "#/overview"):
+        page.goto(f"/ui{hash_}")
+        expect(page.locator("main .loading")).to_have_count(0)
+        page.wait_for_timeout(200)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= NARROW["width"], f"{hash_} is {width}px wide on a 390px screen"
+    # the graph stacks top to bottom when the screen is narrow
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#dag .node")).to_have_count(4)
+    ys = [
+        float(page.locator(f'#dag .node[data-job="{j}"] rect.box').get_attribute("y") or 0) for j in ("still", "final")
+    ]
+    assert ys[0] < ys[1]
+    context.close()
+
+
+# ---------------------------------------------------------------------------------------------- overview
+
+
+def test_the_overview_shows_the_stats_or_says_they_are_not_available(
+    page: Page, api: ApiServer, key: str, console: Console
+) -> None:
+    finished(
+        api, key, submit(api, key, {"jobs": [sim("cover", "image", fail="permanent")], "metadata": {"order": 1239}})
+    )
+    running = submit(api, key, {"jobs": [sim("long-take", latency_s=30, cost_usd=1.25)], "metadata": {"order": 1240}})
+    wait_for(lambda: state(api, key, running)["status"] == "running", "the long execution to start")
+    with api.client(key) as http:
+        stats = http.get("/v1/stats")
+        listed = http.get("/v1/executions", params={"limit": 6}).json()["data"]
+    page.goto("/ui#/overview")
+    if stats.status_code == 404:
+        console.expect_failure("/v1/stats")
+        expect(page.locator("#stats-unavailable")).to_contain_text("not available")
+    else:
+        assert stats.status_code == 200, stats.text
+        figures = stats.json()
+        total = sum(figures["executions"]["by_status"].values())
+        expect(page.locator("#fig-executions .value")).to_have_text(f"{total:,}")
+        expect(page.locator("#stats-scope")).to_contain_text(figures["tenant"])
+    recent = page.locator("#recent tbody tr")
+    expect(recent).to_have_count(len(listed))
+    expect(recent.first).to_contain_text(running)
+    screenshot(page, "ui-overview.png")
+
+    page.get_by_role("link", name="Executions", exact=True).click()
+    expect(page.locator("#executions tbody tr[data-id]").first).to_have_attribute("data-id", running)
+    screenshot(page, "ui-executions.png")
+    with api.client(key) as http:
+        assert http.post(f"/v1/executions/{running}/cancel").status_code == 200
+    expect(page.locator(f'#executions tr[data-id="{running}"]')).to_have_attribute(
+        "data-status", "canceled", timeout=10_000
+    )
