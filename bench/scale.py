@@ -4,7 +4,11 @@ finish, and the hand-off from a dependency's completion to its dependent's start
 
 Targets: at least 6,000 jobs/s, more workers never slower, hand-off p99 under 20 ms.
 
-    python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--database-url postgresql://…/test]
+With --hold-snapshot, each run is made twice: as above, then with another session holding a REPEATABLE READ
+snapshot open for the whole run (a long report, a forgotten psql): the dead rows of every claim and finish
+cannot be cleaned up while it lives, and the claim must not slow down to a crawl because of them.
+
+    python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--hold-snapshot] [--database-url postgresql://…/test]
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def run(admin_url: str, total: int, workers: int) -> None:
+async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> None:
     name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(admin_url)
     url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
@@ -59,6 +63,11 @@ async def run(admin_url: str, total: int, workers: int) -> None:
         engine = Engine(store)
         pairs = 100
         ids = [await engine.submit(plan(pairs, str(p))) for p in range(max(1, total // (2 * pairs)))]
+        snapshot = None
+        if hold:  # pins the cleanup horizon before the first claim: every dead row of the run stays
+            snapshot = await psycopg.AsyncConnection.connect(url)
+            await snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            await snapshot.execute("SELECT count(*) FROM jobs")
         env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
                    REELFLOW_LOG_LEVEL="WARNING")
         procs = [subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", "1000"],
@@ -83,7 +92,10 @@ async def run(admin_url: str, total: int, workers: int) -> None:
                 if j["depends_on"]:
                     handoffs.append(ts(j["started_at"]) - ts(by_id[j["depends_on"][0]]["finished_at"]))
         span = max(ends) - min(starts)
-        print(f"workers {workers}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
+        if snapshot is not None:
+            await snapshot.close()
+        label = f"workers {workers}" + (" (snapshot held)" if hold else "")
+        print(f"{label}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
               f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms")
         await store.close()
     finally:
@@ -91,19 +103,21 @@ async def run(admin_url: str, total: int, workers: int) -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def main(admin_url: str, total: int, counts: list[int]) -> None:
+async def main(admin_url: str, total: int, counts: list[int], hold: bool) -> None:
     print(f"store: postgresql  jobs: {total} per run")
     for n in counts:
-        started = time.monotonic()
-        await run(admin_url, total, n)
-        print(f"  (run took {time.monotonic() - started:.0f} s with set-up)")
+        for held in (False, True) if hold else (False,):
+            started = time.monotonic()
+            await run(admin_url, total, n, held)
+            print(f"  (run took {time.monotonic() - started:.0f} s with set-up)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--hold-snapshot", action="store_true", help="also run with a REPEATABLE READ snapshot held")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a database to connect to and create the benchmark's own database from")
     args = parser.parse_args()
-    asyncio.run(main(args.database_url, args.jobs, [int(n) for n in args.workers.split(",")]))
+    asyncio.run(main(args.database_url, args.jobs, [int(n) for n in args.workers.split(",")], args.hold_snapshot))
