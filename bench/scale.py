@@ -4,6 +4,7 @@ finish, and the hand-off from a dependency's completion to its dependent's start
 
 Targets: at least 6,000 jobs/s, more workers never slower, hand-off p99 under 20 ms.
 
+With --rate R, plans arrive while the workers run, R jobs/s in all: the hand-off below saturation.
 With --hold-snapshot, each run is made twice: as above, then with another session holding a REPEATABLE READ
 snapshot open for the whole run (a long report, a forgotten psql): the dead rows of every claim and finish
 cannot be cleaned up while it lives, and the claim must not slow down to a crawl because of them.
@@ -50,7 +51,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> None:
+async def run(admin_url: str, total: int, workers: int, hold: bool = False, rate: float | None = None) -> None:
     name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(admin_url)
     url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
@@ -62,7 +63,8 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> N
         await store.migrate()
         engine = Engine(store)
         pairs = 100
-        ids = [await engine.submit(plan(pairs, str(p))) for p in range(max(1, total // (2 * pairs)))]
+        plans = max(1, total // (2 * pairs))
+        ids = [] if rate else [await engine.submit(plan(pairs, str(p))) for p in range(plans)]
         snapshot = None
         if hold:  # pins the cleanup horizon before the first claim: every dead row of the run stays
             snapshot = await psycopg.AsyncConnection.connect(url)
@@ -74,6 +76,11 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> N
                                   env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
                  for _ in range(workers)]
         try:
+            if rate:  # an offered load below capacity: plans arrive one by one while the workers run
+                await asyncio.sleep(2.0)  # the workers are up
+                for p in range(plans):
+                    ids.append(await engine.submit(plan(pairs, str(p))))
+                    await asyncio.sleep(2 * pairs / rate)
             for eid in ids:
                 state = await engine.wait(eid, poll_s=0.2, timeout=600)
                 assert state["status"] == "succeeded", state["error"]
@@ -95,6 +102,7 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> N
         if snapshot is not None:
             await snapshot.close()
         label = f"workers {workers}" + (" (snapshot held)" if hold else "")
+        label += f" at {rate:,.0f} jobs/s offered" if rate else ""
         print(f"{label}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
               f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms")
         await store.close()
@@ -103,12 +111,12 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False) -> N
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def main(admin_url: str, total: int, counts: list[int], hold: bool) -> None:
+async def main(admin_url: str, total: int, counts: list[int], hold: bool, rate: float | None) -> None:
     print(f"store: postgresql  jobs: {total} per run")
     for n in counts:
         for held in (False, True) if hold else (False,):
             started = time.monotonic()
-            await run(admin_url, total, n, held)
+            await run(admin_url, total, n, held, rate)
             print(f"  (run took {time.monotonic() - started:.0f} s with set-up)")
 
 
@@ -117,7 +125,10 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--hold-snapshot", action="store_true", help="also run with a REPEATABLE READ snapshot held")
+    parser.add_argument("--rate", type=float, help="submit plans while the workers run, at this many jobs/s in all"
+                        " (the hand-off below saturation; the throughput printed is then the offered rate)")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a database to connect to and create the benchmark's own database from")
     args = parser.parse_args()
-    asyncio.run(main(args.database_url, args.jobs, [int(n) for n in args.workers.split(",")], args.hold_snapshot))
+    counts = [int(n) for n in args.workers.split(",")]
+    asyncio.run(main(args.database_url, args.jobs, counts, args.hold_snapshot, args.rate))

@@ -57,6 +57,8 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
+FLUSH_MAX = 1000
+"""Outcomes written in one transaction at most."""
 CLAIM_RETRY_S = 2.0
 """Pause after a claim failed (the database unreachable past the store's own retries)."""
 DOWNLOADS_IN_FLIGHT = 16
@@ -112,7 +114,7 @@ class Worker:
         providers: Providers | None = None,
         storage: Storage | None = None,
         concurrency: int = 1000,
-        batch_size: int = 100,
+        batch_size: int = 250,
         worker_id: str | None = None,
         drain_timeout_s: float = 30.0,
         deliver_webhooks: bool = True,
@@ -137,6 +139,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._flush = asyncio.Event()
         self._outcomes: list[JobOutcome] = []
+        self._reserved = 0
+        """Slots set aside for dependents the flusher may claim in its transaction (see `_flush_all`)."""
         self._pids: list[tuple[int, str, str]] = []
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
@@ -232,8 +236,7 @@ class Worker:
                     await self._recover()
                 except Exception:
                     log.exception("worker %s: recovering expired leases failed; trying again later", self.id)
-            free = self.concurrency - len(self.held)
-            want = min(free, self.batch_size)
+            want = min(self._free_slots(), self.batch_size)
             try:
                 claimed = await self.store.claim(self.id, want, self.lease_s) if want > 0 else []
             except Exception:  # the database is away for longer than the store retries: keep trying, slowly
@@ -319,6 +322,10 @@ class Worker:
             except Exception:  # the database may be briefly unavailable; try again next tick
                 log.exception("worker %s: control loop error", self.id)
 
+    def _free_slots(self) -> int:
+        """Jobs this worker may still take on: its concurrency, less those held and those being handed off."""
+        return max(0, self.concurrency - len(self.held) - self._reserved)
+
     def wake(self, job_id: int) -> None:
         """A provider called back about this job: its adapter looks at the work now."""
         held = self.held.get(job_id)
@@ -356,20 +363,37 @@ class Worker:
                 self._flush.set()
 
     async def _flush_all(self) -> None:
-        if self._pids:  # before the outcomes: a job's job.submitted event precedes its end
+        if self._pids and not self._outcomes:
             pids, self._pids = self._pids, []
             try:
                 await self.store.set_provider_ids(pids)
             except BaseException:
                 self._pids[:0] = pids
                 raise
-        if self._outcomes:
-            outcomes, self._outcomes = self._outcomes, []
+        while self._outcomes:
+            # At most FLUSH_MAX outcomes per transaction: a longer one holds back every dependent it releases.
+            # Provider ids still unwritten go in the same transaction, first: a job.submitted event precedes
+            # the job's end (quick jobs finish before their id was ever flushed on its own).
+            outcomes, self._outcomes = self._outcomes[:FLUSH_MAX], self._outcomes[FLUSH_MAX:]
+            pids, self._pids = self._pids, []
+            hand_off = getattr(self.store, "finish_and_claim", None)
+            room = 0 if self._stopping or hand_off is None else self._free_slots()
+            self._reserved += room  # the claim loop leaves these slots to the dependents claimed here
             try:
-                promoted = await self.store.finish_jobs(outcomes)
+                if room > 0 and hand_off is not None:
+                    promoted, claimed = await hand_off(outcomes, pids or None, self.id, room, self.lease_s)
+                    for c in claimed:
+                        self._start(c)
+                    if len(promoted) <= len(claimed):  # none left queued for the claim loop
+                        promoted = []
+                else:
+                    promoted = await self.store.finish_jobs(outcomes, provider_ids=pids or None)
             except BaseException:
                 self._outcomes[:0] = outcomes
+                self._pids[:0] = pids
                 raise
+            finally:
+                self._reserved -= room
             if promoted:
                 self._wake.set()
             if self.webhooks is not None:  # finished jobs may have queued webhooks

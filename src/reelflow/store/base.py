@@ -287,8 +287,11 @@ class Store(Protocol):
 
     async def report_progress(self, reports: list[ProgressReport]) -> None: ...
 
-    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
-        """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable."""
+    async def finish_jobs(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable.
+        `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
         ...
 
     async def release_jobs(self, owner: str, job_ids: list[int]) -> None:

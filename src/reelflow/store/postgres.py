@@ -547,9 +547,13 @@ class PostgresStore:
         self._claims_full = len(claimed) >= limit
         return claimed
 
-    async def _claim(self, cur: Cur, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+    async def _claim(
+        self, cur: Cur, owner: str, limit: int, lease_s: float, picked: list[int] | None = None
+    ) -> list[ClaimedJob]:
+        """Lease `picked` (chosen by `_pick` when not given) to `owner`."""
         now = time.time()
-        picked = await self._pick(cur, limit, now)
+        if picked is None:
+            picked = await self._pick(cur, limit, now)
         if not picked:
             return []
         await cur.execute(
@@ -1030,22 +1034,21 @@ class PostgresStore:
         if not items:
             return
 
-        async def write(cur: Cur) -> None:
-            now = time.time()
-            await cur.execute(
-                "UPDATE jobs j SET provider_job_id = w.pid FROM unnest(%b::bigint[], %b::text[], %b::text[])"
-                " AS w(id, owner, pid) WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
-                " RETURNING j.id, j.execution_id, j.key, j.provider_job_id",
-                ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
-            )
-            rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
-            events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
-                for r in rows
-            ]
-            await self._insert_events(cur, events)
+        await self._tx(lambda cur: self._write_provider_ids(cur, items, time.time()))
 
-        await self._tx(write)
+    async def _write_provider_ids(self, cur: Cur, items: list[tuple[int, str, str]], now: float) -> None:
+        await cur.execute(
+            "UPDATE jobs j SET provider_job_id = w.pid FROM unnest(%b::bigint[], %b::text[], %b::text[])"
+            " AS w(id, owner, pid) WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
+            " RETURNING j.id, j.execution_id, j.key, j.provider_job_id",
+            ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
+        )
+        rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
+        events: list[EventRow] = [
+            (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
+            for r in rows
+        ]
+        await self._insert_events(cur, events)
 
     async def report_progress(self, reports: list[ProgressReport]) -> None:
         if not reports:
@@ -1082,17 +1085,40 @@ class PostgresStore:
         await self._tx(write)
 
     # ------------------------------------------------------------------ finishing
-    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
-        if not outcomes:
+    async def finish_jobs(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        if not outcomes and not provider_ids:
             return []
-        return await self._tx(lambda cur: self._apply_outcomes(cur, outcomes, time.time()))
 
-    async def _apply_outcomes(self, cur: Cur, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
+        async def write(cur: Cur) -> list[str]:
+            now = time.time()
+            if not outcomes:
+                await self._write_provider_ids(cur, provider_ids or [], now)
+                return []
+            return await self._apply_outcomes(cur, outcomes, now, provider_ids=provider_ids)
+
+        return await self._tx(write)
+
+    async def _apply_outcomes(
+        self,
+        cur: Cur,
+        outcomes: Iterable[JobOutcome],
+        now: float,
+        ready: list[tuple[int, str | None, str | None]] | None = None,
+        provider_ids: list[tuple[int, str, str]] | None = None,
+    ) -> list[str]:
         """Write a batch of outcomes in a fixed number of statements, whatever its size: one UPDATE per kind
         of outcome (succeeded, retry, failed or canceled), one for the dependents they release, one for the
         artifacts. Events keep the order of the outcomes."""
         outcomes = list(outcomes)
         done = [o for o in outcomes if o.status == "succeeded"]
+        # Provider ids of jobs succeeding here are written by the same UPDATE (one row version, not two); the
+        # others first, on their own.
+        succeeding = {o.job_id for o in done}
+        inline = {job_id: pid for job_id, _, pid in provider_ids or [] if job_id in succeeding}
+        if rest := [item for item in provider_ids or [] if item[0] not in inline]:
+            await self._write_provider_ids(cur, rest, now)
         retry = [o for o in outcomes if o.status == "retry"]
         ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
         rows: dict[int, DictRow] = {}
@@ -1100,15 +1126,16 @@ class PostgresStore:
             await cur.execute(
                 "UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,"
                 " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                " error = NULL, cache_key = w.ck, cache_hit = w.hit"
-                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[])"
-                "   AS w(id, owner, result, cost, ck, hit)"
+                " error = NULL, cache_key = w.ck, cache_hit = w.hit,"
+                " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
+                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[])"
+                "   AS w(id, owner, result, cost, ck, hit, pid)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
                 " RETURNING j.id, j.execution_id, j.key, j.dependents",
                 (
                     now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
                     [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
-                    [int(o.cache_hit) for o in done],
+                    [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done],
                 ),
             )  # fmt: skip
             rows.update((r["id"], r) for r in await cur.fetchall())
@@ -1160,12 +1187,14 @@ class PostgresStore:
                 " queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END"
                 " FROM unnest(%b::text[], %b::text[], %b::int[]) AS w(eid, key, n)"
                 " WHERE j.execution_id = w.eid AND j.key = w.key AND j.status = 'waiting'"
-                " RETURNING j.id, j.execution_id, j.key, j.status",
+                " RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model",
                 (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs]),
             )
             for r in await cur.fetchall():
                 if r["status"] == "queued":
                     queued[(r["execution_id"], r["key"])] = r["id"]
+                    if ready is not None:
+                        ready.append((r["id"], r["provider"], _base(r["model"])))
         art = [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]
         if art:
             await cur.execute(
@@ -1189,6 +1218,8 @@ class PostgresStore:
             eid, key = found["execution_id"], found["key"]
             touched.add(eid)
             if o.status == "succeeded":
+                if (pid := inline.get(o.job_id)) is not None:
+                    events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
                 if o.cache_hit:
                     events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
                 events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
@@ -1211,9 +1242,45 @@ class PostgresStore:
             await self._skip_after_failure(cur, eid, keys, now, events)
         await self._settle(cur, touched, now, events)
         await self._insert_events(cur, events)
-        if promoted or any(o.job_id in rows for o in retry):
+        if (promoted and ready is None) or any(o.job_id in rows for o in retry):
             await self._notify(cur)
         return promoted
+
+    async def finish_and_claim(
+        self,
+        outcomes: list[JobOutcome],
+        provider_ids: list[tuple[int, str, str]] | None,
+        owner: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready:
+        the hand-off from a job to its dependent costs no notification and no separate claim. Jobs of a capped
+        provider or model are left to the regular claim, which counts caps under their locks; the others skip
+        the tenants' round robin (a pipeline under way goes on). Returns the promoted keys (those left queued
+        were announced to the other workers) and the jobs claimed."""
+
+        async def write(cur: Cur) -> tuple[list[str], list[ClaimedJob]]:
+            now = time.time()
+            ready: list[tuple[int, str | None, str | None]] = []
+            if outcomes:
+                promoted = await self._apply_outcomes(cur, outcomes, now, ready, provider_ids)
+            else:
+                await self._write_provider_ids(cur, provider_ids or [], now)
+                promoted = []
+            mine = [
+                job_id
+                for job_id, provider, base in ready
+                if provider not in self._provider_caps and base not in self._model_caps
+            ][: max(0, limit)]
+            claimed = await self._claim(cur, owner, limit, lease_s, picked=mine) if mine else []
+            if len(claimed) < len(ready):  # the rest are for anyone
+                await self._notify(cur)
+            return promoted, claimed
+
+        if not outcomes and not provider_ids:
+            return [], []
+        return await self._tx(write)
 
     async def _skip_after_failure(
         self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]

@@ -871,18 +871,20 @@ class SQLiteStore:
         await self._run(self._set_provider_ids, items)
 
     def _set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
-        now = time.time()
         with self._write() as conn:
-            events: list[EventRow] = []
-            for job_id, owner, pid in items:
-                row = conn.execute(
-                    "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
-                    " RETURNING execution_id, key",
-                    (pid, job_id, owner),
-                ).fetchone()
-                if row is not None:
-                    events.append((row[0], row[1], "job.submitted", dumps({"provider_job_id": pid}), now))
-            self._insert_events(conn, events)
+            self._write_provider_ids(conn, items, time.time())
+
+    def _write_provider_ids(self, conn: sqlite3.Connection, items: list[tuple[int, str, str]], now: float) -> None:
+        events: list[EventRow] = []
+        for job_id, owner, pid in items:
+            row = conn.execute(
+                "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
+                " RETURNING execution_id, key",
+                (pid, job_id, owner),
+            ).fetchone()
+            if row is not None:
+                events.append((row[0], row[1], "job.submitted", dumps({"provider_job_id": pid}), now))
+        self._insert_events(conn, events)
 
     async def report_progress(self, reports: list[ProgressReport]) -> None:
         await self._run(self._report_progress, reports)
@@ -911,12 +913,16 @@ class SQLiteStore:
             self._insert_events(conn, events)
 
     # ------------------------------------------------------------------ finishing
-    async def finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
-        return await self._run(self._finish_jobs, outcomes)
+    async def finish_jobs(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        return await self._run(self._finish_jobs, outcomes, provider_ids or [])
 
-    def _finish_jobs(self, outcomes: list[JobOutcome]) -> list[str]:
+    def _finish_jobs(self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]]) -> list[str]:
         now = time.time()
         with self._write() as conn:
+            if provider_ids:
+                self._write_provider_ids(conn, provider_ids, now)
             return self._apply_outcomes(conn, outcomes, now)
 
     def _apply_outcomes(self, conn: sqlite3.Connection, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
