@@ -57,7 +57,7 @@ log = logging.getLogger("reelflow.worker")
 PROGRESS_FLUSH_S = 0.5
 CONTROL_TICK_S = 0.5
 RECOVER_EVERY_S = 1.0
-FLUSH_MAX = 1000
+FLUSH_MAX = 5000
 """Outcomes written in one transaction at most."""
 CLAIM_RETRY_S = 2.0
 """Pause after a claim failed (the database unreachable past the store's own retries)."""
