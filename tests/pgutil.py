@@ -22,7 +22,8 @@ SKIP_REASON = (
 )
 
 
-def _reachable() -> bool:
+def reachable() -> bool:
+    """Whether the test server answers now."""
     try:
         with psycopg.connect(PG_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
@@ -31,7 +32,7 @@ def _reachable() -> bool:
         return False
 
 
-PG_AVAILABLE = _reachable()
+PG_AVAILABLE = reachable()
 if not PG_AVAILABLE and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     # on CI the PostgreSQL tests must run: a server that is not there fails the run instead of skipping
     raise RuntimeError(f"CI is set but {SKIP_REASON}; .ci/run starts it before the tests")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ import pytest
 
 from apiserver import ApiServer
 from conftest import WorkerFactory, sim_job
-from pgutil import PG_URL
+from pgutil import PG_URL, reachable
 from reelflow.api.app import create_app
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
@@ -38,21 +37,14 @@ from reelflow.store import open_store
 from reelflow.store.postgres import PostgresStore
 from reelflow.webhooks import WebhookDispatcher
 from test_webhooks import Receiver
+from test_worker_processes import start_worker
 
 pytestmark = pytest.mark.postgres_only
-
-CLI = [sys.executable, "-m", "reelflow.cli"]
-
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Webhook receivers listen on loopback."""
     return settings.model_copy(update={"allow_private_urls": True})
-
-
-def start_worker(env: dict[str, str], tmp_path: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
-    log = (tmp_path / f"{name}.log").open("wb")
-    return subprocess.Popen([*CLI, "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.05, what: str = "") -> None:
@@ -79,15 +71,6 @@ def ctl(action: str, *args: str) -> None:
     command = cluster()
     assert command is not None
     subprocess.run([*command, action, *args], check=True, capture_output=True, timeout=60)
-
-
-def server_up() -> bool:
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
 
 
 @pytest.mark.skipif(
@@ -126,7 +109,7 @@ async def test_the_database_restarting_mid_run_loses_nothing(
         await wait_for(working, what="jobs running before the restart")
         try:
             ctl("stop", "-m", "fast")  # every connection is cut; nothing answers on 5432
-            assert not server_up()
+            assert not reachable()
             down_for = 3.0
             # A request made while the database is away waits for it, then answers normally.
             pending = asyncio.ensure_future(asyncio.to_thread(http.get, f"/v1/executions/{ids[0]}", timeout=60))
@@ -150,7 +133,7 @@ async def test_the_database_restarting_mid_run_loses_nothing(
         r = http.get("/v1/executions", params={"limit": 100})
         assert r.status_code == 200 and len(r.json()["data"]) == len(ids)
     finally:
-        if not server_up():
+        if not reachable():
             ctl("start")
         worker.send_signal(signal.SIGTERM)
         await asyncio.to_thread(worker.wait, 30)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -125,6 +127,24 @@ async def test_five_stores_migrating_at_once_apply_each_migration_once(pg_url: s
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_ten_reelflow_migrate_processes_started_together_migrate_once(pg_url: str) -> None:
+    env = dict(os.environ, REELFLOW_DATABASE_URL=pg_url)
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "reelflow.cli", "migrate", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(10)
+    ]  # fmt: skip
+    outputs = [(await p.communicate())[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 10, outputs
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        cur = await conn.execute("SELECT version, COUNT(*) FROM schema_migrations GROUP BY version ORDER BY 1")
+        assert await cur.fetchall() == [(1, 1), (2, 1), (3, 1), (4, 1)]
+        cur = await conn.execute("SELECT COUNT(*) FROM pg_tables WHERE tablename IN ('executions', 'jobs', 'events')")
+        assert await cur.fetchone() == (3,)
 
 
 async def test_open_store_picks_postgres_for_postgresql_urls(pg_url: str) -> None:

@@ -238,7 +238,7 @@ class PostgresStore:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await self._pool.check()  # broken idle connections are replaced, not handed out again
-        await asyncio.sleep(min(1.0, 0.05 * 2 ** min(5, int((now - since) / 0.05).bit_length())))
+        await asyncio.sleep(min(1.0, max(0.05, (now - since) / 2)))  # waits grow with the outage, up to 1 s
         return since
 
     async def close(self) -> None:
