@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -792,3 +793,39 @@ async def test_two_workers_on_two_stores_run_every_job_exactly_once(pg_settings:
     finally:
         await s1.close()
         await s2.close()
+
+
+async def test_cancel_racing_many_finishes_ends_consistently(pg_url: str) -> None:
+    # Finishing locks job rows and then the execution; cancel locks the execution and then its jobs. Crossed
+    # like this they can deadlock: PostgreSQL aborts one side, the store retries it, and nothing is lost.
+    stores = [PostgresStore(pg_url, max_connections=3) for _ in range(4)]
+    await stores[0].migrate()
+    try:
+        for round_ in range(5):
+            eid = f"ex-race-{round_}"
+            await stores[0].create_execution(execution(eid, [job(f"j{i}") for i in range(60)]))
+            held = await stores[0].claim("w", 60, 60)
+            assert len(held) == 60
+            batches = [held[i::3] for i in range(3)]
+            results = await asyncio.gather(
+                *(
+                    s.finish_jobs([JobOutcome(c.id, "w", "succeeded", result={"url": f"u{c.id}"}) for c in batch])
+                    for s, batch in zip(stores[1:], batches, strict=True)
+                ),
+                stores[0].cancel_execution(eid),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, Conflict)]
+            assert errors == []  # deadlocks retried away; a Conflict only if every job had ended first
+            state = await stores[0].get_execution(eid)
+            assert state is not None
+            statuses = Counter(j["status"] for j in state["jobs"])
+            assert set(statuses) <= {"succeeded", "canceled"} and sum(statuses.values()) == 60
+            events = await stores[0].events(eid)
+            ends = [e.type for e in events if e.type in ("execution.succeeded", "execution.canceled")]
+            assert len(ends) == 1 and state["status"] == ends[0].split(".")[1]
+            per_job = Counter(e.job_id for e in events if e.type in ("job.succeeded", "job.canceled"))
+            assert set(per_job.values()) == {1}  # every job ended once, one way or the other
+    finally:
+        for s in stores:
+            await s.close()
