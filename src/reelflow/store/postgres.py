@@ -440,6 +440,9 @@ class PostgresStore:
 
     async def _cancel_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
         now = time.time()
+        # Job rows first, then the execution: the order in which claims and completions lock them. Taken the
+        # other way round, a cancel and a completion would deadlock (and one of them be retried).
+        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
         row = await self._execution_row(cur, execution_id, tenant, lock=True)
         if row is None:
             raise NotFound(f"execution {execution_id!r} not found")
