@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes.replicate import FakeReplicate
+from providers import seedance_plan  # bench/providers.py: the same plans
 from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
 
@@ -47,16 +48,7 @@ async def main(total: int, limit: int, latency: float, n_workers: int) -> None:
         ids = []
         per_plan = 100
         for p in range(total // per_plan):
-            jobs = [
-                {
-                    "id": f"clip{i}",
-                    "type": "generate-video",
-                    "model": "replicate/bytedance/seedance-1-lite",
-                    "params": {"prompt": f"waves {p}-{i}", "duration": 5},
-                }
-                for i in range(per_plan)
-            ]
-            ids.append(await engine.submit({"jobs": jobs}))
+            ids.append(await engine.submit(seedance_plan(p, per_plan)))
         t0 = time.time()
         procs = [
             subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker"], env=env, stderr=subprocess.DEVNULL)

@@ -32,6 +32,20 @@ from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
 
 
+def seedance_plan(p: int, per_plan: int) -> dict[str, object]:
+    """Plan `p` of a run: `per_plan` independent 5 s Seedance clips on Replicate."""
+    jobs = [
+        {
+            "id": f"clip{i}",
+            "type": "generate-video",
+            "model": "replicate/bytedance/seedance-1-lite",
+            "params": {"prompt": f"waves {p}-{i}", "duration": 5},
+        }
+        for i in range(per_plan)
+    ]
+    return {"jobs": jobs}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,16 +84,7 @@ async def run(mode: str, total: int, latency: float) -> None:
         t0 = time.time()
         ids = []
         for p in range(total // per_plan):
-            jobs = [
-                {
-                    "id": f"clip{i}",
-                    "type": "generate-video",
-                    "model": "replicate/bytedance/seedance-1-lite",
-                    "params": {"prompt": f"waves {p}-{i}", "duration": 5},
-                }
-                for i in range(per_plan)
-            ]
-            ids.append(await engine.submit({"jobs": jobs}))
+            ids.append(await engine.submit(seedance_plan(p, per_plan)))
         submitted = time.time() - t0
         for eid in ids:
             state = await engine.wait(eid, poll_s=0.5, timeout=latency * 10 + 120)

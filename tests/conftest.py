@@ -59,8 +59,8 @@ def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def fast_settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings for tests: this database, artifacts under `tmp_path`, quick retries, leases and polls."""
     return Settings(
         database_url=database_url,
         storage_url=f"file://{tmp_path}/artifacts",
@@ -70,6 +70,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         poll_interval_s=0.05,
         _env_file=None,  # type: ignore[call-arg]
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return fast_settings(tmp_path, database_url)
 
 
 @pytest.fixture

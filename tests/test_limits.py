@@ -61,18 +61,25 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
+def replicate_env(
+    worker_env: dict[str, str], limits_file: Path, fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Worker processes (and this one) pointed at the Replicate fake, under the limits file."""
+    monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+    return worker_env | {
+        "REELFLOW_LIMITS_FILE": str(limits_file),
+        "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
+        "REPLICATE_API_TOKEN": fake.token,
+    }
+
+
 async def test_two_worker_processes_never_exceed_max_concurrent_together(
     engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limits_file.write_text("providers:\n  replicate: {max_concurrent: 3}\n")
     reset_limits()
     with FakeReplicate(latency_s=0.6, queue_s=0.0) as fake:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
-        env = worker_env | {
-            "REELFLOW_LIMITS_FILE": str(limits_file),
-            "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
-            "REPLICATE_API_TOKEN": fake.token,
-        }
+        env = replicate_env(worker_env, limits_file, fake, monkeypatch)
         eid = await engine.submit({"jobs": [video(f"c{i}", f"waves {i}") for i in range(12)]})
         procs = workers(env, tmp_path, 2, "--concurrency", "2")  # neither can fill the cap of 3 alone
         try:
@@ -272,12 +279,7 @@ async def test_requests_per_minute_holds_over_a_minute_across_two_workers(
     limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120}\n")
     reset_limits()
     with FakeReplicate(latency_s=0.2, queue_s=0.0) as fake:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
-        env = worker_env | {
-            "REELFLOW_LIMITS_FILE": str(limits_file),
-            "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
-            "REPLICATE_API_TOKEN": fake.token,
-        }
+        env = replicate_env(worker_env, limits_file, fake, monkeypatch)
         eid = await engine.submit({"jobs": [video(f"c{i}", f"waves {i}") for i in range(62)]})
         started = time.time()
         procs = workers(env, tmp_path, 2)

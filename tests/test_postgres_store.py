@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import sim_job
+from conftest import fast_settings, sim_job
 from pgutil import PG_URL, fresh_database, requires_postgres
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
@@ -731,15 +731,7 @@ async def test_release_resume_and_recovery_notify(pg_url: str) -> None:
 
 @pytest.fixture
 def pg_settings(tmp_path: Path, pg_url: str) -> Settings:
-    return Settings(
-        database_url=pg_url,
-        storage_url=f"file://{tmp_path}/artifacts",
-        retry_base_s=0.05,
-        retry_max_s=0.5,
-        lease_seconds=5,
-        poll_interval_s=0.05,
-        _env_file=None,  # type: ignore[call-arg]
-    )
+    return fast_settings(tmp_path, pg_url)
 
 
 @contextlib.asynccontextmanager
