@@ -222,16 +222,8 @@ def api_server(settings: Settings) -> Iterator[ApiServer]:
         yield server
 
 
-@contextlib.contextmanager
-def module_database(kind: str, root: Path) -> Iterator[str]:
-    """A database for a module-scoped server: a SQLite file under `root`, or a fresh PostgreSQL database
-    (skipped with the reason when no server is reachable)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{root}/reelflow.db"
-        return
-    from pgutil import PG_AVAILABLE, SKIP_REASON, fresh_database_sync
+def module_database(kind: str, root: Path) -> contextlib.AbstractContextManager[str]:
+    """A database for a module-scoped server (see `pgutil.database_of_kind`)."""
+    from pgutil import database_of_kind
 
-    if not PG_AVAILABLE:
-        pytest.skip(SKIP_REASON)
-    with fresh_database_sync() as url:
-        yield url
+    return database_of_kind(kind, root)

@@ -48,14 +48,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
     """A fresh database for the test: a SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if db_kind == "sqlite":
-        yield f"sqlite:///{tmp_path}/reelflow.db"
-        return
-    from pgutil import PG_AVAILABLE, SKIP_REASON, fresh_database_sync
+    from pgutil import database_of_kind
 
-    if not PG_AVAILABLE:
-        pytest.skip(SKIP_REASON)
-    with fresh_database_sync() as url:
+    with database_of_kind(db_kind, tmp_path) as url:
         yield url
 
 

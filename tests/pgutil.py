@@ -10,6 +10,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -69,3 +70,16 @@ def fresh_database_sync() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def database_of_kind(kind: str, root: Path) -> Iterator[str]:
+    """A fresh database of `kind`: a SQLite file under `root`, or a new PostgreSQL database dropped
+    afterwards (the test is skipped with the reason when no server is reachable)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{root}/reelflow.db"
+        return
+    if not PG_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    with fresh_database_sync() as url:
+        yield url
