@@ -331,6 +331,64 @@ class S3Storage:
         return rest if rest is not None and KEY_RE.match(rest) else None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4: `/a/./b/../c` → `/a/c`, as HTTP clients do before they send a request."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/".join(out)
+
+
+def canonical_link(url: str) -> str | None:
+    """`url` as the server it names would see it: scheme and host in lower case, no user info, no default port,
+    no trailing dot on the host, the path percent-decoded once with its dot segments resolved, no query or
+    fragment (a signed link's `?exp=&sig=` included). None when it is not an http(s) or s3 URL."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if scheme not in ("http", "https", "s3") or not host:
+        return None
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if port is not None and _DEFAULT_PORTS.get(scheme) != port:
+        host = f"{host}:{port}"
+    path = _remove_dot_segments(unquote(parts.path))
+    return f"{scheme}://{host}{path}"
+
+
+def artifact_key(storage: Storage, value: object) -> str | None:
+    """The key of `value` when it is a link to one of our artifacts in any spelling that reaches it: exactly
+    as `url(key)` makes it, signed or not, or spelled otherwise (`%2F`, `./`, `../`, upper-case host, default
+    port, user info, a query). None for anything else. Cheap: no I/O."""
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    try:
+        key = storage.key_from_url(value)
+        if key is None and (canonical := canonical_link(value)) is not None and canonical != value:
+            key = storage.key_from_url(canonical)
+    except ValueError:  # not a URL at all (an unbalanced '[', a bad port): nobody can fetch it
+        return None
+    return key
+
+
 def open_storage(url: str, public_url: str) -> Storage:
     """The Storage for a `REELFLOW_STORAGE_URL`; S3 settings come from `REELFLOW_S3_*` (see S3Settings)."""
     if url.startswith("file://"):

@@ -51,8 +51,8 @@ class Services:
         self.settings = settings
         self.store = store
         self.providers = providers or Providers()
-        self.engine = Engine(store, settings)
         self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
+        self.engine = Engine(store, settings, storage=self.storage)
         self._keys: dict[str, tuple[str | None, float]] = {}
 
     async def tenant_for(self, raw: str) -> str | None:

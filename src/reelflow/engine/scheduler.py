@@ -22,8 +22,10 @@ from ..plan import Plan, parse_plan
 from ..providers.catalog import estimate_cost, get_model
 from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
+from ..storage import Storage, open_storage
 from ..store.base import NewExecution, NewJob, Store, UsageLimit
 from ..webhooks import UnsafeDestination, check_destination
+from .ownership import artifact_links, has_urls, refusal
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -103,9 +105,33 @@ def check_credentials(plan: Plan) -> None:
 class Engine:
     """Submit and follow executions on one Store."""
 
-    def __init__(self, store: Store, settings: Settings | None = None) -> None:
+    def __init__(self, store: Store, settings: Settings | None = None, *, storage: Storage | None = None) -> None:
         self.store = store
         self.settings = settings or get_settings()
+        self._storage = storage
+        """Where artifacts live; opened on the first plan that holds a URL (to recognise our artifact links)."""
+
+    async def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = await asyncio.to_thread(open_storage, self.settings.storage_url, self.settings.public_url)
+        return self._storage
+
+    async def check_inputs(self, plan: Plan, tenant: str) -> None:
+        """Every literal parameter that links to one of our artifacts must name one of `tenant`'s: another
+        tenant's artifact and a made-up key are refused alike, naming the job and the parameter."""
+        if not any(has_urls(job.params) for job in plan.jobs):
+            return
+        storage = await self.storage()
+        links = [
+            (where, key, job.id)
+            for i, job in enumerate(plan.jobs)
+            for where, key in artifact_links(storage, job.params, ["jobs", i, "params"])
+        ]
+        if not links:
+            return
+        owned = await self.store.owned_artifacts(tenant, {key for _, key, _ in links})
+        if problems := [refusal(where, job_id) for where, key, job_id in links if key not in owned]:
+            raise PlanError(problems)
 
     async def submit(
         self,
@@ -128,6 +154,7 @@ class Engine:
                 await check_destination(url, allow_private=self.settings.allow_private_urls)
             except UnsafeDestination as exc:
                 raise PlanError([ErrorItem(["webhook"], str(exc))]) from None
+        await self.check_inputs(parsed, tenant)
         request_hash = None
         if idempotency_key is not None:
             canonical = {"plan": parsed.model_dump(mode="json"), "webhook": webhook}

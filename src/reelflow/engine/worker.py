@@ -45,10 +45,11 @@ from ..providers.base import (
 from ..providers.catalog import check_job_params
 from ..providers.http import RateGate
 from ..providers.registry import Providers
-from ..storage import Storage, open_storage
+from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
 from .download import MAX_OUTPUT_BYTES, fetch_output
+from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
 
@@ -485,6 +486,10 @@ class Worker:
         if c.refusal is not None:
             return self._failed(c, c.refusal)
         workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
+        try:
+            inputs = await self._local_inputs(c, params, workdir)
+        except PermanentError as exc:  # an input that is not this tenant's artifact
+            return self._failed(c, exc.message)
         task = Task(
             execution_id=c.execution_id,
             job_id=c.key,
@@ -493,7 +498,7 @@ class Worker:
             params=params,
             attempt=c.attempts,
             scratch=workdir,
-            inputs=await self._local_inputs(params, workdir, c.provider),
+            inputs=inputs,
             callback_url=self._callback_url(provider, c),
         )
         held.work = task
@@ -571,19 +576,23 @@ class Worker:
             c.id, self.id, "retry", error=error, retry_at=time.time() + delay, keep_provider_id=keep_provider_id
         )
 
-    async def _local_inputs(self, params: dict[str, Any], workdir: Path, provider: str | None) -> dict[str, Path]:
+    async def _local_inputs(self, c: ClaimedJob, params: dict[str, Any], workdir: Path) -> dict[str, Path]:
         """Local files for every top-level URL parameter (or list item) that is one of our artifacts: the
         stored file itself on local storage; on object storage a download into the attempt's folder, made
-        only for the providers that read files (the others pass the URL on)."""
+        only for the providers that read files (the others pass the URL on).
+
+        First, every artifact link anywhere in the resolved parameters (a reference's value included) must be
+        one of the job's tenant's artifacts, whichever provider runs it: otherwise PermanentError, with the
+        same words as the refusal at submission, and nothing is fetched or sent."""
+        if foreign := await foreign_inputs(self.store, self.storage, c.tenant, params, ["params"]):
+            raise PermanentError("; ".join(str(refusal(where, c.key)) for where in foreign))
         inputs: dict[str, Path] = {}
-        if not self.settings.storage_url.startswith("file://") and provider not in LOCAL_INPUT_PROVIDERS:
+        if not self.settings.storage_url.startswith("file://") and c.provider not in LOCAL_INPUT_PROVIDERS:
             return inputs
 
         async def local(value: Any) -> Path | None:
-            if isinstance(value, str) and value.startswith(("http://", "https://", "s3://")):
-                key = self.storage.key_from_url(value)
-                if key is not None:
-                    return await asyncio.to_thread(self.storage.fetch_to, key, workdir / "inputs")
+            if (key := artifact_key(self.storage, value)) is not None:
+                return await asyncio.to_thread(self.storage.fetch_to, key, workdir / "inputs")
             return None
 
         for name, value in params.items():

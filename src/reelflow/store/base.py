@@ -7,6 +7,7 @@ implementing this protocol, run against the same test suite.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -316,6 +317,10 @@ class Store(Protocol):
     async def revoke_api_key(self, key_id: str) -> bool: ...
 
     async def owns_artifact(self, tenant: str, key: str) -> bool: ...
+
+    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
+        """Those of `keys` that `tenant`'s jobs produced (a job input must be one of them)."""
+        ...
 
     # webhooks
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]: ...

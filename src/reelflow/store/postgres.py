@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -1567,6 +1567,14 @@ class PostgresStore:
 
     async def owns_artifact(self, tenant: str, key: str) -> bool:
         return await self._one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key)) is not None
+
+    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self._all(
+            "SELECT key FROM artifacts WHERE tenant = %s AND key = ANY(%s::text[])", (tenant, list(keys))
+        )
+        return {r["key"] for r in rows}
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:

@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -1267,6 +1267,22 @@ class SQLiteStore:
             "SELECT 1 FROM artifacts WHERE tenant = ? AND key = ?", (tenant, key)
         ).fetchone()
         return row is not None
+
+    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        return await self._run(self._owned_artifacts, tenant, list(keys))
+
+    def _owned_artifacts(self, tenant: str, keys: list[str]) -> set[str]:
+        conn = self._connect()
+        owned: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            rows = conn.execute(
+                f"SELECT key FROM artifacts WHERE tenant = ? AND key IN ({_qs(len(chunk))})", (tenant, *chunk)
+            ).fetchall()
+            owned.update(r[0] for r in rows)
+        return owned
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
