@@ -99,6 +99,7 @@ class RemoteOutputs(SimProvider):
     def __init__(self, files: Files) -> None:
         super().__init__()
         self.files = files
+        self.base_url = files.base  # the worker's egress guard allows a provider's configured host:port
 
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         await super().wait(task, provider_id, report)

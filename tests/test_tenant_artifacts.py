@@ -8,13 +8,17 @@ get exactly the same answer, and nothing is stored or sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -25,12 +29,14 @@ from conftest import WorkerFactory
 from reelflow.config import Settings
 from reelflow.engine.ownership import NOT_FOUND
 from reelflow.engine.scheduler import Engine
+from reelflow.engine.worker import Worker
 from reelflow.errors import PlanError
 from reelflow.providers.base import ProgressReporter, ProviderResult, Task
 from reelflow.providers.local import LocalProvider
+from reelflow.providers.registry import Providers
 from reelflow.storage import LocalStorage, artifact_key
 from reelflow.store.base import Store
-from reelflow.store.sqlite import sqlite_path
+from reelflow.store.sqlite import SQLiteStore, sqlite_path
 
 MADE_UP_KEY = "00/" + "0" * 64 + ".png"
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -316,3 +322,116 @@ async def test_a_job_row_naming_another_tenants_artifact_fails_at_run_time(
         state = await engine.wait(eid, tenant="b", timeout=60)
     job = state["jobs"][0]
     assert (job["status"], job["attempts"], job["error"]) == ("failed", 1, f"params.input: job 'copy': {NOT_FOUND}")
+
+
+# --------------------------------------------------------------------------- object storage
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture
+def s3_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings with artifacts in a bucket of a moto S3 server on 127.0.0.1 (SQLite for the database)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REELFLOW_S3_PUBLIC_BASE_URL", "REELFLOW_S3_PRESIGN_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("REELFLOW_S3_ENDPOINT_URL", endpoint)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="media")
+        yield Settings(
+            database_url=f"sqlite:///{tmp_path}/reelflow.db",
+            storage_url="s3://media/out",
+            poll_interval_s=0.05,
+            _env_file=None,  # type: ignore[call-arg]
+        )
+    finally:
+        server.stop()
+
+
+async def test_on_object_storage_presigned_and_s3_links_of_another_tenant_are_refused(
+    s3_settings: Settings, replicate_token: None
+) -> None:
+    """A presigned URL is a capability: a remote model handed one fetches the bytes. So B may not pass A's,
+    in any spelling, not even to a `run` model (checked at submission), nor through a reference (in the worker,
+    whose storage is S3 here): same answers as for a made-up key, and the model never sees it."""
+    store = SQLiteStore(s3_settings.database_url)
+    await store.migrate()
+    engine = Engine(store, s3_settings)
+
+    @contextlib.asynccontextmanager
+    async def worker(**providers: Any) -> AsyncIterator[None]:
+        w = Worker(store, settings=s3_settings, providers=Providers({"local": LocalProvider(), **providers}))
+        task = asyncio.create_task(w.run())
+        try:
+            yield
+        finally:
+            w.stop()
+            await task
+
+    try:
+        eid = await engine.submit({"jobs": [still()]}, tenant="a")
+        async with worker():
+            state = await engine.wait(eid, tenant="a", timeout=60)
+        assert state["status"] == "succeeded", state["error"]
+        url, key = state["jobs"][0]["result"]["url"], state["jobs"][0]["result"]["key"]
+        storage = await engine.storage()
+        made_up_url = await asyncio.to_thread(storage.url, MADE_UP_KEY)
+        parsed = urlsplit(url)
+        head, name = key.split("/")
+
+        def forms(link: str, k: str) -> dict[str, str]:
+            p = urlsplit(link)
+            h, n = k.split("/")
+            return {
+                "presigned": link,
+                "unsigned, path style": f"{p.scheme}://{p.netloc}/media/out/{k}",
+                "encoded slash": link.replace(f"/{h}/{n}", f"/{h}%2F{n}"),
+                "dot segment": link.replace(f"/{h}/{n}", f"/{h}/./{n}"),
+                "s3 URL": f"s3://media/out/{k}",
+                "API route": f"{s3_settings.public_url}/v1/artifacts/{k}",
+            }
+
+        assert parsed.query and f"/media/out/{head}/{name}" in parsed.path, url  # a signed URL of the bucket
+        theirs, nobodys = forms(url, key), forms(made_up_url, MADE_UP_KEY)
+        for form in theirs:
+            answers = []
+            for link in (theirs[form], nobodys[form]):
+                plan = {"jobs": [{"id": "send", "type": "run", "model": "replicate/acme/user",
+                                  "params": {"input": {"image": link}}}]}
+                with pytest.raises(PlanError) as caught:
+                    await engine.submit(plan, tenant="b")
+                answers.append(str(caught.value))
+            expected = f"invalid plan: jobs[0].params.input.image: job 'send': {NOT_FOUND}"
+            assert answers[0] == answers[1] == expected, form
+        rows, _ = await store.list_executions("b", status=None, created_after=None, limit=10, cursor=None)
+        assert rows == []
+
+        # through a reference, checked by the worker: refused for B, handed on as it is for A
+        for tenant_name, expected in (("b", "failed"), ("a", "succeeded")):
+            fake = FieldsProvider({"link": url})
+            eid = await engine.submit(LEAK_PLAN, tenant=tenant_name)
+            async with worker(replicate=fake):
+                state = await engine.wait(eid, tenant=tenant_name, timeout=60)
+            jobs = {j["id"]: j for j in state["jobs"]}
+            assert (jobs["send"]["status"], jobs["copy"]["status"]) == (expected, expected), tenant_name
+            if expected == "failed":
+                assert jobs["send"]["error"] == f"params.input.image[0]: job 'send': {NOT_FOUND}"
+                assert [t.job_id for t in fake.submitted] == ["leak"]
+            else:
+                assert fake.submitted[-1].params["input"] == {"image": [url]}
+    finally:
+        await store.close()

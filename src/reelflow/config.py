@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     """A YAML file of extra models (see examples/catalog.yaml), loaded when the catalog is first used."""
     lease_seconds: float = Field(default=60.0, gt=0)
     allow_private_urls: bool = False
+    """Development switch: the egress guard lets every destination through (see `reelflow.net`)."""
+    allowed_hosts: str = ""
+    """Destinations the egress guard lets through besides public addresses: a comma list of `host` (any
+    port) or `host:port` (that port only), matched exactly; IPv6 addresses in brackets."""
     retry_base_s: float = Field(default=1.0, ge=0)
     """First retry's backoff ceiling; doubles per attempt (full jitter), capped at `retry_max_s`."""
     retry_max_s: float = Field(default=300.0, ge=0)
@@ -38,6 +42,14 @@ class Settings(BaseSettings):
     callbacks: bool | None = None
     """Ask providers to call `POST {public_url}/v1/providers/{p}/callback` when work ends. Unset: on when
     REELFLOW_PUBLIC_URL is set (the default URL is only reachable from this machine)."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        from .net import parse_allowed_hosts
+
+        parse_allowed_hosts(value)  # a ValueError names the entry it cannot read
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod

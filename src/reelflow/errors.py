@@ -64,3 +64,31 @@ class UsageLimitExceeded(ReelflowError):
         super().__init__(message)
         self.status = status
         self.limit = limit
+
+
+class ProviderError(Exception):
+    """A provider refused or failed the work (or its output could not be fetched). `transient` decides
+    retry or fail. Defined here, below the providers and the engine, so that `net` can raise them too;
+    `reelflow.providers.base` re-exports them."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, resubmit: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.resubmit = resubmit
+        """Raised while waiting: the remote work is gone and a retry must submit anew. By default a
+        transient error after submission keeps the provider id, so the retry waits on the same (paid) work."""
+
+
+class TransientError(ProviderError):
+    """Worth another try later: 429, 5xx, timeouts, connection resets."""
+
+    transient = True
+
+
+class PermanentError(ProviderError):
+    """Trying again cannot help: bad input, unknown model, refused content, no credit."""
+
+    transient = False

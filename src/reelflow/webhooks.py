@@ -10,33 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import random
-import re
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from . import metrics
 from .config import Settings, get_settings
-from .errors import ReelflowError
 from .logs import bind as bind_log_context
+from .net import (
+    EgressGuard,
+    EgressPolicy,
+    UnresolvableDestination,
+    UnsafeDestination,
+    address_problem,
+    check_destination,
+    check_url_syntax,
+    guarded_client,
+)
 from .store.base import Delivery, Store
 
 log = logging.getLogger("reelflow.webhooks")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 def _version() -> str:
     try:
@@ -46,8 +48,6 @@ def _version() -> str:
 
 
 USER_AGENT = f"reelflow-webhooks/{_version()}"
-ALLOWED_SCHEMES = ("http", "https")
-DNS_TIMEOUT_S = 10.0
 ERROR_BODY_CHARS = 200
 """How much of a failing receiver's response body goes into the attempt's error text."""
 
@@ -94,129 +94,9 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
 
 
 # ---------------------------------------------------------------------------------------- destinations
-class UnsafeDestination(ReelflowError):
-    """A URL reelflow refuses to call: not http(s), no host, or a private, loopback, link-local… address."""
-
-
-class UnresolvableDestination(UnsafeDestination):
-    """The URL's host name did not resolve. Possibly temporary: the dispatcher retries these."""
-
-
-_ALLOW_HINT = "set REELFLOW_ALLOW_PRIVATE_URLS=1 to allow private destinations"
-_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def address_problem(ip: IPAddress) -> str | None:
-    """Why an address must not be called ("a loopback address", …), or None for a public one."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None and (problem := address_problem(embedded)) is not None:
-            return f"{problem} ({embedded} embedded in IPv6)"
-    kinds = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        ("non-public", not ip.is_global),
-    )
-    for kind, matches in kinds:
-        if matches:
-            return f"{_article(kind)} {kind} address"
-    return None
-
-
-def _literal_ip(host: str) -> IPAddress | None:
-    """The address a host names literally, including the legacy IPv4 forms resolvers accept (`127.1`)."""
-    try:
-        return ipaddress.ip_address(unquote(host))
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.fullmatch(host):
-        with contextlib.suppress(OSError):
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-    return None
-
-
-def _is_localhost(host: str) -> bool:
-    name = host.rstrip(".")
-    return name == "localhost" or name.endswith(".localhost")
-
-
-def _split_url(url: str) -> tuple[str, int]:
-    """(host, port) of an http(s) URL, or UnsafeDestination saying what is wrong with it."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnsafeDestination(f"{url!r} is not a valid URL: {exc}") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        shown = repr(scheme) if scheme else "(none)"
-        raise UnsafeDestination(f"{url!r} is not allowed: scheme {shown} is not http or https")
-    host = parts.hostname
-    if not host:
-        raise UnsafeDestination(f"{url!r} is not allowed: the URL has no host")
-    return host, port or (443 if scheme == "https" else 80)
-
-
-def _refuse_literal(url: str, host: str) -> None:
-    """Refuse hosts that are private without any DNS: literal addresses and localhost names."""
-    ip = _literal_ip(host)
-    if ip is not None:
-        if (problem := address_problem(ip)) is not None:
-            raise UnsafeDestination(f"{url!r} is not allowed: {ip} is {problem} ({_ALLOW_HINT})")
-    elif _is_localhost(host):
-        raise UnsafeDestination(f"{url!r} is not allowed: {host} is a loopback host name ({_ALLOW_HINT})")
-
-
-def check_url_syntax(url: str, *, allow_private: bool = False) -> str | None:
-    """Submission-time check without DNS: an error message, or None when the URL may be accepted."""
-    try:
-        host, _ = _split_url(url)
-        if not allow_private:
-            _refuse_literal(url, host)
-    except UnsafeDestination as exc:
-        return str(exc)
-    return None
-
-
-async def check_destination(url: str, *, allow_private: bool) -> None:
-    """Raise UnsafeDestination unless `url` is http(s) with a host whose every address is public.
-
-    The host is resolved without blocking the event loop; one private address among several is enough to
-    refuse. UnresolvableDestination (a subclass) means the name did not resolve, which may be temporary.
-    """
-    host, port = _split_url(url)
-    if allow_private:
-        return
-    if _literal_ip(host) is not None:
-        _refuse_literal(url, host)
-        return
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=DNS_TIMEOUT_S)
-    except UnicodeError as exc:
-        raise UnsafeDestination(f"{url!r} is not allowed: {host!r} is not a valid host name") from exc
-    except (OSError, TimeoutError) as exc:
-        if _is_localhost(host):
-            _refuse_literal(url, host)
-        reason = str(exc) or f"timed out after {DNS_TIMEOUT_S:g} s"
-        raise UnresolvableDestination(f"cannot resolve the host of {url!r}: {reason}") from exc
-    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-    if not addresses:
-        raise UnresolvableDestination(f"cannot resolve the host of {url!r}: no address")
-    for ip in addresses:
-        if (problem := address_problem(ip)) is not None:
-            raise UnsafeDestination(f"{url!r} is not allowed: {host} resolves to {ip}, {problem} ({_ALLOW_HINT})")
+# Judging destinations is the egress guard's work (`reelflow.net`, which every outbound fetch goes
+# through); UnsafeDestination, UnresolvableDestination, address_problem, check_url_syntax and
+# check_destination stay importable from here.
 
 
 # ---------------------------------------------------------------------------------------- delivery
@@ -268,6 +148,7 @@ class WebhookDispatcher:
         give_up_after_s: float = 25 * 3600.0,
         max_in_flight: int = 50,
         rng: random.Random | None = None,
+        egress: EgressGuard | None = None,
     ) -> None:
         if lease_s <= timeout_s:
             raise ValueError(f"lease_s ({lease_s:g}) must exceed timeout_s ({timeout_s:g}): an attempt holds the lease")
@@ -285,6 +166,8 @@ class WebhookDispatcher:
         self.attempts = 0
         self.delivered = 0
         self._client = client
+        self._egress = egress
+        """The guard the dispatcher's own client connects through; by default the settings' policy."""
         self._rng = rng or random.Random()
         self._stopping = False
         self._wake = asyncio.Event()
@@ -300,13 +183,25 @@ class WebhookDispatcher:
         """A delivery may have just been queued: look now instead of at the next poll."""
         self._wake.set()
 
-    async def run(self) -> None:
-        """Claim due deliveries and send them concurrently until `stop()`."""
-        client = self._client or httpx.AsyncClient(
+    @property
+    def egress(self) -> EgressGuard:
+        if self._egress is None:
+            self._egress = EgressGuard(EgressPolicy.from_settings(self.settings))
+        return self._egress
+
+    def make_client(self) -> httpx.AsyncClient:
+        """The dispatcher's own client: every connection made through the egress guard (the address it
+        connects to is the one judged public), redirects never followed."""
+        return guarded_client(
+            self.egress,
             follow_redirects=False,
             timeout=httpx.Timeout(self.timeout_s),
             limits=httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=20),
         )
+
+    async def run(self) -> None:
+        """Claim due deliveries and send them concurrently until `stop()`."""
+        client = self._client or self.make_client()
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -388,7 +283,8 @@ class WebhookDispatcher:
             log.warning("%s failed for good: %s", what, error)
 
     async def attempt(self, delivery: Delivery, client: httpx.AsyncClient) -> AttemptResult:
-        """Send one delivery once: check the destination, sign, POST without following redirects."""
+        """Send one delivery once: check the URL, sign, POST without following redirects. The addresses
+        are judged where the connection is made (the egress guard of `make_client`), after one lookup."""
         started = time.perf_counter()
 
         def elapsed_ms() -> float:
@@ -396,12 +292,9 @@ class WebhookDispatcher:
 
         try:
             async with asyncio.timeout(self.timeout_s):
-                try:
-                    await check_destination(delivery.url, allow_private=self.settings.allow_private_urls)
-                except UnresolvableDestination as exc:
-                    return AttemptResult(False, error=str(exc))
-                except UnsafeDestination as exc:
-                    return AttemptResult(False, error=f"not sent: {exc}", give_up=True)
+                problem = check_url_syntax(delivery.url, policy=self.egress.policy)
+                if problem is not None:  # not http(s), or a literal address that is not public: no lookup
+                    return AttemptResult(False, error=f"not sent: {problem}", give_up=True)
                 body = delivery.payload
                 request = client.build_request(
                     "POST", delivery.url, content=body.encode(), headers=headers_for(delivery.secret, delivery.id, body)
@@ -410,6 +303,10 @@ class WebhookDispatcher:
                 response = await client.send(request, stream=True, follow_redirects=False)
         except TimeoutError:
             return AttemptResult(False, latency_ms=elapsed_ms(), error=f"timed out after {self.timeout_s:g} s")
+        except UnresolvableDestination as exc:  # maybe temporary: retried
+            return AttemptResult(False, error=str(exc))
+        except UnsafeDestination as exc:  # the guard refused the connection: nothing was sent
+            return AttemptResult(False, error=f"not sent: {exc}", give_up=True)
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             return AttemptResult(False, latency_ms=elapsed_ms(), error=_describe(exc))
         latency = elapsed_ms()

@@ -18,13 +18,13 @@ from typing import Any
 from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
 from ..limits import get_limits
+from ..net import EgressPolicy, UnsafeDestination, check_destination
 from ..plan import Plan, parse_plan
 from ..providers.catalog import estimate_cost, get_model
 from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
 from ..storage import Storage, open_storage
 from ..store.base import NewExecution, NewJob, Store, UsageLimit
-from ..webhooks import UnsafeDestination, check_destination
 from .ownership import artifact_links, has_urls, refusal
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -151,7 +151,7 @@ class Engine:
         check_credentials(parsed)
         if url := webhook or parsed.webhook:
             try:
-                await check_destination(url, allow_private=self.settings.allow_private_urls)
+                await check_destination(url, policy=EgressPolicy.from_settings(self.settings))
             except UnsafeDestination as exc:
                 raise PlanError([ErrorItem(["webhook"], str(exc))]) from None
         await self.check_inputs(parsed, tenant)

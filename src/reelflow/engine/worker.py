@@ -31,6 +31,7 @@ from .. import logs, media, metrics
 from ..config import Settings, get_settings
 from ..errors import PlanError
 from ..limits import get_limits
+from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
 from ..plan import resolve_references
 from ..providers.base import (
     CallbackProvider,
@@ -48,7 +49,6 @@ from ..providers.registry import Providers
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
-from .download import MAX_OUTPUT_BYTES, fetch_output
 from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
@@ -119,6 +119,7 @@ class Worker:
         worker_id: str | None = None,
         drain_timeout_s: float = 30.0,
         deliver_webhooks: bool = True,
+        egress: EgressGuard | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or get_settings()
@@ -146,6 +147,7 @@ class Worker:
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
         self._http: httpx.AsyncClient | None = None
+        self._egress = egress
         self._download_slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
         self._probes = media.ProbeBatcher()
         self.pace = SharedPace(store, {})
@@ -178,6 +180,7 @@ class Worker:
             self.id, {"pid": os.getpid(), "host": socket.gethostname(), "concurrency": self.concurrency}
         )
         self._apply_limits()
+        self._share_egress()
         background = [
             asyncio.create_task(self._flusher(), name="reelflow-flusher"),
             asyncio.create_task(self._control(), name="reelflow-control"),
@@ -667,11 +670,30 @@ class Worker:
             job_result.setdefault(k, v)
         return job_result
 
+    @property
+    def egress(self) -> EgressGuard:
+        """The guard output downloads connect through: public addresses, REELFLOW_ALLOWED_HOSTS, and the
+        host:port of every provider's configured base URL (made on first use, once the providers are set)."""
+        if self._egress is None:
+            trusted = [getattr(self.providers.get(name), "base_url", None) for name in self.providers.names()]
+            policy = EgressPolicy.from_settings(self.settings, trusted=[u for u in trusted if isinstance(u, str)])
+            self._egress = EgressGuard(policy)
+        return self._egress
+
+    def _share_egress(self) -> None:
+        """Providers that fetch on their own (OpenAI's file inputs, fal's JWKS) judge destinations by this
+        worker's policy too."""
+        for name in self.providers.names():
+            provider = self.providers.get(name)
+            if provider is not None and hasattr(provider, "egress"):
+                provider.egress = self.egress.policy
+
     def _http_client(self) -> httpx.AsyncClient:
-        """One pooled client for output downloads, made on first use."""
+        """One pooled client for output downloads, made on first use; it connects through the egress guard
+        and follows at most 3 redirects, each judged again."""
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                follow_redirects=True,
+            self._http = guarded_client(
+                self.egress,
                 timeout=httpx.Timeout(30.0, read=60.0),
                 limits=httpx.Limits(max_connections=DOWNLOADS_IN_FLIGHT, max_keepalive_connections=DOWNLOADS_IN_FLIGHT),
             )

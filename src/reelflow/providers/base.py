@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-
-class ProviderError(Exception):
-    """A provider refused or failed the work. `transient` decides retry or fail."""
-
-    transient: bool = False
-
-    def __init__(self, message: str, *, retry_after: float | None = None, resubmit: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.resubmit = resubmit
-        """Raised while waiting: the remote work is gone and a retry must submit anew. By default a
-        transient error after submission keeps the provider id, so the retry waits on the same (paid) work."""
-
-
-class TransientError(ProviderError):
-    """Worth another try later: 429, 5xx, timeouts, connection resets."""
-
-    transient = True
-
-
-class PermanentError(ProviderError):
-    """Trying again cannot help: bad input, unknown model, refused content, no credit."""
-
-    transient = False
+# defined below the providers (net.py raises them too); every provider imports them from here
+from ..errors import PermanentError as PermanentError
+from ..errors import ProviderError as ProviderError
+from ..errors import TransientError as TransientError
 
 
 @dataclass
@@ -97,6 +77,12 @@ class ProviderResult:
     outputs: list[Output]
     fields: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = None
+    """What the run cost; a value that is not a finite, non-negative number is recorded as unknown (None)."""
+
+    def __post_init__(self) -> None:
+        cost = self.cost_usd
+        if cost is not None and not (isinstance(cost, int | float) and math.isfinite(cost) and cost >= 0):
+            self.cost_usd = None
 
 
 Phase = Literal["queued", "running"]

@@ -30,6 +30,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..net import UnsafeDestination
 from .base import (
     CallbackEvent,
     CallbackRejected,
@@ -209,7 +210,6 @@ class FalProvider(HttpAdapter):
         self._jwks_fetched_at: float | None = None
         self._jwks_tried_at: float | None = None
         self._jwks_lock: asyncio.Lock | None = None
-        self._jwks_client: httpx.AsyncClient | None = None
         self.jwks_clock: Callable[[], float] = time.monotonic
         """Times the JWKS cache (tests move it on)."""
         self.wall_clock: Callable[[], float] = time.time
@@ -223,12 +223,6 @@ class FalProvider(HttpAdapter):
     @property
     def jwks_url(self) -> str:
         return self._jwks_url or os.environ.get(JWKS_URL_ENV) or DEFAULT_JWKS_URL
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self._jwks_client is not None:
-            await self._jwks_client.aclose()
-            self._jwks_client = None
 
     async def _json(self, method: str, path: str, doing: str, **kwargs: Any) -> dict[str, Any]:
         """One request to the base host; its JSON object, or a classified ProviderError."""
@@ -397,17 +391,17 @@ class FalProvider(HttpAdapter):
         return self._jwks_tried_at is None or now - self._jwks_tried_at >= JWKS_REFETCH_MIN_S
 
     async def _fetch_jwks(self, now: float) -> None:
-        """Fetch fal's JWKS (never with our key: a client of its own, no auth header). On failure the
-        keys held so far stay (even past a day: better than refusing every callback meanwhile)."""
+        """Fetch fal's JWKS (never with our key: a client of its own, no auth header, through the egress guard:
+        the configured JWKS host is allowed, a redirect elsewhere is judged). On failure the keys held so far
+        stay (even past a day: better than refusing every callback meanwhile)."""
         self._jwks_tried_at = now
-        if self._jwks_client is None:
-            self._jwks_client = httpx.AsyncClient(timeout=_JWKS_TIMEOUT, follow_redirects=True, max_redirects=3)
         url = self.jwks_url
+        client = self.guarded_http(self.egress_policy(url), timeout=_JWKS_TIMEOUT)
         try:
-            response = await self._jwks_client.get(url, headers={"Accept": "application/json"})
+            response = await client.get(url, headers={"Accept": "application/json"})
             response.raise_for_status()
             keys = parse_jwks(response.json())
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, UnsafeDestination) as exc:
             log.warning("fal: fetching the JWKS from %s failed: %s", url, exc)
             return
         if not keys:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from .. import metrics
+from ..net import EgressPolicy, guarded_client
 
 MAX_RETRY_AFTER_S = 3600.0
 MAX_HELD_RETRY_S = 30.0
@@ -149,6 +150,10 @@ class HttpAdapter:
         """Polling interval while a callback is expected (polling only covers a lost callback then)."""
         self.gate = RateGate()
         self._slots: asyncio.Semaphore | None = None
+        self.egress: EgressPolicy | None = None
+        """How URLs other than the provider's API are judged (inputs it downloads, a JWKS): set by the worker
+        to its own policy; unset, the environment's (REELFLOW_ALLOWED_HOSTS, REELFLOW_ALLOW_PRIVATE_URLS)."""
+        self._guarded: dict[EgressPolicy, httpx.AsyncClient] = {}
 
     @property
     def slots(self) -> asyncio.Semaphore:
@@ -188,10 +193,27 @@ class HttpAdapter:
             self._client = httpx.AsyncClient(timeout=self.timeout, limits=self.limits, follow_redirects=False)
         return self._client
 
+    def egress_policy(self, *trusted: str | None) -> EgressPolicy:
+        """The egress policy for this provider's own fetches; its base URL's host:port (and `trusted`'s,
+        URLs the operator configured) are allowed too."""
+        policy = self.egress if self.egress is not None else EgressPolicy.from_environment()
+        return policy.trusting(self.base_url, *trusted)
+
+    def guarded_http(self, policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
+        """A pooled client for URLs that are not the provider's API, connecting through the egress guard
+        (redirects followed at most 3 hops, each judged again); no credential is ever sent on it."""
+        client = self._guarded.get(policy)
+        if client is None:
+            client = self._guarded[policy] = guarded_client(policy, **kwargs)
+        return client
+
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+        guarded, self._guarded = list(self._guarded.values()), {}
+        for client in guarded:
+            await client.aclose()
 
     async def send(
         self,

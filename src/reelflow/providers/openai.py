@@ -26,6 +26,7 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +34,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from .. import media
+from ..net import EgressPolicy, check_url_syntax, fetch_output, stream_to_file
 from .base import (
     CallbackEvent,
     CallbackRejected,
@@ -238,6 +240,12 @@ class OpenAIProvider(HttpAdapter):
             return self._allow_private_urls
         return _truthy(os.environ.get(ALLOW_PRIVATE_ENV))
 
+    def egress_policy(self, *trusted: str | None) -> EgressPolicy:
+        policy = super().egress_policy(*trusted)
+        if self._allow_private_urls is not None and policy.allow_private != self._allow_private_urls:
+            policy = replace(policy, allow_private=self._allow_private_urls)
+        return policy
+
     def poll_schedule(self, task: Any) -> PollSchedule:
         """Slow polling only while a callback can really come: OpenAI's webhooks are set up account-wide,
         so a callback URL on the task means nothing unless we hold the secret to verify them."""
@@ -306,7 +314,7 @@ class OpenAIProvider(HttpAdapter):
 
     async def _input_file(self, task: Task, param: str, *, limit_bytes: int, what: str) -> Path:
         """The file for a URL parameter: our stored artifact when it is one, else downloaded (size-limited,
-        public addresses only unless private ones are allowed)."""
+        through the egress guard: public addresses only, unless allowed)."""
         local = task.inputs.get(param)
         if local is not None:
             path = Path(local)
@@ -320,22 +328,17 @@ class OpenAIProvider(HttpAdapter):
         if not is_http_url(url):
             raise PermanentError(f"openai: parameter '{param}' must be an http(s) URL (got {str(url)[:200]!r})")
         url = str(url)
-        from ..engine.download import fetch_output
-        from ..webhooks import UnresolvableDestination, UnsafeDestination, check_destination
-
+        policy = self.egress_policy()
+        problem = check_url_syntax(url, policy=policy)
+        if problem is not None:  # a literal address that is not public, a localhost name: the URL says it all
+            raise PermanentError(f"openai: fetching '{param}': {problem}")
+        client = self.guarded_http(policy, timeout=self.timeout)
         try:
-            await check_destination(url, allow_private=self.allow_private_urls)
-        except UnresolvableDestination as exc:
-            raise TransientError(f"openai: fetching '{param}': {exc}") from None
-        except UnsafeDestination as exc:
-            raise PermanentError(f"openai: fetching '{param}': {exc}") from None
-        try:
-            path, _ = await fetch_output(self.http(), url, task.workdir / f"input-{param}", limit_bytes=limit_bytes)
+            path, _ = await fetch_output(client, url, task.workdir / f"input-{param}", limit_bytes=limit_bytes)
         except ProviderError as exc:
             message = exc.message.replace("downloading the output", "downloading").replace("the output", "the file")
-            raise type(exc)(
-                f"openai: fetching '{param}' from {url[:200]}: {message}", retry_after=exc.retry_after
-            ) from None
+            where = "" if message.startswith("refused:") else f" from {url[:200]}"
+            raise type(exc)(f"openai: fetching '{param}'{where}: {message}", retry_after=exc.retry_after) from None
         return path
 
     async def _reference_image(self, task: Task, size: str) -> tuple[str, bytes, str]:
@@ -510,8 +513,6 @@ class OpenAIProvider(HttpAdapter):
 
     async def _download_content(self, task: Task, vid: str) -> Path:
         """`GET /videos/{id}/content` streamed to the workdir, through the rate gate, size- and time-limited."""
-        from ..engine.download import stream_to_file
-
         doing = f"downloading video {vid}"
         out = task.workdir / "video.mp4"
         await self.gate.acquire()
