@@ -13,6 +13,8 @@ import contextlib
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -322,6 +324,20 @@ async def test_a_job_row_naming_another_tenants_artifact_fails_at_run_time(
         state = await engine.wait(eid, tenant="b", timeout=60)
     job = state["jobs"][0]
     assert (job["status"], job["attempts"], job["error"]) == ("failed", 1, f"params.input: job 'copy': {NOT_FOUND}")
+
+
+def test_the_cli_refuses_such_a_link_without_a_traceback(worker_env: dict[str, str], tmp_path: Path) -> None:
+    """`reelflow run` on the local database passes through the same check (as the `default` tenant)."""
+    link = f"http://127.0.0.1:8000/v1/artifacts/{MADE_UP_KEY}?exp=1&sig=x"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"jobs": [{"id": "copy", "type": "transcode", "params": {"input": link}}]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "reelflow.cli", "run", str(plan)],
+        env={**worker_env, "REELFLOW_PUBLIC_URL": "http://127.0.0.1:8000"}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"jobs[0].params.input: job 'copy': {NOT_FOUND}" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- object storage
