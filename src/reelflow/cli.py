@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -24,9 +25,10 @@ from .display import progress_view, timeline_table
 from .engine.runtime import LocalRuntime
 from .engine.worker import Worker, tune_gc
 from .errors import ErrorItem, PlanError, ReelflowError
+from .limits import LimitsFileError
 from .metrics import serve_metrics
 from .plan import load_plan_text
-from .providers.catalog import list_models
+from .providers.catalog import CatalogFileError, list_models
 
 if TYPE_CHECKING:
     from .client import APIError, Client
@@ -57,6 +59,34 @@ class Refused(Exception):
     """Ends a command with exit status 1 after the message was shown."""
 
 
+def configuration_problem() -> str | None:
+    """What is wrong with the settings, the limits file or the catalog file (file:line), or None.
+
+    Reads each once: the limits and the catalog stay loaded for the command that follows."""
+    from .limits import get_limits
+    from .providers.catalog import load_extensions
+
+    try:
+        settings = get_settings()
+        get_limits(settings)
+        load_extensions(settings)
+    except (SettingsError, LimitsFileError, CatalogFileError) as exc:
+        return str(exc)
+    return None
+
+
+@app.callback()
+def check_configuration(ctx: typer.Context) -> None:
+    """Every command starts by checking the configuration: a problem is bad usage (exit 2), before anything
+    is done. `--help` still works on a broken configuration."""
+    if ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:]):
+        return
+    problem = configuration_problem()
+    if problem is not None:
+        err.print(f"[red]error:[/red] {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
+
+
 def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Run an async command body; turn every expected failure into a message and an exit status."""
 
@@ -64,7 +94,7 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return asyncio.run(fn(*args, **kwargs))
-        except SettingsError as exc:  # a bad REELFLOW_* variable: bad usage
+        except (SettingsError, LimitsFileError, CatalogFileError) as exc:  # bad configuration: bad usage
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         except PlanError as exc:
@@ -452,14 +482,26 @@ def serve(
     import uvicorn
 
     from .api import create_app
+    from .api.server import server_config
     from .logs import configure_logging
 
-    configure_logging(get_settings(), service=True)  # uvicorn's own lines go through the same handler
+    settings = get_settings()
+    configure_logging(settings, service=True)  # uvicorn's own lines go through the same handler
     tune_gc()
     access_log = logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)
-    uvicorn.run(
-        create_app(workers=workers), host=host, port=port, log_config=None, log_level=None, access_log=access_log
+    try:
+        api = create_app(settings, workers=workers)
+    except OSError as exc:  # the metrics listener's address is taken
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    config = server_config(
+        api, settings, host=host, port=port, log_config=None, log_level=None, access_log=access_log
     )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # the port is taken, or the app failed to start: uvicorn logged why
+        raise typer.Exit(1)
 
 
 keys_app = typer.Typer(help="Manage API keys (each belongs to one tenant).", no_args_is_help=True)
@@ -775,14 +817,9 @@ async def _demo(data: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    from .providers.catalog import CatalogFileError
-
     try:
         app()
-    except CatalogFileError as exc:  # a bad REELFLOW_CATALOG_FILE: its problems, not a traceback
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(1)
-    except SettingsError as exc:  # a bad REELFLOW_* variable outside an async command (serve)
+    except (SettingsError, LimitsFileError, CatalogFileError) as exc:  # outside an async command (serve)
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
 

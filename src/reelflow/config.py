@@ -35,6 +35,22 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=300.0, ge=0)
     poll_interval_s: float = Field(default=0.1, gt=0)
     """How often an idle worker looks for new work in the database."""
+    ffmpeg_memory_mb: int = Field(default=1024, ge=32, le=1_048_576)
+    """Memory cap of each ffmpeg process in MB (its private memory: heap and thread stacks)."""
+    ffmpeg_timeout_s: float = Field(default=1800.0, gt=0, le=7 * 86400)
+    """Longest one ffmpeg run may take; a longer one is killed and its job fails."""
+    ffmpeg_concurrency: int | None = Field(default=None, ge=1, le=4096)
+    """ffmpeg operations running at once in one worker process (probes not counted). Unset: the core count."""
+    local_timeout_s: float = Field(default=1800.0, gt=0, le=30 * 86400)
+    """The `timeout_s` of a local job (ffmpeg in the worker) whose plan sets none."""
+    local_work_budget: float = Field(default=40_000.0, gt=0, le=1e12, allow_inf_nan=False)
+    """Megapixel-frames (width x height x frames / 10^6) one local operation may encode, and may decode."""
+    concat_max_inputs: int = Field(default=200, ge=1, le=100_000)
+    """Inputs one `concat` job may join."""
+    caption_max_cues: int = Field(default=5000, ge=1, le=10_000_000)
+    """Caption cues (timed lines) one `captions` job may burn."""
+    caption_max_bytes: int = Field(default=1_000_000, ge=1, le=1_000_000_000)
+    """Bytes of caption text (srt, text, segments or words) one `captions` job may take."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING, ERROR or CRITICAL, optionally followed by per-logger levels: `DEBUG,httpx=DEBUG`."""
     log_format: Literal["json", "text"] | None = None
@@ -42,6 +58,26 @@ class Settings(BaseSettings):
     callbacks: bool | None = None
     """Ask providers to call `POST {public_url}/v1/providers/{p}/callback` when work ends. Unset: on when
     REELFLOW_PUBLIC_URL is set (the default URL is only reachable from this machine)."""
+    http_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """`serve`: the time a client has to send a request's headers and body; a slower one is disconnected."""
+    http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """`serve`: open connections one process accepts; more are answered 503 and closed."""
+    metrics_addr: str | None = None
+    """`serve`: `host:port` of a listener of its own for `/metrics` (then not on the API port)."""
+    metrics_token: str | None = None
+    """When set, `/metrics` answers only requests with `Authorization: Bearer <this token>`."""
+
+    @field_validator("metrics_addr", "metrics_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)  # a ValueError says what is wrong
+        return value
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -74,6 +110,17 @@ class Settings(BaseSettings):
         """Where `provider` should report on one job's work."""
         query = urlencode({"execution": execution_id, "job": job_key})
         return f"{self.public_url.rstrip('/')}/v1/providers/{quote(provider, safe='')}/callback?{query}"
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9100`, `[::1]:9100`, `:9100` (every address) -> (host, port); a ValueError otherwise."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:9100)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in host and not value.strip().startswith("["):
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, like [::1]:9100")
+    return host or "0.0.0.0", int(port)
 
 
 class SettingsError(ValueError):

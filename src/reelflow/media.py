@@ -3,6 +3,10 @@
 Every operation runs ffmpeg as an asyncio subprocess, so the event loop never blocks; a cancelled
 operation kills its ffmpeg. Outputs are written to a hidden partial file beside `out` and renamed into
 place only on success, so a failed or cancelled operation never leaves a half-written `out`.
+
+Every run works under the caps of `media_limits` (memory, time, slots per worker) and dies with the process
+that started it; every input is read through the file protocol as a plain media container, so ffmpeg reads
+only the files it is handed. Operations refuse work over the local work budget before ffmpeg starts.
 """
 
 from __future__ import annotations
@@ -10,18 +14,26 @@ from __future__ import annotations
 import asyncio
 import colorsys
 import contextlib
+import ctypes
 import functools
 import hashlib
 import logging
 import os
 import re
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .media_limits import MediaLimits, current_limits
 
 log = logging.getLogger(__name__)
 
@@ -103,33 +115,191 @@ def find_font() -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # running processes
+#
+# Every run works under caps (see media_limits): a memory cap (RLIMIT_DATA: the private memory a process may
+# map, heap and thread stacks; RLIMIT_AS would also count the 170 MB binary, its libraries and the 64 MB
+# malloc arenas it only reserves, and refuses ordinary 1080p encodes at 1 GiB), a time limit, and death with
+# the process that started it (PR_SET_PDEATHSIG, SIGKILL included). Runs that make an output take one of the
+# worker's ffmpeg slots; probes do not (they are short, and the worker's hand-off of remote outputs must not
+# wait behind long encodes).
+
+PROBE_TIME_LIMIT_S = 60.0
+"""Longest one probe run may take (a probe reads headers only)."""
+THREAD_STACK_BYTES = 512 * 1024
+"""Stack size of each thread of a child (its RLIMIT_STACK, which glibc uses for new threads): ffmpeg starts
+a dozen threads and more, and the default 8 MB each would count against the memory cap for nothing."""
+ENCODER_THREADS = max(1, min(os.cpu_count() or 1, 4))
+"""Threads of one video encoder. x264's memory grows by ~40 MB per thread at 1080p and it would start 1.5 per
+core; parallel work comes from several runs (REELFLOW_FFMPEG_CONCURRENCY) instead."""
+MANY_INPUTS = 4
+"""Above this many inputs in one run, each decoder gets one thread (every input has its own decoder)."""
+STDERR_KEEP_BYTES = 1024 * 1024
+"""Most of a child's stderr kept in memory (its start, where a probe's headers are, and its last lines)."""
+
+PROTOCOLS = "file"
+"""The only protocol an input may use: ffmpeg reads no URL, and nothing but the file named."""
+DEMUXERS = ",".join(
+    [
+        "mov", "matroska", "webm", "avi", "flv", "mpegts", "mpeg", "ogg", "mp3", "wav", "w64", "flac", "aac",
+        "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "gif_pipe", "bmp_pipe", "tiff_pipe", "ivf",
+    ]
+)  # fmt: skip
+"""The containers an input may be read as (ffmpeg's demuxer names). Left out: every demuxer that opens other
+files or URLs (hls, dash, concat, sdp, rtsp, imf, avisynth, ...) and everything else we never read."""
+
+_MEMORY_FAILURE_RE = re.compile(
+    r"cannot allocate memory|malloc of size \d+ failed|out of memory|bad_alloc|"
+    r"pthread_create\(\) failed",
+    re.IGNORECASE,
+)
 
 
-async def _exec(op: str, cmd: Sequence[str], *, check: bool = True) -> tuple[int, str]:
-    """Run `cmd`, return (exit code, stderr); kill the process if the awaiting task is cancelled."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        raise MediaError(f"{op}: cannot run {_tool(cmd[0])}: {exc}") from exc
-    try:
-        _, err = await proc.communicate()
-    except BaseException:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(proc.wait())
-        raise
-    text = err.decode("utf-8", "replace")
+class MediaLimitError(MediaError):
+    """An ffmpeg run was stopped by a limit (memory cap, time limit, work budget): a retry cannot help."""
+
+
+def _input(path: Path, *, threads: int | None = None) -> list[str]:
+    """`-i` for a file of ours: read with the file protocol only, as one of DEMUXERS (never a playlist)."""
+    opts = ["-protocol_whitelist", PROTOCOLS, "-format_whitelist", DEMUXERS]
+    if threads is not None:
+        opts += ["-threads", str(threads)]
+    return [*opts, "-i", f"file:{Path(path).absolute()}"]
+
+
+class _Libc:
+    """prctl from the C library, resolved once in the parent (the child between fork and exec may not import)."""
+
+    prctl: Any = None
+
+    @classmethod
+    def load(cls) -> Any:
+        if cls.prctl is None and sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                cls.prctl = libc.prctl
+                cls.prctl.restype = ctypes.c_int
+                cls.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return cls.prctl
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(parent: int, data_bytes: int, stack_bytes: int, prctl: Any) -> None:
+    """Runs in the child between fork and exec: caps, then die with the parent. Touches nothing shared (no
+    imports, no logging, no locks); the values were computed in the parent."""
+    resource.setrlimit(resource.RLIMIT_STACK, (stack_bytes, stack_bytes))
+    resource.setrlimit(resource.RLIMIT_DATA, (data_bytes, data_bytes))
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nobody waits for this run
+            os._exit(111)
+
+
+def _preexec(limits: MediaLimits) -> Callable[[], None]:
+    stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    stack = THREAD_STACK_BYTES if stack_hard == resource.RLIM_INFINITY else min(THREAD_STACK_BYTES, stack_hard)
+    data = limits.ffmpeg_memory_mb * 1024 * 1024
+    data_hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    if data_hard != resource.RLIM_INFINITY:
+        data = min(data, data_hard)
+    return functools.partial(_child_setup, os.getpid(), data, stack, _Libc.load())
+
+
+_slots_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots(limits: MediaLimits) -> asyncio.Semaphore:
+    """This event loop's ffmpeg slots (one loop per worker process; tests run several loops one after another)."""
+    loop = asyncio.get_running_loop()
+    held = _slots_by_loop.get(loop)
+    if held is None or held[0] != limits.ffmpeg_concurrency:
+        held = (limits.ffmpeg_concurrency, asyncio.Semaphore(limits.ffmpeg_concurrency))
+        _slots_by_loop[loop] = held
+    return held[1]
+
+
+async def _read_bounded(stream: asyncio.StreamReader) -> str:
+    """A child's stderr: all of it up to STDERR_KEEP_BYTES, else its start and its end."""
+    head = bytearray()
+    tail = bytearray()
+    dropped = 0
+    while chunk := await stream.read(65536):
+        room = STDERR_KEEP_BYTES - len(head)
+        if room > 0:
+            head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            tail += chunk
+            if len(tail) > 65536:
+                dropped += len(tail) - 65536
+                del tail[: len(tail) - 65536]
+    text = head.decode("utf-8", "replace")
+    if tail:
+        gap = f"\n[... {dropped} bytes left out ...]\n" if dropped else ""
+        text += gap + tail.decode("utf-8", "replace")
+    return text
+
+
+async def _exec(
+    op: str, cmd: Sequence[str], *, check: bool = True, slot: bool = True, time_limit_s: float | None = None
+) -> tuple[int, str]:
+    """Run `cmd` under the caps, return (exit code, stderr); kill it if the awaiting task is cancelled.
+
+    A run over its time limit is killed; one that failed for want of memory under its cap raises
+    MediaLimitError naming the limit. `slot`: wait for one of the worker's ffmpeg slots first.
+    """
+    limits = current_limits()
+    limit_s = time_limit_s if time_limit_s is not None else limits.ffmpeg_timeout_s
+    async with _slots(limits) if slot else contextlib.nullcontext():
+        try:
+            # spawned from the event loop's thread: PDEATHSIG fires when the thread that forked the child ends
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=_preexec(limits),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise MediaError(f"{op}: cannot run {_tool(cmd[0])}: {exc}") from exc
+        assert proc.stderr is not None
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(limit_s):
+                    text, _ = await asyncio.gather(_read_bounded(proc.stderr), proc.wait())
+            except TimeoutError:
+                timed_out = True
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(proc.wait())
+    tool = _tool(cmd[0])
+    if timed_out:
+        variable = "REELFLOW_FFMPEG_TIMEOUT_S" if time_limit_s is None else "a probe's limit"
+        raise MediaLimitError(f"{op}: stopped: {tool} ran longer than its time limit of {limit_s:g} s ({variable})")
     code = proc.returncode if proc.returncode is not None else -1
+    if code != 0 and _MEMORY_FAILURE_RE.search(text):
+        raise MediaLimitError(f"{op}: stopped: {tool} went over its {_memory_cap(limits)}")
+    if code < 0 and -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
+        name = signal.Signals(-code).name
+        raise MediaLimitError(f"{op}: stopped: {tool} crashed ({name}), most likely at its {_memory_cap(limits)}")
     if check and code != 0:
-        raise MediaError(f"{op}: {_tool(cmd[0])} failed (exit {code}): {_tail(text)}")
+        raise MediaError(f"{op}: {tool} failed (exit {code}): {_tail(text)}")
     return code, text
+
+
+def _probe_limit() -> float:
+    return min(PROBE_TIME_LIMIT_S, current_limits().ffmpeg_timeout_s)
+
+
+def _memory_cap(limits: MediaLimits) -> str:
+    return f"memory cap of {limits.ffmpeg_memory_mb} MB (REELFLOW_FFMPEG_MEMORY_MB)"
 
 
 def _tool(exe: str) -> str:
@@ -326,10 +496,11 @@ def _video_codec_args(op: str, out: Path, *, crf: int | None = None) -> list[str
     if suffix == ".webm":
         quality = ["-crf", str(crf if crf is not None else 33), "-b:v", "0"]
         speed = "-deadline realtime -cpu-used 8 -row-mt 1 -pix_fmt yuv420p".split()
-        return ["-c:v", "libvpx-vp9", *quality, *speed]
+        return ["-c:v", "libvpx-vp9", *quality, *speed, "-threads", str(ENCODER_THREADS)]
     if suffix in (".mp4", ".mov", ".mkv"):
         quality = ["-crf", str(crf if crf is not None else 23)]
         args = ["-c:v", "libx264", "-preset", X264_PRESET, *quality, "-pix_fmt", "yuv420p"]
+        args += ["-threads", str(ENCODER_THREADS)]
         if suffix != ".mkv":
             args += ["-movflags", "+faststart"]
         return args
@@ -469,7 +640,8 @@ async def probe(path: Path) -> dict[str, Any]:
         size = _file_size(path)
     except OSError as exc:
         raise MediaError(f"probe: cannot read {path.name}: {exc.strerror or exc}") from exc
-    _, stderr = await _exec("probe", [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin", "-i", str(path)], check=False)
+    cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin", *_input(path)]
+    _, stderr = await _exec("probe", cmd, check=False, slot=False, time_limit_s=_probe_limit())
     info = parse_probe(stderr, size)
     if info is None:
         lines = [ln for ln in stderr.splitlines() if "output file" not in ln]
@@ -488,8 +660,8 @@ async def probe_many(paths: list[Path]) -> list[dict[str, Any] | MediaError]:
         return [await _probe_or_error(p) for p in paths]
     args = [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin"]
     for path in paths:
-        args += ["-i", str(path)]
-    _, stderr = await _exec("probe", args, check=False)
+        args += _input(path)
+    _, stderr = await _exec("probe", args, check=False, slot=False, time_limit_s=_probe_limit())
     marks = list(_INPUT_SPLIT_RE.finditer(stderr))
     sections: dict[int, str] = {}
     for i, mark in enumerate(marks):
@@ -615,7 +787,7 @@ async def make_video(
             if not info["has_video"]:
                 raise MediaError(f"make-video: {image.name} is not an image")
             graph = _ken_burns(digest, width, height, fps, frames)
-            args = ["-i", str(image), "-filter_complex", graph, "-map", "[v]"]
+            args = [*_input(image), "-filter_complex", graph, "-map", "[v]"]
         else:
             chain = [_gradient_source(digest, width, height, fps=fps, speed=0.006 + digest[20] / 255 * 0.02)]
             text = _prompt_text_filter(prompt or "", Path(tmp), width, height, fade_in=True)
@@ -719,7 +891,7 @@ async def make_audio(
             textfile = _write_text(Path(tmp) / "speech.txt", words)
             await _speak(espeak, espeak_voice(voice), textfile, speech)
             fit = ["-af", "apad", "-t", _num(duration)] if duration is not None else []
-            await _ffmpeg("make-audio", ["-i", str(speech), *fit, "-ar", "44100", "-ac", "2", *codec], out)
+            await _ffmpeg("make-audio", [*_input(speech), *fit, "-ar", "44100", "-ac", "2", *codec], out)
         return
     length = duration if duration is not None else (max(1.0, 0.07 * len(words)) if words else 5.0)
     tone = ["-f", "lavfi", "-i", _tone_bed(length, words), "-t", _num(length)]
@@ -762,7 +934,7 @@ async def merge_video_audio(video: Path, audio: Path, out: Path) -> None:
     vcodec = ["-c:v", "copy"] if copy_ok else _video_codec_args(op, out)
     faststart = ["-movflags", "+faststart"] if copy_ok and suffix in (".mp4", ".mov") else []
     args = [
-        "-i", str(video), "-i", str(audio),
+        *_input(video), *_input(audio),
         "-map", "0:v:0", "-map", "1:a:0",
         *vcodec, *faststart,
         "-af", "apad", *_audio_codec_args(op, out),
@@ -807,7 +979,7 @@ async def concat(
         dur = image_duration if still else float(info["duration"] or image_duration)
         if still:
             args += ["-loop", "1", "-framerate", _num(rate), "-t", _num(dur)]
-        args += ["-i", str(path)]
+        args += _input(path, threads=1 if len(inputs) > MANY_INPUTS else None)
         chains.append(
             f"[{idx}:v:0]"
             + ",".join(
@@ -1052,7 +1224,7 @@ async def captions(
             )
         graph = "[0:v:0]" + ",".join([*filters, "format=yuv420p"]) + "[v]"
         script = _write_text(Path(tmp) / "graph.txt", graph)
-        args = ["-i", str(video), "-/filter_complex", str(script), "-map", "[v]", "-map", "0:a:0?"]
+        args = [*_input(video), "-/filter_complex", str(script), "-map", "[v]", "-map", "0:a:0?"]
         audio = _first(info, "audio")
         if audio and _copyable_audio(audio["codec"], out):
             args += ["-c:a", "copy"]
@@ -1128,7 +1300,7 @@ async def overlay(
         enable=None if (start <= 0 and end is None) else enable,
     )
     graph = f"[1:v:0]{','.join(ochain)}[ov];[0:v:0][ov]{ov},format=yuv420p[v]"
-    args = ["-i", str(base), "-i", str(over), "-filter_complex", graph, "-map", "[v]", "-map", "0:a:0?"]
+    args = [*_input(base), *_input(over), "-filter_complex", graph, "-map", "[v]", "-map", "0:a:0?"]
     audio = _first(binfo, "audio")
     if audio and _copyable_audio(audio["codec"], out):
         args += ["-c:a", "copy"]
@@ -1162,7 +1334,7 @@ async def transcode(
     if suffix in AUDIO_SUFFIXES:
         if not info["has_audio"]:
             raise MediaError(f"{op}: {input.name} has no audio stream")
-        args = ["-i", str(input), "-map", "0:a:0", "-vn", *_audio_codec_args(op, out, bitrate=audio_bitrate)]
+        args = [*_input(input), "-map", "0:a:0", "-vn", *_audio_codec_args(op, out, bitrate=audio_bitrate)]
         await _ffmpeg(op, args, out)
         return
     if suffix not in VIDEO_SUFFIXES and suffix != ".gif":
@@ -1188,10 +1360,10 @@ async def transcode(
             f"[0:v:0]{','.join(chain)},split[a][b];[a]palettegen=stats_mode=diff[p];"
             "[b][p]paletteuse=dither=bayer:bayer_scale=4[v]"
         )
-        await _ffmpeg(op, ["-i", str(input), "-filter_complex", graph, "-map", "[v]", "-loop", "0"], out)
+        await _ffmpeg(op, [*_input(input), "-filter_complex", graph, "-map", "[v]", "-loop", "0"], out)
         return
     chain.append("format=yuv420p")
-    args = ["-i", str(input), "-filter_complex", f"[0:v:0]{','.join(chain)}[v]", "-map", "[v]"]
+    args = [*_input(input), "-filter_complex", f"[0:v:0]{','.join(chain)}[v]", "-map", "[v]"]
     if info["has_audio"]:
         args += ["-map", "0:a:0", *_audio_codec_args(op, out, bitrate=audio_bitrate)]
     args += _video_codec_args(op, out, crf=crf)
@@ -1217,7 +1389,7 @@ async def thumbnail(video: Path, out: Path, *, at: float | None = None, width: i
             raise MediaError(f"{op}: at must not be negative")
         frame = 1 / (info["fps"] or 25)
         when = max(0.0, min(when, duration - 2 * frame))
-    args = ["-ss", _num(when), "-i", str(video), "-map", "0:v:0", "-frames:v", "1", "-update", "1"]
+    args = ["-ss", _num(when), *_input(video), "-map", "0:v:0", "-frames:v", "1", "-update", "1"]
     if width:
         args += ["-vf", _filter("scale", w=width, h=-2 if width % 2 == 0 else -1)]
     if out.suffix.lower() != ".png":

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -18,11 +19,13 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, metrics
-from ..config import Settings, get_settings
+from ..config import Settings, get_settings, split_host_port
 from ..engine.scheduler import Engine
 from ..engine.worker import Worker
+from ..errors import ErrorItem
 from ..estimate import estimate_plan
 from ..keys import authenticate
+from ..limits import get_limits
 from ..logs import RequestLogContext
 from ..logs import bind as bind_log_context
 from ..plan import parse_plan, plan_json_schema
@@ -110,12 +113,31 @@ def accepted(execution_id: str, status: str) -> JSONResponse:
     )
 
 
+JSON_MEDIA_TYPE = "application/json"
+
+
+def check_json_content_type(request: Request) -> None:
+    """A JSON body must say so: `Content-Type: application/json` (UTF-8, the only charset JSON has)."""
+    raw = request.headers.get("content-type", "")
+    media, _, params = raw.partition(";")
+    media = media.strip().lower()
+    if media != JSON_MEDIA_TYPE:
+        got = f"'{media[:100]}'" if media else "no Content-Type"
+        detail = f"the request body must be {JSON_MEDIA_TYPE} (got {got})"
+        raise Problem(415, detail, headers={"Accept": JSON_MEDIA_TYPE})
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise Problem(415, f"an application/json body is UTF-8 (got charset {value.strip()[:50]!r})")
+
+
 async def json_body(request: Request) -> Any:
+    check_json_content_type(request)
     raw = await request.body()
     if not raw.strip():
         raise Problem(400, "the request body is empty: send a plan as JSON")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_JsonObject.of, parse_constant=_NonFinite, parse_float=_float)
     except UnicodeDecodeError:
         raise Problem(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -126,27 +148,67 @@ async def json_body(request: Request) -> Any:
     return data
 
 
+class _JsonObject(dict[str, Any]):
+    """A JSON object that repeated a key (json.loads would silently keep the last value)."""
+
+    duplicate: str = ""
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                marked = cls(pairs)
+                marked.duplicate = key
+                return marked
+            obj[key] = value
+        return obj
+
+
+class _NonFinite:
+    """NaN, Infinity or -Infinity (which JSON does not have), or a number too large for a float (1e999)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
 MAX_NESTING = 32
 
 
 def check_shape(data: Any) -> None:
-    """Refuse nesting deeper than MAX_NESTING and text that is not valid Unicode (lone surrogates)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
+    """Refuse nesting deeper than MAX_NESTING, text that is not valid Unicode (lone surrogates), repeated keys
+    and numbers that are not finite; each problem is named by its place (`body.metadata.a`)."""
+    problems: list[ErrorItem] = []
+    stack: list[tuple[Any, list[str | int]]] = [(data, ["body"])]
     while stack:
-        value, depth = stack.pop()
+        value, loc = stack.pop()
         if isinstance(value, dict | list):
-            if depth > MAX_NESTING:
+            if len(loc) > MAX_NESTING:
                 raise Problem(400, f"the JSON body is nested deeper than {MAX_NESTING} levels")
+            if isinstance(value, _JsonObject):
+                problems.append(ErrorItem([*loc, value.duplicate], "duplicate key"))
             items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in items:
+            for k, v in reversed(list(items)):
                 if isinstance(k, str):
-                    stack.append((k, depth))
-                stack.append((v, depth + 1))
+                    stack.append((k, loc))
+                stack.append((v, [*loc, k]))
+        elif isinstance(value, _NonFinite):
+            problems.append(ErrorItem(loc, f"{value.text[:50]} is not a finite number (JSON has no NaN or Infinity)"))
         elif isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise Problem(400, "the JSON body contains invalid Unicode (a lone surrogate)") from None
+    if problems:
+        detail = "; ".join(str(p) for p in problems[:5])
+        if len(problems) > 5:
+            detail += f" (and {len(problems) - 5} more)"
+        raise Problem(400, detail, errors=[p.as_dict() for p in problems])
 
 
 def check_path_id(value: str, what: str = "execution") -> str:
@@ -173,6 +235,9 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     """Validate and enqueue a plan (or a single job); 202 with the execution id at once."""
+    if idempotency_key is not None and not idempotency_key.strip():
+        msg = "must not be empty: send a key, or no header"
+        raise Problem(400, f"Idempotency-Key {msg}", errors=[{"loc": ["header", "idempotency-key"], "msg": msg}])
     data = await json_body(request)
     plan = parse_plan(data)
     execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
@@ -246,12 +311,17 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
     idle_since = time.monotonic()
     while True:
         batch = await svc.store.events(execution_id, after=after, limit=500)
-        for e in batch:
-            data = {
-                "seq": e.seq, "type": e.type, "job": e.job_id, "data": strip_paths(e.data), "created_at": e.created_at
-            }
-            yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-            after = e.seq
+        if batch:  # one write per batch: a client gone mid-batch costs one failed send, not hundreds
+            lines = []
+            for e in batch:
+                data = {
+                    "seq": e.seq, "type": e.type, "job": e.job_id, "data": strip_paths(e.data),
+                    "created_at": e.created_at,
+                }  # fmt: skip
+                lines.append(f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
+            yield "".join(lines)
+            after = batch[-1].seq
+            await asyncio.sleep(0)  # the transport reports a lost connection here: the stream ends before more
         if batch:
             idle_since = time.monotonic()
             if len(batch) == 500:
@@ -406,11 +476,20 @@ def create_app(
     """The API app. With `workers`, that many embedded workers run in the app's event loop."""
     settings = settings or get_settings()
     load_extensions(settings)  # a bad catalog file stops the server here, with its problems listed
+    get_limits(settings)  # so does a bad limits file
     own_store = store is None
     the_store = store or open_store(settings.database_url, pool_size=settings.database_pool_size)
     gauges = metrics.StoreGauges(the_store)  # this app's database gauges, next to the process's metrics
     gauge_registry = CollectorRegistry()
     gauge_registry.register(gauges)
+
+    async def render_metrics() -> bytes:
+        await gauges.refresh()
+        return metrics.exposition(gauge_registry)
+
+    metrics_socket = None
+    if settings.metrics_addr:  # bound now, so a taken address stops `serve` before it starts
+        metrics_socket = metrics.listen(*split_host_port(settings.metrics_addr))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -422,6 +501,10 @@ def create_app(
             w = Worker(the_store, settings=settings, providers=table, deliver_webhooks=deliver_webhooks)
             running.append((w, asyncio.create_task(w.run())))
         app.state.workers = [w for w, _ in running]
+        listener = None
+        if metrics_socket is not None:
+            listener = await metrics.serve_listener(metrics_socket, render_metrics, settings.metrics_token)
+            log.info("metrics at http://%s/metrics", settings.metrics_addr)
         if deliver_webhooks and workers == 0:
             from ..webhooks import WebhookDispatcher
 
@@ -430,6 +513,8 @@ def create_app(
         try:
             yield
         finally:
+            if listener is not None:
+                listener.close()
             for runner, _ in running:
                 runner.stop()
             for _, task in running:
@@ -462,12 +547,17 @@ def create_app(
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        """Prometheus metrics (text format): this process's counters and histograms (its embedded workers'
-        included) and gauges read from the database now."""
-        await gauges.refresh()
-        return Response(metrics.exposition(gauge_registry), media_type=metrics.CONTENT_TYPE)
+    if metrics_socket is None:  # with REELFLOW_METRICS_ADDR, /metrics is on that listener only
+
+        @app.get("/metrics", tags=["health"], include_in_schema=False)
+        async def prometheus_metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+            """Prometheus metrics (text format): this process's counters and histograms (its embedded workers'
+            included) and gauges read from the database now."""
+            token = settings.metrics_token
+            if token is not None and not metrics.token_matches(authorization, token):
+                challenge = {"WWW-Authenticate": 'Bearer realm="reelflow metrics"'}
+                raise Problem(401, "send 'Authorization: Bearer <REELFLOW_METRICS_TOKEN>'", headers=challenge)
+            return Response(await render_metrics(), media_type=metrics.CONTENT_TYPE)
 
     if own_store:
         app.state.store = the_store
