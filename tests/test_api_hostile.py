@@ -68,6 +68,7 @@ class Case:
     detail: str | None = None  # a substring of `detail` (case-insensitive)
     title: str | None = None
     needs_webhooks: bool = False
+    content_type: str | None = "application/json"  # sent with any body; None: no Content-Type header
 
 
 def nested(depth: int) -> Any:
@@ -128,18 +129,92 @@ BODIES: list[tuple[str, int | tuple[int, ...], bytes | Callable[[], Iterator[byt
     ),
     (
         "param-nan",
-        422,
+        400,
         b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"cost_usd": NaN}}]}',
         None,
-        {"loc": ["jobs", 0, "params", "cost_usd"]},
+        {"loc": ["body", "jobs", 0, "params", "cost_usd"], "detail": "body.jobs[0].params.cost_usd: NaN is not"},
     ),
     (
         "param-infinity",
-        422,
+        400,
         b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"latency_s": 1e999}}]}',
         None,
-        {"loc": ["jobs", 0, "params", "latency_s"]},
+        {"loc": ["body", "jobs", 0, "params", "latency_s"], "detail": "1e999 is not a finite number"},
     ),
+    (
+        "metadata-nan",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video"}], "metadata": {"a": [1, NaN]}}',
+        None,
+        {"loc": ["body", "metadata", "a", 1], "detail": "body.metadata.a[1]: NaN"},
+    ),
+    (
+        "metadata-infinity",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video"}], "metadata": {"x": Infinity}}',
+        None,
+        {"loc": ["body", "metadata", "x"], "detail": "Infinity"},
+    ),
+    (
+        "metadata-minus-infinity",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video"}], "metadata": {"x": -Infinity}}',
+        None,
+        {"loc": ["body", "metadata", "x"], "detail": "-Infinity"},
+    ),
+    (
+        "duplicate-top-level-key",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video"}], "jobs": []}',
+        None,
+        {"loc": ["body", "jobs"], "detail": "body.jobs: duplicate key"},
+    ),
+    (
+        "duplicate-metadata-key",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video"}], "metadata": {"a": 1, "a": 2}}',
+        None,
+        {"loc": ["body", "metadata", "a"], "detail": "body.metadata.a: duplicate key"},
+    ),
+    (
+        "duplicate-param-key",
+        400,
+        b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video",'
+        b' "params": {"cost_usd": 0, "cost_usd": 5}}]}',
+        None,
+        {"loc": ["body", "jobs", 0, "params", "cost_usd"]},
+    ),
+    (
+        "sim-cost-over-1000",
+        422,
+        None,
+        {"jobs": [job(params={"cost_usd": 1000.01})]},
+        {"loc": ["jobs", 0, "params", "cost_usd"], "detail": "at most 1000"},
+    ),
+    (
+        "sim-cost-1e308",
+        422,
+        None,
+        {"jobs": [job(params={"cost_usd": 1e308}), job(id="b", params={"cost_usd": 1e308})]},
+        {"loc": ["jobs", 0, "params", "cost_usd"]},
+    ),
+    (
+        "sim-billed-1e308",
+        422,
+        None,
+        {"jobs": [job(params={"billed_usd": 1e308})]},
+        {"loc": ["jobs", 0, "params", "billed_usd"]},
+    ),
+    (
+        "sim-retry-after-1e308",
+        422,
+        None,
+        {"jobs": [job(params={"fail_times": 1, "retry_after_s": 1e308})]},
+        {"loc": ["jobs", 0, "params", "retry_after_s"]},
+    ),
+    ("job-timeout-1e308", 422, None, {"jobs": [job(timeout_s=1e308)]}, {"loc": ["jobs", 0, "timeout_s"]}),
+    ("start-timeout-1e308", 422, None, {"jobs": [job(start_timeout_s=1e308)]}, {"loc": ["jobs", 0, "start_timeout_s"]}),
+    ("plan-timeout-1e308", 422, None, {**ONE, "options": {"timeout_s": 1e308}}, {"loc": ["options", "timeout_s"]}),
     (
         "param-huge-integer",
         422,
@@ -227,6 +302,29 @@ PLAN_CASES = [
     )
     for endpoint in ("/v1/executions", "/v1/estimate")
     for name, status, content, body, want in BODIES
+]
+
+MEDIA_TYPES: list[tuple[str, str | None]] = [
+    ("text-plain", "text/plain"),
+    ("no-content-type", None),
+    ("form", "application/x-www-form-urlencoded"),
+    ("multipart", "multipart/form-data; boundary=x"),
+    ("json-lookalike", "application/jsonx"),
+    ("json-in-latin-1", "application/json; charset=iso-8859-1"),
+]
+MEDIA_TYPE_CASES = [
+    Case(
+        f"{endpoint.rsplit('/', 1)[-1]}:content-type:{name}",
+        "POST",
+        endpoint,
+        415,
+        json_body=ONE,
+        content_type=media,
+        title="Unsupported Media Type",
+        detail="application/json",
+    )
+    for endpoint in ("/v1/executions", "/v1/estimate")
+    for name, media in MEDIA_TYPES
 ]
 
 PRIVATE_WEBHOOKS = [
@@ -374,6 +472,11 @@ QUERY_CASES = [
         ("cursor=bmFufGE", "cursor"),  # base64 of "nan|a": no cursor this server issues
         ("cursor=aW5mfGE", "cursor"),  # base64 of "inf|a"
         ("cursor=" + "A" * 600, "cursor"),
+        ("cursor=%00", "cursor"),
+        ("cursor=eHw%00", "cursor"),
+        ("cursor=MS4wfGEAYg", "cursor"),  # base64 of "1.0|a<NUL>b": PostgreSQL refuses a NUL in text
+        ("cursor=MS4wfGV4XyUyNw", "cursor"),  # base64 of "1.0|ex_%27"
+        ("cursor=MS4wfGEAYg%0A", "cursor"),
         ("created_after=yesterday", "created_after"),
         ("created_after=2026-13-45", "created_after"),
         ("created_after=2026-01-01T25:00:00Z", "created_after"),
@@ -389,6 +492,16 @@ QUERY_CASES = [
         422,
         loc=["query", "execution_id"],
         raw=True,
+    ),
+    Case(
+        "idempotency-key-empty",
+        "POST",
+        "/v1/executions",
+        400,
+        json_body=ONE,
+        headers={"Idempotency-Key": ""},
+        loc=["header", "idempotency-key"],
+        detail="Idempotency-Key must not be empty",
     ),
     Case(
         "idempotency-key-too-long",
@@ -416,6 +529,7 @@ LAST_EVENT_ID_CASES = [
 
 CASES = [
     *PLAN_CASES,
+    *MEDIA_TYPE_CASES,
     *WEBHOOK_CASES,
     *PATH_CASES,
     *ARTIFACT_CASES,
@@ -450,7 +564,8 @@ def send(world: World, case: Case) -> tuple[httpx.Response, bytes]:
     content = case.content() if callable(case.content) else case.content
     if case.json_body is not None:
         content = json.dumps(case.json_body).encode()
-        fields["Content-Type"] = "application/json"
+    if content is not None and case.content_type is not None:
+        fields.setdefault("Content-Type", case.content_type)
     headers = [(k.encode(), v if isinstance(v, bytes) else v.encode("latin-1")) for k, v in fields.items()]
     with world.api.client(timeout=httpx.Timeout(30.0, read=1.0)) as http:
         if case.raw:

@@ -15,11 +15,14 @@ This module imports nothing else of reelflow: every layer may record into it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import logging
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -50,6 +53,9 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
+MAX_JOB_COST_USD = 1_000_000.0
+"""A job cost above this (or not finite) is a provider's or plugin's error: counting it would make the cost
+counter +Inf for good."""
 EXECUTION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600)
 """Seconds to tens of minutes (an hour is the default execution timeout)."""
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -140,7 +146,8 @@ def job_finished(job_type: str, provider: str | None, status: str, seconds: floa
         return
     name = provider or "local"
     JOB_SECONDS.labels(job_type, name).observe(max(0.0, seconds))
-    PROVIDER_COST.labels(name).inc(max(0.0, cost_usd or 0.0))
+    if cost_usd is not None and 0.0 < cost_usd <= MAX_JOB_COST_USD:  # NaN, +Inf or an absurd cost: not added
+        PROVIDER_COST.labels(name).inc(cost_usd)
 
 
 # ---------------------------------------------------------------------------------------- providers
@@ -247,6 +254,74 @@ def exposition(*registries: CollectorRegistry) -> bytes:
     return b"".join(generate_latest(r) for r in (REGISTRY, *registries))
 
 
+# ---------------------------------------------------------------------------------------- the listener
+def token_matches(authorization: str | None, token: str) -> bool:
+    """True when an Authorization header value is `Bearer <token>` (compared in constant time)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket for a metrics listener; an OSError saying which address when it is taken."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+Render = Callable[[], Awaitable[bytes]]
+
+
+async def serve_listener(sock: socket.socket, render: Render, token: str | None = None) -> asyncio.Server:
+    """Answer `GET /metrics` on `sock` with `render()`, from this event loop; with `token`, only requests
+    that carry `Authorization: Bearer <token>`. A small HTTP/1.1 server: one request per connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, headers, body = await _metrics_answer(reader, render, token)
+            head = f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(head.encode("latin-1") + b"\r\n" + body)
+            await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, sock=sock)
+
+
+async def _metrics_answer(
+    reader: asyncio.StreamReader, render: Render, token: str | None
+) -> tuple[str, dict[str, str], bytes]:
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")  # at most the reader's limit (64 KiB)
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    method, _, rest = request_line.partition(" ")
+    target = rest.partition(" ")[0]
+    fields = {name.strip().lower(): value.strip() for name, _, value in (ln.partition(":") for ln in lines if ln)}
+    text = {"content-type": "text/plain; charset=utf-8"}
+    if target.partition("?")[0] != "/metrics":
+        return "404 Not Found", text, b"not found: the metrics are at /metrics\n"
+    if method not in ("GET", "HEAD"):
+        return "405 Method Not Allowed", {**text, "allow": "GET, HEAD"}, b"method not allowed\n"
+    if token is not None and not token_matches(fields.get("authorization"), token):
+        challenge = {**text, "www-authenticate": 'Bearer realm="reelflow metrics"'}
+        return "401 Unauthorized", challenge, b"send Authorization: Bearer <REELFLOW_METRICS_TOKEN>\n"
+    body = await render()
+    return "200 OK", {"content-type": CONTENT_TYPE}, b"" if method == "HEAD" else body
+
+
 def serve_metrics(port: int, host: str = "0.0.0.0") -> Any:
     """Serve this process's `/metrics` on `host:port` from a background thread; returns the server (its
     `shutdown()` stops it)."""
@@ -265,9 +340,12 @@ __all__ = [
     "execution_finished",
     "exposition",
     "job_finished",
+    "listen",
     "provider_call",
     "request_outcome",
+    "serve_listener",
     "serve_metrics",
     "settling",
+    "token_matches",
     "webhook_attempt",
 ]

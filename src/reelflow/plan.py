@@ -64,6 +64,10 @@ _WEBHOOK_EVENT_RE = re.compile(WEBHOOK_EVENT_PATTERN)
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+MAX_TIMEOUT_S = 30 * 86400.0
+"""The longest `timeout_s` / `start_timeout_s` a plan may ask for: 30 days."""
+
+
 class JobSpec(BaseModel):
     """One job of a plan."""
 
@@ -76,9 +80,11 @@ class JobSpec(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
-    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="Limit on the whole job.")
+    timeout_s: float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, description="Limit on the whole job."
+    )
     start_timeout_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Limit on the time in the provider's queue."
+        None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, description="Limit on the time in the provider's queue."
     )
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts allowed for transient errors.")
     cache: bool | None = Field(None, description="Overrides options.cache for this job.")
@@ -92,7 +98,7 @@ class PlanOptions(BaseModel):
     on_failure: Literal["stop", "continue"] = "stop"
     cache: bool = True
     priority: int = Field(0, ge=-1000, le=1000)
-    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     webhook_events: list[str] | None = None
 
 

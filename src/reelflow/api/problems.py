@@ -10,15 +10,29 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Conflict, IdempotencyConflict, NotFound, PlanError, StoreUnavailable, UsageLimitExceeded
+from ..errors import (
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    PlanError,
+    ReelflowError,
+    StoreUnavailable,
+    UsageLimitExceeded,
+)
+from ..limits import LimitsFileError
+from ..providers.catalog import CatalogFileError
 
 log = logging.getLogger("reelflow.api")
 PROBLEM = "application/problem+json"
 MAX_BODY_BYTES = 1_000_000
+_LOGGED_CONFIG_PROBLEMS: set[str] = set()
+"""Configuration problems already logged: each is logged once, not on every request it fails."""
 
 
 class Problem(Exception):
@@ -87,6 +101,16 @@ def install(app: FastAPI) -> None:
         problem = Problem(503, f"{exc}; try again shortly", title="Database unavailable", headers={"Retry-After": "5"})
         return problem_response(problem, request.url.path)
 
+    @app.exception_handler(LimitsFileError)
+    @app.exception_handler(CatalogFileError)
+    async def _configuration(request: Request, exc: ReelflowError) -> JSONResponse:
+        # `serve` checks both files at start; this answers when one goes bad while the server runs
+        if str(exc) not in _LOGGED_CONFIG_PROBLEMS:
+            _LOGGED_CONFIG_PROBLEMS.add(str(exc))
+            log.error("configuration problem, requests answer 503 until it is fixed: %s", exc)
+        problem = Problem(503, str(exc), title="Server misconfigured", headers={"Retry-After": "60"})
+        return problem_response(problem, request.url.path)
+
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return problem_response(Problem(409, str(exc)), request.url.path)
@@ -98,19 +122,41 @@ def install(app: FastAPI) -> None:
         return problem_response(Problem(422, detail, title="Invalid request", errors=errors), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}"
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:  # every method the path has (Starlette names only the first route's)
+            allow = ", ".join(allowed_methods(request))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": f"{allow}, OPTIONS"})
+            headers = {**(headers or {}), "Allow": allow}
         return problem_response(Problem(exc.status_code, detail, headers=headers), request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # an aborted upload: nothing to answer (nobody reads it), nothing wrong on our side
+        log.info("%s %s: the client disconnected before sending its whole request", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(Problem(500, "internal error; it has been logged"), request.url.path)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers on the request's path (asked of the routes, included routers too)."""
+    routes = request.app.router.routes
+    return [
+        m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
+    ]
 
 
 class BodyLimit:

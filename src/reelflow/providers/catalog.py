@@ -38,7 +38,7 @@ _MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:+@-]*(/
 
 def is_reference(value: Any) -> bool:
     """True when `value` is a string that is exactly a reference (`$clip`, `$clip.duration`)."""
-    return isinstance(value, str) and _REFERENCE_RE.match(value) is not None
+    return isinstance(value, str) and _REFERENCE_RE.fullmatch(value) is not None  # `$` alone allows a final "\n"
 
 
 def unescape(value: str) -> str:
@@ -240,6 +240,10 @@ RUN_INPUT = ParamSpec(type="object", description="The model's input, passed to t
 # --- models --------------------------------------------------------------------------------------
 
 
+SIM_MAX_COST_USD = 1000.0
+"""The most a simulated run may cost: sums of costs and the cost metrics stay finite."""
+
+
 def _sim_params() -> dict[str, ParamSpec]:
     return {
         "latency_s": ParamSpec(
@@ -256,9 +260,17 @@ def _sim_params() -> dict[str, ParamSpec]:
             type="integer", minimum=0, description="The first N attempts fail with a transient error."
         ),
         "fail": ParamSpec(type="string", choices=["permanent"], description="Fail at once, permanently."),
-        "cost_usd": ParamSpec(type="number", minimum=0, description="What the run costs (estimate and actual)."),
+        "cost_usd": ParamSpec(
+            type="number", minimum=0, maximum=SIM_MAX_COST_USD, description="What the run costs (estimate and actual)."
+        ),
         "billed_usd": ParamSpec(
-            type="number", minimum=0, description="What the run reports it cost instead (an overrun of the estimate)."
+            type="number",
+            minimum=0,
+            maximum=SIM_MAX_COST_USD,
+            description="What the run reports it cost instead (an overrun of the estimate).",
+        ),
+        "retry_after_s": ParamSpec(
+            type="number", minimum=0, maximum=3600, description="The Retry-After of its transient failures."
         ),
         "media": ParamSpec(type="boolean", description="Make a real small media file."),
         "prompt": ParamSpec(type="string"),

@@ -6,6 +6,7 @@ import base64
 import fnmatch
 import json
 import math
+import re
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -106,12 +107,20 @@ class BadCursor(ReelflowError):
     """A pagination cursor that this server did not issue."""
 
 
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_-]{1,400}")
+_CURSOR_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """(created_at, execution id) of a cursor `encode_cursor` made; BadCursor for anything else, so no
+    stray byte (a NUL, which PostgreSQL refuses in text) ever reaches a query."""
     try:
+        if not _CURSOR_RE.fullmatch(cursor):  # base64 decoding would skip characters outside its alphabet
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, _, eid = raw.partition("|")
         when = float(ts)
-        if not eid or not math.isfinite(when):
+        if not _CURSOR_ID_RE.fullmatch(eid) or not math.isfinite(when):
             raise ValueError
         return when, eid
     except (ValueError, UnicodeDecodeError) as exc:
