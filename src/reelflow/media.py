@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .media_limits import MediaLimits, current_limits
+from .media_limits import MediaLimits, caption_problems, concat_count_problem, current_limits, work_message
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,29 @@ def _probe_limit() -> float:
 
 def _memory_cap(limits: MediaLimits) -> str:
     return f"memory cap of {limits.ffmpeg_memory_mb} MB (REELFLOW_FFMPEG_MEMORY_MB)"
+
+
+DEFAULT_FPS = 25.0
+"""Frame rate assumed for a video whose rate ffmpeg does not report (ffmpeg's own default)."""
+
+
+def _frames(info: dict[str, Any], *, still_s: float = 0.0, fps: float | None = None) -> float:
+    """Frames a decoder reads from a probed input: a still once (or `still_s` x `fps` when looped)."""
+    if _is_still(info):
+        return max(1.0, still_s * (fps or DEFAULT_FPS))
+    return float(info["duration"] or 0.0) * float(fps or info["fps"] or DEFAULT_FPS)
+
+
+def _pixels(info: dict[str, Any]) -> float:
+    return float(info["width"] or 0) * float(info["height"] or 0)
+
+
+def _check_work(op: str, param: str, *, encode: float, decode: float, shape: str) -> None:
+    """Refuse (MediaLimitError, before ffmpeg starts) an operation whose work is over the local budget."""
+    limits = current_limits()
+    for what, amount in ((f"the output ({shape})", encode), ("decoding its inputs", decode)):
+        if (message := work_message(what, amount, limits)) is not None:
+            raise MediaLimitError(f"{op}: {param}: {message}")
 
 
 def _tool(exe: str) -> str:
@@ -779,6 +802,8 @@ async def make_video(
     width, height = _even(width), _even(height)
     width, height = _check_size("make-video", width, height)
     frames = max(1, round(duration * fps))
+    shape = f"{width}x{height} at {fps} fps for {_num(duration)} s"
+    _check_work("make-video", "duration", encode=width * height * frames, decode=0.0, shape=shape)
     digest = _seeded(prompt or (image.name if image else ""), seed)
     codec = _video_codec_args("make-video", out)
     with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
@@ -931,6 +956,10 @@ async def merge_video_audio(video: Path, audio: Path, out: Path) -> None:
     copy_ok = (vstream["codec"] == "h264" and suffix in (".mp4", ".mov", ".mkv")) or (
         vstream["codec"] in ("vp8", "vp9", "av1") and suffix in (".webm", ".mkv")
     )
+    if not copy_ok:
+        frames = _frames(vinfo)
+        shape = f"{vstream['width']}x{vstream['height']} for {_num(vinfo['duration'])} s"
+        _check_work(op, "video", encode=_pixels(vinfo) * frames, decode=_pixels(vinfo) * frames, shape=shape)
     vcodec = ["-c:v", "copy"] if copy_ok else _video_codec_args(op, out)
     faststart = ["-movflags", "+faststart"] if copy_ok and suffix in (".mp4", ".mov") else []
     args = [
@@ -963,6 +992,8 @@ async def concat(
         raise MediaError(f"{op}: no inputs")
     if image_duration <= 0:
         raise MediaError(f"{op}: image_duration must be positive")
+    if (too_many := concat_count_problem(len(inputs), current_limits())) is not None:
+        raise MediaLimitError(f"{op}: {too_many}")
     infos = await asyncio.gather(*(probe(p) for p in inputs))
     for path, info in zip(inputs, infos, strict=True):
         if not info["has_video"]:
@@ -971,6 +1002,10 @@ async def concat(
     w, h = _fit_size(first["width"], first["height"], width, height)
     rate = fps or next((round(i["fps"], 3) for i in infos if i["fps"] and not _is_still(i)), 24)
     any_audio = any(i["has_audio"] for i in infos)
+    total_s = sum(image_duration if _is_still(i) else float(i["duration"] or image_duration) for i in infos)
+    decoded = sum(_pixels(i) * _frames(i, still_s=image_duration, fps=rate) for i in infos)
+    shape = f"{w}x{h} at {_num(rate)} fps for {_num(total_s)} s"
+    _check_work(op, "videos", encode=w * h * total_s * rate, decode=decoded, shape=shape)
     args: list[str] = []
     chains: list[str] = []
     labels: list[str] = []
@@ -1190,14 +1225,26 @@ async def captions(
         raise MediaError(f"{op}: font_size must be between 4 and 400")
     if not _COLOR_RE.fullmatch(color):
         raise MediaError(f"{op}: bad color {color!r} (a name such as white, or #RRGGBB)")
+    limits = current_limits()
+    for _, problem in caption_problems(srt=srt, text=text, segments=segments, words=words, limits=limits):
+        raise MediaLimitError(f"{op}: {problem}")
     info = await probe(video)
     vstream = _first(info, "video")
     if vstream is None:
         raise MediaError(f"{op}: {video.name} has no video stream")
     duration = float(info["duration"] or 0.0)
     w, h = int(vstream["width"] or 1280), int(vstream["height"] or 720)
+    work = _pixels(info) * _frames(info)
+    _check_work(op, "video", encode=work, decode=work, shape=f"{w}x{h} for {_num(duration)} s")
     size = font_size or max(10, round(h / 16))
     segs = _caption_segments(text, segments, srt, words, duration, _chars_per_line(w * 0.88, size))
+    if len(segs) > limits.caption_max_cues:
+        given = (("text", text), ("segments", segments), ("srt", srt), ("words", words))
+        source = next(name for name, value in given if value is not None)
+        raise MediaLimitError(
+            f"{op}: {source} makes {len(segs):,} caption cues, over the limit of "
+            f"{limits.caption_max_cues:,} (REELFLOW_CAPTION_MAX_CUES)"
+        )
     margin = max(4, round(h / 18))
     font = find_font()
     if font is None:
@@ -1283,6 +1330,15 @@ async def overlay(
         raise MediaError(f"{op}: {over.name} is neither an image nor a video")
     still = _is_still(oinfo)
     bw = int(bstream["width"] or 1280)
+    base_frames = _frames(binfo)
+    over_frames = 1.0 if still else min(_frames(oinfo), base_frames)
+    _check_work(
+        op,
+        "video",
+        encode=_pixels(binfo) * base_frames,
+        decode=_pixels(binfo) * base_frames + _pixels(oinfo) * over_frames,
+        shape=f"{bstream['width']}x{bstream['height']} for {_num(binfo['duration'] or 0)} s",
+    )
     ochain = ["format=rgba"]
     if not still:
         ochain.append(f"setpts=PTS-STARTPTS+{_num(start)}/TB")
@@ -1341,6 +1397,16 @@ async def transcode(
         raise MediaError(f"{op}: unsupported output format {suffix or '(none)'!r}")
     if not info["has_video"]:
         raise MediaError(f"{op}: {input.name} has no video stream")
+    out_w, out_h = _fit_size(info["width"], info["height"], width, height)
+    out_fps = fps or (min(12, round(info["fps"] or 12)) if suffix == ".gif" else info["fps"] or DEFAULT_FPS)
+    seconds = float(info["duration"] or 0.0)
+    _check_work(
+        op,
+        "input",
+        encode=out_w * out_h * max(1.0, seconds * out_fps),
+        decode=_pixels(info) * max(1.0, _frames(info)),
+        shape=f"{out_w}x{out_h} at {_num(out_fps)} fps for {_num(seconds)} s",
+    )
     chain: list[str] = []
     if fps or suffix == ".gif":
         chain.append(_filter("fps", fps=fps or min(12, round(info["fps"] or 12))))

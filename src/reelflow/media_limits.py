@@ -120,15 +120,20 @@ def caption_problems(
     def over_bytes(name: str, size: int) -> None:
         if size > max_bytes:
             problems.append(
-                (name, f"{name} holds {size:,} bytes of caption text, over the limit of {max_bytes:,} "
-                 "(REELFLOW_CAPTION_MAX_BYTES)")
+                (
+                    name,
+                    f"{name} holds {size:,} bytes of caption text, over the limit of {max_bytes:,} "
+                    "(REELFLOW_CAPTION_MAX_BYTES)",
+                )
             )
 
     def over_cues(name: str, cues: int) -> None:
         if cues > max_cues:
             problems.append(
-                (name, f"{name} makes {cues:,} caption cues, over the limit of {max_cues:,} "
-                 "(REELFLOW_CAPTION_MAX_CUES)")
+                (
+                    name,
+                    f"{name} makes {cues:,} caption cues, over the limit of {max_cues:,} (REELFLOW_CAPTION_MAX_CUES)",
+                )
             )
 
     if isinstance(srt, str):

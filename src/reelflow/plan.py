@@ -568,6 +568,16 @@ class _Validator:
                 edges[view.id] = deps
         for cycle in _find_cycles(edges, first_at):
             self.err(["jobs", first_at[cycle[0]]], "cycle: " + " -> ".join([*cycle, cycle[0]]))
+        self.check_local_limits(views)
+
+    def check_local_limits(self, views: list[_JobView]) -> None:
+        """Local operations over their limits (inputs, caption size, work budget) where the plan says so."""
+        if not any(v.type in OPERATIONS or (v.model or "").startswith("local/") for v in views):
+            return
+        from .local_limits import plan_jobs_of, plan_problems
+        from .media_limits import current_limits
+
+        self.errors += plan_problems(plan_jobs_of([(v.pos, v.raw) for v in views]), current_limits())
 
     def check_type_and_model(self, view: _JobView) -> ParamSchema | None:
         """Check type and model; return the param schema to check params with, if it can be known."""
