@@ -44,8 +44,9 @@ def build_execution(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     retry_of: str | None = None,
+    local_timeout_s: float | None = None,
 ) -> NewExecution:
-    """The rows one validated plan becomes."""
+    """The rows one validated plan becomes; a local job without `timeout_s` gets `local_timeout_s`."""
     deps = plan.dependencies()
     dependents = plan.dependents()
     jobs = []
@@ -54,18 +55,20 @@ def build_execution(
         spec = get_model(job.model) if job.model else None
         cost = estimate_cost(spec, job.params)
         total += cost
+        provider = job.model.split("/", 1)[0] if job.model else "local"
+        timeout_s = job.timeout_s if job.timeout_s is not None or provider != "local" else local_timeout_s
         jobs.append(
             NewJob(
                 key=job.id,
                 position=pos,
                 type=job.type,
-                provider=job.model.split("/", 1)[0] if job.model else "local",
+                provider=provider,
                 model=job.model,
                 params=job.params,
                 depends_on=deps[job.id],
                 dependents=dependents[job.id],
                 max_attempts=job.max_attempts,
-                timeout_s=job.timeout_s,
+                timeout_s=timeout_s,
                 start_timeout_s=job.start_timeout_s,
                 cost_estimated=cost,
                 cache=plan.options.cache if job.cache is None else job.cache,
@@ -166,6 +169,7 @@ class Engine:
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             retry_of=retry_of,
+            local_timeout_s=self.settings.local_timeout_s,
         )
         limit = get_limits(self.settings).tenant(tenant)
         if limit.monthly_executions is not None or limit.monthly_cost_usd is not None:
