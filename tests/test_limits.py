@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,187 @@ async def test_priorities_order_claims_within_a_tenant(
     # and the low ones in their order of age
     order = [j["id"] for j in sorted(low_state["jobs"], key=lambda j: j["started_at"])]
     assert order == [f"l{i}" for i in range(30)]
+
+
+# ---------------------------------------------------------------------------------------------- tenants at once
+
+
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def peak_running(jobs: list[dict[str, Any]], now: float | None = None) -> int:
+    """The most of `jobs` that were running at one moment, from their start and finish times (exact, unlike
+    sampling); a job still unfinished counts as running until `now`."""
+    now = time.time() if now is None else now
+    marks: list[tuple[float, int]] = []
+    for j in jobs:
+        if j["started_at"] is None:
+            continue
+        marks.append((_ts(j["started_at"]), 1))
+        marks.append((_ts(j["finished_at"]) if j["finished_at"] else now, -1))
+    peak = level = 0
+    for _, step in sorted(marks):  # a finish before a start at the same instant
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+async def test_a_flooding_tenant_holds_at_most_its_cap_across_two_worker_processes_and_another_starts_at_once(
+    engine: Engine, store: SQLiteStore, worker_env: dict[str, str], tmp_path: Path, limits_file: Path
+) -> None:
+    """Tenant `flood` queues 40 two-second jobs under `max_concurrent: 3`; two worker processes of 2 slots each
+    could run 4 of them. They never run more than 3 together, and the fourth slot is there for tenant `solo`,
+    whose job starts at once instead of after a flood job ends."""
+    limits_file.write_text("tenants:\n  flood: {max_concurrent: 3}\n")
+    reset_limits()
+    flood = await engine.submit(
+        {"jobs": [sim_job(f"f{i}", latency_s=2.0, prompt=f"f{i}") for i in range(40)]}, tenant="flood"
+    )
+    env = worker_env | {"REELFLOW_LIMITS_FILE": str(limits_file)}
+    procs = workers(env, tmp_path, 2, "--concurrency", "2")  # neither can reach the cap of 3 alone
+    samples: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while (await store.usage("flood"))["jobs_running"] < 3:  # the flood has its 3
+            if time.monotonic() > deadline:
+                logs = "\n".join((tmp_path / f"w{i}.log").read_text(errors="replace")[-2000:] for i in range(2))
+                raise AssertionError(f"the flood did not reach 3 running; the workers' logs:\n{logs}")
+            await asyncio.sleep(0.02)
+        submitted = time.time()
+        solo = await engine.submit({"jobs": [sim_job("one", latency_s=0.1)]}, tenant="solo")
+        end = time.monotonic() + 3.0  # past the end of the first flood jobs: the next ones take their places
+        while time.monotonic() < end:
+            samples.append((await store.usage("flood"))["jobs_running"])
+            await asyncio.sleep(0.03)
+        solo_state = await engine.wait(solo, timeout=10)
+        flood_state = await engine.get(flood)
+        await engine.cancel(flood)
+    finally:
+        stop(procs)
+    assert solo_state["status"] == "succeeded"
+    started = _ts(solo_state["jobs"][0]["started_at"])
+    assert started - submitted < 1.0, started - submitted  # a flood job would only free a slot ~2 s later
+    assert max(samples) == 3, samples
+    assert peak_running(flood_state["jobs"]) == 3  # exact: held by the two processes together, never passed
+    done = [j for j in flood_state["jobs"] if j["status"] == "succeeded"]
+    assert 3 <= len(done) < 40  # the flood went on under its cap, far from over
+    owners = {e.data.get("worker") for e in await store.events(flood) if e.type == "job.running"}
+    assert len(owners) == 2, owners  # both processes took flood jobs
+
+
+async def test_the_default_tenant_entry_caps_tenants_without_their_own_and_an_own_entry_overrides_it(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, limits_file: Path
+) -> None:
+    limits_file.write_text(
+        "tenants:\n  default: {max_concurrent: 2}\n  vip: {max_concurrent: 4}\n  free: {max_concurrent: null}\n"
+    )
+    reset_limits()
+    ids = {
+        t: await engine.submit({"jobs": [sim_job(f"{t}{i}", latency_s=0.4) for i in range(8)]}, tenant=t)
+        for t in ("anyone", "vip", "free")
+    }
+    async with running_worker(concurrency=50):
+        states = {t: await engine.wait(eid, timeout=20) for t, eid in ids.items()}
+    assert all(s["status"] == "succeeded" for s in states.values())
+    assert peak_running(states["anyone"]["jobs"]) == 2  # the default entry
+    assert peak_running(states["vip"]["jobs"]) == 4  # its own entry, over the default
+    assert peak_running(states["free"]["jobs"]) == 8  # null: no cap
+    usage = await engine.usage("anyone")
+    assert usage["limits"]["max_concurrent"] == 2 and usage["jobs_running"] == 0
+    assert (await engine.usage("vip"))["limits"]["max_concurrent"] == 4
+    assert (await engine.usage("free"))["limits"]["max_concurrent"] is None
+
+
+async def test_a_fan_out_made_ready_by_a_finishing_job_starts_within_the_tenant_cap(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, limits_file: Path
+) -> None:
+    """On PostgreSQL the transaction that ends the root also leases the dependents it releases (the hand-off):
+    it must count the tenant's running jobs as the claim does."""
+    limits_file.write_text("tenants:\n  default: {max_concurrent: 3}\n")
+    reset_limits()
+    handed: list[int] = []
+    hand_off = getattr(store, "finish_and_claim", None)
+    if hand_off is not None:
+
+        async def spy(*args: Any, **kw: Any) -> Any:
+            promoted, claimed = await hand_off(*args, **kw)
+            handed.append(len(claimed))
+            return promoted, claimed
+
+        store.finish_and_claim = spy  # type: ignore[attr-defined]
+    leaves = [sim_job(f"d{i}", latency_s=0.3, prompt=f"d{i}", depends_on=["root"]) for i in range(12)]
+    eid = await engine.submit({"jobs": [sim_job("root", latency_s=0.05), *leaves]})
+    async with running_worker(concurrency=50):
+        state = await engine.wait(eid, timeout=20)
+    assert state["status"] == "succeeded"
+    assert peak_running(state["jobs"]) == 3
+    if hand_off is not None:
+        assert sum(handed) >= 1, handed  # the hand-off took part, within the cap
+
+
+@pytest.mark.postgres_only
+async def test_the_postgres_hand_off_counts_the_tenant_cap_and_never_waits_for_its_lock(
+    engine: Engine, store: SQLiteStore
+) -> None:
+    import psycopg
+
+    from reelflow.store.base import JobOutcome
+    from reelflow.store.postgres import lock_key
+
+    store.configure_limits(tenant_caps={"fan": 3}, default_tenant_cap=None)
+    plan = {"jobs": [sim_job("root"), *(sim_job(f"d{i}", depends_on=["root"]) for i in range(10))]}
+    fan = await engine.submit(plan, tenant="fan")
+    await engine.submit({"jobs": [sim_job("x0"), sim_job("x1")]}, tenant="fan")
+    held = await store.claim("w", 10, 30)
+    assert sorted(c.key for c in held) == ["root", "x0", "x1"]  # 3 of 3
+    root = next(c for c in held if c.key == "root")
+    assert await store.claim("w", 10, 30) == []  # full
+
+    finish = store.finish_and_claim  # type: ignore[attr-defined]
+    promoted, claimed = await finish([JobOutcome(root.id, "w", "succeeded", result={})], None, "w", 10, 30)
+    assert len(promoted) == 10 and len(claimed) == 1  # the root's place only: x0 and x1 still run
+    assert (await store.usage("fan"))["jobs_running"] == 3
+    assert await store.claim("w", 10, 30) == []
+
+    # another transaction holds the tenant's lock (a claim counting it): the hand-off leaves the jobs queued
+    # for the regular claim instead of waiting for it
+    x0 = next(c for c in held if c.key == "x0")
+    async with await psycopg.AsyncConnection.connect(store.url) as other:
+        await other.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("reelflow:cap:t:fan"),))
+        promoted, claimed = await asyncio.wait_for(
+            finish([JobOutcome(x0.id, "w", "succeeded", result={})], None, "w", 10, 30), timeout=5
+        )
+        assert claimed == []
+        await other.rollback()
+    again = await store.claim("w", 10, 30)
+    assert len(again) == 1 and (await store.usage("fan"))["jobs_running"] == 3
+    queued = [j for j in (await engine.get(fan))["jobs"] if j["status"] == "queued"]
+    assert len(queued) == 8
+
+
+async def test_racing_claimers_hold_a_tenant_cap_and_serve_the_other_tenants(
+    engine: Engine, store: SQLiteStore, settings: Settings
+) -> None:
+    from reelflow.store import open_store
+
+    others = [open_store(settings.database_url) for _ in range(3)]
+    claimers = [store, *others]
+    try:
+        for s in claimers:
+            s.configure_limits(tenant_caps={"big": 5}, default_tenant_cap=None)
+        await engine.submit({"jobs": [sim_job(f"b{i}", prompt=f"b{i}") for i in range(60)]}, tenant="big")
+        await engine.submit({"jobs": [sim_job(f"s{i}", prompt=f"s{i}") for i in range(6)]}, tenant="small")
+        taken = await asyncio.gather(*(s.claim(f"w{i}", 10, 30) for i, s in enumerate(claimers)))
+        claimed = [c for batch in taken for c in batch]
+        assert len({c.id for c in claimed}) == len(claimed)
+        assert sum(c.tenant == "big" for c in claimed) == 5  # together, not 5 each
+        assert sum(c.tenant == "small" for c in claimed) == 6  # uncapped: all of them
+        assert (await store.usage("big"))["jobs_running"] == 5
+        assert [c for s in claimers for c in await s.claim("w", 10, 30)] == []  # the cap is full
+    finally:
+        for s in others:
+            await s.close()
 
 
 # ---------------------------------------------------------------------------------------------- budgets
@@ -321,7 +503,8 @@ def test_the_api_refuses_past_a_budget_with_402_and_shows_usage(
     assert len(listed) == 1  # the refused one stored nothing
     assert usage["tenant"] == "acme" and usage["executions"] == 1
     assert usage["reserved_usd"] == pytest.approx(0.3)
-    assert usage["limits"] == {"monthly_executions": 10, "monthly_cost_usd": 0.5}
+    assert usage["limits"] == {"monthly_executions": 10, "monthly_cost_usd": 0.5, "max_concurrent": 200}
+    assert usage["jobs_running"] == 0
 
     env = worker_env | {"REELFLOW_LIMITS_FILE": str(limits_file)}
     proc = subprocess.run([*CLI, "stats", "--json"], env=env, capture_output=True, text=True, timeout=60)

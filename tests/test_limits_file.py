@@ -10,6 +10,7 @@ import pytest
 from reelflow.config import Settings
 from reelflow.errors import ReelflowError
 from reelflow.limits import (
+    TENANT_MAX_CONCURRENT,
     Limits,
     LimitsFileError,
     ModelLimit,
@@ -167,6 +168,38 @@ def test_tenant_falls_back_to_default(tmp_path: Path) -> None:
     assert only_acme.tenant("acme").monthly_cost_usd == 25.0
 
 
+def test_tenant_max_concurrent_has_a_built_in_default_that_the_file_overrides(tmp_path: Path) -> None:
+    built_in = load_limits(None)
+    assert built_in.tenant("anyone").max_concurrent == TENANT_MAX_CONCURRENT == 200
+    assert built_in.tenant_caps() == ({}, 200)
+    assert built_in.as_dict()["tenants"] == {
+        "default": {"monthly_executions": None, "monthly_cost_usd": None, "max_concurrent": 200}
+    }
+    path = write(
+        tmp_path,
+        "tenants:\n  default: {max_concurrent: 10}\n  acme: {max_concurrent: 3}\n"
+        "  big: {max_concurrent: null}\n  budget: {monthly_cost_usd: 5}\n",
+    )
+    limits = load_limits(path)
+    assert limits.tenant("someone-else").max_concurrent == 10  # the default entry
+    assert limits.tenant("acme").max_concurrent == 3  # its own entry overrides it
+    assert limits.tenant("big").max_concurrent is None  # null lifts the cap
+    # an entry of its own replaces `default` whole, as for the monthly limits: a field it leaves out has its
+    # built-in value
+    assert limits.tenant("budget") == TenantLimit(monthly_cost_usd=5, max_concurrent=TENANT_MAX_CONCURRENT)
+    assert limits.tenant_caps() == ({"acme": 3, "big": None, "budget": 200}, 10)
+    assert limits.as_dict()["tenants"]["default"]["max_concurrent"] == 10
+    # no default entry: tenants without one have the built-in cap; a default without the field too
+    assert load_limits(write(tmp_path, "tenants:\n  acme: {max_concurrent: 3}\n", "b.yaml")).tenant_caps() == (
+        {"acme": 3},
+        200,
+    )
+    no_field = load_limits(write(tmp_path, "tenants:\n  default: {monthly_executions: 5}\n", "c.yaml"))
+    assert no_field.tenant("x").max_concurrent == 200 and no_field.tenant("x").monthly_executions == 5
+    lifted = load_limits(write(tmp_path, "tenants:\n  default: {max_concurrent: null}\n", "d.yaml"))
+    assert lifted.tenant_caps() == ({}, None)
+
+
 def test_pinned_model_version_uses_the_model_entry(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -285,6 +318,27 @@ def test_value_below_minimum(tmp_path: Path) -> None:
             "limits.yaml:2: providers.fal.max_concurrent: must be a whole number or null (got true)",
         ),
         (
+            "tenants:\n  default: {max_concurrent: 0}\n",
+            "limits.yaml:2: tenants.default.max_concurrent: must be at least 1 (got 0)",
+        ),
+        (
+            "tenants:\n  acme:\n    monthly_cost_usd: 5\n    max_concurrent: -2\n",
+            "limits.yaml:4: tenants.acme.max_concurrent: must be at least 1 (got -2)",
+        ),
+        (
+            "tenants:\n  acme: {max_concurrent: 2.5}\n",
+            "limits.yaml:2: tenants.acme.max_concurrent: must be a whole number or null (got 2.5)",
+        ),
+        (
+            "tenants:\n  acme: {max_concurrent: '10'}\n",
+            "limits.yaml:2: tenants.acme.max_concurrent: must be a whole number or null (got '10')",
+        ),
+        (
+            "tenants:\n  default: {max_concurrency: 10}\n",
+            "limits.yaml:2: tenants.default.max_concurrency: unknown field 'max_concurrency' (did you mean "
+            "'max_concurrent'?); the fields are monthly_executions, monthly_cost_usd or max_concurrent",
+        ),
+        (
             "tenants:\n  acme: {monthly_cost_usd: lots}\n",
             "limits.yaml:2: tenants.acme.monthly_cost_usd: must be a number or null (got 'lots')",
         ),
@@ -368,7 +422,7 @@ tenants:
         f"{src}:5: models.fal/fal-ai/flux.requests_per_minute: unknown field 'requests_per_minute'; "
         "the fields are max_concurrent",
         f"{src}:8: tenants.acme.monthly_cost: unknown field 'monthly_cost' (did you mean 'monthly_cost_usd'?); "
-        "the fields are monthly_executions or monthly_cost_usd",
+        "the fields are monthly_executions, monthly_cost_usd or max_concurrent",
     ]
     for p in problems:
         assert f"  - {p}" in message

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ from reelflow.store.postgres import PostgresStore
 from reelflow.store.sqlite import SQLiteStore
 
 pytestmark = requires_postgres
+
+LATEST = max(
+    int(f.name.split("_", 1)[0])
+    for f in (resources.files("reelflow.store") / "migrations" / "postgres").iterdir()
+    if f.name.endswith(".sql")
+)
+"""The newest schema version on disk."""
 
 
 @pytest.fixture
@@ -104,11 +112,11 @@ async def test_migrate_reports_the_sqlite_schema_version_and_is_idempotent(pg_ur
     store = PostgresStore(pg_url)
     try:
         expected = await sqlite.migrate()
-        assert await store.migrate() == expected == 4
-        assert await store.migrate() == 4
+        assert await store.migrate() == expected == LATEST
+        assert await store.migrate() == LATEST
         async with await psycopg.AsyncConnection.connect(pg_url) as conn:
             cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
-            assert [r[0] for r in await cur.fetchall()] == [1, 2, 3, 4]
+            assert [r[0] for r in await cur.fetchall()] == list(range(1, LATEST + 1))
     finally:
         await store.close()
         await sqlite.close()
@@ -118,10 +126,10 @@ async def test_five_stores_migrating_at_once_apply_each_migration_once(pg_url: s
     stores = [PostgresStore(pg_url, max_connections=2) for _ in range(5)]
     try:
         versions = await asyncio.gather(*(s.migrate() for s in stores))
-        assert versions == [4] * 5
+        assert versions == [LATEST] * 5
         async with await psycopg.AsyncConnection.connect(pg_url) as conn:
             cur = await conn.execute("SELECT version, COUNT(*) FROM schema_migrations GROUP BY version ORDER BY 1")
-            assert await cur.fetchall() == [(1, 1), (2, 1), (3, 1), (4, 1)]
+            assert await cur.fetchall() == [(v, 1) for v in range(1, LATEST + 1)]
         # and every store works on the one schema
         await stores[3].create_execution(chain("ex-m"))
         assert (await stores[1].get_execution("ex-m")) is not None
@@ -143,7 +151,7 @@ async def test_ten_reelflow_migrate_processes_started_together_migrate_once(pg_u
     assert [p.returncode for p in procs] == [0] * 10, outputs
     async with await psycopg.AsyncConnection.connect(pg_url) as conn:
         cur = await conn.execute("SELECT version, COUNT(*) FROM schema_migrations GROUP BY version ORDER BY 1")
-        assert await cur.fetchall() == [(1, 1), (2, 1), (3, 1), (4, 1)]
+        assert await cur.fetchall() == [(v, 1) for v in range(1, LATEST + 1)]
         cur = await conn.execute("SELECT COUNT(*) FROM pg_tables WHERE tablename IN ('executions', 'jobs', 'events')")
         assert await cur.fetchone() == (3,)
 

@@ -653,17 +653,20 @@ def stats(
         _print_json(data)
         return
     table = Table(title=f"usage, {data['usage'][0]['month']}" if data["usage"] else "usage")
-    for col in ("tenant", "executions", "cost (settled)", "reserved", "cache hits", "limits"):
+    for col in ("tenant", "executions", "cost (settled)", "reserved", "cache hits", "running", "limits"):
         table.add_column(col)
     for u in data["usage"]:
         limits = u.get("limits") or {}
         shown = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "none"
+        cap = limits.get("max_concurrent")
+        running = str(u.get("jobs_running", "?")) + (f" of {cap}" if cap is not None else "")
         table.add_row(
             u["tenant"],
             str(u["executions"]),
             f"${u['cost_usd']:.4f}",
             f"${u['reserved_usd']:.4f}",
             str(u["cache_hits"]),
+            running,
             shown,
         )
     out.print(table)
@@ -728,10 +731,12 @@ async def _stats(since: float) -> dict[str, Any]:
 
     rt = LocalRuntime()
     try:
-        tenants = sorted({k.tenant for k in await rt.store.list_api_keys()} | {"default"})
+        queue = await rt.store.queue_stats()
+        keys = {k.tenant for k in await rt.store.list_api_keys()}
+        tenants = sorted(keys | set(queue["active_by_tenant"]) | {"default"})  # those with jobs under way too
         return {
             "usage": [await rt.engine.usage(t) for t in tenants],
-            "queue": await rt.store.queue_stats(),
+            "queue": queue,
             "limits": get_limits(rt.settings).as_dict(),
             "stats": await rt.store.stats(None, since),
         }

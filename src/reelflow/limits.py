@@ -5,15 +5,17 @@ providers:                       # enforced across every worker process and mach
   replicate: {max_concurrent: 5, requests_per_minute: 600}
 models:
   replicate/bytedance/seedance-1-pro: {max_concurrent: 2}
-tenants:                         # checked at submission against the estimate, settled with the actual cost
-  default: {monthly_executions: 1000, monthly_cost_usd: 500}
-  acme: {monthly_cost_usd: 25}
+tenants:                         # monthly: checked at submission; max_concurrent: held by the claim
+  default: {monthly_executions: 1000, monthly_cost_usd: 500, max_concurrent: 200}
+  acme: {monthly_cost_usd: 25, max_concurrent: 20}
 ```
 
 A provider's entry is merged over the provider adapter's `default_limits`: a field the file leaves
 out keeps the default, a field set to null lifts it. A tenant without an entry of its own gets the
-`default` entry. `load_limits` validates the whole file at once and raises LimitsFileError naming
-every problem with its file, line, section, entry and field.
+`default` entry; a tenant's entry (its own or `default`) works the same way over the built-in tenant
+limits, of which only `max_concurrent` has a value (TENANT_MAX_CONCURRENT). `load_limits` validates the
+whole file at once and raises LimitsFileError naming every problem with its file, line, section, entry
+and field.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ SECTIONS: tuple[str, ...] = ("providers", "models", "tenants")
 DEFAULT_TENANT = "default"
 """The tenants entry that applies to every tenant without an entry of its own."""
 
+TENANT_MAX_CONCURRENT = 200
+"""The built-in `max_concurrent` of every tenant: a fifth of one worker's default slots (`--concurrency` 1000),
+so a tenant flooding the queue leaves most of a worker to the others. `null` in the file lifts it."""
+
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -63,10 +69,13 @@ class ModelLimit(_Entry):
 
 
 class TenantLimit(_Entry):
-    """A tenant's monthly usage limits, checked at submission against the estimate."""
+    """A tenant's monthly usage limits, checked at submission against the estimate, and how many of its jobs
+    may run at once. A field left out has its built-in value: none, except `max_concurrent`."""
 
     monthly_executions: int | None = Field(default=None, ge=0)
     monthly_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_concurrent: int | None = Field(default=TENANT_MAX_CONCURRENT, ge=1)
+    """Jobs of this tenant running at once, across every worker process and machine (null: no cap)."""
 
 
 _ENTRY_TYPES: dict[str, type[_Entry]] = {"providers": ProviderLimit, "models": ModelLimit, "tenants": TenantLimit}
@@ -137,6 +146,12 @@ class Limits:
             return self.tenants[name]
         return self.tenants.get(DEFAULT_TENANT, TenantLimit())
 
+    def tenant_caps(self) -> tuple[dict[str, int | None], int | None]:
+        """(tenant -> max_concurrent for the tenants with an entry of their own, the cap of every other tenant);
+        None is no cap."""
+        own = {t: lim.max_concurrent for t, lim in self.tenants.items() if t != DEFAULT_TENANT}
+        return own, self.tenant(DEFAULT_TENANT).max_concurrent
+
     def provider_names(self) -> list[str]:
         """Every provider with a built-in default or a file entry, sorted."""
         return sorted(set(self.defaults) | set(self.providers))
@@ -166,7 +181,7 @@ class Limits:
             "source": self.source,
             "providers": {name: self.provider(name).model_dump() for name in self.provider_names()},
             "models": {m: lim.model_dump() for m, lim in sorted(self.models.items())},
-            "tenants": {t: lim.model_dump() for t, lim in sorted(self.tenants.items())},
+            "tenants": {t: self.tenant(t).model_dump() for t in sorted({DEFAULT_TENANT, *self.tenants})},
         }
 
 

@@ -367,7 +367,8 @@ async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
 
 @router.get("/usage", tags=["usage"])
 async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
-    """The caller's tenant this calendar month: executions, settled and reserved cost, cache hits, limits."""
+    """The caller's tenant this calendar month: executions, settled and reserved cost, cache hits, limits; and
+    its jobs running now (`jobs_running`, against `limits.max_concurrent`)."""
     return await svc.engine.usage(who)
 
 

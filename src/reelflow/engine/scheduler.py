@@ -177,10 +177,14 @@ class Engine:
         return await self.store.create_execution(execution)
 
     async def usage(self, tenant: str = "default") -> dict[str, Any]:
-        """This month's executions and cost of a tenant, with its limits."""
+        """This month's executions and cost of a tenant, its jobs running now, with its limits."""
         used = await self.store.usage(tenant)
         limit = get_limits(self.settings).tenant(tenant)
-        used["limits"] = {"monthly_executions": limit.monthly_executions, "monthly_cost_usd": limit.monthly_cost_usd}
+        used["limits"] = {
+            "monthly_executions": limit.monthly_executions,
+            "monthly_cost_usd": limit.monthly_cost_usd,
+            "max_concurrent": limit.max_concurrent,
+        }
         return used
 
     async def get(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from ..providers.registry import Providers
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
+from .fairslots import FairSlots
 from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
@@ -148,7 +149,8 @@ class Worker:
         self._last_progress_flush = 0.0
         self._http: httpx.AsyncClient | None = None
         self._egress = egress
-        self._download_slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
+        self._download_slots = FairSlots(DOWNLOADS_IN_FLIGHT)
+        """Shared fairly between tenants: a freed slot goes to the waiting tenant holding the fewest."""
         self._probes = media.ProbeBatcher()
         self.pace = SharedPace(store, {})
         self.gates: dict[str, RateGate] = {}
@@ -210,7 +212,10 @@ class Worker:
         limits = get_limits(self.settings)
         caps_p, caps_m = limits.concurrency_caps()
         budgets = {t: lim.monthly_cost_usd for t, lim in limits.tenants.items() if t != "default"}
-        self.store.configure_limits(caps_p, caps_m, budgets, limits.tenant("default").monthly_cost_usd)
+        caps_t, default_cap_t = limits.tenant_caps()
+        self.store.configure_limits(
+            caps_p, caps_m, budgets, limits.tenant("default").monthly_cost_usd, caps_t, default_cap_t
+        )
         self.pace = SharedPace(self.store, limits.rpm())
         self.gates = gates_of(self.providers)
         for name, gate in self.gates.items():
@@ -516,7 +521,7 @@ class Worker:
                 task.resumed = True
                 log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
             result = await self._wait(provider, task, pid, c)
-            job_result = await self._store_outputs(result, task)
+            job_result = await self._store_outputs(result, task, c.tenant)
             return JobOutcome(
                 c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key
             )
@@ -650,7 +655,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await waiting
 
-    async def _store_outputs(self, result: ProviderResult, task: Task) -> dict[str, Any]:
+    async def _store_outputs(self, result: ProviderResult, task: Task, tenant: str) -> dict[str, Any]:
         stored: list[dict[str, Any]] = []
         for i, out in enumerate(result.outputs):
             path = out.path
@@ -658,7 +663,7 @@ class Worker:
             if path is None:
                 if not out.url:
                     raise PermanentError(f"{task.type}: the provider returned an output with neither file nor URL")
-                async with self._download_slots:  # see HttpAdapter.max_in_flight: queue here, not in httpcore
+                async with self._download_slots.slot(tenant):  # see HttpAdapter.max_in_flight: queue here
                     path, content_type = await fetch_output(
                         self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
                     )

@@ -231,13 +231,17 @@ class Store(Protocol):
         model_caps: dict[str, int] | None = None,
         budgets: dict[str, float | None] | None = None,
         default_budget: float | None = None,
+        tenant_caps: dict[str, int | None] | None = None,
+        default_tenant_cap: int | None = None,
     ) -> None:
-        """What `claim` enforces: concurrency caps per provider and per model (across every worker), and monthly
-        cost budgets per tenant (a paid job that would pass one is handed out with a `refusal`)."""
+        """What `claim` enforces: concurrency caps per provider, per model and per tenant (across every worker;
+        `default_tenant_cap` for the tenants `tenant_caps` does not name, None for no cap), and monthly cost
+        budgets per tenant (a paid job that would pass one is handed out with a `refusal`)."""
         ...
 
     async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        """A tenant's calendar month so far: executions, settled cost, reserved cost, cache hits."""
+        """A tenant's calendar month so far: executions, settled cost, reserved cost, cache hits; and its jobs
+        running now (`jobs_running`)."""
         ...
 
     async def queue_stats(self) -> dict[str, Any]:

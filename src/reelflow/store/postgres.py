@@ -624,11 +624,42 @@ class PostgresStore:
     async def _pick(self, cur: Cur, limit: int, now: float) -> list[int]:
         """Up to `limit` ready jobs to start, locked for this transaction: tenants in turn (round robin, so one
         tenant's big batch cannot starve another's single job), within a tenant by priority then age, skipping
-        any job whose provider or model is at its concurrency cap (those stay queued; nothing spins on them).
+        any job whose tenant, provider or model is at its concurrency cap (those stay queued; nothing spins on
+        them).
 
-        Caps are counted under an advisory lock per capped provider and model that has ready jobs, held to
-        the end of the transaction, so concurrent claimers count one after the other and never overshoot."""
+        Caps are counted under an advisory lock per capped tenant, provider and model that has ready jobs, held
+        to the end of the transaction, so concurrent claimers count one after the other and never overshoot."""
         caps_p, caps_m = self._provider_caps, self._model_caps
+        tenant_capped = bool(self._tenant_caps) or self._default_tenant_cap is not None
+        # The tenants with queued jobs and, when tenants have caps, a first count of their running jobs (without
+        # locks: it only passes over the full ones, so that they do not take the places of this round robin).
+        await cur.execute(
+            "WITH RECURSIVE t(name) AS ("
+            " SELECT MIN(tenant) FROM jobs WHERE status = 'queued'"
+            " UNION ALL SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)"
+            " FROM t WHERE t.name IS NOT NULL)"
+            " SELECT name, "
+            + (
+                "(SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.name)"
+                if tenant_capped
+                else "0"
+            )
+            + " AS running FROM t WHERE name IS NOT NULL"
+        )
+        caps_t: dict[str, int] = {}
+        tenants: list[str] = []
+        for r in await cur.fetchall():
+            cap = self._tenant_cap(r["name"])
+            if cap is not None:
+                if int(r["running"]) >= cap:
+                    continue  # at its cap: waits its turn
+                caps_t[r["name"]] = cap
+            tenants.append(r["name"])
+        if not tenants:
+            return []
+        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
+        tenants = (tenants[start:] + tenants[:start])[:limit]
+        locked_t = sorted(t for t in tenants if t in caps_t)
         locked_p: set[str] = set()
         locked_m: set[str] = set()
         if caps_p or caps_m:
@@ -643,54 +674,60 @@ class PostgresStore:
                     locked_p.add(r["provider"])
                 if r["base"] in caps_m:
                     locked_m.add(r["base"])
-            keys = sorted(
-                {lock_key(f"reelflow:cap:p:{p}") for p in locked_p}
-                | {lock_key(f"reelflow:cap:m:{m}") for m in locked_m}
-            )
-            for key in keys:
-                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        keys = sorted(
+            {lock_key(f"reelflow:cap:p:{p}") for p in locked_p}
+            | {lock_key(f"reelflow:cap:m:{m}") for m in locked_m}
+            | {lock_key(f"reelflow:cap:t:{t}") for t in locked_t}
+        )
+        if keys:  # in one order for every claimer (the array's): two claims never wait on each other in a circle
+            await cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
         running_p: dict[str, int] = {}
         running_m: dict[str, int] = {}
+        running_t: dict[str, int] = {}
+        counts: list[str] = []
+        args: list[Any] = []
         if locked_p:
-            await cur.execute(
-                "SELECT provider, COUNT(*) AS n FROM jobs WHERE status = 'running' AND provider = ANY(%b::text[])"
-                " GROUP BY provider",
-                (sorted(locked_p),),
+            counts.append(
+                "SELECT 'p' AS kind, provider AS name, COUNT(*) AS n FROM jobs"
+                " WHERE status = 'running' AND provider = ANY(%b::text[]) GROUP BY provider"
             )
-            running_p = {r["provider"]: int(r["n"]) for r in await cur.fetchall()}
+            args.append(sorted(locked_p))
         if locked_m:
-            await cur.execute(
-                "SELECT split_part(model, ':', 1) AS base, COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                " AND split_part(model, ':', 1) = ANY(%b::text[]) GROUP BY 1",
-                (sorted(locked_m),),
+            counts.append(
+                "SELECT 'm' AS kind, split_part(model, ':', 1) AS name, COUNT(*) AS n FROM jobs"
+                " WHERE status = 'running' AND split_part(model, ':', 1) = ANY(%b::text[]) GROUP BY 2"
             )
-            running_m = {r["base"]: int(r["n"]) for r in await cur.fetchall()}
+            args.append(sorted(locked_m))
+        if locked_t:
+            counts.append(
+                "SELECT 't' AS kind, tenant AS name, COUNT(*) AS n FROM jobs"
+                " WHERE status = 'running' AND tenant = ANY(%b::text[]) GROUP BY tenant"
+            )
+            args.append(locked_t)
+        if counts:  # under the locks: exact
+            await cur.execute(" UNION ALL ".join(counts), args)
+            by_kind = {"p": running_p, "m": running_m, "t": running_t}
+            for r in await cur.fetchall():
+                by_kind[r["kind"]][r["name"]] = int(r["n"])
+        room_t = {t: min(limit, caps_t[t] - running_t.get(t, 0)) for t in locked_t}
+        tenants = [t for t in tenants if room_t.get(t, limit) > 0]
+        if not tenants:
+            return []
         # Capped providers and models that are full, or that this claim holds no lock for, are left alone.
         skip_p = [p for p, cap in caps_p.items() if p not in locked_p or running_p.get(p, 0) >= cap]
         skip_m = [m for m, cap in caps_m.items() if m not in locked_m or running_m.get(m, 0) >= cap]
+        # One statement locks every candidate: each tenant's next ready jobs (as many as it has room for),
+        # skipping rows another claimer holds.
         await cur.execute(
-            "WITH RECURSIVE t(name) AS ("
-            " SELECT MIN(tenant) FROM jobs WHERE status = 'queued'"
-            " UNION ALL SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)"
-            " FROM t WHERE t.name IS NOT NULL)"
-            " SELECT name FROM t WHERE name IS NOT NULL"
-        )
-        tenants = [r["name"] for r in await cur.fetchall()]
-        if not tenants:
-            return []
-        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
-        tenants = (tenants[start:] + tenants[:start])[:limit]
-        # One statement locks every candidate: each tenant's next `limit` ready jobs, skipping rows another
-        # claimer holds.
-        await cur.execute(
-            "SELECT c.id, c.tenant, c.provider, c.model FROM unnest(%b::text[]) WITH ORDINALITY AS t(name, n)"
+            "SELECT c.id, c.tenant, c.provider, c.model"
+            " FROM unnest(%b::text[], %b::int[]) WITH ORDINALITY AS t(name, room, n)"
             " CROSS JOIN LATERAL (SELECT j.id, j.tenant, j.provider, j.model, j.priority FROM jobs j"
             "   WHERE j.status = 'queued' AND j.tenant = t.name AND j.run_after <= %s"
             "   AND (j.provider IS NULL OR j.provider <> ALL(%b::text[]))"
             "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%b::text[]))"
-            "   ORDER BY j.priority DESC, j.id LIMIT %s FOR UPDATE OF j SKIP LOCKED) c"
+            "   ORDER BY j.priority DESC, j.id LIMIT t.room FOR UPDATE OF j SKIP LOCKED) c"
             " ORDER BY t.n, c.priority DESC, c.id",
-            (tenants, now, skip_p, skip_m, limit),
+            (tenants, [room_t.get(t, limit) for t in tenants], now, skip_p, skip_m),
         )
         queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
         for r in await cur.fetchall():
@@ -761,13 +798,22 @@ class PostgresStore:
         model_caps: dict[str, int] | None = None,
         budgets: dict[str, float | None] | None = None,
         default_budget: float | None = None,
+        tenant_caps: dict[str, int | None] | None = None,
+        default_tenant_cap: int | None = None,
     ) -> None:
-        """Concurrency caps the claim enforces (provider -> n, model -> n) and monthly cost budgets (tenant ->
-        USD, and one for tenants not named) checked before a paid job starts."""
+        """Concurrency caps the claim enforces (provider -> n, model -> n, tenant -> n or None, and one for
+        tenants not named) and monthly cost budgets (tenant -> USD, and one for tenants not named) checked
+        before a paid job starts."""
         self._provider_caps = dict(provider_caps or {})
         self._model_caps = dict(model_caps or {})
         self._budgets = dict(budgets or {})
         self._default_budget = default_budget
+        self._tenant_caps = dict(tenant_caps or {})
+        self._default_tenant_cap = default_tenant_cap
+
+    def _tenant_cap(self, tenant: str) -> int | None:
+        """How many jobs of `tenant` may run at once (None: no cap)."""
+        return self._tenant_caps[tenant] if tenant in self._tenant_caps else self._default_tenant_cap
 
     @staticmethod
     async def _month_usage(cur: Cur, tenant: str, now: float) -> tuple[int, float]:
@@ -806,7 +852,9 @@ class PostgresStore:
                 (tenant, since),
             )
             jobs = await cur.fetchone()
-            assert row is not None and jobs is not None
+            await cur.execute("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = %s", (tenant,))
+            running = await cur.fetchone()
+            assert row is not None and jobs is not None and running is not None
             return {
                 "tenant": tenant,
                 "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
@@ -816,6 +864,7 @@ class PostgresStore:
                 "reserved_usd": round(float(row["reserved"]), 6),
                 "jobs_succeeded": int(jobs["n"]),
                 "cache_hits": int(jobs["hits"]),
+                "jobs_running": int(running["n"]),
             }
 
         return await self._tx(read, read_only=True)
@@ -1108,7 +1157,7 @@ class PostgresStore:
         cur: Cur,
         outcomes: Iterable[JobOutcome],
         now: float,
-        ready: list[tuple[int, str | None, str | None]] | None = None,
+        ready: list[tuple[int, str | None, str | None, str]] | None = None,
         provider_ids: list[tuple[int, str, str]] | None = None,
     ) -> list[str]:
         """Write a batch of outcomes in a fixed number of statements, whatever its size: one UPDATE per kind
@@ -1190,14 +1239,14 @@ class PostgresStore:
                 " queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END"
                 " FROM unnest(%b::text[], %b::text[], %b::int[]) AS w(eid, key, n)"
                 " WHERE j.execution_id = w.eid AND j.key = w.key AND j.status = 'waiting'"
-                " RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model",
+                " RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model, j.tenant",
                 (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs]),
             )
             for r in await cur.fetchall():
                 if r["status"] == "queued":
                     queued[(r["execution_id"], r["key"])] = r["id"]
                     if ready is not None:
-                        ready.append((r["id"], r["provider"], _base(r["model"])))
+                        ready.append((r["id"], r["provider"], _base(r["model"]), r["tenant"]))
         art = [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]
         if art:
             await cur.execute(
@@ -1260,22 +1309,32 @@ class PostgresStore:
         """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready:
         the hand-off from a job to its dependent costs no notification and no separate claim. Jobs of a capped
         provider or model are left to the regular claim, which counts caps under their locks; the others skip
-        the tenants' round robin (a pipeline under way goes on). Returns the promoted keys (those left queued
-        were announced to the other workers) and the jobs claimed."""
+        the tenants' round robin (a pipeline under way goes on), within their tenant's cap (`_tenant_room`).
+        Returns the promoted keys (those left queued were announced to the other workers) and the jobs claimed."""
 
         async def write(cur: Cur) -> tuple[list[str], list[ClaimedJob]]:
             now = time.time()
-            ready: list[tuple[int, str | None, str | None]] = []
+            ready: list[tuple[int, str | None, str | None, str]] = []
             if outcomes:
                 promoted = await self._apply_outcomes(cur, outcomes, now, ready, provider_ids)
             else:
                 await self._write_provider_ids(cur, provider_ids or [], now)
                 promoted = []
-            mine = [
-                job_id
-                for job_id, provider, base in ready
+            eligible = [
+                (job_id, tenant)
+                for job_id, provider, base, tenant in ready
                 if provider not in self._provider_caps and base not in self._model_caps
-            ][: max(0, limit)]
+            ]
+            room = await self._tenant_room(cur, {t for _, t in eligible}) if eligible else {}
+            mine: list[int] = []
+            for job_id, tenant in eligible:
+                if len(mine) >= limit:
+                    break
+                if tenant in room:
+                    if room[tenant] <= 0:
+                        continue
+                    room[tenant] -= 1
+                mine.append(job_id)
             claimed = await self._claim(cur, owner, limit, lease_s, picked=mine) if mine else []
             if len(claimed) < len(ready):  # the rest are for anyone
                 await self._notify(cur)
@@ -1284,6 +1343,30 @@ class PostgresStore:
         if not outcomes and not provider_ids:
             return [], []
         return await self._tx(write)
+
+    async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int]:
+        """For the hand-off: how many more jobs each capped tenant of `tenants` may start now (0 for a tenant
+        whose lock another transaction holds; its jobs go to the regular claim). The hand-off already holds row
+        locks a claimer may be waiting for, so it only tries the tenants' locks and never waits on one."""
+        caps = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
+        if not caps:
+            return {}
+        names = sorted(caps)
+        await cur.execute(
+            "SELECT t.name FROM unnest(%b::text[], %b::bigint[]) AS t(name, k) WHERE pg_try_advisory_xact_lock(t.k)",
+            (names, [lock_key(f"reelflow:cap:t:{t}") for t in names]),
+        )
+        locked = [r["name"] for r in await cur.fetchall()]
+        room = dict.fromkeys(names, 0)
+        if locked:
+            await cur.execute(
+                "SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = ANY(%b::text[])"
+                " GROUP BY tenant",
+                (locked,),
+            )
+            running = {r["tenant"]: int(r["n"]) for r in await cur.fetchall()}
+            room.update({t: caps[t] - running.get(t, 0) for t in locked})
+        return room
 
     async def _skip_after_failure(
         self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]

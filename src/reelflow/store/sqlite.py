@@ -506,8 +506,8 @@ class SQLiteStore:
 
     def _pick(self, conn: sqlite3.Connection, limit: int, now: float) -> list[int]:
         """Up to `limit` ready jobs to start: tenants in turn (round robin, so one tenant's big batch cannot
-        starve another's single job), within a tenant by priority then age, skipping any job whose provider
-        or model is at its concurrency cap (those stay queued; nothing spins on them)."""
+        starve another's single job), within a tenant by priority then age, skipping any job whose tenant,
+        provider or model is at its concurrency cap (those stay queued; nothing spins on them)."""
         caps_p, caps_m = self._provider_caps, self._model_caps
         running_p: dict[str, int] = {}
         running_m: dict[str, int] = {}
@@ -537,6 +537,18 @@ class SQLiteStore:
                 " SELECT name FROM t WHERE name IS NOT NULL"
             )
         ]
+        caps_t = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
+        running_t: dict[str, int] = {}
+        for chunk in _chunks(list(caps_t)):
+            running_t.update(
+                conn.execute(
+                    f"SELECT tenant, COUNT(*) FROM jobs WHERE status = 'running' AND tenant IN ({_qs(len(chunk))})"
+                    " GROUP BY tenant",
+                    chunk,
+                ).fetchall()
+            )
+        room_t = {t: min(limit, cap - running_t.get(t, 0)) for t, cap in caps_t.items()}
+        tenants = [t for t in tenants if room_t.get(t, limit) > 0]  # a tenant at its cap waits its turn
         if not tenants:
             return []
         start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
@@ -552,13 +564,13 @@ class SQLiteStore:
         queues = [
             conn.execute(
                 f"SELECT id, provider, model FROM jobs WHERE {where} ORDER BY priority DESC, id LIMIT ?",
-                (tenant, now, *extra, limit),
+                (tenant, now, *extra, room_t.get(tenant, limit)),
             ).fetchall()
             for tenant in tenants
         ]
         picked: list[int] = []
         for round_ in range(limit):
-            for queue in queues:
+            for queue in queues:  # each tenant's holds no more than it has room for
                 if round_ >= len(queue) or len(picked) >= limit:
                     continue
                 job_id, provider, model = queue[round_]
@@ -622,13 +634,22 @@ class SQLiteStore:
         model_caps: dict[str, int] | None = None,
         budgets: dict[str, float | None] | None = None,
         default_budget: float | None = None,
+        tenant_caps: dict[str, int | None] | None = None,
+        default_tenant_cap: int | None = None,
     ) -> None:
-        """Concurrency caps the claim enforces (provider -> n, model -> n) and monthly cost budgets (tenant ->
-        USD, and one for tenants not named) checked before a paid job starts."""
+        """Concurrency caps the claim enforces (provider -> n, model -> n, tenant -> n or None, and one for
+        tenants not named) and monthly cost budgets (tenant -> USD, and one for tenants not named) checked
+        before a paid job starts."""
         self._provider_caps = dict(provider_caps or {})
         self._model_caps = dict(model_caps or {})
         self._budgets = dict(budgets or {})
         self._default_budget = default_budget
+        self._tenant_caps = dict(tenant_caps or {})
+        self._default_tenant_cap = default_tenant_cap
+
+    def _tenant_cap(self, tenant: str) -> int | None:
+        """How many jobs of `tenant` may run at once (None: no cap)."""
+        return self._tenant_caps[tenant] if tenant in self._tenant_caps else self._default_tenant_cap
 
     @staticmethod
     def _month_usage(conn: sqlite3.Connection, tenant: str, now: float) -> tuple[int, float]:
@@ -663,6 +684,9 @@ class SQLiteStore:
             " WHERE e.tenant = ? AND e.created_at >= ? AND j.status = 'succeeded'",
             (tenant, since),
         ).fetchone()
+        running = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND tenant = ?", (tenant,)
+        ).fetchone()
         return {
             "tenant": tenant,
             "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
@@ -672,6 +696,7 @@ class SQLiteStore:
             "reserved_usd": round(float(row[2]), 6),
             "jobs_succeeded": int(jobs[0]),
             "cache_hits": int(jobs[1]),
+            "jobs_running": int(running[0]),
         }
 
     async def queue_stats(self) -> dict[str, Any]:
