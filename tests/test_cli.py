@@ -137,3 +137,64 @@ def test_migrate_reports_the_schema_version(cli: Any) -> None:
     migrations = resources.files("reelflow.store") / "migrations" / "sqlite"
     latest = max(int(f.name.split("_", 1)[0]) for f in migrations.iterdir() if f.name.endswith(".sql"))
     assert f"schema version {latest}\n" in proc.stdout and latest >= 4
+
+
+# ------------------------------------------------------------------ configuration problems stop every command
+
+BAD_CONFIG = {
+    # a misspelled field of the limits file, an unknown price unit in the catalog file, a setting that is no number
+    "limits": (
+        "REELFLOW_LIMITS_FILE",
+        "tenants:\n  default: {max_cocurrent: 10}\n",
+        "{path}:2: tenants.default.max_cocurrent: unknown field 'max_cocurrent' (did you mean 'max_concurrent'?)",
+    ),
+    "catalog": (
+        "REELFLOW_CATALOG_FILE",
+        "models:\n  - id: replicate/acme/x\n    types: [generate-video]\n    price: {unit: minute}\n",
+        "{path}:4: model 'replicate/acme/x': price.unit:",
+    ),
+    "setting": ("REELFLOW_LEASE_SECONDS", None, "REELFLOW_LEASE_SECONDS='abc': Input should be a valid number"),
+}
+COMMANDS = [
+    ["serve", "--port", "1", "--workers", "1"],  # port 1: were it to start, it could not listen (exit 1, not 2)
+    ["worker", "--concurrency", "4"],
+    ["run", "plan.yaml"],
+    ["keys", "create", "--tenant", "acme"],
+    ["migrate"],
+    ["stats"],
+    ["models", "--json"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0] if c[0] != "keys" else "keys-create")
+@pytest.mark.parametrize("problem", sorted(BAD_CONFIG))
+def test_a_configuration_problem_stops_every_command_at_start_with_exit_2(
+    worker_env: dict[str, str], tmp_path: Path, problem: str, command: list[str]
+) -> None:
+    import time
+
+    variable, text, said = BAD_CONFIG[problem]
+    value = "abc"
+    if text is not None:
+        path = tmp_path / f"{problem}.yaml"
+        path.write_text(text)
+        value, said = str(path), said.format(path=path)
+    write_plan(tmp_path, SIM_PLAN)
+    database = tmp_path / "fresh.db"
+    env = worker_env | {variable: value, "REELFLOW_DATABASE_URL": f"sqlite:///{database}"}
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert said in " ".join(proc.stderr.split()), proc.stderr
+    assert proc.stderr.startswith("error: invalid") and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert not database.exists(), "the command did something before stopping"
+    assert elapsed < 5, f"{command[0]} took {elapsed:.1f} s to stop"
+
+
+def test_help_still_works_with_a_broken_configuration(worker_env: dict[str, str], tmp_path: Path) -> None:
+    proc = subprocess.run([*CLI, "serve", "--help"], env=worker_env | {"REELFLOW_LEASE_SECONDS": "abc"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--workers" in proc.stdout

@@ -20,13 +20,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from . import metrics
 from .config import SettingsError, get_settings
 from .display import progress_view, timeline_table
 from .engine.runtime import LocalRuntime
 from .engine.worker import Worker, tune_gc
 from .errors import ErrorItem, PlanError, ReelflowError
 from .limits import LimitsFileError
-from .metrics import serve_metrics
 from .plan import load_plan_text
 from .providers.catalog import CatalogFileError, list_models
 
@@ -454,8 +454,17 @@ def worker(
 async def _worker(concurrency: int, metrics_port: int = 0, metrics_host: str = "0.0.0.0") -> None:
     from .logs import configure_logging
 
-    configure_logging(get_settings(), service=True)
-    exporter = serve_metrics(metrics_port, metrics_host) if metrics_port else None  # a taken port: exit 1
+    settings = get_settings()
+    configure_logging(settings, service=True)
+    exporter = None
+    if metrics_port:  # this process's registry only; a taken port: exit 1
+
+        async def render() -> bytes:
+            return metrics.exposition()
+
+        sock = metrics.listen(metrics_host, metrics_port)
+        exporter = await metrics.serve_listener(sock, render, settings.metrics_token)
+        log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
     rt = LocalRuntime()
     try:
         w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
@@ -467,7 +476,7 @@ async def _worker(concurrency: int, metrics_port: int = 0, metrics_host: str = "
     finally:
         await rt.close()
         if exporter is not None:
-            exporter.shutdown()
+            exporter.close()
 
 
 @app.command()

@@ -3,8 +3,9 @@
 Counters and histograms live in one registry per process (`REGISTRY`) and are recorded where the events
 happen: an execution ending (the stores, once the transaction that ended it commits), a job ending (the
 worker), each provider HTTP request (`HttpAdapter.send`), each webhook delivery attempt. Every process
-exposes its own: the API at `GET /metrics` (its embedded workers included), `reelflow worker
---metrics-port` on a port of its own; Prometheus scrapes them all and sums.
+exposes its own: the API at `GET /metrics` (its embedded workers included; or on a listener of its own,
+REELFLOW_METRICS_ADDR), `reelflow worker --metrics-port` on a port of its own; Prometheus scrapes them all and
+sums. REELFLOW_METRICS_TOKEN makes every one of them ask for `Authorization: Bearer <token>`.
 
 Gauges of shared state (jobs by status, queue depth, live workers and their slots) are read from the
 database at scrape time by `StoreGauges`, which only the API registers, so they are not repeated by
@@ -36,7 +37,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -322,17 +322,6 @@ async def _metrics_answer(
     return "200 OK", {"content-type": CONTENT_TYPE}, b"" if method == "HEAD" else body
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> Any:
-    """Serve this process's `/metrics` on `host:port` from a background thread; returns the server (its
-    `shutdown()` stops it)."""
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
-    log.info("metrics at http://%s:%d/metrics", host, port)
-    return server
-
-
 __all__ = [
     "CONTENT_TYPE",
     "REGISTRY",
@@ -344,7 +333,6 @@ __all__ = [
     "provider_call",
     "request_outcome",
     "serve_listener",
-    "serve_metrics",
     "settling",
     "token_matches",
     "webhook_attempt",
