@@ -223,8 +223,8 @@ def test_example_file_loads() -> None:
     assert limits.provider("replicate") == ProviderLimit(max_concurrent=5, requests_per_minute=600)
     assert limits.provider("fal").max_concurrent == 10
     assert limits.model("replicate/bytedance/seedance-1-pro").max_concurrent == 2
-    assert limits.tenant("acme") == TenantLimit(monthly_cost_usd=25)
-    assert limits.tenant("zeta") == TenantLimit(monthly_executions=1000, monthly_cost_usd=500)
+    assert limits.tenant("acme") == TenantLimit(monthly_cost_usd=25, max_concurrent=20)
+    assert limits.tenant("zeta") == TenantLimit(monthly_executions=1000, monthly_cost_usd=500, max_concurrent=200)
 
 
 # --- get_limits ----------------------------------------------------------------------------------------
