@@ -323,6 +323,91 @@ def test_patterns_mask_secrets_nobody_registered() -> None:
         assert logs.redact(text) == expected
 
 
+CODE_LINES = [
+    "    items.sort(key=lambda p: p.at)",
+    "    return sorted(rows, key=itemgetter(1))",
+    "    client = Client(token=self.token, api_key=api_key, secret=None, password=password)",
+    '    url = f"{base}?key={key}&token={token}&X-Amz-Signature={sig}"',
+    '    headers = {"Authorization": f"Bearer {token}", "x-api-key": api_key}',
+    "    headers = {'Authorization': auth_header}",
+    "    raise RuntimeError(f\"client built with FAL_KEY={env['FAL_KEY']}\")",
+    "    cache_key=cache_key_of(job), sort_key=self._sort_key, key=str.lower, sig=0",
+    "    request.headers[b'authorization'] = b'Bearer ' + token",
+]
+
+
+def test_code_is_left_alone() -> None:
+    for line in CODE_LINES:
+        assert logs.redact(line) == line
+
+
+def test_every_secret_form_is_still_masked() -> None:
+    hexed, urlsafe = secrets.token_hex(12), secrets.token_urlsafe(24)
+    r = logs.REDACTED
+    cases = {
+        f"Authorization: Bearer {urlsafe}": f"Authorization: {r}",
+        f"authorization: Key {hexed}": f"authorization: {r}",
+        f"Authorization: {urlsafe}": f"Authorization: {r}",
+        f"headers={{'Authorization': 'Token {hexed}'}}": f"headers={{'Authorization': '{r}'}}",
+        f"sent Bearer {urlsafe} upstream": f"sent Bearer {r} upstream",
+        f"Basic {secrets.token_hex(8)}": f"Basic {r}",
+        f"the secret whsec_{urlsafe}": f"the secret {r}",
+        f"token r8_{secrets.token_hex(16)} refused": f"token {r} refused",
+        f"key sk-{secrets.token_hex(16)} refused": f"key {r} refused",
+        f"key sk_{secrets.token_hex(16)} refused": f"key {r} refused",
+        f"GET /out.mp4?key=abcdefgh&token={hexed}&n=1": f"GET /out.mp4?key={r}&token={r}&n=1",
+        f"https://s3/x?X-Amz-Credential=AKIA%2F2026&X-Amz-Signature={hexed}": (
+            f"https://s3/x?X-Amz-Credential={r}&X-Amz-Signature={r}"
+        ),
+        f"client(api_key={hexed}, token={urlsafe})": f"client(api_key={r}, token={r})",
+        "login password=hunter2 refused": f"login password={r} refused",
+        f"FAL_KEY={hexed}:{hexed}": f"FAL_KEY={r}",
+        f"postgresql://app:{hexed}@db/x": f"postgresql://app:{r}@db/x",
+        f'{{"api_key": "{hexed}"}}': f'{{"api_key": "{r}"}}',
+        f"key={'A' * 24}": f"key={r}",  # letters only, but as long as a token: not a name
+    }
+    for text, expected in cases.items():
+        assert logs.redact(text) == expected, text
+
+
+def _sorted_by(rows: list[int], key: Callable[[int], int], token: str) -> list[int]:
+    raise ValueError(f"upstream refused ?key={token}&sig={token} with Authorization: Bearer {token}")
+
+
+def _leaky(token: str) -> list[int]:
+    return _sorted_by([3, 1], key=lambda p: -p, token=token)
+
+
+def test_a_traceback_keeps_its_code_and_loses_its_secrets(capture_logs: CaptureFactory) -> None:
+    import inspect
+
+    captured = capture_logs("INFO", "json")
+    token = secrets.token_urlsafe(24)
+    try:
+        _leaky(token)
+    except ValueError:
+        logging.getLogger("tests.trace").exception("the call failed")
+    [entry] = [e for e in captured.entries() if e["logger"] == "tests.trace"]
+    trace = entry["exc_info"]
+    assert token in "\n".join(captured.raw.texts) and token not in captured.text
+    source = {line.strip() for fn in (_leaky, _sorted_by) for line in inspect.getsource(fn).splitlines()}
+    shown = [line.strip() for line in trace.splitlines() if line.strip() in source]
+    assert "return _sorted_by([3, 1], key=lambda p: -p, token=token)" in shown
+    assert 'raise ValueError(f"upstream refused ?key={token}&sig={token} with Authorization: Bearer {token}")' in shown
+    assert trace.splitlines()[-1] == (
+        "ValueError: upstream refused ?key=[REDACTED]&sig=[REDACTED] with Authorization: [REDACTED]"
+    )
+
+
+def test_the_metrics_token_is_masked_wherever_it_appears(settings: Settings, capture_logs: CaptureFactory) -> None:
+    token = "plain" + "words" * 3  # no digit, no known shape: only its exact value can mask it
+    stream = io.StringIO()
+    logs.configure_logging(settings.model_copy(update={"metrics_token": token}), service=True, stream=stream,
+                           environ={})  # fmt: skip
+    logging.getLogger("tests.metrics").warning("scraped with %s", token)
+    assert stream.getvalue().count(logs.REDACTED) == 1 and token not in stream.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------- (c) processes
 
 

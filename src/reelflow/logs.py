@@ -12,20 +12,23 @@ Secrets are masked by `RedactingFilter` on the handler, before any formatter see
 values of secret-looking environment variables (provider tokens, webhook secrets, AWS keys, ...) and
 those registered at run time (`add_secret`), plus patterns: Bearer and other Authorization values, `whsec_`
 secrets, reelflow API keys, well-known provider token shapes, `token=` / `key=` / `signature=` style
-parameters (signed URLs' `X-Amz-Signature` included), and passwords in URLs.
+parameters (signed URLs' `X-Amz-Signature` included), and passwords in URLs. The patterns mask values, not
+code: in a traceback's source lines `key=lambda p: p.at`, `token=self.token` or `"Authorization": auth`
+stay as they are (`reads_as_code`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
+import keyword
 import logging
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,21 +73,55 @@ _NOT_DONE = r"(?!\[REDACTED\])"  # a value already masked is left as it is
 
 _WORDS = ("token", "key", "sig", "secret", "passw", "credential")
 
+_KEYWORDS = frozenset(keyword.kwlist)
+_NAME_PATH = re.compile(r"[A-Za-z_]+(?:\.[A-Za-z_]+)*")
+"""`lambda`, `self._key`, `str.lower`: names without a digit (a generated secret nearly always has one)."""
 
-def _rule(pattern: str, replacement: str, *, any_of: tuple[str, ...] = (), all_of: tuple[str, ...] = ()) -> _Rule:
+
+def reads_as_code(value: str, before: str = "") -> bool:
+    """True when the value of a `key=`, `token=`, `Authorization:` ... is code, not a secret: a traceback's
+    `sorted(x, key=lambda p: p.at)`, `Client(token=self.token)`, `key=itemgetter(1)`, `f"...?key={key}"`.
+
+    A keyword, a dotted name without digits (unless it is 20 letters or more, like a random token), a call,
+    an index or a placeholder. In a URL's query (`before` is `?` or `&`) only a placeholder is code."""
+    if value[:1] == "{":
+        return True
+    if before in ("?", "&"):
+        return False
+    if value in _KEYWORDS or any(c in value for c in "([{<>"):
+        return True
+    if value.isdigit():
+        return len(value) < 8
+    return _NAME_PATH.fullmatch(value) is not None and (len(value) < 20 or "_" in value or "." in value)
+
+
+def _unless_code(group: int, masked: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that masks (`masked`, with group references) unless group `group` reads as code."""
+
+    def replace(m: re.Match[str]) -> str:
+        before = m.string[m.start() - 1] if m.start() else ""
+        return m.group(0) if reads_as_code(m.group(group).strip(), before) else m.expand(masked)
+
+    return replace
+
+
+def _rule(
+    pattern: str, replacement: _Replacement, *, any_of: tuple[str, ...] = (), all_of: tuple[str, ...] = ()
+) -> _Rule:
     """A masking rule. `any_of` / `all_of`: lower-case substrings without which the pattern cannot match,
     tested first because they are far cheaper than the pattern (most lines skip most rules)."""
     return re.compile(pattern), replacement, all_of, any_of
 
 
-_Rule = tuple[re.Pattern[str], str, tuple[str, ...], tuple[str, ...]]
+_Replacement = str | Callable[[re.Match[str]], str]
+_Rule = tuple[re.Pattern[str], _Replacement, tuple[str, ...], tuple[str, ...]]
 _RULES: tuple[_Rule, ...] = (
     # an Authorization-like header or field, in any of the shapes it is printed in: `Authorization: Key x`,
     # `'authorization': 'Bearer x'`, `(b'authorization', b'Token x')`, `authorization=x`
     _rule(
         r"""(?i)((?:proxy-)?authorization|x-api-key|xi-api-key|api-key|x-goog-api-key)"""
         r"""(['"]?\s*[:=,]\s*[(\[]?\s*(?:b?['"])?)""" + _NOT_DONE + r"""([^'"\r\n,)\]}]+)""",
-        rf"\1\2{REDACTED}",
+        _unless_code(3, rf"\1\2{REDACTED}"),
         any_of=("authorization", "api-key"),
     ),
     _rule(r"(?i)\b(bearer)(\s+)" + _NOT_DONE + r"[A-Za-z0-9._~+/=-]{8,}", rf"\1\2{REDACTED}", any_of=("bearer",)),
@@ -100,7 +137,7 @@ _RULES: tuple[_Rule, ...] = (
         r"(?i)(?<![A-Za-z0-9_.-])([A-Za-z0-9_.-]*(?:token|key|signature|secret|password|passwd|credential|sig))="
         + _NOT_DONE
         + r"([^&\s'\"#,;)}\]]+)",
-        rf"\1={REDACTED}",
+        _unless_code(2, rf"\1={REDACTED}"),
         all_of=("=",),
         any_of=_WORDS,
     ),
@@ -353,6 +390,7 @@ def configure_logging(
     for value in secrets_from_environment(env):
         add_secret(value)
     add_secret(urlsplit(settings.database_url).password)
+    add_secret(getattr(settings, "metrics_token", None))
     for value in extra_secrets:
         add_secret(value)
 
