@@ -502,8 +502,9 @@ async def fetch_output(
         raise TransientError(f"downloading the output took over {timeout_s:g} s") from None
     except UnresolvableDestination as exc:
         raise TransientError(f"downloading the output failed: {exc}") from None
-    except UnsafeDestination as exc:
-        raise PermanentError(refusal(exc.url or url)) from None
+    except UnsafeDestination as exc:  # the URL as given, or the redirect target that was refused
+        hop = exc.url if exc.url is not None and not _same_url(exc.url, url) else url
+        raise PermanentError(refusal(hop)) from None
     except httpx.TooManyRedirects:
         raise PermanentError(
             f"downloading the output failed: more than {MAX_REDIRECTS} redirects from {shown}"
@@ -512,7 +513,16 @@ async def fetch_output(
         raise PermanentError(f"downloading the output failed: {shown} redirects to a URL that is not http(s)") from None
     except httpx.HTTPError as exc:
         raise TransientError(f"downloading the output failed: {type(exc).__name__}: {exc}") from None
+    except httpx.InvalidURL as exc:
+        raise PermanentError(f"output URL {shown!r} is not a valid URL: {exc}") from None
     return path, content_type
+
+
+def _same_url(a: str, b: str) -> bool:
+    try:
+        return httpx.URL(a) == httpx.URL(b)
+    except httpx.InvalidURL:
+        return a == b
 
 
 async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int, what: str) -> int:

@@ -137,6 +137,10 @@ class FakeElevenLabs:
     """How long speaking takes (lets requests overlap, for the concurrency limit)."""
     max_concurrent: int | None = None
     """Speech requests allowed at once; more answer 429 `concurrent_limit_exceeded` (None: no limit)."""
+    audio_override: bytes | None = None
+    """When set, speech answers these bytes as its audio (a playlist, text...), alignment as usual."""
+    speech_redirect: str | None = None
+    """When set, speech calls answer 302 to this URL (after being counted as made)."""
 
     hits: Counter[str] = field(default_factory=Counter)
     """Calls per route: tts (and tts-timestamps / tts-plain), voices, other."""
@@ -271,6 +275,8 @@ class FakeElevenLabs:
             if route != "tts":
                 response: Response = await call_next(request)
                 return response
+            if fake.speech_redirect is not None:
+                return Response(status_code=302, headers={"location": fake.speech_redirect})
             if fake.max_concurrent is not None and fake.in_flight >= fake.max_concurrent:
                 message = f"Too many concurrent requests: the limit of your plan is {fake.max_concurrent}."
                 headers = {
@@ -336,7 +342,7 @@ class FakeElevenLabs:
             if isinstance(checked, Response):
                 return checked
             body, _ = checked
-            audio = await asyncio.to_thread(audio_for, body["text"])
+            audio = fake.audio_override or await asyncio.to_thread(audio_for, body["text"])
             return Response(audio, media_type="audio/mpeg", headers=answer_headers(body["text"]))
 
         @app.post("/v1/text-to-speech/{voice_id}/with-timestamps")
@@ -347,7 +353,7 @@ class FakeElevenLabs:
             body, _ = checked
             text: str = body["text"]
             seconds = speech_seconds(text)
-            audio = await asyncio.to_thread(audio_for, text)
+            audio = fake.audio_override or await asyncio.to_thread(audio_for, text)
             answer = {
                 "audio_base64": base64.b64encode(audio).decode("ascii"),
                 "alignment": character_alignment(text, seconds),

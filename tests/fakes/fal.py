@@ -5,7 +5,8 @@
 
 Requests walk IN_QUEUE (queue_position counting down) -> IN_PROGRESS (logs with a percentage) ->
 COMPLETED over `queue_s` + `latency_s`; results point at real tiny media the fake serves. Knobs fail the
-next N calls of a route, drop connections, fail requests at completion, or forge the URLs submit answers.
+next N calls of a route, drop connections, fail requests at completion, or forge the URLs submit answers;
+`output_url` makes results name another URL, and `hostile` serves any bytes or redirects at `/hostile/<name>`.
 
 Webhooks: a submission with `?fal_webhook=<url>` gets one signed POST to that URL when it completes
 (from a timer thread), signed like fal's (Ed25519 over `request_id\nuser_id\ntimestamp\n<sha256 hex of
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from fakes.hostile import HostileRoutes
 from fakes.runner import ThreadedServer
 from reelflow import media
 
@@ -124,6 +126,9 @@ class FakeFal:
     queue_start: int = 3
     """The queue position a request starts at; it counts down to 1 over `queue_s`."""
     forge_urls: str | None = None
+    output_url: str | None = None
+    """When set, every result names this URL as its media (the first image, or the video)."""
+    hostile: HostileRoutes = field(default_factory=HostileRoutes)
     """When set (a base URL), submit answers status/response/cancel URLs on that host instead."""
     drop_webhooks: bool = False
     """Never deliver webhooks (each one that would have gone counts in `webhooks_dropped`)."""
@@ -319,12 +324,12 @@ class FakeFal:
         seed = req.input.get("seed", 42)
         if "video" in req.path:
             size = len(self.media["video.mp4"])
-            url = f"{self.base_url}/files/{req.request_id}/video.mp4"
+            url = self.output_url or f"{self.base_url}/files/{req.request_id}/video.mp4"
             return {"video": {"url": url, "content_type": "video/mp4", "file_size": size}, "seed": seed}
         n = int(req.input.get("num_images") or 1)
         images = [
             {
-                "url": f"{self.base_url}/files/{req.request_id}/image-{i}.png",
+                "url": self.output_url or f"{self.base_url}/files/{req.request_id}/image-{i}.png",
                 "content_type": "image/png",
                 "width": 64,
                 "height": 64,
@@ -343,6 +348,8 @@ class FakeFal:
                 return "file"
             if parts[0] == ".well-known":
                 return "jwks"
+            if parts[0] == "hostile":
+                return "hostile"
             if len(parts) >= 4 and parts[2] == "requests":
                 if request.method == "PUT" and parts[-1] == "cancel":
                     return "cancel"
@@ -350,7 +357,7 @@ class FakeFal:
             return "submit" if request.method == "POST" else "other"
 
         async def respond(route: str, request: Request, call_next: Any) -> Response:
-            if route not in ("file", "jwks") and request.headers.get("authorization") != f"Key {fake.key}":
+            if route not in ("file", "jwks", "hostile") and request.headers.get("authorization") != f"Key {fake.key}":
                 return JSONResponse({"detail": "Invalid or missing credentials"}, status_code=401)
             if fake._drops[route] > 0:
                 fake._drops[route] -= 1
@@ -390,6 +397,10 @@ class FakeFal:
         @app.get("/.well-known/jwks.json")
         async def jwks() -> Response:
             return JSONResponse({"keys": [public_jwk(fake.signing_key)]})
+
+        @app.get("/hostile/{name}")
+        async def hostile(name: str) -> Response:
+            return fake.hostile.response(name)
 
         @app.get("/files/{request_id}/{name}")
         async def file(request_id: str, name: str) -> Response:

@@ -5,7 +5,8 @@ run in a background thread.
         provider = OpenAIProvider(oai.key, oai.base_url)
 
 - `POST /v1/audio/speech` answers a real 1 s MP3; `POST /v1/images/generations` answers `n` real 64x64
-  images as `b64_json` with `usage`.
+  images as `b64_json` with `usage` (or, with `image_url` set, that URL for each image). `hostile` serves
+  any bytes or redirects at `/hostile/<name>`, without credentials.
 - `POST /v1/videos` (multipart: `prompt`, `model`, `seconds`, `size`, `input_reference`) makes a video
   that is `queued` for `queue_s`, then `in_progress` with `progress` rising to 100 over
   `video_latency_s`, then `completed` (or `failed` with `error.code`/`message`, see `videos_fail`).
@@ -45,6 +46,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from standardwebhooks.webhooks import Webhook
 
+from fakes.hostile import HostileRoutes
 from fakes.runner import ThreadedServer
 from reelflow import media
 
@@ -280,6 +282,9 @@ class FakeOpenAI:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     corrupt_images: int = 0
     """The next N image answers carry invalid base64."""
+    image_url: str | None = None
+    """When set, image answers name this URL (`{"url": ...}`) instead of carrying the image."""
+    hostile: HostileRoutes = field(default_factory=HostileRoutes)
 
     # --- knobs -----------------------------------------------------------------------------------
 
@@ -436,6 +441,9 @@ class FakeOpenAI:
                     files,
                 )
             )
+            if request.url.path.startswith("/hostile/"):
+                hostile: Response = await call_next(request)
+                return hostile
             if request.headers.get("authorization") != f"Bearer {fake.key}":
                 body = error("Incorrect API key provided.", code="invalid_api_key")
                 return JSONResponse(body, status_code=401)
@@ -481,6 +489,10 @@ class FakeOpenAI:
                 except media.MediaError:
                     return None
 
+        @app.get("/hostile/{name}")
+        async def hostile_file(name: str) -> Response:
+            return fake.hostile.response(name)
+
         @app.post("/v1/audio/speech")
         async def speech(request: Request) -> Response:
             body = await json_body(request)
@@ -515,7 +527,7 @@ class FakeOpenAI:
                 encoded = "not base64!"
             answer = {
                 "created": int(time.time()),
-                "data": [{"b64_json": encoded} for _ in range(n)],
+                "data": [{"url": fake.image_url} if fake.image_url else {"b64_json": encoded} for _ in range(n)],
                 "background": body.get("background", "opaque"),
                 "output_format": fmt,
                 "size": body.get("size") if body.get("size") not in (None, "auto") else "1024x1024",

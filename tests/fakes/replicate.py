@@ -8,7 +8,8 @@ Predictions walk `starting` -> `processing` (logs with percentages) -> `succeede
 served by the fake itself. Knobs: `fail_next_creates_with`, `prediction_fails`, `drop_connection_next`,
 `forge_urls_get`, `output_override`, `rate_limit_per_s` (429 with Retry-After past that many API
 requests a second), `drop_webhooks`, `tamper_webhooks`; counters `creates`, `gets`, `cancels`,
-`secret_reads`, `webhooks_sent`, `throttled`; `requests` logs every call.
+`secret_reads`, `webhooks_sent`, `throttled`; `requests` logs every call. `hostile` serves any bytes or
+redirects at `/hostile/<name>` (an `output_override` can name them).
 
 A create with `webhook` gets a Standard Webhooks POST of the whole prediction to that URL when it
 ends (`webhook_events_filter` honoured for `completed`), signed with `webhook_secret`, which
@@ -36,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from standardwebhooks.webhooks import Webhook
 
+from fakes.hostile import HostileRoutes
 from fakes.runner import ThreadedServer
 from reelflow import media
 
@@ -142,6 +144,8 @@ class FakeReplicate:
     """Every request: t, method, path, authorization, prefer, body (JSON, for creates)."""
     forged_get_url: str | None = None
     output_override: Any = None
+    """Predictions created from now on succeed with this as their output (a URL, a list of them...)."""
+    hostile: HostileRoutes = field(default_factory=HostileRoutes)
     webhook_secret: str = field(default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
     rate_limit_per_s: float | None = None
     drop_webhooks: bool = False
@@ -418,6 +422,10 @@ class FakeReplicate:
             if not authorized(request):
                 return _problem(401, DEFAULT_DETAILS[401])
             return JSONResponse({"key": fake.webhook_secret})
+
+        @app.get("/hostile/{name}")
+        async def hostile(name: str) -> Response:
+            return fake.hostile.response(name)
 
         @app.get("/files/{name}")
         async def files(name: str) -> Response:
