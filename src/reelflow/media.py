@@ -760,6 +760,62 @@ def _is_still(info: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# judging bytes: what a file is, before (and besides) what ffmpeg makes of it
+
+_XML_START = rb"\A(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<(?:\w+:)?"
+_INDIRECT: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (re.compile(rb"\A#EXTM3U"), "an HLS playlist (#EXTM3U)"),
+    (re.compile(rb"\A#EXT-X-"), "an HLS playlist (#EXT-X-)"),
+    (re.compile(rb"\Affconcat version", re.I), "an ffconcat list"),
+    (re.compile(rb"\Av=0\s*[\r\n]"), "an SDP session description"),
+    (re.compile(rb"\A(?:RTSP|RTP)/\d", re.I), "an RTSP/RTP message"),
+    (re.compile(rb"\A\[playlist\]", re.I), "a PLS playlist"),
+    (re.compile(_XML_START + rb"MPD\b", re.S), "a DASH manifest (MPD)"),
+    (re.compile(_XML_START + rb"(?:CompositionPlaylist|AssetMap)\b", re.S), "an IMF composition playlist"),
+    (re.compile(_XML_START + rb"(?:smil|asx|playlist)\b", re.S | re.I), "a playlist (SMIL, ASX or XSPF)"),
+    (re.compile(rb"\A(?:#\s*)?(?:Import|LoadPlugin|AviSource|DirectShowSource|FFmpegSource\w*)\s*\(", re.I),
+     "an AviSynth script"),
+)  # fmt: skip
+"""Formats whose reader opens other files or URLs (ffmpeg's hls, dash, concat, sdp, rtsp, imf, avisynth
+demuxers and the playlists of other players), recognised by their first bytes whatever the name says."""
+
+
+def indirect_format(head: bytes) -> str | None:
+    """What `head` (a file's first bytes) is when it is a playlist or another indirect format, else None."""
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if text[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: look at it as ASCII
+        text = text[2:].replace(b"\x00", b"").lstrip()
+    for pattern, name in _INDIRECT:
+        if pattern.match(text, 0, 65536):
+            return name
+    return None
+
+
+def looks_like_text(head: bytes) -> bool:
+    """Whether a file starting with `head` is text (UTF-8, no NUL byte); media containers are binary."""
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at the end of the sample is fine
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
+def kinds_of(info: dict[str, Any]) -> frozenset[str]:
+    """What a probed file is: {'image'}, {'video'}, {'audio'}; a GIF is both an image and a video."""
+    if info["has_video"]:
+        if _is_still(info):
+            return frozenset({"image"})
+        if str(info.get("format") or "").split(",")[0] in ("gif", "gif_pipe", "webp_pipe"):
+            return frozenset({"image", "video"})
+        return frozenset({"video"})
+    if info["has_audio"]:
+        return frozenset({"audio"})
+    return frozenset()
+
+
+# --------------------------------------------------------------------------------------------------
 # local/image, local/video, local/audio
 
 

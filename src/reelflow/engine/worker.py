@@ -50,6 +50,8 @@ from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
+from .outputs import judge as judge_output
+from .outputs import write_data_url
 from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
@@ -68,8 +70,6 @@ DOWNLOADS_IN_FLIGHT = 16
 LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai"})
 """Providers that read `task.inputs` (files on this machine) rather than URLs: only for them are our artifacts
 fetched to local files before the job runs."""
-TEXT_OUTPUTS = frozenset({".srt", ".vtt", ".json", ".txt"})
-"""Outputs stored as they are, without a media probe (a transcription's SRT, for one)."""
 
 
 def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
@@ -663,11 +663,15 @@ class Worker:
             if path is None:
                 if not out.url:
                     raise PermanentError(f"{task.type}: the provider returned an output with neither file nor URL")
-                async with self._download_slots.slot(tenant):  # see HttpAdapter.max_in_flight: queue here
-                    path, content_type = await fetch_output(
-                        self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
-                    )
-            stored.append(await self._store_file(path, content_type))
+                if out.url.startswith("data:"):  # inline bytes: judged below like any other output
+                    path, content_type = await asyncio.to_thread(write_data_url, out.url, task.workdir / f"output-{i}")
+                else:
+                    async with self._download_slots.slot(tenant):  # see HttpAdapter.max_in_flight: queue here
+                        path, content_type = await fetch_output(
+                            self._http_client(), out.url, task.workdir / f"output-{i}", limit_bytes=MAX_OUTPUT_BYTES
+                        )
+            assert path is not None  # each branch above sets it (mypy cannot tell through `async with`)
+            stored.append(await self._store_file(path, content_type, task))
         job_result: dict[str, Any] = dict(stored[0]) if stored else {}
         if len(stored) > 1:
             job_result["outputs"] = stored
@@ -704,15 +708,11 @@ class Worker:
             )
         return self._http
 
-    async def _store_file(self, path: Path, content_type: str | None) -> dict[str, Any]:
+    async def _store_file(self, path: Path, content_type: str | None, task: Task) -> dict[str, Any]:
+        """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
+        PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        if suffix in TEXT_OUTPUTS:  # a transcript: nothing to probe
-            info: dict[str, Any] = {"size_bytes": await asyncio.to_thread(os.path.getsize, path)}
-        else:
-            try:
-                info = await self._probes.probe(path)
-            except media.MediaError as exc:
-                raise PermanentError(f"the output is not readable media: {exc}") from exc
+        info = await judge_output(path, task.type, task.model, self._probes.probe)
         key = await asyncio.to_thread(self.storage.put_file, path, suffix)
         local = self.storage.local_path(key)
         entry: dict[str, Any] = {
