@@ -43,7 +43,7 @@ from reelflow.net import (
     parse_allowed_hosts,
 )
 from reelflow.providers import catalog, catalog_elevenlabs, catalog_fal, catalog_openai, catalog_replicate
-from reelflow.providers.base import PermanentError, Provider
+from reelflow.providers.base import PermanentError, Provider, Task
 from reelflow.providers.catalog import register_model
 from reelflow.providers.elevenlabs import ElevenLabsProvider
 from reelflow.providers.fal import FalProvider
@@ -495,11 +495,50 @@ def test_a_provider_base_url_is_allowed_with_its_port_only(settings: Settings) -
     assert policy.allows("10.0.0.5", 8080) and not policy.allows("10.0.0.5", 8081)
     assert policy.allows("replicate.internal", 443) and not policy.allows("replicate.internal", 80)
     assert not policy.allows("127.0.0.1", 8080)
+    worker._share_egress()  # at run(): providers fetching on their own judge by the worker's policy
+    assert fal.egress == replicate.egress == policy
     assert EgressPolicy.from_environment({"REELFLOW_ALLOWED_HOSTS": "minio:9000"}, trusted=[fal.base_url]).allowed == {
         ("minio", 9000),
         ("10.0.0.5", 8080),
     }
     assert EgressPolicy.from_environment({"REELFLOW_ALLOW_PRIVATE_URLS": "1"}).allow_private
+
+
+# ---------------------------------------------------------------------------------------- a provider's own fetches
+
+
+async def test_an_input_openai_downloads_goes_through_the_guard(
+    origin: Server, internal: Server, tmp_path: Path
+) -> None:
+    """OpenAI reads an image input as a file: fetched by us, through the guard, redirects judged again."""
+    with FakeOpenAI() as oai:
+        provider = OpenAIProvider(oai.key, oai.base_url)
+        provider.egress = EgressPolicy.from_settings(allowing(origin))  # as the worker hands it over
+
+        async def submit(image: str) -> str:
+            task = Task("ex1", "clip", "generate-video", "openai/sora-2", {"prompt": "x", "image": image}, 1, tmp_path)
+            with pytest.raises(PermanentError) as refused:
+                await provider.submit(task)
+            return refused.value.message
+
+        assert await submit(f"{origin.base}/to-internal") == (
+            f"openai: fetching 'image': refused: {internal.base}/secret is not a public address"
+        )
+        assert (await submit(f"{internal.base}/secret")).startswith(
+            "openai: fetching 'image': 'http://127.0.0.1:"  # a literal address: the URL itself says what it is
+        )
+        await provider.aclose()
+        assert oai.creates == 0 and internal.total == 0 and origin.hits["/to-internal"] == 1
+
+
+async def test_fal_fetches_its_jwks_through_the_guard(origin: Server, internal: Server) -> None:
+    """The configured JWKS host is allowed (operator configuration); a redirect from it elsewhere is judged."""
+    provider = FalProvider("k", "https://queue.fal.example", jwks_url=f"{origin.base}/to-internal")
+    assert provider.egress_policy(provider.jwks_url).allows("127.0.0.1", origin.port)
+    await provider._fetch_jwks(0.0)
+    assert provider._jwks_keys == [] and provider._jwks_fetched_at is None
+    assert origin.hits["/to-internal"] == 1 and internal.total == 0
+    await provider.aclose()
 
 
 # ---------------------------------------------------------------------------------------- hostile provider outputs
