@@ -139,7 +139,7 @@ BODIES: list[tuple[str, int | tuple[int, ...], bytes | Callable[[], Iterator[byt
         400,
         b'{"jobs": [{"id": "a", "type": "generate-video", "model": "sim/video", "params": {"latency_s": 1e999}}]}',
         None,
-        {"loc": ["body", "jobs", 0, "params", "latency_s"], "detail": "1e999 is not a finite number"},
+        {"loc": ["body", "jobs", 0, "params", "latency_s"], "detail": "latency_s: number too large"},
     ),
     (
         "metadata-nan",

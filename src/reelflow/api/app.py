@@ -137,7 +137,7 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise Problem(400, "the request body is empty: send a plan as JSON")
     try:
-        data = json.loads(raw, object_pairs_hook=_JsonObject.of, parse_constant=_NonFinite, parse_float=_float)
+        data = json.loads(raw, object_pairs_hook=_JsonObject.of, parse_constant=_NonFinite)
     except UnicodeDecodeError:
         raise Problem(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -155,26 +155,23 @@ class _JsonObject(dict[str, Any]):
 
     @classmethod
     def of(cls, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                marked = cls(pairs)
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        marked, seen = cls(obj), set()
+        for key, _ in pairs:
+            if key in seen:
                 marked.duplicate = key
-                return marked
-            obj[key] = value
-        return obj
+                break
+            seen.add(key)
+        return marked
 
 
 class _NonFinite:
-    """NaN, Infinity or -Infinity (which JSON does not have), or a number too large for a float (1e999)."""
+    """NaN, Infinity or -Infinity, which JSON does not have (json.loads would take them)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-
-
-def _float(text: str) -> float | _NonFinite:
-    value = float(text)
-    return value if math.isfinite(value) else _NonFinite(text)
 
 
 MAX_NESTING = 32
@@ -182,33 +179,53 @@ MAX_NESTING = 32
 
 def check_shape(data: Any) -> None:
     """Refuse nesting deeper than MAX_NESTING, text that is not valid Unicode (lone surrogates), repeated keys
-    and numbers that are not finite; each problem is named by its place (`body.metadata.a`)."""
-    problems: list[ErrorItem] = []
-    stack: list[tuple[Any, list[str | int]]] = [(data, ["body"])]
+    and numbers that are not finite (NaN, Infinity, 1e999); each problem is named by its place."""
+    suspect = False
+    stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
-        value, loc = stack.pop()
+        value, depth = stack.pop()
         if isinstance(value, dict | list):
-            if len(loc) > MAX_NESTING:
+            if depth > MAX_NESTING:
                 raise Problem(400, f"the JSON body is nested deeper than {MAX_NESTING} levels")
-            if isinstance(value, _JsonObject):
-                problems.append(ErrorItem([*loc, value.duplicate], "duplicate key"))
+            suspect = suspect or type(value) is _JsonObject
             items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in reversed(list(items)):
+            for k, v in items:
                 if isinstance(k, str):
-                    stack.append((k, loc))
-                stack.append((v, [*loc, k]))
-        elif isinstance(value, _NonFinite):
-            problems.append(ErrorItem(loc, f"{value.text[:50]} is not a finite number (JSON has no NaN or Infinity)"))
+                    stack.append((k, depth))
+                stack.append((v, depth + 1))
         elif isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise Problem(400, "the JSON body contains invalid Unicode (a lone surrogate)") from None
-    if problems:
+        elif isinstance(value, float):
+            suspect = suspect or not math.isfinite(value)
+        elif isinstance(value, _NonFinite):
+            suspect = True
+    if suspect:
+        problems = _json_problems(data)
         detail = "; ".join(str(p) for p in problems[:5])
         if len(problems) > 5:
             detail += f" (and {len(problems) - 5} more)"
         raise Problem(400, detail, errors=[p.as_dict() for p in problems])
+
+
+def _json_problems(data: Any) -> list[ErrorItem]:
+    """Each repeated key and number that is not finite, in document order, with its place (`body.metadata.a`)."""
+    problems: list[ErrorItem] = []
+    stack: list[tuple[Any, list[str | int]]] = [(data, ["body"])]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict | list):
+            if isinstance(value, _JsonObject):
+                problems.append(ErrorItem([*loc, value.duplicate], "duplicate key"))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, [*loc, k]) for k, v in reversed(list(items)))
+        elif isinstance(value, _NonFinite):
+            problems.append(ErrorItem(loc, f"{value.text} is not a finite number (JSON has no NaN or Infinity)"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(ErrorItem(loc, "number too large (beyond a 64-bit float: not finite)"))
+    return problems
 
 
 def check_path_id(value: str, what: str = "execution") -> str:
