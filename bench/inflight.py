@@ -35,7 +35,10 @@ async def main(total: int, latency: float, database_url: str | None) -> None:
         jobs = [{"id": f"j{i}", "type": "generate-video", "model": "sim/video", "params": {"latency_s": latency}}
                 for i in range(per_plan)]
         ids.append(await engine.submit({"jobs": jobs}))
-    env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts")
+    limits = tmp / "limits.yaml"  # one tenant's 10,000 jobs at once: lift the built-in 200 per tenant
+    limits.write_text("tenants:\n  default: {max_concurrent: null}\n")
+    env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
+               REELFLOW_LIMITS_FILE=str(limits))
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", str(total)],
                             env=env, stderr=subprocess.DEVNULL)

@@ -1,8 +1,8 @@
 """The Store on PostgreSQL: psycopg 3 (async) through a connection pool, shared by any number of workers.
 
 Every method is one short transaction. Claims lock their candidate jobs with `FOR UPDATE SKIP LOCKED`;
-providers and models under a concurrency cap are counted under a per-cap advisory lock, so two claimers
-cannot both take the last slot. Transactions that make jobs claimable send `NOTIFY reelflow_jobs`, and
+tenants, providers and models under a concurrency cap are counted under a per-cap advisory lock, so two
+claimers cannot both take the last slot. Transactions that make jobs claimable send `NOTIFY reelflow_jobs`, and
 `wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
 """
 
@@ -659,7 +659,7 @@ class PostgresStore:
             return []
         start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
         tenants = (tenants[start:] + tenants[:start])[:limit]
-        locked_t = sorted(t for t in tenants if t in caps_t)
+        locked_t = {t for t in tenants if t in caps_t}
         locked_p: set[str] = set()
         locked_m: set[str] = set()
         if caps_p or caps_m:
@@ -683,7 +683,6 @@ class PostgresStore:
             await cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
         running_p: dict[str, int] = {}
         running_m: dict[str, int] = {}
-        running_t: dict[str, int] = {}
         counts: list[str] = []
         args: list[Any] = []
         if locked_p:
@@ -698,36 +697,29 @@ class PostgresStore:
                 " WHERE status = 'running' AND split_part(model, ':', 1) = ANY(%b::text[]) GROUP BY 2"
             )
             args.append(sorted(locked_m))
-        if locked_t:
-            counts.append(
-                "SELECT 't' AS kind, tenant AS name, COUNT(*) AS n FROM jobs"
-                " WHERE status = 'running' AND tenant = ANY(%b::text[]) GROUP BY tenant"
-            )
-            args.append(locked_t)
         if counts:  # under the locks: exact
             await cur.execute(" UNION ALL ".join(counts), args)
-            by_kind = {"p": running_p, "m": running_m, "t": running_t}
             for r in await cur.fetchall():
-                by_kind[r["kind"]][r["name"]] = int(r["n"])
-        room_t = {t: min(limit, caps_t[t] - running_t.get(t, 0)) for t in locked_t}
-        tenants = [t for t in tenants if room_t.get(t, limit) > 0]
-        if not tenants:
-            return []
+                (running_p if r["kind"] == "p" else running_m)[r["name"]] = int(r["n"])
         # Capped providers and models that are full, or that this claim holds no lock for, are left alone.
         skip_p = [p for p, cap in caps_p.items() if p not in locked_p or running_p.get(p, 0) >= cap]
         skip_m = [m for m, cap in caps_m.items() if m not in locked_m or running_m.get(m, 0) >= cap]
-        # One statement locks every candidate: each tenant's next ready jobs (as many as it has room for),
-        # skipping rows another claimer holds.
+        # One statement locks every candidate: each tenant's next ready jobs, as many as it has room for (a capped
+        # tenant's running jobs are counted here, under its lock taken by the statement before), skipping rows
+        # another claimer holds.
         await cur.execute(
             "SELECT c.id, c.tenant, c.provider, c.model"
-            " FROM unnest(%b::text[], %b::int[]) WITH ORDINALITY AS t(name, room, n)"
+            " FROM unnest(%b::text[], %b::int[]) WITH ORDINALITY AS t(name, cap, n)"
             " CROSS JOIN LATERAL (SELECT j.id, j.tenant, j.provider, j.model, j.priority FROM jobs j"
             "   WHERE j.status = 'queued' AND j.tenant = t.name AND j.run_after <= %s"
             "   AND (j.provider IS NULL OR j.provider <> ALL(%b::text[]))"
             "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%b::text[]))"
-            "   ORDER BY j.priority DESC, j.id LIMIT t.room FOR UPDATE OF j SKIP LOCKED) c"
+            "   ORDER BY j.priority DESC, j.id"
+            "   LIMIT CASE WHEN t.cap IS NULL THEN %s ELSE LEAST(%s, GREATEST(0, t.cap"
+            "     - (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.name))) END"
+            "   FOR UPDATE OF j SKIP LOCKED) c"
             " ORDER BY t.n, c.priority DESC, c.id",
-            (tenants, [room_t.get(t, limit) for t in tenants], now, skip_p, skip_m),
+            (tenants, [caps_t[t] if t in locked_t else None for t in tenants], now, skip_p, skip_m, limit, limit),
         )
         queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
         for r in await cur.fetchall():
