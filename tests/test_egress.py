@@ -41,6 +41,7 @@ from reelflow.net import (
     fetch_output,
     guarded_client,
     parse_allowed_hosts,
+    refusal,
 )
 from reelflow.providers import catalog, catalog_elevenlabs, catalog_fal, catalog_openai, catalog_replicate
 from reelflow.providers.base import PermanentError, Provider, Task
@@ -278,6 +279,8 @@ def delivery(url: str) -> Delivery:
 def test_the_refusal_names_why_for_webhooks_and_operators() -> None:
     message = str(UnsafeDestination("10.1.2.3 is a private address", "http://10.1.2.3/"))
     assert message == "'http://10.1.2.3/' is not allowed: 10.1.2.3 is a private address"
+    long = "http://10.0.0.1/" + "a" * 500
+    assert refusal(long) == f"refused: {long[:200]}… is not a public address"  # what a job's error says
 
 
 # ---------------------------------------------------------------------------------------- rebinding, pinning
