@@ -65,9 +65,9 @@ def changed_share(a: bytes, b: bytes, *, threshold: int = 48) -> float:
     return sum(1 for x, y in zip(a, b, strict=True) if abs(x - y) > threshold) / len(a)
 
 
-def ffmpeg_children() -> list[int]:
-    """Pids of ffmpeg processes (running or unreaped) whose parent is this test process."""
-    me = os.getpid()
+def ffmpeg_children(parent: int | None = None) -> list[int]:
+    """Pids of ffmpeg processes (running or unreaped) whose parent is this test process (or `parent`)."""
+    me = os.getpid() if parent is None else parent
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -83,3 +83,17 @@ def ffmpeg_children() -> list[int]:
         if ppid == me and "ffmpeg" in comm:
             found.append(int(entry))
     return found
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """The fields of /proc/<pid>/status (empty when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in fh)}
+    except OSError:
+        return {}
+
+
+def kib(field: str | None) -> int:
+    """'123456 kB' -> 123456 (0 for a missing field)."""
+    return int(field.split()[0]) if field else 0

@@ -126,11 +126,15 @@ def find_font() -> str | None:
 PROBE_TIME_LIMIT_S = 60.0
 """Longest one probe run may take (a probe reads headers only)."""
 THREAD_STACK_BYTES = 512 * 1024
-"""Stack size of each thread of a child (its RLIMIT_STACK, which glibc uses for new threads): ffmpeg starts
-a dozen threads and more, and the default 8 MB each would count against the memory cap for nothing."""
+"""Stack size of each thread of a child (its RLIMIT_STACK, which glibc uses for new threads). Stacks count
+against the memory cap as reserved, and ffmpeg starts a dozen threads, plus about three per input: at the
+usual 8 MB each a 200-input concat would reserve 5 GB of them. x264, libvpx and the decoders run with 128 KB."""
 ENCODER_THREADS = max(1, min(os.cpu_count() or 1, 4))
 """Threads of one video encoder. x264's memory grows by ~40 MB per thread at 1080p and it would start 1.5 per
 core; parallel work comes from several runs (REELFLOW_FFMPEG_CONCURRENCY) instead."""
+CODE_RESIDENT_BYTES = 32 * 1024 * 1024
+"""Part of the memory cap left for ffmpeg's own code and libraries, resident but not private (25-30 MB): the
+private memory is capped at the rest, so the resident size stays within the cap."""
 MANY_INPUTS = 4
 """Above this many inputs in one run, each decoder gets one thread (every input has its own decoder)."""
 STDERR_KEEP_BYTES = 1024 * 1024
@@ -199,7 +203,8 @@ def _child_setup(parent: int, data_bytes: int, stack_bytes: int, prctl: Any) -> 
 def _preexec(limits: MediaLimits) -> Callable[[], None]:
     stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
     stack = THREAD_STACK_BYTES if stack_hard == resource.RLIM_INFINITY else min(THREAD_STACK_BYTES, stack_hard)
-    data = limits.ffmpeg_memory_mb * 1024 * 1024
+    cap = limits.ffmpeg_memory_mb * 1024 * 1024
+    data = cap - min(CODE_RESIDENT_BYTES, cap // 4)
     data_hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
     if data_hard != resource.RLIM_INFINITY:
         data = min(data, data_hard)
@@ -668,8 +673,17 @@ async def probe(path: Path) -> dict[str, Any]:
     info = parse_probe(stderr, size)
     if info is None:
         lines = [ln for ln in stderr.splitlines() if "output file" not in ln]
-        raise MediaError(f"probe: {path.name} is not a media file: {_tail(chr(10).join(lines), 2)}")
+        raise MediaError(f"probe: {path.name} is not a media file: {_why_not_media(lines)}")
     return info
+
+
+def _why_not_media(lines: list[str]) -> str:
+    if any("not on whitelist" in line for line in lines):
+        return (
+            "its format is not one of the containers reelflow reads (playlists and other formats that "
+            "open further files or URLs are refused)"
+        )
+    return _tail("\n".join(lines), 2)
 
 
 _INPUT_SPLIT_RE = re.compile(r"^Input #(\d+), ", re.MULTILINE)
@@ -1305,13 +1319,16 @@ async def captions(
     font = find_font()
     if font is None:
         log.warning("captions: no font found; the video is re-encoded without captions")
-    with tempfile.TemporaryDirectory(prefix="reelflow-") as tmp:
+
+    def write_graph(tmp: Path) -> Path:
+        """One drawtext per cue, each reading its text from a file; the filtergraph script. Thousands of cues
+        are thousands of files: written off the event loop."""
         filters: list[str] = []
         for i, seg in enumerate(segs if font else []):
             body = _wrap(seg["text"], box_width=w * 0.88, font_size=size, max_lines=4)
             if not body.strip():
                 continue
-            textfile = _write_text(Path(tmp) / f"seg{i}.txt", body)
+            textfile = _write_text(tmp / f"seg{i}.txt", body)
             whole = seg["start"] <= 0 and (not duration or seg["end"] >= duration)
             filters.append(
                 _drawtext(
@@ -1326,7 +1343,11 @@ async def captions(
                 )
             )
         graph = "[0:v:0]" + ",".join([*filters, "format=yuv420p"]) + "[v]"
-        script = _write_text(Path(tmp) / "graph.txt", graph)
+        return _write_text(tmp / "graph.txt", graph)
+
+    tmp = Path(tempfile.mkdtemp(prefix="reelflow-"))
+    try:
+        script = await asyncio.to_thread(write_graph, tmp)
         args = [*_input(video), "-/filter_complex", str(script), "-map", "[v]", "-map", "0:a:0?"]
         audio = _first(info, "audio")
         if audio and _copyable_audio(audio["codec"], out):
@@ -1335,6 +1356,8 @@ async def captions(
             args += _audio_codec_args(op, out)
         args += _video_codec_args(op, out, crf=20)
         await _ffmpeg(op, args, out)
+    finally:
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
 
 
 # --------------------------------------------------------------------------------------------------
