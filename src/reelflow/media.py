@@ -1515,6 +1515,19 @@ async def transcode(
     await _ffmpeg(op, args, out)
 
 
+async def fit_image(source: Path, out: Path, width: int, height: int) -> None:
+    """Scale and centre-crop an image (or a video's first frame) to exactly width x height."""
+    _check_size("fit-image", width, height)
+    graph = ",".join(
+        [
+            _filter("scale", w=width, h=height, force_original_aspect_ratio="increase"),
+            _filter("crop", w=width, h=height),
+            "setsar=1",
+        ]
+    )
+    await _ffmpeg("fit-image", [*_input(source), "-vf", graph, "-frames:v", "1", "-update", "1"], out)
+
+
 async def thumbnail(video: Path, out: Path, *, at: float | None = None, width: int | None = None) -> None:
     """One frame as JPEG or PNG, at `at` s (default a third of the way in; 0 for clips under 1 s)."""
     op = "thumbnail"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import os
@@ -661,23 +660,11 @@ def _poll_after(response: httpx.Response) -> float | None:
 
 
 async def _fit_image(source: Path, out: Path, width: int, height: int) -> None:
-    """Scale and centre-crop `source` to exactly width x height as PNG (ffmpeg)."""
-    graph = f"scale={width}:{height}:force_original_aspect_ratio=increase,crop={width}:{height},setsar=1"
-    cmd = [media.ffmpeg_exe(), "-y", "-hide_banner", "-nostdin", "-i", str(source), "-vf", graph]
-    cmd += ["-frames:v", "1", "-update", "1", str(out)]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
+    """Scale and centre-crop `source` to exactly width x height as PNG (ffmpeg, under media's caps)."""
     try:
-        _, err = await proc.communicate()
-    except BaseException:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        raise
-    if proc.returncode != 0 or not await asyncio.to_thread(out.is_file):
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise PermanentError(f"openai: cannot fit the image to {width}x{height}: {tail[0][:300]}")
+        await media.fit_image(source, out, width, height)
+    except media.MediaError as exc:
+        raise PermanentError(f"openai: cannot fit the image to {width}x{height}: {exc}") from None
 
 
 def _file_size(path: Path) -> int | None:
