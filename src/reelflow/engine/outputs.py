@@ -41,6 +41,8 @@ JOB_KINDS: dict[str, frozenset[str]] = {
 """The kinds of output each job type makes."""
 NOUNS = {"image": "an image", "video": "a video", "audio": "audio", "text": "text"}
 SNIFF_BYTES = 65536
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+"""The largest text output (a transcript of many hours is a few MB; a JSON one is read whole to be checked)."""
 MAX_DATA_URL_BYTES = 64 * 1024 * 1024
 """The largest output accepted inline as a `data:` URL (it came in a provider's JSON answer already)."""
 
@@ -71,6 +73,8 @@ def _head(path: Path) -> bytes:
 def _checked_text(path: Path) -> int:
     """The size of a text output, after checking all of it is UTF-8 without NUL (and JSON for a .json)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise ValueError(f"it is text over {MAX_TEXT_BYTES:,} bytes")
     size = 0
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -81,7 +85,10 @@ def _checked_text(path: Path) -> int:
         decoder.decode(b"", final=True)
     if path.suffix.lower() == ".json":
         with path.open("rb") as f:
-            json.load(f)
+            try:
+                json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"it is not valid JSON ({exc})") from None
     return size
 
 
