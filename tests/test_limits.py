@@ -238,7 +238,12 @@ async def test_the_default_tenant_entry_caps_tenants_without_their_own_and_an_ow
         for t in ("anyone", "vip", "free")
     }
     async with running_worker(concurrency=50):
+        deadline = time.monotonic() + 10
+        while (during := await engine.usage("anyone"))["jobs_running"] < 2:  # what GET /v1/usage shows
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
         states = {t: await engine.wait(eid, timeout=20) for t, eid in ids.items()}
+    assert during["jobs_running"] == 2 and during["limits"]["max_concurrent"] == 2
     assert all(s["status"] == "succeeded" for s in states.values())
     assert peak_running(states["anyone"]["jobs"]) == 2  # the default entry
     assert peak_running(states["vip"]["jobs"]) == 4  # its own entry, over the default
@@ -514,7 +519,9 @@ def test_the_api_refuses_past_a_budget_with_402_and_shows_usage(
     stats = json.loads(proc.stdout)
     acme = next(u for u in stats["usage"] if u["tenant"] == "acme")
     assert acme["executions"] == 1 and acme["limits"]["monthly_cost_usd"] == 0.5
+    assert acme["jobs_running"] == 0 and acme["limits"]["max_concurrent"] == 200
     assert stats["queue"]["jobs"] == {"queued": 1}
     assert stats["limits"]["providers"]["replicate"]["requests_per_minute"] == 3000
     table = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "acme" in table.stdout and "queued 1" in table.stdout
+    assert "running" in table.stdout and "0 of 200" in table.stdout
