@@ -23,14 +23,27 @@ from reelflow.providers.plugins import load_plugins
 from reelflow.providers.registry import default_providers, missing_credential
 
 GOOD_MODULE = '''
+import struct
+import zlib
+
 from reelflow.providers.base import Output, ProgressUpdate, ProviderResult
 from reelflow.providers.catalog import input_names
 
 CALLS = {"made": 0, "submit": 0, "wait": 0, "cancel": 0}
 
 
+def png(width, height):
+    """A grey PNG of this size: outputs are stored only when their bytes are the image their job makes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = bytes([0] + [128] * width) * height
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    signature = bytes([137, 80, 78, 71, 13, 10, 26, 10])
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 class AcmeProvider:
-    """Echoes the prompt into a text file."""
+    """Draws a grey image as wide as the prompt is long."""
 
     name = "acme"
     key_env = "ACME_TOKEN"
@@ -60,10 +73,10 @@ class AcmeProvider:
             await maybe
         names = input_names(task.model)
         body = {names.get(k, k): v for k, v in task.params.items()}
-        path = task.workdir / "echo.txt"
-        path.write_text(body["text"])
+        path = task.workdir / "echo.png"
+        path.write_bytes(png(len(body["text"]), 2))
         return ProviderResult(
-            outputs=[Output(path=path, content_type="text/plain")],
+            outputs=[Output(path=path, content_type="image/png")],
             fields={"provider_id": provider_id, "sent": body},
             cost_usd=0.25,
         )
@@ -156,7 +169,8 @@ async def test_a_plan_on_a_plugin_model_runs_end_to_end(
     result = job["result"]
     assert result["provider_id"] == "acme-echo"
     assert result["sent"] == {"text": "hello from the plugin"}  # the model's input mapping, read by the plugin
-    assert Path(result["path"]).read_text() == "hello from the plugin"
+    assert Path(result["path"]).read_bytes().startswith(b"\x89PNG")
+    assert (result["width"], result["height"]) == (len("hello from the plugin"), 2)  # probed from the stored file
     assert job["cost"] == {"estimated": 0.25, "actual": 0.25}  # the plugin model's price, and what it reported
     calls = sys.modules["acme_reelflow"].CALLS
     assert (calls["submit"], calls["wait"], calls["cancel"]) == (1, 1, 0)
