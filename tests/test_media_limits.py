@@ -26,12 +26,15 @@ import pytest
 from conftest import WorkerFactory
 from mediacheck import FFMPEG, ffmpeg_children, kib, proc_status
 from reelflow import media
+from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine, build_execution
+from reelflow.engine.worker import Worker
 from reelflow.errors import PlanError
 from reelflow.media_limits import current_limits, use_limits
 from reelflow.plan import parse_plan
 from reelflow.providers.base import Output, PermanentError, ProgressReporter, ProviderResult, Task
 from reelflow.providers.local import LocalProvider
+from reelflow.providers.registry import Providers
 from reelflow.providers.sim import SimProvider
 from reelflow.store.sqlite import SQLiteStore
 
@@ -305,6 +308,26 @@ async def test_ordinary_work_fits_the_default_cap(tmp_path: Path) -> None:
         await media.concat([small] * 30, tmp_path / "thirty.mp4")
     assert (await media.probe(tmp_path / "thirty.mp4"))["duration"] == pytest.approx(15, abs=0.5)
     assert sampler.mb("VmData") < 1024
+
+
+async def test_a_worker_runs_ffmpeg_under_the_caps_of_its_own_settings(
+    engine: Engine, store: SQLiteStore, settings: Settings
+) -> None:
+    """A Worker embedded with Settings of its own (not the process's) applies their caps to its jobs."""
+    assert current_limits().ffmpeg_timeout_s == 1800  # the process's settings: no override in force here
+    eid = await engine.submit({"jobs": [clip_job("long", duration=60, resolution="720p", fps=60)]})
+    strict = settings.model_copy(update={"ffmpeg_timeout_s": 0.5})
+    worker = Worker(store, settings=strict, providers=Providers(local_workers()))
+    task = asyncio.create_task(worker.run())
+    try:
+        state = await engine.wait(eid, timeout=30)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    job = jobs_of(state)["long"]
+    assert job["status"] == "failed", job
+    assert "time limit of 0.5 s (REELFLOW_FFMPEG_TIMEOUT_S)" in job["error"]
+
 
 
 # --- time, slots, and the parent's death ----------------------------------------------------------------------

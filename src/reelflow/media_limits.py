@@ -165,3 +165,11 @@ def concat_count_problem(count: int, limits: MediaLimits) -> str | None:
             "(REELFLOW_CONCAT_MAX_INPUTS)"
         )
     return None
+
+
+def limits_of(settings: Settings) -> contextlib.AbstractContextManager[MediaLimits]:
+    """`use_limits` with the limits of `settings` (a worker's own), unless an override is already in force."""
+    override = _override.get()
+    if override is not None:
+        return contextlib.nullcontext(override)
+    return use_limits(MediaLimits.from_settings(settings))

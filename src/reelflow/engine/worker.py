@@ -31,6 +31,7 @@ from .. import logs, media, metrics
 from ..config import Settings, get_settings
 from ..errors import PlanError
 from ..limits import get_limits
+from ..media_limits import limits_of
 from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
 from ..plan import resolve_references
 from ..providers.base import (
@@ -189,8 +190,9 @@ class Worker:
         ]
         webhooks = asyncio.create_task(self.webhooks.run(), name="reelflow-webhooks") if self.webhooks else None
         try:
-            await self._claim_loop(until)
-            await self._drain()
+            with limits_of(self.settings):  # ffmpeg caps of this worker's settings, in every job task started here
+                await self._claim_loop(until)
+                await self._drain()
         finally:
             self._flush.set()
             for t in background:
