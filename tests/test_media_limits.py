@@ -650,3 +650,15 @@ def _no_orphans() -> Iterator[None]:
     while ffmpeg_children() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [p for p in ffmpeg_children() if not proc_status(p).get("State", "Z").startswith("Z")] == []
+
+
+async def test_a_probe_error_names_the_file_not_the_workers_folders(tmp_path: Path) -> None:
+    """Job errors reach tenants: a probe's complaint names the file alone, never the worker's scratch path."""
+    junk = tmp_path / "work" / "attempt-1" / "output-0.mp4"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"\x00\x01not media" * 64)
+    with pytest.raises(media.MediaError) as caught:
+        await media.probe(junk)
+    message = str(caught.value)
+    assert message.startswith("probe: output-0.mp4 is not a media file: ")
+    assert str(tmp_path) not in message and "attempt-1" not in message

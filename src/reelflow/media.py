@@ -673,7 +673,8 @@ async def probe(path: Path) -> dict[str, Any]:
     info = parse_probe(stderr, size)
     if info is None:
         lines = [ln for ln in stderr.splitlines() if "output file" not in ln]
-        raise MediaError(f"probe: {path.name} is not a media file: {_why_not_media(lines)}")
+        why = _why_not_media(lines).replace(f"file:{path}", path.name).replace(str(path), path.name)
+        raise MediaError(f"probe: {path.name} is not a media file: {why}")  # no worker paths in job errors
     return info
 
 
