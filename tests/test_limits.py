@@ -282,7 +282,7 @@ async def test_a_fan_out_made_ready_by_a_finishing_job_starts_within_the_tenant_
 
 
 @pytest.mark.postgres_only
-async def test_the_postgres_hand_off_counts_the_tenant_cap_and_never_waits_for_its_lock(
+async def test_the_postgres_hand_off_counts_the_tenant_cap_and_waits_for_its_lock_holding_no_row(
     engine: Engine, store: SQLiteStore
 ) -> None:
     import psycopg
@@ -296,29 +296,40 @@ async def test_the_postgres_hand_off_counts_the_tenant_cap_and_never_waits_for_i
     await engine.submit({"jobs": [sim_job("x0"), sim_job("x1")]}, tenant="fan")
     held = await store.claim("w", 10, 30)
     assert sorted(c.key for c in held) == ["root", "x0", "x1"]  # 3 of 3
-    root = next(c for c in held if c.key == "root")
+    by_key = {c.key: c for c in held}
     assert await store.claim("w", 10, 30) == []  # full
 
     finish = store.finish_and_claim  # type: ignore[attr-defined]
-    promoted, claimed = await finish([JobOutcome(root.id, "w", "succeeded", result={})], None, "w", 10, 30)
+    promoted, claimed = await finish([JobOutcome(by_key["root"].id, "w", "succeeded", result={})], None, "w", 10, 30)
     assert len(promoted) == 10 and len(claimed) == 1  # the root's place only: x0 and x1 still run
     assert (await store.usage("fan"))["jobs_running"] == 3
     assert await store.claim("w", 10, 30) == []
 
-    # another transaction holds the tenant's lock (a claim counting it): the hand-off leaves the jobs queued
-    # for the regular claim instead of waiting for it
-    x0 = next(c for c in held if c.key == "x0")
+    # a second fan-out whose root finishes while another transaction holds the tenant's lock (a claim counting
+    # it): the finish commits without waiting, and the hand-off waits for the lock holding no row
+    await store.finish_jobs([JobOutcome(by_key["x0"].id, "w", "succeeded", result={})])
+    second = {
+        "jobs": [sim_job("r2"), *(sim_job(f"e{i}", depends_on=["r2"]) for i in range(5))],
+        "options": {"priority": 9},  # claimed before the first fan-out's queued leaves
+    }
+    fan2 = await engine.submit(second, tenant="fan")
+    [r2] = await store.claim("w", 1, 30)
+    assert r2.key == "r2" and (await store.usage("fan"))["jobs_running"] == 3
     async with await psycopg.AsyncConnection.connect(store.url) as other:
         await other.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("reelflow:cap:t:fan"),))
-        promoted, claimed = await asyncio.wait_for(
-            finish([JobOutcome(x0.id, "w", "succeeded", result={})], None, "w", 10, 30), timeout=5
-        )
-        assert claimed == []
+        hand_off = asyncio.create_task(finish([JobOutcome(r2.id, "w", "succeeded", result={})], None, "w", 10, 30))
+        await asyncio.sleep(0.5)
+        assert not hand_off.done()  # waiting for the lock ...
+        jobs = {j["id"]: j["status"] for j in (await engine.get(fan2))["jobs"]}
+        assert jobs["r2"] == "succeeded"  # ... after the finish committed: no row held while it waits
+        assert sorted(jobs.values()).count("queued") == 5
         await other.rollback()
-    again = await store.claim("w", 10, 30)
-    assert len(again) == 1 and (await store.usage("fan"))["jobs_running"] == 3
-    queued = [j for j in (await engine.get(fan))["jobs"] if j["status"] == "queued"]
-    assert len(queued) == 8
+    promoted, claimed = await asyncio.wait_for(hand_off, timeout=5)
+    assert len(promoted) == 5 and len(claimed) == 1  # r2's place only, counted under the lock
+    assert (await store.usage("fan"))["jobs_running"] == 3
+    assert await store.claim("w", 10, 30) == []
+    queued = [j for j in (await engine.get(fan))["jobs"] + (await engine.get(fan2))["jobs"] if j["status"] == "queued"]
+    assert len(queued) == 9 + 4
 
 
 async def test_racing_claimers_hold_a_tenant_cap_and_serve_the_other_tenants(

@@ -1302,9 +1302,14 @@ class PostgresStore:
         the hand-off from a job to its dependent costs no notification and no separate claim. Jobs of a capped
         provider or model are left to the regular claim, which counts caps under their locks; the others skip
         the tenants' round robin (a pipeline under way goes on), within their tenant's cap (`_tenant_room`).
-        Returns the promoted keys (those left queued were announced to the other workers) and the jobs claimed."""
+        A capped tenant whose lock a claim holds at that moment gets its jobs leased in a second, short
+        transaction that waits for the lock before it touches any row (`_hand_off_busy`). Returns the promoted
+        keys (those left queued were announced to the other workers) and the jobs claimed."""
+        busy: list[tuple[int, str]] = []
+        """Ready jobs of capped tenants whose lock was taken: for the second transaction."""
 
         async def write(cur: Cur) -> tuple[list[str], list[ClaimedJob]]:
+            busy.clear()  # a retried transaction starts again
             now = time.time()
             ready: list[tuple[int, str | None, str | None, str]] = []
             if outcomes:
@@ -1317,29 +1322,37 @@ class PostgresStore:
                 for job_id, provider, base, tenant in ready
                 if provider not in self._provider_caps and base not in self._model_caps
             ]
-            room = await self._tenant_room(cur, {t for _, t in eligible}) if eligible else {}
+            room = await self._tenant_room(cur, {t for _, t in eligible}) if eligible and limit > 0 else {}
             mine: list[int] = []
             for job_id, tenant in eligible:
-                if len(mine) >= limit:
+                if len(mine) + len(busy) >= limit:
                     break
                 if tenant in room:
-                    if room[tenant] <= 0:
+                    left = room[tenant]
+                    if left is None:
+                        busy.append((job_id, tenant))
                         continue
-                    room[tenant] -= 1
+                    if left <= 0:
+                        continue
+                    room[tenant] = left - 1
                 mine.append(job_id)
             claimed = await self._claim(cur, owner, limit, lease_s, picked=mine) if mine else []
-            if len(claimed) < len(ready):  # the rest are for anyone
+            if len(claimed) + len(busy) < len(ready):  # the rest are for anyone
                 await self._notify(cur)
             return promoted, claimed
 
         if not outcomes and not provider_ids:
             return [], []
-        return await self._tx(write)
+        promoted, claimed = await self._tx(write)
+        if busy:
+            jobs = list(busy)
+            claimed += await self._tx(lambda cur: self._hand_off_busy(cur, owner, jobs, lease_s))
+        return promoted, claimed
 
-    async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int]:
-        """For the hand-off: how many more jobs each capped tenant of `tenants` may start now (0 for a tenant
-        whose lock another transaction holds; its jobs go to the regular claim). The hand-off already holds row
-        locks a claimer may be waiting for, so it only tries the tenants' locks and never waits on one."""
+    async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int | None]:
+        """For the hand-off: how many more jobs each capped tenant of `tenants` may start now, or None for a
+        tenant whose lock another transaction holds. The hand-off already holds row locks a claimer may be
+        waiting for, so it only tries the tenants' locks and never waits on one here."""
         caps = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
         if not caps:
             return {}
@@ -1349,7 +1362,7 @@ class PostgresStore:
             (names, [lock_key(f"reelflow:cap:t:{t}") for t in names]),
         )
         locked = [r["name"] for r in await cur.fetchall()]
-        room = dict.fromkeys(names, 0)
+        room: dict[str, int | None] = dict.fromkeys(names)
         if locked:
             await cur.execute(
                 "SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = ANY(%b::text[])"
@@ -1359,6 +1372,32 @@ class PostgresStore:
             running = {r["tenant"]: int(r["n"]) for r in await cur.fetchall()}
             room.update({t: caps[t] - running.get(t, 0) for t in locked})
         return room
+
+    async def _hand_off_busy(
+        self, cur: Cur, owner: str, jobs: list[tuple[int, str]], lease_s: float
+    ) -> list[ClaimedJob]:
+        """The rest of a hand-off: lease to `owner` the `jobs` (id, tenant) made ready by the transaction before,
+        within their tenants' caps. The first statement waits for the tenants' locks, holding no row yet (as a
+        claim does); jobs another worker took meanwhile are passed over."""
+        tenants = sorted({t for _, t in jobs})
+        keys = sorted(lock_key(f"reelflow:cap:t:{t}") for t in tenants)
+        await cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+        await cur.execute(
+            "SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = ANY(%b::text[])"
+            " GROUP BY tenant",
+            (tenants,),
+        )
+        running = {r["tenant"]: int(r["n"]) for r in await cur.fetchall()}
+        room = {t: (self._tenant_cap(t) or 0) - running.get(t, 0) for t in tenants}
+        mine: list[int] = []
+        for job_id, tenant in jobs:
+            if room[tenant] > 0:
+                room[tenant] -= 1
+                mine.append(job_id)
+        claimed = await self._claim(cur, owner, len(mine), lease_s, picked=mine) if mine else []
+        if len(claimed) < len(jobs):
+            await self._notify(cur)
+        return claimed
 
     async def _skip_after_failure(
         self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]
