@@ -6,7 +6,11 @@ timings back from the database once every execution has ended:
 - jobs/s from the first job's start to the last job's finish;
 - p50/p99 hand-off: a dependency's completion to its dependent's start.
 
-    python bench/overhead.py [--jobs 20000] [--database-url sqlite:///path]
+The one tenant runs without the built-in cap of 200 jobs at once per tenant (that is a limit, not an
+overhead); `--tenant-cap N` sets one: 1000 (the worker's slots, so it never binds) measures what counting it
+costs, 200 what the built-in cap does to a single tenant's zero-latency jobs.
+
+    python bench/overhead.py [--jobs 20000] [--database-url sqlite:///path] [--tenant-cap N]
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def main(total: int, database_url: str | None, concurrency: int, batch: int) -> None:
+async def main(total: int, database_url: str | None, concurrency: int, batch: int, tenant_cap: int | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-bench-"))
+    limits = tmp / "limits.yaml"
+    limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
     settings = Settings(
         database_url=database_url or f"sqlite:///{tmp}/bench.db",
         storage_url=f"file://{tmp}/artifacts",
+        limits_file=str(limits),
         _env_file=None,  # type: ignore[call-arg]
     )
     pairs = 100
@@ -82,7 +89,8 @@ async def main(total: int, database_url: str | None, concurrency: int, batch: in
                 handoffs.append(_ts(j["started_at"]) - _ts(by_id[j["depends_on"][0]]["finished_at"]))
     n = len(starts)
     span = max(ends) - min(starts)
-    print(f"store: {settings.database_url.split(':')[0]}  jobs: {n}  plans: {plans} x {2 * pairs}")
+    print(f"store: {settings.database_url.split(':')[0]}  jobs: {n}  plans: {plans} x {2 * pairs}"
+          f"  tenant cap: {'none' if tenant_cap is None else tenant_cap}")
     print(f"submit: {plans} plans in {submit_s:.2f} s ({n / submit_s:,.0f} jobs/s enqueued)")
     print(f"throughput: {(n - 1) / span:,.0f} jobs/s (first start to last finish: {span:.2f} s)")
     print(f"hand-off (dependency done -> dependent started): p50 {statistics.median(handoffs) * 1000:.1f} ms,"
@@ -103,5 +111,6 @@ if __name__ == "__main__":
     parser.add_argument("--database-url")
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100, help="jobs claimed per round trip")
+    parser.add_argument("--tenant-cap", type=int, help="the tenant's max_concurrent (default: none)")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch))
+    asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch, args.tenant_cap))
