@@ -1344,9 +1344,12 @@ class PostgresStore:
         if not outcomes and not provider_ids:
             return [], []
         promoted, claimed = await self._tx(write)
-        if busy:
+        if busy:  # the outcomes are written: a failure here leaves these jobs queued for the claims, no more
             jobs = list(busy)
-            claimed += await self._tx(lambda cur: self._hand_off_busy(cur, owner, jobs, lease_s))
+            try:
+                claimed += await self._tx(lambda cur: self._hand_off_busy(cur, owner, jobs, lease_s))
+            except (psycopg.Error, StoreUnavailable) as exc:
+                log.warning("hand-off of %d ready jobs failed (%s); they wait for a claim", len(jobs), exc)
         return promoted, claimed
 
     async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int | None]:
