@@ -1,4 +1,4 @@
-"""The HTTP API end to end over real HTTP (uvicorn on loopback, httpx), as SPEC §2 describes it."""
+"""The HTTP API end to end over real HTTP (uvicorn on loopback, httpx), as the README describes it."""
 
 from __future__ import annotations
 

@@ -274,7 +274,7 @@ def test_the_cli_refuses_a_bad_catalog_file_with_a_message_not_a_traceback(tmp_p
     bad = write(tmp_path, "models:\n  - id: replicate/acme/x\n    types: [generate-video]\n    price: {unit: minute}\n")
     plan = write(tmp_path, "type: generate-image\nmodel: local/image\nparams: {prompt: x}\n", "plan.yaml")
     result = _cli(tmp_path, bad, "estimate", str(plan))
-    assert result.returncode == 2  # a configuration problem is bad usage (SPEC §4)
+    assert result.returncode == 2  # a configuration problem is bad usage: exit status 2
     assert "Traceback" not in result.stderr
     assert f"{bad}:4: model 'replicate/acme/x': price.unit:" in result.stderr
 

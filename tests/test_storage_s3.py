@@ -398,7 +398,7 @@ def test_compose_environment_uses_the_spec_names(compose: dict[str, Any]) -> Non
         assert env["REELFLOW_STORAGE_URL"].startswith("s3://")
         assert env["REELFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
         unknown = {k for k in env if k.startswith(("REELFLOW_", "AWS_"))} - SPEC_ENV
-        assert not unknown, f"{name}: names not in SPEC §4 or deploy/README.md: {unknown}"
+        assert not unknown, f"{name}: names not in the README's configuration table or deploy/README.md: {unknown}"
     assert anchors, "the shared environment is one YAML anchor"
     bucket, _ = parse_s3_url(env_of(compose["services"]["api"])["REELFLOW_STORAGE_URL"])
     assert bucket in " ".join(compose["services"]["minio-init"]["entrypoint"])

@@ -1,4 +1,4 @@
-"""A client for a reelflow server (SPEC §2): the blocking `Client` and the `AsyncClient`.
+"""A client for a reelflow server's HTTP API: the blocking `Client` and the `AsyncClient`.
 
     client = Client("http://127.0.0.1:8000")         # the key comes from REELFLOW_API_KEY
     execution = client.execute(compose(clip))        # the same handle as compose(clip).execute()

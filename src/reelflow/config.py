@@ -1,4 +1,4 @@
-"""Settings from the environment (and a `.env` file), as SPEC §4 names them."""
+"""Settings from the environment (and a `.env` file), under the names the README's "Configuration" lists."""
 
 from __future__ import annotations
 

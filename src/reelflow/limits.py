@@ -1,4 +1,4 @@
-"""The limits file (REELFLOW_LIMITS_FILE, SPEC §4) and the built-in provider limits it overrides.
+"""The limits file (REELFLOW_LIMITS_FILE) and the built-in provider limits it overrides.
 
 ```yaml
 providers:                       # enforced across every worker process and machine

@@ -1,4 +1,4 @@
-"""Outbound webhooks (SPEC §3): Standard Webhooks signing and verification, destination safety, and the
+"""Outbound webhooks: Standard Webhooks signing and verification, destination safety, and the
 delivery loop that sends what the Store queued, retries with backoff for a day, and records every attempt.
 
 The Store writes a delivery in the same transaction as the event that calls for it; this module only

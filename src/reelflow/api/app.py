@@ -1,4 +1,4 @@
-"""The HTTP API of SPEC §2 (FastAPI). Handlers stay thin: validate, call the engine, shape the answer."""
+"""The HTTP API (FastAPI). Handlers stay thin: validate, call the engine, shape the answer."""
 
 from __future__ import annotations
 
@@ -237,7 +237,7 @@ def check_path_id(value: str, what: str = "execution") -> str:
 PLAN_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "description": "A plan (SPEC §1)"}}},
+        "content": {"application/json": {"schema": {"type": "object", "description": "A plan: /v1/schema/plan"}}},
     }
 }
 

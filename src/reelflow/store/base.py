@@ -177,7 +177,7 @@ class Store(Protocol):
         ...
 
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        """The full state of SPEC §2, or None when unknown (or another tenant's)."""
+        """The full state the API shows, or None when unknown (or another tenant's)."""
         ...
 
     async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ def dumps(value: Any) -> str:
 
 
 def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One job as SPEC §2 shows it."""
+    """One job as the API shows it."""
     return {
         "id": row["key"],
         "type": row["type"],
@@ -73,7 +73,7 @@ def execution_summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def execution_view(row: Mapping[str, Any], jobs: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The full state of one execution (SPEC §2)."""
+    """The full state of one execution, as the API shows it."""
     view = execution_summary(row)
     view["result"] = loads(row["result"])
     view["jobs"] = [job_view(j) for j in jobs]
@@ -169,7 +169,7 @@ def strip_paths(value: Any) -> Any:
 def webhook_body(
     event_type: str, at: float, state: dict[str, Any], job_key: str | None, data: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """SPEC §3 body: type, timestamp and the execution's state (plus the job event's details)."""
+    """A webhook's body: type, timestamp and the execution's state (plus the job event's details)."""
     payload: dict[str, Any] = dict(state)
     if job_key is not None or event_type == "execution.progress":
         payload["event"] = {"job": job_key, **(data or {})}
