@@ -8,7 +8,10 @@ from the first submission to the last job finished.
 Targets: at most 3 requests per job with callbacks, at most 12 with polling, makespan within 10% of the
 latency.
 
-    python bench/providers.py [--jobs 1000] [--latency 20] [--only callbacks|polling]
+    python bench/providers.py [--jobs 1000] [--latency 20] [--only callbacks|polling] [--tenant-cap N]
+
+The bench submits as one tenant, so it lifts the built-in cap of 200 jobs at once per tenant unless
+`--tenant-cap` sets one (then the makespan is at least jobs x latency / cap).
 """
 
 from __future__ import annotations
@@ -53,11 +56,13 @@ def free_port() -> int:
         return port
 
 
-async def run(mode: str, total: int, latency: float) -> None:
+async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"reelflow-providers-{mode}-"))
     url = f"sqlite:///{tmp}/bench.db"
     store = open_store(url)
     await store.migrate()
+    limits = tmp / "limits.yaml"  # the one tenant's cap: none unless asked (see the docstring)
+    limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
     with FakeReplicate(latency_s=latency, queue_s=0.0) as fake:
         env = dict(
             os.environ,
@@ -66,6 +71,7 @@ async def run(mode: str, total: int, latency: float) -> None:
             REELFLOW_REPLICATE_BASE_URL=fake.base_url,
             REPLICATE_API_TOKEN=fake.token,
             REELFLOW_LOG_LEVEL="WARNING",
+            REELFLOW_LIMITS_FILE=str(limits),
         )
         os.environ["REPLICATE_API_TOKEN"] = fake.token  # the submission checks the key is there
         if mode == "callbacks":
@@ -132,10 +138,10 @@ async def run(mode: str, total: int, latency: float) -> None:
     await store.close()
 
 
-async def main(total: int, latency: float, only: str | None) -> None:
+async def main(total: int, latency: float, only: str | None, tenant_cap: int | None) -> None:
     for mode in ("callbacks", "polling"):
         if only in (None, mode):
-            await run(mode, total, latency)
+            await run(mode, total, latency, tenant_cap)
 
 
 if __name__ == "__main__":
@@ -143,5 +149,6 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=20.0)
     parser.add_argument("--only", choices=["callbacks", "polling"])
+    parser.add_argument("--tenant-cap", type=int, default=None, help="the tenant's max_concurrent (default: none)")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.latency, args.only))
+    asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap))
