@@ -35,21 +35,38 @@ class LocalRuntime:
         embedded_worker: bool | None = None,
         poll_s: float = 0.2,
     ) -> dict[str, Any]:
-        """Wait for an execution to end; run a worker here when none is running elsewhere."""
-        if embedded_worker is None:
-            embedded_worker = not await self.workers_running()
-        if not embedded_worker:
-            return await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
-        worker = Worker(self.store, settings=self.settings)
-        running = asyncio.create_task(worker.run())
+        """Wait for an execution to end. With `embedded_worker` None, run a worker here whenever none is alive
+        elsewhere: liveness is looked at again while waiting (a worker whose heartbeat is older than the lease
+        is dead), so a worker that dies mid-wait is replaced within about one lease."""
+        waiting = asyncio.ensure_future(
+            self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
+        )
+        worker: Worker | None = None
+        running: asyncio.Task[None] | None = None
+        recheck_s = max(0.2, min(5.0, self.settings.lease_seconds / 4))
         try:
-            state = await self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
-            await self._let_webhooks_out(execution_id)
+            while True:
+                if running is None and embedded_worker is not False:
+                    if embedded_worker or not await self.workers_running():
+                        worker = Worker(self.store, settings=self.settings)
+                        running = asyncio.create_task(worker.run())
+                watching = running is None and embedded_worker is None  # another process's worker: look again
+                done, _ = await asyncio.wait({waiting}, timeout=recheck_s if watching else None)
+                if done:
+                    break
+            state = waiting.result()
+            if running is not None:
+                await self._let_webhooks_out(execution_id)
             return state
         finally:
-            worker.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+            if worker is not None and running is not None:
+                worker.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
 
     async def _let_webhooks_out(self, execution_id: str, patience_s: float = 10.0) -> None:
         """Give the embedded worker's dispatcher a moment for the execution's first delivery attempts,
