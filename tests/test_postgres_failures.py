@@ -83,7 +83,10 @@ async def test_the_database_restarting_mid_run_loses_nothing(
     assert cluster() is not None, "CI runs this test: pg_ctlcluster, root and a local server are required"
     # An API server (no embedded worker) and a worker process, both on this test's database.
     api = ApiServer(settings, workers=0).start()
-    worker = start_worker(worker_env, tmp_path, "worker", "--concurrency", "50")
+    # Leases of 60 s, as in production (the suite's 5 s could run out while the pool reconnects after the 3 s
+    # outage, and the worker would then rightly take its own expired jobs again).
+    env = {**worker_env, "REELFLOW_LEASE_SECONDS": "60"}
+    worker = start_worker(env, tmp_path, "worker", "--concurrency", "50")
     try:
         key = api.new_key("default").api_key
         http = api.client(key)
