@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 import psycopg
 import pytest
 
+import test_storage_s3
 from apiserver import ApiServer, module_database, server_settings
 from conftest import WorkerFactory
 from reelflow.config import Settings
@@ -341,41 +341,23 @@ def test_the_cli_refuses_such_a_link_without_a_traceback(worker_env: dict[str, s
 
 
 # --------------------------------------------------------------------------- object storage
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+endpoint = test_storage_s3.endpoint  # the moto S3 server on 127.0.0.1 and its AWS environment: fixtures shared
+aws_env = test_storage_s3.aws_env
 
 
 @pytest.fixture
-def s3_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Settings with artifacts in a bucket of a moto S3 server on 127.0.0.1 (SQLite for the database)."""
+def s3_settings(tmp_path: Path, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with artifacts in a bucket of the moto S3 server on 127.0.0.1 (SQLite for the database)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    for name in ("REELFLOW_S3_PUBLIC_BASE_URL", "REELFLOW_S3_PRESIGN_SECONDS"):
-        monkeypatch.delenv(name, raising=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        monkeypatch.setenv("REELFLOW_S3_ENDPOINT_URL", endpoint)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="media")
-        yield Settings(
-            database_url=f"sqlite:///{tmp_path}/reelflow.db",
-            storage_url="s3://media/out",
-            poll_interval_s=0.05,
-            _env_file=None,  # type: ignore[call-arg]
-        )
-    finally:
-        server.stop()
+    monkeypatch.setenv("REELFLOW_S3_ENDPOINT_URL", aws_env)
+    boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket="media")
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/reelflow.db",
+        storage_url="s3://media/out",
+        poll_interval_s=0.05,
+        _env_file=None,  # type: ignore[call-arg]
+    )
 
 
 async def test_on_object_storage_presigned_and_s3_links_of_another_tenant_are_refused(
