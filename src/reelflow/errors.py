@@ -73,13 +73,19 @@ class ProviderError(Exception):
 
     transient: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None, resubmit: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, resubmit: bool = False, not_sent: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
         self.resubmit = resubmit
         """Raised while waiting: the remote work is gone and a retry must submit anew. By default a
         transient error after submission keeps the provider id, so the retry waits on the same (paid) work."""
+        self.not_sent = not_sent
+        """True when the request is known not to have been acted on (the connection was never made, a 429, a
+        refusal before any work): a create that failed so started nothing, and the retry needs no reconciling.
+        False means "maybe taken": the answer was lost (read timeout, reset, a 5xx after sending)."""
 
 
 class TransientError(ProviderError):

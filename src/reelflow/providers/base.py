@@ -41,11 +41,24 @@ class Task:
     """True when `wait` picks up work an earlier attempt submitted (a crash, a restart): look at once."""
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set by the worker when a verified callback for this job arrived: look at the work now."""
+    intent_at: float | None = None
+    """When the job's first unsettled attempt began: an attempt from then on may have started paid work whose
+    answer was lost (a read timeout, a crash). None for a task that nothing earlier may have submitted."""
+    intent_attempt: int | None = None
+    """The attempt that `intent_at` belongs to; the idempotency key names it, so every attempt until the job
+    is settled sends the same key and the provider de-duplicates them."""
+    tenant: str = "default"
 
     @property
     def idempotency_key(self) -> str:
-        """A key naming this attempt of this job, for providers that de-duplicate submissions by one."""
-        return f"reelflow-{self.execution_id}-{self.job_id}-{self.attempt}"
+        """A key naming the job's first unsettled attempt (this attempt when nothing is unsettled), for
+        providers that de-duplicate submissions by one: a retry after a lost answer sends the same key."""
+        return f"reelflow-{self.execution_id}-{self.job_id}-{self.intent_attempt or self.attempt}"
+
+    @property
+    def unsettled(self) -> bool:
+        """An earlier attempt may have started work at the provider whose answer never reached us."""
+        return self.intent_at is not None and self.intent_attempt is not None and self.intent_attempt < self.attempt
 
     async def pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`, or less if a callback wakes the job; True when woken."""
@@ -98,6 +111,11 @@ class ProgressUpdate:
     message: str | None = None
 
 
+class CannotReconcile(Exception):
+    """The provider offers no way to look up work whose create answer was lost (no list, no history, no
+    idempotency key): the worker submits again and records a possible duplicate charge."""
+
+
 class CallbackRejected(Exception):
     """An inbound provider callback failed verification (bad or missing signature, stale timestamp,
     unreadable body). The API answers 401 and changes nothing."""
@@ -138,6 +156,21 @@ class Provider(Protocol):
     async def cancel(self, task: Task, provider_id: str) -> None:
         """Stop the work at the provider so nothing more is paid; never raises for done work."""
         ...
+
+
+@runtime_checkable
+class Reconciling(Protocol):
+    """A provider that can find work an earlier attempt started but whose answer was lost.
+
+    Before a job submits again after an attempt that ended without knowing whether the provider took the
+    work (`Task.unsettled`), the worker calls `find_submitted(task, since=task.intent_at)`: the provider ids
+    of work created at or after `since` whose request is exactly what `submit(task)` would send (model or
+    version, input, our callback URL when set), oldest first. The worker skips ids that another job already
+    adopted, adopts the first one left (waits on it, as after a restart) and otherwise submits. Raise
+    CannotReconcile when the provider cannot be asked, TransientError when asking failed (the job then
+    retries later rather than paying blind)."""
+
+    async def find_submitted(self, task: Task, since: float) -> list[str]: ...
 
 
 @runtime_checkable

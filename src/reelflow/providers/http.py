@@ -36,6 +36,13 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
 
 
+def not_sent(exc: BaseException) -> bool:
+    """True when a transport failure proves the request never reached the provider (no connection was
+    made, or none was free): a create that failed so cannot have started paid work. A read timeout, a reset
+    or a write failure may have come after the provider took it."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.UnsupportedProtocol)
+
+
 class RateGate:
     """Slows one provider down for every job after it answers 429, not just for the job that saw it.
 
@@ -118,6 +125,8 @@ class HttpAdapter:
     """
 
     name: str = ""
+    paid: bool = True
+    """Work here costs money: an attempt whose answer was lost is reconciled before it is paid again."""
     default_base_url: str = ""
     key_env: str = ""
     timeout = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
@@ -244,9 +253,13 @@ class HttpAdapter:
                         )
                         call.status = response.status_code
             except httpx.TimeoutException as exc:
-                raise TransientError(f"{self.name}: {doing} timed out ({type(exc).__name__})") from None
+                raise TransientError(
+                    f"{self.name}: {doing} timed out ({type(exc).__name__})", not_sent=not_sent(exc)
+                ) from None
             except httpx.HTTPError as exc:
-                raise TransientError(f"{self.name}: {doing} failed: {type(exc).__name__}: {exc}") from None
+                raise TransientError(
+                    f"{self.name}: {doing} failed: {type(exc).__name__}: {exc}", not_sent=not_sent(exc)
+                ) from None
             if response.status_code != 429:
                 self.gate.on_success()
                 return response
