@@ -83,6 +83,15 @@ class ClaimedJob:
     use_cache: bool = True
     refusal: str | None = None
     """Set when the job must not run (its tenant's monthly budget would be passed): the worker fails it."""
+    seq: int = 0
+    """This attempt's lease number (every claim increments it, nothing resets it): the attempt's outcome counts
+    only while the job's row still carries it, so a cancelled or superseded attempt can never finish the job."""
+    intent_at: float | None = None
+    """When the job's first unsettled attempt began (this one, when nothing earlier is unsettled)."""
+    intent_attempt: int | None = None
+    """That attempt's number: when it is below `attempts`, an earlier attempt may have started paid work whose
+    answer was lost, and the worker asks the provider before submitting again."""
+    cost_estimated: float = 0.0
 
 
 @dataclass
@@ -102,6 +111,11 @@ class JobOutcome:
     """On `succeeded`: the job's canonical form, so later identical jobs of the tenant reuse the result."""
     cache_hit: bool = False
     """On `succeeded`: the result was reused from an earlier job, nothing was run or paid."""
+    seq: int | None = None
+    """The attempt's lease number (ClaimedJob.seq): when given, the outcome applies only to that attempt."""
+    settled: bool = True
+    """On `retry`: False when the attempt ended without knowing whether the provider took paid work (a lost
+    answer): the job's intent stays recorded and the next attempt reconciles before paying again."""
 
 
 @dataclass
@@ -207,7 +221,35 @@ class Store(Protocol):
 
     async def live_workers(self, within_s: float) -> int: ...
 
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]: ...
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[ClaimedJob]:
+        """Lease up to `limit` ready jobs to `owner` (only jobs of `executions` when given)."""
+        ...
+
+    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        """(job id, lease seq) of attempts `owner` holds that were canceled since it last asked (the worker stops
+        them and cancels their provider work). A cancellation survives a resume that re-queued the job."""
+        ...
+
+    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
+        """Which of these provider ids some job already records as its work (reconciliation skips them)."""
+        ...
+
+    async def note_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        *,
+        possible_duplicate_usd: float | None = None,
+    ) -> bool:
+        """Append `event` to the job's attempt (when it still holds the lease); with `possible_duplicate_usd`,
+        also count a possible duplicate charge of that estimated amount on the job. False when the attempt is
+        no longer the job's."""
+        ...
 
     async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
         """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
@@ -327,7 +369,9 @@ class Store(Protocol):
         ...
 
     # webhooks
-    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]: ...
+    async def claim_deliveries(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[Delivery]: ...
 
     async def record_delivery_attempt(
         self,

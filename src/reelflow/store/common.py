@@ -50,6 +50,8 @@ def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "error": row["error"],
         "cost": {"estimated": row["cost_estimated"], "actual": row["cost_actual"]},
         "cache_hit": bool(row["cache_hit"]) if "cache_hit" in row.keys() else False,
+        "possible_duplicate_charge": round(float(row["possible_duplicate_usd"] or 0.0), 6),
+        "possible_duplicates": int(row["possible_duplicates"] or 0),
         "queued_at": iso(row["queued_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
@@ -77,6 +79,10 @@ def execution_view(row: Mapping[str, Any], jobs: list[Mapping[str, Any]]) -> dic
     view = execution_summary(row)
     view["result"] = loads(row["result"])
     view["jobs"] = [job_view(j) for j in jobs]
+    # paid retries that went ahead where the provider could not be asked whether it took the earlier one (USD
+    # estimated, and how many)
+    view["possible_duplicate_charge"] = round(sum(j["possible_duplicate_charge"] for j in view["jobs"]), 6)
+    view["possible_duplicates"] = sum(j["possible_duplicates"] for j in view["jobs"])
     view["webhook"] = row["webhook"]
     view["options"] = (loads(row["plan"]) or {}).get("options", {})
     return view
@@ -139,6 +145,9 @@ def migration_scripts(dialect: str) -> list[tuple[int, str, str]]:
 
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
+ORPHAN_CANCEL_S = 60.0
+"""A cancellation its worker has not read for this long, while that worker no longer beats, is carried out by
+lease recovery instead (the provider work of the cancelled attempt is cancelled there)."""
 DEFAULT_WEBHOOK_EVENTS = ("execution.succeeded", "execution.failed", "execution.canceled")
 
 
@@ -247,3 +256,14 @@ def usage_refusal(
             limit="monthly_cost_usd",
         )
     return None
+
+
+def unique_orphans(orphans: list[Any]) -> list[Any]:
+    """Orphaned cancels that name remote work, each provider id once."""
+    seen: set[str] = set()
+    out = []
+    for o in orphans:
+        if o.provider_job_id and o.provider_job_id not in seen:
+            seen.add(o.provider_job_id)
+            out.append(o)
+    return out

@@ -45,6 +45,7 @@ from .base import (
 )
 from .common import (
     IDEMPOTENCY_WINDOW_S,
+    ORPHAN_CANCEL_S,
     artifact_keys,
     callback_matches,
     decode_cursor,
@@ -60,6 +61,7 @@ from .common import (
     month_start,
     new_delivery_id,
     new_webhook_secret,
+    unique_orphans,
     usage_refusal,
     wants_event,
     webhook_body,
@@ -450,6 +452,12 @@ class PostgresStore:
             raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
         await cur.execute("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
         await cur.execute(
+            "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
+            " SELECT lease_owner, id, lease_seq, provider, model, type, provider_job_id, %s FROM jobs"
+            " WHERE execution_id = %s AND status = 'running' AND lease_owner IS NOT NULL ON CONFLICT DO NOTHING",
+            (now, execution_id),
+        )
+        await cur.execute(
             "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
             " WHERE execution_id = %s AND status IN ('waiting', 'queued', 'running') RETURNING id, key)"
             " SELECT key FROM c ORDER BY id",
@@ -470,6 +478,8 @@ class PostgresStore:
 
     async def _resume_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
         now = time.time()
+        # The one lock order (see docs/architecture.md): the execution's job rows by id, then the execution row.
+        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
         row = await self._execution_row(cur, execution_id, tenant, lock=True)
         if row is None:
             raise NotFound(f"execution {execution_id!r} not found")
@@ -496,7 +506,8 @@ class PostgresStore:
                 "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
                 " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
                 " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                " cost_actual = NULL, queued_at = %s WHERE execution_id = %s AND key = %s",
+                " cost_actual = NULL, intent_at = NULL, intent_attempt = NULL, queued_at = %s"
+                " WHERE execution_id = %s AND key = %s",
                 (status, left, now if status == "queued" else None, execution_id, j["key"]),
             )
             events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
@@ -536,9 +547,12 @@ class PostgresStore:
         return int(row["n"]) if row else 0
 
     # ------------------------------------------------------------------ claiming
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
-        if limit <= 0:
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[ClaimedJob]:
+        if limit <= 0 or (executions is not None and not executions):
             return []
+        only = sorted(executions) if executions is not None else None
         # A cheap read first: an idle worker polls often and must not open a write transaction for nothing.
         # Skipped while claims come back full: there is surely more.
         if not self._claims_full and (
@@ -546,27 +560,35 @@ class PostgresStore:
             is None
         ):
             return []
-        claimed = await self._tx(lambda cur: self._claim(cur, owner, limit, lease_s))
-        self._claims_full = len(claimed) >= limit
+        claimed = await self._tx(lambda cur: self._claim(cur, owner, limit, lease_s, executions=only))
+        self._claims_full = len(claimed) >= limit and only is None
         return claimed
 
     async def _claim(
-        self, cur: Cur, owner: str, limit: int, lease_s: float, picked: list[int] | None = None
+        self,
+        cur: Cur,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        picked: list[int] | None = None,
+        executions: list[str] | None = None,
     ) -> list[ClaimedJob]:
-        """Lease `picked` (chosen by `_pick` when not given) to `owner`."""
+        """Lease `picked` (chosen by `_pick` when not given, among `executions` when given) to `owner`."""
         now = time.time()
         if picked is None:
-            picked = await self._pick(cur, limit, now)
+            picked = await self._pick(cur, limit, now, executions)
         if not picked:
             return []
         await cur.execute(
             "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,"
-            " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL"
+            " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,"
+            " lease_seq = j.lease_seq + 1, intent_at = COALESCE(j.intent_at, %s),"
+            " intent_attempt = COALESCE(j.intent_attempt, j.attempts + 1)"
             " FROM executions e WHERE e.id = j.execution_id AND j.status = 'queued' AND j.id = ANY(%b::bigint[])"
             " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
             " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
-            " j.use_cache, j.cost_estimated, e.deadline",
-            (owner, now + lease_s, now, picked),
+            " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_attempt",
+            (owner, now + lease_s, now, now, picked),
         )
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
         if not rows:
@@ -617,11 +639,15 @@ class PostgresStore:
                 tenant=r["tenant"],
                 use_cache=bool(r["use_cache"]),
                 refusal=refusals.get(r["id"]),
+                seq=r["lease_seq"],
+                intent_at=r["intent_at"],
+                intent_attempt=r["intent_attempt"],
+                cost_estimated=float(r["cost_estimated"] or 0.0),
             )
             for r in rows
         ]
 
-    async def _pick(self, cur: Cur, limit: int, now: float) -> list[int]:
+    async def _pick(self, cur: Cur, limit: int, now: float, executions: list[str] | None = None) -> list[int]:
         """Up to `limit` ready jobs to start, locked for this transaction: tenants in turn (round robin, so one
         tenant's big batch cannot starve another's single job), within a tenant by priority then age, skipping
         any job whose tenant, provider or model is at its concurrency cap (those stay queued; nothing spins on
@@ -712,14 +738,18 @@ class PostgresStore:
             " FROM unnest(%b::text[], %b::int[]) WITH ORDINALITY AS t(name, cap, n)"
             " CROSS JOIN LATERAL (SELECT j.id, j.tenant, j.provider, j.model, j.priority FROM jobs j"
             "   WHERE j.status = 'queued' AND j.tenant = t.name AND j.run_after <= %s"
-            "   AND (j.provider IS NULL OR j.provider <> ALL(%b::text[]))"
+            + ("   AND j.execution_id = ANY(%b::text[])" if executions is not None else "")
+            + "   AND (j.provider IS NULL OR j.provider <> ALL(%b::text[]))"
             "   AND (j.model IS NULL OR split_part(j.model, ':', 1) <> ALL(%b::text[]))"
             "   ORDER BY j.priority DESC, j.id"
             "   LIMIT CASE WHEN t.cap IS NULL THEN %s ELSE LEAST(%s, GREATEST(0, t.cap"
             "     - (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.name))) END"
             "   FOR UPDATE OF j SKIP LOCKED) c"
             " ORDER BY t.n, c.priority DESC, c.id",
-            (tenants, [caps_t[t] if t in locked_t else None for t in tenants], now, skip_p, skip_m, limit, limit),
+            (
+                tenants, [caps_t[t] if t in locked_t else None for t in tenants], now,
+                *([executions] if executions is not None else []), skip_p, skip_m, limit, limit,
+            ),
         )
         queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
         for r in await cur.fetchall():
@@ -1030,6 +1060,59 @@ class PostgresStore:
 
         return await self._tx(write)
 
+    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        if await self._one("SELECT 1 FROM job_cancels WHERE owner = %s LIMIT 1", (owner,)) is None:
+            return []
+
+        async def write(cur: Cur) -> list[tuple[int, int]]:
+            await cur.execute("DELETE FROM job_cancels WHERE owner = %s RETURNING job_id, seq", (owner,))
+            rows = sorted((r["job_id"], r["seq"]) for r in await cur.fetchall())
+            await cur.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = %s"
+                " AND status <> 'running' AND id = ANY(%b::bigint[])",
+                (owner, [r[0] for r in rows]),
+            )
+            return rows
+
+        return await self._tx(write)
+
+    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
+        ids = sorted(set(provider_job_ids))
+        if not ids:
+            return set()
+        rows = await self._all(
+            "SELECT provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = ANY(%b::text[])",
+            (provider, ids),
+        )
+        return {r["provider_job_id"] for r in rows}
+
+    async def note_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        *,
+        possible_duplicate_usd: float | None = None,
+    ) -> bool:
+        async def write(cur: Cur) -> bool:
+            now = time.time()
+            await cur.execute(
+                "UPDATE jobs SET possible_duplicates = possible_duplicates + %s,"
+                " possible_duplicate_usd = possible_duplicate_usd + %s"
+                " WHERE id = %s AND lease_owner = %s AND lease_seq = %s AND status = 'running'"
+                " RETURNING execution_id, key",
+                (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0, job_id, owner, seq),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await self._insert_events(cur, [(row["execution_id"], row["key"], event, dumps(data), now)])
+            return True
+
+        return await self._tx(write)
+
     async def wake_job(
         self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
     ) -> str:
@@ -1170,16 +1253,17 @@ class PostgresStore:
             await cur.execute(
                 "UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,"
                 " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                " error = NULL, cache_key = w.ck, cache_hit = w.hit,"
+                " error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_attempt = NULL,"
                 " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
-                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[])"
-                "   AS w(id, owner, result, cost, ck, hit, pid)"
+                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],"
+                "   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.dependents",
                 (
                     now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
                     [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
-                    [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done],
+                    [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done], [o.seq for o in done],
                 ),
             )  # fmt: skip
             rows.update((r["id"], r) for r in await cur.fetchall())
@@ -1187,28 +1271,34 @@ class PostgresStore:
             await cur.execute(
                 "UPDATE jobs j SET status = 'queued', run_after = w.run_after, error = w.error, lease_owner = NULL,"
                 " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
-                " provider_job_id = CASE WHEN w.keep THEN j.provider_job_id END, queued_at = %s"
-                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[])"
-                "   AS w(id, owner, run_after, error, keep)"
+                " provider_job_id = CASE WHEN w.keep THEN j.provider_job_id END, queued_at = %s,"
+                " intent_at = CASE WHEN w.settled THEN NULL ELSE j.intent_at END,"
+                " intent_attempt = CASE WHEN w.settled THEN NULL ELSE j.intent_attempt END"
+                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[], %b::bool[], %b::bigint[])"
+                "   AS w(id, owner, run_after, error, keep, settled, seq)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
                     now, [o.job_id for o in retry], [o.owner for o in retry], [o.retry_at or now for o in retry],
                     [o.error for o in retry], [bool(o.keep_provider_id) for o in retry],
+                    [bool(o.settled) for o in retry], [o.seq for o in retry],
                 ),
             )  # fmt: skip
             rows.update((r["id"], r) for r in await cur.fetchall())
         if ended:
             await cur.execute(
                 "UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,"
-                " lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL"
-                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[])"
-                "   AS w(id, owner, status, error, cost)"
+                " lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL, intent_at = NULL,"
+                " intent_attempt = NULL"
+                " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])"
+                "   AS w(id, owner, status, error, cost, seq)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
                     now, [o.job_id for o in ended], [o.owner for o in ended], [o.status for o in ended],
-                    [o.error for o in ended], [o.cost_usd for o in ended],
+                    [o.error for o in ended], [o.cost_usd for o in ended], [o.seq for o in ended],
                 ),
             )  # fmt: skip
             rows.update((r["id"], r) for r in await cur.fetchall())
@@ -1586,7 +1676,9 @@ class PostgresStore:
     async def recover_expired(self) -> list[OrphanedCancel]:
         if (
             await self._one(
-                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s LIMIT 1", (time.time(),)
+                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
+                " UNION ALL SELECT 1 FROM job_cancels WHERE created_at < %s LIMIT 1",
+                (time.time(), time.time() - ORPHAN_CANCEL_S),
             )
             is None
         ):
@@ -1639,11 +1731,18 @@ class PostgresStore:
             (now,),
         )
         orphans = sorted(await cur.fetchall(), key=lambda r: r["id"])
-        return [
-            OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"])
-            for r in orphans
-            if r["provider_job_id"]
-        ]
+        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
+        # resumed since): their provider work is cancelled here
+        await cur.execute(
+            "DELETE FROM job_cancels WHERE created_at < %s AND owner NOT IN"
+            " (SELECT id FROM workers WHERE last_seen >= %s)"
+            " RETURNING job_id AS id, provider, model, type, provider_job_id",
+            (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
+        )
+        orphans += sorted(await cur.fetchall(), key=lambda r: r["id"])
+        return unique_orphans(
+            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
+        )
 
     # ------------------------------------------------------------------ tenants and keys
     async def ensure_tenant(self, tenant: str) -> str:
@@ -1694,10 +1793,17 @@ class PostgresStore:
         return {r["key"] for r in rows}
 
     # ------------------------------------------------------------------ webhook deliveries
-    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[Delivery]:
         due = "status = 'pending' AND next_attempt_at <= %s AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
+        if executions is not None:
+            if not executions:
+                return []
+            due += " AND execution_id = ANY(%s::text[])"
+        extra: tuple[Any, ...] = (sorted(executions),) if executions is not None else ()
         now = time.time()
-        if await self._one(f"SELECT 1 FROM webhook_deliveries WHERE {due} LIMIT 1", (now, now)) is None:
+        if await self._one(f"SELECT 1 FROM webhook_deliveries WHERE {due} LIMIT 1", (now, now, *extra)) is None:
             return []
 
         async def write(cur: Cur) -> list[Delivery]:
@@ -1709,7 +1815,7 @@ class PostgresStore:
                 " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, next_attempt_at)"
                 " SELECT d.*, t.webhook_secret FROM d LEFT JOIN tenants t ON t.name = d.tenant"
                 " ORDER BY d.next_attempt_at, d.id",
-                (owner, now + lease_s, now, now, limit),
+                (owner, now + lease_s, now, now, *extra, limit),
             )
             return [
                 Delivery(

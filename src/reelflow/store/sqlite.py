@@ -38,6 +38,7 @@ from .base import (
 )
 from .common import (
     IDEMPOTENCY_WINDOW_S,
+    ORPHAN_CANCEL_S,
     artifact_keys,
     callback_matches,
     decode_cursor,
@@ -53,6 +54,7 @@ from .common import (
     month_start,
     new_delivery_id,
     new_webhook_secret,
+    unique_orphans,
     usage_refusal,
     wants_event,
     webhook_body,
@@ -333,6 +335,12 @@ class SQLiteStore:
             if row["status"] in TERMINAL_EXECUTION:
                 raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
             conn.execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?", (execution_id,))
+            conn.execute(
+                "INSERT OR IGNORE INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id,"
+                " created_at) SELECT lease_owner, id, lease_seq, provider, model, type, provider_job_id, ?"
+                " FROM jobs WHERE execution_id = ? AND status = 'running' AND lease_owner IS NOT NULL",
+                (now, execution_id),
+            )
             keys = conn.execute(
                 "UPDATE jobs SET status = 'canceled', finished_at = ?, error = 'canceled by request'"
                 " WHERE execution_id = ? AND status IN ('waiting', 'queued', 'running') RETURNING key",
@@ -378,7 +386,8 @@ class SQLiteStore:
                     "UPDATE jobs SET status = ?, deps_left = ?, attempts = 0, error = NULL, result = NULL,"
                     " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
                     " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                    " cost_actual = NULL, queued_at = ? WHERE execution_id = ? AND key = ?",
+                    " cost_actual = NULL, intent_at = NULL, intent_attempt = NULL, queued_at = ?"
+                    " WHERE execution_id = ? AND key = ?",
                     (status, left, now if status == "queued" else None, execution_id, j["key"]),
                 )
                 events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
@@ -420,10 +429,13 @@ class SQLiteStore:
         return int(row[0])
 
     # ------------------------------------------------------------------ claiming
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
-        return await self._run(self._claim, owner, limit, lease_s)
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[ClaimedJob]:
+        only = sorted(executions) if executions is not None else None
+        return await self._run(self._claim, owner, limit, lease_s, only)
 
-    def _claim(self, owner: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+    def _claim(self, owner: str, limit: int, lease_s: float, executions: list[str] | None = None) -> list[ClaimedJob]:
         now = time.time()
         conn = self._connect()
         # A cheap read first: an idle worker polls often and must not take the write lock for nothing.
@@ -431,20 +443,24 @@ class SQLiteStore:
             "SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= ? LIMIT 1", (now,)
         ).fetchone() is None:
             return []
+        if executions is not None and not executions:
+            return []
         with self._write() as conn:
-            picked = self._pick(conn, limit, now)
+            picked = self._pick(conn, limit, now, executions)
             if not picked:
                 return []
             rows = []
             for chunk in _chunks(picked):
                 rows += conn.execute(
                     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
-                    " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL"
+                    " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL,"
+                    " lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, ?),"
+                    " intent_attempt = COALESCE(intent_attempt, attempts + 1)"
                     f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))})"
                     " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
                     " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-                    " cost_estimated",
-                    (owner, now + lease_s, now, *chunk),
+                    " cost_estimated, lease_seq, intent_at, intent_attempt",
+                    (owner, now + lease_s, now, now, *chunk),
                 ).fetchall()
             if not rows:
                 return []
@@ -500,11 +516,17 @@ class SQLiteStore:
                 tenant=r["tenant"],
                 use_cache=bool(r["use_cache"]),
                 refusal=refusals.get(r["id"]),
+                seq=r["lease_seq"],
+                intent_at=r["intent_at"],
+                intent_attempt=r["intent_attempt"],
+                cost_estimated=float(r["cost_estimated"] or 0.0),
             )
             for r in sorted(rows, key=lambda r: r["id"])
         ]
 
-    def _pick(self, conn: sqlite3.Connection, limit: int, now: float) -> list[int]:
+    def _pick(
+        self, conn: sqlite3.Connection, limit: int, now: float, executions: list[str] | None = None
+    ) -> list[int]:
         """Up to `limit` ready jobs to start: tenants in turn (round robin, so one tenant's big batch cannot
         starve another's single job), within a tenant by priority then age, skipping any job whose tenant,
         provider or model is at its concurrency cap (those stay queued; nothing spins on them)."""
@@ -555,6 +577,9 @@ class SQLiteStore:
         tenants = (tenants[start:] + tenants[:start])[:limit]
         where = "status = 'queued' AND tenant = ? AND run_after <= ?"
         extra: list[Any] = []
+        if executions is not None:  # a wait's own worker: only the executions it waits for
+            where += f" AND execution_id IN ({_qs(len(executions))})"
+            extra += executions
         if full_p:
             where += f" AND (provider IS NULL OR provider NOT IN ({_qs(len(full_p))}))"
             extra += full_p
@@ -849,6 +874,72 @@ class SQLiteStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        return await self._run(self._canceled_attempts, owner)
+
+    def _canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        conn = self._connect()
+        if conn.execute("SELECT 1 FROM job_cancels WHERE owner = ? LIMIT 1", (owner,)).fetchone() is None:
+            return []
+        with self._write() as conn:
+            rows = conn.execute("DELETE FROM job_cancels WHERE owner = ? RETURNING job_id, seq", (owner,)).fetchall()
+            for chunk in _chunks([r[0] for r in rows]):
+                conn.execute(
+                    "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?"
+                    f" AND status != 'running' AND id IN ({_qs(len(chunk))})",
+                    (owner, *chunk),
+                )
+        return [(r[0], r[1]) for r in rows]
+
+    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
+        ids = sorted(set(provider_job_ids))
+        if not ids:
+            return set()
+
+        def read() -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(ids):
+                found.update(
+                    r[0]
+                    for r in self._connect().execute(
+                        "SELECT provider_job_id FROM jobs WHERE provider = ?"
+                        f" AND provider_job_id IN ({_qs(len(chunk))})",
+                        (provider, *chunk),
+                    )
+                )
+            return found
+
+        return await self._run(read)
+
+    async def note_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        *,
+        possible_duplicate_usd: float | None = None,
+    ) -> bool:
+        return await self._run(self._note_attempt, job_id, owner, seq, event, data, possible_duplicate_usd)
+
+    def _note_attempt(
+        self, job_id: int, owner: str, seq: int, event: str, data: dict[str, Any], usd: float | None
+    ) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET possible_duplicates = possible_duplicates + ?,"
+                " possible_duplicate_usd = possible_duplicate_usd + ?"
+                " WHERE id = ? AND lease_owner = ? AND lease_seq = ? AND status = 'running'"
+                " RETURNING execution_id, key",
+                (1 if usd is not None else 0, usd or 0.0, job_id, owner, seq),
+            ).fetchone()
+            if row is None:
+                return False
+            self._insert_events(conn, [(row[0], row[1], event, dumps(data), now)])
+        return True
+
     async def wake_job(
         self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
     ) -> str:
@@ -960,11 +1051,12 @@ class SQLiteStore:
                 row = conn.execute(
                     "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
                     " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                    " error = NULL, cache_key = ?, cache_hit = ? WHERE id = ? AND status = 'running'"
-                    " AND lease_owner = ? RETURNING execution_id, key, dependents",
+                    " error = NULL, cache_key = ?, cache_hit = ?, intent_at = NULL, intent_attempt = NULL"
+                    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
+                    " RETURNING execution_id, key, dependents",
                     (
                         dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
-                        o.owner,
+                        o.owner, o.seq, o.seq,
                     ),
                 ).fetchone()
                 if row is None:
@@ -999,9 +1091,14 @@ class SQLiteStore:
                     "UPDATE jobs SET status = 'queued', run_after = ?, error = ?, lease_owner = NULL,"
                     " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
                     " provider_job_id = CASE WHEN ? THEN provider_job_id END,"
+                    " intent_at = CASE WHEN ? THEN NULL ELSE intent_at END,"
+                    " intent_attempt = CASE WHEN ? THEN NULL ELSE intent_attempt END,"
                     " queued_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
-                    " RETURNING execution_id, key, attempts",
-                    (o.retry_at or now, o.error, o.keep_provider_id, now, o.job_id, o.owner),
+                    " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
+                    (
+                        o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
+                        o.seq, o.seq,
+                    ),
                 ).fetchone()
                 if row is None:
                     continue
@@ -1013,9 +1110,10 @@ class SQLiteStore:
             else:  # failed or canceled
                 row = conn.execute(
                     "UPDATE jobs SET status = ?, error = ?, cost_actual = ?, finished_at = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL, queue_position = NULL WHERE id = ? AND status = 'running'"
-                    " AND lease_owner = ? RETURNING execution_id, key, attempts",
-                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner),
+                    " lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_attempt = NULL"
+                    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
+                    " RETURNING execution_id, key, attempts",
+                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq),
                 ).fetchone()
                 if row is None:
                     continue
@@ -1233,7 +1331,15 @@ class SQLiteStore:
                 " RETURNING id, provider, model, type, provider_job_id",
                 (now,),
             ).fetchall()
-        return [OrphanedCancel(r[0], r[1], r[2], r[3], r[4]) for r in orphans if r[4]]
+            # cancellations addressed to a worker that stopped beating before it read them (the job may have
+            # been resumed since): their provider work is cancelled here
+            orphans += conn.execute(
+                "DELETE FROM job_cancels WHERE created_at < ? AND owner NOT IN"
+                " (SELECT id FROM workers WHERE last_seen >= ?)"
+                " RETURNING job_id, provider, model, type, provider_job_id",
+                (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
+            ).fetchall()
+        return unique_orphans([OrphanedCancel(r[0], r[1], r[2], r[3], r[4]) for r in orphans])
 
     # ------------------------------------------------------------------ tenants and keys
     async def ensure_tenant(self, tenant: str) -> str:
@@ -1310,11 +1416,21 @@ class SQLiteStore:
         return owned
 
     # ------------------------------------------------------------------ webhook deliveries
-    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
-        return await self._run(self._claim_deliveries, owner, limit, lease_s)
+    async def claim_deliveries(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[Delivery]:
+        only = sorted(executions) if executions is not None else None
+        return await self._run(self._claim_deliveries, owner, limit, lease_s, only)
 
-    def _claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+    def _claim_deliveries(
+        self, owner: str, limit: int, lease_s: float, executions: list[str] | None = None
+    ) -> list[Delivery]:
         now = time.time()
+        only, only_args = "", []
+        if executions is not None:
+            if not executions:
+                return []
+            only, only_args = f" AND execution_id IN ({_qs(len(executions))})", list(executions)
         conn = self._connect()
         if conn.execute(
             "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
@@ -1326,9 +1442,9 @@ class SQLiteStore:
             rows = conn.execute(
                 "UPDATE webhook_deliveries SET lease_owner = ?, lease_expires_at = ?"
                 " WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-                "   AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY next_attempt_at LIMIT ?)"
+                f"   AND (lease_expires_at IS NULL OR lease_expires_at < ?){only} ORDER BY next_attempt_at LIMIT ?)"
                 " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at",
-                (owner, now + lease_s, now, now, limit),
+                (owner, now + lease_s, now, now, *only_args, limit),
             ).fetchall()
             secrets = {
                 r[0]: r[1]
