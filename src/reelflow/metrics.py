@@ -91,6 +91,20 @@ PROVIDER_LATENCY = Histogram(
 PROVIDER_COST = Counter(
     "reelflow_provider_cost_usd", "Cost of finished jobs, in US dollars, by provider.", ["provider"], registry=REGISTRY
 )
+POSSIBLE_DUPLICATES = Counter(
+    "reelflow_possible_duplicate_charges",
+    "Paid retries that went ahead after an attempt whose answer was lost, where the provider offers no way to"
+    " ask whether it took the earlier one (each may have been paid twice), by provider.",
+    ["provider"],
+    registry=REGISTRY,
+)
+RECONCILED = Counter(
+    "reelflow_reconciliations",
+    "Lookups at a provider after an attempt whose answer was lost: adopted (the earlier work was found and waited"
+    " on, nothing paid again) or none_found (submitted anew), by provider.",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
 WEBHOOK_DELIVERIES = Counter(
     "reelflow_webhook_deliveries",
     "Webhook delivery attempts: delivered, failed (a retry follows) or gave_up (failed for good).",
@@ -191,6 +205,16 @@ def _count_request(provider: str, status: int | None, seconds: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------- webhooks
+def possible_duplicate(provider: str) -> None:
+    """A paid retry went ahead where the provider could not be asked whether it took the earlier attempt."""
+    POSSIBLE_DUPLICATES.labels(provider).inc()
+
+
+def reconciled(provider: str, adopted: bool) -> None:
+    """A provider was asked for work an earlier attempt may have started."""
+    RECONCILED.labels(provider, "adopted" if adopted else "none_found").inc()
+
+
 def webhook_attempt(delivered: bool, *, retrying: bool) -> None:
     """One webhook delivery attempt: delivered, failed with a retry to come, or failed for good."""
     WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed" if retrying else "gave_up").inc()

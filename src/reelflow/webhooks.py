@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -149,12 +149,15 @@ class WebhookDispatcher:
         max_in_flight: int = 50,
         rng: random.Random | None = None,
         egress: EgressGuard | None = None,
+        executions: Collection[str] | None = None,
     ) -> None:
         if lease_s <= timeout_s:
             raise ValueError(f"lease_s ({lease_s:g}) must exceed timeout_s ({timeout_s:g}): an attempt holds the lease")
         self.store = store
         self.settings = settings or get_settings()
         self.owner = owner
+        self.executions = set(executions) if executions is not None else None
+        """Deliver only these executions' webhooks (the embedded worker of a wait); None: all."""
         self.batch = max(1, batch)
         self.lease_s = lease_s
         self.poll_s = poll_s
@@ -209,7 +212,9 @@ class WebhookDispatcher:
                 claimed: list[Delivery] = []
                 if want > 0:
                     try:
-                        claimed = await self.store.claim_deliveries(self.owner, want, self.lease_s)
+                        claimed = await self.store.claim_deliveries(
+                            self.owner, want, self.lease_s, executions=self.executions
+                        )
                     except Exception:  # the database may be briefly unavailable; look again at the next poll
                         log.exception("webhook dispatcher %s: claiming deliveries failed", self.owner)
                 for delivery in claimed:

@@ -20,7 +20,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,13 @@ from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, gua
 from ..plan import resolve_references
 from ..providers.base import (
     CallbackProvider,
+    CannotReconcile,
     PermanentError,
     ProgressUpdate,
     Provider,
     ProviderError,
     ProviderResult,
+    Reconciling,
     Task,
     TransientError,
 )
@@ -49,6 +51,7 @@ from ..providers.http import RateGate
 from ..providers.registry import Providers
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
+from ..store.common import iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
 from .outputs import judge as judge_output
@@ -96,13 +99,13 @@ class JobTimeout(Exception):
     """A job's own deadline (timeout_s, start_timeout_s, or the execution's) passed."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Held:
     claim: ClaimedJob
     task: asyncio.Task[None]
     provider: Provider | None = None
     provider_job_id: str | None = None
-    stop_reason: str | None = None  # canceled | lost | shutdown
+    stop_reason: str | None = None  # canceled | lost | shutdown | superseded
     work: Task | None = None
 
 
@@ -122,8 +125,11 @@ class Worker:
         drain_timeout_s: float = 30.0,
         deliver_webhooks: bool = True,
         egress: EgressGuard | None = None,
+        executions: Collection[str] | None = None,
     ) -> None:
         self.store = store
+        self.executions = set(executions) if executions is not None else None
+        """Claim only these executions' jobs (the embedded worker of a wait); None: the whole queue."""
         self.settings = settings or get_settings()
         self.providers = providers or Providers()
         self.storage = storage or open_storage(self.settings.storage_url, self.settings.public_url)
@@ -137,6 +143,9 @@ class Worker:
         else:  # object storage: scratch space is this machine's temporary folder
             self.workroot = Path(tempfile.gettempdir()) / "reelflow-work"
         self.held: dict[int, _Held] = {}
+        self._superseded: set[_Held] = set()
+        """Attempts whose job this worker claimed again (a cancel then a resume) while they were still ending:
+        they are stopped, their outcomes no longer count, and the drain waits for them too."""
         self.started = 0
         self.finished = 0
         self._stopping = False
@@ -157,7 +166,11 @@ class Worker:
         self.gates: dict[str, RateGate] = {}
         self._lookups: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
         """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
-        self.webhooks = WebhookDispatcher(store, settings=self.settings, owner=self.id) if deliver_webhooks else None
+        self.webhooks = (
+            WebhookDispatcher(store, settings=self.settings, owner=self.id, executions=self.executions)
+            if deliver_webhooks
+            else None
+        )
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -249,7 +262,9 @@ class Worker:
                     log.exception("worker %s: recovering expired leases failed; trying again later", self.id)
             want = min(self._free_slots(), self.batch_size)
             try:
-                claimed = await self.store.claim(self.id, want, self.lease_s) if want > 0 else []
+                claimed = (
+                    await self.store.claim(self.id, want, self.lease_s, executions=self.executions) if want > 0 else []
+                )
             except Exception:  # the database is away for longer than the store retries: keep trying, slowly
                 log.exception("worker %s: claiming failed; trying again in %.0f s", self.id, CLAIM_RETRY_S)
                 await asyncio.sleep(CLAIM_RETRY_S)
@@ -285,15 +300,25 @@ class Worker:
                         await fut
 
     async def _drain(self) -> None:
-        if self.held:
-            tasks = [h.task for h in self.held.values()]
+        tasks = [h.task for h in [*self.held.values(), *self._superseded]]
+        if tasks:
             await asyncio.wait(tasks, timeout=self.drain_timeout_s)
         leftover = list(self.held.values())
-        for h in leftover:
-            h.stop_reason = "shutdown"
+        for h in [*leftover, *self._superseded]:
+            h.stop_reason = h.stop_reason or "shutdown"
             h.task.cancel()
+        if leftover or self._superseded:
+            await asyncio.wait([h.task for h in [*leftover, *self._superseded]])
         if leftover:
-            await asyncio.wait([h.task for h in leftover])
+            # Provider ids first: a released job keeps the remote work it started, and whichever worker takes
+            # it next waits on that work instead of paying for it again.
+            if self._pids:
+                pids, self._pids = self._pids, []
+                try:
+                    await self.store.set_provider_ids(pids)
+                except BaseException:
+                    self._pids[:0] = pids
+                    raise
             await self.store.release_jobs(self.id, [h.claim.id for h in leftover])
             log.info("worker %s released %d unfinished jobs", self.id, len(leftover))
 
@@ -313,8 +338,8 @@ class Worker:
         while True:
             await asyncio.sleep(min(CONTROL_TICK_S, beat_every))
             try:
-                for job_id in await self.store.canceled_for(self.id):
-                    self._interrupt(job_id, "canceled")
+                for job_id, seq in await self.store.canceled_attempts(self.id):
+                    self._interrupt(job_id, "canceled", seq)
                 for job_id in await self.store.woken_for(self.id):
                     self.wake(job_id)
                 if self.gates:
@@ -324,8 +349,8 @@ class Worker:
                     before = set(self.held)
                     lost = before - await self.store.heartbeat(self.id, self.lease_s)
                     if lost:  # canceled since the look above, or taken over by another worker
-                        for job_id in await self.store.canceled_for(self.id):
-                            self._interrupt(job_id, "canceled")
+                        for job_id, seq in await self.store.canceled_attempts(self.id):
+                            self._interrupt(job_id, "canceled", seq)
                         for job_id in lost:
                             self._interrupt(job_id, "lost")
                 if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
@@ -355,11 +380,18 @@ class Worker:
                 return True
         return False
 
-    def _interrupt(self, job_id: int, reason: str) -> None:
-        held = self.held.get(job_id)
-        if held is not None and held.stop_reason is None and not held.task.done():
-            held.stop_reason = reason
-            held.task.cancel()
+    def _interrupt(self, job_id: int, reason: str, seq: int | None = None) -> None:
+        """Stop the attempt of `job_id` this worker holds (only the attempt numbered `seq`, when given: a
+        cancellation of an attempt that was since superseded must not stop its successor)."""
+        candidates = [self.held.get(job_id), *(h for h in self._superseded if h.claim.id == job_id)]
+        for held in candidates:
+            if held is None or (seq is not None and held.claim.seq != seq):
+                continue
+            if reason == "canceled" and held.stop_reason == "superseded":
+                held.stop_reason = "canceled"  # its provider work is cancelled as it stops
+            if held.stop_reason is None and not held.task.done():
+                held.stop_reason = reason
+                held.task.cancel()
 
     # ------------------------------------------------------------------ batching
     async def _flusher(self) -> None:
@@ -425,6 +457,16 @@ class Worker:
 
     # ------------------------------------------------------------------ one job
     def _start(self, c: ClaimedJob) -> None:
+        earlier = self.held.pop(c.id, None)
+        if earlier is not None:  # canceled and resumed while its attempt here was still ending: that attempt
+            # is over (its outcome would no longer count); its remote work is cancelled unless this one adopts it
+            self._superseded.add(earlier)
+            self._pids = [p for p in self._pids if p[0] != c.id]
+            self._progress.pop(c.id, None)
+            if not earlier.task.done():
+                adopts = earlier.provider_job_id is not None and earlier.provider_job_id == c.provider_job_id
+                earlier.stop_reason = "lost" if adopts else "canceled"
+                earlier.task.cancel()
         task = asyncio.create_task(self._run_job(c), name=f"job-{c.execution_id}-{c.key}")
         self.held[c.id] = _Held(claim=c, task=task)
         self.started += 1
@@ -442,11 +484,15 @@ class Worker:
                 raise
         except Exception as exc:  # a bug of ours: never lose the job, retry it like a transient failure
             log.exception("job %s/%s: unexpected error", c.execution_id, c.key)
-            outcome = self._transient_outcome(c, f"internal error: {type(exc).__name__}: {exc}", None)
+            outcome = self._transient_outcome(c, f"internal error: {type(exc).__name__}: {exc}", None, settled=False)
         finally:
-            self.held.pop(c.id, None)
+            if self.held.get(c.id) is held:
+                del self.held[c.id]
+            self._superseded.discard(held)
             self.finished += 1
             self._wake.set()
+        if held.stop_reason is not None:  # stopped from here: whatever it produced no longer counts
+            outcome = None
         if outcome is not None:
             self._log_outcome(c, outcome)
             metrics.job_finished(c.type, c.provider, outcome.status, time.time() - c.started_at, outcome.cost_usd)
@@ -492,7 +538,9 @@ class Worker:
         key = cache_key(c, params)
         if c.use_cache and (cached := await self._cache_lookup(c.tenant, key)) is not None:
             cached["cache_hit"] = True
-            return JobOutcome(c.id, self.id, "succeeded", result=cached, cost_usd=0.0, cache_key=key, cache_hit=True)
+            return JobOutcome(
+                c.id, self.id, "succeeded", result=cached, cost_usd=0.0, cache_key=key, cache_hit=True, seq=c.seq
+            )
         if c.refusal is not None:
             return self._failed(c, c.refusal)
         workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
@@ -510,10 +558,15 @@ class Worker:
             scratch=workdir,
             inputs=inputs,
             callback_url=self._callback_url(provider, c),
+            intent_at=c.intent_at,
+            intent_attempt=c.intent_attempt,
+            tenant=c.tenant,
         )
         held.work = task
         try:
             pid = c.provider_job_id
+            if pid is None and task.unsettled and getattr(provider, "paid", False):
+                pid = await self._reconcile(provider, task, c, held)
             if pid is None:
                 pid = await provider.submit(task)
                 held.provider_job_id = pid
@@ -525,7 +578,7 @@ class Worker:
             result = await self._wait(provider, task, pid, c)
             job_result = await self._store_outputs(result, task, c.tenant)
             return JobOutcome(
-                c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key
+                c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key, seq=c.seq
             )
         except JobTimeout as exc:
             if held.provider_job_id:
@@ -533,7 +586,10 @@ class Worker:
             return self._failed(c, str(exc))
         except TransientError as exc:
             keep = held.provider_job_id is not None and not exc.resubmit
-            return self._transient_outcome(c, exc.message, exc.retry_after, keep_provider_id=keep)
+            # Settled when the request provably started nothing, or the remote work is known to be gone; any
+            # other failure may have come after the provider took paid work: the next attempt asks first.
+            settled = exc.not_sent or exc.resubmit
+            return self._transient_outcome(c, exc.message, exc.retry_after, keep_provider_id=keep, settled=settled)
         except ProviderError as exc:
             return self._failed(c, exc.message)
         finally:
@@ -572,10 +628,16 @@ class Worker:
         return self.settings.callback_url(provider.name, c.execution_id, c.key)
 
     def _failed(self, c: ClaimedJob, error: str) -> JobOutcome:
-        return JobOutcome(c.id, self.id, "failed", error=error)
+        return JobOutcome(c.id, self.id, "failed", error=error, seq=c.seq)
 
     def _transient_outcome(
-        self, c: ClaimedJob, error: str, retry_after: float | None, *, keep_provider_id: bool = False
+        self,
+        c: ClaimedJob,
+        error: str,
+        retry_after: float | None,
+        *,
+        keep_provider_id: bool = False,
+        settled: bool = True,
     ) -> JobOutcome:
         if c.attempts >= c.max_attempts:
             return self._failed(c, f"{error} (gave up after {c.attempts} attempts)")
@@ -583,7 +645,65 @@ class Worker:
             c.attempts, base=self.settings.retry_base_s, cap=self.settings.retry_max_s, retry_after=retry_after
         )
         return JobOutcome(
-            c.id, self.id, "retry", error=error, retry_at=time.time() + delay, keep_provider_id=keep_provider_id
+            c.id,
+            self.id,
+            "retry",
+            error=error,
+            retry_at=time.time() + delay,
+            keep_provider_id=keep_provider_id,
+            seq=c.seq,
+            settled=settled,
+        )
+
+    async def _reconcile(self, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str | None:
+        """Before paying again after an attempt whose answer was lost: ask the provider for work that attempt
+        may have started, and adopt it (wait on it as after a restart) when found and not another job's. Where
+        the provider cannot be asked, the retry goes ahead and a possible duplicate charge is recorded on the
+        job, in its events, in the log and in a metric: nothing is paid twice silently. A failure to ask
+        (TransientError) ends this attempt, to ask again later rather than pay blind."""
+        since = task.intent_at or c.started_at
+        name = c.provider or provider.name
+        if not isinstance(provider, Reconciling):
+            await self._possible_duplicate(c, name, f"{name} offers no way to look up work whose answer was lost")
+            return None
+        try:
+            found = await provider.find_submitted(task, since)
+        except CannotReconcile as exc:
+            await self._possible_duplicate(c, name, str(exc))
+            return None
+        taken = await self.store.adopted(name, found) if found else set()
+        free = [pid for pid in found if pid not in taken]
+        metrics.reconciled(name, bool(free))
+        data: dict[str, Any] = {"since": iso(since), "attempt": task.intent_attempt, "matches": len(found)}
+        if not free:
+            log.info(
+                "job %s/%s: %s has no work of attempt %s (%d matches taken); submitting",
+                c.execution_id, c.key, name, task.intent_attempt, len(taken),
+            )  # fmt: skip
+            await self.store.note_attempt(c.id, self.id, c.seq, "job.reconciled", {**data, "adopted": None})
+            return None
+        pid = free[0]
+        log.info(
+            "job %s/%s: adopting %s work %s that attempt %s started (its answer was lost)",
+            c.execution_id, c.key, name, pid, task.intent_attempt,
+        )  # fmt: skip
+        held.provider_job_id = pid
+        self._persist_provider_id(c, pid)
+        task.resumed = True
+        await self.store.note_attempt(c.id, self.id, c.seq, "job.reconciled", {**data, "adopted": pid})
+        return pid
+
+    async def _possible_duplicate(self, c: ClaimedJob, provider: str, why: str) -> None:
+        usd = float(c.cost_estimated or 0.0)
+        log.warning(
+            "job %s/%s: possible duplicate charge of about $%.4f: attempt %s may have started paid work at %s"
+            " whose answer was lost, and %s; submitting again",
+            c.execution_id, c.key, usd, c.intent_attempt, provider, why,
+        )  # fmt: skip
+        metrics.possible_duplicate(provider)
+        data = {"provider": provider, "estimated_usd": usd, "attempt": c.intent_attempt, "reason": why}
+        await self.store.note_attempt(
+            c.id, self.id, c.seq, "job.possible_duplicate_charge", data, possible_duplicate_usd=usd
         )
 
     async def _local_inputs(self, c: ClaimedJob, params: dict[str, Any], workdir: Path) -> dict[str, Path]:
