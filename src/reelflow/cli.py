@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import wraps
 from importlib import resources
 from pathlib import Path
@@ -29,6 +31,7 @@ from .errors import ErrorItem, PlanError, ReelflowError
 from .limits import LimitsFileError
 from .plan import load_plan_text
 from .providers.catalog import CatalogFileError, list_models
+from .states import ACTIVE_JOB, TERMINAL_EXECUTION
 
 if TYPE_CHECKING:
     from .client import APIError, Client
@@ -57,6 +60,10 @@ ApiKeyOpt = Annotated[
 
 class Refused(Exception):
     """Ends a command with exit status 1 after the message was shown."""
+
+
+class Interrupted(Exception):
+    """Ends a command with exit status 130 after Ctrl-C, once where things stand was shown."""
 
 
 def configuration_problem() -> str | None:
@@ -103,7 +110,9 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
         except Refused:
             pass
-        except KeyboardInterrupt:
+        except Interrupted:
+            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a Ctrl-C outside a wait
             err.print("interrupted")
             raise typer.Exit(130) from None
         raise typer.Exit(1)
@@ -176,16 +185,90 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+STATE_READ_S = 0.5
+"""How long Ctrl-C waits to read the execution's state for the line it prints."""
+
+
+class _CtrlC:
+    """SIGINT while a command waits on the local database. The first cancels the wait (the runtime then hands
+    its embedded worker's jobs back to the queue within about a second, provider ids kept); a second one
+    exits at once, whatever the first is still doing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            if self.task is not None:
+                self.loop.call_soon_threadsafe(self.task.cancel)
+            return
+        # no rich here: the first interrupt may be printing; one write of plain bytes is safe in a handler
+        os.write(2, b"interrupted again: exiting now (jobs still held return to the queue when their leases end)\n")
+        os._exit(130)
+
+    @classmethod
+    @contextlib.contextmanager
+    def installed(cls) -> Iterator[_CtrlC]:
+        handler = cls()
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: Ctrl-C stays asyncio's
+            yield handler
+            return
+        try:
+            yield handler
+        finally:
+            if not handler.count:  # after an interrupt the handler stays: a second Ctrl-C exits at once
+                signal.signal(signal.SIGINT, previous)
+
+
+def _where_it_stands(state: dict[str, Any]) -> str:
+    """The line printed when Ctrl-C ends a wait: what still runs, how to follow it, how to stop it."""
+    eid = state["id"]
+    if state["status"] in TERMINAL_EXECUTION:
+        return f"execution {eid} {state['status']}. Show it: reelflow status {eid}"
+    active = [j for j in state["jobs"] if j["status"] in ACTIVE_JOB]
+    at_provider = sum(1 for j in active if j.get("provider_job_id"))
+    in_worker = sum(1 for j in active if j["status"] == "running" and not j.get("provider_job_id"))
+    parts = [f"{len(active) - at_provider - in_worker} queued", f"{at_provider} running at the provider"]
+    if in_worker:
+        parts.append(f"{in_worker} running in a worker")
+    return (
+        f"execution {eid} continues: {', '.join(parts)}. "
+        f"Follow: reelflow status {eid} --wait. Stop: reelflow cancel {eid}"
+    )
+
+
 async def _follow(rt: LocalRuntime, execution_id: str, *, as_json: bool) -> dict[str, Any]:
-    """Wait for the execution, with a live per-job display unless JSON was asked for."""
-    if as_json or not out.is_terminal:
-        return await rt.wait(execution_id)
-    with Live(console=out, refresh_per_second=8, transient=False) as live:
+    """Wait for the execution, with a live per-job display unless JSON was asked for. Ctrl-C leaves the
+    execution running (see `_CtrlC`) and ends the command with 130 and a line saying where things stand."""
+    with _CtrlC.installed() as ctrl_c:
+        try:
+            if as_json or not out.is_terminal:
+                return await rt.wait(execution_id)
+            with Live(console=out, refresh_per_second=8, transient=False) as live:
 
-        def show(state: dict[str, Any]) -> None:
-            live.update(progress_view(state))
+                def show(state: dict[str, Any]) -> None:
+                    live.update(progress_view(state))
 
-        return await rt.wait(execution_id, on_update=show)
+                return await rt.wait(execution_id, on_update=show)
+        except asyncio.CancelledError:
+            if not ctrl_c.count:
+                raise
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()  # the cancel was ours and is handled: later timeouts in this task work as usual
+            try:
+                line = _where_it_stands(await asyncio.wait_for(rt.engine.get(execution_id), STATE_READ_S))
+            except Exception:  # the database is busy or away: say what to do without the counts
+                line = (
+                    f"execution {execution_id} continues (its state could not be read just now). "
+                    f"Follow: reelflow status {execution_id} --wait. Stop: reelflow cancel {execution_id}"
+                )
+            err.print(line, highlight=False, soft_wrap=True)  # now, before the database is closed
+            raise Interrupted from None
 
 
 def _summary(state: dict[str, Any]) -> None:
@@ -348,39 +431,56 @@ async def _events(execution_id: str) -> None:
 def _lifecycle(
     name: str, call: Callable[[LocalRuntime, str], Awaitable[Any]], call_remote: Callable[[Client, str], Any]
 ) -> Callable[..., None]:
+    """A command that acts on an execution (the result is its state, or the id of a new one) and shows the
+    state; with --wait it then follows the execution to its end like `status --wait` (output, exit status)."""
+
     def cmd(
         execution_id: Annotated[str, typer.Argument(metavar="ID")],
+        wait: Annotated[bool, typer.Option("--wait", help="Then wait for the end, showing progress.")] = False,
         server: ServerOpt = None,
         api_key: ApiKeyOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         if server:
 
-            def on_server(client: Client) -> None:
+            def on_server(client: Client) -> dict[str, Any]:
                 result = call_remote(client, execution_id)
+                if wait:
+                    state = _follow_remote(client, result if isinstance(result, str) else execution_id, as_json=as_json)
+                    _show_state(state, as_json)
+                    return state
                 state = result if isinstance(result, dict) else client.get(result)
                 if as_json:
                     _print_json(state)
                 else:
                     _summary(state)
+                return state
 
-            remote(server, api_key, on_server)
-            return
+            state = remote(server, api_key, on_server)
+        else:
 
-        @command
-        async def body() -> None:
-            rt = LocalRuntime()
-            try:
-                result = await call(rt, execution_id)
-                state = result if isinstance(result, dict) else await rt.engine.get(result)
-                if as_json:
-                    _print_json(state)
-                else:
-                    _summary(state)
-            finally:
-                await rt.close()
+            @command
+            async def body() -> dict[str, Any]:
+                rt = LocalRuntime()
+                try:
+                    result = await call(rt, execution_id)
+                    target = result if isinstance(result, str) else execution_id
+                    if wait:
+                        state = await _follow(rt, target, as_json=as_json)
+                        _show_state(state, as_json)
+                        return state
+                    state = result if isinstance(result, dict) else await rt.engine.get(result)
+                    if as_json:
+                        _print_json(state)
+                    else:
+                        _summary(state)
+                    return state
+                finally:
+                    await rt.close()
 
-        body()
+            state = body()
+        if wait:
+            _exit_for(state)
 
     cmd.__name__ = name
     return cmd
@@ -392,7 +492,7 @@ app.command("cancel", help="Cancel an execution: queued jobs are canceled, runni
 app.command("resume", help="Re-run only the failed, canceled and skipped jobs of an execution.")(
     _lifecycle("resume", lambda rt, i: rt.engine.resume(i), lambda c, i: c.resume(i))
 )
-app.command("retry", help="Start a new execution of the same plan.")(
+app.command("retry", help="Start a new execution of the same plan (--wait follows the new one).")(
     _lifecycle("retry", lambda rt, i: rt.engine.retry(i), lambda c, i: c.retry(i).id)
 )
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from ..config import Settings, get_settings
 from ..store import Store, open_store
 from .scheduler import Engine, Listener
 from .worker import Worker
+
+log = logging.getLogger("reelflow.runtime")
+
+HAND_BACK_S = 1.0
+"""How long a wait that ends early (Ctrl-C, its timeout) gives its embedded worker to hand the jobs back before
+leaving them to their leases: a person pressing Ctrl-C expects the prompt back at once."""
 
 
 class LocalRuntime:
@@ -37,12 +44,17 @@ class LocalRuntime:
     ) -> dict[str, Any]:
         """Wait for an execution to end. With `embedded_worker` None, run a worker here whenever none is alive
         elsewhere: liveness is looked at again while waiting (a worker whose heartbeat is older than the lease
-        is dead), so a worker that dies mid-wait is replaced within about one lease."""
+        is dead), so a worker that dies mid-wait is replaced within about one lease.
+
+        A wait that does not see the end (cancelled by Ctrl-C, its timeout passed) hands its worker's jobs back
+        to the queue at once, provider ids kept: the work goes on at the provider and any worker later resumes
+        waiting on it; nothing is cancelled or submitted again."""
         waiting = asyncio.ensure_future(
             self.engine.wait(execution_id, on_update=on_update, timeout=timeout, poll_s=poll_s)
         )
         worker: Worker | None = None
         running: asyncio.Task[None] | None = None
+        ended = False
         recheck_s = max(0.2, min(5.0, self.settings.lease_seconds / 4))
         try:
             while True:
@@ -55,6 +67,7 @@ class LocalRuntime:
                 if done:
                     break
             state = waiting.result()
+            ended = True
             if running is not None:
                 await self._let_webhooks_out(execution_id)
             return state
@@ -64,9 +77,27 @@ class LocalRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
             if worker is not None and running is not None:
-                worker.stop()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await running
+                if ended:
+                    worker.stop()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
+                else:
+                    await self._hand_back(worker, running)
+
+    @staticmethod
+    async def _hand_back(worker: Worker, running: asyncio.Task[None]) -> None:
+        """Stop the embedded worker without draining: its jobs are released to the queue with their provider ids
+        (the worker writes ids before it releases). Past HAND_BACK_S the worker is abandoned: what it still held
+        returns to the queue when its leases run out, as after a crash."""
+        worker.drain_timeout_s = 0.0
+        worker.stop()
+        done, _ = await asyncio.wait({running}, timeout=HAND_BACK_S)
+        if not done:
+            log.warning("worker %s did not hand its jobs back within %.1f s; its leases will", worker.id, HAND_BACK_S)
+            running.cancel()
+            await asyncio.wait({running}, timeout=HAND_BACK_S / 4)
+        if running.done() and not running.cancelled() and (exc := running.exception()) is not None:
+            log.warning("worker %s failed while handing its jobs back: %s", worker.id, exc)
 
     async def _let_webhooks_out(self, execution_id: str, patience_s: float = 10.0) -> None:
         """Give the embedded worker's dispatcher a moment for the execution's first delivery attempts,
