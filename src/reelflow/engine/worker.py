@@ -559,7 +559,8 @@ class Worker:
             inputs=inputs,
             callback_url=self._callback_url(provider, c),
             intent_at=c.intent_at,
-            intent_attempt=c.intent_attempt,
+            seq=c.seq,
+            intent_seq=c.intent_seq,
             tenant=c.tenant,
         )
         held.work = task
@@ -674,18 +675,18 @@ class Worker:
         taken = await self.store.adopted(name, found) if found else set()
         free = [pid for pid in found if pid not in taken]
         metrics.reconciled(name, bool(free))
-        data: dict[str, Any] = {"since": iso(since), "attempt": task.intent_attempt, "matches": len(found)}
+        data: dict[str, Any] = {"since": iso(since), "matches": len(found)}
         if not free:
             log.info(
-                "job %s/%s: %s has no work of attempt %s (%d matches taken); submitting",
-                c.execution_id, c.key, name, task.intent_attempt, len(taken),
+                "job %s/%s: %s has no work of an earlier attempt (%d matches taken); submitting",
+                c.execution_id, c.key, name, len(taken),
             )  # fmt: skip
             await self.store.note_attempt(c.id, self.id, c.seq, "job.reconciled", {**data, "adopted": None})
             return None
         pid = free[0]
         log.info(
-            "job %s/%s: adopting %s work %s that attempt %s started (its answer was lost)",
-            c.execution_id, c.key, name, pid, task.intent_attempt,
+            "job %s/%s: adopting %s work %s that an earlier attempt started (its answer was lost)",
+            c.execution_id, c.key, name, pid,
         )  # fmt: skip
         held.provider_job_id = pid
         self._persist_provider_id(c, pid)
@@ -696,12 +697,12 @@ class Worker:
     async def _possible_duplicate(self, c: ClaimedJob, provider: str, why: str) -> None:
         usd = float(c.cost_estimated or 0.0)
         log.warning(
-            "job %s/%s: possible duplicate charge of about $%.4f: attempt %s may have started paid work at %s"
-            " whose answer was lost, and %s; submitting again",
-            c.execution_id, c.key, usd, c.intent_attempt, provider, why,
+            "job %s/%s: possible duplicate charge of about $%.4f: an earlier attempt may have started paid work at"
+            " %s whose answer was lost, and %s; submitting again",
+            c.execution_id, c.key, usd, provider, why,
         )  # fmt: skip
         metrics.possible_duplicate(provider)
-        data = {"provider": provider, "estimated_usd": usd, "attempt": c.intent_attempt, "reason": why}
+        data = {"provider": provider, "estimated_usd": usd, "reason": why}
         await self.store.note_attempt(
             c.id, self.id, c.seq, "job.possible_duplicate_charge", data, possible_duplicate_usd=usd
         )

@@ -45,20 +45,32 @@ class Task:
     """When the job's first unsettled attempt began: an attempt from then on may have started paid work whose
     answer was lost (a read timeout, a crash). None for a task that nothing earlier may have submitted."""
     intent_attempt: int | None = None
-    """The attempt that `intent_at` belongs to; the idempotency key names it, so every attempt until the job
-    is settled sends the same key and the provider de-duplicates them."""
+    """The attempt that `intent_at` belongs to (for tasks made by hand; the worker sets `intent_seq`)."""
+    seq: int = 0
+    """The attempt's lease number: every claim of the job increments it, nothing resets it (unlike `attempt`,
+    which a shutdown hands back and a resume restarts)."""
+    intent_seq: int | None = None
+    """The lease number of the job's first unsettled attempt; below `seq`, an earlier attempt may have started
+    paid work whose answer was lost. The idempotency key names it, so every attempt until the job settles sends
+    the same key and the provider de-duplicates them."""
     tenant: str = "default"
 
     @property
     def idempotency_key(self) -> str:
         """A key naming the job's first unsettled attempt (this attempt when nothing is unsettled), for
         providers that de-duplicate submissions by one: a retry after a lost answer sends the same key."""
+        if self.intent_seq is not None:
+            return f"reelflow-{self.execution_id}-{self.job_id}-s{self.intent_seq}"
         return f"reelflow-{self.execution_id}-{self.job_id}-{self.intent_attempt or self.attempt}"
 
     @property
     def unsettled(self) -> bool:
         """An earlier attempt may have started work at the provider whose answer never reached us."""
-        return self.intent_at is not None and self.intent_attempt is not None and self.intent_attempt < self.attempt
+        if self.intent_at is None:
+            return False
+        if self.intent_seq is not None:
+            return self.intent_seq < self.seq
+        return self.intent_attempt is not None and self.intent_attempt < self.attempt
 
     async def pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`, or less if a callback wakes the job; True when woken."""

@@ -88,8 +88,8 @@ class ClaimedJob:
     only while the job's row still carries it, so a cancelled or superseded attempt can never finish the job."""
     intent_at: float | None = None
     """When the job's first unsettled attempt began (this one, when nothing earlier is unsettled)."""
-    intent_attempt: int | None = None
-    """That attempt's number: when it is below `attempts`, an earlier attempt may have started paid work whose
+    intent_seq: int | None = None
+    """That attempt's lease number: when it is below `seq`, an earlier attempt may have started paid work whose
     answer was lost, and the worker asks the provider before submitting again."""
     cost_estimated: float = 0.0
 

@@ -506,7 +506,7 @@ class PostgresStore:
                 "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
                 " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
                 " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                " cost_actual = NULL, intent_at = NULL, intent_attempt = NULL, queued_at = %s"
+                " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = %s"
                 " WHERE execution_id = %s AND key = %s",
                 (status, left, now if status == "queued" else None, execution_id, j["key"]),
             )
@@ -583,11 +583,11 @@ class PostgresStore:
             "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,"
             " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,"
             " lease_seq = j.lease_seq + 1, intent_at = COALESCE(j.intent_at, %s),"
-            " intent_attempt = COALESCE(j.intent_attempt, j.attempts + 1)"
+            " intent_seq = COALESCE(j.intent_seq, j.lease_seq + 1)"
             " FROM executions e WHERE e.id = j.execution_id AND j.status = 'queued' AND j.id = ANY(%b::bigint[])"
             " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
             " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
-            " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_attempt",
+            " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq",
             (owner, now + lease_s, now, now, picked),
         )
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
@@ -641,7 +641,7 @@ class PostgresStore:
                 refusal=refusals.get(r["id"]),
                 seq=r["lease_seq"],
                 intent_at=r["intent_at"],
-                intent_attempt=r["intent_attempt"],
+                intent_seq=r["intent_seq"],
                 cost_estimated=float(r["cost_estimated"] or 0.0),
             )
             for r in rows
@@ -1253,7 +1253,7 @@ class PostgresStore:
             await cur.execute(
                 "UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,"
                 " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                " error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_attempt = NULL,"
+                " error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,"
                 " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],"
                 "   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)"
@@ -1273,7 +1273,7 @@ class PostgresStore:
                 " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
                 " provider_job_id = CASE WHEN w.keep THEN j.provider_job_id END, queued_at = %s,"
                 " intent_at = CASE WHEN w.settled THEN NULL ELSE j.intent_at END,"
-                " intent_attempt = CASE WHEN w.settled THEN NULL ELSE j.intent_attempt END"
+                " intent_seq = CASE WHEN w.settled THEN NULL ELSE j.intent_seq END"
                 " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[], %b::bool[], %b::bigint[])"
                 "   AS w(id, owner, run_after, error, keep, settled, seq)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
@@ -1290,7 +1290,7 @@ class PostgresStore:
             await cur.execute(
                 "UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,"
                 " lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL, intent_at = NULL,"
-                " intent_attempt = NULL"
+                " intent_seq = NULL"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])"
                 "   AS w(id, owner, status, error, cost, seq)"
                 " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"

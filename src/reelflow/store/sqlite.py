@@ -386,7 +386,7 @@ class SQLiteStore:
                     "UPDATE jobs SET status = ?, deps_left = ?, attempts = 0, error = NULL, result = NULL,"
                     " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
                     " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                    " cost_actual = NULL, intent_at = NULL, intent_attempt = NULL, queued_at = ?"
+                    " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = ?"
                     " WHERE execution_id = ? AND key = ?",
                     (status, left, now if status == "queued" else None, execution_id, j["key"]),
                 )
@@ -455,11 +455,11 @@ class SQLiteStore:
                     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
                     " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL,"
                     " lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, ?),"
-                    " intent_attempt = COALESCE(intent_attempt, attempts + 1)"
+                    " intent_seq = COALESCE(intent_seq, lease_seq + 1)"
                     f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))})"
                     " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
                     " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-                    " cost_estimated, lease_seq, intent_at, intent_attempt",
+                    " cost_estimated, lease_seq, intent_at, intent_seq",
                     (owner, now + lease_s, now, now, *chunk),
                 ).fetchall()
             if not rows:
@@ -518,7 +518,7 @@ class SQLiteStore:
                 refusal=refusals.get(r["id"]),
                 seq=r["lease_seq"],
                 intent_at=r["intent_at"],
-                intent_attempt=r["intent_attempt"],
+                intent_seq=r["intent_seq"],
                 cost_estimated=float(r["cost_estimated"] or 0.0),
             )
             for r in sorted(rows, key=lambda r: r["id"])
@@ -1051,7 +1051,7 @@ class SQLiteStore:
                 row = conn.execute(
                     "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
                     " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                    " error = NULL, cache_key = ?, cache_hit = ?, intent_at = NULL, intent_attempt = NULL"
+                    " error = NULL, cache_key = ?, cache_hit = ?, intent_at = NULL, intent_seq = NULL"
                     " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
                     " RETURNING execution_id, key, dependents",
                     (
@@ -1092,7 +1092,7 @@ class SQLiteStore:
                     " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
                     " provider_job_id = CASE WHEN ? THEN provider_job_id END,"
                     " intent_at = CASE WHEN ? THEN NULL ELSE intent_at END,"
-                    " intent_attempt = CASE WHEN ? THEN NULL ELSE intent_attempt END,"
+                    " intent_seq = CASE WHEN ? THEN NULL ELSE intent_seq END,"
                     " queued_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
                     " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
                     (
@@ -1110,7 +1110,7 @@ class SQLiteStore:
             else:  # failed or canceled
                 row = conn.execute(
                     "UPDATE jobs SET status = ?, error = ?, cost_actual = ?, finished_at = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_attempt = NULL"
+                    " lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = NULL"
                     " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
                     " RETURNING execution_id, key, attempts",
                     (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq),
