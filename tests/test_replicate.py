@@ -210,7 +210,8 @@ async def test_a_throttled_create_is_sent_again_after_the_hold_and_other_calls_w
     provider = make_provider(fake)
     started = time.monotonic()
     pid = await provider.submit(task(tmp_path, prompt="p"))
-    assert pid in fake.predictions and fake.creates == 3
+    assert pid in fake.predictions and fake.creates == 1  # one prediction, billed once
+    assert len(fake.requests_to("/v1/models/")) == 3  # three create requests: two refused with 429
     assert time.monotonic() - started >= 0.55  # two holds of 0.3 s
     assert provider.gate.throttled == 2
     await provider.aclose()

@@ -12,7 +12,11 @@ Webhooks: a submission with `?fal_webhook=<url>` gets one signed POST to that UR
 (from a timer thread), signed like fal's (Ed25519 over `request_id\nuser_id\ntimestamp\n<sha256 hex of
 the body>`) with a key the fake serves as a JWKS at `jwks_url`. Knobs: `drop_webhooks`, `webhook_delay_s`,
 `tamper_webhooks` ("body", "signature", "key", "stale"), `rotate_key()`. Counters: `hits` per route
-(submit, status, result, cancel, file, jwks), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`.
+(submit, status, result, cancel, file, jwks), `creates` (requests really queued: the work that runs and is
+billed), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`.
+
+Lost answers: `accept_then_drop(n)` queues the next n submitted requests (they run) and closes the connection
+without an answer; `accept_then_delay(n, delay_s)` queues them and answers only after delay_s.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ class FakeFal:
     user_id: str = "fake-user-1234"
 
     requests: dict[str, FakeRequest] = field(default_factory=dict)
+    creates: int = 0
+    """Requests really queued (each runs and is billed), whether or not their submit was answered."""
     hits: Counter[str] = field(default_factory=Counter)
     """Calls per route: submit, status, result, cancel, file."""
     log: list[LoggedRequest] = field(default_factory=list)
@@ -155,6 +161,8 @@ class FakeFal:
     webhooks_dropped: int = 0
     _timers: list[threading.Timer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _faults: list[float | None] = field(default_factory=list)
+    """What happens to the next answered submits: None drops the connection, a number delays the answer."""
 
     # --- knobs -----------------------------------------------------------------------------------
 
@@ -179,6 +187,18 @@ class FakeFal:
     def drop_next(self, route: str, n: int = 1) -> None:
         """The next `n` calls of `route` lose their connection mid-answer."""
         self._drops[route] += n
+
+    def accept_then_drop(self, n: int = 1) -> None:
+        """The next `n` submits are queued (the request runs and is billed) but their connection is closed
+        without an answer: the client cannot know the work started."""
+        with self._lock:
+            self._faults += [None] * n
+
+    def accept_then_delay(self, n: int = 1, delay_s: float = 5.0) -> None:
+        """The next `n` submits are queued and answered only after `delay_s` (a client with a shorter read
+        timeout gives up on a request that runs anyway)."""
+        with self._lock:
+            self._faults += [float(delay_s)] * n
 
     def fail_requests(
         self, n: int = 1, error: str = "Internal error", error_type: str = "internal_server_error"
@@ -274,7 +294,8 @@ class FakeFal:
 
     def __enter__(self) -> FakeFal:
         self.media = tiny_media()
-        self.runner = ThreadedServer(self._app(), "fal").start()
+        self.app = self._app()
+        self.runner = ThreadedServer(self._asgi, "fal", interface="asgi3").start()
         self.base_url = self.runner.url + ""
         return self
 
@@ -470,7 +491,9 @@ class FakeFal:
             req.webhook_url = webhook
             if fake._errors:
                 req.error = fake._errors.pop(0)
-            fake.requests[request_id] = req
+            with fake._lock:
+                fake.requests[request_id] = req
+                fake.creates += 1
             if webhook is not None:
                 fake._schedule_webhook(req)
             where = fake.forge_urls or fake.base_url
@@ -487,6 +510,33 @@ class FakeFal:
             )
 
         return app
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The app, behind which a taken submit's answer is dropped or delayed on demand."""
+        if scope["type"] != "http" or scope["method"] != "POST" or not self._faults:
+            await self.app(scope, receive, send)
+            return
+        raw_send, dropped = send, False
+
+        async def faulty_send(message: dict[str, Any]) -> None:
+            nonlocal dropped
+            if dropped:
+                return  # the connection is gone: the rest of the answer goes nowhere
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                with self._lock:
+                    fault = self._faults.pop(0) if self._faults else False
+                if fault is None:
+                    dropped = True
+                    transport = getattr(getattr(raw_send, "__self__", None), "transport", None)
+                    if transport is None:
+                        raise RuntimeError("fake fal: dropping the connection")
+                    transport.abort()  # uvicorn's transport: closed under the request, no answer
+                    return
+                if fault:
+                    await asyncio.sleep(fault)
+            await raw_send(message)
+
+        await self.app(scope, receive, faulty_send)
 
     @staticmethod
     def _required(model_path: str) -> list[str]:

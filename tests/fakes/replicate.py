@@ -6,10 +6,19 @@
 Predictions walk `starting` -> `processing` (logs with percentages) -> `succeeded` over `queue_s` +
 `latency_s`; their output is a URL to a real tiny mp4 (video models) or png (image models, as a list)
 served by the fake itself. Knobs: `fail_next_creates_with`, `prediction_fails`, `drop_connection_next`,
-`forge_urls_get`, `output_override`, `rate_limit_per_s` (429 with Retry-After past that many API
-requests a second), `drop_webhooks`, `tamper_webhooks`; counters `creates`, `gets`, `cancels`,
-`secret_reads`, `webhooks_sent`, `throttled`; `requests` logs every call. `hostile` serves any bytes or
-redirects at `/hostile/<name>` (an `output_override` can name them).
+`accept_then_drop`, `accept_then_delay`, `forge_urls_get`, `forge_list_next`, `remove_data`,
+`output_override`, `rate_limit_per_s` (429 with Retry-After past that many API requests a second),
+`drop_webhooks`, `tamper_webhooks`, `list_page_size`; counters `creates` (predictions really created: the
+work that runs and is billed), `gets`, `lists`, `cancels`, `secret_reads`, `webhooks_sent`, `throttled`;
+`requests` logs every call. `hostile` serves any bytes or redirects at `/hostile/<name>` (an
+`output_override` can name them).
+
+`GET /v1/predictions` lists predictions as Replicate documents it (the HTTP API reference, "List
+predictions"): newest first, `created_after` (at or after) and `created_before` (before) in ISO 8601,
+`source` (`api` or `web`), pages of `list_page_size` (Replicate: 100) linked by `next` / `previous`, full URLs
+carrying a `cursor` and the filters. Each listed prediction has exactly the fields the reference shows:
+id, model, version, input, output, error, status, source, data_removed, created_at, started_at,
+completed_at, metrics, urls; no logs, no webhook (`GET /v1/predictions/{id}` adds those).
 
 A create with `webhook` gets a Standard Webhooks POST of the whole prediction to that URL when it
 ends (`webhook_events_filter` honoured for `completed`), signed with `webhook_secret`, which
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import secrets
 import tempfile
@@ -31,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import FastAPI, Request
@@ -91,6 +102,28 @@ def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _parse_iso(text: str) -> float:
+    """An ISO 8601 date-time (`Z` or an offset; naive means UTC) or date as epoch seconds; ValueError otherwise."""
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _cursor(kind: str, created: float, pid: str) -> str:
+    """An opaque page cursor: `p` (the page after this prediction) or `r` (the page before it)."""
+    return base64.urlsafe_b64encode(f"{kind}={created!r}:{pid}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[str, tuple[float, str]]:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    kind, _, rest = raw.partition("=")
+    created, _, pid = rest.partition(":")
+    if kind not in ("p", "r") or not pid:
+        raise ValueError(cursor)
+    return kind, (float(created), pid)
+
+
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "detail": detail, "status": status}
     return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
@@ -110,6 +143,9 @@ class FakePrediction:
     output_override: Any = None
     canceled_at: float | None = None
     webhook: str | None = None
+    webhook_events_filter: list[str] | None = None
+    source: str = "api"
+    data_removed: bool = False
 
     def status(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -138,7 +174,9 @@ class FakeReplicate:
     queue_s: float = 0.1
     predictions: dict[str, FakePrediction] = field(default_factory=dict)
     creates: int = 0
+    """Predictions really created (each runs and is billed), whether or not their create was answered."""
     gets: int = 0
+    lists: int = 0
     cancels: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     """Every request: t, method, path, authorization, prefer, body (JSON, for creates)."""
@@ -156,11 +194,16 @@ class FakeReplicate:
     throttled: int = 0
     webhook_answers: Counter[int] = field(default_factory=Counter)
     """Status codes our callback route answered the webhooks with."""
+    list_page_size: int = 100
+    """Predictions per page of `GET /v1/predictions` (Replicate's is 100; tests make it small to page)."""
+    forged_list_base: str | None = None
 
     def __post_init__(self) -> None:
         self._fail: FailPlan | None = None
         self._fail_error: str | None = None
         self._drops = 0
+        self._faults: list[float | None] = []
+        """What happens to the next answered creates: None drops the connection, a number delays the answer."""
         self._window: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: httpx.AsyncClient | None = None
@@ -184,6 +227,29 @@ class FakeReplicate:
     def drop_connection_next(self, n: int = 1) -> None:
         """The next `n` API requests get their connection closed with no answer."""
         self._drops = n
+
+    def accept_then_drop(self, n: int = 1) -> None:
+        """The next `n` creates are taken (the prediction exists, runs and is billed) but their connection is
+        closed without an answer: the client cannot know the work started."""
+        with self._lock:
+            self._faults += [None] * n
+
+    def accept_then_delay(self, n: int = 1, delay_s: float = 5.0) -> None:
+        """The next `n` creates are taken and their answer is sent only after `delay_s` (a client with a
+        shorter read timeout gives up on a prediction that runs anyway)."""
+        with self._lock:
+            self._faults += [float(delay_s)] * n
+
+    def forge_list_next(self, base_url: str | None) -> None:
+        """Prediction list pages name `next` / `previous` on this base (`http://host:port/v1`) instead of
+        ours: a client must never send its token there."""
+        self.forged_list_base = base_url
+
+    def remove_data(self) -> None:
+        """Every prediction so far has its input and output removed, as Replicate does an hour after an API
+        prediction (`data_removed: true`)."""
+        for p in list(self.predictions.values()):
+            p.data_removed = True
 
     def forge_urls_get(self, url: str | None) -> None:
         """Predictions name this as `urls.get` (`{id}` is filled in): a client must never follow it."""
@@ -254,25 +320,83 @@ class FakeReplicate:
         get_url = f"{self.base_url}/predictions/{p.id}"
         if self.forged_get_url:
             get_url = self.forged_get_url.replace("{id}", p.id)
-        return {
+        view: dict[str, Any] = {
             "id": p.id,
             "model": p.model,
             "version": p.version,
-            "input": p.input,
-            "output": output,
+            "input": {} if p.data_removed else p.input,
+            "output": None if p.data_removed else output,
             "logs": logs,
             "error": p.fail_error if status == "failed" else None,
             "status": status,
+            "source": p.source,
             "created_at": _iso(p.created),
             "started_at": _iso(started),
             "completed_at": _iso(p.canceled_at or done_at) if status in ("succeeded", "failed", "canceled") else None,
-            "data_removed": False,
+            "data_removed": p.data_removed,
             "metrics": metrics,
             "urls": {
                 "get": get_url,
                 "cancel": f"{self.base_url}/predictions/{p.id}/cancel",
                 "stream": f"{self.origin}/stream/{p.id}",
             },
+        }
+        if p.webhook is not None:
+            view["webhook"] = p.webhook
+            view["webhook_events_filter"] = p.webhook_events_filter or ["start", "output", "logs", "completed"]
+        return view
+
+    LISTED = (
+        "id", "model", "version", "input", "output", "error", "status", "source", "data_removed",
+        "created_at", "started_at", "completed_at", "metrics", "urls",
+    )  # fmt: skip
+    """The fields of a prediction in `GET /v1/predictions`, as Replicate's reference shows them."""
+
+    def _listed(self, p: FakePrediction) -> dict[str, Any]:
+        view = self._view(p)
+        return {k: view[k] for k in self.LISTED}
+
+    def _list_page(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """One page of `GET /v1/predictions` for these query parameters: (status, body)."""
+        try:
+            after = _parse_iso(query["created_after"]) if "created_after" in query else None
+            before = _parse_iso(query["created_before"]) if "created_before" in query else None
+        except ValueError:
+            return 400, {"detail": "created_after and created_before must be ISO 8601 date-times"}
+        source = query.get("source")
+        if source is not None and source not in ("api", "web"):
+            return 400, {"detail": "source must be one of: web, api"}
+        items = [
+            p
+            for p in list(self.predictions.values())
+            if (after is None or p.created >= after)
+            and (before is None or p.created < before)
+            and (source is None or p.source == source)
+        ]
+        items.sort(key=lambda p: (p.created, p.id), reverse=True)  # newest first
+        size = max(1, self.list_page_size)
+        start = 0
+        if "cursor" in query:
+            try:
+                kind, key = _read_cursor(query["cursor"])
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                return 400, {"detail": "Invalid cursor"}
+            if kind == "p":  # the page after `key` (older ones)
+                start = next((i for i, p in enumerate(items) if (p.created, p.id) < key), len(items))
+            else:  # the page before `key` (newer ones), the nearest of them
+                newer = sum(1 for p in items if (p.created, p.id) > key)
+                start = max(0, newer - size)
+        page = items[start : start + size]
+        filters = {k: v for k, v in query.items() if k in ("created_after", "created_before", "source")}
+        base = self.forged_list_base or self.base_url
+
+        def link(kind: str, p: FakePrediction) -> str:
+            return f"{base}/predictions?" + urlencode({**filters, "cursor": _cursor(kind, p.created, p.id)})
+
+        return 200, {
+            "next": link("p", page[-1]) if page and start + len(page) < len(items) else None,
+            "previous": link("r", page[0]) if page and start > 0 else None,
+            "results": [self._listed(p) for p in page],
         }
 
     def _build_app(self) -> FastAPI:
@@ -323,7 +447,6 @@ class FakeReplicate:
 
         async def create(request: Request, model: str | None) -> Response:
             with fake._lock:
-                fake.creates += 1
                 plan = fake._fail
                 if plan is not None and plan.remaining > 0:
                     plan.remaining -= 1
@@ -367,11 +490,15 @@ class FakeReplicate:
                 fail_error=fake._fail_error,
                 output_override=fake.output_override,
             )
-            fake.predictions[p.id] = p
+            with fake._lock:
+                fake.predictions[p.id] = p
+                fake.creates += 1
             hook = body.get("webhook")
             events = body.get("webhook_events_filter")
-            if isinstance(hook, str) and (not isinstance(events, list) or "completed" in events):
+            if isinstance(hook, str):
                 p.webhook = hook
+                p.webhook_events_filter = [str(e) for e in events] if isinstance(events, list) else None
+            if isinstance(hook, str) and (not isinstance(events, list) or "completed" in events):
                 task = asyncio.create_task(deliver(p))
                 fake._tasks.add(task)
                 task.add_done_callback(fake._tasks.discard)
@@ -391,6 +518,18 @@ class FakeReplicate:
         @app.post("/v1/predictions")
         async def create_pinned(request: Request) -> Response:
             return await create(request, None)
+
+        @app.get("/v1/predictions")
+        async def list_predictions(request: Request) -> Response:
+            fake.lists += 1
+            if not authorized(request):
+                return _problem(401, DEFAULT_DETAILS[401])
+            if (throttled := over_limit()) is not None:
+                return throttled
+            status, body = fake._list_page(dict(request.query_params))
+            if status != 200:
+                return _problem(status, body["detail"])
+            return JSONResponse(body)
 
         @app.get("/v1/predictions/{pid}")
         async def get_prediction(pid: str, request: Request) -> Response:
@@ -469,20 +608,43 @@ class FakeReplicate:
                 receive = replay
             self.requests.append(entry)
             if scope["path"].startswith("/v1/") and self._drops > 0:
-                self._drops -= 1
-                if scope["method"] == "POST" and "/predictions" in scope["path"] and "cancel" not in scope["path"]:
-                    self.creates += 1
+                self._drops -= 1  # before the app: nothing is created
                 await self._drop(send)
                 return
-            inner_send = send
+            raw_send = send
 
             async def recording_send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     entry["status"] = message["status"]
-                await inner_send(message)
+                await raw_send(message)
 
             send = recording_send
+            path = scope["path"]
+            is_create = scope["method"] == "POST" and path.endswith("/predictions") and path.startswith("/v1/")
+            if is_create and self._faults:
+                send = self._faulty(raw_send, recording_send)
         await self.app(scope, receive, send)
+
+    def _faulty(self, raw_send: Any, send: Any) -> Any:
+        """A create's `send` that applies the next fault once the create is taken (answered 201)."""
+        dropped = False
+
+        async def faulty_send(message: dict[str, Any]) -> None:
+            nonlocal dropped
+            if dropped:
+                return  # the connection is gone: the rest of the answer goes nowhere
+            if message["type"] == "http.response.start" and message["status"] == 201:
+                with self._lock:
+                    fault = self._faults.pop(0) if self._faults else False
+                if fault is None:
+                    dropped = True
+                    await self._drop(raw_send)
+                    return
+                if fault:
+                    await asyncio.sleep(fault)
+            await send(message)
+
+        return faulty_send
 
     @staticmethod
     async def _drop(send: Any) -> None:
