@@ -10,6 +10,10 @@ Callbacks: when `task.callback_url` is set, submit passes it as `?fal_webhook=`;
 the request ends. `verify_callback` checks fal's Ed25519 signature against the keys of fal's JWKS
 (fetched without our key, cached up to 24 h) and names the work by the **bare request id** (the
 webhook knows nothing of `<owner>/<app>`): match it against the last segment of the stored id.
+
+Reconciliation: the queue API looks requests up by id only, so a request whose submit answer was lost
+cannot be found by what it asked for; `find_submitted` raises CannotReconcile (the worker submits again and
+records a possible duplicate charge).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..net import UnsafeDestination
 from .base import (
     CallbackEvent,
     CallbackRejected,
+    CannotReconcile,
     Output,
     PermanentError,
     ProgressReporter,
@@ -108,8 +113,8 @@ def _classify(response: httpx.Response, doing: str) -> ProviderError:
     retryable = response.headers.get("x-fal-retryable", "").strip().lower()
     if retryable == "false":
         return PermanentError(message)
-    if status == 429:
-        return TransientError(message, retry_after=retry_after(response))
+    if status == 429:  # a throttled request was refused before anything ran: a submit started no work
+        return TransientError(message, retry_after=retry_after(response), not_sent=True)
     if status >= 500 or status in (408, 409) or retryable == "true":
         return TransientError(message, retry_after=retry_after(response))
     return PermanentError(message)
@@ -256,6 +261,14 @@ class FalProvider(HttpAdapter):
         if not isinstance(request_id, str) or not _SEGMENT.match(request_id):
             raise PermanentError(f"fal: unexpected request_id {request_id!r}")
         return f"{owner}/{app}/{request_id}"
+
+    async def find_submitted(self, task: Task, since: float) -> list[str]:
+        """Always CannotReconcile: fal's queue API (status, result, cancel) only knows a request by the id its
+        submit answered, so a request whose answer was lost cannot be found by model and input."""
+        raise CannotReconcile(
+            f"fal: the queue API cannot look up requests by model and input, so whether the lost submit to "
+            f"{task.model} started work cannot be told"
+        )
 
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         owner, app, request_id = _split_id(provider_id)

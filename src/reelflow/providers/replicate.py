@@ -5,21 +5,28 @@ growing interval. Every request goes to the configured base, with URLs we build 
 prediction id: URLs a response names (`urls.get`, `urls.cancel`) are never followed, so the token
 never leaves the base's host. Output URLs are handed to the worker, which copies them (without our
 token).
+
+`find_submitted` finds a prediction whose create answer was lost (a read timeout, a reset) in
+`GET {base}/predictions?created_after=...` (newest first, `next` pages), so the job adopts it instead of
+paying for the same work twice. The only URL from an answer that is ever requested is such a `next`, and
+only when it is on the base's own scheme, host, port and path.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import mimetypes
 import os
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 import httpx
 
@@ -28,6 +35,7 @@ from ..webhooks import WebhookVerificationError, verify_webhook
 from .base import (
     CallbackEvent,
     CallbackRejected,
+    CannotReconcile,
     Output,
     PermanentError,
     ProgressReporter,
@@ -58,6 +66,15 @@ LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16)
 PREFER_WAIT_S = 5
 MAX_POLL_FAILURES = 5
 """Consecutive transient failures of a status poll tolerated inside one `wait` before giving up."""
+LIST_CLOCK_SKEW_S = 120.0
+"""`find_submitted` lists predictions created from this long before `since`: `since` is our clock, `created_at`
+Replicate's, and two minutes covers any sane drift between them (a wider window only adds candidates that the
+model, input and webhook comparison then rules out)."""
+LIST_MAX_PAGES = 50
+"""Pages of the prediction list `find_submitted` reads before it gives up ("cannot tell", transient): 5,000
+predictions in the window, far beyond a lost answer's few minutes."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -109,8 +126,8 @@ def classify(response: httpx.Response, what: str) -> ProviderError:
     status = response.status_code
     detail = _problem_detail(response)
     message = f"replicate: {what} answered {status}: {detail}"
-    if status == 429:
-        return TransientError(message, retry_after=parse_retry_after(response, detail))
+    if status == 429:  # a throttled request was refused before anything ran: a create started no work
+        return TransientError(message, retry_after=parse_retry_after(response, detail), not_sent=True)
     if status >= 500 or status == 408:
         return TransientError(message, retry_after=parse_retry_after(response, ""))
     if 300 <= status < 400:
@@ -122,6 +139,36 @@ def _check_id(provider_id: str) -> str:
     if not _ID_RE.match(provider_id):
         raise PermanentError(f"replicate: not a prediction id: {provider_id!r}")
     return provider_id
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: Any) -> float | None:
+    """Replicate's `created_at` (ISO 8601, `Z`, up to nanoseconds) as epoch seconds; None when unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(_FRACTION_RE.sub(r"\1", value.strip()))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are equal as JSON: `true` is not `1`, `1` is `1.0`, objects ignore key order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and set(a) == set(b) and all(same_json(value, b[key]) for key, value in a.items())
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple) and len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return type(a) is type(b) and a == b
 
 
 def _collect_outputs(output: Any) -> list[str]:
@@ -197,6 +244,7 @@ class ReplicateProvider(HttpAdapter):
     """Replicate: 600 prediction creates a minute, 3000 other calls a minute (bursts tolerated)."""
     create_retries_on_429 = 4
     """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""
+    list_max_pages = LIST_MAX_PAGES
     default_base_url = DEFAULT_BASE_URL
     key_env = TOKEN_ENV
     timeout = TIMEOUT
@@ -317,8 +365,9 @@ class ReplicateProvider(HttpAdapter):
 
     # --- the protocol ----------------------------------------------------------------------------
 
-    async def submit(self, task: Task) -> str:
-        model = task.model or ""
+    def _model_ref(self, model: str | None) -> tuple[str, str, str | None]:
+        """`replicate/<owner>/<name>[:<version>]` -> (owner, name, version or None)."""
+        model = model or ""
         if not model.startswith(f"{self.name}/"):
             raise PermanentError(f"replicate: not a Replicate model: {model!r}")
         ref = model[len(self.name) + 1 :]
@@ -326,11 +375,16 @@ class ReplicateProvider(HttpAdapter):
         owner, _, name = owner_name.partition("/")
         if not (_NAME_RE.match(owner) and _NAME_RE.match(name)) or (has_version and not _VERSION_RE.match(version)):
             raise PermanentError(f"replicate: model must be 'replicate/<owner>/<name>[:<version>]' (got {model!r})")
+        return owner, name, version if has_version else None
+
+    async def submit(self, task: Task) -> str:
+        model = task.model or ""
+        owner, name, version = self._model_ref(model)
         body: dict[str, Any] = {"input": self._input(task)}
         if task.callback_url:
             body["webhook"] = task.callback_url
             body["webhook_events_filter"] = ["completed"]
-        if has_version:
+        if version is not None:
             path = "/predictions"
             body["version"] = version
         else:
@@ -344,6 +398,139 @@ class ReplicateProvider(HttpAdapter):
         if data.get("status") in _TERMINAL:
             self._finished[pid] = data
         return pid
+
+    # --- reconciliation --------------------------------------------------------------------------
+
+    async def find_submitted(self, task: Task, since: float) -> list[str]:
+        """Predictions created at or after `since` (less LIST_CLOCK_SKEW_S) that are exactly what `submit(task)`
+        would create, oldest first: the same official model (`model` is `owner/name`) or pinned `version`, an
+        `input` equal as JSON to ours, and, when `task.callback_url` is set, that `webhook` (the list does not
+        show webhooks, so each candidate is read with `GET /predictions/{id}`; one that names no webhook is not
+        ours). A prediction from the website (`source: web`) is never ours.
+
+        Pages are followed through `next` only while it points at our own base (same scheme, host, port and
+        `/predictions` path; the token goes nowhere else) and at most `list_max_pages` of them; otherwise
+        TransientError (cannot tell). A same-model candidate whose input Replicate has already removed
+        (`data_removed`, an hour after an API prediction) cannot be compared: with no exact match beside it,
+        CannotReconcile (the worker pays again and records a possible duplicate)."""
+        owner, name, version = self._model_ref(task.model)
+        wanted = json.loads(json.dumps(self._input(task)))  # as the create sends it
+        cutoff = since - LIST_CLOCK_SKEW_S
+        path = "/predictions?" + urlencode({"created_after": _iso(cutoff)})
+        found: list[tuple[float, str]] = []
+        unsure: list[str] = []
+        seen: set[Any] = set()
+        for _ in range(self.list_max_pages):
+            data = await self._call("GET", path)
+            results = data.get("results")
+            if not isinstance(results, list):
+                raise TransientError("replicate: the prediction list answer has no results list")
+            past_window = False
+            for item in results:
+                if not isinstance(item, dict) or item.get("id") in seen:
+                    continue
+                seen.add(item.get("id"))
+                created = _parse_time(item.get("created_at"))
+                if created is not None and created < cutoff:
+                    past_window = True  # newest first: the rest is older still
+                    continue
+                verdict = await self._judge(task, item, owner, name, version, wanted)
+                if verdict == "ours":
+                    found.append((created if created is not None else cutoff, str(item["id"])))
+                elif verdict == "unsure":
+                    unsure.append(str(item["id"]))
+            following = data.get("next")
+            if not following or past_window:
+                break
+            own = self._own_list_path(following)
+            if own is None:
+                raise TransientError(
+                    f"replicate: the prediction list's next page is not on {self.base_url} (not followed); "
+                    "cannot tell whether the lost create started work"
+                )
+            path = own
+        else:
+            raise TransientError(
+                f"replicate: more than {self.list_max_pages} pages of predictions since {_iso(cutoff)}; "
+                "cannot tell whether the lost create started work"
+            )
+        if not found and unsure:
+            raise CannotReconcile(
+                f"replicate: the input of prediction(s) {', '.join(unsure)} was removed (data_removed); "
+                "cannot tell whether one of them is this job's"
+            )
+        found.sort()
+        return [pid for _, pid in found]
+
+    async def _judge(
+        self, task: Task, item: dict[str, Any], owner: str, name: str, version: str | None, wanted: Any
+    ) -> str:
+        """What one listed prediction is to this task: "ours", "not ours", or "unsure" (same model, input gone)."""
+        pid = item.get("id")
+        if not isinstance(pid, str) or not _ID_RE.match(pid) or item.get("source") == "web":
+            return "not ours"
+        if version is not None:
+            if item.get("version") != version:
+                return "not ours"
+        elif item.get("model") != f"{owner}/{name}":
+            return "not ours"
+        if item.get("data_removed") is True:
+            return "unsure"
+        full: dict[str, Any] | None = None
+        if not isinstance(item.get("input"), dict):
+            full = await self._read_prediction(pid)
+            if full is None:
+                return "not ours"
+            if full.get("data_removed") is True or not isinstance(full.get("input"), dict):
+                return "unsure"
+        if not same_json(wanted, (full or item)["input"]):
+            return "not ours"
+        if task.callback_url:
+            if full is None and "webhook" not in item:
+                full = await self._read_prediction(pid)
+                if full is None:
+                    return "not ours"
+            if (full or item).get("webhook") != task.callback_url:
+                return "not ours"
+        return "ours"
+
+    async def _read_prediction(self, pid: str) -> dict[str, Any] | None:
+        """`GET /predictions/{pid}`; None when Replicate no longer knows it (404)."""
+        what = f"GET /predictions/{pid}"
+        response = await self.send("GET", f"/predictions/{pid}", doing=what)
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise classify(response, what)
+        try:
+            data = response.json()
+        except ValueError:
+            raise TransientError(f"replicate: {what} answered {response.status_code} with a non-JSON body") from None
+        if not isinstance(data, dict):
+            raise TransientError(f"replicate: {what} answered {response.status_code} with no prediction object")
+        return data
+
+    def _own_list_path(self, url: Any) -> str | None:
+        """`url` as a path under our base when it is our own prediction list (same scheme, host, port, path, no
+        credentials or fragment); None for anything else, which is never requested."""
+        if not isinstance(url, str):
+            return None
+        base, got = urlsplit(self.base_url), urlsplit(url)
+        try:
+            ports = (got.port or _DEFAULT_PORTS.get(got.scheme), base.port or _DEFAULT_PORTS.get(base.scheme))
+        except ValueError:
+            return None
+        if (
+            got.scheme != base.scheme
+            or got.hostname != base.hostname
+            or ports[0] != ports[1]
+            or got.username is not None
+            or got.password is not None
+            or got.fragment
+            or got.path != base.path.rstrip("/") + "/predictions"
+        ):
+            return None
+        return "/predictions" + (f"?{got.query}" if got.query else "")
 
     def _input(self, task: Task) -> dict[str, Any]:
         """The model's `input`: `params.input` as given for `run`, else our params under the model's names."""
