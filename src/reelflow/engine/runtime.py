@@ -44,7 +44,8 @@ class LocalRuntime:
     ) -> dict[str, Any]:
         """Wait for an execution to end. With `embedded_worker` None, run a worker here whenever none is alive
         elsewhere: liveness is looked at again while waiting (a worker whose heartbeat is older than the lease
-        is dead), so a worker that dies mid-wait is replaced within about one lease.
+        is dead), so a worker that dies mid-wait is replaced within about one lease. That worker claims only this
+        execution's jobs and delivers only its webhooks: other executions wait for a worker of their own.
 
         A wait that does not see the end (cancelled by Ctrl-C, its timeout passed) hands its worker's jobs back
         to the queue at once, provider ids kept: the work goes on at the provider and any worker later resumes
@@ -60,7 +61,8 @@ class LocalRuntime:
             while True:
                 if running is None and embedded_worker is not False:
                     if embedded_worker or not await self.workers_running():
-                        worker = Worker(self.store, settings=self.settings)
+                        # only this execution's jobs and webhooks: a wait runs nobody else's work
+                        worker = Worker(self.store, settings=self.settings, executions=[execution_id])
                         running = asyncio.create_task(worker.run())
                 watching = running is None and embedded_worker is None  # another process's worker: look again
                 done, _ = await asyncio.wait({waiting}, timeout=recheck_s if watching else None)
