@@ -94,7 +94,10 @@ async def test_a_speech_job_asks_for_timestamps_and_writes_real_audio_and_words(
     fields = result.fields
     assert fields["text"] == text and [w["word"] for w in fields["words"]] == text.split()
     assert fields["voice_id"] == RACHEL and fields["characters"] == 40
-    assert fields["provider_id"] == pid and fields["request_id"] == "req-1"
+    [made] = eleven.history  # billed once, and kept in the history under the answer's request-id
+    assert fields["provider_id"] == pid and fields["request_id"] == made.request_id and eleven.creates == 1
+    assert (made.text, made.voice_id, made.model_id) == (text, RACHEL, "eleven_multilingual_v2")
+    assert fields["words_source"] == "alignment" and "history_item_id" not in fields
     assert result.cost_usd == pytest.approx(40 * MODELS_BY_ID[MULTI].price.usd)
 
 
