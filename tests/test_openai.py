@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,13 @@ def provider(oai: FakeOpenAI) -> OpenAIProvider:
     return OpenAIProvider(oai.key, oai.base_url)
 
 
+_JOBS = itertools.count(1)
+
+
 def task(tmp_path: Path, model: str = TTS, job_type: str = "generate-audio", **params: Any) -> Task:
-    return Task("ex1", "job1", job_type, model, params, 1, scratch=tmp_path / "scratch")
+    """A task of a job of its own: the fake answers a reused idempotency key with the first answer (or refuses it
+    for a different request), as APIs that honour keys do, so two tasks must not share one."""
+    return Task("ex1", f"job{next(_JOBS)}", job_type, model, params, 1, scratch=tmp_path / "scratch")
 
 
 def image_task(tmp_path: Path, **params: Any) -> Task:

@@ -17,10 +17,20 @@ run in a background thread.
   `video.failed`) is POSTed there when a video ends (unless `drop_webhooks`).
 - `POST /v1/audio/transcriptions` probes the uploaded file and answers `verbose_json` whose words (from
   `transcript_text`) are spread evenly over the file's duration.
+- Speech, images and transcriptions honour `Idempotency-Key` for 24 h as well: the first request with a key
+  that succeeds is kept, and the same key with the same request (same path, same JSON, or the same form
+  fields and file bytes, whatever the multipart boundary) answers that first answer again without doing or
+  billing the work (`replays`); the same key with a different request answers 400 `idempotency_key_mismatch`;
+  the same key while the first is still being worked on answers 409 `idempotency_key_in_use`. A request that
+  fails is not kept (its key stays free). OpenAI's API reference does not document the header nor these
+  answers (its OpenAPI description, openai/openai-openapi, has no idempotency at all, and its SDKs send no
+  key): the fake follows the usual convention of APIs that do (Stripe's), which is what the adapter hopes for.
 
-Errors are shaped as OpenAI shapes them (`{"error": {message, type, param, code}}`). Knobs fail, stall or
-drop the next N calls of a route, or lose the answer after doing the work. `hits` counts calls per route:
-speech, images, transcriptions, video_create, video_get, video_content, video_delete.
+`paid` counts the work done and billed per route (speech, images, transcriptions, video_create); `creates` is
+their sum. Errors are shaped as OpenAI shapes them (`{"error": {message, type, param, code}}`). Knobs fail,
+stall or drop the next N calls of a route before anything is done, or do the work and then lose the answer
+(`lose_next_answer`, `accept_then_drop`) or send it late (`accept_then_delay`). `hits` counts calls per
+route: speech, images, transcriptions, video_create, video_get, video_content, video_delete.
 """
 
 from __future__ import annotations
@@ -230,6 +240,41 @@ class FakeVideo:
         }
 
 
+SYNC_CREATES = ("speech", "images", "transcriptions")
+"""The routes whose work is done (and billed) within the request."""
+CREATES = (*SYNC_CREATES, "video_create")
+IDEMPOTENCY_TTL_S = 86400.0
+
+
+@dataclass
+class KeptAnswer:
+    """What a request with an idempotency key was, and (once done) what it answered."""
+
+    fingerprint: str
+    at: float
+    status: int | None = None
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def request_fingerprint(path: str, content_type: str, raw: bytes) -> str:
+    """What makes two requests the same one: the path and the body's meaning (JSON as parsed; a form as its
+    fields and files, not its random boundary)."""
+    described: Any
+    try:
+        if content_type.lower().startswith("multipart/form-data"):
+            fields, files = parse_form(content_type, raw)
+            described = {
+                "fields": sorted((k, v) for k, vs in fields.items() for v in vs),
+                "files": sorted((k, f.filename, f.content_type, f.sha256) for k, f in files.items()),
+            }
+        else:
+            described = json.loads(raw) if raw else None
+    except ValueError:
+        described = hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(json.dumps([path, described], sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _route(method: str, path: str) -> str:
     parts = path.strip("/").split("/")
     if method == "POST":
@@ -268,6 +313,8 @@ class FakeOpenAI:
     """Every video made, deleted ones included."""
     replays: int = 0
     """Creates answered from the idempotency store (nothing made)."""
+    paid: Counter[str] = field(default_factory=Counter)
+    """Work done and billed, per create route (a replay is not; work whose answer was lost is)."""
     webhooks_sent: list[dict[str, Any]] = field(default_factory=list)
     """Each delivered event: url, headers, body (bytes), status (or error)."""
     webhooks_dropped: list[dict[str, Any]] = field(default_factory=list)
@@ -279,6 +326,9 @@ class FakeOpenAI:
     _stalls: dict[str, list[float]] = field(default_factory=dict)
     _video_failure: tuple[str, str] | None = None
     _idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _kept: dict[str, KeptAnswer] = field(default_factory=dict)
+    """Speech, image and transcription answers by idempotency key."""
+    _after_accept: dict[str, list[float | None]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     corrupt_images: int = 0
     """The next N image answers carry invalid base64."""
@@ -317,6 +367,23 @@ class FakeOpenAI:
         """The next `n` calls of `route` wait `seconds` before being answered (client timeouts)."""
         self._stalls.setdefault(route, []).extend([seconds] * n)
 
+    def accept_then_drop(self, n: int = 1, *, route: str | None = None) -> None:
+        """The next `n` creates (of `route`, or of any create route) are done and billed, then the connection
+        closes before the answer is complete."""
+        self._after_accept.setdefault(route or "*", []).extend([None] * n)
+
+    def accept_then_delay(self, n: int = 1, delay_s: float = 2.0, *, route: str | None = None) -> None:
+        """The next `n` creates (of `route`, or of any create route) are done and billed, and answered only
+        after `delay_s` (a client whose read timeout is shorter gives up first)."""
+        self._after_accept.setdefault(route or "*", []).extend([delay_s] * n)
+
+    def _take_after_accept(self, route: str) -> tuple[bool, float | None]:
+        for name in (route, "*"):
+            pending = self._after_accept.get(name)
+            if pending:
+                return True, pending.pop(0)
+        return False, None
+
     def videos_fail(self, code: str | None, message: str = "") -> None:
         """Videos created from now end `failed` with this error (None: succeed again)."""
         self._video_failure = (code, message) if code is not None else None
@@ -328,8 +395,9 @@ class FakeOpenAI:
 
     @property
     def creates(self) -> int:
-        """Videos actually made (an idempotent replay makes none)."""
-        return len(self.videos)
+        """Work actually done and billed: videos made, speeches, images and transcriptions answered (an
+        idempotent replay does none)."""
+        return sum(self.paid.values())
 
     @property
     def gets(self) -> int:
@@ -458,13 +526,54 @@ class FakeOpenAI:
             if pending:
                 failure = pending.pop(0)
                 return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+            key = request.headers.get("idempotency-key") if route in SYNC_CREATES else None
+            kept: KeptAnswer | None = None
+            if key:
+                fingerprint = request_fingerprint(request.url.path, ctype, raw)
+                kept = fake._kept.get(key)
+                if kept is not None and time.time() - kept.at < IDEMPOTENCY_TTL_S:
+                    return replay(key, kept, fingerprint)
+                kept = fake._kept[key] = KeptAnswer(fingerprint, time.time())
             response: Response = await call_next(request)
+            if route in CREATES:
+                chunks = [chunk async for chunk in response.body_iterator]  # type: ignore[attr-defined]
+                content = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
+                headers = dict(response.headers)
+                response = Response(content, status_code=response.status_code, headers=headers)
+                done = 200 <= response.status_code < 300
+                if route in SYNC_CREATES and done:
+                    fake.paid[route] += 1
+                if kept is not None and key:
+                    if done:
+                        kept.status, kept.body, kept.headers = response.status_code, content, headers
+                    else:
+                        fake._kept.pop(key, None)  # a refused or failed request keeps nothing: the key stays free
+                taken, delay_s = fake._take_after_accept(route) if done else (False, None)
+                if taken and delay_s is not None:
+                    await asyncio.sleep(delay_s)
+                elif taken:
+                    # announce more than is sent: the client sees the connection end mid-body
+                    return Response(b"{", status_code=200, headers={"Content-Length": "100"})
             if fake._lost_answers[route] > 0:
                 fake._lost_answers[route] -= 1
-                async for _ in response.body_iterator:  # type: ignore[attr-defined]
-                    pass  # the work is done; only the answer goes missing
+                if hasattr(response, "body_iterator"):
+                    async for _ in response.body_iterator:
+                        pass  # the work is done; only the answer goes missing
                 return Response(b"{", status_code=200, headers={"Content-Length": "100"})
             return response
+
+        def replay(key: str, kept: KeptAnswer, fingerprint: str) -> Response:
+            if kept.fingerprint != fingerprint:
+                message = (
+                    f"The idempotency key '{key}' was first used with a different request; a key names one "
+                    "request only. Send a new key for a new request."
+                )
+                return _bad(message, param="Idempotency-Key", code="idempotency_key_mismatch")
+            if kept.status is None:
+                message = f"A request with the idempotency key '{key}' is still being processed; retry it later."
+                return _bad(message, param="Idempotency-Key", code="idempotency_key_in_use", status=409)
+            fake.replays += 1
+            return Response(kept.body, status_code=kept.status, headers=kept.headers)
 
         async def json_body(request: Request) -> dict[str, Any] | None:
             try:
@@ -609,6 +718,7 @@ class FakeOpenAI:
                 idempotency_key=key,
             )
             fake.videos[video.id] = video
+            fake.paid["video_create"] += 1
             if key:
                 fake._idempotency[key] = (video.id, time.time())
             notify = asyncio.get_running_loop().create_task(fake._notify_when_done(video))

@@ -8,10 +8,19 @@ video id; `wait` polls `GET /videos/{id}` (honouring `openai-poll-after-ms`) and
 `GET /videos/{id}/content` when it is done; `cancel` deletes it.
 
 Every request goes to the configured base through the shared rate gate; the key (`Authorization:
-Bearer`) never leaves it. Every POST carries `Idempotency-Key: task.idempotency_key`, so a create
-whose answer was lost can be sent again without paying twice. OpenAI's webhooks are account-wide
-(Standard Webhooks, secret in `OPENAI_WEBHOOK_SECRET`): `verify_callback` checks them, and only when
-a secret is configured does `wait` slow its polling down while it expects one.
+Bearer`) never leaves it. OpenAI's webhooks are account-wide (Standard Webhooks, secret in
+`OPENAI_WEBHOOK_SECRET`): `verify_callback` checks them, and only when a secret is configured does `wait`
+slow its polling down while it expects one.
+
+Paying once. Every POST of a job carries `Idempotency-Key: task.idempotency_key`, which names the job's first
+unsettled attempt, so every retry after a lost answer (a read timeout, a reset, a crash) sends the same key
+as the call that may have been carried out. That key is the only reconciliation OpenAI offers here: nothing
+lists past speeches, images or transcriptions. An API that honours such keys answers a repeated request
+with the first answer and does the work (and bills it) once. OpenAI does not document that it does: the
+header is not in its API reference or OpenAPI description, and its own SDKs send none. So
+`find_submitted` raises CannotReconcile: a retry goes out with the same key (free if OpenAI honours it) and
+the worker records a possible duplicate charge, rather than this adapter claiming it looked and found
+nothing. A 429 is a refusal at the door (`not_sent`): nothing was started.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from ..net import EgressPolicy, check_url_syntax, fetch_output, stream_to_file
 from .base import (
     CallbackEvent,
     CallbackRejected,
+    CannotReconcile,
     Output,
     PermanentError,
     ProgressReporter,
@@ -145,7 +155,9 @@ def _classify(response: httpx.Response, doing: str) -> ProviderError:
     text = f"openai: {doing} failed: HTTP {status}: {message}" + (f" ({code})" if code else "")
     if code in _PERMANENT_CODES:
         return PermanentError(text)
-    if status == 429 or status >= 500 or status in (408, 409):
+    if status == 429:  # a rate limit refuses the request before any work: nothing was started or billed
+        return TransientError(text, retry_after=retry_after(response), not_sent=True)
+    if status >= 500 or status in (408, 409):
         return TransientError(text, retry_after=retry_after(response))
     if 300 <= status < 400:
         return PermanentError(f"openai: {doing} answered a redirect (HTTP {status}), which is not followed")
@@ -407,6 +419,17 @@ class OpenAIProvider(HttpAdapter):
         if kind == "image":
             return await self._images(task, provider_id, body)
         return await self._transcribe(task, provider_id, body)
+
+    async def find_submitted(self, task: Task, since: float) -> list[str]:
+        """OpenAI has no list of past speeches, images or transcriptions to look in; its only safeguard is the
+        idempotency key every retry repeats, which it does not document. Videos are listed, but that path is
+        being retired and keeps relying on the key too. Always CannotReconcile: the retry goes ahead with the
+        same key and the worker counts a possible duplicate charge."""
+        kind, _ = self._request(task)
+        raise CannotReconcile(
+            f"openai: no lookup of earlier {kind} requests; the retry repeats Idempotency-Key "
+            f"{task.idempotency_key}, which OpenAI does not document honouring"
+        )
 
     async def cancel(self, task: Task, provider_id: str) -> None:
         """Delete the video so it stops costing; speech, images and transcriptions have nothing to stop."""
