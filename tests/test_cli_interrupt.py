@@ -35,9 +35,15 @@ def db(tmp_path: Path) -> Path:
 def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
-    def spawn(*args: str) -> subprocess.Popen[str]:
+    def spawn(*args: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [*CLI, *args], env=worker_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*CLI, *args],
+            env=worker_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
         procs.append(proc)
         return proc
@@ -178,6 +184,20 @@ def test_a_second_ctrl_c_exits_at_once_while_the_first_is_still_handing_back(
     assert took < 0.5, f"{took:.2f} s to exit after the second Ctrl-C"
     assert proc.returncode == 130
     assert "interrupted again: exiting now" in err, err
+
+
+def test_a_wait_started_with_sigint_ignored_keeps_ignoring_it(
+    start: Callable[..., subprocess.Popen[str]], tmp_path: Path, db: Path
+) -> None:
+    """A command started in the background (`cmd &` in a script: SIGINT ignored) is not stopped by it."""
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump({"type": "generate-video", "model": "sim/video", "params": {"latency_s": 1.5}}))
+    proc = start("run", str(path), "--wait", "--json", sigint_ignored=True)
+    until(lambda: running_at_provider(db, ["job"]), what="the job running at the provider")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "succeeded"
 
 
 def test_cancel_wait_ends_with_the_final_state(

@@ -213,6 +213,9 @@ class _CtrlC:
     @contextlib.contextmanager
     def installed(cls) -> Iterator[_CtrlC]:
         handler = cls()
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: SIGINT stays ignored
+            yield handler
+            return
         try:
             previous = signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread: Ctrl-C stays asyncio's
