@@ -236,3 +236,27 @@ def test_resume_wait_and_retry_wait_follow_to_the_end(cli: Callable[..., Any], t
     new = json.loads(retried.stdout)
     assert new["retry_of"] == eid and new["id"] != eid and new["status"] == "succeeded"
     assert [j["status"] for j in new["jobs"]] == ["succeeded"]
+
+
+def test_the_interrupt_line_counts_local_work_as_queued_since_it_stopped_with_the_process() -> None:
+    from reelflow.cli import _where_it_stands
+
+    def job(status: str, model: str, pid: str | None) -> dict[str, Any]:
+        return {"status": status, "model": model, "provider_job_id": pid}
+
+    state = {
+        "id": "ex_1",
+        "status": "running",
+        "jobs": [
+            job("succeeded", "sim/video", "sim-1"),
+            job("queued", "sim/video", "sim-2"),  # released with its id: the provider goes on
+            job("queued", "local/video", "local-3"),  # ffmpeg ran here: it runs again
+            job("waiting", "sim/video", None),
+            job("running", "replicate/x", "r-4"),  # another worker's, at the provider
+            job("running", "local/merge", "local-5"),  # another worker's, running there
+        ],
+    }
+    assert _where_it_stands(state) == (
+        "execution ex_1 continues: 2 queued, 2 running at the provider, 1 running in a worker. "
+        "Follow: reelflow status ex_1 --wait. Stop: reelflow cancel ex_1"
+    )

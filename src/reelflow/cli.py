@@ -234,8 +234,10 @@ def _where_it_stands(state: dict[str, Any]) -> str:
     if state["status"] in TERMINAL_EXECUTION:
         return f"execution {eid} {state['status']}. Show it: reelflow status {eid}"
     active = [j for j in state["jobs"] if j["status"] in ACTIVE_JOB]
-    at_provider = sum(1 for j in active if j.get("provider_job_id"))
-    in_worker = sum(1 for j in active if j["status"] == "running" and not j.get("provider_job_id"))
+    # the local provider's work ran in this process: it stopped with it and runs again from the queue
+    remote = [j for j in active if j.get("provider_job_id") and not str(j.get("model") or "").startswith("local/")]
+    at_provider = len(remote)
+    in_worker = sum(1 for j in active if j["status"] == "running" and j not in remote)
     parts = [f"{len(active) - at_provider - in_worker} queued", f"{at_provider} running at the provider"]
     if in_worker:
         parts.append(f"{in_worker} running in a worker")
