@@ -31,6 +31,7 @@ from pgutil import PG_URL, reachable
 from reelflow.api.app import create_app
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
+from reelflow.errors import StoreBusy
 from reelflow.providers.base import ProgressReporter, ProviderResult, Task
 from reelflow.providers.sim import SimProvider
 from reelflow.store import open_store
@@ -340,3 +341,25 @@ async def test_claims_go_on_while_a_repeatable_read_transaction_pins_the_cleanup
         dead = await (await reader.execute("SELECT count(*) FROM jobs")).fetchone()
         assert dead is not None and dead[0] == 0  # still its old snapshot: it saw none of the 1,000 jobs
         await reader.execute("ROLLBACK")
+
+
+# ------------------------------------------------------------------------------------ a full pool is busy, not away
+async def test_a_full_pool_answers_busy_at_once_and_is_never_logged_as_an_outage(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresStore(settings.database_url, max_connections=2, pool_wait_s=0.3)
+    await store.migrate()
+    try:
+        # both pooled connections held by long transactions
+        hold = [asyncio.create_task(store._tx(lambda cur: cur.execute("SELECT pg_sleep(2)"))) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="busy: all 2 pooled connections"):
+            await store.list_executions("default")
+        waited = time.monotonic() - started
+        assert waited < 1.5, waited  # the pool's wait, not the 30 s outage retry
+        await asyncio.gather(*hold)
+        assert (await store.list_executions("default"))[0] == []  # and it serves again once freed
+    finally:
+        await store.close()
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]

@@ -57,6 +57,11 @@ class StoreUnavailable(ReelflowError):
     """The database could not be reached for longer than the store retries (HTTP 503)."""
 
 
+class StoreBusy(StoreUnavailable):
+    """The database is up but every pooled connection stayed in use while this request waited for one
+    (HTTP 503 at once, "busy"; never reported as an outage)."""
+
+
 class UsageLimitExceeded(ReelflowError):
     """A tenant's monthly limit would be passed: HTTP 402 for the cost budget, 429 for the execution count."""
 

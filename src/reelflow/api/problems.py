@@ -22,6 +22,7 @@ from ..errors import (
     NotFound,
     PlanError,
     ReelflowError,
+    StoreBusy,
     StoreUnavailable,
     UsageLimitExceeded,
 )
@@ -98,7 +99,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-        problem = Problem(503, f"{exc}; try again shortly", title="Database unavailable", headers={"Retry-After": "5"})
+        busy = isinstance(exc, StoreBusy)
+        problem = Problem(
+            503,
+            f"{exc}; try again shortly",
+            title="Database busy" if busy else "Database unavailable",
+            headers={"Retry-After": "1" if busy else "5"},
+        )
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(LimitsFileError)

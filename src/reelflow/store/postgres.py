@@ -25,7 +25,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import metrics
-from ..errors import Conflict, IdempotencyConflict, NotFound, StoreUnavailable
+from ..errors import Conflict, IdempotencyConflict, NotFound, StoreBusy, StoreUnavailable
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
@@ -115,6 +115,7 @@ class PostgresStore:
         max_connections: int = 10,
         listen_check_s: float = 5.0,
         outage_s: float = 30.0,
+        pool_wait_s: float = 5.0,
     ) -> None:
         if not url.startswith(("postgresql:", "postgres:")):
             raise ValueError(f"not a PostgreSQL URL: {url!r}")
@@ -128,6 +129,8 @@ class PostgresStore:
         self.listen_check_s = listen_check_s
         self.outage_s = outage_s
         """How long a statement is retried while the database cannot be reached (restart, failover)."""
+        self.pool_wait_s = pool_wait_s
+        """How long a statement waits for a pooled connection; past it, a full pool answers StoreBusy."""
         """How often the idle LISTEN connection is checked with `SELECT 1`."""
         self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
         self._ready = asyncio.Lock()
@@ -158,7 +161,7 @@ class PostgresStore:
                 connection_class=AsyncConnection[DictRow],
                 open=False,
                 name="reelflow",
-                timeout=5.0,  # waiting longer for a connection: PoolTimeout, and `_outage` takes over
+                timeout=self.pool_wait_s,  # waiting longer: PoolTimeout, then `_busy` or `_outage` takes over
             )
             try:
                 await pool.open(wait=True, timeout=min(10.0, self.outage_s))
@@ -197,6 +200,7 @@ class PostgresStore:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
             except (psycopg.Error, PoolTimeout) as exc:
+                self._busy(exc)
                 lost_since = await self._outage(exc, lost_since)
 
     async def _read(self, sql: str, args: Sequence[Any], *, one: bool) -> Any:
@@ -209,6 +213,7 @@ class PostgresStore:
                     await cur.execute(sql, args)
                     return await (cur.fetchone() if one else cur.fetchall())
             except (psycopg.Error, PoolTimeout) as exc:
+                self._busy(exc)
                 lost_since = await self._outage(exc, lost_since)
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> DictRow | None:
@@ -219,6 +224,19 @@ class PostgresStore:
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[DictRow]:
         rows: list[DictRow] = await self._read(sql, args, one=False)
         return rows
+
+    def _busy(self, exc: BaseException) -> None:
+        """A wait for a pooled connection that timed out while the pool holds all its connections, each in use:
+        the database is up and busy, not away. StoreBusy at once (503 "busy"), never logged as an outage. (In an
+        outage the pool's connections break and are dropped, so the pool is not full.)"""
+        if not isinstance(exc, PoolTimeout) or self._pool is None:
+            return
+        stats = self._pool.get_stats()
+        if stats.get("pool_size", 0) >= self.max_connections and stats.get("pool_available", 0) == 0:
+            raise StoreBusy(
+                f"the database is busy: all {self.max_connections} pooled connections stayed in use while this"
+                " waited for one"
+            ) from None
 
     async def _outage(self, exc: BaseException, since: float | None) -> float:
         """Re-raise `exc` unless it says the database is out of reach; then drop the pool's dead connections,
