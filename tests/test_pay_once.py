@@ -268,3 +268,57 @@ async def test_concurrent_cancels_and_resumes_answer_fast_and_consistently(
         assert statuses == {"canceled"}
     else:
         assert final["status"] in ("running", "queued") and statuses <= {"queued", "running"}
+
+
+async def test_a_claim_whose_answer_was_lost_costs_no_attempt(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory
+) -> None:
+    """The claim commits but its answer never arrives (the connection died during COMMIT): the worker finds the
+    jobs leased to it at its next heartbeat and hands them back at once, instead of letting the lease run out
+    and the job come back as a second attempt."""
+
+    class LosesOneClaimAnswer:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.lost: list[int] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            got = await self.inner.claim(*args, **kwargs)
+            if got and not self.lost:
+                self.lost = [c.id for c in got]
+                raise ConnectionError("server closed the connection unexpectedly (during COMMIT)")
+            return got
+
+    flaky = LosesOneClaimAnswer(store)
+    eid = await engine.submit({"jobs": [sim_job("a", latency_s=0.2), sim_job("b", latency_s=0.2)]})
+    started = time.monotonic()
+    async with running_worker(store_=flaky):
+        state = await engine.wait(eid, timeout=30)
+    assert flaky.lost  # the fault happened
+    assert state["status"] == "succeeded"
+    assert {j["attempts"] for j in state["jobs"]} == {1}
+    assert time.monotonic() - started < 5  # well within the 5 s lease: handed back, not expired
+
+
+async def test_canceling_a_handed_back_job_cancels_its_remote_work(
+    engine: Engine, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    """A job handed back to the queue with its provider id (Ctrl-C on a wait, a shutdown) and then canceled:
+    the next worker's lease recovery cancels the remote work, which nobody waits on any more."""
+    eid = await engine.submit({"jobs": [sim_job("long", latency_s=30)]})
+    async with running_worker(drain_timeout_s=0):
+        deadline = time.monotonic() + 10
+        while not (pid := jobs_by_id(await engine.get(eid))["long"]["provider_job_id"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    assert jobs_by_id(await engine.get(eid))["long"]["status"] == "queued"
+    await engine.cancel(eid)
+    assert sim.canceled == []
+    async with running_worker():
+        deadline = time.monotonic() + 5
+        while pid not in sim.canceled and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert sim.canceled == [pid]

@@ -142,12 +142,6 @@ async def test_the_embedded_worker_runs_only_the_waited_executions_jobs_and_webh
         receiver.server.server_close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a wait counts another wait's embedded worker (scoped to its own execution) as a live worker, so it"
-    " starts none and waits until that other execution ends; needs the store to tell which live workers serve"
-    " an execution (see the issue 13 item 3 report)",
-)
 async def test_a_wait_does_not_count_another_waits_worker_as_its_own(settings: Settings, store: SQLiteStore) -> None:
     slow = {"type": "generate-video", "model": "sim/video", "params": {"prompt": "long", "latency_s": 8.0}}
     rt_a = LocalRuntime(settings.model_copy(update={"lease_seconds": LEASE_S}), store=store)

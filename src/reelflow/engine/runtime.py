@@ -30,8 +30,10 @@ class LocalRuntime:
     async def close(self) -> None:
         await self.store.close()
 
-    async def workers_running(self) -> bool:
-        return await self.store.live_workers(within_s=self.settings.lease_seconds) > 0
+    async def workers_running(self, execution_id: str | None = None) -> bool:
+        """A worker is alive (one that would run `execution_id`'s jobs, when named: another wait's embedded
+        worker runs only its own execution's)."""
+        return await self.store.live_workers(within_s=self.settings.lease_seconds, serving=execution_id) > 0
 
     async def wait(
         self,
@@ -60,7 +62,7 @@ class LocalRuntime:
         try:
             while True:
                 if running is None and embedded_worker is not False:
-                    if embedded_worker or not await self.workers_running():
+                    if embedded_worker or not await self.workers_running(execution_id):
                         # only this execution's jobs and webhooks: a wait runs nobody else's work
                         worker = Worker(self.store, settings=self.settings, executions=[execution_id])
                         running = asyncio.create_task(worker.run())

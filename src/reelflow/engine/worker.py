@@ -152,6 +152,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._flush = asyncio.Event()
         self._outcomes: list[JobOutcome] = []
+        self._claims_under_way = 0
+        self._claims_begun = 0
+        """Claims (the claim loop's and the flusher's hand-offs) in flight, and how many began: a heartbeat that saw
+        none in flight and none begin knows every lease this worker holds (see `_hand_back_unknown`)."""
         self._reserved = 0
         """Slots set aside for dependents the flusher may claim in its transaction (see `_flush_all`)."""
         self._pids: list[tuple[int, str, str]] = []
@@ -193,7 +197,13 @@ class Worker:
     async def run(self, until: Callable[[], Awaitable[bool]] | None = None) -> None:
         """Claim and run jobs until `stop()` (or SIGTERM), or until `until()` turns true."""
         await self.store.register_worker(
-            self.id, {"pid": os.getpid(), "host": socket.gethostname(), "concurrency": self.concurrency}
+            self.id,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "concurrency": self.concurrency,
+                **({"executions": sorted(self.executions)} if self.executions is not None else {}),
+            },
         )
         self._apply_limits()
         self._share_egress()
@@ -262,9 +272,16 @@ class Worker:
                     log.exception("worker %s: recovering expired leases failed; trying again later", self.id)
             want = min(self._free_slots(), self.batch_size)
             try:
-                claimed = (
-                    await self.store.claim(self.id, want, self.lease_s, executions=self.executions) if want > 0 else []
-                )
+                self._claims_under_way += 1
+                self._claims_begun += 1
+                try:
+                    claimed = (
+                        await self.store.claim(self.id, want, self.lease_s, executions=self.executions)
+                        if want > 0
+                        else []
+                    )
+                finally:
+                    self._claims_under_way -= 1
             except Exception:  # the database is away for longer than the store retries: keep trying, slowly
                 log.exception("worker %s: claiming failed; trying again in %.0f s", self.id, CLAIM_RETRY_S)
                 await asyncio.sleep(CLAIM_RETRY_S)
@@ -347,7 +364,12 @@ class Worker:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + beat_every
                     before = set(self.held)
-                    lost = before - await self.store.heartbeat(self.id, self.lease_s)
+                    quiet = self._claims_under_way == 0
+                    begun = self._claims_begun
+                    leased = await self.store.heartbeat(self.id, self.lease_s)
+                    if quiet and self._claims_under_way == 0 and begun == self._claims_begun:
+                        await self._hand_back_unknown(leased)
+                    lost = before - leased
                     if lost:  # canceled since the look above, or taken over by another worker
                         for job_id, seq in await self.store.canceled_attempts(self.id):
                             self._interrupt(job_id, "canceled", seq)
@@ -357,6 +379,19 @@ class Worker:
                     self._flush.set()
             except Exception:  # the database may be briefly unavailable; try again next tick
                 log.exception("worker %s: control loop error", self.id)
+
+    async def _hand_back_unknown(self, leased: set[int]) -> None:
+        """Jobs the database says this worker holds, that it never heard of: a claim that committed while its
+        connection died (the database restarting), so its answer was lost. They go back to the queue at once,
+        without costing an attempt, instead of sitting out their lease and coming back as a second attempt."""
+        unknown = sorted(leased - set(self.held) - {h.claim.id for h in self._superseded})
+        if not unknown:
+            return
+        log.warning(
+            "worker %s: %d jobs are leased to it by a claim whose answer was lost; handing them back", self.id,
+            len(unknown),
+        )  # fmt: skip
+        await self.store.release_jobs(self.id, unknown)
 
     def _free_slots(self) -> int:
         """Jobs this worker may still take on: its concurrency, less those held and those being handed off."""
@@ -422,6 +457,8 @@ class Worker:
             hand_off = getattr(self.store, "finish_and_claim", None)
             room = 0 if self._stopping or hand_off is None else self._free_slots()
             self._reserved += room  # the claim loop leaves these slots to the dependents claimed here
+            self._claims_under_way += 1
+            self._claims_begun += 1
             try:
                 if room > 0 and hand_off is not None:
                     promoted, claimed = await hand_off(outcomes, pids or None, self.id, room, self.lease_s)
@@ -437,6 +474,7 @@ class Worker:
                 raise
             finally:
                 self._reserved -= room
+                self._claims_under_way -= 1
             if promoted:
                 self._wake.set()
             if self.webhooks is not None:  # finished jobs may have queued webhooks

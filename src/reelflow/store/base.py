@@ -219,7 +219,10 @@ class Store(Protocol):
 
     async def unregister_worker(self, worker_id: str) -> None: ...
 
-    async def live_workers(self, within_s: float) -> int: ...
+    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
+        """Workers seen within `within_s`; with `serving`, only those that would run that execution's jobs (a
+        wait's embedded worker, scoped to its own execution, serves no other)."""
+        ...
 
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None

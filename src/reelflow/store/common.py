@@ -258,6 +258,13 @@ def usage_refusal(
     return None
 
 
+def serves(info: Any, execution_id: str | None) -> bool:
+    """Whether a worker registered with `info` runs `execution_id`'s jobs: every worker does, except the embedded
+    worker of a wait, which is scoped to the executions it lists. With no execution named, any worker counts."""
+    scoped = info.get("executions") if isinstance(info, dict) else None
+    return execution_id is None or scoped is None or execution_id in scoped
+
+
 def unique_orphans(orphans: list[Any]) -> list[Any]:
     """Orphaned cancels that name remote work, each provider id once."""
     seen: set[str] = set()

@@ -61,6 +61,7 @@ from .common import (
     month_start,
     new_delivery_id,
     new_webhook_secret,
+    serves,
     unique_orphans,
     usage_refusal,
     wants_event,
@@ -471,8 +472,9 @@ class PostgresStore:
         await cur.execute("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
         await cur.execute(
             "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
-            " SELECT lease_owner, id, lease_seq, provider, model, type, provider_job_id, %s FROM jobs"
-            " WHERE execution_id = %s AND status = 'running' AND lease_owner IS NOT NULL ON CONFLICT DO NOTHING",
+            " SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type, provider_job_id, %s FROM jobs"
+            " WHERE execution_id = %s AND ((status = 'running' AND lease_owner IS NOT NULL)"
+            " OR (status = 'queued' AND provider_job_id IS NOT NULL)) ON CONFLICT DO NOTHING",
             (now, execution_id),
         )
         await cur.execute(
@@ -560,9 +562,9 @@ class PostgresStore:
 
         await self._tx(write)
 
-    async def live_workers(self, within_s: float) -> int:
-        row = await self._one("SELECT COUNT(*) AS n FROM workers WHERE last_seen > %s", (time.time() - within_s,))
-        return int(row["n"]) if row else 0
+    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
+        rows = await self._all("SELECT info FROM workers WHERE last_seen > %s", (time.time() - within_s,))
+        return sum(1 for r in rows if serves(loads(r["info"]), serving))
 
     # ------------------------------------------------------------------ claiming
     async def claim(
@@ -1695,7 +1697,7 @@ class PostgresStore:
         if (
             await self._one(
                 "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
-                " UNION ALL SELECT 1 FROM job_cancels WHERE created_at < %s LIMIT 1",
+                " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1",
                 (time.time(), time.time() - ORPHAN_CANCEL_S),
             )
             is None
@@ -1752,8 +1754,8 @@ class PostgresStore:
         # cancellations addressed to a worker that stopped beating before it read them (the job may have been
         # resumed since): their provider work is cancelled here
         await cur.execute(
-            "DELETE FROM job_cancels WHERE created_at < %s AND owner NOT IN"
-            " (SELECT id FROM workers WHERE last_seen >= %s)"
+            "DELETE FROM job_cancels WHERE owner = '' OR (created_at < %s AND owner NOT IN"
+            " (SELECT id FROM workers WHERE last_seen >= %s))"
             " RETURNING job_id AS id, provider, model, type, provider_job_id",
             (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
         )

@@ -54,6 +54,7 @@ from .common import (
     month_start,
     new_delivery_id,
     new_webhook_secret,
+    serves,
     unique_orphans,
     usage_refusal,
     wants_event,
@@ -337,8 +338,9 @@ class SQLiteStore:
             conn.execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?", (execution_id,))
             conn.execute(
                 "INSERT OR IGNORE INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id,"
-                " created_at) SELECT lease_owner, id, lease_seq, provider, model, type, provider_job_id, ?"
-                " FROM jobs WHERE execution_id = ? AND status = 'running' AND lease_owner IS NOT NULL",
+                " created_at) SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type,"
+                " provider_job_id, ? FROM jobs WHERE execution_id = ? AND ((status = 'running' AND lease_owner IS"
+                " NOT NULL) OR (status = 'queued' AND provider_job_id IS NOT NULL))",
                 (now, execution_id),
             )
             keys = conn.execute(
@@ -419,14 +421,14 @@ class SQLiteStore:
         with self._write() as conn:
             conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
-    async def live_workers(self, within_s: float) -> int:
-        return await self._run(self._live_workers, within_s)
+    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
+        return await self._run(self._live_workers, within_s, serving)
 
-    def _live_workers(self, within_s: float) -> int:
-        row = self._connect().execute(
-            "SELECT COUNT(*) FROM workers WHERE last_seen > ?", (time.time() - within_s,)
-        ).fetchone()
-        return int(row[0])
+    def _live_workers(self, within_s: float, serving: str | None = None) -> int:
+        rows = self._connect().execute(
+            "SELECT info FROM workers WHERE last_seen > ?", (time.time() - within_s,)
+        ).fetchall()
+        return sum(1 for r in rows if serves(loads(r[0]), serving))
 
     # ------------------------------------------------------------------ claiming
     async def claim(
@@ -1290,7 +1292,9 @@ class SQLiteStore:
         now = time.time()
         conn = self._connect()
         if conn.execute(
-            "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < ? LIMIT 1", (now,)
+            "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < ?"
+            " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < ? LIMIT 1",
+            (now, now - ORPHAN_CANCEL_S),
         ).fetchone() is None:
             return []
         with self._write() as conn:
@@ -1334,8 +1338,8 @@ class SQLiteStore:
             # cancellations addressed to a worker that stopped beating before it read them (the job may have
             # been resumed since): their provider work is cancelled here
             orphans += conn.execute(
-                "DELETE FROM job_cancels WHERE created_at < ? AND owner NOT IN"
-                " (SELECT id FROM workers WHERE last_seen >= ?)"
+                "DELETE FROM job_cancels WHERE owner = '' OR (created_at < ? AND owner NOT IN"
+                " (SELECT id FROM workers WHERE last_seen >= ?))"
                 " RETURNING job_id, provider, model, type, provider_job_id",
                 (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
             ).fetchall()
