@@ -498,7 +498,7 @@ class PostgresStore:
 
     async def _resume_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
         now = time.time()
-        # The one lock order (see docs/architecture.md): the execution's job rows by id, then the execution row.
+        # The one lock order (docs/reliability.md): the execution's job rows by id, then the execution row.
         await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
         row = await self._execution_row(cur, execution_id, tenant, lock=True)
         if row is None:
