@@ -284,6 +284,15 @@ def _summary(state: dict[str, Any]) -> None:
     result = state.get("result") or {}
     if result.get("path") or result.get("url"):
         out.print(f"  output: {result.get('path') or result.get('url')}", highlight=False, soft_wrap=True)
+    if n := state.get("possible_duplicates"):
+        jobs = ", ".join(j["id"] for j in state.get("jobs", []) if j.get("possible_duplicates"))
+        out.print(
+            f"  [red]possible duplicate charge[/red]: about ${state.get('possible_duplicate_charge') or 0:.4f}"
+            f" ({n} {'retry' if n == 1 else 'retries'} of {jobs} went ahead where the provider could not be asked"
+            " whether it took the earlier attempt)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _exit_for(state: dict[str, Any]) -> None:

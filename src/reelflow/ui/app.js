@@ -919,7 +919,9 @@ function showExecution(view, ctx, executionId) {
       figure("Progress", `${isNum(ex.progress) ? Math.round(ex.progress) : 0}%`, progressBar(ex.progress, ex.status)),
       figure("Jobs", `${done} of ${jobs.length} done`),
       figure("Cost", ex.cost?.actual !== null && ex.cost?.actual !== undefined ? fmtUsd(ex.cost.actual) : DASH,
-        h("div", { class: "label" }, `estimated ${fmtUsd(ex.cost?.estimated)}`)),
+        [h("div", { class: "label" }, `estimated ${fmtUsd(ex.cost?.estimated)}`),
+          ex.possible_duplicates ? h("div", { class: "label warn", title: "retries that went ahead where the provider could not be asked whether it took the earlier attempt" },
+            `possible duplicate charge ${fmtUsd(ex.possible_duplicate_charge)} (${ex.possible_duplicates})`) : null]),
       figure("Created", timeEl(ex.created_at, fmtAge(ex.created_at))),
       figure("Duration", ex.started_at ? fmtSeconds(between(ex.started_at, ex.finished_at)) : DASH),
       figure("Finished", ex.finished_at ? timeEl(ex.finished_at, fmtAge(ex.finished_at)) : DASH));
@@ -985,7 +987,9 @@ function showExecution(view, ctx, executionId) {
         j.started_at ? `started ${fmtWhen(j.started_at)}` : j.queued_at ? `queued ${fmtAge(j.queued_at)}` : "not started",
         j.started_at ? ` · ${j.finished_at ? "took" : "running for"} ${fmtSeconds(between(j.started_at, j.finished_at))}` : ""),
       h("dt", {}, "Cost"), h("dd", {}, `${isNum(cost.actual) ? fmtUsd(cost.actual) : DASH} (estimated ${fmtUsd(cost.estimated)})`,
-        j.cache_hit ? h("span", { class: "tag", style: "margin-left:6px" }, "cache hit") : null),
+        j.cache_hit ? h("span", { class: "tag", style: "margin-left:6px" }, "cache hit") : null,
+        j.possible_duplicates ? h("span", { class: "tag warn", style: "margin-left:6px", title: "a retry went ahead where the provider could not be asked whether it took the earlier attempt" },
+          `possible duplicate charge ${fmtUsd(j.possible_duplicate_charge)}`) : null),
       j.provider_job_id ? [h("dt", {}, "Provider id"), h("dd", { class: "mono clip", title: j.provider_job_id }, j.provider_job_id)] : null);
     fill(card.err, j.error ? h("pre", { class: "error" }, j.error) : "");
     renderAttempts(j.id);
