@@ -27,6 +27,7 @@ import pytest
 
 from apiserver import ApiServer
 from conftest import WorkerFactory, sim_job
+from fakes.replicate import FakeReplicate
 from pgutil import PG_URL, reachable
 from reelflow.api.app import create_app
 from reelflow.config import Settings
@@ -145,6 +146,73 @@ async def test_the_database_restarting_mid_run_loses_nothing(
     log = (tmp_path / "worker.log").read_text()
     print(log)
     assert "PostgreSQL unreachable" in log  # the worker did meet the outage, and rode it out
+
+
+@pytest.mark.skipif(
+    cluster() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"),
+    reason="restarting PostgreSQL needs Debian's pg_ctlcluster, root, and the server on 127.0.0.1",
+)
+async def test_a_database_restart_pays_each_replicate_prediction_once(
+    settings: Settings,
+    engine: Engine,
+    store: PostgresStore,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paid work across a 3 s restart: 24 Seedance jobs on the Replicate fake, a worker process polling them
+    while PostgreSQL stops and starts. Each job creates exactly one prediction and succeeds on its first
+    attempt: the worker kept its jobs (leases outlive the outage), kept waiting on Replicate, and wrote the
+    provider ids and outcomes once the database was back."""
+    assert cluster() is not None, "CI runs this test: pg_ctlcluster, root and a local server are required"
+    with FakeReplicate(latency_s=2.5, queue_s=0.0) as fake:
+        env = {
+            **worker_env,
+            "REELFLOW_LEASE_SECONDS": "60",
+            "REELFLOW_REPLICATE_BASE_URL": fake.base_url,
+            "REPLICATE_API_TOKEN": fake.token,
+        }
+        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)  # submission checks the key is configured
+        worker = start_worker(env, tmp_path, "worker", "--concurrency", "50")
+        try:
+            ids = []
+            for n in range(6):
+                plan = {
+                    "jobs": [
+                        {
+                            "id": f"clip{i}",
+                            "type": "generate-video",
+                            "model": "replicate/bytedance/seedance-1-lite",
+                            "params": {"prompt": f"waves {n}-{i}", "duration": 5},
+                        }
+                        for i in range(4)
+                    ],
+                    "options": {"cache": False},
+                }
+                ids.append(await engine.submit(plan))
+
+            async def all_created() -> bool:
+                return fake.creates >= 24
+
+            await wait_for(all_created, what="every prediction created before the restart")
+            try:
+                ctl("stop", "-m", "fast")
+                await asyncio.sleep(3.0)  # the predictions end at Replicate while the database is away
+            finally:
+                ctl("start")
+            for eid in ids:
+                state = await engine.wait(eid, timeout=60, poll_s=0.2)
+                assert state["status"] == "succeeded", (eid, state["error"])
+                assert {j["attempts"] for j in state["jobs"]} == {1}
+                assert all(j["provider_job_id"] in fake.predictions for j in state["jobs"])
+            assert fake.creates == 24, f"{fake.creates} predictions created for 24 jobs"
+            assert worker.poll() is None
+        finally:
+            if not reachable():
+                ctl("start")
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(worker.wait, 30)
+    assert "PostgreSQL unreachable" in (tmp_path / "worker.log").read_text()
 
 
 class Cuttable:
