@@ -431,3 +431,20 @@ async def test_a_full_pool_answers_busy_at_once_and_is_never_logged_as_an_outage
     finally:
         await store.close()
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------ a COMMIT whose answer was lost
+async def test_a_submission_run_again_after_its_commit_finds_itself_stored(store: PostgresStore) -> None:
+    """When the connection dies during COMMIT, the store runs the transaction again; if the COMMIT had happened,
+    the submission must find itself and answer it, not fail on its own id nor store a second copy."""
+    from reelflow.engine.scheduler import build_execution
+    from reelflow.plan import parse_plan
+
+    ex = build_execution(parse_plan({"jobs": [sim_job("a"), sim_job("b", depends_on=["a"])]}), tenant="default")
+    first = await store._tx(lambda cur: store._create_execution(cur, ex))
+    again = await store._tx(lambda cur: store._create_execution(cur, ex))  # as the retry after a lost COMMIT
+    assert first == again == ex.id
+    state = await store.get_execution(ex.id)
+    assert state is not None and [j["id"] for j in state["jobs"]] == ["a", "b"]
+    created = [e for e in await store.events(ex.id) if e.type == "execution.created"]
+    assert len(created) == 1

@@ -244,8 +244,9 @@ class PostgresStore:
         wait a little and return when the outage began, or raise StoreUnavailable once it lasted `outage_s`.
 
         A statement that failed with its connection may have committed (the connection died during the
-        COMMIT). Running it again is harmless for the worker's writes, which only apply to jobs in the state
-        they expect; a submission without an Idempotency-Key could in that rare case be stored twice."""
+        COMMIT). Running it again is harmless for the worker's writes, which only apply to the attempt and state
+        they expect; a claim that committed unseen is handed back by the worker's next heartbeat; a submission
+        finds itself stored (its id is chosen before the transaction) and answers it."""
         if not disconnected(exc):
             raise exc
         now = time.monotonic()
@@ -348,13 +349,22 @@ class PostgresStore:
             "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
             " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
             " created_at, updated_at)"
-            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
             (
                 ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
                 ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
                 dumps(ex.webhook_events) if ex.webhook else None, now, now,
             ),
         )  # fmt: skip
+        if await cur.fetchone() is None:
+            # This very submission is stored already: the transaction is being run again because its COMMIT's
+            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
+            await cur.execute("SELECT request_hash FROM executions WHERE id = %s", (ex.id,))
+            stored = await cur.fetchone()
+            if stored is None or stored["request_hash"] != ex.request_hash:
+                raise Conflict(f"execution id {ex.id!r} is taken")
+            return ex.id
         if ex.jobs:
             await cur.executemany(
                 "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
