@@ -391,7 +391,7 @@ class Worker:
             "worker %s: %d jobs are leased to it by a claim whose answer was lost; handing them back", self.id,
             len(unknown),
         )  # fmt: skip
-        await self.store.release_jobs(self.id, unknown)
+        await self.store.release_jobs(self.id, unknown, reason="leased by a claim whose answer was lost")
 
     def _free_slots(self) -> int:
         """Jobs this worker may still take on: its concurrency, less those held and those being handed off."""

@@ -344,7 +344,7 @@ class Store(Protocol):
         `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
         ...
 
-    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
         """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
         ...
 

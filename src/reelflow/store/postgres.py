@@ -1678,7 +1678,7 @@ class PostgresStore:
             )
 
     # ------------------------------------------------------------------ leases
-    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
         if not job_ids:
             return
 
@@ -1693,7 +1693,7 @@ class PostgresStore:
             )
             rows = await cur.fetchall()
             events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.released", dumps({"reason": "worker shutting down"}), now)
+                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now)
                 for r in rows
             ]
             await self._settle(cur, {r["execution_id"] for r in rows}, now, events)

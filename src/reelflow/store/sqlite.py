@@ -1264,10 +1264,10 @@ class SQLiteStore:
             )
 
     # ------------------------------------------------------------------ leases
-    async def release_jobs(self, owner: str, job_ids: list[int]) -> None:
-        await self._run(self._release_jobs, owner, job_ids)
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
+        await self._run(self._release_jobs, owner, job_ids, reason)
 
-    def _release_jobs(self, owner: str, job_ids: list[int]) -> None:
+    def _release_jobs(self, owner: str, job_ids: list[int], reason: str = "worker shutting down") -> None:
         now = time.time()
         with self._write() as conn:
             events: list[EventRow] = []
@@ -1281,7 +1281,7 @@ class SQLiteStore:
                     (now, now, owner, *chunk),
                 ).fetchall():
                     touched.add(eid)
-                    events.append((eid, key, "job.released", dumps({"reason": "worker shutting down"}), now))
+                    events.append((eid, key, "job.released", dumps({"reason": reason}), now))
             self._settle(conn, touched, now, events)
             self._insert_events(conn, events)
 
