@@ -329,13 +329,7 @@ class Worker:
         if leftover:
             # Provider ids first: a released job keeps the remote work it started, and whichever worker takes
             # it next waits on that work instead of paying for it again.
-            if self._pids:
-                pids, self._pids = self._pids, []
-                try:
-                    await self.store.set_provider_ids(pids)
-                except BaseException:
-                    self._pids[:0] = pids
-                    raise
+            await self._flush_provider_ids()
             await self.store.release_jobs(self.id, [h.claim.id for h in leftover])
             log.info("worker %s released %d unfinished jobs", self.id, len(leftover))
 
@@ -440,14 +434,20 @@ class Worker:
                 await asyncio.sleep(0.5)
                 self._flush.set()
 
+    async def _flush_provider_ids(self) -> None:
+        """Write the provider ids recorded since the last flush (put back, for the next flush, when it fails)."""
+        if not self._pids:
+            return
+        pids, self._pids = self._pids, []
+        try:
+            await self.store.set_provider_ids(pids)
+        except BaseException:
+            self._pids[:0] = pids
+            raise
+
     async def _flush_all(self) -> None:
-        if self._pids and not self._outcomes:
-            pids, self._pids = self._pids, []
-            try:
-                await self.store.set_provider_ids(pids)
-            except BaseException:
-                self._pids[:0] = pids
-                raise
+        if not self._outcomes:
+            await self._flush_provider_ids()
         while self._outcomes:
             # At most FLUSH_MAX outcomes per transaction: a longer one holds back every dependent it releases.
             # Provider ids still unwritten go in the same transaction, first: a job.submitted event precedes
