@@ -427,12 +427,13 @@ class FakeReplicate:
                 return
             body = json.dumps(fake._view(p)).encode()
             msg_id = f"msg_{uuid.uuid4().hex}"
-            signature = Webhook(fake.webhook_secret).sign(msg_id, datetime.now(UTC), body.decode())
+            signed_at = datetime.now(UTC)  # one reading for the signature and its header (two may straddle a second)
+            signature = Webhook(fake.webhook_secret).sign(msg_id, signed_at, body.decode())
             if fake.tamper_webhooks:
                 body = body.replace(b'"succeeded"', b'"failed"')
             headers = {
                 "webhook-id": msg_id,
-                "webhook-timestamp": str(int(time.time())),
+                "webhook-timestamp": str(int(signed_at.timestamp())),
                 "webhook-signature": signature,
                 "content-type": "application/json",
             }
