@@ -600,6 +600,7 @@ class Worker:
             seq=c.seq,
             intent_seq=c.intent_seq,
             tenant=c.tenant,
+            possible_duplicate=lambda why: self._possible_duplicate(c, c.provider or provider.name, why),
         )
         held.work = task
         try:
@@ -703,12 +704,12 @@ class Worker:
         since = task.intent_at or c.started_at
         name = c.provider or provider.name
         if not isinstance(provider, Reconciling):
-            await self._possible_duplicate(c, name, f"{name} offers no way to look up work whose answer was lost")
+            await task.note_possible_duplicate(f"{name} offers no way to look up work whose answer was lost")
             return None
         try:
             found = await provider.find_submitted(task, since)
         except CannotReconcile as exc:
-            await self._possible_duplicate(c, name, str(exc))
+            await task.note_possible_duplicate(str(exc))
             return None
         taken = await self.store.adopted(name, found) if found else set()
         free = [pid for pid in found if pid not in taken]

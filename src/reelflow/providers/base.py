@@ -54,6 +54,18 @@ class Task:
     paid work whose answer was lost. The idempotency key names it, so every attempt until the job settles sends
     the same key and the provider de-duplicates them."""
     tenant: str = "default"
+    possible_duplicate: Callable[[str], Awaitable[None]] | None = field(default=None, repr=False)
+    """Set by the worker. A provider about to repeat a paid call that an earlier attempt may have made, with no
+    way to look that call up, says why through `note_possible_duplicate`: the job records a possible duplicate
+    charge (once per attempt)."""
+    _duplicate_noted: bool = field(default=False, repr=False)
+
+    async def note_possible_duplicate(self, why: str) -> None:
+        """Record, once per attempt, that the paid call about to go out may repeat one already paid."""
+        if not self._duplicate_noted:
+            self._duplicate_noted = True
+            if self.possible_duplicate is not None:
+                await self.possible_duplicate(why)
 
     @property
     def idempotency_key(self) -> str:

@@ -324,6 +324,7 @@ class ElevenLabsProvider(HttpAdapter):
                 items = await self._speeches_since(voice_id, output_format, body, task.intent_at)
             except CannotReconcile as exc:
                 log.warning("elevenlabs: %s; speaking again (a possible duplicate charge)", exc)
+                await task.note_possible_duplicate(str(exc))
                 items = []
             if items:
                 item = items[0]

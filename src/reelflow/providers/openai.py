@@ -412,6 +412,11 @@ class OpenAIProvider(HttpAdapter):
         if not _LOCAL_ID_RE.match(provider_id):
             raise PermanentError(f"not an openai request id: {provider_id!r}")
         self.auth_headers()  # the key is needed from here on
+        if task.resumed or task.unsettled:  # an earlier attempt may have made this very call and lost the answer
+            await task.note_possible_duplicate(
+                f"openai: the {kind} request of an earlier attempt may have been paid; it is sent again with the same"
+                f" Idempotency-Key {task.idempotency_key}, which OpenAI does not document honouring"
+            )
         message = {"speech": "speaking", "image": "drawing", "transcription": "transcribing"}[kind]
         await _report(report, ProgressUpdate(phase="running", message=message))
         if kind == "speech":
