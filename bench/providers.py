@@ -8,7 +8,14 @@ from the first submission to the last job finished.
 Targets: at most 3 requests per job with callbacks, at most 12 with polling, makespan within 10% of the
 latency.
 
+`--drop-every N` (pay once, issue 13): the fake takes every Nth create and drops its answer (the prediction
+runs and is billed; the worker only sees the connection close). Each mode then runs twice, without drops and
+with them, and prints the provider creates per job (the worker finds the lost predictions in Replicate's list,
+so this must stay 1.00), how many lost creates were adopted, the possible duplicate charges the executions
+recorded (none: Replicate can be asked), and the makespan against the run without drops.
+
     python bench/providers.py [--jobs 1000] [--latency 20] [--only callbacks|polling] [--tenant-cap N]
+                              [--drop-every N]
 
 The bench submits as one tenant, so it lifts the built-in cap of 200 jobs at once per tenant unless
 `--tenant-cap` sets one (then the makespan is at least jobs x latency / cap).
@@ -27,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -49,6 +57,38 @@ def seedance_plan(p: int, per_plan: int) -> dict[str, object]:
     return {"jobs": jobs}
 
 
+class DroppingReplicate(FakeReplicate):
+    """The Replicate fake with the answer of every `drop_every`-th create request dropped after the prediction
+    was made (its `accept_then_drop`, armed as that request arrives). Creates answered with a refusal still
+    count; under concurrency the armed drop falls on the next create to be taken, so the share stays 1 in N."""
+
+    def __init__(self, *args: Any, drop_every: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop_every = drop_every
+        self.create_requests = 0
+        self.armed = 0
+
+    @property
+    def dropped(self) -> int:
+        """Creates whose answer was dropped so far (armed drops not yet used are pending in the fake)."""
+        return self.armed - len(self._faults)
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (
+            self.drop_every
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and path.startswith("/v1/")
+            and path.endswith("/predictions")
+        ):
+            self.create_requests += 1
+            if self.create_requests % self.drop_every == 0:
+                self.armed += 1
+                self.accept_then_drop(1)
+        await super()._asgi(scope, receive, send)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,14 +96,16 @@ def free_port() -> int:
         return port
 
 
-async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> None:
+async def run(mode: str, total: int, latency: float, tenant_cap: int | None, drop_every: int | None = None) -> float:
+    """One run of `total` jobs in `mode`; prints its figures and returns the makespan."""
     tmp = Path(tempfile.mkdtemp(prefix=f"reelflow-providers-{mode}-"))
     url = f"sqlite:///{tmp}/bench.db"
     store = open_store(url)
     await store.migrate()
     limits = tmp / "limits.yaml"  # the one tenant's cap: none unless asked (see the docstring)
     limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
-    with FakeReplicate(latency_s=latency, queue_s=0.0) as fake:
+    fake = DroppingReplicate(latency_s=latency, queue_s=0.0, drop_every=drop_every)
+    with fake:
         env = dict(
             os.environ,
             REELFLOW_DATABASE_URL=url,
@@ -81,7 +123,8 @@ async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> 
         else:
             env.pop("REELFLOW_PUBLIC_URL", None)
             cmd = ["worker", "--concurrency", str(total)]
-        proc = subprocess.Popen([sys.executable, "-m", "reelflow.cli", *cmd], env=env, stderr=subprocess.DEVNULL)
+        log = (tmp / "reelflow.log").open("wb")  # its warnings, kept with the run's database
+        proc = subprocess.Popen([sys.executable, "-m", "reelflow.cli", *cmd], env=env, stderr=log)
         await asyncio.sleep(2.0)  # let the process start (and the API listen) before the clock starts
         engine = Engine(store)
         children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
@@ -92,24 +135,36 @@ async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> 
         for p in range(total // per_plan):
             ids.append(await engine.submit(seedance_plan(p, per_plan)))
         submitted = time.time() - t0
+        duplicates = 0
+        duplicate_usd = 0.0
         for eid in ids:
             state = await engine.wait(eid, poll_s=0.5, timeout=latency * 10 + 120)
             if state["status"] != "succeeded":
                 raise SystemExit(f"{mode}: execution {eid} ended {state['status']}: {state['error']}")
+            duplicates += int(state["possible_duplicates"])
+            duplicate_usd += float(state["possible_duplicate_charge"])
         last = 0.0
+        adopted = lost_answers = 0
         submitted_at: dict[tuple[str, str], float] = {}
         lags: list[float] = []
         for eid in ids:
             for e in await store.events(eid):
                 if e.type == "job.submitted":
-                    submitted_at[(eid, e.job_id or "")] = e.created_at
+                    # when the fake took the create (an adopted prediction is submitted long before the
+                    # worker learns its id), else when the worker recorded it
+                    taken = fake.predictions.get(str(e.data.get("provider_job_id")))
+                    submitted_at[(eid, e.job_id or "")] = taken.created if taken is not None else e.created_at
                 elif e.type == "job.succeeded":
                     last = max(last, e.created_at)
                     lags.append(e.created_at - submitted_at.get((eid, e.job_id or ""), t0) - latency)
+                elif e.type == "job.reconciled":
+                    lost_answers += 1
+                    adopted += 1 if e.data.get("adopted") else 0
         lags.sort()
         last_submit = max(submitted_at.values()) - t0
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        log.close()
         worker_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         own_cpu = resource.getrusage(resource.RUSAGE_SELF)
         cpu_worker = worker_cpu.ru_utime + worker_cpu.ru_stime - cpu_before[0]
@@ -119,11 +174,13 @@ async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> 
         kinds = {
             "creates": fake.creates,
             "reads": fake.gets,
+            "lists": fake.lists,
             "downloads": len(fake.requests_to("/files/")),
             "secret": fake.secret_reads,
         }
         print(
-            f"{mode:9s}  jobs {total}  latency {latency:g} s  requests/job {requests / total:.2f} "
+            f"{mode:9s}  jobs {total}  latency {latency:g} s  "
+            f"{f'drop every {drop_every}  ' if drop_every else ''}requests/job {requests / total:.2f} "
             f"({', '.join(f'{k} {v}' for k, v in kinds.items())}; webhooks sent {fake.webhooks_sent}"
             f"{' answered ' + str(dict(fake.webhook_answers)) if fake.webhook_answers else ''})  "
             f"makespan {makespan:.2f} s ({makespan / latency * 100 - 100:+.1f}% over the latency; "
@@ -135,13 +192,28 @@ async def run(mode: str, total: int, latency: float, tenant_cap: int | None) -> 
             f"CPU: reelflow process {cpu_worker:.1f} s (ffmpeg probes included), the fake and this client "
             f"{cpu_fake:.1f} s"
         )
+        if drop_every:
+            print(
+                f"{'':9s}  pay once: create answers dropped {fake.dropped} (of {fake.create_requests} create "
+                f"requests); provider creates per job {fake.creates / total:.2f}; reconciliations {lost_answers}, "
+                f"adopted {adopted}; possible duplicates recorded {duplicates} (${duplicate_usd:.2f})"
+            )
+        print(f"{'':9s}  the reelflow process's log: {tmp / 'reelflow.log'}")
     await store.close()
+    return makespan
 
 
-async def main(total: int, latency: float, only: str | None, tenant_cap: int | None) -> None:
+async def main(total: int, latency: float, only: str | None, tenant_cap: int | None, drop_every: int | None) -> None:
     for mode in ("callbacks", "polling"):
-        if only in (None, mode):
-            await run(mode, total, latency, tenant_cap)
+        if only not in (None, mode):
+            continue
+        clean = await run(mode, total, latency, tenant_cap)
+        if drop_every:
+            dropped = await run(mode, total, latency, tenant_cap, drop_every)
+            print(
+                f"{mode:9s}  makespan with 1 create answer in {drop_every} dropped {dropped:.2f} s, without "
+                f"{clean:.2f} s ({(dropped / clean - 1) * 100:+.1f}%)"
+            )
 
 
 if __name__ == "__main__":
@@ -150,5 +222,14 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=20.0)
     parser.add_argument("--only", choices=["callbacks", "polling"])
     parser.add_argument("--tenant-cap", type=int, default=None, help="the tenant's max_concurrent (default: none)")
+    parser.add_argument(
+        "--drop-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run with the answer of every Nth create dropped after the prediction was made",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap))
+    if args.drop_every is not None and args.drop_every < 1:
+        parser.error("--drop-every must be 1 or more")
+    asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap, args.drop_every))
