@@ -7,6 +7,7 @@ host). fal: no lookup by input exists, so `find_submitted` says CannotReconcile;
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,23 @@ async def test_fal_a_throttled_submit_started_nothing(fal: FakeFal, tmp_path: Pa
         await provider.submit(fal_task(tmp_path))
     assert caught.value.not_sent is False
     await provider.aclose()
+
+
+async def test_lookups_that_start_together_share_one_walk_of_the_list(fake: FakeReplicate, tmp_path: Path) -> None:
+    """Six answers lost at once (a network blip): six lookups, one walk of the list, each finds its own."""
+    provider = make_provider(fake)
+    fake.list_page_size = 4
+    tasks = [
+        Task(f"ex{i}", "clip", "generate-video", SEEDANCE, {"prompt": f"wave {i}"}, 2, tmp_path / f"s{i}")
+        for i in range(6)
+    ]
+    lost = [await lose_a_create(provider, fake, t) for t in tasks]
+    for i in range(5):  # and others' predictions around them
+        await provider.submit(task(tmp_path, prompt=f"other {i}"))
+    since = time.time() - 5
+    before = len(list_requests(fake))
+    found = await asyncio.gather(*(provider.find_submitted(t, since) for t in tasks))
+    assert found == [[pid] for pid in lost]
+    assert len(list_requests(fake)) - before == 3  # 11 predictions, 4 a page: one walk of 3 pages
+    later = await provider.find_submitted(tasks[0], since)  # a lookup after the walk began walks again
+    assert later == [lost[0]] and len(list_requests(fake)) - before == 6

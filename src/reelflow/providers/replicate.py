@@ -14,8 +14,10 @@ only when it is on the base's own scheme, host, port and path.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextvars
 import json
 import logging
 import mimetypes
@@ -23,6 +25,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +73,8 @@ LIST_CLOCK_SKEW_S = 120.0
 """`find_submitted` lists predictions created from this long before `since`: `since` is our clock, `created_at`
 Replicate's, and two minutes covers any sane drift between them (a wider window only adds candidates that the
 model, input and webhook comparison then rules out)."""
+LIST_BATCH_S = 0.05
+"""Lookups asking within this long of each other share one walk of the prediction list."""
 LIST_MAX_PAGES = 50
 """Pages of the prediction list `find_submitted` reads before it gives up ("cannot tell", transient): 5,000
 predictions in the window, far beyond a lost answer's few minutes."""
@@ -236,6 +241,14 @@ def _content_type(url: str) -> str | None:
     return guessed
 
 
+@dataclass
+class _ListWalk:
+    """One walk of the prediction list, shared by the lookups that asked before it began."""
+
+    cutoff: float
+    result: asyncio.Future[list[dict[str, Any]]]
+
+
 class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
@@ -245,6 +258,7 @@ class ReplicateProvider(HttpAdapter):
     create_retries_on_429 = 4
     """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""
     list_max_pages = LIST_MAX_PAGES
+    _list_batch: _ListWalk | None = None
     default_base_url = DEFAULT_BASE_URL
     key_env = TOKEN_ENV
     timeout = TIMEOUT
@@ -408,17 +422,62 @@ class ReplicateProvider(HttpAdapter):
         show webhooks, so each candidate is read with `GET /predictions/{id}`; one that names no webhook is not
         ours). A prediction from the website (`source: web`) is never ours.
 
-        Pages are followed through `next` only while it points at our own base (same scheme, host, port and
-        `/predictions` path; the token goes nowhere else) and at most `list_max_pages` of them; otherwise
-        TransientError (cannot tell). A same-model candidate whose input Replicate has already removed
-        (`data_removed`, an hour after an API prediction) cannot be compared: with no exact match beside it,
-        CannotReconcile (the worker pays again and records a possible duplicate)."""
+        The list is read by `_listed_since`, one walk for all the lookups that start together (many answers
+        lost at once, a network blip, cost one walk, not one each). A same-model candidate whose input
+        Replicate has already removed (`data_removed`, an hour after an API prediction) cannot be compared:
+        with no exact match beside it, CannotReconcile (the worker pays again and records a possible
+        duplicate)."""
         owner, name, version = self._model_ref(task.model)
         wanted = json.loads(json.dumps(self._input(task)))  # as the create sends it
         cutoff = since - LIST_CLOCK_SKEW_S
-        path = "/predictions?" + urlencode({"created_after": _iso(cutoff)})
         found: list[tuple[float, str]] = []
         unsure: list[str] = []
+        for item in await self._listed_since(cutoff):
+            created = _parse_time(item.get("created_at"))
+            if created is not None and created < cutoff:
+                continue  # the shared walk may reach further back than this lookup needs
+            verdict = await self._judge(task, item, owner, name, version, wanted)
+            if verdict == "ours":
+                found.append((created if created is not None else cutoff, str(item["id"])))
+            elif verdict == "unsure":
+                unsure.append(str(item["id"]))
+        if not found and unsure:
+            raise CannotReconcile(
+                f"replicate: the input of prediction(s) {', '.join(unsure)} was removed (data_removed); "
+                "cannot tell whether one of them is this job's"
+            )
+        found.sort()
+        return [pid for _, pid in found]
+
+    async def _listed_since(self, cutoff: float) -> list[dict[str, Any]]:
+        """Every prediction created at or after `cutoff`, newest first, from one walk of the list shared by the
+        lookups that ask within LIST_BATCH_S of each other. A walk only serves lookups that asked before it began
+        (their lost creates happened before that, so it sees them); later ones start the next walk."""
+        batch = self._list_batch
+        if batch is None:
+            batch = self._list_batch = _ListWalk(cutoff, asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().call_later(
+                LIST_BATCH_S, lambda: asyncio.ensure_future(self._walk(batch)), context=contextvars.Context()
+            )
+        else:
+            batch.cutoff = min(batch.cutoff, cutoff)
+        return await asyncio.shield(batch.result)
+
+    async def _walk(self, batch: _ListWalk) -> None:
+        self._list_batch = None  # lookups from now on wait for a walk of their own
+        try:
+            batch.result.set_result(await self._list_pages(batch.cutoff))
+        except BaseException as exc:  # every lookup of the batch sees the failure
+            batch.result.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _list_pages(self, cutoff: float) -> list[dict[str, Any]]:
+        """Pages of `GET /predictions?created_after=` followed through `next` only while it points at our own
+        base (same scheme, host, port and `/predictions` path; the token goes nowhere else), at most
+        `list_max_pages` of them; otherwise TransientError (cannot tell)."""
+        path = "/predictions?" + urlencode({"created_after": _iso(cutoff)})
+        items: list[dict[str, Any]] = []
         seen: set[Any] = set()
         for _ in range(self.list_max_pages):
             data = await self._call("GET", path)
@@ -434,14 +493,10 @@ class ReplicateProvider(HttpAdapter):
                 if created is not None and created < cutoff:
                     past_window = True  # newest first: the rest is older still
                     continue
-                verdict = await self._judge(task, item, owner, name, version, wanted)
-                if verdict == "ours":
-                    found.append((created if created is not None else cutoff, str(item["id"])))
-                elif verdict == "unsure":
-                    unsure.append(str(item["id"]))
+                items.append(item)
             following = data.get("next")
             if not following or past_window:
-                break
+                return items
             own = self._own_list_path(following)
             if own is None:
                 raise TransientError(
@@ -449,18 +504,10 @@ class ReplicateProvider(HttpAdapter):
                     "cannot tell whether the lost create started work"
                 )
             path = own
-        else:
-            raise TransientError(
-                f"replicate: more than {self.list_max_pages} pages of predictions since {_iso(cutoff)}; "
-                "cannot tell whether the lost create started work"
-            )
-        if not found and unsure:
-            raise CannotReconcile(
-                f"replicate: the input of prediction(s) {', '.join(unsure)} was removed (data_removed); "
-                "cannot tell whether one of them is this job's"
-            )
-        found.sort()
-        return [pid for _, pid in found]
+        raise TransientError(
+            f"replicate: more than {self.list_max_pages} pages of predictions since {_iso(cutoff)}; "
+            "cannot tell whether the lost create started work"
+        )
 
     async def _judge(
         self, task: Task, item: dict[str, Any], owner: str, name: str, version: str | None, wanted: Any
