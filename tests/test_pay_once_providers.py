@@ -236,7 +236,9 @@ async def test_a_lost_or_late_create_answer_is_paid_once_or_said(
     with CASES[provider]() as case:
         eid, estimate, state = await run_one(case, fault, engine, running_worker, monkeypatch)
         [job] = state["jobs"]
-        assert job["attempts"] == 2  # the first attempt's answer never came
+        # Replicate's create is asked about at once, inside the attempt that lost its answer; the synchronous
+        # providers lose the answer while waiting, and the next attempt looks (or pays again and says so)
+        assert job["attempts"] == (1 if provider == "replicate" else 2)
         await check_output(case, job["result"])
         duplicates = await events_of(store, eid, "job.possible_duplicate_charge")
         if case.asked or case.deduplicated:

@@ -608,9 +608,7 @@ class Worker:
             if pid is None and task.unsettled and getattr(provider, "paid", False):
                 pid = await self._reconcile(provider, task, c, held)
             if pid is None:
-                pid = await provider.submit(task)
-                held.provider_job_id = pid
-                self._persist_provider_id(c, pid)
+                pid = await self._submit(provider, task, c, held)
             else:
                 held.provider_job_id = pid
                 task.resumed = True
@@ -695,7 +693,31 @@ class Worker:
             settled=settled,
         )
 
-    async def _reconcile(self, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str | None:
+    async def _submit(self, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str:
+        """Submit, and record the provider's id. When the answer is lost (the request went out: a read timeout,
+        a reset, a 5xx), a provider that can be asked is asked at once, inside this attempt and its lease: the
+        work found is adopted and the attempt goes on waiting on it, instead of ending, spending one of the job's
+        attempts and a claim to learn the same thing later. Found nothing, could not tell: the attempt ends as
+        before, unsettled, and the next one asks again before paying."""
+        try:
+            pid = await provider.submit(task)
+        except TransientError as exc:
+            if exc.not_sent or not getattr(provider, "paid", False) or not isinstance(provider, Reconciling):
+                raise
+            try:
+                adopted = await self._reconcile(provider, task, c, held, lost=exc.message)
+            except (ProviderError, CannotReconcile):
+                adopted = None
+            if adopted is None:
+                raise exc from None
+            return adopted
+        held.provider_job_id = pid
+        self._persist_provider_id(c, pid)
+        return pid
+
+    async def _reconcile(
+        self, provider: Provider, task: Task, c: ClaimedJob, held: _Held, *, lost: str | None = None
+    ) -> str | None:
         """Before paying again after an attempt whose answer was lost: ask the provider for work that attempt
         may have started, and adopt it (wait on it as after a restart) when found and not another job's. Where
         the provider cannot be asked, the retry goes ahead and a possible duplicate charge is recorded on the
@@ -703,18 +725,23 @@ class Worker:
         (TransientError) ends this attempt, to ask again later rather than pay blind."""
         since = task.intent_at or c.started_at
         name = c.provider or provider.name
-        if not isinstance(provider, Reconciling):
+        if lost is not None and isinstance(provider, Reconciling):  # this attempt's own answer was just lost
+            found = await provider.find_submitted(task, since)
+        elif not isinstance(provider, Reconciling):
             await task.note_possible_duplicate(f"{name} offers no way to look up work whose answer was lost")
             return None
-        try:
-            found = await provider.find_submitted(task, since)
-        except CannotReconcile as exc:
-            await task.note_possible_duplicate(str(exc))
-            return None
+        else:
+            try:
+                found = await provider.find_submitted(task, since)
+            except CannotReconcile as exc:
+                await task.note_possible_duplicate(str(exc))
+                return None
         taken = await self.store.adopted(name, found) if found else set()
         free = [pid for pid in found if pid not in taken]
         metrics.reconciled(name, bool(free))
         data: dict[str, Any] = {"since": iso(since), "matches": len(found)}
+        if lost is not None:
+            data["lost"] = lost
         if not free:
             log.info(
                 "job %s/%s: %s has no work of an earlier attempt (%d matches taken); submitting",
