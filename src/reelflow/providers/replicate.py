@@ -73,7 +73,7 @@ LIST_CLOCK_SKEW_S = 120.0
 """`find_submitted` lists predictions created from this long before `since`: `since` is our clock, `created_at`
 Replicate's, and two minutes covers any sane drift between them (a wider window only adds candidates that the
 model, input and webhook comparison then rules out)."""
-LIST_BATCH_S = 0.05
+LIST_BATCH_S = 0.25
 """Lookups asking within this long of each other share one walk of the prediction list."""
 LIST_MAX_PAGES = 50
 """Pages of the prediction list `find_submitted` reads before it gives up ("cannot tell", transient): 5,000
