@@ -105,7 +105,7 @@ class _Held:
     task: asyncio.Task[None]
     provider: Provider | None = None
     provider_job_id: str | None = None
-    stop_reason: str | None = None  # canceled | lost | shutdown | superseded
+    stop_reason: str | None = None  # canceled (its provider work is cancelled too) | lost | shutdown
     work: Task | None = None
 
 
@@ -416,8 +416,6 @@ class Worker:
         for held in candidates:
             if held is None or (seq is not None and held.claim.seq != seq):
                 continue
-            if reason == "canceled" and held.stop_reason == "superseded":
-                held.stop_reason = "canceled"  # its provider work is cancelled as it stops
             if held.stop_reason is None and not held.task.done():
                 held.stop_reason = reason
                 held.task.cancel()
