@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import WorkerFactory, sim_job
 
+from conftest import WorkerFactory, sim_job
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import Conflict
 from reelflow.providers.base import (
