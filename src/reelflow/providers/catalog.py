@@ -9,9 +9,11 @@ on the first use of the catalog (`load_extensions`).
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -657,12 +659,21 @@ def estimate_seconds(model: ModelSpec | None, params: Mapping[str, Any], job_typ
     return model.est_seconds + model.est_seconds_per_second * _output_seconds(model, params)
 
 
-def _register_remote_models() -> None:
-    """The built-in remote providers' models (their modules build on the definitions above)."""
-    from . import catalog_elevenlabs, catalog_fal, catalog_openai, catalog_replicate
+_REMOTE_CATALOGS = ("catalog_replicate", "catalog_fal", "catalog_elevenlabs", "catalog_openai")
 
-    for spec in (*catalog_replicate.MODELS, *catalog_fal.MODELS, *catalog_elevenlabs.MODELS, *catalog_openai.MODELS):
-        register_model(spec, replace=True)
+
+def _register_remote_models(*, load: bool = True) -> None:
+    """The built-in remote providers' models (their modules build on the definitions above), in this order.
+
+    The modules and this one import each other. When one of them is imported first, it starts this module,
+    which finds it half-built (no MODELS yet) and skips it; so each of them ends by calling this again with
+    `load=False` (no imports: the modules already loaded, re-placed in order). Every model is then in the
+    catalog, in the same order, whichever module was imported first."""
+    for name in _REMOTE_CATALOGS:
+        module = importlib.import_module(f"{__package__}.{name}") if load else sys.modules.get(f"{__package__}.{name}")
+        for spec in getattr(module, "MODELS", ()):
+            _MODELS.pop(spec.id, None)
+            _MODELS[spec.id] = spec
 
 
 _register_remote_models()

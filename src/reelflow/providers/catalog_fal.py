@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
+from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price, _register_remote_models
 
 # --- input mapping -------------------------------------------------------------------------------
 
@@ -192,3 +192,6 @@ MODELS: list[ModelSpec] = [
         15.0,
     ),
 ]
+
+
+_register_remote_models(load=False)  # in the catalog, in order, when this module was imported before it
