@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -12,29 +11,22 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import wraps
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import metrics
-from .config import SettingsError, get_settings
-from .display import progress_view, timeline_table
-from .engine.runtime import LocalRuntime
-from .engine.worker import Worker, tune_gc
 from .errors import ErrorItem, PlanError, ReelflowError
-from .limits import LimitsFileError
-from .plan import load_plan_text
-from .providers.catalog import CatalogFileError, list_models
 from .states import ACTIVE_JOB, TERMINAL_EXECUTION
 
+# Start-up stays cheap (`reelflow --help`): the engine, the settings (pydantic), the catalog, the metrics
+# (prometheus_client) and httpx are imported by the commands that use them, not here.
 if TYPE_CHECKING:
     from .client import APIError, Client
+    from .engine.runtime import LocalRuntime
 
 log = logging.getLogger("reelflow.cli")
 app = typer.Typer(
@@ -66,12 +58,37 @@ class Interrupted(Exception):
     """Ends a command with exit status 130 after Ctrl-C, once where things stand was shown."""
 
 
+def _configuration_errors() -> tuple[type[Exception], ...]:
+    """SettingsError, LimitsFileError and CatalogFileError: a bad configuration, bad usage (exit 2).
+
+    Only those of modules already loaded: a module never imported cannot have raised its error, and is not
+    imported just to say so (e.g. while `--help` exits)."""
+    found: list[type[Exception]] = []
+    for module, name in (
+        ("reelflow.config", "SettingsError"),
+        ("reelflow.limits", "LimitsFileError"),
+        ("reelflow.providers.catalog", "CatalogFileError"),
+    ):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, Exception):
+            found.append(error)
+    return tuple(found)
+
+
+def _local_runtime() -> LocalRuntime:
+    """A local runtime; its import loads the engine, paid for only by the commands that use it."""
+    from .engine.runtime import LocalRuntime
+
+    return LocalRuntime()
+
+
 def configuration_problem() -> str | None:
     """What is wrong with the settings, the limits file or the catalog file (file:line), or None.
 
     Reads each once: the limits and the catalog stay loaded for the command that follows."""
-    from .limits import get_limits
-    from .providers.catalog import load_extensions
+    from .config import SettingsError, get_settings
+    from .limits import LimitsFileError, get_limits
+    from .providers.catalog import CatalogFileError, load_extensions
 
     try:
         settings = get_settings()
@@ -99,9 +116,11 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio
+
         try:
             return asyncio.run(fn(*args, **kwargs))
-        except (SettingsError, LimitsFileError, CatalogFileError) as exc:  # bad configuration: bad usage
+        except _configuration_errors() as exc:  # bad configuration: bad usage
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         except PlanError as exc:
@@ -166,6 +185,8 @@ def remote(server: str, api_key: str | None, body: Callable[[Client], T]) -> T:
 
 def _read_plan(path: Path) -> Any:
     """The plan's data; a missing file is bad usage (2), unparsable text a refusal (1)."""
+    from .plan import load_plan_text
+
     if str(path) != "-" and not path.is_file():
         err.print(f"[red]error:[/red] plan file {str(path)!r} not found")
         raise typer.Exit(2)
@@ -195,6 +216,8 @@ class _CtrlC:
     exits at once, whatever the first is still doing."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.count = 0
         self.task = asyncio.current_task()
         self.loop = asyncio.get_running_loop()
@@ -250,10 +273,16 @@ def _where_it_stands(state: dict[str, Any]) -> str:
 async def _follow(rt: LocalRuntime, execution_id: str, *, as_json: bool) -> dict[str, Any]:
     """Wait for the execution, with a live per-job display unless JSON was asked for. Ctrl-C leaves the
     execution running (see `_CtrlC`) and ends the command with 130 and a line saying where things stand."""
+    import asyncio
+
     with _CtrlC.installed() as ctrl_c:
         try:
             if as_json or not out.is_terminal:
                 return await rt.wait(execution_id)
+            from rich.live import Live
+
+            from .display import progress_view
+
             with Live(console=out, refresh_per_second=8, transient=False) as live:
 
                 def show(state: dict[str, Any]) -> None:
@@ -323,6 +352,8 @@ def _show_final(state: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _print_json(state)
     else:
+        from .display import timeline_table
+
         out.print(timeline_table(state))
         _summary(state)
 
@@ -338,6 +369,10 @@ def _follow_remote(client: Client, execution_id: str, *, as_json: bool) -> dict[
     """`_follow` on a server: its event stream drives the same live display."""
     if as_json or not out.is_terminal:
         return client.wait(execution_id)
+    from rich.live import Live
+
+    from .display import progress_view
+
     with Live(console=out, refresh_per_second=8, transient=False) as live:
         return client.wait(execution_id, on_update=lambda state: live.update(progress_view(state)))
 
@@ -355,7 +390,7 @@ def _run_remote(client: Client, data: Any, wait: bool, webhook: str | None, as_j
 
 @command
 async def _run(data: Any, wait: bool, webhook: str | None, as_json: bool) -> dict[str, Any]:
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         execution_id = await rt.engine.submit(data, webhook=webhook)
         if wait:
@@ -396,13 +431,15 @@ def _show_state(state: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _print_json(state)
     else:
+        from .display import progress_view
+
         out.print(progress_view(state))
         _summary(state)
 
 
 @command
 async def _status(execution_id: str, wait: bool, as_json: bool) -> dict[str, Any]:
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         state = await (_follow(rt, execution_id, as_json=as_json) if wait else rt.engine.get(execution_id))
         _show_state(state, as_json)
@@ -430,7 +467,7 @@ def events(
 
 @command
 async def _events(execution_id: str) -> None:
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         await rt.engine.get(execution_id)
         after = 0
@@ -475,7 +512,7 @@ def _lifecycle(
 
             @command
             async def body() -> dict[str, Any]:
-                rt = LocalRuntime()
+                rt = _local_runtime()
                 try:
                     result = await call(rt, execution_id)
                     target = result if isinstance(result, str) else execution_id
@@ -566,6 +603,9 @@ def worker(
 
 @command
 async def _worker(concurrency: int, metrics_port: int = 0, metrics_host: str = "0.0.0.0") -> None:
+    from . import metrics
+    from .config import get_settings
+    from .engine.worker import Worker, tune_gc
     from .logs import configure_logging
 
     settings = get_settings()
@@ -579,7 +619,7 @@ async def _worker(concurrency: int, metrics_port: int = 0, metrics_host: str = "
         sock = metrics.listen(metrics_host, metrics_port)
         exporter = await metrics.serve_listener(sock, render, settings.metrics_token)
         log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
         w.install_signal_handlers()
@@ -606,6 +646,8 @@ def serve(
 
     from .api import create_app
     from .api.server import server_config
+    from .config import get_settings
+    from .engine.worker import tune_gc
     from .logs import configure_logging
 
     settings = get_settings()
@@ -644,7 +686,7 @@ def keys_create(
 async def _keys_create(tenant_name: str, as_json: bool) -> None:
     from .keys import create_key
 
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         new = await create_key(rt.store, tenant_name)
     finally:
@@ -670,7 +712,7 @@ def keys_list(tenant_name: Annotated[str | None, typer.Option("--tenant")] = Non
 async def _keys_list(tenant_name: str | None, as_json: bool) -> None:
     from .store.common import iso
 
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         keys = await rt.store.list_api_keys(tenant_name)
     finally:
@@ -701,7 +743,7 @@ async def _keys_revoke(key_id: str) -> None:
     from .keys import KEY_RE
 
     m = KEY_RE.match(key_id)
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         done = await rt.store.revoke_api_key(m.group(1) if m else key_id)
     finally:
@@ -720,7 +762,7 @@ def migrate() -> None:
 
 @command
 async def _migrate() -> None:
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         version = await rt.store.migrate()
         out.print(f"database {rt.settings.database_url} at schema version {version}")
@@ -734,6 +776,8 @@ def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt
     if server:
         specs = remote(server, api_key, lambda client: client.models())
     else:
+        from .providers.catalog import list_models
+
         specs = [m.model_dump(mode="json") for m in list_models()]
     if as_json:
         _print_json(specs)
@@ -852,7 +896,7 @@ def _show_stats(s: dict[str, Any]) -> None:
 async def _stats(since: float) -> dict[str, Any]:
     from .limits import get_limits
 
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         queue = await rt.store.queue_stats()
         keys = {k.tenant for k in await rt.store.list_api_keys()}
@@ -903,7 +947,7 @@ def prune(
 
 @command
 async def _prune(cutoff: float) -> dict[str, int]:
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         await rt.store.migrate()
         return await rt.store.prune(cutoff)
@@ -914,6 +958,10 @@ async def _prune(cutoff: float) -> dict[str, int]:
 @app.command()
 def demo() -> None:
     """Render the sunset demo on the local provider and print the MP4's path and a timeline."""
+    from importlib import resources
+
+    from .plan import load_plan_text
+
     text = (resources.files("reelflow") / "examples" / "sunset.yaml").read_text(encoding="utf-8")
     state = _demo(load_plan_text(text, filename="sunset.yaml"))
     _exit_for(state)
@@ -921,10 +969,12 @@ def demo() -> None:
 
 @command
 async def _demo(data: Any) -> dict[str, Any]:
+    from .config import get_settings
+    from .display import timeline_table
     from .logs import configure_logging
 
     configure_logging(get_settings())
-    rt = LocalRuntime()
+    rt = _local_runtime()
     try:
         execution_id = await rt.engine.submit(data)
         out.print(f"demo: execution [bold]{execution_id}[/bold] on {rt.settings.database_url}")
@@ -947,7 +997,7 @@ async def _demo(data: Any) -> dict[str, Any]:
 def main() -> None:
     try:
         app()
-    except (SettingsError, LimitsFileError, CatalogFileError) as exc:  # outside an async command (serve)
+    except _configuration_errors() as exc:  # outside an async command (serve)
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
 

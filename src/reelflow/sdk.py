@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from .config import Settings
-from .engine.runtime import LocalRuntime
-from .plan import parse_plan
 from .states import TERMINAL_EXECUTION
 
+# The engine (worker, store, media), the settings and the plan's validation load when a plan is executed
+# locally, not when the SDK is imported: building steps, or using a `Client`, does not pay for them.
 if TYPE_CHECKING:
     from .client import AsyncClient, Client
+    from .config import Settings
+    from .engine.runtime import LocalRuntime
 
 T = TypeVar("T")
 
@@ -243,6 +245,9 @@ class Composition:
     async def _submit(
         self, webhook: str | None, settings: Settings | None, runtime: LocalRuntime | None
     ) -> AsyncExecution:
+        from .engine.runtime import LocalRuntime
+        from .plan import parse_plan
+
         plan = parse_plan(self.plan())
         rt = runtime or LocalRuntime(settings)
         execution_id = await rt.engine.submit(plan, webhook=webhook)
@@ -411,12 +416,21 @@ def _is_done(state: dict[str, Any] | None) -> bool:
     return bool(state and state["status"] in TERMINAL_EXECUTION)
 
 
+def _backend_of(backend: ExecutionBackend | LocalRuntime) -> ExecutionBackend:
+    """A LocalRuntime wrapped in a LocalBackend, tested without importing the engine: until its module is
+    loaded no LocalRuntime exists (a handle on a server's execution stays free of the engine)."""
+    module = sys.modules.get("reelflow.engine.runtime")
+    if module is not None and isinstance(backend, module.LocalRuntime):
+        return LocalBackend(cast("LocalRuntime", backend))
+    return cast("ExecutionBackend", backend)
+
+
 class AsyncExecution:
     """A handle on a submitted execution (async), on the local engine or on a server."""
 
     def __init__(self, execution_id: str, backend: ExecutionBackend | LocalRuntime) -> None:
         self.id = execution_id
-        self.backend: ExecutionBackend = LocalBackend(backend) if isinstance(backend, LocalRuntime) else backend
+        self.backend: ExecutionBackend = _backend_of(backend)
         self.state: dict[str, Any] | None = None
 
     def sync(self) -> Execution:

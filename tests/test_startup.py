@@ -1,0 +1,90 @@
+"""Start-up stays cheap: `import reelflow` and `reelflow --help` load neither the engine, the API, the media
+helpers nor the metrics, and every public SDK name still imports. Each check runs in a fresh interpreter,
+since this test process has long loaded all of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import reelflow
+
+HEAVY = ["reelflow.engine.worker", "reelflow.api.app", "fastapi", "prometheus_client", "reelflow.media"]
+CATALOGS = ["catalog", "catalog_replicate", "catalog_fal", "catalog_elevenlabs", "catalog_openai"]
+COMMANDS = ["run", "status", "events", "cancel", "resume", "retry", "estimate", "worker", "serve", "keys"]
+COMMANDS += ["migrate", "models", "stats", "prune", "demo"]
+
+
+def fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter (nothing imported yet); fails the test if it fails."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules loaded once `code` ran in a fresh interpreter."""
+    done = fresh(f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))")
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_import_reelflow_loads_nothing_heavy() -> None:
+    loaded = loaded_after("import reelflow")
+    assert "reelflow" in loaded
+    assert [m for m in HEAVY if m in loaded] == []
+
+
+def test_building_steps_and_a_client_loads_no_engine() -> None:
+    """The SDK's plan building and the HTTP client do not need the local engine either."""
+    loaded = loaded_after(
+        "from reelflow import Client, compose, generate_image, image_model\n"
+        "compose(generate_image(model=image_model('image'), prompt='a sunset')).plan()"
+    )
+    assert {"reelflow.sdk", "reelflow.client"} <= loaded
+    assert [m for m in [*HEAVY, "reelflow.engine.runtime"] if m in loaded] == []
+
+
+def test_cli_help_lists_the_commands_and_loads_nothing_heavy() -> None:
+    code = (
+        "import sys\nsys.argv = ['reelflow', '--help']\nfrom reelflow.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+    )
+    loaded = loaded_after(code)
+    assert [m for m in [*HEAVY, "reelflow.config", "reelflow.engine.runtime", "httpx"] if m in loaded] == []
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "reelflow.cli", "--help"], capture_output=True, text=True, timeout=60)
+    print(f"reelflow --help: {time.perf_counter() - start:.3f} s")  # for the record; timing is not asserted
+    assert done.returncode == 0, done.stderr
+    listed = {line.strip("│ ").split(" ")[0] for line in done.stdout.splitlines()}
+    assert [c for c in COMMANDS if c not in listed] == []
+
+
+def test_every_public_name_still_imports() -> None:
+    names = ", ".join(reelflow.__all__)
+    done = fresh(f"from reelflow import {names}\nimport reelflow\nprint(len(reelflow.__all__))")
+    assert int(done.stdout) == len(reelflow.__all__) == 30
+    assert fresh("from reelflow import *\nprint(callable(compose), Client.__name__)").stdout.split() == [
+        "True",
+        "Client",
+    ]
+    assert "compose" in dir(reelflow)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        reelflow.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("name", CATALOGS)
+def test_each_catalog_module_imports_first_with_the_same_catalog(name: str) -> None:
+    """The catalog and its per-provider modules import each other: whichever comes first, the catalog holds
+    every model, in the order of this (already loaded) process's catalog: built-in, then each provider's."""
+    from reelflow.providers import catalog
+
+    code = f"import reelflow.providers.{name}\nfrom reelflow.providers import catalog\nprint(' '.join(catalog._MODELS))"
+    expected = [m.id for m in catalog.BUILTIN_MODELS]
+    for module in catalog._REMOTE_CATALOGS:
+        expected += [m.id for m in __import__(f"reelflow.providers.{module}", fromlist=["MODELS"]).MODELS]
+    assert fresh(code).stdout.split() == expected
