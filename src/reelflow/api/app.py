@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, metrics
@@ -37,7 +38,8 @@ from ..storage import BadKey, Storage, check_key, open_storage
 from ..store import Store, open_store
 from ..store.common import BadCursor, strip_paths
 from ..store.stats import parse_since
-from . import problems, ui
+from . import openapi, problems, ui
+from .openapi import errors, problem_answer
 from .problems import Problem
 
 log = logging.getLogger("reelflow.api")
@@ -76,8 +78,16 @@ async def services(request: Request) -> Services:
     return svc
 
 
-async def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's tenant, from `Authorization: Bearer <api key>`."""
+async def tenant(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(openapi.BEARER)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    """The caller's tenant, from `Authorization: Bearer <api key>`.
+
+    The header is read and checked here, with this API's own 401 answers; `_declared` (which never refuses and
+    is not used) only makes the OpenAPI document show the bearer security scheme on every route that needs a key.
+    """
     challenge = {"WWW-Authenticate": 'Bearer realm="reelflow"'}
     if not authorization:
         raise Problem(401, "missing Authorization header: send 'Authorization: Bearer <api key>'", headers=challenge)
@@ -241,10 +251,32 @@ PLAN_BODY = {
     }
 }
 
+READY_503 = {
+    "description": "The database cannot be reached (this answer is plain JSON, like the 200 one)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status", "detail"],
+                "properties": {"status": {"const": "unavailable"}, "detail": {"type": "string"}},
+            }
+        }
+    },
+}
+
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/executions", status_code=202, openapi_extra=PLAN_BODY, tags=["executions"])
+@router.post(
+    "/executions",
+    status_code=202,
+    openapi_extra=PLAN_BODY,
+    tags=["executions"],
+    responses={
+        **errors(400, 402, 413, 415, 422, 429),
+        409: problem_answer(409, "The Idempotency-Key was used with a different request"),
+    },
+)
 async def submit(
     request: Request,
     svc: Svc,
@@ -265,7 +297,7 @@ async def submit(
     return accepted(execution_id, state["status"])
 
 
-@router.get("/executions", tags=["executions"])
+@router.get("/executions", tags=["executions"], responses=errors(422))
 async def list_executions(
     svc: Svc,
     who: Tenant,
@@ -294,13 +326,18 @@ async def list_executions(
     return {"data": rows, "next_cursor": nxt}
 
 
-@router.get("/executions/{execution_id}", tags=["executions"])
+@router.get("/executions/{execution_id}", tags=["executions"], responses=errors(404))
 async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
     return strip_paths(await svc.engine.get(check_path_id(execution_id), who))
 
 
-@router.get("/executions/{execution_id}/events", tags=["executions"], response_class=StreamingResponse)
+@router.get(
+    "/executions/{execution_id}/events",
+    tags=["executions"],
+    response_class=StreamingResponse,
+    responses=errors(404) | {400: problem_answer(400, "Last-Event-ID is not an event number")},
+)
 async def stream_events(
     execution_id: str,
     request: Request,
@@ -357,26 +394,36 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
         await asyncio.sleep(SSE_POLL_S)
 
 
-@router.post("/executions/{execution_id}/cancel", tags=["executions"])
+@router.post(
+    "/executions/{execution_id}/cancel",
+    tags=["executions"],
+    responses=errors(404) | {409: problem_answer(409, "The execution has already finished")},
+)
 async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Cancel: queued jobs canceled, running ones stopped at their provider."""
     return strip_paths(await svc.engine.cancel(check_path_id(execution_id), who))
 
 
-@router.post("/executions/{execution_id}/resume", tags=["executions"])
+@router.post(
+    "/executions/{execution_id}/resume",
+    tags=["executions"],
+    responses=errors(404) | {409: problem_answer(409, "The execution has not finished, or it succeeded")},
+)
 async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Re-run only the failed, canceled and skipped jobs; succeeded ones keep their results."""
     return strip_paths(await svc.engine.resume(check_path_id(execution_id), who))
 
 
-@router.post("/executions/{execution_id}/retry", status_code=202, tags=["executions"])
+@router.post(
+    "/executions/{execution_id}/retry", status_code=202, tags=["executions"], responses=errors(402, 404, 422, 429)
+)
 async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
     """A new execution of the same plan."""
     new_id = await svc.engine.retry(check_path_id(execution_id), who)
     return accepted(new_id, "queued")
 
 
-@router.post("/estimate", openapi_extra=PLAN_BODY, tags=["plans"])
+@router.post("/estimate", openapi_extra=PLAN_BODY, tags=["plans"], responses=errors(400, 413, 415, 422))
 async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
     """Cost and time estimate of a plan; nothing is enqueued."""
     return estimate_plan(await json_body(request))
@@ -389,7 +436,7 @@ async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
     return await svc.engine.usage(who)
 
 
-@router.get("/stats", tags=["usage"])
+@router.get("/stats", tags=["usage"], responses=errors(422))
 async def stats(
     svc: Svc,
     who: Tenant,
@@ -419,7 +466,7 @@ async def schema() -> dict[str, Any]:
     return plan_json_schema()
 
 
-@router.get("/artifacts/{key:path}", tags=["artifacts"], response_class=FileResponse)
+@router.get("/artifacts/{key:path}", tags=["artifacts"], response_class=FileResponse, responses=errors(404))
 async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
     """A stored output; ranges supported so players can seek. On object storage: a redirect to a fresh
     signed URL."""
@@ -437,7 +484,7 @@ async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
     return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
 
 
-@router.get("/webhook-deliveries", tags=["webhooks"])
+@router.get("/webhook-deliveries", tags=["webhooks"], responses=errors(422))
 async def deliveries(
     svc: Svc,
     who: Tenant,
@@ -448,13 +495,21 @@ async def deliveries(
     return {"data": await svc.store.list_deliveries(who, execution_id, limit)}
 
 
-@router.post("/webhook-deliveries/{delivery_id}/redeliver", tags=["webhooks"])
+@router.post("/webhook-deliveries/{delivery_id}/redeliver", tags=["webhooks"], responses=errors(404))
 async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Send a delivery again (same webhook-id)."""
     return await svc.store.redeliver(check_path_id(delivery_id, "webhook delivery"), who)
 
 
-@router.post("/providers/{provider}/callback", tags=["providers"])
+@router.post(
+    "/providers/{provider}/callback",
+    tags=["providers"],
+    responses={
+        **errors(413, 422, 503),
+        401: problem_answer(401, "The provider's signature does not verify"),
+        404: problem_answer(404, "This provider sends no callbacks"),
+    },
+)
 async def provider_callback(
     provider: str,
     request: Request,
@@ -548,6 +603,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
+    openapi.install(app)
     app.add_middleware(problems.BodyLimit)
     app.add_middleware(RequestLogContext)
     app.include_router(router)
@@ -557,7 +613,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: READY_503})
     async def readyz(request: Request) -> JSONResponse:
         try:
             await (await services(request)).store.live_workers(within_s=60)

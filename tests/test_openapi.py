@@ -1,0 +1,175 @@
+"""The OpenAPI document tells the truth about errors and authentication.
+
+It declares the bearer security scheme on exactly the operations that need a key, documents every error answer
+as `application/problem+json` with the Problem schema (never FastAPI's own `HTTPValidationError`), and what it
+documents is what the server sends: requests that cause each error are made and their answers compared with it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from apiserver import ApiServer, server_settings
+from conftest import sim_job
+
+PROBLEM = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+JSON = {"Content-Type": "application/json"}
+TEXT = {"Content-Type": "text/plain"}
+PUBLIC = {
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/v1/schema/plan"),
+    ("post", "/v1/providers/{provider}/callback"),
+}
+"""The operations that take no API key (the dashboard, docs and /metrics are outside the document)."""
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A server with no worker (submitted executions stay queued); tenant `capped` may run no execution and
+    tenant `broke` may spend $0.50, so 429 and 402 can be caused."""
+    root = tmp_path_factory.mktemp("openapi")
+    limits = root / "limits.yaml"
+    limits.write_text("tenants:\n  capped: {monthly_executions: 1}\n  broke: {monthly_cost_usd: 0.5}\n")
+    with ApiServer(server_settings(Path(root), limits_file=str(limits))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def doc(api: ApiServer) -> dict[str, Any]:
+    with httpx.Client(base_url=api.url) as http:
+        answer = http.get("/openapi.json")
+    assert answer.status_code == 200
+    document: dict[str, Any] = answer.json()
+    return document
+
+
+def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            yield method, path, operation
+
+
+def errors_of(doc: dict[str, Any], method: str, path: str) -> set[int]:
+    return {int(s) for s in doc["paths"][path][method]["responses"] if int(s) >= 400}
+
+
+def client(api: ApiServer, tenant: str | None = None) -> httpx.Client:
+    return api.client(api.new_key(tenant or f"t-{uuid.uuid4().hex[:10]}").api_key)
+
+
+def test_the_bearer_scheme_is_declared(doc: dict[str, Any]) -> None:
+    assert set(doc["components"]["securitySchemes"]) == {"bearerAuth"}
+    scheme = doc["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+
+
+def test_every_operation_that_needs_a_key_says_so_and_no_other(doc: dict[str, Any]) -> None:
+    secured = {(m, p) for m, p, op in operations(doc) if op.get("security") == [{"bearerAuth": []}]}
+    unsecured = {(m, p) for m, p, op in operations(doc) if "security" not in op}
+    assert unsecured == PUBLIC
+    assert len(secured) == 14 and secured | unsecured == {(m, p) for m, p, _ in operations(doc)}
+    for method, path in secured:  # the key is a security scheme, no longer an optional header parameter
+        params = doc["paths"][path][method].get("parameters", [])
+        assert "authorization" not in {p["name"].lower() for p in params}, (method, path)
+        assert {401, 503} <= errors_of(doc, method, path), (method, path)
+        challenge = doc["paths"][path][method]["responses"]["401"]["headers"]
+        assert "WWW-Authenticate" in challenge
+
+
+def test_every_error_answer_is_problem_json(doc: dict[str, Any]) -> None:
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    assert set(doc["components"]["schemas"]["Problem"]["required"]) == {"type", "title", "status", "detail"}
+    assert set(doc["components"]["schemas"]["Problem"]["properties"]) == {
+        "type", "title", "status", "detail", "instance", "errors",
+    }  # fmt: skip
+    counted = 0
+    for method, path, operation in operations(doc):
+        for status, answer in operation["responses"].items():
+            if int(status) < 400 or (method, path) == ("get", "/readyz"):  # readyz's 503 is its plain JSON
+                continue
+            assert answer["content"] == {PROBLEM: {"schema": {"$ref": PROBLEM_REF}}}, (method, path, status)
+            counted += 1
+    assert counted >= 60
+    ready = doc["paths"]["/readyz"]["get"]["responses"]["503"]["content"]
+    assert set(ready) == {"application/json"}
+
+
+def test_each_operation_lists_the_errors_it_can_give(doc: dict[str, Any]) -> None:
+    assert errors_of(doc, "post", "/v1/executions") == {400, 401, 402, 409, 413, 415, 422, 429, 503}
+    assert errors_of(doc, "get", "/v1/executions/{execution_id}") == {401, 404, 503}
+    assert errors_of(doc, "get", "/v1/executions") == {401, 422, 503}
+    assert errors_of(doc, "post", "/v1/executions/{execution_id}/resume") == {401, 404, 409, 503}
+    assert errors_of(doc, "post", "/v1/executions/{execution_id}/retry") == {401, 402, 404, 422, 429, 503}
+    assert errors_of(doc, "get", "/v1/executions/{execution_id}/events") == {400, 401, 404, 503}
+    assert errors_of(doc, "post", "/v1/estimate") == {400, 401, 413, 415, 422, 503}
+    assert errors_of(doc, "post", "/v1/providers/{provider}/callback") == {401, 404, 413, 422, 503}
+    assert errors_of(doc, "get", "/v1/schema/plan") == set()
+    assert errors_of(doc, "get", "/healthz") == set()
+    retry_after = doc["paths"]["/v1/usage"]["get"]["responses"]["503"]["headers"]
+    assert "Retry-After" in retry_after
+
+
+def test_the_secured_operations_are_the_ones_that_refuse_a_request_without_a_key(
+    api: ApiServer, doc: dict[str, Any]
+) -> None:
+    refused = set()
+    with httpx.Client(base_url=api.url) as anonymous:
+        for method, path, _ in operations(doc):
+            answer = anonymous.request(method, path.replace("{", "").replace("}", ""))  # {id} -> id
+            if answer.status_code == 401 and "Bearer" in answer.headers.get("www-authenticate", ""):
+                documented(doc, method, path, answer)
+                refused.add((method, path))
+    assert refused == {(m, p) for m, p, op in operations(doc) if "security" in op}
+    assert len(refused) == 14
+
+
+def documented(doc: dict[str, Any], method: str, path: str, answer: httpx.Response) -> int:
+    """The answer's status is one the operation lists, with the content type the document gives it."""
+    responses = doc["paths"][path][method]["responses"]
+    assert str(answer.status_code) in responses, (method, path, answer.status_code, answer.text)
+    sent = answer.headers["content-type"].split(";")[0]
+    assert set(responses[str(answer.status_code)]["content"]) == {sent}, (method, path, answer.status_code)
+    body = answer.json()
+    assert body["status"] == answer.status_code and body["type"] == "about:blank" and body["detail"]
+    return answer.status_code
+
+
+def test_the_document_matches_what_the_server_sends(api: ApiServer, doc: dict[str, Any]) -> None:
+    plan = {"jobs": [sim_job("a", duration=1)]}
+    seen: list[int] = []
+    with httpx.Client(base_url=api.url) as anonymous:
+        seen.append(documented(doc, "get", "/v1/executions/{execution_id}", anonymous.get("/v1/executions/x")))
+        seen.append(
+            documented(doc, "post", "/v1/providers/{provider}/callback", anonymous.post("/v1/providers/nope/callback"))
+        )
+    with client(api) as http:
+        seen.append(documented(doc, "get", "/v1/executions/{execution_id}", http.get("/v1/executions/nope")))
+        seen.append(documented(doc, "get", "/v1/executions", http.get("/v1/executions", params={"limit": 0})))
+        seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", content=b"{", headers=JSON)))
+        seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", content=b"{}", headers=TEXT)))
+        seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", json={"jobs": "no"})))
+        big = b"[" + b"1," * 600_000 + b"1]"
+        seen.append(documented(doc, "post", "/v1/estimate", http.post("/v1/estimate", content=big, headers=JSON)))
+        execution_id = http.post("/v1/executions", json=plan, headers={"Idempotency-Key": "k"}).json()["id"]
+        other = {"jobs": [sim_job("b", duration=1)]}
+        conflict = http.post("/v1/executions", json=other, headers={"Idempotency-Key": "k"})
+        seen.append(documented(doc, "post", "/v1/executions", conflict))
+        resume = http.post(f"/v1/executions/{execution_id}/resume")  # queued: nothing to resume yet
+        seen.append(documented(doc, "post", "/v1/executions/{execution_id}/resume", resume))
+        events = http.get(f"/v1/executions/{execution_id}/events", headers={"Last-Event-ID": "x"})
+        seen.append(documented(doc, "get", "/v1/executions/{execution_id}/events", events))
+    with client(api, "capped") as http:
+        assert http.post("/v1/executions", json=plan).status_code == 202
+        seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", json=plan)))
+    with client(api, "broke") as http:
+        costly = {"jobs": [sim_job("a", duration=1, cost_usd=1.0)]}
+        seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", json=costly)))
+    assert seen == [401, 404, 404, 422, 400, 415, 422, 413, 409, 409, 400, 429, 402]
