@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+
+mutate: $(STAMP)
+	@# one dangerous one-line change at a time, in a copy of the tree; every one must make a test fail
+	$(BIN)/python bench/mutate.py -j 4
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
