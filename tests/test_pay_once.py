@@ -322,3 +322,41 @@ async def test_canceling_a_handed_back_job_cancels_its_remote_work(
         while pid not in sim.canceled and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     assert sim.canceled == [pid]
+
+
+async def test_a_finished_job_waiting_for_its_write_is_not_handed_back(
+    engine: Engine, store: SQLiteStore, sim: SimProvider, running_worker: WorkerFactory
+) -> None:
+    """The database refuses the writes of outcomes for a few seconds: heartbeats that meanwhile see the finished
+    jobs still `running` under this worker must not take them for unknown leases (handing them back would run,
+    and pay for, them again)."""
+
+    class RefusesFinishesForAWhile:
+        def __init__(self, inner: Any, refuse_s: float) -> None:
+            self.inner = inner
+            self.until = time.monotonic() + refuse_s
+            self.refused = 0
+
+        def __getattr__(self, name: str) -> Any:
+            found = getattr(self.inner, name)  # finish_and_claim exists on PostgreSQL only
+            if name not in ("finish_jobs", "finish_and_claim"):
+                return found
+
+            async def refusing(*args: Any, **kwargs: Any) -> Any:
+                if time.monotonic() < self.until:
+                    self.refused += 1
+                    raise ConnectionError("the database is away")
+                return await found(*args, **kwargs)
+
+            return refusing
+
+    plan = {"jobs": [sim_job(f"j{i}", latency_s=0.1) for i in range(3)], "options": {"cache": False}}
+    eid = await engine.submit(plan)
+    flaky = RefusesFinishesForAWhile(store, refuse_s=4.0)  # more than two heartbeats (every 1.25 s)
+    async with running_worker(store_=flaky):
+        state = await engine.wait(eid, timeout=30)
+    assert flaky.refused >= 3
+    assert state["status"] == "succeeded"
+    assert sim.submitted == 3  # each job ran once
+    released = [e for e in await store.events(eid) if e.type == "job.released"]
+    assert released == []

@@ -378,7 +378,10 @@ class Worker:
         """Jobs the database says this worker holds, that it never heard of: a claim that committed while its
         connection died (the database restarting), so its answer was lost. They go back to the queue at once,
         without costing an attempt, instead of sitting out their lease and coming back as a second attempt."""
-        unknown = sorted(leased - set(self.held) - {h.claim.id for h in self._superseded})
+        # Known: jobs running here, attempts ending here, and jobs whose outcome waits for the flusher (still
+        # `running` in the database until it writes; a flush in flight makes the heartbeat skip this altogether).
+        known = set(self.held) | {h.claim.id for h in self._superseded} | {o.job_id for o in self._outcomes}
+        unknown = sorted(leased - known)
         if not unknown:
             return
         log.warning(
