@@ -726,17 +726,16 @@ class Worker:
         (TransientError) ends this attempt, to ask again later rather than pay blind."""
         since = task.intent_at or c.started_at
         name = c.provider or provider.name
-        if lost is not None and isinstance(provider, Reconciling):  # this attempt's own answer was just lost
-            found = await provider.find_submitted(task, since)
-        elif not isinstance(provider, Reconciling):
+        if not isinstance(provider, Reconciling):
             await task.note_possible_duplicate(f"{name} offers no way to look up work whose answer was lost")
             return None
-        else:
-            try:
-                found = await provider.find_submitted(task, since)
-            except CannotReconcile as exc:
-                await task.note_possible_duplicate(str(exc))
-                return None
+        try:
+            found = await provider.find_submitted(task, since)
+        except CannotReconcile as exc:
+            if lost is not None:  # this attempt's own answer: the next attempt records the possible duplicate
+                raise
+            await task.note_possible_duplicate(str(exc))
+            return None
         taken = await self.store.adopted(name, found) if found else set()
         free = [pid for pid in found if pid not in taken]
         metrics.reconciled(name, bool(free))
