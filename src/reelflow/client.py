@@ -295,8 +295,9 @@ class _Reconnect:
 # ----------------------------------------------------------------------------------- shared plumbing
 def _plan_of(plan: Any, webhook: str | None = None) -> dict[str, Any]:
     """A plan's data from a plan dict, a `Composition` or a `Step`; `webhook` set when given."""
+    data: dict[str, Any]
     if hasattr(plan, "plan") and callable(plan.plan):
-        data = plan.plan()
+        data = dict(plan.plan())
     elif isinstance(plan, Mapping):
         data = dict(plan)
     else:

@@ -46,7 +46,7 @@ log = logging.getLogger("reelflow.metrics")
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The text exposition format (version 0.0.4), which every Prometheus reads."""
 
-disable_created_metrics()  # no `_created` series next to every counter and histogram: nothing here reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series next to every counter and histogram: nothing here reads them
 REGISTRY = CollectorRegistry()
 """This process's metrics (with the usual process_*, python_* families)."""
 ProcessCollector(registry=REGISTRY)

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, cast
 
 from .base import Provider
 from .catalog import ModelSpec, UserModel, parse_model_entries
@@ -62,7 +62,7 @@ class Plugin:
         """A new provider object from the plugin's factory (checked)."""
         provider = self.factory()
         check_provider(self.name, provider)
-        return provider
+        return cast(Provider, provider)
 
 
 def _origin(ep: EntryPoint) -> str:
@@ -91,7 +91,7 @@ def check_provider(name: str, provider: Any) -> None:
 def _factory(obj: Any) -> Callable[[], Any]:
     """A class or factory is called for each provider wanted; a ready provider object is reused."""
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "submit")):
-        return obj
+        return cast(Callable[[], Any], obj)
     return lambda: obj
 
 

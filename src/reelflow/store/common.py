@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import ReelflowError, UsageLimitExceeded
 from .base import UsageLimit
@@ -166,12 +166,19 @@ def wants_event(wanted: list[str], event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, p) for p in (*DEFAULT_WEBHOOK_EVENTS, *wanted))
 
 
-def strip_paths(value: Any) -> Any:
+T = TypeVar("T")
+
+
+def strip_paths(value: T) -> T:
     """A copy without the server's local file paths (`path` beside an artifact `key`): not for clients."""
+    return cast(T, _strip(value))
+
+
+def _strip(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: strip_paths(v) for k, v in value.items() if not (k == "path" and "key" in value)}
+        return {k: _strip(v) for k, v in value.items() if not (k == "path" and "key" in value)}
     if isinstance(value, list):
-        return [strip_paths(v) for v in value]
+        return [_strip(v) for v in value]
     return value
 
 
