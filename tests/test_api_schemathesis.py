@@ -1,4 +1,6 @@
-"""Property-based fuzzing of every operation in the app's own OpenAPI schema: no request may end in a 5xx.
+"""Property-based fuzzing of every operation in the app's own OpenAPI schema: no request may end in a 5xx, and
+every answer is one the document lists, with its content type, matching its schema (the typed answers of
+`reelflow.models`, problem+json for errors).
 
 The schema is the app's `/openapi.json` document (taken at collection time from an app that touches no
 database); the requests go in-process (ASGI) to a second app on a fresh database, with a valid API key so
@@ -14,7 +16,12 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from apiserver import server_settings
 from reelflow.api.app import create_app
@@ -50,8 +57,11 @@ def fuzz(fuzz_db: tuple[Settings, str]) -> tuple[FastAPI, str]:
     return create_app(config, workers=0, deliver_webhooks=False), key
 
 
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case: schemathesis.Case, fuzz: tuple[FastAPI, str]) -> None:
     app, key = fuzz
-    case.call_and_validate(app=app, headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error])
+    case.call_and_validate(app=app, headers={"Authorization": f"Bearer {key}"}, checks=CHECKS)

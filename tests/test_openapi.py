@@ -173,3 +173,89 @@ def test_the_document_matches_what_the_server_sends(api: ApiServer, doc: dict[st
         costly = {"jobs": [sim_job("a", duration=1, cost_usd=1.0)]}
         seen.append(documented(doc, "post", "/v1/executions", http.post("/v1/executions", json=costly)))
     assert seen == [401, 404, 404, 422, 400, 415, 422, 413, 409, 409, 400, 429, 402]
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    found: dict[str, Any] = doc["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
+    return found
+
+
+NOT_JSON = {
+    ("get", "/v1/executions/{execution_id}/events"): "text/event-stream",
+    ("get", "/v1/artifacts/{key}"): "application/octet-stream",
+}
+"""The answers that are not JSON: the event stream (its schema describes each event) and stored files."""
+
+
+def test_every_answer_has_a_schema_with_its_fields(doc: dict[str, Any]) -> None:
+    """No operation answers an empty or any-shaped 2xx: each names its fields, with types (models.py)."""
+    for method, path, operation in operations(doc):
+        ok = {s: a for s, a in operation["responses"].items() if s.startswith("2")}
+        assert len(ok) == 1, (method, path, ok)
+        (answer,) = ok.values()
+        media = NOT_JSON.get((method, path), "application/json")
+        assert set(answer["content"]) == {media}, (method, path)
+        if media == "application/octet-stream":
+            assert answer["content"][media]["schema"] == {"type": "string", "format": "binary"}
+            continue
+        schema = resolve(doc, answer["content"][media]["schema"])
+        assert schema["type"] == "object" and schema["properties"], (method, path, schema)
+        assert schema.get("description") or answer["description"], (method, path)
+        for name, field in schema["properties"].items():  # typed, not `Any`
+            assert {"type", "$ref", "anyOf", "enum", "const"} & set(field), (method, path, name, field)
+
+
+def test_every_field_of_an_answer_is_described(doc: dict[str, Any]) -> None:
+    from reelflow import models
+
+    described = 0
+    for name in set(models.__all__) & set(doc["components"]["schemas"]):
+        schema = doc["components"]["schemas"][name]
+        assert schema.get("description"), name
+        for field, spec in schema["properties"].items():
+            assert spec.get("description"), (name, field)
+            described += 1
+    assert described >= 100
+
+
+def test_the_state_of_an_execution_names_the_spec_fields(doc: dict[str, Any]) -> None:
+    answer = doc["paths"]["/v1/executions/{execution_id}"]["get"]["responses"]["200"]
+    state = resolve(doc, answer["content"]["application/json"]["schema"])
+    assert {
+        "id",
+        "status",
+        "progress",
+        "jobs",
+        "result",
+        "error",
+        "cost",
+        "created_at",
+        "finished_at",
+        "metadata",
+    } <= set(state["required"])
+    assert state["properties"]["status"]["enum"] == ["queued", "running", "succeeded", "failed", "canceled"]
+    assert state["properties"]["progress"]["type"] == "number"
+    cost = resolve(doc, state["properties"]["cost"])
+    assert set(cost["properties"]) == {"estimated", "actual"}
+    job = resolve(doc, state["properties"]["jobs"]["items"])
+    assert {
+        "id", "type", "model", "status", "attempts", "progress", "result", "error", "cost", "cache_hit",
+        "possible_duplicate_charge", "started_at", "finished_at",
+    } <= set(job["required"])  # fmt: skip
+    assert "waiting" in job["properties"]["status"]["enum"] and "skipped" in job["properties"]["status"]["enum"]
+    assert job["properties"]["cache_hit"]["type"] == "boolean"
+    assert state["properties"]["created_at"]["format"] == "date-time"
+    for path, method in (
+        ("/v1/executions/{execution_id}/cancel", "post"),
+        ("/v1/executions/{execution_id}/resume", "post"),
+    ):
+        assert doc["paths"][path][method]["responses"]["200"] == answer | {"description": "Successful Response"}
+    listing = doc["paths"]["/v1/executions"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(resolve(doc, listing)["properties"]) == {"data", "next_cursor"}
+    event = doc["paths"]["/v1/executions/{execution_id}/events"]["get"]["responses"]["200"]["content"]
+    assert set(resolve(doc, event["text/event-stream"]["schema"])["properties"]) == {
+        "seq", "type", "job", "data", "created_at",
+    }  # fmt: skip

@@ -29,6 +29,23 @@ from ..keys import authenticate
 from ..limits import get_limits
 from ..logs import RequestLogContext
 from ..logs import bind as bind_log_context
+from ..models import (
+    Accepted,
+    CallbackReceipt,
+    Delivery,
+    DeliveryList,
+    Estimate,
+    Event,
+    ExecutionPage,
+    ExecutionState,
+    Health,
+    Links,
+    ModelList,
+    PlanSchema,
+    Stats,
+    Usage,
+    WebhookEvent,
+)
 from ..plan import parse_plan, plan_json_schema
 from ..providers.base import CallbackProvider, CallbackRejected
 from ..providers.catalog import list_models, load_extensions
@@ -104,20 +121,17 @@ Tenant = Annotated[str, Depends(tenant)]
 Svc = Annotated[Services, Depends(services)]
 
 
-def links(execution_id: str) -> dict[str, str]:
+def links(execution_id: str) -> Links:
     base = f"/v1/executions/{execution_id}"
-    return {
-        "self": base,
-        "events": f"{base}/events",
-        "cancel": f"{base}/cancel",
-        "resume": f"{base}/resume",
-        "retry": f"{base}/retry",
-    }
+    return Links(
+        self_=base, events=f"{base}/events", cancel=f"{base}/cancel", resume=f"{base}/resume", retry=f"{base}/retry"
+    )
 
 
 def accepted(execution_id: str, status: str) -> JSONResponse:
+    answer = Accepted(id=execution_id, status=status, links=links(execution_id))
     return JSONResponse(
-        {"id": execution_id, "status": status, "links": links(execution_id)},
+        answer.model_dump(mode="json", by_alias=True),
         status_code=202,
         headers={"Location": f"/v1/executions/{execution_id}"},
     )
@@ -270,6 +284,7 @@ router = APIRouter(prefix="/v1")
 @router.post(
     "/executions",
     status_code=202,
+    response_model=Accepted,
     openapi_extra=PLAN_BODY,
     tags=["executions"],
     responses={
@@ -297,7 +312,7 @@ async def submit(
     return accepted(execution_id, state["status"])
 
 
-@router.get("/executions", tags=["executions"], responses=errors(422))
+@router.get("/executions", response_model=ExecutionPage, tags=["executions"], responses=errors(422))
 async def list_executions(
     svc: Svc,
     who: Tenant,
@@ -326,7 +341,7 @@ async def list_executions(
     return {"data": rows, "next_cursor": nxt}
 
 
-@router.get("/executions/{execution_id}", tags=["executions"], responses=errors(404))
+@router.get("/executions/{execution_id}", response_model=ExecutionState, tags=["executions"], responses=errors(404))
 async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
     return strip_paths(await svc.engine.get(check_path_id(execution_id), who))
@@ -336,7 +351,15 @@ async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, A
     "/executions/{execution_id}/events",
     tags=["executions"],
     response_class=StreamingResponse,
-    responses=errors(404) | {400: problem_answer(400, "Last-Event-ID is not an event number")},
+    responses=errors(404)
+    | {
+        200: {
+            "model": Event,  # openapi.amend moves its schema under text/event-stream
+            "description": "Server-sent events: `id:` the event's number, `event:` its type, `data:` the event",
+            "content": {"text/event-stream": {}},
+        },
+        400: problem_answer(400, "Last-Event-ID is not an event number"),
+    },
 )
 async def stream_events(
     execution_id: str,
@@ -396,6 +419,7 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
 
 @router.post(
     "/executions/{execution_id}/cancel",
+    response_model=ExecutionState,
     tags=["executions"],
     responses=errors(404) | {409: problem_answer(409, "The execution has already finished")},
 )
@@ -406,6 +430,7 @@ async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
 
 @router.post(
     "/executions/{execution_id}/resume",
+    response_model=ExecutionState,
     tags=["executions"],
     responses=errors(404) | {409: problem_answer(409, "The execution has not finished, or it succeeded")},
 )
@@ -415,7 +440,11 @@ async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
 
 
 @router.post(
-    "/executions/{execution_id}/retry", status_code=202, tags=["executions"], responses=errors(402, 404, 422, 429)
+    "/executions/{execution_id}/retry",
+    status_code=202,
+    response_model=Accepted,
+    tags=["executions"],
+    responses=errors(402, 404, 422, 429),
 )
 async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
     """A new execution of the same plan."""
@@ -423,20 +452,26 @@ async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
     return accepted(new_id, "queued")
 
 
-@router.post("/estimate", openapi_extra=PLAN_BODY, tags=["plans"], responses=errors(400, 413, 415, 422))
+@router.post(
+    "/estimate",
+    response_model=Estimate,
+    openapi_extra=PLAN_BODY,
+    tags=["plans"],
+    responses=errors(400, 413, 415, 422),
+)
 async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
     """Cost and time estimate of a plan; nothing is enqueued."""
     return estimate_plan(await json_body(request))
 
 
-@router.get("/usage", tags=["usage"])
+@router.get("/usage", response_model=Usage, tags=["usage"])
 async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
     """The caller's tenant this calendar month: executions, settled and reserved cost, cache hits, limits; and
     its jobs running now (`jobs_running`, against `limits.max_concurrent`)."""
     return await svc.engine.usage(who)
 
 
-@router.get("/stats", tags=["usage"], responses=errors(422))
+@router.get("/stats", response_model=Stats, tags=["usage"], responses=errors(422))
 async def stats(
     svc: Svc,
     who: Tenant,
@@ -454,19 +489,30 @@ async def stats(
     return await svc.store.stats(who, start)
 
 
-@router.get("/models", tags=["plans"])
+@router.get("/models", response_model=ModelList, tags=["plans"])
 async def models(who: Tenant) -> dict[str, Any]:
     """The model catalog: provider, job types, parameters, price."""
     return {"data": [m.model_dump(mode="json") for m in list_models()]}
 
 
-@router.get("/schema/plan", tags=["plans"])
+@router.get("/schema/plan", response_model=PlanSchema, tags=["plans"])
 async def schema() -> dict[str, Any]:
     """The JSON Schema of a plan (for editors and programs that write plans)."""
     return plan_json_schema()
 
 
-@router.get("/artifacts/{key:path}", tags=["artifacts"], response_class=FileResponse, responses=errors(404))
+@router.get(
+    "/artifacts/{key:path}",
+    tags=["artifacts"],
+    response_class=FileResponse,
+    responses=errors(404)
+    | {
+        200: {
+            "description": "The file (its media type), or 307 to a signed URL on object storage",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
     """A stored output; ranges supported so players can seek. On object storage: a redirect to a fresh
     signed URL."""
@@ -484,7 +530,7 @@ async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
     return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
 
 
-@router.get("/webhook-deliveries", tags=["webhooks"], responses=errors(422))
+@router.get("/webhook-deliveries", response_model=DeliveryList, tags=["webhooks"], responses=errors(422))
 async def deliveries(
     svc: Svc,
     who: Tenant,
@@ -495,7 +541,9 @@ async def deliveries(
     return {"data": await svc.store.list_deliveries(who, execution_id, limit)}
 
 
-@router.post("/webhook-deliveries/{delivery_id}/redeliver", tags=["webhooks"], responses=errors(404))
+@router.post(
+    "/webhook-deliveries/{delivery_id}/redeliver", response_model=Delivery, tags=["webhooks"], responses=errors(404)
+)
 async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Send a delivery again (same webhook-id)."""
     return await svc.store.redeliver(check_path_id(delivery_id, "webhook delivery"), who)
@@ -503,6 +551,7 @@ async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
 
 @router.post(
     "/providers/{provider}/callback",
+    response_model=CallbackReceipt,
     tags=["providers"],
     responses={
         **errors(413, 422, 503),
@@ -609,17 +658,34 @@ def create_app(
     app.include_router(router)
     ui.install(app)  # GET /ui: the dashboard (static files, outside the OpenAPI schema)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: READY_503})
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: READY_503})
     async def readyz(request: Request) -> JSONResponse:
         try:
             await (await services(request)).store.live_workers(within_s=60)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.webhooks.post(
+        "execution-event",
+        tags=["webhooks"],
+        response_class=Response,
+        responses={200: {"description": "Any 2xx acknowledges the delivery; anything else is tried again later"}},
+    )
+    async def execution_event(
+        body: WebhookEvent,
+        webhook_id: Annotated[str, Header(description="The same on every try of one event")],
+        webhook_timestamp: Annotated[int, Header(description="Unix seconds when this try was signed")],
+        webhook_signature: Annotated[
+            str, Header(description='`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, the tenant\'s secret')
+        ],
+    ) -> None:
+        """What reelflow POSTs to a plan's `webhook` (Standard Webhooks): the execution's end, and on request
+        (`options.webhook_events`) its job events and progress. Only documented here: the API serves no such path."""
 
     if metrics_socket is None:  # with REELFLOW_METRICS_ADDR, /metrics is on that listener only
 

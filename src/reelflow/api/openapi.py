@@ -20,6 +20,8 @@ from .problems import PROBLEM
 
 SECURITY_SCHEME = "bearerAuth"
 PROBLEM_REF = "#/components/schemas/Problem"
+JSON = "application/json"
+STREAM = "text/event-stream"
 BEARER = HTTPBearer(
     scheme_name=SECURITY_SCHEME,
     description="An API key (`reelflow keys create --tenant NAME`), sent as `Authorization: Bearer <key>`",
@@ -100,9 +102,13 @@ def amend(doc: dict[str, Any]) -> dict[str, Any]:
     shape: a route whose parameters can fail validation declares its problem+json 422 itself)."""
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
-    for item in doc.get("paths", {}).values():
+    for item in [*doc.get("paths", {}).values(), *doc.get("webhooks", {}).values()]:
         for operation in item.values():
             answers = operation.setdefault("responses", {})
+            for answer in answers.values():  # a stream's `model` schema describes each event, not a JSON answer
+                content = answer.get("content", {})
+                if STREAM in content and JSON in content:
+                    content[STREAM] = content.pop(JSON)
             if "422" in answers and _is_fastapi_422(answers["422"]):
                 del answers["422"]
             if {SECURITY_SCHEME: []} in operation.get("security", []):
