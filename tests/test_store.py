@@ -206,14 +206,20 @@ async def scenario(store: Store) -> list[str]:
     )  # fmt: skip
     claimed = {c.key: c for c in await store.claim("w1", 10, 30)}
     assert set(claimed) == {"a", "b", "d", "x", "y"}
-    await store.set_provider_ids([(claimed["a"].id, "w1", "prov-a"), (claimed["b"].id, "w1", "prov-b")])
-    await store.report_progress([ProgressReport(claimed["a"].id, "w1", 40.0, 3, "rendering")])
+    # batches name their jobs out of row order: both stores must record the same sequence anyway
+    await store.set_provider_ids([(claimed["b"].id, "w1", "prov-b"), (claimed["a"].id, "w1", "prov-a")])
+    await store.report_progress(
+        [
+            ProgressReport(claimed["b"].id, "w1", 10.0, 1, "queued at the provider"),
+            ProgressReport(claimed["a"].id, "w1", 40.0, 3, "rendering"),
+        ]
+    )
     promoted = await store.finish_jobs(
         [
-            JobOutcome(claimed["a"].id, "w1", "succeeded", result={"key": "art/a.mp4", "url": "u"}, cost_usd=0.5),
-            JobOutcome(claimed["b"].id, "w1", "retry", error="blip", retry_at=time.time() - 1),
-            JobOutcome(claimed["d"].id, "w1", "failed", error="bad prompt"),
             JobOutcome(claimed["x"].id, "w1", "failed", error="no"),
+            JobOutcome(claimed["d"].id, "w1", "failed", error="bad prompt"),
+            JobOutcome(claimed["b"].id, "w1", "retry", error="blip", retry_at=time.time() - 1),
+            JobOutcome(claimed["a"].id, "w1", "succeeded", result={"key": "art/a.mp4", "url": "u"}, cost_usd=0.5),
         ]
     )
     assert promoted == []  # c waits for b too; e and z are skipped
@@ -221,8 +227,8 @@ async def scenario(store: Store) -> list[str]:
     assert [(c.key, c.attempts) for c in again] == [("b", 2)]
     promoted = await store.finish_jobs(
         [
-            JobOutcome(again[0].id, "w2", "succeeded", result={"url": "b"}, cost_usd=0.25),
             JobOutcome(claimed["y"].id, "w1", "succeeded", result={"url": "y"}),
+            JobOutcome(again[0].id, "w2", "succeeded", result={"url": "b"}, cost_usd=0.25),
         ]
     )
     assert promoted == ["c"]
@@ -241,12 +247,59 @@ async def scenario(store: Store) -> list[str]:
     first = await store.claim("w5", 1, 30)
     await store.cancel_execution("ex3")
     assert await store.canceled_for("w5") == [first[0].id]
-    return ["ex1", "ex2", "ex3"]
+    return ["ex1", "ex2", "ex3", await limits_and_leases(store)]
+
+
+async def limits_and_leases(store: Store) -> str:
+    """The scenario's second part, for tenant acme: a budget refusal in one claim batch, the result cache, a lease
+    released, one that expires, a noted attempt, and webhook deliveries leased, failed and redelivered."""
+    store.configure_limits(budgets={"acme": 1.0})
+    await store.create_execution(
+        execution(
+            "ex4",
+            [job("p1", cost=0.6), job("p2", cost=0.6), job("hit"), job("r", max_attempts=2)],
+            tenant="acme",
+            on_failure="continue",
+            cost_estimated=1.2,
+            webhook="https://hooks.example/acme",
+        )
+    )
+    claimed = {c.key: c for c in await store.claim("w6", 10, 30)}
+    assert claimed["p1"].refusal is None and claimed["p2"].refusal is not None
+    await store.release_jobs("w6", [claimed["r"].id])
+    assert await store.note_attempt(claimed["p1"].id, "w6", claimed["p1"].seq, "job.reconciled", {"adopted": None})
+    cached = {"url": "k", "cached_from": {"execution_id": "ex1", "job": "a"}}
+    await store.finish_jobs(
+        [
+            JobOutcome(claimed["p2"].id, "w6", "failed", error=claimed["p2"].refusal),
+            JobOutcome(claimed["hit"].id, "w6", "succeeded", result=cached, cache_hit=True),
+            JobOutcome(claimed["p1"].id, "w6", "succeeded", result={"url": "p1"}, cost_usd=0.6, cache_key="K"),
+        ]
+    )
+    assert await store.cache_lookup("acme", "K") == {"url": "p1", "cached_from": {"execution_id": "ex4", "job": "p1"}}
+    [r] = await store.claim("w7", 10, 0.05)
+    assert r.key == "r" and r.attempts == 1  # the released attempt was not counted
+    await asyncio.sleep(0.1)
+    assert await store.recover_expired() == []
+    [r] = await store.claim("w8", 10, 30)
+    assert r.attempts == 2 and await store.heartbeat("w8", 30) == {r.id}
+    await store.finish_jobs([JobOutcome(r.id, "w8", "failed", error="out of attempts")])
+    [delivery] = await store.claim_deliveries("d1", 10, 30, executions=["ex4"])
+    assert delivery.event_type == "execution.failed"
+    await store.record_delivery_attempt(
+        delivery.id, "d1", delivered=False, status_code=500, latency_ms=5.0, error="HTTP 500", next_attempt_at=None
+    )
+    assert (await store.redeliver(delivery.id, "acme"))["status"] == "pending"
+    [again] = await store.claim_deliveries("d2", 10, 30, executions=["ex4"])
+    await store.record_delivery_attempt(
+        again.id, "d2", delivered=True, status_code=204, latency_ms=5.0, error=None, next_attempt_at=None
+    )
+    return "ex4"
 
 
 TIMES = {
     "created_at", "started_at", "finished_at", "queued_at", "updated_at", "timestamp", "at", "next_attempt_at",
-    "delivered_at", "retry_in_s",
+    "delivered_at", "retry_in_s", "p50_s", "p95_s",
 }  # fmt: skip
 """Fields that hold a time (or a time to wait): compared as present or not."""
 
@@ -263,14 +316,19 @@ async def recorded(store: Store, ids: list[str]) -> dict[str, Any]:
     """What `store` holds after the scenario, without row ids, sequence numbers and times."""
     out: dict[str, Any] = {}
     for eid in ids:
-        tenant = "t2" if eid == "ex2" else None
+        tenant = {"ex2": "t2", "ex4": "acme"}.get(eid)
         out[eid] = {
             "state": untimed(await store.get_execution(eid, tenant=tenant)),
             "events": [(e.type, e.job_id, untimed(e.data)) for e in await store.events(eid)],
-            "webhooks": sorted((d["event_type"], d["status"]) for d in await store.list_deliveries(None, eid)),
+            "webhooks": sorted(
+                (d["event_type"], d["status"], [(a["attempt"], a["status_code"], a["error"]) for a in d["attempts"]])
+                for d in await store.list_deliveries(None, eid)
+            ),
         }
-    out["usage"] = {t: untimed(await store.usage(t)) for t in ("default", "t2")}
+    out["usage"] = {t: untimed(await store.usage(t)) for t in ("default", "t2", "acme")}
     out["queue"] = untimed(await store.queue_stats())
+    out["stats"] = untimed(await store.stats(None, 0))
+    out["gauges"] = untimed(await store.metric_gauges())
     return out
 
 
@@ -296,9 +354,15 @@ async def test_the_same_calls_give_the_same_states_events_webhooks_and_usage_on_
             assert ex2["status"] == "failed" and ex2["error"] == "job 'x' failed: no"
             assert [j["status"] for j in ex2["jobs"]] == ["failed", "succeeded", "skipped"]
             assert [j["status"] for j in on_pg["ex3"]["state"]["jobs"]] == ["canceled"] * 3
-            hooks = [event for event, _ in on_pg["ex1"]["webhooks"]]
+            hooks = [event for event, _, _ in on_pg["ex1"]["webhooks"]]
             assert "job.retrying" in hooks and "execution.succeeded" in hooks and "execution.failed" in hooks
             assert on_pg["usage"]["t2"]["executions"] == 1
+            ex4 = on_pg["ex4"]
+            assert [j["status"] for j in ex4["state"]["jobs"]] == ["succeeded", "failed", "succeeded", "failed"]
+            types = [t for t, _, _ in ex4["events"]]
+            assert {"job.released", "job.requeued", "job.cache_hit", "job.reconciled"} <= set(types)
+            assert ex4["webhooks"] == [("execution.failed", "delivered", [(1, 500, "HTTP 500"), (2, 204, None)])]
+            assert on_pg["usage"]["acme"]["cache_hits"] == 1
             assert await pg.owns_artifact("default", "art/a.mp4") and not await pg.owns_artifact("t2", "art/a.mp4")
         finally:
             await pg.close()
