@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import sys
@@ -329,6 +330,9 @@ async def recorded(store: Store, ids: list[str]) -> dict[str, Any]:
     out["queue"] = untimed(await store.queue_stats())
     out["stats"] = untimed(await store.stats(None, 0))
     out["gauges"] = untimed(await store.metric_gauges())
+    for eid in ids:  # last: leasing the pending deliveries to read their payloads changes them
+        leased = await store.claim_deliveries("reader", 1000, 30, executions=[eid])
+        out[eid]["payloads"] = sorted(json.dumps(untimed(json.loads(d.payload)), sort_keys=True) for d in leased)
     return out
 
 
@@ -357,6 +361,7 @@ async def test_the_same_calls_give_the_same_states_events_webhooks_and_usage_on_
             hooks = [event for event, _, _ in on_pg["ex1"]["webhooks"]]
             assert "job.retrying" in hooks and "execution.succeeded" in hooks and "execution.failed" in hooks
             assert on_pg["usage"]["t2"]["executions"] == 1
+            assert len(on_pg["ex1"]["payloads"]) == len(on_pg["ex1"]["webhooks"]) > 20
             ex4 = on_pg["ex4"]
             assert [j["status"] for j in ex4["state"]["jobs"]] == ["succeeded", "failed", "succeeded", "failed"]
             types = [t for t, _, _ in ex4["events"]]
