@@ -248,7 +248,7 @@ async def scenario(store: Store) -> list[str]:
     first = await store.claim("w5", 1, 30)
     await store.cancel_execution("ex3")
     assert await store.canceled_for("w5") == [first[0].id]
-    return ["ex1", "ex2", "ex3", await limits_and_leases(store)]
+    return ["ex1", "ex2", "ex3", await limits_and_leases(store), await callbacks_and_orphans(store)]
 
 
 async def limits_and_leases(store: Store) -> str:
@@ -298,6 +298,29 @@ async def limits_and_leases(store: Store) -> str:
     return "ex4"
 
 
+async def callbacks_and_orphans(store: Store) -> str:
+    """The scenario's third part: a provider callback wakes a job, a cancel leaves remote work running, its lease
+    expires and the orphan is reported once; the execution is resumed and finished."""
+    await store.create_execution(execution("ex5", [job("m", provider="fal"), job("n", provider="fal")]))
+    claimed = {c.key: c for c in await store.claim("w9", 10, 0.05)}
+    await store.set_provider_ids([(claimed["m"].id, "w9", "app/req-1")])
+    assert await store.wake_job("fal", "req-1", "ex5", "m") == "woken"
+    assert await store.wake_job("fal", "req-2", "ex5", "m") == "mismatch"
+    assert await store.woken_for("w9") == [claimed["m"].id]
+    assert await store.adopted("fal", ["app/req-1", "app/req-9"]) == {"app/req-1"}
+    canceled = await store.cancel_execution("ex5")
+    assert canceled["status"] == "canceled"
+    await asyncio.sleep(0.1)
+    orphans = await store.recover_expired()
+    assert [(o.job_id, o.provider, o.provider_job_id) for o in orphans] == [(claimed["m"].id, "fal", "app/req-1")]
+    assert await store.recover_expired() == []
+    resumed = await store.resume_execution("ex5")
+    assert [j["status"] for j in resumed["jobs"]] == ["queued", "queued"]
+    again = await store.claim("w10", 10, 30)
+    await store.finish_jobs([JobOutcome(c.id, "w10", "succeeded", result={"url": c.key}) for c in again])
+    return "ex5"
+
+
 TIMES = {
     "created_at", "started_at", "finished_at", "queued_at", "updated_at", "timestamp", "at", "next_attempt_at",
     "delivered_at", "retry_in_s", "p50_s", "p95_s",
@@ -328,6 +351,7 @@ async def recorded(store: Store, ids: list[str]) -> dict[str, Any]:
         }
     out["usage"] = {t: untimed(await store.usage(t)) for t in ("default", "t2", "acme")}
     out["queue"] = untimed(await store.queue_stats())
+    out["list"] = [(e["id"], e["status"]) for e in (await store.list_executions(None, limit=50))[0]]
     out["stats"] = untimed(await store.stats(None, 0))
     out["gauges"] = untimed(await store.metric_gauges())
     for eid in ids:  # last: leasing the pending deliveries to read their payloads changes them
@@ -368,6 +392,8 @@ async def test_the_same_calls_give_the_same_states_events_webhooks_and_usage_on_
             assert {"job.released", "job.requeued", "job.cache_hit", "job.reconciled"} <= set(types)
             assert ex4["webhooks"] == [("execution.failed", "delivered", [(1, 500, "HTTP 500"), (2, 204, None)])]
             assert on_pg["usage"]["acme"]["cache_hits"] == 1
+            assert on_pg["ex5"]["state"]["status"] == "succeeded"
+            assert [e for e, _ in on_pg["list"]] == ["ex5", "ex4", "ex3", "ex2", "ex1"]
             assert await pg.owns_artifact("default", "art/a.mp4") and not await pg.owns_artifact("t2", "art/a.mp4")
         finally:
             await pg.close()
