@@ -2,7 +2,7 @@
 webhook delivery loops racing, a worker whose event loop stalls, a long transaction pinning the cleanup horizon,
 and a database that does not come back (the API answers 503, no traceback).
 
-The LISTEN connection being killed is in test_postgres_store.py; crashed workers and caps across processes in
+The LISTEN connection being killed is in test_store.py; crashed workers and caps across processes in
 test_worker_processes.py and test_limits.py, which run on both stores.
 """
 

@@ -994,7 +994,7 @@ class SQLiteStore:
 
     def _write_provider_ids(self, conn: sqlite3.Connection, items: list[tuple[int, str, str]], now: float) -> None:
         events: list[EventRow] = []
-        for job_id, owner, pid in items:
+        for job_id, owner, pid in sorted(items):  # in row order, as on PostgreSQL
             row = conn.execute(
                 "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
                 " RETURNING execution_id, key",
