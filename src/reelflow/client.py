@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
@@ -42,7 +44,7 @@ from .client_errors import (
     UsageLimitExceeded,
     error_from_response,
 )
-from .sdk import AsyncExecution, BlockingBackend, Execution, Listener
+from .sdk import AsyncExecution, Execution, Listener
 from .sse import SSEDecoder, is_terminal_event
 from .states import TERMINAL_EXECUTION
 
@@ -406,7 +408,7 @@ class AsyncClient:
 
 
 class _HTTPBackend:
-    """What an execution handle does on a server (the blocking handle runs it through `BlockingBackend`)."""
+    """What an `AsyncExecution` handle does on a server."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
@@ -431,22 +433,22 @@ class _HTTPBackend:
 
 # ------------------------------------------------------------------------------------ blocking client
 class _LoopThread:
-    """An event loop running in a daemon thread of its own; `run` blocks the calling thread until a coroutine
-    is done there. Ctrl-C (or any exception) in the calling thread cancels the coroutine."""
+    """An event loop running in a daemon thread of its own, where the blocking client's calls run."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="reelflow-client", daemon=True)
         self.thread.start()
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.loop.is_closed() or threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("the client is closed" if self.loop.is_closed() else "called from its own loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.loop.is_closed():
-            coro.close()
-            raise RuntimeError("the client is closed")
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise RuntimeError("a blocking Client cannot be called from its own callbacks (on_update)")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """The coroutine's result, the calling thread blocked meanwhile; Ctrl-C there cancels the coroutine."""
+        future = self.submit(coro)
         try:
             return future.result()
         except BaseException:
@@ -463,19 +465,19 @@ class _LoopThread:
             self.loop.close()
 
 
-async def _next(stream: AsyncGenerator[T, None]) -> tuple[bool, T | None]:
-    """The next item of `stream` as (True, item), or (False, None) at its end."""
+async def _next(stream: AsyncGenerator[T, None]) -> builtins.list[T]:
+    """[the next item of `stream`], or [] at its end."""
     try:
-        return True, await anext(stream)
+        return [await anext(stream)]
     except StopAsyncIteration:
-        return False, None
+        return []
 
 
 class Client:
     """A reelflow server, blocking calls. Use as a context manager, or `close()`.
 
     Each call runs the same call of an `AsyncClient` to completion on this client's own event loop, in a
-    thread of its own (so it also works where an event loop already runs); `on_update` callbacks run there."""
+    thread of its own (so it also works where an event loop already runs), this thread waiting meanwhile."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
         self._async = AsyncClient(base_url, api_key, timeout=timeout)
@@ -514,11 +516,8 @@ class Client:
     def _iterate(self, stream: AsyncGenerator[T, None]) -> Iterator[T]:
         """An async generator of the async client, iterated from this thread; closed when left early."""
         try:
-            while True:
-                more, item = self._run(_next(stream))
-                if not more:
-                    return
-                yield item  # type: ignore[misc]  # an item when there is more
+            while batch := self._run(_next(stream)):
+                yield batch[0]
         finally:
             if not self._loop.loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # still running (interrupted): the cancel closes it
@@ -531,7 +530,7 @@ class Client:
 
     def execution(self, execution_id: str) -> Execution:
         """A handle on an existing execution (nothing is fetched until asked)."""
-        return Execution(execution_id, BlockingBackend(_HTTPBackend(self._async), self._run))
+        return Execution(execution_id, _BlockingHTTPBackend(self))
 
     def get(self, execution_id: str) -> dict[str, Any]:
         """The execution's full state, as `GET /v1/executions/{id}` gives it."""
@@ -575,11 +574,47 @@ class Client:
     def wait(
         self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
     ) -> dict[str, Any]:
-        """Follow the execution to its end (over its events; by polling when they are unavailable)."""
-        return self._run(self._async.wait(execution_id, timeout=timeout, on_update=on_update))
+        """Follow the execution to its end (over its events; by polling when they are unavailable).
+        `on_update` is called in this thread with each new state."""
+        if on_update is None:
+            return self._run(self._async.wait(execution_id, timeout=timeout))
+        states: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        future = self._loop.submit(self._async.wait(execution_id, timeout=timeout, on_update=states.put))
+        future.add_done_callback(lambda _: states.put(None))
+        try:
+            while (state := states.get()) is not None:
+                on_update(state)
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def list(
         self, status: str | None = None, created_after: datetime | str | None = None, limit: int = 50
     ) -> Iterator[dict[str, Any]]:
         """Executions, newest first, following `next_cursor` across pages (`limit` per page)."""
         return self._iterate(self._async.list(status, created_after, limit))
+
+
+class _BlockingHTTPBackend:
+    """What a blocking `Execution` handle does on a server."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        return self.client.get(execution_id)
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]:
+        return self.client.wait(execution_id, timeout=timeout, on_update=on_update)
+
+    def cancel(self, execution_id: str) -> dict[str, Any]:
+        return self.client.cancel(execution_id)
+
+    def resume(self, execution_id: str) -> dict[str, Any]:
+        return self.client.resume(execution_id)
+
+    def retry(self, execution_id: str) -> str:
+        return self.client._run(self.client._async._retry(execution_id))

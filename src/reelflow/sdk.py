@@ -351,19 +351,15 @@ class LocalBackend:
         return await self.runtime.engine.retry(execution_id)
 
 
-class Runner(Protocol):
-    """Runs a coroutine to completion from blocking code."""
-
-    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
-
-
 class BlockingBackend:
-    """A blocking backend over an async one: each call runs to completion on `run` (by default in an event
-    loop of its own; the blocking `Client` passes its own loop's)."""
+    """A blocking backend over an async one: each call runs to completion in its own event loop."""
 
-    def __init__(self, inner: ExecutionBackend, run: Runner = asyncio.run) -> None:
+    def __init__(self, inner: ExecutionBackend) -> None:
         self.inner = inner
-        self._run = run
+
+    @staticmethod
+    def _run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run(coro)
 
     def get(self, execution_id: str) -> dict[str, Any]:
         return self._run(self.inner.get(execution_id))
