@@ -391,6 +391,27 @@ def test_wait_falls_back_to_polling_when_the_event_stream_is_unavailable(
     assert seen.count(f"GET /v1/executions/{execution.id}") >= 3  # polled
 
 
+def test_on_update_runs_in_the_calling_thread_and_may_call_the_client(client: Client) -> None:
+    """The blocking client runs the async one on a loop of its own; the states come back to this thread."""
+    execution = client.execute(TWO_JOBS)
+    seen: list[tuple[bool, str]] = []
+
+    def on_update(state: dict[str, Any]) -> None:
+        seen.append((threading.current_thread() is threading.main_thread(), client.get(state["id"])["id"]))
+
+    assert client.wait(execution.id, timeout=30, on_update=on_update)["status"] == "succeeded"
+    assert seen and set(seen) == {(True, execution.id)}
+
+
+async def test_the_blocking_client_works_inside_a_running_event_loop(server: ApiServer, api_key: str) -> None:
+    with Client(server.url, api_key) as blocking:
+        execution = blocking.execute(TWO_JOBS)
+        assert execution.wait(timeout=30).status() == "succeeded"
+        assert [e["type"] for e in blocking.events(execution.id)][-1] == "execution.succeeded"
+    with pytest.raises(RuntimeError, match="closed"):
+        blocking.get(execution.id)
+
+
 def test_wait_timeout_raises_timeout_error(client: Client) -> None:
     execution = client.execute({"type": "generate-video", "model": "sim/video", "params": {"latency_s": 30}})
     started = time.monotonic()
