@@ -83,7 +83,24 @@ def _connection_error(base_url: str, exc: Exception) -> APIConnectionError:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         reason = f"timed out ({type(exc).__name__})"
+    elif (refused := _socket_error(exc)) is not None:
+        reason = refused
     return APIConnectionError(f"cannot reach the reelflow server at {base_url}: {reason}")
+
+
+def _socket_error(exc: BaseException) -> str | None:
+    """Why the socket failed, said as a blocking connection says it (`[Errno 111] Connection refused`), where
+    the async transport says only `All connection attempts failed`."""
+    if str(exc) != "All connection attempts failed":
+        return None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[-1]
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return f"[Errno {cause.errno}] {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _is_done(state: Mapping[str, Any]) -> bool:
