@@ -3,43 +3,46 @@
 
 One module per command group, each command written once against `backend.Backend` (the local database, or a
 server with --server): `executions` (run, status, events, cancel, resume, retry, estimate), `services`
-(worker, serve, demo), `database` (migrate, prune), `usage` (models, stats), `keys`. The plumbing (the app,
-the consoles, how a body runs and fails) is in `app`; following an execution and Ctrl-C in `follow`.
+(worker, serve, demo), `database` (migrate, prune), `usage` (models, stats), `keys`; `commands` registers
+them on the app. The plumbing (the app, the consoles, how a body runs and fails) is in `app`; following an
+execution and Ctrl-C in `follow`; `reelflow --help` without loading typer in `helptext`.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-from . import database, executions, services, usage
-from .app import app, configuration_errors, err, escape
-from .keys import keys_app
+if TYPE_CHECKING:
+    from typer import Typer
 
-# the order of `reelflow --help`
-app.command()(executions.run)
-app.command()(executions.status)
-app.command()(executions.events)
-app.command("cancel", help="Cancel an execution: queued jobs are canceled, running ones stopped.")(executions.cancel)
-app.command("resume", help="Re-run only the failed, canceled and skipped jobs of an execution.")(executions.resume)
-app.command("retry", help="Start a new execution of the same plan (--wait follows the new one).")(executions.retry)
-app.command()(executions.estimate)
-app.command()(services.worker)
-app.command()(services.serve)
-app.add_typer(keys_app, name="keys")
-app.command()(database.migrate)
-app.command()(usage.models)
-app.command()(usage.stats)
-app.command()(database.prune)
-app.command()(services.demo)
+    app: Typer
 
 
 def main() -> None:
     """The console script `reelflow`."""
+    from .helptext import fast_help
+
+    if (text := fast_help(sys.argv[1:])) is not None:
+        sys.stdout.write(text)
+        return
+    from .app import configuration_errors, err, escape
+    from .commands import app
+
     try:
         app()
     except configuration_errors() as exc:  # outside an async command (serve)
         err().print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
+
+
+def __getattr__(name: str) -> Any:
+    """`app`, the typer app with every command, loaded on first use."""
+    if name == "app":
+        from .commands import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["app", "main"]
