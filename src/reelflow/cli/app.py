@@ -5,7 +5,8 @@ Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C).
 
 Start-up stays cheap (`reelflow --help`): rich, the engine, the settings (pydantic), the catalog, the metrics
 (prometheus_client) and httpx are imported by the commands that use them, not here; help is plain text
-(typer's rich help alone costs more than the rest of the start-up).
+(typer's rich help alone cost more than the rest of the start-up), and `reelflow --help` does not even load
+typer (see `helptext`).
 """
 
 from __future__ import annotations
