@@ -239,7 +239,7 @@ def test_resume_wait_and_retry_wait_follow_to_the_end(cli: Callable[..., Any], t
 
 
 def test_the_interrupt_line_counts_local_work_as_queued_since_it_stopped_with_the_process() -> None:
-    from reelflow.cli import _where_it_stands
+    from reelflow.cli.follow import where_it_stands
 
     def job(status: str, model: str, pid: str | None) -> dict[str, Any]:
         return {"status": status, "model": model, "provider_job_id": pid}
@@ -256,7 +256,7 @@ def test_the_interrupt_line_counts_local_work_as_queued_since_it_stopped_with_th
             job("running", "local/merge", "local-5"),  # another worker's, running there
         ],
     }
-    assert _where_it_stands(state) == (
+    assert where_it_stands(state) == (
         "execution ex_1 continues: 2 queued, 2 running at the provider, 1 running in a worker. "
         "Follow: reelflow status ex_1 --wait. Stop: reelflow cancel ex_1"
     )

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -73,7 +74,11 @@ def client(server: ApiServer, api_key: str) -> Iterator[Client]:
 def count_requests(client: Client) -> list[str]:
     """Every request the client sends from now on, as 'METHOD /path'."""
     seen: list[str] = []
-    client._http.event_hooks["request"].append(lambda r: seen.append(f"{r.method} {r.url.path}"))
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(f"{request.method} {request.url.path}")
+
+    client._async._http.event_hooks["request"].append(record)  # the blocking client runs the async one
     return seen
 
 
@@ -375,15 +380,36 @@ def test_the_sse_decoder_handles_split_lines_comments_and_crlf() -> None:
 def test_wait_falls_back_to_polling_when_the_event_stream_is_unavailable(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unavailable(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    async def unavailable(*args: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         raise APIConnectionError("no event stream here")
         yield {}
 
-    monkeypatch.setattr(client, "_events", unavailable)
+    monkeypatch.setattr(client._async, "_events", unavailable)
     seen = count_requests(client)
     execution = client.execute({"type": "generate-video", "model": "sim/video", "params": {"latency_s": 0.8}})
     assert execution.wait(timeout=30).status() == "succeeded"
     assert seen.count(f"GET /v1/executions/{execution.id}") >= 3  # polled
+
+
+def test_on_update_runs_in_the_calling_thread_and_may_call_the_client(client: Client) -> None:
+    """The blocking client runs the async one on a loop of its own; the states come back to this thread."""
+    execution = client.execute(TWO_JOBS)
+    seen: list[tuple[bool, str]] = []
+
+    def on_update(state: dict[str, Any]) -> None:
+        seen.append((threading.current_thread() is threading.main_thread(), client.get(state["id"])["id"]))
+
+    assert client.wait(execution.id, timeout=30, on_update=on_update)["status"] == "succeeded"
+    assert seen and set(seen) == {(True, execution.id)}
+
+
+async def test_the_blocking_client_works_inside_a_running_event_loop(server: ApiServer, api_key: str) -> None:
+    with Client(server.url, api_key) as blocking:
+        execution = blocking.execute(TWO_JOBS)
+        assert execution.wait(timeout=30).status() == "succeeded"
+        assert [e["type"] for e in blocking.events(execution.id)][-1] == "execution.succeeded"
+    with pytest.raises(RuntimeError, match="closed"):
+        blocking.get(execution.id)
 
 
 def test_wait_timeout_raises_timeout_error(client: Client) -> None:

@@ -5,6 +5,7 @@ since this test process has long loaded all of them."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -54,7 +55,8 @@ def test_cli_help_lists_the_commands_and_loads_nothing_heavy() -> None:
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
     )
     loaded = loaded_after(code)
-    assert [m for m in [*HEAVY, "reelflow.config", "reelflow.engine.runtime", "httpx"] if m in loaded] == []
+    assert [m for m in [*HEAVY, "reelflow.config", "reelflow.engine.runtime", "httpx", "rich", "asyncio", "typer"]
+            if m in loaded] == []  # fmt: skip
 
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "reelflow.cli", "--help"], capture_output=True, text=True, timeout=60)
@@ -62,6 +64,27 @@ def test_cli_help_lists_the_commands_and_loads_nothing_heavy() -> None:
     assert done.returncode == 0, done.stderr
     listed = {line.strip("│ ").split(" ")[0] for line in done.stdout.splitlines()}
     assert [c for c in COMMANDS if c not in listed] == []
+    assert "spend this month. Locally: every tenant." in " ".join(done.stdout.split())  # each help in full
+
+
+def test_the_help_printed_without_typer_is_the_help_typer_prints() -> None:
+    from reelflow.cli import helptext
+
+    assert helptext.TEXT == helptext.render("{prog}"), "commands changed: `python -m reelflow.cli.helptext` prints TEXT"
+    script = "import sys\nsys.argv = ['reelflow', '--help']\nfrom reelflow.cli import main\nmain()"
+
+    def run(*args: str, columns: int) -> str:
+        env = {**os.environ, "COLUMNS": str(columns)}
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert run("-c", script, columns=80) == helptext.TEXT.replace("{prog}", "reelflow")  # the console script's name
+    assert run("-m", "reelflow.cli", "--help", columns=200) == helptext.TEXT.replace("{prog}", "python -m reelflow.cli")
+    assert run("-m", "reelflow", "--help", columns=100) == helptext.TEXT.replace("{prog}", "python -m reelflow")
+    narrow = run("-c", script, columns=60)  # narrower than the text: typer prints it
+    assert narrow != helptext.TEXT.replace("{prog}", "reelflow") and max(map(len, narrow.splitlines())) <= 58
+    assert " ".join(narrow.split()) == " ".join(helptext.TEXT.replace("{prog}", "reelflow").split())
 
 
 def test_every_public_name_still_imports() -> None:

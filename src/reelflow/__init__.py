@@ -94,7 +94,8 @@ _CLIENT_NAMES = (
     "Unauthorized",
     "UsageLimitExceeded",
 )
-_HOME: dict[str, str] = {name: ".client" for name in _CLIENT_NAMES}
+_HOME: dict[str, str] = {name: ".client_errors" for name in _CLIENT_NAMES}
+_HOME.update(Client=".client", AsyncClient=".client")
 _HOME["verify_webhook"] = ".webhooks"
 _HOME.update({name: ".sdk" for name in __all__ if name not in _HOME})
 

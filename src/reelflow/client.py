@@ -1,4 +1,4 @@
-"""A client for a reelflow server's HTTP API: the blocking `Client` and the `AsyncClient`.
+"""A client for a reelflow server's HTTP API: the `AsyncClient`, and the blocking `Client` derived from it.
 
     client = Client("http://127.0.0.1:8000")         # the key comes from REELFLOW_API_KEY
     execution = client.execute(compose(clip))        # the same handle as compose(clip).execute()
@@ -7,31 +7,68 @@
 
 Every error answer raises an `APIError` subclass carrying the problem details (`status`, `title`,
 `detail`, `errors`); a server that cannot be reached raises `APIConnectionError` (a ConnectionError).
+The requests, the event streams and the waiting are written once, in `AsyncClient`; `Client` runs its
+coroutines on an event loop of its own, in a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import codecs
+import concurrent.futures
 import contextlib
-import json
 import logging
 import os
-import re
+import queue
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .errors import Conflict, NotFound, ReelflowError
+from .client_errors import (
+    APIConnectionError,
+    APIError,
+    BadRequest,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLarge,
+    PlanRejected,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+    UsageLimitExceeded,
+    error_from_response,
+)
 from .sdk import AsyncExecution, Execution, Listener
+from .sse import SSEDecoder, is_terminal_event
 from .states import TERMINAL_EXECUTION
 
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "ConflictError",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "PlanRejected",
+    "RateLimited",
+    "SSEDecoder",
+    "ServerError",
+    "Unauthorized",
+    "UsageLimitExceeded",
+    "error_from_response",
+    "is_terminal_event",
+]
+
 log = logging.getLogger("reelflow.client")
+T = TypeVar("T")
 
 USER_AGENT = "reelflow-python"
 STREAM_READ_TIMEOUT_S = 45.0
@@ -42,199 +79,28 @@ POLL_S = 0.5
 """How often `wait` polls when the event stream is not available."""
 
 
-# ---------------------------------------------------------------------------------------------- errors
-class APIError(ReelflowError):
-    """An error answer of the server, with its problem details (RFC 9457)."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        errors: builtins.list[dict[str, Any]] | None = None,
-        *,
-        type: str = "about:blank",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors: builtins.list[dict[str, Any]] = list(errors or [])
-        self.type = type
-        self.headers: dict[str, str] = dict(headers or {})
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.title}: {self.detail}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(status={self.status}, title={self.title!r}, detail={self.detail!r})"
-
-
-class BadRequest(APIError):
-    """400 or 422: the request (or the plan in it) is not acceptable."""
-
-
-class PlanRejected(BadRequest):
-    """422 with `errors`: each names the culprit (`loc`) and what is wrong with it (`msg`)."""
-
-
-class Unauthorized(APIError):
-    """401: no API key, or an unknown or revoked one."""
-
-
-class NotFoundError(APIError, NotFound):
-    """404: unknown, or another tenant's (also caught by `except reelflow.errors.NotFound`)."""
-
-
-class ConflictError(APIError, Conflict):
-    """409: the state does not allow it (resume a running execution), or an Idempotency-Key reused."""
-
-
-class PayloadTooLarge(APIError):
-    """413: the request body is over the server's limit (1 MB)."""
-
-
-class RateLimited(APIError):
-    """429: a rate or usage limit; `retry_after` (seconds) when the server says."""
-
-    @property
-    def retry_after(self) -> float | None:
-        raw = self.headers.get("retry-after")
-        try:
-            return float(raw) if raw is not None else None
-        except ValueError:
-            return None
-
-
-class UsageLimitExceeded(RateLimited):
-    """402: a usage limit of the tenant (the detail says which); also caught by `except RateLimited`."""
-
-
-class ServerError(APIError):
-    """5xx: the server failed."""
-
-
-class APIConnectionError(ReelflowError, ConnectionError):
-    """The server could not be reached, or the connection failed (timeouts included)."""
-
-
-_BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    402: UsageLimitExceeded,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLarge,
-    422: BadRequest,
-    429: RateLimited,
-}
-
-
-def error_from_response(response: httpx.Response) -> APIError:
-    """The typed error for an error answer (problem+json, or anything else a proxy may send)."""
-    status = response.status_code
-    title = response.reason_phrase or "Error"
-    detail = ""
-    errors: list[dict[str, Any]] = []
-    type_ = "about:blank"
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if isinstance(body, dict):
-        title = str(body.get("title") or title)
-        raw_detail = body.get("detail")
-        detail = raw_detail if isinstance(raw_detail, str) else json.dumps(raw_detail) if raw_detail else ""
-        type_ = str(body.get("type") or type_)
-        if isinstance(body.get("errors"), list):
-            errors = [e for e in body["errors"] if isinstance(e, dict)]
-    if not detail:
-        detail = response.text.strip()[:500] if body is None else ""
-        detail = detail or f"HTTP {status} {title}"
-    if status >= 500:
-        cls: type[APIError] = ServerError
-    elif status == 422 and errors:
-        cls = PlanRejected
-    else:
-        cls = _BY_STATUS.get(status, APIError)
-    return cls(status, title, detail, errors, type=type_, headers=dict(response.headers))
-
-
 def _connection_error(base_url: str, exc: Exception) -> APIConnectionError:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         reason = f"timed out ({type(exc).__name__})"
+    elif (refused := _socket_error(exc)) is not None:
+        reason = refused
     return APIConnectionError(f"cannot reach the reelflow server at {base_url}: {reason}")
 
 
-# ---------------------------------------------------------------------------------- server-sent events
-_NEWLINE = re.compile(r"\r\n|\r|\n")
-
-
-class SSEDecoder:
-    """Bytes of a `text/event-stream` in, events out (the data of each, parsed as JSON)."""
-
-    def __init__(self) -> None:
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buf = ""
-        self._data: list[str] = []
-        self._event = ""
-        self._id: str | None = None
-        self.last_id: str | None = None
-        self.retry_s: float | None = None
-
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        self._buf += self._text.decode(chunk)
-        out: list[dict[str, Any]] = []
-        while (m := _NEWLINE.search(self._buf)) is not None:
-            if m.group() == "\r" and m.end() == len(self._buf):
-                break  # maybe the first half of a \r\n
-            line, self._buf = self._buf[: m.start()], self._buf[m.end():]
-            event = self._line(line)
-            if event is not None:
-                out.append(event)
-        return out
-
-    def _line(self, line: str) -> dict[str, Any] | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # a comment (keep-alive)
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        elif name == "retry" and value.isdigit():
-            self.retry_s = int(value) / 1000
+def _socket_error(exc: BaseException) -> str | None:
+    """Why the socket failed, said as a blocking connection says it (`[Errno 111] Connection refused`), where
+    the async transport says only `All connection attempts failed`."""
+    if str(exc) != "All connection attempts failed":
         return None
-
-    def _dispatch(self) -> dict[str, Any] | None:
-        if self._id is not None:
-            self.last_id = self._id
-        data, event = "\n".join(self._data), self._event
-        self._data, self._event = [], ""
-        if not data:
-            return None
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            parsed = data
-        if isinstance(parsed, dict) and "type" in parsed:
-            return parsed
-        seq = int(self.last_id) if self.last_id and self.last_id.isdigit() else self.last_id
-        return {"seq": seq, "type": event or "message", "job": None, "data": parsed, "created_at": None}
-
-
-def is_terminal_event(event: Mapping[str, Any]) -> bool:
-    """`execution.succeeded`, `execution.failed` or `execution.canceled`: the stream ends after it."""
-    kind = str(event.get("type") or "")
-    return kind.startswith("execution.") and kind.removeprefix("execution.") in TERMINAL_EXECUTION
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[-1]
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return f"[Errno {cause.errno}] {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _is_done(state: Mapping[str, Any]) -> bool:
@@ -339,265 +205,25 @@ def _decode(response: httpx.Response) -> Any:
         ) from None
 
 
-class _Base:
-    def __init__(self, base_url: str, api_key: str | None, timeout: float) -> None:
-        self.base_url = _normalize_base_url(base_url)
-        self.api_key = api_key if api_key is not None else os.environ.get("REELFLOW_API_KEY") or None
-        self.timeout = timeout
-        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if self.api_key:
-            self._headers["Authorization"] = f"Bearer {self.api_key}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.base_url!r})"
-
-    @staticmethod
-    def _list_params(status: str | None, created_after: datetime | str | None, limit: int) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            params["status"] = status
-        if created_after is not None:
-            params["created_after"] = _iso(created_after)
-        return params
-
-    @staticmethod
-    def _submit_headers(idempotency_key: str | None) -> dict[str, str]:
-        return {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-
-    @staticmethod
-    def _stream_headers(last_event_id: str | None) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        return headers
-
-
 def _timeout_message(execution_id: str, timeout: float | None, status: str = "not finished") -> str:
     return f"execution {execution_id} still {status} after {timeout} s"
 
 
-# ------------------------------------------------------------------------------------ blocking client
-class Client(_Base):
-    """A reelflow server, blocking calls (over `httpx.Client`). Use as a context manager, or `close()`."""
-
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
-        super().__init__(base_url, api_key, timeout)
-        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
-        try:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
-        except httpx.RequestError as exc:
-            raise _connection_error(self.base_url, exc) from exc
-        return _decode(response)
-
-    # executions
-    def execute(self, plan: Any, webhook: str | None = None, idempotency_key: str | None = None) -> Execution:
-        """Validate and enqueue a plan (a dict, a `Composition` or a `Step`); return its handle."""
-        body = self._request(
-            "POST", "/v1/executions", json=_plan_of(plan, webhook), headers=self._submit_headers(idempotency_key)
-        )
-        return self.execution(body["id"])
-
-    def execution(self, execution_id: str) -> Execution:
-        """A handle on an existing execution (nothing is fetched until asked)."""
-        return Execution(execution_id, _HTTPBackend(self))
-
-    def get(self, execution_id: str) -> dict[str, Any]:
-        """The execution's full state, as `GET /v1/executions/{id}` gives it."""
-        state: dict[str, Any] = self._request("GET", _exec_path(execution_id))
-        return state
-
-    def cancel(self, execution_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = self._request("POST", _exec_path(execution_id, "cancel"))
-        return state
-
-    def resume(self, execution_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = self._request("POST", _exec_path(execution_id, "resume"))
-        return state
-
-    def retry(self, execution_id: str) -> Execution:
-        """A new execution of the same plan; its handle."""
-        return self.execution(self._retry(execution_id))
-
-    def _retry(self, execution_id: str) -> str:
-        return str(self._request("POST", _exec_path(execution_id, "retry"))["id"])
-
-    def estimate(self, plan: Any) -> dict[str, Any]:
-        """Cost and time estimate of a plan; nothing is enqueued."""
-        answer: dict[str, Any] = self._request("POST", "/v1/estimate", json=_plan_of(plan))
-        return answer
-
-    def models(self) -> builtins.list[dict[str, Any]]:
-        """The model catalog."""
-        return list(self._request("GET", "/v1/models")["data"])
-
-    def usage(self) -> dict[str, Any]:
-        """This calendar month's usage of the key's tenant, with its limits."""
-        answer: dict[str, Any] = self._request("GET", "/v1/usage")
-        return answer
-
-    def stats(self, since: str | None = None) -> dict[str, Any]:
-        """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
-        as `24h` (the default), `90m`, `7d`."""
-        answer: dict[str, Any] = self._request("GET", "/v1/stats", params={"since": since} if since else None)
-        return answer
-
-    # events and waiting
-    def events(self, execution_id: str, last_event_id: int | str | None = None) -> Iterator[dict[str, Any]]:
-        """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
-
-        A dropped connection is resumed with `Last-Event-ID`; the iteration ends after the terminal event.
-        """
-        last = str(last_event_id) if last_event_id is not None else None
-        return self._events(execution_id, last)
-
-    def _events(
-        self, execution_id: str, last: str | None, deadline: float | None = None, what: str = ""
-    ) -> Iterator[dict[str, Any]]:
-        path = _exec_path(execution_id, "events")
-        plan = _Reconnect(self.timeout, deadline)
-        while True:
-            plan.check_deadline(what)
-            got = 0
-            try:
-                with self._http.stream(
-                    "GET", path, headers=self._stream_headers(last), timeout=plan.timeout(self.timeout)
-                ) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise error_from_response(response)
-                    decoder = SSEDecoder()
-                    plan.ok(None)
-                    for chunk in response.iter_bytes():
-                        for event in decoder.feed(chunk):
-                            got += 1
-                            last = decoder.last_id or last
-                            yield event
-                            if is_terminal_event(event):
-                                return
-                        plan.ok(decoder.retry_s)
-            except httpx.RequestError as exc:
-                time.sleep(plan.failed(self.base_url, exc, what))
-                continue
-            if got == 0:  # closed with nothing new: the end when the execution is over, else try again
-                if _is_done(self.get(execution_id)):
-                    return
-                time.sleep(plan.retry_s)
-
-    def wait(
-        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
-    ) -> dict[str, Any]:
-        """Follow the execution to its end (over its events; by polling when they are unavailable)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        state = self.get(execution_id)
-        if on_update is not None:
-            on_update(state)
-        if _is_done(state):
-            return state
-        try:
-            return self._wait_events(execution_id, deadline, on_update, timeout)
-        except Unauthorized:
-            raise
-        except (APIError, APIConnectionError) as exc:
-            log.info("event stream of %s unavailable (%s); polling", execution_id, exc)
-        return self._poll(execution_id, deadline, on_update, timeout)
-
-    def _wait_events(
-        self, execution_id: str, deadline: float | None, on_update: Listener | None, timeout: float | None
-    ) -> dict[str, Any]:
-        last: str | None = None
-        refreshed = time.monotonic()
-        while True:
-            for event in self._events(execution_id, last, deadline, _timeout_message(execution_id, timeout)):
-                last = str(event["seq"]) if event.get("seq") is not None else last
-                if on_update is not None and not is_terminal_event(event):
-                    if _wants_refresh(event, time.monotonic() - refreshed):
-                        on_update(self.get(execution_id))
-                        refreshed = time.monotonic()
-            state = self.get(execution_id)
-            if on_update is not None:
-                on_update(state)
-            if _is_done(state):
-                return state
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(_timeout_message(execution_id, timeout, state["status"]))
-
-    def _poll(
-        self, execution_id: str, deadline: float | None, on_update: Listener | None, timeout: float | None
-    ) -> dict[str, Any]:
-        while True:
-            state = self.get(execution_id)
-            if on_update is not None:
-                on_update(state)
-            if _is_done(state):
-                return state
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(_timeout_message(execution_id, timeout, state["status"]))
-            time.sleep(POLL_S)
-
-    def list(
-        self, status: str | None = None, created_after: datetime | str | None = None, limit: int = 50
-    ) -> Iterator[dict[str, Any]]:
-        """Executions, newest first, following `next_cursor` across pages (`limit` per page)."""
-        params = self._list_params(status, created_after, limit)
-        cursor: str | None = None
-        while True:
-            page = self._request("GET", "/v1/executions", params={**params, **({"cursor": cursor} if cursor else {})})
-            yield from page["data"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-
-
-class _HTTPBackend:
-    """What a blocking `Execution` handle does on a server."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def get(self, execution_id: str) -> dict[str, Any]:
-        return self.client.get(execution_id)
-
-    def wait(
-        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
-    ) -> dict[str, Any]:
-        return self.client.wait(execution_id, timeout=timeout, on_update=on_update)
-
-    def cancel(self, execution_id: str) -> dict[str, Any]:
-        return self.client.cancel(execution_id)
-
-    def resume(self, execution_id: str) -> dict[str, Any]:
-        return self.client.resume(execution_id)
-
-    def retry(self, execution_id: str) -> str:
-        return self.client._retry(execution_id)
-
-
 # ---------------------------------------------------------------------------------------- async client
-class AsyncClient(_Base):
+class AsyncClient:
     """A reelflow server, async calls (over `httpx.AsyncClient`). `async with`, or `await aclose()`."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
-        super().__init__(base_url, api_key, timeout)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout)
+        self.base_url = _normalize_base_url(base_url)
+        self.api_key = api_key if api_key is not None else os.environ.get("REELFLOW_API_KEY") or None
+        self.timeout = timeout
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -623,20 +249,24 @@ class AsyncClient(_Base):
             raise _connection_error(self.base_url, exc) from exc
         return _decode(response)
 
+    # executions
     async def execute(
         self, plan: Any, webhook: str | None = None, idempotency_key: str | None = None
     ) -> AsyncExecution:
         """Validate and enqueue a plan (a dict, a `Composition` or a `Step`); return its handle."""
-        body = await self._request(
-            "POST", "/v1/executions", json=_plan_of(plan, webhook), headers=self._submit_headers(idempotency_key)
-        )
-        return self.execution(body["id"])
+        return self.execution(await self._submit(plan, webhook, idempotency_key))
+
+    async def _submit(self, plan: Any, webhook: str | None, idempotency_key: str | None) -> str:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        body = await self._request("POST", "/v1/executions", json=_plan_of(plan, webhook), headers=headers)
+        return str(body["id"])
 
     def execution(self, execution_id: str) -> AsyncExecution:
         """A handle on an existing execution (nothing is fetched until asked)."""
-        return AsyncExecution(execution_id, _AsyncHTTPBackend(self))
+        return AsyncExecution(execution_id, _HTTPBackend(self))
 
     async def get(self, execution_id: str) -> dict[str, Any]:
+        """The execution's full state, as `GET /v1/executions/{id}` gives it."""
         state: dict[str, Any] = await self._request("GET", _exec_path(execution_id))
         return state
 
@@ -649,30 +279,38 @@ class AsyncClient(_Base):
         return state
 
     async def retry(self, execution_id: str) -> AsyncExecution:
+        """A new execution of the same plan; its handle."""
         return self.execution(await self._retry(execution_id))
 
     async def _retry(self, execution_id: str) -> str:
         return str((await self._request("POST", _exec_path(execution_id, "retry")))["id"])
 
     async def estimate(self, plan: Any) -> dict[str, Any]:
+        """Cost and time estimate of a plan; nothing is enqueued."""
         answer: dict[str, Any] = await self._request("POST", "/v1/estimate", json=_plan_of(plan))
         return answer
 
     async def models(self) -> builtins.list[dict[str, Any]]:
+        """The model catalog."""
         return list((await self._request("GET", "/v1/models"))["data"])
 
     async def usage(self) -> dict[str, Any]:
+        """This calendar month's usage of the key's tenant, with its limits."""
         answer: dict[str, Any] = await self._request("GET", "/v1/usage")
         return answer
 
     async def stats(self, since: str | None = None) -> dict[str, Any]:
-        """The key's tenant's figures (`GET /v1/stats`) since `since` (ISO 8601 time or duration; 24h)."""
+        """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
+        as `24h` (the default), `90m`, `7d`."""
         answer: dict[str, Any] = await self._request("GET", "/v1/stats", params={"since": since} if since else None)
         return answer
 
-    def events(self, execution_id: str, last_event_id: int | str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The execution's events in order, after `last_event_id`; resumes dropped connections; ends after
-        the terminal event. Leaving early: wrap in `contextlib.aclosing` to close the connection at once."""
+    # events and waiting
+    def events(self, execution_id: str, last_event_id: int | str | None = None) -> AsyncGenerator[dict[str, Any], None]:
+        """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
+
+        A dropped connection is resumed with `Last-Event-ID`; the iteration ends after the terminal event.
+        Leaving early: wrap in `contextlib.aclosing` to close the connection at once."""
         last = str(last_event_id) if last_event_id is not None else None
         return self._events(execution_id, last)
 
@@ -684,9 +322,12 @@ class AsyncClient(_Base):
         while True:
             plan.check_deadline(what)
             got = 0
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if last is not None:
+                headers["Last-Event-ID"] = last
             try:
                 async with self._http.stream(
-                    "GET", path, headers=self._stream_headers(last), timeout=plan.timeout(self.timeout)
+                    "GET", path, headers=headers, timeout=plan.timeout(self.timeout)
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()
@@ -704,7 +345,7 @@ class AsyncClient(_Base):
             except httpx.RequestError as exc:
                 await asyncio.sleep(plan.failed(self.base_url, exc, what))
                 continue
-            if got == 0:
+            if got == 0:  # closed with nothing new: the end when the execution is over, else try again
                 if _is_done(await self.get(execution_id)):
                     return
                 await asyncio.sleep(plan.retry_s)
@@ -764,9 +405,13 @@ class AsyncClient(_Base):
 
     async def list(
         self, status: str | None = None, created_after: datetime | str | None = None, limit: int = 50
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Executions, newest first, following `next_cursor` across pages (`limit` per page)."""
-        params = self._list_params(status, created_after, limit)
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = status
+        if created_after is not None:
+            params["created_after"] = _iso(created_after)
         cursor: str | None = None
         while True:
             page = await self._request(
@@ -779,7 +424,7 @@ class AsyncClient(_Base):
                 return
 
 
-class _AsyncHTTPBackend:
+class _HTTPBackend:
     """What an `AsyncExecution` handle does on a server."""
 
     def __init__(self, client: AsyncClient) -> None:
@@ -801,3 +446,192 @@ class _AsyncHTTPBackend:
 
     async def retry(self, execution_id: str) -> str:
         return await self.client._retry(execution_id)
+
+
+# ------------------------------------------------------------------------------------ blocking client
+class _LoopThread:
+    """An event loop running in a daemon thread of its own, where the blocking client's calls run."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="reelflow-client", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.loop.is_closed() or threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("the client is closed" if self.loop.is_closed() else "called from its own loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """The coroutine's result, the calling thread blocked meanwhile; Ctrl-C there cancels the coroutine."""
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        """Stop and close the loop (once); callable from any thread, the loop's own too (garbage collection)."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+            self.loop.close()
+
+
+async def _next(stream: AsyncGenerator[T, None]) -> builtins.list[T]:
+    """[the next item of `stream`], or [] at its end."""
+    try:
+        return [await anext(stream)]
+    except StopAsyncIteration:
+        return []
+
+
+class Client:
+    """A reelflow server, blocking calls. Use as a context manager, or `close()`.
+
+    Each call runs the same call of an `AsyncClient` to completion on this client's own event loop, in a
+    thread of its own (so it also works where an event loop already runs), this thread waiting meanwhile."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
+        self._async = AsyncClient(base_url, api_key, timeout=timeout)
+        self._loop = _LoopThread()
+        self._finalizer = weakref.finalize(self, self._loop.stop)
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    @property
+    def api_key(self) -> str | None:
+        return self._async.api_key
+
+    @property
+    def timeout(self) -> float:
+        return self._async.timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
+
+    def close(self) -> None:
+        if not self._loop.loop.is_closed():
+            self._run(self._async.aclose())
+        self._finalizer()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _iterate(self, stream: AsyncGenerator[T, None]) -> Iterator[T]:
+        """An async generator of the async client, iterated from this thread; closed when left early."""
+        try:
+            while batch := self._run(_next(stream)):
+                yield batch[0]
+        finally:
+            if not self._loop.loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # still running (interrupted): the cancel closes it
+                    self._run(stream.aclose())
+
+    # executions
+    def execute(self, plan: Any, webhook: str | None = None, idempotency_key: str | None = None) -> Execution:
+        """Validate and enqueue a plan (a dict, a `Composition` or a `Step`); return its handle."""
+        return self.execution(self._run(self._async._submit(plan, webhook, idempotency_key)))
+
+    def execution(self, execution_id: str) -> Execution:
+        """A handle on an existing execution (nothing is fetched until asked)."""
+        return Execution(execution_id, _BlockingHTTPBackend(self))
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        """The execution's full state, as `GET /v1/executions/{id}` gives it."""
+        return self._run(self._async.get(execution_id))
+
+    def cancel(self, execution_id: str) -> dict[str, Any]:
+        return self._run(self._async.cancel(execution_id))
+
+    def resume(self, execution_id: str) -> dict[str, Any]:
+        return self._run(self._async.resume(execution_id))
+
+    def retry(self, execution_id: str) -> Execution:
+        """A new execution of the same plan; its handle."""
+        return self.execution(self._run(self._async._retry(execution_id)))
+
+    def estimate(self, plan: Any) -> dict[str, Any]:
+        """Cost and time estimate of a plan; nothing is enqueued."""
+        return self._run(self._async.estimate(plan))
+
+    def models(self) -> builtins.list[dict[str, Any]]:
+        """The model catalog."""
+        return self._run(self._async.models())
+
+    def usage(self) -> dict[str, Any]:
+        """This calendar month's usage of the key's tenant, with its limits."""
+        return self._run(self._async.usage())
+
+    def stats(self, since: str | None = None) -> dict[str, Any]:
+        """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
+        as `24h` (the default), `90m`, `7d`."""
+        return self._run(self._async.stats(since))
+
+    # events and waiting
+    def events(self, execution_id: str, last_event_id: int | str | None = None) -> Iterator[dict[str, Any]]:
+        """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
+
+        A dropped connection is resumed with `Last-Event-ID`; the iteration ends after the terminal event.
+        """
+        return self._iterate(self._async.events(execution_id, last_event_id))
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]:
+        """Follow the execution to its end (over its events; by polling when they are unavailable).
+        `on_update` is called in this thread with each new state."""
+        if on_update is None:
+            return self._run(self._async.wait(execution_id, timeout=timeout))
+        states: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        future = self._loop.submit(self._async.wait(execution_id, timeout=timeout, on_update=states.put))
+        future.add_done_callback(lambda _: states.put(None))
+        try:
+            while (state := states.get()) is not None:
+                on_update(state)
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def list(
+        self, status: str | None = None, created_after: datetime | str | None = None, limit: int = 50
+    ) -> Iterator[dict[str, Any]]:
+        """Executions, newest first, following `next_cursor` across pages (`limit` per page)."""
+        return self._iterate(self._async.list(status, created_after, limit))
+
+
+class _BlockingHTTPBackend:
+    """What a blocking `Execution` handle does on a server."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        return self.client.get(execution_id)
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
+    ) -> dict[str, Any]:
+        return self.client.wait(execution_id, timeout=timeout, on_update=on_update)
+
+    def cancel(self, execution_id: str) -> dict[str, Any]:
+        return self.client.cancel(execution_id)
+
+    def resume(self, execution_id: str) -> dict[str, Any]:
+        return self.client.resume(execution_id)
+
+    def retry(self, execution_id: str) -> str:
+        return self.client._run(self.client._async._retry(execution_id))

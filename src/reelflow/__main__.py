@@ -1,0 +1,5 @@
+"""`python -m reelflow`: the `reelflow` command."""
+
+from .cli import main
+
+main()

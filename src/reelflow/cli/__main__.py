@@ -1,0 +1,5 @@
+"""`python -m reelflow.cli`: the `reelflow` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,242 @@
+"""The `reelflow` command line's plumbing: the typer app, the consoles, the options the command groups share,
+and how a command body runs on a backend and ends (a message and an exit status).
+
+Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C).
+
+Start-up stays cheap (`reelflow --help`): rich, the engine, the settings (pydantic), the catalog, the metrics
+(prometheus_client) and httpx are imported by the commands that use them, not here; help is plain text
+(typer's rich help alone cost more than the rest of the start-up), and `reelflow --help` does not even load
+typer (see `helptext`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from functools import cache, wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from typer.core import TyperGroup
+
+from ..client_errors import APIError
+from ..errors import ErrorItem, PlanError, ReelflowError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from typer._click import Context, HelpFormatter
+
+    from .backend import Backend, Local
+
+T = TypeVar("T")
+
+
+class Group(TyperGroup):
+    """A command group whose list shows each command's whole first paragraph (click would cut it short)."""
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        rows: list[tuple[str, str]] = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+                rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def typer_app(**options: Any) -> typer.Typer:
+    """A (sub)command group: plain help, no completion, no rich tracebacks."""
+    return typer.Typer(
+        cls=Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+        rich_markup_mode=None, **options,
+    )  # fmt: skip
+
+
+app = typer_app(name="reelflow", help="Run AI video pipelines: plans of generation jobs on a durable queue.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", envvar="REELFLOW_SERVER", help="Talk to a reelflow server at this URL.")
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="REELFLOW_API_KEY", help="The API key for --server.", show_default=False),
+]
+PlanArg = Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - for standard input.")]
+IdArg = Annotated[str, typer.Argument(metavar="ID")]
+
+
+@cache
+def out() -> Console:
+    """Standard output, for people (a width of 120 when it is not a terminal)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+@cache
+def err() -> Console:
+    """Standard error: messages, refusals."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def fail(message: str, status: int = 1) -> typer.Exit:
+    """Print `error: message` (the message is not markup) and return the exit to raise."""
+    err().print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    return typer.Exit(status)
+
+
+class Refused(Exception):
+    """Ends a command with exit status 1 after the message was shown."""
+
+
+class Interrupted(Exception):
+    """Ends a command with exit status 130 after Ctrl-C, once where things stand was shown."""
+
+
+def configuration_errors() -> tuple[type[Exception], ...]:
+    """SettingsError, LimitsFileError and CatalogFileError: a bad configuration, bad usage (exit 2).
+
+    Only those of modules already loaded: a module never imported cannot have raised its error, and is not
+    imported just to say so (e.g. while `--help` exits)."""
+    found: list[type[Exception]] = []
+    for module, name in (
+        ("reelflow.config", "SettingsError"),
+        ("reelflow.limits", "LimitsFileError"),
+        ("reelflow.providers.catalog", "CatalogFileError"),
+    ):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, Exception):
+            found.append(error)
+    return tuple(found)
+
+
+def configuration_problem() -> str | None:
+    """What is wrong with the settings, the limits file or the catalog file (file:line), or None.
+
+    Reads each once: the limits and the catalog stay loaded for the command that follows."""
+    from ..config import SettingsError, get_settings
+    from ..limits import LimitsFileError, get_limits
+    from ..providers.catalog import CatalogFileError, load_extensions
+
+    try:
+        settings = get_settings()
+        get_limits(settings)
+        load_extensions(settings)
+    except (SettingsError, LimitsFileError, CatalogFileError) as exc:
+        return str(exc)
+    return None
+
+
+@app.callback()
+def check_configuration(ctx: typer.Context) -> None:
+    """Every command starts by checking the configuration: a problem is bad usage (exit 2), before anything
+    is done. `--help` still works on a broken configuration."""
+    if ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:]):
+        return
+    problem = configuration_problem()
+    if problem is not None:
+        raise fail(problem, 2)
+
+
+def refused(exc: APIError) -> None:
+    """A problem answer: its detail, then each `loc: msg` the detail does not already say."""
+    err().print(f"[red]refused:[/red] {exc.detail}", highlight=False)
+    for item in exc.errors:
+        loc = item.get("loc")
+        line = str(ErrorItem(list(loc) if isinstance(loc, list) else [], str(item.get("msg", ""))))
+        if line not in exc.detail:
+            err().print(f"  {line}", highlight=False)
+
+
+def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; turn every expected failure into a message and an exit status."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio
+
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except configuration_errors() as exc:  # bad configuration: bad usage
+            raise fail(str(exc), 2) from None
+        except PlanError as exc:
+            err().print(f"[red]refused:[/red] {exc}", highlight=False)
+        except APIError as exc:  # the server's refusal
+            refused(exc)
+        except (ReelflowError, ValueError, OSError) as exc:  # a server that cannot be reached, a timeout too
+            err().print(f"[red]error:[/red] {exc}", highlight=False)
+        except Refused:
+            pass
+        except Interrupted:
+            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a Ctrl-C outside a wait
+            err().print("interrupted")
+            raise typer.Exit(130) from None
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+def on_backend(server: str | None, api_key: str | None, body: Callable[[Backend], Coroutine[Any, Any, T]]) -> T:
+    """Run a command body on the local database, or on the server at `server` (a missing key or a malformed
+    URL is bad usage, 2); failures become a message and an exit status (see `command`)."""
+    from .backend import open_backend
+
+    return _run_on(open_backend(server, api_key), body)
+
+
+def on_local(body: Callable[[Local], Coroutine[Any, Any, T]]) -> T:
+    """Run a command body on the local database only (keys, migrate, prune, worker, demo)."""
+    from .backend import Local
+
+    return _run_on(Local(), body)
+
+
+B = TypeVar("B", bound="Backend")
+
+
+def _run_on(backend: B, body: Callable[[B], Coroutine[Any, Any, T]]) -> T:
+    @command
+    async def run() -> T:
+        try:
+            return await body(backend)
+        finally:
+            await backend.aclose()
+
+    return run()
+
+
+def read_plan(path: Path) -> Any:
+    """The plan's data; a missing file is bad usage (2), unparsable text a refusal (1)."""
+    from ..plan import load_plan_text
+
+    if str(path) != "-" and not path.is_file():
+        err().print(f"[red]error:[/red] plan file {str(path)!r} not found")
+        raise typer.Exit(2)
+    try:
+        if str(path) == "-":
+            return load_plan_text(sys.stdin.read(), filename="<stdin>")
+        return load_plan_text(path.read_text(encoding="utf-8"), filename=str(path))
+    except PlanError as exc:
+        err().print(f"[red]refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        err().print(f"[red]error:[/red] cannot read {str(path)!r}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,195 @@
+"""Where a command's executions live: the local database, through a runtime built here and only here, or a
+reelflow server (`--server`), through the HTTP client. The commands are written once, against `Backend`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import typer
+
+from .app import err
+from .follow import CtrlC
+
+if TYPE_CHECKING:
+    from ..client import AsyncClient
+    from ..engine.runtime import LocalRuntime
+
+Listener = Callable[[dict[str, Any]], None]
+EVENT_FIELDS = ("seq", "type", "job", "data")
+
+
+class Backend(Protocol):
+    """What a command asks of the place its executions live; states are the API's execution state."""
+
+    async def submit(self, plan: Any, webhook: str | None) -> str: ...
+
+    async def get(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def wait(self, execution_id: str, on_update: Listener | None = None) -> dict[str, Any]: ...
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def resume(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def retry(self, execution_id: str) -> str:
+        """A new execution of the same plan: its id."""
+        ...
+
+    def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The execution's events as `{seq, type, job, data}`."""
+        ...
+
+    async def estimate(self, plan: Any) -> dict[str, Any]: ...
+
+    async def models(self) -> list[dict[str, Any]]: ...
+
+    async def stats(self, since: str | None, start: float) -> dict[str, Any]:
+        """`usage` (a list, one per tenant), `stats` (the window's figures) and, locally, `queue` and `limits`."""
+        ...
+
+    def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
+        """Around a wait: the Ctrl-C handling that leaves the execution running (None: Ctrl-C interrupts)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Local:
+    """The local database (the settings'); waiting runs an embedded worker when none runs elsewhere."""
+
+    def __init__(self) -> None:
+        self._runtime: LocalRuntime | None = None
+
+    @property
+    def runtime(self) -> LocalRuntime:
+        """The runtime, built on first use: its import loads the engine, paid for only by commands that use it."""
+        if self._runtime is None:
+            from ..engine.runtime import LocalRuntime
+
+            self._runtime = LocalRuntime()
+        return self._runtime
+
+    async def aclose(self) -> None:
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            await runtime.close()
+
+    async def submit(self, plan: Any, webhook: str | None) -> str:
+        return await self.runtime.engine.submit(plan, webhook=webhook)
+
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.get(execution_id)
+
+    async def wait(self, execution_id: str, on_update: Listener | None = None) -> dict[str, Any]:
+        return await self.runtime.wait(execution_id, on_update=on_update)
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.cancel(execution_id)
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.resume(execution_id)
+
+    async def retry(self, execution_id: str) -> str:
+        return await self.runtime.engine.retry(execution_id)
+
+    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The events stored so far (the execution is not followed)."""
+        await self.get(execution_id)  # unknown: NotFound
+        after = 0
+        while batch := await self.runtime.store.events(execution_id, after=after):
+            for e in batch:
+                yield {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data}
+            after = batch[-1].seq
+
+    async def estimate(self, plan: Any) -> dict[str, Any]:
+        from ..estimate import estimate_plan
+
+        return estimate_plan(plan)
+
+    async def models(self) -> list[dict[str, Any]]:
+        from ..providers.catalog import list_models
+
+        return [m.model_dump(mode="json") for m in list_models()]
+
+    async def stats(self, since: str | None, start: float) -> dict[str, Any]:
+        """Every tenant's usage (those with keys, with jobs under way, and `default`), the queue, the limits."""
+        from ..limits import get_limits
+
+        rt = self.runtime
+        queue = await rt.store.queue_stats()
+        keys = {k.tenant for k in await rt.store.list_api_keys()}
+        tenants = sorted(keys | set(queue["active_by_tenant"]) | {"default"})
+        return {
+            "usage": [await rt.engine.usage(t) for t in tenants],
+            "queue": queue,
+            "limits": get_limits(rt.settings).as_dict(),
+            "stats": await rt.store.stats(None, start),
+        }
+
+    def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
+        return CtrlC.installed()
+
+
+class Remote:
+    """A reelflow server: every call is an HTTP request; waits follow the server-sent events."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def submit(self, plan: Any, webhook: str | None) -> str:
+        return (await self.client.execute(plan, webhook=webhook)).id
+
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        return await self.client.get(execution_id)
+
+    async def wait(self, execution_id: str, on_update: Listener | None = None) -> dict[str, Any]:
+        return await self.client.wait(execution_id, on_update=on_update)
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        return await self.client.cancel(execution_id)
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        return await self.client.resume(execution_id)
+
+    async def retry(self, execution_id: str) -> str:
+        return (await self.client.retry(execution_id)).id
+
+    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The events, followed to the end of the execution."""
+        async with contextlib.aclosing(self.client.events(execution_id)) as stream:
+            async for e in stream:
+                yield {k: e.get(k) for k in EVENT_FIELDS}
+
+    async def estimate(self, plan: Any) -> dict[str, Any]:
+        return await self.client.estimate(plan)
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self.client.models()
+
+    async def stats(self, since: str | None, start: float) -> dict[str, Any]:
+        """The key's tenant's usage and figures."""
+        return {"usage": [await self.client.usage()], "stats": await self.client.stats(since)}
+
+    def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
+        return contextlib.nullcontext()
+
+
+def open_backend(server: str | None, api_key: str | None) -> Backend:
+    """The server's backend with --server (a missing key or a malformed URL: bad usage, 2), else the local one."""
+    if not server:
+        return Local()
+    from ..client import AsyncClient
+
+    if not api_key:
+        err().print("[red]error:[/red] --server needs an API key: set REELFLOW_API_KEY or pass --api-key")
+        raise typer.Exit(2)
+    try:
+        return Remote(AsyncClient(server, api_key))
+    except ValueError as exc:
+        err().print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None

@@ -1,0 +1,136 @@
+"""What there is and what was used: the model catalog, usage against the limits, the window's figures."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .app import ApiKeyOpt, JsonOpt, ServerOpt, fail, on_backend, out, print_json
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Window of the figures: an ISO 8601 time or a duration back (24h, 90m, 7d)."),
+]
+
+
+def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
+    """List the model catalog."""
+
+    async def body(backend: Backend) -> list[dict[str, Any]]:
+        return await backend.models()
+
+    specs = on_backend(server, api_key, body)
+    if as_json:
+        print_json(specs)
+        return
+    from rich.table import Table
+
+    table = Table(title="models")
+    for col in ("model", "types", "parameters", "price"):
+        table.add_column(col)
+    for m in specs:
+        price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
+        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price)
+    out().print(table)
+
+
+def stats(
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False, since: SinceOpt = None
+) -> None:
+    """Usage this month (executions, cost, cache hits) against the limits, the queue by provider, and the
+    figures of the window (24 h unless --since): success rate, p50/p95 execution time, queue depth,
+    per-provider success and latency, webhook deliveries, spend this month. Locally: every tenant."""
+    from ..store.stats import parse_since
+
+    try:
+        start = parse_since(since, time.time())
+    except ValueError as exc:
+        raise fail(f"--since: {exc}", 2) from None
+
+    async def body(backend: Backend) -> dict[str, Any]:
+        return await backend.stats(since, start)
+
+    data = on_backend(server, api_key, body)
+    if as_json:
+        print_json(data)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"usage, {data['usage'][0]['month']}" if data["usage"] else "usage")
+    for col in ("tenant", "executions", "cost (settled)", "reserved", "cache hits", "running", "limits"):
+        table.add_column(col)
+    for u in data["usage"]:
+        limits = u.get("limits") or {}
+        shown = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "none"
+        cap = limits.get("max_concurrent")
+        running = str(u.get("jobs_running", "?")) + (f" of {cap}" if cap is not None else "")
+        table.add_row(
+            u["tenant"],
+            str(u["executions"]),
+            f"${u['cost_usd']:.4f}",
+            f"${u['reserved_usd']:.4f}",
+            str(u["cache_hits"]),
+            running,
+            shown,
+        )
+    out().print(table)
+    if "queue" in data:
+        q = data["queue"]
+        jobs = ", ".join(f"{k} {v}" for k, v in sorted(q["jobs"].items())) or "none"
+        out().print(f"jobs: {jobs}")
+        for label, key in (("running", "running_by_provider"), ("queued", "queued_by_provider")):
+            if q[key]:
+                out().print(f"{label} by provider: " + ", ".join(f"{k} {v}" for k, v in sorted(q[key].items())))
+        caps = data["limits"]["providers"]
+        lines = [f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if v is not None)}" for p, lim in caps.items()]
+        out().print("provider limits: " + ("; ".join(ln for ln in lines if not ln.endswith(": ")) or "none"))
+    _show_stats(data["stats"])
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _show_stats(s: dict[str, Any]) -> None:
+    """The window's figures for a person (the same as `GET /v1/stats`)."""
+    from rich.table import Table
+
+    ex = s["executions"]
+    who = "every tenant" if s["tenant"] is None else f"tenant {s['tenant']}"
+    out().print(f"since {s['since']} ({who}):", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(ex["by_status"].items())) or "none"
+    out().print(f"executions: {counts}", highlight=False)
+    out().print(
+        f"success rate: {_pct(ex['success_rate'])}, execution time p50 {_secs(ex['p50_s'])}, p95 {_secs(ex['p95_s'])}",
+        highlight=False,
+    )
+    w = s["workers"]
+    out().print(
+        f"queue depth: {s['queue_depth']}; workers live {w['live']}, slots in use {w['slots_in_use']}", highlight=False
+    )
+    if s["providers"]:
+        table = Table(title="providers")
+        for col in ("provider", "jobs", "succeeded", "failed", "success rate", "p50"):
+            table.add_column(col)
+        for p in s["providers"]:
+            table.add_row(
+                p["provider"], str(p["requests"]), str(p["succeeded"]), str(p["failed"]),
+                _pct(p["success_rate"]), _secs(p["p50_s"]),
+            )  # fmt: skip
+        out().print(table)
+    h = s["webhooks"]
+    out().print(
+        f"webhooks: delivered {h['delivered']}, failed {h['failed']}, pending {h['pending']}"
+        f" (delivery rate {_pct(h['success_rate'])})",
+        highlight=False,
+    )
+    out().print(f"spend this month: ${s['spend_usd_month']:.4f}", highlight=False)
