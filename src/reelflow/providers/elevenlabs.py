@@ -68,7 +68,7 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog_elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
+from .catalog.elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
 from .http import HttpAdapter, retry_after
 from .transcripts import words_from_characters
 

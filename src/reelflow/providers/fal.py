@@ -51,7 +51,7 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog_fal import to_fal_input
+from .catalog.fal import to_fal_input
 from .http import HttpAdapter, retry_after
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import is_http_url
-from .catalog_openai import (
+from .catalog.openai import (
     MODELS_BY_ID,
     TRANSCRIPTION_MAX_BYTES,
     image_price,

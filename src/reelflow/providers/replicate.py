@@ -52,7 +52,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import ModelSpec, params_with_defaults
-from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
+from .catalog.replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
 from .http import HttpAdapter, retry_after
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
