@@ -20,7 +20,6 @@ from reelflow.engine.scheduler import Engine
 from reelflow.errors import PlanError
 from reelflow.estimate import estimate_plan
 from reelflow.plan import parse_plan
-from reelflow.providers import catalog_elevenlabs, catalog_fal, catalog_replicate
 from reelflow.providers.catalog import (
     CatalogFileError,
     get_model,
@@ -30,6 +29,9 @@ from reelflow.providers.catalog import (
     load_extensions,
     reset_extensions,
 )
+from reelflow.providers.catalog import elevenlabs as catalog_elevenlabs
+from reelflow.providers.catalog import fal as catalog_fal
+from reelflow.providers.catalog import replicate as catalog_replicate
 from reelflow.providers.replicate import ReplicateProvider
 
 ROOT = Path(__file__).resolve().parent.parent

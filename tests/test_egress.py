@@ -43,9 +43,13 @@ from reelflow.net import (
     parse_allowed_hosts,
     refusal,
 )
-from reelflow.providers import catalog, catalog_elevenlabs, catalog_fal, catalog_openai, catalog_replicate
+from reelflow.providers import catalog
 from reelflow.providers.base import PermanentError, Provider, Task
+from reelflow.providers.catalog import elevenlabs as catalog_elevenlabs
+from reelflow.providers.catalog import fal as catalog_fal
+from reelflow.providers.catalog import openai as catalog_openai
 from reelflow.providers.catalog import register_model
+from reelflow.providers.catalog import replicate as catalog_replicate
 from reelflow.providers.elevenlabs import ElevenLabsProvider
 from reelflow.providers.fal import FalProvider
 from reelflow.providers.openai import OpenAIProvider
@@ -639,7 +643,7 @@ FAKES = {"replicate": replicate_fake, "fal": fal_fake, "openai": openai_fake, "e
 @pytest.fixture
 def provider_catalogs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every provider's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for module in (catalog_replicate, catalog_fal, catalog_openai, catalog_elevenlabs):
         for model in module.MODELS:
             register_model(model, replace=True)

@@ -21,7 +21,7 @@ from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import check_params, estimate_cost, register_model
-from reelflow.providers.catalog_elevenlabs import MODELS, MODELS_BY_ID
+from reelflow.providers.catalog.elevenlabs import MODELS, MODELS_BY_ID
 from reelflow.providers.elevenlabs import ElevenLabsProvider, alignment_words
 from reelflow.providers.local import LocalProvider
 
@@ -517,7 +517,7 @@ def _checks() -> dict[str, Any]:
 @pytest.fixture
 def elevenlabs_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """ElevenLabs' models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for model in MODELS:
         register_model(model, replace=True)
 

@@ -15,7 +15,7 @@ from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import register_model
-from reelflow.providers.catalog_fal import MODELS
+from reelflow.providers.catalog.fal import MODELS
 from reelflow.providers.fal import FalProvider
 
 SCHNELL = "fal/fal-ai/flux/schnell"
@@ -251,7 +251,7 @@ async def test_polling_interval_grows(tmp_path: Path) -> None:
 @pytest.fixture
 def fal_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """fal's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for model in MODELS:
         register_model(model, replace=True)
 

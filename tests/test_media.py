@@ -371,7 +371,7 @@ async def test_text_in_awkward_paths_and_without_any_font(
     await media.captions(clips.silent, odd / "cap.mp4", text=tricky)
     assert await _caption_change(clips.silent, odd / "cap.mp4", 1.0, 0.7, 1.0) > 0.01
 
-    monkeypatch.setattr(media, "find_font", lambda: None)
+    monkeypatch.setattr(media.filters, "find_font", lambda: None)
     await media.make_image(tmp_path / "plain.png", prompt="no font here", width=W, height=H)
     await media.make_video(tmp_path / "plain.mp4", prompt="no font", duration=1.0, width=W, height=H)
     await media.captions(clips.silent, tmp_path / "plain-cap.mp4", text="no font")

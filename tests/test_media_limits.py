@@ -109,13 +109,13 @@ class MemorySampler:
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The operation name of every process media runs from here on (probes included)."""
     ops: list[str] = []
-    real = media._exec
+    real = media.runner._exec
 
     async def counting(op: str, cmd: Any, **kwargs: Any) -> tuple[int, str]:
         ops.append(op)
         return await real(op, cmd, **kwargs)
 
-    monkeypatch.setattr(media, "_exec", counting)
+    monkeypatch.setattr(media.runner, "_exec", counting)
     return ops
 
 
@@ -329,7 +329,6 @@ async def test_a_worker_runs_ffmpeg_under_the_caps_of_its_own_settings(
     assert "time limit of 0.5 s (REELFLOW_FFMPEG_TIMEOUT_S)" in job["error"]
 
 
-
 # --- time, slots, and the parent's death ----------------------------------------------------------------------
 
 
@@ -406,7 +405,9 @@ def test_ffmpeg_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
 
 def test_a_child_whose_parent_already_died_exits_at_once() -> None:
     """The check right after PR_SET_PDEATHSIG: a parent gone before it was set is noticed by its pid."""
-    setup = functools.partial(media._child_setup, os.getpid() + 7_000_000, 256 << 20, 512 << 10, media._Libc.load())
+    setup = functools.partial(
+        media.runner._child_setup, os.getpid() + 7_000_000, 256 << 20, 512 << 10, media.runner._Libc.load()
+    )
     started = time.monotonic()
     done = subprocess.run(["sleep", "5"], preexec_fn=setup, check=False)
     assert done.returncode == 111 and time.monotonic() - started < 2

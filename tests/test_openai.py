@@ -16,7 +16,7 @@ from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import check_params, register_model
-from reelflow.providers.catalog_openai import IMAGE_PRICES, MODELS, MODELS_BY_ID
+from reelflow.providers.catalog.openai import IMAGE_PRICES, MODELS, MODELS_BY_ID
 from reelflow.providers.openai import OpenAIProvider
 
 TTS = "openai/gpt-4o-mini-tts"
@@ -274,7 +274,7 @@ def test_catalog_models_check_their_limits() -> None:
 @pytest.fixture
 def openai_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenAI's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for model in MODELS:
         register_model(model, replace=True)
 

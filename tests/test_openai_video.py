@@ -33,7 +33,7 @@ from reelflow.providers.base import (
     TransientError,
 )
 from reelflow.providers.catalog import check_params, estimate_cost, register_model
-from reelflow.providers.catalog_openai import MODELS, MODELS_BY_ID, VIDEO_PRICES
+from reelflow.providers.catalog.openai import MODELS, MODELS_BY_ID, VIDEO_PRICES
 from reelflow.providers.local import LocalProvider
 from reelflow.providers.openai import MAX_POLL_FAILURES, OpenAIProvider
 
@@ -653,7 +653,7 @@ def test_catalog_entries_check_their_limits() -> None:
 @pytest.fixture
 def openai_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenAI's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for model in MODELS:
         register_model(model, replace=True)
 

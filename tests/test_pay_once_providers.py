@@ -43,7 +43,10 @@ from fakes.replicate import FakeReplicate
 from mediacheck import decoded_duration, gray_band
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
-from reelflow.providers import catalog, catalog_elevenlabs, catalog_fal, catalog_openai
+from reelflow.providers import catalog
+from reelflow.providers.catalog import elevenlabs as catalog_elevenlabs
+from reelflow.providers.catalog import fal as catalog_fal
+from reelflow.providers.catalog import openai as catalog_openai
 from reelflow.providers.catalog import register_model
 from reelflow.providers.elevenlabs import ElevenLabsProvider
 from reelflow.providers.fal import FalProvider
@@ -163,7 +166,7 @@ CASES = {"replicate": replicate_case, "fal": fal_case, "elevenlabs": elevenlabs_
 @pytest.fixture(autouse=True)
 def _catalogued(monkeypatch: pytest.MonkeyPatch) -> None:
     """fal's, ElevenLabs' and OpenAI's models in the catalog for this test only (Replicate's are built in)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for models in (catalog_fal.MODELS, catalog_elevenlabs.MODELS, catalog_openai.MODELS):
         for model in models:
             register_model(model, replace=True)

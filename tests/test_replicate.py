@@ -20,7 +20,7 @@ from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog, replicate
 from reelflow.providers.base import PermanentError, ProgressUpdate, Task, TransientError
 from reelflow.providers.catalog import get_model, register_model
-from reelflow.providers.catalog_replicate import INPUT_MAPS, MODELS
+from reelflow.providers.catalog.replicate import INPUT_MAPS, MODELS
 from reelflow.providers.local import LocalProvider
 from reelflow.providers.replicate import ReplicateProvider, parse_percent
 
@@ -349,7 +349,7 @@ async def test_polling_interval_doubles_without_percentages(
 @pytest.fixture
 def replicate_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Replicate models in the catalog for this test only (the catalog is left as it was)."""
-    monkeypatch.setattr(catalog, "_MODELS", dict(catalog._MODELS))
+    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
     for m in MODELS:
         register_model(m, replace=True)
 

@@ -13,9 +13,11 @@ import time
 import pytest
 
 import reelflow
+from reelflow.providers import catalog
 
 HEAVY = ["reelflow.engine.worker", "reelflow.api.app", "fastapi", "prometheus_client", "reelflow.media"]
-CATALOGS = ["catalog", "catalog_replicate", "catalog_fal", "catalog_elevenlabs", "catalog_openai"]
+CATALOGS = [f"reelflow.providers.catalog{m}" for m in ["", ".spec", ".builtin", ".validation", ".pricing", ".file"]]
+CATALOGS += [f"reelflow.providers.catalog.{m}" for m in ["registry", "replicate", "fal", "elevenlabs", "openai"]]
 COMMANDS = ["run", "status", "events", "cancel", "resume", "retry", "estimate", "worker", "serve", "keys"]
 COMMANDS += ["migrate", "models", "stats", "prune", "demo"]
 
@@ -102,12 +104,13 @@ def test_every_public_name_still_imports() -> None:
 
 @pytest.mark.parametrize("name", CATALOGS)
 def test_each_catalog_module_imports_first_with_the_same_catalog(name: str) -> None:
-    """The catalog and its per-provider modules import each other: whichever comes first, the catalog holds
-    every model, in the order of this (already loaded) process's catalog: built-in, then each provider's."""
-    from reelflow.providers import catalog
+    """Each module of the catalog imports on its own in a fresh interpreter (no import cycle), and the catalog
+    then holds every model, in the order of this (already loaded) process's catalog: built-in, then each
+    provider's."""
+    from reelflow.providers.catalog import registry
 
-    code = f"import reelflow.providers.{name}\nfrom reelflow.providers import catalog\nprint(' '.join(catalog._MODELS))"
+    code = f"import {name}\nfrom reelflow.providers.catalog import registry\nprint(' '.join(registry._MODELS))"
     expected = [m.id for m in catalog.BUILTIN_MODELS]
-    for module in catalog._REMOTE_CATALOGS:
-        expected += [m.id for m in __import__(f"reelflow.providers.{module}", fromlist=["MODELS"]).MODELS]
+    for module in registry.REMOTE_CATALOGS:
+        expected += [m.id for m in module.MODELS]
     assert fresh(code).stdout.split() == expected

@@ -82,21 +82,20 @@ _ENTRY_TYPES: dict[str, type[_Entry]] = {"providers": ProviderLimit, "models": M
 
 
 def default_provider_limits() -> dict[str, ProviderLimit]:
-    """The built-in HTTP adapters' documented limits (`default_limits`), by provider name."""
-    from reelflow.providers.elevenlabs import ElevenLabsProvider
-    from reelflow.providers.fal import FalProvider
-    from reelflow.providers.openai import OpenAIProvider
-    from reelflow.providers.replicate import ReplicateProvider
+    """The providers' documented limits (`ProviderInfo.default_limits`), by provider name."""
+    from reelflow.providers.plugins import provider_infos
 
     out: dict[str, ProviderLimit] = {}
-    for cls in (ReplicateProvider, FalProvider, ElevenLabsProvider, OpenAIProvider):
-        raw = cls.default_limits
+    for name, info in provider_infos().items():
+        raw = info.default_limits
+        if raw is None:
+            continue
         values: dict[str, Any] = {}
         if raw.get("max_concurrent") is not None:
             values["max_concurrent"] = int(raw["max_concurrent"])
         if raw.get("requests_per_minute") is not None:
             values["requests_per_minute"] = float(raw["requests_per_minute"])
-        out[cls.name] = ProviderLimit(**values)
+        out[name] = ProviderLimit(**values)
     return out
 
 

@@ -160,7 +160,7 @@ def _int(value: Any) -> int | None:
 
 
 def _fit(src: Shape, width: float | None, height: float | None) -> tuple[float | None, float | None]:
-    """Output size as media._fit_size makes it; None where it depends on what is unknown."""
+    """Output size as media.edits._fit_size makes it; None where it depends on what is unknown."""
     if width and height:
         return width, height
     if (width or height) and src.width and src.height:

@@ -48,7 +48,7 @@ from ..providers.base import (
 )
 from ..providers.catalog import check_job_params
 from ..providers.http import RateGate
-from ..providers.registry import Providers
+from ..providers.registry import Providers, reads_local_files
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
 from ..store.common import iso
@@ -71,9 +71,6 @@ CLAIM_RETRY_S = 2.0
 """Pause after a claim failed (the database unreachable past the store's own retries)."""
 DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
-LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai"})
-"""Providers that read `task.inputs` (files on this machine) rather than URLs: only for them are our artifacts
-fetched to local files before the job runs."""
 
 
 def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
@@ -784,7 +781,7 @@ class Worker:
         if foreign := await foreign_inputs(self.store, self.storage, c.tenant, params, ["params"]):
             raise PermanentError("; ".join(str(refusal(where, c.key)) for where in foreign))
         inputs: dict[str, Path] = {}
-        if not self.settings.storage_url.startswith("file://") and c.provider not in LOCAL_INPUT_PROVIDERS:
+        if not self.settings.storage_url.startswith("file://") and not reads_local_files(c.provider):
             return inputs
 
         async def local(value: Any) -> Path | None:

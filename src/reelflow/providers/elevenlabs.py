@@ -48,7 +48,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -68,8 +68,9 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog_elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
+from .catalog.elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
 from .http import HttpAdapter, retry_after
+from .info import ProviderInfo
 from .transcripts import words_from_characters
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io/v1"
@@ -208,11 +209,15 @@ def _decode_audio(data: dict[str, Any]) -> bytes:
 class ElevenLabsProvider(HttpAdapter):
     """ElevenLabs text to speech behind the Provider protocol."""
 
-    name = "elevenlabs"
-    default_limits: ClassVar[dict[str, float]] = {"max_concurrent": 2}
+    info = ProviderInfo(
+        name="elevenlabs",
+        key_env=KEY_ENV,
+        default_limits={"max_concurrent": 2},
+        paid=True,
+        catalog="reelflow.providers.catalog.elevenlabs",
+    )
     """ElevenLabs: concurrency by plan, 2 (free) to 15 for multilingual v2; the lowest is the safe default."""
     default_base_url = DEFAULT_BASE_URL
-    key_env = KEY_ENV
     timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=30.0)
     """Long texts take a while to speak; nothing waits forever."""
 

@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -51,8 +51,9 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog_fal import to_fal_input
+from .catalog.fal import to_fal_input
 from .http import HttpAdapter, retry_after
+from .info import ProviderInfo
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +186,11 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 class FalProvider(HttpAdapter):
     """fal's queue API behind the Provider protocol, with fal's webhooks as callbacks."""
 
-    name = "fal"
-    default_limits: ClassVar[dict[str, float]] = {}
-    """fal: none to enforce here; requests beyond the account's concurrency wait in fal's own queue."""
+    info = ProviderInfo(
+        name="fal", key_env="FAL_KEY", default_limits={}, paid=True, catalog="reelflow.providers.catalog.fal"
+    )
+    """fal's default limits: none to enforce here; requests beyond the account's concurrency wait in fal's queue."""
     default_base_url = DEFAULT_BASE_URL
-    key_env = "FAL_KEY"
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ import httpx
 
 from .. import metrics
 from ..net import EgressPolicy, guarded_client
+from .info import ProviderInfo
 
 MAX_RETRY_AFTER_S = 3600.0
 MAX_HELD_RETRY_S = 30.0
@@ -124,6 +125,9 @@ class HttpAdapter:
     followed, so the key cannot leak to another host.
     """
 
+    info: ClassVar[ProviderInfo | None] = None
+    """The adapter's description; a subclass that sets it gets `name`, `key_env`, `default_limits` and `paid`
+    from it."""
     name: str = ""
     paid: bool = True
     """Work here costs money: an attempt whose answer was lost is reconciled before it is paid again."""
@@ -138,6 +142,15 @@ class HttpAdapter:
     default_limits: ClassVar[dict[str, float]] = {}
     """The provider's documented limits (`max_concurrent`, `requests_per_minute`, ...), the defaults that the
     limits file (REELFLOW_LIMITS_FILE) overrides."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if isinstance(info, ProviderInfo):
+            cls.name = info.name
+            cls.key_env = info.key_env or ""
+            cls.default_limits = dict(info.default_limits or {})
+            cls.paid = info.paid
 
     def __init__(
         self,

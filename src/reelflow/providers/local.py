@@ -24,6 +24,7 @@ from reelflow.providers.base import (
 )
 
 from .. import media
+from .info import ProviderInfo
 
 LONG_SIDE = 1280
 """Long side of a generated image when neither width nor height is given."""
@@ -39,7 +40,8 @@ Handler = Callable[["LocalProvider", Task], Awaitable[ProviderResult]]
 class LocalProvider:
     """Makes and edits media locally with ffmpeg (see media.py)."""
 
-    name = "local"
+    info = ProviderInfo(name="local", reads_local_files=True, catalog="reelflow.providers.catalog.builtin")
+    name = info.name
 
     async def submit(self, task: Task) -> str:
         """A fresh id; nothing starts until `wait`."""

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -60,7 +60,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import is_http_url
-from .catalog_openai import (
+from .catalog.openai import (
     MODELS_BY_ID,
     TRANSCRIPTION_MAX_BYTES,
     image_price,
@@ -71,6 +71,7 @@ from .catalog_openai import (
     video_price,
 )
 from .http import HttpAdapter, PollSchedule, retry_after
+from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
 log = logging.getLogger(__name__)
@@ -208,11 +209,17 @@ def _truthy(value: str | None) -> bool:
 class OpenAIProvider(HttpAdapter):
     """OpenAI speech, images, Sora video and Whisper transcription behind the Provider protocol."""
 
-    name = "openai"
-    default_limits: ClassVar[dict[str, float]] = {}
-    """OpenAI: limits depend on the account's usage tier; set them in the limits file."""
+    info = ProviderInfo(
+        name="openai",
+        key_env=KEY_ENV,
+        default_limits={},
+        reads_local_files=True,
+        paid=True,
+        catalog="reelflow.providers.catalog.openai",
+    )
+    """OpenAI's default limits: none, they depend on the account's usage tier; set them in the limits file. It
+    uploads our artifacts (reference images, audio to transcribe) from local files."""
     default_base_url = DEFAULT_BASE_URL
-    key_env = KEY_ENV
     timeout = TIMEOUT
 
     def __init__(

@@ -14,9 +14,14 @@ called with no arguments (or a ready provider object), giving an object with `na
 - `models()`: its models, as ModelSpec objects or as mappings in the catalog-file format (see
   examples/catalog.yaml); a model's provider must be the plugin's own.
 
+A provider may describe itself in one `info` attribute, a `ProviderInfo` (name, key variable, default limits,
+...), as the built-in adapters do; `key_env` is read when it has none.
+
 A plugin that fails to import, to build, or to describe itself is logged with its name and skipped;
 one named like a built-in provider, or like a plugin found before it, is refused with a log line.
 Discovery runs once per process (`load_plugins`); `reset_plugins` forgets it.
+
+The built-in providers register through the same path (`load_builtins`), from the table of their entry points.
 """
 
 from __future__ import annotations
@@ -32,11 +37,21 @@ from typing import Any, cast
 
 from .base import Provider
 from .catalog import ModelSpec, UserModel, parse_model_entries
+from .info import ProviderInfo
 
 log = logging.getLogger(__name__)
 
 GROUP = "reelflow.providers"
-BUILTIN_PROVIDERS: frozenset[str] = frozenset({"local", "sim", "replicate", "fal", "elevenlabs", "openai"})
+BUILTIN_ENTRY_POINTS: dict[str, str] = {
+    "local": "reelflow.providers.local:LocalProvider",
+    "sim": "reelflow.providers.sim:SimProvider",
+    "replicate": "reelflow.providers.replicate:ReplicateProvider",
+    "fal": "reelflow.providers.fal:FalProvider",
+    "elevenlabs": "reelflow.providers.elevenlabs:ElevenLabsProvider",
+    "openai": "reelflow.providers.openai:OpenAIProvider",
+}
+"""The built-in providers, as the entry points a plugin distribution would declare (loaded by `load_builtins`)."""
+BUILTIN_PROVIDERS: frozenset[str] = frozenset(BUILTIN_ENTRY_POINTS)
 """Names a plugin may not take."""
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -55,8 +70,13 @@ class Plugin:
     origin: str
     """`<entry point value> from <distribution> <version>`, for log lines."""
     factory: Callable[[], Any]
-    key_env: str | None
+    info: ProviderInfo
     models: tuple[UserModel, ...]
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable holding its credential, if it declared one."""
+        return self.info.key_env
 
     def make(self) -> Provider:
         """A new provider object from the plugin's factory (checked)."""
@@ -104,6 +124,17 @@ def _key_env(provider: Any) -> str | None:
     return value
 
 
+def _info(name: str, provider: Any, obj: Any) -> ProviderInfo:
+    """The provider's `info`, or one made of its name and `key_env` when it has none."""
+    info = getattr(provider, "info", None)
+    if isinstance(info, ProviderInfo):
+        if info.name != name:
+            raise PluginError(f"its info names provider {info.name!r}, not {name!r} (the entry point's name)")
+        _key_env(info)
+        return info
+    return ProviderInfo(name=name, key_env=_key_env(provider) or _key_env(obj))
+
+
 def _models(name: str, provider: Any) -> tuple[UserModel, ...]:
     fn = getattr(provider, "models", None)
     if fn is None:
@@ -142,7 +173,7 @@ def _load(ep: EntryPoint) -> Plugin:
         name=ep.name,
         origin=_origin(ep),
         factory=factory,
-        key_env=_key_env(provider) or _key_env(obj),
+        info=_info(ep.name, provider, obj),
         models=_models(ep.name, provider),
     )
 
@@ -191,6 +222,26 @@ def reset_plugins() -> None:
         _PLUGINS = None
 
 
+_BUILTINS: dict[str, Plugin] | None = None
+
+
+def load_builtins() -> dict[str, Plugin]:
+    """The built-in providers, loaded through the same checks as plugins (on first call; an error raises)."""
+    global _BUILTINS
+    with _LOCK:
+        if _BUILTINS is None:
+            _BUILTINS = {
+                name: _load(EntryPoint(name=name, value=value, group=GROUP))
+                for name, value in BUILTIN_ENTRY_POINTS.items()
+            }
+        return dict(_BUILTINS)
+
+
+def provider_infos() -> dict[str, ProviderInfo]:
+    """What each provider says about itself, by name: the built-in ones, then the plugins."""
+    return {name: p.info for name, p in {**load_builtins(), **load_plugins()}.items()}
+
+
 def make_providers() -> dict[str, Provider]:
     """A new provider object of each plugin; one whose factory fails now is logged and left out."""
     out: dict[str, Provider] = {}
@@ -202,7 +253,9 @@ def make_providers() -> dict[str, Provider]:
     return out
 
 
-def credential_env(provider: str) -> str | None:
-    """The environment variable a plugin provider declared for its credential, if any."""
-    plugin = load_plugins().get(provider)
-    return plugin.key_env if plugin is not None else None
+def provider_info(provider: str | None) -> ProviderInfo | None:
+    """What a built-in or plugin provider says about itself (None for an unknown name)."""
+    if not provider:
+        return None
+    plugin = load_builtins().get(provider) or load_plugins().get(provider)
+    return plugin.info if plugin is not None else None

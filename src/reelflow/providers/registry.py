@@ -9,23 +9,21 @@ from .base import Provider
 
 log = logging.getLogger(__name__)
 
-CREDENTIALS = {
-    "replicate": "REPLICATE_API_TOKEN",
-    "fal": "FAL_KEY",
-    "elevenlabs": "ELEVENLABS_API_KEY",
-    "openai": "OPENAI_API_KEY",
-}
-
 
 def credential_env(provider: str | None) -> str | None:
-    """The environment variable holding a provider's credential: a built-in's, or what a plugin declared."""
-    if not provider:
-        return None
-    if provider in CREDENTIALS:
-        return CREDENTIALS[provider]
-    from .plugins import credential_env as plugin_credential_env
+    """The environment variable holding a provider's credential, as the provider (built-in or plugin) declared."""
+    from .plugins import provider_info
 
-    return plugin_credential_env(provider)
+    info = provider_info(provider)
+    return info.key_env if info is not None else None
+
+
+def reads_local_files(provider: str | None) -> bool:
+    """Whether this provider reads `task.inputs` (files on this machine) rather than URLs (its info says)."""
+    from .plugins import provider_info
+
+    info = provider_info(provider)
+    return info is not None and info.reads_local_files
 
 
 def missing_credential(provider: str | None) -> str | None:
@@ -41,23 +39,10 @@ def default_providers() -> dict[str, Provider]:
     to start on a bad catalog file (CatalogFileError) instead of failing its jobs one by one.
     """
     from .catalog import load_extensions
-    from .elevenlabs import ElevenLabsProvider
-    from .fal import FalProvider
-    from .local import LocalProvider
-    from .openai import OpenAIProvider
-    from .plugins import make_providers
-    from .replicate import ReplicateProvider
-    from .sim import SimProvider
+    from .plugins import load_builtins, make_providers
 
     load_extensions()
-    providers: dict[str, Provider] = {
-        "local": LocalProvider(),
-        "sim": SimProvider(),
-        "replicate": ReplicateProvider(),
-        "fal": FalProvider(),
-        "elevenlabs": ElevenLabsProvider(),
-        "openai": OpenAIProvider(),
-    }
+    providers: dict[str, Provider] = {name: builtin.make() for name, builtin in load_builtins().items()}
     for name, provider in make_providers().items():
         if name in providers:
             log.error("provider plugin '%s' refused: a plugin cannot replace the built-in provider '%s'", name, name)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 import httpx
@@ -52,8 +52,9 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import ModelSpec, params_with_defaults
-from .catalog_replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
+from .catalog.replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
 from .http import HttpAdapter, retry_after
+from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
 log = logging.getLogger(__name__)
@@ -252,15 +253,19 @@ class _ListWalk:
 class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
-    name = "replicate"
-    default_limits: ClassVar[dict[str, float]] = {"requests_per_minute": 3000, "creates_per_minute": 600}
+    info = ProviderInfo(
+        name="replicate",
+        key_env=TOKEN_ENV,
+        default_limits={"requests_per_minute": 3000, "creates_per_minute": 600},
+        paid=True,
+        catalog="reelflow.providers.catalog.replicate",
+    )
     """Replicate: 600 prediction creates a minute, 3000 other calls a minute (bursts tolerated)."""
     create_retries_on_429 = 4
     """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""
     list_max_pages = LIST_MAX_PAGES
     _list_batch: _ListWalk | None = None
     default_base_url = DEFAULT_BASE_URL
-    key_env = TOKEN_ENV
     timeout = TIMEOUT
     limits = LIMITS
 

@@ -27,6 +27,7 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
+from .info import ProviderInfo
 
 SUFFIX = {"sim/image": ".png", "sim/video": ".mp4", "sim/audio": ".m4a"}
 
@@ -50,7 +51,8 @@ def _decode(provider_id: str) -> dict[str, Any]:
 class SimProvider:
     """The simulated provider. Parameters: latency_s, queue_s, fail_times, fail, cost_usd, media."""
 
-    name = "sim"
+    info = ProviderInfo(name="sim", catalog="reelflow.providers.catalog.builtin")
+    name = info.name
 
     def __init__(self) -> None:
         self.submitted = 0

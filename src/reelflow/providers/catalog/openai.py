@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price, _register_remote_models
+from .spec import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
 
 SPEECH_VOICES = ["alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"]
 DEFAULT_SPEECH_VOICE = "coral"
@@ -290,6 +290,3 @@ MODELS: list[ModelSpec] = [
 ]
 
 MODELS_BY_ID: dict[str, ModelSpec] = {m.id: m for m in MODELS}
-
-
-_register_remote_models(load=False)  # in the catalog, in order, when this module was imported before it

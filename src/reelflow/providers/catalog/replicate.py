@@ -7,7 +7,7 @@ names becomes (a name absent from a map is passed under its own name).
 
 from __future__ import annotations
 
-from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price, _register_remote_models
+from .spec import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
 
 PROVIDER = "replicate"
 
@@ -368,6 +368,3 @@ def is_image_model(model: str) -> bool:
     """True for catalogued Replicate models that make images (worth a `Prefer: wait`)."""
     spec = MODELS_BY_ID.get(base_model_id(model))
     return spec is not None and "generate-image" in spec.types
-
-
-_register_remote_models(load=False)  # in the catalog, in order, when this module was imported before it

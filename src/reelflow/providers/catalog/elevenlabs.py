@@ -6,7 +6,7 @@ estimates and reported costs; ElevenLabs bills the real amount (in credits, by p
 
 from __future__ import annotations
 
-from .catalog import ModelSpec, ParamSpec, Price, _register_remote_models
+from .spec import ModelSpec, ParamSpec, Price
 
 PREMADE_VOICES: dict[str, str] = {
     "rachel": "21m00Tcm4TlvDq8ikWAM",
@@ -78,6 +78,3 @@ MODELS: list[ModelSpec] = [
 ]
 
 MODELS_BY_ID: dict[str, ModelSpec] = {m.id: m for m in MODELS}
-
-
-_register_remote_models(load=False)  # in the catalog, in order, when this module was imported before it

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import ASPECT_RATIOS, ModelSpec, ParamSpec, Price, _register_remote_models
+from .spec import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
 
 # --- input mapping -------------------------------------------------------------------------------
 
@@ -38,6 +38,10 @@ def _as_string(value: Any) -> Any:
 def _upper_p(value: Any) -> Any:
     """Hailuo spells resolutions "768P"."""
     return str(value).upper()
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {"string": _as_string, "upper": _upper_p, "image_size": _image_size}
+"""The conversions a catalog file may name (`convert`), by name."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,3 @@ MODELS: list[ModelSpec] = [
         15.0,
     ),
 ]
-
-
-_register_remote_models(load=False)  # in the catalog, in order, when this module was imported before it

@@ -1,0 +1,131 @@
+"""The catalog of what can be run: models, local operations, their parameters and prices.
+
+A package by responsibility, each module importable on its own (no module here imports the package):
+
+- `spec`: the types (ParamSpec, ModelSpec, Price, ...) and the shapes of ids and references;
+- `builtin`: local operations, the local and simulated models; `replicate`, `fal`, `openai`, `elevenlabs`:
+  each remote provider's models and how its adapter maps our params to its inputs;
+- `validation`: `check_params` and the wording of its messages; `pricing`: rough cost and time estimates;
+- `file`: parsing catalog files and plugins' model lists; `registry`: the catalog in use, with what
+  plugins and the catalog file (`REELFLOW_CATALOG_FILE`) install in it, loaded on first use.
+
+The names below are the ones other modules import from `reelflow.providers.catalog`.
+"""
+
+from __future__ import annotations
+
+from .builtin import (
+    BUILTIN_MODELS,
+    JOB_TYPES,
+    OPEN_PROVIDERS,
+    OPERATION_RULES,
+    OPERATIONS,
+    RUN_INPUT,
+    SIM_MAX_COST_USD,
+)
+from .file import (
+    FAL_CONVERTERS,
+    INPUT_MAPPED_BY,
+    NORMALISED_PARAMS,
+    CatalogFileError,
+    CatalogProblem,
+    FileLimits,
+    FileModel,
+    FileParam,
+    FileParamItem,
+    FilePrice,
+    FileRule,
+    UserModel,
+)
+from .pricing import estimate_cost, estimate_seconds
+from .registry import (
+    ParamSchema,
+    check_job_params,
+    get_model,
+    input_names,
+    install_model,
+    known_providers,
+    list_models,
+    load_catalog_file,
+    load_extensions,
+    models_for_type,
+    param_schema,
+    parse_catalog_text,
+    parse_model_entries,
+    register_model,
+    reset_extensions,
+    unregister_model,
+)
+from .spec import (
+    ASPECT_RATIOS,
+    MODEL_TYPES,
+    REFERENCE_PATTERN,
+    ModelSpec,
+    ParamRule,
+    ParamSpec,
+    ParamType,
+    Price,
+    is_http_url,
+    is_model_id,
+    is_reference,
+    unescape,
+)
+from .validation import check_params, fmt_number, join_or, params_with_defaults, show, suggest
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "BUILTIN_MODELS",
+    "FAL_CONVERTERS",
+    "INPUT_MAPPED_BY",
+    "JOB_TYPES",
+    "MODEL_TYPES",
+    "NORMALISED_PARAMS",
+    "OPEN_PROVIDERS",
+    "OPERATIONS",
+    "OPERATION_RULES",
+    "REFERENCE_PATTERN",
+    "RUN_INPUT",
+    "SIM_MAX_COST_USD",
+    "CatalogFileError",
+    "CatalogProblem",
+    "FileLimits",
+    "FileModel",
+    "FileParam",
+    "FileParamItem",
+    "FilePrice",
+    "FileRule",
+    "ModelSpec",
+    "ParamRule",
+    "ParamSchema",
+    "ParamSpec",
+    "ParamType",
+    "Price",
+    "UserModel",
+    "check_job_params",
+    "check_params",
+    "estimate_cost",
+    "estimate_seconds",
+    "fmt_number",
+    "get_model",
+    "input_names",
+    "install_model",
+    "is_http_url",
+    "is_model_id",
+    "is_reference",
+    "join_or",
+    "known_providers",
+    "list_models",
+    "load_catalog_file",
+    "load_extensions",
+    "models_for_type",
+    "param_schema",
+    "params_with_defaults",
+    "parse_catalog_text",
+    "parse_model_entries",
+    "register_model",
+    "reset_extensions",
+    "show",
+    "suggest",
+    "unescape",
+    "unregister_model",
+]
