@@ -85,11 +85,12 @@ def default_provider_limits() -> dict[str, ProviderLimit]:
     """The built-in HTTP adapters' documented limits (`default_limits`), by provider name."""
     from reelflow.providers.elevenlabs import ElevenLabsProvider
     from reelflow.providers.fal import FalProvider
+    from reelflow.providers.google import GoogleProvider
     from reelflow.providers.openai import OpenAIProvider
     from reelflow.providers.replicate import ReplicateProvider
 
     out: dict[str, ProviderLimit] = {}
-    for cls in (ReplicateProvider, FalProvider, ElevenLabsProvider, OpenAIProvider):
+    for cls in (ReplicateProvider, FalProvider, ElevenLabsProvider, OpenAIProvider, GoogleProvider):
         raw = cls.default_limits
         values: dict[str, Any] = {}
         if raw.get("max_concurrent") is not None:

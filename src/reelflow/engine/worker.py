@@ -71,7 +71,7 @@ CLAIM_RETRY_S = 2.0
 """Pause after a claim failed (the database unreachable past the store's own retries)."""
 DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
-LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai"})
+LOCAL_INPUT_PROVIDERS = frozenset({"local", "openai", "google"})
 """Providers that read `task.inputs` (files on this machine) rather than URLs: only for them are our artifacts
 fetched to local files before the job runs."""
 

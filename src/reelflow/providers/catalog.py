@@ -659,7 +659,7 @@ def estimate_seconds(model: ModelSpec | None, params: Mapping[str, Any], job_typ
     return model.est_seconds + model.est_seconds_per_second * _output_seconds(model, params)
 
 
-_REMOTE_CATALOGS = ("catalog_replicate", "catalog_fal", "catalog_elevenlabs", "catalog_openai")
+_REMOTE_CATALOGS = ("catalog_replicate", "catalog_fal", "catalog_elevenlabs", "catalog_openai", "catalog_google")
 
 
 def _register_remote_models(*, load: bool = True) -> None:

@@ -36,7 +36,7 @@ from .catalog import ModelSpec, UserModel, parse_model_entries
 log = logging.getLogger(__name__)
 
 GROUP = "reelflow.providers"
-BUILTIN_PROVIDERS: frozenset[str] = frozenset({"local", "sim", "replicate", "fal", "elevenlabs", "openai"})
+BUILTIN_PROVIDERS: frozenset[str] = frozenset({"local", "sim", "replicate", "fal", "elevenlabs", "openai", "google"})
 """Names a plugin may not take."""
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -14,6 +14,7 @@ CREDENTIALS = {
     "fal": "FAL_KEY",
     "elevenlabs": "ELEVENLABS_API_KEY",
     "openai": "OPENAI_API_KEY",
+    "google": "GEMINI_API_KEY",
 }
 
 
@@ -43,6 +44,7 @@ def default_providers() -> dict[str, Provider]:
     from .catalog import load_extensions
     from .elevenlabs import ElevenLabsProvider
     from .fal import FalProvider
+    from .google import GoogleProvider
     from .local import LocalProvider
     from .openai import OpenAIProvider
     from .plugins import make_providers
@@ -57,6 +59,7 @@ def default_providers() -> dict[str, Provider]:
         "fal": FalProvider(),
         "elevenlabs": ElevenLabsProvider(),
         "openai": OpenAIProvider(),
+        "google": GoogleProvider(),
     }
     for name, provider in make_providers().items():
         if name in providers:
