@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from conftest import WorkerFactory
 from fakes.google import FakeGoogle
+from fakes.runner import ThreadedServer
 from mediacheck import decoded_duration
 from reelflow import media
 from reelflow.engine.scheduler import Engine
@@ -139,6 +142,32 @@ async def test_an_image_url_on_a_private_address_is_refused_before_anything_is_s
         await p.submit(vtask(tmp_path, VEO, image="http://10.0.0.7/cat.png"))
     await p.aclose()
     assert fake.creates == 0 and not fake.requests
+
+
+async def test_an_image_url_is_fetched_without_the_key_when_private_addresses_are_allowed(
+    fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = tmp_path / "hosted.png"
+    await media.make_image(png, prompt="hosted", width=64, height=36)
+    asked: list[dict[str, str | None]] = []
+    app = FastAPI()
+
+    @app.get("/{name}")
+    async def serve(name: str, request: Request) -> Response:
+        asked.append({"name": name, "key": request.headers.get("x-goog-api-key")})
+        return Response(png.read_bytes(), media_type="image/png")
+
+    host = ThreadedServer(app, "image host").start()
+    try:
+        monkeypatch.setenv("REELFLOW_ALLOW_PRIVATE_URLS", "1")
+        p = provider(fake)
+        await p.submit(vtask(tmp_path, VEO, image=f"{host.url}/cat.png"))
+        await p.aclose()
+    finally:
+        host.stop()
+    assert asked == [{"name": "cat.png", "key": None}]
+    image = the_request(fake)["instances"][0]["image"]
+    assert image["mimeType"] == "image/png" and base64.b64decode(image["bytesBase64Encoded"]) == png.read_bytes()
 
 
 async def test_a_resolution_veo_makes_only_for_8_s_is_refused_before_sending(fake: FakeGoogle, tmp_path: Path) -> None:
@@ -438,3 +467,31 @@ async def test_a_safety_block_fails_the_job_at_once_with_the_reason(
     assert state["status"] == "failed"
     [clip] = state["jobs"]
     assert clip["attempts"] == 1 and "names a real person" in str(clip["error"]), clip
+
+
+@pytest.mark.parametrize("fault", ["drop", "delay"])
+async def test_a_lost_create_answer_is_paid_again_and_said(
+    fault: str, engine: Engine, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing lists Veo operations: after a lost answer the retry starts another one, and the job and the
+    execution record the possible duplicate charge (at the job's estimate)."""
+    with FakeGoogle(latency_s=0.3) as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", fake.key)
+        monkeypatch.setenv("REELFLOW_GOOGLE_BASE_URL", fake.base_url)
+        p = GoogleProvider(poll_initial_s=0.05, poll_max_s=0.3)
+        if fault == "drop":
+            fake.accept_then_drop(1)
+        else:
+            p.timeout = httpx.Timeout(connect=2.0, read=0.5, write=2.0, pool=2.0)
+            fake.accept_then_delay(1, delay_s=1.5)
+        job = {"id": "clip", "type": "generate-video", "model": FAST, "params": {"prompt": "waves", "duration": 4}}
+        eid = await engine.submit({"jobs": [job]})
+        estimate = float((await engine.get(eid))["jobs"][0]["cost"]["estimated"])
+        async with running_worker(providers_={"google": p}):
+            state = await engine.wait(eid, timeout=30, poll_s=0.1)
+        await p.aclose()
+        assert fake.creates == 2
+    assert state["status"] == "succeeded", state
+    [clip] = state["jobs"]
+    assert clip["possible_duplicates"] == state["possible_duplicates"] == 1
+    assert clip["possible_duplicate_charge"] == pytest.approx(estimate) == pytest.approx(0.4)

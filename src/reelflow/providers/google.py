@@ -174,9 +174,9 @@ class GoogleProvider(HttpAdapter):
     default_base_url = DEFAULT_BASE_URL
     key_env = KEY_ENV
     timeout = TIMEOUT
-    default_limits: ClassVar[dict[str, float]] = {"max_concurrent": 10}
-    """Google documents at most 10 Veo requests in flight per project (Gemini API quotas also depend on the
-    account's tier)."""
+    default_limits: ClassVar[dict[str, float]] = {}
+    """None built in: Veo quotas on the Gemini API are per project and depend on its tier (requests per minute and
+    per day, creates only); an operator sets `max_concurrent` in the limits file. A 429 slows the gate meanwhile."""
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.key}
