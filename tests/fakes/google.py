@@ -5,8 +5,8 @@
 
 - `POST /v1beta/models/{model}:predictLongRunning` checks the request as the Gemini API does (one instance with
   a `prompt`, inline images as `{bytesBase64Encoded, mimeType}`, `parameters` among aspectRatio, resolution,
-  durationSeconds, negativePrompt, personGeneration, seed, with the values each model takes; 1080p and 4k only
-  for 8 s; an unknown field is refused) and answers a long-running operation `{"name":
+  durationSeconds, negativePrompt, personGeneration, sampleCount, with the values each model takes; 1080p and 4k
+  only for 8 s; an unknown field, `seed` among them, is refused) and answers a long-running operation `{"name":
   "models/{model}/operations/{id}"}`.
 - `GET /v1beta/models/{model}/operations/{id}` answers `{"name", "done": false}` for `latency_s`, then `done:
   true` with `response.generateVideoResponse.generatedSamples[0].video.uri`, or with `error` (see
@@ -55,7 +55,8 @@ MODELS: dict[str, dict[str, list[Any]]] = {
     "veo-3.0-fast-generate-001": {"resolution": ["720p", "1080p"], "durationSeconds": [8]},
 }
 INSTANCE_FIELDS = {"prompt", "image", "lastFrame", "referenceImages"}
-PARAMETER_FIELDS = {"aspectRatio", "resolution", "durationSeconds", "negativePrompt", "personGeneration", "seed"}
+PARAMETER_FIELDS = {"aspectRatio", "resolution", "durationSeconds", "negativePrompt", "personGeneration", "sampleCount"}
+"""As the Gemini API takes them for Veo (no seed, fps, generateAudio: Vertex AI only)."""
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
 CODES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED"}
 CODES |= {500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}

@@ -32,9 +32,10 @@ INPUT_MAP: dict[str, tuple[Place, str]] = {
     "resolution": ("parameter", "resolution"),
     "duration": ("parameter", "durationSeconds"),
     "person_generation": ("parameter", "personGeneration"),
-    "seed": ("parameter", "seed"),
 }
-"""Our parameter name -> where it goes in the request and under which Gemini API name."""
+"""Our parameter name -> where it goes in the request and under which Gemini API name. As Google's own SDKs map
+them for the Gemini API (googleapis/java-genai `Models.generateVideosConfigToMldev`), which refuse `seed`, `fps`,
+`generateAudio` and `outputGcsUri` there (Vertex AI only): those are not offered."""
 
 IMAGE_PARAMS: frozenset[str] = frozenset({"image", "last_frame"})
 """Parameters that are images, sent inline as `{"bytesBase64Encoded", "mimeType"}`."""
@@ -74,7 +75,6 @@ def _params(resolutions: list[str], *, last_frame: bool, durations: list[int]) -
             choices=["allow_all", "allow_adult", "dont_allow"],
             description="Whether people may appear (Google restricts some values by region and input).",
         ),
-        "seed": ParamSpec(type="integer", minimum=0, maximum=2**32 - 1, description="Random seed (best effort)."),
     }
     if last_frame:
         params["last_frame"] = ParamSpec(type="url", description="A last frame to end on (needs `image`).")
