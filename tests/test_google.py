@@ -131,6 +131,26 @@ async def test_a_stored_image_goes_inline_with_its_mime_type(fake: FakeGoogle, t
     assert base64.b64decode(instance["lastFrame"]["bytesBase64Encoded"]) == last.read_bytes()
 
 
+async def test_an_input_is_typed_by_its_bytes_and_what_is_not_an_image_is_refused(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    nameless, text = tmp_path / "artifact", tmp_path / "notes.png"
+    await media.make_image(tmp_path / "a.jpg", prompt="a", width=64, height=36)
+    nameless.write_bytes((tmp_path / "a.jpg").read_bytes())
+    text.write_bytes(b"not an image at all")
+    p = provider(fake)
+    task = vtask(tmp_path, VEO, image="https://example.com/a")
+    task.inputs = {"image": nameless}
+    await p.submit(task)
+    assert the_request(fake)["instances"][0]["image"]["mimeType"] == "image/jpeg"
+    task = vtask(tmp_path, VEO, image="https://example.com/notes.png")
+    task.inputs = {"image": text}
+    with pytest.raises(PermanentError, match="must be jpeg, png or webp"):
+        await p.submit(task)
+    await p.aclose()
+    assert fake.creates == 1
+
+
 async def test_an_image_url_on_a_private_address_is_refused_before_anything_is_sent(
     fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,6 @@ import asyncio
 import base64
 import json
 import logging
-import mimetypes
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,7 +72,6 @@ MAX_POLL_FAILURES = 5
 _MODEL_RE = re.compile(r"^google/([a-z0-9][a-z0-9.-]{0,127})$")
 _OPERATION_RE = re.compile(r"^models/[a-z0-9][a-z0-9.-]{0,127}/operations/[A-Za-z0-9_-]{1,256}$")
 _DELAY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
-_IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _TRANSIENT_STATUSES = frozenset({"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED"})
@@ -158,13 +156,16 @@ def _origin(url: str) -> tuple[str, str | None, int | None] | None:
     return parts.scheme, parts.hostname.lower(), port
 
 
-def _image_type(path: Path, declared: str | None) -> str:
-    content_type = (declared or "").split(";", 1)[0].strip().lower()
-    if content_type not in _IMAGE_TYPES:
-        content_type = mimetypes.guess_type(path.name)[0] or content_type
-    if content_type == "image/jpg":
-        content_type = "image/jpeg"
-    return content_type
+def _image_type(data: bytes) -> str | None:
+    """The MIME type of a JPEG, PNG or WebP image, from its first bytes (whatever its name or server says);
+    None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 class GoogleProvider(HttpAdapter):
@@ -213,7 +214,6 @@ class GoogleProvider(HttpAdapter):
         """An image parameter inline: our stored artifact when it is one, else downloaded through the egress
         guard (public addresses only, unless allowed), size-limited, as base64 with its MIME type."""
         local = task.inputs.get(param)
-        declared: str | None = None
         if local is not None:
             path = Path(local)
         else:
@@ -226,7 +226,7 @@ class GoogleProvider(HttpAdapter):
                 raise PermanentError(f"google: fetching '{param}': {problem}")
             client = self.guarded_http(policy, timeout=self.timeout)
             try:
-                path, declared = await fetch_output(
+                path, _ = await fetch_output(
                     client, str(url), task.workdir / f"input-{param}", limit_bytes=MAX_IMAGE_BYTES
                 )
             except ProviderError as exc:
@@ -238,9 +238,9 @@ class GoogleProvider(HttpAdapter):
             raise PermanentError(f"google: input '{param}' is missing from the worker's disk") from None
         if len(data) > MAX_IMAGE_BYTES:
             raise PermanentError(f"google: image '{param}' is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES}")
-        mime = _image_type(path, declared)
-        if mime not in _IMAGE_TYPES:
-            raise PermanentError(f"google: image '{param}' must be jpeg, png or webp (got {mime or 'unknown'})")
+        mime = _image_type(data)
+        if mime is None:
+            raise PermanentError(f"google: image '{param}' must be jpeg, png or webp (its bytes are none of these)")
         return {"bytesBase64Encoded": base64.b64encode(data).decode("ascii"), "mimeType": mime}
 
     # --- the protocol ----------------------------------------------------------------------------
