@@ -233,11 +233,12 @@ class GoogleProvider(HttpAdapter):
                 message = exc.message.replace("the output", "the image")
                 raise type(exc)(f"google: fetching '{param}': {message}", retry_after=exc.retry_after) from None
         try:
+            size = (await asyncio.to_thread(path.stat)).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise PermanentError(f"google: image '{param}' is {size} bytes, over the limit of {MAX_IMAGE_BYTES}")
             data = await asyncio.to_thread(path.read_bytes)
         except OSError:
             raise PermanentError(f"google: input '{param}' is missing from the worker's disk") from None
-        if len(data) > MAX_IMAGE_BYTES:
-            raise PermanentError(f"google: image '{param}' is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES}")
         mime = _image_type(data)
         if mime is None:
             raise PermanentError(f"google: image '{param}' must be jpeg, png or webp (its bytes are none of these)")
@@ -343,8 +344,8 @@ class GoogleProvider(HttpAdapter):
     async def _download(self, task: Task, name: str, uri: str) -> Path:
         """The video, with the key only when `uri` is on the base's own origin; a redirect from there is
         followed without the key through the egress guard. Streamed to the workdir, size- and time-limited."""
-        if _origin(uri) is None or _origin(uri) != _origin(self.base_url):
-            shown = _origin(uri)
+        shown = _origin(uri)
+        if shown is None or shown != _origin(self.base_url):
             where = f"{shown[0]}://{shown[1]}:{shown[2]}" if shown else "a URL that is not plain http(s)"
             raise PermanentError(
                 f"google: operation {name} names its video on {where}, not on the API's origin; "
