@@ -15,10 +15,12 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from conftest import WorkerFactory
-from fakes.google import FakeGoogle
+from fakes.google import FakeGoogle, video_media
+from fakes.hostile import playlist_naming
 from fakes.runner import ThreadedServer
 from mediacheck import decoded_duration
 from reelflow import media
+from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.providers.base import (
     CannotReconcile,
@@ -515,3 +517,56 @@ async def test_a_lost_create_answer_is_paid_again_and_said(
     [clip] = state["jobs"]
     assert clip["possible_duplicates"] == state["possible_duplicates"] == 1
     assert clip["possible_duplicate_charge"] == pytest.approx(estimate) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("answer", ["redirect to a private address", "playlist naming a local file", "text"])
+async def test_a_hostile_video_answer_fails_the_job_for_good_and_stores_nothing(
+    answer: str,
+    engine: Engine,
+    running_worker: WorkerFactory,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The video URI is on the API's origin (so it gets the key) but answers what no video is: a redirect to an
+    internal service (followed without the key, and refused by the egress guard), an HLS playlist naming a local
+    file, or text. Nothing is stored, nothing internal is reached, and the job is not retried."""
+    hits: list[str] = []
+    internal_app = FastAPI()
+
+    @internal_app.get("/{name}")
+    async def secret(name: str) -> Response:
+        hits.append(name)
+        return Response(b'{"secret": "s3cr3t"}', media_type="application/json")
+
+    internal = ThreadedServer(internal_app, "internal").start()
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes(video_media(1))
+    try:
+        with FakeGoogle(latency_s=0.1) as fake:
+            monkeypatch.setenv("GEMINI_API_KEY", fake.key)
+            monkeypatch.setenv("REELFLOW_GOOGLE_BASE_URL", fake.base_url)
+            if answer == "text":
+                fake.hostile.serve("clip.mp4", b'{"secret": "s3cr3t"}', "application/octet-stream")
+            elif answer.startswith("playlist"):
+                fake.hostile.serve("clip.mp4", playlist_naming(f"file://{elsewhere}"), "video/mp4")
+            else:
+                fake.hostile.redirect("clip.mp4", f"{internal.url}/secret")
+            fake.video_uri_override = f"{fake.origin}/hostile/clip.mp4"
+            job = {"id": "clip", "type": "generate-video", "model": FAST, "params": {"prompt": "waves", "duration": 4}}
+            eid = await engine.submit({"jobs": [{**job, "max_attempts": 3}]})
+            p = GoogleProvider(poll_initial_s=0.05, poll_max_s=0.2)
+            async with running_worker(providers_={"google": p}):
+                state = await engine.wait(eid, timeout=30, poll_s=0.1)
+            await p.aclose()
+            assert fake.creates == 1 and fake.hostile.hits["clip.mp4"] == 1
+    finally:
+        internal.stop()
+    [clip] = state["jobs"]
+    assert clip["status"] == "failed" and clip["attempts"] == 1, clip
+    assert clip.get("result") is None and "s3cr3t" not in str(clip["error"])
+    assert hits == []
+    root = Path(settings.storage_url.removeprefix("file://"))
+    assert not root.exists() or not [f for f in root.rglob("*") if f.is_file()]
+    if answer.startswith("redirect"):
+        assert f"refused: {internal.url}/secret is not a public address" in clip["error"]

@@ -19,7 +19,9 @@
   RESOURCE_EXHAUSTED carrying a `google.rpc.RetryInfo` with `retryDelay` ("17s").
 
 Knobs: `fail_next_creates_with`, `fail_next_gets_with`, `operations_fail`, `safety_block`, `video_uri_origin`
-(the video URI names another origin), `drop_connection_next`, `accept_then_drop`, `accept_then_delay`.
+(the video URI names another origin), `video_uri_override` (it names this URL, e.g. one of the `hostile` routes,
+which serve any bytes or redirects at `/hostile/<name>`), `redirect_downloads`, `drop_connection_next`,
+`accept_then_drop`, `accept_then_delay`.
 Counters: `creates` (operations really started: the work that runs and is billed), `gets`, `downloads`;
 `requests` logs every call (method, path, query, the key header).
 """
@@ -41,6 +43,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from fakes.hostile import HostileRoutes
 from fakes.runner import ThreadedServer
 from reelflow import media
 
@@ -140,6 +143,9 @@ class FakeGoogle:
     """Operations name their video on this origin (`http://host:port`) instead of the fake's own."""
     redirect_downloads: bool = False
     """The video URI answers 302 to a signed URL on the fake's origin that needs no key."""
+    video_uri_override: str | None = None
+    """Operations name this as their video URI (e.g. a `/hostile/<name>` route of the fake)."""
+    hostile: HostileRoutes = field(default_factory=HostileRoutes)
 
     def __post_init__(self) -> None:
         self._create_fail: FailPlan | None = None
@@ -280,7 +286,7 @@ class FakeGoogle:
             answer = {"raiMediaFilteredCount": 1, "raiMediaFilteredReasons": op.filtered}
         else:
             origin = self.video_uri_origin or self.origin
-            uri = f"{origin}/v1beta/files/{op.file_id}:download?alt=media"
+            uri = self.video_uri_override or f"{origin}/v1beta/files/{op.file_id}:download?alt=media"
             answer = {"generatedSamples": [{"video": {"uri": uri}}]}
         response = {
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
@@ -373,6 +379,10 @@ class FakeGoogle:
                 return Response(b"forbidden", status_code=403, media_type="text/plain")
             fake.downloads += 1
             return Response(video_media(op.seconds), media_type="video/mp4")
+
+        @app.get("/hostile/{name}")
+        async def hostile(name: str) -> Response:
+            return fake.hostile.response(name)
 
         return app
 
