@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,8 @@ async def test_a_quota_429_is_transient_not_sent_with_its_retry_delay(fake: Fake
         await p.submit(vtask(tmp_path))
     assert caught.value.retry_after == 17.0 and caught.value.not_sent
     assert "RESOURCE_EXHAUSTED" in caught.value.message
+    assert p.gate.hold_until > time.monotonic() + 15  # every create of this process waits as long
+    p.gate.hold_until = 0.0
     fake.fail_next_creates_with(429, retry_after=3)  # no RetryInfo: the Retry-After header
     with pytest.raises(TransientError) as caught:
         await p.submit(vtask(tmp_path))

@@ -30,6 +30,7 @@ import base64
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
@@ -253,7 +254,11 @@ class GoogleProvider(HttpAdapter):
         doing = f"creating a video with {task.model}"
         response = await self.send("POST", f"/models/{model}:predictLongRunning", doing=doing, json=body)
         if not response.is_success:
-            raise classify(response, doing)
+            error = classify(response, doing)
+            if response.status_code == 429 and error.retry_after and retry_after(response) is None:
+                # the delay is in the body, which the gate did not read: hold this process's creates as long
+                self.gate.hold_until = max(self.gate.hold_until, time.monotonic() + error.retry_after)
+            raise error
         operation = _json_object(response, doing)
         name = operation.get("name")
         if not isinstance(name, str) or not _OPERATION_RE.match(name):
