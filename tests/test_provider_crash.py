@@ -107,3 +107,34 @@ async def test_a_worker_killed_after_submission_never_submits_twice(
 
 def env_provider(job: dict[str, Any]) -> str:
     return str(job["model"]).split("/", 1)[0]
+
+
+# --- google (Veo on the Gemini API): its own block, so the list above can change without touching it -----------
+
+
+@contextmanager
+def google() -> Iterator[tuple[dict[str, str], Callable[[], int], Callable[[], Provider], dict[str, Any]]]:
+    from fakes.google import FakeGoogle
+    from reelflow.providers.google import GoogleProvider
+
+    with FakeGoogle(latency_s=LATENCY_S) as fake:
+        env = {"REELFLOW_GOOGLE_BASE_URL": fake.base_url, "GEMINI_API_KEY": fake.key}
+        job = {
+            "type": "generate-video",
+            "model": "google/veo-3.1-fast-generate-preview",
+            "params": {"prompt": "waves", "duration": 4},
+        }
+        yield env, lambda: fake.creates, lambda: GoogleProvider(fake.key, fake.base_url, poll_max_s=0.5), job
+
+
+async def test_a_worker_killed_after_a_veo_operation_started_never_starts_another(
+    engine: Engine,
+    settings: Settings,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    running_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await test_a_worker_killed_after_submission_never_submits_twice(
+        google, engine, settings, worker_env, tmp_path, running_worker, monkeypatch
+    )

@@ -1,11 +1,11 @@
 """Run the fake providers by hand, to try reelflow end to end with no provider account and no network.
 
-    .venv/bin/python tests/fakes/__main__.py [replicate|fal|elevenlabs|openai|all ...] [--port N] [--latency S]
+    .venv/bin/python tests/fakes/__main__.py [replicate|fal|elevenlabs|openai|google|all ...] [--port N] [--latency S]
 
 Starts the chosen fakes (default: all) on 127.0.0.1, prints the `export` lines to paste into the shell
 where you run `reelflow` (each fake's base URL and key), and serves until Ctrl-C. `--port N` puts the
 fakes on N, N+1, ... in the order named (default: free ports); `--latency S` sets how long a fake's
-work takes where the fake has that knob (replicate, fal).
+work takes where the fake has that knob (replicate, fal, google).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ FAKES: dict[str, tuple[str, str, str]] = {
     "fal": ("fakes.fal", "FakeFal", "FAL_KEY"),
     "elevenlabs": ("fakes.elevenlabs", "FakeElevenLabs", "ELEVENLABS_API_KEY"),
     "openai": ("fakes.openai", "FakeOpenAI", "OPENAI_API_KEY"),
+    "google": ("fakes.google", "FakeGoogle", "GEMINI_API_KEY"),
 }
 """Provider -> (module, class, the environment variable its key goes in)."""
 

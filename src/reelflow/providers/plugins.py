@@ -49,6 +49,7 @@ BUILTIN_ENTRY_POINTS: dict[str, str] = {
     "fal": "reelflow.providers.fal:FalProvider",
     "elevenlabs": "reelflow.providers.elevenlabs:ElevenLabsProvider",
     "openai": "reelflow.providers.openai:OpenAIProvider",
+    "google": "reelflow.providers.google:GoogleProvider",
 }
 """The built-in providers, as the entry points a plugin distribution would declare (loaded by `load_builtins`)."""
 BUILTIN_PROVIDERS: frozenset[str] = frozenset(BUILTIN_ENTRY_POINTS)

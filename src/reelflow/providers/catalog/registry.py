@@ -20,7 +20,7 @@ import yaml
 
 from reelflow.errors import ErrorItem
 
-from . import elevenlabs, fal, openai, replicate
+from . import elevenlabs, fal, google, openai, replicate
 from . import file as catalog_file
 from .builtin import BUILTIN_MODELS, OPEN_PROVIDERS, OPERATION_RULES, OPERATIONS, RUN_INPUT
 from .file import CatalogFileError, CatalogProblem, UserModel
@@ -30,7 +30,7 @@ from .validation import check_params
 if TYPE_CHECKING:
     from reelflow.config import Settings
 
-REMOTE_CATALOGS = (replicate, fal, elevenlabs, openai)
+REMOTE_CATALOGS = (replicate, fal, elevenlabs, openai, google)
 """The built-in remote providers' data modules, in catalog order (after the built-in models)."""
 
 _MODELS: dict[str, ModelSpec] = {m.id: m for m in BUILTIN_MODELS}
