@@ -319,10 +319,10 @@ function route() {
   const { parts, params } = parseHash();
   const ctx = current;
   fill(view);
-  if (parts[0] === "executions" && parts[1]) {
+  if (parts[0] === "executions" && parts.length === 2) {
     setNav("executions");
     showExecution(view, ctx, parts[1]);
-  } else if (parts[0] === "deliveries") {
+  } else if (parts[0] === "deliveries" && parts.length === 1) {
     setNav("deliveries");
     showDeliveries(view, ctx, params);
   } else if (parts[0] === "webhooks" && parts.length === 1) {
