@@ -519,7 +519,6 @@ def test_redeliver_a_webhook_from_the_deliveries_page(page: Page, api: ApiServer
         everything = http.get("/v1/webhook-deliveries").json()["data"]
     assert any(d["execution_id"] == eid for d in everything)
     expect(page.locator("#deliveries tbody tr[data-id]")).to_have_count(len(everything))
-    screenshot(page, "ui-deliveries.png")
 
 
 # ---------------------------------------------------------------------------------------------- lists
@@ -580,7 +579,7 @@ def test_narrow_screens_keep_everything_within_the_width(
     eid = submit(api, key, {"jobs": diamond})
     finished(api, key, eid)
     console.expect_failure("/v1/stats")  # 404 until the server has the endpoint
-    for hash_ in ("#/executions", f"#/executions/{eid}", "#/deliveries", "#/overview"):
+    for hash_ in ("#/executions", f"#/executions/{eid}", "#/deliveries", "#/overview", "#/workers", "#/nowhere"):
         page.goto(f"/ui{hash_}")
         expect(page.locator("main .loading")).to_have_count(0)
         page.wait_for_timeout(200)
@@ -757,6 +756,7 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
         assert top == job["id"]
 
     assert_one_time_format(page)
+    page.evaluate("document.getElementById('jobs').scrollIntoView(); window.scrollBy(0, -64)")
     screenshot(page, "ui-execution-plan.png")
     context.close()
 
@@ -880,9 +880,12 @@ def test_webhook_attempts_show_the_request_and_the_response(
     expect(exchange.locator(".response .label")).to_contain_text("HTTP 200")
     expect(exchange.locator(".response pre")).to_have_text("{}")
     assert_one_time_format(page)
+    screenshot(page, "ui-deliveries.png")
 
 
 def test_the_workers_page_and_unknown_pages(page: Page, api: ApiServer, key: str, console: Console) -> None:
+    busy = submit(api, key, {"jobs": [sim("long-render", latency_s=30)]})
+    wait_for(lambda: state(api, key, busy)["status"] == "running", "the long execution to start")
     with api.client(key) as http:
         stats = http.get("/v1/stats")
     page.goto("/ui#/overview")
@@ -900,6 +903,8 @@ def test_the_workers_page_and_unknown_pages(page: Page, api: ApiServer, key: str
         expect(page.locator("#worker-providers tbody tr")).to_have_count(len(figures["providers"]))
         assert_one_time_format(page)
     screenshot(page, "ui-workers.png")
+    with api.client(key) as http:
+        assert http.post(f"/v1/executions/{busy}/cancel").status_code == 200
 
     page.goto("/ui#/webhooks")
     expect(page.get_by_role("heading", name="Webhook deliveries")).to_be_visible()
