@@ -640,8 +640,9 @@ TIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 def with_params(page: Page, plan: dict[str, Any], execution_id: str) -> list[bool]:
-    """Until the API's job states carry `params`, add the submitted ones to GET /v1/executions/{id} in the page
-    (a no-op once the server gives them). Answers a list that holds True once a state had to be completed."""
+    """Until the API's states carry them, add each job's submitted `params` and the execution's `outputs` (every
+    leaf job's output) to GET /v1/executions/{id} in the page (a no-op once the server gives them). Answers a
+    list that holds True once a state had to be completed."""
     added: list[bool] = []
     by_id = {j["id"]: j.get("params", {}) for j in plan["jobs"]}
 
@@ -652,6 +653,19 @@ def with_params(page: Page, plan: dict[str, Any], execution_id: str) -> list[boo
             if "params" not in job:
                 job["params"] = by_id.get(job["id"], {})
                 added.append(True)
+        if "outputs" not in body:
+            needed = {d for job in body.get("jobs", []) for d in job.get("depends_on", [])}
+            body["outputs"] = [
+                {
+                    "job_id": j["id"],
+                    "type": j["type"],
+                    "url": j["result"]["url"],
+                    "duration": j["result"].get("duration"),
+                }
+                for j in body.get("jobs", [])
+                if j["id"] not in needed and j.get("result") and j["result"].get("url")
+            ]
+            added.append(True)
         route.fulfill(response=response, json=body)
 
     page.route(re.compile(rf"/v1/executions/{execution_id}$"), handle)
@@ -698,6 +712,12 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
     with_params(page, plan, eid)
     page.goto(f"/ui#/executions/{eid}")
     expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+
+    # the execution's outputs: one row per leaf job
+    rows = page.locator("#exec-outputs tbody tr")
+    expect(rows).to_have_count(2)
+    assert sorted(r.get_attribute("data-job") or "" for r in rows.all()) == ["score", "shot"]
+    expect(rows.first.locator(".out-link a")).to_have_attribute("href", re.compile(r"^https://sim\.invalid/"))
 
     # the prompt and every other parameter, per job
     for job in plan["jobs"]:

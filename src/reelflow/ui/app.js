@@ -1073,6 +1073,11 @@ function showExecution(view, ctx, executionId) {
   const graphBox = h("div", { class: "graph-wrap", id: "graph" });
   const jobsBox = h("div", { class: "jobs", id: "jobs" });
   const timelineBox = h("div", { class: "timeline", id: "timeline" });
+  const outputsBody = h("tbody", {});
+  const outputsPanel = h("section", { class: "panel hidden", id: "exec-outputs" }, h("header", {}, h("h2", {}, "Outputs"),
+    h("span", { class: "muted" }, "every leaf job's output")),
+  h("div", { class: "table-wrap" }, h("table", { class: "table cards" }, h("thead", {}, h("tr", {}, h("th", {}, "Job"),
+    h("th", {}, "Type"), h("th", { class: "num" }, "Duration"), h("th", {}, "Link"))), outputsBody)));
   const jobEvents = new Map(); // job id -> its events, oldest first (the provider's log of that job)
   const planPre = h("pre", { class: "json", id: "plan-json" });
   const planNote = h("span", { class: "muted", id: "plan-note" });
@@ -1094,6 +1099,7 @@ function showExecution(view, ctx, executionId) {
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Pipeline"),
       h("span", { class: "muted", id: "job-tally" })), graphBox,
     h("div", { class: "legend graph-legend" }, JOB_STATUSES.map((st) => h("span", { dataset: { status: st } }, h("span", { class: "dot" }), st)))),
+    outputsPanel,
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "waiting in the queue, then running")), timelineBox),
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Jobs")), jobsBox),
     h("section", { class: "panel", id: "plan" }, h("header", {}, h("h2", {}, "Plan"), planNote,
@@ -1151,12 +1157,30 @@ function showExecution(view, ctx, executionId) {
     updateGraph?.(jobs);
     for (const j of jobs) renderJob(j);
     drawTimeline(timelineBox, ex);
+    renderOutputsTable(ex);
     if (!editing) {
       const plan = planOf(ex);
       const text = JSON.stringify(plan, null, 2);
       if (planPre.textContent !== text) planPre.textContent = text;
       planNote.textContent = ex.plan || jobs.some((j) => j.params) ? "" : "this server's state gives no job parameters";
     }
+  }
+
+  /** The execution's `outputs` (every leaf job's output), when the state lists them. */
+  function renderOutputsTable(ex) {
+    const outs = Array.isArray(ex.outputs) ? ex.outputs.filter((o) => o && typeof o === "object") : [];
+    outputsPanel.classList.toggle("hidden", !outs.length);
+    fill(outputsBody, outs.map((o) => {
+      const job = o.job_id ?? o.job ?? o.id ?? "";
+      const url = typeof o.url === "string" ? o.url : "";
+      const opens = url && (!artifactPath(url) || /[?&]sig=/.test(url)); // a signed link opens without the key
+      return h("tr", { dataset: { job } },
+        h("td", { "data-label": "Job" }, h("a", { class: "mono", href: `#job-${job}`, onclick: (e) => { e.preventDefault(); pickJob(job); } }, job || DASH)),
+        h("td", { "data-label": "Type", class: "mono" }, o.type ?? o.content_type ?? DASH),
+        h("td", { class: "num", "data-label": "Duration" }, isNum(o.duration) ? fmtSeconds(o.duration) : DASH),
+        h("td", { "data-label": "Link", class: "out-link" }, opens ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer", class: "mono" }, url.split("?")[0].split("/").pop() || url)
+          : h("span", { class: "muted" }, "played in the job's card")));
+    }));
   }
 
   function openEditor() {
