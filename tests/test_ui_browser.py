@@ -825,7 +825,9 @@ def test_search_and_filter_the_executions(browser: Browser, api: ApiServer, cons
     page.goto("/ui#/executions")
     rows = page.locator("#executions tbody tr[data-id]")
     expect(rows).to_have_count(3)
-    ids = lambda: sorted(r.get_attribute("data-id") or "" for r in rows.all())  # noqa: E731
+
+    def ids() -> list[str]:
+        return sorted(r.get_attribute("data-id") or "" for r in rows.all())
 
     page.locator("#f-meta").fill("shot=2")
     page.locator("#f-apply").click()
@@ -925,6 +927,25 @@ def test_the_workers_page_and_unknown_pages(page: Page, api: ApiServer, key: str
     screenshot(page, "ui-workers.png")
     with api.client(key) as http:
         assert http.post(f"/v1/executions/{busy}/cancel").status_code == 200
+    if stats.status_code == 200 and "list" not in stats.json()["workers"]:  # per worker and per queue, once given
+        extra = {
+            "list": [{"id": "vm-1", "slots": 8, "slots_in_use": 3, "last_seen": "2026-12-06T10:00:00Z"}],
+            "queues": [{"name": "replicate", "depth": 4}, {"name": "local", "depth": 0}],
+        }
+
+        def handle(route: Any) -> None:
+            response = route.fetch()
+            body = response.json()
+            body["workers"]["list"] = extra["list"]
+            body["queues"] = extra["queues"]
+            route.fulfill(response=response, json=body)
+
+        page.route(re.compile(r"/v1/stats$"), handle)
+        page.reload()
+        expect(page.locator("#worker-list tbody tr")).to_have_count(1)
+        expect(page.locator("#worker-list tbody tr")).to_contain_text("3 of 8")
+        expect(page.locator("#queue-list tbody tr")).to_have_count(2)
+        expect(page.locator("#queue-list tbody tr").first).to_contain_text("replicate4")
 
     page.goto("/ui#/webhooks")
     expect(page.get_by_role("heading", name="Webhook deliveries")).to_be_visible()
