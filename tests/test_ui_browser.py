@@ -17,9 +17,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -377,6 +379,22 @@ def test_the_execution_page_follows_a_run_live_and_plays_its_outputs(
         "() => { const a = document.querySelector('#job-voice audio'); return a && a.readyState >= 1 && a.duration; }"
     ).json_value()
     assert 1.5 < audio_s < 2.5
+    # before it plays, the video shows a frame (not black): it loads its metadata and seeks to 0.1 s
+    poster = page.wait_for_function(
+        """() => {
+          const v = document.querySelector('#job-final video');
+          if (!v || v.readyState < 2 || v.currentTime === 0 || !v.paused) return false;
+          const c = document.createElement('canvas');
+          c.width = 64; c.height = 36;
+          const g = c.getContext('2d');
+          g.drawImage(v, 0, 0, 64, 36);
+          const px = g.getImageData(0, 0, 64, 36).data;
+          let sum = 0;
+          for (let i = 0; i < px.length; i += 4) sum += (px[i] + px[i + 1] + px[i + 2]) / 3;
+          return {mean: sum / (px.length / 4), preload: v.preload, time: v.currentTime};
+        }"""
+    ).json_value()
+    assert poster["preload"] == "metadata" and 0 < poster["time"] <= 0.15 and poster["mean"] > 8, poster
     video = page.wait_for_function(
         """async () => {
           const v = document.querySelector('#job-final video');
@@ -501,7 +519,6 @@ def test_redeliver_a_webhook_from_the_deliveries_page(page: Page, api: ApiServer
         everything = http.get("/v1/webhook-deliveries").json()["data"]
     assert any(d["execution_id"] == eid for d in everything)
     expect(page.locator("#deliveries tbody tr[data-id]")).to_have_count(len(everything))
-    screenshot(page, "ui-deliveries.png")
 
 
 # ---------------------------------------------------------------------------------------------- lists
@@ -562,7 +579,7 @@ def test_narrow_screens_keep_everything_within_the_width(
     eid = submit(api, key, {"jobs": diamond})
     finished(api, key, eid)
     console.expect_failure("/v1/stats")  # 404 until the server has the endpoint
-    for hash_ in ("#/executions", f"#/executions/{eid}", "#/deliveries", "#/overview"):
+    for hash_ in ("#/executions", f"#/executions/{eid}", "#/deliveries", "#/overview", "#/workers", "#/nowhere"):
         page.goto(f"/ui{hash_}")
         expect(page.locator("main .loading")).to_have_count(0)
         page.wait_for_timeout(200)
@@ -615,3 +632,325 @@ def test_the_overview_shows_the_stats_or_says_they_are_not_available(
     expect(page.locator(f'#executions tr[data-id="{running}"]')).to_have_attribute(
         "data-status", "canceled", timeout=10_000
     )
+
+
+# ---------------------------------------------------------------------------------------------- item 16 of issue 15
+
+TIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+def with_params(page: Page, plan: dict[str, Any], execution_id: str) -> list[bool]:
+    """Until the API's states carry them, add each job's submitted `params` and the execution's `outputs` (every
+    leaf job's output) to GET /v1/executions/{id} in the page (a no-op once the server gives them). Answers a
+    list that holds True once a state had to be completed."""
+    added: list[bool] = []
+    by_id = {j["id"]: j.get("params", {}) for j in plan["jobs"]}
+
+    def handle(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        for job in body.get("jobs", []):
+            if "params" not in job:
+                job["params"] = by_id.get(job["id"], {})
+                added.append(True)
+        if "outputs" not in body:
+            needed = {d for job in body.get("jobs", []) for d in job.get("depends_on", [])}
+            body["outputs"] = [
+                {
+                    "job_id": j["id"],
+                    "type": j["type"],
+                    "url": j["result"]["url"],
+                    "duration": j["result"].get("duration"),
+                }
+                for j in body.get("jobs", [])
+                if j["id"] not in needed and j.get("result") and j["result"].get("url")
+            ]
+            added.append(True)
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(rf"/v1/executions/{execution_id}$"), handle)
+    return added
+
+
+def sse_events(api: ApiServer, api_key: str, execution_id: str) -> list[dict[str, Any]]:
+    with api.client(api_key) as http:
+        text = http.get(f"/v1/executions/{execution_id}/events").text
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def assert_one_time_format(page: Page) -> None:
+    times = page.locator("main time")
+    assert times.count() > 0
+    for text, title in page.eval_on_selector_all("main time", "ts => ts.map((t) => [t.textContent, t.title])"):
+        assert TIME_TEXT.match(text), f"time shown as {text!r}"
+        assert title.endswith("ago") or title == "just now", title
+
+
+def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    plan = {
+        "jobs": [
+            sim("storyboard", "image", prompt="a lighthouse in fog, wide shot", latency_s=0.4, seed=7),
+            sim(
+                "shot",
+                "video",
+                prompt="the beam sweeps the waves",
+                latency_s=0.6,
+                duration=4,
+                depends_on=["storyboard"],
+            ),
+            sim("score", "audio", prompt="low strings", latency_s=0.2, depends_on=["storyboard"], max_attempts=5),
+        ],
+        "metadata": {"order": 77, "client": "harbour"},
+    }
+    eid = submit(api, key, plan)
+    done = finished(api, key, eid)
+    assert done["status"] == "succeeded"
+    context, page = new_page(browser, api, console, key)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    with_params(page, plan, eid)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+
+    # the execution's outputs: one row per leaf job
+    rows = page.locator("#exec-outputs tbody tr")
+    expect(rows).to_have_count(2)
+    assert sorted(r.get_attribute("data-job") or "" for r in rows.all()) == ["score", "shot"]
+    expect(rows.first.locator(".out-link a")).to_have_attribute("href", re.compile(r"^https://sim\.invalid/"))
+
+    # the prompt and every other parameter, per job
+    for job in plan["jobs"]:
+        card = page.locator(f"#job-{job['id']}")
+        expect(card.locator("blockquote.prompt")).to_have_text(job["params"]["prompt"])
+        for name, value in job["params"].items():
+            if name != "prompt":
+                expect(card.locator(f'dd[data-param="{name}"]')).to_have_text(json.dumps(value))
+
+    # the plan as JSON, the same as submitted, and copied as it is shown
+    shown = json.loads(page.locator("#plan-json").text_content() or "")
+    assert shown["metadata"] == plan["metadata"]
+    for submitted, got in zip(plan["jobs"], shown["jobs"], strict=True):
+        assert {k: got.get(k) for k in submitted} == submitted, got
+    page.locator("#plan-copy").click()
+    expect(page.locator(".toast")).to_contain_text("Plan copied")
+    assert json.loads(page.evaluate("navigator.clipboard.readText()")) == shown
+
+    # the timeline: each job's bar starts and ends at its API times, dependents after what they wait for
+    origin = datetime.fromisoformat(done["created_at"])
+    bars = {}
+    for job in done["jobs"]:
+        row = page.locator(f'#timeline .tl-row[data-job="{job["id"]}"]')
+        expect(row.locator(".seg.run")).to_have_count(1)
+        start, end = float(row.get_attribute("data-start") or -1), float(row.get_attribute("data-end") or -1)
+        assert abs(start - (datetime.fromisoformat(job["started_at"]) - origin).total_seconds()) < 0.002
+        assert abs(end - (datetime.fromisoformat(job["finished_at"]) - origin).total_seconds()) < 0.002
+        bars[job["id"]] = row.locator(".seg.run").bounding_box()
+    for dependent in ("shot", "score"):
+        assert bars[dependent]["x"] >= bars["storyboard"]["x"] + bars["storyboard"]["width"] - 1.5, bars
+
+    # each job's log: exactly its events, from the execution's event stream
+    events = sse_events(api, key, eid)
+    log = page.locator("#job-shot details.log")
+    log.locator("summary").click()
+    mine = [e for e in events if e["job"] == "shot"]
+    expect(log.locator("summary")).to_have_text(f"Log · {len(mine)} events")
+    assert [int(s) for s in log.locator("li").evaluate_all("ls => ls.map((l) => l.dataset.seq)")] == [
+        e["seq"] for e in mine
+    ]
+    expect(log.locator("li").last).to_contain_text("job.succeeded")
+
+    # graph edges are drawn first, behind the nodes: each node's centre is the node's, not an edge's
+    order = page.evaluate(
+        "() => [...document.querySelectorAll('#dag > g')].map((g) => g.querySelector('.edge') ? 'edges' : 'nodes')"
+    )
+    assert order == ["edges", "nodes"], order
+    page.locator("#dag").scroll_into_view_if_needed()
+    for job in plan["jobs"]:
+        box = page.locator(f'#dag .node[data-job="{job["id"]}"] rect.box').bounding_box()
+        assert box is not None
+        top = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).closest('.node')?.dataset.job ?? null",
+            [box["x"] + 8, box["y"] + box["height"] / 2],
+        )
+        assert top == job["id"]
+
+    assert_one_time_format(page)
+    page.evaluate("document.getElementById('jobs').scrollIntoView(); window.scrollBy(0, -64)")
+    screenshot(page, "ui-execution-plan.png")
+    context.close()
+
+
+def test_run_again_with_edited_inputs(page: Page, api: ApiServer, key: str, console: Console) -> None:
+    plan = {"jobs": [sim("teaser", prompt="too dark", latency_s=0, fail="permanent")], "metadata": {"take": 1}}
+    eid = submit(api, key, plan)
+    assert finished(api, key, eid)["status"] == "failed"
+    with_params(page, plan, eid)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#job-teaser blockquote.prompt")).to_have_text("too dark")
+    page.locator("#plan-edit-open").click()
+    editor = page.locator("#plan-edit")
+    expect(editor).to_be_focused()
+    edited = json.loads(editor.input_value())
+    editor.fill("{not json")
+    page.locator("#plan-run").click()
+    expect(page.locator("#plan .alert")).to_contain_text("The plan is not valid JSON")
+
+    del edited["jobs"][0]["params"]["fail"]  # the tweak: no failure this time, and a brighter prompt
+    edited["jobs"][0]["params"]["prompt"] = "brighter, golden hour"
+    edited["metadata"]["take"] = 2
+    editor.fill(json.dumps(edited, indent=2))
+    page.locator("#plan-run").click()
+    page.wait_for_url(lambda url: "#/executions/ex_" in url and not url.endswith(eid))
+    new_id = page.url.rsplit("/", 1)[-1]
+    expect(page.locator(".toast").last).to_contain_text(f"Submitted as a new execution {new_id}")
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+    new = state(api, key, new_id)
+    assert new["status"] == "succeeded" and new["metadata"] == {"take": 2}
+    if "params" in new["jobs"][0]:
+        assert new["jobs"][0]["params"]["prompt"] == "brighter, golden hour"
+        expect(page.locator("#job-teaser blockquote.prompt")).to_have_text("brighter, golden hour")
+
+
+def test_search_and_filter_the_executions(browser: Browser, api: ApiServer, console: Console) -> None:
+    finder = api.new_key("finder").api_key
+    one = submit(api, finder, {"jobs": [sim("a", latency_s=0)], "metadata": {"shot": "1"}})
+    two = submit(api, finder, {"jobs": [sim("a", latency_s=0)], "metadata": {"shot": "2"}})
+    two_b = submit(api, finder, {"jobs": [sim("a", fail="permanent")], "metadata": {"shot": "2", "take": "b"}})
+    for eid in (one, two, two_b):
+        finished(api, finder, eid)
+    asked: list[str] = []
+    context, page = new_page(browser, api, console, finder)
+    page.on("request", lambda r: asked.append(r.url) if "/v1/executions?" in r.url else None)
+    page.goto("/ui#/executions")
+    rows = page.locator("#executions tbody tr[data-id]")
+    expect(rows).to_have_count(3)
+
+    def ids() -> list[str]:
+        return sorted(r.get_attribute("data-id") or "" for r in rows.all())
+
+    page.locator("#f-meta").fill("shot=2")
+    page.locator("#f-apply").click()
+    expect(page).to_have_url(re.compile(r"#/executions\?meta=shot%3D2$"))
+    expect(rows).to_have_count(2)
+    assert ids() == sorted([two, two_b])
+    expect(page.locator("#exec-count")).to_have_text("2 shown of 3 loaded · end of list")
+    page.locator('.chip[data-filter="failed"]').click()  # the status goes to the API, the metadata stays
+    expect(rows).to_have_count(1)
+    assert ids() == [two_b] and "status=failed" in asked[-1]
+    page.locator('.chip[data-filter="all"]').click()
+    page.locator("#f-meta").fill("shot=2, take=b")
+    page.locator("#f-apply").click()
+    expect(rows).to_have_count(1)
+
+    page.locator("#f-clear").click()
+    expect(rows).to_have_count(3)
+    page.locator("#f-q").fill(one[-6:])  # part of an id
+    page.locator("#f-apply").click()
+    expect(rows).to_have_count(1)
+    assert ids() == [one]
+
+    # dates: from (the API's created_after) and to (in the page), local days
+    local_day = "(() => { const d = new Date(); return new Date(d - d.getTimezoneOffset() * 60000); })()"
+    today = page.evaluate(f"{local_day}.toISOString().slice(0, 10)")
+    day = datetime.fromisoformat(today)
+    tomorrow, yesterday = (day + timedelta(days=1)).date().isoformat(), (day - timedelta(days=1)).date().isoformat()
+    page.goto(f"/ui#/executions?from={tomorrow}")
+    expect(page.locator("#executions-empty, .empty").first).to_contain_text("No matching executions")
+    assert "created_after=" in asked[-1]
+    page.goto(f"/ui#/executions?to={yesterday}")
+    expect(page.locator(".empty").first).to_contain_text("No matching executions")
+    page.goto(f"/ui#/executions?from={today}&to={today}")
+    expect(rows).to_have_count(3)
+    expect(page.locator("#f-from")).to_have_value(today)
+    with api.client(finder) as http:
+        created_after = asked[-1].split("created_after=")[1].split("&")[0]
+        listed = http.get("/v1/executions", params={"created_after": unquote(created_after)}).json()["data"]
+    assert sorted(e["id"] for e in listed) == ids()
+    assert_one_time_format(page)
+    context.close()
+
+
+def test_webhook_attempts_show_the_request_and_the_response(
+    page: Page, api: ApiServer, key: str, receiver: Receiver
+) -> None:
+    eid = submit(api, key, {"jobs": [sim("teaser", latency_s=0)], "webhook": receiver.url})
+    wait_for(lambda: receiver.ids(eid), "the webhook")
+    sent = next(body for _, body in receiver.hits if body["data"]["id"] == eid)
+    with api.client(key) as http:
+        attempt = http.get("/v1/webhook-deliveries", params={"execution_id": eid}).json()["data"][0]["attempts"][0]
+    if "request_body" not in attempt:  # until the API keeps them: the page shows what it is given
+        page.goto(f"/ui#/webhooks?execution_id={eid}")  # #/webhooks is the deliveries page too
+        page.locator("#deliveries tbody tr[data-id] td").first.click()
+        expect(page.locator("#deliveries .exchange .body-missing").first).to_contain_text("keeps no copy")
+
+        def handle(route: Any) -> None:
+            response = route.fetch()
+            body = response.json()
+            for d in body["data"]:
+                for a in d["attempts"]:
+                    a.setdefault("request_body", json.dumps(sent) if d["execution_id"] == eid else None)
+                    a.setdefault("response_body", "{}")
+            route.fulfill(response=response, json=body)
+
+        page.route(re.compile(r"/v1/webhook-deliveries\?"), handle)
+    page.goto(f"/ui#/deliveries?execution_id={eid}")
+    page.locator("#deliveries tbody tr[data-id] td").first.click()
+    exchange = page.locator("#deliveries .attempt .exchange").first
+    expect(exchange.locator(".request .label")).to_contain_text(f"POST {receiver.url}")
+    assert json.loads(exchange.locator(".request pre").text_content() or "") == sent
+    expect(exchange.locator(".response .label")).to_contain_text("HTTP 200")
+    expect(exchange.locator(".response pre")).to_have_text("{}")
+    assert_one_time_format(page)
+    screenshot(page, "ui-deliveries.png")
+
+
+def test_the_workers_page_and_unknown_pages(page: Page, api: ApiServer, key: str, console: Console) -> None:
+    busy = submit(api, key, {"jobs": [sim("long-render", latency_s=30)]})
+    wait_for(lambda: state(api, key, busy)["status"] == "running", "the long execution to start")
+    with api.client(key) as http:
+        stats = http.get("/v1/stats")
+    page.goto("/ui#/overview")
+    page.get_by_role("link", name="Workers", exact=True).click()
+    expect(page).to_have_url(re.compile(r"#/workers$"))
+    expect(page.get_by_role("heading", name="Workers and queue")).to_be_visible()
+    if stats.status_code == 404:
+        console.expect_failure("/v1/stats")
+        expect(page.locator("#stats-unavailable")).to_contain_text("not available")
+    else:
+        figures = stats.json()
+        expect(page.locator("#w-live .value")).to_have_text(f"{figures['workers']['live']:,}")
+        expect(page.locator("#w-queue .value")).to_have_text(f"{figures['queue_depth']:,}")
+        expect(page.locator("#w-slots .value")).to_have_text(f"{figures['workers']['slots_in_use']:,}")
+        expect(page.locator("#worker-providers tbody tr")).to_have_count(len(figures["providers"]))
+        assert_one_time_format(page)
+    screenshot(page, "ui-workers.png")
+    with api.client(key) as http:
+        assert http.post(f"/v1/executions/{busy}/cancel").status_code == 200
+    if stats.status_code == 200 and "list" not in stats.json()["workers"]:  # per worker and per queue, once given
+        extra = {
+            "list": [{"id": "vm-1", "slots": 8, "slots_in_use": 3, "last_seen": "2026-12-06T10:00:00Z"}],
+            "queues": [{"name": "replicate", "depth": 4}, {"name": "local", "depth": 0}],
+        }
+
+        def handle(route: Any) -> None:
+            response = route.fetch()
+            body = response.json()
+            body["workers"]["list"] = extra["list"]
+            body["queues"] = extra["queues"]
+            route.fulfill(response=response, json=body)
+
+        page.route(re.compile(r"/v1/stats$"), handle)
+        page.reload()
+        expect(page.locator("#worker-list tbody tr")).to_have_count(1)
+        expect(page.locator("#worker-list tbody tr")).to_contain_text("3 of 8")
+        expect(page.locator("#queue-list tbody tr")).to_have_count(2)
+        expect(page.locator("#queue-list tbody tr").first).to_contain_text("replicate4")
+
+    page.goto("/ui#/webhooks")
+    expect(page.get_by_role("heading", name="Webhook deliveries")).to_be_visible()
+    expect(page.locator('#nav a[aria-current="page"]')).to_have_text("Webhooks")
+    for unknown in ("#/nowhere", "#/executions/ex_1/extra", "#/overview/2"):
+        page.goto(f"/ui{unknown}")
+        expect(page.locator("#not-found")).to_contain_text("Page not found")
+        expect(page.locator("#executions")).to_have_count(0)

@@ -117,33 +117,23 @@ function fmtAge(iso) {
   return `${Math.floor(sec / 86400)} d ago`;
 }
 
-function fmtDateTime(iso) {
-  const t = parseTime(iso);
-  if (t === null) return DASH;
-  return new Date(t).toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
-  });
-}
-
-/** A moment, short: the time alone when it is today, else the date too. */
-function fmtWhen(iso) {
-  const t = parseTime(iso);
-  if (t === null) return DASH;
+/** THE time format of the page: local time, `YYYY-MM-DD HH:MM:SS` (from an ISO string or epoch ms). */
+function fmtDateTime(when) {
+  const t = typeof when === "number" ? when : parseTime(when);
+  if (t === null || !isNum(t)) return DASH;
   const d = new Date(t);
-  const today = new Date().toDateString() === d.toDateString();
-  const opts = { hour: "2-digit", minute: "2-digit", second: "2-digit" };
-  return today ? d.toLocaleTimeString(undefined, opts) : d.toLocaleString(undefined, { month: "short", day: "numeric", ...opts });
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 function plural(n, word) {
   return `${fmtInt(n)} ${word}${n === 1 ? "" : "s"}`;
 }
 
-function fmtClock(ms) {
-  if (!isNum(ms)) return DASH;
-  const d = new Date(ms);
-  const pad = (n, w = 2) => String(n).padStart(w, "0");
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+/** An event's time in epoch ms: `created_at` is epoch seconds today, an ISO string once the API sends one. */
+function eventMs(ev) {
+  if (isNum(ev.created_at)) return ev.created_at * 1000;
+  return parseTime(ev.created_at) ?? Date.now();
 }
 
 function between(startIso, endIso) {
@@ -153,8 +143,14 @@ function between(startIso, endIso) {
   return b === null ? null : (b - a) / 1000;
 }
 
-function timeEl(iso, text) {
-  return h("time", { datetime: iso || undefined, title: iso ? fmtDateTime(iso) : undefined }, text);
+/** A moment, everywhere the same: `YYYY-MM-DD HH:MM:SS` local, how long ago in the tooltip. */
+function timeEl(when) {
+  const ms = typeof when === "number" ? when : parseTime(when);
+  if (ms === null || !isNum(ms)) return DASH;
+  const iso = new Date(ms).toISOString();
+  const el = h("time", { datetime: iso, title: fmtAge(iso) }, fmtDateTime(ms));
+  el.addEventListener("mouseenter", () => { el.title = fmtAge(iso); });
+  return el;
 }
 
 function badge(status, large = false) {
@@ -323,19 +319,36 @@ function route() {
   const { parts, params } = parseHash();
   const ctx = current;
   fill(view);
-  if (parts[0] === "executions" && parts[1]) {
+  if (parts[0] === "executions" && parts.length === 2) {
     setNav("executions");
     showExecution(view, ctx, parts[1]);
-  } else if (parts[0] === "deliveries") {
+  } else if (parts[0] === "deliveries" && parts.length === 1) {
     setNav("deliveries");
     showDeliveries(view, ctx, params);
-  } else if (parts[0] === "overview") {
+  } else if (parts[0] === "webhooks" && parts.length === 1) {
+    setNav("deliveries");
+    showDeliveries(view, ctx, params);
+  } else if (parts[0] === "overview" && parts.length === 1) {
     setNav("overview");
     showOverview(view, ctx);
-  } else {
+  } else if (parts[0] === "workers" && parts.length === 1) {
+    setNav("workers");
+    showWorkers(view, ctx);
+  } else if ((parts[0] === "executions" && parts.length === 1) || !parts.length) {
     setNav("executions");
     showExecutions(view, ctx, params);
+  } else {
+    setNav(null);
+    showNotFound(view);
   }
+}
+
+function showNotFound(view) {
+  pageTitle("Not found");
+  fill(view, h("div", { class: "panel", id: "not-found" }, h("div", { class: "empty" }, h("strong", {}, "Page not found"),
+    h("span", {}, "The dashboard has no page ", h("code", {}, location.hash || "#/"), ". Go to ",
+      h("a", { href: "#/executions" }, "Executions"), ", ", h("a", { href: "#/deliveries" }, "Webhooks"), ", ",
+      h("a", { href: "#/workers" }, "Workers and queue"), " or ", h("a", { href: "#/overview" }, "Overview"), "."))));
 }
 
 function setNav(name) {
@@ -400,8 +413,55 @@ function renderSignIn(view) {
 
 // ------------------------------------------------------------------ executions list
 
+/** The list's filters, from the hash: status and `from` go to the API; `q`, `meta` and `to` are applied here. */
+function listFilters(params) {
+  const date = (v) => (/^\d{4}-\d{2}-\d{2}$/.test(v || "") ? v : "");
+  const meta = [];
+  for (const part of (params.get("meta") || "").split(",")) {
+    const eq = part.indexOf("=");
+    if (eq > 0) meta.push([part.slice(0, eq).trim(), part.slice(eq + 1).trim()]);
+  }
+  return {
+    status: EXEC_STATUSES.includes(params.get("status")) ? params.get("status") : "",
+    q: (params.get("q") || "").trim(), meta, metaText: params.get("meta") || "",
+    from: date(params.get("from")), to: date(params.get("to")),
+  };
+}
+
+function filtersHash(f) {
+  const q = new URLSearchParams();
+  for (const k of ["status", "q", "from", "to"]) if (f[k]) q.set(k, f[k]);
+  if (f.metaText) q.set("meta", f.metaText);
+  const s = q.toString();
+  return s ? `#/executions?${s}` : "#/executions";
+}
+
+/** A local calendar day's bounds in epoch ms. */
+function dayStart(day) {
+  const [y, m, d] = day.split("-").map(Number);
+  return new Date(y, m - 1, d).getTime();
+}
+
+function matchesFilters(ex, f) {
+  if (f.to && !((parseTime(ex.created_at) ?? 0) < dayStart(f.to) + 86400000)) return false;
+  const md = ex.metadata && typeof ex.metadata === "object" ? ex.metadata : {};
+  for (const [k, v] of f.meta) {
+    if (!(k in md)) return false;
+    const have = md[k];
+    if (String(typeof have === "object" ? JSON.stringify(have) : have) !== v) return false;
+  }
+  if (f.q) {
+    const needle = f.q.toLowerCase();
+    const hay = [ex.id, ex.error || "", ex.retry_of || "", JSON.stringify(md)].join(" ").toLowerCase();
+    if (!hay.includes(needle)) return false;
+  }
+  return true;
+}
+
 function showExecutions(view, ctx, params) {
-  const status = EXEC_STATUSES.includes(params.get("status")) ? params.get("status") : "";
+  const f = listFilters(params);
+  const status = f.status;
+  const pageFiltered = Boolean(f.q || f.meta.length || f.to);
   pageTitle("Executions");
   let rows = [];
   let cursor = null;
@@ -420,13 +480,27 @@ function showExecutions(view, ctx, params) {
   const chips = h("div", { class: "chips", role: "group", "aria-label": "Filter by status" },
     ["", ...EXEC_STATUSES].map((st) => h("button", {
       class: "chip", type: "button", "aria-pressed": String(st === status), dataset: { filter: st || "all" },
-      onclick: () => go(st ? `#/executions?status=${st}` : "#/executions"),
+      onclick: () => go(filtersHash({ ...f, status: st })),
     }, st ? h("span", { class: "dot", dataset: { status: st } }) : null, st ? st[0].toUpperCase() + st.slice(1) : "All")));
+
+  const field = (id, label, input) => h("label", { class: "field", for: id }, h("span", {}, label), input);
+  const qIn = h("input", { type: "search", id: "f-q", class: "mono", value: f.q, placeholder: "id, error or metadata" });
+  const metaIn = h("input", { type: "text", id: "f-meta", class: "mono", value: f.metaText, placeholder: "key=value, key2=value2" });
+  const fromIn = h("input", { type: "date", id: "f-from", value: f.from });
+  const toIn = h("input", { type: "date", id: "f-to", value: f.to });
+  const search = h("form", { class: "filters", id: "exec-filters", role: "search", onsubmit: (e) => {
+    e.preventDefault();
+    go(filtersHash({ status, q: qIn.value.trim(), metaText: metaIn.value.trim(), from: fromIn.value, to: toIn.value }));
+  } },
+  field("f-q", "Search", qIn), field("f-meta", "Metadata", metaIn), field("f-from", "Created from", fromIn),
+  field("f-to", "to", toIn), h("button", { class: "btn primary", type: "submit", id: "f-apply" }, "Apply"),
+  pageFiltered || f.from ? h("button", { class: "btn", type: "button", id: "f-clear",
+    onclick: () => go(filtersHash({ status })) }, "Clear") : null);
 
   view.append(
     h("div", { class: "page-head" }, h("h1", {}, "Executions"),
       h("label", { class: "toggle", for: "auto-refresh" }, autoBox, "Auto-refresh"), refreshBtn),
-    alerts, chips,
+    alerts, search, chips,
     h("div", { class: "panel" },
       h("div", { class: "table-wrap" }, h("table", { class: "table cards", id: "executions" },
         h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Execution"), h("th", {}, "Progress"),
@@ -451,24 +525,28 @@ function showExecutions(view, ctx, params) {
       h("span", { class: "pct" }, isNum(ex.progress) ? `${Math.round(ex.progress)}%` : DASH))),
     h("td", { class: "num", "data-label": "Cost", title: `estimated ${fmtUsd(est)}` },
       cost !== null ? fmtUsd(cost) : h("span", { class: "muted" }, isNum(est) ? `~${fmtUsd(est)}` : DASH)),
-    h("td", { class: "nowrap", "data-label": "Created" }, timeEl(ex.created_at, fmtAge(ex.created_at))),
+    h("td", { class: "nowrap", "data-label": "Created" }, timeEl(ex.created_at)),
     h("td", { class: "num", "data-label": "Duration" },
       ex.started_at ? fmtSeconds(between(ex.started_at, ex.finished_at)) : DASH));
   }
 
   function draw() {
-    fill(tbody, ...rows.map(row));
-    emptyBox.classList.toggle("hidden", rows.length > 0);
-    fill(emptyBox, h("strong", {}, status ? `No ${status} executions` : "No executions yet"),
-      status ? "Choose another filter to see more." : "Submit a plan with the API, the SDK or `reelflow run PLAN --server URL`.");
+    const shown = pageFiltered ? rows.filter((ex) => matchesFilters(ex, f)) : rows;
+    fill(tbody, ...shown.map(row));
+    emptyBox.classList.toggle("hidden", shown.length > 0);
+    const filtered = status || pageFiltered || f.from;
+    fill(emptyBox, h("strong", {}, status ? `No ${status} executions` : filtered ? "No matching executions" : "No executions yet"),
+      filtered ? `Choose another filter to see more${cursor ? ", or load more" : ""}.` : "Submit a plan with the API, the SDK or `reelflow run PLAN --server URL`.");
     more.classList.toggle("hidden", !cursor);
-    count.textContent = rows.length ? `${rows.length} shown${cursor ? "" : " · end of list"}` : "";
+    const of = pageFiltered ? ` of ${rows.length} loaded` : "";
+    count.textContent = rows.length ? `${shown.length} shown${of}${cursor ? "" : " · end of list"}` : "";
     foot.classList.toggle("hidden", !rows.length);
   }
 
   function query(limit, after) {
     const q = new URLSearchParams({ limit: String(limit) });
     if (status) q.set("status", status);
+    if (f.from) q.set("created_after", new Date(dayStart(f.from)).toISOString());
     if (after) q.set("cursor", after);
     return `/v1/executions?${q}`;
   }
@@ -665,6 +743,107 @@ function drawGraph(container, jobs, onPick) {
   };
 }
 
+// ------------------------------------------------------------------ plan, parameters, timeline
+
+const PLAN_OPTIONS = ["on_failure", "cache", "priority", "timeout_s", "webhook_events"];
+
+/** A job's parameters: its own `params` when the state gives them, else the plan's when the state carries it. */
+function paramsOf(ex, job) {
+  if (job.params && typeof job.params === "object") return job.params;
+  const planned = Array.isArray(ex?.plan?.jobs) ? ex.plan.jobs.find((p) => p.id === job.id) : null;
+  return planned?.params && typeof planned.params === "object" ? planned.params : null;
+}
+
+/** The plan of an execution as JSON to submit again: the state's `plan` when it has one, else rebuilt from it. */
+function planOf(ex) {
+  if (ex.plan && typeof ex.plan === "object" && Array.isArray(ex.plan.jobs)) return ex.plan;
+  const jobs = (ex.jobs || []).map((j) => {
+    const job = { id: j.id, type: j.type };
+    if (j.model) job.model = j.model;
+    job.params = paramsOf(ex, j) || {};
+    if (j.depends_on?.length) job.depends_on = j.depends_on;
+    if (isNum(j.max_attempts) && j.max_attempts !== 3) job.max_attempts = j.max_attempts;
+    return job;
+  });
+  const plan = { jobs };
+  if (ex.metadata && Object.keys(ex.metadata).length) plan.metadata = ex.metadata;
+  if (ex.webhook) plan.webhook = ex.webhook;
+  const options = {};
+  for (const k of PLAN_OPTIONS) if (ex.options && ex.options[k] !== null && ex.options[k] !== undefined) options[k] = ex.options[k];
+  if (Object.keys(options).length) plan.options = options;
+  return plan;
+}
+
+function renderParams(params) {
+  const entries = Object.entries(params);
+  const prompt = typeof params.prompt === "string" ? params.prompt : null;
+  const rest = entries.filter(([k]) => !(k === "prompt" && prompt !== null));
+  return [
+    prompt !== null ? h("blockquote", { class: "prompt" }, prompt) : null,
+    rest.length ? h("dl", { class: "kv param-list" }, rest.map(([k, v]) => [h("dt", { class: "mono" }, k),
+      h("dd", { class: "mono", dataset: { param: k } }, typeof v === "string" ? v : JSON.stringify(v))])) : null,
+    !entries.length ? h("div", { class: "muted" }, "No parameters.") : null,
+  ];
+}
+
+async function copyText(text, done) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = h("textarea", { class: "sr-only" });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  toast(done);
+}
+
+/** A Gantt chart of the jobs: time in the queue (queued_at to started_at), then running (to finished_at). */
+function drawTimeline(box, ex) {
+  const jobs = ex.jobs || [];
+  const origin = parseTime(ex.created_at);
+  if (origin === null || !jobs.length) {
+    fill(box, h("div", { class: "empty" }, "Nothing to show yet."));
+    return;
+  }
+  const now = Date.now();
+  const times = jobs.flatMap((j) => [j.queued_at, j.started_at, j.finished_at].map(parseTime)).filter(isNum);
+  const end = parseTime(ex.finished_at) ?? Math.max(now, ...times);
+  const span = Math.max(end - origin, 1);
+  const pct = (ms) => `${(100 * Math.max(0, Math.min(span, ms - origin))) / span}%`;
+  const width = (a, b) => `${Math.max(0.4, (100 * Math.max(0, b - a)) / span)}%`;
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => h("span", { style: `left:${f * 100}%` }, fmtSeconds((span * f) / 1000)));
+  const rows = jobs.map((j) => {
+    const queued = parseTime(j.queued_at);
+    const started = parseTime(j.started_at);
+    const finished = parseTime(j.finished_at);
+    const bars = [];
+    if (queued !== null && (started === null || started >= queued)) {
+      const until = started ?? (TERMINAL.has(j.status) || j.status === "skipped" ? finished ?? queued : now);
+      bars.push(h("span", { class: "seg wait", style: `left:${pct(queued)};width:${width(queued, until)}`,
+        title: `${j.id}: queued ${fmtSeconds((until - queued) / 1000)}` }));
+    }
+    if (started !== null) {
+      const until = finished ?? now;
+      bars.push(h("span", { class: "seg run", dataset: { status: j.status }, style: `left:${pct(started)};width:${width(started, until)}`,
+        title: `${j.id}: ${j.status}, ${fmtSeconds((until - started) / 1000)}` }));
+    }
+    const startS = started !== null ? (started - origin) / 1000 : null;
+    const runS = started !== null ? ((finished ?? now) - started) / 1000 : null;
+    return h("div", { class: "tl-row", dataset: { job: j.id, status: j.status,
+      start: startS === null ? "" : startS.toFixed(3), end: started !== null && finished !== null ? ((finished - origin) / 1000).toFixed(3) : "" } },
+    h("a", { class: "tl-label mono", href: `#job-${j.id}`, onclick: (e) => {
+      e.preventDefault();
+      document.getElementById(`job-${j.id}`)?.scrollIntoView({ behavior: "smooth", block: "center" });
+    } }, j.id),
+    h("div", { class: "tl-track" }, bars),
+    h("span", { class: "tl-figure" }, startS === null ? DASH : `+${fmtSeconds(startS)} · ${fmtSeconds(runS)}`));
+  });
+  fill(box, h("div", { class: "tl-axis" }, h("span", { class: "tl-label" }), h("div", { class: "tl-ticks" }, ticks), h("span", { class: "tl-figure" }, "start · took")), rows);
+}
+
 // ------------------------------------------------------------------ outputs (artifacts)
 
 function outputsOf(result) {
@@ -706,7 +885,15 @@ function renderOutput(out, ctx) {
 
   const mount = (src) => {
     let el;
-    if (kind === "video") el = h("video", { controls: true, preload: "metadata", playsinline: true, src });
+    if (kind === "video") {
+      // a frame shows before it plays: the poster the result names, else the frame at 0.1 s (#t= and a seek)
+      const poster = typeof out.thumbnail_url === "string" ? out.thumbnail_url : typeof out.poster === "string" ? out.poster : null;
+      el = h("video", { controls: true, preload: "metadata", playsinline: true, src: `${src}#t=0.1`,
+        poster: poster && !artifactPath(poster) ? poster : null });
+      el.addEventListener("loadedmetadata", () => {
+        if (el.paused && el.currentTime === 0 && el.duration > 0) el.currentTime = Math.min(0.1, el.duration / 2);
+      }, { once: true });
+    }
     else if (kind === "audio") el = h("audio", { controls: true, preload: "metadata", src });
     else if (kind === "image") el = h("img", { alt: `output of ${out.key || "job"}`, src, loading: "lazy" });
     if (el) {
@@ -885,6 +1072,20 @@ function showExecution(view, ctx, executionId) {
   const details = h("dl", { class: "kv" });
   const graphBox = h("div", { class: "graph-wrap", id: "graph" });
   const jobsBox = h("div", { class: "jobs", id: "jobs" });
+  const timelineBox = h("div", { class: "timeline", id: "timeline" });
+  const outputsBody = h("tbody", {});
+  const outputsPanel = h("section", { class: "panel hidden", id: "exec-outputs" }, h("header", {}, h("h2", {}, "Outputs"),
+    h("span", { class: "muted" }, "every leaf job's output")),
+  h("div", { class: "table-wrap" }, h("table", { class: "table cards" }, h("thead", {}, h("tr", {}, h("th", {}, "Job"),
+    h("th", {}, "Type"), h("th", { class: "num" }, "Duration"), h("th", {}, "Link"))), outputsBody)));
+  const jobEvents = new Map(); // job id -> its events, oldest first (the provider's log of that job)
+  const planPre = h("pre", { class: "json", id: "plan-json" });
+  const planNote = h("span", { class: "muted", id: "plan-note" });
+  const planAlerts = h("div", {});
+  const planBody = h("div", { class: "panel-body" }, planAlerts, planPre);
+  let editing = false;
+  const copyBtn = h("button", { class: "btn small", type: "button", id: "plan-copy", onclick: () => copyText(planPre.textContent, "Plan copied") }, "Copy");
+  const editBtn = h("button", { class: "btn small", type: "button", id: "plan-edit-open", onclick: () => openEditor() }, "Edit and run again");
   const eventsList = h("ol", { class: "events", id: "events" });
   const eventCount = h("span", { class: "muted" });
 
@@ -898,7 +1099,11 @@ function showExecution(view, ctx, executionId) {
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Pipeline"),
       h("span", { class: "muted", id: "job-tally" })), graphBox,
     h("div", { class: "legend graph-legend" }, JOB_STATUSES.map((st) => h("span", { dataset: { status: st } }, h("span", { class: "dot" }), st)))),
+    outputsPanel,
+    h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "waiting in the queue, then running")), timelineBox),
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Jobs")), jobsBox),
+    h("section", { class: "panel", id: "plan" }, h("header", {}, h("h2", {}, "Plan"), planNote,
+      h("div", { class: "actions" }, copyBtn, editBtn)), planBody),
     h("div", { class: "grid-2 events-row" },
       h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Events"), eventCount), eventsList),
       h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Details")), h("div", { class: "panel-body" }, details))));
@@ -922,16 +1127,16 @@ function showExecution(view, ctx, executionId) {
         [h("div", { class: "label" }, `estimated ${fmtUsd(ex.cost?.estimated)}`),
           ex.possible_duplicates ? h("div", { class: "label warn", title: "retries that went ahead where the provider could not be asked whether it took the earlier attempt" },
             `possible duplicate charge ${fmtUsd(ex.possible_duplicate_charge)} (${ex.possible_duplicates})`) : null]),
-      figure("Created", timeEl(ex.created_at, fmtAge(ex.created_at))),
+      figure("Created", timeEl(ex.created_at)),
       figure("Duration", ex.started_at ? fmtSeconds(between(ex.started_at, ex.finished_at)) : DASH),
-      figure("Finished", ex.finished_at ? timeEl(ex.finished_at, fmtAge(ex.finished_at)) : DASH));
+      figure("Finished", ex.finished_at ? timeEl(ex.finished_at) : DASH));
     callout.textContent = ex.error || "";
     callout.classList.toggle("hidden", !ex.error);
     const meta = ex.metadata && Object.keys(ex.metadata).length ? JSON.stringify(ex.metadata) : DASH;
     fill(details,
-      h("dt", {}, "Created"), h("dd", {}, fmtDateTime(ex.created_at)),
-      h("dt", {}, "Started"), h("dd", {}, fmtDateTime(ex.started_at)),
-      h("dt", {}, "Finished"), h("dd", {}, fmtDateTime(ex.finished_at)),
+      h("dt", {}, "Created"), h("dd", {}, timeEl(ex.created_at)),
+      h("dt", {}, "Started"), h("dd", {}, timeEl(ex.started_at)),
+      h("dt", {}, "Finished"), h("dd", {}, timeEl(ex.finished_at)),
       h("dt", {}, "Metadata"), h("dd", { class: "mono" }, meta),
       h("dt", {}, "Webhook"), h("dd", {}, ex.webhook
         ? h("a", { href: `#/deliveries?execution_id=${encodeURIComponent(ex.id)}` }, ex.webhook) : DASH),
@@ -951,6 +1156,67 @@ function showExecution(view, ctx, executionId) {
     }
     updateGraph?.(jobs);
     for (const j of jobs) renderJob(j);
+    drawTimeline(timelineBox, ex);
+    renderOutputsTable(ex);
+    if (!editing) {
+      const plan = planOf(ex);
+      const text = JSON.stringify(plan, null, 2);
+      if (planPre.textContent !== text) planPre.textContent = text;
+      planNote.textContent = ex.plan || jobs.some((j) => j.params) ? "" : "this server's state gives no job parameters";
+    }
+  }
+
+  /** The execution's `outputs` (every leaf job's output), when the state lists them. */
+  function renderOutputsTable(ex) {
+    const outs = Array.isArray(ex.outputs) ? ex.outputs.filter((o) => o && typeof o === "object") : [];
+    outputsPanel.classList.toggle("hidden", !outs.length);
+    fill(outputsBody, outs.map((o) => {
+      const job = o.job_id ?? o.job ?? o.id ?? "";
+      const url = typeof o.url === "string" ? o.url : "";
+      const opens = url && (!artifactPath(url) || /[?&]sig=/.test(url)); // a signed link opens without the key
+      return h("tr", { dataset: { job } },
+        h("td", { "data-label": "Job" }, h("a", { class: "mono", href: `#job-${job}`, onclick: (e) => { e.preventDefault(); pickJob(job); } }, job || DASH)),
+        h("td", { "data-label": "Type", class: "mono" }, o.type ?? o.content_type ?? DASH),
+        h("td", { class: "num", "data-label": "Duration" }, isNum(o.duration) ? fmtSeconds(o.duration) : DASH),
+        h("td", { "data-label": "Link", class: "out-link" }, opens ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer", class: "mono" }, url.split("?")[0].split("/").pop() || url)
+          : h("span", { class: "muted" }, "played in the job's card")));
+    }));
+  }
+
+  function openEditor() {
+    editing = true;
+    const area = h("textarea", { id: "plan-edit", class: "mono", spellcheck: "false", rows: "18", "aria-label": "Plan JSON" });
+    area.value = JSON.stringify(planOf(state), null, 2);
+    const run = h("button", { class: "btn primary", type: "button", id: "plan-run", onclick: async () => {
+      let plan;
+      try {
+        plan = JSON.parse(area.value);
+      } catch (err) {
+        fill(planAlerts, alertBox(`The plan is not valid JSON: ${err.message}`));
+        return;
+      }
+      run.disabled = true;
+      try {
+        const res = await api("/v1/executions", { method: "POST", body: plan, signal: ctx.signal });
+        toast(`Submitted as a new execution ${res.id}`);
+        go(`#/executions/${encodeURIComponent(res.id)}`);
+      } catch (err) {
+        if (isAbort(err)) return;
+        fill(planAlerts, alertBox(`Cannot run this plan: ${err.message}`));
+        run.disabled = false;
+      }
+    } }, "Run");
+    const close = h("button", { class: "btn", type: "button", id: "plan-edit-cancel", onclick: () => {
+      editing = false;
+      fill(planAlerts);
+      fill(planBody, planAlerts, planPre);
+      editBtn.disabled = false;
+      render();
+    } }, "Cancel");
+    editBtn.disabled = true;
+    fill(planBody, planAlerts, h("p", { class: "muted", style: "margin:0 0 8px" }, "Change the inputs, then Run submits the plan as a new execution."),
+      area, h("div", { class: "actions", style: "margin-top:10px" }, run, close));
+    area.focus();
   }
 
   function narrow() {
@@ -970,8 +1236,9 @@ function showExecution(view, ctx, executionId) {
     if (!card) {
       const el = h("article", { class: "job", id: `job-${j.id}`, dataset: { job: j.id } });
       card = { el, head: h("header", {}), bar: h("div", {}), kv: h("dl", { class: "kv" }), err: h("div", {}),
-        attempts: h("div", {}), out: h("div", {}), raw: h("div", {}), outKey: null };
-      append(el, [card.head, card.bar, card.kv, card.err, card.attempts, card.out, card.raw]);
+        attempts: h("div", {}), out: h("div", {}), raw: h("div", {}), outKey: null, params: h("div", { class: "params" }),
+        paramsKey: null, log: h("details", { class: "log" }) };
+      append(el, [card.head, card.bar, card.params, card.kv, card.err, card.attempts, card.out, card.raw, card.log]);
       cards.set(j.id, card);
       jobsBox.append(el);
     }
@@ -984,7 +1251,7 @@ function showExecution(view, ctx, executionId) {
       h("dt", {}, "Attempts"), h("dd", {}, `${j.attempts ?? 0}${j.max_attempts ? ` of ${j.max_attempts}` : ""}`),
       j.depends_on?.length ? [h("dt", {}, "Depends on"), h("dd", { class: "mono" }, j.depends_on.join(", "))] : null,
       h("dt", {}, "Timing"), h("dd", {},
-        j.started_at ? `started ${fmtWhen(j.started_at)}` : j.queued_at ? `queued ${fmtAge(j.queued_at)}` : "not started",
+        j.started_at ? ["started ", timeEl(j.started_at)] : j.queued_at ? ["queued ", timeEl(j.queued_at)] : "not started",
         j.started_at ? ` · ${j.finished_at ? "took" : "running for"} ${fmtSeconds(between(j.started_at, j.finished_at))}` : ""),
       h("dt", {}, "Cost"), h("dd", {}, `${isNum(cost.actual) ? fmtUsd(cost.actual) : DASH} (estimated ${fmtUsd(cost.estimated)})`,
         j.cache_hit ? h("span", { class: "tag", style: "margin-left:6px" }, "cache hit") : null,
@@ -992,7 +1259,14 @@ function showExecution(view, ctx, executionId) {
           `possible duplicate charge ${fmtUsd(j.possible_duplicate_charge)}`) : null),
       j.provider_job_id ? [h("dt", {}, "Provider id"), h("dd", { class: "mono clip", title: j.provider_job_id }, j.provider_job_id)] : null);
     fill(card.err, j.error ? h("pre", { class: "error" }, j.error) : "");
+    const params = paramsOf(state, j);
+    const paramsKey = JSON.stringify(params ?? null);
+    if (paramsKey !== card.paramsKey) {
+      card.paramsKey = paramsKey;
+      fill(card.params, params ? renderParams(params) : "");
+    }
     renderAttempts(j.id);
+    renderLog(j.id);
     const outs = outputsOf(j.result);
     const outKey = outs.map((o) => o.url).join("|");
     if (outKey !== card.outKey) {
@@ -1015,11 +1289,22 @@ function showExecution(view, ctx, executionId) {
       ? h("li", { class: "sep" }, a.divider)
       : h("li", { dataset: { status: a.outcome || "running" } },
         h("span", { class: "n" }, `#${a.attempt}`),
-        h("span", { class: "t" }, fmtClock(a.start)),
+        h("span", { class: "t" }, timeEl(a.start)),
         badge(a.outcome || "running"),
         a.end ? h("span", { class: "muted" }, fmtSeconds((a.end - a.start) / 1000)) : null,
         a.retryIn ? h("span", { class: "muted" }, `retry in ${fmtSeconds(a.retryIn)}`) : null,
         a.error ? h("span", { class: "err" }, a.error) : null))));
+  }
+
+  function renderLog(jobId) {
+    const card = cards.get(jobId);
+    if (!card) return;
+    const evs = jobEvents.get(jobId) || [];
+    const summary = h("summary", {}, `Log · ${plural(evs.length, "event")}`);
+    const list = h("ol", { class: "events job-log" }, evs.map((ev) => h("li", { dataset: { status: ev.type.split(".")[1], seq: String(ev.seq) } },
+      h("span", { class: "t" }, timeEl(eventMs(ev))), h("span", { class: "ty" }, ev.type), h("span", { class: "d" }, describe(ev)),
+      ev.data && Object.keys(ev.data).length ? h("code", { class: "data" }, JSON.stringify(ev.data)) : null)));
+    fill(card.log, summary, evs.length ? list : h("div", { class: "muted" }, "No event yet."));
   }
 
   function noteAttempt(ev) {
@@ -1027,7 +1312,7 @@ function showExecution(view, ctx, executionId) {
     if (!job) return;
     const log = attemptLog.get(job) || [];
     attemptLog.set(job, log);
-    const at = isNum(ev.created_at) ? ev.created_at * 1000 : Date.now();
+    const at = eventMs(ev);
     const open = log.length && !log[log.length - 1].divider && !log[log.length - 1].outcome ? log[log.length - 1] : null;
     const d = ev.data || {};
     if (ev.type === "job.running") {
@@ -1065,7 +1350,7 @@ function showExecution(view, ctx, executionId) {
   function addEventRow(ev) {
     const st = ev.type.split(".")[1];
     const item = h("li", { dataset: { status: st } },
-      h("span", { class: "t" }, fmtClock(ev.created_at * 1000)),
+      h("span", { class: "t" }, timeEl(eventMs(ev))),
       h("span", { class: "ty" }, ev.type), h("span", { class: "j" }, ev.job || ""), h("span", { class: "d" }, describe(ev)));
     const stick = eventsList.scrollTop + eventsList.clientHeight >= eventsList.scrollHeight - 8;
     eventsList.append(item);
@@ -1086,6 +1371,13 @@ function showExecution(view, ctx, executionId) {
     if (!isNum(ev.seq) || ev.seq <= lastSeq) return;
     lastSeq = ev.seq;
     addEventRow(ev);
+    if (ev.job) {
+      const list = jobEvents.get(ev.job) || [];
+      jobEvents.set(ev.job, list);
+      list.push(ev);
+      if (list.length > 500) list.shift();
+      renderLog(ev.job);
+    }
     noteAttempt(ev);
     if (!state) return;
     const d = ev.data || {};
@@ -1097,7 +1389,7 @@ function showExecution(view, ctx, executionId) {
         if (ev.type === "job.running") {
           job.attempts = d.attempt ?? job.attempts;
           job.progress = 0;
-          job.started_at ||= new Date(ev.created_at * 1000).toISOString();
+          job.started_at ||= new Date(eventMs(ev)).toISOString();
         }
         if (ev.type === "job.succeeded") {
           job.result = d.result ?? job.result;
@@ -1261,18 +1553,41 @@ function showDeliveries(view, ctx, params) {
     h("td", { "data-label": "Destination" }, h("span", { class: "mono dest", title: d.url }, d.url || DASH)),
     h("td", { class: "num attempts-count", "data-label": "Attempts" }, String(d.attempts?.length ?? 0)),
     h("td", { "data-label": "Last attempt" }, lastAttempt(d)),
-    h("td", { class: "nowrap", "data-label": "Created" }, timeEl(d.created_at, fmtAge(d.created_at))),
+    h("td", { class: "nowrap", "data-label": "Created" }, timeEl(d.created_at)),
     h("td", { class: "num" }, redeliver));
     if (!open.has(d.id)) return [tr];
-    const attempts = (d.attempts || []).map((a) => h("li", { dataset: { status: a.status_code && a.status_code < 300 ? "delivered" : "failed" } },
-      h("span", { class: "n" }, `#${a.attempt}`), h("span", {}, fmtDateTime(a.at)), badge(a.status_code ? String(a.status_code) : "no answer"),
-      isNum(a.latency_ms) ? h("span", { class: "muted" }, `${Math.round(a.latency_ms)} ms`) : null,
-      a.error ? h("span", { class: "err" }, a.error) : null));
+    const requestOf = (a) => a.request_body ?? d.request_body ?? d.payload ?? d.body ?? null;
+    const attempts = (d.attempts || []).map((a) => h("li", { class: "attempt", dataset: { status: a.status_code && a.status_code < 300 ? "delivered" : "failed", attempt: String(a.attempt) } },
+      h("div", { class: "attempt-line" },
+        h("span", { class: "n" }, `#${a.attempt}`), h("span", {}, timeEl(a.at)), badge(a.status_code ? String(a.status_code) : "no answer"),
+        isNum(a.latency_ms) ? h("span", { class: "muted" }, `${Math.round(a.latency_ms)} ms`) : null,
+        a.error ? h("span", { class: "err" }, a.error) : null),
+      h("div", { class: "exchange" },
+        h("div", { class: "request" }, h("div", { class: "label" }, `Request · POST ${d.url || ""}`),
+          bodyBlock(requestOf(a), "The server keeps no copy of the body it sent.")),
+        h("div", { class: "response" }, h("div", { class: "label" },
+          `Response · ${a.status_code ? `HTTP ${a.status_code}` : "none"}${isNum(a.latency_ms) ? ` in ${Math.round(a.latency_ms)} ms` : ""}`),
+        a.status_code ? bodyBlock(a.response_body ?? null, "The server keeps no copy of the answer's body.") : h("div", { class: "muted" }, a.error || "No answer came.")))));
     return [tr, h("tr", { class: "detail-row" }, h("td", { colspan: "7" },
       h("div", { class: "mono faint", style: "font-size:12px" }, `webhook-id ${d.id}`),
-      d.next_attempt_at ? h("div", { class: "muted", style: "font-size:12px" }, `next attempt ${fmtDateTime(d.next_attempt_at)}`) : null,
-      d.delivered_at ? h("div", { class: "muted", style: "font-size:12px" }, `delivered ${fmtDateTime(d.delivered_at)}`) : null,
+      d.next_attempt_at ? h("div", { class: "muted", style: "font-size:12px" }, "next attempt ", timeEl(d.next_attempt_at)) : null,
+      d.delivered_at ? h("div", { class: "muted", style: "font-size:12px" }, "delivered ", timeEl(d.delivered_at)) : null,
       attempts.length ? h("ol", { class: "attempts" }, attempts) : h("div", { class: "muted" }, "No attempt yet.")))];
+  }
+
+  function bodyBlock(body, missing) {
+    if (body === null || body === undefined) return h("div", { class: "muted body-missing" }, missing);
+    let text = body;
+    if (typeof body === "string") {
+      try {
+        text = JSON.stringify(JSON.parse(body), null, 2);
+      } catch {
+        /* not JSON: shown as it came */
+      }
+    } else {
+      text = JSON.stringify(body, null, 2);
+    }
+    return h("pre", { class: "json body" }, text);
   }
 
   function draw() {
@@ -1336,8 +1651,7 @@ function showOverview(view, ctx) {
     const ex = st.executions || {};
     const total = ex.by_status && typeof ex.by_status === "object"
       ? Object.values(ex.by_status).filter(isNum).reduce((a, b) => a + b, 0) : null;
-    document.getElementById("stats-scope").textContent =
-      `${st.tenant ? `tenant ${st.tenant}` : ""}${st.since ? ` · since ${fmtDateTime(st.since)}` : ""}`;
+    fill(document.getElementById("stats-scope"), st.tenant ? `tenant ${st.tenant}` : "", st.since ? [" · since ", timeEl(st.since)] : null);
     const providers = Array.isArray(st.providers) ? st.providers : [];
     const wh = st.webhooks || {};
     fill(body,
@@ -1396,7 +1710,7 @@ function showOverview(view, ctx) {
         h("td", { "data-label": "Progress" }, h("div", { class: "progress-cell" }, progressBar(ex.progress, ex.status),
           h("span", { class: "pct" }, isNum(ex.progress) ? `${Math.round(ex.progress)}%` : DASH))),
         h("td", { class: "num", "data-label": "Cost" }, TERMINAL.has(ex.status) ? fmtUsd(ex.cost?.actual) : h("span", { class: "muted" }, `~${fmtUsd(ex.cost?.estimated)}`)),
-        h("td", { class: "num nowrap", "data-label": "Created" }, timeEl(ex.created_at, fmtAge(ex.created_at)))))
+        h("td", { class: "num nowrap", "data-label": "Created" }, timeEl(ex.created_at))))
         : [h("tr", {}, h("td", { colspan: "5" }, h("div", { class: "empty" }, "No executions yet.")))]));
     } catch (err) {
       if (isAbort(err) || !ctx.alive) return;
@@ -1407,6 +1721,63 @@ function showOverview(view, ctx) {
   refresh();
   refreshRecent();
   ctx.every(OVERVIEW_REFRESH_MS, () => { refresh(); refreshRecent(); });
+}
+
+// ------------------------------------------------------------------ workers and queue (GET /v1/stats)
+
+function showWorkers(view, ctx) {
+  pageTitle("Workers and queue");
+  const body = h("div", { id: "workers-page" }, h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading…"));
+  const scope = h("span", { class: "muted", id: "workers-scope" });
+  view.append(h("div", { class: "page-head" }, h("h1", {}, "Workers and queue"), scope,
+    h("div", { class: "sub" }, "Live workers, the queue and the providers, from GET /v1/stats; refreshed every few seconds.")), body);
+  const fig = (label, value, note, id) => h("div", { class: "figure", id },
+    h("div", { class: "label" }, label), h("div", { class: "value" }, value), note ? h("div", { class: "note" }, note) : null);
+  const table = (id, cols, rows) => h("div", { class: "table-wrap" }, h("table", { class: "table cards", id },
+    h("thead", {}, h("tr", {}, cols.map(([label, num]) => h("th", { class: num ? "num" : null }, label)))),
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) => h("td", { class: cols[i][1] ? "num" : null, "data-label": cols[i][0] }, c)))))));
+
+  function render(st) {
+    const w = st.workers && typeof st.workers === "object" ? st.workers : {};
+    const byStatus = st.jobs?.by_status || {};
+    fill(scope, st.tenant ? `tenant ${st.tenant}` : "", st.since ? [" · since ", timeEl(st.since)] : null);
+    const list = Array.isArray(w.list) ? w.list : Array.isArray(st.worker_list) ? st.worker_list : null;
+    const queues = Array.isArray(st.queues) ? st.queues : null;
+    const providers = Array.isArray(st.providers) ? st.providers : [];
+    fill(body,
+      h("div", { class: "figures" },
+        fig("Live workers", fmtInt(w.live), "seen in the last minute", "w-live"),
+        fig("Slots in use", fmtInt(w.slots_in_use), "this tenant's jobs running now", "w-slots"),
+        fig("Queue depth", fmtInt(st.queue_depth), "jobs queued and due now", "w-queue"),
+        fig("Queued", fmtInt(byStatus.queued ?? 0), "jobs in the queue (due or not)", "w-queued"),
+        fig("Waiting", fmtInt(byStatus.waiting ?? 0), "jobs waiting on dependencies", "w-waiting"),
+        fig("Running", fmtInt(byStatus.running ?? 0), "jobs running", "w-running")),
+      list ? h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Workers")),
+        table("worker-list", [["Worker"], ["Slots", true], ["Last seen"]], list.map((x) => [
+          h("span", { class: "mono" }, x.id ?? x.name ?? DASH), `${fmtInt(x.slots_in_use ?? x.busy)} of ${fmtInt(x.slots ?? x.concurrency)}`,
+          timeEl(x.last_seen ?? x.heartbeat_at)]))) : null,
+      queues ? h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Queues")),
+        table("queue-list", [["Queue"], ["Depth", true]], queues.map((q) => [h("span", { class: "mono" }, q.name ?? q.provider ?? q.model ?? DASH), fmtInt(q.depth ?? q.queued)]))) : null,
+      h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Providers")),
+        providers.length ? table("worker-providers", [["Provider"], ["Requests", true], ["Failed", true], ["Success", true], ["p50", true]],
+          providers.map((p) => [h("b", {}, p.provider ?? DASH), fmtInt(p.requests), fmtInt(p.failed), fmtPct(p.success_rate), fmtSeconds(p.p50_s)]))
+          : h("div", { class: "empty" }, "No provider calls in this period.")));
+  }
+
+  async function refresh() {
+    try {
+      const st = await api("/v1/stats", { signal: ctx.signal });
+      if (ctx.alive) render(st && typeof st === "object" ? st : {});
+    } catch (err) {
+      if (isAbort(err) || !ctx.alive) return;
+      fill(body, err.status === 404
+        ? h("div", { class: "panel", id: "stats-unavailable" }, h("div", { class: "empty" }, h("strong", {}, "Figures not available"),
+          "This server does not offer GET /v1/stats."))
+        : alertBox(`Cannot load the figures: ${err.message}`));
+    }
+  }
+  refresh();
+  ctx.every(OVERVIEW_REFRESH_MS, refresh);
 }
 
 // ------------------------------------------------------------------ start
