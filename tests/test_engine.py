@@ -485,3 +485,32 @@ async def test_prune_deletes_finished_executions_older_than_the_cutoff(
         timeout=60,
     )
     assert bad.returncode == 2 and "not an age like 30d" in bad.stderr
+
+
+async def test_a_job_shows_its_params_as_submitted_and_resolved_and_the_execution_lists_every_leaf_output(
+    engine: Engine, running_worker: WorkerFactory
+) -> None:
+    plan = {
+        "jobs": [
+            sim_job("still", model="sim/image", latency_s=0),
+            sim_job("clip", latency_s=0.3, echo={"from": "$still", "id": "$still.sim_id", "esc": "$$5"}),
+            sim_job("voice", model="sim/audio", latency_s=0, text="hello"),
+        ]
+    }
+    eid = await engine.submit(plan)
+    queued = jobs_by_id(await engine.get(eid))
+    assert queued["clip"]["params"]["echo"] == {"from": "$still", "id": "$still.sim_id", "esc": "$$5"}
+    assert queued["clip"]["resolved_params"] is None  # 'still' has no result yet
+    assert queued["voice"]["params"]["text"] == "hello"
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    jobs = jobs_by_id(state)
+    still = jobs["still"]["result"]
+    assert jobs["clip"]["params"]["echo"]["from"] == "$still"  # as submitted, still
+    assert jobs["clip"]["resolved_params"]["echo"] == {"from": still["url"], "id": still["sim_id"], "esc": "$5"}
+    assert jobs["voice"]["resolved_params"]["text"] == "hello"
+    # the leaves are 'clip' and 'voice' ('still' feeds 'clip'), in plan order, each with its own link
+    leaves = [(o["job_id"], o["type"]) for o in state["outputs"]]
+    assert leaves == [("clip", "generate-video"), ("voice", "generate-audio")]
+    assert [o["url"] for o in state["outputs"]] == [jobs["clip"]["result"]["url"], jobs["voice"]["result"]["url"]]
+    assert all(o["url"].startswith("http") for o in state["outputs"])

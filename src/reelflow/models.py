@@ -47,6 +47,11 @@ class JobState(Answer):
     id: str = Field(description="The job's id in the plan")
     type: str = Field(description="Job type: generate-image, generate-video, merge-video-audio, ...")
     model: str | None = Field(description="The model that ran (with failover, the alternative that ran)")
+    params: JsonObject = Field(description="The job's parameters as submitted (references such as `$clip` as written)")
+    resolved_params: JsonObject | None = Field(
+        description="The parameters with every reference replaced by the value it stands for, once every job it "
+        "refers to has a result; null until then"
+    )
     status: JobStatus = Field(description="waiting (on dependencies), queued, running, then how it ended")
     attempts: int = Field(description="Attempts started so far")
     max_attempts: int = Field(description="Attempts allowed before the job fails")
@@ -85,6 +90,16 @@ class ExecutionSummary(Answer):
     finished_at: Timestamp | None = Field(description="When it ended")
 
 
+class LeafOutput(Answer):
+    """The output of a leaf job (one that no other job depends on)."""
+
+    job_id: str = Field(description="The job's id in the plan")
+    type: str = Field(description="Its job type")
+    url: str | None = Field(description="A link to the artifact")
+    content_type: str | None = Field(description="The artifact's media type")
+    duration: Number | None = Field(description="Seconds of audio or video; null for images and text")
+
+
 class ExecutionState(ExecutionSummary):
     """The full state of an execution (GET /v1/executions/{id}, and the `data` of a webhook)."""
 
@@ -92,6 +107,9 @@ class ExecutionState(ExecutionSummary):
         description="The last sink job's result, plus `outputs`: every sink job's result by job id"
     )
     jobs: list[JobState] = Field(description="Every job, in plan order")
+    outputs: list[LeafOutput] = Field(
+        description="Every leaf job's output that exists so far (a job no other job depends on), in plan order"
+    )
     possible_duplicate_charge: float = Field(description="The jobs' possible duplicate charges summed (USD)")
     possible_duplicates: int = Field(description="The jobs' possible duplicates summed")
     webhook: str | None = Field(description="Where the webhook goes")

@@ -39,6 +39,8 @@ def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "id": row["key"],
         "type": row["type"],
         "model": row["model"],
+        "params": loads(row["params"]),
+        "resolved_params": None,
         "status": row["status"],
         "attempts": row["attempts"],
         "max_attempts": row["max_attempts"],
@@ -79,6 +81,8 @@ def execution_view(row: Mapping[str, Any], jobs: list[Mapping[str, Any]]) -> dic
     view = execution_summary(row)
     view["result"] = loads(row["result"])
     view["jobs"] = [job_view(j) for j in jobs]
+    view["outputs"] = leaf_outputs(view["jobs"])
+    _resolve_params(view["jobs"])
     # paid retries that went ahead where the provider could not be asked whether it took the earlier one (USD
     # estimated, and how many)
     view["possible_duplicate_charge"] = round(sum(j["possible_duplicate_charge"] for j in view["jobs"]), 6)
@@ -86,6 +90,45 @@ def execution_view(row: Mapping[str, Any], jobs: list[Mapping[str, Any]]) -> dic
     view["webhook"] = row["webhook"]
     view["options"] = (loads(row["plan"]) or {}).get("options", {})
     return view
+
+
+def leaf_outputs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every leaf job's output (a job no other job depends on, that has a result), in plan order."""
+    needed = {dep for job in jobs for dep in job["depends_on"] or ()}
+    outputs: list[dict[str, Any]] = []
+    for job in jobs:
+        result = job["result"]
+        if job["id"] in needed or not isinstance(result, dict):
+            continue
+        outputs.append(
+            {
+                "job_id": job["id"],
+                "type": job["type"],
+                "url": result.get("url"),
+                "content_type": result.get("content_type"),
+                "duration": result.get("duration"),
+            }
+        )
+    return outputs
+
+
+def _resolve_params(jobs: list[dict[str, Any]]) -> None:
+    """Set each job's `resolved_params`: its params with every reference replaced by the value it stands for,
+    once every job it refers to has a result (None until then)."""
+    from ..errors import PlanError
+    from ..plan import find_references, resolve_references
+
+    results = {job["id"]: job["result"] for job in jobs if isinstance(job["result"], dict)}
+    for job in jobs:
+        params = job["params"]
+        if not isinstance(params, dict):
+            continue
+        if any(ref[0] not in results for ref in find_references(params)):
+            continue
+        try:
+            job["resolved_params"] = resolve_references(params, results, job_id=job["id"])
+        except PlanError:
+            job["resolved_params"] = None
 
 
 def execution_result(sinks: list[tuple[str, str | None]]) -> dict[str, Any] | None:
