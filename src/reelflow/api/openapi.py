@@ -62,6 +62,7 @@ DESCRIPTIONS = {
     400: "Malformed request: a body that is not JSON, is empty, repeats a key, holds NaN or Infinity, or a bad header",
     401: "No API key, not `Bearer <api key>`, or an invalid or revoked key",
     402: "The tenant's monthly cost budget would be passed",
+    403: "A signed link that does not open",
     404: "Unknown, or another tenant's",
     409: "The request conflicts with the resource's state",
     413: "The request body is over 1 MB",
