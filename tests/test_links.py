@@ -292,6 +292,7 @@ def test_the_api_docs_are_served_from_the_app_itself(tmp_path: Path, page: str) 
     with ApiServer(server_settings(tmp_path)) as server, server.client() as http:
         html = http.get(page)
         assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert html.headers["content-security-policy"].startswith("default-src 'self';")  # and nothing else
         foreign = re.findall(r"https?://[^\s\"'`)<>]+", html.text)
         assert foreign == [], foreign  # nothing is fetched from another host (no CDN, no fonts)
         parser = _Refs()

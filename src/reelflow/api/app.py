@@ -695,6 +695,7 @@ def create_app(
     problems.install(app)
     openapi.install(app)
     app.add_middleware(problems.BodyLimit)
+    app.add_middleware(openapi.DocsPolicy)
     app.add_middleware(RequestLogContext)
     app.include_router(router)
     ui.install(app)  # GET /ui: the dashboard (static files, outside the OpenAPI schema)
