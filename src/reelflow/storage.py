@@ -474,47 +474,58 @@ class LinkSigner:
 
     def _candidates(self, value: Any, found: set[str]) -> None:
         if isinstance(value, dict):
-            entry = _entry_key(value)
-            if entry is not None:
+            if "key" in value and (entry := _entry_key(value)) is not None:
                 found.add(entry)
             for v in value.values():
-                self._candidates(v, found)
+                if not isinstance(v, int | float | bool | None):
+                    self._candidates(v, found)
         elif isinstance(value, list):
             for v in value:
-                self._candidates(v, found)
+                if not isinstance(v, int | float | bool | None):
+                    self._candidates(v, found)
         elif isinstance(value, str) and (key := self._api_key(value)) is not None:
             found.add(key)
 
-    def _rewrite(self, value: Any, owned: Collection[str]) -> Any:
+    def _rewrite(self, value: Any, links: dict[str, str]) -> Any:
+        """`value` with the links of `links`' keys replaced; parts without any are returned as they are."""
         if isinstance(value, dict):
-            out = {k: self._rewrite(v, owned) for k, v in value.items()}
-            entry = _entry_key(value)
-            if entry is not None and entry in owned:
-                out["url"] = self.link(entry)
-            return out
+            out: dict[str, Any] | None = None
+            for k, v in value.items():
+                new = self._rewrite(v, links)
+                if new is not v:
+                    out = dict(value) if out is None else out
+                    out[k] = new
+            if "key" in value and (entry := _entry_key(value)) is not None and entry in links:
+                out = dict(value) if out is None else out
+                out["url"] = links[entry]
+            return value if out is None else out
         if isinstance(value, list):
-            return [self._rewrite(v, owned) for v in value]
-        if isinstance(value, str) and (key := self._api_key(value)) is not None and key in owned:
-            return self.link(key)
+            items = [self._rewrite(v, links) for v in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        if isinstance(value, str) and (key := self._api_key(value)) is not None and key in links:
+            return links[key]
         return value
 
     async def sign_links(self, value: T, owned: Callable[[Collection[str]], Awaitable[Collection[str]]]) -> T:
         """A copy of `value` (a JSON answer) whose links to the API's artifact route carry a fresh signature:
         an artifact entry's `url` (beside its `key`, whichever server the worker that stored it named) and any
         other string that links to this server's artifact route. Only the keys `owned` returns (those the
-        tenant owns: one query) are signed; a link to anything else is left as it was."""
+        tenant owns: one query) are signed; a link to anything else is left as it was. `value` is not changed;
+        the parts of the copy without a link are shared with it."""
         found: set[str] = set()
         self._candidates(value, found)
         if not found:
             return value
-        mine = set(await owned(found))
-        return cast(T, self._rewrite(value, mine)) if mine else value
+        links = {key: self.link(key) for key in set(await owned(found)) & found}
+        return cast(T, self._rewrite(value, links)) if links else value
 
 
 def _entry_key(value: dict[str, Any]) -> str | None:
     """The key of an artifact entry (`{"url": ".../v1/artifacts/<key>", "key": "<key>", ...}`), else None."""
     key, url = value.get("key"), value.get("url")
-    if not isinstance(key, str) or not isinstance(url, str) or not KEY_RE.match(key):
+    if not isinstance(key, str) or not isinstance(url, str) or f"{ARTIFACT_PATH}{key}" not in url:
+        return None
+    if not KEY_RE.match(key):
         return None
     try:
         path = urlsplit(url).path

@@ -539,10 +539,8 @@ async def artifact(
     request: Request,
     svc: Svc,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Security(openapi.BEARER)],
-    exp: Annotated[
-        str | None, Query(max_length=20, description="A signed link's expiry (Unix seconds); no key needed")
-    ] = None,
-    sig: Annotated[str | None, Query(max_length=100, description="A signed link's signature")] = None,
+    exp: Annotated[str | None, Query(description="A signed link's expiry (Unix seconds); no key needed")] = None,
+    sig: Annotated[str | None, Query(description="A signed link's signature")] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """A stored output; ranges supported so players can seek. On object storage: a redirect to a fresh
