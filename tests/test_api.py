@@ -224,7 +224,8 @@ def test_local_plan_makes_a_real_artifact_with_ranges(http: httpx.Client) -> Non
 
     for job, content_type, magic in (("thumb", "image/jpeg", b"\xff\xd8\xff"), ("still", "image/png", b"\x89PNG")):
         key = jobs[job]["result"]["key"]
-        assert jobs[job]["result"]["url"].endswith(f"/v1/artifacts/{key}")
+        url = jobs[job]["result"]["url"]  # a signed link: it opens without a key (tests/test_links.py)
+        assert url.startswith(f"http://127.0.0.1:8000/v1/artifacts/{key}?exp=") and "&sig=" in url
         full = http.get(f"/v1/artifacts/{key}")
         assert full.status_code == 200, full.text
         assert full.headers["content-type"].startswith(content_type)

@@ -267,7 +267,7 @@ def test_events_yield_every_event_in_order_and_resume_after_last_event_id(
     stored = server.query("SELECT seq, type FROM events WHERE execution_id = ? ORDER BY seq", execution.id)
     assert [(e["seq"], e["type"]) for e in events] == stored
     assert events[0]["type"] == "execution.created" and events[-1]["type"] == "execution.succeeded"
-    assert all(set(e) == {"seq", "type", "job", "data", "created_at"} for e in events)
+    assert all(set(e) == {"seq", "type", "job", "data", "created_at", "created_at_unix"} for e in events)
     assert [e["type"] for e in events if e["job"] == "b"][-1] == "job.succeeded"
     cut = events[3]["seq"]
     assert list(client.events(execution.id, last_event_id=cut)) == events[4:]

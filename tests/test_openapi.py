@@ -74,9 +74,12 @@ def test_the_bearer_scheme_is_declared(doc: dict[str, Any]) -> None:
 def test_every_operation_that_needs_a_key_says_so_and_no_other(doc: dict[str, Any]) -> None:
     secured = {(m, p) for m, p, op in operations(doc) if op.get("security") == [{"bearerAuth": []}]}
     unsecured = {(m, p) for m, p, op in operations(doc) if "security" not in op}
+    either = {(m, p) for m, p, op in operations(doc) if op.get("security") == [{"bearerAuth": []}, {}]}
     assert unsecured == PUBLIC
-    assert len(secured) == 14 and secured | unsecured == {(m, p) for m, p, _ in operations(doc)}
-    for method, path in secured:  # the key is a security scheme, no longer an optional header parameter
+    assert either == {("get", "/v1/artifacts/{key}")}  # a key, or a signed link (`?exp=&sig=`) without one
+    assert 403 in errors_of(doc, "get", "/v1/artifacts/{key}")
+    assert len(secured) == 13 and secured | unsecured | either == {(m, p) for m, p, _ in operations(doc)}
+    for method, path in secured | either:  # the key is a security scheme, no longer an optional header parameter
         params = doc["paths"][path][method].get("parameters", [])
         assert "authorization" not in {p["name"].lower() for p in params}, (method, path)
         assert {401, 503} <= errors_of(doc, method, path), (method, path)
@@ -256,6 +259,8 @@ def test_the_state_of_an_execution_names_the_spec_fields(doc: dict[str, Any]) ->
     listing = doc["paths"]["/v1/executions"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert set(resolve(doc, listing)["properties"]) == {"data", "next_cursor"}
     event = doc["paths"]["/v1/executions/{execution_id}/events"]["get"]["responses"]["200"]["content"]
-    assert set(resolve(doc, event["text/event-stream"]["schema"])["properties"]) == {
-        "seq", "type", "job", "data", "created_at",
+    event_schema = resolve(doc, event["text/event-stream"]["schema"])
+    assert set(event_schema["properties"]) == {
+        "seq", "type", "job", "data", "created_at", "created_at_unix",
     }  # fmt: skip
+    assert event_schema["properties"]["created_at"]["format"] == "date-time"  # ISO 8601, like every time

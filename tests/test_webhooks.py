@@ -199,7 +199,8 @@ async def test_a_succeeded_execution_sends_one_signed_event(
     [hit] = receiver.at()
     event = Webhook(secret).verify(hit.body, hit.headers)
     assert event["type"] == "execution.succeeded"
-    assert set(event) == {"type", "timestamp", "data"}
+    assert set(event) == {"type", "timestamp", "data", "created_at"}
+    assert event["created_at"] == event["timestamp"]  # ISO 8601, as every event carries it
     assert event["data"]["id"] == eid
     assert event["data"]["status"] == "succeeded"
     assert hit.headers["content-type"] == "application/json"

@@ -21,6 +21,13 @@ class Settings(BaseSettings):
     plus one for LISTEN. Size the server's max_connections for every process's pool."""
     storage_url: str = "file://./.reelflow/artifacts"
     public_url: str = "http://127.0.0.1:8000"
+    """Base URL of artifact links and provider callbacks. Unset: `serve` makes it the address and port it listens
+    on (`public_url_for`); other commands keep this default."""
+    link_seconds: int = Field(default=7 * 86400, ge=1, le=366 * 86400)
+    """How long a signed artifact link (`?exp=&sig=`) opens, from the moment it is written into an answer."""
+    link_secret: str | None = None
+    """The HMAC secret of signed artifact links, the same in every API and worker process. Unset: a random
+    secret kept in the database (made once by the first process that needs it); see docs/security.md."""
     limits_file: str | None = None
     catalog_file: str | None = None
     """A YAML file of extra models (see examples/catalog.yaml), loaded when the catalog is first used."""
@@ -67,7 +74,7 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     """When set, `/metrics` answers only requests with `Authorization: Bearer <this token>`."""
 
-    @field_validator("metrics_addr", "metrics_token", mode="before")
+    @field_validator("metrics_addr", "metrics_token", "link_secret", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return (value.strip() or None) if isinstance(value, str) else value
@@ -110,6 +117,22 @@ class Settings(BaseSettings):
         """Where `provider` should report on one job's work."""
         query = urlencode({"execution": execution_id, "job": job_key})
         return f"{self.public_url.rstrip('/')}/v1/providers/{quote(provider, safe='')}/callback?{query}"
+
+
+def public_url_for(host: str, port: int, settings: Settings) -> Settings:
+    """The settings `serve --host H --port P` runs with: unless REELFLOW_PUBLIC_URL is set, `public_url` is
+    `http://H:P`, an every-interface address (`0.0.0.0`, `::`, empty) written as 127.0.0.1, the one address
+    sure to reach it from this machine (set REELFLOW_PUBLIC_URL for other machines). A link made before
+    `serve` knew its port would point elsewhere; REELFLOW_PUBLIC_URL still counts as set (callbacks)."""
+    if "public_url" in settings.model_fields_set:
+        return settings
+    host = host.strip().strip("[]")
+    if host in ("", "0.0.0.0", "::", "*"):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    served = settings.model_copy(update={"public_url": f"http://{shown}:{port}"})
+    served.__pydantic_fields_set__.discard("public_url")  # still the default: callbacks stay off
+    return served
 
 
 def split_host_port(value: str) -> tuple[str, int]:

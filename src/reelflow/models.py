@@ -149,8 +149,9 @@ class Event(Answer):
     seq: int = Field(description="The event's number, increasing (also its SSE `id:`, for Last-Event-ID)")
     type: str = Field(description="execution.created, job.running, job.succeeded, execution.succeeded, ...")
     job: str | None = Field(description="The job's id, for job events")
-    data: JsonObject = Field(description="The event's details")
-    created_at: Number = Field(description="When it happened (epoch seconds)")
+    data: JsonObject = Field(description="The event's details (artifact links in it signed when sent)")
+    created_at: Timestamp = Field(description="When it happened (ISO 8601, UTC)")
+    created_at_unix: Number = Field(description="The same instant in Unix seconds (what `created_at` held before)")
 
 
 class WebhookData(ExecutionState):
@@ -166,7 +167,8 @@ class WebhookEvent(Answer):
 
     type: str = Field(description="execution.succeeded, execution.failed, execution.canceled, or job.* on request")
     timestamp: Timestamp = Field(description="When the event happened")
-    data: WebhookData = Field(description="The execution's state")
+    data: WebhookData = Field(description="The execution's state (its artifact links signed when sent)")
+    created_at: Timestamp = Field(description="When the event happened, like every event's `created_at`")
 
 
 class DeliveryAttempt(Answer):

@@ -8,13 +8,17 @@ fsspec/s3fs). Every S3 call blocks (s3fs runs its own event loop in a thread): a
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import os
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
@@ -28,6 +32,7 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may liv
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _SAMPLE_KEY = "00/" + "0" * 64 + ".bin"
+T = TypeVar("T")
 
 
 class BadKey(ReelflowError):
@@ -407,3 +412,135 @@ def open_storage(url: str, public_url: str) -> Storage:
             presign_seconds=s3.presign_seconds,
         )
     raise StorageError(f"unsupported storage URL {url!r}: use file://path or s3://bucket/prefix")
+
+
+# ---------------------------------------------------------------------------------------- signed links
+LINK_TENANT = "~links"
+"""The `tenants` row whose secret signs artifact links when REELFLOW_LINK_SECRET is unset: made once by the first
+process that asks, then read by every other one. No API key can belong to it (a tenant's name starts with a
+letter or digit), so no one is ever shown this secret."""
+
+
+def link_signature(secret: bytes, key: str, exp: int) -> str:
+    """`sig` of an artifact link: base64url (no padding) HMAC-SHA256 over the key and its expiry."""
+    mac = hmac.new(secret, f"reelflow-artifact-link\n{key}\n{exp}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+class LinkRefused(ReelflowError):
+    """A signed artifact link that does not open: malformed, tampered with, or expired."""
+
+
+class LinkSigner:
+    """Makes and checks `{public_url}/v1/artifacts/{key}?exp=<unix seconds>&sig=<signature>` links.
+
+    The signature binds the key (a content hash: one link opens those bytes and no others) and the expiry; who
+    may have a link is decided when it is made: `sign_links` signs only keys the tenant owns."""
+
+    def __init__(
+        self, secret: bytes, public_url: str, seconds: int, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.secret = secret
+        self.public_url = public_url.rstrip("/")
+        self.seconds = seconds
+        self.clock = clock
+
+    def link(self, key: str) -> str:
+        exp = int(self.clock()) + self.seconds
+        return f"{self.public_url}{ARTIFACT_PATH}{check_key(key)}?exp={exp}&sig={link_signature(self.secret, key, exp)}"
+
+    def check(self, key: str, exp: str | None, sig: str | None) -> None:
+        """Nothing when the link opens; LinkRefused saying why otherwise."""
+        if not exp or not sig:
+            raise LinkRefused("a signed link needs both exp and sig")
+        if not exp.isdigit() or len(exp) > 12:
+            raise LinkRefused("exp is not a time in Unix seconds")
+        if not hmac.compare_digest(sig.encode(), link_signature(self.secret, key, int(exp)).encode()):
+            raise LinkRefused("the link's signature does not match (changed, or signed with another secret)")
+        if int(exp) <= self.clock():
+            raise LinkRefused("the link has expired: fetch the execution's state again for a fresh one")
+
+    def _api_key(self, value: str) -> str | None:
+        """The key of a link to this server's artifact route, in any spelling that reaches it, signed or not."""
+        if ARTIFACT_PATH not in value:
+            return None
+        try:
+            key = _api_key_from_url(self.public_url, value)
+            if key is None and (canonical := canonical_link(value)) is not None and canonical != value:
+                key = _api_key_from_url(self.public_url, canonical)
+        except ValueError:
+            return None
+        return key
+
+    def _candidates(self, value: Any, found: set[str]) -> None:
+        if isinstance(value, dict):
+            if "key" in value and (entry := _entry_key(value)) is not None:
+                found.add(entry)
+            for v in value.values():
+                if not isinstance(v, int | float | bool | None):
+                    self._candidates(v, found)
+        elif isinstance(value, list):
+            for v in value:
+                if not isinstance(v, int | float | bool | None):
+                    self._candidates(v, found)
+        elif isinstance(value, str) and (key := self._api_key(value)) is not None:
+            found.add(key)
+
+    def _rewrite(self, value: Any, links: dict[str, str]) -> Any:
+        """`value` with the links of `links`' keys replaced; parts without any are returned as they are."""
+        if isinstance(value, dict):
+            out: dict[str, Any] | None = None
+            for k, v in value.items():
+                new = self._rewrite(v, links)
+                if new is not v:
+                    out = dict(value) if out is None else out
+                    out[k] = new
+            if "key" in value and (entry := _entry_key(value)) is not None and entry in links:
+                out = dict(value) if out is None else out
+                out["url"] = links[entry]
+            return value if out is None else out
+        if isinstance(value, list):
+            items = [self._rewrite(v, links) for v in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        if isinstance(value, str) and (key := self._api_key(value)) is not None and key in links:
+            return links[key]
+        return value
+
+    async def sign_links(self, value: T, owned: Callable[[Collection[str]], Awaitable[Collection[str]]]) -> T:
+        """A copy of `value` (a JSON answer) whose links to the API's artifact route carry a fresh signature:
+        an artifact entry's `url` (beside its `key`, whichever server the worker that stored it named) and any
+        other string that links to this server's artifact route. Only the keys `owned` returns (those the
+        tenant owns: one query) are signed; a link to anything else is left as it was. `value` is not changed;
+        the parts of the copy without a link are shared with it."""
+        found: set[str] = set()
+        self._candidates(value, found)
+        if not found:
+            return value
+        links = {key: self.link(key) for key in set(await owned(found)) & found}
+        return cast(T, self._rewrite(value, links)) if links else value
+
+
+def _entry_key(value: dict[str, Any]) -> str | None:
+    """The key of an artifact entry (`{"url": ".../v1/artifacts/<key>", "key": "<key>", ...}`), else None."""
+    key, url = value.get("key"), value.get("url")
+    if not isinstance(key, str) or not isinstance(url, str) or f"{ARTIFACT_PATH}{key}" not in url:
+        return None
+    if not KEY_RE.match(key):
+        return None
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None
+    return key if path == f"{ARTIFACT_PATH}{key}" else None
+
+
+class _TenantSecrets(Protocol):
+    async def ensure_tenant(self, tenant: str) -> str: ...
+
+
+async def link_signer(
+    store: _TenantSecrets, public_url: str, seconds: int, secret: str | None = None
+) -> LinkSigner:
+    """The signer every process agrees on: REELFLOW_LINK_SECRET when set, else the `LINK_TENANT` row's secret."""
+    key = secret if secret else await store.ensure_tenant(LINK_TENANT)
+    return LinkSigner(key.encode(), public_url, seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -36,7 +37,9 @@ from .net import (
     check_url_syntax,
     guarded_client,
 )
+from .storage import LinkSigner, link_signer
 from .store.base import Delivery, Store
+from .store.common import dumps
 
 log = logging.getLogger("reelflow.webhooks")
 
@@ -97,6 +100,24 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
 # Judging destinations is the egress guard's work (`reelflow.net`, which every outbound fetch goes
 # through); UnsafeDestination, UnresolvableDestination, address_problem, check_url_syntax and
 # check_destination stay importable from here.
+
+
+# ---------------------------------------------------------------------------------------- bodies
+def event_body(payload: str) -> dict[str, Any]:
+    """A stored webhook body as it is sent, before its links are signed: `created_at` (ISO 8601, like every
+    event's) beside `timestamp`, the same instant."""
+    body: dict[str, Any] = json.loads(payload)
+    if "created_at" not in body and isinstance(body.get("timestamp"), str):
+        body["created_at"] = body["timestamp"]
+    return body
+
+
+async def outgoing_body(delivery: Delivery, signer: LinkSigner, store: Store) -> str:
+    """What one attempt sends: the stored body with `created_at` and its links to the tenant's artifacts signed
+    now (every attempt gets links that open for REELFLOW_LINK_SECONDS from its own time)."""
+    body = event_body(delivery.payload)
+    signed = await signer.sign_links(body, lambda keys: store.owned_artifacts(delivery.tenant, keys))
+    return dumps(signed)
 
 
 # ---------------------------------------------------------------------------------------- delivery
@@ -175,6 +196,7 @@ class WebhookDispatcher:
         self._stopping = False
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._signer: LinkSigner | None = None
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -185,6 +207,13 @@ class WebhookDispatcher:
     def notify(self) -> None:
         """A delivery may have just been queued: look now instead of at the next poll."""
         self._wake.set()
+
+    async def signer(self) -> LinkSigner:
+        """The artifact link signer, the API's (same secret, from REELFLOW_LINK_SECRET or the database)."""
+        if self._signer is None:
+            s = self.settings
+            self._signer = await link_signer(self.store, s.public_url, s.link_seconds, s.link_secret)
+        return self._signer
 
     @property
     def egress(self) -> EgressGuard:
@@ -300,7 +329,7 @@ class WebhookDispatcher:
                 problem = check_url_syntax(delivery.url, policy=self.egress.policy)
                 if problem is not None:  # not http(s), or a literal address that is not public: no lookup
                     return AttemptResult(False, error=f"not sent: {problem}", give_up=True)
-                body = delivery.payload
+                body = await outgoing_body(delivery, await self.signer(), self.store)
                 request = client.build_request(
                     "POST", delivery.url, content=body.encode(), headers=headers_for(delivery.secret, delivery.id, body)
                 )
@@ -358,7 +387,9 @@ __all__ = [
     "backoff_schedule",
     "check_destination",
     "check_url_syntax",
+    "event_body",
     "headers_for",
+    "outgoing_body",
     "sign",
     "verify_webhook",
 ]

@@ -12,11 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, metrics
@@ -51,9 +52,9 @@ from ..providers.base import CallbackProvider, CallbackRejected
 from ..providers.catalog import list_models, load_extensions
 from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
-from ..storage import BadKey, Storage, check_key, open_storage
+from ..storage import BadKey, LinkRefused, LinkSigner, Storage, check_key, link_signer, open_storage
 from ..store import Store, open_store
-from ..store.common import BadCursor, strip_paths
+from ..store.common import BadCursor, iso, strip_paths
 from ..store.stats import parse_since
 from . import openapi, problems, ui
 from .openapi import errors, problem_answer
@@ -64,6 +65,7 @@ log = logging.getLogger("reelflow.api")
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
+T = TypeVar("T")
 
 
 class Services:
@@ -76,6 +78,19 @@ class Services:
         self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
         self.engine = Engine(store, settings, storage=self.storage)
         self._keys: dict[str, tuple[str | None, float]] = {}
+        self._signer: LinkSigner | None = None
+
+    async def signer(self) -> LinkSigner:
+        """The artifact link signer (its secret read from the database once, unless REELFLOW_LINK_SECRET)."""
+        if self._signer is None:
+            s = self.settings
+            self._signer = await link_signer(self.store, s.public_url, s.link_seconds, s.link_secret)
+        return self._signer
+
+    async def signed(self, who: str, value: T) -> T:
+        """`value` (an answer) with its links to the tenant's artifacts signed now: they open without a key."""
+        signer = await self.signer()
+        return await signer.sign_links(value, lambda keys: self.store.owned_artifacts(who, keys))
 
     async def tenant_for(self, raw: str) -> str | None:
         """Authenticate a key, remembering the answer for 5 s (revocation shows within that)."""
@@ -344,7 +359,7 @@ async def list_executions(
 @router.get("/executions/{execution_id}", response_model=ExecutionState, tags=["executions"], responses=errors(404))
 async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
-    return strip_paths(await svc.engine.get(check_path_id(execution_id), who))
+    return await svc.signed(who, strip_paths(await svc.engine.get(check_path_id(execution_id), who)))
 
 
 @router.get(
@@ -383,6 +398,12 @@ async def stream_events(
     )
 
 
+def event_view(seq: int, kind: str, job: str | None, data: dict[str, Any], at: float) -> dict[str, Any]:
+    """One event as the API shows it: `created_at` ISO 8601 like every time in the API, `created_at_unix` the
+    same instant in Unix seconds (what `created_at` held before)."""
+    return {"seq": seq, "type": kind, "job": job, "data": data, "created_at": iso(at), "created_at_unix": at}
+
+
 async def sse(svc: Services, execution_id: str, who: str, after: int, request: Request) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     idle_since = time.monotonic()
@@ -390,11 +411,9 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
         batch = await svc.store.events(execution_id, after=after, limit=500)
         if batch:  # one write per batch: a client gone mid-batch costs one failed send, not hundreds
             lines = []
-            for e in batch:
-                data = {
-                    "seq": e.seq, "type": e.type, "job": e.job_id, "data": strip_paths(e.data),
-                    "created_at": e.created_at,
-                }  # fmt: skip
+            signed = await svc.signed(who, [strip_paths(e.data) for e in batch])
+            for e, details in zip(batch, signed, strict=True):
+                data = event_view(e.seq, e.type, e.job_id, details, e.created_at)
                 lines.append(f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
             yield "".join(lines)
             after = batch[-1].seq
@@ -425,7 +444,7 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
 )
 async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Cancel: queued jobs canceled, running ones stopped at their provider."""
-    return strip_paths(await svc.engine.cancel(check_path_id(execution_id), who))
+    return await svc.signed(who, strip_paths(await svc.engine.cancel(check_path_id(execution_id), who)))
 
 
 @router.post(
@@ -436,7 +455,7 @@ async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
 )
 async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Re-run only the failed, canceled and skipped jobs; succeeded ones keep their results."""
-    return strip_paths(await svc.engine.resume(check_path_id(execution_id), who))
+    return await svc.signed(who, strip_paths(await svc.engine.resume(check_path_id(execution_id), who)))
 
 
 @router.post(
@@ -505,23 +524,43 @@ async def schema() -> dict[str, Any]:
     "/artifacts/{key:path}",
     tags=["artifacts"],
     response_class=FileResponse,
+    openapi_extra={"security": [{}]},  # added to the key's entry: a key, or none (a signed link)
     responses=errors(404)
     | {
         200: {
             "description": "The file (its media type), or 307 to a signed URL on object storage",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        }
+        },
+        403: problem_answer(403, "A signed link that is malformed, does not match, or has expired (`detail` says why)"),
     },
 )
-async def artifact(key: str, svc: Svc, who: Tenant) -> Response:
+async def artifact(
+    key: str,
+    request: Request,
+    svc: Svc,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(openapi.BEARER)],
+    exp: Annotated[str | None, Query(description="A signed link's expiry (Unix seconds); no key needed")] = None,
+    sig: Annotated[str | None, Query(description="A signed link's signature")] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """A stored output; ranges supported so players can seek. On object storage: a redirect to a fresh
-    signed URL."""
+    signed URL. Opens with an API key (`Authorization`, the artifact must be the tenant's), or without one
+    through the signed link (`?exp=&sig=`) that states, events and webhooks carry; with a key, the query is
+    not looked at."""
+    keyed = authorization or (exp is None and sig is None)
+    who = await tenant(request, _declared, authorization) if keyed else None
     try:
         check_key(key)
     except BadKey:
         raise Problem(404, f"artifact {key[:100]!r} not found") from None
-    if not await svc.store.owns_artifact(who, key):
-        raise Problem(404, f"artifact {key!r} not found")
+    if who is not None:
+        if not await svc.store.owns_artifact(who, key):
+            raise Problem(404, f"artifact {key!r} not found")
+    else:
+        try:
+            (await svc.signer()).check(key, exp, sig)
+        except LinkRefused as exc:
+            raise Problem(403, f"artifact link refused: {exc}") from None
     path = svc.storage.local_path(key)
     if path is None:
         return RedirectResponse(await asyncio.to_thread(svc.storage.url, key), status_code=307)
@@ -645,7 +684,7 @@ def create_app(
             if own_store:
                 await the_store.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with Swagger UI and ReDoc served from the package: no CDN
         title="reelflow",
         version=__version__,
         description="Run AI video pipelines: plans of generation jobs on a durable queue.",
@@ -654,6 +693,7 @@ def create_app(
     problems.install(app)
     openapi.install(app)
     app.add_middleware(problems.BodyLimit)
+    app.add_middleware(openapi.DocsPolicy)
     app.add_middleware(RequestLogContext)
     app.include_router(router)
     ui.install(app)  # GET /ui: the dashboard (static files, outside the OpenAPI schema)

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import PROBLEM
 
@@ -62,6 +63,7 @@ DESCRIPTIONS = {
     400: "Malformed request: a body that is not JSON, is empty, repeats a key, holds NaN or Infinity, or a bad header",
     401: "No API key, not `Bearer <api key>`, or an invalid or revoked key",
     402: "The tenant's monthly cost budget would be passed",
+    403: "A signed link that does not open",
     404: "Unknown, or another tenant's",
     409: "The request conflicts with the resource's state",
     413: "The request body is over 1 MB",
@@ -136,3 +138,31 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+DOCS_PAGES = frozenset({"/docs", "/redoc"})
+DOCS_POLICY = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:"
+)
+"""What /docs and /redoc may load: this server only. Their scripts come from fastapi-offline's copies; this also
+keeps the browser from fetching what those scripts name elsewhere (ReDoc's footer logo on cdn.redoc.ly)."""
+
+
+class DocsPolicy:
+    """Sends DOCS_POLICY as the Content-Security-Policy of the API documentation pages."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in DOCS_PAGES:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"content-security-policy", DOCS_POLICY)]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)

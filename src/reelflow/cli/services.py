@@ -78,11 +78,11 @@ def serve(
 
     from ..api import create_app
     from ..api.server import server_config
-    from ..config import get_settings
+    from ..config import get_settings, public_url_for
     from ..engine.worker import tune_gc
     from ..logs import configure_logging
 
-    settings = get_settings()
+    settings = public_url_for(host, port, get_settings())
     configure_logging(settings, service=True)  # uvicorn's own lines go through the same handler
     tune_gc()
     access_log = logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)

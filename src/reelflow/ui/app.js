@@ -1369,6 +1369,7 @@ function showExecution(view, ctx, executionId) {
       return;
     }
     if (!isNum(ev.seq) || ev.seq <= lastSeq) return;
+    if (isNum(ev.created_at_unix)) ev.created_at = ev.created_at_unix; // Unix seconds below; created_at is ISO
     lastSeq = ev.seq;
     addEventRow(ev);
     if (ev.job) {
