@@ -157,5 +157,3 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         place, name = INPUT_MAP[key]
         (instance if place == "instance" else parameters)[name] = value
     return instance, parameters
-
-
