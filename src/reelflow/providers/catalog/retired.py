@@ -29,8 +29,9 @@ RETIRED: tuple[Retirement, ...] = (
         since="2026-09-24",
         alternatives=(
             "google/veo-3.1-fast-generate-preview",
-            "fal/fal-ai/kling-video/v2.1/standard/image-to-video",
-            "replicate/bytedance/seedance-1-pro",
+            "replicate/google/veo-3.1",
+            "fal/fal-ai/kling-video/v2.5-turbo/pro/image-to-video",
+            "fal/bytedance/seedance-2.0/image-to-video",
         ),
     ),
 )
