@@ -17,7 +17,9 @@ from reelflow.providers import catalog
 
 HEAVY = ["reelflow.engine.worker", "reelflow.api.app", "fastapi", "prometheus_client", "reelflow.media"]
 CATALOGS = [f"reelflow.providers.catalog{m}" for m in ["", ".spec", ".builtin", ".validation", ".pricing", ".file"]]
-CATALOGS += [f"reelflow.providers.catalog.{m}" for m in ["registry", "replicate", "fal", "elevenlabs", "openai", "google"]]
+CATALOGS += [
+    f"reelflow.providers.catalog.{m}" for m in ["registry", "replicate", "fal", "elevenlabs", "openai", "google"]
+]
 COMMANDS = ["run", "status", "events", "cancel", "resume", "retry", "estimate", "worker", "serve", "keys"]
 COMMANDS += ["migrate", "models", "stats", "prune", "demo"]
 CATALOGS.append("reelflow.providers.catalog.retired")
