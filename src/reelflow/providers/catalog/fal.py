@@ -262,12 +262,13 @@ MODELS: list[ModelSpec] = [
         "bytedance/seedance-2.0/image-to-video",
         0.3024,
         "ByteDance Seedance 2.0, image to video with sound, 4-15 s, price at 720p",
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        [4, 15],
         ["480p", "720p"],
         True,
         90.0,
         15.0,
         extra={
+            "duration": ParamSpec(type="integer", minimum=4, maximum=15, default=5, description="Seconds of video."),
             "last_frame": ParamSpec(type="url", description="A last frame to end on."),
             "aspect_ratio": ParamSpec(
                 type="string",
