@@ -83,6 +83,17 @@ def test_the_example_file_loads_and_its_models_are_catalogued() -> None:
     assert "input" not in clip.model_dump()["params"]["image"]
 
 
+def test_a_file_model_may_say_when_its_price_was_read(tmp_path: Path) -> None:
+    text = (
+        "models:\n  - id: replicate/acme/x\n    types: [generate-video]\n    price: {unit: run, usd: 1}\n"
+        "    price_read: '2026-12-01'\n"
+    )
+    [spec] = load_catalog_file(write(tmp_path, text))
+    assert spec.price_read == "2026-12-01" and spec.model_dump(mode="json")["price_read"] == "2026-12-01"
+    [problem] = problems_of(write(tmp_path, text.replace("2026-12-01", "last week"), "bad.yaml"))
+    assert "price_read" in problem
+
+
 def test_settings_name_the_file_and_it_loads_once(tmp_path: Path) -> None:
     settings = Settings(catalog_file=str(EXAMPLE), _env_file=None)  # type: ignore[call-arg]
     load_extensions(settings)

@@ -517,22 +517,22 @@ def test_a_provider_base_url_is_allowed_with_its_port_only(settings: Settings) -
 async def test_an_input_openai_downloads_goes_through_the_guard(
     origin: Server, internal: Server, tmp_path: Path
 ) -> None:
-    """OpenAI reads an image input as a file: fetched by us, through the guard, redirects judged again."""
+    """OpenAI reads the audio to transcribe as a file: fetched by us, through the guard, redirects judged again."""
     with FakeOpenAI() as oai:
         provider = OpenAIProvider(oai.key, oai.base_url)
         provider.egress = EgressPolicy.from_settings(allowing(origin))  # as the worker hands it over
 
-        async def submit(image: str) -> str:
-            task = Task("ex1", "clip", "generate-video", "openai/sora-2", {"prompt": "x", "image": image}, 1, tmp_path)
+        async def transcribe(audio: str) -> str:
+            task = Task("ex1", "words", "transcribe", "openai/whisper-1", {"audio": audio}, 1, tmp_path)
             with pytest.raises(PermanentError) as refused:
-                await provider.submit(task)
+                await provider.wait(task, await provider.submit(task), lambda update: None)
             return refused.value.message
 
-        assert await submit(f"{origin.base}/to-internal") == (
-            f"openai: fetching 'image': refused: {internal.base}/secret is not a public address"
+        assert await transcribe(f"{origin.base}/to-internal") == (
+            f"openai: fetching 'audio': refused: {internal.base}/secret is not a public address"
         )
-        assert (await submit(f"{internal.base}/secret")).startswith(
-            "openai: fetching 'image': 'http://127.0.0.1:"  # a literal address: the URL itself says what it is
+        assert (await transcribe(f"{internal.base}/secret")).startswith(
+            "openai: fetching 'audio': 'http://127.0.0.1:"  # a literal address: the URL itself says what it is
         )
         await provider.aclose()
         assert oai.creates == 0 and internal.total == 0 and origin.hits["/to-internal"] == 1

@@ -84,6 +84,34 @@ async def test_image_to_video_sends_image_url_and_returns_the_video(fal: FakeFal
     assert out.url and out.url.endswith(".mp4") and out.content_type == "video/mp4"
 
 
+async def test_a_partner_app_gets_its_documented_inputs(fal: FakeFal, tmp_path: Path) -> None:
+    """Seedance 2.0 is `bytedance/...` on fal, not `fal-ai/...`: the app id and the names still follow fal's page."""
+    provider = quick(fal)
+    t = task(
+        tmp_path,
+        "fal/bytedance/seedance-2.0/image-to-video",
+        "generate-video",
+        prompt="pan",
+        image="https://example.com/a.png",
+        last_frame="https://example.com/b.png",
+        duration=8,
+        generate_audio=False,
+    )
+    pid = await provider.submit(t)
+    result = await provider.wait(t, pid, Reports())
+    assert submits(fal) == [
+        {
+            "prompt": "pan",
+            "image_url": "https://example.com/a.png",
+            "end_image_url": "https://example.com/b.png",
+            "duration": "8",
+            "generate_audio": False,
+        }
+    ]
+    assert [e.path for e in fal.log if e.route == "submit"] == ["/bytedance/seedance-2.0/image-to-video"]
+    assert result.outputs and result.fields["provider_id"] == pid
+
+
 async def test_run_passes_the_input_as_given(fal: FakeFal, tmp_path: Path) -> None:
     provider = quick(fal)
     t = task(tmp_path, SCHNELL, "run", input={"prompt": "raw", "image_size": "square", "num_images": 2})

@@ -243,7 +243,7 @@ async def test_bad_requests_fail_at_submit_without_a_call(oai: FakeOpenAI, tmp_p
         await p.submit(task(tmp_path, text=""))
     with pytest.raises(PermanentError, match="a prompt is required"):
         await p.submit(image_task(tmp_path))
-    with pytest.raises(PermanentError, match="not a speech, image, video"):
+    with pytest.raises(PermanentError, match="not a speech, image or transcription"):
         await p.submit(task(tmp_path, "openai/gpt-4o", "run", input={"input": "x"}))
     with pytest.raises(PermanentError, match="not an openai model id"):
         await p.submit(task(tmp_path, "elevenlabs/x", text="hi"))

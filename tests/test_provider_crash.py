@@ -17,13 +17,11 @@ import pytest
 
 from conftest import WorkerFactory
 from fakes.fal import FakeFal
-from fakes.openai import FakeOpenAI
 from fakes.replicate import FakeReplicate
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.providers.base import Provider
 from reelflow.providers.fal import FalProvider
-from reelflow.providers.openai import OpenAIProvider
 from reelflow.providers.replicate import ReplicateProvider
 
 LATENCY_S = 4.0
@@ -49,15 +47,7 @@ def fal() -> Iterator[tuple[dict[str, str], Callable[[], int], Callable[[], Prov
         yield env, lambda: fake.count("submit"), lambda: FalProvider(fake.key, fake.base_url, poll_max_s=0.5), job
 
 
-@contextmanager
-def openai() -> Iterator[tuple[dict[str, str], Callable[[], int], Callable[[], Provider], dict[str, Any]]]:
-    with FakeOpenAI(video_latency_s=LATENCY_S, queue_s=0.0) as fake:
-        env = {"REELFLOW_OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": fake.key}
-        job = {"type": "generate-video", "model": "openai/sora-2", "params": {"prompt": "waves", "duration": 4}}
-        yield env, lambda: fake.creates, lambda: OpenAIProvider(fake.key, fake.base_url, poll_max_s=0.5), job
-
-
-@pytest.mark.parametrize("provider", [replicate, fal, openai], ids=["replicate", "fal", "openai"])
+@pytest.mark.parametrize("provider", [replicate, fal], ids=["replicate", "fal"])
 async def test_a_worker_killed_after_submission_never_submits_twice(
     provider: Callable[..., Any],
     engine: Engine,

@@ -459,8 +459,8 @@ async def test_openai_refusals_say_whether_anything_was_sent(
     assert info.value.not_sent is not_sent and oai.paid["speech"] == 0
 
 
-async def test_a_video_job_cannot_be_reconciled_either(oai: FakeOpenAI, op: OpenAIProvider, tmp_path: Path) -> None:
-    t = attempt(tmp_path, 2, model="openai/sora-2", job_type="generate-video", intent_at=time.time(), prompt="waves")
+async def test_an_image_job_cannot_be_reconciled_either(oai: FakeOpenAI, op: OpenAIProvider, tmp_path: Path) -> None:
+    t = attempt(tmp_path, 2, model="openai/gpt-image-1", job_type="generate-image", intent_at=time.time(), prompt="x")
     with pytest.raises(CannotReconcile):
         await op.find_submitted(t, time.time())
-    assert oai.count("video_create") == 0
+    assert sum(oai.hits.values()) == 0

@@ -22,6 +22,7 @@ CATALOGS += [
 ]
 COMMANDS = ["run", "status", "events", "cancel", "resume", "retry", "estimate", "worker", "serve", "keys"]
 COMMANDS += ["migrate", "models", "stats", "prune", "demo"]
+CATALOGS.append("reelflow.providers.catalog.retired")
 
 
 def fresh(code: str) -> subprocess.CompletedProcess[str]:

@@ -33,6 +33,7 @@ from reelflow.providers.catalog import (
     list_models,
     models_for_type,
     param_schema,
+    retired_message,
     show,
     suggest,
 )
@@ -618,6 +619,10 @@ class _Validator:
                 f"{who}: unknown provider '{provider}' in model '{model_id}'{suggest(provider, providers)}; "
                 f"known providers: {', '.join(providers)}",
             )
+            return None
+        retired = retired_message(model_id)
+        if retired is not None:
+            self.err(view.loc("model"), f"{who}: {retired}")
             return None
         model = get_model(model_id)
         if jtype == "run":

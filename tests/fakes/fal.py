@@ -15,6 +15,9 @@ the body>`) with a key the fake serves as a JWKS at `jwks_url`. Knobs: `drop_web
 (submit, status, result, cancel, file, jwks), `creates` (requests really queued: the work that runs and is
 billed), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`.
 
+Apps are `<owner>/<app>/...` with fal's own owner (`fal-ai`) or a partner's (`bytedance`, as
+`bytedance/seedance-2.0/image-to-video`); other owners answer 404.
+
 Lost answers: `accept_then_drop(n)` queues the next n submitted requests (they run) and closes the connection
 without an answer; `accept_then_delay(n, delay_s)` queues them and answers only after delay_s.
 """
@@ -46,6 +49,8 @@ from reelflow import media
 
 _MEDIA: dict[str, bytes] = {}
 _MEDIA_LOCK = threading.Lock()
+APP_OWNERS = ("fal-ai", "bytedance")
+"""Owners of the apps the fake serves: fal's own and a partner's."""
 
 
 def tiny_media() -> dict[str, bytes]:
@@ -468,7 +473,7 @@ class FakeFal:
         @app.post("/{model_path:path}")
         async def submit(model_path: str, request: Request) -> Response:
             parts = model_path.strip("/").split("/")
-            if len(parts) < 2 or parts[0] not in ("fal-ai",):
+            if len(parts) < 2 or parts[0] not in APP_OWNERS:
                 return JSONResponse({"detail": f"Application '{model_path}' not found"}, status_code=404)
             try:
                 body = await request.json()

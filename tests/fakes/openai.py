@@ -1,4 +1,4 @@
-"""A fake of OpenAI's speech, image, video (Sora) and transcription APIs: a FastAPI app on 127.0.0.1,
+"""A fake of OpenAI's speech, image and transcription APIs: a FastAPI app on 127.0.0.1,
 run in a background thread.
 
     with FakeOpenAI() as oai:
@@ -7,14 +7,8 @@ run in a background thread.
 - `POST /v1/audio/speech` answers a real 1 s MP3; `POST /v1/images/generations` answers `n` real 64x64
   images as `b64_json` with `usage` (or, with `image_url` set, that URL for each image). `hostile` serves
   any bytes or redirects at `/hostile/<name>`, without credentials.
-- `POST /v1/videos` (multipart: `prompt`, `model`, `seconds`, `size`, `input_reference`) makes a video
-  that is `queued` for `queue_s`, then `in_progress` with `progress` rising to 100 over
-  `video_latency_s`, then `completed` (or `failed` with `error.code`/`message`, see `videos_fail`).
-  `Idempotency-Key` is honoured for 24 h: the same key answers the same video and creates nothing.
-  `GET /v1/videos/{id}` answers it with an `openai-poll-after-ms` header while unfinished;
-  `GET /v1/videos/{id}/content` a real MP4 (with sound) of the video's length; `DELETE` deletes it.
-  With `webhook_url` and `webhook_secret` set, a Standard Webhooks event (`video.completed` /
-  `video.failed`) is POSTed there when a video ends (unless `drop_webhooks`).
+- The Videos API (`/v1/videos`, Sora) is gone: OpenAI shut it down on 2026-09-24, and here as there its
+  paths answer 404.
 - `POST /v1/audio/transcriptions` probes the uploaded file and answers `verbose_json` whose words (from
   `transcript_text`) are spread evenly over the file's duration.
 - Speech, images and transcriptions honour `Idempotency-Key` for 24 h as well: the first request with a key
@@ -26,11 +20,11 @@ run in a background thread.
   answers (its OpenAPI description, openai/openai-openapi, has no idempotency at all, and its SDKs send no
   key): the fake follows the usual convention of APIs that do (Stripe's), which is what the adapter hopes for.
 
-`paid` counts the work done and billed per route (speech, images, transcriptions, video_create); `creates` is
+`paid` counts the work done and billed per route (speech, images, transcriptions); `creates` is
 their sum. Errors are shaped as OpenAI shapes them (`{"error": {message, type, param, code}}`). Knobs fail,
 stall or drop the next N calls of a route before anything is done, or do the work and then lose the answer
 (`lose_next_answer`, `accept_then_drop`) or send it late (`accept_then_delay`). `hits` counts calls per
-route: speech, images, transcriptions, video_create, video_get, video_content, video_delete.
+route: speech, images, transcriptions.
 """
 
 from __future__ import annotations
@@ -41,20 +35,16 @@ import hashlib
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from standardwebhooks.webhooks import Webhook
 
 from fakes.hostile import HostileRoutes
 from fakes.runner import ThreadedServer
@@ -62,16 +52,8 @@ from reelflow import media
 
 _MEDIA: dict[str, bytes] = {}
 _MEDIA_LOCK = threading.Lock()
-_VIDEOS: dict[int, bytes] = {}
-_VIDEOS_LOCK = threading.Lock()
 
 VOICES = {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"}
-VIDEO_MODELS = {
-    "sora-2": ["720x1280", "1280x720"],
-    "sora-2-pro": ["720x1280", "1280x720", "1024x1792", "1792x1024"],
-}
-VIDEO_SECONDS = ("4", "8", "12")
-REFERENCE_TYPES = {"image/jpeg", "image/png", "image/webp"}
 AUDIO_FORMATS = ["flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm"]
 LANGUAGES = {"en": "english", "fr": "french", "de": "german", "es": "spanish"}
 DEFAULT_TRANSCRIPT = "Every evening the sea keeps its promise."
@@ -99,26 +81,6 @@ def tiny_media() -> dict[str, bytes]:
 
             _in_thread(make)
         return dict(_MEDIA)
-
-
-def video_media(seconds: int) -> bytes:
-    """A real 64x36 H.264 + AAC MP4 of `seconds` s, made once per length per process."""
-    with _VIDEOS_LOCK:
-        if seconds not in _VIDEOS:
-
-            async def build(folder: Path) -> bytes:
-                silent, sound, out = folder / "v.mp4", folder / "a.m4a", folder / "out.mp4"
-                await media.make_video(silent, prompt="sora", duration=seconds, width=64, height=36, fps=8)
-                await media.make_audio(sound, duration=float(seconds))
-                await media.merge_video_audio(silent, sound, out)
-                return out.read_bytes()
-
-            def make() -> None:
-                with TemporaryDirectory(prefix="fakeopenai-video-") as tmp:
-                    _VIDEOS[seconds] = asyncio.run(build(Path(tmp)))
-
-            _in_thread(make)
-        return _VIDEOS[seconds]
 
 
 def error(message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> Any:
@@ -185,64 +147,9 @@ class LoggedRequest:
     files: dict[str, UploadedFile] = field(default_factory=dict)
 
 
-@dataclass
-class FakeVideo:
-    id: str
-    model: str
-    prompt: str
-    seconds: str
-    size: str
-    created: float
-    queue_s: float
-    latency_s: float
-    failure: tuple[str, str] | None = None
-    reference: UploadedFile | None = None
-    idempotency_key: str | None = None
-    deleted: bool = False
-
-    @property
-    def ends_at(self) -> float:
-        return self.created + self.queue_s + self.latency_s
-
-    def status(self, now: float) -> str:
-        if now < self.created + self.queue_s:
-            return "queued"
-        if now < self.ends_at:
-            return "in_progress"
-        return "failed" if self.failure else "completed"
-
-    def progress(self, now: float) -> int:
-        status = self.status(now)
-        if status == "queued":
-            return 0
-        if status == "in_progress":
-            return max(0, min(99, int(100 * (now - self.created - self.queue_s) / max(self.latency_s, 1e-6))))
-        return 100
-
-    def view(self, now: float) -> dict[str, Any]:
-        status = self.status(now)
-        done = status in ("completed", "failed")
-        return {
-            "id": self.id,
-            "object": "video",
-            "model": self.model,
-            "status": status,
-            "progress": self.progress(now),
-            "created_at": int(self.created),
-            "completed_at": int(self.ends_at) if done else None,
-            "expires_at": int(self.ends_at) + 3600 if status == "completed" else None,
-            "prompt": self.prompt,
-            "seconds": self.seconds,
-            "size": self.size,
-            "quality": "standard",
-            "remixed_from_video_id": None,
-            "error": {"code": self.failure[0], "message": self.failure[1]} if status == "failed" else None,
-        }
-
-
 SYNC_CREATES = ("speech", "images", "transcriptions")
 """The routes whose work is done (and billed) within the request."""
-CREATES = (*SYNC_CREATES, "video_create")
+CREATES = SYNC_CREATES
 IDEMPOTENCY_TTL_S = 86400.0
 
 
@@ -276,60 +183,36 @@ def request_fingerprint(path: str, content_type: str, raw: bytes) -> str:
 
 
 def _route(method: str, path: str) -> str:
-    parts = path.strip("/").split("/")
     if method == "POST":
         return {
             "/v1/audio/speech": "speech",
             "/v1/images/generations": "images",
             "/v1/audio/transcriptions": "transcriptions",
-            "/v1/videos": "video_create",
         }.get(path, "other")
-    if len(parts) == 3 and parts[:2] == ["v1", "videos"]:
-        return {"GET": "video_get", "DELETE": "video_delete"}.get(method, "other")
-    if len(parts) == 4 and parts[:2] == ["v1", "videos"] and parts[3] == "content" and method == "GET":
-        return "video_content"
     return "other"
 
 
 @dataclass
 class FakeOpenAI:
     key: str = "sk-fake-openai"
-    video_latency_s: float = 0.6
-    """Seconds a video spends `in_progress` (its progress rises 0 -> 100 over them)."""
-    queue_s: float = 0.1
-    """Seconds a video spends `queued` first."""
-    poll_after_ms: int | None = 50
-    """The `openai-poll-after-ms` header on unfinished videos (None: no header)."""
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
-    drop_webhooks: bool = False
-    """Events are made but never sent (a lost webhook)."""
     transcript_text: str = DEFAULT_TRANSCRIPT
 
     hits: Counter[str] = field(default_factory=Counter)
     """Calls per route (see the module docstring)."""
     log: list[LoggedRequest] = field(default_factory=list)
-    videos: dict[str, FakeVideo] = field(default_factory=dict)
-    """Every video made, deleted ones included."""
     replays: int = 0
     """Creates answered from the idempotency store (nothing made)."""
     paid: Counter[str] = field(default_factory=Counter)
     """Work done and billed, per create route (a replay is not; work whose answer was lost is)."""
-    webhooks_sent: list[dict[str, Any]] = field(default_factory=list)
-    """Each delivered event: url, headers, body (bytes), status (or error)."""
-    webhooks_dropped: list[dict[str, Any]] = field(default_factory=list)
     transcriptions: list[dict[str, Any]] = field(default_factory=list)
     """Each accepted transcription: fields, filename, sha256, size, duration."""
     _failures: dict[str, list[Failure]] = field(default_factory=dict)
     _drops: Counter[str] = field(default_factory=Counter)
     _lost_answers: Counter[str] = field(default_factory=Counter)
     _stalls: dict[str, list[float]] = field(default_factory=dict)
-    _video_failure: tuple[str, str] | None = None
-    _idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
     _kept: dict[str, KeptAnswer] = field(default_factory=dict)
     """Speech, image and transcription answers by idempotency key."""
     _after_accept: dict[str, list[float | None]] = field(default_factory=dict)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     corrupt_images: int = 0
     """The next N image answers carry invalid base64."""
     image_url: str | None = None
@@ -384,10 +267,6 @@ class FakeOpenAI:
                 return True, pending.pop(0)
         return False, None
 
-    def videos_fail(self, code: str | None, message: str = "") -> None:
-        """Videos created from now end `failed` with this error (None: succeed again)."""
-        self._video_failure = (code, message) if code is not None else None
-
     # --- counters --------------------------------------------------------------------------------
 
     def count(self, route: str) -> int:
@@ -395,71 +274,9 @@ class FakeOpenAI:
 
     @property
     def creates(self) -> int:
-        """Work actually done and billed: videos made, speeches, images and transcriptions answered (an
-        idempotent replay does none)."""
+        """Work actually done and billed: speeches, images and transcriptions answered (an idempotent replay
+        does none)."""
         return sum(self.paid.values())
-
-    @property
-    def gets(self) -> int:
-        return self.hits["video_get"]
-
-    @property
-    def content_downloads(self) -> int:
-        return self.hits["video_content"]
-
-    @property
-    def deletes(self) -> int:
-        return self.hits["video_delete"]
-
-    # --- webhooks --------------------------------------------------------------------------------
-
-    def signed_event(
-        self,
-        video_id: str,
-        event_type: str = "video.completed",
-        *,
-        secret: str | None = None,
-        at: datetime | None = None,
-        body: bytes | None = None,
-    ) -> tuple[dict[str, str], bytes]:
-        """(headers, body) of a Standard Webhooks event as OpenAI sends it, signed with `secret`."""
-        when = at or datetime.now(UTC)
-        if body is None:
-            event = {
-                "id": f"evt_{uuid.uuid4().hex}",
-                "object": "event",
-                "created_at": int(when.timestamp()),
-                "type": event_type,
-                "data": {"id": video_id},
-            }
-            body = json.dumps(event).encode()
-        msg_id = f"wh_{uuid.uuid4().hex}"
-        signature = Webhook(secret or self.webhook_secret or "").sign(msg_id, when, body.decode())
-        headers = {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(when.timestamp())),
-            "webhook-signature": signature,
-            "content-type": "application/json",
-        }
-        return headers, body
-
-    async def _notify_when_done(self, video: FakeVideo) -> None:
-        await asyncio.sleep(max(0.0, video.ends_at - time.time()) + 0.01)
-        if video.deleted or not (self.webhook_url and self.webhook_secret):
-            return
-        event_type = "video.failed" if video.failure else "video.completed"
-        headers, body = self.signed_event(video.id, event_type)
-        record: dict[str, Any] = {"url": self.webhook_url, "headers": headers, "body": body, "video": video.id}
-        if self.drop_webhooks:
-            self.webhooks_dropped.append(record)
-            return
-        try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                answer = await client.post(self.webhook_url, content=body, headers=headers)
-            record["status"] = answer.status_code
-        except httpx.HTTPError as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-        self.webhooks_sent.append(record)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -644,119 +461,6 @@ class FakeOpenAI:
                 "usage": {"input_tokens": 12, "output_tokens": 1056 * n, "total_tokens": 12 + 1056 * n},
             }
             return JSONResponse(answer, headers={"x-request-id": f"req_images_{fake.hits['images']}"})
-
-        # --- videos ------------------------------------------------------------------------------
-
-        def video_answer(video: FakeVideo) -> JSONResponse:
-            now = time.time()
-            headers = {"x-request-id": f"req_video_{uuid.uuid4().hex[:12]}"}
-            if video.status(now) in ("queued", "in_progress") and fake.poll_after_ms is not None:
-                headers["openai-poll-after-ms"] = str(fake.poll_after_ms)
-            return JSONResponse(video.view(now), headers=headers)
-
-        def find(video_id: str) -> FakeVideo | None:
-            video = fake.videos.get(video_id)
-            return None if video is None or video.deleted else video
-
-        def not_found(video_id: str) -> JSONResponse:
-            return _bad(f"Video with id '{video_id}' not found.", param="video_id", status=404)
-
-        @app.post("/v1/videos")
-        async def create_video(request: Request) -> Response:
-            key = request.headers.get("idempotency-key")
-            if key and key in fake._idempotency:
-                video_id, at = fake._idempotency[key]
-                if time.time() - at < 86400 and video_id in fake.videos:
-                    fake.replays += 1
-                    return video_answer(fake.videos[video_id])
-            form = await form_body(request)
-            if form is None:
-                return _bad("Expected a multipart/form-data body.")
-            fields, files = form
-            prompt = (fields.get("prompt") or [""])[0]
-            model = (fields.get("model") or ["sora-2"])[0]
-            seconds = (fields.get("seconds") or ["4"])[0]
-            size = (fields.get("size") or ["720x1280"])[0]
-            if not prompt.strip():
-                return _bad("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
-            if len(prompt) > 32000:
-                return _bad("Prompt is too long (at most 32000 characters).", param="prompt")
-            if model not in VIDEO_MODELS:
-                message = f"Invalid value: '{model}'. Supported values are: 'sora-2' and 'sora-2-pro'."
-                return _bad(message, param="model", code="invalid_value")
-            if seconds not in VIDEO_SECONDS:
-                message = f"Invalid value: '{seconds}'. Supported values are: '4', '8', and '12'."
-                return _bad(message, param="seconds", code="invalid_value")
-            if size not in VIDEO_MODELS[model]:
-                message = f"Invalid value: '{size}'. Supported values are: {', '.join(VIDEO_MODELS[model])}."
-                return _bad(message, param="size", code="invalid_value")
-            if "forbidden" in prompt:
-                message = "Your request was blocked by our moderation system."
-                return _bad(message, code="moderation_blocked")
-            reference = files.get("input_reference")
-            if reference is not None:
-                if reference.content_type not in REFERENCE_TYPES:
-                    message = (
-                        f"Invalid file type '{reference.content_type}'. Supported: image/jpeg, image/png, image/webp."
-                    )
-                    return _bad(message, param="input_reference", code="invalid_value")
-                info = await probe_upload(reference)
-                if info is None or f"{info['width']}x{info['height']}" != size:
-                    message = "Inpaint image must match the requested width and height"
-                    return _bad(message, param="input_reference", code="invalid_value")
-            video = FakeVideo(
-                id=f"video_{uuid.uuid4().hex}",
-                model=model,
-                prompt=prompt,
-                seconds=seconds,
-                size=size,
-                created=time.time(),
-                queue_s=fake.queue_s,
-                latency_s=fake.video_latency_s,
-                failure=fake._video_failure,
-                reference=reference,
-                idempotency_key=key,
-            )
-            fake.videos[video.id] = video
-            fake.paid["video_create"] += 1
-            if key:
-                fake._idempotency[key] = (video.id, time.time())
-            notify = asyncio.get_running_loop().create_task(fake._notify_when_done(video))
-            fake._tasks.add(notify)
-            notify.add_done_callback(fake._tasks.discard)
-            return video_answer(video)
-
-        @app.get("/v1/videos/{video_id}")
-        async def get_video(video_id: str) -> Response:
-            video = find(video_id)
-            return not_found(video_id) if video is None else video_answer(video)
-
-        @app.delete("/v1/videos/{video_id}")
-        async def delete_video(video_id: str) -> Response:
-            video = find(video_id)
-            if video is None:
-                return not_found(video_id)
-            video.deleted = True
-            return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
-
-        @app.get("/v1/videos/{video_id}/content")
-        async def video_content(video_id: str, variant: str = "video") -> Response:
-            video = find(video_id)
-            if video is None:
-                return not_found(video_id)
-            if variant not in ("video", "thumbnail", "spritesheet"):
-                message = f"Invalid value: '{variant}'. Supported values are: 'video', 'thumbnail', and 'spritesheet'."
-                return _bad(message, param="variant", code="invalid_value")
-            status = video.status(time.time())
-            if status != "completed":
-                message = f"Video is not ready yet (status {status}); its content is available once it is completed."
-                return _bad(message, param="video_id", status=404 if status == "failed" else 400)
-            if variant == "thumbnail":
-                return Response(fake.media["png"], media_type="image/png")
-            if variant == "spritesheet":
-                return Response(fake.media["jpeg"], media_type="image/jpeg")
-            data = await asyncio.to_thread(video_media, int(video.seconds))
-            return Response(data, media_type="video/mp4")
 
         # --- transcriptions ----------------------------------------------------------------------
 

@@ -1,16 +1,14 @@
-"""`openai/*`: speech, images, video (Sora) and transcription (Whisper) on OpenAI.
+"""`openai/*`: speech, images and transcription (Whisper) on OpenAI.
 
 Speech (`POST /audio/speech`), images (`POST /images/generations`) and transcription
 (`POST /audio/transcriptions`) are synchronous: `submit` checks the request and returns a local id,
 and `wait` makes the call and writes the files to the attempt's workdir; redoing `wait` simply asks
-again. Video is asynchronous: `submit` creates it (`POST /videos`, multipart) and returns OpenAI's
-video id; `wait` polls `GET /videos/{id}` (honouring `openai-poll-after-ms`) and downloads
-`GET /videos/{id}/content` when it is done; `cancel` deletes it.
+again. Video is gone: OpenAI shut the Videos API and the Sora 2 models down on 2026-09-24, and a
+`sora-*` model is refused with that message (plan validation refuses it first). With no asynchronous
+work left there is nothing to poll, cancel or be called back about.
 
 Every request goes to the configured base through the shared rate gate; the key (`Authorization:
-Bearer`) never leaves it. OpenAI's webhooks are account-wide (Standard Webhooks, secret in
-`OPENAI_WEBHOOK_SECRET`): `verify_callback` checks them, and only when a secret is configured does `wait`
-slow its polling down while it expects one.
+Bearer`) never leaves it.
 
 Paying once. Every POST of a job carries `Idempotency-Key: task.idempotency_key`, which names the job's first
 unsettled attempt, so every retry after a lost answer (a read timeout, a reset, a crash) sends the same key
@@ -33,19 +31,14 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from .. import media
-from ..net import EgressPolicy, check_url_syntax, fetch_output, stream_to_file
+from ..net import EgressPolicy, check_url_syntax, fetch_output
 from .base import (
-    CallbackEvent,
-    CallbackRejected,
     CannotReconcile,
     Output,
     PermanentError,
@@ -59,18 +52,16 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog import is_http_url
+from .catalog import is_http_url, retired_message
 from .catalog.openai import (
     MODELS_BY_ID,
     TRANSCRIPTION_MAX_BYTES,
     image_price,
     to_image_body,
     to_speech_body,
-    to_video_form,
     transcription_cost,
-    video_price,
 )
-from .http import HttpAdapter, PollSchedule, retry_after
+from .http import HttpAdapter, retry_after
 from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
@@ -79,23 +70,14 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "REELFLOW_OPENAI_BASE_URL"
-WEBHOOK_SECRET_ENV = "OPENAI_WEBHOOK_SECRET"
 ALLOW_PRIVATE_ENV = "REELFLOW_ALLOW_PRIVATE_URLS"
 
 TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=120.0, pool=30.0)
 """High-quality images take a minute or two and uploads may be large; nothing waits forever."""
 
-MAX_VIDEO_BYTES = 2 * 1024**3
-MAX_IMAGE_INPUT_BYTES = 50 * 1024 * 1024
-DOWNLOAD_TIMEOUT_S = 600.0
-MAX_POLL_FAILURES = 5
-"""Consecutive transient failures of a status poll tolerated inside one `wait` before giving up."""
-CREATE_RESENDS = 2
-"""How often a video create whose answer was lost is sent again (same Idempotency-Key) inside `submit`."""
 
 _MODEL_RE = re.compile(r"^openai/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})$")
 _LOCAL_ID_RE = re.compile(r"^oai-[0-9a-f]{32}$")
-_VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")
 
 _PERMANENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "account_deactivated"})
@@ -114,7 +96,6 @@ _IMAGE_FORMATS: dict[str, tuple[str, str]] = {
     "jpeg": (".jpg", "image/jpeg"),
     "webp": (".webp", "image/webp"),
 }
-_REFERENCE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _TRANSCRIBE_TYPES = {
     ".flac": "audio/flac",
     ".mp3": "audio/mpeg",
@@ -128,7 +109,7 @@ _TRANSCRIBE_TYPES = {
     ".webm": "video/webm",
 }
 
-Kind = Literal["speech", "image", "video", "transcription"]
+Kind = Literal["speech", "image", "transcription"]
 
 
 def _detail(response: httpx.Response) -> tuple[str, str | None]:
@@ -177,13 +158,12 @@ def _kind(name: str) -> Kind:
         return "speech"
     if name.startswith(("gpt-image", "dall-e")):
         return "image"
-    if name.startswith("sora"):
-        return "video"
     if name.startswith("whisper"):
         return "transcription"
-    raise PermanentError(
-        f"openai: {name} is not a speech, image, video (sora) or transcription (whisper) model, the kinds run here"
-    )
+    retired = retired_message(f"openai/{name}")
+    if retired is not None:
+        raise PermanentError(f"openai: {retired}")
+    raise PermanentError(f"openai: {name} is not a speech, image or transcription (whisper) model, the kinds run here")
 
 
 def _json_object(response: httpx.Response, doing: str) -> dict[str, Any]:
@@ -207,7 +187,7 @@ def _truthy(value: str | None) -> bool:
 
 
 class OpenAIProvider(HttpAdapter):
-    """OpenAI speech, images, Sora video and Whisper transcription behind the Provider protocol."""
+    """OpenAI speech, images and Whisper transcription behind the Provider protocol."""
 
     info = ProviderInfo(
         name="openai",
@@ -230,27 +210,12 @@ class OpenAIProvider(HttpAdapter):
         client: httpx.AsyncClient | None = None,
         poll_initial_s: float = 1.0,
         poll_max_s: float = 15.0,
-        callback_poll_s: float = 60.0,
-        webhook_secret: str | None = None,
         allow_private_urls: bool | None = None,
     ) -> None:
-        super().__init__(
-            key,
-            base_url,
-            client=client,
-            poll_initial_s=poll_initial_s,
-            poll_max_s=poll_max_s,
-            callback_poll_s=callback_poll_s,
-        )
-        self._webhook_secret = webhook_secret
+        super().__init__(key, base_url, client=client, poll_initial_s=poll_initial_s, poll_max_s=poll_max_s)
         self._allow_private_urls = allow_private_urls
 
     # --- settings --------------------------------------------------------------------------------
-
-    @property
-    def webhook_secret(self) -> str | None:
-        """The account's webhook signing secret (`whsec_...`), read at call time; None when unset."""
-        return self._webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV) or None
 
     @property
     def allow_private_urls(self) -> bool:
@@ -263,12 +228,6 @@ class OpenAIProvider(HttpAdapter):
         if self._allow_private_urls is not None and policy.allow_private != self._allow_private_urls:
             policy = replace(policy, allow_private=self._allow_private_urls)
         return policy
-
-    def poll_schedule(self, task: Any) -> PollSchedule:
-        """Slow polling only while a callback can really come: OpenAI's webhooks are set up account-wide,
-        so a callback URL on the task means nothing unless we hold the secret to verify them."""
-        callback = getattr(task, "callback_url", None) and self.webhook_secret
-        return PollSchedule(self.poll_initial_s, self.poll_max_s, callback_s=self.callback_poll_s if callback else None)
 
     # --- the request -----------------------------------------------------------------------------
 
@@ -283,23 +242,10 @@ class OpenAIProvider(HttpAdapter):
             if not isinstance(given, dict):
                 raise PermanentError("openai: a run job's params.input must be an object")
             body = {**given, "model": name}
-            if kind == "video":
-                if not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
-                    raise PermanentError("openai: a prompt is required")
-                bad = [k for k, v in body.items() if isinstance(v, dict | list)]
-                if bad:
-                    raise PermanentError(f"openai: video form fields must be plain values (got objects for {bad})")
-                body = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
-                return kind, body
         elif kind == "speech":
             body = to_speech_body(name, task.params)
-        elif kind == "image":
-            body = to_image_body(name, task.params)
         else:
-            try:
-                return kind, to_video_form(name, task.params)
-            except ValueError as exc:
-                raise PermanentError(f"openai: {exc}") from None
+            body = to_image_body(name, task.params)
         field = "input" if kind == "speech" else "prompt"
         if not isinstance(body.get(field), str) or not body[field].strip():
             raise PermanentError(f"openai: {'text to speak' if kind == 'speech' else 'a prompt'} is required")
@@ -359,63 +305,15 @@ class OpenAIProvider(HttpAdapter):
             raise type(exc)(f"openai: fetching '{param}'{where}: {message}", retry_after=exc.retry_after) from None
         return path
 
-    async def _reference_image(self, task: Task, size: str) -> tuple[str, bytes, str]:
-        """`input_reference` for a video: the job's image, scaled and cropped to the video's size (OpenAI
-        asks for a reference of exactly that size)."""
-        source = await self._input_file(task, "image", limit_bytes=MAX_IMAGE_INPUT_BYTES, what="image")
-        width, height = (int(n) for n in size.split("x"))
-        try:
-            info = await media.probe(source)
-        except media.MediaError as exc:
-            raise PermanentError(f"openai: the image is not readable: {exc}") from None
-        if not info["has_video"] or info["duration"] is not None:
-            raise PermanentError("openai: parameter 'image' must be a still image")
-        suffix = source.suffix.lower()
-        if (info["width"], info["height"]) == (width, height) and suffix in _REFERENCE_TYPES:
-            data = await asyncio.to_thread(source.read_bytes)
-            return f"reference{suffix}", data, _REFERENCE_TYPES[suffix]
-        fitted = task.workdir / f"reference-{width}x{height}.png"
-        await _fit_image(source, fitted, width, height)
-        return fitted.name, await asyncio.to_thread(fitted.read_bytes), "image/png"
-
     # --- the protocol ----------------------------------------------------------------------------
 
     async def submit(self, task: Task) -> str:
         self.auth_headers()  # fail now, before anything waits, when the key is missing
-        kind, body = self._request(task)
-        if kind != "video":
-            return f"oai-{uuid.uuid4().hex}"
-        files: list[tuple[str, Any]] = [(k, (None, str(v))) for k, v in body.items()]
-        if task.type != "run" and (task.params.get("image") is not None or "image" in task.inputs):
-            filename, data, content_type = await self._reference_image(task, body["size"])
-            files.append(("input_reference", (filename, data, content_type)))
-        doing = f"creating a video with {task.model}"
-        headers = {"Idempotency-Key": task.idempotency_key}
-        attempt = 0
-        while True:
-            try:
-                response = await self.send("POST", "/videos", doing=doing, headers=headers, files=files)
-                break
-            except TransientError:
-                # the answer may be lost after OpenAI made the video: the same key gets the same video back
-                attempt += 1
-                if attempt > CREATE_RESENDS:
-                    raise
-                await asyncio.sleep(min(self.poll_initial_s, 1.0) * attempt)
-        if not response.is_success:
-            raise _classify(response, doing)
-        video = _json_object(response, doing)
-        vid = video.get("id")
-        if not isinstance(vid, str) or not _VIDEO_ID_RE.match(vid):
-            raise TransientError(f"openai: the create answer has no usable video id: {json.dumps(video)[:300]}")
-        return vid
+        self._request(task)
+        return f"oai-{uuid.uuid4().hex}"
 
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         kind, body = self._request(task)
-        if kind == "video":
-            if not _VIDEO_ID_RE.match(provider_id) or _LOCAL_ID_RE.match(provider_id):
-                raise PermanentError(f"not an openai video id: {provider_id!r}")
-            return await self._wait_video(task, provider_id, report)
         if not _LOCAL_ID_RE.match(provider_id):
             raise PermanentError(f"not an openai request id: {provider_id!r}")
         self.auth_headers()  # the key is needed from here on
@@ -434,9 +332,8 @@ class OpenAIProvider(HttpAdapter):
 
     async def find_submitted(self, task: Task, since: float) -> list[str]:
         """OpenAI has no list of past speeches, images or transcriptions to look in; its only safeguard is the
-        idempotency key every retry repeats, which it does not document. Videos are listed, but that path is
-        being retired and keeps relying on the key too. Always CannotReconcile: the retry goes ahead with the
-        same key and the worker counts a possible duplicate charge."""
+        idempotency key every retry repeats, which it does not document. Always CannotReconcile: the retry goes
+        ahead with the same key and the worker counts a possible duplicate charge."""
         kind, _ = self._request(task)
         raise CannotReconcile(
             f"openai: no lookup of earlier {kind} requests; the retry repeats Idempotency-Key "
@@ -444,143 +341,7 @@ class OpenAIProvider(HttpAdapter):
         )
 
     async def cancel(self, task: Task, provider_id: str) -> None:
-        """Delete the video so it stops costing; speech, images and transcriptions have nothing to stop."""
-        if _LOCAL_ID_RE.match(provider_id) or not _VIDEO_ID_RE.match(provider_id):
-            return
-        doing = f"deleting video {provider_id}"
-        response = await self.send("DELETE", f"/videos/{provider_id}", doing=doing)
-        if response.is_success:
-            return
-        error = _classify(response, doing)
-        if isinstance(error, TransientError):
-            raise error
-        log.info("openai: %s not needed: %s", doing, error.message)  # finished, gone or never ours
-
-    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
-        """Check a Standard Webhooks signature with the account's secret; name the video it is about."""
-        secret = self.webhook_secret
-        if not secret:
-            raise CallbackRejected(f"openai: {WEBHOOK_SECRET_ENV} is not set, so no webhook can be verified")
-        try:
-            hook = Webhook(secret)
-        except Exception:
-            raise CallbackRejected(f"openai: {WEBHOOK_SECRET_ENV} is not a valid whsec_ secret") from None
-        plain = {str(k).lower(): str(v) for k, v in headers.items()}
-        try:
-            payload = hook.verify(body, plain)
-        except WebhookVerificationError as exc:
-            raise CallbackRejected(f"openai: webhook rejected: {exc}") from None
-        except (ValueError, TypeError):  # malformed signature entries, bad base64, undecodable or non-JSON body
-            raise CallbackRejected("openai: webhook rejected: malformed signature header or body") from None
-        data = payload.get("data") if isinstance(payload, dict) else None
-        vid = data.get("id") if isinstance(data, dict) else None
-        if not isinstance(vid, str) or not _VIDEO_ID_RE.match(vid):
-            raise CallbackRejected("openai: webhook rejected: the event names no object (data.id)")
-        event_type = payload.get("type")
-        status: str | None = None
-        if isinstance(event_type, str):
-            status = event_type.removeprefix("video.") if event_type.startswith("video.") else event_type
-        return CallbackEvent(provider_job_id=vid, status=status)
-
-    # --- video -----------------------------------------------------------------------------------
-
-    async def _wait_video(self, task: Task, vid: str, report: ProgressReporter) -> ProviderResult:
-        schedule = self.poll_schedule(task)
-        doing = f"polling video {vid}"
-        failures = 0
-        last: tuple[str, float | None] | None = None
-        while True:
-            hint: float | None = None
-            try:
-                response = await self.send("GET", f"/videos/{vid}", doing=doing)
-                if not response.is_success:
-                    raise _classify(response, doing)
-                video = _json_object(response, doing)
-                failures = 0
-            except TransientError as exc:
-                failures += 1
-                if failures >= MAX_POLL_FAILURES:
-                    raise
-                log.info("openai: %s failed (%s); trying again", doing, exc.message)
-                await task.pause(schedule.next_delay(hint=exc.retry_after))
-                continue
-            hint = _poll_after(response)
-            status = video.get("status")
-            progress = _number(video.get("progress"))
-            percent = None if progress is None else max(0.0, min(100.0, progress))
-            if status == "completed":
-                return await self._video_result(task, vid, video)
-            if status == "failed":
-                error: dict[str, Any] = video["error"] if isinstance(video.get("error"), dict) else {}
-                message = error.get("message") or "no error message given"
-                code = error.get("code")
-                raise PermanentError(f"openai: video {vid} failed: {message}" + (f" ({code})" if code else ""))
-            update: ProgressUpdate | None = None
-            if status == "queued":
-                update = ProgressUpdate(phase="queued", percent=percent)
-            elif status == "in_progress":
-                update = ProgressUpdate(phase="running", percent=percent)
-            else:
-                log.warning("openai: video %s has unknown status %r; still waiting", vid, status)
-            if update is not None and (update.phase, update.percent) != last:
-                last = (update.phase, update.percent)
-                await _report(report, update)
-            running = status == "in_progress"
-            await task.pause(schedule.next_delay(percent=percent if running else None, hint=hint))
-
-    async def _video_result(self, task: Task, vid: str, video: dict[str, Any]) -> ProviderResult:
-        path = await self._download_content(task, vid)
-        model_name = str(video.get("model") or _model_name(task.model))
-        size = str(video.get("size") or "")
-        try:
-            seconds = float(video.get("seconds") or 0) or None
-        except (TypeError, ValueError):
-            seconds = None
-        fields: dict[str, Any] = {
-            "provider_id": vid,
-            "seconds": seconds,
-            "size": size or None,
-            "expires_at": video.get("expires_at"),
-        }
-        cost = round(video_price(model_name, size) * seconds, 6) if seconds is not None else None
-        return ProviderResult(outputs=[Output(path=path, content_type="video/mp4")], fields=fields, cost_usd=cost)
-
-    async def _download_content(self, task: Task, vid: str) -> Path:
-        """`GET /videos/{id}/content` streamed to the workdir, through the rate gate, size- and time-limited."""
-        doing = f"downloading video {vid}"
-        out = task.workdir / "video.mp4"
-        await self.gate.acquire()
-        try:
-            async with (
-                asyncio.timeout(DOWNLOAD_TIMEOUT_S),
-                self.http().stream(
-                    "GET",
-                    f"{self.base_url}/videos/{vid}/content",
-                    params={"variant": "video"},
-                    headers=self.auth_headers(),
-                    follow_redirects=False,
-                ) as response,
-            ):
-                if response.status_code == 429:
-                    self.gate.on_throttled(retry_after(response))
-                else:
-                    self.gate.on_success()
-                if not response.is_success:
-                    await response.aread()
-                    raise _classify(response, doing)
-                ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-                if ctype.startswith(("application/json", "text/")):
-                    raise TransientError(f"openai: {doing} answered {ctype}, not a video")
-                size = await stream_to_file(response, out, MAX_VIDEO_BYTES, f"openai: video {vid}")
-        except TimeoutError:
-            raise TransientError(f"openai: {doing} took over {DOWNLOAD_TIMEOUT_S:g} s") from None
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"openai: {doing} timed out ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"openai: {doing} failed: {type(exc).__name__}: {exc}") from None
-        if size == 0:
-            raise TransientError(f"openai: {doing} answered no bytes")
-        return out
+        """Nothing to stop: every request is answered within its call."""
 
     # --- synchronous calls -----------------------------------------------------------------------
 
@@ -680,26 +441,6 @@ class OpenAIProvider(HttpAdapter):
             fields=result_fields,
             cost_usd=transcription_cost(duration),
         )
-
-
-def _poll_after(response: httpx.Response) -> float | None:
-    """OpenAI's suggested wait before the next poll (`openai-poll-after-ms`), in seconds."""
-    raw = response.headers.get("openai-poll-after-ms")
-    try:
-        ms = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    if ms is None or ms != ms or ms < 0:
-        return None
-    return min(ms / 1000.0, 300.0)
-
-
-async def _fit_image(source: Path, out: Path, width: int, height: int) -> None:
-    """Scale and centre-crop `source` to exactly width x height as PNG (ffmpeg, under media's caps)."""
-    try:
-        await media.fit_image(source, out, width, height)
-    except media.MediaError as exc:
-        raise PermanentError(f"openai: cannot fit the image to {width}x{height}: {exc}") from None
 
 
 def _file_size(path: Path) -> int | None:

@@ -5,6 +5,7 @@ A package by responsibility, each module importable on its own (no module here i
 - `spec`: the types (ParamSpec, ModelSpec, Price, ...) and the shapes of ids and references;
 - `builtin`: local operations, the local and simulated models; `replicate`, `fal`, `openai`, `elevenlabs`:
   each remote provider's models and how its adapter maps our params to its inputs;
+- `retired`: models their provider shut down, refused with a message naming alternatives;
 - `validation`: `check_params` and the wording of its messages; `pricing`: rough cost and time estimates;
 - `file`: parsing catalog files and plugins' model lists; `registry`: the catalog in use, with what
   plugins and the catalog file (`REELFLOW_CATALOG_FILE`) install in it, loaded on first use.
@@ -56,6 +57,7 @@ from .registry import (
     reset_extensions,
     unregister_model,
 )
+from .retired import RETIRED, Retirement, retired_message, retirement
 from .spec import (
     ASPECT_RATIOS,
     MODEL_TYPES,
@@ -84,6 +86,7 @@ __all__ = [
     "OPERATIONS",
     "OPERATION_RULES",
     "REFERENCE_PATTERN",
+    "RETIRED",
     "RUN_INPUT",
     "SIM_MAX_COST_USD",
     "CatalogFileError",
@@ -100,6 +103,7 @@ __all__ = [
     "ParamSpec",
     "ParamType",
     "Price",
+    "Retirement",
     "UserModel",
     "check_job_params",
     "check_params",
@@ -124,6 +128,8 @@ __all__ = [
     "parse_model_entries",
     "register_model",
     "reset_extensions",
+    "retired_message",
+    "retirement",
     "show",
     "suggest",
     "unescape",

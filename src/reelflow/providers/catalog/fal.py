@@ -1,6 +1,19 @@
 """fal's counterparts of the catalogued models, and how our normalised params map to their inputs.
 
-Prices are approximate public list prices (late 2026) and only feed estimates; fal bills the real amount.
+Prices are approximate public list prices and only feed estimates; fal bills the real amount.
+
+Checked on 2026-12-06 against fal's own model pages (`fal.ai/models/<endpoint>/llms.txt`, which give the
+input schema and the price, and `fal.ai/docs/model-api-reference/...`), as stored by the search tool:
+fal-ai/kling-video/v2.1/standard/image-to-video ($0.28 for 5 s, $0.056 each further second: the catalog said
+$0.05), fal-ai/kling-video/v2.5-turbo/pro and /standard/image-to-video ($0.07/s, $0.042/s),
+fal-ai/minimax/hailuo-02/standard/image-to-video ($0.045/s at 768P, $0.017/s at 512P),
+bytedance/seedance-2.0/image-to-video ($0.3024/s at 720p). Those models carry `price_read`.
+
+Uncertain: Seedance 2.0's stored llms.txt lists no input schema; its names (`image_url`, `end_image_url`,
+`duration`, `resolution`, `aspect_ratio`, `generate_audio`, `seed`) come from fal's API reference page and
+its 480p/720p resolutions and 4-15 s durations from pages quoting fal's schema; its 480p price is not given
+(tokens: about $0.13/s). Kling 2.5 Turbo's stored page cuts off after `negative_prompt`. Not re-checked (no
+page found): the FLUX models and Seedance 1.0 Pro, whose prices stay as they were, without a date.
 """
 
 from __future__ import annotations
@@ -59,6 +72,13 @@ _FLUX_MAP: dict[str, FalInput] = {
     "num_images": FalInput("num_images"),
 }
 
+_KLING_MAP: dict[str, FalInput] = {
+    "prompt": FalInput("prompt"),
+    "image": FalInput("image_url"),
+    "duration": FalInput("duration", _as_string),
+    "negative_prompt": FalInput("negative_prompt"),
+}
+
 INPUT_MAP: dict[str, dict[str, FalInput]] = {
     "fal/fal-ai/flux/schnell": _FLUX_MAP,
     "fal/fal-ai/flux/dev": _FLUX_MAP,
@@ -70,17 +90,25 @@ INPUT_MAP: dict[str, dict[str, FalInput]] = {
         "resolution": FalInput("resolution"),
         "seed": FalInput("seed"),
     },
-    "fal/fal-ai/kling-video/v2.1/standard/image-to-video": {
-        "prompt": FalInput("prompt"),
-        "image": FalInput("image_url"),
-        "duration": FalInput("duration", _as_string),
-        "negative_prompt": FalInput("negative_prompt"),
-    },
+    "fal/fal-ai/kling-video/v2.1/standard/image-to-video": _KLING_MAP,
+    "fal/fal-ai/kling-video/v2.5-turbo/pro/image-to-video": _KLING_MAP,
+    "fal/fal-ai/kling-video/v2.5-turbo/standard/image-to-video": _KLING_MAP,
     "fal/fal-ai/minimax/hailuo-02/standard/image-to-video": {
         "prompt": FalInput("prompt"),
         "image": FalInput("image_url"),
         "duration": FalInput("duration", _as_string),
         "resolution": FalInput("resolution", _upper_p),
+        "prompt_optimizer": FalInput("prompt_optimizer"),
+    },
+    "fal/bytedance/seedance-2.0/image-to-video": {
+        "prompt": FalInput("prompt"),
+        "image": FalInput("image_url"),
+        "last_frame": FalInput("end_image_url"),
+        "duration": FalInput("duration", _as_string),
+        "resolution": FalInput("resolution"),
+        "aspect_ratio": FalInput("aspect_ratio"),
+        "generate_audio": FalInput("generate_audio"),
+        "seed": FalInput("seed"),
     },
 }
 
@@ -102,7 +130,9 @@ def to_fal_input(model_id: str | None, params: Mapping[str, Any]) -> dict[str, A
 
 # --- the models ----------------------------------------------------------------------------------
 
+PRICES_READ = "2026-12-06"
 _RUN_NOTE = " Also runs as `run` with the model's own input."
+_NEGATIVE = ParamSpec(type="string", max_length=2500, description="What to keep out of the video.")
 _SEED = ParamSpec(type="integer", minimum=0, description="Random seed, for repeatable output.")
 
 
@@ -137,6 +167,9 @@ def _video_model(
     seed: bool,
     est_seconds: float,
     est_per_second: float,
+    *,
+    extra: dict[str, ParamSpec] | None = None,
+    price_read: str | None = None,
 ) -> ModelSpec:
     params: dict[str, ParamSpec] = {
         "prompt": _prompt(required=True),
@@ -147,6 +180,7 @@ def _video_model(
         params["resolution"] = ParamSpec(type="string", choices=resolutions, description="Output resolution.")
     if seed:
         params["seed"] = _SEED
+    params.update(extra or {})
     return ModelSpec(
         id=f"fal/{name}",
         provider="fal",
@@ -154,6 +188,7 @@ def _video_model(
         types=["generate-video", "run"],
         params=params,
         price=Price(unit="second", usd=usd_per_s),
+        price_read=price_read,
         description=f"{what} on fal (approximately ${usd_per_s:g} per second of video).{_RUN_NOTE}",
         max_duration=float(max(durations)),
         est_seconds=est_seconds,
@@ -177,22 +212,71 @@ MODELS: list[ModelSpec] = [
     ),
     _video_model(
         "fal-ai/kling-video/v2.1/standard/image-to-video",
-        0.05,
-        "Kling 2.1 Standard, image to video",
+        0.056,
+        "Kling 2.1 Standard, image to video, 720p",
         [5, 10],
         None,
         False,
         60.0,
         20.0,
+        extra={"negative_prompt": _NEGATIVE},
+        price_read=PRICES_READ,
+    ),
+    _video_model(
+        "fal-ai/kling-video/v2.5-turbo/pro/image-to-video",
+        0.07,
+        "Kling 2.5 Turbo Pro, image to video, 1080p",
+        [5, 10],
+        None,
+        False,
+        60.0,
+        12.0,
+        extra={"negative_prompt": _NEGATIVE},
+        price_read=PRICES_READ,
+    ),
+    _video_model(
+        "fal-ai/kling-video/v2.5-turbo/standard/image-to-video",
+        0.042,
+        "Kling 2.5 Turbo Standard, image to video, 720p",
+        [5, 10],
+        None,
+        False,
+        45.0,
+        10.0,
+        extra={"negative_prompt": _NEGATIVE},
+        price_read=PRICES_READ,
     ),
     _video_model(
         "fal-ai/minimax/hailuo-02/standard/image-to-video",
         0.045,
-        "MiniMax Hailuo-02 Standard, image to video",
+        "MiniMax Hailuo-02 Standard, image to video ($0.017/s at 512p)",
         [6, 10],
         ["512p", "768p"],
         False,
         60.0,
         15.0,
+        extra={"prompt_optimizer": ParamSpec(type="boolean", description="Let the model rewrite the prompt.")},
+        price_read=PRICES_READ,
+    ),
+    _video_model(
+        "bytedance/seedance-2.0/image-to-video",
+        0.3024,
+        "ByteDance Seedance 2.0, image to video with sound, 4-15 s, price at 720p",
+        [4, 15],
+        ["480p", "720p"],
+        True,
+        90.0,
+        15.0,
+        extra={
+            "duration": ParamSpec(type="integer", minimum=4, maximum=15, default=5, description="Seconds of video."),
+            "last_frame": ParamSpec(type="url", description="A last frame to end on."),
+            "aspect_ratio": ParamSpec(
+                type="string",
+                choices=["auto", "21:9", "16:9", "4:3", "1:1", "3:4", "9:16"],
+                description="Shape of the output (auto: from the image).",
+            ),
+            "generate_audio": ParamSpec(type="boolean", default=True, description="Make sound with the video."),
+        },
+        price_read=PRICES_READ,
     ),
 ]

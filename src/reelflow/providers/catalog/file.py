@@ -100,6 +100,8 @@ class FileModel(_Strict):
     rules: list[FileRule] = Field(default_factory=list)
     extra_params: bool = False
     price: FilePrice
+    price_read: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    """The day (YYYY-MM-DD) the price was read from the provider's pages."""
     limits: FileLimits = Field(default_factory=FileLimits)
     est_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     est_seconds_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -297,6 +299,7 @@ def _build_model(fm: FileModel, providers: set[str]) -> tuple[UserModel | None, 
             rules=[ParamRule(kind=r.kind, params=r.params) for r in fm.rules],
             extra_params=fm.extra_params,
             price=price,
+            price_read=fm.price_read,
             description=fm.description,
             max_duration=limits.max_duration,
             est_seconds=fm.est_seconds,

@@ -91,6 +91,7 @@ def _veo(name: str, description: str, resolutions: list[str], *, veo31: bool, es
         types=["generate-video"],
         params=_params(resolutions, last_frame=veo31, durations=[4, 6, 8] if veo31 else [8]),
         price=Price(unit="second", usd=prices["720p"]),
+        price_read=PRICES_READ,
         description=(
             f"{description} Price per second (read {PRICES_READ}): "
             + ", ".join(f"${usd:g} at {res}" for res, usd in prices.items())
@@ -157,5 +158,3 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         place, name = INPUT_MAP[key]
         (instance if place == "instance" else parameters)[name] = value
     return instance, parameters
-
-

@@ -1,5 +1,7 @@
-"""OpenAI's speech, image, video (Sora) and transcription models, and how our normalised params map to
-their requests.
+"""OpenAI's speech, image and transcription models, and how our normalised params map to their requests.
+
+OpenAI shut its Videos API and the Sora 2 models down on 2026-09-24: `openai/sora-*` is refused (see
+`retired`), and nothing here makes video.
 
 Prices are approximate public list prices (late 2026) and only feed estimates and reported costs;
 OpenAI bills the real amount.
@@ -75,126 +77,6 @@ def to_image_body(model_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-# --- video (Sora) ---------------------------------------------------------------------------------
-
-VIDEO_SECONDS = [4, 8, 12]
-"""Clip lengths the Videos API makes (sent as the strings "4", "8", "12")."""
-VIDEO_PROMPT_MAX = 32000
-VIDEO_SIZES: dict[str, list[str]] = {
-    "sora-2": ["1280x720", "720x1280"],
-    "sora-2-pro": ["1280x720", "720x1280", "1792x1024", "1024x1792"],
-}
-"""The `size` values each Sora model accepts (width x height)."""
-VIDEO_SIZE_FOR: dict[tuple[str, str], str] = {
-    ("16:9", "720p"): "1280x720",
-    ("9:16", "720p"): "720x1280",
-    ("16:9", "1024p"): "1792x1024",
-    ("9:16", "1024p"): "1024x1792",
-}
-"""Our (aspect_ratio, resolution) as a Sora size."""
-VIDEO_RESOLUTIONS: dict[str, list[str]] = {"sora-2": ["720p"], "sora-2-pro": ["720p", "1024p"]}
-VIDEO_PRICES: dict[tuple[str, str], float] = {
-    ("sora-2", "1280x720"): 0.10,
-    ("sora-2", "720x1280"): 0.10,
-    ("sora-2-pro", "1280x720"): 0.30,
-    ("sora-2-pro", "720x1280"): 0.30,
-    ("sora-2-pro", "1792x1024"): 0.50,
-    ("sora-2-pro", "1024x1792"): 0.50,
-}
-"""Approximate USD per second of video by (model, size)."""
-
-
-def video_size(model_name: str, params: Mapping[str, Any]) -> str:
-    """The Sora `size` for our params: `size` as given, else from `aspect_ratio` (16:9) and `resolution` (720p).
-
-    Raises ValueError, naming the choices, when the model does not make that size."""
-    allowed = VIDEO_SIZES.get(model_name, VIDEO_SIZES["sora-2"])
-    size = params.get("size")
-    if size is None:
-        aspect = params.get("aspect_ratio") or "16:9"
-        resolution = params.get("resolution") or "720p"
-        size = VIDEO_SIZE_FOR.get((str(aspect), str(resolution)))
-        if size is None:
-            raise ValueError(
-                f"{model_name} makes 16:9 or 9:16 video at {' or '.join(VIDEO_RESOLUTIONS.get(model_name, ['720p']))}"
-                f" (got aspect_ratio {aspect!r}, resolution {resolution!r})"
-            )
-    if size not in allowed:
-        raise ValueError(f"{model_name} makes sizes {', '.join(allowed)} (got {size!r})")
-    return str(size)
-
-
-def video_seconds(params: Mapping[str, Any]) -> int:
-    """The clip length for our `duration` param (4 when absent); ValueError for another length."""
-    duration = params.get("duration", VIDEO_SECONDS[0])
-    if duration is None:
-        duration = VIDEO_SECONDS[0]
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration not in VIDEO_SECONDS:
-        raise ValueError(f"duration must be one of {', '.join(map(str, VIDEO_SECONDS))} seconds (got {duration!r})")
-    return int(duration)
-
-
-def video_price(model_name: str, size: str) -> float:
-    """Approximate USD per second for a Sora model at a size (the model's lowest price for an unknown size)."""
-    if (model_name, size) in VIDEO_PRICES:
-        return VIDEO_PRICES[(model_name, size)]
-    return min(
-        (usd for (m, _), usd in VIDEO_PRICES.items() if m == model_name), default=VIDEO_PRICES[("sora-2", "1280x720")]
-    )
-
-
-def to_video_form(model_name: str, params: Mapping[str, Any]) -> dict[str, str]:
-    """`POST /videos` form fields (without `input_reference`) for our normalised params; ValueError when invalid."""
-    prompt = params.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("a prompt is required")
-    if len(prompt) > VIDEO_PROMPT_MAX:
-        raise ValueError(f"the prompt is longer than {VIDEO_PROMPT_MAX} characters ({len(prompt)})")
-    return {
-        "prompt": prompt,
-        "model": model_name,
-        "seconds": str(video_seconds(params)),
-        "size": video_size(model_name, params),
-    }
-
-
-def _video_model(name: str, per_second: str, description: str, est_seconds: float) -> ModelSpec:
-    return ModelSpec(
-        id=f"openai/{name}",
-        provider="openai",
-        name=name,
-        types=["generate-video", "run"],
-        params={
-            "prompt": ParamSpec(
-                type="string", required=True, max_length=VIDEO_PROMPT_MAX, description="What to make, shot by shot."
-            ),
-            "image": ParamSpec(
-                type="url",
-                description="A first frame to start from (jpg, png or webp); fitted to the output size.",
-            ),
-            "duration": ParamSpec(
-                type="integer", choices=VIDEO_SECONDS, default=VIDEO_SECONDS[0], description="Seconds of video."
-            ),
-            "aspect_ratio": ParamSpec(
-                type="string", choices=["16:9", "9:16"], default="16:9", description="Landscape or portrait."
-            ),
-            "resolution": ParamSpec(
-                type="string", choices=VIDEO_RESOLUTIONS[name], default="720p", description="Output resolution."
-            ),
-            "size": ParamSpec(
-                type="string",
-                choices=VIDEO_SIZES[name],
-                description="Output size as width x height (overrides aspect_ratio and resolution).",
-            ),
-        },
-        price=Price(unit="second", usd=VIDEO_PRICES[(name, "1280x720")]),
-        description=f"OpenAI {description}, text or image to video with sound ({per_second}).{_RUN_NOTE}",
-        max_duration=float(max(VIDEO_SECONDS)),
-        est_seconds=est_seconds,
-        est_seconds_per_second=est_seconds / 4,
-    )
-
-
 # --- transcription --------------------------------------------------------------------------------
 
 TRANSCRIPTION_PRICE_PER_MINUTE = 0.006
@@ -266,13 +148,6 @@ MODELS: list[ModelSpec] = [
             "OpenAI GPT Image 1, text to image (approximately $0.011-0.25 per image by quality and size)." + _RUN_NOTE
         ),
         est_seconds=30.0,
-    ),
-    _video_model("sora-2", "approximately $0.10 per second", "Sora 2", 60.0),
-    _video_model(
-        "sora-2-pro",
-        "approximately $0.30 per second at 720p, $0.50 at 1024p",
-        "Sora 2 Pro, higher fidelity and slower",
-        180.0,
     ),
     ModelSpec(
         id="openai/whisper-1",

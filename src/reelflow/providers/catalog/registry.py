@@ -24,6 +24,7 @@ from . import elevenlabs, fal, google, openai, replicate
 from . import file as catalog_file
 from .builtin import BUILTIN_MODELS, OPEN_PROVIDERS, OPERATION_RULES, OPERATIONS, RUN_INPUT
 from .file import CatalogFileError, CatalogProblem, UserModel
+from .retired import retired_message
 from .spec import ModelSpec, ParamRule, ParamSpec
 from .validation import check_params
 
@@ -108,6 +109,9 @@ def check_job_params(
     allow_refs: bool = False,
 ) -> list[ErrorItem]:
     """Check a job's params against its type and model (the worker's check of resolved values)."""
+    retired = retired_message(model_id)
+    if retired is not None:
+        return [ErrorItem(["model"], f"job '{job_id}': {retired}")]
     model = get_model(model_id) if model_id else None
     schema = param_schema(job_type, model)
     if schema is None:

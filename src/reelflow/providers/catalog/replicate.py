@@ -1,8 +1,23 @@
 """Replicate models: their parameters in our normalised names, prices, and the input name each maps to.
 
-Prices are approximate public per-unit prices (late 2026) and only feed estimates and reported costs;
-Replicate's bill is the truth. `INPUT_MAPS` says which Replicate input field each of our parameter
-names becomes (a name absent from a map is passed under its own name).
+Prices are approximate public per-unit prices and only feed estimates and reported costs; Replicate's bill
+is the truth. `INPUT_MAPS` says which Replicate input field each of our parameter names becomes (a name
+absent from a map is passed under its own name).
+
+Checked on 2026-12-06 against the models' input schemas on replicate.com (the version pages,
+`replicate.com/<owner>/<name>/versions/<id>/api`, as stored by the search tool): google/veo-3.1,
+minimax/hailuo-2.3, minimax/hailuo-02 (its resolutions are spelled `512p`, `768p`, `1080p`, lower case),
+black-forest-labs/flux-1.1-pro, and google/veo-3-fast for the Veo 3 family's names. Where no replicate.com
+page was in the corpus, the schema was read from a page that mirrors Replicate's (api.core.today's
+`/v1/models/<owner>/<name>/llms.txt`): kwaivgi/kling-v2.1, kwaivgi/kling-v2.5-turbo-pro, wan-video/wan-2.5-i2v;
+or from third-party copies of the model page: bytedance/seedance-1-pro and -lite, black-forest-labs/flux-dev,
+ideogram-ai/ideogram-v3-turbo (its v3-quality sibling's replicate.com page has the same names).
+Not checked (no page found): wan-video/wan-2.2-i2v-fast, flux-schnell's exact list, openai/whisper.
+
+Uncertain: no replicate.com page in the corpus gave a price, so no Replicate price here has a `price_read`
+date. The new models' prices are the same models' prices elsewhere: Veo 3.1 at Google's list price ($0.40/s
+with audio), Kling 2.5 Turbo Pro at fal's ($0.07/s), Wan 2.5 at fal's ($0.05/0.10/0.15 per s at
+480p/720p/1080p), Hailuo 2.3 at Hailuo 02's Replicate price ($0.045/s at 768p, $0.08/s at 1080p).
 """
 
 from __future__ import annotations
@@ -52,6 +67,7 @@ def _spec(
     max_duration: float | None = None,
     est_seconds: float = 5.0,
     est_seconds_per_second: float = 0.0,
+    price_read: str | None = None,
 ) -> ModelSpec:
     return ModelSpec(
         id=f"{PROVIDER}/{name}",
@@ -60,6 +76,7 @@ def _spec(
         types=[f"generate-{kind}", "run"],
         params=params,
         price=price,
+        price_read=price_read,
         description=description,
         max_duration=max_duration,
         est_seconds=est_seconds,
@@ -86,7 +103,9 @@ def _seedance(default_resolution: str) -> dict[str, ParamSpec]:
 RESOLUTION_PRICES: dict[str, dict[str, float]] = {
     "replicate/bytedance/seedance-1-pro": {"480p": 0.03, "720p": 0.06, "1080p": 0.15},
     "replicate/bytedance/seedance-1-lite": {"480p": 0.018, "720p": 0.036, "1080p": 0.072},
-    "replicate/minimax/hailuo-02": {"512P": 0.017, "768P": 0.045, "1080P": 0.08},
+    "replicate/minimax/hailuo-02": {"512p": 0.017, "768p": 0.045, "1080p": 0.08},
+    "replicate/minimax/hailuo-2.3": {"768p": 0.045, "1080p": 0.08},
+    "replicate/wan-video/wan-2.5-i2v": {"480p": 0.05, "720p": 0.10, "1080p": 0.15},
 }
 """USD per second of output by the `resolution` parameter, where the price depends on it (approximate)."""
 
@@ -179,13 +198,98 @@ MODELS: list[ModelSpec] = [
             "prompt": _prompt(),
             "image": _image("A first frame to start from."),
             "duration": ParamSpec(type="integer", choices=[6, 10], default=6, description="Seconds of video."),
+            "last_frame": _image("A last frame to end on (needs `image`)."),
             "resolution": ParamSpec(
-                type="string", choices=["512P", "768P", "1080P"], default="768P", description="1080P allows 6 s only."
+                type="string",
+                choices=["512p", "768p", "1080p"],
+                default="1080p",
+                description="1080p allows 6 s only; 10 s needs 768p.",
+            ),
+            "prompt_optimizer": ParamSpec(type="boolean", description="Let the model rewrite the prompt."),
+        },
+        Price(unit="second", usd=0.08),
+        "MiniMax Hailuo 02: text or image to video, 6 or 10 s. About $0.017/s at 512p, $0.045/s at 768p, $0.08/s "
+        "at 1080p (approximate).",
+        max_duration=10,
+        est_seconds=90,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "minimax/hailuo-2.3",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("A first frame to start from; the video takes its aspect ratio."),
+            "duration": ParamSpec(type="integer", choices=[6, 10], default=6, description="Seconds of video."),
+            "resolution": ParamSpec(
+                type="string",
+                choices=["768p", "1080p"],
+                default="768p",
+                description="1080p allows 6 s only.",
             ),
             "prompt_optimizer": ParamSpec(type="boolean", description="Let the model rewrite the prompt."),
         },
         Price(unit="second", usd=0.045),
-        "MiniMax Hailuo 02: text or image to video, 6 or 10 s. About $0.045/s at 768P, $0.08/s at 1080P (approximate).",
+        "MiniMax Hailuo 2.3: text or image to video, 6 or 10 s, realistic motion. About $0.045/s at 768p, $0.08/s at "
+        "1080p (approximate, Hailuo 02's Replicate price).",
+        max_duration=10,
+        est_seconds=90,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "google/veo-3.1",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("A first frame to start from (16:9 or 9:16 fits best)."),
+            "last_frame": _image("A last frame to end on (needs `image`)."),
+            "duration": ParamSpec(type="integer", choices=[4, 6, 8], default=8, description="Seconds of video."),
+            "aspect_ratio": _aspect(["16:9", "9:16"], "16:9"),
+            "resolution": ParamSpec(type="string", choices=["720p", "1080p"], default="1080p"),
+            "generate_audio": ParamSpec(type="boolean", default=True, description="Make sound with the video."),
+            "negative_prompt": _negative(),
+            "seed": _seed(),
+        },
+        Price(unit="second", usd=0.40),
+        "Google Veo 3.1 on Replicate: text or image to video with sound, 4, 6 or 8 s, first and last frame. About "
+        "$0.40/s with audio (approximate, Google's list price).",
+        max_duration=8,
+        est_seconds=90,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "kwaivgi/kling-v2.5-turbo-pro",
+        "video",
+        {
+            "prompt": _prompt(2500),
+            "image": _image("The first frame (image to video); without it, text to video."),
+            "duration": ParamSpec(type="integer", choices=[5, 10], default=5, description="Seconds of video."),
+            "aspect_ratio": _aspect(["16:9", "9:16", "1:1"], "16:9"),
+            "negative_prompt": _negative(),
+        },
+        Price(unit="second", usd=0.07),
+        "Kuaishou Kling 2.5 Turbo Pro: text or image to video, 5 or 10 s, 1080p. About $0.07/s (approximate, fal's "
+        "price for the same model).",
+        max_duration=10,
+        est_seconds=60,
+        est_seconds_per_second=10,
+    ),
+    _spec(
+        "wan-video/wan-2.5-i2v",
+        "video",
+        {
+            "prompt": _prompt(),
+            "image": _image("The first frame to animate.", required=True),
+            "duration": ParamSpec(type="integer", choices=[5, 10], default=5, description="Seconds of video."),
+            "resolution": ParamSpec(type="string", choices=["480p", "720p", "1080p"], default="720p"),
+            "audio": _image("A sound track to follow (wav or mp3, 3 to 30 s)."),
+            "negative_prompt": _negative(),
+            "prompt_expansion": ParamSpec(type="boolean", description="Let the model expand the prompt."),
+            "seed": _seed(),
+        },
+        Price(unit="second", usd=0.10),
+        "Alibaba Wan 2.5 image to video with sound, 5 or 10 s. About $0.05/s at 480p, $0.10/s at 720p, $0.15/s at "
+        "1080p (approximate, fal's price for the same model).",
         max_duration=10,
         est_seconds=90,
         est_seconds_per_second=10,
@@ -244,7 +348,6 @@ MODELS: list[ModelSpec] = [
         {
             "prompt": _prompt(),
             "aspect_ratio": _aspect(),
-            "negative_prompt": _negative(),
             "style_type": ParamSpec(type="string", choices=["None", "Auto", "General", "Realistic", "Design"]),
             "magic_prompt_option": ParamSpec(type="string", choices=["Auto", "On", "Off"]),
             "seed": _seed(),
@@ -317,9 +420,41 @@ INPUT_MAPS: dict[str, dict[str, str]] = {
     "replicate/minimax/hailuo-02": {
         "prompt": "prompt",
         "image": "first_frame_image",
+        "last_frame": "last_frame_image",
         "duration": "duration",
         "resolution": "resolution",
         "prompt_optimizer": "prompt_optimizer",
+    },
+    "replicate/minimax/hailuo-2.3": {
+        "prompt": "prompt",
+        "image": "first_frame_image",
+        "duration": "duration",
+        "resolution": "resolution",
+        "prompt_optimizer": "prompt_optimizer",
+    },
+    "replicate/google/veo-3.1": {
+        **{n: n for n in _SAME},
+        "image": "image",
+        "last_frame": "last_frame",
+        "generate_audio": "generate_audio",
+        "negative_prompt": "negative_prompt",
+    },
+    "replicate/kwaivgi/kling-v2.5-turbo-pro": {
+        "prompt": "prompt",
+        "image": "start_image",
+        "duration": "duration",
+        "aspect_ratio": "aspect_ratio",
+        "negative_prompt": "negative_prompt",
+    },
+    "replicate/wan-video/wan-2.5-i2v": {
+        "prompt": "prompt",
+        "image": "image",
+        "duration": "duration",
+        "resolution": "resolution",
+        "audio": "audio",
+        "negative_prompt": "negative_prompt",
+        "prompt_expansion": "enable_prompt_expansion",
+        "seed": "seed",
     },
     "replicate/black-forest-labs/flux-schnell": {
         "prompt": "prompt",
@@ -349,7 +484,6 @@ INPUT_MAPS: dict[str, dict[str, str]] = {
     "replicate/ideogram-ai/ideogram-v3-turbo": {
         "prompt": "prompt",
         "aspect_ratio": "aspect_ratio",
-        "negative_prompt": "negative_prompt",
         "style_type": "style_type",
         "magic_prompt_option": "magic_prompt_option",
         "seed": "seed",

@@ -86,6 +86,8 @@ class ModelSpec(BaseModel):
     rules: list[ParamRule] = Field(default_factory=list)
     extra_params: bool = False
     price: Price
+    price_read: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    """The day (YYYY-MM-DD) the price was read from the provider's public pages; None when not known."""
     description: str = ""
     max_duration: float | None = None
     est_seconds: float = 5.0
