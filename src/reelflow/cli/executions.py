@@ -57,7 +57,7 @@ def run(
     async def body(backend: Backend) -> dict[str, Any]:
         execution_id = await backend.submit(data, webhook)
         state = await backend.get(execution_id)
-        show_accepted(execution_id, state, as_json and not wait)
+        show_accepted(execution_id, state, as_json, wait)
         if wait:
             state = await _follow(backend, execution_id, as_json)
             show_final(state, as_json)

@@ -52,15 +52,17 @@ def show_final(state: dict[str, Any], as_json: bool) -> None:
         summary(state)
 
 
-def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool) -> None:
-    """The id alone on stdout (`EX=$(reelflow run plan.yaml)`), what was accepted on stderr; or the JSON."""
-    if as_json:
+def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool, wait: bool = False) -> None:
+    """What was accepted, on stderr; on stdout the id alone (`EX=$(reelflow run plan.yaml)`), or the JSON
+    `{id, status}`; with --wait and --json nothing (stdout is the final state's JSON alone)."""
+    n = len(state["jobs"])
+    if as_json and not wait:
         print_json({"id": execution_id, "status": state["status"]})
         return
-    n = len(state["jobs"])
     err().print(f"accepted: execution {execution_id} ({n} {'job' if n == 1 else 'jobs'} queued)", highlight=False)
-    sys.stdout.write(execution_id + "\n")
-    sys.stdout.flush()
+    if not as_json:
+        sys.stdout.write(execution_id + "\n")
+        sys.stdout.flush()
 
 
 def show_list(rows: list[dict[str, Any]]) -> None:
