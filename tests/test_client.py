@@ -551,7 +551,8 @@ def test_cli_server_run_status_events_and_exit_codes(cli: Any, server: ApiServer
     assert events.returncode == 0, events.stderr
     lines = [json.loads(line) for line in events.stdout.splitlines()]
     assert lines[0]["type"] == "execution.created" and lines[-1]["type"] == "execution.succeeded"
-    assert set(lines[0]) == {"seq", "type", "job", "data"}
+    assert set(lines[0]) == {"seq", "type", "job", "data", "created_at"}
+    assert all(datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")) for e in lines)  # ISO, whatever the API
 
     failing = write_plan(tmp_path, {"type": "generate-video", "model": "sim/video", "params": {"fail": "permanent"}},
                          "fail.yaml")
