@@ -90,6 +90,9 @@ async def test_the_async_api(settings: Settings) -> None:
     await execution.wait(timeout=20)
     assert execution.done
     assert await execution.status() == "succeeded"
+    assert execution.status == "succeeded"  # the status last read, as an attribute
+    assert [e["type"] async for e in execution.events()][-1] == "execution.succeeded"
+    assert (await compose(step).estimate_async())["jobs"][0]["id"] == "video"
     assert execution.state is not None and execution.state["jobs"][0]["attempts"] == 2
     again = await execution.retry()
     await again.wait(timeout=20)

@@ -249,6 +249,12 @@ class Composition:
 
         return estimate_plan(self.plan())
 
+    async def estimate_async(self, client: AsyncClient | None = None) -> dict[str, Any]:
+        """`estimate`, from the server of an `AsyncClient` when given."""
+        if client is not None:
+            return await client.estimate(self)
+        return self.estimate()
+
     def execute(
         self,
         webhook: str | None = None,
