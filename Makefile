@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test lint bench mutate clean
 
@@ -10,14 +11,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# `make demo` needs the runtime dependencies only; the test tooling (pytest, mypy, playwright, moto...) is
+# installed by the targets that use it
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/reelflow demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	@# the browser tests (tests/test_ui_browser.py) drive Debian's Chromium: install it when missing (as root)
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "installing chromium for the browser tests"; \
@@ -29,15 +36,15 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-mutate: $(STAMP)
+mutate: $(DEV_STAMP)
 	@# one dangerous one-line change at a time, in a copy of the tree; every one must make a test fail
 	$(BIN)/python bench/mutate.py -j 4
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/inflight.py
 

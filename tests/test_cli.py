@@ -198,3 +198,67 @@ def test_help_still_works_with_a_broken_configuration(worker_env: dict[str, str]
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "--workers" in proc.stdout
+
+
+def test_run_prints_only_the_id_so_a_script_can_capture_it(cli: Any, tmp_path: Path) -> None:
+    """`EX=$(reelflow run plan.yaml); reelflow cancel $EX`; a second cancel says the execution is already
+    canceled; `status` of a canceled execution exits 1 and shows the work done (none), not 100%."""
+    proc = cli("run", str(write_plan(tmp_path, SIM_PLAN)))
+    assert proc.returncode == 0, proc.stderr
+    eid = proc.stdout.strip()
+    assert eid.startswith("ex_") and "\n" not in eid
+    assert f"accepted: execution {eid} (2 jobs queued)" in proc.stderr
+    assert cli("cancel", eid).returncode == 0
+    again = cli("cancel", eid)
+    assert again.returncode == 1
+    assert f"execution {eid} is already canceled; nothing to cancel" in again.stderr
+    status = cli("status", eid)
+    assert status.returncode == 1
+    assert "canceled" in status.stdout and "  0.0%" in status.stdout and "100.0%" not in status.stdout
+    assert cli("status", eid, "--json").returncode == 1
+
+
+def test_list_and_event_times(cli: Any, tmp_path: Path) -> None:
+    done = json.loads(cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--wait", "--json").stdout)
+    queued = cli("run", str(write_plan(tmp_path, SIM_PLAN))).stdout.strip()
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["id"] for r in json.loads(listed.stdout)] == [queued, done["id"]]
+    only = json.loads(cli("list", "--status", "succeeded", "--json").stdout)
+    assert [r["id"] for r in only] == [done["id"]]
+    assert len(json.loads(cli("list", "--limit", "1", "--json").stdout)) == 1
+    table = cli("list")
+    assert queued in table.stdout and done["id"] in table.stdout
+    assert cli("list", "--status", "nope").returncode == 2
+    events = [json.loads(line) for line in cli("events", done["id"]).stdout.splitlines()]
+    assert events and all(e["created_at"].endswith("Z") and "T" in e["created_at"] for e in events)
+
+
+def test_every_leaf_output_is_printed(cli: Any, tmp_path: Path) -> None:
+    plan = {"jobs": [*SIM_PLAN["jobs"], {"id": "voice", "type": "generate-audio", "model": "sim/audio",
+                                         "params": {"latency_s": 0.05}}]}  # fmt: skip
+    proc = cli("run", str(write_plan(tmp_path, plan)), "--wait")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ex_")  # the id first, then the timeline and the summary
+    outputs = [ln for ln in lines if ln.startswith("  output: ")]
+    assert len(outputs) == 2
+    assert "(b, generate-video" in outputs[0] and "(voice, generate-audio" in outputs[1]
+
+
+def test_models_off_a_terminal_shows_whole_ids_and_filters_by_provider(cli: Any) -> None:
+    proc = cli("models", "--provider", "replicate")
+    assert proc.returncode == 0, proc.stderr
+    assert "replicate/bytedance/seedance-1-lite " in proc.stdout and "…" not in proc.stdout
+    assert "local/video" not in proc.stdout
+    listed = json.loads(cli("models", "--provider", "local", "--json").stdout)
+    assert listed and {m["provider"] for m in listed} == {"local"}
+    unknown = cli("models", "--provider", "nope")
+    assert unknown.returncode == 1 and "providers: " in unknown.stderr
+
+
+def test_json_help_says_what_each_command_prints(cli: Any) -> None:
+    for name in ("estimate", "models", "stats"):
+        text = " ".join(cli(name, "--help").stdout.split())
+        assert "execution state" not in text, name
+    assert "--wait " in cli("run", "--help").stdout and "<bool>" not in cli("run", "--help").stdout

@@ -551,7 +551,10 @@ def test_cli_server_run_status_events_and_exit_codes(cli: Any, server: ApiServer
     assert events.returncode == 0, events.stderr
     lines = [json.loads(line) for line in events.stdout.splitlines()]
     assert lines[0]["type"] == "execution.created" and lines[-1]["type"] == "execution.succeeded"
-    assert set(lines[0]) == {"seq", "type", "job", "data"}
+    assert set(lines[0]) == {"seq", "type", "job", "data", "created_at"}
+    listed = cli("list", "--json", "--server", server.url)
+    assert listed.returncode == 0 and body["id"] in [r["id"] for r in json.loads(listed.stdout)]
+    assert all(datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")) for e in lines)  # ISO, whatever the API
 
     failing = write_plan(tmp_path, {"type": "generate-video", "model": "sim/video", "params": {"fail": "permanent"}},
                          "fail.yaml")
@@ -645,3 +648,20 @@ def test_cli_estimate_locally_and_on_the_server_agree(cli: Any, server: ApiServe
     assert bad.returncode == 1 and bad.stderr.startswith("refused:")
     assert server.counts()["executions"] == 0
 
+
+
+def test_a_server_handle_has_status_events_outputs_and_estimates(client: Client) -> None:
+    from reelflow import generate_audio
+
+    steps = compose(generate_video(model="sim/video", latency_s=0.05), generate_audio(model="sim/audio"))
+    estimate = steps.estimate(client=client)
+    assert [j["id"] for j in estimate["jobs"]] == ["video", "audio"]
+    assert estimate == steps.estimate()  # the same catalog here and on the server
+    execution = client.execute(steps)
+    assert execution.status in ("queued", "running")  # an attribute, read from the server
+    execution.wait(timeout=30)
+    assert execution.status == "succeeded" and execution.status() == "succeeded"
+    assert [(o.job, o.type) for o in execution.outputs] == [("video", "generate-video"), ("audio", "generate-audio")]
+    events = list(execution.events())
+    assert events[-1]["type"] == "execution.succeeded"
+    assert all(datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")) for e in events)

@@ -90,8 +90,50 @@ async def test_the_async_api(settings: Settings) -> None:
     await execution.wait(timeout=20)
     assert execution.done
     assert await execution.status() == "succeeded"
+    assert execution.status == "succeeded"  # the status last read, as an attribute
+    assert [e["type"] async for e in execution.events()][-1] == "execution.succeeded"
+    assert (await compose(step).estimate_async())["jobs"][0]["id"] == "video"
     assert execution.state is not None and execution.state["jobs"][0]["attempts"] == 2
     again = await execution.retry()
     await again.wait(timeout=20)
     assert again.state is not None and again.state["retry_of"] == execution.id
     await asyncio.sleep(0)
+
+
+def test_status_is_a_property_and_the_handle_gives_events_outputs_and_estimates(settings: Settings) -> None:
+    from reelflow import run_model, thumbnail, transcode, transcribe
+
+    clip = generate_video(model="sim/video", latency_s=0.05)
+    voice = generate_audio(model="sim/audio", latency_s=0.05)
+    estimate = compose(clip, voice).estimate()
+    assert [j["id"] for j in estimate["jobs"]] == ["video", "audio"] and estimate["cost_usd"] >= 0
+    execution = compose(clip, voice).execute(settings=settings)
+    assert execution.status == "queued" and execution.status() == "queued"  # the older call form still works
+    execution.wait(timeout=30)
+    assert execution.status == "succeeded" and f"{execution.status}" == "succeeded"
+    assert [o.job for o in execution.outputs] == ["video", "audio"]
+    events = list(execution.events())
+    assert events[0]["type"] == "execution.created" and events[-1]["type"] == "execution.succeeded"
+    assert all(isinstance(e["created_at"], str) and e["created_at"].endswith("Z") for e in events)
+    plan = compose(
+        thumbnail(clip, at=1.0), transcode(clip, format="webm"),
+        transcribe(model="openai/whisper-1", audio=voice), run_model(model="replicate/a/b", input={"x": 1}),
+    ).plan()  # fmt: skip
+    by_type = {j["type"]: j["params"] for j in plan["jobs"]}
+    assert by_type["thumbnail"] == {"video": "$video", "at": 1.0}
+    assert by_type["transcode"] == {"input": "$video", "format": "webm"}
+    assert by_type["transcribe"] == {"audio": "$audio"}
+    assert by_type["run"] == {"input": {"x": 1}}
+
+
+def test_wait_with_progress_off_a_terminal_prints_the_timeline_alone(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    execution = compose(generate_video(model="sim/video", latency_s=0.05, id="a-rather-long-job-name")).execute(
+        settings=settings
+    )
+    execution.wait(progress=True, timeout=30)
+    text = capsys.readouterr().out
+    first = text.splitlines()[0]
+    assert first.strip().startswith(f"execution {execution.id}")  # the title on a line of its own
+    assert all(len(line) <= 200 for line in text.splitlines()) and "…" not in text

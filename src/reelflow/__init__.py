@@ -41,6 +41,10 @@ if TYPE_CHECKING:
         image_model,
         merge,
         overlay,
+        run_model,
+        thumbnail,
+        transcode,
+        transcribe,
         video_model,
     )
     from .webhooks import verify_webhook
@@ -74,6 +78,10 @@ __all__ = [
     "image_model",
     "merge",
     "overlay",
+    "run_model",
+    "thumbnail",
+    "transcode",
+    "transcribe",
     "verify_webhook",
     "video_model",
 ]

@@ -44,7 +44,7 @@ from .client_errors import (
     UsageLimitExceeded,
     error_from_response,
 )
-from .sdk import AsyncExecution, Execution, Listener
+from .sdk import AsyncExecution, Execution, Listener, event_view
 from .sse import SSEDecoder, is_terminal_event
 from .states import TERMINAL_EXECUTION
 
@@ -307,7 +307,8 @@ class AsyncClient:
 
     # events and waiting
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> AsyncGenerator[dict[str, Any], None]:
-        """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
+        """The execution's events (`{seq, type, job, data, created_at}`, `created_at` an ISO 8601 time) in order,
+        after `last_event_id`.
 
         A dropped connection is resumed with `Last-Event-ID`; the iteration ends after the terminal event.
         Leaving early: wrap in `contextlib.aclosing` to close the connection at once."""
@@ -338,7 +339,7 @@ class AsyncClient:
                         for event in decoder.feed(chunk):
                             got += 1
                             last = decoder.last_id or last
-                            yield event
+                            yield event_view(event)
                             if is_terminal_event(event):
                                 return
                         plan.ok(decoder.retry_s)
@@ -446,6 +447,9 @@ class _HTTPBackend:
 
     async def retry(self, execution_id: str) -> str:
         return await self.client._retry(execution_id)
+
+    def events(self, execution_id: str) -> AsyncGenerator[dict[str, Any], None]:
+        return self.client.events(execution_id)
 
 
 # ------------------------------------------------------------------------------------ blocking client
@@ -582,7 +586,8 @@ class Client:
 
     # events and waiting
     def events(self, execution_id: str, last_event_id: int | str | None = None) -> Iterator[dict[str, Any]]:
-        """The execution's events (`{seq, type, job, data, created_at}`) in order, after `last_event_id`.
+        """The execution's events (`{seq, type, job, data, created_at}`, `created_at` an ISO 8601 time) in order,
+        after `last_event_id`.
 
         A dropped connection is resumed with `Last-Event-ID`; the iteration ends after the terminal event.
         """
@@ -635,3 +640,6 @@ class _BlockingHTTPBackend:
 
     def retry(self, execution_id: str) -> str:
         return self.client._run(self.client._async._retry(execution_id))
+
+    def events(self, execution_id: str) -> Iterator[dict[str, Any]]:
+        return self.client.events(execution_id)

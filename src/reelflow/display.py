@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group
@@ -30,30 +30,82 @@ def _seconds(a: str | None, b: str | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
+def shown_progress(state: dict[str, Any]) -> float | None:
+    """The execution's progress as shown: while it runs, or once it succeeded, the state's; once it failed or was
+    canceled, the share of its jobs' work done (succeeded jobs whole, others as far as they got), not 100%.
+    None for an ended execution listed without its jobs."""
+    if state["status"] not in ("failed", "canceled"):
+        return float(state["progress"])
+    jobs = state.get("jobs")
+    if not jobs:
+        return None
+    done = sum(100.0 if j["status"] == "succeeded" else float(j.get("progress") or 0.0) for j in jobs)
+    return min(100.0, done / len(jobs))
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _job_time(job: dict[str, Any], now: datetime) -> str:
+    """How long a job ran (or has been running), or has waited in the queue."""
+    started, finished = _ts(job.get("started_at")), _ts(job.get("finished_at"))
+    if started and finished:
+        return _elapsed((finished - started).total_seconds())
+    if started:
+        return _elapsed((now - started).total_seconds())
+    queued = _ts(job.get("queued_at"))
+    if job["status"] == "queued" and queued:
+        return f"queued {_elapsed((now - queued).total_seconds())}"
+    return "-"
+
+
+def _job_note(job: dict[str, Any]) -> str:
+    """An error; or, while it runs, where the provider has it (its queue, with the position when known)."""
+    if job.get("error"):
+        return str(job["error"])
+    if job["status"] != "running":
+        return "cache hit" if job.get("cache_hit") else ""
+    phase, position = job.get("phase"), job.get("queue_position")
+    if position is not None:
+        return f"in the provider's queue, position {position}"
+    if phase in ("queued", "starting"):
+        return f"{phase} at the provider"
+    return ""
+
+
 def progress_view(state: dict[str, Any]) -> Group:
-    """The live display: the execution's bar, then one row per job."""
+    """The live display: the execution's bar, then one row per job (progress, time running or queued)."""
     status = state["status"]
+    shown = shown_progress(state) or 0.0
+    now = datetime.now(UTC)
     head = Table.grid(padding=(0, 1))
     head.add_row(
         Text(state["id"], style="bold"),
         Text(status, style=STATUS_STYLE.get(status, "")),
-        ProgressBar(total=100, completed=state["progress"], width=40),
-        Text(f"{state['progress']:5.1f}%"),
+        ProgressBar(total=100, completed=shown, width=40),
+        Text(f"{shown:5.1f}%"),
     )
     jobs = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("job", "type", "status", "progress", "attempts", "note"):
-        jobs.add_column(col)
+    for col in ("job", "type", "status", "progress", "", "time", "attempts", "note"):
+        jobs.add_column(col, no_wrap=col != "note", justify="right" if col in ("", "time") else "left")
     for job in state["jobs"]:
-        note = job["error"] or ""
-        if job["status"] == "running" and job.get("queue_position") is not None:
-            note = f"queue position {job['queue_position']}"
+        note = _job_note(job)
+        progress = float(job.get("progress") or 0.0)
+        known = progress > 0 or job["status"] in ("succeeded", "skipped")
         jobs.add_row(
             job["id"],
             job["type"],
             Text(job["status"], style=STATUS_STYLE.get(job["status"], "")),
-            ProgressBar(total=100, completed=job["progress"], width=20),
+            ProgressBar(total=100, completed=progress, width=20, pulse=job["status"] == "running" and not known),
+            f"{progress:.0f}%" if known else "",
+            _job_time(job, now),
             str(job["attempts"]),
-            Text(note[:80], style="red" if job["error"] else "dim"),
+            Text(note, style="red" if job.get("error") else "dim", overflow="fold"),
         )
     return Group(head, jobs)
 

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import re
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -105,6 +105,9 @@ class Step:
     def plan(self) -> dict[str, Any]:
         return compose(self).plan()
 
+    def estimate(self, client: Client | None = None) -> dict[str, Any]:
+        return compose(self).estimate(client)
+
     def execute(self, webhook: str | None = None, **kwargs: Any) -> Execution:
         return compose(self).execute(webhook=webhook, **kwargs)
 
@@ -137,8 +140,18 @@ def generate_audio(*, model: Model | str, id: str | None = None, **params: Any) 
     return Step("generate-audio", model=model, params=params, id=id)
 
 
-def merge(*, video: Step | str, audio: Step | str, id: str | None = None) -> Step:
-    return Step("merge-video-audio", params={"video": video, "audio": audio}, id=id)
+def transcribe(*, model: Model | str, audio: Step | str, id: str | None = None, **params: Any) -> Step:
+    """Speech to text (words with timings): `audio` is an audio or video step, or a URL."""
+    return Step("transcribe", model=model, params={"audio": audio, **params}, id=id)
+
+
+def run_model(*, model: Model | str, input: dict[str, Any], id: str | None = None, **params: Any) -> Step:
+    """Any model of an open provider (`replicate/owner/name`), its input passed as given."""
+    return Step("run", model=model, params={"input": input, **params}, id=id)
+
+
+def merge(*, video: Step | str, audio: Step | str, id: str | None = None, **params: Any) -> Step:
+    return Step("merge-video-audio", params={"video": video, "audio": audio, **params}, id=id)
 
 
 def concat(*videos: Step | str, id: str | None = None, **params: Any) -> Step:
@@ -151,6 +164,16 @@ def captions(video: Step | str, *, id: str | None = None, **params: Any) -> Step
 
 def overlay(video: Step | str, over: Step | str, *, id: str | None = None, **params: Any) -> Step:
     return Step("overlay", params={"video": video, "overlay": over, **params}, id=id)
+
+
+def transcode(video: Step | str, *, id: str | None = None, **params: Any) -> Step:
+    """Convert a video or audio (`format`, `width`, `height`, `fps`, `crf`)."""
+    return Step("transcode", params={"input": video, **params}, id=id)
+
+
+def thumbnail(video: Step | str, *, at: float | None = None, id: str | None = None, **params: Any) -> Step:
+    """A still of `video` at second `at` (`width`, `format` jpg or png)."""
+    return Step("thumbnail", params={"video": video, "at": at, **params}, id=id)
 
 
 class Composition:
@@ -215,6 +238,22 @@ class Composition:
         if self.options:
             plan["options"] = self.options
         return plan
+
+    def estimate(self, client: Client | None = None) -> dict[str, Any]:
+        """The plan's cost (USD) and time (the longest chain of dependencies), per job and in total; nothing is
+        enqueued. From the local catalog, or from the server of `client`. Raises PlanError (locally) or
+        PlanRejected (from a server) for an invalid plan."""
+        if client is not None:
+            return client.estimate(self)
+        from .estimate import estimate_plan
+
+        return estimate_plan(self.plan())
+
+    async def estimate_async(self, client: AsyncClient | None = None) -> dict[str, Any]:
+        """`estimate`, from the server of an `AsyncClient` when given."""
+        if client is not None:
+            return await client.estimate(self)
+        return self.estimate()
 
     def execute(
         self,
@@ -295,6 +334,68 @@ class Result(dict[str, Any]):
 Listener = Callable[[dict[str, Any]], None]
 
 
+def iso_time(value: Any) -> str | None:
+    """An ISO 8601 time (UTC) from epoch seconds; an ISO string is kept as it is."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def event_view(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the SDK and the CLI give it: `{seq, type, job, data, created_at}`, `created_at` an ISO 8601
+    time whether the source gave epoch seconds (the store, older servers' streams) or ISO already."""
+    view = dict(event)
+    if "job" not in view and "job_id" in view:
+        view["job"] = view.pop("job_id")
+    view["created_at"] = iso_time(view.get("created_at", view.get("at")))
+    view.pop("at", None)
+    return view
+
+
+def outputs_of(state: dict[str, Any] | None) -> list[Result]:
+    """Every output of an execution: its state's `outputs` when the server lists them, else each succeeded leaf
+    job's result (a job no other depends on) as `{job, type, url, path, duration}`; else its `result`."""
+    if not state:
+        return []
+    if isinstance(state.get("outputs"), list):
+        return [Result(o) for o in state["outputs"] if isinstance(o, dict)]
+    jobs = state.get("jobs") or []
+    used = {d for j in jobs for d in j.get("depends_on") or []}
+    found = []
+    for j in jobs:
+        res = j.get("result")
+        if j["id"] in used or j.get("status") != "succeeded" or not isinstance(res, dict):
+            continue
+        if not (res.get("url") or res.get("path")):
+            continue
+        found.append(Result({"job": j["id"], "type": j.get("type"), "url": res.get("url"), "path": res.get("path"),
+                             "duration": res.get("duration")}))  # fmt: skip
+    if not found and isinstance(state.get("result"), dict):
+        res = state["result"]
+        if res.get("url") or res.get("path"):
+            found.append(Result({"url": res.get("url"), "path": res.get("path"), "duration": res.get("duration")}))
+    return found
+
+
+class Status(str):
+    """An execution's status, read as an attribute (`execution.status`); calling it (`execution.status()`, the
+    older method form) gives the same value, a fresh one for an async handle (`await execution.status()`)."""
+
+    _refresh: Callable[[], Any] | None = None
+
+    def __new__(cls, value: str, refresh: Callable[[], Any] | None = None) -> Status:
+        status = super().__new__(cls, value)
+        status._refresh = refresh
+        return status
+
+    def __call__(self) -> Any:
+        return self._refresh() if self._refresh is not None else str(self)
+
+
 class ExecutionBackend(Protocol):
     """Where an async handle's execution lives: the local engine, or a server (`reelflow.client`)."""
 
@@ -309,6 +410,8 @@ class ExecutionBackend(Protocol):
     async def resume(self, execution_id: str) -> dict[str, Any]: ...
 
     async def retry(self, execution_id: str) -> str: ...
+
+    def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class SyncExecutionBackend(Protocol):
@@ -325,6 +428,8 @@ class SyncExecutionBackend(Protocol):
     def resume(self, execution_id: str) -> dict[str, Any]: ...
 
     def retry(self, execution_id: str) -> str: ...
+
+    def events(self, execution_id: str) -> Iterator[dict[str, Any]]: ...
 
 
 class LocalBackend:
@@ -349,6 +454,17 @@ class LocalBackend:
 
     async def retry(self, execution_id: str) -> str:
         return await self.runtime.engine.retry(execution_id)
+
+    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The events stored so far (locally the execution is not followed: `wait` runs it)."""
+        await self.get(execution_id)  # unknown: NotFound
+        after = 0
+        while batch := await self.runtime.store.events(execution_id, after=after):
+            for e in batch:
+                yield event_view(
+                    {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data, "created_at": e.created_at}
+                )
+            after = batch[-1].seq
 
 
 class BlockingBackend:
@@ -378,28 +494,44 @@ class BlockingBackend:
     def retry(self, execution_id: str) -> str:
         return self._run(self.inner.retry(execution_id))
 
+    def events(self, execution_id: str) -> Iterator[dict[str, Any]]:
+        """The events, read to their end in one event loop (locally: those stored so far)."""
+
+        async def read() -> list[dict[str, Any]]:
+            return [e async for e in self.inner.events(execution_id)]
+
+        return iter(self._run(read()))
+
 
 class _Display:
-    """What `wait(progress=True)` shows: the live per-job view while waiting, then the timeline."""
+    """What `wait(progress=True)` shows: the live per-job view while waiting (on a terminal), then the timeline.
+
+    Off a terminal (a pipe, a log file) there is no live view, and tables are not cut to 80 columns."""
 
     def __init__(self) -> None:
+        import sys as _sys
+
         from rich.console import Console
         from rich.live import Live
 
-        self.console: Console = Console()
-        self.live: Live = Live(console=self.console, refresh_per_second=8)
+        tty = _sys.stdout.isatty()
+        self.console: Console = Console(width=None if tty else 1000)
+        self.live: Live | None = Live(console=self.console, refresh_per_second=8) if tty else None
 
     def __enter__(self) -> _Display:
-        self.live.__enter__()
+        if self.live is not None:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.live.__exit__(*exc)
+        if self.live is not None:
+            self.live.__exit__(*exc)
 
     def update(self, state: dict[str, Any]) -> None:
         from .display import progress_view
 
-        self.live.update(progress_view(state))
+        if self.live is not None:
+            self.live.update(progress_view(state))
 
     def timeline(self, state: dict[str, Any]) -> None:
         from .display import timeline_table
@@ -442,12 +574,28 @@ class AsyncExecution:
         self.state = await self.backend.get(self.id)
         return self.state
 
-    async def status(self) -> str:
-        return str((await self.refresh())["status"])
+    @property
+    def status(self) -> Status:
+        """The last known status ("unknown" before the first read); `await execution.status()` reads it anew."""
+
+        async def fresh() -> str:
+            return str((await self.refresh())["status"])
+
+        return Status(self.state["status"] if self.state else "unknown", fresh)
 
     @property
     def result(self) -> Result | None:
         return _result_of(self.state)
+
+    @property
+    def outputs(self) -> list[Result]:
+        """Every output: one per leaf job (`{job, type, url, path, duration}`)."""
+        return outputs_of(self.state)
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The execution's events (`{seq, type, job, data, created_at}`): on a server followed to the end, locally
+        those stored so far."""
+        return self.backend.events(self.id)
 
     async def wait(self, progress: bool = False, timeout: float | None = None) -> AsyncExecution:
         """Wait for the end (locally, running a worker here when none runs elsewhere); show progress if asked."""
@@ -491,8 +639,23 @@ class Execution:
     def result(self) -> Result | None:
         return _result_of(self.state)
 
-    def status(self) -> str:
-        return str(self.refresh()["status"])
+    @property
+    def outputs(self) -> list[Result]:
+        """Every output: one per leaf job (`{job, type, url, path, duration}`)."""
+        return outputs_of(self.state)
+
+    @property
+    def status(self) -> Status:
+        """The status, read anew until the execution has ended (`execution.status()` still works)."""
+        if not _is_done(self.state):
+            self.refresh()
+        assert self.state is not None
+        return Status(self.state["status"])
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The execution's events (`{seq, type, job, data, created_at}`): on a server followed to the end, locally
+        those stored so far."""
+        return self.backend.events(self.id)
 
     def refresh(self) -> dict[str, Any]:
         self.state = self.backend.get(self.id)

@@ -1,7 +1,7 @@
 """The `reelflow` command line's plumbing: the typer app, the consoles, the options the command groups share,
 and how a command body runs on a backend and ends (a message and an exit status).
 
-Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C).
+Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C), 141 stdout closed early.
 
 Start-up stays cheap (`reelflow --help`): rich, the engine, the settings (pydantic), the catalog, the metrics
 (prometheus_client) and httpx are imported by the commands that use them, not here; help is plain text
@@ -59,6 +59,7 @@ def typer_app(**options: Any) -> typer.Typer:
 app = typer_app(name="reelflow", help="Run AI video pipelines: plans of generation jobs on a durable queue.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
+
 ServerOpt = Annotated[
     str | None, typer.Option("--server", envvar="REELFLOW_SERVER", help="Talk to a reelflow server at this URL.")
 ]
@@ -70,12 +71,17 @@ PlanArg = Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - fo
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
 
 
+WIDE = 1000
+"""The width of standard output when it is not a terminal: wide enough that no table is cut or wrapped (a
+table takes the width it needs, not the console's), so `reelflow models | grep seedance` sees whole ids."""
+
+
 @cache
 def out() -> Console:
-    """Standard output, for people (a width of 120 when it is not a terminal)."""
+    """Standard output, for people (`WIDE` when it is not a terminal)."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 120)
+    return Console(width=None if sys.stdout.isatty() else WIDE)
 
 
 @cache
@@ -84,6 +90,14 @@ def err() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, soft_wrap=True)
+
+
+@cache
+def live_console() -> Console:
+    """Standard error, where `--wait` shows its live progress (stdout stays for the id, the result, the JSON)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def escape(text: str) -> str:
@@ -176,6 +190,11 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             err().print(f"[red]refused:[/red] {exc}", highlight=False)
         except APIError as exc:  # the server's refusal
             refused(exc)
+        except BrokenPipeError:  # stdout closed early (`reelflow events ID | head`): stop quietly
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(141) from None
         except (ReelflowError, ValueError, OSError) as exc:  # a server that cannot be reached, a timeout too
             err().print(f"[red]error:[/red] {exc}", highlight=False)
         except Refused:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
 
+from ..sdk import event_view
 from .app import err
 from .follow import CtrlC
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..engine.runtime import LocalRuntime
 
 Listener = Callable[[dict[str, Any]], None]
-EVENT_FIELDS = ("seq", "type", "job", "data")
+EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
 
 
 class Backend(Protocol):
@@ -38,7 +39,11 @@ class Backend(Protocol):
         ...
 
     def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The execution's events as `{seq, type, job, data}`."""
+        """The execution's events as `{seq, type, job, data, created_at}` (an ISO 8601 time)."""
+        ...
+
+    async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` executions (summaries, without jobs), newest first."""
         ...
 
     async def estimate(self, plan: Any) -> dict[str, Any]: ...
@@ -100,8 +105,22 @@ class Local:
         after = 0
         while batch := await self.runtime.store.events(execution_id, after=after):
             for e in batch:
-                yield {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data}
+                yield event_view({"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data,
+                                  "created_at": e.created_at})  # fmt: skip
             after = batch[-1].seq
+
+    async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Every tenant's executions (the local database is the operator's)."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(rows) < limit:
+            page, cursor = await self.runtime.store.list_executions(
+                None, status=status, limit=min(200, limit - len(rows)), cursor=cursor
+            )
+            rows.extend(page)
+            if not cursor or not page:
+                break
+        return rows[:limit]
 
     async def estimate(self, plan: Any) -> dict[str, Any]:
         from ..estimate import estimate_plan
@@ -163,7 +182,16 @@ class Remote:
         """The events, followed to the end of the execution."""
         async with contextlib.aclosing(self.client.events(execution_id)) as stream:
             async for e in stream:
-                yield {k: e.get(k) for k in EVENT_FIELDS}
+                yield event_view({k: e.get(k) for k in EVENT_FIELDS})
+
+    async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        async with contextlib.aclosing(self.client.list(status, limit=min(200, limit))) as pages:
+            async for row in pages:
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
 
     async def estimate(self, plan: Any) -> dict[str, Any]:
         return await self.client.estimate(plan)

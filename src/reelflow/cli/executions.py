@@ -1,5 +1,5 @@
-"""The execution commands: run, status, events, cancel, resume, retry, estimate; each on the local database
-or, with --server, on a server."""
+"""The execution commands: run, status, events, list, cancel, resume, retry, estimate; each on the local
+database or, with --server, on a server."""
 
 from __future__ import annotations
 
@@ -10,13 +10,31 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import ApiKeyOpt, IdArg, JsonOpt, PlanArg, ServerOpt, on_backend, out, print_json, read_plan
-from .show import exit_for, show_accepted, show_final, show_state, summary
+from ..errors import Conflict
+from ..states import TERMINAL_EXECUTION
+from .app import (
+    ApiKeyOpt,
+    IdArg,
+    JsonOpt,
+    PlanArg,
+    Refused,
+    ServerOpt,
+    err,
+    on_backend,
+    out,
+    print_json,
+    read_plan,
+)
+from .show import exit_for, show_accepted, show_final, show_list, show_state, summary
 
 if TYPE_CHECKING:
     from .backend import Backend
 
-WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the end, showing progress (on stderr).")]
+EstimateJsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print machine-readable JSON ({jobs: [{id, cost_usd, seconds}], cost_usd, seconds})."),
+]
 
 
 async def _follow(backend: Backend, execution_id: str, as_json: bool) -> dict[str, Any]:
@@ -33,17 +51,16 @@ def run(
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate and enqueue a plan; with --wait, follow it to the end."""
+    """Validate and enqueue a plan and print its execution id; with --wait, follow it to the end."""
     data = read_plan(plan)
 
     async def body(backend: Backend) -> dict[str, Any]:
         execution_id = await backend.submit(data, webhook)
+        state = await backend.get(execution_id)
+        show_accepted(execution_id, state, as_json, wait)
         if wait:
             state = await _follow(backend, execution_id, as_json)
             show_final(state, as_json)
-            return state
-        state = await backend.get(execution_id)
-        show_accepted(execution_id, state, as_json)
         return state
 
     state = on_backend(server, api_key, body)
@@ -55,16 +72,14 @@ def status(
     execution_id: IdArg, wait: WaitOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Show an execution's state."""
+    """Show an execution's state (exit 1 when it failed or was canceled)."""
 
     async def body(backend: Backend) -> dict[str, Any]:
         state = await (_follow(backend, execution_id, as_json) if wait else backend.get(execution_id))
         show_state(state, as_json)
         return state
 
-    state = on_backend(server, api_key, body)
-    if wait:
-        exit_for(state)
+    exit_for(on_backend(server, api_key, body), finished_only=not wait)
 
 
 def events(execution_id: IdArg, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
@@ -78,13 +93,47 @@ def events(execution_id: IdArg, server: ServerOpt = None, api_key: ApiKeyOpt = N
     on_backend(server, api_key, body)
 
 
+StatusOpt = Annotated[
+    str | None,
+    typer.Option("--status", help="Only executions in this status (queued, running, succeeded, failed, canceled)."),
+]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many, newest first.")]
+ListJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON (a list of execution summaries, without jobs).")
+]
+
+
+def list_executions(
+    status: StatusOpt = None, limit: LimitOpt = 20, server: ServerOpt = None, api_key: ApiKeyOpt = None,
+    as_json: ListJsonOpt = False,
+) -> None:  # fmt: skip
+    """List executions, newest first (id, status, progress, cost, created)."""
+    from ..states import EXECUTION_STATUSES
+
+    if status is not None and status not in EXECUTION_STATUSES:
+        from .app import fail
+
+        raise fail(f"--status must be one of {', '.join(EXECUTION_STATUSES)}, not {status!r}", 2)
+
+    async def body(backend: Backend) -> list[dict[str, Any]]:
+        return await backend.list_executions(status, limit)
+
+    rows = on_backend(server, api_key, body)
+    if as_json:
+        print_json(rows)
+    else:
+        show_list(rows)
+
+
 def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] | str]]) -> Callable[..., None]:
     """A command that acts on an execution (the result is its state, or the id of a new one) and shows the
     state; with --wait it then follows the execution to its end like `status --wait` (output, exit status)."""
 
     def cmd(
         execution_id: IdArg,
-        wait: Annotated[bool, typer.Option("--wait", help="Then wait for the end, showing progress.")] = False,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="Then wait for the end, showing progress (on stderr).")
+        ] = False,
         server: ServerOpt = None,
         api_key: ApiKeyOpt = None,
         as_json: JsonOpt = False,
@@ -110,12 +159,27 @@ def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] 
     return cmd
 
 
-cancel = lifecycle("cancel", lambda backend, i: backend.cancel(i))
+async def _cancel(backend: Backend, execution_id: str) -> dict[str, Any]:
+    """Cancel; one that has already ended is refused with a message saying how it ended."""
+    try:
+        return await backend.cancel(execution_id)
+    except Conflict:  # a server's 409 too (ConflictError)
+        state = await backend.get(execution_id)
+        if state["status"] not in TERMINAL_EXECUTION:
+            raise
+        ended = "is already canceled" if state["status"] == "canceled" else f"has already {state['status']}"
+        err().print(f"[red]refused:[/red] execution {execution_id} {ended}; nothing to cancel", highlight=False)
+        raise Refused from None
+
+
+cancel = lifecycle("cancel", _cancel)
 resume = lifecycle("resume", lambda backend, i: backend.resume(i))
 retry = lifecycle("retry", lambda backend, i: backend.retry(i))
 
 
-def estimate(plan: PlanArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
+def estimate(
+    plan: PlanArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: EstimateJsonOpt = False
+) -> None:
     """Estimate a plan's cost and time (the longest chain of dependencies); nothing is enqueued."""
     data = read_plan(plan)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..states import ACTIVE_JOB, TERMINAL_EXECUTION
-from .app import Interrupted, err, out
+from .app import Interrupted, err, live_console
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -79,18 +79,19 @@ def where_it_stands(state: dict[str, Any]) -> str:
 
 
 async def follow(backend: Backend, execution_id: str, *, as_json: bool) -> dict[str, Any]:
-    """Wait for the execution, with a live per-job display unless JSON was asked for. On the local database
+    """Wait for the execution, with a live per-job display on stderr when it is a terminal (stdout stays for the
+    result, JSON or not). On the local database
     Ctrl-C leaves the execution running (see `CtrlC`) and ends the command with 130 and a line saying where
     things stand; on a server it ends the command (130)."""
     with backend.interruptible() as ctrl_c:
         try:
-            if as_json or not out().is_terminal:
+            if not live_console().is_terminal:
                 return await backend.wait(execution_id)
             from rich.live import Live
 
             from ..display import progress_view
 
-            with Live(console=out(), refresh_per_second=8, transient=False) as live:
+            with Live(console=live_console(), refresh_per_second=8, transient=False) as live:
 
                 def show(state: dict[str, Any]) -> None:
                     live.update(progress_view(state))

@@ -19,10 +19,13 @@ Options:
   --help  Show this message and exit.
 
 Commands:
-  run       Validate and enqueue a plan; with --wait, follow it to the end.
-  status    Show an execution's state.
+  run       Validate and enqueue a plan and print its execution id; with
+            --wait, follow it to the end.
+  status    Show an execution's state (exit 1 when it failed or was canceled).
   events    Print an execution's event log, one JSON object per line (with
             --server: followed to the end).
+  list      List executions, newest first (id, status, progress, cost,
+            created).
   cancel    Cancel an execution: queued jobs are canceled, running ones
             stopped.
   resume    Re-run only the failed, canceled and skipped jobs of an execution.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import typer
 
-from .app import out, print_json
+from ..states import TERMINAL_EXECUTION
+from .app import err, out, print_json
 
 
 def summary(state: dict[str, Any]) -> None:
@@ -14,9 +16,13 @@ def summary(state: dict[str, Any]) -> None:
     out().print(f"execution [bold]{state['id']}[/bold] [{style}]{state['status']}[/{style}]", highlight=False)
     if state.get("error"):
         out().print(f"  error: {state['error']}", highlight=False)
-    result = state.get("result") or {}
-    if result.get("path") or result.get("url"):
-        out().print(f"  output: {result.get('path') or result.get('url')}", highlight=False, soft_wrap=True)
+    from ..sdk import outputs_of
+
+    for o in outputs_of(state):
+        where = o.get("path") or o.get("url")
+        duration = f", {o['duration']:g}s" if isinstance(o.get("duration"), (int, float)) else ""
+        job = f" ({o['job']}, {o['type']}{duration})" if o.get("job") else ""
+        out().print(f"  output: {where}{job}", highlight=False, soft_wrap=True)
     if n := state.get("possible_duplicates"):
         jobs = ", ".join(j["id"] for j in state.get("jobs", []) if j.get("possible_duplicates"))
         out().print(
@@ -28,10 +34,11 @@ def summary(state: dict[str, Any]) -> None:
         )
 
 
-def exit_for(state: dict[str, Any]) -> None:
-    """Exit status 1 unless the execution succeeded."""
-    if state["status"] != "succeeded":
-        raise typer.Exit(1)
+def exit_for(state: dict[str, Any], *, finished_only: bool = False) -> None:
+    """Exit status 1 unless the execution succeeded; with `finished_only`, 0 too while it has not ended."""
+    if state["status"] == "succeeded" or (finished_only and state["status"] not in TERMINAL_EXECUTION):
+        return
+    raise typer.Exit(1)
 
 
 def show_final(state: dict[str, Any], as_json: bool) -> None:
@@ -45,11 +52,43 @@ def show_final(state: dict[str, Any], as_json: bool) -> None:
         summary(state)
 
 
-def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool, wait: bool = False) -> None:
+    """What was accepted, on stderr; on stdout the id alone (`EX=$(reelflow run plan.yaml)`), or the JSON
+    `{id, status}`; with --wait and --json nothing (stdout is the final state's JSON alone)."""
+    n = len(state["jobs"])
+    if as_json and not wait:
         print_json({"id": execution_id, "status": state["status"]})
-    else:
-        out().print(f"accepted: execution [bold]{execution_id}[/bold] ({len(state['jobs'])} jobs queued)")
+        return
+    err().print(f"accepted: execution {execution_id} ({n} {'job' if n == 1 else 'jobs'} queued)", highlight=False)
+    if not as_json:
+        sys.stdout.write(execution_id + "\n")
+        sys.stdout.flush()
+
+
+def show_list(rows: list[dict[str, Any]]) -> None:
+    """Executions, one row each."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..display import STATUS_STYLE, shown_progress
+
+    table = Table(title="executions")
+    for col, justify in (("execution", "left"), ("status", "left"), ("progress", "right"), ("cost", "right"),
+                         ("created", "left"), ("finished", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        cost = (r.get("cost") or {}).get("actual")
+        if cost is None:
+            cost = (r.get("cost") or {}).get("estimated")
+        table.add_row(
+            r["id"],
+            Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+            "-" if (shown := shown_progress(r)) is None else f"{shown:.0f}%",
+            f"${cost:.4f}" if isinstance(cost, (int, float)) else "-",
+            r.get("created_at") or "-",
+            r.get("finished_at") or "-",
+        )
+    out().print(table)
 
 
 def show_state(state: dict[str, Any], as_json: bool) -> None:

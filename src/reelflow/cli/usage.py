@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import ApiKeyOpt, JsonOpt, ServerOpt, fail, on_backend, out, print_json
+from .app import ApiKeyOpt, ServerOpt, fail, on_backend, out, print_json
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -17,21 +17,39 @@ SinceOpt = Annotated[
     typer.Option("--since", help="Window of the figures: an ISO 8601 time or a duration back (24h, 90m, 7d)."),
 ]
 
+ModelsJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON (the catalog: one object per model).")
+]
+StatsJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON ({usage, stats}; locally also queue, limits).")
+]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", help="Only this provider's models (local, replicate, fal, ...).")
+]
 
-def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
+
+def models(
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: ModelsJsonOpt = False, provider: ProviderOpt = None
+) -> None:
     """List the model catalog."""
 
     async def body(backend: Backend) -> list[dict[str, Any]]:
         return await backend.models()
 
-    specs = on_backend(server, api_key, body)
+    specs = everything = on_backend(server, api_key, body)
+    if provider is not None:
+        specs = [m for m in everything if _provider_of(m) == provider]
+        if not specs:
+            known = sorted({_provider_of(m) for m in everything})
+            raise fail(f"no model of provider {provider!r}; providers: {', '.join(known)}")
     if as_json:
         print_json(specs)
         return
     from rich.table import Table
 
     table = Table(title="models")
-    for col in ("model", "types", "parameters", "price"):
+    table.add_column("model", no_wrap=True)
+    for col in ("types", "parameters", "price"):
         table.add_column(col)
     for m in specs:
         price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
@@ -39,8 +57,12 @@ def models(server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt
     out().print(table)
 
 
+def _provider_of(model: dict[str, Any]) -> str:
+    return str(model.get("provider") or str(model["id"]).split("/", 1)[0])
+
+
 def stats(
-    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False, since: SinceOpt = None
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: StatsJsonOpt = False, since: SinceOpt = None
 ) -> None:
     """Usage this month (executions, cost, cache hits) against the limits, the queue by provider, and the
     figures of the window (24 h unless --since): success rate, p50/p95 execution time, queue depth,
