@@ -357,13 +357,14 @@ def event_view(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def outputs_of(state: dict[str, Any] | None) -> list[Result]:
-    """Every output of an execution: its state's `outputs` when the server lists them, else each succeeded leaf
-    job's result (a job no other depends on) as `{job, type, url, path, duration}`; else its `result`."""
+    """Every output of an execution: each succeeded leaf job's result (a job no other depends on) as
+    `{job, job_id, type, url, path, duration}` (`path` where the files are local); a state without its jobs gives
+    its `outputs` list; else its `result`."""
     if not state:
         return []
-    if isinstance(state.get("outputs"), list):
-        return [Result(o) for o in state["outputs"] if isinstance(o, dict)]
     jobs = state.get("jobs") or []
+    if not jobs and isinstance(state.get("outputs"), list):
+        return [Result({"job": o.get("job_id"), **o}) for o in state["outputs"] if isinstance(o, dict)]
     used = {d for j in jobs for d in j.get("depends_on") or []}
     found = []
     for j in jobs:
@@ -372,8 +373,8 @@ def outputs_of(state: dict[str, Any] | None) -> list[Result]:
             continue
         if not (res.get("url") or res.get("path")):
             continue
-        found.append(Result({"job": j["id"], "type": j.get("type"), "url": res.get("url"), "path": res.get("path"),
-                             "duration": res.get("duration")}))  # fmt: skip
+        found.append(Result({"job": j["id"], "job_id": j["id"], "type": j.get("type"), "url": res.get("url"),
+                             "path": res.get("path"), "duration": res.get("duration")}))  # fmt: skip
     if not found and isinstance(state.get("result"), dict):
         res = state["result"]
         if res.get("url") or res.get("path"):
