@@ -112,3 +112,22 @@ class ModelSpec(BaseModel):
 MODEL_TYPES: tuple[str, ...] = ("generate-image", "generate-video", "generate-audio", "transcribe", "run")
 
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "21:9"]
+
+
+class OperationSpec(BaseModel):
+    """A local operation (ffmpeg in the worker): its job type, what it does, its parameters and rules."""
+
+    type: str
+    description: str
+    output: str
+    """What it makes (a content type, or words when it depends on the parameters)."""
+    params: dict[str, ParamSpec]
+    rules: list[ParamRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OperationSpec:
+        for rule in self.rules:
+            missing = [p for p in rule.params if p not in self.params]
+            if missing:
+                raise ValueError(f"operation {self.type}: rule names undeclared parameters {missing}")
+        return self
