@@ -14,8 +14,8 @@ def _prompt(max_length: int = 2000, required: bool = False) -> ParamSpec:
     return ParamSpec(type="string", required=required, max_length=max_length, description="What to make.")
 
 
-def _side(name: str) -> ParamSpec:
-    return ParamSpec(type="integer", minimum=16, maximum=4096, description=f"Output {name} in pixels.")
+def _side(name: str, more: str = "") -> ParamSpec:
+    return ParamSpec(type="integer", minimum=16, maximum=4096, description=f"Output {name} in pixels{more}.")
 
 
 def _fps() -> ParamSpec:
@@ -33,12 +33,12 @@ MEDIA_INPUT_NOTE = "a `$job` reference or a link to one of your stored artifacts
 """What a media input of a local operation (or a local model) accepts: ffmpeg reads only stored files."""
 
 
-def _media(description: str, required: bool = True) -> ParamSpec:
-    return ParamSpec(type="url", required=required, description=f"{description} ({MEDIA_INPUT_NOTE}).")
+def _media(description: str, required: bool = True, more: str = "") -> ParamSpec:
+    return ParamSpec(type="url", required=required, description=f"{description}: {MEDIA_INPUT_NOTE}.{more}")
 
 
-def _video_side(name: str) -> ParamSpec:
-    return ParamSpec(type="integer", minimum=16, maximum=3840, description=f"Output {name} in pixels.")
+def _video_side(name: str, more: str = "") -> ParamSpec:
+    return ParamSpec(type="integer", minimum=16, maximum=3840, description=f"Output {name} in pixels{more}.")
 
 
 def _seconds(description: str) -> ParamSpec:
@@ -48,11 +48,11 @@ def _seconds(description: str) -> ParamSpec:
 OPERATION_SPECS: list[OperationSpec] = [
     OperationSpec(
         type="merge-video-audio",
-        description="Lay an audio track under a video (the video's length wins).",
+        description="Lay an audio track under a video; the video's length wins (the audio is padded or cut).",
         output="video/mp4",
         params={
-            "video": _media("The video"),
-            "audio": _media("The audio track to lay under it"),
+            "video": _media("The video", more=" A still image is refused."),
+            "audio": _media("The audio", more=" Any input with an audio stream (a video's sound is taken too)."),
         },
     ),
     OperationSpec(
@@ -65,12 +65,14 @@ OPERATION_SPECS: list[OperationSpec] = [
                 required=True,
                 items=ParamSpec(type="url"),
                 min_items=1,
-                description="Videos to join, in order (at most REELFLOW_CONCAT_MAX_INPUTS, default 200; "
-                f"each {MEDIA_INPUT_NOTE}).",
+                description="The inputs, in order (at most `REELFLOW_CONCAT_MAX_INPUTS`, default 200), each "
+                f"{MEDIA_INPUT_NOTE}; a still image is shown 3 s.",
             ),
-            "width": _video_side("width (default: the first video's)"),
-            "height": _video_side("height (default: the first video's)"),
-            "fps": _fps(),
+            "width": _video_side("width", ", rounded to an even number (default: the first input's)"),
+            "height": _video_side("height", ", rounded to an even number (default: the first input's)"),
+            "fps": ParamSpec(
+                type="integer", minimum=1, maximum=60, description="Frames per second (default: the first video's)."
+            ),
         },
     ),
     OperationSpec(
@@ -79,26 +81,38 @@ OPERATION_SPECS: list[OperationSpec] = [
         output="video/mp4",
         params={
             "video": _media("The video to caption"),
-            "text": ParamSpec(type="string", max_length=5000, description="Plain text spread over the video."),
-            "segments": ParamSpec(
-                type="list", items=ParamSpec(type="object"), description="Timed lines: {start, end, text}."
+            "text": ParamSpec(
+                type="string",
+                max_length=5000,
+                description="Plain text over the whole video, wrapped and paged two lines at a time.",
             ),
-            "srt": ParamSpec(type="string", description="Captions in SRT format."),
+            "segments": ParamSpec(
+                type="list",
+                items=ParamSpec(type="object"),
+                description="Timed lines: `{start, end, text}`, seconds, `end` after `start`.",
+            ),
+            "srt": ParamSpec(type="string", description="Captions in SRT format; HTML-like tags are removed."),
             "words": ParamSpec(
                 type="list",
                 items=ParamSpec(type="object"),
-                description="Word timings, as a transcribe job gives (its whole result is accepted too).",
+                description='Word timings `{word, start, end}`, as a transcribe job gives (`"$transcript.words"`), '
+                "grouped into short lines.",
             ),
             "position": ParamSpec(
                 type="string", choices=["bottom", "top", "center"], default="bottom", description="Where the lines go."
             ),
             "font_size": ParamSpec(
-                type="integer", minimum=4, maximum=400, description="Text height in pixels (default: height / 16)."
+                type="integer",
+                minimum=4,
+                maximum=400,
+                description="Font size in pixels (default: the video's height / 16, at least 10).",
             ),
             "color": ParamSpec(
-                type="string", default="white", description="Text colour (ffmpeg colour name or #rrggbb)."
+                type="string", default="white", description="Text colour: an ffmpeg colour name, or `#rrggbb`."
             ),
-            "box": ParamSpec(type="boolean", default=True, description="Draw a box behind the text."),
+            "box": ParamSpec(
+                type="boolean", default=True, description="Draw a half-transparent black box behind the text."
+            ),
         },
         rules=[ParamRule(kind="exactly_one_of", params=["text", "segments", "srt", "words"])],
     ),
@@ -113,7 +127,7 @@ OPERATION_SPECS: list[OperationSpec] = [
                 type="string",
                 choices=["top-left", "top-right", "bottom-left", "bottom-right", "center"],
                 default="top-right",
-                description="Corner or centre (ignored where x and y are given).",
+                description="Corner (16 px from the edges) or centre; x and y override it.",
             ),
             "x": ParamSpec(
                 type="integer",
@@ -131,11 +145,13 @@ OPERATION_SPECS: list[OperationSpec] = [
                 type="number",
                 exclusive_minimum=0,
                 maximum=4,
-                description="Overlay width as a share of the video's width (default: its own size).",
+                description="The overlay's width as a share of the video's width (default: its own size).",
             ),
             "start": _seconds("Seconds when the overlay appears (default 0)."),
             "end": _seconds("Seconds when it disappears (default: the end)."),
-            "opacity": ParamSpec(type="number", minimum=0, maximum=1, default=1, description="1 is opaque."),
+            "opacity": ParamSpec(
+                type="number", minimum=0, maximum=1, default=1, description="0 is invisible, 1 opaque."
+            ),
         },
     ),
     OperationSpec(
@@ -151,14 +167,19 @@ OPERATION_SPECS: list[OperationSpec] = [
                 default="mp4",
                 description="Output format (m4a, mp3 and wav keep the audio only).",
             ),
-            "width": _video_side("width (one side alone keeps the aspect ratio)"),
-            "height": _video_side("height (one side alone keeps the aspect ratio)"),
-            "fps": _fps(),
+            "width": _video_side("width", "; with height too, letterboxed to that size; alone, the shape is kept"),
+            "height": _video_side("height", ", as width"),
+            "fps": ParamSpec(
+                type="integer",
+                minimum=1,
+                maximum=60,
+                description="Frames per second (default: the input's; gif: at most 12).",
+            ),
             "crf": ParamSpec(
                 type="integer",
                 minimum=0,
                 maximum=51,
-                description="Quality: lower is better (default 23 for h264, 33 for webm).",
+                description="Quality: lower is better and bigger (default 23 for H.264, 33 for VP9).",
             ),
         },
         rules=[ParamRule(kind="exactly_one_of", params=["video", "input"])],
@@ -169,8 +190,8 @@ OPERATION_SPECS: list[OperationSpec] = [
         output="image/jpeg or image/png",
         params={
             "video": _media("The video"),
-            "at": _seconds("Second to grab the frame at (default: a third of the way in)."),
-            "width": _side("width (default: the video's)"),
+            "at": _seconds("Second of the frame (default: a third of the way in; past the end: the last frame)."),
+            "width": _side("width", "; the height keeps the shape (default: the video's)"),
             "format": ParamSpec(
                 type="string", choices=["jpg", "jpeg", "png"], default="jpg", description="Image format."
             ),
@@ -279,8 +300,8 @@ BUILTIN_MODELS: list[ModelSpec] = [
             "resolution": ParamSpec(
                 type="string", choices=["480p", "720p", "1080p"], description="Short side (default 720p)."
             ),
-            "width": _video_side("width (overrides resolution)"),
-            "height": _video_side("height (overrides resolution)"),
+            "width": _video_side("width", " (overrides resolution)"),
+            "height": _video_side("height", " (overrides resolution)"),
             "fps": _fps(),
             "seed": _SEED,
         },
