@@ -127,12 +127,13 @@ def test_what_the_worker_runs_passes_submission_and_the_reverse(job_type: str, p
         assert errors == []
 
 
-def test_crf_is_refused_where_ffmpeg_would_refuse_it() -> None:
-    """libx264 takes crf 0-51: 60 passed the worker's 0-63 and failed in ffmpeg."""
-    assert submit_errors({"type": "transcode", "params": {"video": "$a", "crf": 60}}) == [
-        "job 'j': crf must be at most 51 (got 60)"
+def test_crf_takes_what_the_worker_and_ffmpeg_take() -> None:
+    """VP9 takes crf up to 63, as the worker and ffmpeg do (the plan check used to stop at 51)."""
+    assert submit_errors({"type": "transcode", "params": {"video": "$a", "format": "webm", "crf": 60}}) == []
+    assert submit_errors({"type": "transcode", "params": {"video": "$a", "crf": 64}}) == [
+        "job 'j': crf must be at most 63 (got 64)"
     ]
-    assert worker_reads("transcode", "crf", 60) == "transcode: parameter 'crf' must be at most 51 (got 60)"
+    assert worker_reads("transcode", "crf", 64) == "transcode: parameter 'crf' must be at most 63 (got 64)"
 
 
 def test_local_video_takes_width_and_height() -> None:
@@ -237,7 +238,7 @@ def test_the_plan_schema_has_each_operations_params_and_is_valid_json_schema() -
 
     assert errors({"type": "thumbnail", "params": {"video": "$a", "at": 2.5, "format": "jpeg"}}) == []
     assert errors({"type": "thumbnail", "params": {"video": "$a", "time": 2}})  # unknown parameter
-    assert errors({"type": "transcode", "params": {"input": "$a", "crf": 60}})
+    assert errors({"type": "transcode", "params": {"input": "$a", "crf": 64}})
     assert errors({"type": "transcode", "params": {"video": "$a", "input": "$b"}})
     assert errors({"type": "transcode", "params": {"video": "$a", "crf": "$probe.crf"}}) == []  # a reference
     assert errors({"type": "generate-video", "model": "local/video", "params": {"anything": 1}}) == []
@@ -247,7 +248,7 @@ def test_the_job_types_doc_lists_every_operations_parameters() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "job-types.md").read_text(encoding="utf-8")
     assert all(f"<!-- params:{op.type} -->" in doc for op in operations())
     assert sync(doc) == doc  # regenerate: python -m reelflow.providers.catalog.docs docs/job-types.md
-    assert "| `at` | number |  | 0–86400 |" in doc and "| `crf` | integer |  | 0–51 |" in doc
+    assert "| `at` | number |  | 0–86400 |" in doc and "| `crf` | integer |  | 0–63 |" in doc
 
 
 # --- the local image: no seam -----------------------------------------------------------------------
@@ -284,3 +285,15 @@ async def test_the_local_image_has_no_seam_line(tmp_path: Path, monkeypatch: pyt
     raw, _ = await proc.communicate()
     centre = (digest[12] * W // 255, digest[13] * H // 255)
     assert _largest_step(raw, W, H, centre, radius=12) < 40  # the seam was a step of 230 and more
+
+
+def test_the_plan_limits_read_transcodes_video_as_they_read_input() -> None:
+    """The work budget at submission sees the source's shape through `video` as it does through `input`."""
+    from reelflow.local_limits import _Shapes, plan_jobs_of
+
+    for name in ("video", "input"):
+        still = {"id": "s", "type": "generate-image", "model": "local/image", "params": {"width": 640, "height": 360}}
+        copy = {"id": "c", "type": "transcode", "params": {name: "$s", "width": 320}}
+        shapes = _Shapes(plan_jobs_of([(0, still), (1, copy)]))
+        shape = shapes.of_job("c")
+        assert (shape.width, shape.height) == (320, 180), name

@@ -178,8 +178,9 @@ OPERATION_SPECS: list[OperationSpec] = [
             "crf": ParamSpec(
                 type="integer",
                 minimum=0,
-                maximum=51,
-                description="Quality: lower is better and bigger (default 23 for H.264, 33 for VP9).",
+                maximum=63,
+                description="Quality: lower is better and bigger (default 23 for H.264, 33 for VP9); H.264 "
+                "stops at 51 (higher values act as 51), VP9 (webm) at 63.",
             ),
         },
         rules=[ParamRule(kind="exactly_one_of", params=["video", "input"])],
