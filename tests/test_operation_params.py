@@ -14,6 +14,7 @@ import pytest
 
 from reelflow import media
 from reelflow.engine.ownership import local_input_problems
+from reelflow.engine.scheduler import Engine
 from reelflow.errors import PlanError
 from reelflow.media import filters
 from reelflow.plan import parse_plan, plan_json_schema
@@ -297,3 +298,18 @@ def test_the_plan_limits_read_transcodes_video_as_they_read_input() -> None:
         shapes = _Shapes(plan_jobs_of([(0, still), (1, copy)]))
         shape = shapes.of_job("c")
         assert (shape.width, shape.height) == (320, 180), name
+
+
+async def test_the_engine_refuses_an_outside_link_before_storing_anything(engine: Engine) -> None:
+    """API, CLI and SDK submit through Engine.submit: the refusal names the job and the parameter."""
+    plan = {"jobs": [{"id": "copy", "type": "transcode", "params": {"video": "https://cdn.example/a.mp4"}}]}
+    with pytest.raises(PlanError) as caught:
+        await engine.submit(plan)
+    assert [(e.loc, e.msg) for e in caught.value.errors] == [
+        (
+            ["jobs", 0, "params", "video"],
+            "job 'copy': video must be a `$job` reference or a link to one of your stored artifacts, since "
+            "transcode runs in the worker and reads stored files only (got 'https://cdn.example/a.mp4')",
+        )
+    ]
+    assert (await engine.store.list_executions("default"))[0] == []
