@@ -128,6 +128,12 @@ def test_what_the_worker_runs_passes_submission_and_the_reverse(job_type: str, p
         assert errors == []
 
 
+def test_the_worker_refuses_numbers_that_are_not_finite() -> None:
+    for value in ("nan", "inf", float("nan")):
+        assert worker_reads("overlay", "x", value) == "overlay: parameter 'x' must be a finite number"
+    assert worker_reads("generate-image", "seed", "inf", "local/image") is not None
+
+
 def test_crf_takes_what_the_worker_and_ffmpeg_take() -> None:
     """VP9 takes crf up to 63, as the worker and ffmpeg do (the plan check used to stop at 51)."""
     assert submit_errors({"type": "transcode", "params": {"video": "$a", "format": "webm", "crf": 60}}) == []

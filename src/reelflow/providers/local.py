@@ -8,6 +8,7 @@ It serves the `local/image`, `local/video` and `local/audio` models and the loca
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -363,6 +364,8 @@ class _Params:
             number = float(value)
         except ValueError:
             raise self._fail(f"parameter '{name}' must be a number") from None
+        if not math.isfinite(number):
+            raise self._fail(f"parameter '{name}' must be a finite number")
         if spec.exclusive_minimum is not None and number <= spec.exclusive_minimum:
             raise self._fail(f"parameter '{name}' must be greater than {spec.exclusive_minimum:g} (got {number:g})")
         if spec.minimum is not None and number < spec.minimum:
