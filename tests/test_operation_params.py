@@ -19,7 +19,7 @@ from reelflow.errors import PlanError
 from reelflow.media import filters
 from reelflow.plan import parse_plan, plan_json_schema
 from reelflow.providers.base import PermanentError, Task
-from reelflow.providers.catalog import BUILTIN_MODELS, OPERATIONS, ParamSpec, check_job_params, operations
+from reelflow.providers.catalog import BUILTIN_MODELS, OPERATIONS, ParamSpec, check_params, operations
 from reelflow.providers.catalog.docs import sync
 from reelflow.providers.local import LocalProvider, _Params
 from reelflow.storage import LocalStorage
@@ -94,7 +94,8 @@ def test_the_worker_and_the_plan_check_agree_on_every_bound_and_choice(
             params |= {p: "$src" for p, s in OPERATIONS[job_type].items() if s.required}
             params |= {"video": "$src"} if job_type in ("transcode", "captions") else {}
             params |= {"text": "x"} if job_type == "captions" and name != "text" else {}
-        errors = check_job_params(job_type, model, params, job_id="j", allow_refs=True)
+        specs = LOCAL_MODELS[model].params if model else OPERATIONS[job_type]  # the per-parameter checks, no rules
+        errors = check_params(specs, params, extra_allowed=True, loc_prefix=(), job_id="j", allow_refs=True)
         refused = [e.msg for e in errors if e.msg.startswith(f"job 'j': {name} ")]
         assert (worker_reads(job_type, name, value, model) is None) == (not refused), (name, value, refused)
 
@@ -319,3 +320,13 @@ async def test_the_engine_refuses_an_outside_link_before_storing_anything(engine
         )
     ]
     assert (await engine.store.list_executions("default"))[0] == []
+
+
+def test_an_overlay_ending_before_it_starts_is_refused_at_submission() -> None:
+    """The worker refused `end <= start` at run time; the plan check let it through."""
+    overlay = {"type": "overlay", "params": {"video": "$a", "overlay": "$b", "start": 3, "end": 2}}
+    assert submit_errors(overlay) == ["job 'j': end must be greater than start (got start 3, end 2)"]
+    overlay["params"] = {"video": "$a", "overlay": "$b", "end": 0}  # start defaults to 0
+    assert submit_errors(overlay) == ["job 'j': end must be greater than start (got start 0, end 0)"]
+    overlay["params"] = {"video": "$a", "overlay": "$b", "start": 1, "end": "$a.duration"}  # known at run time
+    assert submit_errors(overlay) == []

@@ -147,12 +147,15 @@ OPERATION_SPECS: list[OperationSpec] = [
                 maximum=4,
                 description="The overlay's width as a share of the video's width (default: its own size).",
             ),
-            "start": _seconds("Seconds when the overlay appears (default 0)."),
-            "end": _seconds("Seconds when it disappears (default: the end)."),
+            "start": ParamSpec(
+                type="number", minimum=0, maximum=86400, default=0, description="Seconds when the overlay appears."
+            ),
+            "end": _seconds("Seconds when it disappears, after start (default: the end)."),
             "opacity": ParamSpec(
                 type="number", minimum=0, maximum=1, default=1, description="0 is invisible, 1 opaque."
             ),
         },
+        rules=[ParamRule(kind="increasing", params=["start", "end"])],
     ),
     OperationSpec(
         type="transcode",

@@ -53,6 +53,8 @@ def param_table(specs: Mapping[str, ParamSpec], rules: Sequence[ParamRule] = ())
     """A markdown table of parameters: name, type, required, allowed values, default, meaning."""
     needed: dict[str, str] = {}
     for rule in rules:
+        if rule.kind == "increasing":
+            continue
         word = "one of" if rule.kind == "exactly_one_of" else "at least one of"
         for name in rule.params:
             needed[name] = f"{word} {', '.join(rule.params)}"

@@ -62,9 +62,10 @@ class ParamSpec(BaseModel):
 
 
 class ParamRule(BaseModel):
-    """A rule across parameters: at least one (`one_of`) or exactly one (`exactly_one_of`) of them."""
+    """A rule across parameters: at least one (`one_of`) or exactly one (`exactly_one_of`) of them, or each one
+    above the one before, where given or defaulted (`increasing`: an overlay's start before its end)."""
 
-    kind: Literal["one_of", "exactly_one_of"]
+    kind: Literal["one_of", "exactly_one_of", "increasing"]
     params: list[str]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -152,6 +153,9 @@ def check_params(
         for loc, msg in _check_value(declared, value, str(name), [*base, name], allow_refs):
             errors.append(ErrorItem(loc, prefix + msg))
     for rule in rules:
+        if rule.kind == "increasing":
+            errors += _increasing(specs, params, rule.params, base, prefix)
+            continue
         present = [p for p in rule.params if params.get(p) is not None]
         if not present:
             errors.append(ErrorItem(base, f"{prefix}one of {join_or(rule.params)} is required"))
@@ -159,6 +163,21 @@ def check_params(
             got = " and ".join(present)
             errors.append(
                 ErrorItem([*base, present[1]], f"{prefix}give only one of {join_or(rule.params)} (got {got})")
+            )
+    return errors
+
+
+def _increasing(
+    specs: Mapping[str, ParamSpec], params: Mapping[str, Any], names: Sequence[str], base: list[str | int], prefix: str
+) -> list[ErrorItem]:
+    """Each of `names` whose number is known (given or defaulted, not a reference) above the one before it."""
+    known = [(n, params[n] if n in params else specs[n].default) for n in names if n in specs]
+    known = [(n, v) for n, v in known if _is_number(v) and _finite(v)]
+    errors = []
+    for (a, va), (b, vb) in itertools.pairwise(known):
+        if vb <= va:
+            errors.append(
+                ErrorItem([*base, b], f"{prefix}{b} must be greater than {a} (got {a} {show(va)}, {b} {show(vb)})")
             )
     return errors
 
