@@ -330,3 +330,13 @@ def test_an_overlay_ending_before_it_starts_is_refused_at_submission() -> None:
     assert submit_errors(overlay) == ["job 'j': end must be greater than start (got start 0, end 0)"]
     overlay["params"] = {"video": "$a", "overlay": "$b", "start": 1, "end": "$a.duration"}  # known at run time
     assert submit_errors(overlay) == []
+
+
+def test_a_caption_colour_ffmpeg_cannot_read_is_refused_at_submission() -> None:
+    """The worker refused such a colour at run time; the plan check took any string."""
+    captions = {"type": "captions", "params": {"video": "$a", "text": "x", "color": "light blue"}}
+    errors = submit_errors(captions)
+    assert len(errors) == 1 and errors[0].startswith("job 'j': color must match ") and "(got 'light blue')" in errors[0]
+    for fine in ("yellow", "#ffcc00", "#ffcc0080", "white@0.5", "0xFFCC00"):
+        captions["params"] = {"video": "$a", "text": "x", "color": fine}
+        assert submit_errors(captions) == [], fine

@@ -232,6 +232,8 @@ def _value_schema(spec: ParamSpec, top: bool = False) -> dict[str, Any]:
     ):
         if limit is not None:
             value[key] = limit
+    if spec.pattern is not None:
+        value["pattern"] = f"^(?:{spec.pattern})$"
     if spec.choices is not None:
         value["enum"] = list(spec.choices)
     if spec.items is not None:

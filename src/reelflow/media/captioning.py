@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..media_limits import caption_problems, current_limits
+from ..providers.catalog.builtin import COLOR_PATTERN
 from . import filters
 from .filters import (
     NO_FONT,
@@ -32,7 +33,7 @@ from .runner import MediaError, MediaLimitError, _check_work, _ffmpeg, _first, _
 _SRT_TIME = r"(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})"
 _SRT_TIMING_RE = re.compile(rf"^\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(?:\s.*)?$")
 _TAG_RE = re.compile(r"<[^>]+>|\{\\[^}]*\}")
-_COLOR_RE = re.compile(r"[A-Za-z]+(@[0-9.]+)?|(#|0x)[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?(@[0-9.]+)?")
+_COLOR_RE = re.compile(COLOR_PATTERN)
 
 
 def parse_srt(srt: str) -> list[dict[str, Any]]:

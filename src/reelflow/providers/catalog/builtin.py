@@ -33,6 +33,10 @@ MEDIA_INPUT_NOTE = "a `$job` reference or a link to one of your stored artifacts
 """What a media input of a local operation (or a local model) accepts: ffmpeg reads only stored files."""
 
 
+COLOR_PATTERN = r"[A-Za-z]+(@[0-9.]+)?|(#|0x)[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?(@[0-9.]+)?"
+"""A colour ffmpeg's drawtext takes: a name or hex digits, with an optional `@alpha` (captions' `color`)."""
+
+
 def _media(description: str, required: bool = True, more: str = "") -> ParamSpec:
     return ParamSpec(type="url", required=required, description=f"{description}: {MEDIA_INPUT_NOTE}.{more}")
 
@@ -108,7 +112,11 @@ OPERATION_SPECS: list[OperationSpec] = [
                 description="Font size in pixels (default: the video's height / 16, at least 10).",
             ),
             "color": ParamSpec(
-                type="string", default="white", description="Text colour: an ffmpeg colour name, or `#rrggbb`."
+                type="string",
+                default="white",
+                pattern=COLOR_PATTERN,
+                description="Text colour: an ffmpeg colour name (`yellow`), or `#rrggbb` / `#rrggbbaa`, optionally "
+                "with `@alpha`.",
             ),
             "box": ParamSpec(
                 type="boolean", default=True, description="Draw a half-transparent black box behind the text."

@@ -33,6 +33,8 @@ def allowed(spec: ParamSpec) -> str:
             parts.append(f"≥ {fmt_number(low)}")
         if spec.maximum is not None:
             parts.append(f"≤ {fmt_number(spec.maximum)}")
+    if spec.pattern is not None:
+        parts.append(f"matching `{spec.pattern.replace('|', chr(92) + '|')}`")
     if spec.max_length is not None:
         parts.append(f"at most {spec.max_length} characters")
     if spec.min_items is not None:

@@ -55,6 +55,8 @@ class ParamSpec(BaseModel):
     exclusive_minimum: float | None = None
     """The value must be strictly greater than this (e.g. a duration above 0)."""
     max_length: int | None = None
+    pattern: str | None = None
+    """A string must match this regular expression whole (Python and JSON Schema syntax alike)."""
     choices: list[Any] | None = None
     items: ParamSpec | None = None
     min_items: int | None = None

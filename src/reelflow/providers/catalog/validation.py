@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,6 +107,8 @@ def _check_value(
             problems.append((loc, f"{label} must be at least {fmt_number(spec.minimum)} (got {show(value)})"))
         if spec.maximum is not None and value > spec.maximum:
             problems.append((loc, f"{label} must be at most {fmt_number(spec.maximum)} (got {show(value)})"))
+    if t == "string" and spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
+        problems.append((loc, f"{label} must match {spec.pattern} (got {show(value)})"))
     if t in ("string", "url") and spec.max_length is not None and len(value) > spec.max_length:
         problems.append((loc, f"{label} is longer than {spec.max_length} characters ({len(value)})"))
     if t == "list":
