@@ -311,18 +311,18 @@ async def test_a_job_row_naming_another_tenants_artifact_fails_at_run_time(
     """The worker checks literal values too: a job that reaches it with a foreign link some other way (a row
     rewritten behind the engine's back stands for any path we did not think of) fails there, permanently."""
     theirs = await own_artifact(engine, running_worker, "a", "a sunset")
-    plan = {"jobs": [{"id": "copy", "type": "transcode", "params": {"input": "https://media.example/a.png"}}]}
+    plan = {"jobs": [still("src"), {"id": "copy", "type": "transcode", "params": {"input": "$src"}}]}
     eid = await engine.submit(plan, tenant="b")
     forged = json.dumps({"input": theirs["url"]})
     if settings.database_url.startswith("sqlite"):
         with sqlite3.connect(sqlite_path(settings.database_url)) as conn:
-            conn.execute("UPDATE jobs SET params = ? WHERE execution_id = ?", (forged, eid))
+            conn.execute("UPDATE jobs SET params = ? WHERE execution_id = ? AND key = 'copy'", (forged, eid))
     else:
         async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as pg:
-            await pg.execute("UPDATE jobs SET params = %s WHERE execution_id = %s", (forged, eid))
+            await pg.execute("UPDATE jobs SET params = %s WHERE execution_id = %s AND key = 'copy'", (forged, eid))
     async with running_worker(providers_={"local": LocalProvider()}):
         state = await engine.wait(eid, tenant="b", timeout=60)
-    job = state["jobs"][0]
+    job = next(j for j in state["jobs"] if j["id"] == "copy")
     assert (job["status"], job["attempts"], job["error"]) == ("failed", 1, f"params.input: job 'copy': {NOT_FOUND}")
 
 

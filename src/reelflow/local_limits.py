@@ -124,7 +124,7 @@ class _Shapes:
         if job.type == "transcode":
             if p.get("format") in ("m4a", "mp3", "wav"):  # audio only: no pixels to encode
                 return UNKNOWN
-            src = self.of_value(p.get("input"))
+            src = self.of_value(p.get("video") if p.get("video") is not None else p.get("input"))
             out_w, out_h = _fit(src, _number(p.get("width")), _number(p.get("height")))
             gif = p.get("format") == "gif"
             out_fps = _number(p.get("fps")) or (min(12.0, src.fps or 12.0) if gif else src.fps)

@@ -22,7 +22,10 @@ from reelflow.providers.catalog import (
     OPEN_PROVIDERS,
     OPERATIONS,
     REFERENCE_PATTERN,
+    RUN_INPUT,
+    ParamRule,
     ParamSchema,
+    ParamSpec,
     check_params,
     get_model,
     is_http_url,
@@ -32,6 +35,7 @@ from reelflow.providers.catalog import (
     known_providers,
     list_models,
     models_for_type,
+    operations,
     param_schema,
     retired_message,
     show,
@@ -160,8 +164,86 @@ class Plan(BaseModel):
 
 
 def plan_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a plan (for editors and for programs that write plans)."""
-    return Plan.model_json_schema()
+    """The JSON Schema of a plan (for editors and for programs that write plans).
+
+    A job's `params` follow its type: each local operation's parameters (from the catalog's operation specs)
+    are a definition `params.<type>`, chosen by `type` (`if`/`then`); a `run` job takes `input`; the other
+    types' params depend on the model (see `/v1/models`). Any value may also be a reference (`$clip`)."""
+    schema = Plan.model_json_schema()
+    defs = schema["$defs"]
+    defs["Reference"] = {
+        "type": "string",
+        "pattern": REFERENCE_PATTERN,
+        "description": "A reference to a job's result ($<job id>) or one of its fields ($<job id>.<field>).",
+    }
+    chosen: list[dict[str, Any]] = []
+    for op in operations():
+        name = f"params.{op.type}"
+        defs[name] = _params_schema(op.params, op.rules, op.description)
+        chosen.append(_when_type(op.type, name))
+    defs["params.run"] = _params_schema({"input": RUN_INPUT}, [], "Any model, its input passed as given.", extra=True)
+    chosen.append(_when_type("run", "params.run"))
+    defs["JobSpec"]["allOf"] = chosen
+    return schema
+
+
+def _when_type(job_type: str, definition: str) -> dict[str, Any]:
+    return {
+        "if": {"properties": {"type": {"const": job_type}}, "required": ["type"]},
+        "then": {"properties": {"params": {"$ref": f"#/$defs/{definition}"}}},
+    }
+
+
+def _params_schema(
+    specs: Mapping[str, ParamSpec], rules: Sequence[ParamRule], description: str, extra: bool = False
+) -> dict[str, Any]:
+    """The JSON Schema of a params object made of `specs` and `rules`."""
+    out: dict[str, Any] = {
+        "type": "object",
+        "description": description,
+        "properties": {name: _value_schema(spec, top=True) for name, spec in specs.items()},
+        "additionalProperties": extra,
+    }
+    if required := [name for name, spec in specs.items() if spec.required]:
+        out["required"] = required
+    for rule in rules:
+        if rule.kind == "increasing":  # an order between values: JSON Schema cannot say it; the plan check does
+            continue
+        each = [{"required": [p], "properties": {p: {"not": {"type": "null"}}}} for p in rule.params]
+        out.setdefault("allOf", []).append({"oneOf" if rule.kind == "exactly_one_of" else "anyOf": each})
+    return out
+
+
+_JSON_TYPES = {"url": "string", "list": "array"}
+
+
+def _value_schema(spec: ParamSpec, top: bool = False) -> dict[str, Any]:
+    """The JSON Schema of one parameter's value (a reference is allowed too)."""
+    value: dict[str, Any] = {"type": _JSON_TYPES.get(spec.type, spec.type)}
+    if spec.type == "url":
+        value.update(format="uri", pattern="^https?://")
+    for key, limit in (
+        ("minimum", spec.minimum),
+        ("maximum", spec.maximum),
+        ("exclusiveMinimum", spec.exclusive_minimum),
+        ("maxLength", spec.max_length),
+        ("minItems", spec.min_items),
+        ("maxItems", spec.max_items),
+    ):
+        if limit is not None:
+            value[key] = limit
+    if spec.pattern is not None:
+        value["pattern"] = f"^(?:{spec.pattern})$"
+    if spec.choices is not None:
+        value["enum"] = list(spec.choices)
+    if spec.items is not None:
+        value["items"] = _value_schema(spec.items)
+    out: dict[str, Any] = {"anyOf": [value, {"$ref": "#/$defs/Reference"}]}
+    if top and spec.description:
+        out["description"] = spec.description
+    if top and spec.default is not None:
+        out["default"] = spec.default
+    return out
 
 
 # --- loading text --------------------------------------------------------------------------------

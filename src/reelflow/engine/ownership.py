@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import ErrorItem
+from ..plan import Plan
+from ..providers.catalog import MEDIA_INPUT_NOTE, local_media_inputs, show
 from ..storage import Storage, artifact_key
 from ..store.base import Store
 
@@ -64,3 +66,21 @@ async def foreign_inputs(
 def refusal(where: list[str | int], job_id: str) -> ErrorItem:
     """The error for a foreign or unknown artifact at `where`: it names the job and the parameter, nothing else."""
     return ErrorItem(where, f"job '{job_id}': {NOT_FOUND}")
+
+
+def local_input_problems(plan: Plan, storage: Storage) -> list[ErrorItem]:
+    """A literal URL given to a media input of a local operation (or local model) that is not a link to one of
+    our artifacts: ffmpeg in the worker reads stored files only, so it would fail at run time."""
+    problems = []
+    for i, job in enumerate(plan.jobs):
+        for loc, value in local_media_inputs(job.type, job.model, job.params):
+            if artifact_key(storage, value) is None:
+                label = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if j else p) for j, p in enumerate(loc))
+                problems.append(
+                    ErrorItem(
+                        ["jobs", i, "params", *loc],
+                        f"job '{job.id}': {label} must be {MEDIA_INPUT_NOTE}, since {job.type} runs in the worker"
+                        f" and reads stored files only (got {show(value)})",
+                    )
+                )
+    return problems

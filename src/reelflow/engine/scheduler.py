@@ -25,7 +25,7 @@ from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
 from ..storage import Storage, open_storage
 from ..store.base import NewExecution, NewJob, Store, UsageLimit
-from .ownership import artifact_links, has_urls, refusal
+from .ownership import artifact_links, has_urls, local_input_problems, refusal
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -125,6 +125,8 @@ class Engine:
         if not any(has_urls(job.params) for job in plan.jobs):
             return
         storage = await self.storage()
+        if problems := local_input_problems(plan, storage):
+            raise PlanError(problems)
         links = [
             (where, key, job.id)
             for i, job in enumerate(plan.jobs)

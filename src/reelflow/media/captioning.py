@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..media_limits import caption_problems, current_limits
+from ..providers.catalog.builtin import COLOR_PATTERN
 from . import filters
 from .filters import (
+    NO_FONT,
     _audio_codec_args,
     _chars_per_line,
     _copyable_audio,
@@ -23,7 +25,7 @@ from .filters import (
     _write_text,
 )
 from .probing import probe
-from .runner import MediaError, MediaLimitError, _check_work, _ffmpeg, _first, _frames, _input, _pixels, log
+from .runner import MediaError, MediaLimitError, _check_work, _ffmpeg, _first, _frames, _input, _pixels
 
 # --------------------------------------------------------------------------------------------------
 # captions
@@ -31,7 +33,7 @@ from .runner import MediaError, MediaLimitError, _check_work, _ffmpeg, _first, _
 _SRT_TIME = r"(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})"
 _SRT_TIMING_RE = re.compile(rf"^\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(?:\s.*)?$")
 _TAG_RE = re.compile(r"<[^>]+>|\{\\[^}]*\}")
-_COLOR_RE = re.compile(r"[A-Za-z]+(@[0-9.]+)?|(#|0x)[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?(@[0-9.]+)?")
+_COLOR_RE = re.compile(COLOR_PATTERN)
 
 
 def parse_srt(srt: str) -> list[dict[str, Any]]:
@@ -178,6 +180,9 @@ async def captions(
         raise MediaError(f"{op}: font_size must be between 4 and 400")
     if not _COLOR_RE.fullmatch(color):
         raise MediaError(f"{op}: bad color {color!r} (a name such as white, or #RRGGBB)")
+    font = filters.find_font()
+    if font is None:
+        raise MediaError(f"{op}: {NO_FONT}")
     limits = current_limits()
     for _, problem in caption_problems(srt=srt, text=text, segments=segments, words=words, limits=limits):
         raise MediaLimitError(f"{op}: {problem}")
@@ -199,15 +204,12 @@ async def captions(
             f"{limits.caption_max_cues:,} (REELFLOW_CAPTION_MAX_CUES)"
         )
     margin = max(4, round(h / 18))
-    font = filters.find_font()
-    if font is None:
-        log.warning("captions: no font found; the video is re-encoded without captions")
 
     def write_graph(tmp: Path) -> Path:
         """One drawtext per cue, each reading its text from a file; the filtergraph script. Thousands of cues
         are thousands of files: written off the event loop."""
         filters: list[str] = []
-        for i, seg in enumerate(segs if font else []):
+        for i, seg in enumerate(segs):
             body = _wrap(seg["text"], box_width=w * 0.88, font_size=size, max_lines=4)
             if not body.strip():
                 continue
@@ -216,7 +218,7 @@ async def captions(
             filters.append(
                 _drawtext(
                     textfile,
-                    font=font or "",
+                    font=font,
                     font_size=size,
                     color=color,
                     y=positions[position].format(m=margin),

@@ -24,7 +24,15 @@ FONT_CANDIDATES: tuple[str, ...] = (
     "/System/Library/Fonts/Supplemental/Arial.ttf",
     "/Library/Fonts/Arial.ttf",
 )
-"""Fonts tried in order for drawn text; without any of them, text is left out (never an error)."""
+"""Fonts tried in order for drawn text; without any of them, a prompt is left out of a generated image or video,
+and a captions job fails (NO_FONT)."""
+
+NO_FONT = (
+    "no font to draw captions with: install one (Debian/Ubuntu: apt-get install fonts-dejavu-core; Fedora: "
+    "dejavu-sans-fonts; Alpine: font-dejavu) so that one of the files in reelflow.media.FONT_CANDIDATES exists, "
+    "e.g. /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+)
+"""Why a captions job fails on a machine without a usable font (permanently: retrying cannot help)."""
 
 _CHAR_WIDTH_EM = 0.6  # a generous average glyph width of a sans font, in font sizes
 
@@ -143,10 +151,18 @@ def _palette(digest: bytes, n: int) -> list[str]:
 
 
 def _gradient_source(digest: bytes, width: int, height: int, *, fps: int, speed: float | None = None) -> str:
-    """A `gradients` source filter whose colours, geometry and type derive from `digest`."""
+    """A `gradients` source filter whose colours, geometry and type derive from `digest`.
+
+    A `circular` (conic) gradient runs its colours once around the centre (x0, y0) and jumps from the last back
+    to the first along one ray: a hard seam line with a colour break, running to the frame's edge (the right
+    edge when x0 lies near it). Its palette is therefore closed (the first colour again at the end), so both
+    sides of that ray have the same colour."""
     n = 2 + digest[10] % 2
     colours = _palette(digest, n)
     kind = ("linear", "radial", "linear", "circular")[digest[11] % 4]
+    if kind == "circular":
+        colours.append(colours[0])
+        n += 1
     x0 = digest[12] * width // 255
     y0 = digest[13] * height // 255
     opts: dict[str, object] = {f"c{i}": c for i, c in enumerate(colours)}

@@ -8,6 +8,7 @@ It serves the `local/image`, `local/video` and `local/audio` models and the loca
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,15 +25,13 @@ from reelflow.providers.base import (
 )
 
 from .. import media
+from .catalog import OPERATIONS, ParamSpec, get_model
 from .info import ProviderInfo
 
 LONG_SIDE = 1280
 """Long side of a generated image when neither width nor height is given."""
 
-ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9")
 RESOLUTIONS = {"480p": 480, "720p": 720, "1080p": 1080}
-TRANSCODE_FORMATS = ("mp4", "webm", "mov", "mkv", "gif", "m4a", "mp3", "wav")
-THUMBNAIL_FORMATS = ("jpg", "png")
 
 Handler = Callable[["LocalProvider", Task], Awaitable[ProviderResult]]
 
@@ -84,12 +83,8 @@ class LocalProvider:
     async def _generate_image(self, task: Task) -> ProviderResult:
         p = _Params(task)
         prompt = p.text("prompt", required=True) or ""
-        width, height = image_size(
-            p.integer("width", 16, 4096),
-            p.integer("height", 16, 4096),
-            p.choice("aspect_ratio", ASPECT_RATIOS),
-        )
-        seed = p.integer("seed", 0, 2**63 - 1)
+        width, height = image_size(p.integer("width"), p.integer("height"), p.choice("aspect_ratio"))
+        seed = p.integer("seed")
         out = _output(task, ".png")
         await media.make_image(out, prompt=prompt, width=width, height=height, seed=seed)
         return _result(out, {"width": width, "height": height, "seed": seed})
@@ -100,13 +95,10 @@ class LocalProvider:
         image = p.optional_input("image")
         if prompt is None and image is None:
             raise PermanentError(f"{task.type}: give a prompt or an image")
-        duration = p.number("duration", 0.1, 600.0)
-        fps = p.integer("fps", 1, 60) or 24
+        duration = p.number("duration")
+        fps = p.integer("fps") or 24
         width, height = video_size(
-            p.choice("aspect_ratio", ASPECT_RATIOS),
-            p.choice("resolution", tuple(RESOLUTIONS)),
-            p.integer("width", 16, 3840),
-            p.integer("height", 16, 3840),
+            p.choice("aspect_ratio"), p.choice("resolution"), p.integer("width"), p.integer("height")
         )
         out = _output(task, ".mp4")
         await media.make_video(
@@ -117,7 +109,7 @@ class LocalProvider:
             width=width,
             height=height,
             fps=fps,
-            seed=p.integer("seed", 0, 2**63 - 1),
+            seed=p.integer("seed"),
         )
         return _result(out, {"width": width, "height": height, "fps": fps})
 
@@ -126,7 +118,7 @@ class LocalProvider:
         text = p.text("text")
         if text is None:
             text = p.text("prompt")
-        duration = p.number("duration", 0.1, 3600.0)
+        duration = p.number("duration")
         if text is None and duration is None:
             raise PermanentError(f"{task.type}: give text (or a prompt) or a duration")
         out = _output(task, ".m4a")
@@ -150,9 +142,9 @@ class LocalProvider:
         await media.concat(
             videos,
             out,
-            width=p.integer("width", 16, 3840),
-            height=p.integer("height", 16, 3840),
-            fps=p.integer("fps", 1, 60),
+            width=p.integer("width"),
+            height=p.integer("height"),
+            fps=p.integer("fps"),
         )
         return _result(out, {"parts": len(videos)})
 
@@ -181,8 +173,8 @@ class LocalProvider:
             segments=segments,
             srt=p.text("srt"),
             words=words,
-            position=p.choice("position", ("bottom", "top", "center")) or "bottom",
-            font_size=p.integer("font_size", 4, 400),
+            position=p.choice("position") or "bottom",
+            font_size=p.integer("font_size"),
             color=p.text("color") or "white",
             box=box,
         )
@@ -191,44 +183,46 @@ class LocalProvider:
     async def _overlay(self, task: Task) -> ProviderResult:
         p = _Params(task)
         base, over = p.input("video"), p.input("overlay")
-        positions = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
         out = _output(task, ".mp4")
-        opacity = p.number("opacity", 0.0, 1.0)
+        opacity = p.number("opacity")
         await media.overlay(
             base,
             over,
             out,
-            position=p.choice("position", positions) or "top-right",
-            x=p.integer("x", -8192, 8192),
-            y=p.integer("y", -8192, 8192),
-            scale=p.number("scale", 0.01, 4.0),
-            start=p.number("start", 0.0, 86400.0) or 0.0,
-            end=p.number("end", 0.0, 86400.0),
+            position=p.choice("position") or "top-right",
+            x=p.integer("x"),
+            y=p.integer("y"),
+            scale=p.number("scale"),
+            start=p.number("start") or 0.0,
+            end=p.number("end"),
             opacity=1.0 if opacity is None else opacity,
         )
         return _result(out)
 
     async def _transcode(self, task: Task) -> ProviderResult:
         p = _Params(task)
-        source = p.input("input")
-        fmt = p.choice("format", TRANSCODE_FORMATS) or "mp4"
+        given = [k for k in ("video", "input") if task.params.get(k) is not None or k in task.inputs]
+        if len(given) > 1:
+            raise PermanentError("transcode: give only one of video or input (got video and input)")
+        source = p.input(given[0] if given else "video")
+        fmt = p.choice("format") or "mp4"
         out = _output(task, f".{fmt}")
         await media.transcode(
             source,
             out,
-            width=p.integer("width", 16, 3840),
-            height=p.integer("height", 16, 3840),
-            fps=p.integer("fps", 1, 60),
-            crf=p.integer("crf", 0, 63),
+            width=p.integer("width"),
+            height=p.integer("height"),
+            fps=p.integer("fps"),
+            crf=p.integer("crf"),
         )
         return _result(out, {"format": fmt})
 
     async def _thumbnail(self, task: Task) -> ProviderResult:
         p = _Params(task)
         video = p.input("video")
-        fmt = p.choice("format", (*THUMBNAIL_FORMATS, "jpeg")) or "jpg"
+        fmt = p.choice("format") or "jpg"
         out = _output(task, ".png" if fmt == "png" else ".jpg")
-        await media.thumbnail(video, out, at=p.number("at", 0.0, 86400.0), width=p.integer("width", 16, 4096))
+        await media.thumbnail(video, out, at=p.number("at"), width=p.integer("width"))
         return _result(out)
 
 
@@ -322,12 +316,29 @@ def _result(out: Path, fields: dict[str, Any] | None = None) -> ProviderResult:
     return ProviderResult(outputs=[Output(path=out, content_type=content_type)], fields=kept, cost_usd=0.0)
 
 
+def _specs(task: Task) -> dict[str, ParamSpec]:
+    """The catalog's parameter specs of the task's operation or local model: the bounds the plan was checked with."""
+    if task.model is not None:
+        model = get_model(task.model)
+        return dict(model.params) if model is not None else {}
+    return dict(OPERATIONS.get(task.type, {}))
+
+
 class _Params:
-    """Typed access to a task's params with errors that name the job type and the parameter."""
+    """Typed access to a task's params with errors that name the job type and the parameter.
+
+    Bounds and choices come from the catalog's spec of the parameter (see `_specs`), never from here."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.params = task.params
+        self.specs = _specs(task)
+
+    def _spec(self, name: str) -> ParamSpec:
+        spec = self.specs.get(name)
+        if spec is None:  # pragma: no cover - a handler reads a parameter the catalog lacks
+            raise self._fail(f"parameter '{name}' is not in the catalog")
+        return spec
 
     def _fail(self, message: str) -> PermanentError:
         return PermanentError(f"{self.task.type}: {message}")
@@ -342,7 +353,8 @@ class _Params:
             raise self._fail(f"parameter '{name}' must be a string")
         return value
 
-    def number(self, name: str, low: float, high: float) -> float | None:
+    def number(self, name: str) -> float | None:
+        spec = self._spec(name)
         value = self.params.get(name)
         if value is None:
             return None
@@ -352,20 +364,27 @@ class _Params:
             number = float(value)
         except ValueError:
             raise self._fail(f"parameter '{name}' must be a number") from None
-        if not low <= number <= high:
-            raise self._fail(f"parameter '{name}' must be between {low:g} and {high:g}")
+        if not math.isfinite(number):
+            raise self._fail(f"parameter '{name}' must be a finite number")
+        if spec.exclusive_minimum is not None and number <= spec.exclusive_minimum:
+            raise self._fail(f"parameter '{name}' must be greater than {spec.exclusive_minimum:g} (got {number:g})")
+        if spec.minimum is not None and number < spec.minimum:
+            raise self._fail(f"parameter '{name}' must be at least {spec.minimum:g} (got {number:g})")
+        if spec.maximum is not None and number > spec.maximum:
+            raise self._fail(f"parameter '{name}' must be at most {spec.maximum:g} (got {number:g})")
         return number
 
-    def integer(self, name: str, low: int, high: int) -> int | None:
-        number = self.number(name, low, high)
+    def integer(self, name: str) -> int | None:
+        number = self.number(name)
         if number is None:
             return None
         if number != int(number):
             raise self._fail(f"parameter '{name}' must be a whole number")
         return int(number)
 
-    def choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
+    def choice(self, name: str) -> str | None:
         value = self.text(name)
+        allowed = [str(c) for c in self._spec(name).choices or ()]
         if value is not None and value not in allowed:
             raise self._fail(f"parameter '{name}' must be one of {', '.join(allowed)} (got {value!r})")
         return value

@@ -66,6 +66,7 @@ class FileParam(FileParamItem):
 
 class FileRule(ParamRule):
     model_config = ConfigDict(extra="forbid")
+    kind: Literal["one_of", "exactly_one_of"]
 
 
 class FileLimits(_Strict):

@@ -55,6 +55,8 @@ class ParamSpec(BaseModel):
     exclusive_minimum: float | None = None
     """The value must be strictly greater than this (e.g. a duration above 0)."""
     max_length: int | None = None
+    pattern: str | None = None
+    """A string must match this regular expression whole (Python and JSON Schema syntax alike)."""
     choices: list[Any] | None = None
     items: ParamSpec | None = None
     min_items: int | None = None
@@ -62,9 +64,10 @@ class ParamSpec(BaseModel):
 
 
 class ParamRule(BaseModel):
-    """A rule across parameters: at least one (`one_of`) or exactly one (`exactly_one_of`) of them."""
+    """A rule across parameters: at least one (`one_of`) or exactly one (`exactly_one_of`) of them, or each one
+    above the one before, where given or defaulted (`increasing`: an overlay's start before its end)."""
 
-    kind: Literal["one_of", "exactly_one_of"]
+    kind: Literal["one_of", "exactly_one_of", "increasing"]
     params: list[str]
 
 
@@ -112,3 +115,22 @@ class ModelSpec(BaseModel):
 MODEL_TYPES: tuple[str, ...] = ("generate-image", "generate-video", "generate-audio", "transcribe", "run")
 
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "21:9"]
+
+
+class OperationSpec(BaseModel):
+    """A local operation (ffmpeg in the worker): its job type, what it does, its parameters and rules."""
+
+    type: str
+    description: str
+    output: str
+    """What it makes (a content type, or words when it depends on the parameters)."""
+    params: dict[str, ParamSpec]
+    rules: list[ParamRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OperationSpec:
+        for rule in self.rules:
+            missing = [p for p in rule.params if p not in self.params]
+            if missing:
+                raise ValueError(f"operation {self.type}: rule names undeclared parameters {missing}")
+        return self

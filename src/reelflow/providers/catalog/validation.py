@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,6 +107,8 @@ def _check_value(
             problems.append((loc, f"{label} must be at least {fmt_number(spec.minimum)} (got {show(value)})"))
         if spec.maximum is not None and value > spec.maximum:
             problems.append((loc, f"{label} must be at most {fmt_number(spec.maximum)} (got {show(value)})"))
+    if t == "string" and spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
+        problems.append((loc, f"{label} must match {spec.pattern} (got {show(value)})"))
     if t in ("string", "url") and spec.max_length is not None and len(value) > spec.max_length:
         problems.append((loc, f"{label} is longer than {spec.max_length} characters ({len(value)})"))
     if t == "list":
@@ -152,6 +156,9 @@ def check_params(
         for loc, msg in _check_value(declared, value, str(name), [*base, name], allow_refs):
             errors.append(ErrorItem(loc, prefix + msg))
     for rule in rules:
+        if rule.kind == "increasing":
+            errors += _increasing(specs, params, rule.params, base, prefix)
+            continue
         present = [p for p in rule.params if params.get(p) is not None]
         if not present:
             errors.append(ErrorItem(base, f"{prefix}one of {join_or(rule.params)} is required"))
@@ -159,6 +166,21 @@ def check_params(
             got = " and ".join(present)
             errors.append(
                 ErrorItem([*base, present[1]], f"{prefix}give only one of {join_or(rule.params)} (got {got})")
+            )
+    return errors
+
+
+def _increasing(
+    specs: Mapping[str, ParamSpec], params: Mapping[str, Any], names: Sequence[str], base: list[str | int], prefix: str
+) -> list[ErrorItem]:
+    """Each of `names` whose number is known (given or defaulted, not a reference) above the one before it."""
+    known = [(n, params[n] if n in params else specs[n].default) for n in names if n in specs]
+    known = [(n, v) for n, v in known if _is_number(v) and _finite(v)]
+    errors = []
+    for (a, va), (b, vb) in itertools.pairwise(known):
+        if vb <= va:
+            errors.append(
+                ErrorItem([*base, b], f"{prefix}{b} must be greater than {a} (got {a} {show(va)}, {b} {show(vb)})")
             )
     return errors
 
