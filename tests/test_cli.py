@@ -262,3 +262,18 @@ def test_json_help_says_what_each_command_prints(cli: Any) -> None:
         text = " ".join(cli(name, "--help").stdout.split())
         assert "execution state" not in text, name
     assert "--wait " in cli("run", "--help").stdout and "<bool>" not in cli("run", "--help").stdout
+
+
+def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_them(cli: Any) -> None:
+    from reelflow.providers.catalog import operations
+
+    listed = json.loads(cli("ops", "--json").stdout)
+    assert [o["type"] for o in listed] == [o.type for o in operations()]
+    thumb = next(o for o in listed if o["type"] == "thumbnail")
+    assert thumb["params"]["video"]["required"] is True
+    assert thumb["params"]["format"]["choices"] == ["jpg", "jpeg", "png"]
+    table = cli("ops", "transcode")
+    assert table.returncode == 0 and "crf" in table.stdout and "0–63" in table.stdout
+    assert "thumbnail" not in table.stdout
+    unknown = cli("ops", "nope")
+    assert unknown.returncode == 2 and "no operation 'nope'" in unknown.stderr and "thumbnail" in unknown.stderr

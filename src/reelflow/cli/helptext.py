@@ -39,6 +39,9 @@ Commands:
             here too).
   migrate   Create or upgrade the database schema.
   models    List the model catalog.
+  ops       List the local operations (ffmpeg in the worker: merge, concat,
+            overlay, captions, thumbnail, transcode) with every parameter:
+            type, allowed values, default, meaning.
   stats     Usage this month (executions, cost, cache hits) against the
             limits, the queue by provider, and the figures of the window (24 h
             unless --since): success rate, p50/p95 execution time, queue

@@ -57,6 +57,40 @@ def models(
     out().print(table)
 
 
+OpsJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON (one object per operation, its parameters).")
+]
+OpTypeArg = Annotated[str | None, typer.Argument(help="Only this operation (its job type, e.g. thumbnail).")]
+
+
+def ops(op_type: OpTypeArg = None, as_json: OpsJsonOpt = False) -> None:
+    """List the local operations (ffmpeg in the worker: merge, concat, overlay, captions, thumbnail,
+    transcode) with every parameter: type, allowed values, default, meaning."""
+    from ..providers.catalog import operations
+    from ..providers.catalog.docs import allowed, type_words
+
+    specs = operations()
+    if op_type is not None:
+        specs = [s for s in specs if s.type == op_type]
+        if not specs:
+            raise fail(f"no operation {op_type!r}; operations: {', '.join(s.type for s in operations())}", 2)
+    if as_json:
+        print_json([s.model_dump(mode="json", exclude_none=True) for s in specs])
+        return
+    from rich.table import Table
+
+    for spec in specs:
+        needed = {n for rule in spec.rules if rule.kind != "increasing" for n in rule.params}
+        table = Table(title=f"{spec.type}: {spec.description}", title_justify="left")
+        for col in ("parameter", "type", "required", "allowed values", "default", "meaning"):
+            table.add_column(col, no_wrap=col == "parameter")
+        for name, p in spec.params.items():
+            required = "yes" if p.required else ("one of" if name in needed else "")
+            default = "" if p.default is None else str(p.default)
+            table.add_row(name, type_words(p), required, allowed(p).replace("`", ""), default, p.description)
+        out().print(table)
+
+
 def _provider_of(model: dict[str, Any]) -> str:
     return str(model.get("provider") or str(model["id"]).split("/", 1)[0])
 
