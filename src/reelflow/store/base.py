@@ -344,6 +344,23 @@ class Store(Protocol):
         `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
         ...
 
+    async def finish_and_claim(
+        self,
+        outcomes: list[JobOutcome],
+        provider_ids: list[tuple[int, str, str]] | None,
+        owner: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready
+        (not those of a capped provider or model; within their tenant's cap): the hand-off from a job to its
+        dependent. Returns the promoted keys and the jobs claimed."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for jobs to become claimable; True as soon as some may have."""
+        ...
+
     async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
         """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
         ...

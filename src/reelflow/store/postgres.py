@@ -29,9 +29,7 @@ from ..errors import Conflict, IdempotencyConflict, NotFound, StoreBusy, StoreUn
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
-    execution_progress,
-    execution_status,
-    transitive_dependents,
+    guard,
 )
 from .base import (
     ApiKey,
@@ -52,20 +50,30 @@ from .common import (
     delivery_view,
     dumps,
     encode_cursor,
-    execution_error,
-    execution_result,
     execution_summary,
     execution_view,
     loads,
     migration_scripts,
     month_start,
-    new_delivery_id,
     new_webhook_secret,
     serves,
     unique_orphans,
     usage_refusal,
-    wants_event,
-    webhook_body,
+)
+from .manager import (
+    EventRow,
+    StoreRules,
+    claimed_job,
+    end_event,
+    ending,
+    model_family,
+    outcome_events,
+    progress_event,
+    running_events,
+    settle,
+    skips,
+    webhook_executions,
+    webhook_rows,
 )
 from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
@@ -73,7 +81,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Cur = AsyncCursor[DictRow]
-EventRow = tuple[str, str | None, str, str, float]
 
 CHANNEL = "reelflow_jobs"
 """The NOTIFY channel: a transaction made jobs claimable."""
@@ -101,11 +108,7 @@ def lock_key(name: str) -> int:
 MIGRATION_LOCK = lock_key("reelflow:migrate")
 
 
-def _base(model: str | None) -> str | None:
-    return model.split(":", 1)[0] if model else None
-
-
-class PostgresStore:
+class PostgresStore(StoreRules):
     """Store on PostgreSQL. One instance per process; its pool is shared by every task of the process."""
 
     def __init__(
@@ -489,7 +492,7 @@ class PostgresStore:
         )
         await cur.execute(
             "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
-            " WHERE execution_id = %s AND status IN ('waiting', 'queued', 'running') RETURNING id, key)"
+            f" WHERE execution_id = %s AND {guard('canceled')} RETURNING id, key)"
             " SELECT key FROM c ORDER BY id",
             (now, execution_id),
         )
@@ -614,7 +617,8 @@ class PostgresStore:
             " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,"
             " lease_seq = j.lease_seq + 1, intent_at = COALESCE(j.intent_at, %s),"
             " intent_seq = COALESCE(j.intent_seq, j.lease_seq + 1)"
-            " FROM executions e WHERE e.id = j.execution_id AND j.status = 'queued' AND j.id = ANY(%b::bigint[])"
+            f" FROM executions e WHERE e.id = j.execution_id AND {guard('running', 'j.status')}"
+            " AND j.id = ANY(%b::bigint[])"
             " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
             " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
             " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq",
@@ -623,15 +627,13 @@ class PostgresStore:
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
         if not rows:
             return []
-        refusals = await self._budget_refusals(cur, rows, now)
+        refusals = self._budget_refusals(rows, await self._spent(cur, rows, now))
         exec_ids = sorted({r["execution_id"] for r in rows})
-        events: list[EventRow] = [
-            (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
-            for r in rows
-        ]
+        events = running_events(rows, owner, now)
         await cur.execute(
             "WITH s AS (UPDATE executions SET status = 'running', started_at = %s, updated_at = %s"
-            " WHERE status = 'queued' AND id = ANY(%b::text[]) RETURNING id) SELECT id FROM s ORDER BY id",
+            f" WHERE {guard('running', execution=True, frm='queued')} AND id = ANY(%b::text[]) RETURNING id)"
+            " SELECT id FROM s ORDER BY id",
             (now, now, exec_ids),
         )
         events += [
@@ -649,33 +651,7 @@ class PostgresStore:
             for d in await cur.fetchall():
                 results[(d["execution_id"], d["key"])] = loads(d["result"]) or {}
         await self._insert_events(cur, events)
-        return [
-            ClaimedJob(
-                id=r["id"],
-                execution_id=r["execution_id"],
-                key=r["key"],
-                type=r["type"],
-                provider=r["provider"],
-                model=r["model"],
-                params=loads(r["params"]),
-                attempts=r["attempts"],
-                max_attempts=r["max_attempts"],
-                provider_job_id=r["provider_job_id"],
-                timeout_s=r["timeout_s"],
-                start_timeout_s=r["start_timeout_s"],
-                started_at=r["started_at"],
-                execution_deadline=r["deadline"],
-                dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
-                tenant=r["tenant"],
-                use_cache=bool(r["use_cache"]),
-                refusal=refusals.get(r["id"]),
-                seq=r["lease_seq"],
-                intent_at=r["intent_at"],
-                intent_seq=r["intent_seq"],
-                cost_estimated=float(r["cost_estimated"] or 0.0),
-            )
-            for r in rows
-        ]
+        return [claimed_job(r, r["deadline"], results, refusals.get(r["id"])) for r in rows]
 
     async def _pick(self, cur: Cur, limit: int, now: float, executions: list[str] | None = None) -> list[int]:
         """Up to `limit` ready jobs to start, locked for this transaction: tenants in turn (round robin, so one
@@ -713,8 +689,7 @@ class PostgresStore:
             tenants.append(r["name"])
         if not tenants:
             return []
-        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
-        tenants = (tenants[start:] + tenants[:start])[:limit]
+        tenants = self._rotate(tenants, limit)
         locked_t = {t for t in tenants if t in caps_t}
         locked_p: set[str] = set()
         locked_m: set[str] = set()
@@ -781,92 +756,28 @@ class PostgresStore:
                 *([executions] if executions is not None else []), skip_p, skip_m, limit, limit,
             ),
         )
-        queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
+        queues: dict[str, list[tuple[int, str | None, str | None]]] = {name: [] for name in tenants}
         for r in await cur.fetchall():
-            queues[r["tenant"]].append(r)
-        picked: list[int] = []
-        for round_ in range(limit):
-            for queue in queues.values():
-                if round_ >= len(queue) or len(picked) >= limit:
-                    continue
-                job = queue[round_]
-                provider, base = job["provider"], _base(job["model"])
-                if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
-                    continue
-                if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
-                    continue
-                picked.append(job["id"])
-                if provider in caps_p:
-                    running_p[provider] = running_p.get(provider, 0) + 1
-                if base in caps_m:
-                    running_m[base] = running_m.get(base, 0) + 1
-            if len(picked) >= limit or all(round_ >= len(q) - 1 for q in queues.values()):
-                break
-        if picked:
-            self._rr_after = tenants[0]
-        return picked
+            queues[r["tenant"]].append((r["id"], r["provider"], r["model"]))
+        return self._round_robin(tenants, list(queues.values()), limit, running_p, running_m)
 
-    async def _budget_refusals(self, cur: Cur, rows: list[DictRow], now: float) -> dict[int, str]:
-        """Paid jobs that would take their tenant past its monthly budget: spent this month (actual costs)
-        plus the estimates of its jobs already running, plus this job's estimate."""
-        refusals: dict[int, str] = {}
-        if not self._budgets and self._default_budget is None:
-            return refusals
-        since = month_start(now)
-        batch: dict[str, float] = defaultdict(float)
-        for r in rows:
-            batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
+    async def _spent(self, cur: Cur, rows: list[DictRow], now: float) -> dict[str, float]:
+        """For the budget check: each tenant's spending this month, its running jobs' estimates included."""
         spent: dict[str, float] = {}
-        for r in rows:
-            tenant, cost = r["tenant"], float(r["cost_estimated"] or 0.0)
-            budget = self._budgets[tenant] if tenant in self._budgets else self._default_budget
-            if budget is None or cost <= 0:
-                continue
-            if tenant not in spent:  # everything running (this batch included, now) or settled, less this batch
-                await cur.execute(
-                    "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
-                    " ELSE COALESCE(j.cost_actual, 0) END), 0) AS spent"
-                    " FROM jobs j JOIN executions e ON e.id = j.execution_id"
-                    " WHERE e.tenant = %s AND e.created_at >= %s"
-                    " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
-                    (tenant, since),
-                )
-                row = await cur.fetchone()
-                spent[tenant] = float(row["spent"] if row else 0.0) - batch[tenant]
-            if spent[tenant] + cost > budget + 1e-9:
-                refusals[r["id"]] = (
-                    f"stopped before this paid job: tenant {tenant!r} would pass its monthly_cost_usd budget of"
-                    f" ${budget:.2f} (${spent[tenant]:.4f} spent or running this month, this job is estimated at"
-                    f" ${cost:.4f})"
-                )
-            else:
-                spent[tenant] += cost
-        return refusals
+        for tenant in self._budget_tenants(rows):
+            await cur.execute(
+                "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
+                " ELSE COALESCE(j.cost_actual, 0) END), 0) AS spent"
+                " FROM jobs j JOIN executions e ON e.id = j.execution_id"
+                " WHERE e.tenant = %s AND e.created_at >= %s"
+                " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
+                (tenant, month_start(now)),
+            )
+            row = await cur.fetchone()
+            spent[tenant] = float(row["spent"] if row else 0.0)
+        return spent
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    def configure_limits(
-        self,
-        provider_caps: dict[str, int] | None = None,
-        model_caps: dict[str, int] | None = None,
-        budgets: dict[str, float | None] | None = None,
-        default_budget: float | None = None,
-        tenant_caps: dict[str, int | None] | None = None,
-        default_tenant_cap: int | None = None,
-    ) -> None:
-        """Concurrency caps the claim enforces (provider -> n, model -> n, tenant -> n or None, and one for
-        tenants not named) and monthly cost budgets (tenant -> USD, and one for tenants not named) checked
-        before a paid job starts."""
-        self._provider_caps = dict(provider_caps or {})
-        self._model_caps = dict(model_caps or {})
-        self._budgets = dict(budgets or {})
-        self._default_budget = default_budget
-        self._tenant_caps = dict(tenant_caps or {})
-        self._default_tenant_cap = default_tenant_cap
-
-    def _tenant_cap(self, tenant: str) -> int | None:
-        """How many jobs of `tenant` may run at once (None: no cap)."""
-        return self._tenant_caps[tenant] if tenant in self._tenant_caps else self._default_tenant_cap
-
     @staticmethod
     async def _month_usage(cur: Cur, tenant: str, now: float) -> tuple[int, float]:
         """Executions created this month, and their cost: actual once finished, else the larger of the
@@ -1287,7 +1198,7 @@ class PostgresStore:
                 " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],"
                 "   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('succeeded', 'j.status')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.dependents",
                 (
@@ -1306,7 +1217,7 @@ class PostgresStore:
                 " intent_seq = CASE WHEN w.settled THEN NULL ELSE j.intent_seq END"
                 " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[], %b::bool[], %b::bigint[])"
                 "   AS w(id, owner, run_after, error, keep, settled, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('queued', 'j.status', frm='running')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
@@ -1323,7 +1234,7 @@ class PostgresStore:
                 " intent_seq = NULL"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])"
                 "   AS w(id, owner, status, error, cost, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('failed', 'j.status')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
@@ -1350,7 +1261,7 @@ class PostgresStore:
                 " status = CASE WHEN j.deps_left - w.n <= 0 THEN 'queued' ELSE j.status END,"
                 " queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END"
                 " FROM unnest(%b::text[], %b::text[], %b::int[]) AS w(eid, key, n)"
-                " WHERE j.execution_id = w.eid AND j.key = w.key AND j.status = 'waiting'"
+                f" WHERE j.execution_id = w.eid AND j.key = w.key AND {guard('queued', 'j.status', frm='waiting')}"
                 " RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model, j.tenant",
                 (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs]),
             )
@@ -1358,7 +1269,7 @@ class PostgresStore:
                 if r["status"] == "queued":
                     queued[(r["execution_id"], r["key"])] = r["id"]
                     if ready is not None:
-                        ready.append((r["id"], r["provider"], _base(r["model"]), r["tenant"]))
+                        ready.append((r["id"], r["provider"], model_family(r["model"]), r["tenant"]))
         art = [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]
         if art:
             await cur.execute(
@@ -1384,24 +1295,14 @@ class PostgresStore:
             if o.status == "succeeded":
                 if (pid := inline.get(o.job_id)) is not None:
                     events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
-                if o.cache_hit:
-                    events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
-                events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                events += outcome_events(o, eid, key, 0, now)
                 for _, dep in sorted(release_order.pop((eid, key), [])):
                     promoted.append(dep)
                     events.append((eid, dep, "job.queued", dumps({"after": key}), now))
-            elif o.status == "retry":
-                delay = round(max(0.0, (o.retry_at or now) - now), 3)
-                events.append(
-                    (
-                        eid, key, "job.retrying",
-                        dumps({"attempt": found["attempts"], "error": o.error, "retry_in_s": delay}), now,
-                    )
-                )  # fmt: skip
             else:
-                data = dumps({"attempt": found["attempts"], "error": o.error})
-                events.append((eid, key, f"job.{o.status}", data, now))
-                failed[eid].append(key)
+                events += outcome_events(o, eid, key, found["attempts"], now)
+                if o.status != "retry":
+                    failed[eid].append(key)
         for eid, keys in failed.items():
             await self._skip_after_failure(cur, eid, keys, now, events)
         await self._settle(cur, touched, now, events)
@@ -1437,25 +1338,9 @@ class PostgresStore:
             else:
                 await self._write_provider_ids(cur, provider_ids or [], now)
                 promoted = []
-            eligible = [
-                (job_id, tenant)
-                for job_id, provider, base, tenant in ready
-                if provider not in self._provider_caps and base not in self._model_caps
-            ]
-            room = await self._tenant_room(cur, {t for _, t in eligible}) if eligible and limit > 0 else {}
-            mine: list[int] = []
-            for job_id, tenant in eligible:
-                if len(mine) + len(busy) >= limit:
-                    break
-                if tenant in room:
-                    left = room[tenant]
-                    if left is None:
-                        busy.append((job_id, tenant))
-                        continue
-                    if left <= 0:
-                        continue
-                    room[tenant] = left - 1
-                mine.append(job_id)
+            room = await self._tenant_room(cur, self._capped_tenants(ready)) if limit > 0 else {}
+            mine, later = self._hand_off(ready, limit, room)
+            busy.extend(later)
             claimed = await self._claim(cur, owner, limit, lease_s, picked=mine) if mine else []
             if len(claimed) + len(busy) < len(ready):  # the rest are for anyone
                 await self._notify(cur)
@@ -1472,11 +1357,10 @@ class PostgresStore:
                 log.warning("hand-off of %d ready jobs failed (%s); they wait for a claim", len(jobs), exc)
         return promoted, claimed
 
-    async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int | None]:
-        """For the hand-off: how many more jobs each capped tenant of `tenants` may start now, or None for a
+    async def _tenant_room(self, cur: Cur, caps: dict[str, int]) -> dict[str, int | None]:
+        """For the hand-off: how many more jobs each capped tenant (tenant -> cap) may start now, or None for a
         tenant whose lock another transaction holds. The hand-off already holds row locks a claimer may be
         waiting for, so it only tries the tenants' locks and never waits on one here."""
-        caps = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
         if not caps:
             return {}
         names = sorted(caps)
@@ -1530,17 +1414,7 @@ class PostgresStore:
         assert ex is not None
         await cur.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
         graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in await cur.fetchall()}
-        after = transitive_dependents({k: v[0] for k, v in graph.items()}, keys)
-        names = ", ".join(repr(k) for k in keys)
-        for key, (_, status) in graph.items():
-            if status not in ("waiting", "queued"):
-                continue
-            if key in after:
-                reason = f"not run: it depends on {names}, which failed"
-            elif ex["on_failure"] == "stop":
-                reason = f"not run: job {names} failed and on_failure is stop"
-            else:
-                continue
+        for key, reason in skips(graph, keys, ex["on_failure"]):
             await cur.execute(
                 "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
                 (reason, now, eid, key),
@@ -1575,19 +1449,15 @@ class PostgresStore:
                 running[r["execution_id"]] = list(r["progress"])
         for ex in executions:
             eid = ex["id"]
-            status = execution_status(
-                counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
-            )
-            progress = execution_progress(counts[eid], running[eid])
-            if status in TERMINAL_EXECUTION and ex["status"] not in TERMINAL_EXECUTION:
+            action, status, progress = settle(ex, counts[eid], running[eid])
+            if action == "end":
                 await self._finish_execution(cur, eid, status, progress, now, events)
-            elif status != ex["status"] or progress != ex["progress"]:
+            elif action == "update":
                 await cur.execute(
                     "UPDATE executions SET status = %s, progress = %s, updated_at = %s WHERE id = %s",
                     (status, progress, now, eid),
                 )
-                if progress != ex["progress"]:
-                    events.append((eid, None, "execution.progress", dumps({"progress": progress}), now))
+                events += progress_event(eid, ex["progress"], progress, now)
 
     async def _finish_execution(
         self, cur: Cur, eid: str, status: str, progress: float, now: float, events: list[EventRow]
@@ -1606,21 +1476,17 @@ class PostgresStore:
         await cur.execute("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
         cost_row = await cur.fetchone()
         cost = float(cost_row["cost"]) if cost_row else 0.0
-        result = execution_result([(s["key"], s["result"]) for s in sinks]) if status == "succeeded" else None
-        error = execution_error([(f["key"], f["error"]) for f in failed])
-        if status == "canceled":
-            error = "canceled by request"
-        elif status == "failed" and error is None:
-            error = "not every job succeeded"
+        progress, result, error = ending(
+            status, progress, [(s["key"], s["result"]) for s in sinks], [(f["key"], f["error"]) for f in failed]
+        )
         await cur.execute(
             "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
             " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
-            (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
-             cost, now, now, eid),
-        )  # fmt: skip
+            (status, progress, result, error, cost, now, now, eid),
+        )
         ended = await cur.fetchone()
         metrics.execution_finished(status, now - ended["created_at"] if ended else None)
-        events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
+        events.append(end_event(eid, status, error, now))
 
     async def _insert_events(self, cur: Cur, events: list[EventRow]) -> None:
         if not events:
@@ -1654,23 +1520,14 @@ class PostgresStore:
         """Record the webhook deliveries these events call for, in the transaction that made them."""
         if not subscribed:
             return
-        rows = []
         states: dict[str, dict[str, Any]] = {}
-        for eid, job_key, etype, data, at in events:
-            if eid not in subscribed:
-                continue
-            tenant, url, wanted = subscribed[eid]
-            if not wants_event(wanted, etype):
-                continue
-            if eid not in states:
-                row = await self._execution_row(cur, eid, None)
-                assert row is not None
-                await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
-                jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
-                states[eid] = execution_view(row, jobs)
-            body = webhook_body(etype, at, states[eid], job_key, loads(data))
-            rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
-        if rows:
+        for eid in webhook_executions(events, subscribed):
+            row = await self._execution_row(cur, eid, None)
+            assert row is not None
+            await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
+            jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
+            states[eid] = execution_view(row, jobs)
+        if rows := webhook_rows(events, subscribed, states):
             await cur.executemany(
                 "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
                 " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -1687,7 +1544,7 @@ class PostgresStore:
             await cur.execute(
                 "WITH r AS (UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0),"
                 " lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
-                " WHERE lease_owner = %s AND status = 'running' AND id = ANY(%b::bigint[])"
+                f" WHERE lease_owner = %s AND {guard('queued', frm='running')} AND id = ANY(%b::bigint[])"
                 " RETURNING id, execution_id, key) SELECT execution_id, key FROM r ORDER BY id",
                 (now, now, owner, list(job_ids)),
             )
@@ -1719,7 +1576,8 @@ class PostgresStore:
         now = time.time()
         await cur.execute(
             "WITH r AS (UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-            " queued_at = %s, run_after = %s, progress = 0 WHERE status = 'running' AND lease_expires_at < %s"
+            " queued_at = %s, run_after = %s, progress = 0"
+            f" WHERE {guard('queued', frm='running')} AND lease_expires_at < %s"
             " AND attempts < max_attempts RETURNING id, execution_id, key, attempts)"
             " SELECT execution_id, key, attempts FROM r ORDER BY id",
             (now, now, now),

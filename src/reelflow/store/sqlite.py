@@ -22,9 +22,7 @@ from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
-    execution_progress,
-    execution_status,
-    transitive_dependents,
+    guard,
 )
 from .base import (
     ApiKey,
@@ -45,25 +43,33 @@ from .common import (
     delivery_view,
     dumps,
     encode_cursor,
-    execution_error,
-    execution_result,
     execution_summary,
     execution_view,
     loads,
     migration_scripts,
     month_start,
-    new_delivery_id,
     new_webhook_secret,
     serves,
     unique_orphans,
     usage_refusal,
-    wants_event,
-    webhook_body,
+)
+from .manager import (
+    EventRow,
+    StoreRules,
+    claimed_job,
+    end_event,
+    ending,
+    outcome_events,
+    progress_event,
+    running_events,
+    settle,
+    skips,
+    webhook_executions,
+    webhook_rows,
 )
 from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
 T = TypeVar("T")
-EventRow = tuple[str, str | None, str, str, float]
 
 
 def sqlite_path(url: str) -> str:
@@ -85,7 +91,7 @@ def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-class SQLiteStore:
+class SQLiteStore(StoreRules):
     """Store on SQLite. Safe to share one file between processes; use one instance per process."""
 
     def __init__(self, url: str) -> None:
@@ -99,6 +105,8 @@ class SQLiteStore:
         self.configure_limits()
         self._rr_after = ""
         """The tenant served first by the last claim: the next claim starts after it (round robin)."""
+        self._work = asyncio.Event()
+        """Set when a write of this process made jobs claimable (`wait_for_work`); other processes are polled."""
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -177,7 +185,9 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ submission
     async def create_execution(self, execution: NewExecution) -> str:
-        return await self._run(self._create_execution, execution)
+        execution_id = await self._run(self._create_execution, execution)
+        self._work.set()
+        return execution_id
 
     def _create_execution(self, ex: NewExecution) -> str:
         now = time.time()
@@ -345,17 +355,19 @@ class SQLiteStore:
             )
             keys = conn.execute(
                 "UPDATE jobs SET status = 'canceled', finished_at = ?, error = 'canceled by request'"
-                " WHERE execution_id = ? AND status IN ('waiting', 'queued', 'running') RETURNING key",
+                f" WHERE execution_id = ? AND {guard('canceled')} RETURNING id, key",
                 (now, execution_id),
             ).fetchall()
             events: list[EventRow] = [
-                (execution_id, k[0], "job.canceled", dumps({"reason": "canceled by request"}), now) for k in keys
+                (execution_id, k[1], "job.canceled", dumps({"reason": "canceled by request"}), now)
+                for k in sorted(keys, key=lambda k: int(k[0]))
             ]
             self._settle(conn, {execution_id}, now, events)
             self._insert_events(conn, events)
 
     async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         await self._run(self._resume_execution, execution_id, tenant)
+        self._work.set()
         state = await self.get_execution(execution_id, tenant)
         assert state is not None
         return state
@@ -449,80 +461,59 @@ class SQLiteStore:
             return []
         with self._write() as conn:
             picked = self._pick(conn, limit, now, executions)
-            if not picked:
-                return []
-            rows = []
-            for chunk in _chunks(picked):
-                rows += conn.execute(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
-                    " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL,"
-                    " lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, ?),"
-                    " intent_seq = COALESCE(intent_seq, lease_seq + 1)"
-                    f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))})"
-                    " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
-                    " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-                    " cost_estimated, lease_seq, intent_at, intent_seq",
-                    (owner, now + lease_s, now, now, *chunk),
-                ).fetchall()
-            if not rows:
-                return []
-            refusals = self._budget_refusals(conn, rows, now)
-            exec_ids = sorted({r["execution_id"] for r in rows})
-            events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
-                for r in rows
-            ]
-            deadlines: dict[str, float | None] = {}
-            for chunk in _chunks(exec_ids):
-                started = conn.execute(
-                    f"UPDATE executions SET status = 'running', started_at = ?, updated_at = ?"
-                    f" WHERE status = 'queued' AND id IN ({_qs(len(chunk))}) RETURNING id",
-                    (now, now, *chunk),
-                ).fetchall()
-                events += [(s[0], None, "execution.running", dumps({"status": "running"}), now) for s in started]
-                for d in conn.execute(
-                    f"SELECT id, deadline FROM executions WHERE id IN ({_qs(len(chunk))})", chunk
-                ):
-                    deadlines[d[0]] = d[1]
-            needs: dict[str, set[str]] = defaultdict(set)
-            deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
-            for r in rows:
-                needs[r["execution_id"]].update(deps_of[r["id"]])
-            results: dict[tuple[str, str], dict[str, Any]] = {}
-            for eid, keys in needs.items():
-                if not keys:
-                    continue
-                for key, res in conn.execute(
-                    f"SELECT key, result FROM jobs WHERE execution_id = ? AND key IN ({_qs(len(keys))})",
-                    (eid, *keys),
-                ):
-                    results[(eid, key)] = loads(res) or {}
-            self._insert_events(conn, events)
+            return self._lease(conn, owner, picked, lease_s, now) if picked else []
+
+    def _lease(
+        self, conn: sqlite3.Connection, owner: str, picked: list[int], lease_s: float, now: float
+    ) -> list[ClaimedJob]:
+        """Lease the jobs `picked` (those still queued) to `owner`, in the caller's write transaction."""
+        rows = []
+        for chunk in _chunks(picked):
+            rows += conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
+                " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL,"
+                " lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, ?),"
+                " intent_seq = COALESCE(intent_seq, lease_seq + 1)"
+                f" WHERE {guard('running')} AND id IN ({_qs(len(chunk))})"
+                " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
+                " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
+                " cost_estimated, lease_seq, intent_at, intent_seq",
+                (owner, now + lease_s, now, now, *chunk),
+            ).fetchall()
+        if not rows:
+            return []
+        refusals = self._budget_refusals(rows, self._spent(conn, rows, now))
+        exec_ids = sorted({r["execution_id"] for r in rows})
+        events = running_events(rows, owner, now)
+        deadlines: dict[str, float | None] = {}
+        for chunk in _chunks(exec_ids):
+            started = conn.execute(
+                f"UPDATE executions SET status = 'running', started_at = ?, updated_at = ?"
+                f" WHERE {guard('running', execution=True, frm='queued')} AND id IN ({_qs(len(chunk))})"
+                " RETURNING id",
+                (now, now, *chunk),
+            ).fetchall()
+            events += [(s[0], None, "execution.running", dumps({"status": "running"}), now) for s in started]
+            for d in conn.execute(
+                f"SELECT id, deadline FROM executions WHERE id IN ({_qs(len(chunk))})", chunk
+            ):
+                deadlines[d[0]] = d[1]
+        needs: dict[str, set[str]] = defaultdict(set)
+        deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
+        for r in rows:
+            needs[r["execution_id"]].update(deps_of[r["id"]])
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for eid, keys in needs.items():
+            if not keys:
+                continue
+            for key, res in conn.execute(
+                f"SELECT key, result FROM jobs WHERE execution_id = ? AND key IN ({_qs(len(keys))})",
+                (eid, *keys),
+            ):
+                results[(eid, key)] = loads(res) or {}
+        self._insert_events(conn, events)
         return [
-            ClaimedJob(
-                id=r["id"],
-                execution_id=r["execution_id"],
-                key=r["key"],
-                type=r["type"],
-                provider=r["provider"],
-                model=r["model"],
-                params=loads(r["params"]),
-                attempts=r["attempts"],
-                max_attempts=r["max_attempts"],
-                provider_job_id=r["provider_job_id"],
-                timeout_s=r["timeout_s"],
-                start_timeout_s=r["start_timeout_s"],
-                started_at=r["started_at"],
-                execution_deadline=deadlines.get(r["execution_id"]),
-                dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
-                tenant=r["tenant"],
-                use_cache=bool(r["use_cache"]),
-                refusal=refusals.get(r["id"]),
-                seq=r["lease_seq"],
-                intent_at=r["intent_at"],
-                intent_seq=r["intent_seq"],
-                cost_estimated=float(r["cost_estimated"] or 0.0),
-            )
+            claimed_job(r, deadlines.get(r["execution_id"]), results, refusals.get(r["id"]))
             for r in sorted(rows, key=lambda r: r["id"])
         ]
 
@@ -575,8 +566,7 @@ class SQLiteStore:
         tenants = [t for t in tenants if room_t.get(t, limit) > 0]  # a tenant at its cap waits its turn
         if not tenants:
             return []
-        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
-        tenants = (tenants[start:] + tenants[:start])[:limit]
+        tenants = self._rotate(tenants, limit)
         where = "status = 'queued' AND tenant = ? AND run_after <= ?"
         extra: list[Any] = []
         if executions is not None:  # a wait's own worker: only the executions it waits for
@@ -595,89 +585,25 @@ class SQLiteStore:
             ).fetchall()
             for tenant in tenants
         ]
-        picked: list[int] = []
-        for round_ in range(limit):
-            for queue in queues:  # each tenant's holds no more than it has room for
-                if round_ >= len(queue) or len(picked) >= limit:
-                    continue
-                job_id, provider, model = queue[round_]
-                base = model.split(":", 1)[0] if model else None
-                if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
-                    continue
-                if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
-                    continue
-                picked.append(job_id)
-                if provider in caps_p:
-                    running_p[provider] = running_p.get(provider, 0) + 1
-                if base in caps_m:
-                    running_m[base] = running_m.get(base, 0) + 1
-            if len(picked) >= limit or all(round_ >= len(q) - 1 for q in queues):
-                break
-        if picked:
-            self._rr_after = tenants[0]
-        return picked
+        return self._round_robin(tenants, queues, limit, running_p, running_m)
 
-    def _budget_refusals(self, conn: sqlite3.Connection, rows: list[sqlite3.Row], now: float) -> dict[int, str]:
-        """Paid jobs that would take their tenant past its monthly budget: spent this month (actual costs)
-        plus the estimates of its jobs already running, plus this job's estimate."""
-        refusals: dict[int, str] = {}
-        if not self._budgets and self._default_budget is None:
-            return refusals
-        since = month_start(now)
-        batch: dict[str, float] = defaultdict(float)
-        for r in rows:
-            batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
-        spent: dict[str, float] = {}
-        for r in rows:
-            tenant, cost = r["tenant"], float(r["cost_estimated"] or 0.0)
-            budget = self._budgets[tenant] if tenant in self._budgets else self._default_budget
-            if budget is None or cost <= 0:
-                continue
-            if tenant not in spent:  # everything running (this batch included, now) or settled, less this batch
-                spent[tenant] = float(
-                    conn.execute(
-                        "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
-                        " ELSE COALESCE(j.cost_actual, 0) END), 0)"
-                        " FROM jobs j JOIN executions e ON e.id = j.execution_id"
-                        " WHERE e.tenant = ? AND e.created_at >= ?"
-                        " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
-                        (tenant, since),
-                    ).fetchone()[0]
-                ) - batch[tenant]
-            if spent[tenant] + cost > budget + 1e-9:
-                refusals[r["id"]] = (
-                    f"stopped before this paid job: tenant {tenant!r} would pass its monthly_cost_usd budget of"
-                    f" ${budget:.2f} (${spent[tenant]:.4f} spent or running this month, this job is estimated at"
-                    f" ${cost:.4f})"
-                )
-            else:
-                spent[tenant] += cost
-        return refusals
+    def _spent(self, conn: sqlite3.Connection, rows: list[sqlite3.Row], now: float) -> dict[str, float]:
+        """For the budget check: each tenant's spending this month, its running jobs' estimates included."""
+        return {
+            tenant: float(
+                conn.execute(
+                    "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
+                    " ELSE COALESCE(j.cost_actual, 0) END), 0)"
+                    " FROM jobs j JOIN executions e ON e.id = j.execution_id"
+                    " WHERE e.tenant = ? AND e.created_at >= ?"
+                    " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
+                    (tenant, month_start(now)),
+                ).fetchone()[0]
+            )
+            for tenant in self._budget_tenants(rows)
+        }
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    def configure_limits(
-        self,
-        provider_caps: dict[str, int] | None = None,
-        model_caps: dict[str, int] | None = None,
-        budgets: dict[str, float | None] | None = None,
-        default_budget: float | None = None,
-        tenant_caps: dict[str, int | None] | None = None,
-        default_tenant_cap: int | None = None,
-    ) -> None:
-        """Concurrency caps the claim enforces (provider -> n, model -> n, tenant -> n or None, and one for
-        tenants not named) and monthly cost budgets (tenant -> USD, and one for tenants not named) checked
-        before a paid job starts."""
-        self._provider_caps = dict(provider_caps or {})
-        self._model_caps = dict(model_caps or {})
-        self._budgets = dict(budgets or {})
-        self._default_budget = default_budget
-        self._tenant_caps = dict(tenant_caps or {})
-        self._default_tenant_cap = default_tenant_cap
-
-    def _tenant_cap(self, tenant: str) -> int | None:
-        """How many jobs of `tenant` may run at once (None: no cap)."""
-        return self._tenant_caps[tenant] if tenant in self._tenant_caps else self._default_tenant_cap
-
     @staticmethod
     def _month_usage(conn: sqlite3.Connection, tenant: str, now: float) -> tuple[int, float]:
         """Executions created this month, and their cost: actual once finished, else the larger of the
@@ -994,7 +920,7 @@ class SQLiteStore:
 
     def _write_provider_ids(self, conn: sqlite3.Connection, items: list[tuple[int, str, str]], now: float) -> None:
         events: list[EventRow] = []
-        for job_id, owner, pid in items:
+        for job_id, owner, pid in sorted(items, key=lambda item: item[0]):  # events by job id, as on PostgreSQL
             row = conn.execute(
                 "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
                 " RETURNING execution_id, key",
@@ -1034,7 +960,10 @@ class SQLiteStore:
     async def finish_jobs(
         self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
     ) -> list[str]:
-        return await self._run(self._finish_jobs, outcomes, provider_ids or [])
+        promoted = await self._run(self._finish_jobs, outcomes, provider_ids or [])
+        if promoted:
+            self._work.set()
+        return promoted
 
     def _finish_jobs(self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]]) -> list[str]:
         now = time.time()
@@ -1043,7 +972,53 @@ class SQLiteStore:
                 self._write_provider_ids(conn, provider_ids, now)
             return self._apply_outcomes(conn, outcomes, now)
 
-    def _apply_outcomes(self, conn: sqlite3.Connection, outcomes: Iterable[JobOutcome], now: float) -> list[str]:
+    async def finish_and_claim(
+        self,
+        outcomes: list[JobOutcome],
+        provider_ids: list[tuple[int, str, str]] | None,
+        owner: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready,
+        as PostgreSQL does: jobs of a capped provider or model are left to the claim; the others skip the
+        tenants' round robin, within their tenant's cap (the write lock is exclusive: no other claim counts)."""
+        if not outcomes and not provider_ids:
+            return [], []
+        promoted, claimed = await self._run(self._finish_and_claim, outcomes, provider_ids or [], owner, limit, lease_s)
+        if len(claimed) < len(promoted):  # the rest are for anyone
+            self._work.set()
+        return promoted, claimed
+
+    def _finish_and_claim(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]], owner: str, limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        now = time.time()
+        ready: list[tuple[int, str | None, str | None, str]] = []
+        with self._write() as conn:
+            if provider_ids:
+                self._write_provider_ids(conn, provider_ids, now)
+            promoted = self._apply_outcomes(conn, outcomes, now, ready)
+            room: dict[str, int | None] = {}
+            for tenant, cap in self._capped_tenants(ready).items():
+                running = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND tenant = ?", (tenant,)
+                ).fetchone()[0]
+                room[tenant] = cap - int(running)
+            mine, _ = self._hand_off(ready, limit, room)  # the write lock is exclusive: no tenant is busy
+            claimed = self._lease(conn, owner, mine, lease_s, now) if mine else []
+        return promoted, claimed
+
+    def _apply_outcomes(
+        self,
+        conn: sqlite3.Connection,
+        outcomes: Iterable[JobOutcome],
+        now: float,
+        ready: list[tuple[int, str | None, str | None, str]] | None = None,
+    ) -> list[str]:
+        """Write the outcomes; return the keys of the dependents they made ready (and, when `ready` is given,
+        add those jobs to it: id, provider, model family, tenant)."""
         events: list[EventRow] = []
         touched: set[str] = set()
         promoted: list[str] = []
@@ -1054,7 +1029,7 @@ class SQLiteStore:
                     "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
                     " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
                     " error = NULL, cache_key = ?, cache_hit = ?, intent_at = NULL, intent_seq = NULL"
-                    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
+                    f" WHERE id = ? AND {guard('succeeded')} AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
                     " RETURNING execution_id, key, dependents",
                     (
                         dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
@@ -1064,9 +1039,7 @@ class SQLiteStore:
                 if row is None:
                     continue
                 eid, key = row[0], row[1]
-                if o.cache_hit:
-                    events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
-                events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                events += outcome_events(o, eid, key, 0, now)
                 if keys := artifact_keys(o.result):
                     conn.executemany(
                         "INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)"
@@ -1078,15 +1051,18 @@ class SQLiteStore:
                     qs = _qs(len(dependents))
                     conn.execute(
                         f"UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = ? AND key IN ({qs})"
-                        " AND status = 'waiting'",
+                        f" AND {guard('queued', frm='waiting')}",
                         (eid, *dependents),
                     )
-                    for (k,) in conn.execute(
+                    for job_id, k, provider, model, tenant in conn.execute(
                         f"UPDATE jobs SET status = 'queued', queued_at = ? WHERE execution_id = ?"
-                        f" AND key IN ({qs}) AND status = 'waiting' AND deps_left <= 0 RETURNING key",
+                        f" AND key IN ({qs}) AND {guard('queued', frm='waiting')} AND deps_left <= 0"
+                        " RETURNING id, key, provider, model, tenant",
                         (now, eid, *dependents),
                     ).fetchall():
                         promoted.append(k)
+                        if ready is not None:
+                            ready.append((job_id, provider, model.split(":", 1)[0] if model else None, tenant))
                         events.append((eid, k, "job.queued", dumps({"after": key}), now))
             elif o.status == "retry":
                 row = conn.execute(
@@ -1095,7 +1071,7 @@ class SQLiteStore:
                     " provider_job_id = CASE WHEN ? THEN provider_job_id END,"
                     " intent_at = CASE WHEN ? THEN NULL ELSE intent_at END,"
                     " intent_seq = CASE WHEN ? THEN NULL ELSE intent_seq END,"
-                    " queued_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+                    f" queued_at = ? WHERE id = ? AND {guard('queued', frm='running')} AND lease_owner = ?"
                     " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
                     (
                         o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
@@ -1105,22 +1081,19 @@ class SQLiteStore:
                 if row is None:
                     continue
                 eid, key = row[0], row[1]
-                delay = round(max(0.0, (o.retry_at or now) - now), 3)
-                events.append(
-                    (eid, key, "job.retrying", dumps({"attempt": row[2], "error": o.error, "retry_in_s": delay}), now)
-                )
+                events += outcome_events(o, eid, key, row[2], now)
             else:  # failed or canceled
                 row = conn.execute(
                     "UPDATE jobs SET status = ?, error = ?, cost_actual = ?, finished_at = ?, lease_owner = NULL,"
                     " lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = NULL"
-                    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
-                    " RETURNING execution_id, key, attempts",
+                    f" WHERE id = ? AND {guard(o.status, frm='running')} AND lease_owner = ?"
+                    " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
                     (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq),
                 ).fetchone()
                 if row is None:
                     continue
                 eid, key = row[0], row[1]
-                events.append((eid, key, f"job.{o.status}", dumps({"attempt": row[2], "error": o.error}), now))
+                events += outcome_events(o, eid, key, row[2], now)
                 failed[eid].append(key)
             touched.add(eid)
         for eid, keys in failed.items():
@@ -1135,19 +1108,9 @@ class SQLiteStore:
         on_failure = conn.execute("SELECT on_failure FROM executions WHERE id = ?", (eid,)).fetchone()[0]
         graph = {
             r[0]: (loads(r[1]), r[2])
-            for r in conn.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = ?", (eid,))
+            for r in conn.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = ? ORDER BY id", (eid,))
         }
-        after = transitive_dependents({k: v[0] for k, v in graph.items()}, keys)
-        names = ", ".join(repr(k) for k in keys)
-        for key, (_, status) in graph.items():
-            if status not in ("waiting", "queued"):
-                continue
-            if key in after:
-                reason = f"not run: it depends on {names}, which failed"
-            elif on_failure == "stop":
-                reason = f"not run: job {names} failed and on_failure is stop"
-            else:
-                continue
+        for key, reason in skips(graph, keys, on_failure):
             conn.execute(
                 "UPDATE jobs SET status = 'skipped', error = ?, finished_at = ? WHERE execution_id = ? AND key = ?",
                 (reason, now, eid, key),
@@ -1177,19 +1140,15 @@ class SQLiteStore:
                 chunk,
             ).fetchall():
                 eid = ex["id"]
-                status = execution_status(
-                    counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
-                )
-                progress = execution_progress(counts[eid], running[eid])
-                if status in TERMINAL_EXECUTION and ex["status"] not in TERMINAL_EXECUTION:
+                action, status, progress = settle(ex, counts[eid], running[eid])
+                if action == "end":
                     self._finish_execution(conn, eid, status, progress, now, events)
-                elif status != ex["status"] or progress != ex["progress"]:
+                elif action == "update":
                     conn.execute(
                         "UPDATE executions SET status = ?, progress = ?, updated_at = ? WHERE id = ?",
                         (status, progress, now, eid),
                     )
-                    if progress != ex["progress"]:
-                        events.append((eid, None, "execution.progress", dumps({"progress": progress}), now))
+                    events += progress_event(eid, ex["progress"], progress, now)
 
     def _finish_execution(
         self, conn: sqlite3.Connection, eid: str, status: str, progress: float, now: float, events: list[EventRow]
@@ -1206,20 +1165,16 @@ class SQLiteStore:
         cost = conn.execute(
             "SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE execution_id = ?", (eid,)
         ).fetchone()[0]
-        result = execution_result([(s[0], s[1]) for s in sinks]) if status == "succeeded" else None
-        error = execution_error([(f[0], f[1]) for f in failed])
-        if status == "canceled":
-            error = "canceled by request"
-        elif status == "failed" and error is None:
-            error = "not every job succeeded"
+        progress, result, error = ending(
+            status, progress, [(s[0], s[1]) for s in sinks], [(f[0], f[1]) for f in failed]
+        )
         created = conn.execute(
             "UPDATE executions SET status = ?, progress = ?, result = ?, error = ?, cost_actual = ?,"
             " finished_at = ?, updated_at = ? WHERE id = ? RETURNING created_at",
-            (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
-             cost, now, now, eid),
+            (status, progress, result, error, cost, now, now, eid),
         ).fetchone()[0]
         metrics.execution_finished(status, now - created)
-        events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
+        events.append(end_event(eid, status, error, now))
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
         if not events:
@@ -1242,21 +1197,12 @@ class SQLiteStore:
                 subscribed[eid] = (tenant, url, loads(wanted) or [])
         if not subscribed:
             return
-        rows = []
         states: dict[str, dict[str, Any]] = {}
-        for eid, job_key, etype, data, at in events:
-            if eid not in subscribed:
-                continue
-            tenant, url, wanted = subscribed[eid]
-            if not wants_event(wanted, etype):
-                continue
-            if eid not in states:
-                row = conn.execute("SELECT * FROM executions WHERE id = ?", (eid,)).fetchone()
-                jobs = conn.execute("SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (eid,)).fetchall()
-                states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
-            body = webhook_body(etype, at, states[eid], job_key, loads(data))
-            rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
-        if rows:
+        for eid in webhook_executions(events, subscribed):
+            row = conn.execute("SELECT * FROM executions WHERE id = ?", (eid,)).fetchone()
+            jobs = conn.execute("SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (eid,)).fetchall()
+            states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
+        if rows := webhook_rows(events, subscribed, states):
             conn.executemany(
                 "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
                 " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1266,17 +1212,19 @@ class SQLiteStore:
     # ------------------------------------------------------------------ leases
     async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
         await self._run(self._release_jobs, owner, job_ids, reason)
+        if job_ids:
+            self._work.set()
 
     def _release_jobs(self, owner: str, job_ids: list[int], reason: str = "worker shutting down") -> None:
         now = time.time()
         with self._write() as conn:
             events: list[EventRow] = []
             touched: set[str] = set()
-            for chunk in _chunks(job_ids):
+            for chunk in _chunks(sorted(job_ids)):  # events by job id, as on PostgreSQL
                 for eid, key in conn.execute(
                     "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,"
                     " lease_expires_at = NULL, queued_at = ?, run_after = ?, progress = 0"
-                    f" WHERE lease_owner = ? AND status = 'running' AND id IN ({_qs(len(chunk))})"
+                    f" WHERE lease_owner = ? AND {guard('queued', frm='running')} AND id IN ({_qs(len(chunk))})"
                     " RETURNING execution_id, key",
                     (now, now, owner, *chunk),
                 ).fetchall():
@@ -1300,12 +1248,15 @@ class SQLiteStore:
         with self._write() as conn:
             events: list[EventRow] = []
             touched: set[str] = set()
-            for eid, key, attempts in conn.execute(
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, queued_at = ?,"
-                " run_after = ?, progress = 0 WHERE status = 'running' AND lease_expires_at < ?"
-                " AND attempts < max_attempts RETURNING execution_id, key, attempts",
-                (now, now, now),
-            ).fetchall():
+            for _, eid, key, attempts in sorted(
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, queued_at = ?,"
+                    f" run_after = ?, progress = 0 WHERE {guard('queued', frm='running')} AND lease_expires_at < ?"
+                    " AND attempts < max_attempts RETURNING id, execution_id, key, attempts",
+                    (now, now, now),
+                ).fetchall(),
+                key=lambda r: int(r[0]),
+            ):
                 touched.add(eid)
                 events.append(
                     (eid, key, "job.requeued", dumps({"reason": "lease expired", "attempts": attempts}), now)
@@ -1573,6 +1524,18 @@ class SQLiteStore:
     async def next_wakeup(self) -> float | None:
         return await self._run(self._next_wakeup)
 
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a write of this process that made jobs claimable (a submission,
+        a resume, released or promoted jobs); True as soon as one happened. Other processes' writes are seen by
+        the worker's next poll."""
+        if not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), max(0.0, timeout))
+            except TimeoutError:
+                return False
+        self._work.clear()
+        return True
+
     def _next_wakeup(self) -> float | None:
         row = self._connect().execute("SELECT MIN(run_after) FROM jobs WHERE status = 'queued'").fetchone()
         return None if row[0] is None else float(row[0])
@@ -1585,6 +1548,16 @@ def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
 
 
 def _split_sql(sql: str) -> list[str]:
-    """Split a migration file into statements (no semicolons inside our statements)."""
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Split a migration file into statements (a trigger's BEGIN … END is one, semicolons inside and all)."""
+    statements: list[str] = []
+    pending = ""
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        pending += line + "\n"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip().removesuffix(";").strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return [st for st in statements if st]
