@@ -1,19 +1,58 @@
 """The rules both stores apply, written once: limits and budgets, the claim's round robin, the hand-off, what a
-failure skips, how an execution settles and ends, the events of outcomes, the webhook outbox, the claimed job.
+failure skips, how an execution settles and ends, the events of outcomes, the webhook outbox, the claimed job;
+and `StoreManager`, the methods whose statements are the same on both databases, over each store's driver (`Tx`).
 
-Pure: the stores read the rows these rules need and write what they decide, each in its own dialect
-(SQLite on its thread, PostgreSQL on its pool); nothing here touches a database.
+The rules are pure: the stores read the rows they need and write what they decide, each in its own dialect
+(SQLite on its thread, PostgreSQL on its pool).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeVar
 
-from ..states import TERMINAL_EXECUTION, execution_progress, execution_status, sources, transitive_dependents
-from .base import ClaimedJob, JobOutcome
-from .common import dumps, execution_error, execution_result, loads, new_delivery_id, wants_event, webhook_body
+from .. import metrics
+from ..errors import Conflict, IdempotencyConflict, NotFound
+from ..states import (
+    RESUMABLE_JOB,
+    TERMINAL_EXECUTION,
+    execution_progress,
+    execution_status,
+    guard,
+    sources,
+    transitive_dependents,
+)
+from .base import ApiKey, ClaimedJob, Event, JobOutcome, NewExecution, OrphanedCancel
+from .common import (
+    IDEMPOTENCY_WINDOW_S,
+    ORPHAN_CANCEL_S,
+    callback_matches,
+    decode_cursor,
+    delivery_view,
+    dumps,
+    encode_cursor,
+    execution_error,
+    execution_result,
+    execution_summary,
+    execution_view,
+    loads,
+    month_start,
+    new_delivery_id,
+    new_webhook_secret,
+    serves,
+    unique_orphans,
+    usage_refusal,
+    wants_event,
+    webhook_body,
+)
+from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
+
+T = TypeVar("T")
+_RESERVED = "CASE WHEN cost_estimated > COALESCE(cost_actual, 0) THEN cost_estimated ELSE COALESCE(cost_actual, 0) END"
+"""An unfinished execution's reservation: the larger of its estimate and what it has spent (SQL on both)."""
 
 EventRow = tuple[str, str | None, str, str, float]
 """One event to append: execution id, job key (None: the execution's own), type, data (JSON), time."""
@@ -308,3 +347,845 @@ def webhook_rows(
         body = webhook_body(etype, at, states[eid], job_key, loads(data))
         rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
     return rows
+
+
+# ---------------------------------------------------------------------- statements written once
+class Tx(Protocol):
+    """One transaction of a store (or, from `_in_read`, single autocommit reads), in PostgreSQL's parameter
+    style (`%s`); each store's driver runs the text in its own dialect."""
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """The first row, or None."""
+        ...
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Execute; the number of rows changed."""
+        ...
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute once per row of arguments."""
+        ...
+
+    for_update: str
+    """` FOR UPDATE` where row locks exist (PostgreSQL), else empty (SQLite's write lock covers the file)."""
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """`column` is one of `values` (at most IN_CHUNK of them): the condition and its arguments."""
+        ...
+
+
+IN_CHUNK = 500
+"""The most values one `Tx.in_` condition holds (SQLite counts every one as a parameter)."""
+
+
+class StoreManager(StoreRules):
+    """The methods both stores run with the same statements, over each store's transaction (`_in_tx`) and
+    reads (`_in_read`). The stores keep connections, transactions and the statements whose dialects differ."""
+
+    async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """Run `fn` in one write transaction."""
+        raise NotImplementedError
+
+    async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """Run `fn`'s reads (each statement on its own; no transaction around them)."""
+        raise NotImplementedError
+
+    async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """Run `fn`'s reads in one read-only transaction: they see one state of the database."""
+        raise NotImplementedError
+
+    # the statements whose dialects differ, inside a transaction of `_in_tx`
+    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        """Re-derive the touched executions' status and progress (`settle`); ended ones get their events."""
+        raise NotImplementedError
+
+    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
+        """Append `events` to the log, with the webhook deliveries they call for."""
+        raise NotImplementedError
+
+    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
+        """`finish_jobs` inside the transaction."""
+        raise NotImplementedError
+
+    async def _lock_in(self, tx: Tx, name: str) -> None:
+        """Hold the lock `name` to the end of the transaction (PostgreSQL's advisory locks; SQLite's write lock
+        already excludes every other writer)."""
+
+    async def _notify_in(self, tx: Tx) -> None:
+        """Tell the other processes' workers that jobs became claimable (when the transaction commits)."""
+
+    def _announce(self) -> None:
+        """After a commit that made jobs claimable: wake this process's `wait_for_work`."""
+
+    async def _skip_after_failure(self, tx: Tx, eid: str, keys: list[str], now: float, events: list[EventRow]) -> None:
+        """Skip the jobs of `eid` that will not run now that `keys` failed (`skips`)."""
+        ex = await tx.one("SELECT on_failure FROM executions WHERE id = %s", (eid,))
+        rows = await tx.all("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
+        graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in rows}
+        for key, reason in skips(graph, keys, ex["on_failure"]):
+            await tx.run(
+                "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
+                (reason, now, eid, key),
+            )
+            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
+
+    async def _finish_execution(
+        self, tx: Tx, eid: str, status: str, progress: float, now: float, events: list[EventRow]
+    ) -> None:
+        """End `eid` with `status`: its result (the sinks'), error and cost; count it; its event."""
+        sinks = await tx.all(
+            "SELECT key, result FROM jobs WHERE execution_id = %s AND dependents = '[]' AND status = 'succeeded'"
+            " ORDER BY position",
+            (eid,),
+        )
+        failed = await tx.all(
+            "SELECT key, error FROM jobs WHERE execution_id = %s AND status = 'failed' ORDER BY finished_at, position",
+            (eid,),
+        )
+        cost = await tx.one("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
+        progress, result, error = ending(
+            status, progress, [(r["key"], r["result"]) for r in sinks], [(r["key"], r["error"]) for r in failed]
+        )
+        ended = await tx.one(
+            "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
+            " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
+            (status, progress, result, error, float(cost["cost"]), now, now, eid),
+        )
+        metrics.execution_finished(status, now - ended["created_at"] if ended else None)
+        events.append(end_event(eid, status, error, now))
+
+    # ------------------------------------------------------------------ cancel / resume
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        async def write(tx: Tx) -> None:
+            now = time.time()
+            if tx.for_update:  # job rows first, then the execution: the order in which claims and completions
+                # lock them (taken the other way round, a cancel and a completion would deadlock)
+                await tx.all("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
+            row = await tx.one("SELECT tenant, status FROM executions WHERE id = %s" + tx.for_update, (execution_id,))
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                raise NotFound(f"execution {execution_id!r} not found")
+            if row["status"] in TERMINAL_EXECUTION:
+                raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
+            await tx.run("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
+            await tx.run(
+                "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
+                " SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type, provider_job_id, %s"
+                " FROM jobs WHERE execution_id = %s AND ((status = 'running' AND lease_owner IS NOT NULL)"
+                " OR (status = 'queued' AND provider_job_id IS NOT NULL)) ON CONFLICT DO NOTHING",
+                (now, execution_id),
+            )
+            canceled = await tx.all(
+                "UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
+                f" WHERE execution_id = %s AND {guard('canceled')} RETURNING id, key",
+                (now, execution_id),
+            )
+            events: list[EventRow] = [
+                (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
+                for k in sorted(canceled, key=lambda k: int(k["id"]))
+            ]
+            await self._settle_in(tx, {execution_id}, now, events)
+            await self._append_in(tx, events)
+
+        await self._in_tx(write)
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            if tx.for_update:  # the one lock order (docs/reliability.md): job rows by id, then the execution
+                await tx.all("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
+            row = await tx.one("SELECT tenant, status FROM executions WHERE id = %s" + tx.for_update, (execution_id,))
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                raise NotFound(f"execution {execution_id!r} not found")
+            if row["status"] not in TERMINAL_EXECUTION:
+                raise Conflict(
+                    f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed"
+                )
+            if row["status"] == "succeeded":
+                raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
+            jobs = await tx.all(
+                "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
+            )
+            done = {j["key"] for j in jobs if j["status"] == "succeeded"}
+            events: list[EventRow] = []
+            rerun = []
+            queued = False
+            for j in jobs:
+                if j["status"] not in RESUMABLE_JOB:
+                    continue
+                left = sum(1 for d in loads(j["depends_on"]) if d not in done)
+                status = "waiting" if left else "queued"
+                queued = queued or status == "queued"
+                rerun.append(j["key"])
+                await tx.run(
+                    "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
+                    " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
+                    " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
+                    " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = %s"
+                    " WHERE execution_id = %s AND key = %s",
+                    (status, left, now if status == "queued" else None, execution_id, j["key"]),
+                )
+                events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
+            await tx.run(
+                "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
+                " error = NULL, result = NULL, updated_at = %s WHERE id = %s",
+                (now, execution_id),
+            )
+            events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
+            await self._settle_in(tx, {execution_id}, now, events)
+            await self._append_in(tx, events)
+            if queued:
+                await self._notify_in(tx)
+            return queued
+
+        if await self._in_tx(write):
+            self._announce()
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    # ------------------------------------------------------------------ leases
+    async def note_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        *,
+        possible_duplicate_usd: float | None = None,
+    ) -> bool:
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            row = await tx.one(
+                "UPDATE jobs SET possible_duplicates = possible_duplicates + %s,"
+                " possible_duplicate_usd = possible_duplicate_usd + %s"
+                " WHERE id = %s AND lease_owner = %s AND lease_seq = %s AND status = 'running'"
+                " RETURNING execution_id, key",
+                (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0, job_id, owner, seq),
+            )
+            if row is None:
+                return False
+            await self._append_in(tx, [(row["execution_id"], row["key"], event, dumps(data), now)])
+            return True
+
+        return await self._in_tx(write)
+
+    async def canceled_for(self, owner: str) -> list[int]:
+        # A cheap read first: every worker asks often, and must not take a write lock for nothing.
+        found = await self._in_read(
+            lambda tx: tx.one("SELECT 1 FROM jobs WHERE lease_owner = %s AND status <> 'running' LIMIT 1", (owner,))
+        )
+        if found is None:
+            return []
+        rows = await self._in_tx(
+            lambda tx: tx.all(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = %s AND status <> 'running' RETURNING id",
+                (owner,),
+            )
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        found = await self._in_read(lambda tx: tx.one("SELECT 1 FROM job_cancels WHERE owner = %s LIMIT 1", (owner,)))
+        if found is None:
+            return []
+
+        async def write(tx: Tx) -> list[tuple[int, int]]:
+            deleted = await tx.all("DELETE FROM job_cancels WHERE owner = %s RETURNING job_id, seq", (owner,))
+            rows = sorted((int(r["job_id"]), int(r["seq"])) for r in deleted)
+            ids = sorted({r[0] for r in rows})
+            for i in range(0, len(ids), IN_CHUNK):
+                cond, args = tx.in_("id", ids[i : i + IN_CHUNK])
+                await tx.run(
+                    "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = %s"
+                    f" AND status <> 'running' AND {cond}",
+                    (owner, *args),
+                )
+            return rows
+
+        return await self._in_tx(write)
+
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
+        if not job_ids:
+            return
+
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            rows: list[Any] = []
+            ids = sorted(set(job_ids))
+            for i in range(0, len(ids), IN_CHUNK):
+                cond, args = tx.in_("id", ids[i : i + IN_CHUNK])
+                rows += await tx.all(
+                    "UPDATE jobs SET status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0"
+                    " END, lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
+                    f" WHERE lease_owner = %s AND {guard('queued', frm='running')} AND {cond}"
+                    " RETURNING id, execution_id, key",
+                    (now, now, owner, *args),
+                )
+            rows.sort(key=lambda r: int(r["id"]))
+            events: list[EventRow] = [
+                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now) for r in rows
+            ]
+            await self._settle_in(tx, {r["execution_id"] for r in rows}, now, events)
+            await self._append_in(tx, events)
+            if rows:
+                await self._notify_in(tx)
+            return bool(rows)
+
+        if await self._in_tx(write):
+            self._announce()
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        now = time.time()
+        found = await self._in_read(
+            lambda tx: tx.one(
+                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
+                " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1",
+                (now, now - ORPHAN_CANCEL_S),
+            )
+        )
+        if found is None:
+            return []
+        return await self._in_tx(self._recover_expired)
+
+    async def _recover_expired(self, tx: Tx) -> list[OrphanedCancel]:
+        now = time.time()
+        requeued = await tx.all(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
+            " queued_at = %s, run_after = %s, progress = 0"
+            f" WHERE {guard('queued', frm='running')} AND lease_expires_at < %s"
+            " AND attempts < max_attempts RETURNING id, execution_id, key, attempts",
+            (now, now, now),
+        )
+        requeued.sort(key=lambda r: int(r["id"]))
+        events: list[EventRow] = [
+            (
+                r["execution_id"], r["key"], "job.requeued",
+                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
+            )
+            for r in requeued
+        ]  # fmt: skip
+        await self._settle_in(tx, {r["execution_id"] for r in requeued}, now, events)
+        await self._append_in(tx, events)
+        if requeued:
+            await self._notify_in(tx)
+        exhausted = await tx.all(
+            "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < %s ORDER BY id",
+            (now,),
+        )
+        await self._apply_in(
+            tx,
+            [
+                JobOutcome(
+                    job_id=r["id"],
+                    owner=r["lease_owner"],
+                    status="failed",
+                    error=f"the worker running it stopped responding (lease expired) after {r['attempts']} attempts",
+                )
+                for r in exhausted
+            ],
+            now,
+        )
+        orphans = await tx.all(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status <> 'running'"
+            " AND lease_owner IS NOT NULL AND lease_expires_at < %s"
+            " RETURNING id, provider, model, type, provider_job_id",
+            (now,),
+        )
+        orphans.sort(key=lambda r: int(r["id"]))
+        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
+        # resumed since): their provider work is cancelled here
+        addressed = await tx.all(
+            "DELETE FROM job_cancels WHERE owner = '' OR (created_at < %s AND owner NOT IN"
+            " (SELECT id FROM workers WHERE last_seen >= %s))"
+            " RETURNING job_id AS id, provider, model, type, provider_job_id",
+            (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
+        )
+        orphans += sorted(addressed, key=lambda r: int(r["id"]))
+        return unique_orphans(
+            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
+        )
+
+    async def prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
+        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
+
+        async def work(tx: Tx) -> dict[str, int]:
+            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
+            found = await tx.all(
+                "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < %s" + tx.for_update,
+                (older_than,),
+            )
+            ids = [r["id"] for r in found]
+            for i in range(0, len(ids), IN_CHUNK):
+                chunk = ids[i : i + IN_CHUNK]
+                for table in ("events", "jobs", "webhook_deliveries"):
+                    cond, args = tx.in_("execution_id", chunk)
+                    removed[table] += await tx.run(f"DELETE FROM {table} WHERE {cond}", args)
+                cond, args = tx.in_("id", chunk)
+                removed["executions"] += await tx.run(f"DELETE FROM executions WHERE {cond}", args)
+            return removed
+
+        return await self._in_tx(work)
+
+    # ------------------------------------------------------------------ workers
+    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = time.time()
+        await self._in_tx(
+            lambda tx: tx.run(
+                "INSERT INTO workers (id, info, started_at, last_seen) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, started_at = excluded.started_at,"
+                " last_seen = excluded.last_seen",
+                (worker_id, dumps(info), now, now),
+            )
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._in_tx(lambda tx: tx.run("DELETE FROM workers WHERE id = %s", (worker_id,)))
+
+    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
+        rows = await self._in_read(
+            lambda tx: tx.all("SELECT info FROM workers WHERE last_seen > %s", (time.time() - within_s,))
+        )
+        return sum(1 for r in rows if serves(loads(r["info"]), serving))
+
+    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        now = time.time()
+
+        async def write(tx: Tx) -> set[int]:
+            held = await tx.all(
+                "UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id",
+                (now + lease_s, owner),
+            )
+            await tx.run("UPDATE workers SET last_seen = %s WHERE id = %s", (now, owner))
+            return {r["id"] for r in held}
+
+        return await self._in_tx(write)
+
+    async def wake_job(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> str:
+        async def write(tx: Tx) -> str:
+            if execution_id is not None and job_key is not None:
+                row = await tx.one(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = %s AND key = %s"
+                    " AND provider = %s",
+                    (execution_id, job_key, provider),
+                )
+            else:
+                row = await tx.one(
+                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = %s"
+                    " ORDER BY id DESC LIMIT 1",
+                    (provider, remote_id),
+                )
+            if row is None:
+                return "unknown"
+            if not callback_matches(row["provider_job_id"], remote_id):
+                return "mismatch"
+            if row["status"] != "running":
+                return "ignored"
+            await tx.run("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
+            return "woken"
+
+        return await self._in_tx(write)
+
+    async def woken_for(self, owner: str) -> list[int]:
+        # A cheap read first: every worker asks often, and must not take a write lock for nothing.
+        found = await self._in_read(
+            lambda tx: tx.one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
+        )
+        if found is None:
+            return []
+        rows = await self._in_tx(
+            lambda tx: tx.all(
+                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
+                (owner,),
+            )
+        )
+        return sorted(r["id"] for r in rows)
+
+    # ------------------------------------------------------------------ submission
+    async def create_execution(self, execution: NewExecution) -> str:
+        ready = any(not j.depends_on for j in execution.jobs)
+        execution_id = await self._in_tx(lambda tx: self._create_execution(tx, execution, ready))
+        if ready:
+            self._announce()
+        return execution_id
+
+    async def _create_execution(self, tx: Tx, ex: NewExecution, ready: bool) -> str:
+        now = time.time()
+        deadline = now + ex.timeout_s if ex.timeout_s else None
+        if ex.idempotency_key is not None:
+            # Two submissions with one key wait for each other, so the second finds the first.
+            await self._lock_in(tx, f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}")
+            earlier = await tx.one(
+                "SELECT id, request_hash, created_at FROM executions WHERE tenant = %s AND idempotency_key = %s",
+                (ex.tenant, ex.idempotency_key),
+            )
+            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
+                if earlier["request_hash"] != ex.request_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
+                        f" (execution {earlier['id']}); use a new key for a new request"
+                    )
+                return str(earlier["id"])
+            if earlier is not None:  # older than the window: the key is free again
+                await tx.run("UPDATE executions SET idempotency_key = NULL WHERE id = %s", (earlier["id"],))
+        await self._tenant_secret(tx, ex.tenant, now)
+        if ex.usage_limit is not None:
+            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
+            await self._lock_in(tx, f"reelflow:usage:{ex.tenant}")
+            count, used = await self._month_usage(tx, ex.tenant, now)
+            refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
+            if refusal is not None:
+                raise refusal
+        inserted = await tx.one(
+            "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
+            " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
+            " created_at, updated_at)"
+            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            (
+                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
+                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
+                dumps(ex.webhook_events) if ex.webhook else None, now, now,
+            ),
+        )  # fmt: skip
+        if inserted is None:
+            # This very submission is stored already: the transaction is being run again because its COMMIT's
+            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
+            stored = await tx.one("SELECT request_hash FROM executions WHERE id = %s", (ex.id,))
+            if stored is None or stored["request_hash"] != ex.request_hash:
+                raise Conflict(f"execution id {ex.id!r} is taken")
+            return ex.id
+        if ex.jobs:
+            await tx.many(
+                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
+                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
+                " cost_estimated, created_at, queued_at, tenant, use_cache)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
+                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
+                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
+                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
+                        None if j.depends_on else now, ex.tenant, int(j.cache),
+                    )
+                    for j in ex.jobs
+                ],
+            )  # fmt: skip
+        await self._append_in(
+            tx, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
+        )
+        if ready:
+            await self._notify_in(tx)
+        return ex.id
+
+    # ------------------------------------------------------------------ reading
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(tx: Tx) -> dict[str, Any] | None:
+            row = await tx.one("SELECT * FROM executions WHERE id = %s", (execution_id,))
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                return None
+            jobs = await tx.all("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (execution_id,))
+            return execution_view(dict(row), [dict(j) for j in jobs])
+
+        return await self._in_snapshot(read)
+
+    async def list_executions(
+        self,
+        tenant: str | None = None,
+        *,
+        status: str | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where, args = equal_filters(tenant=tenant, status=status)
+        if created_after is not None:
+            where.append("created_at > %s")
+            args.append(created_after)
+        if cursor:
+            ts, eid = decode_cursor(cursor)
+            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+            args += [ts, ts, eid]
+        sql = "SELECT * FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        rows = await self._in_read(lambda tx: tx.all(sql, (*args, limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+        return [execution_summary(r) for r in rows], nxt
+
+    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        row = await self._in_read(
+            lambda tx: tx.one("SELECT tenant, plan FROM executions WHERE id = %s", (execution_id,))
+        )
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return dict(loads(row["plan"]))
+
+    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = await self._in_read(
+            lambda tx: tx.all(
+                "SELECT * FROM events WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (execution_id, after, limit),
+            )
+        )
+        return [
+            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
+        ]
+
+    async def next_wakeup(self) -> float | None:
+        row = await self._in_read(lambda tx: tx.one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'"))
+        return None if row is None or row["t"] is None else float(row["t"])
+
+    # ------------------------------------------------------------------ usage and statistics
+    @staticmethod
+    async def _month_usage(tx: Tx, tenant: str, now: float) -> tuple[int, float]:
+        """Executions created this month, and their cost: actual once finished, else the larger of the
+        estimate (the reservation) and what has been spent so far."""
+        row = await tx.one(
+            f"SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
+            f" ELSE {_RESERVED} END), 0) AS used FROM executions WHERE tenant = %s AND created_at >= %s",
+            (tenant, month_start(now)),
+        )
+        return int(row["n"]), float(row["used"])
+
+    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        since = month_start(now)
+
+        async def read(tx: Tx) -> dict[str, Any]:
+            row = await tx.one(
+                "SELECT COUNT(*) AS n,"
+                " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0)"
+                f"   AS cost, COALESCE(SUM(CASE WHEN finished_at IS NULL THEN {_RESERVED} ELSE 0 END), 0) AS reserved,"
+                " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0) AS unfinished"
+                " FROM executions WHERE tenant = %s AND created_at >= %s",
+                (tenant, since),
+            )
+            jobs = await tx.one(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(cache_hit), 0) AS hits FROM jobs j"
+                " JOIN executions e ON e.id = j.execution_id"
+                " WHERE e.tenant = %s AND e.created_at >= %s AND j.status = 'succeeded'",
+                (tenant, since),
+            )
+            running = await tx.one("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = %s", (tenant,))
+            return {
+                "tenant": tenant,
+                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
+                "executions": int(row["n"]),
+                "executions_unfinished": int(row["unfinished"]),
+                "cost_usd": round(float(row["cost"]), 6),
+                "reserved_usd": round(float(row["reserved"]), 6),
+                "jobs_succeeded": int(jobs["n"]),
+                "cache_hits": int(jobs["hits"]),
+                "jobs_running": int(running["n"]),
+            }
+
+        return await self._in_snapshot(read)
+
+    async def queue_stats(self) -> dict[str, Any]:
+        async def read(tx: Tx) -> dict[str, Any]:
+            async def pairs(sql: str) -> dict[str, int]:
+                return {r["k"]: int(r["n"]) for r in await tx.all(sql)}
+
+            return {
+                "jobs": await pairs("SELECT status AS k, COUNT(*) AS n FROM jobs GROUP BY status"),
+                "running_by_provider": await pairs(
+                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                    " GROUP BY 1"
+                ),
+                "queued_by_provider": await pairs(
+                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'queued'"
+                    " GROUP BY 1"
+                ),
+                "active_by_tenant": await pairs(
+                    "SELECT tenant AS k, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
+                ),
+            }
+
+        return await self._in_snapshot(read)
+
+    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
+
+    async def metric_gauges(self) -> dict[str, Any]:
+        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
+
+    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
+        """The rows (as tuples) of named read queries (`?` parameters), in one read-only transaction."""
+
+        async def read(tx: Tx) -> dict[str, list[Any]]:
+            rows: dict[str, list[Any]] = {}
+            for name, sql, args in queries:
+                found = await tx.all(sql.replace("?", "%s"), args)
+                rows[name] = [tuple(r.values()) if isinstance(r, Mapping) else tuple(r) for r in found]
+            return rows
+
+        return await self._in_snapshot(read)
+
+    # ------------------------------------------------------------------ tenants, keys, artifacts
+    @staticmethod
+    async def _tenant_secret(tx: Tx, tenant: str, now: float) -> str:
+        """The tenant's webhook secret; the tenant is created (with a new secret) when missing."""
+        row = await tx.one("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
+        if row is not None:
+            return str(row["webhook_secret"])
+        secret = new_webhook_secret()
+        await tx.run(
+            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s)", (tenant, secret, now)
+        )
+        return secret
+
+    async def ensure_tenant(self, tenant: str) -> str:
+        return await self._in_tx(lambda tx: self._tenant_secret(tx, tenant, time.time()))
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        async def write(tx: Tx) -> None:
+            await self._tenant_secret(tx, key.tenant, key.created_at)
+            await tx.run(
+                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (%s, %s, %s, %s)",
+                (key.id, key.tenant, key.key_hash, key.created_at),
+            )
+
+        await self._in_tx(write)
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = await self._in_read(
+            lambda tx: tx.one(
+                "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s", (key_id,)
+            )
+        )
+        return ApiKey(**dict(row)) if row else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+        args: tuple[Any, ...] = ()
+        if tenant is not None:
+            sql += " WHERE tenant = %s"
+            args = (tenant,)
+        rows = await self._in_read(lambda tx: tx.all(sql + " ORDER BY created_at", args))
+        return [ApiKey(**dict(r)) for r in rows]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        changed = await self._in_tx(
+            lambda tx: tx.run(
+                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), key_id)
+            )
+        )
+        return changed > 0
+
+    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
+        return await self._in_read(
+            lambda tx: self._column_in(tx, "SELECT key FROM artifacts WHERE tenant = %s AND", [tenant], "key", keys)
+        )
+
+    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
+        sql = "SELECT provider_job_id AS key FROM jobs WHERE provider = %s AND"
+        return await self._in_read(lambda tx: self._column_in(tx, sql, [provider], "provider_job_id", provider_job_ids))
+
+    @staticmethod
+    async def _column_in(tx: Tx, sql: str, args: list[Any], column: str, values: Collection[str]) -> set[str]:
+        """The `key` column of `sql` (ending in AND) for the rows whose `column` is one of `values`."""
+        found: set[str] = set()
+        ordered = sorted(set(values))
+        for i in range(0, len(ordered), IN_CHUNK):
+            cond, more = tx.in_(column, ordered[i : i + IN_CHUNK])
+            found.update(r["key"] for r in await tx.all(f"{sql} {cond}", [*args, *more]))
+        return found
+
+    async def owns_artifact(self, tenant: str, key: str) -> bool:
+        row = await self._in_read(
+            lambda tx: tx.one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key))
+        )
+        return row is not None
+
+    # ------------------------------------------------------------------ webhook deliveries
+    async def record_delivery_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        delivered: bool,
+        status_code: int | None,
+        latency_ms: float | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        now = time.time()
+        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
+
+        async def write(tx: Tx) -> None:
+            row = await tx.one(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, next_attempt_at = %s,"
+                " last_status_code = %s, last_error = %s, delivered_at = %s, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s RETURNING attempts",
+                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
+                 now if delivered else None, delivery_id, owner),
+            )  # fmt: skip
+            if row is None:
+                return
+            await tx.run(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (delivery_id, row["attempts"], now, status_code, latency_ms, error),
+            )
+
+        await self._in_tx(write)
+
+    async def list_deliveries(
+        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self._in_snapshot(lambda tx: self._deliveries(tx, tenant, execution_id, limit))
+
+    @staticmethod
+    async def _deliveries(
+        tx: Tx, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
+        sql = "SELECT * FROM webhook_deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await tx.all(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+        attempts: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for i in range(0, len(rows), IN_CHUNK):
+            cond, ids = tx.in_("delivery_id", [r["id"] for r in rows[i : i + IN_CHUNK]])
+            for a in await tx.all(
+                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
+                f" WHERE {cond} ORDER BY delivery_id, attempt",
+                ids,
+            ):
+                attempts[a["delivery_id"]].append(dict(a))
+        return [delivery_view(dict(r), attempts[r["id"]]) for r in rows]
+
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
+        async def write(tx: Tx) -> dict[str, Any]:
+            row = await tx.one("SELECT tenant FROM webhook_deliveries WHERE id = %s" + tx.for_update, (delivery_id,))
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                raise NotFound(f"webhook delivery {delivery_id!r} not found")
+            await tx.run(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = %s",
+                (time.time(), delivery_id),
+            )
+            found = await self._deliveries(tx, tenant, None, 1, delivery_id)
+            return found[0]
+
+        return await self._in_tx(write)
+
+
+def equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
+    """`column = %s` conditions (and their arguments) for every filter that is set."""
+    given = [(name, value) for name, value in columns.items() if value is not None]
+    return [f"{name} = %s" for name, _ in given], [value for _, value in given]

@@ -15,9 +15,8 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
@@ -25,57 +24,37 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import metrics
-from ..errors import Conflict, IdempotencyConflict, NotFound, StoreBusy, StoreUnavailable
+from ..errors import StoreBusy, StoreUnavailable
 from ..states import (
-    RESUMABLE_JOB,
-    TERMINAL_EXECUTION,
     guard,
 )
 from .base import (
-    ApiKey,
     ClaimedJob,
     Delivery,
-    Event,
     JobOutcome,
-    NewExecution,
-    OrphanedCancel,
     ProgressReport,
 )
 from .common import (
-    IDEMPOTENCY_WINDOW_S,
-    ORPHAN_CANCEL_S,
     artifact_keys,
-    callback_matches,
-    decode_cursor,
-    delivery_view,
     dumps,
-    encode_cursor,
-    execution_summary,
     execution_view,
     loads,
     migration_scripts,
     month_start,
-    new_webhook_secret,
-    serves,
-    unique_orphans,
-    usage_refusal,
 )
 from .manager import (
     EventRow,
-    StoreRules,
+    StoreManager,
+    Tx,
     claimed_job,
-    end_event,
-    ending,
     model_family,
     outcome_events,
     progress_event,
     running_events,
     settle,
-    skips,
     webhook_executions,
     webhook_rows,
 )
-from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +87,58 @@ def lock_key(name: str) -> int:
 MIGRATION_LOCK = lock_key("reelflow:migrate")
 
 
-class PostgresStore(StoreRules):
+class _PgTx:
+    """The shared statements (`manager.Tx`) on one cursor of a transaction."""
+
+    def __init__(self, cur: Cur) -> None:
+        self.cur = cur
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        await self.cur.execute(sql, args)
+        return await self.cur.fetchone()
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        await self.cur.execute(sql, args)
+        return await self.cur.fetchall()
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        await self.cur.execute(sql, args)
+        return self.cur.rowcount
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.cur.executemany(sql, rows)
+
+    for_update = " FOR UPDATE"
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+
+class _PgReads:
+    """The shared reads (`manager.Tx`), each statement on its own pooled connection (autocommit)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return await self.store._one(sql, args)
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return await self.store._all(sql, args)
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        raise TypeError("reads only here: writes go through _in_tx")
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise TypeError("reads only here: writes go through _in_tx")
+
+    for_update = ""
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+
+class PostgresStore(StoreManager):
     """Store on PostgreSQL. One instance per process; its pool is shared by every task of the process."""
 
     def __init__(
@@ -206,6 +236,30 @@ class PostgresStore(StoreRules):
             except (psycopg.Error, PoolTimeout) as exc:
                 self._busy(exc)
                 lost_since = await self._outage(exc, lost_since)
+
+    async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await self._tx(lambda cur: fn(_PgTx(cur)))
+
+    async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await fn(_PgReads(self))
+
+    async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await self._tx(lambda cur: fn(_PgTx(cur)), read_only=True)
+
+    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        await self._settle(cast(_PgTx, tx).cur, exec_ids, now, events)
+
+    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
+        await self._insert_events(cast(_PgTx, tx).cur, events)
+
+    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
+        return await self._apply_outcomes(cast(_PgTx, tx).cur, outcomes, now)
+
+    async def _lock_in(self, tx: Tx, name: str) -> None:
+        await cast(_PgTx, tx).cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+
+    async def _notify_in(self, tx: Tx) -> None:
+        await self._notify(cast(_PgTx, tx).cur)
 
     async def _read(self, sql: str, args: Sequence[Any], *, one: bool) -> Any:
         """A single read statement (autocommit), retried like `_tx` while the database is unreachable."""
@@ -315,112 +369,7 @@ class PostgresStore(StoreRules):
         return version
 
     # ------------------------------------------------------------------ submission
-    async def create_execution(self, execution: NewExecution) -> str:
-        return await self._tx(lambda cur: self._create_execution(cur, execution))
-
-    async def _create_execution(self, cur: Cur, ex: NewExecution) -> str:
-        now = time.time()
-        deadline = now + ex.timeout_s if ex.timeout_s else None
-        if ex.idempotency_key is not None:
-            # Two submissions with one key wait for each other, so the second finds the first.
-            await cur.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}"),)
-            )
-            await cur.execute(
-                "SELECT id, request_hash, created_at FROM executions WHERE tenant = %s AND idempotency_key = %s",
-                (ex.tenant, ex.idempotency_key),
-            )
-            earlier = await cur.fetchone()
-            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
-                if earlier["request_hash"] != ex.request_hash:
-                    raise IdempotencyConflict(
-                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
-                        f" (execution {earlier['id']}); use a new key for a new request"
-                    )
-                return str(earlier["id"])
-            if earlier is not None:  # older than the window: the key is free again
-                await cur.execute("UPDATE executions SET idempotency_key = NULL WHERE id = %s", (earlier["id"],))
-        await self._ensure_tenant(cur, ex.tenant, now)
-        if ex.usage_limit is not None:
-            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:usage:{ex.tenant}"),))
-            count, used = await self._month_usage(cur, ex.tenant, now)
-            refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
-            if refusal is not None:
-                raise refusal
-        await cur.execute(
-            "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
-            " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
-            " created_at, updated_at)"
-            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
-                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
-                dumps(ex.webhook_events) if ex.webhook else None, now, now,
-            ),
-        )  # fmt: skip
-        if await cur.fetchone() is None:
-            # This very submission is stored already: the transaction is being run again because its COMMIT's
-            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
-            await cur.execute("SELECT request_hash FROM executions WHERE id = %s", (ex.id,))
-            stored = await cur.fetchone()
-            if stored is None or stored["request_hash"] != ex.request_hash:
-                raise Conflict(f"execution id {ex.id!r} is taken")
-            return ex.id
-        if ex.jobs:
-            await cur.executemany(
-                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
-                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at, tenant, use_cache)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
-                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
-                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
-                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache),
-                    )
-                    for j in ex.jobs
-                ],
-            )  # fmt: skip
-        await self._insert_events(
-            cur, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
-        )
-        if any(not j.depends_on for j in ex.jobs):
-            await self._notify(cur)
-        return ex.id
-
-    @staticmethod
-    async def _ensure_tenant(cur: Cur, tenant: str, now: float) -> str:
-        await cur.execute(
-            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
-            (tenant, new_webhook_secret(), now),
-        )
-        await cur.execute("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
-        row = await cur.fetchone()
-        assert row is not None
-        return str(row["webhook_secret"])
-
     # ------------------------------------------------------------------ reading
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        async def read(cur: Cur) -> dict[str, Any] | None:
-            row = await self._execution_row(cur, execution_id, tenant)
-            if row is None:
-                return None
-            await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (execution_id,))
-            jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
-            return execution_view(row, jobs)
-
-        return await self._tx(read, read_only=True)
-
-    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        row = await self._one("SELECT tenant, plan FROM executions WHERE id = %s", (execution_id,))
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return dict(loads(row["plan"]))
-
     @staticmethod
     async def _execution_row(cur: Cur, execution_id: str, tenant: str | None, lock: bool = False) -> DictRow | None:
         await cur.execute("SELECT * FROM executions WHERE id = %s" + (" FOR UPDATE" if lock else ""), (execution_id,))
@@ -428,156 +377,6 @@ class PostgresStore(StoreRules):
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
         return row
-
-    async def list_executions(
-        self,
-        tenant: str | None = None,
-        *,
-        status: str | None = None,
-        created_after: float | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        where, args = _equal_filters(tenant=tenant, status=status)
-        if created_after is not None:
-            where.append("created_at > %s")
-            args.append(created_after)
-        if cursor:
-            ts, eid = decode_cursor(cursor)
-            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
-            args += [ts, ts, eid]
-        sql = "SELECT * FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-        rows = await self._all(sql, (*args, limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [execution_summary(r) for r in rows], nxt
-
-    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        rows = await self._all(
-            "SELECT * FROM events WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            (execution_id, after, limit),
-        )
-        return [
-            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
-        ]
-
-    # ------------------------------------------------------------------ cancel / resume
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._tx(lambda cur: self._cancel_execution(cur, execution_id, tenant))
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    async def _cancel_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        # Job rows first, then the execution: the order in which claims and completions lock them. Taken the
-        # other way round, a cancel and a completion would deadlock (and one of them be retried).
-        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-        row = await self._execution_row(cur, execution_id, tenant, lock=True)
-        if row is None:
-            raise NotFound(f"execution {execution_id!r} not found")
-        if row["status"] in TERMINAL_EXECUTION:
-            raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
-        await cur.execute("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
-        await cur.execute(
-            "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
-            " SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type, provider_job_id, %s FROM jobs"
-            " WHERE execution_id = %s AND ((status = 'running' AND lease_owner IS NOT NULL)"
-            " OR (status = 'queued' AND provider_job_id IS NOT NULL)) ON CONFLICT DO NOTHING",
-            (now, execution_id),
-        )
-        await cur.execute(
-            "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
-            f" WHERE execution_id = %s AND {guard('canceled')} RETURNING id, key)"
-            " SELECT key FROM c ORDER BY id",
-            (now, execution_id),
-        )
-        events: list[EventRow] = [
-            (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
-            for k in await cur.fetchall()
-        ]
-        await self._settle(cur, {execution_id}, now, events)
-        await self._insert_events(cur, events)
-
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._tx(lambda cur: self._resume_execution(cur, execution_id, tenant))
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    async def _resume_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        # The one lock order (docs/reliability.md): the execution's job rows by id, then the execution row.
-        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-        row = await self._execution_row(cur, execution_id, tenant, lock=True)
-        if row is None:
-            raise NotFound(f"execution {execution_id!r} not found")
-        if row["status"] not in TERMINAL_EXECUTION:
-            raise Conflict(f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed")
-        if row["status"] == "succeeded":
-            raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
-        await cur.execute(
-            "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
-        )
-        jobs = await cur.fetchall()
-        done = {j["key"] for j in jobs if j["status"] == "succeeded"}
-        events: list[EventRow] = []
-        rerun = []
-        queued = False
-        for j in jobs:
-            if j["status"] not in RESUMABLE_JOB:
-                continue
-            left = sum(1 for d in loads(j["depends_on"]) if d not in done)
-            status = "waiting" if left else "queued"
-            queued = queued or status == "queued"
-            rerun.append(j["key"])
-            await cur.execute(
-                "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
-                " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
-                " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = %s"
-                " WHERE execution_id = %s AND key = %s",
-                (status, left, now if status == "queued" else None, execution_id, j["key"]),
-            )
-            events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
-        await cur.execute(
-            "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
-            " error = NULL, result = NULL, updated_at = %s WHERE id = %s",
-            (now, execution_id),
-        )
-        events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
-        await self._settle(cur, {execution_id}, now, events)
-        await self._insert_events(cur, events)
-        if queued:
-            await self._notify(cur)
-
-    # ------------------------------------------------------------------ workers
-    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
-        now = time.time()
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "INSERT INTO workers (id, info, started_at, last_seen) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, started_at = excluded.started_at,"
-                " last_seen = excluded.last_seen",
-                (worker_id, dumps(info), now, now),
-            )
-
-        await self._tx(write)
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        async def write(cur: Cur) -> None:
-            await cur.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
-
-        await self._tx(write)
-
-    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
-        rows = await self._all("SELECT info FROM workers WHERE last_seen > %s", (time.time() - within_s,))
-        return sum(1 for r in rows if serves(loads(r["info"]), serving))
 
     # ------------------------------------------------------------------ claiming
     async def claim(
@@ -778,101 +577,6 @@ class PostgresStore(StoreRules):
         return spent
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    @staticmethod
-    async def _month_usage(cur: Cur, tenant: str, now: float) -> tuple[int, float]:
-        """Executions created this month, and their cost: actual once finished, else the larger of the
-        estimate (the reservation) and what has been spent so far."""
-        await cur.execute(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
-            " ELSE GREATEST(cost_estimated, COALESCE(cost_actual, 0)) END), 0) AS used"
-            " FROM executions WHERE tenant = %s AND created_at >= %s",
-            (tenant, month_start(now)),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row["n"]), float(row["used"])
-
-    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        since = month_start(now)
-
-        async def read(cur: Cur) -> dict[str, Any]:
-            await cur.execute(
-                "SELECT COUNT(*) AS n,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0)"
-                "   AS cost,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NULL"
-                "   THEN GREATEST(cost_estimated, COALESCE(cost_actual, 0)) ELSE 0 END), 0) AS reserved,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0) AS unfinished"
-                " FROM executions WHERE tenant = %s AND created_at >= %s",
-                (tenant, since),
-            )
-            row = await cur.fetchone()
-            await cur.execute(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(cache_hit), 0) AS hits FROM jobs j"
-                " JOIN executions e ON e.id = j.execution_id"
-                " WHERE e.tenant = %s AND e.created_at >= %s AND j.status = 'succeeded'",
-                (tenant, since),
-            )
-            jobs = await cur.fetchone()
-            await cur.execute("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = %s", (tenant,))
-            running = await cur.fetchone()
-            assert row is not None and jobs is not None and running is not None
-            return {
-                "tenant": tenant,
-                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
-                "executions": int(row["n"]),
-                "executions_unfinished": int(row["unfinished"]),
-                "cost_usd": round(float(row["cost"]), 6),
-                "reserved_usd": round(float(row["reserved"]), 6),
-                "jobs_succeeded": int(jobs["n"]),
-                "cache_hits": int(jobs["hits"]),
-                "jobs_running": int(running["n"]),
-            }
-
-        return await self._tx(read, read_only=True)
-
-    async def queue_stats(self) -> dict[str, Any]:
-        async def read(cur: Cur) -> dict[str, Any]:
-            async def pairs(sql: str) -> dict[str, int]:
-                await cur.execute(sql)
-                return {r["k"]: int(r["n"]) for r in await cur.fetchall()}
-
-            return {
-                "jobs": await pairs("SELECT status AS k, COUNT(*) AS n FROM jobs GROUP BY status"),
-                "running_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                    " GROUP BY 1"
-                ),
-                "queued_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'queued'"
-                    " GROUP BY 1"
-                ),
-                "active_by_tenant": await pairs(
-                    "SELECT tenant AS k, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
-                ),
-            }
-
-        return await self._tx(read, read_only=True)
-
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
-
-    async def metric_gauges(self) -> dict[str, Any]:
-        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
-
-    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
-        """The rows (as tuples) of named read queries, in one read-only transaction."""
-
-        async def read(cur: Cur) -> dict[str, list[Any]]:
-            rows: dict[str, list[Any]] = {}
-            for name, sql, args in queries:
-                await cur.execute(sql.replace("?", "%s"), args)
-                rows[name] = [tuple(r.values()) for r in await cur.fetchall()]
-            return rows
-
-        return await self._tx(read, read_only=True)
-
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
@@ -969,134 +673,6 @@ class PostgresStore(StoreRules):
             (time.time() - 60,),
         )
         return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
-
-    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        now = time.time()
-
-        async def write(cur: Cur) -> set[int]:
-            await cur.execute(
-                "UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id",
-                (now + lease_s, owner),
-            )
-            held = {r["id"] for r in await cur.fetchall()}
-            await cur.execute("UPDATE workers SET last_seen = %s WHERE id = %s", (now, owner))
-            return held
-
-        return await self._tx(write)
-
-    async def canceled_for(self, owner: str) -> list[int]:
-        if (
-            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND status <> 'running' LIMIT 1", (owner,))
-            is None
-        ):
-            return []
-
-        async def write(cur: Cur) -> list[int]:
-            await cur.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = %s AND status <> 'running' RETURNING id",
-                (owner,),
-            )
-            return sorted(r["id"] for r in await cur.fetchall())
-
-        return await self._tx(write)
-
-    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        if await self._one("SELECT 1 FROM job_cancels WHERE owner = %s LIMIT 1", (owner,)) is None:
-            return []
-
-        async def write(cur: Cur) -> list[tuple[int, int]]:
-            await cur.execute("DELETE FROM job_cancels WHERE owner = %s RETURNING job_id, seq", (owner,))
-            rows = sorted((r["job_id"], r["seq"]) for r in await cur.fetchall())
-            await cur.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = %s"
-                " AND status <> 'running' AND id = ANY(%b::bigint[])",
-                (owner, [r[0] for r in rows]),
-            )
-            return rows
-
-        return await self._tx(write)
-
-    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
-        ids = sorted(set(provider_job_ids))
-        if not ids:
-            return set()
-        rows = await self._all(
-            "SELECT provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = ANY(%b::text[])",
-            (provider, ids),
-        )
-        return {r["provider_job_id"] for r in rows}
-
-    async def note_attempt(
-        self,
-        job_id: int,
-        owner: str,
-        seq: int,
-        event: str,
-        data: dict[str, Any],
-        *,
-        possible_duplicate_usd: float | None = None,
-    ) -> bool:
-        async def write(cur: Cur) -> bool:
-            now = time.time()
-            await cur.execute(
-                "UPDATE jobs SET possible_duplicates = possible_duplicates + %s,"
-                " possible_duplicate_usd = possible_duplicate_usd + %s"
-                " WHERE id = %s AND lease_owner = %s AND lease_seq = %s AND status = 'running'"
-                " RETURNING execution_id, key",
-                (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0, job_id, owner, seq),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return False
-            await self._insert_events(cur, [(row["execution_id"], row["key"], event, dumps(data), now)])
-            return True
-
-        return await self._tx(write)
-
-    async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
-    ) -> str:
-        async def write(cur: Cur) -> str:
-            if execution_id is not None and job_key is not None:
-                await cur.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = %s AND key = %s"
-                    " AND provider = %s",
-                    (execution_id, job_key, provider),
-                )
-            else:
-                await cur.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = %s"
-                    " ORDER BY id DESC LIMIT 1",
-                    (provider, remote_id),
-                )
-            row = await cur.fetchone()
-            if row is None:
-                return "unknown"
-            if not callback_matches(row["provider_job_id"], remote_id):
-                return "mismatch"
-            if row["status"] != "running":
-                return "ignored"
-            await cur.execute("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
-            return "woken"
-
-        return await self._tx(write)
-
-    async def woken_for(self, owner: str) -> list[int]:
-        if (
-            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
-            is None
-        ):
-            return []
-
-        async def write(cur: Cur) -> list[int]:
-            await cur.execute(
-                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
-                (owner,),
-            )
-            return sorted(r["id"] for r in await cur.fetchall())
-
-        return await self._tx(write)
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         if not items:
@@ -1304,7 +880,7 @@ class PostgresStore(StoreRules):
                 if o.status != "retry":
                     failed[eid].append(key)
         for eid, keys in failed.items():
-            await self._skip_after_failure(cur, eid, keys, now, events)
+            await self._skip_after_failure(_PgTx(cur), eid, keys, now, events)
         await self._settle(cur, touched, now, events)
         await self._insert_events(cur, events)
         if (promoted and ready is None) or any(o.job_id in rows for o in retry):
@@ -1406,21 +982,6 @@ class PostgresStore(StoreRules):
             await self._notify(cur)
         return claimed
 
-    async def _skip_after_failure(
-        self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]
-    ) -> None:
-        await cur.execute("SELECT on_failure FROM executions WHERE id = %s", (eid,))
-        ex = await cur.fetchone()
-        assert ex is not None
-        await cur.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
-        graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in await cur.fetchall()}
-        for key, reason in skips(graph, keys, ex["on_failure"]):
-            await cur.execute(
-                "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
-                (reason, now, eid, key),
-            )
-            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
-
     async def _settle(self, cur: Cur, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
         """Re-derive each touched execution's status and progress from its jobs."""
         if not exec_ids:
@@ -1451,42 +1012,13 @@ class PostgresStore(StoreRules):
             eid = ex["id"]
             action, status, progress = settle(ex, counts[eid], running[eid])
             if action == "end":
-                await self._finish_execution(cur, eid, status, progress, now, events)
+                await self._finish_execution(_PgTx(cur), eid, status, progress, now, events)
             elif action == "update":
                 await cur.execute(
                     "UPDATE executions SET status = %s, progress = %s, updated_at = %s WHERE id = %s",
                     (status, progress, now, eid),
                 )
                 events += progress_event(eid, ex["progress"], progress, now)
-
-    async def _finish_execution(
-        self, cur: Cur, eid: str, status: str, progress: float, now: float, events: list[EventRow]
-    ) -> None:
-        await cur.execute(
-            "SELECT key, result FROM jobs WHERE execution_id = %s AND dependents = '[]' AND status = 'succeeded'"
-            " ORDER BY position",
-            (eid,),
-        )
-        sinks = await cur.fetchall()
-        await cur.execute(
-            "SELECT key, error FROM jobs WHERE execution_id = %s AND status = 'failed' ORDER BY finished_at, position",
-            (eid,),
-        )
-        failed = await cur.fetchall()
-        await cur.execute("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
-        cost_row = await cur.fetchone()
-        cost = float(cost_row["cost"]) if cost_row else 0.0
-        progress, result, error = ending(
-            status, progress, [(s["key"], s["result"]) for s in sinks], [(f["key"], f["error"]) for f in failed]
-        )
-        await cur.execute(
-            "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
-            " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
-            (status, progress, result, error, cost, now, now, eid),
-        )
-        ended = await cur.fetchone()
-        metrics.execution_finished(status, now - ended["created_at"] if ended else None)
-        events.append(end_event(eid, status, error, now))
 
     async def _insert_events(self, cur: Cur, events: list[EventRow]) -> None:
         if not events:
@@ -1534,152 +1066,6 @@ class PostgresStore(StoreRules):
                 rows,
             )
 
-    # ------------------------------------------------------------------ leases
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        if not job_ids:
-            return
-
-        async def write(cur: Cur) -> None:
-            now = time.time()
-            await cur.execute(
-                "WITH r AS (UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0),"
-                " lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
-                f" WHERE lease_owner = %s AND {guard('queued', frm='running')} AND id = ANY(%b::bigint[])"
-                " RETURNING id, execution_id, key) SELECT execution_id, key FROM r ORDER BY id",
-                (now, now, owner, list(job_ids)),
-            )
-            rows = await cur.fetchall()
-            events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now)
-                for r in rows
-            ]
-            await self._settle(cur, {r["execution_id"] for r in rows}, now, events)
-            await self._insert_events(cur, events)
-            if rows:
-                await self._notify(cur)
-
-        await self._tx(write)
-
-    async def recover_expired(self) -> list[OrphanedCancel]:
-        if (
-            await self._one(
-                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
-                " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1",
-                (time.time(), time.time() - ORPHAN_CANCEL_S),
-            )
-            is None
-        ):
-            return []
-        return await self._tx(self._recover_expired)
-
-    async def _recover_expired(self, cur: Cur) -> list[OrphanedCancel]:
-        now = time.time()
-        await cur.execute(
-            "WITH r AS (UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-            " queued_at = %s, run_after = %s, progress = 0"
-            f" WHERE {guard('queued', frm='running')} AND lease_expires_at < %s"
-            " AND attempts < max_attempts RETURNING id, execution_id, key, attempts)"
-            " SELECT execution_id, key, attempts FROM r ORDER BY id",
-            (now, now, now),
-        )
-        requeued = await cur.fetchall()
-        events: list[EventRow] = [
-            (
-                r["execution_id"], r["key"], "job.requeued",
-                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
-            )
-            for r in requeued
-        ]  # fmt: skip
-        await self._settle(cur, {r["execution_id"] for r in requeued}, now, events)
-        await self._insert_events(cur, events)
-        if requeued:
-            await self._notify(cur)
-        await cur.execute(
-            "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < %s ORDER BY id",
-            (now,),
-        )
-        exhausted = await cur.fetchall()
-        await self._apply_outcomes(
-            cur,
-            [
-                JobOutcome(
-                    job_id=r["id"],
-                    owner=r["lease_owner"],
-                    status="failed",
-                    error=f"the worker running it stopped responding (lease expired) after {r['attempts']} attempts",
-                )
-                for r in exhausted
-            ],
-            now,
-        )
-        await cur.execute(
-            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status <> 'running'"
-            " AND lease_owner IS NOT NULL AND lease_expires_at < %s"
-            " RETURNING id, provider, model, type, provider_job_id",
-            (now,),
-        )
-        orphans = sorted(await cur.fetchall(), key=lambda r: r["id"])
-        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
-        # resumed since): their provider work is cancelled here
-        await cur.execute(
-            "DELETE FROM job_cancels WHERE owner = '' OR (created_at < %s AND owner NOT IN"
-            " (SELECT id FROM workers WHERE last_seen >= %s))"
-            " RETURNING job_id AS id, provider, model, type, provider_job_id",
-            (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
-        )
-        orphans += sorted(await cur.fetchall(), key=lambda r: r["id"])
-        return unique_orphans(
-            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
-        )
-
-    # ------------------------------------------------------------------ tenants and keys
-    async def ensure_tenant(self, tenant: str) -> str:
-        return await self._tx(lambda cur: self._ensure_tenant(cur, tenant, time.time()))
-
-    async def add_api_key(self, key: ApiKey) -> None:
-        async def write(cur: Cur) -> None:
-            await self._ensure_tenant(cur, key.tenant, key.created_at)
-            await cur.execute(
-                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (%s, %s, %s, %s)",
-                (key.id, key.tenant, key.key_hash, key.created_at),
-            )
-
-        await self._tx(write)
-
-    async def get_api_key(self, key_id: str) -> ApiKey | None:
-        row = await self._one(
-            "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s", (key_id,)
-        )
-        return ApiKey(**row) if row else None
-
-    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
-        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
-        args: tuple[Any, ...] = ()
-        if tenant is not None:
-            sql += " WHERE tenant = %s"
-            args = (tenant,)
-        return [ApiKey(**r) for r in await self._all(sql + " ORDER BY created_at", args)]
-
-    async def revoke_api_key(self, key_id: str) -> bool:
-        async def write(cur: Cur) -> bool:
-            await cur.execute(
-                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), key_id)
-            )
-            return cur.rowcount > 0
-
-        return await self._tx(write)
-
-    async def owns_artifact(self, tenant: str, key: str) -> bool:
-        return await self._one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key)) is not None
-
-    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._all(
-            "SELECT key FROM artifacts WHERE tenant = %s AND key = ANY(%s::text[])", (tenant, list(keys))
-        )
-        return {r["key"] for r in rows}
-
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -1715,107 +1101,6 @@ class PostgresStore(StoreRules):
             ]  # fmt: skip
 
         return await self._tx(write)
-
-    async def record_delivery_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        *,
-        delivered: bool,
-        status_code: int | None,
-        latency_ms: float | None,
-        error: str | None,
-        next_attempt_at: float | None,
-    ) -> None:
-        now = time.time()
-        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, next_attempt_at = %s,"
-                " last_status_code = %s, last_error = %s, delivered_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s RETURNING attempts",
-                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
-                 now if delivered else None, delivery_id, owner),
-            )  # fmt: skip
-            row = await cur.fetchone()
-            if row is None:
-                return
-            await cur.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (delivery_id, row["attempts"], now, status_code, latency_ms, error),
-            )
-
-        await self._tx(write)
-
-    async def list_deliveries(
-        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return await self._tx(lambda cur: self._list_deliveries(cur, tenant, execution_id, limit), read_only=True)
-
-    @staticmethod
-    async def _list_deliveries(
-        cur: Cur, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        where, args = _equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
-        sql = "SELECT * FROM webhook_deliveries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        await cur.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
-        rows = await cur.fetchall()
-        attempts: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        if rows:
-            await cur.execute(
-                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
-                " WHERE delivery_id = ANY(%b::text[]) ORDER BY delivery_id, attempt",
-                ([r["id"] for r in rows],),
-            )
-            for a in await cur.fetchall():
-                attempts[a["delivery_id"]].append(a)
-        return [delivery_view(r, attempts[r["id"]]) for r in rows]
-
-    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
-        async def write(cur: Cur) -> dict[str, Any]:
-            await cur.execute("SELECT tenant FROM webhook_deliveries WHERE id = %s FOR UPDATE", (delivery_id,))
-            row = await cur.fetchone()
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                raise NotFound(f"webhook delivery {delivery_id!r} not found")
-            await cur.execute(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s",
-                (time.time(), delivery_id),
-            )
-            found = await self._list_deliveries(cur, tenant, None, 1, delivery_id)
-            return found[0]
-
-        return await self._tx(write)
-
-    async def prune(self, older_than: float) -> dict[str, int]:
-        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
-        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
-
-        async def work(cur: Cur) -> dict[str, int]:
-            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
-            await cur.execute(
-                "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < %s FOR UPDATE",
-                (older_than,),
-            )
-            ids = [r["id"] for r in await cur.fetchall()]
-            if not ids:
-                return removed
-            for table in ("events", "jobs", "webhook_deliveries"):
-                await cur.execute(f"DELETE FROM {table} WHERE execution_id = ANY(%b::text[])", (ids,))
-                removed[table] = cur.rowcount
-            await cur.execute("DELETE FROM executions WHERE id = ANY(%b::text[])", (ids,))
-            removed["executions"] = cur.rowcount
-            return removed
-
-        return await self._tx(work)
-
-    async def next_wakeup(self) -> float | None:
-        row = await self._one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'")
-        return None if row is None or row["t"] is None else float(row["t"])
 
     # ------------------------------------------------------------------ LISTEN / NOTIFY
     async def wait_for_work(self, timeout: float) -> bool:
@@ -1872,7 +1157,3 @@ class PostgresStore(StoreRules):
                         await conn.close()
 
 
-def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
-    """`column = %s` conditions (and their arguments) for every filter that is set."""
-    given = [(name, value) for name, value in columns.items() if value is not None]
-    return [f"{name} = %s" for name, _ in given], [value for _, value in given]

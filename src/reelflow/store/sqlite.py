@@ -10,64 +10,43 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .. import metrics
-from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
-    RESUMABLE_JOB,
-    TERMINAL_EXECUTION,
     guard,
 )
 from .base import (
-    ApiKey,
     ClaimedJob,
     Delivery,
-    Event,
     JobOutcome,
-    NewExecution,
-    OrphanedCancel,
     ProgressReport,
 )
 from .common import (
-    IDEMPOTENCY_WINDOW_S,
-    ORPHAN_CANCEL_S,
     artifact_keys,
-    callback_matches,
-    decode_cursor,
-    delivery_view,
     dumps,
-    encode_cursor,
-    execution_summary,
     execution_view,
     loads,
     migration_scripts,
     month_start,
-    new_webhook_secret,
-    serves,
-    unique_orphans,
-    usage_refusal,
 )
 from .manager import (
     EventRow,
-    StoreRules,
+    StoreManager,
+    Tx,
     claimed_job,
-    end_event,
-    ending,
     outcome_events,
     progress_event,
     running_events,
     settle,
-    skips,
     webhook_executions,
     webhook_rows,
 )
-from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
 
 T = TypeVar("T")
 
@@ -91,7 +70,46 @@ def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-class SQLiteStore(StoreRules):
+class _SQLiteTx:
+    """The shared statements (`manager.Tx`) on one SQLite connection: `%s` parameters become `?`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(_sqlite_sql(sql), args).fetchone()
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self.conn.execute(_sqlite_sql(sql), args).fetchall()
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return self.conn.execute(_sqlite_sql(sql), args).rowcount
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(_sqlite_sql(sql), rows)
+
+    for_update = ""
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
+
+
+@cache
+def _sqlite_sql(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine of `_SQLiteTx` statements to its end, here and now: they never wait on anything."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coro.close()
+    raise RuntimeError("a SQLite statement awaited something")
+
+
+class SQLiteStore(StoreManager):
     """Store on SQLite. Safe to share one file between processes; use one instance per process."""
 
     def __init__(self, url: str) -> None:
@@ -149,6 +167,35 @@ class SQLiteStore(StoreRules):
         finally:
             conn.execute("COMMIT")
 
+    async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        def write() -> T:
+            with self._write() as conn:
+                return _drive(fn(_SQLiteTx(conn)))
+
+        return await self._run(write)
+
+    async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await self._run(lambda: _drive(fn(_SQLiteTx(self._connect()))))
+
+    async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        def read() -> T:
+            with self._read() as conn:
+                return _drive(fn(_SQLiteTx(conn)))
+
+        return await self._run(read)
+
+    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        self._settle(cast(_SQLiteTx, tx).conn, exec_ids, now, events)
+
+    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
+        self._insert_events(cast(_SQLiteTx, tx).conn, events)
+
+    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
+        return self._apply_outcomes(cast(_SQLiteTx, tx).conn, outcomes, now)
+
+    def _announce(self) -> None:
+        self._work.set()
+
     async def close(self) -> None:
         def _close() -> None:
             if self._conn is not None:
@@ -184,264 +231,6 @@ class SQLiteStore(StoreRules):
         return version
 
     # ------------------------------------------------------------------ submission
-    async def create_execution(self, execution: NewExecution) -> str:
-        execution_id = await self._run(self._create_execution, execution)
-        self._work.set()
-        return execution_id
-
-    def _create_execution(self, ex: NewExecution) -> str:
-        now = time.time()
-        deadline = now + ex.timeout_s if ex.timeout_s else None
-        with self._write() as conn:
-            if ex.idempotency_key is not None:
-                earlier = conn.execute(
-                    "SELECT id, request_hash, created_at FROM executions WHERE tenant = ? AND idempotency_key = ?",
-                    (ex.tenant, ex.idempotency_key),
-                ).fetchone()
-                if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
-                    if earlier["request_hash"] != ex.request_hash:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
-                            f" (execution {earlier['id']}); use a new key for a new request"
-                        )
-                    return str(earlier["id"])
-                if earlier is not None:  # older than the window: the key is free again
-                    conn.execute("UPDATE executions SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
-            self._ensure_tenant(conn, ex.tenant, now)
-            if ex.usage_limit is not None:
-                count, used = self._month_usage(conn, ex.tenant, now)
-                refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
-                if refusal is not None:
-                    raise refusal
-            conn.execute(
-                "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
-                " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
-                " created_at, updated_at)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
-                    ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
-                    dumps(ex.webhook_events) if ex.webhook else None, now, now,
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
-                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at, tenant, use_cache)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
-                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
-                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
-                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache),
-                    )
-                    for j in ex.jobs
-                ],
-            )
-            self._insert_events(
-                conn, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
-            )
-        return ex.id
-
-    @staticmethod
-    def _ensure_tenant(conn: sqlite3.Connection, tenant: str, now: float) -> str:
-        row = conn.execute("SELECT webhook_secret FROM tenants WHERE name = ?", (tenant,)).fetchone()
-        if row is not None:
-            return str(row[0])
-        secret = new_webhook_secret()
-        conn.execute("INSERT INTO tenants (name, webhook_secret, created_at) VALUES (?, ?, ?)", (tenant, secret, now))
-        return secret
-
-    # ------------------------------------------------------------------ reading
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        return await self._run(self._get_execution, execution_id, tenant)
-
-    def _get_execution(self, execution_id: str, tenant: str | None) -> dict[str, Any] | None:
-        with self._read() as conn:
-            row = self._execution_row(conn, execution_id, tenant)
-            if row is None:
-                return None
-            jobs = conn.execute(
-                "SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (execution_id,)
-            ).fetchall()
-        return execution_view(dict(row), [dict(j) for j in jobs])
-
-    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        return await self._run(self._execution_plan, execution_id, tenant)
-
-    def _execution_plan(self, execution_id: str, tenant: str | None) -> dict[str, Any] | None:
-        row = self._execution_row(self._connect(), execution_id, tenant)
-        return None if row is None else dict(loads(row["plan"]))
-
-    @staticmethod
-    def _execution_row(conn: sqlite3.Connection, execution_id: str, tenant: str | None) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = conn.execute(
-            "SELECT * FROM executions WHERE id = ?", (execution_id,)
-        ).fetchone()
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return row
-
-    async def list_executions(
-        self,
-        tenant: str | None = None,
-        *,
-        status: str | None = None,
-        created_after: float | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        return await self._run(self._list_executions, tenant, status, created_after, limit, cursor)
-
-    def _list_executions(
-        self, tenant: str | None, status: str | None, created_after: float | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        where, args = _equal_filters(tenant=tenant, status=status)
-        if created_after is not None:
-            where.append("created_at > ?")
-            args.append(created_after)
-        if cursor:
-            ts, eid = decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [ts, ts, eid]
-        sql = "SELECT * FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        conn = self._connect()
-        rows = conn.execute(sql, (*args, limit + 1)).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [execution_summary(r) for r in rows], nxt
-
-    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        return await self._run(self._events, execution_id, after, limit)
-
-    def _events(self, execution_id: str, after: int, limit: int) -> list[Event]:
-        rows = self._connect().execute(
-            "SELECT * FROM events WHERE execution_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (execution_id, after, limit),
-        ).fetchall()
-        return [
-            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"])
-            for r in rows
-        ]
-
-    # ------------------------------------------------------------------ cancel / resume
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._run(self._cancel_execution, execution_id, tenant)
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    def _cancel_execution(self, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        with self._write() as conn:
-            row = self._execution_row(conn, execution_id, tenant)
-            if row is None:
-                raise NotFound(f"execution {execution_id!r} not found")
-            if row["status"] in TERMINAL_EXECUTION:
-                raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
-            conn.execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?", (execution_id,))
-            conn.execute(
-                "INSERT OR IGNORE INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id,"
-                " created_at) SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type,"
-                " provider_job_id, ? FROM jobs WHERE execution_id = ? AND ((status = 'running' AND lease_owner IS"
-                " NOT NULL) OR (status = 'queued' AND provider_job_id IS NOT NULL))",
-                (now, execution_id),
-            )
-            keys = conn.execute(
-                "UPDATE jobs SET status = 'canceled', finished_at = ?, error = 'canceled by request'"
-                f" WHERE execution_id = ? AND {guard('canceled')} RETURNING id, key",
-                (now, execution_id),
-            ).fetchall()
-            events: list[EventRow] = [
-                (execution_id, k[1], "job.canceled", dumps({"reason": "canceled by request"}), now)
-                for k in sorted(keys, key=lambda k: int(k[0]))
-            ]
-            self._settle(conn, {execution_id}, now, events)
-            self._insert_events(conn, events)
-
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._run(self._resume_execution, execution_id, tenant)
-        self._work.set()
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    def _resume_execution(self, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        with self._write() as conn:
-            row = self._execution_row(conn, execution_id, tenant)
-            if row is None:
-                raise NotFound(f"execution {execution_id!r} not found")
-            if row["status"] not in TERMINAL_EXECUTION:
-                raise Conflict(
-                    f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed"
-                )
-            if row["status"] == "succeeded":
-                raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
-            jobs = conn.execute(
-                "SELECT key, status, depends_on FROM jobs WHERE execution_id = ?", (execution_id,)
-            ).fetchall()
-            done = {j["key"] for j in jobs if j["status"] == "succeeded"}
-            events: list[EventRow] = []
-            rerun = []
-            for j in jobs:
-                if j["status"] not in RESUMABLE_JOB:
-                    continue
-                left = sum(1 for d in loads(j["depends_on"]) if d not in done)
-                status = "waiting" if left else "queued"
-                rerun.append(j["key"])
-                conn.execute(
-                    "UPDATE jobs SET status = ?, deps_left = ?, attempts = 0, error = NULL, result = NULL,"
-                    " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
-                    " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                    " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = ?"
-                    " WHERE execution_id = ? AND key = ?",
-                    (status, left, now if status == "queued" else None, execution_id, j["key"]),
-                )
-                events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
-            conn.execute(
-                "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
-                " error = NULL, result = NULL, updated_at = ? WHERE id = ?",
-                (now, execution_id),
-            )
-            events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
-            self._settle(conn, {execution_id}, now, events)
-            self._insert_events(conn, events)
-
-    # ------------------------------------------------------------------ workers
-    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
-        await self._run(self._register_worker, worker_id, info)
-
-    def _register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
-        now = time.time()
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO workers (id, info, started_at, last_seen) VALUES (?, ?, ?, ?)",
-                (worker_id, dumps(info), now, now),
-            )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        await self._run(self._unregister_worker, worker_id)
-
-    def _unregister_worker(self, worker_id: str) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
-
-    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
-        return await self._run(self._live_workers, within_s, serving)
-
-    def _live_workers(self, within_s: float, serving: str | None = None) -> int:
-        rows = self._connect().execute(
-            "SELECT info FROM workers WHERE last_seen > ?", (time.time() - within_s,)
-        ).fetchall()
-        return sum(1 for r in rows if serves(loads(r[0]), serving))
-
     # ------------------------------------------------------------------ claiming
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -604,88 +393,6 @@ class SQLiteStore(StoreRules):
         }
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    @staticmethod
-    def _month_usage(conn: sqlite3.Connection, tenant: str, now: float) -> tuple[int, float]:
-        """Executions created this month, and their cost: actual once finished, else the larger of the
-        estimate (the reservation) and what has been spent so far."""
-        row = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
-            " ELSE MAX(cost_estimated, COALESCE(cost_actual, 0)) END), 0)"
-            " FROM executions WHERE tenant = ? AND created_at >= ?",
-            (tenant, month_start(now)),
-        ).fetchone()
-        return int(row[0]), float(row[1])
-
-    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        return await self._run(self._usage, tenant, now)
-
-    def _usage(self, tenant: str, now: float | None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        since = month_start(now)
-        conn = self._connect()
-        row = conn.execute(
-            "SELECT COUNT(*),"
-            " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0),"
-            " COALESCE(SUM(CASE WHEN finished_at IS NULL"
-            "   THEN MAX(cost_estimated, COALESCE(cost_actual, 0)) ELSE 0 END), 0),"
-            " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0)"
-            " FROM executions WHERE tenant = ? AND created_at >= ?",
-            (tenant, since),
-        ).fetchone()
-        jobs = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(cache_hit), 0) FROM jobs j JOIN executions e ON e.id = j.execution_id"
-            " WHERE e.tenant = ? AND e.created_at >= ? AND j.status = 'succeeded'",
-            (tenant, since),
-        ).fetchone()
-        running = conn.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND tenant = ?", (tenant,)
-        ).fetchone()
-        return {
-            "tenant": tenant,
-            "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
-            "executions": int(row[0]),
-            "executions_unfinished": int(row[3]),
-            "cost_usd": round(float(row[1]), 6),
-            "reserved_usd": round(float(row[2]), 6),
-            "jobs_succeeded": int(jobs[0]),
-            "cache_hits": int(jobs[1]),
-            "jobs_running": int(running[0]),
-        }
-
-    async def queue_stats(self) -> dict[str, Any]:
-        return await self._run(self._queue_stats)
-
-    def _queue_stats(self) -> dict[str, Any]:
-        conn = self._connect()
-        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-        running = conn.execute(
-            "SELECT COALESCE(provider, 'local'), COUNT(*) FROM jobs WHERE status = 'running' GROUP BY 1"
-        ).fetchall()
-        queued = conn.execute(
-            "SELECT COALESCE(provider, 'local'), COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY 1"
-        ).fetchall()
-        tenants = conn.execute(
-            "SELECT tenant, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
-        ).fetchall()
-        return {
-            "jobs": {k: int(v) for k, v in by_status.items()},
-            "running_by_provider": {k: int(v) for k, v in running},
-            "queued_by_provider": {k: int(v) for k, v in queued},
-            "active_by_tenant": {k: int(v) for k, v in tenants},
-        }
-
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        rows = await self._run(self._fetch, stats_queries(tenant, since, time.time()))
-        return assemble_stats(rows, tenant, since)
-
-    async def metric_gauges(self) -> dict[str, Any]:
-        return assemble_gauges(await self._run(self._fetch, gauge_queries(time.time())))
-
-    def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
-        """The rows of named read queries, in one read transaction."""
-        with self._read() as conn:
-            return {name: conn.execute(sql, args).fetchall() for name, sql, args in queries}
-
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
@@ -771,145 +478,6 @@ class SQLiteStore(StoreRules):
             "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > ?", (time.time() - 60,)
         ).fetchall()
         return {r[0]: (float(r[1]), float(r[2])) for r in rows}
-
-    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        return await self._run(self._heartbeat, owner, lease_s)
-
-    def _heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        now = time.time()
-        with self._write() as conn:
-            held = conn.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running' RETURNING id",
-                (now + lease_s, owner),
-            ).fetchall()
-            conn.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, owner))
-        return {r[0] for r in held}
-
-    async def canceled_for(self, owner: str) -> list[int]:
-        return await self._run(self._canceled_for, owner)
-
-    def _canceled_for(self, owner: str) -> list[int]:
-        conn = self._connect()
-        if conn.execute(
-            "SELECT 1 FROM jobs WHERE lease_owner = ? AND status != 'running' LIMIT 1", (owner,)
-        ).fetchone() is None:
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = ? AND status != 'running' RETURNING id",
-                (owner,),
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        return await self._run(self._canceled_attempts, owner)
-
-    def _canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        conn = self._connect()
-        if conn.execute("SELECT 1 FROM job_cancels WHERE owner = ? LIMIT 1", (owner,)).fetchone() is None:
-            return []
-        with self._write() as conn:
-            rows = conn.execute("DELETE FROM job_cancels WHERE owner = ? RETURNING job_id, seq", (owner,)).fetchall()
-            for chunk in _chunks([r[0] for r in rows]):
-                conn.execute(
-                    "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?"
-                    f" AND status != 'running' AND id IN ({_qs(len(chunk))})",
-                    (owner, *chunk),
-                )
-        return [(r[0], r[1]) for r in rows]
-
-    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
-        ids = sorted(set(provider_job_ids))
-        if not ids:
-            return set()
-
-        def read() -> set[str]:
-            found: set[str] = set()
-            for chunk in _chunks(ids):
-                found.update(
-                    r[0]
-                    for r in self._connect().execute(
-                        "SELECT provider_job_id FROM jobs WHERE provider = ?"
-                        f" AND provider_job_id IN ({_qs(len(chunk))})",
-                        (provider, *chunk),
-                    )
-                )
-            return found
-
-        return await self._run(read)
-
-    async def note_attempt(
-        self,
-        job_id: int,
-        owner: str,
-        seq: int,
-        event: str,
-        data: dict[str, Any],
-        *,
-        possible_duplicate_usd: float | None = None,
-    ) -> bool:
-        return await self._run(self._note_attempt, job_id, owner, seq, event, data, possible_duplicate_usd)
-
-    def _note_attempt(
-        self, job_id: int, owner: str, seq: int, event: str, data: dict[str, Any], usd: float | None
-    ) -> bool:
-        now = time.time()
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE jobs SET possible_duplicates = possible_duplicates + ?,"
-                " possible_duplicate_usd = possible_duplicate_usd + ?"
-                " WHERE id = ? AND lease_owner = ? AND lease_seq = ? AND status = 'running'"
-                " RETURNING execution_id, key",
-                (1 if usd is not None else 0, usd or 0.0, job_id, owner, seq),
-            ).fetchone()
-            if row is None:
-                return False
-            self._insert_events(conn, [(row[0], row[1], event, dumps(data), now)])
-        return True
-
-    async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
-    ) -> str:
-        return await self._run(self._wake_job, provider, remote_id, execution_id, job_key)
-
-    def _wake_job(self, provider: str, remote_id: str, execution_id: str | None, job_key: str | None) -> str:
-        with self._write() as conn:
-            if execution_id is not None and job_key is not None:
-                row = conn.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = ? AND key = ? AND provider = ?",
-                    (execution_id, job_key, provider),
-                ).fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = ? AND provider_job_id = ?"
-                    " ORDER BY id DESC LIMIT 1",
-                    (provider, remote_id),
-                ).fetchone()
-            if row is None:
-                return "unknown"
-            job_id, status, stored = row
-            if not callback_matches(stored, remote_id):
-                return "mismatch"
-            if status != "running":
-                return "ignored"
-            conn.execute("UPDATE jobs SET woken_at = ? WHERE id = ?", (time.time(), job_id))
-            return "woken"
-
-    async def woken_for(self, owner: str) -> list[int]:
-        return await self._run(self._woken_for, owner)
-
-    def _woken_for(self, owner: str) -> list[int]:
-        conn = self._connect()
-        if conn.execute(
-            "SELECT 1 FROM jobs WHERE lease_owner = ? AND woken_at IS NOT NULL LIMIT 1", (owner,)
-        ).fetchone() is None:
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = ? AND woken_at IS NOT NULL RETURNING id", (owner,)
-            ).fetchall()
-        return [r[0] for r in rows]
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         await self._run(self._set_provider_ids, items)
@@ -1097,25 +665,10 @@ class SQLiteStore(StoreRules):
                 failed[eid].append(key)
             touched.add(eid)
         for eid, keys in failed.items():
-            self._skip_after_failure(conn, eid, keys, now, events)
+            _drive(self._skip_after_failure(_SQLiteTx(conn), eid, keys, now, events))
         self._settle(conn, touched, now, events)
         self._insert_events(conn, events)
         return promoted
-
-    def _skip_after_failure(
-        self, conn: sqlite3.Connection, eid: str, keys: list[str], now: float, events: list[EventRow]
-    ) -> None:
-        on_failure = conn.execute("SELECT on_failure FROM executions WHERE id = ?", (eid,)).fetchone()[0]
-        graph = {
-            r[0]: (loads(r[1]), r[2])
-            for r in conn.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = ? ORDER BY id", (eid,))
-        }
-        for key, reason in skips(graph, keys, on_failure):
-            conn.execute(
-                "UPDATE jobs SET status = 'skipped', error = ?, finished_at = ? WHERE execution_id = ? AND key = ?",
-                (reason, now, eid, key),
-            )
-            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
 
     def _settle(self, conn: sqlite3.Connection, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
         """Re-derive each touched execution's status and progress from its jobs."""
@@ -1142,39 +695,13 @@ class SQLiteStore(StoreRules):
                 eid = ex["id"]
                 action, status, progress = settle(ex, counts[eid], running[eid])
                 if action == "end":
-                    self._finish_execution(conn, eid, status, progress, now, events)
+                    _drive(self._finish_execution(_SQLiteTx(conn), eid, status, progress, now, events))
                 elif action == "update":
                     conn.execute(
                         "UPDATE executions SET status = ?, progress = ?, updated_at = ? WHERE id = ?",
                         (status, progress, now, eid),
                     )
                     events += progress_event(eid, ex["progress"], progress, now)
-
-    def _finish_execution(
-        self, conn: sqlite3.Connection, eid: str, status: str, progress: float, now: float, events: list[EventRow]
-    ) -> None:
-        sinks = conn.execute(
-            "SELECT key, result FROM jobs WHERE execution_id = ? AND dependents = '[]' AND status = 'succeeded'"
-            " ORDER BY position",
-            (eid,),
-        ).fetchall()
-        failed = conn.execute(
-            "SELECT key, error FROM jobs WHERE execution_id = ? AND status = 'failed' ORDER BY finished_at, position",
-            (eid,),
-        ).fetchall()
-        cost = conn.execute(
-            "SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE execution_id = ?", (eid,)
-        ).fetchone()[0]
-        progress, result, error = ending(
-            status, progress, [(s[0], s[1]) for s in sinks], [(f[0], f[1]) for f in failed]
-        )
-        created = conn.execute(
-            "UPDATE executions SET status = ?, progress = ?, result = ?, error = ?, cost_actual = ?,"
-            " finished_at = ?, updated_at = ? WHERE id = ? RETURNING created_at",
-            (status, progress, result, error, cost, now, now, eid),
-        ).fetchone()[0]
-        metrics.execution_finished(status, now - created)
-        events.append(end_event(eid, status, error, now))
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
         if not events:
@@ -1208,167 +735,6 @@ class SQLiteStore(StoreRules):
                 " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-
-    # ------------------------------------------------------------------ leases
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        await self._run(self._release_jobs, owner, job_ids, reason)
-        if job_ids:
-            self._work.set()
-
-    def _release_jobs(self, owner: str, job_ids: list[int], reason: str = "worker shutting down") -> None:
-        now = time.time()
-        with self._write() as conn:
-            events: list[EventRow] = []
-            touched: set[str] = set()
-            for chunk in _chunks(sorted(job_ids)):  # events by job id, as on PostgreSQL
-                for eid, key in conn.execute(
-                    "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,"
-                    " lease_expires_at = NULL, queued_at = ?, run_after = ?, progress = 0"
-                    f" WHERE lease_owner = ? AND {guard('queued', frm='running')} AND id IN ({_qs(len(chunk))})"
-                    " RETURNING execution_id, key",
-                    (now, now, owner, *chunk),
-                ).fetchall():
-                    touched.add(eid)
-                    events.append((eid, key, "job.released", dumps({"reason": reason}), now))
-            self._settle(conn, touched, now, events)
-            self._insert_events(conn, events)
-
-    async def recover_expired(self) -> list[OrphanedCancel]:
-        return await self._run(self._recover_expired)
-
-    def _recover_expired(self) -> list[OrphanedCancel]:
-        now = time.time()
-        conn = self._connect()
-        if conn.execute(
-            "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < ?"
-            " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < ? LIMIT 1",
-            (now, now - ORPHAN_CANCEL_S),
-        ).fetchone() is None:
-            return []
-        with self._write() as conn:
-            events: list[EventRow] = []
-            touched: set[str] = set()
-            for _, eid, key, attempts in sorted(
-                conn.execute(
-                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, queued_at = ?,"
-                    f" run_after = ?, progress = 0 WHERE {guard('queued', frm='running')} AND lease_expires_at < ?"
-                    " AND attempts < max_attempts RETURNING id, execution_id, key, attempts",
-                    (now, now, now),
-                ).fetchall(),
-                key=lambda r: int(r[0]),
-            ):
-                touched.add(eid)
-                events.append(
-                    (eid, key, "job.requeued", dumps({"reason": "lease expired", "attempts": attempts}), now)
-                )
-            self._settle(conn, touched, now, events)
-            self._insert_events(conn, events)
-            exhausted = conn.execute(
-                "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < ?",
-                (now,),
-            ).fetchall()
-            self._apply_outcomes(
-                conn,
-                [
-                    JobOutcome(
-                        job_id=r[0],
-                        owner=r[1],
-                        status="failed",
-                        error=f"the worker running it stopped responding (lease expired) after {r[2]} attempts",
-                    )
-                    for r in exhausted
-                ],
-                now,
-            )
-            orphans = conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status != 'running'"
-                " AND lease_owner IS NOT NULL AND lease_expires_at < ?"
-                " RETURNING id, provider, model, type, provider_job_id",
-                (now,),
-            ).fetchall()
-            # cancellations addressed to a worker that stopped beating before it read them (the job may have
-            # been resumed since): their provider work is cancelled here
-            orphans += conn.execute(
-                "DELETE FROM job_cancels WHERE owner = '' OR (created_at < ? AND owner NOT IN"
-                " (SELECT id FROM workers WHERE last_seen >= ?))"
-                " RETURNING job_id, provider, model, type, provider_job_id",
-                (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
-            ).fetchall()
-        return unique_orphans([OrphanedCancel(r[0], r[1], r[2], r[3], r[4]) for r in orphans])
-
-    # ------------------------------------------------------------------ tenants and keys
-    async def ensure_tenant(self, tenant: str) -> str:
-        return await self._run(self._ensure_tenant_tx, tenant)
-
-    def _ensure_tenant_tx(self, tenant: str) -> str:
-        with self._write() as conn:
-            return self._ensure_tenant(conn, tenant, time.time())
-
-    async def add_api_key(self, key: ApiKey) -> None:
-        await self._run(self._add_api_key, key)
-
-    def _add_api_key(self, key: ApiKey) -> None:
-        with self._write() as conn:
-            self._ensure_tenant(conn, key.tenant, key.created_at)
-            conn.execute(
-                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (?, ?, ?, ?)",
-                (key.id, key.tenant, key.key_hash, key.created_at),
-            )
-
-    async def get_api_key(self, key_id: str) -> ApiKey | None:
-        return await self._run(self._get_api_key, key_id)
-
-    def _get_api_key(self, key_id: str) -> ApiKey | None:
-        row = self._connect().execute(
-            "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
-        ).fetchone()
-        return ApiKey(*row) if row else None
-
-    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
-        return await self._run(self._list_api_keys, tenant)
-
-    def _list_api_keys(self, tenant: str | None) -> list[ApiKey]:
-        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
-        args: tuple[Any, ...] = ()
-        if tenant is not None:
-            sql += " WHERE tenant = ?"
-            args = (tenant,)
-        return [ApiKey(*r) for r in self._connect().execute(sql + " ORDER BY created_at", args)]
-
-    async def revoke_api_key(self, key_id: str) -> bool:
-        return await self._run(self._revoke_api_key, key_id)
-
-    def _revoke_api_key(self, key_id: str) -> bool:
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
-            )
-            return cur.rowcount > 0
-
-    async def owns_artifact(self, tenant: str, key: str) -> bool:
-        return await self._run(self._owns_artifact, tenant, key)
-
-    def _owns_artifact(self, tenant: str, key: str) -> bool:
-        row = self._connect().execute(
-            "SELECT 1 FROM artifacts WHERE tenant = ? AND key = ?", (tenant, key)
-        ).fetchone()
-        return row is not None
-
-    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
-        if not keys:
-            return set()
-        return await self._run(self._owned_artifacts, tenant, list(keys))
-
-    def _owned_artifacts(self, tenant: str, keys: list[str]) -> set[str]:
-        conn = self._connect()
-        owned: set[str] = set()
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            rows = conn.execute(
-                f"SELECT key FROM artifacts WHERE tenant = ? AND key IN ({_qs(len(chunk))})", (tenant, *chunk)
-            ).fetchall()
-            owned.update(r[0] for r in rows)
-        return owned
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(
@@ -1416,114 +782,6 @@ class SQLiteStore(StoreRules):
             for r in rows
         ]
 
-    async def record_delivery_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        *,
-        delivered: bool,
-        status_code: int | None,
-        latency_ms: float | None,
-        error: str | None,
-        next_attempt_at: float | None,
-    ) -> None:
-        await self._run(
-            self._record_delivery_attempt, delivery_id, owner, delivered, status_code, latency_ms, error,
-            next_attempt_at,
-        )
-
-    def _record_delivery_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        delivered: bool,
-        status_code: int | None,
-        latency_ms: float | None,
-        error: str | None,
-        next_attempt_at: float | None,
-    ) -> None:
-        now = time.time()
-        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-                " last_status_code = ?, last_error = ?, delivered_at = ?, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = ? AND lease_owner = ? RETURNING attempts",
-                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
-                 now if delivered else None, delivery_id, owner),
-            ).fetchone()
-            if row is None:
-                return
-            conn.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (delivery_id, row[0], now, status_code, latency_ms, error),
-            )
-
-    async def list_deliveries(
-        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return await self._run(self._list_deliveries, tenant, execution_id, limit)
-
-    def _list_deliveries(
-        self, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        where, args = _equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
-        sql = "SELECT * FROM webhook_deliveries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
-            out = []
-            for r in rows:
-                attempts = conn.execute(
-                    "SELECT attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
-                    " WHERE delivery_id = ? ORDER BY attempt",
-                    (r["id"],),
-                ).fetchall()
-                out.append(delivery_view(dict(r), [dict(a) for a in attempts]))
-        return out
-
-    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
-        await self._run(self._redeliver, delivery_id, tenant)
-        found = await self._run(self._list_deliveries, tenant, None, 1, delivery_id)
-        return found[0]
-
-    def _redeliver(self, delivery_id: str, tenant: str | None) -> None:
-        with self._write() as conn:
-            row = conn.execute("SELECT tenant FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
-            if row is None or (tenant is not None and row[0] != tenant):
-                raise NotFound(f"webhook delivery {delivery_id!r} not found")
-            conn.execute(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = ?",
-                (time.time(), delivery_id),
-            )
-
-    async def prune(self, older_than: float) -> dict[str, int]:
-        return await self._run(self._prune, older_than)
-
-    def _prune(self, older_than: float) -> dict[str, int]:
-        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
-        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
-        removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
-        with self._write() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < ?", (older_than,)
-                )
-            ]
-            for chunk in _chunks(ids):
-                qs = _qs(len(chunk))
-                for table in ("events", "jobs", "webhook_deliveries"):
-                    removed[table] += conn.execute(f"DELETE FROM {table} WHERE execution_id IN ({qs})", chunk).rowcount
-                removed["executions"] += conn.execute(f"DELETE FROM executions WHERE id IN ({qs})", chunk).rowcount
-        return removed
-
-    async def next_wakeup(self) -> float | None:
-        return await self._run(self._next_wakeup)
-
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a write of this process that made jobs claimable (a submission,
         a resume, released or promoted jobs); True as soon as one happened. Other processes' writes are seen by
@@ -1535,17 +793,6 @@ class SQLiteStore(StoreRules):
                 return False
         self._work.clear()
         return True
-
-    def _next_wakeup(self) -> float | None:
-        row = self._connect().execute("SELECT MIN(run_after) FROM jobs WHERE status = 'queued'").fetchone()
-        return None if row[0] is None else float(row[0])
-
-
-def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
-    """`column = ?` conditions (and their arguments) for every filter that is set."""
-    given = [(name, value) for name, value in columns.items() if value is not None]
-    return [f"{name} = ?" for name, _ in given], [value for _, value in given]
-
 
 def _split_sql(sql: str) -> list[str]:
     """Split a migration file into statements (a trigger's BEGIN … END is one, semicolons inside and all)."""
