@@ -7,7 +7,9 @@ import asyncio
 import time
 
 from conftest import sim_job
+from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
+from reelflow.store import open_store
 from reelflow.store.base import JobOutcome
 from reelflow.store.sqlite import SQLiteStore
 
@@ -61,3 +63,27 @@ async def test_wait_for_work_answers_a_submission_of_this_process_at_once(engine
     await engine.submit({"jobs": [sim_job("a")]})
     assert await asyncio.wait_for(waiter, 5) is True
     assert time.monotonic() - started < 1.0
+
+
+async def test_the_shared_token_bucket_paces_and_a_429_holds_everyone(settings: Settings) -> None:
+    """Two stores on one database share each provider's bucket (the pacing rules are written once)."""
+    a, b = open_store(settings.database_url), open_store(settings.database_url)
+    try:
+        await a.migrate()
+        assert await a.take_tokens("free", 7, None) == (7, 0.0)
+        granted, wait = await a.take_tokens("p", 10, 6100.0)  # 100 a second, a bucket of 100
+        t_first = time.monotonic()
+        assert granted == 0 and 0 < wait <= 0.011
+        await asyncio.sleep(0.2)
+        totals = await asyncio.gather(*(s.take_tokens("p", 100, 6100.0) for s in (a, b, a, b)))
+        got = sum(g for g, _ in totals)
+        assert 15 <= got <= (time.monotonic() - t_first) * 100 + 1, totals  # never more than was refilled
+        await b.report_throttle("p", 0.3)
+        await b.report_throttle("p", 0.1)  # a shorter hold never shortens a longer one
+        granted, wait = await a.take_tokens("p", 5, 6100.0)
+        assert granted == 0 and 0.2 < wait <= 0.3
+        paces = await a.provider_paces()
+        assert set(paces) == {"p"} and paces["p"][0] > time.time()
+    finally:
+        await a.close()
+        await b.close()

@@ -456,6 +456,28 @@ class StoreManager(StoreRules):
         metrics.execution_finished(status, now - ended["created_at"] if ended else None)
         events.append(end_event(eid, status, error, now))
 
+    @staticmethod
+    async def _webhook_deliveries(tx: Tx, events: list[EventRow], subscribed: Subscribed) -> None:
+        """Record the webhook deliveries `events` call for, each with its execution's state as of now, in the
+        transaction that made them (the outbox)."""
+        states: dict[str, dict[str, Any]] = {}
+        for eid in webhook_executions(events, subscribed):
+            row = await tx.one("SELECT * FROM executions WHERE id = %s", (eid,))
+            jobs = await tx.all("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
+            states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
+        if rows := webhook_rows(events, subscribed, states):
+            await tx.many(
+                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
+                " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+
+    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
+        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
+
+    async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ cancel / resume
     async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         async def write(tx: Tx) -> None:
@@ -1034,6 +1056,76 @@ class StoreManager(StoreRules):
             return rows
 
         return await self._in_snapshot(read)
+
+    # ------------------------------------------------------------------ provider pacing
+    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
+        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
+
+        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
+        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
+        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
+
+        async def write(tx: Tx) -> tuple[int, float]:
+            await tx.run(
+                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (%s, 0, %s, 1, 0, 0) ON CONFLICT (provider) DO NOTHING",
+                (provider, time.time()),
+            )
+            row = await tx.one(
+                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace WHERE provider = %s"
+                + tx.for_update,
+                (provider,),
+            )
+            now = time.time()  # after the lock: another worker may have just taken tokens
+            tokens, updated = float(row["tokens"]), float(row["updated_at"])
+            factor, hold_until = float(row["factor"]), float(row["hold_until"])
+            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, float(row["throttled_at"]))) / 20.0))
+            if now < hold_until:
+                granted, wait = 0, hold_until - now
+            elif per_minute is None:
+                granted, wait = want, 0.0
+            else:
+                rate = per_minute / 61.0 * factor
+                capacity = max(1.0, rate)
+                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
+                granted = min(want, int(tokens))
+                tokens -= granted
+                wait = 0.0 if granted else (1.0 - tokens) / rate
+            await tx.run(
+                "UPDATE provider_pace SET tokens = %s, updated_at = %s, factor = %s WHERE provider = %s",
+                (tokens, now, factor, provider),
+            )
+            return granted, wait
+
+        return await self._in_tx(write)
+
+    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
+        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
+        now = time.time()
+        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
+        again = "excluded.throttled_at - p.throttled_at >= 1.0"
+        await self._in_tx(
+            lambda tx: tx.run(
+                "INSERT INTO provider_pace AS p (provider, updated_at, factor, hold_until, throttled_at)"
+                " VALUES (%s, %s, 0.5, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
+                " hold_until = CASE WHEN excluded.hold_until > p.hold_until THEN excluded.hold_until"
+                "   ELSE p.hold_until END,"
+                f" factor = CASE WHEN {again} THEN CASE WHEN p.factor * 0.5 > 0.02 THEN p.factor * 0.5 ELSE 0.02 END"
+                "   ELSE p.factor END,"
+                f" throttled_at = CASE WHEN {again} THEN excluded.throttled_at ELSE p.throttled_at END",
+                (provider, now, hold, now),
+            )
+        )
+
+    async def provider_paces(self) -> dict[str, tuple[float, float]]:
+        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
+        rows = await self._in_read(
+            lambda tx: tx.all(
+                "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > %s",
+                (time.time() - 60,),
+            )
+        )
+        return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
 
     # ------------------------------------------------------------------ tenants, keys, artifacts
     @staticmethod

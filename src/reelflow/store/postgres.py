@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -37,7 +37,6 @@ from .base import (
 from .common import (
     artifact_keys,
     dumps,
-    execution_view,
     loads,
     migration_scripts,
     month_start,
@@ -52,8 +51,6 @@ from .manager import (
     progress_event,
     running_events,
     settle,
-    webhook_executions,
-    webhook_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -368,16 +365,6 @@ class PostgresStore(StoreManager):
                 version = max(version, v)
         return version
 
-    # ------------------------------------------------------------------ submission
-    # ------------------------------------------------------------------ reading
-    @staticmethod
-    async def _execution_row(cur: Cur, execution_id: str, tenant: str | None, lock: bool = False) -> DictRow | None:
-        await cur.execute("SELECT * FROM executions WHERE id = %s" + (" FOR UPDATE" if lock else ""), (execution_id,))
-        row = await cur.fetchone()
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return row
-
     # ------------------------------------------------------------------ claiming
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -577,9 +564,6 @@ class PostgresStore(StoreManager):
         return spent
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
-        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
-
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         wanted = list(dict.fromkeys(items))
         if not wanted:
@@ -598,81 +582,6 @@ class PostgresStore(StoreManager):
             result["cached_from"] = {"execution_id": r["execution_id"], "job": r["key"]}
             found[(r["tenant"], r["cache_key"])] = dict(result)
         return found
-
-    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
-        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
-
-        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
-        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
-        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
-
-        async def write(cur: Cur) -> tuple[int, float]:
-            now = time.time()
-            await cur.execute(
-                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, 0, %s, 1, 0, 0) ON CONFLICT (provider) DO NOTHING",
-                (provider, now),
-            )
-            await cur.execute(
-                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace"
-                " WHERE provider = %s FOR UPDATE",
-                (provider,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            now = time.time()  # after the lock: another worker may have just taken tokens
-            tokens, updated = float(row["tokens"]), float(row["updated_at"])
-            factor, hold_until, throttled_at = (
-                float(row["factor"]),
-                float(row["hold_until"]),
-                float(row["throttled_at"]),
-            )
-            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, throttled_at)) / 20.0))
-            if now < hold_until:
-                granted, wait = 0, hold_until - now
-            elif per_minute is None:
-                granted, wait = want, 0.0
-            else:
-                rate = per_minute / 61.0 * factor
-                capacity = max(1.0, rate)
-                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
-                granted = min(want, int(tokens))
-                tokens -= granted
-                wait = 0.0 if granted else (1.0 - tokens) / rate
-            await cur.execute(
-                "UPDATE provider_pace SET tokens = %s, updated_at = %s, factor = %s WHERE provider = %s",
-                (tokens, now, factor, provider),
-            )
-            return granted, wait
-
-        return await self._tx(write)
-
-    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
-        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
-        now = time.time()
-        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "INSERT INTO provider_pace AS p (provider, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, %s, 0.5, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
-                " hold_until = GREATEST(p.hold_until, excluded.hold_until),"
-                " factor = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN GREATEST(p.factor * 0.5, 0.02)"
-                "   ELSE p.factor END,"
-                " throttled_at = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN excluded.throttled_at"
-                "   ELSE p.throttled_at END",
-                (provider, now, hold, now),
-            )
-
-        await self._tx(write)
-
-    async def provider_paces(self) -> dict[str, tuple[float, float]]:
-        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
-        rows = await self._all(
-            "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > %s",
-            (time.time() - 60,),
-        )
-        return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         if not items:
@@ -1044,27 +953,7 @@ class PostgresStore(StoreManager):
             tuple(list(col) for col in zip(*events, strict=True)),
         )
         if subscribed:
-            await self._queue_webhooks(cur, events, subscribed)
-
-    async def _queue_webhooks(
-        self, cur: Cur, events: list[EventRow], subscribed: dict[str, tuple[str, str, list[str]]]
-    ) -> None:
-        """Record the webhook deliveries these events call for, in the transaction that made them."""
-        if not subscribed:
-            return
-        states: dict[str, dict[str, Any]] = {}
-        for eid in webhook_executions(events, subscribed):
-            row = await self._execution_row(cur, eid, None)
-            assert row is not None
-            await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
-            jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
-            states[eid] = execution_view(row, jobs)
-        if rows := webhook_rows(events, subscribed, states):
-            await cur.executemany(
-                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
-                " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
+            await self._webhook_deliveries(_PgTx(cur), events, subscribed)
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(

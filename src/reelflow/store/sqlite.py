@@ -30,7 +30,6 @@ from .base import (
 from .common import (
     artifact_keys,
     dumps,
-    execution_view,
     loads,
     migration_scripts,
     month_start,
@@ -44,8 +43,6 @@ from .manager import (
     progress_event,
     running_events,
     settle,
-    webhook_executions,
-    webhook_rows,
 )
 
 T = TypeVar("T")
@@ -393,9 +390,6 @@ class SQLiteStore(StoreManager):
         }
 
     # ------------------------------------------------------------------ limits, usage, cache, pace
-    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
-        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
-
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         return await self._run(self._cache_lookup_many, items)
 
@@ -413,71 +407,6 @@ class SQLiteStore(StoreManager):
                 result["cached_from"] = {"execution_id": row[1], "job": row[2]}
                 found[(tenant, cache_key)] = dict(result)
         return found
-
-    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
-        return await self._run(self._take_tokens, provider, want, per_minute)
-
-    def _take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
-        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
-
-        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
-        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
-        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
-        now = time.time()
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace WHERE provider = ?",
-                (provider,),
-            ).fetchone()
-            tokens, updated, factor, hold_until, throttled_at = row if row is not None else (0.0, now, 1.0, 0.0, 0.0)
-            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, throttled_at)) / 20.0))
-            if now < hold_until:
-                granted, wait = 0, hold_until - now
-            elif per_minute is None:
-                granted, wait = want, 0.0
-            else:
-                rate = per_minute / 61.0 * factor
-                capacity = max(1.0, rate)
-                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
-                granted = min(want, int(tokens))
-                tokens -= granted
-                wait = 0.0 if granted else (1.0 - tokens) / rate
-            conn.execute(
-                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider) DO UPDATE SET tokens = excluded.tokens,"
-                " updated_at = excluded.updated_at, factor = excluded.factor",
-                (provider, tokens, now, factor, hold_until, throttled_at),
-            )
-        return granted, wait
-
-    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
-        await self._run(self._report_throttle, provider, retry_after_s)
-
-    def _report_throttle(self, provider: str, retry_after_s: float | None) -> None:
-        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
-        now = time.time()
-        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO provider_pace (provider, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (?, ?, 0.5, ?, ?) ON CONFLICT (provider) DO UPDATE SET"
-                " hold_until = MAX(hold_until, excluded.hold_until),"
-                " factor = CASE WHEN excluded.throttled_at - throttled_at >= 1.0 THEN MAX(factor * 0.5, 0.02)"
-                "   ELSE factor END,"
-                " throttled_at = CASE WHEN excluded.throttled_at - throttled_at >= 1.0 THEN excluded.throttled_at"
-                "   ELSE throttled_at END",
-                (provider, now, hold, now),
-            )
-
-    async def provider_paces(self) -> dict[str, tuple[float, float]]:
-        return await self._run(self._provider_paces)
-
-    def _provider_paces(self) -> dict[str, tuple[float, float]]:
-        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
-        rows = self._connect().execute(
-            "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > ?", (time.time() - 60,)
-        ).fetchall()
-        return {r[0]: (float(r[1]), float(r[2])) for r in rows}
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         await self._run(self._set_provider_ids, items)
@@ -722,19 +651,8 @@ class SQLiteStore(StoreManager):
                 chunk,
             ):
                 subscribed[eid] = (tenant, url, loads(wanted) or [])
-        if not subscribed:
-            return
-        states: dict[str, dict[str, Any]] = {}
-        for eid in webhook_executions(events, subscribed):
-            row = conn.execute("SELECT * FROM executions WHERE id = ?", (eid,)).fetchone()
-            jobs = conn.execute("SELECT * FROM jobs WHERE execution_id = ? ORDER BY position", (eid,)).fetchall()
-            states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
-        if rows := webhook_rows(events, subscribed, states):
-            conn.executemany(
-                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
-                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        if subscribed:
+            _drive(self._webhook_deliveries(_SQLiteTx(conn), events, subscribed))
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(
