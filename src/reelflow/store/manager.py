@@ -834,13 +834,12 @@ class StoreManager(StoreRules):
 
     # ------------------------------------------------------------------ submission
     async def create_execution(self, execution: NewExecution) -> str:
-        ready = any(not j.depends_on for j in execution.jobs)
-        execution_id = await self._in_tx(lambda tx: self._create_execution(tx, execution, ready))
-        if ready:
+        execution_id = await self._in_tx(lambda tx: self._create_execution(tx, execution))
+        if any(not j.depends_on for j in execution.jobs):
             self._announce()
         return execution_id
 
-    async def _create_execution(self, tx: Tx, ex: NewExecution, ready: bool) -> str:
+    async def _create_execution(self, tx: Tx, ex: NewExecution) -> str:
         now = time.time()
         deadline = now + ex.timeout_s if ex.timeout_s else None
         if ex.idempotency_key is not None:
@@ -906,7 +905,7 @@ class StoreManager(StoreRules):
         await self._append_in(
             tx, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
         )
-        if ready:
+        if any(not j.depends_on for j in ex.jobs):
             await self._notify_in(tx)
         return ex.id
 

@@ -4,6 +4,9 @@ Every method is one short transaction. Claims lock their candidate jobs with `FO
 tenants, providers and models under a concurrency cap are counted under a per-cap advisory lock, so two
 claimers cannot both take the last slot. Transactions that make jobs claimable send `NOTIFY reelflow_jobs`, and
 `wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
+The rules and the statements both databases share live in `manager.py` (`StoreManager`); this file holds the pool,
+the retried transactions and what PostgreSQL does its own way: locked claims, batched outcome writes, settling
+under row locks, the hand-off, the event log, the delivery claim, LISTEN/NOTIFY.
 """
 
 from __future__ import annotations

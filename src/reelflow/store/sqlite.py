@@ -2,6 +2,9 @@
 
 Every write is a short `BEGIN IMMEDIATE` transaction, so claims are exclusive across processes.
 All database work runs on one dedicated thread per Store, so the event loop never blocks on it.
+The rules and the statements both databases share live in `manager.py` (`StoreManager`); this file holds the
+connection, the transactions (`_SQLiteTx` runs the shared statements on the thread) and what SQLite does its own
+way: the claim's pick and lease, writing outcomes row by row, settling, the event log, the delivery claim.
 """
 
 from __future__ import annotations
