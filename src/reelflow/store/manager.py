@@ -145,6 +145,8 @@ class StoreRules:
 
     def _budget_tenants(self, rows: Iterable[Row]) -> list[str]:
         """The tenants of just-leased `rows` whose monthly spending the budget check needs."""
+        if not self._budgets and self._default_budget is None:
+            return []
         paid = {r["tenant"] for r in rows if float(r["cost_estimated"] or 0.0) > 0}
         return sorted(t for t in paid if self._budget(t) is not None)
 
@@ -153,6 +155,8 @@ class StoreRules:
         plus the estimates of its jobs already running (`spent_so_far`, this batch included), plus this job's
         estimate. Jobs are checked in order; each one let through counts for the next."""
         refusals: dict[int, str] = {}
+        if not spent_so_far:  # no budget applies to these jobs
+            return refusals
         batch: dict[str, float] = defaultdict(float)
         for r in rows:
             batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
