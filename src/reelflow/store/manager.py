@@ -1135,13 +1135,14 @@ class StoreManager(StoreRules):
     async def _tenant_secret(tx: Tx, tenant: str, now: float) -> str:
         """The tenant's webhook secret; the tenant is created (with a new secret) when missing."""
         row = await tx.one("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
-        if row is not None:
-            return str(row["webhook_secret"])
-        secret = new_webhook_secret()
-        await tx.run(
-            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s)", (tenant, secret, now)
-        )
-        return secret
+        if row is None:  # a concurrent transaction may be creating it too: the first one's secret stands
+            await tx.run(
+                "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (tenant, new_webhook_secret(), now),
+            )
+            row = await tx.one("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
+        return str(row["webhook_secret"])
 
     async def ensure_tenant(self, tenant: str) -> str:
         return await self._in_tx(lambda tx: self._tenant_secret(tx, tenant, time.time()))
