@@ -48,6 +48,9 @@ class Mutation:
 MUT = "tests/test_mutants.py"
 SQLITE = "src/reelflow/store/sqlite.py"
 PG = "src/reelflow/store/postgres.py"
+MANAGER = "src/reelflow/store/manager.py"
+"""The rules and statements both stores share: a mutation there is tested on SQLite and on PostgreSQL."""
+STATES = "src/reelflow/states.py"
 HTTP = "src/reelflow/providers/http.py"
 FAN_IN = (f"{MUT}", "-k", "fan_in or two_way_join")
 BUDGET = (f"{MUT}", "-k", "budget")
@@ -67,8 +70,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "fan-in-sqlite",
         SQLITE,
-        "AND status = 'waiting' AND deps_left <= 0",
-        "AND status = 'waiting' AND deps_left <= 1",
+        "AND deps_left <= 0",
+        "AND deps_left <= 1",
         FAN_IN,
     ),
     Mutation(
@@ -78,8 +81,7 @@ MUTATIONS: list[Mutation] = [
         'counts[(row["execution_id"], dep)] = 1',
         FAN_IN,
     ),
-    Mutation("budget-batch-sqlite", SQLITE, "spent[tenant] += cost", "spent[tenant] += 0.0", BUDGET),
-    Mutation("budget-batch-pg", PG, "spent[tenant] += cost", "spent[tenant] += 0.0", BUDGET),
+    Mutation("budget-batch", MANAGER, "spent[tenant] += cost", "spent[tenant] += 0.0", BUDGET),
     Mutation(
         "cache-tenant-sqlite",
         SQLITE,
@@ -126,29 +128,15 @@ MUTATIONS: list[Mutation] = [
         nth=1,
     ),
     Mutation(
-        "lease-expiry-sqlite",
-        SQLITE,
-        "progress = 0 WHERE status = 'running' AND lease_expires_at < ?",
-        "progress = 0 WHERE status = 'running' AND lease_expires_at > ?",
+        "lease-expiry",
+        MANAGER,
+        "frm='running')} AND lease_expires_at < %s",
+        "frm='running')} AND lease_expires_at > %s",
         EXPIRY,
     ),
     Mutation(
-        "lease-expiry-pg",
-        PG,
-        "progress = 0 WHERE status = 'running' AND lease_expires_at < %s",
-        "progress = 0 WHERE status = 'running' AND lease_expires_at > %s",
-        EXPIRY,
-    ),
-    Mutation(
-        "attempts-recovery-sqlite",
-        SQLITE,
-        "AND attempts < max_attempts RETURNING",
-        "AND attempts <= max_attempts RETURNING",
-        EXPIRY,
-    ),
-    Mutation(
-        "attempts-recovery-pg",
-        PG,
+        "attempts-recovery",
+        MANAGER,
         "AND attempts < max_attempts RETURNING",
         "AND attempts <= max_attempts RETURNING",
         EXPIRY,
@@ -181,11 +169,12 @@ MUTATIONS: list[Mutation] = [
         ),
     ),
     Mutation(
-        "tenant-get-execution-sqlite",
-        SQLITE,
+        "tenant-get-execution",
+        MANAGER,
         'if row is None or (tenant is not None and row["tenant"] != tenant):',
         "if row is None:",
         ("tests/test_api.py::test_tenants_are_isolated_on_every_endpoint",),
+        nth=3,  # get_execution's (after cancel's and resume's)
     ),
     Mutation(
         "intent-settled-sqlite",
@@ -200,6 +189,28 @@ MUTATIONS: list[Mutation] = [
         "intent_at = CASE WHEN w.settled THEN NULL ELSE j.intent_at END",
         "intent_at = CASE WHEN true THEN NULL ELSE j.intent_at END",
         INTENT,
+    ),
+    # The transition table and the rules written once (each one was two mutations, one per store, before).
+    Mutation(
+        "transition-cancel-running",
+        STATES,
+        '"running": frozenset({"succeeded", "failed", "canceled", "queued"}),',
+        '"running": frozenset({"succeeded", "failed", "queued"}),',
+        ("tests/test_engine.py::test_cancel_stops_queued_and_running_jobs",),
+    ),
+    Mutation(
+        "transition-skip-waiting",
+        STATES,
+        '"waiting": frozenset({"queued", "canceled", "skipped"}),',
+        '"waiting": frozenset({"queued", "canceled"}),',
+        ("tests/test_engine.py::test_permanent_failure_fails_at_once_and_skips_dependents",),
+    ),
+    Mutation(
+        "hand-off-tenant-cap",
+        MANAGER,
+        "                if n <= 0:",
+        "                if n < 0:",
+        ("tests/test_store_interface.py", "-k", "tenant_cap"),
     ),
 ]
 

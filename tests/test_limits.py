@@ -257,28 +257,26 @@ async def test_the_default_tenant_entry_caps_tenants_without_their_own_and_an_ow
 async def test_a_fan_out_made_ready_by_a_finishing_job_starts_within_the_tenant_cap(
     engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, limits_file: Path
 ) -> None:
-    """On PostgreSQL the transaction that ends the root also leases the dependents it releases (the hand-off):
-    it must count the tenant's running jobs as the claim does."""
+    """The transaction that ends the root also leases the dependents it releases (the hand-off): it must
+    count the tenant's running jobs as the claim does."""
     limits_file.write_text("tenants:\n  default: {max_concurrent: 3}\n")
     reset_limits()
     handed: list[int] = []
-    hand_off = getattr(store, "finish_and_claim", None)
-    if hand_off is not None:
+    hand_off = store.finish_and_claim
 
-        async def spy(*args: Any, **kw: Any) -> Any:
-            promoted, claimed = await hand_off(*args, **kw)
-            handed.append(len(claimed))
-            return promoted, claimed
+    async def spy(*args: Any, **kw: Any) -> Any:
+        promoted, claimed = await hand_off(*args, **kw)
+        handed.append(len(claimed))
+        return promoted, claimed
 
-        store.finish_and_claim = spy  # type: ignore[attr-defined]
+    store.finish_and_claim = spy  # type: ignore[method-assign]
     leaves = [sim_job(f"d{i}", latency_s=0.3, prompt=f"d{i}", depends_on=["root"]) for i in range(12)]
     eid = await engine.submit({"jobs": [sim_job("root", latency_s=0.05), *leaves]})
     async with running_worker(concurrency=50):
         state = await engine.wait(eid, timeout=20)
     assert state["status"] == "succeeded"
     assert peak_running(state["jobs"]) == 3
-    if hand_off is not None:
-        assert sum(handed) >= 1, handed  # the hand-off took part, within the cap
+    assert sum(handed) >= 1, handed  # the hand-off took part, within the cap
 
 
 @pytest.mark.postgres_only

@@ -338,7 +338,7 @@ async def test_a_finished_job_waiting_for_its_write_is_not_handed_back(
             self.refused = 0
 
         def __getattr__(self, name: str) -> Any:
-            found = getattr(self.inner, name)  # finish_and_claim exists on PostgreSQL only
+            found = getattr(self.inner, name)
             if name not in ("finish_jobs", "finish_and_claim"):
                 return found
 

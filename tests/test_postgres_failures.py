@@ -441,8 +441,8 @@ async def test_a_submission_run_again_after_its_commit_finds_itself_stored(store
     from reelflow.plan import parse_plan
 
     ex = build_execution(parse_plan({"jobs": [sim_job("a"), sim_job("b", depends_on=["a"])]}), tenant="default")
-    first = await store._tx(lambda cur: store._create_execution(cur, ex))
-    again = await store._tx(lambda cur: store._create_execution(cur, ex))  # as the retry after a lost COMMIT
+    first = await store._in_tx(lambda tx: store._create_execution(tx, ex))
+    again = await store._in_tx(lambda tx: store._create_execution(tx, ex))  # as the retry after a lost COMMIT
     assert first == again == ex.id
     state = await store.get_execution(ex.id)
     assert state is not None and [j["id"] for j in state["jobs"]] == ["a", "b"]

@@ -296,14 +296,10 @@ class Worker:
 
     async def _idle(self, poll: float) -> None:
         """Wait for work: a local wake-up (an in-process submission, a finished job), the store's notification
-        that jobs became claimable (PostgreSQL's LISTEN), or the poll interval, whichever comes first."""
-        listen = getattr(self.store, "wait_for_work", None)
-        if listen is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            return
+        that jobs became claimable (`wait_for_work`: PostgreSQL's LISTEN, SQLite's writes in this process), or the
+        poll interval, whichever comes first."""
         local = asyncio.ensure_future(self._wake.wait())
-        remote = asyncio.ensure_future(listen(poll))
+        remote = asyncio.ensure_future(self.store.wait_for_work(poll))
         try:
             await asyncio.wait({local, remote}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -452,14 +448,15 @@ class Worker:
             # the job's end (quick jobs finish before their id was ever flushed on its own).
             outcomes, self._outcomes = self._outcomes[:FLUSH_MAX], self._outcomes[FLUSH_MAX:]
             pids, self._pids = self._pids, []
-            hand_off = getattr(self.store, "finish_and_claim", None)
-            room = 0 if self._stopping or hand_off is None else self._free_slots()
+            room = 0 if self._stopping else self._free_slots()
             self._reserved += room  # the claim loop leaves these slots to the dependents claimed here
             self._claims_under_way += 1
             self._claims_begun += 1
             try:
-                if room > 0 and hand_off is not None:
-                    promoted, claimed = await hand_off(outcomes, pids or None, self.id, room, self.lease_s)
+                if room > 0:
+                    promoted, claimed = await self.store.finish_and_claim(
+                        outcomes, pids or None, self.id, room, self.lease_s
+                    )
                     for c in claimed:
                         self._start(c)
                     if len(promoted) <= len(claimed):  # none left queued for the claim loop

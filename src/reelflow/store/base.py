@@ -172,8 +172,8 @@ class Delivery:
     secret: str
 
 
-class Store(Protocol):
-    """Durable state of executions, jobs and events."""
+class ExecutionStore(Protocol):
+    """Executions and their jobs: submission, reading, cancel and resume, claims, leases, outcomes."""
 
     url: str
 
@@ -183,7 +183,6 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    # submission and lifecycle (the engine's facade calls these)
     async def create_execution(self, execution: NewExecution) -> str:
         """Insert it (one transaction) and return its id; with an idempotency key seen in the last 24 h
         and the same request hash, return the earlier execution's id instead (IdempotencyConflict if the
@@ -214,7 +213,6 @@ class Store(Protocol):
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
 
-    # the worker's side
     async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None: ...
 
     async def unregister_worker(self, worker_id: str) -> None: ...
@@ -270,6 +268,60 @@ class Store(Protocol):
         """Jobs leased to `owner` that a callback woke since the last call (the marks are cleared)."""
         ...
 
+    async def canceled_for(self, owner: str) -> list[int]:
+        """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
+        ...
+
+    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        """Persist (job id, owner, provider id) before waiting on the provider."""
+        ...
+
+    async def report_progress(self, reports: list[ProgressReport]) -> None: ...
+
+    async def finish_jobs(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable.
+        `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
+        ...
+
+    async def finish_and_claim(
+        self,
+        outcomes: list[JobOutcome],
+        provider_ids: list[tuple[int, str, str]] | None,
+        owner: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready
+        (not those of a capped provider or model; within their tenant's cap): the hand-off from a job to its
+        dependent. Returns the promoted keys and the jobs claimed."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for jobs to become claimable; True as soon as some may have."""
+        ...
+
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
+        """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
+        ...
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        """Requeue (or fail, when out of attempts) jobs whose lease expired."""
+        ...
+
+    async def next_wakeup(self) -> float | None:
+        """When the earliest queued job becomes claimable (epoch seconds), or None."""
+        ...
+
+    async def prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` with their jobs, events and deliveries; counts."""
+        ...
+
+
+class LimitStore(Protocol):
+    """Limits and usage: concurrency caps, budgets, the result cache, provider pacing, statistics."""
+
     def configure_limits(
         self,
         provider_caps: dict[str, int] | None = None,
@@ -323,36 +375,10 @@ class Store(Protocol):
         """provider -> (hold until, last 429), as unix times, for providers throttled in the last minute."""
         ...
 
-    async def prune(self, older_than: float) -> dict[str, int]:
-        """Delete executions that ended before `older_than` with their jobs, events and deliveries; counts."""
-        ...
 
-    async def canceled_for(self, owner: str) -> list[int]:
-        """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
-        ...
+class TenantStore(Protocol):
+    """Tenants and their API keys."""
 
-    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
-        """Persist (job id, owner, provider id) before waiting on the provider."""
-        ...
-
-    async def report_progress(self, reports: list[ProgressReport]) -> None: ...
-
-    async def finish_jobs(
-        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
-    ) -> list[str]:
-        """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable.
-        `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
-        ...
-
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
-        ...
-
-    async def recover_expired(self) -> list[OrphanedCancel]:
-        """Requeue (or fail, when out of attempts) jobs whose lease expired."""
-        ...
-
-    # tenants and API keys
     async def ensure_tenant(self, tenant: str) -> str:
         """Create the tenant if missing; return its webhook secret."""
         ...
@@ -365,13 +391,20 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str) -> bool: ...
 
+
+class ArtifactStore(Protocol):
+    """Which tenant's executions produced which stored artifacts."""
+
     async def owns_artifact(self, tenant: str, key: str) -> bool: ...
 
     async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
         """Those of `keys` that `tenant`'s jobs produced (a job input must be one of them)."""
         ...
 
-    # webhooks
+
+class DeliveryStore(Protocol):
+    """The webhook outbox: deliveries to make, their attempts, redelivery."""
+
     async def claim_deliveries(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
     ) -> list[Delivery]: ...
@@ -396,6 +429,6 @@ class Store(Protocol):
 
     async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]: ...
 
-    async def next_wakeup(self) -> float | None:
-        """When the earliest queued job becomes claimable (epoch seconds), or None."""
-        ...
+
+class Store(ExecutionStore, LimitStore, TenantStore, ArtifactStore, DeliveryStore, Protocol):
+    """Durable state of executions, jobs and events: every concern's interface, as one store implements them."""

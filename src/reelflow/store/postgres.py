@@ -4,6 +4,9 @@ Every method is one short transaction. Claims lock their candidate jobs with `FO
 tenants, providers and models under a concurrency cap are counted under a per-cap advisory lock, so two
 claimers cannot both take the last slot. Transactions that make jobs claimable send `NOTIFY reelflow_jobs`, and
 `wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
+The rules and the statements both databases share live in `manager.py` (`StoreManager`); this file holds the pool,
+the retried transactions and what PostgreSQL does its own way: locked claims, batched outcome writes, settling
+under row locks, the hand-off, the event log, the delivery claim, LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
@@ -25,55 +27,39 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import metrics
-from ..errors import Conflict, IdempotencyConflict, NotFound, StoreBusy, StoreUnavailable
+from ..errors import StoreBusy, StoreUnavailable
 from ..states import (
-    RESUMABLE_JOB,
-    TERMINAL_EXECUTION,
-    execution_progress,
-    execution_status,
-    transitive_dependents,
+    guard,
 )
 from .base import (
-    ApiKey,
     ClaimedJob,
     Delivery,
-    Event,
     JobOutcome,
-    NewExecution,
-    OrphanedCancel,
     ProgressReport,
 )
 from .common import (
-    IDEMPOTENCY_WINDOW_S,
-    ORPHAN_CANCEL_S,
     artifact_keys,
-    callback_matches,
-    decode_cursor,
-    delivery_view,
     dumps,
-    encode_cursor,
-    execution_error,
-    execution_result,
-    execution_summary,
-    execution_view,
     loads,
     migration_scripts,
     month_start,
-    new_delivery_id,
-    new_webhook_secret,
-    serves,
-    unique_orphans,
-    usage_refusal,
-    wants_event,
-    webhook_body,
 )
-from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
+from .manager import (
+    EventRow,
+    StoreManager,
+    Tx,
+    claimed_job,
+    model_family,
+    outcome_events,
+    progress_event,
+    running_events,
+    settle,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Cur = AsyncCursor[DictRow]
-EventRow = tuple[str, str | None, str, str, float]
 
 CHANNEL = "reelflow_jobs"
 """The NOTIFY channel: a transaction made jobs claimable."""
@@ -101,11 +87,58 @@ def lock_key(name: str) -> int:
 MIGRATION_LOCK = lock_key("reelflow:migrate")
 
 
-def _base(model: str | None) -> str | None:
-    return model.split(":", 1)[0] if model else None
+class _PgTx:
+    """The shared statements (`manager.Tx`) on one cursor of a transaction."""
+
+    def __init__(self, cur: Cur) -> None:
+        self.cur = cur
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        await self.cur.execute(sql, args)
+        return await self.cur.fetchone()
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        await self.cur.execute(sql, args)
+        return await self.cur.fetchall()
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        await self.cur.execute(sql, args)
+        return self.cur.rowcount
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.cur.executemany(sql, rows)
+
+    for_update = " FOR UPDATE"
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
 
 
-class PostgresStore:
+class _PgReads:
+    """The shared reads (`manager.Tx`), each statement on its own pooled connection (autocommit)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return await self.store._one(sql, args)
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return await self.store._all(sql, args)
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        raise TypeError("reads only here: writes go through _in_tx")
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise TypeError("reads only here: writes go through _in_tx")
+
+    for_update = ""
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+
+class PostgresStore(StoreManager):
     """Store on PostgreSQL. One instance per process; its pool is shared by every task of the process."""
 
     def __init__(
@@ -203,6 +236,30 @@ class PostgresStore:
             except (psycopg.Error, PoolTimeout) as exc:
                 self._busy(exc)
                 lost_since = await self._outage(exc, lost_since)
+
+    async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await self._tx(lambda cur: fn(_PgTx(cur)))
+
+    async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await fn(_PgReads(self))
+
+    async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        return await self._tx(lambda cur: fn(_PgTx(cur)), read_only=True)
+
+    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        await self._settle(cast(_PgTx, tx).cur, exec_ids, now, events)
+
+    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
+        await self._insert_events(cast(_PgTx, tx).cur, events)
+
+    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
+        return await self._apply_outcomes(cast(_PgTx, tx).cur, outcomes, now)
+
+    async def _lock_in(self, tx: Tx, name: str) -> None:
+        await cast(_PgTx, tx).cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+
+    async def _notify_in(self, tx: Tx) -> None:
+        await self._notify(cast(_PgTx, tx).cur)
 
     async def _read(self, sql: str, args: Sequence[Any], *, one: bool) -> Any:
         """A single read statement (autocommit), retried like `_tx` while the database is unreachable."""
@@ -311,271 +368,6 @@ class PostgresStore:
                 version = max(version, v)
         return version
 
-    # ------------------------------------------------------------------ submission
-    async def create_execution(self, execution: NewExecution) -> str:
-        return await self._tx(lambda cur: self._create_execution(cur, execution))
-
-    async def _create_execution(self, cur: Cur, ex: NewExecution) -> str:
-        now = time.time()
-        deadline = now + ex.timeout_s if ex.timeout_s else None
-        if ex.idempotency_key is not None:
-            # Two submissions with one key wait for each other, so the second finds the first.
-            await cur.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}"),)
-            )
-            await cur.execute(
-                "SELECT id, request_hash, created_at FROM executions WHERE tenant = %s AND idempotency_key = %s",
-                (ex.tenant, ex.idempotency_key),
-            )
-            earlier = await cur.fetchone()
-            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
-                if earlier["request_hash"] != ex.request_hash:
-                    raise IdempotencyConflict(
-                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
-                        f" (execution {earlier['id']}); use a new key for a new request"
-                    )
-                return str(earlier["id"])
-            if earlier is not None:  # older than the window: the key is free again
-                await cur.execute("UPDATE executions SET idempotency_key = NULL WHERE id = %s", (earlier["id"],))
-        await self._ensure_tenant(cur, ex.tenant, now)
-        if ex.usage_limit is not None:
-            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(f"reelflow:usage:{ex.tenant}"),))
-            count, used = await self._month_usage(cur, ex.tenant, now)
-            refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
-            if refusal is not None:
-                raise refusal
-        await cur.execute(
-            "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
-            " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
-            " created_at, updated_at)"
-            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
-                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
-                dumps(ex.webhook_events) if ex.webhook else None, now, now,
-            ),
-        )  # fmt: skip
-        if await cur.fetchone() is None:
-            # This very submission is stored already: the transaction is being run again because its COMMIT's
-            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
-            await cur.execute("SELECT request_hash FROM executions WHERE id = %s", (ex.id,))
-            stored = await cur.fetchone()
-            if stored is None or stored["request_hash"] != ex.request_hash:
-                raise Conflict(f"execution id {ex.id!r} is taken")
-            return ex.id
-        if ex.jobs:
-            await cur.executemany(
-                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
-                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at, tenant, use_cache)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
-                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
-                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
-                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache),
-                    )
-                    for j in ex.jobs
-                ],
-            )  # fmt: skip
-        await self._insert_events(
-            cur, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
-        )
-        if any(not j.depends_on for j in ex.jobs):
-            await self._notify(cur)
-        return ex.id
-
-    @staticmethod
-    async def _ensure_tenant(cur: Cur, tenant: str, now: float) -> str:
-        await cur.execute(
-            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
-            (tenant, new_webhook_secret(), now),
-        )
-        await cur.execute("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
-        row = await cur.fetchone()
-        assert row is not None
-        return str(row["webhook_secret"])
-
-    # ------------------------------------------------------------------ reading
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        async def read(cur: Cur) -> dict[str, Any] | None:
-            row = await self._execution_row(cur, execution_id, tenant)
-            if row is None:
-                return None
-            await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (execution_id,))
-            jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
-            return execution_view(row, jobs)
-
-        return await self._tx(read, read_only=True)
-
-    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        row = await self._one("SELECT tenant, plan FROM executions WHERE id = %s", (execution_id,))
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return dict(loads(row["plan"]))
-
-    @staticmethod
-    async def _execution_row(cur: Cur, execution_id: str, tenant: str | None, lock: bool = False) -> DictRow | None:
-        await cur.execute("SELECT * FROM executions WHERE id = %s" + (" FOR UPDATE" if lock else ""), (execution_id,))
-        row = await cur.fetchone()
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return row
-
-    async def list_executions(
-        self,
-        tenant: str | None = None,
-        *,
-        status: str | None = None,
-        created_after: float | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        where, args = _equal_filters(tenant=tenant, status=status)
-        if created_after is not None:
-            where.append("created_at > %s")
-            args.append(created_after)
-        if cursor:
-            ts, eid = decode_cursor(cursor)
-            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
-            args += [ts, ts, eid]
-        sql = "SELECT * FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-        rows = await self._all(sql, (*args, limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [execution_summary(r) for r in rows], nxt
-
-    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        rows = await self._all(
-            "SELECT * FROM events WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            (execution_id, after, limit),
-        )
-        return [
-            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
-        ]
-
-    # ------------------------------------------------------------------ cancel / resume
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._tx(lambda cur: self._cancel_execution(cur, execution_id, tenant))
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    async def _cancel_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        # Job rows first, then the execution: the order in which claims and completions lock them. Taken the
-        # other way round, a cancel and a completion would deadlock (and one of them be retried).
-        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-        row = await self._execution_row(cur, execution_id, tenant, lock=True)
-        if row is None:
-            raise NotFound(f"execution {execution_id!r} not found")
-        if row["status"] in TERMINAL_EXECUTION:
-            raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
-        await cur.execute("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
-        await cur.execute(
-            "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
-            " SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type, provider_job_id, %s FROM jobs"
-            " WHERE execution_id = %s AND ((status = 'running' AND lease_owner IS NOT NULL)"
-            " OR (status = 'queued' AND provider_job_id IS NOT NULL)) ON CONFLICT DO NOTHING",
-            (now, execution_id),
-        )
-        await cur.execute(
-            "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
-            " WHERE execution_id = %s AND status IN ('waiting', 'queued', 'running') RETURNING id, key)"
-            " SELECT key FROM c ORDER BY id",
-            (now, execution_id),
-        )
-        events: list[EventRow] = [
-            (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
-            for k in await cur.fetchall()
-        ]
-        await self._settle(cur, {execution_id}, now, events)
-        await self._insert_events(cur, events)
-
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        await self._tx(lambda cur: self._resume_execution(cur, execution_id, tenant))
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    async def _resume_execution(self, cur: Cur, execution_id: str, tenant: str | None) -> None:
-        now = time.time()
-        # The one lock order (docs/reliability.md): the execution's job rows by id, then the execution row.
-        await cur.execute("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-        row = await self._execution_row(cur, execution_id, tenant, lock=True)
-        if row is None:
-            raise NotFound(f"execution {execution_id!r} not found")
-        if row["status"] not in TERMINAL_EXECUTION:
-            raise Conflict(f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed")
-        if row["status"] == "succeeded":
-            raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
-        await cur.execute(
-            "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
-        )
-        jobs = await cur.fetchall()
-        done = {j["key"] for j in jobs if j["status"] == "succeeded"}
-        events: list[EventRow] = []
-        rerun = []
-        queued = False
-        for j in jobs:
-            if j["status"] not in RESUMABLE_JOB:
-                continue
-            left = sum(1 for d in loads(j["depends_on"]) if d not in done)
-            status = "waiting" if left else "queued"
-            queued = queued or status == "queued"
-            rerun.append(j["key"])
-            await cur.execute(
-                "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
-                " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
-                " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = %s"
-                " WHERE execution_id = %s AND key = %s",
-                (status, left, now if status == "queued" else None, execution_id, j["key"]),
-            )
-            events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
-        await cur.execute(
-            "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
-            " error = NULL, result = NULL, updated_at = %s WHERE id = %s",
-            (now, execution_id),
-        )
-        events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
-        await self._settle(cur, {execution_id}, now, events)
-        await self._insert_events(cur, events)
-        if queued:
-            await self._notify(cur)
-
-    # ------------------------------------------------------------------ workers
-    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
-        now = time.time()
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "INSERT INTO workers (id, info, started_at, last_seen) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, started_at = excluded.started_at,"
-                " last_seen = excluded.last_seen",
-                (worker_id, dumps(info), now, now),
-            )
-
-        await self._tx(write)
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        async def write(cur: Cur) -> None:
-            await cur.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
-
-        await self._tx(write)
-
-    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
-        rows = await self._all("SELECT info FROM workers WHERE last_seen > %s", (time.time() - within_s,))
-        return sum(1 for r in rows if serves(loads(r["info"]), serving))
-
     # ------------------------------------------------------------------ claiming
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -614,7 +406,8 @@ class PostgresStore:
             " lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,"
             " lease_seq = j.lease_seq + 1, intent_at = COALESCE(j.intent_at, %s),"
             " intent_seq = COALESCE(j.intent_seq, j.lease_seq + 1)"
-            " FROM executions e WHERE e.id = j.execution_id AND j.status = 'queued' AND j.id = ANY(%b::bigint[])"
+            f" FROM executions e WHERE e.id = j.execution_id AND {guard('running', 'j.status')}"
+            " AND j.id = ANY(%b::bigint[])"
             " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
             " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
             " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq",
@@ -623,15 +416,13 @@ class PostgresStore:
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
         if not rows:
             return []
-        refusals = await self._budget_refusals(cur, rows, now)
+        refusals = self._budget_refusals(rows, await self._spent(cur, rows, now))
         exec_ids = sorted({r["execution_id"] for r in rows})
-        events: list[EventRow] = [
-            (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
-            for r in rows
-        ]
+        events = running_events(rows, owner, now)
         await cur.execute(
             "WITH s AS (UPDATE executions SET status = 'running', started_at = %s, updated_at = %s"
-            " WHERE status = 'queued' AND id = ANY(%b::text[]) RETURNING id) SELECT id FROM s ORDER BY id",
+            f" WHERE {guard('running', execution=True, frm='queued')} AND id = ANY(%b::text[]) RETURNING id)"
+            " SELECT id FROM s ORDER BY id",
             (now, now, exec_ids),
         )
         events += [
@@ -649,33 +440,7 @@ class PostgresStore:
             for d in await cur.fetchall():
                 results[(d["execution_id"], d["key"])] = loads(d["result"]) or {}
         await self._insert_events(cur, events)
-        return [
-            ClaimedJob(
-                id=r["id"],
-                execution_id=r["execution_id"],
-                key=r["key"],
-                type=r["type"],
-                provider=r["provider"],
-                model=r["model"],
-                params=loads(r["params"]),
-                attempts=r["attempts"],
-                max_attempts=r["max_attempts"],
-                provider_job_id=r["provider_job_id"],
-                timeout_s=r["timeout_s"],
-                start_timeout_s=r["start_timeout_s"],
-                started_at=r["started_at"],
-                execution_deadline=r["deadline"],
-                dep_results={k: results.get((r["execution_id"], k), {}) for k in deps_of[r["id"]]},
-                tenant=r["tenant"],
-                use_cache=bool(r["use_cache"]),
-                refusal=refusals.get(r["id"]),
-                seq=r["lease_seq"],
-                intent_at=r["intent_at"],
-                intent_seq=r["intent_seq"],
-                cost_estimated=float(r["cost_estimated"] or 0.0),
-            )
-            for r in rows
-        ]
+        return [claimed_job(r, r["deadline"], results, refusals.get(r["id"])) for r in rows]
 
     async def _pick(self, cur: Cur, limit: int, now: float, executions: list[str] | None = None) -> list[int]:
         """Up to `limit` ready jobs to start, locked for this transaction: tenants in turn (round robin, so one
@@ -713,8 +478,7 @@ class PostgresStore:
             tenants.append(r["name"])
         if not tenants:
             return []
-        start = next((i for i, name in enumerate(tenants) if name > self._rr_after), 0)
-        tenants = (tenants[start:] + tenants[:start])[:limit]
+        tenants = self._rotate(tenants, limit)
         locked_t = {t for t in tenants if t in caps_t}
         locked_p: set[str] = set()
         locked_m: set[str] = set()
@@ -781,190 +545,28 @@ class PostgresStore:
                 *([executions] if executions is not None else []), skip_p, skip_m, limit, limit,
             ),
         )
-        queues: dict[str, list[DictRow]] = {name: [] for name in tenants}
+        queues: dict[str, list[tuple[int, str | None, str | None]]] = {name: [] for name in tenants}
         for r in await cur.fetchall():
-            queues[r["tenant"]].append(r)
-        picked: list[int] = []
-        for round_ in range(limit):
-            for queue in queues.values():
-                if round_ >= len(queue) or len(picked) >= limit:
-                    continue
-                job = queue[round_]
-                provider, base = job["provider"], _base(job["model"])
-                if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
-                    continue
-                if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
-                    continue
-                picked.append(job["id"])
-                if provider in caps_p:
-                    running_p[provider] = running_p.get(provider, 0) + 1
-                if base in caps_m:
-                    running_m[base] = running_m.get(base, 0) + 1
-            if len(picked) >= limit or all(round_ >= len(q) - 1 for q in queues.values()):
-                break
-        if picked:
-            self._rr_after = tenants[0]
-        return picked
+            queues[r["tenant"]].append((r["id"], r["provider"], r["model"]))
+        return self._round_robin(tenants, list(queues.values()), limit, running_p, running_m)
 
-    async def _budget_refusals(self, cur: Cur, rows: list[DictRow], now: float) -> dict[int, str]:
-        """Paid jobs that would take their tenant past its monthly budget: spent this month (actual costs)
-        plus the estimates of its jobs already running, plus this job's estimate."""
-        refusals: dict[int, str] = {}
-        if not self._budgets and self._default_budget is None:
-            return refusals
-        since = month_start(now)
-        batch: dict[str, float] = defaultdict(float)
-        for r in rows:
-            batch[r["tenant"]] += float(r["cost_estimated"] or 0.0)
+    async def _spent(self, cur: Cur, rows: list[DictRow], now: float) -> dict[str, float]:
+        """For the budget check: each tenant's spending this month, its running jobs' estimates included."""
         spent: dict[str, float] = {}
-        for r in rows:
-            tenant, cost = r["tenant"], float(r["cost_estimated"] or 0.0)
-            budget = self._budgets[tenant] if tenant in self._budgets else self._default_budget
-            if budget is None or cost <= 0:
-                continue
-            if tenant not in spent:  # everything running (this batch included, now) or settled, less this batch
-                await cur.execute(
-                    "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
-                    " ELSE COALESCE(j.cost_actual, 0) END), 0) AS spent"
-                    " FROM jobs j JOIN executions e ON e.id = j.execution_id"
-                    " WHERE e.tenant = %s AND e.created_at >= %s"
-                    " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
-                    (tenant, since),
-                )
-                row = await cur.fetchone()
-                spent[tenant] = float(row["spent"] if row else 0.0) - batch[tenant]
-            if spent[tenant] + cost > budget + 1e-9:
-                refusals[r["id"]] = (
-                    f"stopped before this paid job: tenant {tenant!r} would pass its monthly_cost_usd budget of"
-                    f" ${budget:.2f} (${spent[tenant]:.4f} spent or running this month, this job is estimated at"
-                    f" ${cost:.4f})"
-                )
-            else:
-                spent[tenant] += cost
-        return refusals
-
-    # ------------------------------------------------------------------ limits, usage, cache, pace
-    def configure_limits(
-        self,
-        provider_caps: dict[str, int] | None = None,
-        model_caps: dict[str, int] | None = None,
-        budgets: dict[str, float | None] | None = None,
-        default_budget: float | None = None,
-        tenant_caps: dict[str, int | None] | None = None,
-        default_tenant_cap: int | None = None,
-    ) -> None:
-        """Concurrency caps the claim enforces (provider -> n, model -> n, tenant -> n or None, and one for
-        tenants not named) and monthly cost budgets (tenant -> USD, and one for tenants not named) checked
-        before a paid job starts."""
-        self._provider_caps = dict(provider_caps or {})
-        self._model_caps = dict(model_caps or {})
-        self._budgets = dict(budgets or {})
-        self._default_budget = default_budget
-        self._tenant_caps = dict(tenant_caps or {})
-        self._default_tenant_cap = default_tenant_cap
-
-    def _tenant_cap(self, tenant: str) -> int | None:
-        """How many jobs of `tenant` may run at once (None: no cap)."""
-        return self._tenant_caps[tenant] if tenant in self._tenant_caps else self._default_tenant_cap
-
-    @staticmethod
-    async def _month_usage(cur: Cur, tenant: str, now: float) -> tuple[int, float]:
-        """Executions created this month, and their cost: actual once finished, else the larger of the
-        estimate (the reservation) and what has been spent so far."""
-        await cur.execute(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
-            " ELSE GREATEST(cost_estimated, COALESCE(cost_actual, 0)) END), 0) AS used"
-            " FROM executions WHERE tenant = %s AND created_at >= %s",
-            (tenant, month_start(now)),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row["n"]), float(row["used"])
-
-    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        since = month_start(now)
-
-        async def read(cur: Cur) -> dict[str, Any]:
+        for tenant in self._budget_tenants(rows):
             await cur.execute(
-                "SELECT COUNT(*) AS n,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0)"
-                "   AS cost,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NULL"
-                "   THEN GREATEST(cost_estimated, COALESCE(cost_actual, 0)) ELSE 0 END), 0) AS reserved,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0) AS unfinished"
-                " FROM executions WHERE tenant = %s AND created_at >= %s",
-                (tenant, since),
+                "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
+                " ELSE COALESCE(j.cost_actual, 0) END), 0) AS spent"
+                " FROM jobs j JOIN executions e ON e.id = j.execution_id"
+                " WHERE e.tenant = %s AND e.created_at >= %s"
+                " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
+                (tenant, month_start(now)),
             )
             row = await cur.fetchone()
-            await cur.execute(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(cache_hit), 0) AS hits FROM jobs j"
-                " JOIN executions e ON e.id = j.execution_id"
-                " WHERE e.tenant = %s AND e.created_at >= %s AND j.status = 'succeeded'",
-                (tenant, since),
-            )
-            jobs = await cur.fetchone()
-            await cur.execute("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = %s", (tenant,))
-            running = await cur.fetchone()
-            assert row is not None and jobs is not None and running is not None
-            return {
-                "tenant": tenant,
-                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
-                "executions": int(row["n"]),
-                "executions_unfinished": int(row["unfinished"]),
-                "cost_usd": round(float(row["cost"]), 6),
-                "reserved_usd": round(float(row["reserved"]), 6),
-                "jobs_succeeded": int(jobs["n"]),
-                "cache_hits": int(jobs["hits"]),
-                "jobs_running": int(running["n"]),
-            }
+            spent[tenant] = float(row["spent"] if row else 0.0)
+        return spent
 
-        return await self._tx(read, read_only=True)
-
-    async def queue_stats(self) -> dict[str, Any]:
-        async def read(cur: Cur) -> dict[str, Any]:
-            async def pairs(sql: str) -> dict[str, int]:
-                await cur.execute(sql)
-                return {r["k"]: int(r["n"]) for r in await cur.fetchall()}
-
-            return {
-                "jobs": await pairs("SELECT status AS k, COUNT(*) AS n FROM jobs GROUP BY status"),
-                "running_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                    " GROUP BY 1"
-                ),
-                "queued_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'queued'"
-                    " GROUP BY 1"
-                ),
-                "active_by_tenant": await pairs(
-                    "SELECT tenant AS k, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
-                ),
-            }
-
-        return await self._tx(read, read_only=True)
-
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
-
-    async def metric_gauges(self) -> dict[str, Any]:
-        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
-
-    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
-        """The rows (as tuples) of named read queries, in one read-only transaction."""
-
-        async def read(cur: Cur) -> dict[str, list[Any]]:
-            rows: dict[str, list[Any]] = {}
-            for name, sql, args in queries:
-                await cur.execute(sql.replace("?", "%s"), args)
-                rows[name] = [tuple(r.values()) for r in await cur.fetchall()]
-            return rows
-
-        return await self._tx(read, read_only=True)
-
-    async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
-        return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
-
+    # ------------------------------------------------------------------ limits, usage, cache, pace
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         wanted = list(dict.fromkeys(items))
         if not wanted:
@@ -983,209 +585,6 @@ class PostgresStore:
             result["cached_from"] = {"execution_id": r["execution_id"], "job": r["key"]}
             found[(r["tenant"], r["cache_key"])] = dict(result)
         return found
-
-    async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
-        """Up to `want` request tokens of `provider`'s shared bucket, and the seconds until the next one.
-
-        The bucket refills at `per_minute` / 61 a second times the pace factor (halved by each 429, back
-        to 1 over about a minute) and holds at most one second's worth, so no 60 s window ever sees more
-        than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
-
-        async def write(cur: Cur) -> tuple[int, float]:
-            now = time.time()
-            await cur.execute(
-                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, 0, %s, 1, 0, 0) ON CONFLICT (provider) DO NOTHING",
-                (provider, now),
-            )
-            await cur.execute(
-                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace"
-                " WHERE provider = %s FOR UPDATE",
-                (provider,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            now = time.time()  # after the lock: another worker may have just taken tokens
-            tokens, updated = float(row["tokens"]), float(row["updated_at"])
-            factor, hold_until, throttled_at = (
-                float(row["factor"]),
-                float(row["hold_until"]),
-                float(row["throttled_at"]),
-            )
-            factor = min(1.0, factor * 2 ** (max(0.0, now - max(updated, throttled_at)) / 20.0))
-            if now < hold_until:
-                granted, wait = 0, hold_until - now
-            elif per_minute is None:
-                granted, wait = want, 0.0
-            else:
-                rate = per_minute / 61.0 * factor
-                capacity = max(1.0, rate)
-                tokens = min(capacity, tokens + max(0.0, now - updated) * rate)
-                granted = min(want, int(tokens))
-                tokens -= granted
-                wait = 0.0 if granted else (1.0 - tokens) / rate
-            await cur.execute(
-                "UPDATE provider_pace SET tokens = %s, updated_at = %s, factor = %s WHERE provider = %s",
-                (tokens, now, factor, provider),
-            )
-            return granted, wait
-
-        return await self._tx(write)
-
-    async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
-        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
-        now = time.time()
-        hold = now + (retry_after_s if retry_after_s is not None else 1.0)
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "INSERT INTO provider_pace AS p (provider, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, %s, 0.5, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
-                " hold_until = GREATEST(p.hold_until, excluded.hold_until),"
-                " factor = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN GREATEST(p.factor * 0.5, 0.02)"
-                "   ELSE p.factor END,"
-                " throttled_at = CASE WHEN excluded.throttled_at - p.throttled_at >= 1.0 THEN excluded.throttled_at"
-                "   ELSE p.throttled_at END",
-                (provider, now, hold, now),
-            )
-
-        await self._tx(write)
-
-    async def provider_paces(self) -> dict[str, tuple[float, float]]:
-        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
-        rows = await self._all(
-            "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > %s",
-            (time.time() - 60,),
-        )
-        return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
-
-    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        now = time.time()
-
-        async def write(cur: Cur) -> set[int]:
-            await cur.execute(
-                "UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id",
-                (now + lease_s, owner),
-            )
-            held = {r["id"] for r in await cur.fetchall()}
-            await cur.execute("UPDATE workers SET last_seen = %s WHERE id = %s", (now, owner))
-            return held
-
-        return await self._tx(write)
-
-    async def canceled_for(self, owner: str) -> list[int]:
-        if (
-            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND status <> 'running' LIMIT 1", (owner,))
-            is None
-        ):
-            return []
-
-        async def write(cur: Cur) -> list[int]:
-            await cur.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = %s AND status <> 'running' RETURNING id",
-                (owner,),
-            )
-            return sorted(r["id"] for r in await cur.fetchall())
-
-        return await self._tx(write)
-
-    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        if await self._one("SELECT 1 FROM job_cancels WHERE owner = %s LIMIT 1", (owner,)) is None:
-            return []
-
-        async def write(cur: Cur) -> list[tuple[int, int]]:
-            await cur.execute("DELETE FROM job_cancels WHERE owner = %s RETURNING job_id, seq", (owner,))
-            rows = sorted((r["job_id"], r["seq"]) for r in await cur.fetchall())
-            await cur.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = %s"
-                " AND status <> 'running' AND id = ANY(%b::bigint[])",
-                (owner, [r[0] for r in rows]),
-            )
-            return rows
-
-        return await self._tx(write)
-
-    async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
-        ids = sorted(set(provider_job_ids))
-        if not ids:
-            return set()
-        rows = await self._all(
-            "SELECT provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = ANY(%b::text[])",
-            (provider, ids),
-        )
-        return {r["provider_job_id"] for r in rows}
-
-    async def note_attempt(
-        self,
-        job_id: int,
-        owner: str,
-        seq: int,
-        event: str,
-        data: dict[str, Any],
-        *,
-        possible_duplicate_usd: float | None = None,
-    ) -> bool:
-        async def write(cur: Cur) -> bool:
-            now = time.time()
-            await cur.execute(
-                "UPDATE jobs SET possible_duplicates = possible_duplicates + %s,"
-                " possible_duplicate_usd = possible_duplicate_usd + %s"
-                " WHERE id = %s AND lease_owner = %s AND lease_seq = %s AND status = 'running'"
-                " RETURNING execution_id, key",
-                (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0, job_id, owner, seq),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return False
-            await self._insert_events(cur, [(row["execution_id"], row["key"], event, dumps(data), now)])
-            return True
-
-        return await self._tx(write)
-
-    async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
-    ) -> str:
-        async def write(cur: Cur) -> str:
-            if execution_id is not None and job_key is not None:
-                await cur.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = %s AND key = %s"
-                    " AND provider = %s",
-                    (execution_id, job_key, provider),
-                )
-            else:
-                await cur.execute(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = %s"
-                    " ORDER BY id DESC LIMIT 1",
-                    (provider, remote_id),
-                )
-            row = await cur.fetchone()
-            if row is None:
-                return "unknown"
-            if not callback_matches(row["provider_job_id"], remote_id):
-                return "mismatch"
-            if row["status"] != "running":
-                return "ignored"
-            await cur.execute("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
-            return "woken"
-
-        return await self._tx(write)
-
-    async def woken_for(self, owner: str) -> list[int]:
-        if (
-            await self._one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
-            is None
-        ):
-            return []
-
-        async def write(cur: Cur) -> list[int]:
-            await cur.execute(
-                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
-                (owner,),
-            )
-            return sorted(r["id"] for r in await cur.fetchall())
-
-        return await self._tx(write)
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         if not items:
@@ -1287,7 +686,7 @@ class PostgresStore:
                 " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],"
                 "   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('succeeded', 'j.status')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.dependents",
                 (
@@ -1306,7 +705,7 @@ class PostgresStore:
                 " intent_seq = CASE WHEN w.settled THEN NULL ELSE j.intent_seq END"
                 " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[], %b::bool[], %b::bigint[])"
                 "   AS w(id, owner, run_after, error, keep, settled, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('queued', 'j.status', frm='running')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
@@ -1323,7 +722,7 @@ class PostgresStore:
                 " intent_seq = NULL"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])"
                 "   AS w(id, owner, status, error, cost, seq)"
-                " WHERE j.id = w.id AND j.status = 'running' AND j.lease_owner = w.owner"
+                f" WHERE j.id = w.id AND {guard('failed', 'j.status')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.attempts",
                 (
@@ -1350,7 +749,7 @@ class PostgresStore:
                 " status = CASE WHEN j.deps_left - w.n <= 0 THEN 'queued' ELSE j.status END,"
                 " queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END"
                 " FROM unnest(%b::text[], %b::text[], %b::int[]) AS w(eid, key, n)"
-                " WHERE j.execution_id = w.eid AND j.key = w.key AND j.status = 'waiting'"
+                f" WHERE j.execution_id = w.eid AND j.key = w.key AND {guard('queued', 'j.status', frm='waiting')}"
                 " RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model, j.tenant",
                 (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs]),
             )
@@ -1358,7 +757,7 @@ class PostgresStore:
                 if r["status"] == "queued":
                     queued[(r["execution_id"], r["key"])] = r["id"]
                     if ready is not None:
-                        ready.append((r["id"], r["provider"], _base(r["model"]), r["tenant"]))
+                        ready.append((r["id"], r["provider"], model_family(r["model"]), r["tenant"]))
         art = [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]
         if art:
             await cur.execute(
@@ -1384,26 +783,16 @@ class PostgresStore:
             if o.status == "succeeded":
                 if (pid := inline.get(o.job_id)) is not None:
                     events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
-                if o.cache_hit:
-                    events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
-                events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+                events += outcome_events(o, eid, key, 0, now)
                 for _, dep in sorted(release_order.pop((eid, key), [])):
                     promoted.append(dep)
                     events.append((eid, dep, "job.queued", dumps({"after": key}), now))
-            elif o.status == "retry":
-                delay = round(max(0.0, (o.retry_at or now) - now), 3)
-                events.append(
-                    (
-                        eid, key, "job.retrying",
-                        dumps({"attempt": found["attempts"], "error": o.error, "retry_in_s": delay}), now,
-                    )
-                )  # fmt: skip
             else:
-                data = dumps({"attempt": found["attempts"], "error": o.error})
-                events.append((eid, key, f"job.{o.status}", data, now))
-                failed[eid].append(key)
+                events += outcome_events(o, eid, key, found["attempts"], now)
+                if o.status != "retry":
+                    failed[eid].append(key)
         for eid, keys in failed.items():
-            await self._skip_after_failure(cur, eid, keys, now, events)
+            await self._skip_after_failure(_PgTx(cur), eid, keys, now, events)
         await self._settle(cur, touched, now, events)
         await self._insert_events(cur, events)
         if (promoted and ready is None) or any(o.job_id in rows for o in retry):
@@ -1437,25 +826,9 @@ class PostgresStore:
             else:
                 await self._write_provider_ids(cur, provider_ids or [], now)
                 promoted = []
-            eligible = [
-                (job_id, tenant)
-                for job_id, provider, base, tenant in ready
-                if provider not in self._provider_caps and base not in self._model_caps
-            ]
-            room = await self._tenant_room(cur, {t for _, t in eligible}) if eligible and limit > 0 else {}
-            mine: list[int] = []
-            for job_id, tenant in eligible:
-                if len(mine) + len(busy) >= limit:
-                    break
-                if tenant in room:
-                    left = room[tenant]
-                    if left is None:
-                        busy.append((job_id, tenant))
-                        continue
-                    if left <= 0:
-                        continue
-                    room[tenant] = left - 1
-                mine.append(job_id)
+            room = await self._tenant_room(cur, self._capped_tenants(ready)) if limit > 0 else {}
+            mine, later = self._hand_off(ready, limit, room)
+            busy.extend(later)
             claimed = await self._claim(cur, owner, limit, lease_s, picked=mine) if mine else []
             if len(claimed) + len(busy) < len(ready):  # the rest are for anyone
                 await self._notify(cur)
@@ -1472,11 +845,10 @@ class PostgresStore:
                 log.warning("hand-off of %d ready jobs failed (%s); they wait for a claim", len(jobs), exc)
         return promoted, claimed
 
-    async def _tenant_room(self, cur: Cur, tenants: set[str]) -> dict[str, int | None]:
-        """For the hand-off: how many more jobs each capped tenant of `tenants` may start now, or None for a
+    async def _tenant_room(self, cur: Cur, caps: dict[str, int]) -> dict[str, int | None]:
+        """For the hand-off: how many more jobs each capped tenant (tenant -> cap) may start now, or None for a
         tenant whose lock another transaction holds. The hand-off already holds row locks a claimer may be
         waiting for, so it only tries the tenants' locks and never waits on one here."""
-        caps = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
         if not caps:
             return {}
         names = sorted(caps)
@@ -1522,31 +894,6 @@ class PostgresStore:
             await self._notify(cur)
         return claimed
 
-    async def _skip_after_failure(
-        self, cur: Cur, eid: str, keys: list[str], now: float, events: list[EventRow]
-    ) -> None:
-        await cur.execute("SELECT on_failure FROM executions WHERE id = %s", (eid,))
-        ex = await cur.fetchone()
-        assert ex is not None
-        await cur.execute("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
-        graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in await cur.fetchall()}
-        after = transitive_dependents({k: v[0] for k, v in graph.items()}, keys)
-        names = ", ".join(repr(k) for k in keys)
-        for key, (_, status) in graph.items():
-            if status not in ("waiting", "queued"):
-                continue
-            if key in after:
-                reason = f"not run: it depends on {names}, which failed"
-            elif ex["on_failure"] == "stop":
-                reason = f"not run: job {names} failed and on_failure is stop"
-            else:
-                continue
-            await cur.execute(
-                "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
-                (reason, now, eid, key),
-            )
-            events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
-
     async def _settle(self, cur: Cur, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
         """Re-derive each touched execution's status and progress from its jobs."""
         if not exec_ids:
@@ -1575,52 +922,15 @@ class PostgresStore:
                 running[r["execution_id"]] = list(r["progress"])
         for ex in executions:
             eid = ex["id"]
-            status = execution_status(
-                counts[eid], started=ex["started_at"] is not None, cancel_requested=bool(ex["cancel_requested"])
-            )
-            progress = execution_progress(counts[eid], running[eid])
-            if status in TERMINAL_EXECUTION and ex["status"] not in TERMINAL_EXECUTION:
-                await self._finish_execution(cur, eid, status, progress, now, events)
-            elif status != ex["status"] or progress != ex["progress"]:
+            action, status, progress = settle(ex, counts[eid], running[eid])
+            if action == "end":
+                await self._finish_execution(_PgTx(cur), eid, status, progress, now, events)
+            elif action == "update":
                 await cur.execute(
                     "UPDATE executions SET status = %s, progress = %s, updated_at = %s WHERE id = %s",
                     (status, progress, now, eid),
                 )
-                if progress != ex["progress"]:
-                    events.append((eid, None, "execution.progress", dumps({"progress": progress}), now))
-
-    async def _finish_execution(
-        self, cur: Cur, eid: str, status: str, progress: float, now: float, events: list[EventRow]
-    ) -> None:
-        await cur.execute(
-            "SELECT key, result FROM jobs WHERE execution_id = %s AND dependents = '[]' AND status = 'succeeded'"
-            " ORDER BY position",
-            (eid,),
-        )
-        sinks = await cur.fetchall()
-        await cur.execute(
-            "SELECT key, error FROM jobs WHERE execution_id = %s AND status = 'failed' ORDER BY finished_at, position",
-            (eid,),
-        )
-        failed = await cur.fetchall()
-        await cur.execute("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
-        cost_row = await cur.fetchone()
-        cost = float(cost_row["cost"]) if cost_row else 0.0
-        result = execution_result([(s["key"], s["result"]) for s in sinks]) if status == "succeeded" else None
-        error = execution_error([(f["key"], f["error"]) for f in failed])
-        if status == "canceled":
-            error = "canceled by request"
-        elif status == "failed" and error is None:
-            error = "not every job succeeded"
-        await cur.execute(
-            "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
-            " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
-            (status, 100.0 if status == "succeeded" else progress, dumps(result) if result else None, error,
-             cost, now, now, eid),
-        )  # fmt: skip
-        ended = await cur.fetchone()
-        metrics.execution_finished(status, now - ended["created_at"] if ended else None)
-        events.append((eid, None, f"execution.{status}", dumps({"status": status, "error": error}), now))
+                events += progress_event(eid, ex["progress"], progress, now)
 
     async def _insert_events(self, cur: Cur, events: list[EventRow]) -> None:
         if not events:
@@ -1646,181 +956,7 @@ class PostgresStore:
             tuple(list(col) for col in zip(*events, strict=True)),
         )
         if subscribed:
-            await self._queue_webhooks(cur, events, subscribed)
-
-    async def _queue_webhooks(
-        self, cur: Cur, events: list[EventRow], subscribed: dict[str, tuple[str, str, list[str]]]
-    ) -> None:
-        """Record the webhook deliveries these events call for, in the transaction that made them."""
-        if not subscribed:
-            return
-        rows = []
-        states: dict[str, dict[str, Any]] = {}
-        for eid, job_key, etype, data, at in events:
-            if eid not in subscribed:
-                continue
-            tenant, url, wanted = subscribed[eid]
-            if not wants_event(wanted, etype):
-                continue
-            if eid not in states:
-                row = await self._execution_row(cur, eid, None)
-                assert row is not None
-                await cur.execute("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
-                jobs: list[Mapping[str, Any]] = list(await cur.fetchall())
-                states[eid] = execution_view(row, jobs)
-            body = webhook_body(etype, at, states[eid], job_key, loads(data))
-            rows.append((new_delivery_id(), eid, tenant, url, etype, dumps(body), at, at))
-        if rows:
-            await cur.executemany(
-                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
-                " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
-
-    # ------------------------------------------------------------------ leases
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        if not job_ids:
-            return
-
-        async def write(cur: Cur) -> None:
-            now = time.time()
-            await cur.execute(
-                "WITH r AS (UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0),"
-                " lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
-                " WHERE lease_owner = %s AND status = 'running' AND id = ANY(%b::bigint[])"
-                " RETURNING id, execution_id, key) SELECT execution_id, key FROM r ORDER BY id",
-                (now, now, owner, list(job_ids)),
-            )
-            rows = await cur.fetchall()
-            events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now)
-                for r in rows
-            ]
-            await self._settle(cur, {r["execution_id"] for r in rows}, now, events)
-            await self._insert_events(cur, events)
-            if rows:
-                await self._notify(cur)
-
-        await self._tx(write)
-
-    async def recover_expired(self) -> list[OrphanedCancel]:
-        if (
-            await self._one(
-                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
-                " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1",
-                (time.time(), time.time() - ORPHAN_CANCEL_S),
-            )
-            is None
-        ):
-            return []
-        return await self._tx(self._recover_expired)
-
-    async def _recover_expired(self, cur: Cur) -> list[OrphanedCancel]:
-        now = time.time()
-        await cur.execute(
-            "WITH r AS (UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-            " queued_at = %s, run_after = %s, progress = 0 WHERE status = 'running' AND lease_expires_at < %s"
-            " AND attempts < max_attempts RETURNING id, execution_id, key, attempts)"
-            " SELECT execution_id, key, attempts FROM r ORDER BY id",
-            (now, now, now),
-        )
-        requeued = await cur.fetchall()
-        events: list[EventRow] = [
-            (
-                r["execution_id"], r["key"], "job.requeued",
-                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
-            )
-            for r in requeued
-        ]  # fmt: skip
-        await self._settle(cur, {r["execution_id"] for r in requeued}, now, events)
-        await self._insert_events(cur, events)
-        if requeued:
-            await self._notify(cur)
-        await cur.execute(
-            "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < %s ORDER BY id",
-            (now,),
-        )
-        exhausted = await cur.fetchall()
-        await self._apply_outcomes(
-            cur,
-            [
-                JobOutcome(
-                    job_id=r["id"],
-                    owner=r["lease_owner"],
-                    status="failed",
-                    error=f"the worker running it stopped responding (lease expired) after {r['attempts']} attempts",
-                )
-                for r in exhausted
-            ],
-            now,
-        )
-        await cur.execute(
-            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status <> 'running'"
-            " AND lease_owner IS NOT NULL AND lease_expires_at < %s"
-            " RETURNING id, provider, model, type, provider_job_id",
-            (now,),
-        )
-        orphans = sorted(await cur.fetchall(), key=lambda r: r["id"])
-        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
-        # resumed since): their provider work is cancelled here
-        await cur.execute(
-            "DELETE FROM job_cancels WHERE owner = '' OR (created_at < %s AND owner NOT IN"
-            " (SELECT id FROM workers WHERE last_seen >= %s))"
-            " RETURNING job_id AS id, provider, model, type, provider_job_id",
-            (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
-        )
-        orphans += sorted(await cur.fetchall(), key=lambda r: r["id"])
-        return unique_orphans(
-            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
-        )
-
-    # ------------------------------------------------------------------ tenants and keys
-    async def ensure_tenant(self, tenant: str) -> str:
-        return await self._tx(lambda cur: self._ensure_tenant(cur, tenant, time.time()))
-
-    async def add_api_key(self, key: ApiKey) -> None:
-        async def write(cur: Cur) -> None:
-            await self._ensure_tenant(cur, key.tenant, key.created_at)
-            await cur.execute(
-                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (%s, %s, %s, %s)",
-                (key.id, key.tenant, key.key_hash, key.created_at),
-            )
-
-        await self._tx(write)
-
-    async def get_api_key(self, key_id: str) -> ApiKey | None:
-        row = await self._one(
-            "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s", (key_id,)
-        )
-        return ApiKey(**row) if row else None
-
-    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
-        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
-        args: tuple[Any, ...] = ()
-        if tenant is not None:
-            sql += " WHERE tenant = %s"
-            args = (tenant,)
-        return [ApiKey(**r) for r in await self._all(sql + " ORDER BY created_at", args)]
-
-    async def revoke_api_key(self, key_id: str) -> bool:
-        async def write(cur: Cur) -> bool:
-            await cur.execute(
-                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), key_id)
-            )
-            return cur.rowcount > 0
-
-        return await self._tx(write)
-
-    async def owns_artifact(self, tenant: str, key: str) -> bool:
-        return await self._one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key)) is not None
-
-    async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._all(
-            "SELECT key FROM artifacts WHERE tenant = %s AND key = ANY(%s::text[])", (tenant, list(keys))
-        )
-        return {r["key"] for r in rows}
+            await self._webhook_deliveries(_PgTx(cur), events, subscribed)
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_deliveries(
@@ -1857,107 +993,6 @@ class PostgresStore:
             ]  # fmt: skip
 
         return await self._tx(write)
-
-    async def record_delivery_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        *,
-        delivered: bool,
-        status_code: int | None,
-        latency_ms: float | None,
-        error: str | None,
-        next_attempt_at: float | None,
-    ) -> None:
-        now = time.time()
-        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
-
-        async def write(cur: Cur) -> None:
-            await cur.execute(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, next_attempt_at = %s,"
-                " last_status_code = %s, last_error = %s, delivered_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s RETURNING attempts",
-                (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
-                 now if delivered else None, delivery_id, owner),
-            )  # fmt: skip
-            row = await cur.fetchone()
-            if row is None:
-                return
-            await cur.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (delivery_id, row["attempts"], now, status_code, latency_ms, error),
-            )
-
-        await self._tx(write)
-
-    async def list_deliveries(
-        self, tenant: str | None, execution_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return await self._tx(lambda cur: self._list_deliveries(cur, tenant, execution_id, limit), read_only=True)
-
-    @staticmethod
-    async def _list_deliveries(
-        cur: Cur, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        where, args = _equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
-        sql = "SELECT * FROM webhook_deliveries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        await cur.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
-        rows = await cur.fetchall()
-        attempts: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        if rows:
-            await cur.execute(
-                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
-                " WHERE delivery_id = ANY(%b::text[]) ORDER BY delivery_id, attempt",
-                ([r["id"] for r in rows],),
-            )
-            for a in await cur.fetchall():
-                attempts[a["delivery_id"]].append(a)
-        return [delivery_view(r, attempts[r["id"]]) for r in rows]
-
-    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
-        async def write(cur: Cur) -> dict[str, Any]:
-            await cur.execute("SELECT tenant FROM webhook_deliveries WHERE id = %s FOR UPDATE", (delivery_id,))
-            row = await cur.fetchone()
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                raise NotFound(f"webhook delivery {delivery_id!r} not found")
-            await cur.execute(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s",
-                (time.time(), delivery_id),
-            )
-            found = await self._list_deliveries(cur, tenant, None, 1, delivery_id)
-            return found[0]
-
-        return await self._tx(write)
-
-    async def prune(self, older_than: float) -> dict[str, int]:
-        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
-        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
-
-        async def work(cur: Cur) -> dict[str, int]:
-            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
-            await cur.execute(
-                "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < %s FOR UPDATE",
-                (older_than,),
-            )
-            ids = [r["id"] for r in await cur.fetchall()]
-            if not ids:
-                return removed
-            for table in ("events", "jobs", "webhook_deliveries"):
-                await cur.execute(f"DELETE FROM {table} WHERE execution_id = ANY(%b::text[])", (ids,))
-                removed[table] = cur.rowcount
-            await cur.execute("DELETE FROM executions WHERE id = ANY(%b::text[])", (ids,))
-            removed["executions"] = cur.rowcount
-            return removed
-
-        return await self._tx(work)
-
-    async def next_wakeup(self) -> float | None:
-        row = await self._one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'")
-        return None if row is None or row["t"] is None else float(row["t"])
 
     # ------------------------------------------------------------------ LISTEN / NOTIFY
     async def wait_for_work(self, timeout: float) -> bool:
@@ -2014,7 +1049,3 @@ class PostgresStore:
                         await conn.close()
 
 
-def _equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
-    """`column = %s` conditions (and their arguments) for every filter that is set."""
-    given = [(name, value) for name, value in columns.items() if value is not None]
-    return [f"{name} = %s" for name, _ in given], [value for _, value in given]
