@@ -247,6 +247,9 @@ async def test_failed_attempts_are_retried_with_backoff_under_one_webhook_id(
     assert delivery["attempts"][0]["error"].startswith("HTTP 500")
     assert delivery["attempts"][2]["error"] is None
     assert delivery["delivered_at"] is not None
+    # each attempt keeps what it sent and what came back (the deliveries page shows both)
+    assert [a["request_body"] for a in delivery["attempts"]] == [h.body.decode() for h in hits]
+    assert [a["response_body"] for a in delivery["attempts"]] == ['{"ok": false}', '{"ok": false}', "{}"]
 
 
 async def test_a_redirect_is_not_followed_and_counts_as_a_failure(

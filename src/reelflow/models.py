@@ -179,6 +179,12 @@ class DeliveryAttempt(Answer):
     status_code: int | None = Field(description="The destination's answer; null when none came")
     latency_ms: Number | None = Field(description="How long the destination took to answer")
     error: str | None = Field(description="What went wrong (connection refused, timeout, status 500, ...)")
+    request_body: str | None = Field(
+        description="The body this attempt sent (cut after 16,384 characters); null when nothing was sent"
+    )
+    response_body: str | None = Field(
+        description="The start of the destination's answer (up to 2,000 characters); null when none came"
+    )
 
 
 class Delivery(Answer):

@@ -52,6 +52,8 @@ def _version() -> str:
 
 USER_AGENT = f"reelflow-webhooks/{_version()}"
 ERROR_BODY_CHARS = 200
+REQUEST_BODY_CHARS = 16384
+RESPONSE_BODY_CHARS = 2000
 """How much of a failing receiver's response body goes into the attempt's error text."""
 
 
@@ -144,6 +146,10 @@ class AttemptResult:
     latency_ms: float | None = None
     error: str | None = None
     give_up: bool = False  # never worth retrying (an unsafe destination)
+    request_body: str | None = None
+    """What was sent (cut after REQUEST_BODY_CHARS), kept with the attempt for the deliveries page."""
+    response_body: str | None = None
+    """The start of the answer (RESPONSE_BODY_CHARS at most)."""
 
 
 class WebhookDispatcher:
@@ -304,6 +310,8 @@ class WebhookDispatcher:
                 latency_ms=result.latency_ms,
                 error=error,
                 next_attempt_at=next_at,
+                request_body=result.request_body,
+                response_body=result.response_body,
             )
         except Exception:
             log.exception("webhook %s: recording the attempt failed; it will be tried again", delivery.id)
@@ -345,17 +353,23 @@ class WebhookDispatcher:
             return AttemptResult(False, latency_ms=elapsed_ms(), error=_describe(exc))
         latency = elapsed_ms()
         try:
-            snippet = await _read_snippet(response)
+            answer = await _read_text(response)
         finally:
             await response.aclose()
         code = response.status_code
+        sent = body if len(body) <= REQUEST_BODY_CHARS else body[:REQUEST_BODY_CHARS] + "…"
+        answered = answer[:RESPONSE_BODY_CHARS] + ("…" if len(answer) > RESPONSE_BODY_CHARS else "")
         if 200 <= code < 300:
-            return AttemptResult(True, code, latency)
+            return AttemptResult(True, code, latency, request_body=sent, response_body=answered)
         if 300 <= code < 400:
             location = response.headers.get("location")
             target = str(response.url.join(location)) if location else "(no Location header)"
-            return AttemptResult(False, code, latency, f"HTTP {code}: redirect to {target} not followed")
-        return AttemptResult(False, code, latency, f"HTTP {code}: {snippet}" if snippet else f"HTTP {code}")
+            error = f"HTTP {code}: redirect to {target} not followed"
+            return AttemptResult(False, code, latency, error, request_body=sent, response_body=answered)
+        snippet = " ".join(answer.split())
+        snippet = snippet[:ERROR_BODY_CHARS] + ("…" if len(snippet) > ERROR_BODY_CHARS else "")
+        error = f"HTTP {code}: {snippet}" if snippet else f"HTTP {code}"
+        return AttemptResult(False, code, latency, error, request_body=sent, response_body=answered)
 
 
 def _describe(exc: BaseException) -> str:
@@ -363,17 +377,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def _read_snippet(response: httpx.Response) -> str:
-    """The start of a response body as one line of text, for the attempt's record; never fails."""
+async def _read_text(response: httpx.Response) -> str:
+    """The start of a response body as text (a few times RESPONSE_BODY_CHARS bytes at most, read for 2 s at
+    most), for the attempt's record; never fails."""
     data = bytearray()
     with contextlib.suppress(Exception):
         async with asyncio.timeout(2.0):
             async for chunk in response.aiter_raw():
                 data += chunk
-                if len(data) >= 4 * ERROR_BODY_CHARS:
+                if len(data) >= 4 * RESPONSE_BODY_CHARS:
                     break
-    text = " ".join(data.decode("utf-8", "replace").split())
-    return text[:ERROR_BODY_CHARS] + ("…" if len(text) > ERROR_BODY_CHARS else "")
+    return data.decode("utf-8", "replace")
 
 
 __all__ = [

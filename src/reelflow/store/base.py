@@ -419,8 +419,11 @@ class DeliveryStore(Protocol):
         latency_ms: float | None,
         error: str | None,
         next_attempt_at: float | None,
+        request_body: str | None = None,
+        response_body: str | None = None,
     ) -> None:
-        """Record one attempt; `delivered`, or retry at `next_attempt_at`, or (None) give up."""
+        """Record one attempt (what it sent and what came back, cut short); `delivered`, or retry at
+        `next_attempt_at`, or (None) give up."""
         ...
 
     async def list_deliveries(

@@ -260,6 +260,8 @@ def delivery_view(row: Mapping[str, Any], attempts: list[Mapping[str, Any]]) -> 
                 "status_code": a["status_code"],
                 "latency_ms": a["latency_ms"],
                 "error": a["error"],
+                "request_body": a.get("request_body"),
+                "response_body": a.get("response_body"),
             }
             for a in attempts
         ],

@@ -493,7 +493,8 @@ class StoreManager(StoreRules):
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise NotFound(f"execution {execution_id!r} not found")
             if row["status"] in TERMINAL_EXECUTION:
-                raise Conflict(f"execution {execution_id!r} has already {row['status']}; nothing to cancel")
+                ended = "is already canceled" if row["status"] == "canceled" else f"has already {row['status']}"
+                raise Conflict(f"execution {execution_id!r} {ended}; nothing to cancel")
             await tx.run("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
             await tx.run(
                 "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
@@ -1218,6 +1219,8 @@ class StoreManager(StoreRules):
         latency_ms: float | None,
         error: str | None,
         next_attempt_at: float | None,
+        request_body: str | None = None,
+        response_body: str | None = None,
     ) -> None:
         now = time.time()
         status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
@@ -1233,9 +1236,9 @@ class StoreManager(StoreRules):
             if row is None:
                 return
             await tx.run(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (delivery_id, row["attempts"], now, status_code, latency_ms, error),
+                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error,"
+                " request_body, response_body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (delivery_id, row["attempts"], now, status_code, latency_ms, error, request_body, response_body),
             )
 
         await self._in_tx(write)
@@ -1258,7 +1261,8 @@ class StoreManager(StoreRules):
         for i in range(0, len(rows), IN_CHUNK):
             cond, ids = tx.in_("delivery_id", [r["id"] for r in rows[i : i + IN_CHUNK]])
             for a in await tx.all(
-                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error FROM webhook_attempts"
+                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error, request_body, response_body"
+                " FROM webhook_attempts"
                 f" WHERE {cond} ORDER BY delivery_id, attempt",
                 ids,
             ):
