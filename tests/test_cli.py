@@ -277,3 +277,15 @@ def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_t
     assert "thumbnail" not in table.stdout
     unknown = cli("ops", "nope")
     assert unknown.returncode == 2 and "no operation 'nope'" in unknown.stderr and "thumbnail" in unknown.stderr
+
+
+def test_a_cached_rerun_says_so_in_the_timeline_and_the_summary(cli: Any, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, SIM_PLAN)
+    first = cli("run", str(plan), "--wait")
+    assert first.returncode == 0, first.stderr
+    assert "cache hit" not in first.stdout and "cache:" not in first.stdout
+    again = cli("run", str(plan), "--wait")
+    assert again.returncode == 0, again.stderr
+    rows = [ln for ln in again.stdout.splitlines() if ln.startswith(("│ a ", "│ b "))]
+    assert len(rows) == 2 and all("succeeded (cache hit)" in r and "cached" in r for r in rows), again.stdout
+    assert "cache: 2 of 2 jobs reused an identical earlier result, nothing paid (a, b)" in again.stdout

@@ -127,12 +127,15 @@ def timeline_table(state: dict[str, Any]) -> Table:
             a = int(width * start / total)
             b = max(1, int(width * dur / total))
             bar = " " * a + "█" * min(b, width - a)
+        status = Text(job["status"], style=STATUS_STYLE.get(job["status"], ""))
+        if job.get("cache_hit"):  # reused an identical earlier job's result: nothing ran, nothing was paid
+            status.append(" (cache hit)", style="cyan")
         table.add_row(
             job["id"],
             job["type"],
-            Text(job["status"], style=STATUS_STYLE.get(job["status"], "")),
+            status,
             f"{start:.2f}s" if start is not None else "-",
-            f"{dur:.2f}s" if dur is not None else "-",
+            "cached" if job.get("cache_hit") else (f"{dur:.2f}s" if dur is not None else "-"),
             str(job["attempts"]),
             Text(bar, style=STATUS_STYLE.get(job["status"], "")),
         )

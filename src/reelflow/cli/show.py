@@ -23,6 +23,14 @@ def summary(state: dict[str, Any]) -> None:
         duration = f", {o['duration']:g}s" if isinstance(o.get("duration"), (int, float)) else ""
         job = f" ({o['job']}, {o['type']}{duration})" if o.get("job") else ""
         out().print(f"  output: {where}{job}", highlight=False, soft_wrap=True)
+    jobs_all = state.get("jobs") or []
+    if hits := [j["id"] for j in jobs_all if j.get("cache_hit")]:
+        out().print(
+            f"  cache: {len(hits)} of {len(jobs_all)} jobs reused an identical earlier result, nothing paid"
+            f" ({', '.join(hits)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if n := state.get("possible_duplicates"):
         jobs = ", ".join(j["id"] for j in state.get("jobs", []) if j.get("possible_duplicates"))
         out().print(
