@@ -572,3 +572,27 @@ async def test_a_caller_supplied_client_that_follows_redirects_still_does_not(
     assert seen == ["https://hooks.example/hook"]
     assert not result.delivered
     assert result.error == "HTTP 307: redirect to https://hooks.example/moved not followed"
+
+
+async def test_a_redelivery_after_the_window_gets_a_window_of_its_own(
+    engine: Engine,
+    store: SQLiteStore,
+    running_worker: WorkerFactory,
+    receiver: Receiver,
+    dispatch: Callable[..., WebhookDispatcher],
+) -> None:
+    receiver.always_status = 503
+    eid = await finished_execution(engine, running_worker, receiver.url)
+    dispatch(base_delay_s=0.05, max_delay_s=0.1, give_up_after_s=0.5)
+    await eventually(lambda: _status(store, eid, "failed"), what="the delivery given up")
+    [failed] = await deliveries(store, eid)
+    given_up = len(failed["attempts"])
+    await asyncio.sleep(0.6)  # the first window is long over
+    await store.redeliver(failed["id"], "default")
+    # retried again for a whole new window, not given up after one attempt
+    await eventually(lambda: _status(store, eid, "failed"), what="the redelivery given up")
+    [after] = await deliveries(store, eid)
+    retried = after["attempts"][given_up:]
+    assert len(retried) >= 3, retried
+    assert all("gave up" not in a["error"] for a in retried[:-1])
+    assert retried[-1]["error"].endswith("gave up after 0.5 s of retries")

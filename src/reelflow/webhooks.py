@@ -295,7 +295,8 @@ class WebhookDispatcher:
         next_at: float | None = None
         error = result.error
         if not result.delivered and not result.give_up:
-            next_at = self.next_attempt_at(delivery.created_at, delivery.attempts + 1, time.time())
+            window_start = max(delivery.created_at, delivery.retry_from or 0.0)  # a redelivery starts a new window
+            next_at = self.next_attempt_at(window_start, delivery.attempts + 1, time.time())
             if next_at is None:
                 error = f"{error}; gave up after {_duration(self.give_up_after_s)} of retries"
         self.attempts += 1

@@ -170,6 +170,8 @@ class Delivery:
     attempts: int
     created_at: float
     secret: str
+    retry_from: float | None = None
+    """When it was last redelivered by hand: its retries' window counts from then (else from `created_at`)."""
 
 
 class ExecutionStore(Protocol):

@@ -1274,10 +1274,11 @@ class StoreManager(StoreRules):
             row = await tx.one("SELECT tenant FROM webhook_deliveries WHERE id = %s" + tx.for_update, (delivery_id,))
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise NotFound(f"webhook delivery {delivery_id!r} not found")
+            now = time.time()
             await tx.run(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s",
-                (time.time(), delivery_id),
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, retry_from = %s,"
+                " lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+                (now, now, delivery_id),
             )
             found = await self._deliveries(tx, tenant, None, 1, delivery_id)
             return found[0]

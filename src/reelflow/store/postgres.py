@@ -978,7 +978,8 @@ class PostgresStore(StoreManager):
                 "WITH d AS (UPDATE webhook_deliveries SET lease_owner = %s, lease_expires_at = %s"
                 f" WHERE id IN (SELECT id FROM webhook_deliveries WHERE {due}"
                 "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, next_attempt_at)"
+                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, next_attempt_at,"
+                " retry_from)"
                 " SELECT d.*, t.webhook_secret FROM d LEFT JOIN tenants t ON t.name = d.tenant"
                 " ORDER BY d.next_attempt_at, d.id",
                 (owner, now + lease_s, now, now, *extra, limit),
@@ -987,7 +988,7 @@ class PostgresStore(StoreManager):
                 Delivery(
                     id=r["id"], execution_id=r["execution_id"], tenant=r["tenant"], url=r["url"],
                     event_type=r["event_type"], payload=r["payload"], attempts=r["attempts"],
-                    created_at=r["created_at"], secret=r["webhook_secret"] or "",
+                    created_at=r["created_at"], secret=r["webhook_secret"] or "", retry_from=r["retry_from"],
                 )
                 for r in await cur.fetchall()
             ]  # fmt: skip

@@ -685,7 +685,7 @@ class SQLiteStore(StoreManager):
                 "UPDATE webhook_deliveries SET lease_owner = ?, lease_expires_at = ?"
                 " WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
                 f"   AND (lease_expires_at IS NULL OR lease_expires_at < ?){only} ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at",
+                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, retry_from",
                 (owner, now + lease_s, now, now, *only_args, limit),
             ).fetchall()
             secrets = {
@@ -698,7 +698,7 @@ class SQLiteStore(StoreManager):
         return [
             Delivery(
                 id=r[0], execution_id=r[1], tenant=r[2], url=r[3], event_type=r[4], payload=r[5], attempts=r[6],
-                created_at=r[7], secret=secrets.get(r[2], ""),
+                created_at=r[7], secret=secrets.get(r[2], ""), retry_from=r[8],
             )
             for r in rows
         ]
