@@ -262,6 +262,7 @@ async def test_a_webhook_is_refused_before_any_connection(spelling: str, interna
 
 
 def dispatcher_with(egress: EgressGuard, **settings: Any) -> WebhookDispatcher:
+    settings.setdefault("link_secret", "egress-test")  # no store here to keep the link secret in
     settings_ = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     return WebhookDispatcher(cast(Any, None), owner="egress-test", settings=settings_, egress=egress)
 
