@@ -265,6 +265,31 @@ async def test_a_user_replicate_model_runs_end_to_end_with_mapped_inputs(
     assert state["cost"]["actual"] == pytest.approx(0.8)  # priced by the user's catalog: 10 s at $0.08
 
 
+async def test_a_catalog_handed_to_engine_worker_and_adapter_runs_its_models(
+    store: Any, settings: Settings, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = Catalog()
+    catalog.load_file(EXAMPLE)
+    engine = Engine(store, settings, catalog=catalog)
+    plan = job("replicate/acme/dreamclip", "generate-video", image="https://example.com/a.png", duration=10)
+    with pytest.raises(PlanError, match="unknown model"):
+        await Engine(store, settings).submit(plan)  # the default catalog lacks it
+    with FakeReplicate(latency_s=0.1, queue_s=0.05) as rep:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", rep.token)
+        monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", rep.base_url)
+        provider = ReplicateProvider()
+        provider.catalog = catalog
+        eid = await engine.submit(plan)
+        async with running_worker(providers_={"replicate": provider}, catalog=catalog):
+            state = await engine.wait(eid, timeout=60)
+        await provider.aclose()
+    assert state["status"] == "succeeded", state["error"]
+    [prediction] = rep.predictions.values()
+    assert prediction.input["first_frame"] == "https://example.com/a.png"
+    assert state["cost"]["actual"] == pytest.approx(0.8)
+    assert get_model("replicate/acme/dreamclip") is None
+
+
 def test_user_models_are_listed_by_the_api(tmp_path: Path) -> None:
     load_catalog_file(EXAMPLE)
     with ApiServer(server_settings(tmp_path)) as api:
