@@ -644,7 +644,7 @@ FAKES = {"replicate": replicate_fake, "fal": fal_fake, "openai": openai_fake, "e
 @pytest.fixture
 def provider_catalogs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every provider's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for module in (catalog_replicate, catalog_fal, catalog_openai, catalog_elevenlabs):
         for model in module.MODELS:
             register_model(model, replace=True)
