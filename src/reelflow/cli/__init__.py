@@ -4,7 +4,7 @@
 One module per command group, each command written once against `backend.Backend` (the local database, or a
 server with --server): `executions` (run, status, events, cancel, resume, retry, estimate), `services`
 (worker, serve, demo), `database` (migrate, prune), `usage` (models, stats), `keys`; `commands` registers
-them on the app. The plumbing (the app, the consoles, how a body runs and fails) is in `app`; following an
+them on the app. The plumbing (the app, the consoles, how a body runs and fails) is in `common`; following an
 execution and Ctrl-C in `follow`; `reelflow --help` without loading typer in `helptext`.
 """
 
@@ -26,8 +26,8 @@ def main() -> None:
     if (text := fast_help(sys.argv[1:])) is not None:
         sys.stdout.write(text)
         return
-    from .app import configuration_errors, err, escape
     from .commands import app
+    from .common import configuration_errors, err, escape
 
     try:
         app()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import typer
 
 from ..sdk import event_view
-from .app import err
+from .common import err
 from .follow import CtrlC
 
 if TYPE_CHECKING:

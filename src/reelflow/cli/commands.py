@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import database, executions, services, usage
-from .app import app
+from .common import app
 from .keys import keys_app
 
 # the order of `reelflow --help`

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .app import JsonOpt, err, on_local, out, print_json
+from .common import JsonOpt, err, on_local, out, print_json
 
 if TYPE_CHECKING:
     from .backend import Local

@@ -12,7 +12,7 @@ import typer
 
 from ..errors import Conflict
 from ..states import TERMINAL_EXECUTION
-from .app import (
+from .common import (
     ApiKeyOpt,
     IdArg,
     JsonOpt,
@@ -111,7 +111,7 @@ def list_executions(
     from ..states import EXECUTION_STATUSES
 
     if status is not None and status not in EXECUTION_STATUSES:
-        from .app import fail
+        from .common import fail
 
         raise fail(f"--status must be one of {', '.join(EXECUTION_STATUSES)}, not {status!r}", 2)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..states import ACTIVE_JOB, TERMINAL_EXECUTION
-from .app import Interrupted, err, live_console
+from .common import Interrupted, err, live_console
 
 if TYPE_CHECKING:
     from .backend import Backend

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .app import JsonOpt, Refused, err, on_local, out, print_json, typer_app
+from .common import JsonOpt, Refused, err, on_local, out, print_json, typer_app
 
 if TYPE_CHECKING:
     from ..keys import NewKey

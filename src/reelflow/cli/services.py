@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import fail, on_local, out
+from .common import fail, on_local, out
 
 if TYPE_CHECKING:
     from .backend import Local

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from ..states import TERMINAL_EXECUTION
-from .app import err, out, print_json
+from .common import err, out, print_json
 
 
 def summary(state: dict[str, Any]) -> None:

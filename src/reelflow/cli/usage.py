@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import ApiKeyOpt, ServerOpt, fail, on_backend, out, print_json
+from .common import ApiKeyOpt, ServerOpt, fail, on_backend, out, print_json
 
 if TYPE_CHECKING:
     from .backend import Backend
