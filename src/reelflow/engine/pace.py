@@ -35,26 +35,30 @@ class SharedTokens:
         self.provider = bucket
         self.per_minute = per_minute
         self.batch = max(1, int(per_minute / 61.0 / 4))  # about a quarter second's worth per trip
-        self._refill_s = (self.batch - 1) / (per_minute / 61.0)
-        """How much longer than the store's wait for one token a batch takes to build up (at full pace)."""
+        self._rate = per_minute / 61.0
+        """Tokens the bucket gains a second at full pace."""
+        self._next_trip = 0.0
+        """No trip to the store before this (monotonic): after a short grant, the rest of a batch builds up."""
         self._tokens = 0
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        while True:
-            if self._tokens > 0:
-                self._tokens -= 1
-                return
+        """Wait for one token. One trip to the store at a time: the requests that find the local tokens
+        spent wait for that trip (and its sleep when the bucket is empty) instead of each asking in turn,
+        which would cost a store write per request whenever the limit is what bounds the run."""
+        while self._tokens <= 0:
             async with self._lock:
                 if self._tokens > 0:
-                    continue
+                    break
+                if (early := self._next_trip - time.monotonic()) > 0:
+                    await asyncio.sleep(early)
                 granted, wait = await self.store.take_tokens(self.provider, self.batch, self.per_minute)
                 self._tokens += granted
-                if granted:
-                    continue
-            # An empty bucket: come back when a whole batch is there, not at its next token (which would
-            # cost a store write per request whenever the limit is what bounds the run).
-            await asyncio.sleep(min(max(wait + self._refill_s, 0.01), MAX_WAIT_S))
+                if not granted:  # come back when a whole batch is there, not at its next token
+                    await asyncio.sleep(min(max(wait + (self.batch - 1) / self._rate, 0.01), MAX_WAIT_S))
+                elif granted < self.batch:
+                    self._next_trip = time.monotonic() + (self.batch - granted) / self._rate
+        self._tokens -= 1
 
 
 class SharedPace:
