@@ -10,7 +10,8 @@ A summary table ends the output.
 
 Targets (issue 17): with callbacks, makespan at most 1.25x the provider's time (polling only: 1.40x) and at
 most 5 ms of reelflow CPU per job, probes included; at most 3 requests per job with callbacks, 12 polling.
-The provider's request-rate limit is lifted (the fake does not enforce one).
+Replicate's documented request rates (600 creates and 3,000 other requests a minute, built in) are lifted
+unless `--provider-limits` keeps them (the fake enforces none); 1,000 creates then take at least 100 s.
 
 `--drop-every N` (pay once, issue 13): the fake takes every Nth create and drops its answer (the prediction
 runs and is billed; the worker only sees the connection close). Each mode then runs twice, without drops and
@@ -19,7 +20,7 @@ so this must stay 1.00), how many lost creates were adopted, the possible duplic
 recorded (none: Replicate can be asked), and the makespan against the run without drops.
 
     python bench/providers.py [--jobs 1000] [--latency 10 20] [--only callbacks|polling] [--tenant-cap N]
-                              [--drop-every N]
+                              [--drop-every N] [--provider-limits]
 
 `--latency` takes one or more provider times in seconds (default: 10, then 20).
 
@@ -125,18 +126,30 @@ class Figures:
         self.probes_ms = probes_ms
         """CPU ms per job of its children (the ffmpeg probes)."""
         self.total_ms = total_ms
-        """CPU ms per job of the process and its children, from this process's RUSAGE_CHILDREN (shutdown
-        included)."""
+        """CPU ms per job of the process and its children, from this process's RUSAGE_CHILDREN (start-up and
+        shutdown included)."""
 
 
-async def run(mode: str, total: int, latency: float, tenant_cap: int | None, drop_every: int | None = None) -> Figures:
+async def run(
+    mode: str,
+    total: int,
+    latency: float,
+    tenant_cap: int | None,
+    drop_every: int | None = None,
+    *,
+    provider_limits: bool = False,
+) -> Figures:
     """One run of `total` jobs in `mode`; prints its figures and returns them."""
     tmp = Path(tempfile.mkdtemp(prefix=f"reelflow-providers-{mode}-"))
     url = f"sqlite:///{tmp}/bench.db"
     store = open_store(url)
     await store.migrate()
-    limits = tmp / "limits.yaml"  # the one tenant's cap: none unless asked (see the docstring)
-    limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
+    limits = tmp / "limits.yaml"  # the one tenant's cap and Replicate's rates: none unless asked (see the docstring)
+    cap = "null" if tenant_cap is None else tenant_cap
+    rates = (
+        "" if provider_limits else "providers:\n  replicate: {requests_per_minute: null, creates_per_minute: null}\n"
+    )
+    limits.write_text(f"{rates}tenants:\n  default: {{max_concurrent: {cap}}}\n")
     fake = DroppingReplicate(latency_s=latency, queue_s=0.0, drop_every=drop_every)
     with fake:
         env = dict(
@@ -231,7 +244,7 @@ async def run(mode: str, total: int, latency: float, tenant_cap: int | None, dro
             if server_ms is not None and probes_ms is not None
             else ""
         )
-        print(f"{'':9s}  reelflow CPU per job: {split}{total_ms:.2f} ms in all, shutdown included")
+        print(f"{'':9s}  reelflow CPU per job: {split}{total_ms:.2f} ms in all, start-up and shutdown included")
         print(
             f"{'':9s}  last provider submission at {last_submit:.2f} s; finished after the provider's latency: "
             f"p50 {lags[len(lags) // 2]:.2f} s, p99 {lags[int(len(lags) * 0.99)]:.2f} s, max {lags[-1]:.2f} s; "
@@ -255,22 +268,29 @@ TARGET_CPU_MS = 5.0
 
 
 async def main(
-    total: int, latencies: list[float], only: str | None, tenant_cap: int | None, drop_every: int | None
+    total: int,
+    latencies: list[float],
+    only: str | None,
+    tenant_cap: int | None,
+    drop_every: int | None,
+    provider_limits: bool = False,
 ) -> None:
     rows: list[tuple[str, float, Figures]] = []
     for latency in latencies:
         for mode in ("callbacks", "polling"):
             if only not in (None, mode):
                 continue
-            clean = await run(mode, total, latency, tenant_cap)
+            clean = await run(mode, total, latency, tenant_cap, provider_limits=provider_limits)
             rows.append((mode, latency, clean))
             if drop_every:
-                dropped = (await run(mode, total, latency, tenant_cap, drop_every)).makespan
+                dropped = (
+                    await run(mode, total, latency, tenant_cap, drop_every, provider_limits=provider_limits)
+                ).makespan
                 print(
                     f"{mode:9s}  makespan with 1 create answer in {drop_every} dropped {dropped:.2f} s, without "
                     f"{clean.makespan:.2f} s ({(dropped / clean.makespan - 1) * 100:+.1f}%)"
                 )
-    print(f"\n{total} jobs per run; CPU in ms per job (process / its ffmpeg children / all, shutdown included)")
+    print(f"\n{total} jobs per run; CPU in ms per job (process / its ffmpeg children / all, start-up and shutdown in)")
     print(f"{'mode':9s}  {'provider':>8s}  {'makespan':>8s}  {'x':>5s}  {'target':>6s}  {'CPU':>22s}  target")
     for mode, latency, f in rows:
         cpu = f"{f.server_ms:.2f} / {f.probes_ms:.2f} / " if f.server_ms is not None and f.probes_ms is not None else ""
@@ -295,7 +315,12 @@ if __name__ == "__main__":
         metavar="N",
         help="also run with the answer of every Nth create dropped after the prediction was made",
     )
+    parser.add_argument(
+        "--provider-limits",
+        action="store_true",
+        help="keep Replicate's documented request rates (600 creates, 3,000 other requests a minute)",
+    )
     args = parser.parse_args()
     if args.drop_every is not None and args.drop_every < 1:
         parser.error("--drop-every must be 1 or more")
-    asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap, args.drop_every))
+    asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap, args.drop_every, args.provider_limits))

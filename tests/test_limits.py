@@ -471,8 +471,9 @@ async def test_requests_per_minute_holds_over_a_minute_across_two_workers(
     engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A minute-long run: 120 requests a minute allowed, two worker processes with 60 jobs wanting ~2 requests
-    each as fast as they can. No 60 s window at the fake sees more than 120 of our API requests."""
-    limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120}\n")
+    each as fast as they can. No 60 s window at the fake sees more than 120 of our API requests (creates
+    included: `creates_per_minute: null` lifts Replicate's own create bucket, so they count here)."""
+    limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120, creates_per_minute: null}\n")
     reset_limits()
     with FakeReplicate(latency_s=0.2, queue_s=0.0) as fake:
         env = replicate_env(worker_env, limits_file, fake, monkeypatch)
