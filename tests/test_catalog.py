@@ -147,7 +147,7 @@ def test_prices_by_unit() -> None:
 
 
 def test_register_model_is_just_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     spec = ModelSpec(
         id="acme/vid-1",
         provider="acme",

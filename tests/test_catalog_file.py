@@ -21,6 +21,7 @@ from reelflow.errors import PlanError
 from reelflow.estimate import estimate_plan
 from reelflow.plan import parse_plan
 from reelflow.providers.catalog import (
+    Catalog,
     CatalogFileError,
     get_model,
     input_names,
@@ -166,23 +167,43 @@ def test_plans_breaking_a_user_models_rules_are_refused(plan: dict[str, Any], ex
     assert expected in str(caught.value)
 
 
-def test_input_names_reach_the_replicate_and_fal_maps_and_leave_with_the_model() -> None:
-    assert "replicate/acme/dreamclip" not in catalog_replicate.INPUT_MAPS
-    load_catalog_file(EXAMPLE)
-    assert catalog_replicate.INPUT_MAPS["replicate/acme/dreamclip"] == {"image": "first_frame", "duration": "length_s"}
-    assert catalog_replicate.MODELS_BY_ID["replicate/acme/dreamclip"].price.usd == 0.08
-    assert catalog_elevenlabs.MODELS_BY_ID["elevenlabs/eleven_v3"].price.unit == "character"
-    assert input_names("replicate/acme/poster") == {"aspect_ratio": "ratio"}
+def test_input_names_reach_the_adapters_through_the_catalog_and_leave_the_data_modules_alone() -> None:
+    catalog = Catalog()
+    catalog.load_file(EXAMPLE)
+    mapped = {"image": "first_frame", "duration": "length_s"}
+    assert catalog.replicate_inputs("replicate/acme/dreamclip") == mapped
+    assert catalog.replicate_inputs("replicate/acme/dreamclip:abc123") == mapped
+    spec = catalog.replicate_spec("replicate/acme/dreamclip")
+    assert spec is not None and spec.price.usd == 0.08
+    eleven = catalog.elevenlabs_spec("elevenlabs/eleven_v3")
+    assert eleven is not None and eleven.price.unit == "character"
+    assert catalog.input_names("replicate/acme/poster") == {"aspect_ratio": "ratio"}
     body = catalog_fal.to_fal_input(
         "fal/acme/sketch-to-video",
         {"prompt": "p", "image": "https://example.com/a.png", "duration": 4, "resolution": "720p"},
+        catalog.fal_inputs("fal/acme/sketch-to-video"),
     )
     assert body == {"prompt": "p", "image_url": "https://example.com/a.png", "duration": "4", "resolution": "720P"}
-    reset_extensions()
+    # the process's default catalog and the providers' data modules never saw them
+    assert get_model("replicate/acme/dreamclip") is None
+    assert input_names("replicate/acme/poster") == {}
     assert "replicate/acme/dreamclip" not in catalog_replicate.INPUT_MAPS
     assert "replicate/acme/dreamclip" not in catalog_replicate.MODELS_BY_ID
     assert "fal/acme/sketch-to-video" not in catalog_fal.INPUT_MAP
     assert "elevenlabs/eleven_v3" not in catalog_elevenlabs.MODELS_BY_ID
+    assert Catalog().get("replicate/acme/dreamclip") is None
+    assert catalog.uninstall("replicate/acme/dreamclip")
+    assert catalog.get("replicate/acme/dreamclip") is None
+    assert catalog.replicate_inputs("replicate/acme/dreamclip") == {}
+
+
+def test_a_catalog_handed_to_plan_validation_is_the_one_used() -> None:
+    catalog = Catalog()
+    catalog.load_file(EXAMPLE)
+    plan = job("replicate/acme/poster", "generate-image", prompt="x")
+    assert parse_plan(plan, catalog=catalog).jobs[0].model == "replicate/acme/poster"
+    with pytest.raises(PlanError, match="unknown model 'replicate/acme/poster'"):
+        parse_plan(plan)
 
 
 def test_replace_overrides_a_built_in_model_until_unloaded(tmp_path: Path) -> None:
@@ -204,9 +225,15 @@ models:
     assert estimate_plan(job("replicate/black-forest-labs/flux-schnell", "generate-image", prompt="x"))[
         "cost_usd"
     ] == pytest.approx(0.5)
+    assert catalog_replicate.MODELS_BY_ID["replicate/black-forest-labs/flux-schnell"] == built_in  # untouched
     reset_extensions()
     assert get_model("replicate/black-forest-labs/flux-schnell") == built_in
-    assert catalog_replicate.MODELS_BY_ID["replicate/black-forest-labs/flux-schnell"] == built_in
+    catalog = Catalog()
+    catalog.load_file(path)
+    replaced = catalog.replicate_spec("replicate/black-forest-labs/flux-schnell")
+    assert replaced is not None and replaced.price.usd == 0.5
+    assert catalog.uninstall("replicate/black-forest-labs/flux-schnell")
+    assert catalog.get("replicate/black-forest-labs/flux-schnell") == built_in
 
 
 async def test_a_user_replicate_model_runs_end_to_end_with_mapped_inputs(
@@ -236,6 +263,31 @@ async def test_a_user_replicate_model_runs_end_to_end_with_mapped_inputs(
     assert rep.creates == 1
     assert state["jobs"][0]["result"]["url"]
     assert state["cost"]["actual"] == pytest.approx(0.8)  # priced by the user's catalog: 10 s at $0.08
+
+
+async def test_a_catalog_handed_to_engine_worker_and_adapter_runs_its_models(
+    store: Any, settings: Settings, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = Catalog()
+    catalog.load_file(EXAMPLE)
+    engine = Engine(store, settings, catalog=catalog)
+    plan = job("replicate/acme/dreamclip", "generate-video", image="https://example.com/a.png", duration=10)
+    with pytest.raises(PlanError, match="unknown model"):
+        await Engine(store, settings).submit(plan)  # the default catalog lacks it
+    with FakeReplicate(latency_s=0.1, queue_s=0.05) as rep:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", rep.token)
+        monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", rep.base_url)
+        provider = ReplicateProvider()
+        provider.catalog = catalog
+        eid = await engine.submit(plan)
+        async with running_worker(providers_={"replicate": provider}, catalog=catalog):
+            state = await engine.wait(eid, timeout=60)
+        await provider.aclose()
+    assert state["status"] == "succeeded", state["error"]
+    [prediction] = rep.predictions.values()
+    assert prediction.input["first_frame"] == "https://example.com/a.png"
+    assert state["cost"]["actual"] == pytest.approx(0.8)
+    assert get_model("replicate/acme/dreamclip") is None
 
 
 def test_user_models_are_listed_by_the_api(tmp_path: Path) -> None:

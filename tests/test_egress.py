@@ -262,6 +262,7 @@ async def test_a_webhook_is_refused_before_any_connection(spelling: str, interna
 
 
 def dispatcher_with(egress: EgressGuard, **settings: Any) -> WebhookDispatcher:
+    settings.setdefault("link_secret", "egress-test")  # no store here to keep the link secret in
     settings_ = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     return WebhookDispatcher(cast(Any, None), owner="egress-test", settings=settings_, egress=egress)
 
@@ -643,7 +644,7 @@ FAKES = {"replicate": replicate_fake, "fal": fal_fake, "openai": openai_fake, "e
 @pytest.fixture
 def provider_catalogs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every provider's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for module in (catalog_replicate, catalog_fal, catalog_openai, catalog_elevenlabs):
         for model in module.MODELS:
             register_model(model, replace=True)

@@ -517,7 +517,7 @@ def _checks() -> dict[str, Any]:
 @pytest.fixture
 def elevenlabs_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """ElevenLabs' models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for model in MODELS:
         register_model(model, replace=True)
 

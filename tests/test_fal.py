@@ -279,7 +279,7 @@ async def test_polling_interval_grows(tmp_path: Path) -> None:
 @pytest.fixture
 def fal_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """fal's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for model in MODELS:
         register_model(model, replace=True)
 

@@ -274,7 +274,7 @@ def test_catalog_models_check_their_limits() -> None:
 @pytest.fixture
 def openai_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenAI's models in the catalog for this test only (a copy of the table, restored afterwards)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for model in MODELS:
         register_model(model, replace=True)
 

@@ -166,7 +166,7 @@ CASES = {"replicate": replicate_case, "fal": fal_case, "elevenlabs": elevenlabs_
 @pytest.fixture(autouse=True)
 def _catalogued(monkeypatch: pytest.MonkeyPatch) -> None:
     """fal's, ElevenLabs' and OpenAI's models in the catalog for this test only (Replicate's are built in)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for models in (catalog_fal.MODELS, catalog_elevenlabs.MODELS, catalog_openai.MODELS):
         for model in models:
             register_model(model, replace=True)

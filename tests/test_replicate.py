@@ -349,7 +349,7 @@ async def test_polling_interval_doubles_without_percentages(
 @pytest.fixture
 def replicate_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Replicate models in the catalog for this test only (the catalog is left as it was)."""
-    monkeypatch.setattr(catalog.registry, "_MODELS", dict(catalog.registry._MODELS))
+    monkeypatch.setattr(catalog.registry, "_DEFAULT", catalog.default_catalog().copy())
     for m in MODELS:
         register_model(m, replace=True)
 

@@ -23,20 +23,17 @@ from reelflow.providers.catalog import (
     OPERATIONS,
     REFERENCE_PATTERN,
     RUN_INPUT,
+    Catalog,
     ParamRule,
     ParamSchema,
     ParamSpec,
     check_params,
-    get_model,
+    default_catalog,
     is_http_url,
     is_model_id,
     is_reference,
     join_or,
-    known_providers,
-    list_models,
-    models_for_type,
     operations,
-    param_schema,
     retired_message,
     show,
     suggest,
@@ -533,8 +530,9 @@ class _JobView:
 class _Validator:
     """Collects every problem of one plan."""
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], catalog: Catalog) -> None:
         self.data = data
+        self.catalog = catalog
         self.errors: list[ErrorItem] = []
 
     def err(self, loc: list[str | int], msg: str) -> None:
@@ -679,11 +677,11 @@ class _Validator:
                     view.loc("model"),
                     f"{who}: type {jtype} runs locally with ffmpeg and takes no model (got '{model_id}')",
                 )
-            return param_schema(jtype, None)
+            return self.catalog.param_schema(jtype, None)
         if "model" in view.raw and view.raw["model"] is not None and model_id is None:
             return None  # wrong type for model: reported by the structural check
         if model_id is None:
-            examples = [m.id for m in models_for_type(jtype)][:2]  # the built-in local/sim ones come first
+            examples = [m.id for m in self.catalog.models(type=jtype)][:2]  # the built-in local/sim ones come first
             hint = f", e.g. {join_or(examples)}" if examples else ""
             self.err(view.loc("model"), f"{who}: type {jtype} needs a model ('<provider>/<model name>'){hint}")
             return None
@@ -694,7 +692,7 @@ class _Validator:
             )
             return None
         provider = model_id.split("/", 1)[0]
-        providers = sorted(known_providers())
+        providers = sorted(self.catalog.providers())
         if provider not in providers:
             self.err(
                 view.loc("model"),
@@ -706,24 +704,23 @@ class _Validator:
         if retired is not None:
             self.err(view.loc("model"), f"{who}: {retired}")
             return None
-        model = get_model(model_id)
+        model = self.catalog.get(model_id)
         if jtype == "run":
             if model is None and provider not in OPEN_PROVIDERS:
                 self.err(view.loc("model"), self._unknown_model(who, model_id, provider, jtype))
             elif model is not None and "run" not in model.types and provider not in OPEN_PROVIDERS:
                 self.err(view.loc("model"), self._unsupported(who, model_id, model.types, jtype))
-            return param_schema("run", model)
+            return self.catalog.param_schema("run", model)
         if model is None:
             self.err(view.loc("model"), self._unknown_model(who, model_id, provider, jtype))
             return None
         if jtype not in model.types:
             self.err(view.loc("model"), self._unsupported(who, model_id, model.types, jtype))
             return None
-        return param_schema(jtype, model)
+        return self.catalog.param_schema(jtype, model)
 
-    @staticmethod
-    def _unknown_model(who: str, model_id: str, provider: str, jtype: str) -> str:
-        same = [m.id for m in list_models() if m.provider == provider]
+    def _unknown_model(self, who: str, model_id: str, provider: str, jtype: str) -> str:
+        same = [m.id for m in self.catalog.models(provider=provider)]
         msg = f"{who}: unknown model '{model_id}'{suggest(model_id, same)}"
         if same:
             msg += f"; known {provider} models: {', '.join(same)}"
@@ -848,8 +845,9 @@ def _job_position(item: ErrorItem) -> int:
     return loc[1] if len(loc) > 1 and loc[0] == "jobs" and isinstance(loc[1], int) else -1
 
 
-def parse_plan(data: Any) -> Plan:
-    """Validate a plan (or a shorthand single job); raise PlanError listing every problem found.
+def parse_plan(data: Any, *, catalog: Catalog | None = None) -> Plan:
+    """Validate a plan (or a shorthand single job) against `catalog` (the default one when None); raise
+    PlanError listing every problem found.
 
     For a shorthand job, error locations are relative to the job as given (no `jobs[0]`).
     """
@@ -859,7 +857,7 @@ def parse_plan(data: Any) -> Plan:
         hint = "; load JSON or YAML text with load_plan_text first" if isinstance(data, str | bytes) else ""
         raise PlanError([ErrorItem([], f"a plan must be a mapping with 'jobs' (got {show(data)}){hint}")])
     shorthand = "jobs" not in data and "type" in data
-    validator = _Validator(_expand_shorthand(data) if shorthand else data)
+    validator = _Validator(_expand_shorthand(data) if shorthand else data, catalog or default_catalog())
     plan = validator.run()
     if validator.errors:
         errors = sorted(validator.errors, key=_job_position)

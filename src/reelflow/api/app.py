@@ -49,7 +49,7 @@ from ..models import (
 )
 from ..plan import parse_plan, plan_json_schema
 from ..providers.base import CallbackProvider, CallbackRejected
-from ..providers.catalog import list_models, load_extensions
+from ..providers.catalog import Catalog, load_extensions
 from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, LinkRefused, LinkSigner, Storage, check_key, link_signer, open_storage
@@ -71,12 +71,14 @@ T = TypeVar("T")
 class Services:
     """What the handlers need, built once per app."""
 
-    def __init__(self, settings: Settings, store: Store, providers: Providers | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, providers: Providers | None = None, catalog: Catalog | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.providers = providers or Providers()
+        self.providers = providers or Providers(catalog=catalog)
         self.storage: Storage = open_storage(settings.storage_url, settings.public_url)
-        self.engine = Engine(store, settings, storage=self.storage)
+        self.engine = Engine(store, settings, storage=self.storage, catalog=catalog)
         self._keys: dict[str, tuple[str | None, float]] = {}
         self._signer: LinkSigner | None = None
 
@@ -318,7 +320,7 @@ async def submit(
         msg = "must not be empty: send a key, or no header"
         raise Problem(400, f"Idempotency-Key {msg}", errors=[{"loc": ["header", "idempotency-key"], "msg": msg}])
     data = await json_body(request)
-    plan = parse_plan(data)
+    plan = parse_plan(data, catalog=svc.engine.catalog)
     execution_id = await svc.engine.submit(plan, tenant=who, idempotency_key=idempotency_key)
     bind_log_context(execution_id=execution_id)  # the rest of this request (its access log line) names it
     if idempotency_key is None:
@@ -509,9 +511,9 @@ async def stats(
 
 
 @router.get("/models", response_model=ModelList, tags=["plans"])
-async def models(who: Tenant) -> dict[str, Any]:
+async def models(svc: Svc, who: Tenant) -> dict[str, Any]:
     """The model catalog: provider, job types, parameters, price."""
-    return {"data": [m.model_dump(mode="json") for m in list_models()]}
+    return {"data": [m.model_dump(mode="json") for m in svc.engine.catalog.models()]}
 
 
 @router.get("/schema/plan", response_model=PlanSchema, tags=["plans"])
@@ -633,10 +635,13 @@ def create_app(
     workers: int = 0,
     deliver_webhooks: bool = True,
     providers: Providers | None = None,
+    catalog: Catalog | None = None,
 ) -> FastAPI:
-    """The API app. With `workers`, that many embedded workers run in the app's event loop."""
+    """The API app. With `workers`, that many embedded workers run in the app's event loop. Plans are checked
+    against `catalog` (the process's default catalog when None, built here)."""
     settings = settings or get_settings()
-    load_extensions(settings)  # a bad catalog file stops the server here, with its problems listed
+    if catalog is None:
+        load_extensions(settings)  # a bad catalog file stops the server here, with its problems listed
     get_limits(settings)  # so does a bad limits file
     own_store = store is None
     the_store = store or open_store(settings.database_url, pool_size=settings.database_pool_size)
@@ -655,11 +660,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_store.migrate()
-        table = providers or Providers()
-        app.state.services = Services(settings, the_store, table)
+        table = providers or Providers(catalog=catalog)
+        app.state.services = Services(settings, the_store, table, catalog)
         running: list[tuple[Any, asyncio.Task[None]]] = []
         for _ in range(workers):
-            w = Worker(the_store, settings=settings, providers=table, deliver_webhooks=deliver_webhooks)
+            w = Worker(
+                the_store, settings=settings, providers=table, deliver_webhooks=deliver_webhooks, catalog=catalog
+            )
             running.append((w, asyncio.create_task(w.run())))
         app.state.workers = [w for w, _ in running]
         listener = None

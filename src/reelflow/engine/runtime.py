@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from ..config import Settings, get_settings
+from ..providers.catalog import Catalog
 from ..store import Store, open_store
 from .scheduler import Engine, Listener
 from .worker import Worker
@@ -22,10 +23,14 @@ leaving them to their leases: a person pressing Ctrl-C expects the prompt back a
 class LocalRuntime:
     """Everything the CLI and SDK need to work on the local database without a server."""
 
-    def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, store: Store | None = None, *, catalog: Catalog | None = None
+    ) -> None:
         self.settings = settings or get_settings()
         self.store = store or open_store(self.settings.database_url, pool_size=self.settings.database_pool_size)
-        self.engine = Engine(self.store, self.settings)
+        self.catalog = catalog
+        """The catalog handed to the engine and embedded workers (None: the process's default one)."""
+        self.engine = Engine(self.store, self.settings, catalog=catalog)
 
     async def close(self) -> None:
         await self.store.close()
@@ -64,7 +69,9 @@ class LocalRuntime:
                 if running is None and embedded_worker is not False:
                     if embedded_worker or not await self.workers_running(execution_id):
                         # only this execution's jobs and webhooks: a wait runs nobody else's work
-                        worker = Worker(self.store, settings=self.settings, executions=[execution_id])
+                        worker = Worker(
+                            self.store, settings=self.settings, executions=[execution_id], catalog=self.catalog
+                        )
                         running = asyncio.create_task(worker.run())
                 watching = running is None and embedded_worker is None  # another process's worker: look again
                 done, _ = await asyncio.wait({waiting}, timeout=recheck_s if watching else None)

@@ -20,7 +20,7 @@ from ..errors import ErrorItem, NotFound, PlanError
 from ..limits import get_limits
 from ..net import EgressPolicy, UnsafeDestination, check_destination
 from ..plan import Plan, parse_plan
-from ..providers.catalog import estimate_cost, get_model
+from ..providers.catalog import Catalog, default_catalog, estimate_cost
 from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
 from ..storage import Storage, open_storage
@@ -45,14 +45,17 @@ def build_execution(
     request_hash: str | None = None,
     retry_of: str | None = None,
     local_timeout_s: float | None = None,
+    catalog: Catalog | None = None,
 ) -> NewExecution:
-    """The rows one validated plan becomes; a local job without `timeout_s` gets `local_timeout_s`."""
+    """The rows one validated plan becomes; a local job without `timeout_s` gets `local_timeout_s`; costs are
+    estimated from `catalog`'s prices (the default catalog when None)."""
+    catalog = catalog or default_catalog()
     deps = plan.dependencies()
     dependents = plan.dependents()
     jobs = []
     total = 0.0
     for pos, job in enumerate(plan.jobs):
-        spec = get_model(job.model) if job.model else None
+        spec = catalog.get(job.model) if job.model else None
         cost = estimate_cost(spec, job.params)
         total += cost
         provider = job.model.split("/", 1)[0] if job.model else "local"
@@ -108,11 +111,24 @@ def check_credentials(plan: Plan) -> None:
 class Engine:
     """Submit and follow executions on one Store."""
 
-    def __init__(self, store: Store, settings: Settings | None = None, *, storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        *,
+        storage: Storage | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings or get_settings()
+        self._catalog = catalog
         self._storage = storage
         """Where artifacts live; opened on the first plan that holds a URL (to recognise our artifact links)."""
+
+    @property
+    def catalog(self) -> Catalog:
+        """The models plans are checked and priced against (the process's default catalog unless given)."""
+        return self._catalog if self._catalog is not None else default_catalog()
 
     async def storage(self) -> Storage:
         if self._storage is None:
@@ -152,7 +168,7 @@ class Engine:
         With an `idempotency_key`, the same request within 24 h returns the first execution's id, and a
         different request under the same key raises IdempotencyConflict.
         """
-        parsed = plan if isinstance(plan, Plan) else parse_plan(plan)
+        parsed = plan if isinstance(plan, Plan) else parse_plan(plan, catalog=self.catalog)
         check_credentials(parsed)
         if url := webhook or parsed.webhook:
             try:
@@ -172,6 +188,7 @@ class Engine:
             request_hash=request_hash,
             retry_of=retry_of,
             local_timeout_s=self.settings.local_timeout_s,
+            catalog=self.catalog,
         )
         limit = get_limits(self.settings).tenant(tenant)
         if limit.monthly_executions is not None or limit.monthly_cost_usd is not None:

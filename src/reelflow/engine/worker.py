@@ -46,7 +46,7 @@ from ..providers.base import (
     Task,
     TransientError,
 )
-from ..providers.catalog import check_job_params
+from ..providers.catalog import Catalog, default_catalog
 from ..providers.http import RateGate
 from ..providers.registry import Providers, reads_local_files
 from ..storage import Storage, artifact_key, open_storage
@@ -123,12 +123,14 @@ class Worker:
         deliver_webhooks: bool = True,
         egress: EgressGuard | None = None,
         executions: Collection[str] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.store = store
+        self._catalog = catalog or (providers.catalog if providers is not None else None)
         self.executions = set(executions) if executions is not None else None
         """Claim only these executions' jobs (the embedded worker of a wait); None: the whole queue."""
         self.settings = settings or get_settings()
-        self.providers = providers or Providers()
+        self.providers = providers or Providers(catalog=catalog)
         self.storage = storage or open_storage(self.settings.storage_url, self.settings.public_url)
         self.concurrency = max(1, concurrency)
         self.batch_size = max(1, batch_size)
@@ -184,6 +186,11 @@ class Worker:
     def notify(self) -> None:
         """New work may be claimable (an in-process submission): look now instead of at the next poll."""
         self._wake.set()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The models whose parameters each job is checked against once its references are resolved."""
+        return self._catalog if self._catalog is not None else default_catalog()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -566,7 +573,7 @@ class Worker:
             params = resolve_references(c.params, c.dep_results, job_id=c.key)
         except PlanError as exc:
             return self._failed(c, str(exc))
-        if c.type != "run" and (problems := check_job_params(c.type, c.model, params, job_id=c.key)):
+        if c.type != "run" and (problems := self.catalog.check_job_params(c.type, c.model, params, job_id=c.key)):
             return self._failed(c, "invalid parameters after resolving references: " + "; ".join(map(str, problems)))
         key = cache_key(c, params)
         if c.use_cache and (cached := await self._cache_lookup(c.tenant, key)) is not None:

@@ -68,7 +68,7 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .catalog.elevenlabs import DEFAULT_VOICE, MODELS_BY_ID, PREMADE_VOICES
+from .catalog.elevenlabs import DEFAULT_VOICE, PREMADE_VOICES
 from .http import HttpAdapter, retry_after
 from .info import ProviderInfo
 from .transcripts import words_from_characters
@@ -557,10 +557,9 @@ class ElevenLabsProvider(HttpAdapter):
             return []
         return estimated_words(text, float(info.get("duration") or 0.0))
 
-    @staticmethod
-    def _cost(task: Task, text: str) -> float | None:
+    def _cost(self, task: Task, text: str) -> float | None:
         """Characters times the catalogued price; None for a model the catalog lacks."""
-        spec = MODELS_BY_ID.get(task.model or "")
+        spec = self.model_catalog().elevenlabs_spec(task.model or "")
         if spec is None or spec.price.unit != "character":
             return None
         return round(spec.price.usd * len(text), 6)

@@ -252,7 +252,7 @@ class FalProvider(HttpAdapter):
             if not isinstance(body, dict):
                 raise PermanentError("fal: a run job's params.input must be an object")
         else:
-            body = to_fal_input(task.model, task.params)
+            body = to_fal_input(task.model, task.params, self.model_catalog().fal_inputs(task.model))
         path = "/" + "/".join((owner, app, *filter(None, subpath.split("/"))))
         params = {"fal_webhook": task.callback_url} if task.callback_url else None
         answer = await self._json("POST", path, f"submitting to {task.model}", json=body, params=params, create=True)

@@ -14,6 +14,7 @@ import httpx
 
 from .. import metrics
 from ..net import EgressPolicy, guarded_client
+from .catalog import Catalog, default_catalog
 from .info import ProviderInfo
 
 MAX_RETRY_AFTER_S = 3600.0
@@ -146,6 +147,12 @@ class HttpAdapter:
     default_limits: ClassVar[dict[str, float]] = {}
     """The provider's documented limits (`max_concurrent`, `requests_per_minute`, ...), the defaults that the
     limits file (REELFLOW_LIMITS_FILE) overrides."""
+    catalog: Catalog | None = None
+    """The catalog whose models this adapter runs (set by the worker's provider table); None: the default."""
+
+    def model_catalog(self) -> Catalog:
+        """The catalog to read model specs and input maps from."""
+        return self.catalog if self.catalog is not None else default_catalog()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from .base import Provider
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +36,23 @@ def missing_credential(provider: str | None) -> str | None:
     return var if var is not None and not os.environ.get(var) else None
 
 
-def default_providers() -> dict[str, Provider]:
+def default_providers(catalog: Catalog | None = None) -> dict[str, Provider]:
     """The built-in providers and one of each provider plugin (a broken plugin is logged and left out).
 
-    Loads the catalog's extensions first (plugins' models, REELFLOW_CATALOG_FILE), so a worker refuses
-    to start on a bad catalog file (CatalogFileError) instead of failing its jobs one by one.
+    Without a `catalog`, builds the default one first (plugins' models, REELFLOW_CATALOG_FILE), so a worker
+    refuses to start on a bad catalog file (CatalogFileError) instead of failing its jobs one by one. The
+    built-in adapters read their models from `catalog` (the default one when None).
     """
     from .catalog import load_extensions
     from .plugins import load_builtins, make_providers
 
-    load_extensions()
+    if catalog is None:
+        load_extensions()
     providers: dict[str, Provider] = {name: builtin.make() for name, builtin in load_builtins().items()}
+    if catalog is not None:
+        for provider in providers.values():
+            if hasattr(provider, "catalog"):
+                provider.catalog = catalog
     for name, provider in make_providers().items():
         if name in providers:
             log.error("provider plugin '%s' refused: a plugin cannot replace the built-in provider '%s'", name, name)
@@ -54,8 +64,10 @@ def default_providers() -> dict[str, Provider]:
 class Providers:
     """A name -> Provider table; built-ins by default, replaceable in tests."""
 
-    def __init__(self, providers: dict[str, Provider] | None = None) -> None:
-        self._providers = providers if providers is not None else default_providers()
+    def __init__(self, providers: dict[str, Provider] | None = None, *, catalog: Catalog | None = None) -> None:
+        self._providers = providers if providers is not None else default_providers(catalog)
+        self.catalog = catalog
+        """The catalog the built-in adapters were given (None: the default one)."""
 
     def get(self, name: str | None) -> Provider | None:
         return self._providers.get(name or "local")

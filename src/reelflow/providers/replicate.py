@@ -52,7 +52,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import ModelSpec, params_with_defaults
-from .catalog.replicate import INPUT_MAPS, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id, is_image_model
+from .catalog.replicate import MODE_PRICES, RESOLUTION_PRICES, base_model_id
 from .http import HttpAdapter, retry_after
 from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
@@ -410,7 +410,8 @@ class ReplicateProvider(HttpAdapter):
             body["version"] = version
         else:
             path = f"/models/{owner}/{name}/predictions"
-        headers = {"Prefer": f"wait={PREFER_WAIT_S}"} if is_image_model(model) or task.type == "generate-image" else {}
+        wait = self._makes_images(model) or task.type == "generate-image"
+        headers = {"Prefer": f"wait={PREFER_WAIT_S}"} if wait else {}
         data = await self._call(
             "POST", path, body=body, headers=headers, retry_throttled=self.create_retries_on_429, create=True
         )
@@ -597,10 +598,10 @@ class ReplicateProvider(HttpAdapter):
                 raise PermanentError("replicate: a run job's params.input must be an object")
             return dict(given)
         model_id = base_model_id(task.model or "")
-        spec = MODELS_BY_ID.get(model_id)
+        spec = self.model_catalog().replicate_spec(model_id)
         if spec is not None:
             params = params_with_defaults(spec.params, params)
-        names = INPUT_MAPS.get(model_id, {})
+        names = self.model_catalog().replicate_inputs(model_id)
         out: dict[str, Any] = {}
         for key, value in params.items():
             if value is None:
@@ -694,17 +695,22 @@ class ReplicateProvider(HttpAdapter):
             fields["output"] = output
         return ProviderResult(outputs=outputs, fields=fields, cost_usd=self._cost(task, len(outputs)))
 
+    def _makes_images(self, model: str) -> bool:
+        """True for catalogued Replicate models that make images (worth a `Prefer: wait`)."""
+        spec = self.model_catalog().replicate_spec(model)
+        return spec is not None and "generate-image" in spec.types
+
     def _cost(self, task: Task, n_outputs: int) -> float | None:
         """The run's cost from the catalogued price model; None when it cannot be told."""
         model_id = base_model_id(task.model or "")
-        spec: ModelSpec | None = MODELS_BY_ID.get(model_id)
+        spec: ModelSpec | None = self.model_catalog().replicate_spec(model_id)
         if spec is None:
             return None
         if task.type == "run":
             given = task.params.get("input")
             if not isinstance(given, Mapping):
                 return None
-            reverse = {v: k for k, v in INPUT_MAPS.get(model_id, {}).items()}
+            reverse = {v: k for k, v in self.model_catalog().replicate_inputs(model_id).items()}
             params: dict[str, Any] = {reverse.get(str(k), str(k)): v for k, v in given.items()}
         else:
             params = dict(task.params)

@@ -7,8 +7,9 @@ A package by responsibility, each module importable on its own (no module here i
   each remote provider's models and how its adapter maps our params to its inputs;
 - `retired`: models their provider shut down, refused with a message naming alternatives;
 - `validation`: `check_params` and the wording of its messages; `pricing`: rough cost and time estimates;
-- `file`: parsing catalog files and plugins' model lists; `registry`: the catalog in use, with what
-  plugins and the catalog file (`REELFLOW_CATALOG_FILE`) install in it, loaded on first use.
+- `file`: parsing catalog files and plugins' model lists; `catalog`: the `Catalog` object (models and
+  operations) handed to the engine, worker, plan validation and API; `registry`: the process's default
+  catalog, with what plugins and the catalog file (`REELFLOW_CATALOG_FILE`) add, built on first use.
 
 The names below are the ones other modules import from `reelflow.providers.catalog`.
 """
@@ -28,6 +29,7 @@ from .builtin import (
     local_media_inputs,
     operations,
 )
+from .catalog import Catalog, ParamSchema, builtin_models
 from .file import (
     FAL_CONVERTERS,
     INPUT_MAPPED_BY,
@@ -44,8 +46,8 @@ from .file import (
 )
 from .pricing import estimate_cost, estimate_seconds
 from .registry import (
-    ParamSchema,
     check_job_params,
+    default_catalog,
     get_model,
     input_names,
     install_model,
@@ -59,6 +61,7 @@ from .registry import (
     parse_model_entries,
     register_model,
     reset_extensions,
+    set_default_catalog,
     unregister_model,
 )
 from .retired import RETIRED, Retirement, retired_message, retirement
@@ -96,6 +99,7 @@ __all__ = [
     "RETIRED",
     "RUN_INPUT",
     "SIM_MAX_COST_USD",
+    "Catalog",
     "CatalogFileError",
     "CatalogProblem",
     "FileLimits",
@@ -113,8 +117,10 @@ __all__ = [
     "Price",
     "Retirement",
     "UserModel",
+    "builtin_models",
     "check_job_params",
     "check_params",
+    "default_catalog",
     "estimate_cost",
     "estimate_seconds",
     "fmt_number",
@@ -140,6 +146,7 @@ __all__ = [
     "reset_extensions",
     "retired_message",
     "retirement",
+    "set_default_catalog",
     "show",
     "suggest",
     "unescape",

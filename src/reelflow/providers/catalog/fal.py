@@ -113,9 +113,13 @@ INPUT_MAP: dict[str, dict[str, FalInput]] = {
 }
 
 
-def to_fal_input(model_id: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's input body for our normalised params (unmapped names pass through unchanged)."""
-    mapping = INPUT_MAP.get(model_id or "", {})
+def to_fal_input(
+    model_id: str | None, params: Mapping[str, Any], mapping: Mapping[str, FalInput] | None = None
+) -> dict[str, Any]:
+    """The model's input body for our normalised params (unmapped names pass through unchanged); `mapping`
+    replaces the built-in map of this model (a user model's, from the catalog)."""
+    if mapping is None:
+        mapping = INPUT_MAP.get(model_id or "", {})
     body: dict[str, Any] = {}
     for name, value in params.items():
         if value is None:

@@ -4,7 +4,7 @@ A catalog file is YAML: `models:` and a list of entries shaped like `GET /v1/mod
 `limits` (max_duration, prompt_length, text_length) and, per parameter, the provider's `input` name
 it maps to (`convert` too, for fal). Examples: examples/catalog.yaml. Plugins' models use the same
 entry format (or ready ModelSpecs). Parsing here is pure: what is already catalogued, and which
-providers may have models, are given by the caller (the registry, which installs the result).
+providers may have models, are given by the caller (a `Catalog`, which installs the result).
 """
 
 from __future__ import annotations
