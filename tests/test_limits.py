@@ -471,8 +471,9 @@ async def test_requests_per_minute_holds_over_a_minute_across_two_workers(
     engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A minute-long run: 120 requests a minute allowed, two worker processes with 60 jobs wanting ~2 requests
-    each as fast as they can. No 60 s window at the fake sees more than 120 of our API requests."""
-    limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120}\n")
+    each as fast as they can. No 60 s window at the fake sees more than 120 of our API requests (creates
+    included: `creates_per_minute: null` lifts Replicate's own create bucket, so they count here)."""
+    limits_file.write_text("providers:\n  replicate: {requests_per_minute: 120, creates_per_minute: null}\n")
     reset_limits()
     with FakeReplicate(latency_s=0.2, queue_s=0.0) as fake:
         env = replicate_env(worker_env, limits_file, fake, monkeypatch)
@@ -489,6 +490,95 @@ async def test_requests_per_minute_holds_over_a_minute_across_two_workers(
     busiest = max(sum(1 for t in times[i:] if t < start + 60.0) for i, start in enumerate(times))
     assert 100 <= busiest <= 120, busiest  # the limit was used, and held
     assert time.time() - started < 120
+
+
+async def test_creates_spend_their_own_bucket_across_two_workers_and_polls_are_not_held_by_it(
+    engine: Engine, worker_env: dict[str, str], tmp_path: Path, limits_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """creates_per_minute 60 (a create about every 1.02 s, all workers together) with requests_per_minute high:
+    the creates of two worker processes are spaced by the create bucket, while the polls of the jobs already
+    created go out meanwhile, on the requests bucket."""
+    limits_file.write_text("providers:\n  replicate: {creates_per_minute: 60, requests_per_minute: 100000}\n")
+    reset_limits()
+    n = 8
+    with FakeReplicate(latency_s=2.0, queue_s=0.0) as fake:
+        env = replicate_env(worker_env, limits_file, fake, monkeypatch)
+        eid = await engine.submit({"jobs": [video(f"c{i}", f"waves {i}") for i in range(n)]})
+        procs = workers(env, tmp_path, 2, "--concurrency", str(n // 2))  # neither can take every job
+        try:
+            state = await engine.wait(eid, timeout=90)
+        finally:
+            stop(procs)
+    assert state["status"] == "succeeded", state["error"]
+    owners = {e.data.get("worker") for e in await engine.store.events(eid) if e.type == "job.running"}
+    assert len(owners) == 2, owners
+    api = [r for r in fake.requests if r["path"].startswith("/v1/")]
+    creates = sorted(r["t"] for r in api if r["method"] == "POST" and r["path"].endswith("/predictions"))
+    polls = sorted(r["t"] for r in api if r["method"] == "GET" and r["path"].startswith("/v1/predictions/"))
+    assert len(creates) == n
+    gaps = [b - a for a, b in itertools.pairwise(creates)]
+    assert min(gaps) >= 61 / 60 - 0.25, gaps  # one create per 1.02 s, whichever worker sends it
+    assert creates[-1] - creates[0] >= (n - 1) * 61 / 60 - 0.25
+    # Polls on the create bucket would have to wait for tokens behind the queued creates; instead they come
+    # between them: more requests in the creates' span than the create bucket alone could let through.
+    span = [t for t in polls if creates[0] <= t <= creates[-1]]
+    assert len(span) >= n // 2, (len(span), len(polls))
+    assert len(span) + n > (creates[-1] - creates[0]) * 60 / 61 + 2
+
+
+async def test_the_shared_bucket_is_taken_in_batches_not_written_per_request(
+    store: SQLiteStore, settings: Settings
+) -> None:
+    """Two workers spending a shared bucket as fast as it refills: the store is asked once per batch or so
+    (a spy on take_tokens), never once per request, and the rate still holds."""
+    from reelflow.engine.pace import SharedTokens
+    from reelflow.store import open_store
+
+    other = open_store(settings.database_url)
+    calls: list[int] = []
+    for s in (store, other):
+        take = s.take_tokens
+
+        async def spy(provider: str, want: int, per_minute: float | None, take: Any = take) -> tuple[int, float]:
+            calls.append(want)
+            return await take(provider, want, per_minute)
+
+        s.take_tokens = spy  # type: ignore[method-assign]
+    try:
+        per_minute = 61.0 * 4 * 50  # 200 a second, in batches of 50
+        buckets = [SharedTokens(s, "replicate", per_minute) for s in (store, other)]
+        assert all(b.batch == 50 for b in buckets)
+        requests = 400
+        started = time.monotonic()
+        await asyncio.gather(*(buckets[i % 2].acquire() for i in range(requests)))
+        elapsed = time.monotonic() - started
+    finally:
+        await other.close()
+    assert elapsed >= requests / 200 - 0.3, elapsed  # the bucket starts empty and refills at 200 a second
+    # each batch: the trip that gets it, and at most one empty-handed trip per worker while it builds up (the
+    # requests a worker has waiting share its one trip); before, every waiting request made a trip of its own
+    assert len(calls) <= (len(buckets) + 1) * (requests / 50 + 1), len(calls)
+
+
+async def test_a_create_spends_the_create_bucket_and_other_requests_the_requests_bucket() -> None:
+    from reelflow.providers.http import RateGate
+
+    class Counting:
+        def __init__(self) -> None:
+            self.taken = 0
+
+        async def acquire(self) -> None:
+            self.taken += 1
+
+    gate = RateGate()
+    gate.shared = requests = Counting()
+    await gate.acquire(create=True)  # no create bucket: a create is a request like any other
+    assert requests.taken == 1
+    gate.shared_creates = creates = Counting()
+    for _ in range(3):
+        await gate.acquire(create=True)
+    await gate.acquire()
+    assert (creates.taken, requests.taken) == (3, 2)
 
 
 # ---------------------------------------------------------------------------------------------- API and CLI

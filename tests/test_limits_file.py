@@ -65,7 +65,9 @@ def test_defaults_come_from_the_adapters() -> None:
     limits = load_limits(None)
     assert limits.source is None
     rpm = ReplicateProvider.default_limits["requests_per_minute"]
-    assert limits.provider("replicate") == ProviderLimit(requests_per_minute=rpm)
+    cpm = ReplicateProvider.default_limits["creates_per_minute"]
+    assert (rpm, cpm) == (3000, 600)  # as Replicate documents them
+    assert limits.provider("replicate") == ProviderLimit(requests_per_minute=rpm, creates_per_minute=cpm)
     assert limits.provider("replicate").max_concurrent is None
     cap = ElevenLabsProvider.default_limits["max_concurrent"]
     assert limits.provider("elevenlabs").max_concurrent == cap == 2
@@ -76,14 +78,22 @@ def test_defaults_come_from_the_adapters() -> None:
     assert limits.provider("sim") == ProviderLimit()
     assert limits.concurrency_caps() == ({"elevenlabs": 2}, {})
     assert limits.rpm() == {"replicate": float(rpm)}
+    assert limits.cpm() == {"replicate": float(cpm)}
     assert limits.tenant("acme") == TenantLimit()
     assert limits.model("replicate/bytedance/seedance-1-pro") == ModelLimit()
 
 
-def test_creates_per_minute_is_not_a_field() -> None:
-    # Replicate's adapter also declares creates_per_minute; the limits ignore it
-    assert "creates_per_minute" in ReplicateProvider.default_limits
-    assert set(load_limits(None).as_dict()["providers"]["replicate"]) == {"max_concurrent", "requests_per_minute"}
+def test_creates_per_minute_is_a_field_of_its_own(tmp_path: Path) -> None:
+    shown = load_limits(None).as_dict()["providers"]
+    assert shown["replicate"] == {"max_concurrent": None, "requests_per_minute": 3000, "creates_per_minute": 600}
+    assert shown["fal"]["creates_per_minute"] is None
+    text = "providers:\n  fal: {creates_per_minute: 30}\n  replicate: {creates_per_minute: 90.5}\n"
+    limits = load_limits(write(tmp_path, text))
+    assert limits.cpm() == {"fal": 30.0, "replicate": 90.5}
+    assert limits.rpm() == {"replicate": 3000.0}  # the requests bucket is left as it was
+    assert limits.provider("fal") == ProviderLimit(creates_per_minute=30)
+    lifted = load_limits(write(tmp_path, "providers:\n  replicate: {creates_per_minute: null}\n"))
+    assert lifted.cpm() == {} and lifted.rpm() == {"replicate": 3000.0}  # creates count as requests again
 
 
 def test_an_empty_file_is_the_defaults(tmp_path: Path) -> None:
@@ -114,7 +124,9 @@ models:
     limits = load_limits(path)
     rpm = float(ReplicateProvider.default_limits["requests_per_minute"])
     # a field left out keeps the default
-    assert limits.provider("replicate") == ProviderLimit(max_concurrent=5, requests_per_minute=rpm)
+    assert limits.provider("replicate") == ProviderLimit(
+        max_concurrent=5, requests_per_minute=rpm, creates_per_minute=600
+    )
     assert limits.provider("elevenlabs") == ProviderLimit(max_concurrent=2, requests_per_minute=60)
     assert limits.provider("fal") == ProviderLimit(max_concurrent=10, requests_per_minute=120.5)
     assert limits.provider("acme") == ProviderLimit(max_concurrent=3)
@@ -125,8 +137,16 @@ models:
     assert limits.rpm() == {"elevenlabs": 60.0, "fal": 120.5, "replicate": rpm}
     shown = limits.as_dict()
     assert shown["source"] == str(path)
-    assert shown["providers"]["replicate"] == {"max_concurrent": 5, "requests_per_minute": rpm}
-    assert shown["providers"]["openai"] == {"max_concurrent": None, "requests_per_minute": None}
+    assert shown["providers"]["replicate"] == {
+        "max_concurrent": 5,
+        "requests_per_minute": rpm,
+        "creates_per_minute": 600,
+    }
+    assert shown["providers"]["openai"] == {
+        "max_concurrent": None,
+        "requests_per_minute": None,
+        "creates_per_minute": None,
+    }
     assert shown["models"] == {
         "fal/fal-ai/kling-video/v2.1/pro": {"max_concurrent": None},
         "replicate/bytedance/seedance-1-pro": {"max_concurrent": 2},
@@ -136,13 +156,14 @@ models:
 def test_null_lifts_a_default(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "providers:\n  elevenlabs: {max_concurrent: null}\n  replicate:\n    requests_per_minute: null\n",
+        "providers:\n  elevenlabs: {max_concurrent: null}\n  replicate:\n    requests_per_minute: null\n"
+        "    creates_per_minute: null\n",
     )
     limits = load_limits(path)
     assert limits.provider("elevenlabs") == ProviderLimit()
     assert limits.provider("replicate") == ProviderLimit()
     assert limits.concurrency_caps() == ({}, {})
-    assert limits.rpm() == {}
+    assert limits.rpm() == {} and limits.cpm() == {}
 
 
 def test_an_empty_entry_keeps_the_defaults(tmp_path: Path) -> None:
@@ -220,7 +241,9 @@ def test_pinned_model_version_uses_the_model_entry(tmp_path: Path) -> None:
 
 def test_example_file_loads() -> None:
     limits = load_limits(EXAMPLE)
-    assert limits.provider("replicate") == ProviderLimit(max_concurrent=5, requests_per_minute=600)
+    assert limits.provider("replicate") == ProviderLimit(
+        max_concurrent=5, requests_per_minute=600, creates_per_minute=120
+    )
     assert limits.provider("fal").max_concurrent == 10
     assert limits.model("replicate/bytedance/seedance-1-pro").max_concurrent == 2
     assert limits.tenant("acme") == TenantLimit(monthly_cost_usd=25, max_concurrent=20)
@@ -294,6 +317,22 @@ def test_value_below_minimum(tmp_path: Path) -> None:
             "limits.yaml:2: providers.fal.requests_per_minute: must be a finite number (got inf)",
         ),
         (
+            "providers:\n  replicate: {creates_per_minute: 0}\n",
+            "limits.yaml:2: providers.replicate.creates_per_minute: must be greater than 0 (got 0)",
+        ),
+        (
+            "providers:\n  replicate: {creates_per_minute: '600'}\n",
+            "limits.yaml:2: providers.replicate.creates_per_minute: must be a number or null (got '600')",
+        ),
+        (
+            "providers:\n  replicate: {creates_per_minute: .nan}\n",
+            "limits.yaml:2: providers.replicate.creates_per_minute: must be a finite number (got nan)",
+        ),
+        (
+            "providers:\n  replicate:\n    max_concurrent: 5\n    creates_per_minute: -1\n",
+            "limits.yaml:4: providers.replicate.creates_per_minute: must be greater than 0 (got -1)",
+        ),
+        (
             "models:\n  fal/fal-ai/flux:\n    max_concurrent: 0\n",
             "limits.yaml:3: models.fal/fal-ai/flux.max_concurrent: must be at least 1 (got 0)",
         ),
@@ -344,12 +383,13 @@ def test_value_below_minimum(tmp_path: Path) -> None:
         ),
         (
             "providers:\n  fal: 5\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent or requests_per_minute (got 5)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
+            "creates_per_minute (got 5)",
         ),
         (
             "providers:\n  fal: [1, 2]\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent or requests_per_minute "
-            "(got a list of 2 items)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
+            "creates_per_minute (got a list of 2 items)",
         ),
         (
             "providers:\n  - fal\n",
@@ -418,7 +458,8 @@ tenants:
     assert message.startswith(f"invalid limits file {src} (3 problems):\n  - ")
     assert problems == [
         f"{src}:3: providers.replicate.max_concurrency: unknown field 'max_concurrency' "
-        "(did you mean 'max_concurrent'?); the fields are max_concurrent or requests_per_minute",
+        "(did you mean 'max_concurrent'?); the fields are max_concurrent, requests_per_minute or "
+        "creates_per_minute",
         f"{src}:5: models.fal/fal-ai/flux.requests_per_minute: unknown field 'requests_per_minute'; "
         "the fields are max_concurrent",
         f"{src}:8: tenants.acme.monthly_cost: unknown field 'monthly_cost' (did you mean 'monthly_cost_usd'?); "

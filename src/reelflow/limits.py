@@ -2,7 +2,7 @@
 
 ```yaml
 providers:                       # enforced across every worker process and machine
-  replicate: {max_concurrent: 5, requests_per_minute: 600}
+  replicate: {max_concurrent: 5, requests_per_minute: 600, creates_per_minute: 120}
 models:
   replicate/bytedance/seedance-1-pro: {max_concurrent: 2}
 tenants:                         # monthly: checked at submission; max_concurrent: held by the claim
@@ -59,7 +59,10 @@ class ProviderLimit(_Entry):
     max_concurrent: int | None = Field(default=None, ge=1)
     """Jobs of this provider running at once."""
     requests_per_minute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    """HTTP requests to this provider per minute."""
+    """HTTP requests to this provider per minute (creates too, unless `creates_per_minute` is set)."""
+    creates_per_minute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Requests that start paid work (a prediction's create) per minute, a bucket of their own; set, creates
+    no longer count against `requests_per_minute`."""
 
 
 class ModelLimit(_Entry):
@@ -93,8 +96,9 @@ def default_provider_limits() -> dict[str, ProviderLimit]:
         values: dict[str, Any] = {}
         if raw.get("max_concurrent") is not None:
             values["max_concurrent"] = int(raw["max_concurrent"])
-        if raw.get("requests_per_minute") is not None:
-            values["requests_per_minute"] = float(raw["requests_per_minute"])
+        for rate in ("requests_per_minute", "creates_per_minute"):
+            if raw.get(rate) is not None:
+                values[rate] = float(raw[rate])
         out[name] = ProviderLimit(**values)
     return out
 
@@ -170,6 +174,15 @@ class Limits:
         out: dict[str, float] = {}
         for name in self.provider_names():
             value = self.provider(name).requests_per_minute
+            if value is not None:
+                out[name] = value
+        return out
+
+    def cpm(self) -> dict[str, float]:
+        """Provider -> creates_per_minute, only the providers that have one."""
+        out: dict[str, float] = {}
+        for name in self.provider_names():
+            value = self.provider(name).creates_per_minute
             if value is not None:
                 out[name] = value
         return out

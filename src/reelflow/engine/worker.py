@@ -245,7 +245,7 @@ class Worker:
         self.store.configure_limits(
             caps_p, caps_m, budgets, limits.tenant("default").monthly_cost_usd, caps_t, default_cap_t
         )
-        self.pace = SharedPace(self.store, limits.rpm())
+        self.pace = SharedPace(self.store, limits.rpm(), limits.cpm())
         self.gates = gates_of(self.providers)
         for name, gate in self.gates.items():
             self.pace.attach(name, gate)

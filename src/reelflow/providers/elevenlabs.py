@@ -349,6 +349,7 @@ class ElevenLabsProvider(HttpAdapter):
             params={"output_format": output_format},
             json=body,
             headers={"Accept": "application/json"},
+            create=True,
         )
         if not response.is_success:
             raise _classify(response, doing)

@@ -255,7 +255,7 @@ class FalProvider(HttpAdapter):
             body = to_fal_input(task.model, task.params, self.model_catalog().fal_inputs(task.model))
         path = "/" + "/".join((owner, app, *filter(None, subpath.split("/"))))
         params = {"fal_webhook": task.callback_url} if task.callback_url else None
-        answer = await self._json("POST", path, f"submitting to {task.model}", json=body, params=params)
+        answer = await self._json("POST", path, f"submitting to {task.model}", json=body, params=params, create=True)
         request_id = answer.get("request_id")
         if request_id is None:
             raise TransientError(f"fal: submit answered without a request_id: {json.dumps(answer)[:200]}")

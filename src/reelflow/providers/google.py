@@ -259,7 +259,7 @@ class GoogleProvider(HttpAdapter):
         model = _model_name(task.model)
         body = await self._body(task)
         doing = f"creating a video with {task.model}"
-        response = await self.send("POST", f"/models/{model}:predictLongRunning", doing=doing, json=body)
+        response = await self.send("POST", f"/models/{model}:predictLongRunning", doing=doing, json=body, create=True)
         if not response.is_success:
             error = classify(response, doing)
             if response.status_code == 429 and error.retry_after and retry_after(response) is None:

@@ -68,6 +68,9 @@ class RateGate:
         self.shared: Any = None
         """The store-wide request bucket (an object with `async acquire()`), when the provider has a
         requests_per_minute limit; set by the worker."""
+        self.shared_creates: Any = None
+        """The store-wide bucket of requests that start paid work, when the provider has a creates_per_minute
+        limit (set by the worker); those requests then spend it instead of `shared`."""
         self.report: Callable[[float | None], None] | None = None
         """Called with each 429's Retry-After so other workers slow down too; set by the worker."""
 
@@ -77,16 +80,17 @@ class RateGate:
             self._recent.popleft()
         return float(len(self._recent))
 
-    async def acquire(self) -> None:
-        """Wait for this request's slot."""
+    async def acquire(self, *, create: bool = False) -> None:
+        """Wait for this request's slot (`create`: the request starts paid work)."""
         now = self._clock()
         slot = max(now, self.hold_until, self._next_slot if self.interval else now)
         if self.interval:
             self._next_slot = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
-        if self.shared is not None:
-            await self.shared.acquire()
+        bucket = self.shared_creates if create and self.shared_creates is not None else self.shared
+        if bucket is not None:
+            await bucket.acquire()
         now = self._clock()
         self._recent.append(now)
         self._rate(now)
@@ -252,6 +256,7 @@ class HttpAdapter:
         doing: str,
         headers: Mapping[str, str] | None = None,
         retry_throttled: int = 0,
+        create: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request to `{base}{path}` through the rate gate. Transport failures raise TransientError;
@@ -259,12 +264,15 @@ class HttpAdapter:
 
         `retry_throttled`: how many times a 429 is sent again here, after the gate's hold, before it is
         returned. Only for requests a 429 proves were not acted on (a refused create started nothing),
-        so a brief throttle does not cost the job one of its attempts."""
+        so a brief throttle does not cost the job one of its attempts.
+
+        `create`: the request starts paid work (a prediction's create); it spends the provider's
+        creates_per_minute bucket when there is one, else its requests_per_minute bucket like any other."""
         from .base import TransientError
 
         send_headers = {**self.auth_headers(), **(headers or {})}
         for tries_left in range(retry_throttled, -1, -1):
-            await self.gate.acquire()
+            await self.gate.acquire(create=create)
             try:
                 async with self.slots:
                     with metrics.provider_call(self.name) as call:  # counted by outcome, timed

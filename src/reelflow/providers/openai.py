@@ -347,7 +347,7 @@ class OpenAIProvider(HttpAdapter):
 
     async def _post(self, task: Task, path: str, doing: str, **kwargs: Any) -> httpx.Response:
         headers = {"Idempotency-Key": task.idempotency_key}
-        response = await self.send("POST", path, doing=doing, headers=headers, **kwargs)
+        response = await self.send("POST", path, doing=doing, headers=headers, create=True, **kwargs)
         if not response.is_success:
             raise _classify(response, doing)
         return response

@@ -307,11 +307,13 @@ class ReplicateProvider(HttpAdapter):
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         retry_throttled: int = 0,
+        create: bool = False,
     ) -> dict[str, Any]:
-        """One request to `{base}{path}`; the answer's JSON object, or a classified ProviderError."""
+        """One request to `{base}{path}` (`create`: it starts a prediction); the answer's JSON object, or a
+        classified ProviderError."""
         what = f"{method} {path}"
         response = await self.send(
-            method, path, doing=what, json=body, headers=headers, retry_throttled=retry_throttled
+            method, path, doing=what, json=body, headers=headers, retry_throttled=retry_throttled, create=create
         )
         if not response.is_success:
             raise classify(response, what)
@@ -410,7 +412,9 @@ class ReplicateProvider(HttpAdapter):
             path = f"/models/{owner}/{name}/predictions"
         wait = self._makes_images(model) or task.type == "generate-image"
         headers = {"Prefer": f"wait={PREFER_WAIT_S}"} if wait else {}
-        data = await self._call("POST", path, body=body, headers=headers, retry_throttled=self.create_retries_on_429)
+        data = await self._call(
+            "POST", path, body=body, headers=headers, retry_throttled=self.create_retries_on_429, create=True
+        )
         pid = data.get("id")
         if not isinstance(pid, str):
             raise TransientError("replicate: the create answer has no prediction id")
