@@ -517,3 +517,15 @@ def test_directory_and_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(LimitsFileError) as info:
         load_limits(binary)
     assert str(info.value).startswith(f"invalid limits file: {binary}: cannot be read: ")
+
+
+def test_a_lower_requests_per_minute_without_creates_per_minute_caps_creates_too(tmp_path: Path) -> None:
+    path = tmp_path / "limits.yaml"
+    path.write_text("providers:\n  replicate: {requests_per_minute: 120}\n")
+    limits = load_limits(path)
+    assert limits.provider("replicate").requests_per_minute == 120
+    assert limits.provider("replicate").creates_per_minute == 120  # not the built-in 600
+    path.write_text("providers:\n  replicate: {requests_per_minute: 120, creates_per_minute: 30}\n")
+    assert load_limits(path).provider("replicate").creates_per_minute == 30
+    path.write_text("providers:\n  replicate: {requests_per_minute: 5000}\n")
+    assert load_limits(path).provider("replicate").creates_per_minute == 600  # the documented create limit stays

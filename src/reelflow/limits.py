@@ -129,7 +129,12 @@ class Limits:
         if entry is None:
             return base
         update = {f: getattr(entry, f) for f in entry.model_fields_set}
-        return base.model_copy(update=update)
+        merged = base.model_copy(update=update)
+        rpm, cpm = merged.requests_per_minute, merged.creates_per_minute
+        if "creates_per_minute" not in entry.model_fields_set and rpm is not None and cpm is not None and cpm > rpm:
+            # a file that lowers requests_per_minute without a word on creates means every request, creates too
+            merged = merged.model_copy(update={"creates_per_minute": rpm})
+        return merged
 
     def model_key(self, model_id: str) -> str | None:
         """The models entry that applies to `model_id` (its own, else its unpinned id's), or None."""
