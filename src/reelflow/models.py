@@ -41,12 +41,25 @@ class Cost(Answer):
     actual: float | None = Field(description="Charged by the providers so far (USD); null before a job settles")
 
 
+class FailoverStep(Answer):
+    """A model a job passed over, and why."""
+
+    model: str = Field(description="The model passed over")
+    reason: str = Field(description="Why: its last error after its attempts, or that its circuit was open")
+
+
 class JobState(Answer):
     """One job of an execution."""
 
     id: str = Field(description="The job's id in the plan")
     type: str = Field(description="Job type: generate-image, generate-video, merge-video-audio, ...")
     model: str | None = Field(description="The model that ran (with failover, the alternative that ran)")
+    models: list[str] | None = Field(
+        None, description="With failover: the job's models in the order they are tried; null for a single model"
+    )
+    failover: list[FailoverStep] = Field(
+        default_factory=list, description="The models passed over so far, in order, each with why"
+    )
     params: JsonObject = Field(description="The job's parameters as submitted (references such as `$clip` as written)")
     resolved_params: JsonObject | None = Field(
         description="The parameters with every reference replaced by the value it stands for, once every job it "
