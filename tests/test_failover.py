@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from apiserver import ApiServer, server_settings
 from conftest import WorkerFactory
 from fakes.replicate import FakeReplicate
+from reelflow import sdk
+from reelflow.api.app import create_app
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import PlanError
 from reelflow.estimate import estimate_plan
 from reelflow.limits import reset_limits
 from reelflow.plan import parse_plan
+from reelflow.providers.registry import Providers
 from reelflow.providers.replicate import ReplicateProvider
 from reelflow.store.sqlite import SQLiteStore
 from test_worker_processes import start_worker, wait_for
@@ -176,7 +181,7 @@ async def test_without_an_alternative_jobs_wait_queued_and_a_probe_closes_the_ci
             await asyncio.sleep(2.5)  # past a cool-down: a probe fails and opens it again
             state = await engine.get(eid)
             assert all(j["status"] in ("queued", "running") for j in state["jobs"]), state["jobs"]
-            assert all(j["attempts"] <= 3 for j in state["jobs"])  # waiting on the circuit spends none
+            assert all(j["attempts"] <= 2 for j in state["jobs"])  # waiting on the circuit, probing: none spent
             sent = fake.create_calls[down]
             assert 2 <= sent <= 2 + 3  # the failures that opened it, then a probe per cool-down at most
             fake.down_models.clear()
@@ -188,3 +193,55 @@ async def test_without_an_alternative_jobs_wait_queued_and_a_probe_closes_the_ci
     circuits = {c.key: c for c in await store.circuits()}
     assert circuits[LITE].state == "closed"
     assert circuits[LITE].success_rate() is not None
+
+
+@pytest.mark.sqlite_only
+def test_get_providers_and_the_metric_show_an_open_circuit(tmp_path: Path, fake: FakeReplicate) -> None:
+    down = PRO.removeprefix("replicate/")
+    fake.down_models.add(down)
+    reset_limits()
+    settings = server_settings(
+        tmp_path, allow_private_urls=True, callbacks=False, limits_file=limits_file(tmp_path, 2, 60)
+    )
+    providers = Providers({"replicate": adapter(fake)})
+    try:
+        with ApiServer(settings, app=create_app(settings, workers=1, providers=providers)) as api:
+            key = api.new_key("acme")
+            with api.client(key.api_key) as http:
+                plan = {"jobs": [clip(f"v{i}", [PRO, LITE], max_attempts=3) for i in range(3)]}
+                eid = http.post("/v1/executions", json=plan).json()["id"]
+                deadline = time.monotonic() + 30
+                while http.get(f"/v1/executions/{eid}").json()["status"] not in ("succeeded", "failed"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                answer = http.get("/v1/providers")
+                assert answer.status_code == 200
+                replicate = next(p for p in answer.json()["data"] if p["provider"] == "replicate")
+                assert replicate["circuit"]["state"] == "closed"
+                models = {m["model"]: m for m in replicate["models"]}
+                assert models[PRO]["circuit"]["state"] == "open"
+                assert models[PRO]["circuit"]["open_until"] is not None
+                assert models[PRO]["circuit"]["success_rate"] == 0.0
+                assert models[PRO]["circuit"]["failures_to_open"] == 2
+                assert models[LITE]["circuit"]["state"] == "closed"
+                assert models[LITE]["circuit"]["success_rate"] == 1.0
+                text = http.get("/metrics").text
+                assert f'reelflow_provider_circuit_state{{model="{PRO}",provider="replicate"}} 2.0' in text
+                assert f'reelflow_provider_circuit_state{{model="{LITE}",provider="replicate"}} 0.0' in text
+    finally:
+        reset_limits()
+
+
+def test_the_sdk_takes_a_list_of_models() -> None:
+    step = sdk.generate_video(model=[PRO, LITE], prompt="waves", duration=5, id="v")
+    assert step.plan()["jobs"][0]["model"] == [PRO, LITE]
+    assert parse_plan(step.plan()).jobs[0].models == [PRO, LITE]
+
+
+def test_stats_lists_the_circuits_not_closed(capsys: pytest.CaptureFixture[str]) -> None:
+    from reelflow.cli.usage import _show_circuits
+
+    closed = {"state": "closed", "consecutive_failures": 0, "open_until": None}
+    opened = {"state": "open", "consecutive_failures": 5, "open_until": "2026-12-06T18:00:00.000Z"}
+    _show_circuits([{"provider": "replicate", "circuit": closed, "models": [{"model": PRO, "circuit": opened}]}])
+    assert f"{PRO} open until 2026-12-06T18:00:00.000Z (5 failures in a row)" in capsys.readouterr().out

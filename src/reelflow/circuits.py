@@ -12,7 +12,10 @@ not take its provider's other models with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 CircuitState = Literal["closed", "open", "half-open"]
 STATE_VALUE: dict[str, int] = {"closed": 0, "half-open": 1, "open": 2}
@@ -89,6 +92,8 @@ class Admission:
     why: Literal["open", "busy"] | None = None
     reserved: tuple[str, ...] = ()
     """The circuits this create holds a reservation on (given back when its outcome is recorded)."""
+    probe: bool = False
+    """This create is a half-open circuit's probe."""
 
 
 def admit(c: Circuit, owner: str, now: float, cfg: CircuitConfig) -> Admission:
@@ -99,12 +104,12 @@ def admit(c: Circuit, owner: str, now: float, cfg: CircuitConfig) -> Admission:
         if c.until_at is not None and now < c.until_at:
             return Admission(False, c.until_at, "open")
         c.state, c.probe_owner, c.pending, c.pending_at = "half-open", owner, 1, now
-        return Admission(True, reserved=(c.key,))
+        return Admission(True, reserved=(c.key,), probe=True)
     if c.state == "half-open":
         if c.pending:  # the probe is out
             return Admission(False, now + min(cfg.cooldown_s, 5.0), "open")
         c.probe_owner, c.pending, c.pending_at = owner, 1, now
-        return Admission(True, reserved=(c.key,))
+        return Admission(True, reserved=(c.key,), probe=True)
     if c.model is not None and c.failures and c.failures + c.pending >= cfg.failures:
         return Admission(False, now + 0.5, "busy")
     c.pending, c.pending_at = c.pending + 1, now
@@ -130,3 +135,49 @@ def record(c: Circuit, ok: bool, reserved: bool, model: str | None, now: float, 
     trips = c.failures >= cfg.failures and (c.model is not None or len(c.failing) >= 2)
     if c.state == "half-open" or (c.state == "closed" and trips):
         c.state, c.until_at, c.probe_owner, c.pending = "open", now + cfg.cooldown_s, None, 0
+
+
+def _view(c: Circuit | None, cfg: CircuitConfig, now: float) -> dict[str, Any]:
+    from .store.common import iso
+
+    if c is None:
+        c = Circuit(key="", provider="", model=None)
+    return {
+        "state": c.state,
+        "consecutive_failures": c.failures,
+        "open_until": iso(c.until_at) if c.state == "open" else None,
+        "success_rate": c.success_rate() if c.window_at is not None and now - c.window_at <= WINDOW_S else None,
+        "failures_to_open": cfg.failures,
+        "cooldown_s": cfg.cooldown_s,
+    }
+
+
+def provider_circuits(circuits: list[Circuit], limits: Limits, now: float) -> list[dict[str, Any]]:
+    """`GET /v1/providers`: every provider with limits or a circuit, each with its models'."""
+    by_key = {c.key: c for c in circuits}
+    names = sorted(set(limits.provider_names()) | {c.provider for c in circuits})
+    out = []
+    for name in names:
+        models = sorted(
+            {c.model for c in circuits if c.provider == name and c.model}
+            | {m for m in limits.models if m.split("/", 1)[0] == name}
+        )
+        lim = limits.provider(name)
+        out.append(
+            {
+                "provider": name,
+                "circuit": _view(by_key.get(name), limits.circuit(name), now),
+                "max_concurrent": lim.max_concurrent,
+                "requests_per_minute": lim.requests_per_minute,
+                "models": [
+                    {
+                        "model": m,
+                        "circuit": _view(by_key.get(m), limits.circuit(name, m), now),
+                        "max_concurrent": limits.model(m).max_concurrent,
+                    }
+                    for m in models
+                ],
+            }
+        )
+    return out
+

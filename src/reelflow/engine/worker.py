@@ -104,6 +104,17 @@ class _Gate:
 
     keys: list[tuple[str, str, str | None, CircuitConfig]]
     reserved: list[str]
+    probe: bool
+    """The create is a half-open circuit's probe: its failure reopens the circuit and costs the job no attempt."""
+
+
+class _ProbeFailed(Exception):
+    """A circuit's probe failed with a transient error: the circuit is open again."""
+
+    def __init__(self, message: str, settled: bool) -> None:
+        super().__init__(message)
+        self.settled = settled
+        """As TransientError: False when the request may have started paid work (the next attempt asks)."""
 
 
 @dataclass(eq=False)
@@ -626,6 +637,10 @@ class Worker:
             return JobOutcome(
                 c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key, seq=c.seq
             )
+        except _ProbeFailed as exc:
+            if (moved := self._failover(c, "circuit open")) is not None:
+                return moved
+            return self._circuit_wait(c, f"{exc}; circuit open again for {c.model}: waiting", None, exc.settled)
         except JobTimeout as exc:
             if held.provider_job_id:
                 await self._cancel_remote(c, held)
@@ -739,22 +754,23 @@ class Worker:
         not counted."""
         keys = self._circuit_keys(provider, c)
         if not keys:
-            return _Gate([], [])
+            return _Gate([], [], False)
         answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
         if answer.allowed:
-            return _Gate(keys, list(answer.reserved))
+            return _Gate(keys, list(answer.reserved), answer.probe)
         if answer.why == "open" and (moved := self._failover(c, "circuit open")) is not None:
             return moved
-        wait = max(0.05, (answer.until or time.time()) - time.time()) + random.uniform(0, 0.2)
         why = "open" if answer.why == "open" else "failing (waiting for the answers of the creates out)"
+        return self._circuit_wait(c, f"circuit {why} for {c.model}: waiting", answer.until)
+
+    def _circuit_wait(self, c: ClaimedJob, error: str, until: float | None, settled: bool = True) -> JobOutcome:
+        """Back to the queue until `until` (a cool-down when None), this attempt not counted."""
+        if until is None:
+            limits = get_limits(self.settings)
+            until = time.time() + limits.circuit(c.provider or "", c.model).cooldown_s
+        wait = max(0.05, until - time.time()) + random.uniform(0, 0.2)
         return JobOutcome(
-            c.id,
-            self.id,
-            "retry",
-            error=f"circuit {why} for {c.model}: waiting",
-            retry_at=time.time() + wait,
-            seq=c.seq,
-            uncount=True,
+            c.id, self.id, "retry", error=error, retry_at=time.time() + wait, seq=c.seq, uncount=True, settled=settled
         )
 
     async def _submit_through(self, gate: _Gate, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str:
@@ -764,8 +780,10 @@ class Worker:
             return await self._submit(provider, task, c, held)
         try:
             pid = await self._submit(provider, task, c, held)
-        except TransientError:
+        except TransientError as exc:
             await self._circuit_note(gate, ok=False)
+            if gate.probe:
+                raise _ProbeFailed(exc.message, exc.not_sent or exc.resubmit) from exc
             raise
         except ProviderError:
             await self._circuit_note(gate, ok=True)

@@ -517,14 +517,16 @@ class StoreManager(StoreRules):
         async def write(tx: Tx) -> Admission:
             rows = [await self._circuit_row(tx, key, provider, model, at) for key, provider, model, _ in keys]
             reserved: list[str] = []
+            probe = False
             for c, (*_, cfg) in zip(rows, keys, strict=True):
                 answer = admit(c, owner, at, cfg)
                 if not answer.allowed:
                     return answer  # nothing written: the reservations taken so far are dropped
                 reserved += answer.reserved
+                probe = probe or answer.probe
             for c in rows:
                 await self._circuit_write(tx, c, at)
-            return Admission(True, reserved=tuple(reserved))
+            return Admission(True, reserved=tuple(reserved), probe=probe)
 
         return await self._in_tx(write)
 
