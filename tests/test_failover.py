@@ -245,3 +245,21 @@ def test_stats_lists_the_circuits_not_closed(capsys: pytest.CaptureFixture[str])
     opened = {"state": "open", "consecutive_failures": 5, "open_until": "2026-12-06T18:00:00.000Z"}
     _show_circuits([{"provider": "replicate", "circuit": closed, "models": [{"model": PRO, "circuit": opened}]}])
     assert f"{PRO} open until 2026-12-06T18:00:00.000Z (5 failures in a row)" in capsys.readouterr().out
+
+
+async def test_resume_starts_a_failed_over_job_from_its_first_model_again(
+    engine: Engine, fake: FakeReplicate, running_worker: WorkerFactory
+) -> None:
+    for model in (PRO, LITE):
+        fake.down_models.add(model.removeprefix("replicate/"))
+    eid = await engine.submit({"jobs": [clip("v", [PRO, LITE], max_attempts=1)]})
+    async with running_worker(providers_={"replicate": adapter(fake)}):
+        failed = await engine.wait(eid, timeout=30)
+        assert failed["status"] == "failed"
+        assert failed["jobs"][0]["model"] == LITE and [f["model"] for f in failed["jobs"][0]["failover"]] == [PRO]
+        fake.down_models.clear()
+        await engine.resume(eid)
+        state = await engine.wait(eid, timeout=30)
+    job = state["jobs"][0]
+    assert state["status"] == "succeeded"
+    assert job["model"] == PRO and job["failover"] == []

@@ -746,7 +746,7 @@ class Worker:
             return []
         name = c.provider or provider.name
         limits = get_limits(self.settings)
-        return [(k, p, m, limits.circuit(p, c.model)) for k, p, m in circuit_keys(name, c.model)]
+        return [(k, p, m, limits.circuit(p, m)) for k, p, m in circuit_keys(name, c.model)]
 
     async def _circuit_gate(self, provider: Provider, c: ClaimedJob) -> _Gate | JobOutcome:
         """Ask the job's circuits (shared through the store) whether a create may go out now. When one is open:

@@ -636,7 +636,8 @@ class StoreManager(StoreRules):
             if row["status"] == "succeeded":
                 raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
             jobs = await tx.all(
-                "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
+                "SELECT id, key, status, depends_on, failover FROM jobs WHERE execution_id = %s ORDER BY id",
+                (execution_id,),
             )
             done = {j["key"] for j in jobs if j["status"] == "succeeded"}
             events: list[EventRow] = []
@@ -657,6 +658,11 @@ class StoreManager(StoreRules):
                     " WHERE execution_id = %s AND key = %s",
                     (status, left, now if status == "queued" else None, execution_id, j["key"]),
                 )
+                if j["failover"] and (restart := loads(j["failover"])).get("models"):  # from its first model again
+                    first = restart["models"][0]
+                    await tx.run(
+                        FAILOVER_SQL, (first, first.split("/", 1)[0], dumps({**restart, "passed": []}), j["id"])
+                    )
                 events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
             await tx.run(
                 "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
