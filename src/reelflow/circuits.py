@@ -11,6 +11,7 @@ not take its provider's other models with it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     from .limits import Limits
 
 CircuitState = Literal["closed", "open", "half-open"]
-STATE_VALUE: dict[str, int] = {"closed": 0, "half-open": 1, "open": 2}
-"""The metric's values (`reelflow_provider_circuit_state`)."""
 
 DEFAULT_FAILURES = 5
 DEFAULT_COOLDOWN_S = 60.0
@@ -64,8 +63,6 @@ class Circuit:
 
     @classmethod
     def of_row(cls, r: Any) -> Circuit:
-        import json
-
         return cls(
             key=r["key"], provider=r["provider"], model=r["model"], state=r["state"], failures=r["failures"],
             pending=r["pending"], pending_at=r["pending_at"], until_at=r["until_at"], probe_owner=r["probe_owner"],

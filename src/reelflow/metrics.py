@@ -222,7 +222,7 @@ def webhook_attempt(delivered: bool, *, retrying: bool) -> None:
 
 # ---------------------------------------------------------------------------------------- store gauges
 CIRCUIT_STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
-"""`reelflow_provider_circuit_state`'s values (reelflow.circuits.STATE_VALUE)."""
+"""`reelflow_provider_circuit_state`'s values, by circuit state (reelflow.circuits)."""
 
 
 class GaugeSource(Protocol):
