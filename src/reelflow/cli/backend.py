@@ -4,7 +4,6 @@ reelflow server (`--server`), through the HTTP client. The commands are written 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -135,7 +134,6 @@ class Local:
 
     async def stats(self, since: str | None, start: float) -> dict[str, Any]:
         """Every tenant's usage (those with keys, with jobs under way, and `default`), the queue, the limits."""
-        from ..circuits import provider_circuits
         from ..limits import get_limits
 
         rt = self.runtime
@@ -147,7 +145,6 @@ class Local:
             "queue": queue,
             "limits": get_limits(rt.settings).as_dict(),
             "stats": await rt.store.stats(None, start),
-            "circuits": provider_circuits(await rt.store.circuits(), get_limits(rt.settings), time.time()),
         }
 
     def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
@@ -204,11 +201,7 @@ class Remote:
 
     async def stats(self, since: str | None, start: float) -> dict[str, Any]:
         """The key's tenant's usage and figures."""
-        return {
-            "usage": [await self.client.usage()],
-            "stats": await self.client.stats(since),
-            "circuits": (await self.client.providers())["data"],
-        }
+        return {"usage": [await self.client.usage()], "stats": await self.client.stats(since)}
 
     def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
         return contextlib.nullcontext()
