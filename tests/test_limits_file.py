@@ -383,13 +383,13 @@ def test_value_below_minimum(tmp_path: Path) -> None:
         ),
         (
             "providers:\n  fal: 5\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
-            "creates_per_minute (got 5)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute, "
+            "creates_per_minute or circuit (got 5)",
         ),
         (
             "providers:\n  fal: [1, 2]\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
-            "creates_per_minute (got a list of 2 items)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute, "
+            "creates_per_minute or circuit (got a list of 2 items)",
         ),
         (
             "providers:\n  - fal\n",
@@ -458,10 +458,10 @@ tenants:
     assert message.startswith(f"invalid limits file {src} (3 problems):\n  - ")
     assert problems == [
         f"{src}:3: providers.replicate.max_concurrency: unknown field 'max_concurrency' "
-        "(did you mean 'max_concurrent'?); the fields are max_concurrent, requests_per_minute or "
-        "creates_per_minute",
+        "(did you mean 'max_concurrent'?); the fields are max_concurrent, requests_per_minute, "
+        "creates_per_minute or circuit",
         f"{src}:5: models.fal/fal-ai/flux.requests_per_minute: unknown field 'requests_per_minute'; "
-        "the fields are max_concurrent",
+        "the fields are max_concurrent or circuit",
         f"{src}:8: tenants.acme.monthly_cost: unknown field 'monthly_cost' (did you mean 'monthly_cost_usd'?); "
         "the fields are monthly_executions, monthly_cost_usd or max_concurrent",
     ]

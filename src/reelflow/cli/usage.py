@@ -143,9 +143,24 @@ def stats(
             if q[key]:
                 out().print(f"{label} by provider: " + ", ".join(f"{k} {v}" for k, v in sorted(q[key].items())))
         caps = data["limits"]["providers"]
-        lines = [f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if v is not None)}" for p, lim in caps.items()]
+        lines = [
+            f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if isinstance(v, int | float))}"
+            for p, lim in caps.items()
+        ]
         out().print("provider limits: " + ("; ".join(ln for ln in lines if not ln.endswith(": ")) or "none"))
     _show_stats(data["stats"])
+    _show_circuits(data.get("circuits") or [])
+
+
+def _show_circuits(providers: list[dict[str, Any]]) -> None:
+    """The circuits not closed (open or half-open), or a line saying all are closed."""
+    shown = []
+    for p in providers:
+        for name, c in [(p["provider"], p["circuit"]), *((m["model"], m["circuit"]) for m in p["models"])]:
+            if c["state"] != "closed":
+                until = f" until {c['open_until']}" if c.get("open_until") else ""
+                shown.append(f"{name} {c['state']}{until} ({c['consecutive_failures']} failures in a row)")
+    out().print("circuits: " + ("; ".join(shown) if shown else "all closed"), highlight=False)
 
 
 def _pct(rate: float | None) -> str:

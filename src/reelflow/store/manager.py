@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 from .. import metrics
+from ..circuits import Admission, Circuit, CircuitConfig, admit, record
 from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
@@ -25,7 +26,7 @@ from ..states import (
     sources,
     transitive_dependents,
 )
-from .base import ApiKey, ClaimedJob, Event, JobOutcome, NewExecution, OrphanedCancel
+from .base import ApiKey, ClaimedJob, Event, JobOutcome, NewExecution, NewJob, OrphanedCancel
 from .common import (
     IDEMPOTENCY_WINDOW_S,
     ORPHAN_CANCEL_S,
@@ -238,9 +239,28 @@ def claimed_job(
         refusal=refusal,
         seq=r["lease_seq"],
         intent_at=r["intent_at"],
+        failover=loads(r["failover"]) if r["failover"] else None,
         intent_seq=r["intent_seq"],
         cost_estimated=float(r["cost_estimated"] or 0.0),
     )
+
+
+def failover_json(j: NewJob) -> str | None:
+    """A new job's failover state, when it has alternatives."""
+    if not j.alternatives:
+        return None
+    return dumps({"models": [j.model, *j.alternatives], "on": j.failover_on, "passed": []})
+
+
+def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
+    """(model, provider, failover JSON, job id) to write for a failover outcome, else None."""
+    if o.status != "retry" or not o.failover_to:
+        return None
+    return o.failover_to, o.failover_to.split("/", 1)[0], dumps(o.failover or {}), o.job_id
+
+
+FAILOVER_SQL = "UPDATE jobs SET model = %s, provider = %s, failover = %s, attempts = 0 WHERE id = %s"
+UNCOUNT_SQL = "UPDATE jobs SET attempts = attempts - 1 WHERE id = %s AND attempts > 0"
 
 
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
@@ -259,6 +279,10 @@ def outcome_events(o: JobOutcome, eid: str, key: str, attempts: int, now: float)
             events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
         events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
         return events
+    if o.status == "retry" and o.failover_to:
+        passed = ((o.failover or {}).get("passed") or [{}])[-1]
+        data = {"from": passed.get("model"), "to": o.failover_to, "reason": passed.get("reason"), "attempt": attempts}
+        return [(eid, key, "job.failover", dumps(data), now)]
     if o.status == "retry":
         delay = round(max(0.0, (o.retry_at or now) - now), 3)
         data = {"attempt": attempts, "error": o.error, "retry_in_s": delay}
@@ -482,6 +506,83 @@ class StoreManager(StoreRules):
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ circuits
+    async def circuit_admit(
+        self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
+    ) -> Admission:
+        """May one create go through every circuit of `keys` ((key, provider, model, config))? Reservations it
+        takes are given back by `circuit_record`."""
+        at = time.time() if now is None else now
+
+        async def write(tx: Tx) -> Admission:
+            rows = [await self._circuit_row(tx, key, provider, model, at) for key, provider, model, _ in keys]
+            reserved: list[str] = []
+            probe = False
+            for c, (*_, cfg) in zip(rows, keys, strict=True):
+                answer = admit(c, owner, at, cfg)
+                if not answer.allowed:
+                    return answer  # nothing written: the reservations taken so far are dropped
+                reserved += answer.reserved
+                probe = probe or answer.probe
+            for c in rows:
+                await self._circuit_write(tx, c, at)
+            return Admission(True, reserved=tuple(reserved), probe=probe)
+
+        return await self._in_tx(write)
+
+    async def circuit_record(
+        self,
+        keys: Sequence[tuple[str, str, str | None, CircuitConfig]],
+        ok: bool,
+        held: Sequence[str],
+        now: float | None = None,
+    ) -> list[Circuit]:
+        """Count one create's outcome in each circuit of `keys`; the circuits as they now are."""
+        at = time.time() if now is None else now
+
+        async def write(tx: Tx) -> list[Circuit]:
+            out = []
+            for key, provider, model, cfg in keys:
+                c = await self._circuit_row(tx, key, provider, model, at)
+                record(c, ok, key in held, keys[-1][2], at, cfg)
+                await self._circuit_write(tx, c, at)
+                out.append(c)
+            return out
+
+        return await self._in_tx(write)
+
+    async def circuits(self) -> list[Circuit]:
+        """Every circuit the store knows, by key."""
+
+        async def read(tx: Tx) -> list[Circuit]:
+            return [Circuit.of_row(r) for r in await tx.all("SELECT * FROM circuits ORDER BY key")]
+
+        return await self._in_read(read)
+
+    @staticmethod
+    async def _circuit_row(tx: Tx, key: str, provider: str, model: str | None, now: float) -> Circuit:
+        row = await tx.one("SELECT * FROM circuits WHERE key = %s" + tx.for_update, (key,))
+        if row is not None:
+            return Circuit.of_row(row)
+        await tx.run(
+            "INSERT INTO circuits (key, provider, model, updated_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (key, provider, model, now),
+        )
+        row = await tx.one("SELECT * FROM circuits WHERE key = %s" + tx.for_update, (key,))
+        return Circuit.of_row(row)
+
+    @staticmethod
+    async def _circuit_write(tx: Tx, c: Circuit, now: float) -> None:
+        await tx.run(
+            "UPDATE circuits SET state = %s, failures = %s, pending = %s, pending_at = %s, until_at = %s,"
+            " probe_owner = %s, ok_count = %s, fail_count = %s, window_at = %s, failing = %s, updated_at = %s"
+            " WHERE key = %s",
+            (
+                c.state, c.failures, c.pending, c.pending_at, c.until_at, c.probe_owner, c.ok_count, c.fail_count,
+                c.window_at, dumps(c.failing), now, c.key,
+            ),
+        )  # fmt: skip
+
     # ------------------------------------------------------------------ cancel / resume
     async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         async def write(tx: Tx) -> None:
@@ -535,7 +636,8 @@ class StoreManager(StoreRules):
             if row["status"] == "succeeded":
                 raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
             jobs = await tx.all(
-                "SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id", (execution_id,)
+                "SELECT id, key, status, depends_on, failover FROM jobs WHERE execution_id = %s ORDER BY id",
+                (execution_id,),
             )
             done = {j["key"] for j in jobs if j["status"] == "succeeded"}
             events: list[EventRow] = []
@@ -556,6 +658,11 @@ class StoreManager(StoreRules):
                     " WHERE execution_id = %s AND key = %s",
                     (status, left, now if status == "queued" else None, execution_id, j["key"]),
                 )
+                if j["failover"] and (restart := loads(j["failover"])).get("models"):  # from its first model again
+                    first = restart["models"][0]
+                    await tx.run(
+                        FAILOVER_SQL, (first, first.split("/", 1)[0], dumps({**restart, "passed": []}), j["id"])
+                    )
                 events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
             await tx.run(
                 "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
@@ -894,15 +1001,15 @@ class StoreManager(StoreRules):
             await tx.many(
                 "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
                 " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at, tenant, use_cache)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " cost_estimated, created_at, queued_at, tenant, use_cache, failover)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [
                     (
                         ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
                         dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
                         "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
                         j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache),
+                        None if j.depends_on else now, ex.tenant, int(j.cache), failover_json(j),
                     )
                     for j in ex.jobs
                 ],
@@ -1047,7 +1154,9 @@ class StoreManager(StoreRules):
         return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
 
     async def metric_gauges(self) -> dict[str, Any]:
-        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
+        gauges = assemble_gauges(await self._fetch(gauge_queries(time.time())))
+        gauges["circuits"] = [(c.provider, c.model or "", c.state) for c in await self.circuits()]
+        return gauges
 
     async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
         """The rows (as tuples) of named read queries (`?` parameters), in one read-only transaction."""

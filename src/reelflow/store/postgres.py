@@ -45,10 +45,13 @@ from .common import (
     month_start,
 )
 from .manager import (
+    FAILOVER_SQL,
+    UNCOUNT_SQL,
     EventRow,
     StoreManager,
     Tx,
     claimed_job,
+    failover_update,
     model_family,
     outcome_events,
     progress_event,
@@ -410,7 +413,7 @@ class PostgresStore(StoreManager):
             " AND j.id = ANY(%b::bigint[])"
             " RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,"
             " j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,"
-            " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq",
+            " j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover",
             (owner, now + lease_s, now, now, picked),
         )
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
@@ -715,6 +718,11 @@ class PostgresStore(StoreManager):
                 ),
             )  # fmt: skip
             rows.update((r["id"], r) for r in await cur.fetchall())
+            moves = [u for o in retry if o.job_id in rows and (u := failover_update(o)) is not None]
+            if moves:
+                await cur.executemany(FAILOVER_SQL, moves)
+            if waits := [(o.job_id,) for o in retry if o.job_id in rows and o.uncount]:
+                await cur.executemany(UNCOUNT_SQL, waits)
         if ended:
             await cur.execute(
                 "UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,"

@@ -38,10 +38,13 @@ from .common import (
     month_start,
 )
 from .manager import (
+    FAILOVER_SQL,
+    UNCOUNT_SQL,
     EventRow,
     StoreManager,
     Tx,
     claimed_job,
+    failover_update,
     outcome_events,
     progress_event,
     running_events,
@@ -266,7 +269,7 @@ class SQLiteStore(StoreManager):
                 f" WHERE {guard('running')} AND id IN ({_qs(len(chunk))})"
                 " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
                 " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-                " cost_estimated, lease_seq, intent_at, intent_seq",
+                " cost_estimated, lease_seq, intent_at, intent_seq, failover",
                 (owner, now + lease_s, now, now, *chunk),
             ).fetchall()
         if not rows:
@@ -581,6 +584,10 @@ class SQLiteStore(StoreManager):
                 if row is None:
                     continue
                 eid, key = row[0], row[1]
+                if (move := failover_update(o)) is not None:
+                    conn.execute(_sqlite_sql(FAILOVER_SQL), move)
+                if o.uncount:
+                    conn.execute(_sqlite_sql(UNCOUNT_SQL), (o.job_id,))
                 events += outcome_events(o, eid, key, row[2], now)
             else:  # failed or canceled
                 row = conn.execute(
