@@ -16,6 +16,7 @@ from conftest import WorkerFactory
 from fakes.replicate import FakeReplicate
 from reelflow import sdk
 from reelflow.api.app import create_app
+from reelflow.circuits import CircuitConfig, circuit_keys
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import PlanError
@@ -265,3 +266,32 @@ async def test_resume_starts_a_failed_over_job_from_its_first_model_again(
     job = state["jobs"][0]
     assert state["status"] == "succeeded"
     assert job["model"] == PRO and job["failover"] == []
+
+
+async def test_a_model_failing_every_other_create_opens_on_its_success_rate(store: SQLiteStore) -> None:
+    """Never two failures in a row, so `failures` alone would never open it; under 60% of successes over 20
+    creates does, on the failure that takes the window there, not before."""
+    cfg = CircuitConfig(failures=5, cooldown_s=30, min_success_rate=0.6, min_calls=20)
+    keys = [(k, p, m, cfg) for k, p, m in circuit_keys("replicate", PRO)]
+    states = []
+    for n in range(24):
+        answer = await store.circuit_admit(keys, f"w:{n}", now=1000.0 + n)
+        if not answer.allowed:
+            break
+        circuits = await store.circuit_record(keys, n % 2 == 0, answer.reserved, now=1000.0 + n)
+        states.append(circuits[1].state)
+    assert states[:19] == ["closed"] * 19  # 19 creates: the window is still too small to judge
+    assert states[19] == "open" and len(states) == 20  # the 20th (a failure): 10 of 20, under 60%
+    by_key = {c.key: c for c in await store.circuits()}
+    assert by_key[PRO].success_rate() == 0.5 and by_key[PRO].failures == 1
+    assert by_key["replicate"].state == "closed"  # one model's poor rate does not open its provider
+
+
+async def test_the_success_rate_rule_can_be_turned_off(store: SQLiteStore) -> None:
+    cfg = CircuitConfig(failures=5, cooldown_s=30, min_success_rate=0.0, min_calls=1)
+    keys = [(k, p, m, cfg) for k, p, m in circuit_keys("replicate", PRO)]
+    for n in range(30):
+        answer = await store.circuit_admit(keys, f"w:{n}", now=1000.0 + n)
+        assert answer.allowed
+        await store.circuit_record(keys, n % 3 == 0, answer.reserved, now=1000.0 + n)
+    assert {c.key: c for c in await store.circuits()}[PRO].state == "closed"

@@ -378,6 +378,14 @@ def test_value_below_minimum(tmp_path: Path) -> None:
             "'max_concurrent'?); the fields are monthly_executions, monthly_cost_usd or max_concurrent",
         ),
         (
+            "providers:\n  fal: {circuit: {min_success_rate: 1.5}}\n",
+            "limits.yaml:2: providers.fal.circuit.min_success_rate: must be at most 1 (got 1.5)",
+        ),
+        (
+            "providers:\n  fal: {circuit: {min_calls: 0}}\n",
+            "limits.yaml:2: providers.fal.circuit.min_calls: must be at least 1 (got 0)",
+        ),
+        (
             "tenants:\n  acme: {monthly_cost_usd: lots}\n",
             "limits.yaml:2: tenants.acme.monthly_cost_usd: must be a number or null (got 'lots')",
         ),
@@ -529,3 +537,17 @@ def test_a_lower_requests_per_minute_without_creates_per_minute_caps_creates_too
     assert load_limits(path).provider("replicate").creates_per_minute == 30
     path.write_text("providers:\n  replicate: {requests_per_minute: 5000}\n")
     assert load_limits(path).provider("replicate").creates_per_minute == 600  # the documented create limit stays
+
+
+def test_a_circuit_takes_its_success_rate_rule_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "limits.yaml"
+    path.write_text(
+        "providers:\n  fal: {circuit: {failures: 3, min_success_rate: 0.8, min_calls: 40}}\n"
+        "models:\n  fal/fal-ai/flux/schnell: {circuit: {min_success_rate: 0}}\n"
+    )
+    limits = load_limits(str(path))
+    own = limits.circuit("fal", "fal/fal-ai/flux/schnell")
+    assert (own.failures, own.min_success_rate, own.min_calls) == (5, 0.0, 20)  # its own entry, else defaults
+    inherited = limits.circuit("fal", "fal/fal-ai/kling-video")
+    assert (inherited.failures, inherited.min_success_rate, inherited.min_calls) == (3, 0.8, 40)
+    assert limits.circuit("replicate").min_success_rate == 0.5  # the built-in rule

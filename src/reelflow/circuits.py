@@ -5,6 +5,8 @@ create goes to it. After the cool-down one probe is let through (half-open): its
 its failure opens it again. While a circuit is not known clean, creates are admitted one reservation at a
 time (`pending`: every create out counts), so once a model has failed, the creates sent at it never pass
 `failures` however many workers ask (the creates already out when the first failure comes back excepted).
+A circuit also opens when, over the last `WINDOW_S` seconds and at least `min_calls` creates, fewer than
+`min_success_rate` of them succeeded (a model failing every other time never fails `failures` times in a row).
 A provider's circuit opens the same way, but only on failures of two models or more: one model down does
 not take its provider's other models with it.
 """
@@ -22,6 +24,8 @@ CircuitState = Literal["closed", "open", "half-open"]
 
 DEFAULT_FAILURES = 5
 DEFAULT_COOLDOWN_S = 60.0
+DEFAULT_MIN_SUCCESS_RATE = 0.5
+DEFAULT_MIN_CALLS = 20
 PENDING_STALE_S = 120.0
 """A reservation older than this is forgotten (its worker died between admission and report)."""
 WINDOW_S = 300.0
@@ -32,6 +36,10 @@ WINDOW_S = 300.0
 class CircuitConfig:
     failures: int = DEFAULT_FAILURES
     cooldown_s: float = DEFAULT_COOLDOWN_S
+    min_success_rate: float = DEFAULT_MIN_SUCCESS_RATE
+    """Below this share of successes over the window (0 turns the rule off) the circuit opens..."""
+    min_calls: int = DEFAULT_MIN_CALLS
+    """...once the window holds at least this many creates."""
 
 
 @dataclass
@@ -129,7 +137,9 @@ def record(c: Circuit, ok: bool, reserved: bool, model: str | None, now: float, 
     c.failures += 1
     if model and model not in c.failing:
         c.failing = [*c.failing, model][-10:]
-    trips = c.failures >= cfg.failures and (c.model is not None or len(c.failing) >= 2)
+    total = c.ok_count + c.fail_count
+    poor = cfg.min_success_rate > 0 and total >= cfg.min_calls and c.ok_count / total < cfg.min_success_rate
+    trips = (c.failures >= cfg.failures or poor) and (c.model is not None or len(c.failing) >= 2)
     if c.state == "half-open" or (c.state == "closed" and trips):
         c.state, c.until_at, c.probe_owner, c.pending = "open", now + cfg.cooldown_s, None, 0
 

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reelflow.circuits import DEFAULT_COOLDOWN_S, DEFAULT_FAILURES, CircuitConfig
+from reelflow.circuits import (
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_FAILURES,
+    DEFAULT_MIN_CALLS,
+    DEFAULT_MIN_SUCCESS_RATE,
+    CircuitConfig,
+)
 from reelflow.errors import ReelflowError
 from reelflow.providers.catalog import is_model_id, join_or, show, suggest
 
@@ -56,10 +62,14 @@ class _Entry(BaseModel):
 
 
 class CircuitLimit(_Entry):
-    """When a circuit opens: after `failures` consecutive transient failures, for `cooldown_s` seconds."""
+    """When a circuit opens: after `failures` consecutive transient failures, or when fewer than
+    `min_success_rate` of at least `min_calls` creates in the last five minutes succeeded; for `cooldown_s`
+    seconds."""
 
     failures: int = Field(default=DEFAULT_FAILURES, ge=1)
     cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, gt=0, allow_inf_nan=False)
+    min_success_rate: float = Field(default=DEFAULT_MIN_SUCCESS_RATE, ge=0, le=1, allow_inf_nan=False)
+    min_calls: int = Field(default=DEFAULT_MIN_CALLS, ge=1)
 
 
 class ProviderLimit(_Entry):
@@ -165,7 +175,10 @@ class Limits:
         """The circuit settings of `model` (its own entry, else its provider's, else the defaults)."""
         own = self.model(model).circuit if model else None
         chosen = own or self.provider(provider).circuit or CircuitLimit()
-        return CircuitConfig(failures=chosen.failures, cooldown_s=chosen.cooldown_s)
+        return CircuitConfig(
+            failures=chosen.failures, cooldown_s=chosen.cooldown_s, min_success_rate=chosen.min_success_rate,
+            min_calls=chosen.min_calls,
+        )  # fmt: skip
 
     def tenant(self, name: str) -> TenantLimit:
         """The tenant's own entry, else the `default` entry, else no limits."""
@@ -310,6 +323,8 @@ def _entry_problem(error: Any, fields: Sequence[str]) -> tuple[list[str | int], 
         return loc, f"must be at least {show(ctx.get('ge'))} (got {got})"
     if kind == "greater_than":
         return loc, f"must be greater than {show(ctx.get('gt'))} (got {got})"
+    if kind == "less_than_equal":
+        return loc, f"must be at most {show(ctx.get('le'))} (got {got})"
     return loc, f"{error['msg']} (got {got})"
 
 

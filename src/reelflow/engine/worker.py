@@ -31,7 +31,7 @@ import httpx
 from .. import logs, media, metrics
 from ..circuits import CircuitConfig, circuit_keys
 from ..config import Settings, get_settings
-from ..errors import PlanError
+from ..errors import PlanError, StoreUnavailable
 from ..limits import get_limits
 from ..media_limits import limits_of
 from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
@@ -762,7 +762,10 @@ class Worker:
         keys = self._circuit_keys(provider, c)
         if not keys:
             return _Gate([], [], False)
-        answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
+        try:
+            answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
+        except StoreUnavailable as exc:  # no create goes out unless its circuits were asked
+            return self._circuit_wait(c, f"circuits not readable ({exc}): waiting", time.time() + 1.0)
         if answer.allowed:
             return _Gate(keys, list(answer.reserved), answer.probe)
         if answer.why == "open" and (moved := self._failover(c, "circuit open")) is not None:
