@@ -52,9 +52,29 @@ def models(
     for col in ("types", "parameters", "price"):
         table.add_column(col)
     for m in specs:
-        price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
-        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price)
+        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price_words(m))
     out().print(table)
+    if any(_unconfirmed(m) for m in specs):
+        out().print(
+            "unconfirmed: the price was not read from the provider's pages (an estimate; `--json` says where it"
+            " comes from in price_unconfirmed)"
+        )
+
+
+def _unconfirmed(model: dict[str, Any]) -> bool:
+    price = model["price"]
+    return not model.get("price_read") and price["unit"] != "free" and price.get("usd", 0) != 0
+
+
+def price_words(model: dict[str, Any]) -> str:
+    """`$0.4 / second, read 2026-10-05`, `$0.15 / second, unconfirmed`, `free`."""
+    price = model["price"]
+    if price["unit"] == "free":
+        return "free"
+    words = f"${price.get('usd', 0):g} / {price['unit']}"
+    if model.get("price_read"):
+        return f"{words}, read {model['price_read']}"
+    return f"{words}, unconfirmed" if _unconfirmed(model) else words
 
 
 OpsJsonOpt = Annotated[
