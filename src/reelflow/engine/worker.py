@@ -577,6 +577,7 @@ class Worker:
             log=task.log.text if log_new and task is not None else None,
             log_dropped=task.log.dropped if task is not None else 0,
             phase=held.phase,
+            submitted_at=held.submitted_at,
             started_at=held.started_at,
             queued_s=held.queued_s,
         )

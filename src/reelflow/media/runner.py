@@ -72,7 +72,13 @@ def command_summary(cmd: Sequence[str]) -> str:
     """A command as one readable line: paths by their file name, long arguments (filter graphs) shortened."""
     parts: list[str] = []
     for i, arg in enumerate(cmd):
-        text = Path(arg).name if (i == 0 or ("/" in arg and " " not in arg and len(arg) < 4096)) else arg
+        scheme, _, rest = arg.partition(":") if arg.startswith("file:") else ("", "", arg)
+        if i == 0:
+            text = _tool(arg)
+        elif rest.startswith("/") and "\n" not in rest:  # a file: its name is enough (and hides our folders)
+            text = f"{scheme}:{Path(rest).name}" if scheme else Path(rest).name
+        else:
+            text = arg
         if len(text) > _ARG_KEEP:
             text = f"{text[:_ARG_KEEP]}…[{len(text) - _ARG_KEEP} more chars]"
         parts.append(text if text and not re.search(r"[\s'\"]", text) else repr(text))

@@ -133,6 +133,8 @@ class JobNote:
     """Characters of this attempt's log dropped before `log`."""
     phase: str | None = None
     """queued (waiting in the provider's queue) or running; None when not known."""
+    submitted_at: float | None = None
+    """When the attempt handed the work to the provider (None: it adopted work submitted earlier)."""
     started_at: float | None = None
     """When the provider started the work (None: not yet, or not known)."""
     queued_s: float | None = None

@@ -87,7 +87,9 @@ attempt's log the same way before it is written)."""
 def merged_log(old: Mapping[str, Any] | None, attempt: int, log: str, dropped: int) -> dict[str, Any]:
     """The job_logs row after attempt `attempt` wrote its whole log so far (`log`, after `dropped` characters
     not kept): the same attempt replaces its part; a new attempt moves the earlier part, bounded, before it."""
-    log = log[-LOG_LIMIT_CHARS:] if len(log) > LOG_LIMIT_CHARS else log
+    if len(log) > LOG_LIMIT_CHARS:
+        dropped += len(log) - LOG_LIMIT_CHARS
+        log = log[-LOG_LIMIT_CHARS:]
     if old is None:
         earlier, earlier_dropped = "", 0
     elif int(old["attempt"]) == attempt:

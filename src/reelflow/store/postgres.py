@@ -626,16 +626,17 @@ class PostgresStore(StoreManager):
             await cur.execute(
                 "UPDATE jobs j SET progress = w.progress, queue_position = w.qp,"
                 " provider_phase = COALESCE(w.phase, j.provider_phase),"
+                " provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),"
                 " provider_started_at = COALESCE(j.provider_started_at, w.started),"
                 " provider_queued_s = COALESCE(j.provider_queued_s, w.queued)"
                 " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[], %b::text[], %b::float8[],"
-                "   %b::float8[]) AS w(id, owner, progress, qp, phase, started, queued)"
+                "   %b::float8[], %b::float8[]) AS w(id, owner, progress, qp, phase, submitted, started, queued)"
                 " WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
                 " RETURNING j.id, j.execution_id, j.key",
                 (
                     [r.job_id for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
-                    [r.queue_position for r in reports], [n.phase for n in notes], [n.started_at for n in notes],
-                    [n.queued_s for n in notes],
+                    [r.queue_position for r in reports], [n.phase for n in notes], [n.submitted_at for n in notes],
+                    [n.started_at for n in notes], [n.queued_s for n in notes],
                 ),
             )  # fmt: skip
             updated = {row["id"]: row for row in await cur.fetchall()}
@@ -662,14 +663,15 @@ class PostgresStore(StoreManager):
             return
         await cur.execute(
             "UPDATE jobs j SET provider_phase = COALESCE(w.phase, j.provider_phase),"
+            " provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),"
             " provider_started_at = COALESCE(j.provider_started_at, w.started),"
             " provider_queued_s = COALESCE(j.provider_queued_s, w.queued)"
-            " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::float8[])"
-            " AS w(id, owner, phase, started, queued)"
+            " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[])"
+            " AS w(id, owner, phase, submitted, started, queued)"
             " WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running' RETURNING j.id",
             (
                 [n[0] for n in notes], [n[1] for n in notes], [n[2].phase for n in notes],
-                [n[2].started_at for n in notes], [n[2].queued_s for n in notes],
+                [n[2].submitted_at for n in notes], [n[2].started_at for n in notes], [n[2].queued_s for n in notes],
             ),
         )  # fmt: skip
         held = {r["id"] for r in await cur.fetchall()}

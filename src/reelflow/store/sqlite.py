@@ -445,10 +445,14 @@ class SQLiteStore(StoreManager):
                 n = r.note or _NO_NOTE
                 row = conn.execute(
                     "UPDATE jobs SET progress = ?, queue_position = ?, provider_phase = COALESCE(?, provider_phase),"
+                    " provider_submitted_at = COALESCE(?, provider_submitted_at),"
                     " provider_started_at = COALESCE(provider_started_at, ?),"
                     " provider_queued_s = COALESCE(provider_queued_s, ?) WHERE id = ? AND lease_owner = ?"
                     " AND status = 'running' RETURNING execution_id, key",
-                    (r.progress, r.queue_position, n.phase, n.started_at, n.queued_s, r.job_id, r.owner),
+                    (
+                        r.progress, r.queue_position, n.phase, n.submitted_at, n.started_at, n.queued_s, r.job_id,
+                        r.owner,
+                    ),
                 ).fetchone()
                 if row is None:
                     continue
@@ -472,10 +476,11 @@ class SQLiteStore(StoreManager):
         for job_id, owner, note in notes:
             row = conn.execute(
                 "UPDATE jobs SET provider_phase = COALESCE(?, provider_phase),"
+                " provider_submitted_at = COALESCE(?, provider_submitted_at),"
                 " provider_started_at = COALESCE(provider_started_at, ?),"
                 " provider_queued_s = COALESCE(provider_queued_s, ?)"
                 " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING id",
-                (note.phase, note.started_at, note.queued_s, job_id, owner),
+                (note.phase, note.submitted_at, note.started_at, note.queued_s, job_id, owner),
             ).fetchone()
             if row is not None and note.log is not None:
                 self._write_log(conn, job_id, note, now)
