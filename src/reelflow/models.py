@@ -83,7 +83,7 @@ class JobState(Answer):
     )
     provider_queued_s: float | None = Field(
         description="Seconds the work waited in the provider's queue before it started (while it still waits: so "
-        "far); null when the provider does not tell"
+        "far; 0 when the provider never said it queued the work); null until known"
     )
 
 

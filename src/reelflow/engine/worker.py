@@ -110,6 +110,7 @@ class _Held:
     submitted_at: float | None = None
     """When this attempt handed the work to its provider (None: it adopted work submitted earlier)."""
     phase: str | None = None
+    phase_seen_queued: bool = False
     started_at: float | None = None
     queued_s: float | None = None
     phase_sent: str | None = None
@@ -597,8 +598,10 @@ class Worker:
         if held.started_at is not None:
             return
         queued = task.provider_queued_s
-        if queued is None and held.submitted_at is not None:
+        if queued is None and held.phase_seen_queued and held.submitted_at is not None:
             queued = max(0.0, now - held.submitted_at)
+        elif queued is None and held.submitted_at is not None:  # never said it was queued: it started at once
+            queued = 0.0
         held.queued_s = queued
         held.started_at = held.submitted_at + queued if held.submitted_at is not None and queued is not None else now
 
@@ -882,6 +885,7 @@ class Worker:
             nonlocal phase
             phase = update.phase
             held.phase, held.percent, held.queue_position = phase, float(update.percent or 0.0), update.queue_position
+            held.phase_seen_queued = held.phase_seen_queued or phase == "queued"
             if phase == "running":
                 self._provider_started(held, task, time.time())
             self._progress[c.id] = ProgressReport(

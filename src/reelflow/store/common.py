@@ -84,6 +84,10 @@ LOG_LIMIT_CHARS = 64 * 1024
 attempt's log the same way before it is written)."""
 
 
+_LINE_START_WITHIN = 1024
+"""A log cut to its end starts at the next line when one begins this close to the cut."""
+
+
 def merged_log(old: Mapping[str, Any] | None, attempt: int, log: str, dropped: int) -> dict[str, Any]:
     """The job_logs row after attempt `attempt` wrote its whole log so far (`log`, after `dropped` characters
     not kept): the same attempt replaces its part; a new attempt moves the earlier part, bounded, before it."""
@@ -116,11 +120,18 @@ def log_view(execution_id: str, job: Mapping[str, Any], row: Mapping[str, Any] |
     if row is None:
         text, dropped, attempt, updated = "", 0, None, None
     else:
-        text = str(row["earlier"]) + str(row["current"])
+        earlier = str(row["earlier"])
+        text = earlier + str(row["current"])
         dropped = int(row["earlier_dropped"]) + int(row["current_dropped"])
+        # where the text begins, was anything cut? (then it begins in the middle of a line, most likely)
+        cut_at_start = bool(int(row["earlier_dropped"]) if earlier else int(row["current_dropped"]))
         if len(text) > LOG_LIMIT_CHARS:
             dropped += len(text) - LOG_LIMIT_CHARS
             text = text[-LOG_LIMIT_CHARS:]
+            cut_at_start = True
+        if cut_at_start and 0 <= (cut := text.find("\n", 0, _LINE_START_WITHIN)) < len(text) - 1:
+            dropped += cut + 1  # start at a whole line (what was left out is counted, all of it)
+            text = text[cut + 1 :]
         attempt, updated = int(row["attempt"]), row["updated_at"]
     if dropped:
         text = f"[... {dropped} earlier characters of this log were not kept ...]\n" + text
