@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from fakes.replicate import FakeReplicate
 from reelflow import media
 from reelflow.client import Client
 from reelflow.config import Settings
-from reelflow.display import progress_view, timeline_table
+from reelflow.display import ProgressView, progress_view, timeline_table
 from reelflow.engine.scheduler import Engine
 from reelflow.providers import catalog
 from reelflow.providers.base import LOG_LIMIT_CHARS, ProviderLog
@@ -237,6 +238,33 @@ async def test_while_queued_at_the_provider_the_state_and_the_live_view_say_so(
     out = io.StringIO()
     Console(file=out, width=200).print(timeline_table(final))
     assert "queued at provider" in out.getvalue() and f"{final['jobs'][0]['provider_queued_s']:.2f}s" in out.getvalue()
+
+
+def test_the_live_view_keeps_counting_between_two_reads_of_the_state() -> None:
+    now = datetime.now(UTC)
+
+    def job(job_id: str, **fields: Any) -> dict[str, Any]:
+        base = {"id": job_id, "type": "generate-video", "status": "running", "progress": 0.0, "attempts": 1,
+                "queue_position": None, "error": None, "started_at": iso(now - timedelta(seconds=20)),
+                "finished_at": None, "provider_phase": None, "provider_queued_s": None, "provider_started_at": None}
+        return {**base, **fields}  # fmt: skip
+
+    state = {"id": "ex_1", "status": "running", "progress": 0.0, "jobs": [
+        job("waiting", provider_phase="queued", provider_queued_s=5.0, queue_position=3),
+        job("working", provider_phase="running", provider_queued_s=4.0,
+            provider_started_at=iso(now - timedelta(seconds=10))),
+    ]}  # fmt: skip
+    view = ProgressView(state, read_at=now - timedelta(seconds=3))  # read 3 s ago: 5 s queued then, 8 s now
+    out = io.StringIO()
+    Console(file=out, width=200).print(view)
+    text = out.getvalue()
+    assert "queued at provider 8s, position 3" in text
+    assert re.search(r"running 1[01]s \(queued at provider 4s\)", text), text
+    assert re.search(r"\b2[01]s\b", text)  # each running job's time since its attempt started
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------------------- fal

@@ -64,9 +64,10 @@ def _job_time(job: dict[str, Any], now: datetime) -> str:
     return "-"
 
 
-def _job_note(job: dict[str, Any], now: datetime | None = None) -> str:
+def _job_note(job: dict[str, Any], now: datetime | None = None, read_at: datetime | None = None) -> str:
     """An error; or, while it runs, where the provider has it: in its queue (for how long, at which position
-    when known), or running (for how long, after how long queued)."""
+    when known), or running (for how long, after how long queued). `read_at`: when the state was read (the
+    wait in the provider's queue it gives grows from then)."""
     if job.get("error"):
         return str(job["error"])
     if job["status"] != "running":
@@ -78,6 +79,8 @@ def _job_note(job: dict[str, Any], now: datetime | None = None) -> str:
     phase, position = job.get("provider_phase"), job.get("queue_position")
     queued = job.get("provider_queued_s")
     if phase == "queued":
+        if isinstance(queued, int | float) and read_at is not None:
+            queued += max(0.0, (now - read_at).total_seconds())
         waited = f" {_elapsed(queued)}" if isinstance(queued, int | float) else ""
         return f"queued at provider{waited}" + (f", position {position}" if position is not None else "")
     if position is not None:
@@ -91,11 +94,27 @@ def _job_note(job: dict[str, Any], now: datetime | None = None) -> str:
     return ""
 
 
-def progress_view(state: dict[str, Any]) -> Group:
-    """The live display: the execution's bar, then one row per job (progress, time running or queued)."""
+class ProgressView:
+    """The live display of one state, drawn anew each time it is shown: in a `rich.live.Live` (8 times a
+    second) running jobs' times keep counting between two reads of the state."""
+
+    def __init__(self, state: dict[str, Any], read_at: datetime | None = None) -> None:
+        self.state = state
+        self.read_at = read_at or datetime.now(UTC)
+
+    def __rich__(self) -> Group:
+        return _progress_group(self.state, datetime.now(UTC), self.read_at)
+
+
+def progress_view(state: dict[str, Any]) -> ProgressView:
+    """The live display: the execution's bar, then one row per job (progress, time running or queued, and
+    where the provider has it)."""
+    return ProgressView(state)
+
+
+def _progress_group(state: dict[str, Any], now: datetime, read_at: datetime) -> Group:
     status = state["status"]
     shown = shown_progress(state) or 0.0
-    now = datetime.now(UTC)
     head = Table.grid(padding=(0, 1))
     head.add_row(
         Text(state["id"], style="bold"),
@@ -107,7 +126,7 @@ def progress_view(state: dict[str, Any]) -> Group:
     for col in ("job", "type", "status", "progress", "", "time", "attempts", "note"):
         jobs.add_column(col, no_wrap=col != "note", justify="right" if col in ("", "time") else "left")
     for job in state["jobs"]:
-        note = _job_note(job, now)
+        note = _job_note(job, now, read_at)
         progress = float(job.get("progress") or 0.0)
         known = progress > 0 or job["status"] in ("succeeded", "skipped")
         jobs.add_row(
