@@ -165,6 +165,23 @@ async def test_a_long_log_keeps_its_end_and_says_how_much_was_left_out(
     assert kept.endswith("100%|##########| 100/100\n")
 
 
+async def test_a_failed_prediction_keeps_its_log_and_its_queue_time(
+    engine: Engine, running_worker: WorkerFactory, replicate_env: FakeReplicate, paid_models: None
+) -> None:
+    replicate_env.queue_s = 0.5
+    replicate_env.prediction_fails("CUDA out of memory")
+    provider = ReplicateProvider(poll_initial_s=0.05, poll_max_s=0.1)
+    eid = await engine.submit({"jobs": [{**video_job(), "max_attempts": 1}]})
+    async with running_worker(providers_={"replicate": provider}):
+        state = await engine.wait(eid, timeout=30)
+    await provider.aclose()
+    job = state["jobs"][0]
+    assert job["status"] == "failed" and "CUDA out of memory" in job["error"]
+    logs = await engine.job_logs(eid, "clip")
+    assert logs["status"] == "failed" and logs["text"].endswith("100%|##########| 100/100\n")
+    assert 0.45 <= job["provider_queued_s"] <= 0.6, job
+
+
 async def test_logs_are_written_only_when_they_change(
     engine: Engine, running_worker: WorkerFactory, replicate_env: FakeReplicate, paid_models: None,
     monkeypatch: pytest.MonkeyPatch, store: Any,

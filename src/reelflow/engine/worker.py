@@ -554,6 +554,9 @@ class Worker:
         if held.stop_reason is not None:  # stopped from here: whatever it produced no longer counts
             outcome = None
         if outcome is not None:
+            work = held.work
+            if work is not None and work.provider_queued_s is not None:  # it started, then failed: when, still
+                self._provider_started(held, work, time.time())
             outcome.note = self._note(held, final=True)
             self._log_outcome(c, outcome)
             metrics.job_finished(c.type, c.provider, outcome.status, time.time() - c.started_at, outcome.cost_usd)
