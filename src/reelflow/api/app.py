@@ -41,6 +41,7 @@ from ..models import (
     ExecutionPage,
     ExecutionState,
     Health,
+    JobLogs,
     Links,
     ModelList,
     PlanSchema,
@@ -49,7 +50,7 @@ from ..models import (
     Usage,
     WebhookEvent,
 )
-from ..plan import parse_plan, plan_json_schema
+from ..plan import JOB_ID_PATTERN, parse_plan, plan_json_schema
 from ..providers.base import CallbackProvider, CallbackRejected
 from ..providers.catalog import Catalog, load_extensions
 from ..providers.registry import Providers
@@ -364,6 +365,21 @@ async def list_executions(
 async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
     return await svc.signed(who, strip_paths(await svc.engine.get(check_path_id(execution_id), who)))
+
+
+@router.get(
+    "/executions/{execution_id}/jobs/{job_id}/logs",
+    response_model=JobLogs,
+    tags=["executions"],
+    responses=errors(404),
+)
+async def get_job_logs(execution_id: str, job_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """What the provider logged for one job (the last 64 KiB, every attempt), and whether earlier lines were
+    left out."""
+    check_path_id(execution_id)
+    if not re.match(JOB_ID_PATTERN, job_id):
+        raise Problem(404, f"job {job_id[:100]!r} not found in execution {execution_id!r}")
+    return await svc.engine.job_logs(execution_id, job_id, who)
 
 
 @router.get(

@@ -33,6 +33,10 @@ class Backend(Protocol):
 
     async def cancel(self, execution_id: str) -> dict[str, Any]: ...
 
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        """What the provider logged for one job (the API's `GET .../jobs/{job_id}/logs` answer)."""
+        ...
+
     async def resume(self, execution_id: str) -> dict[str, Any]: ...
 
     async def retry(self, execution_id: str) -> str:
@@ -93,6 +97,9 @@ class Local:
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.cancel(execution_id)
+
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.job_logs(execution_id, job_id)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.resume(execution_id)
@@ -174,6 +181,9 @@ class Remote:
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.client.cancel(execution_id)
+
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.client.job_logs(execution_id, job_id)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.client.resume(execution_id)

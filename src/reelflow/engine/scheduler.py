@@ -214,6 +214,14 @@ class Engine:
             raise NotFound(f"execution {execution_id!r} not found")
         return state
 
+    async def job_logs(self, execution_id: str, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """One job's provider log; NotFound naming what is unknown (the execution, or the job in it)."""
+        found = await self.store.job_logs(execution_id, job_id, tenant)
+        if found is None:
+            await self.get(execution_id, tenant)
+            raise NotFound(f"job {job_id!r} not found in execution {execution_id!r}")
+        return found
+
     async def cancel(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         return await self.store.cancel_execution(execution_id, tenant)
 

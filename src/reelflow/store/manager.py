@@ -40,6 +40,7 @@ from .common import (
     execution_summary,
     execution_view,
     loads,
+    log_view,
     month_start,
     new_delivery_id,
     new_webhook_secret,
@@ -1066,6 +1067,20 @@ class StoreManager(StoreRules):
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
         return dict(loads(row["plan"]))
+
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(tx: Tx) -> dict[str, Any] | None:
+            job = await tx.one(
+                "SELECT j.id, j.key, j.status, j.provider, j.provider_job_id, e.tenant FROM jobs j"
+                " JOIN executions e ON e.id = j.execution_id WHERE j.execution_id = %s AND j.key = %s",
+                (execution_id, job_key),
+            )
+            if job is None or (tenant is not None and job["tenant"] != tenant):
+                return None
+            row = await tx.one("SELECT * FROM job_logs WHERE job_id = %s", (job["id"],))
+            return log_view(execution_id, dict(job), None if row is None else dict(row))
+
+        return await self._in_snapshot(read)
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._in_read(

@@ -34,6 +34,7 @@ from ..states import (
 from .base import (
     ClaimedJob,
     Delivery,
+    JobNote,
     JobOutcome,
     ProgressReport,
 )
@@ -41,6 +42,7 @@ from .common import (
     artifact_keys,
     dumps,
     loads,
+    merged_log,
     migration_scripts,
     month_start,
 )
@@ -80,6 +82,10 @@ def disconnected(exc: BaseException) -> bool:
     ):
         return True
     return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+
+
+_NO_NOTE = JobNote(attempt=0)
+"""What a progress report without a note writes: nothing more."""
 
 
 def lock_key(name: str) -> int:
@@ -597,10 +603,12 @@ class PostgresStore(StoreManager):
 
     async def _write_provider_ids(self, cur: Cur, items: list[tuple[int, str, str]], now: float) -> None:
         await cur.execute(
-            "UPDATE jobs j SET provider_job_id = w.pid FROM unnest(%b::bigint[], %b::text[], %b::text[])"
+            "UPDATE jobs j SET provider_job_id = w.pid, provider_submitted_at = %s, provider_phase = NULL,"
+            " provider_started_at = NULL, provider_queued_s = NULL"
+            " FROM unnest(%b::bigint[], %b::text[], %b::text[])"
             " AS w(id, owner, pid) WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
             " RETURNING j.id, j.execution_id, j.key, j.provider_job_id",
-            ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
+            (now, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]),
         )
         rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
         events: list[EventRow] = [
@@ -617,19 +625,27 @@ class PostgresStore(StoreManager):
             now = time.time()
             events: list[EventRow] = []
             touched: set[str] = set()
+            notes = [r.note or _NO_NOTE for r in reports]
             await cur.execute(
-                "UPDATE jobs j SET progress = w.progress, queue_position = w.qp"
-                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[]) AS w(id, owner, progress, qp)"
+                "UPDATE jobs j SET progress = w.progress, queue_position = w.qp,"
+                " provider_phase = COALESCE(w.phase, j.provider_phase),"
+                " provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),"
+                " provider_started_at = COALESCE(j.provider_started_at, w.started),"
+                " provider_queued_s = COALESCE(j.provider_queued_s, w.queued)"
+                " FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[], %b::text[], %b::float8[],"
+                "   %b::float8[], %b::float8[]) AS w(id, owner, progress, qp, phase, submitted, started, queued)"
                 " WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'"
                 " RETURNING j.id, j.execution_id, j.key",
                 (
                     [r.job_id for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
-                    [r.queue_position for r in reports],
+                    [r.queue_position for r in reports], [n.phase for n in notes], [n.submitted_at for n in notes],
+                    [n.started_at for n in notes], [n.queued_s for n in notes],
                 ),
             )  # fmt: skip
             updated = {row["id"]: row for row in await cur.fetchall()}
+            await self._write_logs(cur, [(r.job_id, r.note) for r in reports if r.note and r.job_id in updated], now)
             for r in reports:
-                if (row := updated.get(r.job_id)) is None:
+                if (row := updated.get(r.job_id)) is None or not r.event:
                     continue
                 touched.add(row["execution_id"])
                 data: dict[str, Any] = {"progress": r.progress}
@@ -642,6 +658,50 @@ class PostgresStore(StoreManager):
             await self._insert_events(cur, events)
 
         await self._tx(write)
+
+    async def _write_notes(self, cur: Cur, notes: list[tuple[int, str, JobNote]], now: float) -> None:
+        """What providers told about running attempts (phase, start, log), for the attempts that still hold
+        their jobs. Called inside a progress or outcome write: never a transaction of its own."""
+        if not notes:
+            return
+        await cur.execute(
+            "UPDATE jobs j SET provider_phase = COALESCE(w.phase, j.provider_phase),"
+            " provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),"
+            " provider_started_at = COALESCE(j.provider_started_at, w.started),"
+            " provider_queued_s = COALESCE(j.provider_queued_s, w.queued)"
+            " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[])"
+            " AS w(id, owner, phase, submitted, started, queued)"
+            " WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running' RETURNING j.id",
+            (
+                [n[0] for n in notes], [n[1] for n in notes], [n[2].phase for n in notes],
+                [n[2].submitted_at for n in notes], [n[2].started_at for n in notes], [n[2].queued_s for n in notes],
+            ),
+        )  # fmt: skip
+        held = {r["id"] for r in await cur.fetchall()}
+        await self._write_logs(cur, [(job_id, note) for job_id, _, note in notes if job_id in held], now)
+
+    async def _write_logs(self, cur: Cur, notes: list[tuple[int, JobNote]], now: float) -> None:
+        """The attempts' logs (the notes whose `log` is set) into their jobs' job_logs rows."""
+        logged = [(job_id, note) for job_id, note in notes if note.log is not None]
+        if not logged:
+            return
+        await cur.execute(
+            "SELECT * FROM job_logs WHERE job_id = ANY(%b::bigint[]) FOR UPDATE", ([j for j, _ in logged],)
+        )
+        old = {r["job_id"]: r for r in await cur.fetchall()}
+        for job_id, note in logged:
+            assert note.log is not None
+            m = merged_log(old.get(job_id), note.attempt, note.log, note.log_dropped)
+            await cur.execute(
+                "INSERT INTO job_logs (job_id, attempt, earlier, earlier_dropped, current, current_dropped,"
+                " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET"
+                " attempt = excluded.attempt, earlier = excluded.earlier, earlier_dropped = excluded.earlier_dropped,"
+                " current = excluded.current, current_dropped = excluded.current_dropped,"
+                " updated_at = excluded.updated_at",
+                (
+                    job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
+                ),
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ finishing
     async def finish_jobs(
@@ -678,6 +738,7 @@ class PostgresStore(StoreManager):
         inline = {job_id: pid for job_id, _, pid in provider_ids or [] if job_id in succeeding}
         if rest := [item for item in provider_ids or [] if item[0] not in inline]:
             await self._write_provider_ids(cur, rest, now)
+        await self._write_notes(cur, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
         retry = [o for o in outcomes if o.status == "retry"]
         ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
         rows: dict[int, DictRow] = {}
@@ -686,14 +747,15 @@ class PostgresStore(StoreManager):
                 "UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,"
                 " finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
                 " error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,"
-                " provider_job_id = COALESCE(w.pid, j.provider_job_id)"
+                " provider_job_id = COALESCE(w.pid, j.provider_job_id),"
+                " provider_submitted_at = CASE WHEN w.pid IS NULL THEN j.provider_submitted_at ELSE %s END"
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],"
                 "   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)"
                 f" WHERE j.id = w.id AND {guard('succeeded', 'j.status')} AND j.lease_owner = w.owner"
                 " AND (w.seq IS NULL OR j.lease_seq = w.seq)"
                 " RETURNING j.id, j.execution_id, j.key, j.dependents",
                 (
-                    now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
+                    now, now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
                     [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
                     [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done], [o.seq for o in done],
                 ),

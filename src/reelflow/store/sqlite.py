@@ -27,6 +27,7 @@ from ..states import (
 from .base import (
     ClaimedJob,
     Delivery,
+    JobNote,
     JobOutcome,
     ProgressReport,
 )
@@ -34,6 +35,7 @@ from .common import (
     artifact_keys,
     dumps,
     loads,
+    merged_log,
     migration_scripts,
     month_start,
 )
@@ -425,9 +427,10 @@ class SQLiteStore(StoreManager):
         events: list[EventRow] = []
         for job_id, owner, pid in sorted(items, key=lambda item: item[0]):  # events by job id, as on PostgreSQL
             row = conn.execute(
-                "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
-                " RETURNING execution_id, key",
-                (pid, job_id, owner),
+                "UPDATE jobs SET provider_job_id = ?, provider_submitted_at = ?, provider_phase = NULL,"
+                " provider_started_at = NULL, provider_queued_s = NULL"
+                " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING execution_id, key",
+                (pid, now, job_id, owner),
             ).fetchone()
             if row is not None:
                 events.append((row[0], row[1], "job.submitted", dumps({"provider_job_id": pid}), now))
@@ -442,12 +445,23 @@ class SQLiteStore(StoreManager):
             events: list[EventRow] = []
             touched: set[str] = set()
             for r in reports:
+                n = r.note or _NO_NOTE
                 row = conn.execute(
-                    "UPDATE jobs SET progress = ?, queue_position = ? WHERE id = ? AND lease_owner = ?"
+                    "UPDATE jobs SET progress = ?, queue_position = ?, provider_phase = COALESCE(?, provider_phase),"
+                    " provider_submitted_at = COALESCE(?, provider_submitted_at),"
+                    " provider_started_at = COALESCE(provider_started_at, ?),"
+                    " provider_queued_s = COALESCE(provider_queued_s, ?) WHERE id = ? AND lease_owner = ?"
                     " AND status = 'running' RETURNING execution_id, key",
-                    (r.progress, r.queue_position, r.job_id, r.owner),
+                    (
+                        r.progress, r.queue_position, n.phase, n.submitted_at, n.started_at, n.queued_s, r.job_id,
+                        r.owner,
+                    ),
                 ).fetchone()
                 if row is None:
+                    continue
+                if n.log is not None:
+                    self._write_log(conn, r.job_id, n, now)
+                if not r.event:
                     continue
                 touched.add(row[0])
                 data: dict[str, Any] = {"progress": r.progress}
@@ -458,6 +472,37 @@ class SQLiteStore(StoreManager):
                 events.append((row[0], row[1], "job.progress", dumps(data), now))
             self._settle(conn, touched, now, events)
             self._insert_events(conn, events)
+
+    def _write_notes(self, conn: sqlite3.Connection, notes: list[tuple[int, str, JobNote]], now: float) -> None:
+        """What providers told about running attempts (phase, start, log), for the attempts that still hold
+        their jobs. Called inside a progress or outcome write: never a transaction of its own."""
+        for job_id, owner, note in notes:
+            row = conn.execute(
+                "UPDATE jobs SET provider_phase = COALESCE(?, provider_phase),"
+                " provider_submitted_at = COALESCE(?, provider_submitted_at),"
+                " provider_started_at = COALESCE(provider_started_at, ?),"
+                " provider_queued_s = COALESCE(provider_queued_s, ?)"
+                " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING id",
+                (note.phase, note.submitted_at, note.started_at, note.queued_s, job_id, owner),
+            ).fetchone()
+            if row is not None and note.log is not None:
+                self._write_log(conn, job_id, note, now)
+
+    def _write_log(self, conn: sqlite3.Connection, job_id: int, note: JobNote, now: float) -> None:
+        """The attempt's log (`note.log`, not None) into the job's job_logs row."""
+        if note.log is not None:
+            old = conn.execute("SELECT * FROM job_logs WHERE job_id = ?", (job_id,)).fetchone()
+            m = merged_log(None if old is None else dict(old), note.attempt, note.log, note.log_dropped)
+            conn.execute(
+                "INSERT INTO job_logs (job_id, attempt, earlier, earlier_dropped, current, current_dropped,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET"
+                " attempt = excluded.attempt, earlier = excluded.earlier, earlier_dropped = excluded.earlier_dropped,"
+                " current = excluded.current, current_dropped = excluded.current_dropped,"
+                " updated_at = excluded.updated_at",
+                (
+                    job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
+                ),
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ finishing
     async def finish_jobs(
@@ -473,6 +518,7 @@ class SQLiteStore(StoreManager):
         with self._write() as conn:
             if provider_ids:
                 self._write_provider_ids(conn, provider_ids, now)
+            self._write_notes(conn, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
             return self._apply_outcomes(conn, outcomes, now)
 
     async def finish_and_claim(
@@ -502,6 +548,7 @@ class SQLiteStore(StoreManager):
         with self._write() as conn:
             if provider_ids:
                 self._write_provider_ids(conn, provider_ids, now)
+            self._write_notes(conn, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
             promoted = self._apply_outcomes(conn, outcomes, now, ready)
             room: dict[str, int | None] = {}
             for tenant, cap in self._capped_tenants(ready).items():
@@ -721,6 +768,10 @@ class SQLiteStore(StoreManager):
                 return False
         self._work.clear()
         return True
+
+_NO_NOTE = JobNote(attempt=0)
+"""What a progress report without a note writes: nothing more."""
+
 
 def _split_sql(sql: str) -> list[str]:
     """Split a migration file into statements (a trigger's BEGIN … END is one, semicolons inside and all)."""
