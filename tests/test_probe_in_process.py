@@ -181,3 +181,38 @@ def test_rates_and_durations_are_rounded_as_ffmpeg_prints_them() -> None:
     assert duration(None) is None and duration(-10_000) is None
     assert probing._channels("5.1(side)") == 6 and probing._channels("3 channels") == 3
     assert probing._channels("hexagonal") is None  # probe() reads no count from a layout it does not know
+
+
+@needs_av
+async def test_judging_probes_in_the_thread_that_sniffs_and_only_what_may_be_media(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from reelflow.engine.outputs import judge
+    from reelflow.providers.base import PermanentError
+
+    asked: list[str] = []
+    batcher = media.ProbeBatcher()
+
+    def quick(path: Path) -> dict[str, Any] | None:
+        asked.append(path.name)
+        return batcher.quick(path)
+
+    async def no_probe(path: Path) -> dict[str, Any]:
+        raise AssertionError(f"the quick probe answered for {path.name}: probe() is not needed")
+
+    video = await judge(files["talkie.mp4"], "generate-video", None, no_probe, quick_probe=quick)
+    assert video == await _by_ffmpeg(files["talkie.mp4"]) and asked == ["talkie.mp4"]
+    with pytest.raises(PermanentError, match=r"^the output is not a video: it is audio"):
+        await judge(files["tone.wav"], "generate-video", None, no_probe, quick_probe=quick)
+    playlist = tmp_path / "out.mp4"
+    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n")
+    text = tmp_path / "out.srt"
+    text.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    with pytest.raises(PermanentError, match="it is an HLS playlist"):
+        await judge(playlist, "generate-video", None, no_probe, quick_probe=quick)
+    assert (await judge(text, "transcribe", None, no_probe, quick_probe=quick)) == {"size_bytes": text.stat().st_size}
+    assert asked == ["talkie.mp4", "tone.wav"]  # neither the playlist nor the text reached a demuxer
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\xff" * 500)  # binary (a NUL byte), and no container
+    with pytest.raises(PermanentError, match="ffmpeg cannot read it as media"):  # PyAV gave up: ffmpeg words it
+        await judge(junk, "generate-video", None, batcher.probe, quick_probe=quick)

@@ -613,9 +613,13 @@ def _same_url(a: str, b: str) -> bool:
         return a == b
 
 
+INLINE_WRITE_BYTES = 64 * 1024
+"""Chunks up to this size are written from the event loop; larger ones in a thread."""
+
+
 async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int, what: str) -> int:
     """Write a streamed response body to `path`, refusing (PermanentError) a declared or actual size over
-    `limit_bytes`; returns the bytes written. The disk writes run off the event loop."""
+    `limit_bytes`; returns the bytes written. Chunks over INLINE_WRITE_BYTES are written off the event loop."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PermanentError(f"{what} is {int(declared)} bytes, over the limit of {limit_bytes}")
@@ -625,7 +629,10 @@ async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int,
             size += len(chunk)
             if size > limit_bytes:
                 raise PermanentError(f"{what} is over the limit of {limit_bytes} bytes")
-            await asyncio.to_thread(f.write, chunk)
+            if len(chunk) <= INLINE_WRITE_BYTES:
+                f.write(chunk)  # into the page cache: quicker than a trip to a thread
+            else:
+                await asyncio.to_thread(f.write, chunk)
     return size
 
 

@@ -223,7 +223,7 @@ def _describe(container: Any, size: int) -> dict[str, Any] | None:
     return _info(str(container.format.name), _printed_duration(container.duration), streams, size)
 
 
-def probe_in_process(path: Path, time_limit_s: float = runner.PROBE_TIME_LIMIT_S) -> dict[str, Any] | None:
+def probe_in_process(path: Path, time_limit_s: float | None = None) -> dict[str, Any] | None:
     """probe()'s dict for `path`, read by PyAV in this process (blocking: run it in a thread); None when PyAV
     is not there or cannot read the file as media (an ffmpeg run then probes it and words the error). The
     file is opened as `ffmpeg -i` opens it: the file protocol only, as one of runner.DEMUXERS."""
@@ -233,7 +233,8 @@ def probe_in_process(path: Path, time_limit_s: float = runner.PROBE_TIME_LIMIT_S
     try:
         size = _file_size(path)
         options = {"protocol_whitelist": PROTOCOLS, "format_whitelist": DEMUXERS}
-        with av.open(f"file:{Path(path).absolute()}", options=options, timeout=time_limit_s) as container:
+        limit = _probe_limit() if time_limit_s is None else time_limit_s
+        with av.open(f"file:{Path(path).absolute()}", options=options, timeout=limit) as container:
             return _describe(container, size)
     except Exception:  # PyAV's errors, or a value it did not have: the ffmpeg run decides
         return None
@@ -321,6 +322,11 @@ class ProbeBatcher:
         self._pending: list[tuple[Path, asyncio.Future[dict[str, Any]]]] = []
         self._runs = asyncio.Semaphore(parallel)
         self._flushing = False
+        _pyav()  # PyAV's libraries load now (~60 ms of CPU), not during the first job's hand-off
+
+    def quick(self, path: Path) -> dict[str, Any] | None:
+        """probe()'s answer when it can be had in this process (blocking: call it from a thread), else None."""
+        return probe_in_process(path)
 
     async def probe(self, path: Path) -> dict[str, Any]:
         if _pyav() is not None:  # no process to share: each file is read at once, in a thread
