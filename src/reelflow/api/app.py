@@ -51,7 +51,7 @@ from ..models import (
     WebhookEvent,
 )
 from ..plan import JOB_ID_PATTERN, parse_plan, plan_json_schema
-from ..providers.base import CallbackProvider, CallbackRejected
+from ..providers.base import CallbackRejected, is_callback_provider
 from ..providers.catalog import Catalog, load_extensions
 from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
@@ -636,7 +636,7 @@ async def provider_callback(
     verify answers 401 and changes nothing. A verified one wakes the job's worker, which confirms the
     outcome with the provider and finishes the job."""
     adapter = svc.providers.get(provider)
-    if adapter is None or provider in ("local", "sim") or not isinstance(adapter, CallbackProvider):
+    if adapter is None or provider in ("local", "sim") or not is_callback_provider(adapter):
         raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
     body = await request.body()
     try:

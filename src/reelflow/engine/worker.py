@@ -37,7 +37,6 @@ from ..media_limits import limits_of
 from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
 from ..plan import resolve_references
 from ..providers.base import (
-    CallbackProvider,
     CannotReconcile,
     PermanentError,
     ProgressUpdate,
@@ -47,6 +46,7 @@ from ..providers.base import (
     Reconciling,
     Task,
     TransientError,
+    is_callback_provider,
 )
 from ..providers.catalog import Catalog, default_catalog
 from ..providers.http import RateGate
@@ -764,7 +764,7 @@ class Worker:
 
     def _callback_url(self, provider: Provider, c: ClaimedJob) -> str | None:
         """The URL the provider should call when this job's work ends, when callbacks are on and it takes them."""
-        if not self.settings.callbacks_enabled or not isinstance(provider, CallbackProvider):
+        if not self.settings.callbacks_enabled or not is_callback_provider(provider):
             return None
         if not getattr(provider, "callbacks_ready", True):
             return None
@@ -1087,15 +1087,19 @@ class Worker:
             )
         return self._http
 
+    def _put(self, path: Path, suffix: str) -> tuple[str, str, Path | None]:
+        """Store a file: its key, URL and local path (when the storage is local). Blocking: one thread trip."""
+        key = self.storage.put_file(path, suffix)
+        return key, self.storage.url(key), self.storage.local_path(key)
+
     async def _store_file(self, path: Path, content_type: str | None, task: Task) -> dict[str, Any]:
         """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
         PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        info = await judge_output(path, task.type, task.model, self._probes.probe)
-        key = await asyncio.to_thread(self.storage.put_file, path, suffix)
-        local = self.storage.local_path(key)
+        info = await judge_output(path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick)
+        key, url, local = await asyncio.to_thread(self._put, path, suffix)
         entry: dict[str, Any] = {
-            "url": await asyncio.to_thread(self.storage.url, key),
+            "url": url,
             "key": key,
             "content_type": content_type or media.CONTENT_TYPES.get(suffix, "application/octet-stream"),
         }
