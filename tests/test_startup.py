@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,72 @@ def test_the_help_printed_without_typer_is_the_help_typer_prints() -> None:
     narrow = run("-c", script, columns=60)  # narrower than the text: typer prints it
     assert narrow != helptext.TEXT.replace("{prog}", "reelflow") and max(map(len, narrow.splitlines())) <= 58
     assert " ".join(narrow.split()) == " ".join(helptext.TEXT.replace("{prog}", "reelflow").split())
+
+
+def test_run_help_printed_without_typer_is_the_help_typer_prints() -> None:
+    from reelflow.cli import helptext
+
+    assert helptext.RUN_TEXT == helptext.render("{prog}", "run"), "run's options changed: see helptext"
+    code = "import sys\nsys.argv = ['reelflow', 'run', '--help']\nfrom reelflow.cli import main\nmain()"
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(sys.modules))"], capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text, _, modules = done.stdout.rpartition("\n[")
+    assert text + "\n" == helptext.RUN_TEXT.replace("{prog}", "reelflow")
+    assert "'typer'" not in modules and "'rich'" not in modules and "'reelflow.config'" not in modules
+    narrow = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "60"})  # fmt: skip
+    assert max(map(len, narrow.stdout.splitlines())) <= 58  # typer wraps it at the terminal's width
+    assert " ".join(narrow.stdout.split()) == " ".join(helptext.RUN_TEXT.replace("{prog}", "reelflow").split())
+
+
+def test_run_parses_its_plain_arguments_without_typer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from reelflow.cli.quick import RunArgs, parse_run
+
+    monkeypatch.delenv("REELFLOW_SERVER", raising=False)
+    monkeypatch.setenv("REELFLOW_API_KEY", "rf_env")
+    assert parse_run(["p.yaml"]) == RunArgs(Path("p.yaml"), api_key="rf_env")
+    assert parse_run(["--json", "-", "--wait", "--webhook=https://h/x", "--server", "http://s", "--api-key", "k"]) == (
+        RunArgs(Path("-"), wait=True, webhook="https://h/x", server="http://s", api_key="k", as_json=True)
+    )
+    assert parse_run(["--server", "http://a", "p.yaml", "--server=http://b"]) == RunArgs(
+        Path("p.yaml"), server="http://b", api_key="rf_env"
+    )
+    monkeypatch.setenv("REELFLOW_SERVER", "")  # empty is unset, as click reads it
+    assert parse_run(["p.yaml"]) == RunArgs(Path("p.yaml"), api_key="rf_env")
+    # what typer must see (and refuse, or answer): nothing is guessed here
+    for args in [[], ["a.yaml", "b.yaml"], ["p.yaml", "--help"], ["-h", "p.yaml"], ["--wai", "p.yaml"],
+                 ["p.yaml", "--webhook"], ["p.yaml", "--server", "--json"], ["--", "p.yaml"], [""],
+                 ["--wait=1", "p.yaml"]]:  # fmt: skip
+        assert parse_run(args) is None, args
+
+
+def test_run_submits_without_loading_typer(tmp_path: Path) -> None:
+    """`reelflow run plan.yaml` on the local database: the plan is stored and the id printed, with neither
+    typer nor httpx's own command line loaded; an unknown option still gets typer's usage error (exit 2)."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("jobs:\n  - {id: a, type: generate-image, model: sim/image, params: {latency_s: 0.1}}\n")
+    env = {**os.environ, "REELFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+           "REELFLOW_STORAGE_URL": f"file://{tmp_path}/artifacts"}  # fmt: skip
+    env.pop("REELFLOW_SERVER", None)
+    code = (
+        f"import sys\nsys.argv = ['reelflow', 'run', {str(plan)!r}, '--json']\nfrom reelflow.cli import main\n"
+        "main()\nimport json\nprint(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer, _, modules = done.stdout.rpartition("\n[")
+    assert json.loads(answer)["status"] == "queued" and json.loads(answer)["id"].startswith("ex_")
+    loaded = json.loads("[" + modules)
+    assert "reelflow.engine.runtime" in loaded  # it did submit, locally
+    assert [m for m in ["typer", "click", "httpx._main", "pygments"] if m in loaded] == []
+    refused = subprocess.run([sys.executable, "-m", "reelflow", "run", str(plan), "--wiat"], capture_output=True,
+                             text=True, timeout=60, env=env, cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "No such option: --wiat" in refused.stderr, refused.stderr
 
 
 def test_every_public_name_still_imports() -> None:

@@ -12,20 +12,10 @@ import typer
 
 from ..errors import Conflict
 from ..states import TERMINAL_EXECUTION
-from .common import (
-    ApiKeyOpt,
-    IdArg,
-    JsonOpt,
-    PlanArg,
-    Refused,
-    ServerOpt,
-    err,
-    on_backend,
-    out,
-    print_json,
-    read_plan,
-)
-from .show import exit_for, show_accepted, show_final, show_list, show_state, summary
+from .common import Refused, err, on_backend, out, print_json, read_plan
+from .options import ApiKeyOpt, IdArg, JsonOpt, PlanArg, ServerOpt
+from .quick import run_plan
+from .show import exit_for, show_list, show_state, summary
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -52,20 +42,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and enqueue a plan and print its execution id; with --wait, follow it to the end."""
-    data = read_plan(plan)
-
-    async def body(backend: Backend) -> dict[str, Any]:
-        execution_id = await backend.submit(data, webhook)
-        state = await backend.get(execution_id)
-        show_accepted(execution_id, state, as_json, wait)
-        if wait:
-            state = await _follow(backend, execution_id, as_json)
-            show_final(state, as_json)
-        return state
-
-    state = on_backend(server, api_key, body)
-    if wait:
-        exit_for(state)
+    run_plan(plan, wait, webhook, server, api_key, as_json)  # `reelflow run` mostly runs it without typer
 
 
 def status(
