@@ -514,3 +514,23 @@ async def test_a_job_shows_its_params_as_submitted_and_resolved_and_the_executio
     assert leaves == [("clip", "generate-video"), ("voice", "generate-audio")]
     assert [o["url"] for o in state["outputs"]] == [jobs["clip"]["result"]["url"], jobs["voice"]["result"]["url"]]
     assert all(o["url"].startswith("http") for o in state["outputs"])
+
+
+async def test_claims_grow_while_the_queue_is_deep_and_shrink_when_it_empties(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim that comes back full doubles the next one, up to 4 x batch_size; a short one resets it."""
+    asked: list[int] = []
+    claim = store.claim
+
+    async def counting_claim(owner: str, limit: int, lease_s: float, **kw: Any) -> Any:
+        asked.append(limit)
+        return await claim(owner, limit, lease_s, **kw)
+
+    monkeypatch.setattr(store, "claim", counting_claim)
+    execution_id = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=0.5) for i in range(30)]})
+    async with running_worker(batch_size=2, concurrency=100):
+        state = await engine.wait(execution_id, poll_s=0.05)
+    assert state["status"] == "succeeded"
+    assert asked[:6] == [2, 4, 8, 8, 8, 8]  # 2 + 4 + 8 + 8 + 8 = 30 jobs, then a claim that finds none
+    assert set(asked[6:]) == {2}, asked  # back to batch_size once the queue ran dry
