@@ -92,9 +92,10 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts")
     @classmethod
     def _allowed_hosts(cls, value: str) -> str:
-        from .net import parse_allowed_hosts
+        if value.strip():  # `net` loads httpx: not for the usual empty value
+            from .net import parse_allowed_hosts
 
-        parse_allowed_hosts(value)  # a ValueError names the entry it cannot read
+            parse_allowed_hosts(value)  # a ValueError names the entry it cannot read
         return value.strip()
 
     @field_validator("log_level")

@@ -8,8 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import typer
-
 from ..sdk import event_view
 from .common import err
 from .follow import CtrlC
@@ -232,9 +230,9 @@ def open_backend(server: str | None, api_key: str | None) -> Backend:
 
     if not api_key:
         err().print("[red]error:[/red] --server needs an API key: set REELFLOW_API_KEY or pass --api-key")
-        raise typer.Exit(2)
+        raise SystemExit(2)
     try:
         return Remote(AsyncClient(server, api_key))
     except ValueError as exc:
         err().print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise SystemExit(2) from None

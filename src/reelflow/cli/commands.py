@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from . import database, executions, services, usage
-from .common import app
 from .keys import keys_app
+from .options import app
 
 # the order of `reelflow --help`
 app.command()(executions.run)

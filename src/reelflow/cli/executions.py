@@ -12,20 +12,9 @@ import typer
 
 from ..errors import Conflict
 from ..states import TERMINAL_EXECUTION
-from .common import (
-    ApiKeyOpt,
-    IdArg,
-    JsonOpt,
-    PlanArg,
-    Refused,
-    ServerOpt,
-    err,
-    on_backend,
-    out,
-    print_json,
-    read_plan,
-)
-from .show import exit_for, show_accepted, show_final, show_list, show_state, summary
+from .common import Refused, err, on_backend, out, print_json, read_plan
+from .options import ApiKeyOpt, IdArg, JsonOpt, PlanArg, ServerOpt
+from .show import exit_for, show_list, show_state, summary
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -52,6 +41,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and enqueue a plan and print its execution id; with --wait, follow it to the end."""
+    from .show import show_accepted, show_final
+
     data = read_plan(plan)
 
     async def body(backend: Backend) -> dict[str, Any]:
@@ -59,7 +50,9 @@ def run(
         state = await backend.get(execution_id)
         show_accepted(execution_id, state, as_json, wait)
         if wait:
-            state = await _follow(backend, execution_id, as_json)
+            from .follow import follow
+
+            state = await follow(backend, execution_id, as_json=as_json)
             show_final(state, as_json)
         return state
 

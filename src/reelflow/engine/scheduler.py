@@ -52,7 +52,7 @@ def build_execution(
     estimated from `catalog`'s prices (the default catalog when None)."""
     catalog = catalog or default_catalog()
     deps = plan.dependencies()
-    dependents = plan.dependents()
+    dependents = plan.dependents(deps)
     jobs = []
     total = 0.0
     for pos, job in enumerate(plan.jobs):
@@ -100,9 +100,13 @@ def build_execution(
 def check_credentials(plan: Plan) -> None:
     """A job whose provider has no key configured is refused now, not after a worker claims it."""
     problems = []
+    missing: dict[str | None, str | None] = {}  # by provider: a plan names few providers, often
     for i, job in enumerate(plan.jobs):
         for model in job.models:
-            if var := missing_credential(model.split("/", 1)[0]):
+            provider = model.split("/", 1)[0]
+            if provider not in missing:
+                missing[provider] = missing_credential(provider)
+            if var := missing[provider]:
                 problems.append(
                     ErrorItem(["jobs", i, "model"], f"job '{job.id}': {model} needs {var}, which is not set")
                 )
