@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .client import AsyncClient, Client
     from .config import Settings
     from .engine.runtime import LocalRuntime
+    from .providers.catalog import Catalog
 
 T = TypeVar("T")
 
@@ -111,8 +112,8 @@ class Step:
     def plan(self) -> dict[str, Any]:
         return compose(self).plan()
 
-    def estimate(self, client: Client | None = None) -> dict[str, Any]:
-        return compose(self).estimate(client)
+    def estimate(self, client: Client | None = None, *, catalog: Catalog | None = None) -> dict[str, Any]:
+        return compose(self).estimate(client, catalog=catalog)
 
     def execute(self, webhook: str | None = None, **kwargs: Any) -> Execution:
         return compose(self).execute(webhook=webhook, **kwargs)
@@ -245,21 +246,23 @@ class Composition:
             plan["options"] = self.options
         return plan
 
-    def estimate(self, client: Client | None = None) -> dict[str, Any]:
+    def estimate(self, client: Client | None = None, *, catalog: Catalog | None = None) -> dict[str, Any]:
         """The plan's cost (USD) and time (the longest chain of dependencies), per job and in total; nothing is
-        enqueued. From the local catalog, or from the server of `client`. Raises PlanError (locally) or
-        PlanRejected (from a server) for an invalid plan."""
+        enqueued. From the local catalog (`catalog`, the process's default one when None), or from the server
+        of `client`. Raises PlanError (locally) or PlanRejected (from a server) for an invalid plan."""
         if client is not None:
             return client.estimate(self)
         from .estimate import estimate_plan
 
-        return estimate_plan(self.plan())
+        return estimate_plan(self.plan(), catalog=catalog)
 
-    async def estimate_async(self, client: AsyncClient | None = None) -> dict[str, Any]:
+    async def estimate_async(
+        self, client: AsyncClient | None = None, *, catalog: Catalog | None = None
+    ) -> dict[str, Any]:
         """`estimate`, from the server of an `AsyncClient` when given."""
         if client is not None:
             return await client.estimate(self)
-        return self.estimate()
+        return self.estimate(catalog=catalog)
 
     def execute(
         self,

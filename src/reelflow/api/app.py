@@ -498,9 +498,9 @@ async def retry(execution_id: str, svc: Svc, who: Tenant) -> JSONResponse:
     tags=["plans"],
     responses=errors(400, 413, 415, 422),
 )
-async def estimate(request: Request, who: Tenant) -> dict[str, Any]:
+async def estimate(request: Request, svc: Svc, who: Tenant) -> dict[str, Any]:
     """Cost and time estimate of a plan; nothing is enqueued."""
-    return estimate_plan(await json_body(request))
+    return estimate_plan(await json_body(request), catalog=svc.engine.catalog)
 
 
 @router.get("/usage", response_model=Usage, tags=["usage"])

@@ -18,12 +18,15 @@ import json
 import mimetypes
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from .. import media
 from ..providers.base import PermanentError
-from ..providers.catalog import get_model
+from ..providers.catalog import default_catalog
+
+if TYPE_CHECKING:
+    from ..providers.catalog import Catalog
 
 MEDIA = frozenset({"image", "video", "audio"})
 JOB_KINDS: dict[str, frozenset[str]] = {
@@ -50,11 +53,12 @@ Prober = Callable[[Path], Awaitable[dict[str, Any]]]
 QuickProber = Callable[[Path], dict[str, Any] | None]
 
 
-def expected_kinds(job_type: str, model: str | None) -> frozenset[str]:
-    """What a job's outputs may be: by its type, or for `run` by the types its model declares."""
+def expected_kinds(job_type: str, model: str | None, catalog: Catalog | None = None) -> frozenset[str]:
+    """What a job's outputs may be: by its type, or for `run` by the types its model declares in `catalog`
+    (the process's default catalog when None)."""
     if job_type != "run":
         return JOB_KINDS.get(job_type, MEDIA)
-    spec = get_model(model) if model else None
+    spec = (catalog or default_catalog()).get(model) if model else None
     declared = frozenset().union(*(JOB_KINDS.get(t, frozenset()) for t in spec.types)) if spec else frozenset()
     return declared or MEDIA
 
@@ -107,12 +111,19 @@ def _first_look(
 
 
 async def judge(
-    path: Path, job_type: str, model: str | None, probe: Prober, *, quick_probe: QuickProber | None = None
+    path: Path,
+    job_type: str,
+    model: str | None,
+    probe: Prober,
+    *,
+    quick_probe: QuickProber | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """What the output at `path` is (probe() fields, or its size for text) when it is what the job makes;
     otherwise PermanentError: "the output is not a video: it is ...". `quick_probe` (blocking, run in the
-    thread that reads the file's first bytes) may answer for `probe`; when it gives None, `probe` decides."""
-    kinds = expected_kinds(job_type, model)
+    thread that reads the file's first bytes) may answer for `probe`; when it gives None, `probe` decides.
+    A `run` job's model is looked up in `catalog` (the worker's; the process's default when None)."""
+    kinds = expected_kinds(job_type, model, catalog)
     wanted = describe(kinds)
     head, quick = await asyncio.to_thread(_first_look, path, kinds, quick_probe)
     if (indirect := media.indirect_format(head)) is not None:

@@ -1108,7 +1108,9 @@ class Worker:
         """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
         PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        info = await judge_output(path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick)
+        info = await judge_output(
+            path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick, catalog=self.catalog
+        )
         key, url, local = await asyncio.to_thread(self._put, path, suffix)
         entry: dict[str, Any] = {
             "url": url,

@@ -193,7 +193,7 @@ class GoogleProvider(HttpAdapter):
     # --- the request -----------------------------------------------------------------------------
 
     def _params(self, task: Task) -> dict[str, Any]:
-        spec = MODELS_BY_ID.get(task.model or "")
+        spec = self.model_catalog().google_spec(task.model or "")
         return params_with_defaults(spec.params, task.params) if spec is not None else dict(task.params)
 
     async def _body(self, task: Task) -> dict[str, Any]:
@@ -341,7 +341,11 @@ class GoogleProvider(HttpAdapter):
         path = await self._download(task, name, uri)
         params = self._params(task)
         duration, resolution = params.get("duration"), params.get("resolution")
-        per_second = price_per_second(task.model or "", resolution)
+        spec = self.model_catalog().google_spec(task.model or "")
+        if spec is not None and spec is not MODELS_BY_ID.get(spec.id):  # replaced in the catalog: its own price
+            per_second = spec.price.usd if spec.price.unit == "second" else None
+        else:  # the built-in model: by resolution
+            per_second = price_per_second(task.model or "", resolution)
         cost = None
         if per_second is not None and isinstance(duration, int | float) and not isinstance(duration, bool):
             cost = round(per_second * float(duration), 6)

@@ -25,7 +25,7 @@ from reelflow.providers.base import (
 )
 
 from .. import media
-from .catalog import OPERATIONS, ParamSpec, get_model
+from .catalog import OPERATIONS, Catalog, ParamSpec, default_catalog
 from .info import ProviderInfo
 
 LONG_SIDE = 1280
@@ -41,6 +41,9 @@ class LocalProvider:
 
     info = ProviderInfo(name="local", reads_local_files=True, catalog="reelflow.providers.catalog.builtin")
     name = info.name
+    catalog: Catalog | None = None
+    """The catalog whose local models' parameter bounds the handlers read (set by the worker's provider table,
+    like the HTTP adapters'); None: the process's default one."""
 
     async def submit(self, task: Task) -> str:
         """A fresh id; nothing starts until `wait`."""
@@ -85,7 +88,7 @@ class LocalProvider:
     # local/image, local/video, local/audio
 
     async def _generate_image(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         prompt = p.text("prompt", required=True) or ""
         width, height = image_size(p.integer("width"), p.integer("height"), p.choice("aspect_ratio"))
         seed = p.integer("seed")
@@ -94,7 +97,7 @@ class LocalProvider:
         return _result(out, {"width": width, "height": height, "seed": seed})
 
     async def _generate_video(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         prompt = p.text("prompt")
         image = p.optional_input("image")
         if prompt is None and image is None:
@@ -118,7 +121,7 @@ class LocalProvider:
         return _result(out, {"width": width, "height": height, "fps": fps})
 
     async def _generate_audio(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         text = p.text("text")
         if text is None:
             text = p.text("prompt")
@@ -133,14 +136,14 @@ class LocalProvider:
     # local job types
 
     async def _merge(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         video, audio = p.input("video"), p.input("audio")
         out = _output(task, ".mp4")
         await media.merge_video_audio(video, audio, out)
         return _result(out)
 
     async def _concat(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         videos = p.input_list("videos")
         out = _output(task, ".mp4")
         await media.concat(
@@ -153,7 +156,7 @@ class LocalProvider:
         return _result(out, {"parts": len(videos)})
 
     async def _captions(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         video = p.input("video")
         sources = [k for k in ("text", "segments", "srt", "words") if task.params.get(k) is not None]
         if len(sources) != 1:
@@ -185,7 +188,7 @@ class LocalProvider:
         return _result(out)
 
     async def _overlay(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         base, over = p.input("video"), p.input("overlay")
         out = _output(task, ".mp4")
         opacity = p.number("opacity")
@@ -204,7 +207,7 @@ class LocalProvider:
         return _result(out)
 
     async def _transcode(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         given = [k for k in ("video", "input") if task.params.get(k) is not None or k in task.inputs]
         if len(given) > 1:
             raise PermanentError("transcode: give only one of video or input (got video and input)")
@@ -222,7 +225,7 @@ class LocalProvider:
         return _result(out, {"format": fmt})
 
     async def _thumbnail(self, task: Task) -> ProviderResult:
-        p = _Params(task)
+        p = _Params(task, self.catalog)
         video = p.input("video")
         fmt = p.choice("format") or "jpg"
         out = _output(task, ".png" if fmt == "png" else ".jpg")
@@ -320,10 +323,11 @@ def _result(out: Path, fields: dict[str, Any] | None = None) -> ProviderResult:
     return ProviderResult(outputs=[Output(path=out, content_type=content_type)], fields=kept, cost_usd=0.0)
 
 
-def _specs(task: Task) -> dict[str, ParamSpec]:
-    """The catalog's parameter specs of the task's operation or local model: the bounds the plan was checked with."""
+def _specs(task: Task, catalog: Catalog | None) -> dict[str, ParamSpec]:
+    """The catalog's parameter specs of the task's operation or local model: the bounds the plan was checked with
+    (`catalog`'s, the process's default catalog when None)."""
     if task.model is not None:
-        model = get_model(task.model)
+        model = (catalog or default_catalog()).get(task.model)
         return dict(model.params) if model is not None else {}
     return dict(OPERATIONS.get(task.type, {}))
 
@@ -333,10 +337,10 @@ class _Params:
 
     Bounds and choices come from the catalog's spec of the parameter (see `_specs`), never from here."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, catalog: Catalog | None = None) -> None:
         self.task = task
         self.params = task.params
-        self.specs = _specs(task)
+        self.specs = _specs(task, catalog)
 
     def _spec(self, name: str) -> ParamSpec:
         spec = self.specs.get(name)

@@ -368,7 +368,7 @@ class OpenAIProvider(HttpAdapter):
             "characters": len(text),
             "request_id": response.headers.get("x-request-id"),
         }
-        spec = MODELS_BY_ID.get(task.model or "")
+        spec = self.model_catalog().openai_spec(task.model or "")
         cost = round(spec.price.usd * len(text), 6) if spec and spec.price.unit == "character" else None
         return ProviderResult(outputs=[Output(path=out, content_type=content_type)], fields=fields, cost_usd=cost)
 
@@ -404,12 +404,15 @@ class OpenAIProvider(HttpAdapter):
             "request_id": response.headers.get("x-request-id"),
         }
         cost = None
-        if task.model in MODELS_BY_ID:
+        spec = self.model_catalog().openai_spec(task.model or "")
+        if spec is not None and spec is MODELS_BY_ID.get(spec.id):  # the built-in model: by quality and size
             priced = {
                 "quality": answer.get("quality") or body.get("quality"),
                 "size": answer.get("size") or body.get("size"),
             }
             cost = round(image_price(priced) * len(outputs), 6)
+        elif spec is not None and spec.price.unit == "image":  # a model the catalog replaced or added
+            cost = round(spec.price.usd * len(outputs), 6)
         return ProviderResult(outputs=outputs, fields=fields, cost_usd=cost)
 
     async def _transcribe(self, task: Task, provider_id: str, fields: dict[str, Any]) -> ProviderResult:

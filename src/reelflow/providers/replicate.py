@@ -52,7 +52,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import ModelSpec, params_with_defaults
-from .catalog.replicate import AUDIO_PRICES, MODE_PRICES, RESOLUTION_PRICES, base_model_id
+from .catalog.replicate import AUDIO_PRICES, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id
 from .http import HttpAdapter, retry_after
 from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
@@ -729,7 +729,10 @@ class ReplicateProvider(HttpAdapter):
         price = spec.price
         if price.unit == "free":
             return 0.0
-        by_res = RESOLUTION_PRICES.get(model_id, {})
+        # The per-resolution, mode and audio tables price the built-in model; a model the catalog replaced
+        # (a catalog file, a plugin) is priced by its own `price` alone.
+        builtin = spec is MODELS_BY_ID.get(model_id)
+        by_res = RESOLUTION_PRICES.get(model_id, {}) if builtin else {}
         if price.unit == "run":
             return by_res.get(str(params.get("resolution")), price.usd)
         if price.unit == "image":
@@ -739,10 +742,10 @@ class ReplicateProvider(HttpAdapter):
             if not isinstance(duration, int | float) or isinstance(duration, bool):
                 return None
             per_second = price.usd
-            by_mode = MODE_PRICES.get(model_id, {})
+            by_mode = MODE_PRICES.get(model_id, {}) if builtin else {}
             per_second = by_res.get(str(params.get("resolution")), by_mode.get(str(params.get("mode")), per_second))
             audio = params.get("generate_audio")
-            if isinstance(audio, bool):
+            if isinstance(audio, bool) and builtin:
                 per_second = AUDIO_PRICES.get(model_id, {}).get(audio, per_second)
             return round(per_second * float(duration), 6)
         return None

@@ -184,11 +184,15 @@ class Catalog:
         found = self._user.get(model_id)
         return dict(found[1].inputs) if found is not None else {}
 
+    def _provider_spec(self, model_id: str, provider: str) -> ModelSpec | None:
+        """This catalog's model with this id when `provider` runs it (an installed user model, a registered or
+        a built-in one), else None."""
+        found = self._models.get(model_id)
+        return found if found is not None and found.provider == provider else None
+
     def replicate_spec(self, model_id: str) -> ModelSpec | None:
-        """The Replicate model behind this id (`:version` ignored), a user model first."""
-        key = replicate.base_model_id(model_id)
-        um = self._installed(key, "replicate")
-        return um.spec if um is not None else replicate.MODELS_BY_ID.get(key)
+        """The Replicate model behind this id (`:version` ignored), as this catalog holds it."""
+        return self._provider_spec(replicate.base_model_id(model_id), "replicate")
 
     def replicate_inputs(self, model_id: str) -> dict[str, str]:
         """{our parameter name: Replicate input name} of a Replicate model (empty when all pass through)."""
@@ -211,9 +215,16 @@ class Catalog:
         return fal.INPUT_MAP.get(model_id or "", {})
 
     def elevenlabs_spec(self, model_id: str) -> ModelSpec | None:
-        """An ElevenLabs model, a user model first."""
-        um = self._installed(model_id, "elevenlabs")
-        return um.spec if um is not None else elevenlabs.MODELS_BY_ID.get(model_id)
+        """An ElevenLabs model, as this catalog holds it."""
+        return self._provider_spec(model_id, "elevenlabs")
+
+    def openai_spec(self, model_id: str) -> ModelSpec | None:
+        """An OpenAI model, as this catalog holds it."""
+        return self._provider_spec(model_id, "openai")
+
+    def google_spec(self, model_id: str) -> ModelSpec | None:
+        """A Google (Veo) model, as this catalog holds it."""
+        return self._provider_spec(model_id, "google")
 
     # --- changing this catalog (while it is being built, or in tests) -------------------------------
 
