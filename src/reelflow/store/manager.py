@@ -48,7 +48,7 @@ from .common import (
     wants_event,
     webhook_body,
 )
-from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
+from .stats import LIVE_WITHIN_S, assemble_gauges, assemble_stats
 
 T = TypeVar("T")
 
@@ -360,7 +360,6 @@ class Tx(Protocol):
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         """The number of rows changed."""
-        ...
 
     async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
@@ -369,7 +368,6 @@ class Tx(Protocol):
 
     def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column` is one of `values` (at most IN_CHUNK of them): the condition and its arguments."""
-        ...
 
 
 IN_CHUNK = 500
@@ -1044,18 +1042,32 @@ class StoreManager(StoreRules):
         return await self._in_snapshot(read)
 
     async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
+        now = time.time()
+        t, ta = ("", ()) if tenant is None else (" AND tenant = %s", (tenant,))
+        args = {
+            "executions": (since, *ta), "execution_seconds": (since, *ta), "jobs": (since, *ta),
+            "queue_depth": (now, *ta), "provider_jobs": (since, *ta), "webhooks": (since, since, *ta),
+            "spend_month": (month_start(now), *ta), "workers": (now - LIVE_WITHIN_S,),
+        }  # fmt: skip
+        queries = {name: (getattr(self.sql, f"stats_{name}").format(t=t), a) for name, a in args.items()}
+        return assemble_stats(await self._fetch(queries), tenant, since)
 
     async def metric_gauges(self) -> dict[str, Any]:
-        return assemble_gauges(await self._fetch(gauge_queries(time.time())))
+        now = time.time()
+        queries = {
+            "jobs": (self.sql.jobs_by_status, ()),
+            "queue_depth": (self.sql.stats_queue_depth.format(t=""), (now,)),
+            "workers": (self.sql.live_workers, (now - LIVE_WITHIN_S,)),
+        }
+        return assemble_gauges(await self._fetch(queries))
 
-    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
-        """The rows (as tuples) of named read queries (`?` parameters), in one read-only transaction."""
+    async def _fetch(self, queries: dict[str, tuple[str, tuple[Any, ...]]]) -> dict[str, list[Any]]:
+        """The rows (as tuples) of named read queries, in one read-only transaction."""
 
         async def read(tx: Tx) -> dict[str, list[Any]]:
             rows: dict[str, list[Any]] = {}
-            for name, sql, args in queries:
-                found = await tx.all(sql.replace("?", "%s"), args)
+            for name, (sql, args) in queries.items():
+                found = await tx.all(sql, args)
                 rows[name] = [tuple(r.values()) if isinstance(r, Mapping) else tuple(r) for r in found]
             return rows
 

@@ -354,3 +354,35 @@ SELECT tenant FROM webhook_deliveries WHERE id = %s
 -- name: redeliver
 UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, retry_from = %s,
 lease_owner = NULL, lease_expires_at = NULL WHERE id = %s
+
+-- ---------------------------------------------------------------- operational figures (store/stats.py)
+-- Each with `{t}`: nothing, or one tenant's rows. Their columns have distinct names (PostgreSQL's rows are dicts).
+-- name: stats_executions
+SELECT status, COUNT(*) FROM executions WHERE (status IN ('queued', 'running') OR finished_at >= %s){t}
+GROUP BY status
+
+-- name: stats_execution_seconds
+SELECT finished_at - created_at FROM executions WHERE finished_at >= %s AND status IN ('succeeded', 'failed'){t}
+
+-- name: stats_jobs
+SELECT status, COUNT(*) FROM jobs WHERE (status IN ('waiting', 'queued', 'running') OR finished_at >= %s){t}
+GROUP BY status
+
+-- name: stats_queue_depth
+SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND run_after <= %s{t}
+
+-- name: stats_provider_jobs
+SELECT COALESCE(provider, 'local'), status, finished_at - started_at FROM jobs WHERE finished_at >= %s
+AND status IN ('succeeded', 'failed') AND cache_hit = 0{t}
+
+-- A delivery given up on has its next_attempt_at set to the moment it was given up.
+-- name: stats_webhooks
+SELECT status, COUNT(*) FROM webhook_deliveries WHERE (status = 'pending'
+OR (status = 'delivered' AND delivered_at >= %s) OR (status = 'failed' AND next_attempt_at >= %s)){t}
+GROUP BY status
+
+-- name: stats_spend_month
+SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE finished_at >= %s{t}
+
+-- name: stats_workers
+SELECT COUNT(*) FROM workers WHERE last_seen > %s
