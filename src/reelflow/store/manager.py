@@ -56,6 +56,11 @@ EventRow = tuple[str, str | None, str, str, float]
 """One event to append: execution id, job key (None: the execution's own), type, data (JSON), time."""
 Ready = tuple[int, str | None, str | None, str]
 """A job made ready by a finish: id, provider, model family, tenant."""
+Released = list[tuple[int, str, str | None, str | None, str]]
+"""The dependents a success queued, by id: id, key, provider, model, tenant."""
+Written = tuple[dict[int, Any], dict[tuple[str, str], Released], dict[int, str]]
+"""Outcomes written: job id -> row (execution_id, key, attempts) of each one applied; (execution, key of a job that
+succeeded) -> the dependents it queued; job id -> provider id recorded with a success (not on its own before)."""
 
 
 class Row(Protocol):
@@ -420,12 +425,11 @@ class StoreManager(StoreRules):
         """(execution, key) -> result of the dependencies of the leased `rows`."""
         raise NotImplementedError
 
-    async def _apply_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
-        provider_ids: list[tuple[int, str, str]],
-    ) -> list[str]:  # fmt: skip
-        """Record `provider_ids`, write the outcomes; return the keys of the dependents they made ready (added to
-        `ready` when given)."""
+    async def _write_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
+    ) -> Written:
+        """Record `provider_ids` and write the outcomes (each applies only to the attempt holding the lease), with
+        the artifacts of the successes, and count down and queue their dependents."""
         raise NotImplementedError
 
     async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
@@ -567,6 +571,44 @@ class StoreManager(StoreRules):
         if busy:
             claimed += await self._hand_off_rest(owner, list(busy), lease_s)
         return promoted, claimed
+
+    async def _apply_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
+        provider_ids: list[tuple[int, str, str]],
+    ) -> list[str]:  # fmt: skip
+        """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
+        the keys of the dependents made ready (added to `ready` when given)."""
+        rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids)
+        requeued = any(o.status == "retry" and o.job_id in rows for o in outcomes)
+        events: list[EventRow] = []
+        promoted: list[str] = []
+        touched: set[str] = set()
+        failed: dict[str, list[str]] = defaultdict(list)
+        for o in outcomes:
+            if (found := rows.pop(o.job_id, None)) is None:
+                continue
+            eid, key = found["execution_id"], found["key"]
+            touched.add(eid)
+            if o.status == "succeeded":
+                if (pid := inline.get(o.job_id)) is not None:
+                    events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
+                events += outcome_events(o, eid, key, 0, now)
+                for job_id, dep, provider, model, tenant in released.pop((eid, key), []):
+                    promoted.append(dep)
+                    if ready is not None:
+                        ready.append((job_id, provider, model_family(model), tenant))
+                    events.append((eid, dep, "job.queued", dumps({"after": key}), now))
+            else:
+                events += outcome_events(o, eid, key, found["attempts"], now)
+                if o.status != "retry":
+                    failed[eid].append(key)
+        for eid, keys in failed.items():
+            await self._skip_after_failure(tx, eid, keys, now, events)
+        await self._settle(tx, touched, now, events)
+        await self._append(tx, events)
+        if (promoted and ready is None) or requeued:
+            await self._notify_in(tx)
+        return promoted
 
     async def _skip_after_failure(self, tx: Tx, eid: str, keys: list[str], now: float, events: list[EventRow]) -> None:
         """Skip the jobs of `eid` that will not run now that `keys` failed (`skips`)."""

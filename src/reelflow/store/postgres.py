@@ -30,7 +30,7 @@ from .. import metrics
 from ..errors import StoreBusy, StoreUnavailable
 from .base import ClaimedJob, JobOutcome, ProgressReport
 from .common import Statements, artifact_keys, dumps, loads, migration_scripts
-from .manager import EventRow, Ready, StoreManager, Tx, model_family, outcome_events
+from .manager import EventRow, Released, StoreManager, Tx, Written
 
 log = logging.getLogger(__name__)
 
@@ -440,13 +440,11 @@ class PostgresStore(StoreManager):
             return []
 
     # ------------------------------------------------------------------ finishing
-    async def _apply_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
-        provider_ids: list[tuple[int, str, str]],
-    ) -> list[str]:  # fmt: skip
-        """A batch of outcomes in a fixed number of statements, whatever its size: one UPDATE per kind of outcome
-        (succeeded, retry, failed or canceled), one for the dependents they release, one for the artifacts.
-        Events keep the order of the outcomes."""
+    async def _write_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
+    ) -> Written:
+        """A batch in a fixed number of statements, whatever its size: one UPDATE per kind of outcome (succeeded,
+        retry, failed or canceled), one for the dependents they release, one for the artifacts."""
         done = [o for o in outcomes if o.status == "succeeded"]
         # Provider ids of jobs succeeding here are written by the same UPDATE (one row version, not two); the
         # others first, on their own.
@@ -474,8 +472,8 @@ class PostgresStore(StoreManager):
                 now, [o.job_id for o in ended], [o.owner for o in ended], [o.status for o in ended],
                 [o.error for o in ended], [o.cost_usd for o in ended], [o.seq for o in ended],
             )))  # fmt: skip
-
-        # Dependents: `released_by` remembers which finished job released each one last, for its event.
+        # Each waiting dependent loses as many dependencies as succeeded here; `released_by` remembers which
+        # finished job released it last, for its event.
         succeeded = [(o, rows[o.job_id]) for o in done if o.job_id in rows]
         released_by: dict[tuple[str, str], str] = {}
         counts: dict[tuple[str, str], int] = defaultdict(int)
@@ -483,50 +481,18 @@ class PostgresStore(StoreManager):
             for dep in loads(row["dependents"]) or []:
                 released_by[(row["execution_id"], dep)] = row["key"]
                 counts[(row["execution_id"], dep)] += 1
-        queued: dict[tuple[str, str], int] = {}
+        released: dict[tuple[str, str], Released] = defaultdict(list)
         if counts:
             pairs = sorted(counts)
             for r in await tx.all(
                 SQL.count_down, (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs])
             ):
                 if r["status"] == "queued":
-                    queued[(r["execution_id"], r["key"])] = r["id"]
-                    if ready is not None:
-                        ready.append((r["id"], r["provider"], model_family(r["model"]), r["tenant"]))
+                    by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
+                    released[by].append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
         if art := [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]:
             await tx.run(SQL.insert_artifacts, (now, [a[0] for a in art], [a[1] for a in art]))
-
-        events: list[EventRow] = []
-        touched: set[str] = set()
-        promoted: list[str] = []
-        failed: dict[str, list[str]] = defaultdict(list)
-        release_order: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
-        for (eid, dep), job_id in queued.items():
-            release_order[(eid, released_by[(eid, dep)])].append((job_id, dep))
-        for o in outcomes:
-            found = rows.get(o.job_id)
-            if found is None:
-                continue
-            eid, key = found["execution_id"], found["key"]
-            touched.add(eid)
-            if o.status == "succeeded":
-                if (pid := inline.get(o.job_id)) is not None:
-                    events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
-                events += outcome_events(o, eid, key, 0, now)
-                for _, dep in sorted(release_order.pop((eid, key), [])):
-                    promoted.append(dep)
-                    events.append((eid, dep, "job.queued", dumps({"after": key}), now))
-            else:
-                events += outcome_events(o, eid, key, found["attempts"], now)
-                if o.status != "retry":
-                    failed[eid].append(key)
-        for eid, keys in failed.items():
-            await self._skip_after_failure(tx, eid, keys, now, events)
-        await self._settle(tx, touched, now, events)
-        await self._append(tx, events)
-        if (promoted and ready is None) or any(o.job_id in rows for o in retry):
-            await self._notify_in(tx)
-        return promoted
+        return rows, {k: sorted(v) for k, v in released.items()}, inline
 
     async def _settling(
         self, tx: Tx, ids: list[str]

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 from .. import metrics
 from .base import JobOutcome, ProgressReport
 from .common import Statements, artifact_keys, dumps, loads, migration_scripts
-from .manager import EventRow, Ready, StoreManager, Tx, chunks, model_family, outcome_events
+from .manager import EventRow, Released, StoreManager, Tx, Written, chunks
 
 T = TypeVar("T")
 SQL = Statements("sqlite")
@@ -272,16 +272,13 @@ class SQLiteStore(StoreManager):
         return {t: cap - int((await tx.one(SQL.tenant_running, (t,)))["n"]) for t, cap in caps.items()}
 
     # ------------------------------------------------------------------ finishing
-    async def _apply_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
-        provider_ids: list[tuple[int, str, str]],
-    ) -> list[str]:  # fmt: skip
+    async def _write_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
+    ) -> Written:
         if provider_ids:
             await self._write_provider_ids(tx, provider_ids, now)
-        events: list[EventRow] = []
-        touched: set[str] = set()
-        promoted: list[str] = []
-        failed: dict[str, list[str]] = defaultdict(list)
+        rows: dict[int, Any] = {}
+        released: dict[tuple[str, str], Released] = {}
         for o in outcomes:
             if o.status == "succeeded":
                 row = await tx.one(
@@ -289,45 +286,26 @@ class SQLiteStore(StoreManager):
                     (dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
                      o.owner, o.seq, o.seq),
                 )  # fmt: skip
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                events += outcome_events(o, eid, key, 0, now)
-                if keys := artifact_keys(o.result):
-                    await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
-                if dependents := loads(row[2]):
-                    cond, args = tx.in_("key", dependents)
-                    await tx.run(SQL.count_down.format(cond=cond), (eid, *args))
-                    for job_id, k, provider, model, tenant in await tx.all(
-                        SQL.promote.format(cond=cond), (now, eid, *args)
-                    ):
-                        promoted.append(k)
-                        if ready is not None:
-                            ready.append((job_id, provider, model_family(model), tenant))
-                        events.append((eid, k, "job.queued", dumps({"after": key}), now))
+                if row is not None:
+                    eid = row["execution_id"]
+                    if keys := artifact_keys(o.result):
+                        await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
+                    if dependents := loads(row["dependents"]):
+                        cond, args = tx.in_("key", dependents)
+                        await tx.run(SQL.count_down.format(cond=cond), (eid, *args))
+                        queued = await tx.all(SQL.promote.format(cond=cond), (now, eid, *args))
+                        released[(eid, row["key"])] = sorted(tuple(r) for r in queued)
             elif o.status == "retry":
                 row = await tx.one(
                     SQL.job_retry,
                     (o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
                      o.seq, o.seq),
                 )  # fmt: skip
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                events += outcome_events(o, eid, key, row[2], now)
             else:  # failed or canceled
                 row = await tx.one(SQL.job_ended, (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq))
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                events += outcome_events(o, eid, key, row[2], now)
-                failed[eid].append(key)
-            touched.add(eid)
-        for eid, keys in failed.items():
-            await self._skip_after_failure(tx, eid, keys, now, events)
-        await self._settle(tx, touched, now, events)
-        await self._append(tx, events)
-        return promoted
+            if row is not None:
+                rows.setdefault(o.job_id, row)
+        return rows, released, {}
 
     async def _settling(
         self, tx: Tx, ids: list[str]
