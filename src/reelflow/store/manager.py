@@ -1077,9 +1077,15 @@ class StoreManager(StoreRules):
 
     async def queue_stats(self) -> dict[str, Any]:
         async def read(tx: Tx) -> dict[str, Any]:
-            names = ("jobs_by_status", "running_by_provider", "queued_by_provider", "active_by_tenant")
-            found = [{r["k"]: int(r["n"]) for r in await tx.all(getattr(self.sql, name))} for name in names]
-            return dict(zip(("jobs", *names[1:]), found, strict=True))
+            async def pairs(sql: str) -> dict[str, int]:
+                return {r["k"]: int(r["n"]) for r in await tx.all(sql)}
+
+            return {
+                "jobs": await pairs(self.sql.jobs_by_status),
+                "running_by_provider": await pairs(self.sql.running_by_provider),
+                "queued_by_provider": await pairs(self.sql.queued_by_provider),
+                "active_by_tenant": await pairs(self.sql.active_by_tenant),
+            }
 
         return await self._in_snapshot(read)
 
