@@ -19,7 +19,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
@@ -95,17 +95,17 @@ class _PgTx:
         return f"{column} = ANY(%s)", [list(values)]
 
 
-class _PgReads:
+class _PgReads(_PgTx):
     """The shared reads (`manager.Tx`), each statement on its own pooled connection (autocommit)."""
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return await self.store._one(sql, args)
+        return await self.store._read(sql, args, one=True)
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        return await self.store._all(sql, args)
+        return cast(list[Any], await self.store._read(sql, args, one=False))
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         raise TypeError("reads only here: writes go through _in_tx")
@@ -114,9 +114,6 @@ class _PgReads:
         raise TypeError("reads only here: writes go through _in_tx")
 
     for_update = ""
-
-    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        return f"{column} = ANY(%s)", [list(values)]
 
 
 class PostgresStore(StoreManager):
@@ -228,7 +225,7 @@ class PostgresStore(StoreManager):
     async def _in_tx_if(
         self, probe: str, args: Sequence[Any], fn: Callable[[Tx], Coroutine[Any, Any, T]], default: T
     ) -> T:
-        return default if await self._one(probe, args) is None else await self._in_tx(fn)
+        return default if await self._read(probe, args, one=True) is None else await self._in_tx(fn)
 
     async def _lock_in(self, tx: Tx, name: str) -> None:
         await tx.all(SQL.advisory_lock, (lock_key(name),))
@@ -249,15 +246,6 @@ class PostgresStore(StoreManager):
             except (psycopg.Error, PoolTimeout) as exc:
                 self._busy(exc)
                 lost_since = await self._outage(exc, lost_since)
-
-    async def _one(self, sql: str, args: Sequence[Any] = ()) -> DictRow | None:
-        """One row of a single read statement (autocommit)."""
-        row: DictRow | None = await self._read(sql, args, one=True)
-        return row
-
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[DictRow]:
-        rows: list[DictRow] = await self._read(sql, args, one=False)
-        return rows
 
     def _busy(self, exc: BaseException) -> None:
         """A wait for a pooled connection that timed out while the pool holds all its connections, each in use:
