@@ -98,6 +98,7 @@ def test_the_conditions_asked_for_are_covered(rules: list[dict[str, Any]]) -> No
     assert "by (le)" in slow["expr"]
     assert "by (provider)" in one(r"reelflow_provider_requests_total.* < 0\.95")["expr"]
     assert one(r'reelflow_webhook_deliveries_total\{outcome=~"failed\|gave_up"\}')
+    assert one(r"reelflow_provider_circuit_state\) == 2")["for"] == "5m"
 
 
 def test_every_metric_an_alert_reads_is_exposed(
@@ -107,7 +108,7 @@ def test_every_metric_an_alert_reads_is_exposed(
     read = {name for rule in rules for name in metric_names(rule["expr"])}
     assert {
         "reelflow_queue_depth", "reelflow_executions_total", "reelflow_execution_duration_seconds_bucket",
-        "reelflow_provider_requests_total", "reelflow_webhook_deliveries_total",
+        "reelflow_provider_requests_total", "reelflow_webhook_deliveries_total", "reelflow_provider_circuit_state",
     } <= read  # fmt: skip
     for name in sorted(read):
         base = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)

@@ -95,6 +95,23 @@ def test_a_file_model_may_say_when_its_price_was_read(tmp_path: Path) -> None:
     assert "price_read" in problem
 
 
+def test_a_file_model_may_say_its_price_is_unconfirmed_but_not_also_read(tmp_path: Path) -> None:
+    text = (
+        "models:\n  - id: replicate/acme/x\n    types: [generate-video]\n    price: {unit: run, usd: 1}\n"
+        "    price_unconfirmed: our own guess\n"
+    )
+    [spec] = load_catalog_file(write(tmp_path, text))
+    dumped = spec.model_dump(mode="json")
+    assert (dumped["price_unconfirmed"], dumped["price_read"], dumped["price_confirmed"]) == (
+        "our own guess",
+        None,
+        False,
+    )
+    both = text.replace("acme/x", "acme/y") + "    price_read: '2026-12-01'\n"
+    [problem] = problems_of(write(tmp_path, both, "both.yaml"))
+    assert "either read (price_read) or unconfirmed, not both" in problem
+
+
 def test_settings_name_the_file_and_it_loads_once(tmp_path: Path) -> None:
     settings = Settings(catalog_file=str(EXAMPLE), _env_file=None)  # type: ignore[call-arg]
     load_extensions(settings)

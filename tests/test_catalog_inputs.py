@@ -27,7 +27,8 @@ REPLICATE: dict[str, set[str]] = {
         "prompt", "aspect_ratio", "duration", "image", "last_frame", "reference_images", "negative_prompt",
         "resolution", "generate_audio", "seed",
     },
-    # replicate.com/google/veo-3-fast/versions/368d4063.../api (the Veo 3 family's names)
+    # replicate.com/google/veo-3-fast/versions/368d4063.../api (the Veo 3 family's names), and
+    # replicate.com/google/veo-3/api/schema as a project's fixture copied it on 2026-10-05
     "replicate/google/veo-3": {
         "prompt", "aspect_ratio", "duration", "image", "negative_prompt", "resolution", "generate_audio", "seed",
     },
@@ -65,6 +66,12 @@ REPLICATE: dict[str, set[str]] = {
         "prompt", "image_prompt", "aspect_ratio", "width", "height", "safety_tolerance", "seed", "prompt_upsampling",
         "output_format", "output_quality",
     },
+    # replicate.com/wan-video/wan-2.2-i2v-fast/api/schema as a project's fixture copied it on 2026-10-05
+    "replicate/wan-video/wan-2.2-i2v-fast": {
+        "prompt", "image", "last_image", "num_frames", "resolution", "frames_per_second", "go_fast", "sample_shift",
+        "interpolate_output", "disable_safety_checker", "lora_weights_transformer", "lora_scale_transformer",
+        "lora_weights_transformer_2", "lora_scale_transformer_2", "seed",
+    },
     # replicate.com/ideogram-ai/ideogram-v3-quality/versions/03944eb9.../api (the v3 family's names; no
     # negative_prompt, which the catalog offered before)
     "replicate/ideogram-ai/ideogram-v3-turbo": {
@@ -101,7 +108,6 @@ GOOGLE = {"prompt", "image", "lastFrame", "negativePrompt", "aspectRatio", "reso
 """ai.google.dev's Veo reference as Google's SDK maps it (googleapis/java-genai, see catalog/google.py)."""
 
 UNCHECKED: dict[str, str] = {
-    "replicate/wan-video/wan-2.2-i2v-fast": "no schema page for it was found",
     "replicate/black-forest-labs/flux-schnell": "no schema page for it was found",
     "replicate/openai/whisper": "a community model pinned by version; no schema page was found",
     "fal/fal-ai/flux/schnell": "no llms.txt for it was found",
@@ -181,6 +187,14 @@ def test_prices_say_when_they_were_read() -> None:
         dated
     )
     assert catalog_fal.PRICES_READ == "2026-12-06"
+    # Replicate: dated copies of its price data (catalog/replicate.py names them)
+    replicate_days = {
+        "google/veo-3": "2026-10-05", "google/veo-3.1": "2026-10-05", "kwaivgi/kling-v2.1": "2026-10-05",
+        "wan-video/wan-2.2-i2v-fast": "2026-10-05", "black-forest-labs/flux-schnell": "2026-10-07",
+        "black-forest-labs/flux-dev": "2026-10-07", "black-forest-labs/flux-1.1-pro": "2026-10-07",
+        "kwaivgi/kling-v2.5-turbo-pro": "2026-10-08",
+    }  # fmt: skip
+    assert {f"replicate/{name}": day for name, day in replicate_days.items()}.items() <= dated.items()
     spec = next(m for m in list_models() if m.id == "fal/fal-ai/kling-video/v2.5-turbo/pro/image-to-video")
     assert spec.model_dump(mode="json")["price_read"] == "2026-12-06"  # GET /v1/models and `models --json`
     with pytest.raises(ValueError, match="price_read"):

@@ -257,6 +257,20 @@ def test_models_off_a_terminal_shows_whole_ids_and_filters_by_provider(cli: Any)
     assert unknown.returncode == 1 and "providers: " in unknown.stderr
 
 
+def test_models_says_which_prices_were_read_and_which_are_unconfirmed(cli: Any) -> None:
+    proc = cli("models", "--provider", "replicate")
+    assert proc.returncode == 0, proc.stderr
+    rows = {ln.split()[1]: ln for ln in proc.stdout.splitlines() if ln.startswith("│ replicate/")}
+    assert "$0.4 / second, read 2026-10-05" in rows["replicate/google/veo-3"]
+    assert "$0.003 / image, read 2026-10-07" in rows["replicate/black-forest-labs/flux-schnell"]
+    assert "$0.15 / second, unconfirmed" in rows["replicate/bytedance/seedance-1-pro"]
+    assert "unconfirmed: the price was not read from the provider's pages" in proc.stdout
+    listed = {m["id"]: m for m in json.loads(cli("models", "--provider", "replicate", "--json").stdout)}
+    assert listed["replicate/minimax/hailuo-2.3"]["price_confirmed"] is False
+    assert listed["replicate/minimax/hailuo-2.3"]["price_unconfirmed"]
+    assert listed["replicate/google/veo-3.1"]["price_read"] == "2026-10-05"
+
+
 def test_json_help_says_what_each_command_prints(cli: Any) -> None:
     for name in ("estimate", "models", "stats"):
         text = " ".join(cli(name, "--help").stdout.split())

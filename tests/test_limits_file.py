@@ -378,18 +378,26 @@ def test_value_below_minimum(tmp_path: Path) -> None:
             "'max_concurrent'?); the fields are monthly_executions, monthly_cost_usd or max_concurrent",
         ),
         (
+            "providers:\n  fal: {circuit: {min_success_rate: 1.5}}\n",
+            "limits.yaml:2: providers.fal.circuit.min_success_rate: must be at most 1 (got 1.5)",
+        ),
+        (
+            "providers:\n  fal: {circuit: {min_calls: 0}}\n",
+            "limits.yaml:2: providers.fal.circuit.min_calls: must be at least 1 (got 0)",
+        ),
+        (
             "tenants:\n  acme: {monthly_cost_usd: lots}\n",
             "limits.yaml:2: tenants.acme.monthly_cost_usd: must be a number or null (got 'lots')",
         ),
         (
             "providers:\n  fal: 5\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
-            "creates_per_minute (got 5)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute, "
+            "creates_per_minute or circuit (got 5)",
         ),
         (
             "providers:\n  fal: [1, 2]\n",
-            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute or "
-            "creates_per_minute (got a list of 2 items)",
+            "limits.yaml:2: providers.fal: must be a mapping of max_concurrent, requests_per_minute, "
+            "creates_per_minute or circuit (got a list of 2 items)",
         ),
         (
             "providers:\n  - fal\n",
@@ -458,10 +466,10 @@ tenants:
     assert message.startswith(f"invalid limits file {src} (3 problems):\n  - ")
     assert problems == [
         f"{src}:3: providers.replicate.max_concurrency: unknown field 'max_concurrency' "
-        "(did you mean 'max_concurrent'?); the fields are max_concurrent, requests_per_minute or "
-        "creates_per_minute",
+        "(did you mean 'max_concurrent'?); the fields are max_concurrent, requests_per_minute, "
+        "creates_per_minute or circuit",
         f"{src}:5: models.fal/fal-ai/flux.requests_per_minute: unknown field 'requests_per_minute'; "
-        "the fields are max_concurrent",
+        "the fields are max_concurrent or circuit",
         f"{src}:8: tenants.acme.monthly_cost: unknown field 'monthly_cost' (did you mean 'monthly_cost_usd'?); "
         "the fields are monthly_executions, monthly_cost_usd or max_concurrent",
     ]
@@ -529,3 +537,17 @@ def test_a_lower_requests_per_minute_without_creates_per_minute_caps_creates_too
     assert load_limits(path).provider("replicate").creates_per_minute == 30
     path.write_text("providers:\n  replicate: {requests_per_minute: 5000}\n")
     assert load_limits(path).provider("replicate").creates_per_minute == 600  # the documented create limit stays
+
+
+def test_a_circuit_takes_its_success_rate_rule_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "limits.yaml"
+    path.write_text(
+        "providers:\n  fal: {circuit: {failures: 3, min_success_rate: 0.8, min_calls: 40}}\n"
+        "models:\n  fal/fal-ai/flux/schnell: {circuit: {min_success_rate: 0}}\n"
+    )
+    limits = load_limits(str(path))
+    own = limits.circuit("fal", "fal/fal-ai/flux/schnell")
+    assert (own.failures, own.min_success_rate, own.min_calls) == (5, 0.0, 20)  # its own entry, else defaults
+    inherited = limits.circuit("fal", "fal/fal-ai/kling-video")
+    assert (inherited.failures, inherited.min_success_rate, inherited.min_calls) == (3, 0.8, 40)
+    assert limits.circuit("replicate").min_success_rate == 0.5  # the built-in rule

@@ -258,6 +258,7 @@ async def test_store_stats_gauges_and_counters_after_a_real_workload(
     # the gauges the API reads at scrape time
     assert gauges == {
         "jobs": {"succeeded": 3, "failed": 1, "canceled": 1},
+        "circuits": [],  # sim is not a paid provider: no circuit
         "queue_depth": 0,
         "workers_live": 1,
         "worker_slots": 7,

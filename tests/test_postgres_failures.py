@@ -66,7 +66,8 @@ def cluster() -> list[str] | None:
     versions = sorted(os.listdir("/etc/postgresql"))
     if not versions or "127.0.0.1" not in PG_URL:
         return None
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main"]
+    name = os.environ.get("REELFLOW_TEST_POSTGRES_CLUSTER", "main")  # another cluster keeps restarts to itself
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], name]
 
 
 def ctl(action: str, *args: str) -> None:

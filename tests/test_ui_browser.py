@@ -923,6 +923,7 @@ def test_the_workers_page_and_unknown_pages(page: Page, api: ApiServer, key: str
         expect(page.locator("#w-queue .value")).to_have_text(f"{figures['queue_depth']:,}")
         expect(page.locator("#w-slots .value")).to_have_text(f"{figures['workers']['slots_in_use']:,}")
         expect(page.locator("#worker-providers tbody tr")).to_have_count(len(figures["providers"]))
+        expect(page.get_by_role("heading", name="Circuits")).to_be_visible()  # from GET /v1/providers
         assert_one_time_format(page)
     screenshot(page, "ui-workers.png")
     with api.client(key) as http:

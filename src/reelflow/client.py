@@ -299,6 +299,11 @@ class AsyncClient:
         answer: dict[str, Any] = await self._request("GET", "/v1/usage")
         return answer
 
+    async def providers(self) -> dict[str, Any]:
+        """Each provider's and model's circuit, recent success rate and limits (`GET /v1/providers`)."""
+        answer: dict[str, Any] = await self._request("GET", "/v1/providers")
+        return answer
+
     async def stats(self, since: str | None = None) -> dict[str, Any]:
         """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
         as `24h` (the default), `90m`, `7d`."""

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import Plan, parse_plan
-from .providers.catalog import estimate_cost, estimate_seconds, get_model
+from .plan import JobSpec, Plan, parse_plan
+from .providers.catalog import Catalog, default_catalog, estimate_cost, estimate_seconds, get_model
+
+
+def job_cost(job: JobSpec, catalog: Catalog | None = None) -> float:
+    """A job's estimated cost: that of its most expensive model (a failover may run any of them)."""
+    if not job.models:
+        return estimate_cost(None, job.params)
+    models = catalog or default_catalog()
+    return max(estimate_cost(models.get(m), job.params) for m in job.models)
 
 
 def estimate_plan(plan: Plan | Any) -> dict[str, Any]:
@@ -18,8 +26,8 @@ def estimate_plan(plan: Plan | Any) -> dict[str, Any]:
     cost: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for job in parsed.jobs:
-        model = get_model(job.model) if job.model else None
-        cost[job.id] = estimate_cost(model, job.params)
+        model = get_model(job.primary) if job.primary else None
+        cost[job.id] = job_cost(job)
         seconds[job.id] = estimate_seconds(model, job.params, job.type)
     finish: dict[str, float] = {}
     deps = parsed.dependencies()

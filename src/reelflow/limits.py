@@ -2,7 +2,8 @@
 
 ```yaml
 providers:                       # enforced across every worker process and machine
-  replicate: {max_concurrent: 5, requests_per_minute: 600, creates_per_minute: 120}
+  replicate: {max_concurrent: 5, requests_per_minute: 600, creates_per_minute: 120,
+              circuit: {failures: 5, cooldown_s: 60}}
 models:
   replicate/bytedance/seedance-1-pro: {max_concurrent: 2}
 tenants:                         # monthly: checked at submission; max_concurrent: held by the claim
@@ -31,6 +32,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reelflow.circuits import (
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_FAILURES,
+    DEFAULT_MIN_CALLS,
+    DEFAULT_MIN_SUCCESS_RATE,
+    CircuitConfig,
+)
 from reelflow.errors import ReelflowError
 from reelflow.providers.catalog import is_model_id, join_or, show, suggest
 
@@ -53,6 +61,17 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class CircuitLimit(_Entry):
+    """When a circuit opens: after `failures` consecutive transient failures, or when fewer than
+    `min_success_rate` of at least `min_calls` creates in the last five minutes succeeded; for `cooldown_s`
+    seconds."""
+
+    failures: int = Field(default=DEFAULT_FAILURES, ge=1)
+    cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, gt=0, allow_inf_nan=False)
+    min_success_rate: float = Field(default=DEFAULT_MIN_SUCCESS_RATE, ge=0, le=1, allow_inf_nan=False)
+    min_calls: int = Field(default=DEFAULT_MIN_CALLS, ge=1)
+
+
 class ProviderLimit(_Entry):
     """How hard reelflow may use one provider, across every worker process and machine."""
 
@@ -63,12 +82,16 @@ class ProviderLimit(_Entry):
     creates_per_minute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Requests that start paid work (a prediction's create) per minute, a bucket of their own; set, creates
     no longer count against `requests_per_minute`."""
+    circuit: CircuitLimit | None = None
+    """This provider's circuits (its own and, without an entry of their own, its models')."""
 
 
 class ModelLimit(_Entry):
     """How many jobs of one model may run at once (within its provider's limit)."""
 
     max_concurrent: int | None = Field(default=None, ge=1)
+    circuit: CircuitLimit | None = None
+    """This model's circuit (else its provider's)."""
 
 
 class TenantLimit(_Entry):
@@ -148,6 +171,15 @@ class Limits:
         key = self.model_key(model_id)
         return self.models[key] if key is not None else ModelLimit()
 
+    def circuit(self, provider: str, model: str | None = None) -> CircuitConfig:
+        """The circuit settings of `model` (its own entry, else its provider's, else the defaults)."""
+        own = self.model(model).circuit if model else None
+        chosen = own or self.provider(provider).circuit or CircuitLimit()
+        return CircuitConfig(
+            failures=chosen.failures, cooldown_s=chosen.cooldown_s, min_success_rate=chosen.min_success_rate,
+            min_calls=chosen.min_calls,
+        )  # fmt: skip
+
     def tenant(self, name: str) -> TenantLimit:
         """The tenant's own entry, else the `default` entry, else no limits."""
         if name in self.tenants:
@@ -196,10 +228,15 @@ class Limits:
         """The limits in force, for display (`reelflow stats`): null means no limit."""
         return {
             "source": self.source,
-            "providers": {name: self.provider(name).model_dump() for name in self.provider_names()},
-            "models": {m: lim.model_dump() for m, lim in sorted(self.models.items())},
+            "providers": {name: _dump(self.provider(name)) for name in self.provider_names()},
+            "models": {m: _dump(lim) for m, lim in sorted(self.models.items())},
             "tenants": {t: self.tenant(t).model_dump() for t in sorted({DEFAULT_TENANT, *self.tenants})},
         }
+
+
+def _dump(entry: ProviderLimit | ModelLimit) -> dict[str, Any]:
+    """An entry for display; `circuit` only where the file sets one."""
+    return entry.model_dump(exclude=None if entry.circuit is not None else {"circuit"})
 
 
 # --- the file --------------------------------------------------------------------------------------
@@ -286,6 +323,8 @@ def _entry_problem(error: Any, fields: Sequence[str]) -> tuple[list[str | int], 
         return loc, f"must be at least {show(ctx.get('ge'))} (got {got})"
     if kind == "greater_than":
         return loc, f"must be greater than {show(ctx.get('gt'))} (got {got})"
+    if kind == "less_than_equal":
+        return loc, f"must be at most {show(ctx.get('le'))} (got {got})"
     return loc, f"{error['msg']} (got {got})"
 
 

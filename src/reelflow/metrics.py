@@ -221,6 +221,10 @@ def webhook_attempt(delivered: bool, *, retrying: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------- store gauges
+CIRCUIT_STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
+"""`reelflow_provider_circuit_state`'s values, by circuit state (reelflow.circuits)."""
+
+
 class GaugeSource(Protocol):
     """What `StoreGauges` reads (the Store has it)."""
 
@@ -254,7 +258,15 @@ class StoreGauges(Collector):
         jobs = GaugeMetricFamily("reelflow_jobs", "Jobs by status, from the database.", labels=["status"])
         for status, n in sorted(snap["jobs"].items()):
             jobs.add_metric([status], n)
+        circuits = GaugeMetricFamily(
+            "reelflow_provider_circuit_state",
+            "Each provider's and model's circuit: 0 closed, 1 half-open, 2 open (model empty: the provider's).",
+            labels=["provider", "model"],
+        )
+        for provider, model, state in snap.get("circuits", []):
+            circuits.add_metric([provider, model], CIRCUIT_STATE_VALUE.get(state, 0))
         return [
+            circuits,
             jobs,
             GaugeMetricFamily(
                 "reelflow_queue_depth",

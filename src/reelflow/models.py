@@ -41,12 +41,25 @@ class Cost(Answer):
     actual: float | None = Field(description="Charged by the providers so far (USD); null before a job settles")
 
 
+class FailoverStep(Answer):
+    """A model a job passed over, and why."""
+
+    model: str = Field(description="The model passed over")
+    reason: str = Field(description="Why: its last error after its attempts, or that its circuit was open")
+
+
 class JobState(Answer):
     """One job of an execution."""
 
     id: str = Field(description="The job's id in the plan")
     type: str = Field(description="Job type: generate-image, generate-video, merge-video-audio, ...")
     model: str | None = Field(description="The model that ran (with failover, the alternative that ran)")
+    models: list[str] | None = Field(
+        None, description="With failover: the job's models in the order they are tried; null for a single model"
+    )
+    failover: list[FailoverStep] = Field(
+        default_factory=list, description="The models passed over so far, in order, each with why"
+    )
     params: JsonObject = Field(description="The job's parameters as submitted (references such as `$clip` as written)")
     resolved_params: JsonObject | None = Field(
         description="The parameters with every reference replaced by the value it stands for, once every job it "
@@ -366,3 +379,41 @@ __all__ = [
     "WebhookStats",
     "WorkerStats",
 ]
+
+
+class CircuitView(Answer):
+    """One circuit, shared by every worker."""
+
+    state: Literal["closed", "open", "half-open"] = Field(
+        description="closed: creates go out; open: none does until `open_until`; half-open: one probe is out"
+    )
+    consecutive_failures: int = Field(description="Transient failures since the last success")
+    open_until: Timestamp | None = Field(description="While open: when a probe may go out")
+    success_rate: float | None = Field(description="Creates that reached the provider, of those in the last 5 min")
+    failures_to_open: int = Field(description="Consecutive transient failures that open it")
+    cooldown_s: float = Field(description="How long it stays open before a probe")
+
+
+class ModelCircuit(Answer):
+    """A model's circuit and limits."""
+
+    model: str = Field(description="'<provider>/<model name>'")
+    circuit: CircuitView
+    max_concurrent: int | None = Field(description="Jobs of this model running at once (null: no cap)")
+
+
+class ProviderCircuits(Answer):
+    """A provider: its circuit, its limits, its models' circuits."""
+
+    provider: str
+    circuit: CircuitView
+    max_concurrent: int | None = Field(description="Jobs of this provider running at once (null: no cap)")
+    requests_per_minute: float | None = Field(description="HTTP requests per minute (null: no limit)")
+    models: list[ModelCircuit] = Field(description="Its models that have a circuit or limits of their own")
+
+
+class ProviderList(Answer):
+    """Every provider with limits or a circuit."""
+
+    data: list[ProviderCircuits]
+

@@ -8,6 +8,7 @@ A string that starts with `"$$"` is a literal whose value drops the first `$` (`
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -77,8 +78,13 @@ class JobSpec(BaseModel):
 
     id: str = Field(json_schema_extra={"pattern": JOB_ID_PATTERN})
     type: str = Field(json_schema_extra={"enum": list(JOB_TYPES)})
-    model: str | None = Field(
-        None, description="'<provider>/<model name>'", json_schema_extra={"examples": ["local/video"]}
+    model: str | list[str] | None = Field(
+        None,
+        description="'<provider>/<model name>', or a list [primary, alternative, ...] tried in that order",
+        json_schema_extra={"examples": ["local/video"]},
+    )
+    failover_on: Literal["transient", "any"] = Field(
+        "transient", description="Errors that move a job to its next model: transient ones, or any."
     )
     params: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
@@ -90,6 +96,18 @@ class JobSpec(BaseModel):
     )
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts allowed for transient errors.")
     cache: bool | None = Field(None, description="Overrides options.cache for this job.")
+
+    @property
+    def models(self) -> list[str]:
+        """The job's models in the order they are tried (none for a local operation)."""
+        if self.model is None:
+            return []
+        return [self.model] if isinstance(self.model, str) else list(self.model)
+
+    @property
+    def primary(self) -> str | None:
+        """The model the job runs first."""
+        return self.models[0] if self.models else None
 
 
 class PlanOptions(BaseModel):
@@ -494,8 +512,22 @@ def _structural(
         prefix = f"{who}: " if who else ""
         return None, [
             ErrorItem([*loc, *_error_loc(e)], prefix + _describe(e, allowed, field_prefix))
-            for e in exc.errors(include_url=False)
+            for e in _union_errors(exc.errors(include_url=False), raw)
         ]
+
+
+def _union_errors(errors: list[Any], raw: Any) -> list[Any]:
+    """`model` is a string or a list of strings: report only the member the value was meant as."""
+    out = []
+    for e in errors:
+        where = e["loc"]
+        if len(where) >= 2 and where[0] == "model" and where[1] in ("str", "list[str]"):
+            meant = "list[str]" if isinstance(raw, Mapping) and isinstance(raw.get("model"), list) else "str"
+            if where[1] != meant:
+                continue
+            e = {**e, "loc": (where[0], *where[2:])}
+        out.append(e)
+    return out
 
 
 def _error_loc(err: Mapping[str, Any]) -> list[str | int]:
@@ -514,7 +546,13 @@ class _JobView:
         rtype = self.raw.get("type")
         self.type: str | None = rtype if isinstance(rtype, str) else None
         rmodel = self.raw.get("model")
-        self.model: str | None = rmodel if isinstance(rmodel, str) else None
+        self.models: list[str] = (
+            [rmodel] if isinstance(rmodel, str)
+            else list(rmodel) if isinstance(rmodel, list) and rmodel and all(isinstance(m, str) for m in rmodel)
+            else []
+        )  # fmt: skip
+        self.model: str | None = self.models[0] if self.models else None
+        self.model_index: int | None = 0 if isinstance(rmodel, list) and rmodel else None
         rparams = self.raw.get("params", {})
         self.params: Mapping[str, Any] | None = rparams if isinstance(rparams, Mapping) else None
         rdeps = self.raw.get("depends_on", [])
@@ -525,6 +563,15 @@ class _JobView:
 
     def loc(self, *parts: str | int) -> list[str | int]:
         return ["jobs", self.pos, *parts]
+
+    def model_loc(self) -> list[str | int]:
+        return self.loc("model") if self.model_index is None else self.loc("model", self.model_index)
+
+    def alternative(self, index: int) -> _JobView:
+        """This job seen with its model number `index` (a failover alternative) as its model."""
+        view = copy.copy(self)
+        view.model, view.model_index = self.models[index], index
+        return view
 
 
 class _Validator:
@@ -644,12 +691,44 @@ class _Validator:
                     rules=schema.rules,
                     owner=schema.owner,
                 )
+            self.check_alternatives(view)
             deps = self.check_links(view, first_at)
             if view.id is not None and first_at.get(view.id) == view.pos:
                 edges[view.id] = deps
         for cycle in _find_cycles(edges, first_at):
             self.err(["jobs", first_at[cycle[0]]], "cycle: " + " -> ".join([*cycle, cycle[0]]))
         self.check_local_limits(views)
+
+    def check_alternatives(self, view: _JobView) -> None:
+        """A job's failover alternatives: distinct models of its type, each able to take its params."""
+        if view.model_index is None:
+            return
+        if view.type in OPERATIONS:
+            return  # reported: a local operation takes no model
+        seen: set[str] = set()
+        for index, model_id in enumerate(view.models):
+            if model_id in seen:
+                self.err(view.loc("model", index), f"{view.who}: model {model_id} is listed twice")
+                continue
+            seen.add(model_id)
+            if index == 0:
+                continue
+            alt = view.alternative(index)
+            schema = self.check_type_and_model(alt)
+            if schema is None or view.params is None:
+                continue
+            problems = check_params(
+                schema.specs,
+                view.params,
+                extra_allowed=schema.extra_allowed,
+                loc_prefix=view.loc("params"),
+                job_id=None,
+                allow_refs=True,
+                rules=schema.rules,
+                owner=schema.owner,
+            )
+            for p in problems:
+                self.err(p.loc, f"{view.who}: alternative model {model_id} (model[{index}]): {p.msg}")
 
     def check_local_limits(self, views: list[_JobView]) -> None:
         """Local operations over their limits (inputs, caption size, work budget) where the plan says so."""
@@ -674,20 +753,20 @@ class _Validator:
         if jtype in OPERATIONS:
             if model_id is not None:
                 self.err(
-                    view.loc("model"),
+                    view.model_loc(),
                     f"{who}: type {jtype} runs locally with ffmpeg and takes no model (got '{model_id}')",
                 )
             return self.catalog.param_schema(jtype, None)
-        if "model" in view.raw and view.raw["model"] is not None and model_id is None:
+        if "model" in view.raw and view.raw["model"] not in (None, []) and model_id is None:
             return None  # wrong type for model: reported by the structural check
         if model_id is None:
             examples = [m.id for m in self.catalog.models(type=jtype)][:2]  # the built-in local/sim ones come first
             hint = f", e.g. {join_or(examples)}" if examples else ""
-            self.err(view.loc("model"), f"{who}: type {jtype} needs a model ('<provider>/<model name>'){hint}")
+            self.err(view.model_loc(), f"{who}: type {jtype} needs a model ('<provider>/<model name>'){hint}")
             return None
         if not is_model_id(model_id):
             self.err(
-                view.loc("model"),
+                view.model_loc(),
                 f"{who}: model '{model_id}' is malformed; expected '<provider>/<model name>'",
             )
             return None
@@ -695,27 +774,27 @@ class _Validator:
         providers = sorted(self.catalog.providers())
         if provider not in providers:
             self.err(
-                view.loc("model"),
+                view.model_loc(),
                 f"{who}: unknown provider '{provider}' in model '{model_id}'{suggest(provider, providers)}; "
                 f"known providers: {', '.join(providers)}",
             )
             return None
         retired = retired_message(model_id)
         if retired is not None:
-            self.err(view.loc("model"), f"{who}: {retired}")
+            self.err(view.model_loc(), f"{who}: {retired}")
             return None
         model = self.catalog.get(model_id)
         if jtype == "run":
             if model is None and provider not in OPEN_PROVIDERS:
-                self.err(view.loc("model"), self._unknown_model(who, model_id, provider, jtype))
+                self.err(view.model_loc(), self._unknown_model(who, model_id, provider, jtype))
             elif model is not None and "run" not in model.types and provider not in OPEN_PROVIDERS:
-                self.err(view.loc("model"), self._unsupported(who, model_id, model.types, jtype))
+                self.err(view.model_loc(), self._unsupported(who, model_id, model.types, jtype))
             return self.catalog.param_schema("run", model)
         if model is None:
-            self.err(view.loc("model"), self._unknown_model(who, model_id, provider, jtype))
+            self.err(view.model_loc(), self._unknown_model(who, model_id, provider, jtype))
             return None
         if jtype not in model.types:
-            self.err(view.loc("model"), self._unsupported(who, model_id, model.types, jtype))
+            self.err(view.model_loc(), self._unsupported(who, model_id, model.types, jtype))
             return None
         return self.catalog.param_schema(jtype, model)
 

@@ -69,6 +69,10 @@ class Ref:
     path: str | None = None
 
 
+Models = Model | str | list[Model | str] | tuple[Model | str, ...]
+"""A model, or a list [primary, alternative, ...] tried in that order (failover)."""
+
+
 class Step:
     """One job of a plan, not yet submitted."""
 
@@ -76,14 +80,16 @@ class Step:
         self,
         type: str,
         *,
-        model: Model | str | None = None,
+        model: Models | None = None,
         params: dict[str, Any] | None = None,
         id: str | None = None,
         depends_on: list[Step] | None = None,
         **job_options: Any,
     ) -> None:
         self.type = type
-        self.model = str(model) if model is not None else None
+        self.model: str | list[str] | None = (
+            None if model is None else [str(m) for m in model] if isinstance(model, list | tuple) else str(model)
+        )
         self.params = {k: v for k, v in (params or {}).items() if v is not None}
         self.id = id
         self.depends_on = list(depends_on or [])
@@ -128,19 +134,19 @@ def _steps_in(value: Any) -> Iterator[Step]:
             yield from _steps_in(v)
 
 
-def generate_image(*, model: Model | str, prompt: str, id: str | None = None, **params: Any) -> Step:
+def generate_image(*, model: Models, prompt: str, id: str | None = None, **params: Any) -> Step:
     return Step("generate-image", model=model, params={"prompt": prompt, **params}, id=id)
 
 
-def generate_video(*, model: Model | str, id: str | None = None, **params: Any) -> Step:
+def generate_video(*, model: Models, id: str | None = None, **params: Any) -> Step:
     return Step("generate-video", model=model, params=params, id=id)
 
 
-def generate_audio(*, model: Model | str, id: str | None = None, **params: Any) -> Step:
+def generate_audio(*, model: Models, id: str | None = None, **params: Any) -> Step:
     return Step("generate-audio", model=model, params=params, id=id)
 
 
-def transcribe(*, model: Model | str, audio: Step | str, id: str | None = None, **params: Any) -> Step:
+def transcribe(*, model: Models, audio: Step | str, id: str | None = None, **params: Any) -> Step:
     """Speech to text (words with timings): `audio` is an audio or video step, or a URL."""
     return Step("transcribe", model=model, params={"audio": audio, **params}, id=id)
 

@@ -8,8 +8,10 @@ Predictions walk `starting` -> `processing` (logs with percentages) -> `succeede
 served by the fake itself. Knobs: `fail_next_creates_with`, `prediction_fails`, `drop_connection_next`,
 `accept_then_drop`, `accept_then_delay`, `forge_urls_get`, `forge_list_next`, `remove_data`,
 `output_override`, `rate_limit_per_s` (429 with Retry-After past that many API requests a second),
-`drop_webhooks`, `tamper_webhooks`, `list_page_size`; counters `creates` (predictions really created: the
-work that runs and is billed), `gets`, `lists`, `cancels`, `secret_reads`, `webhooks_sent`, `throttled`;
+`drop_webhooks`, `tamper_webhooks`, `list_page_size`, `down_models` (503 on every create), `failing_models`
+(predictions of a model end failed); counters `creates` (predictions really created: the work that runs and
+is billed), `create_calls` (create requests per model), `gets`, `lists`, `cancels`, `secret_reads`,
+`webhooks_sent`, `throttled`;
 `requests` logs every call. `hostile` serves any bytes or redirects at `/hostile/<name>` (an
 `output_override` can name them).
 
@@ -197,6 +199,12 @@ class FakeReplicate:
     list_page_size: int = 100
     """Predictions per page of `GET /v1/predictions` (Replicate's is 100; tests make it small to page)."""
     forged_list_base: str | None = None
+    down_models: set[str] = field(default_factory=set)
+    """Models (`owner/name`) whose every create answers 503: a model that is down."""
+    failing_models: dict[str, str] = field(default_factory=dict)
+    """Models whose predictions end `failed` with this error (a content-policy refusal, say)."""
+    create_calls: Counter[str] = field(default_factory=Counter)
+    """Create requests per model (`owner/name`), answered or refused."""
 
     def __post_init__(self) -> None:
         self._fail: FailPlan | None = None
@@ -459,6 +467,11 @@ class FakeReplicate:
                 return _problem(401, DEFAULT_DETAILS[401])
             if (throttled := over_limit()) is not None:
                 return throttled
+            if model is not None:
+                with fake._lock:
+                    fake.create_calls[model] += 1
+                if model in fake.down_models:
+                    return _problem(503, DEFAULT_DETAILS[503])
             if plan is not None:
                 headers = {"Retry-After": f"{plan.retry_after:g}"} if plan.retry_after is not None else None
                 if plan.status == 429:
@@ -488,7 +501,7 @@ class FakeReplicate:
                 queue_s=fake.queue_s,
                 latency_s=fake.latency_s,
                 kind=kind,
-                fail_error=fake._fail_error,
+                fail_error=fake.failing_models.get(model, fake._fail_error),
                 output_override=fake.output_override,
             )
             with fake._lock:

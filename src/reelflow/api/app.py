@@ -21,6 +21,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, metrics
+from ..circuits import provider_circuits
 from ..config import Settings, get_settings, split_host_port
 from ..engine.scheduler import Engine
 from ..engine.worker import Worker
@@ -43,6 +44,7 @@ from ..models import (
     Links,
     ModelList,
     PlanSchema,
+    ProviderList,
     Stats,
     Usage,
     WebhookEvent,
@@ -508,6 +510,13 @@ async def stats(
     except ValueError as exc:
         raise Problem(422, str(exc), errors=[{"loc": ["query", "since"], "msg": str(exc)}]) from None
     return await svc.store.stats(who, start)
+
+
+@router.get("/providers", response_model=ProviderList, tags=["providers"])
+async def provider_list(svc: Svc, who: Tenant) -> dict[str, Any]:
+    """Each provider's and model's circuit (closed, open, half-open; shared by every worker), recent success
+    rate and limits."""
+    return {"data": provider_circuits(await svc.store.circuits(), get_limits(svc.settings), time.time())}
 
 
 @router.get("/models", response_model=ModelList, tags=["plans"])

@@ -4,6 +4,7 @@ reelflow server (`--server`), through the HTTP client. The commands are written 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,6 +135,7 @@ class Local:
 
     async def stats(self, since: str | None, start: float) -> dict[str, Any]:
         """Every tenant's usage (those with keys, with jobs under way, and `default`), the queue, the limits."""
+        from ..circuits import provider_circuits
         from ..limits import get_limits
 
         rt = self.runtime
@@ -145,6 +147,7 @@ class Local:
             "queue": queue,
             "limits": get_limits(rt.settings).as_dict(),
             "stats": await rt.store.stats(None, start),
+            "circuits": provider_circuits(await rt.store.circuits(), get_limits(rt.settings), time.time()),
         }
 
     def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
@@ -201,7 +204,11 @@ class Remote:
 
     async def stats(self, since: str | None, start: float) -> dict[str, Any]:
         """The key's tenant's usage and figures."""
-        return {"usage": [await self.client.usage()], "stats": await self.client.stats(since)}
+        return {
+            "usage": [await self.client.usage()],
+            "stats": await self.client.stats(since),
+            "circuits": (await self.client.providers())["data"],
+        }
 
     def interruptible(self) -> contextlib.AbstractContextManager[CtrlC | None]:
         return contextlib.nullcontext()

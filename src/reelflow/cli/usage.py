@@ -52,9 +52,29 @@ def models(
     for col in ("types", "parameters", "price"):
         table.add_column(col)
     for m in specs:
-        price = "free" if m["price"]["unit"] == "free" else f"${m['price']['usd']:g} / {m['price']['unit']}"
-        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price)
+        table.add_row(m["id"], ", ".join(m["types"]), ", ".join(m["params"]), price_words(m))
     out().print(table)
+    if any(_unconfirmed(m) for m in specs):
+        out().print(
+            "unconfirmed: the price was not read from the provider's pages (an estimate; `--json` says where it"
+            " comes from in price_unconfirmed)"
+        )
+
+
+def _unconfirmed(model: dict[str, Any]) -> bool:
+    price = model["price"]
+    return not model.get("price_read") and price["unit"] != "free" and price.get("usd", 0) != 0
+
+
+def price_words(model: dict[str, Any]) -> str:
+    """`$0.4 / second, read 2026-10-05`, `$0.15 / second, unconfirmed`, `free`."""
+    price = model["price"]
+    if price["unit"] == "free":
+        return "free"
+    words = f"${price.get('usd', 0):g} / {price['unit']}"
+    if model.get("price_read"):
+        return f"{words}, read {model['price_read']}"
+    return f"{words}, unconfirmed" if _unconfirmed(model) else words
 
 
 OpsJsonOpt = Annotated[
@@ -143,9 +163,24 @@ def stats(
             if q[key]:
                 out().print(f"{label} by provider: " + ", ".join(f"{k} {v}" for k, v in sorted(q[key].items())))
         caps = data["limits"]["providers"]
-        lines = [f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if v is not None)}" for p, lim in caps.items()]
+        lines = [
+            f"{p}: {', '.join(f'{k} {v:g}' for k, v in lim.items() if isinstance(v, int | float))}"
+            for p, lim in caps.items()
+        ]
         out().print("provider limits: " + ("; ".join(ln for ln in lines if not ln.endswith(": ")) or "none"))
     _show_stats(data["stats"])
+    _show_circuits(data.get("circuits") or [])
+
+
+def _show_circuits(providers: list[dict[str, Any]]) -> None:
+    """The circuits not closed (open or half-open), or a line saying all are closed."""
+    shown = []
+    for p in providers:
+        for name, c in [(p["provider"], p["circuit"]), *((m["model"], m["circuit"]) for m in p["models"])]:
+            if c["state"] != "closed":
+                until = f" until {c['open_until']}" if c.get("open_until") else ""
+                shown.append(f"{name} {c['state']}{until} ({c['consecutive_failures']} failures in a row)")
+    out().print("circuits: " + ("; ".join(shown) if shown else "all closed"), highlight=False)
 
 
 def _pct(rate: float | None) -> str:

@@ -73,7 +73,7 @@ def local_input_problems(plan: Plan, storage: Storage) -> list[ErrorItem]:
     our artifacts: ffmpeg in the worker reads stored files only, so it would fail at run time."""
     problems = []
     for i, job in enumerate(plan.jobs):
-        for loc, value in local_media_inputs(job.type, job.model, job.params):
+        for loc, value in local_media_inputs(job.type, job.primary, job.params):
             if artifact_key(storage, value) is None:
                 label = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if j else p) for j, p in enumerate(loc))
                 problems.append(

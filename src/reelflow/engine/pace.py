@@ -18,12 +18,15 @@ import logging
 import time
 from typing import Any
 
+from ..errors import StoreBusy
 from ..providers.http import RateGate
 from ..store.base import Store
 
 log = logging.getLogger("reelflow.pace")
 
 MAX_WAIT_S = 5.0
+BUSY_TRIES = 30
+"""Store-busy answers a request waits through (about 30 s) before its job's attempt fails."""
 
 
 class SharedTokens:
@@ -46,13 +49,21 @@ class SharedTokens:
         """Wait for one token. One trip to the store at a time: the requests that find the local tokens
         spent wait for that trip (and its sleep when the bucket is empty) instead of each asking in turn,
         which would cost a store write per request whenever the limit is what bounds the run."""
+        busy = 0
         while self._tokens <= 0:
             async with self._lock:
                 if self._tokens > 0:
                     break
                 if (early := self._next_trip - time.monotonic()) > 0:
                     await asyncio.sleep(early)
-                granted, wait = await self.store.take_tokens(self.provider, self.batch, self.per_minute)
+                try:
+                    granted, wait = await self.store.take_tokens(self.provider, self.batch, self.per_minute)
+                except StoreBusy:  # every pooled connection in use (a burst, the minutes after an outage): the
+                    busy += 1  # request waits for the store rather than fail the job it serves
+                    if busy > BUSY_TRIES:
+                        raise
+                    await asyncio.sleep(min(0.05 * 2**busy, 1.0))
+                    continue
                 self._tokens += granted
                 if not granted:  # come back when a whole batch is there, not at its next token
                     await asyncio.sleep(min(max(wait + (self.batch - 1) / self._rate, 0.01), MAX_WAIT_S))

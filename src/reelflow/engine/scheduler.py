@@ -17,10 +17,11 @@ from typing import Any
 
 from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
+from ..estimate import job_cost
 from ..limits import get_limits
 from ..net import EgressPolicy, UnsafeDestination, check_destination
 from ..plan import Plan, parse_plan
-from ..providers.catalog import Catalog, default_catalog, estimate_cost
+from ..providers.catalog import Catalog, default_catalog
 from ..providers.registry import missing_credential
 from ..states import TERMINAL_EXECUTION
 from ..storage import Storage, open_storage
@@ -55,10 +56,9 @@ def build_execution(
     jobs = []
     total = 0.0
     for pos, job in enumerate(plan.jobs):
-        spec = catalog.get(job.model) if job.model else None
-        cost = estimate_cost(spec, job.params)
+        cost = job_cost(job, catalog)
         total += cost
-        provider = job.model.split("/", 1)[0] if job.model else "local"
+        provider = job.primary.split("/", 1)[0] if job.primary else "local"
         timeout_s = job.timeout_s if job.timeout_s is not None or provider != "local" else local_timeout_s
         jobs.append(
             NewJob(
@@ -66,8 +66,10 @@ def build_execution(
                 position=pos,
                 type=job.type,
                 provider=provider,
-                model=job.model,
+                model=job.primary,
                 params=job.params,
+                alternatives=job.models[1:],
+                failover_on=job.failover_on,
                 depends_on=deps[job.id],
                 dependents=dependents[job.id],
                 max_attempts=job.max_attempts,
@@ -99,11 +101,11 @@ def check_credentials(plan: Plan) -> None:
     """A job whose provider has no key configured is refused now, not after a worker claims it."""
     problems = []
     for i, job in enumerate(plan.jobs):
-        provider = job.model.split("/", 1)[0] if job.model else None
-        if var := missing_credential(provider):
-            problems.append(
-                ErrorItem(["jobs", i, "model"], f"job '{job.id}': {job.model} needs {var}, which is not set")
-            )
+        for model in job.models:
+            if var := missing_credential(model.split("/", 1)[0]):
+                problems.append(
+                    ErrorItem(["jobs", i, "model"], f"job '{job.id}': {model} needs {var}, which is not set")
+                )
     if problems:
         raise PlanError(problems)
 

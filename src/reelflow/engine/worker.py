@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,8 +29,9 @@ from typing import Any
 import httpx
 
 from .. import logs, media, metrics
+from ..circuits import CircuitConfig, circuit_keys
 from ..config import Settings, get_settings
-from ..errors import PlanError
+from ..errors import PlanError, StoreUnavailable
 from ..limits import get_limits
 from ..media_limits import limits_of
 from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
@@ -94,6 +96,25 @@ def tune_gc() -> None:
 
 class JobTimeout(Exception):
     """A job's own deadline (timeout_s, start_timeout_s, or the execution's) passed."""
+
+
+@dataclass
+class _Gate:
+    """A create let through the job's circuits: their keys and the reservations taken."""
+
+    keys: list[tuple[str, str, str | None, CircuitConfig]]
+    reserved: list[str]
+    probe: bool
+    """The create is a half-open circuit's probe: its failure reopens the circuit and costs the job no attempt."""
+
+
+class _ProbeFailed(Exception):
+    """A circuit's probe failed with a transient error: the circuit is open again."""
+
+    def __init__(self, message: str, settled: bool) -> None:
+        super().__init__(message)
+        self.settled = settled
+        """As TransientError: False when the request may have started paid work (the next attempt asks)."""
 
 
 @dataclass(eq=False)
@@ -610,7 +631,10 @@ class Worker:
             if pid is None and task.unsettled and getattr(provider, "paid", False):
                 pid = await self._reconcile(provider, task, c, held)
             if pid is None:
-                pid = await self._submit(provider, task, c, held)
+                gate = await self._circuit_gate(provider, c)
+                if isinstance(gate, JobOutcome):
+                    return gate
+                pid = await self._submit_through(gate, provider, task, c, held)
             else:
                 held.provider_job_id = pid
                 task.resumed = True
@@ -620,6 +644,10 @@ class Worker:
             return JobOutcome(
                 c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key, seq=c.seq
             )
+        except _ProbeFailed as exc:
+            if (moved := self._failover(c, "circuit open")) is not None:
+                return moved
+            return self._circuit_wait(c, f"{exc}; circuit open again for {c.model}: waiting", None, exc.settled)
         except JobTimeout as exc:
             if held.provider_job_id:
                 await self._cancel_remote(c, held)
@@ -631,6 +659,8 @@ class Worker:
             settled = exc.not_sent or exc.resubmit
             return self._transient_outcome(c, exc.message, exc.retry_after, keep_provider_id=keep, settled=settled)
         except ProviderError as exc:
+            if (c.failover or {}).get("on") == "any" and (moved := self._failover(c, exc.message)) is not None:
+                return moved
             return self._failed(c, exc.message)
         finally:
             if workdir.exists():
@@ -680,6 +710,8 @@ class Worker:
         settled: bool = True,
     ) -> JobOutcome:
         if c.attempts >= c.max_attempts:
+            if (moved := self._failover(c, f"{error} (after {c.attempts} attempts)")) is not None:
+                return moved
             return self._failed(c, f"{error} (gave up after {c.attempts} attempts)")
         delay = backoff_delay(
             c.attempts, base=self.settings.retry_base_s, cap=self.settings.retry_max_s, retry_after=retry_after
@@ -694,6 +726,86 @@ class Worker:
             seq=c.seq,
             settled=settled,
         )
+
+    def _failover(self, c: ClaimedJob, reason: str) -> JobOutcome | None:
+        """Move the job to its next model at once, with fresh attempts, if it has one."""
+        following = c.next_model()
+        if following is None or c.failover is None:
+            return None
+        passed = [*(c.failover.get("passed") or []), {"model": c.model, "reason": reason}]
+        log.warning(
+            "job %s/%s: model %s passed over (%s); trying %s", c.execution_id, c.key, c.model, reason, following
+        )
+        return JobOutcome(
+            c.id,
+            self.id,
+            "retry",
+            error=f"{c.model}: {reason}; failing over to {following}",
+            retry_at=time.time(),
+            seq=c.seq,
+            failover_to=following,
+            failover={**c.failover, "passed": passed},
+        )
+
+    def _circuit_keys(self, provider: Provider, c: ClaimedJob) -> list[tuple[str, str, str | None, CircuitConfig]]:
+        """The circuits a create of `c` goes through (paid remote providers only), with their settings."""
+        if not getattr(provider, "paid", False):
+            return []
+        name = c.provider or provider.name
+        limits = get_limits(self.settings)
+        return [(k, p, m, limits.circuit(p, m)) for k, p, m in circuit_keys(name, c.model)]
+
+    async def _circuit_gate(self, provider: Provider, c: ClaimedJob) -> _Gate | JobOutcome:
+        """Ask the job's circuits (shared through the store) whether a create may go out now. When one is open:
+        the job moves to its next model at once, or, without one, waits queued past the cool-down, the attempt
+        not counted."""
+        keys = self._circuit_keys(provider, c)
+        if not keys:
+            return _Gate([], [], False)
+        try:
+            answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
+        except StoreUnavailable as exc:  # no create goes out unless its circuits were asked
+            return self._circuit_wait(c, f"circuits not readable ({exc}): waiting", time.time() + 1.0)
+        if answer.allowed:
+            return _Gate(keys, list(answer.reserved), answer.probe)
+        if answer.why == "open" and (moved := self._failover(c, "circuit open")) is not None:
+            return moved
+        why = "open" if answer.why == "open" else "failing (waiting for the answers of the creates out)"
+        return self._circuit_wait(c, f"circuit {why} for {c.model}: waiting", answer.until)
+
+    def _circuit_wait(self, c: ClaimedJob, error: str, until: float | None, settled: bool = True) -> JobOutcome:
+        """Back to the queue until `until` (a cool-down when None), this attempt not counted."""
+        if until is None:
+            limits = get_limits(self.settings)
+            until = time.time() + limits.circuit(c.provider or "", c.model).cooldown_s
+        wait = max(0.05, until - time.time()) + random.uniform(0, 0.2)
+        return JobOutcome(
+            c.id, self.id, "retry", error=error, retry_at=time.time() + wait, seq=c.seq, uncount=True, settled=settled
+        )
+
+    async def _submit_through(self, gate: _Gate, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str:
+        """Submit, and count the answer in the job's circuits: a transient failure against them, anything else
+        (the model answered) for them."""
+        if not gate.keys:
+            return await self._submit(provider, task, c, held)
+        try:
+            pid = await self._submit(provider, task, c, held)
+        except TransientError as exc:
+            await self._circuit_note(gate, ok=False)
+            if gate.probe:
+                raise _ProbeFailed(exc.message, exc.not_sent or exc.resubmit) from exc
+            raise
+        except ProviderError:
+            await self._circuit_note(gate, ok=True)
+            raise
+        await self._circuit_note(gate, ok=True)
+        return pid
+
+    async def _circuit_note(self, gate: _Gate, *, ok: bool) -> None:
+        try:
+            await self.store.circuit_record(gate.keys, ok, gate.reserved)
+        except Exception:  # circuits protect providers; failing to count one outcome must not fail the job
+            log.warning("worker %s: recording a circuit outcome failed", self.id, exc_info=True)
 
     async def _submit(self, provider: Provider, task: Task, c: ClaimedJob, held: _Held) -> str:
         """Submit, and record the provider's id. When the answer is lost (the request went out: a read timeout,

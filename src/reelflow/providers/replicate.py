@@ -52,7 +52,7 @@ from .base import (
     report_progress as _report,
 )
 from .catalog import ModelSpec, params_with_defaults
-from .catalog.replicate import MODE_PRICES, RESOLUTION_PRICES, base_model_id
+from .catalog.replicate import AUDIO_PRICES, MODE_PRICES, RESOLUTION_PRICES, base_model_id
 from .http import HttpAdapter, retry_after
 from .info import ProviderInfo
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
@@ -718,8 +718,9 @@ class ReplicateProvider(HttpAdapter):
         price = spec.price
         if price.unit == "free":
             return 0.0
+        by_res = RESOLUTION_PRICES.get(model_id, {})
         if price.unit == "run":
-            return price.usd
+            return by_res.get(str(params.get("resolution")), price.usd)
         if price.unit == "image":
             return round(price.usd * max(n_outputs, 1), 6)
         if price.unit == "second":
@@ -727,9 +728,11 @@ class ReplicateProvider(HttpAdapter):
             if not isinstance(duration, int | float) or isinstance(duration, bool):
                 return None
             per_second = price.usd
-            by_res = RESOLUTION_PRICES.get(model_id, {})
             by_mode = MODE_PRICES.get(model_id, {})
             per_second = by_res.get(str(params.get("resolution")), by_mode.get(str(params.get("mode")), per_second))
+            audio = params.get("generate_audio")
+            if isinstance(audio, bool):
+                per_second = AUDIO_PRICES.get(model_id, {}).get(audio, per_second)
             return round(per_second * float(duration), 6)
         return None
 

@@ -7,9 +7,12 @@ implementing this protocol, run against the same test suite.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from ..circuits import Admission, Circuit, CircuitConfig
 
 JobOutcomeStatus = Literal["succeeded", "failed", "retry", "canceled"]
 
@@ -29,6 +32,9 @@ class NewJob:
     start_timeout_s: float | None = None
     cost_estimated: float = 0.0
     cache: bool = True
+    alternatives: list[str] = field(default_factory=list)
+    """Models tried in turn after `model` (failover)."""
+    failover_on: str = "transient"
 
 
 @dataclass
@@ -92,6 +98,16 @@ class ClaimedJob:
     """That attempt's lease number: when it is below `seq`, an earlier attempt may have started paid work whose
     answer was lost, and the worker asks the provider before submitting again."""
     cost_estimated: float = 0.0
+    failover: dict[str, Any] | None = None
+    """A job with alternatives: {"models": [...], "on": "transient" | "any", "passed": [{"model", "reason"}]}."""
+
+    def next_model(self) -> str | None:
+        """The model tried after the current one, if any."""
+        models = list((self.failover or {}).get("models") or [])
+        if self.model not in models:
+            return None
+        at = models.index(self.model)
+        return models[at + 1] if at + 1 < len(models) else None
 
 
 @dataclass
@@ -116,6 +132,12 @@ class JobOutcome:
     settled: bool = True
     """On `retry`: False when the attempt ended without knowing whether the provider took paid work (a lost
     answer): the job's intent stays recorded and the next attempt reconciles before paying again."""
+    failover_to: str | None = None
+    """On `retry`: run the job on this model next, with fresh attempts (failover)."""
+    uncount: bool = False
+    """On `retry`: this attempt did not count (it waited on an open circuit; nothing was sent)."""
+    failover: dict[str, Any] | None = None
+    """With `failover_to`: the job's failover state to store (ClaimedJob.failover, the passed model added)."""
 
 
 @dataclass
@@ -333,6 +355,24 @@ class LimitStore(Protocol):
 
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         """The result of the tenant's latest succeeded job with this cache key, or None."""
+
+    async def circuit_admit(
+        self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
+    ) -> Admission:
+        """May one create go through every circuit of `keys` ((key, provider, model, config))? Reservations it
+        takes are given back by `circuit_record`."""
+
+    async def circuit_record(
+        self,
+        keys: Sequence[tuple[str, str, str | None, CircuitConfig]],
+        ok: bool,
+        held: Sequence[str],
+        now: float | None = None,
+    ) -> list[Circuit]:
+        """Count one create's outcome in each circuit of `keys`; the circuits as they now are."""
+
+    async def circuits(self) -> list[Circuit]:
+        """Every circuit the store knows."""
 
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         """`cache_lookup` for many (tenant, key) pairs in one trip; pairs without a result are left out."""

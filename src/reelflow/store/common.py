@@ -34,12 +34,21 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _failover_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's `models` and `failover` (the models passed over, each with why)."""
+    state = loads(row["failover"]) if "failover" in row.keys() and row["failover"] else None
+    if not state:
+        return {"models": None, "failover": []}
+    return {"models": state.get("models"), "failover": list(state.get("passed") or [])}
+
+
 def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """One job as the API shows it."""
     return {
         "id": row["key"],
         "type": row["type"],
         "model": row["model"],
+        **_failover_view(row),
         "params": loads(row["params"]),
         "resolved_params": None,
         "status": row["status"],

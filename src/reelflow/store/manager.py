@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 from .. import metrics
+from ..circuits import Admission, Circuit, CircuitConfig, admit, record
 from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
@@ -24,7 +25,17 @@ from ..states import (
     sources,
     transitive_dependents,
 )
-from .base import ApiKey, ClaimedJob, Delivery, Event, JobOutcome, NewExecution, OrphanedCancel, ProgressReport
+from .base import (
+    ApiKey,
+    ClaimedJob,
+    Delivery,
+    Event,
+    JobOutcome,
+    NewExecution,
+    NewJob,
+    OrphanedCancel,
+    ProgressReport,
+)
 from .common import (
     IDEMPOTENCY_WINDOW_S,
     ORPHAN_CANCEL_S,
@@ -241,9 +252,24 @@ def claimed_job(
         refusal=refusal,
         seq=r["lease_seq"],
         intent_at=r["intent_at"],
+        failover=loads(r["failover"]) if r["failover"] else None,
         intent_seq=r["intent_seq"],
         cost_estimated=float(r["cost_estimated"] or 0.0),
     )
+
+
+def failover_json(j: NewJob) -> str | None:
+    """A new job's failover state, when it has alternatives."""
+    if not j.alternatives:
+        return None
+    return dumps({"models": [j.model, *j.alternatives], "on": j.failover_on, "passed": []})
+
+
+def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
+    """(model, provider, failover JSON, job id) to write for a failover outcome, else None."""
+    if o.status != "retry" or not o.failover_to:
+        return None
+    return o.failover_to, o.failover_to.split("/", 1)[0], dumps(o.failover or {}), o.job_id
 
 
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
@@ -262,6 +288,10 @@ def outcome_events(o: JobOutcome, eid: str, key: str, attempts: int, now: float)
             events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
         events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
         return events
+    if o.status == "retry" and o.failover_to:
+        passed = ((o.failover or {}).get("passed") or [{}])[-1]
+        data = {"from": passed.get("model"), "to": o.failover_to, "reason": passed.get("reason"), "attempt": attempts}
+        return [(eid, key, "job.failover", dumps(data), now)]
     if o.status == "retry":
         delay = round(max(0.0, (o.retry_at or now) - now), 3)
         data = {"attempt": attempts, "error": o.error, "retry_in_s": delay}
@@ -580,6 +610,10 @@ class StoreManager(StoreRules):
         the keys of the dependents made ready (added to `ready` when given)."""
         rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids)
         requeued = any(o.status == "retry" and o.job_id in rows for o in outcomes)
+        if moves := [u for o in outcomes if o.job_id in rows and (u := failover_update(o)) is not None]:
+            await tx.many(self.sql.failover_move, moves)
+        if waits := [(o.job_id,) for o in outcomes if o.status == "retry" and o.uncount and o.job_id in rows]:
+            await tx.many(self.sql.uncount_attempt, waits)
         events: list[EventRow] = []
         promoted: list[str] = []
         touched: set[str] = set()
@@ -759,6 +793,10 @@ class StoreManager(StoreRules):
                 await tx.run(
                     self.sql.resume_job, (status, left, now if status == "queued" else None, execution_id, j["key"])
                 )
+                if j["failover"] and (restart := loads(j["failover"])).get("models"):  # from its first model again
+                    first = restart["models"][0]
+                    move = (first, first.split("/", 1)[0], dumps({**restart, "passed": []}), j["id"])
+                    await tx.run(self.sql.failover_move, move)
                 events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
             await tx.run(self.sql.resume_execution, (now, execution_id))
             events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
@@ -989,7 +1027,7 @@ class StoreManager(StoreRules):
                         dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
                         "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
                         j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache),
+                        None if j.depends_on else now, ex.tenant, int(j.cache), failover_json(j),
                     )
                     for j in ex.jobs
                 ],
@@ -1107,7 +1145,9 @@ class StoreManager(StoreRules):
             "queue_depth": (self.sql.stats_queue_depth.format(t=""), (now,)),
             "workers": (self.sql.live_workers, (now - LIVE_WITHIN_S,)),
         }
-        return assemble_gauges(await self._fetch(queries))
+        gauges = assemble_gauges(await self._fetch(queries))
+        gauges["circuits"] = [(c.provider, c.model or "", c.state) for c in await self.circuits()]
+        return gauges
 
     async def _fetch(self, queries: dict[str, tuple[str, tuple[Any, ...]]]) -> dict[str, list[Any]]:
         """The rows (as tuples) of named read queries, in one read-only transaction."""
@@ -1134,6 +1174,64 @@ class StoreManager(StoreRules):
             result["cached_from"] = {"execution_id": r["execution_id"], "job": r["key"]}
             found[pair] = dict(result)
         return found
+
+    # ------------------------------------------------------------------ circuits
+    async def circuit_admit(
+        self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
+    ) -> Admission:
+        at = time.time() if now is None else now
+
+        async def write(tx: Tx) -> Admission:
+            rows = [await self._circuit_row(tx, key, provider, model, at) for key, provider, model, _ in keys]
+            reserved: list[str] = []
+            probe = False
+            for c, (*_, cfg) in zip(rows, keys, strict=True):
+                answer = admit(c, owner, at, cfg)
+                if not answer.allowed:
+                    return answer  # nothing written: the reservations taken so far are dropped
+                reserved += answer.reserved
+                probe = probe or answer.probe
+            for c in rows:
+                await self._circuit_write(tx, c, at)
+            return Admission(True, reserved=tuple(reserved), probe=probe)
+
+        return await self._in_tx(write)
+
+    async def circuit_record(
+        self,
+        keys: Sequence[tuple[str, str, str | None, CircuitConfig]],
+        ok: bool,
+        held: Sequence[str],
+        now: float | None = None,
+    ) -> list[Circuit]:
+        at = time.time() if now is None else now
+
+        async def write(tx: Tx) -> list[Circuit]:
+            out = []
+            for key, provider, model, cfg in keys:
+                c = await self._circuit_row(tx, key, provider, model, at)
+                record(c, ok, key in held, keys[-1][2], at, cfg)
+                await self._circuit_write(tx, c, at)
+                out.append(c)
+            return out
+
+        return await self._in_tx(write)
+
+    async def circuits(self) -> list[Circuit]:
+        return [Circuit.of_row(r) for r in await self._in_read(lambda tx: tx.all(self.sql.circuits))]
+
+    async def _circuit_row(self, tx: Tx, key: str, provider: str, model: str | None, now: float) -> Circuit:
+        row = await tx.one(self.sql.circuit + tx.for_update, (key,))
+        if row is None:
+            await tx.run(self.sql.insert_circuit, (key, provider, model, now))
+            row = await tx.one(self.sql.circuit + tx.for_update, (key,))
+        return Circuit.of_row(row)
+
+    async def _circuit_write(self, tx: Tx, c: Circuit, now: float) -> None:
+        await tx.run(self.sql.update_circuit, (
+            c.state, c.failures, c.pending, c.pending_at, c.until_at, c.probe_owner, c.ok_count, c.fail_count,
+            c.window_at, dumps(c.failing), now, c.key,
+        ))  # fmt: skip
 
     # ------------------------------------------------------------------ provider pacing
     async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:

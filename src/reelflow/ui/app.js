@@ -1731,14 +1731,27 @@ function showWorkers(view, ctx) {
   const body = h("div", { id: "workers-page" }, h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading…"));
   const scope = h("span", { class: "muted", id: "workers-scope" });
   view.append(h("div", { class: "page-head" }, h("h1", {}, "Workers and queue"), scope,
-    h("div", { class: "sub" }, "Live workers, the queue and the providers, from GET /v1/stats; refreshed every few seconds.")), body);
+    h("div", { class: "sub" }, "Live workers, the queue, the providers and their circuits, from GET /v1/stats and GET /v1/providers; refreshed every few seconds.")), body);
   const fig = (label, value, note, id) => h("div", { class: "figure", id },
     h("div", { class: "label" }, label), h("div", { class: "value" }, value), note ? h("div", { class: "note" }, note) : null);
   const table = (id, cols, rows) => h("div", { class: "table-wrap" }, h("table", { class: "table cards", id },
     h("thead", {}, h("tr", {}, cols.map(([label, num]) => h("th", { class: num ? "num" : null }, label)))),
     h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) => h("td", { class: cols[i][1] ? "num" : null, "data-label": cols[i][0] }, c)))))));
 
-  function render(st) {
+  function circuitRows(pv) {
+    // GET /v1/providers: every provider's circuit and its models'
+    const rows = [];
+    for (const p of Array.isArray(pv?.data) ? pv.data : []) {
+      for (const [name, c] of [[p.provider, p.circuit], ...(Array.isArray(p.models) ? p.models : []).map((m) => [m.model, m.circuit])]) {
+        if (!c || typeof c !== "object") continue;
+        rows.push([h("span", { class: "mono" }, name ?? DASH), h("b", { class: `circuit-${c.state}` }, c.state ?? DASH),
+          fmtInt(c.consecutive_failures), fmtPct(c.success_rate), c.open_until ? timeEl(c.open_until) : DASH]);
+      }
+    }
+    return rows;
+  }
+
+  function render(st, pv) {
     const w = st.workers && typeof st.workers === "object" ? st.workers : {};
     const byStatus = st.jobs?.by_status || {};
     fill(scope, st.tenant ? `tenant ${st.tenant}` : "", st.since ? [" · since ", timeEl(st.since)] : null);
@@ -1762,13 +1775,19 @@ function showWorkers(view, ctx) {
       h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Providers")),
         providers.length ? table("worker-providers", [["Provider"], ["Requests", true], ["Failed", true], ["Success", true], ["p50", true]],
           providers.map((p) => [h("b", {}, p.provider ?? DASH), fmtInt(p.requests), fmtInt(p.failed), fmtPct(p.success_rate), fmtSeconds(p.p50_s)]))
-          : h("div", { class: "empty" }, "No provider calls in this period.")));
+          : h("div", { class: "empty" }, "No provider calls in this period.")),
+      pv ? h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Circuits")),
+        circuitRows(pv).length ? table("worker-circuits", [["Provider or model"], ["State"], ["Failures in a row", true], ["Success", true], ["Open until"]], circuitRows(pv))
+          : h("div", { class: "empty" }, "No circuit yet: no paid provider has been called.")) : null);
   }
 
   async function refresh() {
     try {
-      const st = await api("/v1/stats", { signal: ctx.signal });
-      if (ctx.alive) render(st && typeof st === "object" ? st : {});
+      const [st, pv] = await Promise.all([
+        api("/v1/stats", { signal: ctx.signal }),
+        api("/v1/providers", { signal: ctx.signal }).catch((err) => { if (isAbort(err)) throw err; return null; }),
+      ]);
+      if (ctx.alive) render(st && typeof st === "object" ? st : {}, pv && typeof pv === "object" ? pv : null);
     } catch (err) {
       if (isAbort(err) || !ctx.alive) return;
       fill(body, err.status === 404

@@ -49,7 +49,13 @@ _RESULT_NOTE = (
 _RUN_NOTE = " Also runs as `run` with ElevenLabs' own body (plus `voice_id` and `output_format`)."
 
 
-def _tts_model(name: str, usd_per_char: float, what: str, max_chars: int, est_seconds: float) -> ModelSpec:
+_NOT_REREAD = "not re-read on ElevenLabs' pricing page in the 2026-12-06 check; a late-2026 list price"
+"""Why these prices are unconfirmed (ElevenLabs bills credits by plan, so a USD price is an estimate anyway)."""
+
+
+def _tts_model(
+    name: str, usd_per_char: float, what: str, max_chars: int, est_seconds: float, *, unconfirmed: str | None
+) -> ModelSpec:
     return ModelSpec(
         id=f"elevenlabs/{name}",
         provider="elevenlabs",
@@ -67,14 +73,24 @@ def _tts_model(name: str, usd_per_char: float, what: str, max_chars: int, est_se
             ),
         },
         price=Price(unit="character", usd=usd_per_char),
+        price_unconfirmed=unconfirmed,
         description=f"{what} (approximately ${usd_per_char * 1000:g} per 1000 characters).{_RESULT_NOTE}{_RUN_NOTE}",
         est_seconds=est_seconds,
     )
 
 
 MODELS: list[ModelSpec] = [
-    _tts_model("eleven_multilingual_v2", 0.0001, "ElevenLabs Multilingual v2, lifelike speech", 10000, 4.0),
-    _tts_model("eleven_flash_v2_5", 0.00005, "ElevenLabs Flash v2.5, low-latency speech", 40000, 1.5),
+    _tts_model(
+        "eleven_multilingual_v2",
+        0.0001,
+        "ElevenLabs Multilingual v2, lifelike speech",
+        10000,
+        4.0,
+        unconfirmed=_NOT_REREAD,
+    ),
+    _tts_model(
+        "eleven_flash_v2_5", 0.00005, "ElevenLabs Flash v2.5, low-latency speech", 40000, 1.5, unconfirmed=_NOT_REREAD
+    ),
 ]
 
 MODELS_BY_ID: dict[str, ModelSpec] = {m.id: m for m in MODELS}

@@ -144,7 +144,11 @@ def _prompt(required: bool) -> ParamSpec:
     return ParamSpec(type="string", required=required, max_length=2000, description="What to make.")
 
 
-def _image_model(name: str, usd: float, what: str, est_seconds: float) -> ModelSpec:
+_NOT_REREAD = "not re-read on fal's pages: no llms.txt for it was found on 2026-12-06; an older list price"
+"""Why the prices of the models without `price_read` are unconfirmed."""
+
+
+def _image_model(name: str, usd: float, what: str, est_seconds: float, *, unconfirmed: str | None) -> ModelSpec:
     return ModelSpec(
         id=f"fal/{name}",
         provider="fal",
@@ -157,6 +161,7 @@ def _image_model(name: str, usd: float, what: str, est_seconds: float) -> ModelS
             "num_images": ParamSpec(type="integer", minimum=1, maximum=4, default=1, description="Images to make."),
         },
         price=Price(unit="image", usd=usd),
+        price_unconfirmed=unconfirmed,
         description=f"{what} on fal (approximately ${usd:g} per image).{_RUN_NOTE}",
         est_seconds=est_seconds,
     )
@@ -174,6 +179,7 @@ def _video_model(
     *,
     extra: dict[str, ParamSpec] | None = None,
     price_read: str | None = None,
+    unconfirmed: str | None = None,
 ) -> ModelSpec:
     params: dict[str, ParamSpec] = {
         "prompt": _prompt(required=True),
@@ -193,6 +199,7 @@ def _video_model(
         params=params,
         price=Price(unit="second", usd=usd_per_s),
         price_read=price_read,
+        price_unconfirmed=unconfirmed,
         description=f"{what} on fal (approximately ${usd_per_s:g} per second of video).{_RUN_NOTE}",
         max_duration=float(max(durations)),
         est_seconds=est_seconds,
@@ -201,9 +208,9 @@ def _video_model(
 
 
 MODELS: list[ModelSpec] = [
-    _image_model("fal-ai/flux/schnell", 0.003, "FLUX.1 [schnell], fast text to image", 2.0),
-    _image_model("fal-ai/flux/dev", 0.025, "FLUX.1 [dev], text to image", 6.0),
-    _image_model("fal-ai/flux-pro/v1.1", 0.04, "FLUX1.1 [pro], text to image", 8.0),
+    _image_model("fal-ai/flux/schnell", 0.003, "FLUX.1 [schnell], fast text to image", 2.0, unconfirmed=_NOT_REREAD),
+    _image_model("fal-ai/flux/dev", 0.025, "FLUX.1 [dev], text to image", 6.0, unconfirmed=_NOT_REREAD),
+    _image_model("fal-ai/flux-pro/v1.1", 0.04, "FLUX1.1 [pro], text to image", 8.0, unconfirmed=_NOT_REREAD),
     _video_model(
         "fal-ai/bytedance/seedance/v1/pro/image-to-video",
         0.12,
@@ -213,6 +220,8 @@ MODELS: list[ModelSpec] = [
         True,
         30.0,
         12.0,
+        unconfirmed="not re-read on fal's pages: only the v1 Pro Fast page was found on 2026-12-06; an older list "
+        "price",
     ),
     _video_model(
         "fal-ai/kling-video/v2.1/standard/image-to-video",

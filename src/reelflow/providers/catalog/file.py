@@ -103,6 +103,8 @@ class FileModel(_Strict):
     price: FilePrice
     price_read: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
     """The day (YYYY-MM-DD) the price was read from the provider's pages."""
+    price_unconfirmed: str | None = Field(default=None, min_length=1, max_length=300)
+    """Why the price is not confirmed, where it comes from instead (optional; not together with price_read)."""
     limits: FileLimits = Field(default_factory=FileLimits)
     est_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     est_seconds_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -301,6 +303,7 @@ def _build_model(fm: FileModel, providers: set[str]) -> tuple[UserModel | None, 
             extra_params=fm.extra_params,
             price=price,
             price_read=fm.price_read,
+            price_unconfirmed=fm.price_unconfirmed,
             description=fm.description,
             max_duration=limits.max_duration,
             est_seconds=fm.est_seconds,

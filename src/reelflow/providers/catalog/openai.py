@@ -14,6 +14,9 @@ from typing import Any
 
 from .spec import ASPECT_RATIOS, ModelSpec, ParamSpec, Price
 
+_NOT_REREAD = "not re-read on OpenAI's pricing page in the 2026-12-06 check; a late-2026 list price"
+"""Why these prices are unconfirmed."""
+
 SPEECH_VOICES = ["alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"]
 DEFAULT_SPEECH_VOICE = "coral"
 IMAGE_SIZES = ["1024x1024", "1536x1024", "1024x1536", "auto"]
@@ -124,6 +127,7 @@ MODELS: list[ModelSpec] = [
             "speed": ParamSpec(type="number", minimum=0.25, maximum=4.0, description="1 is normal speed."),
         },
         price=Price(unit="character", usd=0.000015),
+        price_unconfirmed=_NOT_REREAD,
         description=f"OpenAI GPT-4o mini TTS, steerable speech (approximately $0.015 per minute).{_RUN_NOTE}",
         est_seconds=3.0,
     ),
@@ -144,6 +148,7 @@ MODELS: list[ModelSpec] = [
             ),
         },
         price=Price(unit="image", usd=IMAGE_PRICES[("medium", "square")]),
+        price_unconfirmed=_NOT_REREAD,
         description=(
             "OpenAI GPT Image 1, text to image (approximately $0.011-0.25 per image by quality and size)." + _RUN_NOTE
         ),
@@ -156,6 +161,7 @@ MODELS: list[ModelSpec] = [
         types=["transcribe"],
         params=TRANSCRIBE_PARAMS,
         price=Price(unit="second", usd=TRANSCRIPTION_PRICE_PER_MINUTE / 60),
+        price_unconfirmed=_NOT_REREAD,
         description=(
             "OpenAI Whisper, speech to text with word timings (approximately $0.006 per minute of audio);"
             " stores an SRT and gives `words` for captions."

@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 ParamType = Literal["string", "number", "integer", "boolean", "url", "list", "object"]
 
@@ -91,6 +91,9 @@ class ModelSpec(BaseModel):
     price: Price
     price_read: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
     """The day (YYYY-MM-DD) the price was read from the provider's public pages; None when not known."""
+    price_unconfirmed: str | None = Field(default=None, min_length=1, max_length=300)
+    """Set when the price could not be confirmed on the provider's pages: where the estimate comes from instead.
+    A price without `price_read` is unconfirmed whether or not this says why."""
     description: str = ""
     max_duration: float | None = None
     est_seconds: float = 5.0
@@ -109,7 +112,15 @@ class ModelSpec(BaseModel):
             missing = [p for p in rule.params if p not in self.params]
             if missing:
                 raise ValueError(f"model {self.id}: rule names undeclared parameters {missing}")
+        if self.price_read is not None and self.price_unconfirmed is not None:
+            raise ValueError(f"model {self.id}: a price is either read (price_read) or unconfirmed, not both")
         return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def price_confirmed(self) -> bool:
+        """True when the price carries the day it was read from the provider's pages (nothing to confirm at $0)."""
+        return self.price_read is not None or self.price.unit == "free" or self.price.usd == 0
 
 
 MODEL_TYPES: tuple[str, ...] = ("generate-image", "generate-video", "generate-audio", "transcribe", "run")

@@ -26,7 +26,7 @@ FROM executions e WHERE e.id = j.execution_id AND {guard running on j.status}
 AND j.id = ANY(%b::bigint[])
 RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,
 j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,
-j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq
+j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover
 
 -- name: dep_results
 SELECT j.execution_id, j.key, j.result FROM jobs j

@@ -97,7 +97,7 @@ UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by requ
 WHERE execution_id = %s AND {guard canceled} RETURNING id, key
 
 -- name: resumable_jobs
-SELECT key, status, depends_on FROM jobs WHERE execution_id = %s ORDER BY id
+SELECT id, key, status, depends_on, failover FROM jobs WHERE execution_id = %s ORDER BY id
 
 -- name: resume_job
 UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,
@@ -224,8 +224,8 @@ SELECT request_hash FROM executions WHERE id = %s
 -- name: insert_jobs
 INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,
 dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,
-cost_estimated, created_at, queued_at, tenant, use_cache)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+cost_estimated, created_at, queued_at, tenant, use_cache, failover)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 -- name: list_executions
 SELECT * FROM executions{where} ORDER BY created_at DESC, id DESC LIMIT %s
@@ -386,3 +386,26 @@ SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE finished_at >= %s{t}
 
 -- name: stats_workers
 SELECT COUNT(*) FROM workers WHERE last_seen > %s
+
+-- ---------------------------------------------------------------- failover and circuits
+-- A retry that fails over: the job runs on its next model, with fresh attempts.
+-- name: failover_move
+UPDATE jobs SET model = %s, provider = %s, failover = %s, attempts = 0 WHERE id = %s
+
+-- A retry whose attempt did not count (it waited on an open circuit; nothing was sent).
+-- name: uncount_attempt
+UPDATE jobs SET attempts = attempts - 1 WHERE id = %s AND attempts > 0
+
+-- name: circuits
+SELECT * FROM circuits ORDER BY key
+
+-- name: circuit
+SELECT * FROM circuits WHERE key = %s
+
+-- name: insert_circuit
+INSERT INTO circuits (key, provider, model, updated_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING
+
+-- name: update_circuit
+UPDATE circuits SET state = %s, failures = %s, pending = %s, pending_at = %s, until_at = %s,
+probe_owner = %s, ok_count = %s, fail_count = %s, window_at = %s, failing = %s, updated_at = %s
+WHERE key = %s

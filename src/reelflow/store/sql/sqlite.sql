@@ -13,7 +13,7 @@ intent_seq = COALESCE(intent_seq, lease_seq + 1)
 WHERE {guard running} AND {cond}
 RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,
 max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,
-cost_estimated, lease_seq, intent_at, intent_seq
+cost_estimated, lease_seq, intent_at, intent_seq, failover
 
 -- name: deadlines
 SELECT id, deadline FROM executions WHERE {cond}
