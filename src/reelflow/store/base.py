@@ -1,8 +1,9 @@
 """The Store protocol: the only way anything touches the database.
 
 Every method is one transaction. Operations that change state also append the matching
-events, so the event log is complete by construction. A second database is a new file
-implementing this protocol, run against the same test suite.
+events, so the event log is complete by construction. `manager.StoreManager` implements every method once; a
+second database is a new driver (a subclass with the steps its dialect takes its own way) and its statements in
+`sql/<dialect>.sql`, run against the same test suite.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The rules both stores apply, written once: limits and budgets, the claim's round robin, the hand-off, what a
 failure skips, how an execution settles and ends, the events of outcomes, the webhook outbox, the claimed job;
-and `StoreManager`, the methods whose statements are the same on both databases, over each store's driver (`Tx`).
+and `StoreManager`, every method of the Store over each database's driver (`Tx` and the steps it takes its own way).
 
 The rules are pure; the statements are in `sql/*.sql`; each store's driver runs them in its own dialect (SQLite
 on its thread, PostgreSQL on its pool) and takes the few steps whose dialects differ.
