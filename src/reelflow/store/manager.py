@@ -589,7 +589,8 @@ class StoreManager(StoreRules):
             room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
             mine, later = self._hand_off(ready, limit, room)
             busy.extend(later)
-            claimed = await self._lease(tx, owner, mine, lease_s, now) if mine else []
+            # leased as of now, after the writes above (started_at and the lease count from the hand-off itself)
+            claimed = await self._lease(tx, owner, mine, lease_s, time.time()) if mine else []
             left[0] = len(claimed) + len(busy) < len(ready)
             if left[0]:  # the rest are for anyone
                 await self._notify_in(tx)
