@@ -29,7 +29,7 @@ BOTH_STORES = frozenset(
         "test_engine", "test_limits", "test_worker_processes", "test_webhooks", "test_callbacks",
         "test_client", "test_sdk", "test_metrics", "test_tenant_artifacts", "test_pay_once",
         "test_pay_once_providers", "test_mutants", "test_store", "test_pipeline_mixed", "test_states",
-        "test_store_interface", "test_failover",
+        "test_store_interface", "test_failover", "test_provider_logs",
     }
 )
 """Test modules whose every test runs twice: on SQLite and on PostgreSQL (skipped, with the reason, when no

@@ -127,7 +127,9 @@ def test_the_state_of_an_execution_is_unchanged(api: ApiServer, tenant: tuple[st
 
     with api.client(key) as http:
         body = same(api, http, f"/v1/executions/{rich}", state)
+        logs = same(api, http, f"/v1/executions/{rich}/jobs/boom/logs", lambda: engine.job_logs(rich, "boom", who))
     assert b'"webhook":"http://127.0.0.1:9/hook"' in body and b'"cache_hit":true' in body
+    assert b'"provider_queued_s":null' in body and b'"job_id":"boom","status":"failed"' in logs
 
 
 def test_listings_usage_stats_and_deliveries_are_unchanged(api: ApiServer, tenant: tuple[str, str], rich: str) -> None:

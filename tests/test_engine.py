@@ -514,3 +514,41 @@ async def test_a_job_shows_its_params_as_submitted_and_resolved_and_the_executio
     assert leaves == [("clip", "generate-video"), ("voice", "generate-audio")]
     assert [o["url"] for o in state["outputs"]] == [jobs["clip"]["result"]["url"], jobs["voice"]["result"]["url"]]
     assert all(o["url"].startswith("http") for o in state["outputs"])
+
+
+async def test_claims_grow_while_the_queue_is_deep_and_shrink_when_it_empties(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim that comes back full doubles the next one, up to 4 x batch_size; a short one resets it."""
+    asked: list[int] = []
+    claim = store.claim
+
+    async def counting_claim(owner: str, limit: int, lease_s: float, **kw: Any) -> Any:
+        asked.append(limit)
+        return await claim(owner, limit, lease_s, **kw)
+
+    monkeypatch.setattr(store, "claim", counting_claim)
+    execution_id = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=0.5) for i in range(30)]})
+    async with running_worker(batch_size=2, concurrency=100):
+        state = await engine.wait(execution_id, poll_s=0.05)
+    assert state["status"] == "succeeded"
+    assert asked[:6] == [2, 4, 8, 8, 8, 8]  # 2 + 4 + 8 + 8 + 8 = 30 jobs, then a claim that finds none
+    assert asked[6:] and max(asked[6:]) == 2, asked  # back to batch_size once the queue ran dry (or less: slots)
+
+
+async def test_a_job_without_deadlines_waits_in_its_own_task(engine: Engine, running_worker: WorkerFactory) -> None:
+    """No second task (and no asyncio.wait) per job when there is no deadline to watch; with a timeout_s the
+    wait is still watched, and the job still times out."""
+    execution_id = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=1.0) for i in range(20)]})
+    timed = await engine.submit({"jobs": [sim_job("slow", latency_s=30.0, timeout_s=2.0)]})
+    async with running_worker() as w:
+        seen = []
+        for _ in range(40):  # 0.8 s of the jobs' 1 s wait: how many waits run in tasks of their own
+            await asyncio.sleep(0.02)
+            qualnames = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+            seen.append(sum("SimProvider.wait" in q for q in qualnames))
+        assert w.started == 21 and max(seen) == 1, seen  # the timed job's alone (before: one per job, 21)
+        state = await engine.wait(execution_id, poll_s=0.05)
+        slow = await engine.wait(timed, poll_s=0.05)
+    assert state["status"] == "succeeded"
+    assert slow["status"] == "failed" and "timed out after 2 s" in slow["jobs"][0]["error"]

@@ -184,7 +184,8 @@ async def test_without_an_alternative_jobs_wait_queued_and_a_probe_closes_the_ci
             state = await engine.get(eid)
             probes = int((time.monotonic() - opened_at) / 1.0) + 1  # one per cool-down at most
             assert all(j["status"] in ("queued", "running") for j in state["jobs"]), state["jobs"]
-            assert all(j["attempts"] <= 2 for j in state["jobs"])  # waiting on the circuit, probing: none spent
+            # waiting on the circuit, probing: none spent (a running job may be a probe, its attempt not yet given back)
+            assert all(j["attempts"] - (j["status"] == "running") <= 2 for j in state["jobs"]), state["jobs"]
             sent = fake.create_calls[down]
             assert 2 <= sent <= 2 + probes, (sent, probes)  # the failures that opened it, then the probes
             fake.down_models.clear()

@@ -14,6 +14,7 @@ import pytest
 from mediacheck import FFMPEG, changed_share, decoded_duration, ffmpeg_children, gray_band, mean_abs_diff
 from reelflow import media
 from reelflow.media import MediaError
+from reelflow.media_limits import use_limits
 
 W, H = 320, 180
 
@@ -493,6 +494,11 @@ async def test_failure_message_carries_ffmpegs_complaint(tmp_path: Path) -> None
 
 
 async def test_probing_many_files_in_one_run_matches_probing_each(tmp_path: Path) -> None:
+    with use_limits(probe_in_process=False):  # ffmpeg runs shared by several files (PyAV needs none)
+        await _probing_many_files_in_one_run_matches_probing_each(tmp_path)
+
+
+async def _probing_many_files_in_one_run_matches_probing_each(tmp_path: Path) -> None:
     video, audio, still, bad = (tmp_path / n for n in ("v.mp4", "a.m4a", "s.png", "bad.mp4"))
     await media.make_video(video, prompt="x", duration=1.5, width=160, height=90)
     await media.make_audio(audio, duration=2.0)

@@ -250,7 +250,7 @@ async def test_budget_from_probed_inputs_in_each_operation(clip: Path, tmp_path:
         ]:
             with pytest.raises(media.MediaLimitError, match=rf"^[a-z-]+: {param}: .*REELFLOW_LOCAL_WORK_BUDGET\)$"):
                 await call
-    assert set(spawned) == {"probe"} and not out.exists()
+    assert set(spawned) <= {"probe"} and not out.exists()  # probes only (PyAV's start no process at all)
 
 
 # --- the memory cap -------------------------------------------------------------------------------------------

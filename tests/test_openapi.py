@@ -78,7 +78,7 @@ def test_every_operation_that_needs_a_key_says_so_and_no_other(doc: dict[str, An
     assert unsecured == PUBLIC
     assert either == {("get", "/v1/artifacts/{key}")}  # a key, or a signed link (`?exp=&sig=`) without one
     assert 403 in errors_of(doc, "get", "/v1/artifacts/{key}")
-    assert len(secured) == 14 and secured | unsecured | either == {(m, p) for m, p, _ in operations(doc)}
+    assert len(secured) == 15 and secured | unsecured | either == {(m, p) for m, p, _ in operations(doc)}
     for method, path in secured | either:  # the key is a security scheme, no longer an optional header parameter
         params = doc["paths"][path][method].get("parameters", [])
         assert "authorization" not in {p["name"].lower() for p in params}, (method, path)
@@ -131,7 +131,7 @@ def test_the_secured_operations_are_the_ones_that_refuse_a_request_without_a_key
                 documented(doc, method, path, answer)
                 refused.add((method, path))
     assert refused == {(m, p) for m, p, op in operations(doc) if "security" in op}
-    assert len(refused) == 15
+    assert len(refused) == 16
 
 
 def documented(doc: dict[str, Any], method: str, path: str, answer: httpx.Response) -> int:

@@ -858,3 +858,40 @@ def test_a_back_edge_is_rejected_and_the_named_cycle_is_real(
     assert len(set(names[:-1])) == len(names) - 1 >= 2
     for a, b in itertools.pairwise(names):
         assert a in deps[b], f"{a} -> {b} is not an edge"
+
+
+def test_find_references_walks_maps_lists_and_tuples_in_document_order() -> None:
+    from types import MappingProxyType
+
+    params = {
+        "a": "$x",
+        "b": ["plain", {"c": "$y.url"}, ("$z",)],
+        "m": MappingProxyType({"d": "$w.meta.0"}),  # any Mapping, not only dict
+        "n": 5,
+        "e": "$$x",  # escaped: the text $x
+        "f": "$",
+        "g": None,
+    }
+    assert find_references(params) == [
+        ("x", None, ["a"]),
+        ("y", "url", ["b", 1, "c"]),
+        ("z", None, ["b", 2, 0]),
+        ("w", "meta.0", ["m", "d"]),
+    ]
+    found = find_references({"a": ["$x"]})
+    found[0][2].append("changed")  # each location is a list of its own
+    assert find_references({"a": ["$x"]}) == [("x", None, ["a", 0])]
+    assert find_references("$top") == [("top", None, [])]
+
+
+def test_dependents_from_given_dependencies_match_computed_ones() -> None:
+    plan = parse_plan(
+        {"jobs": [
+            {"id": "a", "type": "generate-image", "model": "sim/image", "params": {}},
+            {"id": "b", "type": "generate-video", "model": "sim/video", "params": {"image": "$a"}},
+            {"id": "c", "type": "generate-video", "model": "sim/video", "params": {"image": "$a"}, "depends_on": ["b"]},
+        ]}
+    )  # fmt: skip
+    deps = plan.dependencies()
+    assert deps == {"a": [], "b": ["a"], "c": ["a", "b"]}
+    assert plan.dependents(deps) == plan.dependents() == {"a": ["b", "c"], "b": ["c"], "c": []}

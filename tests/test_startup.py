@@ -91,6 +91,24 @@ def test_the_help_printed_without_typer_is_the_help_typer_prints() -> None:
     assert " ".join(narrow.split()) == " ".join(helptext.TEXT.replace("{prog}", "reelflow").split())
 
 
+def test_run_help_printed_without_typer_is_the_help_typer_prints() -> None:
+    from reelflow.cli import helptext
+
+    assert helptext.RUN_TEXT == helptext.render("{prog}", "run"), "run's options changed: see helptext"
+    code = "import sys\nsys.argv = ['reelflow', 'run', '--help']\nfrom reelflow.cli import main\nmain()"
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(sys.modules))"], capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text, _, modules = done.stdout.rpartition("\n[")
+    assert text + "\n" == helptext.RUN_TEXT.replace("{prog}", "reelflow")
+    assert "'typer'" not in modules and "'rich'" not in modules and "'reelflow.config'" not in modules
+    narrow = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "60"})  # fmt: skip
+    assert max(map(len, narrow.stdout.splitlines())) <= 58  # typer wraps it at the terminal's width
+    assert " ".join(narrow.stdout.split()) == " ".join(helptext.RUN_TEXT.replace("{prog}", "reelflow").split())
+
+
 def test_every_public_name_still_imports() -> None:
     names = ", ".join(reelflow.__all__)
     done = fresh(f"from reelflow import {names}\nimport reelflow\nprint(len(reelflow.__all__))")

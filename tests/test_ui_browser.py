@@ -72,6 +72,12 @@ class FailOnceSim(SimProvider):
             raise PermanentError(f"sim: job '{task.job_id}' fails on its first run (fail_once)")
         return await super().submit(task)
 
+    async def wait(self, task: Task, provider_id: str, report: Any) -> Any:
+        """`log_lines: N`: the run logs N numbered lines first, as a chatty model would."""
+        for i in range(int(task.params.get("log_lines") or 0)):
+            task.log.add(f"sim: step {i + 1:05d} of the render, all fine so far")
+        return await super().wait(task, provider_id, report)
+
 
 class Receiver:
     """A webhook endpoint on 127.0.0.1 that answers 200 and records every request."""
@@ -778,6 +784,58 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
     assert_one_time_format(page)
     page.evaluate("document.getElementById('jobs').scrollIntoView(); window.scrollBy(0, -64)")
     screenshot(page, "ui-execution-plan.png")
+    context.close()
+
+
+def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    plan = {
+        "jobs": [
+            sim("render", "video", prompt="harbour at dusk", queue_s=1.0, latency_s=0.3, log_lines=2500),
+            {"id": "still", "type": "generate-image", "model": "local/image",
+             "params": {"prompt": "sunset", "width": 64, "height": 48}},
+        ]
+    }  # fmt: skip
+    eid = submit(api, key, plan)
+    done = finished(api, key, eid)
+    assert done["status"] == "succeeded", done
+    with api.client(key) as http:
+        logs = {j: http.get(f"/v1/executions/{eid}/jobs/{j}/logs").json() for j in ("render", "still")}
+    render = next(j for j in done["jobs"] if j["id"] == "render")
+    queued = render["provider_queued_s"]
+    assert 0.95 <= queued <= 1.3, render  # sim kept it queued 1.0 s; the worker saw it start within a poll
+    assert logs["render"]["truncated"] and logs["render"]["dropped_chars"] > 0
+    assert "$ ffmpeg " in logs["still"]["text"] and not logs["still"]["truncated"]
+
+    context, page = new_page(browser, api, console, key)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+
+    # the time in the provider's queue: in the job's card, and as a hatched part of its timeline bar
+    card = page.locator("#job-render")
+    expect(card.locator("dd.provider-timing")).to_have_text(f"queued at provider {queued:.1f} s")
+    row = page.locator('#timeline .tl-row[data-job="render"]')
+    expect(row.locator(".seg.provider-wait")).to_have_count(1)
+    expect(row.locator(".tl-pq")).to_have_attribute("data-seconds", str(queued))
+    wait_box, run_box = row.locator(".seg.provider-wait").bounding_box(), row.locator(".seg.run").bounding_box()
+    assert wait_box and run_box and wait_box["width"] > 0.5 * run_box["width"]  # 1.0 s of a ~1.3 s run
+
+    # the provider logs panel: loaded when opened, the API's text, and what was left out said
+    panel = card.locator("details.plog")
+    expect(panel.locator("pre.plog-text")).to_have_count(0)  # nothing fetched before it is opened
+    panel.locator("summary").click()
+    expect(panel.locator(".plog-note")).to_have_text(
+        f"{logs['render']['dropped_chars']:,} earlier characters were left out (the last 64 KiB are kept)"
+    )
+    assert panel.locator("pre.plog-text").text_content() == logs["render"]["text"]
+    expect(panel.locator("summary")).to_contain_text(f"{len(logs['render']['text'].splitlines()):,} lines")
+    still = page.locator("#job-still details.plog")
+    still.locator("summary").click()
+    expect(still.locator("pre.plog-text")).to_contain_text("$ ffmpeg ")
+    assert still.locator("pre.plog-text").text_content() == logs["still"]["text"]
+    expect(still.locator(".plog-note")).to_have_count(0)
+    assert_one_time_format(page)
     context.close()
 
 

@@ -270,6 +270,13 @@ class AsyncClient:
         state: dict[str, Any] = await self._request("GET", _exec_path(execution_id))
         return state
 
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        """What the provider logged for one job, as `GET /v1/executions/{id}/jobs/{job_id}/logs` gives it."""
+        logs: dict[str, Any] = await self._request(
+            "GET", _exec_path(execution_id, f"jobs/{quote(str(job_id), safe='')}/logs")
+        )
+        return logs
+
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         state: dict[str, Any] = await self._request("POST", _exec_path(execution_id, "cancel"))
         return state
@@ -444,6 +451,9 @@ class _HTTPBackend:
     ) -> dict[str, Any]:
         return await self.client.wait(execution_id, timeout=timeout, on_update=on_update)
 
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.client.job_logs(execution_id, job_id)
+
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.client.cancel(execution_id)
 
@@ -562,6 +572,10 @@ class Client:
         """The execution's full state, as `GET /v1/executions/{id}` gives it."""
         return self._run(self._async.get(execution_id))
 
+    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        """What the provider logged for one job, as `GET /v1/executions/{id}/jobs/{job_id}/logs` gives it."""
+        return self._run(self._async.job_logs(execution_id, job_id))
+
     def cancel(self, execution_id: str) -> dict[str, Any]:
         return self._run(self._async.cancel(execution_id))
 
@@ -636,6 +650,9 @@ class _BlockingHTTPBackend:
         self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
     ) -> dict[str, Any]:
         return self.client.wait(execution_id, timeout=timeout, on_update=on_update)
+
+    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return self.client.job_logs(execution_id, job_id)
 
     def cancel(self, execution_id: str) -> dict[str, Any]:
         return self.client.cancel(execution_id)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     """Longest one ffmpeg run may take; a longer one is killed and its job fails."""
     ffmpeg_concurrency: int | None = Field(default=None, ge=1, le=4096)
     """ffmpeg operations running at once in one worker process (probes not counted). Unset: the core count."""
+    probe_in_process: bool = True
+    """Probe files (duration, streams) with PyAV's FFmpeg inside the worker process when PyAV is installed, instead
+    of an ffmpeg run per batch of files; off: every probe is an ffmpeg run under the caps."""
     local_timeout_s: float = Field(default=1800.0, gt=0, le=30 * 86400)
     """The `timeout_s` of a local job (ffmpeg in the worker) whose plan sets none."""
     local_work_budget: float = Field(default=40_000.0, gt=0, le=1e12, allow_inf_nan=False)
@@ -89,9 +92,10 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts")
     @classmethod
     def _allowed_hosts(cls, value: str) -> str:
-        from .net import parse_allowed_hosts
+        if value.strip():  # `net` loads httpx: not for the usual empty value
+            from .net import parse_allowed_hosts
 
-        parse_allowed_hosts(value)  # a ValueError names the entry it cannot read
+            parse_allowed_hosts(value)  # a ValueError names the entry it cannot read
         return value.strip()
 
     @field_validator("log_level")

@@ -64,25 +64,57 @@ def _job_time(job: dict[str, Any], now: datetime) -> str:
     return "-"
 
 
-def _job_note(job: dict[str, Any]) -> str:
-    """An error; or, while it runs, where the provider has it (its queue, with the position when known)."""
+def _job_note(job: dict[str, Any], now: datetime | None = None, read_at: datetime | None = None) -> str:
+    """An error; or, while it runs, where the provider has it: in its queue (for how long, at which position
+    when known), or running (for how long, after how long queued). `read_at`: when the state was read (the
+    wait in the provider's queue it gives grows from then)."""
     if job.get("error"):
         return str(job["error"])
     if job["status"] != "running":
+        queued = job.get("provider_queued_s")
+        if job["status"] == "succeeded" and not job.get("cache_hit") and isinstance(queued, int | float):
+            return f"queued at provider {_elapsed(queued)}"
         return "cache hit" if job.get("cache_hit") else ""
-    phase, position = job.get("phase"), job.get("queue_position")
+    now = now or datetime.now(UTC)
+    phase, position = job.get("provider_phase"), job.get("queue_position")
+    queued = job.get("provider_queued_s")
+    if phase == "queued":
+        if isinstance(queued, int | float) and read_at is not None:
+            queued += max(0.0, (now - read_at).total_seconds())
+        waited = f" {_elapsed(queued)}" if isinstance(queued, int | float) else ""
+        return f"queued at provider{waited}" + (f", position {position}" if position is not None else "")
     if position is not None:
         return f"in the provider's queue, position {position}"
-    if phase in ("queued", "starting"):
-        return f"{phase} at the provider"
+    started = _ts(job.get("provider_started_at"))
+    if phase == "running" and started is not None:
+        note = f"running {_elapsed((now - started).total_seconds())}"
+        if isinstance(queued, int | float):
+            note += f" (queued at provider {_elapsed(queued)})"
+        return note
     return ""
 
 
-def progress_view(state: dict[str, Any]) -> Group:
-    """The live display: the execution's bar, then one row per job (progress, time running or queued)."""
+class ProgressView:
+    """The live display of one state, drawn anew each time it is shown: in a `rich.live.Live` (8 times a
+    second) running jobs' times keep counting between two reads of the state."""
+
+    def __init__(self, state: dict[str, Any], read_at: datetime | None = None) -> None:
+        self.state = state
+        self.read_at = read_at or datetime.now(UTC)
+
+    def __rich__(self) -> Group:
+        return _progress_group(self.state, datetime.now(UTC), self.read_at)
+
+
+def progress_view(state: dict[str, Any]) -> ProgressView:
+    """The live display: the execution's bar, then one row per job (progress, time running or queued, and
+    where the provider has it)."""
+    return ProgressView(state)
+
+
+def _progress_group(state: dict[str, Any], now: datetime, read_at: datetime) -> Group:
     status = state["status"]
     shown = shown_progress(state) or 0.0
-    now = datetime.now(UTC)
     head = Table.grid(padding=(0, 1))
     head.add_row(
         Text(state["id"], style="bold"),
@@ -94,7 +126,7 @@ def progress_view(state: dict[str, Any]) -> Group:
     for col in ("job", "type", "status", "progress", "", "time", "attempts", "note"):
         jobs.add_column(col, no_wrap=col != "note", justify="right" if col in ("", "time") else "left")
     for job in state["jobs"]:
-        note = _job_note(job)
+        note = _job_note(job, now, read_at)
         progress = float(job.get("progress") or 0.0)
         known = progress > 0 or job["status"] in ("succeeded", "skipped")
         jobs.add_row(
@@ -115,7 +147,8 @@ def timeline_table(state: dict[str, Any]) -> Table:
     origin = state["created_at"]
     table = Table(title=f"execution {state['id']} — {state['status']}")
     for col, justify in (("job", "left"), ("type", "left"), ("status", "left"), ("start", "right"),
-                         ("duration", "right"), ("attempts", "right"), ("timeline", "left")):
+                         ("duration", "right"), ("queued at provider", "right"), ("attempts", "right"),
+                         ("timeline", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     total = _seconds(origin, state.get("finished_at")) or 0.0
     for job in state["jobs"]:
@@ -136,6 +169,7 @@ def timeline_table(state: dict[str, Any]) -> Table:
             status,
             f"{start:.2f}s" if start is not None else "-",
             "cached" if job.get("cache_hit") else (f"{dur:.2f}s" if dur is not None else "-"),
+            f"{queued:.2f}s" if isinstance(queued := job.get("provider_queued_s"), int | float) else "-",
             str(job["attempts"]),
             Text(bar, style=STATUS_STYLE.get(job["status"], "")),
         )

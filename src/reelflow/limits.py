@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +126,28 @@ def default_provider_limits() -> dict[str, ProviderLimit]:
     return out
 
 
+class BuiltinDefaults(Mapping[str, "ProviderLimit"]):
+    """`default_provider_limits()`, read on first use: finding them loads every provider module (and the
+    plugins), which a command that only checks the limits file (`reelflow run --server`) never needs."""
+
+    def __init__(self) -> None:
+        self._limits: dict[str, ProviderLimit] | None = None
+
+    def _loaded(self) -> dict[str, ProviderLimit]:
+        if self._limits is None:
+            self._limits = default_provider_limits()
+        return self._limits
+
+    def __getitem__(self, name: str) -> ProviderLimit:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+
 def base_model_id(model_id: str) -> str:
     """`replicate/a/b:version` -> `replicate/a/b`; an unpinned id is returned as it is."""
     head, sep, _ = model_id.rpartition(":")
@@ -140,8 +162,8 @@ class Limits:
     """The file's provider entries (only the fields they set count; see `provider`)."""
     models: dict[str, ModelLimit]
     tenants: dict[str, TenantLimit]
-    defaults: dict[str, ProviderLimit]
-    """The built-in provider limits."""
+    defaults: Mapping[str, ProviderLimit] = field(default_factory=BuiltinDefaults)
+    """The built-in provider limits (read from the providers when first used)."""
     source: str | None = None
     """The limits file these came from; None for the built-in defaults alone."""
 
@@ -411,7 +433,6 @@ def parse_limits_text(text: str, source: str) -> Limits:
         providers=tables["providers"],
         models=tables["models"],
         tenants=tables["tenants"],
-        defaults=default_provider_limits(),
         source=source,
     )
 
@@ -419,7 +440,7 @@ def parse_limits_text(text: str, source: str) -> Limits:
 def load_limits(path: str | os.PathLike[str] | None) -> Limits:
     """The limits of a limits file over the built-in defaults; None gives the defaults alone."""
     if path is None:
-        return Limits(providers={}, models={}, tenants={}, defaults=default_provider_limits())
+        return Limits(providers={}, models={}, tenants={})
     source = os.fspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -34,6 +34,8 @@ class MediaLimits:
     concat_max_inputs: int = 200
     caption_max_cues: int = 5000
     caption_max_bytes: int = 1_000_000
+    probe_in_process: bool = True
+    """Probe with PyAV inside the process when it is installed (see media/probing.py), else an ffmpeg run."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaLimits:
@@ -45,6 +47,7 @@ class MediaLimits:
             concat_max_inputs=settings.concat_max_inputs,
             caption_max_cues=settings.caption_max_cues,
             caption_max_bytes=settings.caption_max_bytes,
+            probe_in_process=settings.probe_in_process,
         )
 
     def with_(self, **changes: Any) -> MediaLimits:

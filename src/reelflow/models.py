@@ -86,6 +86,38 @@ class JobState(Answer):
     queued_at: Timestamp | None = Field(description="When it was last queued")
     started_at: Timestamp | None = Field(description="When its attempt started")
     finished_at: Timestamp | None = Field(description="When it ended")
+    provider_phase: Literal["queued", "running"] | None = Field(
+        description="While it runs: queued (waiting in the provider's queue) or running (the provider is working on "
+        "it), as the provider last said; null when the provider does not tell, or the job is not running"
+    )
+    provider_submitted_at: Timestamp | None = Field(description="When its attempt handed the work to the provider")
+    provider_started_at: Timestamp | None = Field(
+        description="When the provider started the work (it left the provider's queue); null until then or unknown"
+    )
+    provider_queued_s: float | None = Field(
+        description="Seconds the work waited in the provider's queue before it started (while it still waits: so "
+        "far; 0 when the provider never said it queued the work); null until known"
+    )
+
+
+class JobLogs(Answer):
+    """What the provider logged for one job (GET /v1/executions/{id}/jobs/{job_id}/logs)."""
+
+    execution_id: str = Field(description="The execution's id")
+    job_id: str = Field(description="The job's id in the plan")
+    status: JobStatus = Field(description="The job's status")
+    provider: str | None = Field(description="The provider that runs the job")
+    provider_job_id: str | None = Field(description="The provider's id of the remote work")
+    attempt: int | None = Field(description="The attempt the last lines belong to; null before anything was logged")
+    text: str = Field(
+        description="The log, oldest line first: the provider's log (Replicate's `logs`, fal's log entries, the "
+        "local provider's ffmpeg commands and errors), each later attempt after a `--- attempt N ---` line; "
+        "the last 65,536 characters are kept, and when more was logged the text begins with a line saying how "
+        "much was left out"
+    )
+    truncated: bool = Field(description="Earlier characters were left out (see dropped_chars)")
+    dropped_chars: int = Field(description="How many characters of the log were left out, from its start")
+    updated_at: Timestamp | None = Field(description="When the log was last written; null before anything was")
 
 
 class ExecutionSummary(Answer):

@@ -29,6 +29,7 @@ import ipaddress
 import mimetypes
 import os
 import re
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -350,6 +351,96 @@ async def check_destination(
 
 
 # ---------------------------------------------------------------------------------------- the guard
+def _readable(sock: Any) -> bool:
+    """Whether a pooled connection's socket has something to read (for an idle one: the server closed it)."""
+    if sock is None:
+        return True
+    fd = sock.fileno()
+    if fd == -1:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+class _SocketStream(httpcore.AsyncNetworkStream):
+    """A connection's stream that looks its socket up once. Each time httpcore's pool hands out a connection
+    it asks every pooled connection whether its socket is readable; anyio answers by building the stream's
+    whole attribute table, a getpeername() call included, every time. With 16 pooled connections that was
+    about half the CPU of a request to a provider."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self._socket: Any = stream.get_extra_info("socket")  # a socket.socket, or asyncio's TransportSocket
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _SocketStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._socket
+        if info == "is_readable":
+            return _readable(self._socket)
+        return self._stream.get_extra_info(info)
+
+
+class QuickNetwork(httpcore.AsyncNetworkBackend):
+    """httpcore's default network (anyio) with each connection's socket looked up once (see _SocketStream)."""
+
+    def __init__(self, network: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.network = network or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self.network.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _SocketStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _SocketStream(await self.network.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self.network.sleep(seconds)
+
+
+def _set_network(transport: httpx.AsyncHTTPTransport, network: httpcore.AsyncNetworkBackend) -> None:
+    """Make `transport`'s pool connect through `network` (before it has any connection)."""
+    pool = transport._pool
+    if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
+        raise RuntimeError("this httpx/httpcore version does not take a network backend as reelflow expects")
+    pool._network_backend = network
+
+
+def pooled_transport(*, limits: httpx.Limits, **kwargs: Any) -> httpx.AsyncHTTPTransport:
+    """httpx's transport (keyword arguments as for `httpx.AsyncHTTPTransport`) on QuickNetwork: for clients
+    that talk only to configured hosts (a provider's API); anything else uses `guarded_client`."""
+    transport = httpx.AsyncHTTPTransport(limits=limits, **kwargs)
+    _set_network(transport, QuickNetwork())
+    return transport
+
+
 class EgressGuard(httpcore.AsyncNetworkBackend):
     """An httpcore network backend that connects only where the policy allows: it judges the host's
     addresses (`vet`, one lookup) and connects to a judged address itself. `network` makes the real
@@ -364,7 +455,7 @@ class EgressGuard(httpcore.AsyncNetworkBackend):
     ) -> None:
         self.policy = policy
         self.resolver = resolver
-        self.network = network or httpcore.AnyIOBackend()
+        self.network = network or QuickNetwork()
 
     async def connect_tcp(
         self,
@@ -402,10 +493,7 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self, guard: EgressGuard, **kwargs: Any) -> None:
         super().__init__(trust_env=False, **kwargs)
-        pool = self._pool
-        if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
-            raise RuntimeError("this httpx/httpcore version does not take a network backend as reelflow expects")
-        pool._network_backend = guard  # before any connection exists: every one is made by the guard
+        _set_network(self, guard)  # before any connection exists: every one is made by the guard
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -525,9 +613,13 @@ def _same_url(a: str, b: str) -> bool:
         return a == b
 
 
+INLINE_WRITE_BYTES = 64 * 1024
+"""Chunks up to this size are written from the event loop; larger ones in a thread."""
+
+
 async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int, what: str) -> int:
     """Write a streamed response body to `path`, refusing (PermanentError) a declared or actual size over
-    `limit_bytes`; returns the bytes written. The disk writes run off the event loop."""
+    `limit_bytes`; returns the bytes written. Chunks over INLINE_WRITE_BYTES are written off the event loop."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PermanentError(f"{what} is {int(declared)} bytes, over the limit of {limit_bytes}")
@@ -537,7 +629,10 @@ async def stream_to_file(response: httpx.Response, path: Path, limit_bytes: int,
             size += len(chunk)
             if size > limit_bytes:
                 raise PermanentError(f"{what} is over the limit of {limit_bytes} bytes")
-            await asyncio.to_thread(f.write, chunk)
+            if len(chunk) <= INLINE_WRITE_BYTES:
+                f.write(chunk)  # into the page cache: quicker than a trip to a thread
+            else:
+                await asyncio.to_thread(f.write, chunk)
     return size
 
 

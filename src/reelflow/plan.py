@@ -150,10 +150,10 @@ class Plan(BaseModel):
             out[job.id] = sorted(deps, key=order.__getitem__)
         return out
 
-    def dependents(self) -> dict[str, list[str]]:
-        """Job id -> the jobs that wait on it, in plan order."""
+    def dependents(self, dependencies: Mapping[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """Job id -> the jobs that wait on it, in plan order (from `dependencies()`, or the result of it given)."""
         out: dict[str, list[str]] = {job.id: [] for job in self.jobs}
-        for job_id, deps in self.dependencies().items():
+        for job_id, deps in (self.dependencies() if dependencies is None else dependencies).items():
             for dep in deps:
                 out[dep].append(job_id)
         return out
@@ -356,29 +356,36 @@ def load_plan_text(text: str, *, filename: str | None = None) -> Any:
 # --- references ----------------------------------------------------------------------------------
 
 
-def _walk(value: Any, loc: list[str | int]) -> Iterator[tuple[list[str | int], Any]]:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _walk(item, [*loc, key])
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _walk(item, [*loc, i])
-    else:
-        yield loc, value
-
-
 def _split_reference(ref: str) -> tuple[str, str | None]:
     job_id, _, field = ref[1:].partition(".")
     return job_id, field or None
 
 
 def find_references(value: Any) -> list[tuple[str, str | None, list[str | int]]]:
-    """Every reference in `value` (nested lists and maps too): (job id, field path or None, location)."""
+    """Every reference in `value` (nested lists and maps too): (job id, field path or None, location), in
+    document order. Called for every job several times per submission: one path is kept and copied only
+    where a reference is found, and plain strings, dicts and lists are told apart before the (slower)
+    Mapping check."""
     found: list[tuple[str, str | None, list[str | int]]] = []
-    for loc, item in _walk(value, []):
-        if is_reference(item):
-            job_id, field = _split_reference(item)
-            found.append((job_id, field, loc))
+    path: list[str | int] = []
+
+    def visit(item: Any) -> None:
+        if isinstance(item, str):
+            if item.startswith("$") and is_reference(item):
+                job_id, field = _split_reference(item)
+                found.append((job_id, field, list(path)))
+        elif isinstance(item, dict) or (not isinstance(item, list | tuple) and isinstance(item, Mapping)):
+            for key, sub in item.items():
+                path.append(key)
+                visit(sub)
+                path.pop()
+        elif isinstance(item, list | tuple):
+            for i, sub in enumerate(item):
+                path.append(i)
+                visit(sub)
+                path.pop()
+
+    visit(value)
     return found
 
 
@@ -581,6 +588,7 @@ class _Validator:
         self.data = data
         self.catalog = catalog
         self.errors: list[ErrorItem] = []
+        self._providers: list[str] | None = None  # the catalog's, sorted (read once per plan)
 
     def err(self, loc: list[str | int], msg: str) -> None:
         self.errors.append(ErrorItem(loc, msg))
@@ -771,7 +779,9 @@ class _Validator:
             )
             return None
         provider = model_id.split("/", 1)[0]
-        providers = sorted(self.catalog.providers())
+        if self._providers is None:
+            self._providers = sorted(self.catalog.providers())
+        providers = self._providers
         if provider not in providers:
             self.err(
                 view.model_loc(),

@@ -414,6 +414,8 @@ class ExecutionBackend(Protocol):
 
     async def cancel(self, execution_id: str) -> dict[str, Any]: ...
 
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]: ...
+
     async def resume(self, execution_id: str) -> dict[str, Any]: ...
 
     async def retry(self, execution_id: str) -> str: ...
@@ -431,6 +433,8 @@ class SyncExecutionBackend(Protocol):
     ) -> dict[str, Any]: ...
 
     def cancel(self, execution_id: str) -> dict[str, Any]: ...
+
+    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]: ...
 
     def resume(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -452,6 +456,9 @@ class LocalBackend:
         self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
     ) -> dict[str, Any]:
         return await self.runtime.wait(execution_id, timeout=timeout, on_update=on_update)
+
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.job_logs(execution_id, job_id)
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.cancel(execution_id)
@@ -491,6 +498,9 @@ class BlockingBackend:
         self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
     ) -> dict[str, Any]:
         return self._run(self.inner.wait(execution_id, timeout=timeout, on_update=on_update))
+
+    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return self._run(self.inner.job_logs(execution_id, job_id))
 
     def cancel(self, execution_id: str) -> dict[str, Any]:
         return self._run(self.inner.cancel(execution_id))
@@ -614,6 +624,11 @@ class AsyncExecution:
             self.state = await self.backend.wait(self.id, timeout=timeout)
         return self
 
+    async def logs(self, job: str) -> dict[str, Any]:
+        """What the provider logged for the job `job` (an id of the plan): `text` (the last 64 KiB, every
+        attempt), `truncated` and `dropped_chars` when earlier lines were left out, `attempt`, `updated_at`."""
+        return await self.backend.job_logs(self.id, job)
+
     async def cancel(self) -> dict[str, Any]:
         self.state = await self.backend.cancel(self.id)
         return self.state
@@ -677,6 +692,11 @@ class Execution:
         else:
             self.state = self.backend.wait(self.id, timeout=timeout)
         return self
+
+    def logs(self, job: str) -> dict[str, Any]:
+        """What the provider logged for the job `job` (an id of the plan): `text` (the last 64 KiB, every
+        attempt), `truncated` and `dropped_chars` when earlier lines were left out, `attempt`, `updated_at`."""
+        return self.backend.job_logs(self.id, job)
 
     def cancel(self) -> dict[str, Any]:
         self.state = self.backend.cancel(self.id)

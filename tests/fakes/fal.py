@@ -13,7 +13,8 @@ Webhooks: a submission with `?fal_webhook=<url>` gets one signed POST to that UR
 the body>`) with a key the fake serves as a JWKS at `jwks_url`. Knobs: `drop_webhooks`, `webhook_delay_s`,
 `tamper_webhooks` ("body", "signature", "key", "stale"), `rotate_key()`. Counters: `hits` per route
 (submit, status, result, cancel, file, jwks), `creates` (requests really queued: the work that runs and is
-billed), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`.
+billed), `webhooks_sent`, `webhooks_failed`, `webhooks_dropped`. Status answers carry the request's log
+entries (every entry so far, each with the time it was logged) only when asked with `?logs=1`.
 
 Apps are `<owner>/<app>/...` with fal's own owner (`fal-ai`) or a partner's (`bytedance`, as
 `bytedance/seedance-2.0/image-to-video`); other owners answer 404.
@@ -33,6 +34,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -96,6 +98,8 @@ class FakeRequest:
     status_polls: int = 0
     webhook_url: str | None = None
     """Where the webhook goes when the request completes (the submit's `fal_webhook`)."""
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    """What the app logged so far (entries keep the time they were logged at), oldest first."""
 
 
 @dataclass
@@ -319,15 +323,19 @@ class FakeFal:
 
     # --- the app ---------------------------------------------------------------------------------
 
-    def _state(self, req: FakeRequest) -> dict[str, Any]:
+    def _state(self, req: FakeRequest, with_logs: bool = True) -> dict[str, Any]:
+        """The request's status; its logs (every entry so far, as fal gives them) only `with_logs` (`?logs=1`)."""
         elapsed = time.time() - req.created
         if req.canceled or elapsed >= req.queue_s + req.latency_s:
+            if not req.canceled:
+                self._log(req, "Generating: 100%")
             body: dict[str, Any] = {
                 "status": "COMPLETED",
                 "request_id": req.request_id,
-                "logs": [self._log_entry("Generating: 100%")],
                 "metrics": {"inference_time": round(req.latency_s, 3)},
             }
+            if with_logs:
+                body["logs"] = list(req.logs)
             if req.canceled:
                 body["error"], body["error_type"] = "Request was cancelled", "request_cancelled"
             elif req.error:
@@ -338,13 +346,20 @@ class FakeFal:
             position = max(0, int(left * self.queue_start + 0.999) - 1)
             return {"status": "IN_QUEUE", "request_id": req.request_id, "queue_position": position}
         pct = int(100 * (elapsed - req.queue_s) / req.latency_s) if req.latency_s else 100
-        logs = [self._log_entry("Loading model"), self._log_entry(f"Generating: {pct}%")]
-        return {"status": "IN_PROGRESS", "request_id": req.request_id, "logs": logs}
+        self._log(req, "Loading model")
+        self._log(req, f"Generating: {pct}%")
+        body = {"status": "IN_PROGRESS", "request_id": req.request_id}
+        if with_logs:
+            body["logs"] = list(req.logs)
+        return body
 
     @staticmethod
-    def _log_entry(message: str) -> dict[str, Any]:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        return {"timestamp": stamp, "message": message, "level": "INFO", "source": "user"}
+    def _log(req: FakeRequest, message: str) -> None:
+        """The app logs `message` now, unless it is what it logged last (or "Loading model" again)."""
+        if req.logs and (req.logs[-1]["message"] == message or message == "Loading model"):
+            return
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds").removesuffix("+00:00")
+        req.logs.append({"timestamp": stamp, "message": message, "level": "INFO", "source": "user"})
 
     def _result(self, req: FakeRequest) -> dict[str, Any]:
         seed = req.input.get("seed", 42)
@@ -437,12 +452,12 @@ class FakeFal:
             return Response(fake.media["image.png"], media_type="image/png")
 
         @app.get("/{owner}/{app_name}/requests/{request_id}/status")
-        async def status(owner: str, app_name: str, request_id: str) -> Response:
+        async def status(owner: str, app_name: str, request_id: str, request: Request) -> Response:
             req = fake.requests.get(request_id)
             if req is None or req.app != f"{owner}/{app_name}":
                 return JSONResponse({"detail": f"Request {request_id} not found"}, status_code=404)
             req.status_polls += 1
-            state = fake._state(req)
+            state = fake._state(req, with_logs=request.query_params.get("logs") == "1")
             state["status_url"] = f"{fake.base_url}/{req.app}/requests/{req.request_id}/status"
             state["response_url"] = f"{fake.base_url}/{req.app}/requests/{req.request_id}"
             return JSONResponse(state, status_code=200 if state["status"] == "COMPLETED" else 202)

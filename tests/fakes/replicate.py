@@ -148,6 +148,7 @@ class FakePrediction:
     webhook_events_filter: list[str] | None = None
     source: str = "api"
     data_removed: bool = False
+    log_preamble: str = ""
 
     def status(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -205,6 +206,9 @@ class FakeReplicate:
     """Models whose predictions end `failed` with this error (a content-policy refusal, say)."""
     create_calls: Counter[str] = field(default_factory=Counter)
     """Create requests per model (`owner/name`), answered or refused."""
+    log_preamble: str = ""
+    """Printed by the model before its progress lines (predictions created from now on): a model loading its
+    weights, say; tests make it long to see the log bounded."""
 
     def __post_init__(self) -> None:
         self._fail: FailPlan | None = None
@@ -302,9 +306,9 @@ class FakeReplicate:
         logs: str | None = None
         if status == "processing":
             pct = int(100 * (now - p.created - p.queue_s) / max(p.latency_s, 1e-6))
-            logs = f"Using seed: 42\nGenerating...\n{pct:3d}%|####      | {pct}/100\n"
+            logs = f"{p.log_preamble}Using seed: 42\nGenerating...\n{pct:3d}%|####      | {pct}/100\n"
         elif status in ("succeeded", "failed"):
-            logs = "Using seed: 42\nGenerating...\n100%|##########| 100/100\n"
+            logs = f"{p.log_preamble}Using seed: 42\nGenerating...\n100%|##########| 100/100\n"
         output: Any = None
         metrics: dict[str, Any] = {}
         if status == "succeeded":
@@ -503,6 +507,7 @@ class FakeReplicate:
                 kind=kind,
                 fail_error=fake.failing_models.get(model, fake._fail_error),
                 output_override=fake.output_override,
+                log_preamble=fake.log_preamble,
             )
             with fake._lock:
                 fake.predictions[p.id] = p

@@ -41,6 +41,7 @@ from ..models import (
     ExecutionPage,
     ExecutionState,
     Health,
+    JobLogs,
     Links,
     ModelList,
     PlanSchema,
@@ -49,8 +50,8 @@ from ..models import (
     Usage,
     WebhookEvent,
 )
-from ..plan import parse_plan, plan_json_schema
-from ..providers.base import CallbackProvider, CallbackRejected
+from ..plan import JOB_ID_PATTERN, parse_plan, plan_json_schema
+from ..providers.base import CallbackRejected, is_callback_provider
 from ..providers.catalog import Catalog, load_extensions
 from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
@@ -367,6 +368,21 @@ async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, A
 
 
 @router.get(
+    "/executions/{execution_id}/jobs/{job_id}/logs",
+    response_model=JobLogs,
+    tags=["executions"],
+    responses=errors(404),
+)
+async def get_job_logs(execution_id: str, job_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+    """What the provider logged for one job (the last 64 KiB, every attempt), and whether earlier lines were
+    left out."""
+    check_path_id(execution_id)
+    if not re.match(JOB_ID_PATTERN, job_id):
+        raise Problem(404, f"job {job_id[:100]!r} not found in execution {execution_id!r}")
+    return await svc.engine.job_logs(execution_id, job_id, who)
+
+
+@router.get(
     "/executions/{execution_id}/events",
     tags=["executions"],
     response_class=StreamingResponse,
@@ -620,7 +636,7 @@ async def provider_callback(
     verify answers 401 and changes nothing. A verified one wakes the job's worker, which confirms the
     outcome with the provider and finishes the job."""
     adapter = svc.providers.get(provider)
-    if adapter is None or provider in ("local", "sim") or not isinstance(adapter, CallbackProvider):
+    if adapter is None or provider in ("local", "sim") or not is_callback_provider(adapter):
         raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
     body = await request.body()
     try:

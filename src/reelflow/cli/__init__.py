@@ -4,8 +4,9 @@
 One module per command group, each command written once against `backend.Backend` (the local database, or a
 server with --server): `executions` (run, status, events, cancel, resume, retry, estimate), `services`
 (worker, serve, demo), `database` (migrate, prune), `usage` (models, stats), `keys`; `commands` registers
-them on the app. The plumbing (the app, the consoles, how a body runs and fails) is in `common`; following an
-execution and Ctrl-C in `follow`; `reelflow --help` without loading typer in `helptext`.
+them on the app. The plumbing (the consoles, how a body runs and fails) is in `common`; following an
+execution and Ctrl-C in `follow`; `reelflow --help` and `reelflow run --help` without loading typer in
+`helptext`; typer's app and shared options in `options`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ def main() -> None:
     """The console script `reelflow`."""
     from .helptext import fast_help
 
-    if (text := fast_help(sys.argv[1:])) is not None:
+    args = sys.argv[1:]
+    # httpx's own command line (`httpx.main`: click, pygments, rich's tables and progress bars), which
+    # `import httpx` loads whenever click is installed, is never used here: skipping it saves ~0.1 s
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if (text := fast_help(args)) is not None:
         sys.stdout.write(text)
         return
     from .commands import app

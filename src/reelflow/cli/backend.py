@@ -8,8 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import typer
-
 from ..sdk import event_view
 from .common import err
 from .follow import CtrlC
@@ -32,6 +30,10 @@ class Backend(Protocol):
     async def wait(self, execution_id: str, on_update: Listener | None = None) -> dict[str, Any]: ...
 
     async def cancel(self, execution_id: str) -> dict[str, Any]: ...
+
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        """What the provider logged for one job (the API's `GET .../jobs/{job_id}/logs` answer)."""
+        ...
 
     async def resume(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -93,6 +95,9 @@ class Local:
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.cancel(execution_id)
+
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.runtime.engine.job_logs(execution_id, job_id)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.resume(execution_id)
@@ -175,6 +180,9 @@ class Remote:
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.client.cancel(execution_id)
 
+    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+        return await self.client.job_logs(execution_id, job_id)
+
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.client.resume(execution_id)
 
@@ -222,9 +230,9 @@ def open_backend(server: str | None, api_key: str | None) -> Backend:
 
     if not api_key:
         err().print("[red]error:[/red] --server needs an API key: set REELFLOW_API_KEY or pass --api-key")
-        raise typer.Exit(2)
+        raise SystemExit(2)
     try:
         return Remote(AsyncClient(server, api_key))
     except ValueError as exc:
         err().print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise SystemExit(2) from None

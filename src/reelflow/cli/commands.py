@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from . import database, executions, services, usage
-from .common import app
 from .keys import keys_app
+from .options import app
 
 # the order of `reelflow --help`
 app.command()(executions.run)
 app.command()(executions.status)
 app.command()(executions.events)
+app.command()(executions.logs)
 app.command("list")(executions.list_executions)
 app.command("cancel", help="Cancel an execution: queued jobs are canceled, running ones stopped.")(executions.cancel)
 app.command("resume", help="Re-run only the failed, canceled and skipped jobs of an execution.")(executions.resume)

@@ -1,12 +1,15 @@
-"""The `reelflow` command line's plumbing: the typer app, the consoles, the options the command groups share,
-and how a command body runs on a backend and ends (a message and an exit status).
+"""The `reelflow` command line's plumbing, without typer: the consoles, how a command body runs on a backend
+and ends (a message and an exit status), reading a plan, the configuration check. The typer app and the
+options the command groups share are in `options`.
 
-Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C), 141 stdout closed early.
+Exit status: 0 ok, 1 failed or refused, 2 bad usage, 130 interrupted (Ctrl-C), 141 stdout closed early. An
+exit is a `SystemExit` (click lets it through with its status, as it does its own `Exit`), so this module
+needs no typer.
 
 Start-up stays cheap (`reelflow --help`): rich, the engine, the settings (pydantic), the catalog, the metrics
 (prometheus_client) and httpx are imported by the commands that use them, not here; help is plain text
-(typer's rich help alone cost more than the rest of the start-up), and `reelflow --help` does not even load
-typer (see `helptext`).
+(typer's rich help alone cost more than the rest of the start-up), and `reelflow --help` and `reelflow run
+--help` do not even load typer (see `helptext`).
 """
 
 from __future__ import annotations
@@ -16,59 +19,17 @@ import sys
 from collections.abc import Callable, Coroutine
 from functools import cache, wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
-
-import typer
-from typer.core import TyperGroup
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..client_errors import APIError
 from ..errors import ErrorItem, PlanError, ReelflowError
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from typer._click import Context, HelpFormatter
 
     from .backend import Backend, Local
 
 T = TypeVar("T")
-
-
-class Group(TyperGroup):
-    """A command group whose list shows each command's whole first paragraph (click would cut it short)."""
-
-    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
-        rows: list[tuple[str, str]] = []
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is not None and not cmd.hidden:
-                text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
-                rows.append((name, " ".join(text.split())))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-def typer_app(**options: Any) -> typer.Typer:
-    """A (sub)command group: plain help, no completion, no rich tracebacks."""
-    return typer.Typer(
-        cls=Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-        rich_markup_mode=None, **options,
-    )  # fmt: skip
-
-
-app = typer_app(name="reelflow", help="Run AI video pipelines: plans of generation jobs on a durable queue.")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
-
-ServerOpt = Annotated[
-    str | None, typer.Option("--server", envvar="REELFLOW_SERVER", help="Talk to a reelflow server at this URL.")
-]
-ApiKeyOpt = Annotated[
-    str | None,
-    typer.Option("--api-key", envvar="REELFLOW_API_KEY", help="The API key for --server.", show_default=False),
-]
-PlanArg = Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - for standard input.")]
-IdArg = Annotated[str, typer.Argument(metavar="ID")]
 
 
 WIDE = 1000
@@ -106,10 +67,10 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def fail(message: str, status: int = 1) -> typer.Exit:
+def fail(message: str, status: int = 1) -> SystemExit:
     """Print `error: message` (the message is not markup) and return the exit to raise."""
     err().print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    return typer.Exit(status)
+    return SystemExit(status)
 
 
 class Refused(Exception):
@@ -154,17 +115,6 @@ def configuration_problem() -> str | None:
     return None
 
 
-@app.callback()
-def check_configuration(ctx: typer.Context) -> None:
-    """Every command starts by checking the configuration: a problem is bad usage (exit 2), before anything
-    is done. `--help` still works on a broken configuration."""
-    if ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:]):
-        return
-    problem = configuration_problem()
-    if problem is not None:
-        raise fail(problem, 2)
-
-
 def refused(exc: APIError) -> None:
     """A problem answer: its detail, then each `loc: msg` the detail does not already say."""
     err().print(f"[red]refused:[/red] {exc.detail}", highlight=False)
@@ -194,17 +144,17 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             import os
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            raise typer.Exit(141) from None
+            raise SystemExit(141) from None
         except (ReelflowError, ValueError, OSError) as exc:  # a server that cannot be reached, a timeout too
             err().print(f"[red]error:[/red] {exc}", highlight=False)
         except Refused:
             pass
         except Interrupted:
-            raise typer.Exit(130) from None
+            raise SystemExit(130) from None
         except (KeyboardInterrupt, asyncio.CancelledError):  # a Ctrl-C outside a wait
             err().print("interrupted")
-            raise typer.Exit(130) from None
-        raise typer.Exit(1)
+            raise SystemExit(130) from None
+        raise SystemExit(1)
 
     return wrapper
 
@@ -244,17 +194,17 @@ def read_plan(path: Path) -> Any:
 
     if str(path) != "-" and not path.is_file():
         err().print(f"[red]error:[/red] plan file {str(path)!r} not found")
-        raise typer.Exit(2)
+        raise SystemExit(2)
     try:
         if str(path) == "-":
             return load_plan_text(sys.stdin.read(), filename="<stdin>")
         return load_plan_text(path.read_text(encoding="utf-8"), filename=str(path))
     except PlanError as exc:
         err().print(f"[red]refused:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
     except (OSError, UnicodeDecodeError) as exc:
         err().print(f"[red]error:[/red] cannot read {str(path)!r}: {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise SystemExit(2) from None
 
 
 def print_json(value: Any) -> None:

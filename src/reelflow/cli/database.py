@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import JsonOpt, err, on_local, out, print_json
+from .common import err, on_local, out, print_json
+from .options import JsonOpt
 
 if TYPE_CHECKING:
     from .backend import Local

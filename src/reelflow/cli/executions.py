@@ -1,4 +1,4 @@
-"""The execution commands: run, status, events, list, cancel, resume, retry, estimate; each on the local
+"""The execution commands: run, status, events, logs, list, cancel, resume, retry, estimate; each on the local
 database or, with --server, on a server."""
 
 from __future__ import annotations
@@ -12,20 +12,9 @@ import typer
 
 from ..errors import Conflict
 from ..states import TERMINAL_EXECUTION
-from .common import (
-    ApiKeyOpt,
-    IdArg,
-    JsonOpt,
-    PlanArg,
-    Refused,
-    ServerOpt,
-    err,
-    on_backend,
-    out,
-    print_json,
-    read_plan,
-)
-from .show import exit_for, show_accepted, show_final, show_list, show_state, summary
+from .common import Refused, err, on_backend, out, print_json, read_plan
+from .options import ApiKeyOpt, IdArg, JsonOpt, PlanArg, ServerOpt
+from .show import exit_for, show_list, show_state, summary
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -52,6 +41,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and enqueue a plan and print its execution id; with --wait, follow it to the end."""
+    from .show import show_accepted, show_final
+
     data = read_plan(plan)
 
     async def body(backend: Backend) -> dict[str, Any]:
@@ -59,7 +50,9 @@ def run(
         state = await backend.get(execution_id)
         show_accepted(execution_id, state, as_json, wait)
         if wait:
-            state = await _follow(backend, execution_id, as_json)
+            from .follow import follow
+
+            state = await follow(backend, execution_id, as_json=as_json)
             show_final(state, as_json)
         return state
 
@@ -91,6 +84,42 @@ def events(execution_id: IdArg, server: ServerOpt = None, api_key: ApiKeyOpt = N
             sys.stdout.flush()
 
     on_backend(server, api_key, body)
+
+
+def logs(
+    execution_id: IdArg,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job's id in the plan.")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print machine-readable JSON ({execution_id, job_id, status, provider, provider_job_id, attempt, "
+            "text, truncated, dropped_chars, updated_at}).",
+        ),
+    ] = False,
+) -> None:
+    """Print what the provider logged for one job of an execution (the last 64 KiB, every attempt)."""
+
+    async def body(backend: Backend) -> dict[str, Any]:
+        return await backend.job_logs(execution_id, job)
+
+    answer = on_backend(server, api_key, body)
+    if as_json:
+        print_json(answer)
+        return
+    where = ", ".join(str(v) for v in (answer["provider"], answer["provider_job_id"]) if v)
+    head = f"job {answer['job_id']} ({answer['status']}{', ' + where if where else ''})"
+    if answer["attempt"] is None:
+        err().print(f"{head}: nothing logged yet", highlight=False, markup=False)
+        return
+    note = f", {answer['dropped_chars']} earlier characters left out" if answer["truncated"] else ""
+    err().print(
+        f"{head}, attempt {answer['attempt']}, updated {answer['updated_at']}{note}", highlight=False, markup=False
+    )
+    sys.stdout.write(answer["text"] if answer["text"].endswith("\n") or not answer["text"] else answer["text"] + "\n")
+    sys.stdout.flush()
 
 
 StatusOpt = Annotated[

@@ -1,7 +1,7 @@
-"""`reelflow --help` printed without loading typer, the largest part of the start-up: the text typer prints
-at its usual width (78 columns: on a terminal of 80 or more, or on none). `render` gives typer's text;
-tests/test_startup.py checks `TEXT` against it (after a change of commands: `python -m reelflow.cli.helptext`
-prints the new text)."""
+"""`reelflow --help` and `reelflow run --help` printed without loading typer, the largest part of their
+start-up: the text typer prints at its usual width (78 columns: on a terminal of 80 or more, or on none).
+`render` gives typer's text; tests/test_startup.py checks `TEXT` and `RUN_TEXT` against it (after a change
+of commands or of `run`'s options: `python -m reelflow.cli.helptext` prints both texts)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 
 WIDTH = 78
 USAGE = "Usage: {prog} [OPTIONS] COMMAND [ARGS]..."
+RUN_USAGE = "Usage: {prog} run [OPTIONS] {plan}"
 TEXT = """\
 Usage: {prog} [OPTIONS] COMMAND [ARGS]...
 
@@ -24,6 +25,8 @@ Commands:
   status    Show an execution's state (exit 1 when it failed or was canceled).
   events    Print an execution's event log, one JSON object per line (with
             --server: followed to the end).
+  logs      Print what the provider logged for one job of an execution (the
+            last 64 KiB, every attempt).
   list      List executions, newest first (id, status, progress, cost,
             created).
   cancel    Cancel an execution: queued jobs are canceled, running ones
@@ -54,6 +57,25 @@ Commands:
   keys      Manage API keys (each belongs to one tenant).
 """
 
+RUN_TEXT = """\
+Usage: {prog} run [OPTIONS] {plan}
+
+  Validate and enqueue a plan and print its execution id; with --wait, follow
+  it to the end.
+
+Arguments:
+  plan <path>  Plan file (YAML or JSON), or - for standard input.  [required]
+
+Options:
+  --wait           Wait for the end, showing progress (on stderr).
+  --webhook <str>  Deliver the final state to this URL.
+  --server <str>   Talk to a reelflow server at this URL.  [env var:
+                   REELFLOW_SERVER]
+  --api-key <str>  The API key for --server.  [env var: REELFLOW_API_KEY]
+  --json           Print machine-readable JSON (the API's execution state).
+  --help           Show this message and exit.
+"""
+
 
 def program_name() -> str:
     """The name typer (click) shows in the usage line: the script's, or `python -m package`."""
@@ -66,27 +88,40 @@ def program_name() -> str:
 
 
 def fast_help(args: list[str]) -> str | None:
-    """The top-level help when that is all that was asked and typer would print exactly `TEXT`, else None."""
-    if args != ["--help"]:
+    """The top-level help, or `run`'s, when that is all that was asked and typer would print exactly `TEXT`
+    or `RUN_TEXT`, else None."""
+    if args == ["--help"]:
+        usage, text = USAGE, TEXT
+    elif args == ["run", "--help"]:
+        usage, text = RUN_USAGE, RUN_TEXT
+    else:
         return None
     import shutil
 
     prog = program_name()
-    if shutil.get_terminal_size().columns < WIDTH + 2 or len(USAGE.format(prog=prog)) > WIDTH:
+    if shutil.get_terminal_size().columns < WIDTH + 2 or len(usage.replace("{prog}", prog)) > WIDTH:
         return None
-    return TEXT.replace("{prog}", prog)
+    return text.replace("{prog}", prog)
 
 
-def render(prog: str) -> str:
-    """What typer prints for `--help` at `WIDTH` (what `TEXT` must be, `{prog}` for the program's name)."""
+def render(prog: str, command: str | None = None) -> str:
+    """What typer prints for `--help` (or `COMMAND --help`) at `WIDTH`: what `TEXT` (`RUN_TEXT`) must be,
+    with `{prog}` for the program's name."""
+    import typer.core
     import typer.main
 
     from .commands import app
 
     group = typer.main.get_command(app)
     with group.make_context(prog, [], resilient_parsing=True, terminal_width=WIDTH) as ctx:
-        return group.get_help(ctx) + "\n"
+        if command is None:
+            return group.get_help(ctx) + "\n"
+        assert isinstance(group, typer.core.TyperGroup)
+        cmd = group.get_command(ctx, command)
+        assert cmd is not None, command
+        with cmd.make_context(command, [], parent=ctx, resilient_parsing=True) as sub:
+            return str(cmd.get_help(sub)) + "\n"
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render("{prog}"))
+    sys.stdout.write(f'TEXT = """\\\n{render("{prog}")}"""\n\nRUN_TEXT = """\\\n{render("{prog}", "run")}"""\n')

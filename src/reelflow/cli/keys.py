@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import JsonOpt, Refused, err, on_local, out, print_json, typer_app
+from .common import Refused, err, on_local, out, print_json
+from .options import JsonOpt, typer_app
 
 if TYPE_CHECKING:
     from ..keys import NewKey

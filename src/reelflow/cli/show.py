@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import typer
-
 from ..states import TERMINAL_EXECUTION
 from .common import err, out, print_json
 
@@ -46,7 +44,7 @@ def exit_for(state: dict[str, Any], *, finished_only: bool = False) -> None:
     """Exit status 1 unless the execution succeeded; with `finished_only`, 0 too while it has not ended."""
     if state["status"] == "succeeded" or (finished_only and state["status"] not in TERMINAL_EXECUTION):
         return
-    raise typer.Exit(1)
+    raise SystemExit(1)
 
 
 def show_final(state: dict[str, Any], as_json: bool) -> None:

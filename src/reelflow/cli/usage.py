@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import ApiKeyOpt, ServerOpt, fail, on_backend, out, print_json
+from .common import fail, on_backend, out, print_json
+from .options import ApiKeyOpt, ServerOpt
 
 if TYPE_CHECKING:
     from .backend import Backend

@@ -47,6 +47,7 @@ MAX_DATA_URL_BYTES = 64 * 1024 * 1024
 """The largest output accepted inline as a `data:` URL (it came in a provider's JSON answer already)."""
 
 Prober = Callable[[Path], Awaitable[dict[str, Any]]]
+QuickProber = Callable[[Path], dict[str, Any] | None]
 
 
 def expected_kinds(job_type: str, model: str | None) -> frozenset[str]:
@@ -92,12 +93,28 @@ def _checked_text(path: Path) -> int:
     return size
 
 
-async def judge(path: Path, job_type: str, model: str | None, probe: Prober) -> dict[str, Any]:
+def _first_look(
+    path: Path, kinds: frozenset[str], quick_probe: QuickProber | None
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The file's first bytes, and when they may be the media the job makes, `quick_probe`'s answer (None
+    when there is none): both in one trip off the event loop."""
+    head = _head(path)
+    if quick_probe is None or not kinds & MEDIA or media.indirect_format(head) is not None:
+        return head, None
+    if media.looks_like_text(head):
+        return head, None
+    return head, quick_probe(path)
+
+
+async def judge(
+    path: Path, job_type: str, model: str | None, probe: Prober, *, quick_probe: QuickProber | None = None
+) -> dict[str, Any]:
     """What the output at `path` is (probe() fields, or its size for text) when it is what the job makes;
-    otherwise PermanentError: "the output is not a video: it is ..."."""
+    otherwise PermanentError: "the output is not a video: it is ...". `quick_probe` (blocking, run in the
+    thread that reads the file's first bytes) may answer for `probe`; when it gives None, `probe` decides."""
     kinds = expected_kinds(job_type, model)
     wanted = describe(kinds)
-    head = await asyncio.to_thread(_head, path)
+    head, quick = await asyncio.to_thread(_first_look, path, kinds, quick_probe)
     if (indirect := media.indirect_format(head)) is not None:
         raise PermanentError(
             f"the output is not {wanted}: it is {indirect}, a format that makes a reader open other files "
@@ -114,7 +131,7 @@ async def judge(path: Path, job_type: str, model: str | None, probe: Prober) -> 
     if not kinds & MEDIA:
         raise PermanentError(f"the output is not {wanted}: it is binary data")
     try:
-        info = await probe(path)
+        info = quick if quick is not None else await probe(path)
     except media.MediaLimitError as exc:
         raise PermanentError(f"the output could not be checked: {exc}") from exc
     except media.MediaError as exc:

@@ -52,7 +52,7 @@ def build_execution(
     estimated from `catalog`'s prices (the default catalog when None)."""
     catalog = catalog or default_catalog()
     deps = plan.dependencies()
-    dependents = plan.dependents()
+    dependents = plan.dependents(deps)
     jobs = []
     total = 0.0
     for pos, job in enumerate(plan.jobs):
@@ -100,9 +100,13 @@ def build_execution(
 def check_credentials(plan: Plan) -> None:
     """A job whose provider has no key configured is refused now, not after a worker claims it."""
     problems = []
+    missing: dict[str | None, str | None] = {}  # by provider: a plan names few providers, often
     for i, job in enumerate(plan.jobs):
         for model in job.models:
-            if var := missing_credential(model.split("/", 1)[0]):
+            provider = model.split("/", 1)[0]
+            if provider not in missing:
+                missing[provider] = missing_credential(provider)
+            if var := missing[provider]:
                 problems.append(
                     ErrorItem(["jobs", i, "model"], f"job '{job.id}': {model} needs {var}, which is not set")
                 )
@@ -213,6 +217,14 @@ class Engine:
         if state is None:
             raise NotFound(f"execution {execution_id!r} not found")
         return state
+
+    async def job_logs(self, execution_id: str, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """One job's provider log; NotFound naming what is unknown (the execution, or the job in it)."""
+        found = await self.store.job_logs(execution_id, job_id, tenant)
+        if found is None:
+            await self.get(execution_id, tenant)
+            raise NotFound(f"job {job_id!r} not found in execution {execution_id!r}")
+        return found
 
     async def cancel(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
         return await self.store.cancel_execution(execution_id, tenant)

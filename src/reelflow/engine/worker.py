@@ -37,7 +37,6 @@ from ..media_limits import limits_of
 from ..net import MAX_OUTPUT_BYTES, EgressGuard, EgressPolicy, fetch_output, guarded_client
 from ..plan import resolve_references
 from ..providers.base import (
-    CallbackProvider,
     CannotReconcile,
     PermanentError,
     ProgressUpdate,
@@ -47,12 +46,13 @@ from ..providers.base import (
     Reconciling,
     Task,
     TransientError,
+    is_callback_provider,
 )
 from ..providers.catalog import Catalog, default_catalog
 from ..providers.http import RateGate
 from ..providers.registry import Providers, reads_local_files
 from ..storage import Storage, artifact_key, open_storage
-from ..store.base import ClaimedJob, JobOutcome, ProgressReport, Store
+from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
 from ..store.common import iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
@@ -73,6 +73,11 @@ CLAIM_RETRY_S = 2.0
 """Pause after a claim failed (the database unreachable past the store's own retries)."""
 DOWNLOADS_IN_FLIGHT = 16
 """Output downloads under way at once in one worker; the rest wait their turn."""
+CLAIM_GROWTH_MAX = 4
+"""While each claim comes back full (a deep queue), the next asks for up to this many times `batch_size`:
+a claim, the cache lookup of what it claimed and the write of their provider ids are one store trip each
+for the whole batch; 10,000 queued jobs took 40 of each, 250 jobs a trip (~1.7 s to start them all on
+SQLite). A claim that comes back short brings the batch back to `batch_size`."""
 
 
 def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
@@ -125,6 +130,18 @@ class _Held:
     provider_job_id: str | None = None
     stop_reason: str | None = None  # canceled (its provider work is cancelled too) | lost | shutdown
     work: Task | None = None
+    # what the provider told, kept for the next progress write or the outcome (see `Worker._note`)
+    percent: float = 0.0
+    queue_position: int | None = None
+    submitted_at: float | None = None
+    """When this attempt handed the work to its provider (None: it adopted work submitted earlier)."""
+    phase: str | None = None
+    phase_seen_queued: bool = False
+    started_at: float | None = None
+    queued_s: float | None = None
+    phase_sent: str | None = None
+    start_sent: bool = False
+    log_sent: int = 0
 
 
 class Worker:
@@ -286,6 +303,7 @@ class Worker:
         poll = self.settings.poll_interval_s
         next_recover = 0.0
         next_until = 0.0
+        growth = 1  # see CLAIM_GROWTH_MAX
         while not self._stopping:
             self._wake.clear()
             now = time.monotonic()
@@ -295,7 +313,7 @@ class Worker:
                     await self._recover()
                 except Exception:
                     log.exception("worker %s: recovering expired leases failed; trying again later", self.id)
-            want = min(self._free_slots(), self.batch_size)
+            want = min(self._free_slots(), self.batch_size * growth)
             try:
                 self._claims_under_way += 1
                 self._claims_begun += 1
@@ -318,8 +336,10 @@ class Worker:
                 if await until():
                     return
             if claimed and len(claimed) == want:
+                growth = min(growth * 2, CLAIM_GROWTH_MAX)
                 await asyncio.sleep(0)  # let the new tasks start before claiming more
                 continue
+            growth = 1
             await self._idle(poll)
 
     async def _idle(self, poll: float) -> None:
@@ -506,8 +526,16 @@ class Worker:
             reports = [r for r in self._progress.values() if r.job_id in self.held]
             self._progress.clear()
             self._last_progress_flush = time.monotonic()
+            for r in reports:
+                r.note = self._note(self.held[r.job_id])
             if reports:
-                await self.store.report_progress(reports)
+                try:
+                    await self.store.report_progress(reports)
+                except BaseException:  # what the notes carried goes with the next write
+                    for r in reports:
+                        if r.note is not None and (held := self.held.get(r.job_id)) is not None:
+                            held.phase_sent, held.start_sent, held.log_sent = None, False, -1
+                    raise
 
     def _persist_provider_id(self, c: ClaimedJob, pid: str) -> None:
         """Record the provider's id of the job with the next flush, without waiting for it: waiting would not
@@ -555,10 +583,59 @@ class Worker:
         if held.stop_reason is not None:  # stopped from here: whatever it produced no longer counts
             outcome = None
         if outcome is not None:
+            work = held.work
+            if work is not None and work.provider_queued_s is not None:  # it started, then failed: when, still
+                self._provider_started(held, work, time.time())
+            outcome.note = self._note(held, final=True)
             self._log_outcome(c, outcome)
             metrics.job_finished(c.type, c.provider, outcome.status, time.time() - c.started_at, outcome.cost_usd)
             self._outcomes.append(outcome)
             self._flush.set()
+
+    @staticmethod
+    def _note(held: _Held, *, final: bool = False) -> JobNote | None:
+        """What the provider told about the attempt that was not written yet (phase, start, log), marked as
+        written; None when nothing new. The outcome's note (`final`) leaves out the phase: it no longer shows."""
+        task = held.work
+        log_new = task is not None and task.log.version != held.log_sent
+        phase_new = held.phase != held.phase_sent and not final
+        start_new = held.started_at is not None and not held.start_sent
+        if not (log_new or phase_new or start_new):
+            return None
+        held.phase_sent, held.start_sent = held.phase, held.started_at is not None
+        if task is not None:
+            held.log_sent = task.log.version
+        return JobNote(
+            attempt=held.claim.attempts,
+            log=task.log.text if log_new and task is not None else None,
+            log_dropped=task.log.dropped if task is not None else 0,
+            phase=held.phase,
+            submitted_at=held.submitted_at,
+            started_at=held.started_at,
+            queued_s=held.queued_s,
+        )
+
+    def _log_changed(self, held: _Held) -> None:
+        """The provider's log of a held job grew: written with the next progress write (at most one every
+        PROGRESS_FLUSH_S), without a `job.progress` event when nothing else changed."""
+        job_id = held.claim.id
+        if self.held.get(job_id) is held and job_id not in self._progress:
+            self._progress[job_id] = ProgressReport(
+                job_id, self.id, held.percent, held.queue_position, None, event=False
+            )
+
+    @staticmethod
+    def _provider_started(held: _Held, task: Task, now: float) -> None:
+        """The work began at the provider: when (by the provider's own figure of its queue time when given)."""
+        if held.started_at is not None:
+            return
+        queued = task.provider_queued_s
+        if queued is None and held.phase_seen_queued and held.submitted_at is not None:
+            queued = max(0.0, now - held.submitted_at)
+        elif queued is None and held.submitted_at is not None:  # never said it was queued: it started at once
+            queued = 0.0
+        held.queued_s = queued
+        held.started_at = held.submitted_at + queued if held.submitted_at is not None and queued is not None else now
 
     @staticmethod
     def _log_outcome(c: ClaimedJob, outcome: JobOutcome) -> None:
@@ -626,6 +703,7 @@ class Worker:
             possible_duplicate=lambda why: self._possible_duplicate(c, c.provider or provider.name, why),
         )
         held.work = task
+        task.log.on_change = lambda: self._log_changed(held)
         try:
             pid = c.provider_job_id
             if pid is None and task.unsettled and getattr(provider, "paid", False):
@@ -634,12 +712,15 @@ class Worker:
                 gate = await self._circuit_gate(provider, c)
                 if isinstance(gate, JobOutcome):
                     return gate
+                held.submitted_at = time.time()
                 pid = await self._submit_through(gate, provider, task, c, held)
             else:
                 held.provider_job_id = pid
                 task.resumed = True
                 log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
-            result = await self._wait(provider, task, pid, c)
+            result = await self._wait(provider, task, pid, c, held)
+            if held.phase is not None or task.provider_queued_s is not None:
+                self._provider_started(held, task, time.time())
             job_result = await self._store_outputs(result, task, c.tenant)
             return JobOutcome(
                 c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key, seq=c.seq
@@ -691,7 +772,7 @@ class Worker:
 
     def _callback_url(self, provider: Provider, c: ClaimedJob) -> str | None:
         """The URL the provider should call when this job's work ends, when callbacks are on and it takes them."""
-        if not self.settings.callbacks_enabled or not isinstance(provider, CallbackProvider):
+        if not self.settings.callbacks_enabled or not is_callback_provider(provider):
             return None
         if not getattr(provider, "callbacks_ready", True):
             return None
@@ -914,7 +995,7 @@ class Worker:
                 inputs[name] = p
         return inputs
 
-    async def _wait(self, provider: Provider, task: Task, pid: str, c: ClaimedJob) -> ProviderResult:
+    async def _wait(self, provider: Provider, task: Task, pid: str, c: ClaimedJob, held: _Held) -> ProviderResult:
         phase = "running"
         submitted = time.time()
         deadlines: list[tuple[float, str]] = []
@@ -926,10 +1007,18 @@ class Worker:
         def report(update: ProgressUpdate) -> None:
             nonlocal phase
             phase = update.phase
+            held.phase, held.percent, held.queue_position = phase, float(update.percent or 0.0), update.queue_position
+            held.phase_seen_queued = held.phase_seen_queued or phase == "queued"
+            if phase == "running":
+                self._provider_started(held, task, time.time())
             self._progress[c.id] = ProgressReport(
                 c.id, self.id, float(update.percent or 0.0), update.queue_position, update.message
             )
 
+        if not deadlines and c.start_timeout_s is None:
+            # No deadline to watch: wait in this task. A second task per job, and asyncio.wait's future, set and
+            # callbacks, were ~2 KB a job (20 MB of 10,000 jobs in flight) for nothing to time out.
+            return await provider.wait(task, pid, report)
         waiting = asyncio.ensure_future(provider.wait(task, pid, report))
         try:
             while True:
@@ -1010,15 +1099,19 @@ class Worker:
             )
         return self._http
 
+    def _put(self, path: Path, suffix: str) -> tuple[str, str, Path | None]:
+        """Store a file: its key, URL and local path (when the storage is local). Blocking: one thread trip."""
+        key = self.storage.put_file(path, suffix)
+        return key, self.storage.url(key), self.storage.local_path(key)
+
     async def _store_file(self, path: Path, content_type: str | None, task: Task) -> dict[str, Any]:
         """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
         PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        info = await judge_output(path, task.type, task.model, self._probes.probe)
-        key = await asyncio.to_thread(self.storage.put_file, path, suffix)
-        local = self.storage.local_path(key)
+        info = await judge_output(path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick)
+        key, url, local = await asyncio.to_thread(self._put, path, suffix)
         entry: dict[str, Any] = {
-            "url": await asyncio.to_thread(self.storage.url, key),
+            "url": url,
             "key": key,
             "content_type": content_type or media.CONTENT_TYPES.get(suffix, "application/octet-stream"),
         }

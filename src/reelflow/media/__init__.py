@@ -38,7 +38,9 @@ from .runner import (
     X264_PRESET,
     MediaError,
     MediaLimitError,
+    command_summary,
     ffmpeg_exe,
+    tool_log,
 )
 from .synthesis import espeak_voice, make_audio, make_image, make_video, speech_available
 
@@ -74,6 +76,7 @@ __all__ = [
     "MediaLimitError",
     "ProbeBatcher",
     "captions",
+    "command_summary",
     "concat",
     "espeak_voice",
     "ffmpeg_exe",
@@ -95,5 +98,6 @@ __all__ = [
     "speech_available",
     "spread_text",
     "thumbnail",
+    "tool_log",
     "transcode",
 ]

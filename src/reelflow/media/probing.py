@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
+from ..media_limits import current_limits
 from . import runner
-from .runner import MediaError, _file_size, _input, _is_still, _probe_limit, _tail, ffmpeg_exe
+from .runner import (
+    DEMUXERS,
+    PROTOCOLS,
+    MediaError,
+    _file_size,
+    _input,
+    _is_still,
+    _probe_limit,
+    _tail,
+    ffmpeg_exe,
+)
 
 # --------------------------------------------------------------------------------------------------
 # probe
@@ -93,7 +106,11 @@ def parse_probe(stderr: str, size: int) -> dict[str, Any] | None:
     duration = None
     if m_dur and m_dur.group(1) is not None:
         duration = int(m_dur.group(1)) * 3600 + int(m_dur.group(2)) * 60 + float(m_dur.group(3))
-    fmt = m_input.group(1)
+    return _info(m_input.group(1), duration, streams, size)
+
+
+def _info(fmt: str, duration: float | None, streams: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """probe()'s dict from a container's format name, its duration and its video and audio streams."""
     video = next((s for s in streams if s["type"] == "video"), None)
     if video is not None and (duration is None or fmt == "image2" or fmt.endswith("_pipe")):
         duration = None  # a still image (the image2 demuxer reports one frame's duration)
@@ -111,8 +128,127 @@ def parse_probe(stderr: str, size: int) -> dict[str, Any] | None:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# in-process probe: PyAV's FFmpeg libraries read the header in this process (a thread of it), saving the
+# ~10 ms of CPU an ffmpeg process costs to start. The values are the ones `ffmpeg -i` prints, rounded as it
+# prints them, so both ways give the same dict. Whatever PyAV cannot open goes to the ffmpeg run, which
+# words the error; without PyAV (or with REELFLOW_PROBE_IN_PROCESS=false) every probe is an ffmpeg run.
+
+_AV_UNLOADED: Any = object()
+_av_module: Any = _AV_UNLOADED
+_ATTACHED_PIC = 0x0400
+"""AV_DISPOSITION_ATTACHED_PIC: cover art, which `ffmpeg -i` marks "(attached pic)" and probe() leaves out."""
+_INT64_MAX = 2**63 - 1
+
+
+def _pyav() -> Any | None:
+    """The `av` module when probes may run in this process, else None (imported once, on first use)."""
+    global _av_module
+    if not current_limits().probe_in_process:
+        return None
+    if _av_module is _AV_UNLOADED:
+        try:
+            _av_module = importlib.import_module("av")
+        except Exception:  # not installed, or its libraries cannot load: ffmpeg runs it is
+            _av_module = None
+    return _av_module
+
+
+def in_process_available() -> bool:
+    """Whether probes run in this process (PyAV installed, REELFLOW_PROBE_IN_PROCESS on)."""
+    return _pyav() is not None
+
+
+def _printed_rate(rate: Any) -> float | None:
+    """A stream rate as `ffmpeg -i` prints it ("23.98 fps", "24 tbr", "90k tbn"), read back as probe() reads
+    it; None when ffmpeg prints none (a zero numerator or denominator)."""
+    if rate is None or not rate.numerator or not rate.denominator:
+        return None
+    d = rate.numerator / rate.denominator
+    v = round(struct.unpack("f", struct.pack("f", d * 100))[0])  # lrintf(d * 100): float, half to even
+    if v == 0:
+        return float(f"{d:1.4f}")
+    if v % 100:
+        return float(f"{d:3.2f}")
+    if v % (100 * 1000):
+        return float(f"{d:1.0f}")
+    return float(f"{d / 1000:1.0f}") * 1000
+
+
+def _printed_duration(us: int | None) -> float | None:
+    """A container's duration (microseconds) as `ffmpeg -i` prints it (HH:MM:SS.cc, to the nearest 1/100 s)
+    and probe() reads it back; None for N/A (and for a negative one, which probe() does not read)."""
+    if us is None:
+        return None
+    d = us + (5000 if us <= _INT64_MAX - 5000 else 0)
+    if d < 0:
+        return None
+    secs, rest = divmod(d, 1_000_000)
+    mins, secs = divmod(secs, 60)
+    hours, mins = divmod(mins, 60)
+    return hours * 3600 + mins * 60 + float(f"{secs:02d}.{rest * 100 // 1_000_000:02d}")
+
+
+def _channels(layout_name: str) -> int | None:
+    """Channels of an audio stream from its layout's description, as probe() reads `ffmpeg -i`'s."""
+    name = layout_name.split("(")[0].strip()
+    if name in _CHANNELS:
+        return _CHANNELS[name]
+    m = re.fullmatch(r"(\d+) channels(?: \(.*\))?", layout_name)
+    return int(m.group(1)) if m else None
+
+
+def _describe(container: Any, size: int) -> dict[str, Any] | None:
+    streams: list[dict[str, Any]] = []
+    for st in container.streams:
+        if st.type not in ("video", "audio") or int(st.disposition) & _ATTACHED_PIC:
+            continue
+        cc = st.codec_context
+        codec = str(cc.codec.canonical_name)  # avcodec_get_name(codec id), as ffmpeg prints it
+        if st.type == "video":
+            width, height = (int(cc.width), int(cc.height)) if cc.width else (None, None)
+            fps = _printed_rate(st.average_rate) or _printed_rate(st.base_rate)
+            streams.append({"type": "video", "codec": codec, "width": width, "height": height, "fps": fps})
+        else:
+            streams.append(
+                {
+                    "type": "audio",
+                    "codec": codec,
+                    "sample_rate": int(cc.sample_rate) or None,
+                    "channels": _channels(str(cc.layout.name)),
+                }
+            )
+    if not streams:
+        return None
+    return _info(str(container.format.name), _printed_duration(container.duration), streams, size)
+
+
+def probe_in_process(path: Path, time_limit_s: float | None = None) -> dict[str, Any] | None:
+    """probe()'s dict for `path`, read by PyAV in this process (blocking: run it in a thread); None when PyAV
+    is not there or cannot read the file as media (an ffmpeg run then probes it and words the error). The
+    file is opened as `ffmpeg -i` opens it: the file protocol only, as one of runner.DEMUXERS."""
+    av = _pyav()
+    if av is None:
+        return None
+    try:
+        size = _file_size(path)
+        options = {"protocol_whitelist": PROTOCOLS, "format_whitelist": DEMUXERS}
+        limit = _probe_limit() if time_limit_s is None else time_limit_s
+        with av.open(f"file:{Path(path).absolute()}", options=options, timeout=limit) as container:
+            return _describe(container, size)
+    except Exception:  # PyAV's errors, or a value it did not have: the ffmpeg run decides
+        return None
+
+
 async def probe(path: Path) -> dict[str, Any]:
     """Duration, size, container and streams of a media file (MediaError when it is not media)."""
+    if _pyav() is not None and (info := await asyncio.to_thread(probe_in_process, path, _probe_limit())):
+        return info
+    return await _probe_ffmpeg(path)
+
+
+async def _probe_ffmpeg(path: Path) -> dict[str, Any]:
+    """probe() by an ffmpeg run under the caps."""
     try:
         size = _file_size(path)
     except OSError as exc:
@@ -143,6 +279,8 @@ async def probe_many(paths: list[Path]) -> list[dict[str, Any] | MediaError]:
     """`probe` for several files with one ffmpeg run (each run costs ~10 ms of start-up alone): ffmpeg
     opens every input and prints each one's header. A file it cannot open stops it there; that file and
     the ones after it are probed alone."""
+    if _pyav() is not None:
+        return [await _probe_or_error(p) for p in paths]
     if len(paths) <= 1:
         return [await _probe_or_error(p) for p in paths]
     args = [ffmpeg_exe(), "-y", "-hide_banner", "-nostdin"]
@@ -163,13 +301,13 @@ async def probe_many(paths: list[Path]) -> list[dict[str, Any] | MediaError]:
                 info = parse_probe(sections[i], _file_size(path))
             except OSError:
                 info = None
-        results.append(info if info is not None else await _probe_or_error(path))
+        results.append(info if info is not None else await _probe_or_error(path, ffmpeg=True))
     return results
 
 
-async def _probe_or_error(path: Path) -> dict[str, Any] | MediaError:
+async def _probe_or_error(path: Path, *, ffmpeg: bool = False) -> dict[str, Any] | MediaError:
     try:
-        return await probe(path)
+        return await (_probe_ffmpeg(path) if ffmpeg else probe(path))
     except MediaError as exc:
         return exc
 
@@ -184,8 +322,15 @@ class ProbeBatcher:
         self._pending: list[tuple[Path, asyncio.Future[dict[str, Any]]]] = []
         self._runs = asyncio.Semaphore(parallel)
         self._flushing = False
+        _pyav()  # PyAV's libraries load now (~60 ms of CPU), not during the first job's hand-off
+
+    def quick(self, path: Path) -> dict[str, Any] | None:
+        """probe()'s answer when it can be had in this process (blocking: call it from a thread), else None."""
+        return probe_in_process(path)
 
     async def probe(self, path: Path) -> dict[str, Any]:
+        if _pyav() is not None:  # no process to share: each file is read at once, in a thread
+            return await probe(path)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((path, fut))
         if not self._flushing:

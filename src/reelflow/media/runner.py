@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import functools
 import logging
@@ -18,6 +19,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -55,6 +57,39 @@ CONTENT_TYPES: dict[str, str] = {
 
 
 _STDERR_TAIL_LINES = 6
+
+tool_log: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "reelflow_tool_log", default=None
+)
+"""Where the runs of this context are told, when set (the local provider sets it to the job's log): each
+command, shortened, then how it ended, with the last lines of its stderr when it failed."""
+LOG_TAIL_LINES = 20
+_ARG_KEEP = 160
+_COMMAND_KEEP = 1200
+
+
+def command_summary(cmd: Sequence[str]) -> str:
+    """A command as one readable line: paths by their file name, long arguments (filter graphs) shortened."""
+    parts: list[str] = []
+    for i, arg in enumerate(cmd):
+        scheme, _, rest = arg.partition(":") if arg.startswith("file:") else ("", "", arg)
+        if i == 0:
+            text = _tool(arg)
+        elif rest.startswith("/") and "\n" not in rest:  # a file: its name is enough (and hides our folders)
+            text = f"{scheme}:{Path(rest).name}" if scheme else Path(rest).name
+        else:
+            text = arg
+        if len(text) > _ARG_KEEP:
+            text = f"{text[:_ARG_KEEP]}…[{len(text) - _ARG_KEEP} more chars]"
+        parts.append(text if text and not re.search(r"[\s'\"]", text) else repr(text))
+    line = " ".join(parts)
+    return line if len(line) <= _COMMAND_KEEP else f"{line[:_COMMAND_KEEP]}…[{len(line) - _COMMAND_KEEP} more chars]"
+
+
+def _tell(line: str) -> None:
+    sink = tool_log.get()
+    if sink is not None:
+        sink(line)
 
 
 class MediaError(Exception):
@@ -230,6 +265,35 @@ async def _exec(
     """
     limits = current_limits()
     limit_s = time_limit_s if time_limit_s is not None else limits.ffmpeg_timeout_s
+    told = check and tool_log.get() is not None  # probes (check=False) fail by design: not worth a line
+    if told:
+        _tell(f"$ {command_summary(cmd)}")
+    began = time.monotonic()
+    try:
+        code, text = await _run_capped(op, cmd, limits, limit_s, slot=slot, time_limit_s=time_limit_s)
+    except MediaError as exc:
+        if told:
+            _tell(f"{_tool(cmd[0])}: {exc}")
+        raise
+    if not told:
+        pass
+    elif code != 0:
+        kept = [ln.rstrip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
+        tail = kept[-LOG_TAIL_LINES:]
+        omitted = f" ({len(kept) - len(tail)} earlier lines not shown)" if len(kept) > len(tail) else ""
+        _tell(f"{_tool(cmd[0])} exited with {code} after {time.monotonic() - began:.2f} s; stderr{omitted}:")
+        for ln in tail:
+            _tell(f"  {ln}")
+    else:
+        _tell(f"{_tool(cmd[0])} done in {time.monotonic() - began:.2f} s")
+    if check and code != 0:
+        raise MediaError(f"{op}: {_tool(cmd[0])} failed (exit {code}): {_tail(text)}")
+    return code, text
+
+
+async def _run_capped(
+    op: str, cmd: Sequence[str], limits: MediaLimits, limit_s: float, *, slot: bool, time_limit_s: float | None
+) -> tuple[int, str]:
     async with _slots(limits) if slot else contextlib.nullcontext():
         try:
             # spawned from the event loop's thread: PDEATHSIG fires when the thread that forked the child ends
@@ -266,8 +330,6 @@ async def _exec(
     if code < 0 and -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
         name = signal.Signals(-code).name
         raise MediaLimitError(f"{op}: stopped: {tool} crashed ({name}), most likely at its {_memory_cap(limits)}")
-    if check and code != 0:
-        raise MediaError(f"{op}: {tool} failed (exit {code}): {_tail(text)}")
     return code, text
 
 

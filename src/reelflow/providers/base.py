@@ -12,12 +12,104 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 # defined below the providers (net.py raises them too); every provider imports them from here
 from ..errors import PermanentError as PermanentError
 from ..errors import ProviderError as ProviderError
 from ..errors import TransientError as TransientError
+
+LOG_LIMIT_CHARS = 64 * 1024
+"""The most of a job's provider log kept (its end): what comes before is dropped, and the count of what was
+dropped is kept and shown (nothing is cut silently)."""
+_LOG_SEEN_KEEP = 4096
+"""Keys of log entries already taken from a provider that returns entries (fal), kept to skip repeats."""
+
+
+class ProviderLog:
+    """What a provider said while it worked on one attempt of one job: its log lines, bounded to the last
+    LOG_LIMIT_CHARS characters, with the number of characters dropped before them.
+
+    Adapters feed it the way their provider gives logs: `replace` with a whole log so far (Replicate's `logs`
+    string grows with each look), `merge_entries` with entries that may repeat from one look to the next (fal's
+    status with `logs=1`: the entries so far, or only new ones; both readings work), `add` for lines of one's own
+    (the local ffmpeg provider). `version` counts changes; `on_change`, set by the worker, hears of each one."""
+
+    def __init__(self, limit: int = LOG_LIMIT_CHARS) -> None:
+        self.limit = max(1, limit)
+        self.text = ""
+        self.dropped = 0
+        self.version = 0
+        self.on_change: Callable[[], None] | None = None
+        self._own = ""  # lines added with `add`/`merge_entries` (kept apart from a provider's whole log)
+        self._own_dropped = 0
+        self._replaced = ""  # the last whole log given to `replace`
+        self._replaced_dropped = 0
+        self._seen: dict[tuple[str, str], None] = {}
+
+    def _changed(self) -> None:
+        whole = self._own + self._replaced
+        extra = max(0, len(whole) - self.limit)
+        self.text = whole[extra:]
+        self.dropped = self._own_dropped + self._replaced_dropped + extra
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def _bound_own(self) -> None:
+        if len(self._own) > self.limit:
+            cut = len(self._own) - self.limit
+            self._own = self._own[cut:]
+            self._own_dropped += cut
+
+    def add(self, line: str) -> None:
+        """Append one line (or several, newline-separated) of our own."""
+        if not line:
+            return
+        self._own += line if line.endswith("\n") else line + "\n"
+        self._bound_own()
+        self._changed()
+
+    def replace(self, whole: str | None) -> None:
+        """The provider's whole log so far; nothing changes when it is the same as last time."""
+        if not isinstance(whole, str) or whole == self._replaced:
+            return
+        if len(whole) > self.limit:
+            self._replaced_dropped = len(whole) - self.limit
+            whole = whole[-self.limit :]
+        else:
+            self._replaced_dropped = 0
+        if whole == self._replaced:
+            return
+        self._replaced = whole
+        self._changed()
+
+    def merge_entries(self, entries: Any) -> None:
+        """Log entries (`timestamp`, `level`, `source`, `message`) of which some may have been given before:
+        the new ones are appended, in order; anything that is not a list of objects is ignored."""
+        if not isinstance(entries, list):
+            return
+        lines: list[str] = []
+        for entry in entries:
+            if not isinstance(entry, Mapping):
+                continue
+            message = entry.get("message")
+            if not isinstance(message, str):
+                continue
+            stamp = entry.get("timestamp")
+            key = (stamp if isinstance(stamp, str) else "", message)
+            if key in self._seen:
+                continue
+            self._seen[key] = None
+            if len(self._seen) > _LOG_SEEN_KEEP:
+                self._seen.pop(next(iter(self._seen)))
+            level = entry.get("level")
+            parts = [p for p in (key[0], level if isinstance(level, str) else "") if p]
+            lines.append(" ".join([*parts, message]))
+        if lines:
+            self._own += "\n".join(lines) + "\n"
+            self._bound_own()
+            self._changed()
 
 
 @dataclass
@@ -59,6 +151,11 @@ class Task:
     way to look that call up, says why through `note_possible_duplicate`: the job records a possible duplicate
     charge (once per attempt)."""
     _duplicate_noted: bool = field(default=False, repr=False)
+    log: ProviderLog = field(default_factory=ProviderLog, repr=False)
+    """The provider's log of this attempt, as the adapter read it (see ProviderLog); stored per job."""
+    provider_queued_s: float | None = None
+    """Seconds the work waited in the provider's queue before it started, when the provider tells it (Replicate:
+    `started_at - created_at`); the worker otherwise measures it from when it sees the work start."""
 
     async def note_possible_duplicate(self, why: str) -> None:
         """Record, once per attempt, that the paid call about to go out may repeat one already paid."""
@@ -207,3 +304,21 @@ class CallbackProvider(Provider, Protocol):
     """
 
     async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent: ...
+
+
+_CONFORMING: dict[tuple[type, type], bool] = {}
+
+
+def _conforms(obj: object, protocol: type) -> bool:
+    """isinstance(obj, protocol), worked out once per class: a runtime-checkable protocol's isinstance looks up
+    each of its members every time (0.04-0.2 ms; a callback and every job ask it)."""
+    key = (type(obj), protocol)
+    found = _CONFORMING.get(key)
+    if found is None:
+        found = _CONFORMING[key] = isinstance(obj, protocol)
+    return found
+
+
+def is_callback_provider(obj: object) -> TypeGuard[CallbackProvider]:
+    """isinstance(obj, CallbackProvider), answered once per class."""
+    return _conforms(obj, CallbackProvider)

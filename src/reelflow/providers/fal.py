@@ -291,6 +291,7 @@ class FalProvider(HttpAdapter):
                 log.info("fal: checking %s failed (%s); again in %.1f s", provider_id, exc.message, backoff)
                 await task.pause(max(backoff, exc.retry_after or 0.0))
                 continue
+            task.log.merge_entries(status.get("logs"))
             state = status.get("status")
             if state == "COMPLETED":
                 return await self._finish(task, base_path, provider_id, status)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from .. import metrics
-from ..net import EgressPolicy, guarded_client
+from ..net import EgressPolicy, guarded_client, pooled_transport
 from .catalog import Catalog, default_catalog
 from .info import ProviderInfo
 
@@ -223,7 +223,8 @@ class HttpAdapter:
     def http(self) -> httpx.AsyncClient:
         """The pooled client, made on first use (and reused by every job of this provider)."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, limits=self.limits, follow_redirects=False)
+            transport = pooled_transport(limits=self.limits)  # its sockets looked up once per connection
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=transport, follow_redirects=False)
         return self._client
 
     def egress_policy(self, *trusted: str | None) -> EgressPolicy:

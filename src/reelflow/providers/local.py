@@ -50,13 +50,17 @@ class LocalProvider:
         """Do the work into `task.workdir` and return the produced file."""
         handler = self._handler(task)
         await _report(report, 0.0)
+        told = media.tool_log.set(task.log.add)  # each ffmpeg run goes to the job's log (see `media.tool_log`)
         try:
             result = await handler(self, task)
         except media.MediaError as exc:
             message = str(exc)
             if not message.startswith(task.type):
                 message = f"{task.type}: {message}"
+            task.log.add(f"failed: {message}")
             raise PermanentError(message) from exc
+        finally:
+            media.tool_log.reset(told)
         await _report(report, 100.0)
         return result
 

@@ -162,6 +162,16 @@ def _parse_time(value: Any) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
+def _note(task: Task, data: Mapping[str, Any]) -> None:
+    """Take what a prediction tells about its run: its logs so far, and once it started, how long it waited in
+    Replicate's queue (`started_at - created_at`, both Replicate's clock)."""
+    task.log.replace(data.get("logs"))
+    if task.provider_queued_s is None:
+        created, started = _parse_time(data.get("created_at")), _parse_time(data.get("started_at"))
+        if created is not None and started is not None:
+            task.provider_queued_s = max(0.0, started - created)
+
+
 def same_json(a: Any, b: Any) -> bool:
     """Whether two JSON values are equal as JSON: `true` is not `1`, `1` is `1.0`, objects ignore key order."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -635,6 +645,7 @@ class ReplicateProvider(HttpAdapter):
                     log.info("replicate: polling %s failed (%s); again in %.1f s", pid, exc.message, pause)
                     await task.pause(pause)
                     continue
+            _note(task, data)
             status = data.get("status")
             if status == "succeeded":
                 return self._result(task, pid, data)

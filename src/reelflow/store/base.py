@@ -139,6 +139,29 @@ class JobOutcome:
     """On `retry`: this attempt did not count (it waited on an open circuit; nothing was sent)."""
     failover: dict[str, Any] | None = None
     """With `failover_to`: the job's failover state to store (ClaimedJob.failover, the passed model added)."""
+    note: JobNote | None = None
+    """What the provider told about the attempt that was not written yet (its log, when it started)."""
+
+
+@dataclass
+class JobNote:
+    """What the provider told about one attempt of a job since it was last written: its log (whole, bounded),
+    the phase of the work there, and when it left the provider's queue. Written with a progress report or the
+    job's outcome, never on its own."""
+
+    attempt: int
+    log: str | None = None
+    """This attempt's log (its last LOG_LIMIT_CHARS characters); None when unchanged since last written."""
+    log_dropped: int = 0
+    """Characters of this attempt's log dropped before `log`."""
+    phase: str | None = None
+    """queued (waiting in the provider's queue) or running; None when not known."""
+    submitted_at: float | None = None
+    """When the attempt handed the work to the provider (None: it adopted work submitted earlier)."""
+    started_at: float | None = None
+    """When the provider started the work (None: not yet, or not known)."""
+    queued_s: float | None = None
+    """Seconds the work waited in the provider's queue before it started."""
 
 
 @dataclass
@@ -148,6 +171,9 @@ class ProgressReport:
     progress: float
     queue_position: int | None = None
     message: str | None = None
+    note: JobNote | None = None
+    event: bool = True
+    """False when only the note changed (new log lines): no `job.progress` event is written for it."""
 
 
 @dataclass
@@ -217,6 +243,10 @@ class ExecutionStore(Protocol):
 
     async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The plan an execution was submitted with (for retry)."""
+
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """One job's provider log as the API shows it; None when the execution (the tenant's) or job is unknown."""
+        ...
 
     async def list_executions(
         self,

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -67,6 +68,94 @@ def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "queued_at": iso(row["queued_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
+        **provider_times(row),
+    }
+
+
+def provider_times(row: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+    """Where the job's work is at its provider: when it was handed over, the phase the provider gave, when the
+    provider started it, and the seconds it waited in the provider's queue (while it still waits: so far)."""
+    submitted, phase = row["provider_submitted_at"], row["provider_phase"]
+    started, queued = row["provider_started_at"], row["provider_queued_s"]
+    if row["status"] != "running":
+        phase = None
+    elif phase == "queued" and started is None and submitted is not None:
+        queued = max(0.0, (time.time() if now is None else now) - submitted)
+    return {
+        "provider_phase": phase,
+        "provider_submitted_at": iso(submitted),
+        "provider_started_at": iso(started),
+        "provider_queued_s": None if queued is None else round(float(queued), 3),
+    }
+
+
+LOG_LIMIT_CHARS = 64 * 1024
+"""The most of a job's provider log kept: the end of it (see providers.base.ProviderLog, which bounds each
+attempt's log the same way before it is written)."""
+
+
+_LINE_START_WITHIN = 1024
+"""A log cut to its end starts at the next line when one begins this close to the cut."""
+
+
+def merged_log(old: Mapping[str, Any] | None, attempt: int, log: str, dropped: int) -> dict[str, Any]:
+    """The job_logs row after attempt `attempt` wrote its whole log so far (`log`, after `dropped` characters
+    not kept): the same attempt replaces its part; a new attempt moves the earlier part, bounded, before it."""
+    if len(log) > LOG_LIMIT_CHARS:
+        dropped += len(log) - LOG_LIMIT_CHARS
+        log = log[-LOG_LIMIT_CHARS:]
+    if old is None:
+        earlier, earlier_dropped = "", 0
+    elif int(old["attempt"]) == attempt:
+        earlier, earlier_dropped = str(old["earlier"]), int(old["earlier_dropped"])
+    else:
+        before = str(old["earlier"]) + str(old["current"])
+        if before and not before.endswith("\n"):
+            before += "\n"
+        earlier = before + f"--- attempt {attempt} ---\n" if before else ""
+        earlier_dropped = int(old["earlier_dropped"]) + int(old["current_dropped"])
+        if len(earlier) > LOG_LIMIT_CHARS:
+            earlier_dropped += len(earlier) - LOG_LIMIT_CHARS
+            earlier = earlier[-LOG_LIMIT_CHARS:]
+    return {
+        "attempt": attempt, "earlier": earlier, "earlier_dropped": earlier_dropped, "current": log,
+        "current_dropped": max(0, int(dropped)),
+    }  # fmt: skip
+
+
+def log_view(execution_id: str, job: Mapping[str, Any], row: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A job's provider log as the API shows it: the last LOG_LIMIT_CHARS characters of every attempt's log,
+    oldest first; when anything was left out, `truncated`, the count in `dropped_chars`, and a first line
+    saying so."""
+    if row is None:
+        text, dropped, attempt, updated = "", 0, None, None
+    else:
+        earlier = str(row["earlier"])
+        text = earlier + str(row["current"])
+        dropped = int(row["earlier_dropped"]) + int(row["current_dropped"])
+        # where the text begins, was anything cut? (then it begins in the middle of a line, most likely)
+        cut_at_start = bool(int(row["earlier_dropped"]) if earlier else int(row["current_dropped"]))
+        if len(text) > LOG_LIMIT_CHARS:
+            dropped += len(text) - LOG_LIMIT_CHARS
+            text = text[-LOG_LIMIT_CHARS:]
+            cut_at_start = True
+        if cut_at_start and 0 <= (cut := text.find("\n", 0, _LINE_START_WITHIN)) < len(text) - 1:
+            dropped += cut + 1  # start at a whole line (what was left out is counted, all of it)
+            text = text[cut + 1 :]
+        attempt, updated = int(row["attempt"]), row["updated_at"]
+    if dropped:
+        text = f"[... {dropped} earlier characters of this log were not kept ...]\n" + text
+    return {
+        "execution_id": execution_id,
+        "job_id": job["key"],
+        "status": job["status"],
+        "provider": job["provider"],
+        "provider_job_id": job["provider_job_id"],
+        "attempt": attempt,
+        "text": text,
+        "truncated": dropped > 0,
+        "dropped_chars": dropped,
+        "updated_at": iso(updated),
     }
 
 

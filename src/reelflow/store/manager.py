@@ -30,6 +30,7 @@ from .base import (
     ClaimedJob,
     Delivery,
     Event,
+    JobNote,
     JobOutcome,
     NewExecution,
     NewJob,
@@ -50,6 +51,8 @@ from .common import (
     execution_summary,
     execution_view,
     loads,
+    log_view,
+    merged_log,
     month_start,
     new_delivery_id,
     new_webhook_secret,
@@ -405,6 +408,11 @@ class Tx(Protocol):
         """`column` is one of `values` (at most IN_CHUNK of them): the condition and its arguments."""
 
 
+NO_NOTE = JobNote(attempt=0)
+"""What a progress report without a note writes: nothing more."""
+Note = tuple[int, str, JobNote]
+"""What a provider told about a running attempt: job id, lease owner, the note."""
+
 IN_CHUNK = 500
 """The most values one `Tx.in_` condition holds (SQLite counts every one as a parameter)."""
 
@@ -481,12 +489,17 @@ class StoreManager(StoreRules):
         webhook."""
         raise NotImplementedError
 
-    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]]) -> list[Any]:
-        """Record (job id, owner, provider id) of running jobs; the rows changed by job id."""
+    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
+        """Record (job id, owner, provider id) of running jobs, submitted at `now`; the rows changed by job id."""
         raise NotImplementedError
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
-        """Record the reports of running jobs; job id -> (execution_id, key) of the rows changed."""
+        """Record the reports of running jobs (their notes' phase and times, `NO_NOTE` without one); job id ->
+        (execution_id, key) of the rows changed."""
+        raise NotImplementedError
+
+    async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
+        """Record the notes' phase and times on the jobs their attempts still hold; the ids of those jobs."""
         raise NotImplementedError
 
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
@@ -708,7 +721,7 @@ class StoreManager(StoreRules):
             await self._in_tx(lambda tx: self._write_provider_ids(tx, items, time.time()))
 
     async def _write_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> None:
-        rows = await self._set_provider_ids(tx, items)
+        rows = await self._set_provider_ids(tx, items, now)
         await self._append(tx, [
             (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
             for r in rows
@@ -722,19 +735,45 @@ class StoreManager(StoreRules):
             now = time.time()
             events: list[EventRow] = []
             updated = await self._set_progress(tx, reports)
+            await self._write_logs(tx, [(r.job_id, r.note) for r in reports if r.note and r.job_id in updated], now)
+            touched: set[str] = set()
             for r in reports:
-                if (row := updated.get(r.job_id)) is None:
+                if (row := updated.get(r.job_id)) is None or not r.event:
                     continue
+                touched.add(row["execution_id"])
                 data: dict[str, Any] = {"progress": r.progress}
                 if r.queue_position is not None:
                     data["queue_position"] = r.queue_position
                 if r.message:
                     data["message"] = r.message
                 events.append((row["execution_id"], row["key"], "job.progress", dumps(data), now))
-            await self._settle(tx, {row["execution_id"] for row in updated.values()}, now, events)
+            await self._settle(tx, touched, now, events)
             await self._append(tx, events)
 
         await self._in_tx(write)
+
+    async def _write_notes(self, tx: Tx, notes: list[Note], now: float) -> None:
+        """What providers told about running attempts (phase, start, log), for the attempts that still hold their
+        jobs. Called inside a progress or outcome write: never a transaction of its own."""
+        if notes:
+            held = await self._set_notes(tx, notes)
+            await self._write_logs(tx, [(job_id, note) for job_id, _, note in notes if job_id in held], now)
+
+    async def _write_logs(self, tx: Tx, notes: list[tuple[int, JobNote]], now: float) -> None:
+        """The attempts' logs (the notes whose `log` is set) into their jobs' job_logs rows (locked first)."""
+        logged = [(job_id, note) for job_id, note in notes if note.log is not None]
+        old: dict[int, Any] = {}
+        for chunk in chunks([job_id for job_id, _ in logged]):
+            cond, args = tx.in_("job_id", chunk)
+            old.update(
+                (r["job_id"], dict(r))
+                for r in await tx.all(self.sql.job_logs_of.format(cond=cond) + tx.for_update, args)
+            )
+        for job_id, note in logged:
+            m = merged_log(old.get(job_id), note.attempt, note.log or "", note.log_dropped)
+            await tx.run(self.sql.save_job_log, (
+                job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
+            ))  # fmt: skip
 
     # ------------------------------------------------------------------ cancel / resume
     async def _execution_for_change(self, tx: Tx, execution_id: str, tenant: str | None) -> Any:
@@ -1080,6 +1119,16 @@ class StoreManager(StoreRules):
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
         return dict(loads(row["plan"]))
+
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(tx: Tx) -> dict[str, Any] | None:
+            job = await tx.one(self.sql.job_of_execution, (execution_id, job_key))
+            if job is None or (tenant is not None and job["tenant"] != tenant):
+                return None
+            row = await tx.one(self.sql.job_log, (job["id"],))
+            return log_view(execution_id, dict(job), None if row is None else dict(row))
+
+        return await self._in_snapshot(read)
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._in_read(lambda tx: tx.all(self.sql.events, (execution_id, after, limit)))

@@ -30,7 +30,7 @@ from .. import metrics
 from ..errors import StoreBusy, StoreUnavailable
 from .base import ClaimedJob, JobOutcome, ProgressReport
 from .common import Statements, artifact_keys, dumps, loads, migration_scripts
-from .manager import EventRow, Released, StoreManager, Tx, Written
+from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written
 
 log = logging.getLogger(__name__)
 
@@ -440,12 +440,13 @@ class PostgresStore(StoreManager):
         inline = {job_id: pid for job_id, _, pid in provider_ids if job_id in succeeding}
         if rest := [item for item in provider_ids if item[0] not in inline]:
             await self._write_provider_ids(tx, rest, now)
+        await self._write_notes(tx, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
         retry = [o for o in outcomes if o.status == "retry"]
         ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
         rows: dict[int, Any] = {}
         if done:
             rows.update((r["id"], r) for r in await tx.all(SQL.jobs_succeeded, (
-                now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
+                now, now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
                 [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
                 [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done], [o.seq for o in done],
             )))  # fmt: skip
@@ -500,16 +501,26 @@ class PostgresStore(StoreManager):
         await tx.run(SQL.insert_events, tuple(list(col) for col in zip(*events, strict=True)))
         return subscribed
 
-    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]]) -> list[Any]:
-        rows = await tx.all(SQL.set_provider_ids, ([i[0] for i in items], [i[1] for i in items], [i[2] for i in items]))
+    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
+        ids, owners, pids = ([i[k] for i in items] for k in range(3))
+        rows = await tx.all(SQL.set_provider_ids, (now, ids, owners, pids))
         return sorted(rows, key=lambda r: r["id"])
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
+        notes = [r.note or NO_NOTE for r in reports]
         rows = await tx.all(SQL.set_progress, (
             [r.job_id for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
-            [r.queue_position for r in reports],
+            [r.queue_position for r in reports], [n.phase for n in notes], [n.submitted_at for n in notes],
+            [n.started_at for n in notes], [n.queued_s for n in notes],
         ))  # fmt: skip
         return {row["id"]: row for row in rows}
+
+    async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
+        rows = await tx.all(SQL.set_notes, (
+            [n[0] for n in notes], [n[1] for n in notes], [n[2].phase for n in notes],
+            [n[2].submitted_at for n in notes], [n[2].started_at for n in notes], [n[2].queued_s for n in notes],
+        ))  # fmt: skip
+        return {r["id"] for r in rows}
 
     # ------------------------------------------------------------------ cache, deliveries
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 from .. import metrics
 from .base import JobOutcome, ProgressReport
 from .common import Statements, artifact_keys, dumps, loads, migration_scripts
-from .manager import EventRow, Released, StoreManager, Tx, Written, chunks
+from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written, chunks
 
 T = TypeVar("T")
 SQL = Statements("sqlite")
@@ -277,6 +277,7 @@ class SQLiteStore(StoreManager):
     ) -> Written:
         if provider_ids:
             await self._write_provider_ids(tx, provider_ids, now)
+        await self._write_notes(tx, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
         rows: dict[int, Any] = {}
         released: dict[tuple[str, str], Released] = {}
         for o in outcomes:
@@ -331,17 +332,26 @@ class SQLiteStore(StoreManager):
             subscribed += await tx.all(SQL.subscribed.format(cond=cond), args)
         return subscribed
 
-    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]]) -> list[Any]:
-        rows = [await tx.one(SQL.set_provider_id, (pid, job_id, owner)) for job_id, owner, pid in sorted(items)]
+    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
+        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_id, owner)) for job_id, owner, pid in sorted(items)]
         return [r for r in rows if r is not None]
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
         updated: dict[int, Any] = {}
         for r in reports:
-            row = await tx.one(SQL.set_progress, (r.progress, r.queue_position, r.job_id, r.owner))
+            n = r.note or NO_NOTE
+            note = (n.phase, n.submitted_at, n.started_at, n.queued_s)
+            row = await tx.one(SQL.set_progress, (r.progress, r.queue_position, *note, r.job_id, r.owner))
             if row is not None:
                 updated[r.job_id] = row
         return updated
+
+    async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
+        held: set[int] = set()
+        for job_id, owner, n in notes:
+            if await tx.one(SQL.set_note, (n.phase, n.submitted_at, n.started_at, n.queued_s, job_id, owner)):
+                held.add(job_id)
+        return held
 
     # ------------------------------------------------------------------ cache, deliveries
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:

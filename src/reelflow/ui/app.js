@@ -830,6 +830,12 @@ function drawTimeline(box, ex) {
       bars.push(h("span", { class: "seg run", dataset: { status: j.status }, style: `left:${pct(started)};width:${width(started, until)}`,
         title: `${j.id}: ${j.status}, ${fmtSeconds((until - started) / 1000)}` }));
     }
+    const handed = parseTime(j.provider_submitted_at);
+    if (handed !== null && isNum(j.provider_queued_s) && j.provider_queued_s > 0) {
+      const until = handed + j.provider_queued_s * 1000;
+      bars.push(h("span", { class: "seg provider-wait", style: `left:${pct(handed)};width:${width(handed, until)}`,
+        title: `${j.id}: queued at the provider ${fmtSeconds(j.provider_queued_s)}` }));
+    }
     const startS = started !== null ? (started - origin) / 1000 : null;
     const runS = started !== null ? ((finished ?? now) - started) / 1000 : null;
     return h("div", { class: "tl-row", dataset: { job: j.id, status: j.status,
@@ -839,7 +845,9 @@ function drawTimeline(box, ex) {
       document.getElementById(`job-${j.id}`)?.scrollIntoView({ behavior: "smooth", block: "center" });
     } }, j.id),
     h("div", { class: "tl-track" }, bars),
-    h("span", { class: "tl-figure" }, startS === null ? DASH : `+${fmtSeconds(startS)} · ${fmtSeconds(runS)}`));
+    h("span", { class: "tl-figure", title: isNum(j.provider_queued_s) ? `of which ${fmtSeconds(j.provider_queued_s)} queued at the provider` : null },
+      startS === null ? DASH : `+${fmtSeconds(startS)} · ${fmtSeconds(runS)}`,
+      isNum(j.provider_queued_s) ? h("span", { class: "tl-pq", dataset: { seconds: String(j.provider_queued_s) } }, `${fmtSeconds(j.provider_queued_s)} queued at provider`) : null));
   });
   fill(box, h("div", { class: "tl-axis" }, h("span", { class: "tl-label" }), h("div", { class: "tl-ticks" }, ticks), h("span", { class: "tl-figure" }, "start · took")), rows);
 }
@@ -1100,7 +1108,7 @@ function showExecution(view, ctx, executionId) {
       h("span", { class: "muted", id: "job-tally" })), graphBox,
     h("div", { class: "legend graph-legend" }, JOB_STATUSES.map((st) => h("span", { dataset: { status: st } }, h("span", { class: "dot" }), st)))),
     outputsPanel,
-    h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "waiting in the queue, then running")), timelineBox),
+    h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "waiting in the queue, then running (hatched: waiting in the provider's queue)")), timelineBox),
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Jobs")), jobsBox),
     h("section", { class: "panel", id: "plan" }, h("header", {}, h("h2", {}, "Plan"), planNote,
       h("div", { class: "actions" }, copyBtn, editBtn)), planBody),
@@ -1237,8 +1245,8 @@ function showExecution(view, ctx, executionId) {
       const el = h("article", { class: "job", id: `job-${j.id}`, dataset: { job: j.id } });
       card = { el, head: h("header", {}), bar: h("div", {}), kv: h("dl", { class: "kv" }), err: h("div", {}),
         attempts: h("div", {}), out: h("div", {}), raw: h("div", {}), outKey: null, params: h("div", { class: "params" }),
-        paramsKey: null, log: h("details", { class: "log" }) };
-      append(el, [card.head, card.bar, card.params, card.kv, card.err, card.attempts, card.out, card.raw, card.log]);
+        paramsKey: null, log: h("details", { class: "log" }), plog: providerLogPanel(j.id) };
+      append(el, [card.head, card.bar, card.params, card.kv, card.err, card.attempts, card.out, card.raw, card.plog.el, card.log]);
       cards.set(j.id, card);
       jobsBox.append(el);
     }
@@ -1253,6 +1261,7 @@ function showExecution(view, ctx, executionId) {
       h("dt", {}, "Timing"), h("dd", {},
         j.started_at ? ["started ", timeEl(j.started_at)] : j.queued_at ? ["queued ", timeEl(j.queued_at)] : "not started",
         j.started_at ? ` · ${j.finished_at ? "took" : "running for"} ${fmtSeconds(between(j.started_at, j.finished_at))}` : ""),
+      providerTiming(j),
       h("dt", {}, "Cost"), h("dd", {}, `${isNum(cost.actual) ? fmtUsd(cost.actual) : DASH} (estimated ${fmtUsd(cost.estimated)})`,
         j.cache_hit ? h("span", { class: "tag", style: "margin-left:6px" }, "cache hit") : null,
         j.possible_duplicates ? h("span", { class: "tag warn", style: "margin-left:6px", title: "a retry went ahead where the provider could not be asked whether it took the earlier attempt" },
@@ -1267,6 +1276,7 @@ function showExecution(view, ctx, executionId) {
     }
     renderAttempts(j.id);
     renderLog(j.id);
+    loadProviderLog(j);
     const outs = outputsOf(j.result);
     const outKey = outs.map((o) => o.url).join("|");
     if (outKey !== card.outKey) {
@@ -1274,6 +1284,56 @@ function showExecution(view, ctx, executionId) {
       fill(card.out, ...outs.map((o) => renderOutput(o, ctx)));
       fill(card.raw, j.result ? h("details", { class: "raw" }, h("summary", {}, "Result"),
         h("pre", {}, JSON.stringify(j.result, null, 2))) : "");
+    }
+  }
+
+  /** Where the job's work is at its provider: how long it waited in the provider's queue, how long it has run. */
+  function providerTiming(j) {
+    const queued = isNum(j.provider_queued_s) ? fmtSeconds(j.provider_queued_s) : null;
+    let text = null;
+    if (j.status === "running" && j.provider_phase === "queued") {
+      text = `queued at provider ${queued ?? DASH}${isNum(j.queue_position) ? `, position ${j.queue_position}` : ""}`;
+    } else if (j.status === "running" && j.provider_started_at) {
+      text = `running ${fmtSeconds(between(j.provider_started_at, null))}${queued ? ` · queued at provider ${queued}` : ""}`;
+    } else if (queued) {
+      text = `queued at provider ${queued}`;
+    }
+    return text ? [h("dt", {}, "At the provider"), h("dd", { class: "provider-timing" }, text)] : null;
+  }
+
+  /** The job's provider log panel: fetched when opened, and again while the job runs (at most every 2 s). */
+  function providerLogPanel(jobId) {
+    const body = h("div", { class: "plog-body" }, h("div", { class: "muted" }, "Open to load the provider's log."));
+    const count = h("span", { class: "muted" });
+    const el = h("details", { class: "plog", id: `plog-${jobId}` }, h("summary", {}, "Provider logs ", count), body);
+    const panel = { el, body, count, fetchedAt: 0, status: null, busy: false };
+    el.addEventListener("toggle", () => {
+      const job = state?.jobs?.find((x) => x.id === jobId);
+      if (el.open && job) loadProviderLog(job, true);
+    });
+    return panel;
+  }
+
+  async function loadProviderLog(j, force = false) {
+    const p = cards.get(j.id)?.plog;
+    if (!p || !p.el.open || p.busy) return;
+    const due = force || !p.fetchedAt || p.status !== j.status || (j.status === "running" && Date.now() - p.fetchedAt > 2000);
+    if (!due) return;
+    p.busy = true;
+    try {
+      const log = await api(`/v1/executions/${encodeURIComponent(executionId)}/jobs/${encodeURIComponent(j.id)}/logs`, { signal: ctx.signal });
+      p.fetchedAt = Date.now();
+      p.status = log.status;
+      p.count.textContent = log.text ? `· ${plural(log.text.split("\n").filter(Boolean).length, "line")}` : "";
+      fill(p.body,
+        log.truncated ? h("div", { class: "plog-note warn" }, `${fmtInt(log.dropped_chars)} earlier characters were left out (the last 64 KiB are kept)`) : null,
+        log.text ? h("pre", { class: "plog-text" }, log.text) : h("div", { class: "muted" }, "Nothing logged by the provider yet."),
+        log.updated_at ? h("div", { class: "muted plog-meta" }, `attempt ${log.attempt} · updated `, timeEl(log.updated_at)) : null);
+    } catch (err) {
+      if (isAbort(err) || !ctx.alive) return;
+      fill(p.body, alertBox(`Cannot load the provider's log: ${err.message}`));
+    } finally {
+      p.busy = false;
     }
   }
 

@@ -75,7 +75,8 @@ GROUP BY tenant
 UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
 finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
 error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,
-provider_job_id = COALESCE(w.pid, j.provider_job_id)
+provider_job_id = COALESCE(w.pid, j.provider_job_id),
+provider_submitted_at = CASE WHEN w.pid IS NULL THEN j.provider_submitted_at ELSE %s END
 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],
   %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)
 WHERE j.id = w.id AND {guard succeeded on j.status} AND j.lease_owner = w.owner
@@ -119,15 +120,32 @@ SELECT e.tenant, w.key, e.id, %s FROM unnest(%b::text[], %b::text[]) AS w(eid, k
 JOIN executions e ON e.id = w.eid ON CONFLICT DO NOTHING
 
 -- name: set_provider_ids
-UPDATE jobs j SET provider_job_id = w.pid FROM unnest(%b::bigint[], %b::text[], %b::text[])
+UPDATE jobs j SET provider_job_id = w.pid, provider_submitted_at = %s, provider_phase = NULL,
+provider_started_at = NULL, provider_queued_s = NULL
+FROM unnest(%b::bigint[], %b::text[], %b::text[])
 AS w(id, owner, pid) WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'
 RETURNING j.id, j.execution_id, j.key, j.provider_job_id
 
 -- name: set_progress
-UPDATE jobs j SET progress = w.progress, queue_position = w.qp
-FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[]) AS w(id, owner, progress, qp)
+UPDATE jobs j SET progress = w.progress, queue_position = w.qp,
+provider_phase = COALESCE(w.phase, j.provider_phase),
+provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),
+provider_started_at = COALESCE(j.provider_started_at, w.started),
+provider_queued_s = COALESCE(j.provider_queued_s, w.queued)
+FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::int[], %b::text[], %b::float8[],
+  %b::float8[], %b::float8[]) AS w(id, owner, progress, qp, phase, submitted, started, queued)
 WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running'
 RETURNING j.id, j.execution_id, j.key
+
+-- What providers told about running attempts (their phase, when they started), a batch at once.
+-- name: set_notes
+UPDATE jobs j SET provider_phase = COALESCE(w.phase, j.provider_phase),
+provider_submitted_at = COALESCE(w.submitted, j.provider_submitted_at),
+provider_started_at = COALESCE(j.provider_started_at, w.started),
+provider_queued_s = COALESCE(j.provider_queued_s, w.queued)
+FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[])
+AS w(id, owner, phase, submitted, started, queued)
+WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running' RETURNING j.id
 
 -- ---------------------------------------------------------------- settling and the event log
 -- Executions are locked before their jobs are counted: two workers finishing the last two jobs of one execution

@@ -409,3 +409,20 @@ INSERT INTO circuits (key, provider, model, updated_at) VALUES (%s, %s, %s, %s) 
 UPDATE circuits SET state = %s, failures = %s, pending = %s, pending_at = %s, until_at = %s,
 probe_owner = %s, ok_count = %s, fail_count = %s, window_at = %s, failing = %s, updated_at = %s
 WHERE key = %s
+
+-- ---------------------------------------------------------------- provider logs and times
+-- name: job_of_execution
+SELECT j.id, j.key, j.status, j.provider, j.provider_job_id, e.tenant FROM jobs j
+JOIN executions e ON e.id = j.execution_id WHERE j.execution_id = %s AND j.key = %s
+
+-- name: job_log
+SELECT * FROM job_logs WHERE job_id = %s
+
+-- name: job_logs_of
+SELECT * FROM job_logs WHERE {cond}
+
+-- name: save_job_log
+INSERT INTO job_logs (job_id, attempt, earlier, earlier_dropped, current, current_dropped, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET
+attempt = excluded.attempt, earlier = excluded.earlier, earlier_dropped = excluded.earlier_dropped,
+current = excluded.current, current_dropped = excluded.current_dropped, updated_at = excluded.updated_at

@@ -69,12 +69,24 @@ WHERE id = %s AND {guard failed from running} AND lease_owner = %s
 AND (%s IS NULL OR lease_seq = %s) RETURNING execution_id, key, attempts
 
 -- name: set_provider_id
-UPDATE jobs SET provider_job_id = %s WHERE id = %s AND lease_owner = %s AND status = 'running'
-RETURNING id, execution_id, key, provider_job_id
+UPDATE jobs SET provider_job_id = %s, provider_submitted_at = %s, provider_phase = NULL,
+provider_started_at = NULL, provider_queued_s = NULL
+WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id, execution_id, key, provider_job_id
 
 -- name: set_progress
-UPDATE jobs SET progress = %s, queue_position = %s WHERE id = %s AND lease_owner = %s
+UPDATE jobs SET progress = %s, queue_position = %s, provider_phase = COALESCE(%s, provider_phase),
+provider_submitted_at = COALESCE(%s, provider_submitted_at),
+provider_started_at = COALESCE(provider_started_at, %s),
+provider_queued_s = COALESCE(provider_queued_s, %s) WHERE id = %s AND lease_owner = %s
 AND status = 'running' RETURNING id, execution_id, key
+
+-- What a provider told about a running attempt (its phase, when it started), one job at a time.
+-- name: set_note
+UPDATE jobs SET provider_phase = COALESCE(%s, provider_phase),
+provider_submitted_at = COALESCE(%s, provider_submitted_at),
+provider_started_at = COALESCE(provider_started_at, %s),
+provider_queued_s = COALESCE(provider_queued_s, %s)
+WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id
 
 -- ---------------------------------------------------------------- settling and the event log
 -- name: job_counts

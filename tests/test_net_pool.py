@@ -1,0 +1,99 @@
+"""The provider clients' pool on QuickNetwork: connections are reused, and one the server closed while idle is
+noticed before it is handed out again (the check whose socket lookup QuickNetwork keeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from reelflow.net import QuickNetwork, pooled_transport
+
+BODY = b'{"ok": true}'
+
+
+class Server:
+    """A tiny HTTP/1.1 server: keep-alive answers; with `close_after`, it closes each connection after that
+    many answers, without saying so (no `Connection: close`)."""
+
+    def __init__(self, close_after: int | None = None) -> None:
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                self.requests += 1
+                answered += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(BODY)}\r\n\r\n".encode()
+                    + BODY
+                )
+                await writer.drain()
+                if self.close_after is not None and answered >= self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_pooled_connection_is_reused() -> None:
+    server = Server()
+    async with server as url:
+        transport = pooled_transport(limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(5):
+                response = await client.get(f"{url}/x")
+                assert response.json() == {"ok": True}
+    assert server.requests == 5 and server.connections == 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_not_used() -> None:
+    server = Server(close_after=1)
+    async with server as url:
+        transport = pooled_transport(limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(4):
+                response = await client.get(f"{url}/x")
+                assert response.status_code == 200
+                await asyncio.sleep(0.05)  # the server's close arrives while the connection is idle
+    assert server.requests == 4 and server.connections == 4  # each closed one was seen readable and dropped
+
+
+async def test_the_stream_answers_with_the_socket_it_looked_up_once() -> None:
+    server = Server()
+    async with server as url:
+        port = int(url.rsplit(":", 1)[1])
+        stream = await QuickNetwork().connect_tcp("127.0.0.1", port)
+        try:
+            sock = stream.get_extra_info("socket")
+            assert sock.getpeername() == ("127.0.0.1", port) and sock.fileno() > 0
+            assert stream.get_extra_info("socket") is sock
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)  # others: the inner stream's
+            assert stream.get_extra_info("is_readable") is False  # nothing sent, nothing to read
+            await stream.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            for _ in range(50):
+                if stream.get_extra_info("is_readable"):
+                    break
+                await asyncio.sleep(0.01)
+            assert stream.get_extra_info("is_readable") is True
+            assert (await stream.read(65536)).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            await stream.aclose()
