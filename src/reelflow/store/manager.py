@@ -431,6 +431,9 @@ class StoreManager(StoreRules):
     sql: Statements
     _claims_full = False
     """The last claim filled its batch: the next one skips the look for ready jobs."""
+    _hand_off_at_finish = False
+    """The hand-off stamps its leases (started_at, the lease's start) with the finish's time, not the moment the
+    lease is written later in the same transaction (SQLite's way, whose transactions are short)."""
 
     async def _in_tx(self, fn: Fn[T]) -> T:
         """Run `fn` in one write transaction."""
@@ -602,8 +605,8 @@ class StoreManager(StoreRules):
             room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
             mine, later = self._hand_off(ready, limit, room)
             busy.extend(later)
-            # leased as of now, after the writes above (started_at and the lease count from the hand-off itself)
-            claimed = await self._lease(tx, owner, mine, lease_s, time.time()) if mine else []
+            lease_at = now if self._hand_off_at_finish else time.time()
+            claimed = await self._lease(tx, owner, mine, lease_s, lease_at) if mine else []
             left[0] = len(claimed) + len(busy) < len(ready)
             if left[0]:  # the rest are for anyone
                 await self._notify_in(tx)
