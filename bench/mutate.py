@@ -46,10 +46,13 @@ class Mutation:
 
 
 MUT = "tests/test_mutants.py"
-SQLITE = "src/reelflow/store/sqlite.py"
 PG = "src/reelflow/store/postgres.py"
 MANAGER = "src/reelflow/store/manager.py"
-"""The rules and statements both stores share: a mutation there is tested on SQLite and on PostgreSQL."""
+"""The rules both stores share: a mutation there is tested on SQLite and on PostgreSQL."""
+SQLITE_SQL = "src/reelflow/store/sql/sqlite.sql"
+PG_SQL = "src/reelflow/store/sql/postgres.sql"
+SHARED_SQL = "src/reelflow/store/sql/shared.sql"
+"""The statements both stores run (tests/test_mutants.py runs on both)."""
 STATES = "src/reelflow/states.py"
 HTTP = "src/reelflow/providers/http.py"
 FAN_IN = (f"{MUT}", "-k", "fan_in or two_way_join")
@@ -62,14 +65,14 @@ MUTATIONS: list[Mutation] = [
     # The four that survived every test before tests/test_mutants.py, and their twins in the other store.
     Mutation(
         "fan-in-pg",
-        PG,
+        PG_SQL,
         "status = CASE WHEN j.deps_left - w.n <= 0 THEN",
         "status = CASE WHEN j.deps_left - w.n <= 1 THEN",
         FAN_IN,
     ),
     Mutation(
         "fan-in-sqlite",
-        SQLITE,
+        SQLITE_SQL,
         "AND deps_left <= 0",
         "AND deps_left <= 1",
         FAN_IN,
@@ -84,14 +87,14 @@ MUTATIONS: list[Mutation] = [
     Mutation("budget-batch", MANAGER, "spent[tenant] += cost", "spent[tenant] += 0.0", BUDGET),
     Mutation(
         "cache-tenant-sqlite",
-        SQLITE,
-        "FROM jobs WHERE tenant = ? AND cache_key = ?",
-        "FROM jobs WHERE (tenant = ? OR 1) AND cache_key = ?",
+        SQLITE_SQL,
+        "FROM jobs WHERE tenant = %s AND cache_key = %s",
+        "FROM jobs WHERE (tenant = %s OR 1) AND cache_key = %s",
         CACHE,
     ),
     Mutation(
         "cache-tenant-pg",
-        PG,
+        PG_SQL,
         "WHERE j.tenant = w.tenant AND j.cache_key",
         "WHERE (j.tenant = w.tenant OR true) AND j.cache_key",
         CACHE,
@@ -113,15 +116,14 @@ MUTATIONS: list[Mutation] = [
     # Other dangerous one-liners.
     Mutation(
         "lease-seq-succeeded-sqlite",
-        SQLITE,
-        "lease_owner = ? AND (? IS NULL OR lease_seq = ?)",
-        "lease_owner = ? AND (? IS NULL OR lease_seq = ? OR 1)",
+        SQLITE_SQL,
+        "lease_owner = %s AND (%s IS NULL OR lease_seq = %s)",
+        "lease_owner = %s AND (%s IS NULL OR lease_seq = %s OR 1)",
         (MUT, "-k", "earlier_attempt"),
-        nth=1,
     ),
     Mutation(
         "lease-seq-pg",
-        PG,
+        PG_SQL,
         "AND (w.seq IS NULL OR j.lease_seq = w.seq)",
         "AND (w.seq IS NULL OR j.lease_seq = w.seq OR true)",
         (MUT, "-k", "earlier_attempt"),
@@ -129,14 +131,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "lease-expiry",
-        MANAGER,
-        "frm='running')} AND lease_expires_at < %s",
-        "frm='running')} AND lease_expires_at > %s",
+        SHARED_SQL,
+        "from running} AND lease_expires_at < %s",
+        "from running} AND lease_expires_at > %s",
         EXPIRY,
     ),
     Mutation(
         "attempts-recovery",
-        MANAGER,
+        SHARED_SQL,
         "AND attempts < max_attempts RETURNING",
         "AND attempts <= max_attempts RETURNING",
         EXPIRY,
@@ -174,18 +176,18 @@ MUTATIONS: list[Mutation] = [
         'if row is None or (tenant is not None and row["tenant"] != tenant):',
         "if row is None:",
         ("tests/test_api.py::test_tenants_are_isolated_on_every_endpoint",),
-        nth=3,  # get_execution's (after cancel's and resume's)
+        nth=2,  # get_execution's (after the one cancel and resume share)
     ),
     Mutation(
         "intent-settled-sqlite",
-        SQLITE,
-        "intent_at = CASE WHEN ? THEN NULL ELSE intent_at END",
-        "intent_at = CASE WHEN ? OR 1 THEN NULL ELSE intent_at END",
+        SQLITE_SQL,
+        "intent_at = CASE WHEN %s THEN NULL ELSE intent_at END",
+        "intent_at = CASE WHEN %s OR 1 THEN NULL ELSE intent_at END",
         INTENT,
     ),
     Mutation(
         "intent-settled-pg",
-        PG,
+        PG_SQL,
         "intent_at = CASE WHEN w.settled THEN NULL ELSE j.intent_at END",
         "intent_at = CASE WHEN true THEN NULL ELSE j.intent_at END",
         INTENT,

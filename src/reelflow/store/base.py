@@ -1,8 +1,9 @@
 """The Store protocol: the only way anything touches the database.
 
 Every method is one transaction. Operations that change state also append the matching
-events, so the event log is complete by construction. A second database is a new file
-implementing this protocol, run against the same test suite.
+events, so the event log is complete by construction. `manager.StoreManager` implements every method once; a
+second database is a new driver (a subclass with the steps its dialect takes its own way) and its statements in
+`sql/<dialect>.sql`, run against the same test suite.
 """
 
 from __future__ import annotations
@@ -229,7 +230,6 @@ class ExecutionStore(Protocol):
 
     async def migrate(self) -> int:
         """Apply pending migrations; return the schema version."""
-        ...
 
     async def close(self) -> None: ...
 
@@ -237,15 +237,12 @@ class ExecutionStore(Protocol):
         """Insert it (one transaction) and return its id; with an idempotency key seen in the last 24 h
         and the same request hash, return the earlier execution's id instead (IdempotencyConflict if the
         hash differs)."""
-        ...
 
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The full state the API shows, or None when unknown (or another tenant's)."""
-        ...
 
     async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The plan an execution was submitted with (for retry)."""
-        ...
 
     async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
         """One job's provider log as the API shows it; None when the execution (the tenant's) or job is unknown."""
@@ -274,22 +271,18 @@ class ExecutionStore(Protocol):
     async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
         """Workers seen within `within_s`; with `serving`, only those that would run that execution's jobs (a
         wait's embedded worker, scoped to its own execution, serves no other)."""
-        ...
 
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
     ) -> list[ClaimedJob]:
         """Lease up to `limit` ready jobs to `owner` (only jobs of `executions` when given)."""
-        ...
 
     async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
         """(job id, lease seq) of attempts `owner` holds that were canceled since it last asked (the worker stops
         them and cancels their provider work). A cancellation survives a resume that re-queued the job."""
-        ...
 
     async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
         """Which of these provider ids some job already records as its work (reconciliation skips them)."""
-        ...
 
     async def note_attempt(
         self,
@@ -304,11 +297,9 @@ class ExecutionStore(Protocol):
         """Append `event` to the job's attempt (when it still holds the lease); with `possible_duplicate_usd`,
         also count a possible duplicate charge of that estimated amount on the job. False when the attempt is
         no longer the job's."""
-        ...
 
     async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
         """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
-        ...
 
     async def wake_job(
         self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
@@ -316,19 +307,15 @@ class ExecutionStore(Protocol):
         """A verified provider callback about `remote_id` arrived: mark the job (named by execution and key,
         or found by its provider id) so its worker looks at once. Answers `woken`, `ignored` (the job is not
         running), `mismatch` (the job waits on other work) or `unknown`."""
-        ...
 
     async def woken_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that a callback woke since the last call (the marks are cleared)."""
-        ...
 
     async def canceled_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
-        ...
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
         """Persist (job id, owner, provider id) before waiting on the provider."""
-        ...
 
     async def report_progress(self, reports: list[ProgressReport]) -> None: ...
 
@@ -337,7 +324,6 @@ class ExecutionStore(Protocol):
     ) -> list[str]:
         """Apply outcomes, promote dependents, settle executions; return keys of jobs made claimable.
         `provider_ids` (as for `set_provider_ids`) are recorded first, in the same transaction."""
-        ...
 
     async def finish_and_claim(
         self,
@@ -350,27 +336,21 @@ class ExecutionStore(Protocol):
         """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready
         (not those of a capped provider or model; within their tenant's cap): the hand-off from a job to its
         dependent. Returns the promoted keys and the jobs claimed."""
-        ...
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for jobs to become claimable; True as soon as some may have."""
-        ...
 
     async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
         """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
-        ...
 
     async def recover_expired(self) -> list[OrphanedCancel]:
         """Requeue (or fail, when out of attempts) jobs whose lease expired."""
-        ...
 
     async def next_wakeup(self) -> float | None:
         """When the earliest queued job becomes claimable (epoch seconds), or None."""
-        ...
 
     async def prune(self, older_than: float) -> dict[str, int]:
         """Delete executions that ended before `older_than` with their jobs, events and deliveries; counts."""
-        ...
 
 
 class LimitStore(Protocol):
@@ -388,37 +368,30 @@ class LimitStore(Protocol):
         """What `claim` enforces: concurrency caps per provider, per model and per tenant (across every worker;
         `default_tenant_cap` for the tenants `tenant_caps` does not name, None for no cap), and monthly cost
         budgets per tenant (a paid job that would pass one is handed out with a `refusal`)."""
-        ...
 
     async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
         """A tenant's calendar month so far: executions, settled cost, reserved cost, cache hits; and its jobs
         running now (`jobs_running`)."""
-        ...
 
     async def queue_stats(self) -> dict[str, Any]:
         """Jobs by status, running and queued by provider, active jobs by tenant."""
-        ...
 
     async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
         """Operational figures of one tenant (None: every tenant) since `since` (epoch seconds): the JSON of
         `GET /v1/stats` (store/stats.py says how each is counted)."""
-        ...
 
     async def metric_gauges(self) -> dict[str, Any]:
         """Jobs by status, claimable queue depth, live workers, their slots and slots in use, over every tenant:
         the gauges `/metrics` reads at each scrape."""
-        ...
 
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         """The result of the tenant's latest succeeded job with this cache key, or None."""
-        ...
 
     async def circuit_admit(
         self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
     ) -> Admission:
         """May one create go through every circuit of `keys` ((key, provider, model, config))? Reservations it
         takes are given back by `circuit_record`."""
-        ...
 
     async def circuit_record(
         self,
@@ -428,27 +401,21 @@ class LimitStore(Protocol):
         now: float | None = None,
     ) -> list[Circuit]:
         """Count one create's outcome in each circuit of `keys`; the circuits as they now are."""
-        ...
 
     async def circuits(self) -> list[Circuit]:
         """Every circuit the store knows."""
-        ...
 
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         """`cache_lookup` for many (tenant, key) pairs in one trip; pairs without a result are left out."""
-        ...
 
     async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
         """Up to `want` request tokens from the provider's shared bucket, and seconds until the next one."""
-        ...
 
     async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
         """A 429 from the provider: hold every worker for Retry-After and halve the shared pace."""
-        ...
 
     async def provider_paces(self) -> dict[str, tuple[float, float]]:
         """provider -> (hold until, last 429), as unix times, for providers throttled in the last minute."""
-        ...
 
 
 class TenantStore(Protocol):
@@ -456,7 +423,6 @@ class TenantStore(Protocol):
 
     async def ensure_tenant(self, tenant: str) -> str:
         """Create the tenant if missing; return its webhook secret."""
-        ...
 
     async def add_api_key(self, key: ApiKey) -> None: ...
 
@@ -474,7 +440,6 @@ class ArtifactStore(Protocol):
 
     async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
         """Those of `keys` that `tenant`'s jobs produced (a job input must be one of them)."""
-        ...
 
 
 class DeliveryStore(Protocol):
@@ -499,7 +464,6 @@ class DeliveryStore(Protocol):
     ) -> None:
         """Record one attempt (what it sent and what came back, cut short); `delivered`, or retry at
         `next_attempt_at`, or (None) give up."""
-        ...
 
     async def list_deliveries(
         self, tenant: str | None, execution_id: str | None = None, limit: int = 100

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 from ..errors import ReelflowError, UsageLimitExceeded
+from ..states import guard
 from .base import UsageLimit
 
 
@@ -272,6 +273,35 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return when, eid
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCursor(f"invalid cursor {cursor!r}") from exc
+
+
+_BLOCK = re.compile(r"^-- name: (\w+)[ \t]*$", re.M)
+_GUARD = re.compile(r"\{guard ([\w. ]+)\}")
+
+
+def _guard(m: re.Match[str]) -> str:
+    """`{guard TO [from STATUS] [on COLUMN] [execution]}` -> `states.guard`'s condition."""
+    to, *words = m[1].split()
+    execution = "execution" in words
+    words = [w for w in words if w != "execution"]
+    opts = dict(zip(words[::2], words[1::2], strict=True))
+    return guard(to, opts.get("on", "status"), frm=opts.get("from"), execution=execution)
+
+
+class Statements:
+    """The named statements of `sql/shared.sql` and `sql/<dialect>.sql` (a dialect's block replaces the shared one
+    of its name), read once: one attribute a `-- name:` block, its lines joined, comments left out."""
+
+    def __init__(self, dialect: str) -> None:
+        folder = resources.files("reelflow.store") / "sql"
+        for file in ("shared", dialect):
+            parts = _BLOCK.split((folder / f"{file}.sql").read_text(encoding="utf-8"))
+            for name, body in zip(parts[1::2], parts[2::2], strict=True):
+                lines = [line.strip() for line in body.splitlines()]
+                setattr(self, name, _GUARD.sub(_guard, " ".join(s for s in lines if s and not s.startswith("--"))))
+
+    def __getattr__(self, name: str) -> str:  # only reached for a name no block has
+        raise AttributeError(f"no SQL statement named {name!r}")
 
 
 def migration_scripts(dialect: str) -> list[tuple[int, str, str]]:

@@ -1,9 +1,9 @@
 """The rules both stores apply, written once: limits and budgets, the claim's round robin, the hand-off, what a
 failure skips, how an execution settles and ends, the events of outcomes, the webhook outbox, the claimed job;
-and `StoreManager`, the methods whose statements are the same on both databases, over each store's driver (`Tx`).
+and `StoreManager`, every method of the Store over each database's driver (`Tx` and the steps it takes its own way).
 
-The rules are pure: the stores read the rows they need and write what they decide, each in its own dialect
-(SQLite on its thread, PostgreSQL on its pool).
+The rules are pure; the statements are in `sql/*.sql`; each store's driver runs them in its own dialect (SQLite
+on its thread, PostgreSQL on its pool) and takes the few steps whose dialects differ.
 """
 
 from __future__ import annotations
@@ -22,14 +22,25 @@ from ..states import (
     TERMINAL_EXECUTION,
     execution_progress,
     execution_status,
-    guard,
     sources,
     transitive_dependents,
 )
-from .base import ApiKey, ClaimedJob, Event, JobOutcome, NewExecution, NewJob, OrphanedCancel
+from .base import (
+    ApiKey,
+    ClaimedJob,
+    Delivery,
+    Event,
+    JobNote,
+    JobOutcome,
+    NewExecution,
+    NewJob,
+    OrphanedCancel,
+    ProgressReport,
+)
 from .common import (
     IDEMPOTENCY_WINDOW_S,
     ORPHAN_CANCEL_S,
+    Statements,
     callback_matches,
     decode_cursor,
     delivery_view,
@@ -41,6 +52,7 @@ from .common import (
     execution_view,
     loads,
     log_view,
+    merged_log,
     month_start,
     new_delivery_id,
     new_webhook_secret,
@@ -50,16 +62,19 @@ from .common import (
     wants_event,
     webhook_body,
 )
-from .stats import Query, assemble_gauges, assemble_stats, gauge_queries, stats_queries
+from .stats import LIVE_WITHIN_S, assemble_gauges, assemble_stats
 
 T = TypeVar("T")
-_RESERVED = "CASE WHEN cost_estimated > COALESCE(cost_actual, 0) THEN cost_estimated ELSE COALESCE(cost_actual, 0) END"
-"""An unfinished execution's reservation: the larger of its estimate and what it has spent (SQL on both)."""
 
 EventRow = tuple[str, str | None, str, str, float]
 """One event to append: execution id, job key (None: the execution's own), type, data (JSON), time."""
 Ready = tuple[int, str | None, str | None, str]
 """A job made ready by a finish: id, provider, model family, tenant."""
+Released = list[tuple[int, str, str | None, str | None, str]]
+"""The dependents a success queued, by id: id, key, provider, model, tenant."""
+Written = tuple[dict[int, Any], dict[tuple[str, str], Released], dict[int, str]]
+"""Outcomes written: job id -> row (execution_id, key, attempts) of each one applied; (execution, key of a job that
+succeeded) -> the dependents it queued; job id -> provider id recorded with a success (not on its own before)."""
 
 
 class Row(Protocol):
@@ -260,10 +275,6 @@ def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
     return o.failover_to, o.failover_to.split("/", 1)[0], dumps(o.failover or {}), o.job_id
 
 
-FAILOVER_SQL = "UPDATE jobs SET model = %s, provider = %s, failover = %s, attempts = 0 WHERE id = %s"
-UNCOUNT_SQL = "UPDATE jobs SET attempts = attempts - 1 WHERE id = %s AND attempts > 0"
-
-
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
     return [
         (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
@@ -291,9 +302,7 @@ def outcome_events(o: JobOutcome, eid: str, key: str, attempts: int, now: float)
     return [(eid, key, f"job.{o.status}", dumps({"attempt": attempts, "error": o.error}), now)]
 
 
-def skips(
-    graph: Mapping[str, tuple[list[str], str]], failed: list[str], on_failure: str
-) -> list[tuple[str, str]]:
+def skips(graph: Mapping[str, tuple[list[str], str]], failed: list[str], on_failure: str) -> list[tuple[str, str]]:
     """(key, reason) of every job that will not run now that `failed` failed: its dependents, transitively,
     and, when `on_failure` is stop, every other job not started. `graph`: key -> (dependents, status)."""
     after = transitive_dependents({k: v[0] for k, v in graph.items()}, failed)
@@ -378,64 +387,132 @@ def webhook_rows(
     return rows
 
 
-# ---------------------------------------------------------------------- statements written once
+# ---------------------------------------------------------------------- the driver's seam
 class Tx(Protocol):
     """One transaction of a store (or, from `_in_read`, single autocommit reads), in PostgreSQL's parameter
     style (`%s`); each store's driver runs the text in its own dialect."""
 
-    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        """The first row, or None."""
-        ...
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Any: ...
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
-        """Execute; the number of rows changed."""
-        ...
+        """The number of rows changed."""
 
-    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Execute once per row of arguments."""
-        ...
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
     for_update: str
     """` FOR UPDATE` where row locks exist (PostgreSQL), else empty (SQLite's write lock covers the file)."""
 
     def in_(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column` is one of `values` (at most IN_CHUNK of them): the condition and its arguments."""
-        ...
 
+
+NO_NOTE = JobNote(attempt=0)
+"""What a progress report without a note writes: nothing more."""
+Note = tuple[int, str, JobNote]
+"""What a provider told about a running attempt: job id, lease owner, the note."""
 
 IN_CHUNK = 500
 """The most values one `Tx.in_` condition holds (SQLite counts every one as a parameter)."""
 
+Fn = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+def chunks(values: Sequence[T]) -> list[Sequence[T]]:
+    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
+
 
 class StoreManager(StoreRules):
-    """The methods both stores run with the same statements, over each store's transaction (`_in_tx`) and
-    reads (`_in_read`). The stores keep connections, transactions and the statements whose dialects differ."""
+    """Every method of the Store, written once over a driver: the transactions (`_in_tx`, `_in_read`,
+    `_in_snapshot`, `_in_tx_if`), the statements (`sql`, shared.sql and the dialect's file) and the steps whose
+    dialects differ (the methods below that raise NotImplementedError)."""
 
-    async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+    sql: Statements
+    _claims_full = False
+    """The last claim filled its batch: the next one skips the look for ready jobs."""
+    _hand_off_at_finish = False
+    """The hand-off stamps its leases (started_at, the lease's start) with the finish's time, not the moment the
+    lease is written later in the same transaction (SQLite's way, whose transactions are short)."""
+
+    async def _in_tx(self, fn: Fn[T]) -> T:
         """Run `fn` in one write transaction."""
         raise NotImplementedError
 
-    async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+    async def _in_read(self, fn: Fn[T]) -> T:
         """Run `fn`'s reads (each statement on its own; no transaction around them)."""
         raise NotImplementedError
 
-    async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+    async def _in_snapshot(self, fn: Fn[T]) -> T:
         """Run `fn`'s reads in one read-only transaction: they see one state of the database."""
         raise NotImplementedError
 
-    # the statements whose dialects differ, inside a transaction of `_in_tx`
-    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
-        """Re-derive the touched executions' status and progress (`settle`); ended ones get their events."""
+    async def _in_tx_if(self, probe: str, args: Sequence[Any], fn: Fn[T], default: T) -> T:
+        """`default` when the cheap read `probe` finds no row (a worker asks often, and must not take a write lock
+        for nothing); else `fn` in a write transaction."""
         raise NotImplementedError
 
-    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
-        """Append `events` to the log, with the webhook deliveries they call for."""
+    # the steps whose dialects differ, inside a transaction of `_in_tx`
+    async def _pick(self, tx: Tx, limit: int, now: float, executions: list[str] | None) -> list[int]:
+        """Up to `limit` ready jobs to start: tenants in turn (`_round_robin`), skipping those at a cap."""
         raise NotImplementedError
 
-    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
-        """`finish_jobs` inside the transaction."""
+    async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
+        """Lease the jobs `picked` (those still queued) to `owner`: their rows by id, with their execution's
+        `deadline`."""
+        raise NotImplementedError
+
+    async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        """(execution, key) -> result of the dependencies of the leased `rows`."""
+        raise NotImplementedError
+
+    async def _write_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
+    ) -> Written:
+        """Record `provider_ids` and write the outcomes (each applies only to the attempt holding the lease), with
+        the artifacts of the successes, and count down and queue their dependents."""
+        raise NotImplementedError
+
+    async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
+        """For the hand-off: how many more jobs each capped tenant may start now (None: not known yet)."""
+        raise NotImplementedError
+
+    async def _hand_off_rest(self, owner: str, jobs: list[tuple[int, str]], lease_s: float) -> list[ClaimedJob]:
+        """Lease the hand-off's jobs whose tenant room `_tenant_room` could not tell, in a transaction of their own."""
+        raise NotImplementedError
+
+    async def _settling(
+        self, tx: Tx, ids: list[str]
+    ) -> tuple[list[Any], dict[str, dict[str, int]], dict[str, list[float]]]:
+        """The executions to settle (locked where rows lock), their jobs' counts by status, running progress."""
+        raise NotImplementedError
+
+    async def _write_events(self, tx: Tx, events: list[EventRow]) -> list[Any]:
+        """Append `events`; return the rows (id, tenant, webhook, webhook_events) of their executions with a
+        webhook."""
+        raise NotImplementedError
+
+    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
+        """Record (job id, owner, provider id) of running jobs, submitted at `now`; the rows changed by job id."""
+        raise NotImplementedError
+
+    async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
+        """Record the reports of running jobs (their notes' phase and times, `NO_NOTE` without one); job id ->
+        (execution_id, key) of the rows changed."""
+        raise NotImplementedError
+
+    async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
+        """Record the notes' phase and times on the jobs their attempts still hold; the ids of those jobs."""
+        raise NotImplementedError
+
+    async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
+        """The latest succeeded job (result, execution_id, key) of each (tenant, cache key) that has one."""
+        raise NotImplementedError
+
+    async def _lease_deliveries(
+        self, tx: Tx, owner: str, limit: int, lease_s: float, now: float, executions: list[str] | None
+    ) -> list[Any]:
+        """Lease due deliveries; their rows with the tenant's `webhook_secret`."""
         raise NotImplementedError
 
     async def _lock_in(self, tx: Tx, name: str) -> None:
@@ -448,71 +525,713 @@ class StoreManager(StoreRules):
     def _announce(self) -> None:
         """After a commit that made jobs claimable: wake this process's `wait_for_work`."""
 
+    # ------------------------------------------------------------------ claiming
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[ClaimedJob]:
+        if limit <= 0 or (executions is not None and not executions):
+            return []
+        only = sorted(executions) if executions is not None else None
+
+        async def write(tx: Tx) -> list[ClaimedJob]:
+            now = time.time()
+            picked = await self._pick(tx, limit, now, only)
+            return await self._lease(tx, owner, picked, lease_s, now) if picked else []
+
+        if self._claims_full:  # the last claim was full: there is surely more, no need to look first
+            claimed = await self._in_tx(write)
+        else:
+            claimed = await self._in_tx_if(self.sql.any_ready, (time.time(),), write, [])
+        self._claims_full = len(claimed) >= limit and only is None
+        return claimed
+
+    async def _lease(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[ClaimedJob]:
+        """Lease `picked` to `owner`: the jobs, their executions started, the budget check, the events."""
+        rows = await self._lease_rows(tx, owner, picked, lease_s, now)
+        if not rows:
+            return []
+        spent = {
+            t: float((await tx.one(self.sql.month_spent, (t, month_start(now))))["spent"])
+            for t in self._budget_tenants(rows)
+        }
+        refusals = self._budget_refusals(rows, spent)
+        events = running_events(rows, owner, now)
+        started: list[str] = []
+        for chunk in chunks(sorted({r["execution_id"] for r in rows})):
+            cond, args = tx.in_("id", chunk)
+            started += [s["id"] for s in await tx.all(self.sql.start_executions.format(cond=cond), (now, now, *args))]
+        events += [(eid, None, "execution.running", dumps({"status": "running"}), now) for eid in sorted(started)]
+        results = await self._dep_results(tx, rows)
+        await self._append(tx, events)
+        return [claimed_job(r, r["deadline"], results, refusals.get(r["id"])) for r in rows]
+
+    # ------------------------------------------------------------------ finishing
+    async def finish_jobs(
+        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        if not outcomes and not provider_ids:
+            return []
+        promoted = await self._in_tx(
+            lambda tx: self._apply_outcomes(tx, outcomes, time.time(), None, provider_ids or [])
+        )
+        if promoted:
+            self._announce()
+        return promoted
+
+    async def finish_and_claim(
+        self,
+        outcomes: list[JobOutcome],
+        provider_ids: list[tuple[int, str, str]] | None,
+        owner: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready:
+        the hand-off from a job to its dependent costs no notification and no separate claim. Jobs of a capped
+        provider or model are left to the regular claim, which counts caps under their locks; the others skip
+        the tenants' round robin (a pipeline under way goes on), within their tenant's cap (`_tenant_room`).
+        Those of a tenant whose room is not known yet are leased in a second, short transaction
+        (`_hand_off_rest`). Returns the promoted keys (those left queued are announced) and the jobs claimed."""
+        if not outcomes and not provider_ids:
+            return [], []
+        busy: list[tuple[int, str]] = []
+        left = [False]
+
+        async def write(tx: Tx) -> tuple[list[str], list[ClaimedJob]]:
+            busy.clear()  # a retried transaction starts again
+            now = time.time()
+            ready: list[Ready] = []
+            promoted = await self._apply_outcomes(tx, outcomes, now, ready, provider_ids or [])
+            room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
+            mine, later = self._hand_off(ready, limit, room)
+            busy.extend(later)
+            lease_at = now if self._hand_off_at_finish else time.time()
+            claimed = await self._lease(tx, owner, mine, lease_s, lease_at) if mine else []
+            left[0] = len(claimed) + len(busy) < len(ready)
+            if left[0]:  # the rest are for anyone
+                await self._notify_in(tx)
+            return promoted, claimed
+
+        promoted, claimed = await self._in_tx(write)
+        if left[0]:
+            self._announce()
+        if busy:
+            claimed += await self._hand_off_rest(owner, list(busy), lease_s)
+        return promoted, claimed
+
+    async def _apply_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
+        provider_ids: list[tuple[int, str, str]],
+    ) -> list[str]:  # fmt: skip
+        """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
+        the keys of the dependents made ready (added to `ready` when given)."""
+        rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids)
+        requeued = any(o.status == "retry" and o.job_id in rows for o in outcomes)
+        if moves := [u for o in outcomes if o.job_id in rows and (u := failover_update(o)) is not None]:
+            await tx.many(self.sql.failover_move, moves)
+        if waits := [(o.job_id,) for o in outcomes if o.status == "retry" and o.uncount and o.job_id in rows]:
+            await tx.many(self.sql.uncount_attempt, waits)
+        events: list[EventRow] = []
+        promoted: list[str] = []
+        touched: set[str] = set()
+        failed: dict[str, list[str]] = defaultdict(list)
+        for o in outcomes:
+            if (found := rows.pop(o.job_id, None)) is None:
+                continue
+            eid, key = found["execution_id"], found["key"]
+            touched.add(eid)
+            if o.status == "succeeded":
+                if (pid := inline.get(o.job_id)) is not None:
+                    events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
+                events += outcome_events(o, eid, key, 0, now)
+                for job_id, dep, provider, model, tenant in released.pop((eid, key), []):
+                    promoted.append(dep)
+                    if ready is not None:
+                        ready.append((job_id, provider, model_family(model), tenant))
+                    events.append((eid, dep, "job.queued", dumps({"after": key}), now))
+            else:
+                events += outcome_events(o, eid, key, found["attempts"], now)
+                if o.status != "retry":
+                    failed[eid].append(key)
+        for eid, keys in failed.items():
+            await self._skip_after_failure(tx, eid, keys, now, events)
+        await self._settle(tx, touched, now, events)
+        await self._append(tx, events)
+        if (promoted and ready is None) or requeued:
+            await self._notify_in(tx)
+        return promoted
+
     async def _skip_after_failure(self, tx: Tx, eid: str, keys: list[str], now: float, events: list[EventRow]) -> None:
         """Skip the jobs of `eid` that will not run now that `keys` failed (`skips`)."""
-        ex = await tx.one("SELECT on_failure FROM executions WHERE id = %s", (eid,))
-        rows = await tx.all("SELECT key, dependents, status FROM jobs WHERE execution_id = %s ORDER BY id", (eid,))
+        ex = await tx.one(self.sql.on_failure, (eid,))
+        rows = await tx.all(self.sql.job_graph, (eid,))
         graph = {r["key"]: (loads(r["dependents"]), r["status"]) for r in rows}
         for key, reason in skips(graph, keys, ex["on_failure"]):
-            await tx.run(
-                "UPDATE jobs SET status = 'skipped', error = %s, finished_at = %s WHERE execution_id = %s AND key = %s",
-                (reason, now, eid, key),
-            )
+            await tx.run(self.sql.skip_job, (reason, now, eid, key))
             events.append((eid, key, "job.skipped", dumps({"reason": reason}), now))
+
+    async def _settle(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
+        """Re-derive each touched execution's status and progress from its jobs (`settle`)."""
+        if not exec_ids:
+            return
+        executions, counts, running = await self._settling(tx, sorted(exec_ids))
+        for ex in executions:
+            eid = ex["id"]
+            action, status, progress = settle(ex, counts[eid], running[eid])
+            if action == "end":
+                await self._finish_execution(tx, eid, status, progress, now, events)
+            elif action == "update":
+                await tx.run(self.sql.update_progress, (status, progress, now, eid))
+                events += progress_event(eid, ex["progress"], progress, now)
 
     async def _finish_execution(
         self, tx: Tx, eid: str, status: str, progress: float, now: float, events: list[EventRow]
     ) -> None:
         """End `eid` with `status`: its result (the sinks'), error and cost; count it; its event."""
-        sinks = await tx.all(
-            "SELECT key, result FROM jobs WHERE execution_id = %s AND dependents = '[]' AND status = 'succeeded'"
-            " ORDER BY position",
-            (eid,),
-        )
-        failed = await tx.all(
-            "SELECT key, error FROM jobs WHERE execution_id = %s AND status = 'failed' ORDER BY finished_at, position",
-            (eid,),
-        )
-        cost = await tx.one("SELECT COALESCE(SUM(cost_actual), 0) AS cost FROM jobs WHERE execution_id = %s", (eid,))
+        sinks = await tx.all(self.sql.sink_results, (eid,))
+        failed = await tx.all(self.sql.failed_jobs, (eid,))
+        cost = await tx.one(self.sql.execution_cost, (eid,))
         progress, result, error = ending(
             status, progress, [(r["key"], r["result"]) for r in sinks], [(r["key"], r["error"]) for r in failed]
         )
         ended = await tx.one(
-            "UPDATE executions SET status = %s, progress = %s, result = %s, error = %s, cost_actual = %s,"
-            " finished_at = %s, updated_at = %s WHERE id = %s RETURNING created_at",
-            (status, progress, result, error, float(cost["cost"]), now, now, eid),
+            self.sql.end_execution, (status, progress, result, error, float(cost["cost"]), now, now, eid)
         )
         metrics.execution_finished(status, now - ended["created_at"] if ended else None)
         events.append(end_event(eid, status, error, now))
 
-    @staticmethod
-    async def _webhook_deliveries(tx: Tx, events: list[EventRow], subscribed: Subscribed) -> None:
-        """Record the webhook deliveries `events` call for, each with its execution's state as of now, in the
-        transaction that made them (the outbox)."""
+    async def _append(self, tx: Tx, events: list[EventRow]) -> None:
+        """Append `events` to the log, with the webhook deliveries they call for, each with its execution's state
+        as of now, in the transaction that made them (the outbox)."""
+        if not events:
+            return
+        subscribed = {
+            r["id"]: (r["tenant"], r["webhook"], loads(r["webhook_events"]) or [])
+            for r in await self._write_events(tx, events)
+            if r["webhook"] is not None
+        }
         states: dict[str, dict[str, Any]] = {}
         for eid in webhook_executions(events, subscribed):
-            row = await tx.one("SELECT * FROM executions WHERE id = %s", (eid,))
-            jobs = await tx.all("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (eid,))
+            row = await tx.one(self.sql.execution, (eid,))
+            jobs = await tx.all(self.sql.execution_jobs, (eid,))
             states[eid] = execution_view(dict(row), [dict(j) for j in jobs])
         if rows := webhook_rows(events, subscribed, states):
-            await tx.many(
-                "INSERT INTO webhook_deliveries (id, execution_id, tenant, url, event_type, payload,"
-                " next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
+            await tx.many(self.sql.insert_deliveries, rows)
+
+    # ------------------------------------------------------------------ provider ids and progress
+    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
+        if items:
+            await self._in_tx(lambda tx: self._write_provider_ids(tx, items, time.time()))
+
+    async def _write_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> None:
+        rows = await self._set_provider_ids(tx, items, now)
+        await self._append(tx, [
+            (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
+            for r in rows
+        ])  # fmt: skip
+
+    async def report_progress(self, reports: list[ProgressReport]) -> None:
+        if not reports:
+            return
+
+        async def write(tx: Tx) -> None:
+            now = time.time()
+            events: list[EventRow] = []
+            updated = await self._set_progress(tx, reports)
+            await self._write_logs(tx, [(r.job_id, r.note) for r in reports if r.note and r.job_id in updated], now)
+            touched: set[str] = set()
+            for r in reports:
+                if (row := updated.get(r.job_id)) is None or not r.event:
+                    continue
+                touched.add(row["execution_id"])
+                data: dict[str, Any] = {"progress": r.progress}
+                if r.queue_position is not None:
+                    data["queue_position"] = r.queue_position
+                if r.message:
+                    data["message"] = r.message
+                events.append((row["execution_id"], row["key"], "job.progress", dumps(data), now))
+            await self._settle(tx, touched, now, events)
+            await self._append(tx, events)
+
+        await self._in_tx(write)
+
+    async def _write_notes(self, tx: Tx, notes: list[Note], now: float) -> None:
+        """What providers told about running attempts (phase, start, log), for the attempts that still hold their
+        jobs. Called inside a progress or outcome write: never a transaction of its own."""
+        if notes:
+            held = await self._set_notes(tx, notes)
+            await self._write_logs(tx, [(job_id, note) for job_id, _, note in notes if job_id in held], now)
+
+    async def _write_logs(self, tx: Tx, notes: list[tuple[int, JobNote]], now: float) -> None:
+        """The attempts' logs (the notes whose `log` is set) into their jobs' job_logs rows (locked first)."""
+        logged = [(job_id, note) for job_id, note in notes if note.log is not None]
+        old: dict[int, Any] = {}
+        for chunk in chunks([job_id for job_id, _ in logged]):
+            cond, args = tx.in_("job_id", chunk)
+            old.update(
+                (r["job_id"], dict(r))
+                for r in await tx.all(self.sql.job_logs_of.format(cond=cond) + tx.for_update, args)
             )
+        for job_id, note in logged:
+            m = merged_log(old.get(job_id), note.attempt, note.log or "", note.log_dropped)
+            await tx.run(self.sql.save_job_log, (
+                job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
+            ))  # fmt: skip
+
+    # ------------------------------------------------------------------ cancel / resume
+    async def _execution_for_change(self, tx: Tx, execution_id: str, tenant: str | None) -> Any:
+        """Lock the execution (job rows by id first, then the execution: the one lock order of claims and
+        completions, see docs/reliability.md) and read its status; NotFound when unknown or another tenant's."""
+        if tx.for_update:
+            await tx.all(self.sql.lock_execution_jobs, (execution_id,))
+        row = await tx.one(self.sql.execution_status + tx.for_update, (execution_id,))
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            raise NotFound(f"execution {execution_id!r} not found")
+        return row
+
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        async def write(tx: Tx) -> None:
+            now = time.time()
+            row = await self._execution_for_change(tx, execution_id, tenant)
+            if row["status"] in TERMINAL_EXECUTION:
+                ended = "is already canceled" if row["status"] == "canceled" else f"has already {row['status']}"
+                raise Conflict(f"execution {execution_id!r} {ended}; nothing to cancel")
+            await tx.run(self.sql.request_cancel, (execution_id,))
+            await tx.run(self.sql.record_cancels, (now, execution_id))
+            canceled = await tx.all(self.sql.cancel_jobs, (now, execution_id))
+            events: list[EventRow] = [
+                (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
+                for k in sorted(canceled, key=lambda k: int(k["id"]))
+            ]
+            await self._settle(tx, {execution_id}, now, events)
+            await self._append(tx, events)
+
+        await self._in_tx(write)
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            row = await self._execution_for_change(tx, execution_id, tenant)
+            if row["status"] not in TERMINAL_EXECUTION:
+                raise Conflict(
+                    f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed"
+                )
+            if row["status"] == "succeeded":
+                raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
+            jobs = await tx.all(self.sql.resumable_jobs, (execution_id,))
+            done = {j["key"] for j in jobs if j["status"] == "succeeded"}
+            events: list[EventRow] = []
+            rerun = []
+            queued = False
+            for j in jobs:
+                if j["status"] not in RESUMABLE_JOB:
+                    continue
+                left = sum(1 for d in loads(j["depends_on"]) if d not in done)
+                status = "waiting" if left else "queued"
+                queued = queued or status == "queued"
+                rerun.append(j["key"])
+                await tx.run(
+                    self.sql.resume_job, (status, left, now if status == "queued" else None, execution_id, j["key"])
+                )
+                if j["failover"] and (restart := loads(j["failover"])).get("models"):  # from its first model again
+                    first = restart["models"][0]
+                    move = (first, first.split("/", 1)[0], dumps({**restart, "passed": []}), j["id"])
+                    await tx.run(self.sql.failover_move, move)
+                events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
+            await tx.run(self.sql.resume_execution, (now, execution_id))
+            events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
+            await self._settle(tx, {execution_id}, now, events)
+            await self._append(tx, events)
+            if queued:
+                await self._notify_in(tx)
+            return queued
+
+        if await self._in_tx(write):
+            self._announce()
+        state = await self.get_execution(execution_id, tenant)
+        assert state is not None
+        return state
+
+    # ------------------------------------------------------------------ leases
+    async def note_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        seq: int,
+        event: str,
+        data: dict[str, Any],
+        *,
+        possible_duplicate_usd: float | None = None,
+    ) -> bool:
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            dup = (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0)
+            row = await tx.one(self.sql.note_attempt, (*dup, job_id, owner, seq))
+            if row is None:
+                return False
+            await self._append(tx, [(row["execution_id"], row["key"], event, dumps(data), now)])
+            return True
+
+        return await self._in_tx(write)
+
+    async def canceled_for(self, owner: str) -> list[int]:
+        rows: list[Any] = await self._in_tx_if(
+            self.sql.any_canceled_for, (owner,), lambda tx: tx.all(self.sql.unlease_canceled, (owner,)), []
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
+        async def write(tx: Tx) -> list[tuple[int, int]]:
+            deleted = await tx.all(self.sql.take_cancels, (owner,))
+            rows = sorted((int(r["job_id"]), int(r["seq"])) for r in deleted)
+            for chunk in chunks(sorted({r[0] for r in rows})):
+                cond, args = tx.in_("id", chunk)
+                await tx.run(self.sql.unlease_canceled_ids.format(cond=cond), (owner, *args))
+            return rows
+
+        return await self._in_tx_if(self.sql.any_cancel_for, (owner,), write, [])
+
+    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
+        if not job_ids:
+            return
+
+        async def write(tx: Tx) -> bool:
+            now = time.time()
+            rows: list[Any] = []
+            for chunk in chunks(sorted(set(job_ids))):
+                cond, args = tx.in_("id", chunk)
+                rows += await tx.all(self.sql.release_jobs.format(cond=cond), (now, now, owner, *args))
+            rows.sort(key=lambda r: int(r["id"]))
+            events: list[EventRow] = [
+                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now) for r in rows
+            ]
+            await self._settle(tx, {r["execution_id"] for r in rows}, now, events)
+            await self._append(tx, events)
+            if rows:
+                await self._notify_in(tx)
+            return bool(rows)
+
+        if await self._in_tx(write):
+            self._announce()
+
+    async def recover_expired(self) -> list[OrphanedCancel]:
+        now = time.time()
+        return await self._in_tx_if(self.sql.any_expired, (now, now - ORPHAN_CANCEL_S), self._recover_expired, [])
+
+    async def _recover_expired(self, tx: Tx) -> list[OrphanedCancel]:
+        now = time.time()
+        requeued = await tx.all(self.sql.requeue_expired, (now, now, now))
+        requeued.sort(key=lambda r: int(r["id"]))
+        events: list[EventRow] = [
+            (
+                r["execution_id"], r["key"], "job.requeued",
+                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
+            )
+            for r in requeued
+        ]  # fmt: skip
+        await self._settle(tx, {r["execution_id"] for r in requeued}, now, events)
+        await self._append(tx, events)
+        if requeued:
+            await self._notify_in(tx)
+        exhausted = await tx.all(self.sql.exhausted_leases, (now,))
+        error = "the worker running it stopped responding (lease expired) after {} attempts"
+        failed = [
+            JobOutcome(job_id=r["id"], owner=r["lease_owner"], status="failed", error=error.format(r["attempts"]))
+            for r in exhausted
+        ]
+        await self._apply_outcomes(tx, failed, now, None, [])
+        orphans = sorted(await tx.all(self.sql.orphaned_leases, (now,)), key=lambda r: int(r["id"]))
+        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
+        # resumed since): their provider work is cancelled here
+        addressed = await tx.all(self.sql.orphaned_cancels, (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S))
+        orphans += sorted(addressed, key=lambda r: int(r["id"]))
+        return unique_orphans(
+            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
+        )
+
+    async def prune(self, older_than: float) -> dict[str, int]:
+        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
+        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
+
+        async def work(tx: Tx) -> dict[str, int]:
+            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
+            found = await tx.all(self.sql.finished_before + tx.for_update, (older_than,))
+            for chunk in chunks([r["id"] for r in found]):
+                for table, column in (("events", "execution_id"), ("jobs", "execution_id"),
+                                      ("webhook_deliveries", "execution_id"), ("executions", "id")):  # fmt: skip
+                    cond, args = tx.in_(column, chunk)
+                    removed[table] += await tx.run(self.sql.prune.format(table=table, cond=cond), args)
+            return removed
+
+        return await self._in_tx(work)
+
+    # ------------------------------------------------------------------ workers
+    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = time.time()
+        await self._in_tx(lambda tx: tx.run(self.sql.register_worker, (worker_id, dumps(info), now, now)))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._in_tx(lambda tx: tx.run(self.sql.unregister_worker, (worker_id,)))
+
+    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
+        rows = await self._in_read(lambda tx: tx.all(self.sql.live_workers, (time.time() - within_s,)))
+        return sum(1 for r in rows if serves(loads(r["info"]), serving))
+
+    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
+        now = time.time()
+
+        async def write(tx: Tx) -> set[int]:
+            held = await tx.all(self.sql.extend_leases, (now + lease_s, owner))
+            await tx.run(self.sql.worker_seen, (now, owner))
+            return {r["id"] for r in held}
+
+        return await self._in_tx(write)
+
+    async def wake_job(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> str:
+        async def write(tx: Tx) -> str:
+            if execution_id is not None and job_key is not None:
+                row = await tx.one(self.sql.job_by_key, (execution_id, job_key, provider))
+            else:
+                row = await tx.one(self.sql.job_by_remote_id, (provider, remote_id))
+            if row is None:
+                return "unknown"
+            if not callback_matches(row["provider_job_id"], remote_id):
+                return "mismatch"
+            if row["status"] != "running":
+                return "ignored"
+            await tx.run(self.sql.wake, (time.time(), row["id"]))
+            return "woken"
+
+        return await self._in_tx(write)
+
+    async def woken_for(self, owner: str) -> list[int]:
+        rows: list[Any] = await self._in_tx_if(
+            self.sql.any_woken_for, (owner,), lambda tx: tx.all(self.sql.take_woken, (owner,)), []
+        )
+        return sorted(r["id"] for r in rows)
+
+    # ------------------------------------------------------------------ submission
+    async def create_execution(self, execution: NewExecution) -> str:
+        execution_id = await self._in_tx(lambda tx: self._create_execution(tx, execution))
+        if any(not j.depends_on for j in execution.jobs):
+            self._announce()
+        return execution_id
+
+    async def _create_execution(self, tx: Tx, ex: NewExecution) -> str:
+        now = time.time()
+        deadline = now + ex.timeout_s if ex.timeout_s else None
+        if ex.idempotency_key is not None:
+            # Two submissions with one key wait for each other, so the second finds the first.
+            await self._lock_in(tx, f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}")
+            earlier = await tx.one(self.sql.idempotent_earlier, (ex.tenant, ex.idempotency_key))
+            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
+                if earlier["request_hash"] != ex.request_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
+                        f" (execution {earlier['id']}); use a new key for a new request"
+                    )
+                return str(earlier["id"])
+            if earlier is not None:  # older than the window: the key is free again
+                await tx.run(self.sql.free_idempotency_key, (earlier["id"],))
+        await self._tenant_secret(tx, ex.tenant, now)
+        if ex.usage_limit is not None:
+            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
+            await self._lock_in(tx, f"reelflow:usage:{ex.tenant}")
+            used = await tx.one(self.sql.month_usage, (ex.tenant, month_start(now)))
+            refusal = usage_refusal(ex.tenant, ex.usage_limit, int(used["n"]), float(used["used"]), ex.cost_estimated)
+            if refusal is not None:
+                raise refusal
+        inserted = await tx.one(
+            self.sql.insert_execution,
+            (
+                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
+                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
+                dumps(ex.webhook_events) if ex.webhook else None, now, now,
+            ),
+        )  # fmt: skip
+        if inserted is None:
+            # This very submission is stored already: the transaction is being run again because its COMMIT's
+            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
+            stored = await tx.one(self.sql.stored_request_hash, (ex.id,))
+            if stored is None or stored["request_hash"] != ex.request_hash:
+                raise Conflict(f"execution id {ex.id!r} is taken")
+            return ex.id
+        if ex.jobs:
+            await tx.many(
+                self.sql.insert_jobs,
+                [
+                    (
+                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
+                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
+                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
+                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
+                        None if j.depends_on else now, ex.tenant, int(j.cache), failover_json(j),
+                    )
+                    for j in ex.jobs
+                ],
+            )  # fmt: skip
+        await self._append(
+            tx, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
+        )
+        if any(not j.depends_on for j in ex.jobs):
+            await self._notify_in(tx)
+        return ex.id
+
+    # ------------------------------------------------------------------ reading
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(tx: Tx) -> dict[str, Any] | None:
+            row = await tx.one(self.sql.execution, (execution_id,))
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                return None
+            jobs = await tx.all(self.sql.execution_jobs, (execution_id,))
+            return execution_view(dict(row), [dict(j) for j in jobs])
+
+        return await self._in_snapshot(read)
+
+    async def list_executions(
+        self,
+        tenant: str | None = None,
+        *,
+        status: str | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where, args = equal_filters(tenant=tenant, status=status)
+        if created_after is not None:
+            where.append("created_at > %s")
+            args.append(created_after)
+        if cursor:
+            ts, eid = decode_cursor(cursor)
+            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+            args += [ts, ts, eid]
+        sql = self.sql.list_executions.format(where=" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._in_read(lambda tx: tx.all(sql, (*args, limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+        return [execution_summary(r) for r in rows], nxt
+
+    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        row = await self._in_read(lambda tx: tx.one(self.sql.execution_plan, (execution_id,)))
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return dict(loads(row["plan"]))
+
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+        async def read(tx: Tx) -> dict[str, Any] | None:
+            job = await tx.one(self.sql.job_of_execution, (execution_id, job_key))
+            if job is None or (tenant is not None and job["tenant"] != tenant):
+                return None
+            row = await tx.one(self.sql.job_log, (job["id"],))
+            return log_view(execution_id, dict(job), None if row is None else dict(row))
+
+        return await self._in_snapshot(read)
+
+    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = await self._in_read(lambda tx: tx.all(self.sql.events, (execution_id, after, limit)))
+        return [
+            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
+        ]
+
+    async def next_wakeup(self) -> float | None:
+        row = await self._in_read(lambda tx: tx.one(self.sql.next_wakeup))
+        return None if row is None or row["t"] is None else float(row["t"])
+
+    # ------------------------------------------------------------------ usage and statistics
+    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        since = month_start(now)
+
+        async def read(tx: Tx) -> dict[str, Any]:
+            row = await tx.one(self.sql.usage, (tenant, since))
+            jobs = await tx.one(self.sql.usage_jobs, (tenant, since))
+            running = await tx.one(self.sql.tenant_running, (tenant,))
+            return {
+                "tenant": tenant,
+                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
+                "executions": int(row["n"]),
+                "executions_unfinished": int(row["unfinished"]),
+                "cost_usd": round(float(row["cost"]), 6),
+                "reserved_usd": round(float(row["reserved"]), 6),
+                "jobs_succeeded": int(jobs["n"]),
+                "cache_hits": int(jobs["hits"]),
+                "jobs_running": int(running["n"]),
+            }
+
+        return await self._in_snapshot(read)
+
+    async def queue_stats(self) -> dict[str, Any]:
+        async def read(tx: Tx) -> dict[str, Any]:
+            async def pairs(sql: str) -> dict[str, int]:
+                return {r["k"]: int(r["n"]) for r in await tx.all(sql)}
+
+            return {
+                "jobs": await pairs(self.sql.jobs_by_status),
+                "running_by_provider": await pairs(self.sql.running_by_provider),
+                "queued_by_provider": await pairs(self.sql.queued_by_provider),
+                "active_by_tenant": await pairs(self.sql.active_by_tenant),
+            }
+
+        return await self._in_snapshot(read)
+
+    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+        now = time.time()
+        t, ta = ("", ()) if tenant is None else (" AND tenant = %s", (tenant,))
+        args = {
+            "executions": (since, *ta), "execution_seconds": (since, *ta), "jobs": (since, *ta),
+            "queue_depth": (now, *ta), "provider_jobs": (since, *ta), "webhooks": (since, since, *ta),
+            "spend_month": (month_start(now), *ta), "workers": (now - LIVE_WITHIN_S,),
+        }  # fmt: skip
+        queries = {name: (getattr(self.sql, f"stats_{name}").format(t=t), a) for name, a in args.items()}
+        return assemble_stats(await self._fetch(queries), tenant, since)
+
+    async def metric_gauges(self) -> dict[str, Any]:
+        now = time.time()
+        queries = {
+            "jobs": (self.sql.jobs_by_status, ()),
+            "queue_depth": (self.sql.stats_queue_depth.format(t=""), (now,)),
+            "workers": (self.sql.live_workers, (now - LIVE_WITHIN_S,)),
+        }
+        gauges = assemble_gauges(await self._fetch(queries))
+        gauges["circuits"] = [(c.provider, c.model or "", c.state) for c in await self.circuits()]
+        return gauges
+
+    async def _fetch(self, queries: dict[str, tuple[str, tuple[Any, ...]]]) -> dict[str, list[Any]]:
+        """The rows (as tuples) of named read queries, in one read-only transaction."""
+
+        async def read(tx: Tx) -> dict[str, list[Any]]:
+            rows: dict[str, list[Any]] = {}
+            for name, (sql, args) in queries.items():
+                found = await tx.all(sql, args)
+                rows[name] = [tuple(r.values()) if isinstance(r, Mapping) else tuple(r) for r in found]
+            return rows
+
+        return await self._in_snapshot(read)
 
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         return (await self.cache_lookup_many([(tenant, cache_key)])).get((tenant, cache_key))
 
     async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        raise NotImplementedError
+        wanted = list(dict.fromkeys(items))
+        if not wanted:
+            return {}
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for pair, r in await self._in_read(lambda tx: self._cache_hits(tx, wanted)):
+            result = loads(r["result"]) or {}
+            result["cached_from"] = {"execution_id": r["execution_id"], "job": r["key"]}
+            found[pair] = dict(result)
+        return found
 
     # ------------------------------------------------------------------ circuits
     async def circuit_admit(
         self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
     ) -> Admission:
-        """May one create go through every circuit of `keys` ((key, provider, model, config))? Reservations it
-        takes are given back by `circuit_record`."""
         at = time.time() if now is None else now
 
         async def write(tx: Tx) -> Admission:
@@ -538,7 +1257,6 @@ class StoreManager(StoreRules):
         held: Sequence[str],
         now: float | None = None,
     ) -> list[Circuit]:
-        """Count one create's outcome in each circuit of `keys`; the circuits as they now are."""
         at = time.time() if now is None else now
 
         async def write(tx: Tx) -> list[Circuit]:
@@ -553,637 +1271,20 @@ class StoreManager(StoreRules):
         return await self._in_tx(write)
 
     async def circuits(self) -> list[Circuit]:
-        """Every circuit the store knows, by key."""
+        return [Circuit.of_row(r) for r in await self._in_read(lambda tx: tx.all(self.sql.circuits))]
 
-        async def read(tx: Tx) -> list[Circuit]:
-            return [Circuit.of_row(r) for r in await tx.all("SELECT * FROM circuits ORDER BY key")]
-
-        return await self._in_read(read)
-
-    @staticmethod
-    async def _circuit_row(tx: Tx, key: str, provider: str, model: str | None, now: float) -> Circuit:
-        row = await tx.one("SELECT * FROM circuits WHERE key = %s" + tx.for_update, (key,))
-        if row is not None:
-            return Circuit.of_row(row)
-        await tx.run(
-            "INSERT INTO circuits (key, provider, model, updated_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (key, provider, model, now),
-        )
-        row = await tx.one("SELECT * FROM circuits WHERE key = %s" + tx.for_update, (key,))
+    async def _circuit_row(self, tx: Tx, key: str, provider: str, model: str | None, now: float) -> Circuit:
+        row = await tx.one(self.sql.circuit + tx.for_update, (key,))
+        if row is None:
+            await tx.run(self.sql.insert_circuit, (key, provider, model, now))
+            row = await tx.one(self.sql.circuit + tx.for_update, (key,))
         return Circuit.of_row(row)
 
-    @staticmethod
-    async def _circuit_write(tx: Tx, c: Circuit, now: float) -> None:
-        await tx.run(
-            "UPDATE circuits SET state = %s, failures = %s, pending = %s, pending_at = %s, until_at = %s,"
-            " probe_owner = %s, ok_count = %s, fail_count = %s, window_at = %s, failing = %s, updated_at = %s"
-            " WHERE key = %s",
-            (
-                c.state, c.failures, c.pending, c.pending_at, c.until_at, c.probe_owner, c.ok_count, c.fail_count,
-                c.window_at, dumps(c.failing), now, c.key,
-            ),
-        )  # fmt: skip
-
-    # ------------------------------------------------------------------ cancel / resume
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        async def write(tx: Tx) -> None:
-            now = time.time()
-            if tx.for_update:  # job rows first, then the execution: the order in which claims and completions
-                # lock them (taken the other way round, a cancel and a completion would deadlock)
-                await tx.all("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-            row = await tx.one("SELECT tenant, status FROM executions WHERE id = %s" + tx.for_update, (execution_id,))
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                raise NotFound(f"execution {execution_id!r} not found")
-            if row["status"] in TERMINAL_EXECUTION:
-                ended = "is already canceled" if row["status"] == "canceled" else f"has already {row['status']}"
-                raise Conflict(f"execution {execution_id!r} {ended}; nothing to cancel")
-            await tx.run("UPDATE executions SET cancel_requested = 1 WHERE id = %s", (execution_id,))
-            await tx.run(
-                "INSERT INTO job_cancels (owner, job_id, seq, provider, model, type, provider_job_id, created_at)"
-                " SELECT COALESCE(lease_owner, ''), id, lease_seq, provider, model, type, provider_job_id, %s"
-                " FROM jobs WHERE execution_id = %s AND ((status = 'running' AND lease_owner IS NOT NULL)"
-                " OR (status = 'queued' AND provider_job_id IS NOT NULL)) ON CONFLICT DO NOTHING",
-                (now, execution_id),
-            )
-            canceled = await tx.all(
-                "UPDATE jobs SET status = 'canceled', finished_at = %s, error = 'canceled by request'"
-                f" WHERE execution_id = %s AND {guard('canceled')} RETURNING id, key",
-                (now, execution_id),
-            )
-            events: list[EventRow] = [
-                (execution_id, k["key"], "job.canceled", dumps({"reason": "canceled by request"}), now)
-                for k in sorted(canceled, key=lambda k: int(k["id"]))
-            ]
-            await self._settle_in(tx, {execution_id}, now, events)
-            await self._append_in(tx, events)
-
-        await self._in_tx(write)
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
-        async def write(tx: Tx) -> bool:
-            now = time.time()
-            if tx.for_update:  # the one lock order (docs/reliability.md): job rows by id, then the execution
-                await tx.all("SELECT id FROM jobs WHERE execution_id = %s ORDER BY id FOR UPDATE", (execution_id,))
-            row = await tx.one("SELECT tenant, status FROM executions WHERE id = %s" + tx.for_update, (execution_id,))
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                raise NotFound(f"execution {execution_id!r} not found")
-            if row["status"] not in TERMINAL_EXECUTION:
-                raise Conflict(
-                    f"execution {execution_id!r} is {row['status']}; only a finished execution can be resumed"
-                )
-            if row["status"] == "succeeded":
-                raise Conflict(f"execution {execution_id!r} succeeded; there is nothing to resume")
-            jobs = await tx.all(
-                "SELECT id, key, status, depends_on, failover FROM jobs WHERE execution_id = %s ORDER BY id",
-                (execution_id,),
-            )
-            done = {j["key"] for j in jobs if j["status"] == "succeeded"}
-            events: list[EventRow] = []
-            rerun = []
-            queued = False
-            for j in jobs:
-                if j["status"] not in RESUMABLE_JOB:
-                    continue
-                left = sum(1 for d in loads(j["depends_on"]) if d not in done)
-                status = "waiting" if left else "queued"
-                queued = queued or status == "queued"
-                rerun.append(j["key"])
-                await tx.run(
-                    "UPDATE jobs SET status = %s, deps_left = %s, attempts = 0, error = NULL, result = NULL,"
-                    " provider_job_id = NULL, progress = 0, queue_position = NULL, started_at = NULL,"
-                    " finished_at = NULL, run_after = 0, lease_owner = NULL, lease_expires_at = NULL,"
-                    " cost_actual = NULL, intent_at = NULL, intent_seq = NULL, queued_at = %s"
-                    " WHERE execution_id = %s AND key = %s",
-                    (status, left, now if status == "queued" else None, execution_id, j["key"]),
-                )
-                if j["failover"] and (restart := loads(j["failover"])).get("models"):  # from its first model again
-                    first = restart["models"][0]
-                    await tx.run(
-                        FAILOVER_SQL, (first, first.split("/", 1)[0], dumps({**restart, "passed": []}), j["id"])
-                    )
-                events.append((execution_id, j["key"], f"job.{status}", dumps({"reason": "resume"}), now))
-            await tx.run(
-                "UPDATE executions SET status = 'running', cancel_requested = 0, finished_at = NULL,"
-                " error = NULL, result = NULL, updated_at = %s WHERE id = %s",
-                (now, execution_id),
-            )
-            events.insert(0, (execution_id, None, "execution.resumed", dumps({"jobs": rerun}), now))
-            await self._settle_in(tx, {execution_id}, now, events)
-            await self._append_in(tx, events)
-            if queued:
-                await self._notify_in(tx)
-            return queued
-
-        if await self._in_tx(write):
-            self._announce()
-        state = await self.get_execution(execution_id, tenant)
-        assert state is not None
-        return state
-
-    # ------------------------------------------------------------------ leases
-    async def note_attempt(
-        self,
-        job_id: int,
-        owner: str,
-        seq: int,
-        event: str,
-        data: dict[str, Any],
-        *,
-        possible_duplicate_usd: float | None = None,
-    ) -> bool:
-        async def write(tx: Tx) -> bool:
-            now = time.time()
-            row = await tx.one(
-                "UPDATE jobs SET possible_duplicates = possible_duplicates + %s,"
-                " possible_duplicate_usd = possible_duplicate_usd + %s"
-                " WHERE id = %s AND lease_owner = %s AND lease_seq = %s AND status = 'running'"
-                " RETURNING execution_id, key",
-                (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0, job_id, owner, seq),
-            )
-            if row is None:
-                return False
-            await self._append_in(tx, [(row["execution_id"], row["key"], event, dumps(data), now)])
-            return True
-
-        return await self._in_tx(write)
-
-    async def canceled_for(self, owner: str) -> list[int]:
-        # A cheap read first: every worker asks often, and must not take a write lock for nothing.
-        found = await self._in_read(
-            lambda tx: tx.one("SELECT 1 FROM jobs WHERE lease_owner = %s AND status <> 'running' LIMIT 1", (owner,))
-        )
-        if found is None:
-            return []
-        rows = await self._in_tx(
-            lambda tx: tx.all(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = %s AND status <> 'running' RETURNING id",
-                (owner,),
-            )
-        )
-        return sorted(r["id"] for r in rows)
-
-    async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        found = await self._in_read(lambda tx: tx.one("SELECT 1 FROM job_cancels WHERE owner = %s LIMIT 1", (owner,)))
-        if found is None:
-            return []
-
-        async def write(tx: Tx) -> list[tuple[int, int]]:
-            deleted = await tx.all("DELETE FROM job_cancels WHERE owner = %s RETURNING job_id, seq", (owner,))
-            rows = sorted((int(r["job_id"]), int(r["seq"])) for r in deleted)
-            ids = sorted({r[0] for r in rows})
-            for i in range(0, len(ids), IN_CHUNK):
-                cond, args = tx.in_("id", ids[i : i + IN_CHUNK])
-                await tx.run(
-                    "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = %s"
-                    f" AND status <> 'running' AND {cond}",
-                    (owner, *args),
-                )
-            return rows
-
-        return await self._in_tx(write)
-
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        if not job_ids:
-            return
-
-        async def write(tx: Tx) -> bool:
-            now = time.time()
-            rows: list[Any] = []
-            ids = sorted(set(job_ids))
-            for i in range(0, len(ids), IN_CHUNK):
-                cond, args = tx.in_("id", ids[i : i + IN_CHUNK])
-                rows += await tx.all(
-                    "UPDATE jobs SET status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0"
-                    " END, lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s, progress = 0"
-                    f" WHERE lease_owner = %s AND {guard('queued', frm='running')} AND {cond}"
-                    " RETURNING id, execution_id, key",
-                    (now, now, owner, *args),
-                )
-            rows.sort(key=lambda r: int(r["id"]))
-            events: list[EventRow] = [
-                (r["execution_id"], r["key"], "job.released", dumps({"reason": reason}), now) for r in rows
-            ]
-            await self._settle_in(tx, {r["execution_id"] for r in rows}, now, events)
-            await self._append_in(tx, events)
-            if rows:
-                await self._notify_in(tx)
-            return bool(rows)
-
-        if await self._in_tx(write):
-            self._announce()
-
-    async def recover_expired(self) -> list[OrphanedCancel]:
-        now = time.time()
-        found = await self._in_read(
-            lambda tx: tx.one(
-                "SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s"
-                " UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1",
-                (now, now - ORPHAN_CANCEL_S),
-            )
-        )
-        if found is None:
-            return []
-        return await self._in_tx(self._recover_expired)
-
-    async def _recover_expired(self, tx: Tx) -> list[OrphanedCancel]:
-        now = time.time()
-        requeued = await tx.all(
-            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-            " queued_at = %s, run_after = %s, progress = 0"
-            f" WHERE {guard('queued', frm='running')} AND lease_expires_at < %s"
-            " AND attempts < max_attempts RETURNING id, execution_id, key, attempts",
-            (now, now, now),
-        )
-        requeued.sort(key=lambda r: int(r["id"]))
-        events: list[EventRow] = [
-            (
-                r["execution_id"], r["key"], "job.requeued",
-                dumps({"reason": "lease expired", "attempts": r["attempts"]}), now,
-            )
-            for r in requeued
-        ]  # fmt: skip
-        await self._settle_in(tx, {r["execution_id"] for r in requeued}, now, events)
-        await self._append_in(tx, events)
-        if requeued:
-            await self._notify_in(tx)
-        exhausted = await tx.all(
-            "SELECT id, lease_owner, attempts FROM jobs WHERE status = 'running' AND lease_expires_at < %s ORDER BY id",
-            (now,),
-        )
-        await self._apply_in(
-            tx,
-            [
-                JobOutcome(
-                    job_id=r["id"],
-                    owner=r["lease_owner"],
-                    status="failed",
-                    error=f"the worker running it stopped responding (lease expired) after {r['attempts']} attempts",
-                )
-                for r in exhausted
-            ],
-            now,
-        )
-        orphans = await tx.all(
-            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE status <> 'running'"
-            " AND lease_owner IS NOT NULL AND lease_expires_at < %s"
-            " RETURNING id, provider, model, type, provider_job_id",
-            (now,),
-        )
-        orphans.sort(key=lambda r: int(r["id"]))
-        # cancellations addressed to a worker that stopped beating before it read them (the job may have been
-        # resumed since): their provider work is cancelled here
-        addressed = await tx.all(
-            "DELETE FROM job_cancels WHERE owner = '' OR (created_at < %s AND owner NOT IN"
-            " (SELECT id FROM workers WHERE last_seen >= %s))"
-            " RETURNING job_id AS id, provider, model, type, provider_job_id",
-            (now - ORPHAN_CANCEL_S, now - ORPHAN_CANCEL_S),
-        )
-        orphans += sorted(addressed, key=lambda r: int(r["id"]))
-        return unique_orphans(
-            [OrphanedCancel(r["id"], r["provider"], r["model"], r["type"], r["provider_job_id"]) for r in orphans]
-        )
-
-    async def prune(self, older_than: float) -> dict[str, int]:
-        """Delete executions that ended before `older_than` (unix time), with their jobs, events and webhook
-        deliveries. Artifacts stay: their files are content-addressed and may serve newer executions."""
-
-        async def work(tx: Tx) -> dict[str, int]:
-            removed = {"executions": 0, "jobs": 0, "events": 0, "webhook_deliveries": 0}
-            found = await tx.all(
-                "SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < %s" + tx.for_update,
-                (older_than,),
-            )
-            ids = [r["id"] for r in found]
-            for i in range(0, len(ids), IN_CHUNK):
-                chunk = ids[i : i + IN_CHUNK]
-                for table in ("events", "jobs", "webhook_deliveries"):
-                    cond, args = tx.in_("execution_id", chunk)
-                    removed[table] += await tx.run(f"DELETE FROM {table} WHERE {cond}", args)
-                cond, args = tx.in_("id", chunk)
-                removed["executions"] += await tx.run(f"DELETE FROM executions WHERE {cond}", args)
-            return removed
-
-        return await self._in_tx(work)
-
-    # ------------------------------------------------------------------ workers
-    async def register_worker(self, worker_id: str, info: dict[str, Any]) -> None:
-        now = time.time()
-        await self._in_tx(
-            lambda tx: tx.run(
-                "INSERT INTO workers (id, info, started_at, last_seen) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, started_at = excluded.started_at,"
-                " last_seen = excluded.last_seen",
-                (worker_id, dumps(info), now, now),
-            )
-        )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        await self._in_tx(lambda tx: tx.run("DELETE FROM workers WHERE id = %s", (worker_id,)))
-
-    async def live_workers(self, within_s: float, *, serving: str | None = None) -> int:
-        rows = await self._in_read(
-            lambda tx: tx.all("SELECT info FROM workers WHERE last_seen > %s", (time.time() - within_s,))
-        )
-        return sum(1 for r in rows if serves(loads(r["info"]), serving))
-
-    async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        now = time.time()
-
-        async def write(tx: Tx) -> set[int]:
-            held = await tx.all(
-                "UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id",
-                (now + lease_s, owner),
-            )
-            await tx.run("UPDATE workers SET last_seen = %s WHERE id = %s", (now, owner))
-            return {r["id"] for r in held}
-
-        return await self._in_tx(write)
-
-    async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
-    ) -> str:
-        async def write(tx: Tx) -> str:
-            if execution_id is not None and job_key is not None:
-                row = await tx.one(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE execution_id = %s AND key = %s"
-                    " AND provider = %s",
-                    (execution_id, job_key, provider),
-                )
-            else:
-                row = await tx.one(
-                    "SELECT id, status, provider_job_id FROM jobs WHERE provider = %s AND provider_job_id = %s"
-                    " ORDER BY id DESC LIMIT 1",
-                    (provider, remote_id),
-                )
-            if row is None:
-                return "unknown"
-            if not callback_matches(row["provider_job_id"], remote_id):
-                return "mismatch"
-            if row["status"] != "running":
-                return "ignored"
-            await tx.run("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
-            return "woken"
-
-        return await self._in_tx(write)
-
-    async def woken_for(self, owner: str) -> list[int]:
-        # A cheap read first: every worker asks often, and must not take a write lock for nothing.
-        found = await self._in_read(
-            lambda tx: tx.one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
-        )
-        if found is None:
-            return []
-        rows = await self._in_tx(
-            lambda tx: tx.all(
-                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
-                (owner,),
-            )
-        )
-        return sorted(r["id"] for r in rows)
-
-    # ------------------------------------------------------------------ submission
-    async def create_execution(self, execution: NewExecution) -> str:
-        execution_id = await self._in_tx(lambda tx: self._create_execution(tx, execution))
-        if any(not j.depends_on for j in execution.jobs):
-            self._announce()
-        return execution_id
-
-    async def _create_execution(self, tx: Tx, ex: NewExecution) -> str:
-        now = time.time()
-        deadline = now + ex.timeout_s if ex.timeout_s else None
-        if ex.idempotency_key is not None:
-            # Two submissions with one key wait for each other, so the second finds the first.
-            await self._lock_in(tx, f"reelflow:idem:{ex.tenant}:{ex.idempotency_key}")
-            earlier = await tx.one(
-                "SELECT id, request_hash, created_at FROM executions WHERE tenant = %s AND idempotency_key = %s",
-                (ex.tenant, ex.idempotency_key),
-            )
-            if earlier is not None and earlier["created_at"] > now - IDEMPOTENCY_WINDOW_S:
-                if earlier["request_hash"] != ex.request_hash:
-                    raise IdempotencyConflict(
-                        f"Idempotency-Key {ex.idempotency_key!r} was already used for a different request"
-                        f" (execution {earlier['id']}); use a new key for a new request"
-                    )
-                return str(earlier["id"])
-            if earlier is not None:  # older than the window: the key is free again
-                await tx.run("UPDATE executions SET idempotency_key = NULL WHERE id = %s", (earlier["id"],))
-        await self._tenant_secret(tx, ex.tenant, now)
-        if ex.usage_limit is not None:
-            # Concurrent submissions of one tenant count one after the other, so both cannot slip under it.
-            await self._lock_in(tx, f"reelflow:usage:{ex.tenant}")
-            count, used = await self._month_usage(tx, ex.tenant, now)
-            refusal = usage_refusal(ex.tenant, ex.usage_limit, count, used, ex.cost_estimated)
-            if refusal is not None:
-                raise refusal
-        inserted = await tx.one(
-            "INSERT INTO executions (id, tenant, status, plan, metadata, webhook, on_failure, priority,"
-            " cost_estimated, deadline, retry_of, idempotency_key, request_hash, webhook_events,"
-            " created_at, updated_at)"
-            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                ex.id, ex.tenant, dumps(ex.plan), dumps(ex.metadata), ex.webhook, ex.on_failure,
-                ex.priority, ex.cost_estimated, deadline, ex.retry_of, ex.idempotency_key, ex.request_hash,
-                dumps(ex.webhook_events) if ex.webhook else None, now, now,
-            ),
-        )  # fmt: skip
-        if inserted is None:
-            # This very submission is stored already: the transaction is being run again because its COMMIT's
-            # answer was lost with the connection, and the COMMIT had happened. Read back, do not guess.
-            stored = await tx.one("SELECT request_hash FROM executions WHERE id = %s", (ex.id,))
-            if stored is None or stored["request_hash"] != ex.request_hash:
-                raise Conflict(f"execution id {ex.id!r} is taken")
-            return ex.id
-        if ex.jobs:
-            await tx.many(
-                "INSERT INTO jobs (execution_id, key, position, type, provider, model, params, depends_on,"
-                " dependents, deps_left, status, priority, max_attempts, timeout_s, start_timeout_s,"
-                " cost_estimated, created_at, queued_at, tenant, use_cache, failover)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        ex.id, j.key, j.position, j.type, j.provider, j.model, dumps(j.params),
-                        dumps(j.depends_on), dumps(j.dependents), len(j.depends_on),
-                        "waiting" if j.depends_on else "queued", ex.priority, j.max_attempts,
-                        j.timeout_s, j.start_timeout_s, j.cost_estimated, now,
-                        None if j.depends_on else now, ex.tenant, int(j.cache), failover_json(j),
-                    )
-                    for j in ex.jobs
-                ],
-            )  # fmt: skip
-        await self._append_in(
-            tx, [(ex.id, None, "execution.created", dumps({"status": "queued", "jobs": len(ex.jobs)}), now)]
-        )
-        if any(not j.depends_on for j in ex.jobs):
-            await self._notify_in(tx)
-        return ex.id
-
-    # ------------------------------------------------------------------ reading
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        async def read(tx: Tx) -> dict[str, Any] | None:
-            row = await tx.one("SELECT * FROM executions WHERE id = %s", (execution_id,))
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                return None
-            jobs = await tx.all("SELECT * FROM jobs WHERE execution_id = %s ORDER BY position", (execution_id,))
-            return execution_view(dict(row), [dict(j) for j in jobs])
-
-        return await self._in_snapshot(read)
-
-    async def list_executions(
-        self,
-        tenant: str | None = None,
-        *,
-        status: str | None = None,
-        created_after: float | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        where, args = equal_filters(tenant=tenant, status=status)
-        if created_after is not None:
-            where.append("created_at > %s")
-            args.append(created_after)
-        if cursor:
-            ts, eid = decode_cursor(cursor)
-            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
-            args += [ts, ts, eid]
-        sql = "SELECT * FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-        rows = await self._in_read(lambda tx: tx.all(sql, (*args, limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [execution_summary(r) for r in rows], nxt
-
-    async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        row = await self._in_read(
-            lambda tx: tx.one("SELECT tenant, plan FROM executions WHERE id = %s", (execution_id,))
-        )
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            return None
-        return dict(loads(row["plan"]))
-
-    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
-        async def read(tx: Tx) -> dict[str, Any] | None:
-            job = await tx.one(
-                "SELECT j.id, j.key, j.status, j.provider, j.provider_job_id, e.tenant FROM jobs j"
-                " JOIN executions e ON e.id = j.execution_id WHERE j.execution_id = %s AND j.key = %s",
-                (execution_id, job_key),
-            )
-            if job is None or (tenant is not None and job["tenant"] != tenant):
-                return None
-            row = await tx.one("SELECT * FROM job_logs WHERE job_id = %s", (job["id"],))
-            return log_view(execution_id, dict(job), None if row is None else dict(row))
-
-        return await self._in_snapshot(read)
-
-    async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        rows = await self._in_read(
-            lambda tx: tx.all(
-                "SELECT * FROM events WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (execution_id, after, limit),
-            )
-        )
-        return [
-            Event(r["seq"], r["execution_id"], r["job_key"], r["type"], loads(r["data"]), r["created_at"]) for r in rows
-        ]
-
-    async def next_wakeup(self) -> float | None:
-        row = await self._in_read(lambda tx: tx.one("SELECT MIN(run_after) AS t FROM jobs WHERE status = 'queued'"))
-        return None if row is None or row["t"] is None else float(row["t"])
-
-    # ------------------------------------------------------------------ usage and statistics
-    @staticmethod
-    async def _month_usage(tx: Tx, tenant: str, now: float) -> tuple[int, float]:
-        """Executions created this month, and their cost: actual once finished, else the larger of the
-        estimate (the reservation) and what has been spent so far."""
-        row = await tx.one(
-            f"SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0)"
-            f" ELSE {_RESERVED} END), 0) AS used FROM executions WHERE tenant = %s AND created_at >= %s",
-            (tenant, month_start(now)),
-        )
-        return int(row["n"]), float(row["used"])
-
-    async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        since = month_start(now)
-
-        async def read(tx: Tx) -> dict[str, Any]:
-            row = await tx.one(
-                "SELECT COUNT(*) AS n,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NOT NULL THEN COALESCE(cost_actual, 0) ELSE 0 END), 0)"
-                f"   AS cost, COALESCE(SUM(CASE WHEN finished_at IS NULL THEN {_RESERVED} ELSE 0 END), 0) AS reserved,"
-                " COALESCE(SUM(CASE WHEN finished_at IS NULL THEN 1 ELSE 0 END), 0) AS unfinished"
-                " FROM executions WHERE tenant = %s AND created_at >= %s",
-                (tenant, since),
-            )
-            jobs = await tx.one(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(cache_hit), 0) AS hits FROM jobs j"
-                " JOIN executions e ON e.id = j.execution_id"
-                " WHERE e.tenant = %s AND e.created_at >= %s AND j.status = 'succeeded'",
-                (tenant, since),
-            )
-            running = await tx.one("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = %s", (tenant,))
-            return {
-                "tenant": tenant,
-                "month": datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m"),
-                "executions": int(row["n"]),
-                "executions_unfinished": int(row["unfinished"]),
-                "cost_usd": round(float(row["cost"]), 6),
-                "reserved_usd": round(float(row["reserved"]), 6),
-                "jobs_succeeded": int(jobs["n"]),
-                "cache_hits": int(jobs["hits"]),
-                "jobs_running": int(running["n"]),
-            }
-
-        return await self._in_snapshot(read)
-
-    async def queue_stats(self) -> dict[str, Any]:
-        async def read(tx: Tx) -> dict[str, Any]:
-            async def pairs(sql: str) -> dict[str, int]:
-                return {r["k"]: int(r["n"]) for r in await tx.all(sql)}
-
-            return {
-                "jobs": await pairs("SELECT status AS k, COUNT(*) AS n FROM jobs GROUP BY status"),
-                "running_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                    " GROUP BY 1"
-                ),
-                "queued_by_provider": await pairs(
-                    "SELECT COALESCE(provider, 'local') AS k, COUNT(*) AS n FROM jobs WHERE status = 'queued'"
-                    " GROUP BY 1"
-                ),
-                "active_by_tenant": await pairs(
-                    "SELECT tenant AS k, COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant"
-                ),
-            }
-
-        return await self._in_snapshot(read)
-
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        return assemble_stats(await self._fetch(stats_queries(tenant, since, time.time())), tenant, since)
-
-    async def metric_gauges(self) -> dict[str, Any]:
-        gauges = assemble_gauges(await self._fetch(gauge_queries(time.time())))
-        gauges["circuits"] = [(c.provider, c.model or "", c.state) for c in await self.circuits()]
-        return gauges
-
-    async def _fetch(self, queries: list[Query]) -> dict[str, list[Any]]:
-        """The rows (as tuples) of named read queries (`?` parameters), in one read-only transaction."""
-
-        async def read(tx: Tx) -> dict[str, list[Any]]:
-            rows: dict[str, list[Any]] = {}
-            for name, sql, args in queries:
-                found = await tx.all(sql.replace("?", "%s"), args)
-                rows[name] = [tuple(r.values()) if isinstance(r, Mapping) else tuple(r) for r in found]
-            return rows
-
-        return await self._in_snapshot(read)
+    async def _circuit_write(self, tx: Tx, c: Circuit, now: float) -> None:
+        await tx.run(self.sql.update_circuit, (
+            c.state, c.failures, c.pending, c.pending_at, c.until_at, c.probe_owner, c.ok_count, c.fail_count,
+            c.window_at, dumps(c.failing), now, c.key,
+        ))  # fmt: skip
 
     # ------------------------------------------------------------------ provider pacing
     async def take_tokens(self, provider: str, want: int, per_minute: float | None) -> tuple[int, float]:
@@ -1194,16 +1295,8 @@ class StoreManager(StoreRules):
         than `per_minute` requests across all workers. Without `per_minute` only a 429's hold applies."""
 
         async def write(tx: Tx) -> tuple[int, float]:
-            await tx.run(
-                "INSERT INTO provider_pace (provider, tokens, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, 0, %s, 1, 0, 0) ON CONFLICT (provider) DO NOTHING",
-                (provider, time.time()),
-            )
-            row = await tx.one(
-                "SELECT tokens, updated_at, factor, hold_until, throttled_at FROM provider_pace WHERE provider = %s"
-                + tx.for_update,
-                (provider,),
-            )
+            await tx.run(self.sql.pace_row, (provider, time.time()))
+            row = await tx.one(self.sql.pace + tx.for_update, (provider,))
             now = time.time()  # after the lock: another worker may have just taken tokens
             tokens, updated = float(row["tokens"]), float(row["updated_at"])
             factor, hold_until = float(row["factor"]), float(row["hold_until"])
@@ -1219,54 +1312,27 @@ class StoreManager(StoreRules):
                 granted = min(want, int(tokens))
                 tokens -= granted
                 wait = 0.0 if granted else (1.0 - tokens) / rate
-            await tx.run(
-                "UPDATE provider_pace SET tokens = %s, updated_at = %s, factor = %s WHERE provider = %s",
-                (tokens, now, factor, provider),
-            )
+            await tx.run(self.sql.take_tokens, (tokens, now, factor, provider))
             return granted, wait
 
         return await self._in_tx(write)
 
     async def report_throttle(self, provider: str, retry_after_s: float | None) -> None:
-        """A 429 from `provider`: every worker holds for Retry-After and the shared pace halves (once a second)."""
         now = time.time()
         hold = now + (retry_after_s if retry_after_s is not None else 1.0)
-        again = "excluded.throttled_at - p.throttled_at >= 1.0"
-        await self._in_tx(
-            lambda tx: tx.run(
-                "INSERT INTO provider_pace AS p (provider, updated_at, factor, hold_until, throttled_at)"
-                " VALUES (%s, %s, 0.5, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
-                " hold_until = CASE WHEN excluded.hold_until > p.hold_until THEN excluded.hold_until"
-                "   ELSE p.hold_until END,"
-                f" factor = CASE WHEN {again} THEN CASE WHEN p.factor * 0.5 > 0.02 THEN p.factor * 0.5 ELSE 0.02 END"
-                "   ELSE p.factor END,"
-                f" throttled_at = CASE WHEN {again} THEN excluded.throttled_at ELSE p.throttled_at END",
-                (provider, now, hold, now),
-            )
-        )
+        await self._in_tx(lambda tx: tx.run(self.sql.throttle, (provider, now, hold, now)))
 
     async def provider_paces(self) -> dict[str, tuple[float, float]]:
-        """provider -> (hold_until, throttled_at) for providers throttled in the last minute."""
-        rows = await self._in_read(
-            lambda tx: tx.all(
-                "SELECT provider, hold_until, throttled_at FROM provider_pace WHERE throttled_at > %s",
-                (time.time() - 60,),
-            )
-        )
+        rows = await self._in_read(lambda tx: tx.all(self.sql.provider_paces, (time.time() - 60,)))
         return {r["provider"]: (float(r["hold_until"]), float(r["throttled_at"])) for r in rows}
 
     # ------------------------------------------------------------------ tenants, keys, artifacts
-    @staticmethod
-    async def _tenant_secret(tx: Tx, tenant: str, now: float) -> str:
+    async def _tenant_secret(self, tx: Tx, tenant: str, now: float) -> str:
         """The tenant's webhook secret; the tenant is created (with a new secret) when missing."""
-        row = await tx.one("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
+        row = await tx.one(self.sql.tenant_secret, (tenant,))
         if row is None:  # a concurrent transaction may be creating it too: the first one's secret stands
-            await tx.run(
-                "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (tenant, new_webhook_secret(), now),
-            )
-            row = await tx.one("SELECT webhook_secret FROM tenants WHERE name = %s", (tenant,))
+            await tx.run(self.sql.insert_tenant, (tenant, new_webhook_secret(), now))
+            row = await tx.one(self.sql.tenant_secret, (tenant,))
         return str(row["webhook_secret"])
 
     async def ensure_tenant(self, tenant: str) -> str:
@@ -1275,64 +1341,63 @@ class StoreManager(StoreRules):
     async def add_api_key(self, key: ApiKey) -> None:
         async def write(tx: Tx) -> None:
             await self._tenant_secret(tx, key.tenant, key.created_at)
-            await tx.run(
-                "INSERT INTO api_keys (id, tenant, key_hash, created_at) VALUES (%s, %s, %s, %s)",
-                (key.id, key.tenant, key.key_hash, key.created_at),
-            )
+            await tx.run(self.sql.insert_api_key, (key.id, key.tenant, key.key_hash, key.created_at))
 
         await self._in_tx(write)
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
-        row = await self._in_read(
-            lambda tx: tx.one(
-                "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s", (key_id,)
-            )
-        )
+        row = await self._in_read(lambda tx: tx.one(self.sql.api_key, (key_id,)))
         return ApiKey(**dict(row)) if row else None
 
     async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
-        sql = "SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
-        args: tuple[Any, ...] = ()
-        if tenant is not None:
-            sql += " WHERE tenant = %s"
-            args = (tenant,)
-        rows = await self._in_read(lambda tx: tx.all(sql + " ORDER BY created_at", args))
-        return [ApiKey(**dict(r)) for r in rows]
+        where, args = equal_filters(tenant=tenant)
+        sql = self.sql.api_keys.format(where=" WHERE " + " AND ".join(where) if where else "")
+        return [ApiKey(**dict(r)) for r in await self._in_read(lambda tx: tx.all(sql, args))]
 
     async def revoke_api_key(self, key_id: str) -> bool:
-        changed = await self._in_tx(
-            lambda tx: tx.run(
-                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), key_id)
-            )
-        )
-        return changed > 0
+        return await self._in_tx(lambda tx: tx.run(self.sql.revoke_api_key, (time.time(), key_id))) > 0
 
     async def owned_artifacts(self, tenant: str, keys: Collection[str]) -> set[str]:
-        return await self._in_read(
-            lambda tx: self._column_in(tx, "SELECT key FROM artifacts WHERE tenant = %s AND", [tenant], "key", keys)
-        )
+        return await self._in_read(lambda tx: self._keys_in(tx, self.sql.owned_artifacts, tenant, "key", keys))
 
     async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
-        sql = "SELECT provider_job_id AS key FROM jobs WHERE provider = %s AND"
-        return await self._in_read(lambda tx: self._column_in(tx, sql, [provider], "provider_job_id", provider_job_ids))
+        sql = self.sql.adopted
+        return await self._in_read(lambda tx: self._keys_in(tx, sql, provider, "provider_job_id", provider_job_ids))
 
     @staticmethod
-    async def _column_in(tx: Tx, sql: str, args: list[Any], column: str, values: Collection[str]) -> set[str]:
-        """The `key` column of `sql` (ending in AND) for the rows whose `column` is one of `values`."""
+    async def _keys_in(tx: Tx, sql: str, arg: str, column: str, values: Collection[str]) -> set[str]:
+        """The `key` column of `sql` (`{cond}`: `column` is one of `values`)."""
         found: set[str] = set()
-        ordered = sorted(set(values))
-        for i in range(0, len(ordered), IN_CHUNK):
-            cond, more = tx.in_(column, ordered[i : i + IN_CHUNK])
-            found.update(r["key"] for r in await tx.all(f"{sql} {cond}", [*args, *more]))
+        for chunk in chunks(sorted(set(values))):
+            cond, more = tx.in_(column, chunk)
+            found.update(r["key"] for r in await tx.all(sql.format(cond=cond), [arg, *more]))
         return found
 
     async def owns_artifact(self, tenant: str, key: str) -> bool:
-        row = await self._in_read(
-            lambda tx: tx.one("SELECT 1 FROM artifacts WHERE tenant = %s AND key = %s", (tenant, key))
-        )
-        return row is not None
+        return await self._in_read(lambda tx: tx.one(self.sql.owns_artifact, (tenant, key))) is not None
 
     # ------------------------------------------------------------------ webhook deliveries
+    async def claim_deliveries(
+        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
+    ) -> list[Delivery]:
+        if executions is not None and not executions:
+            return []
+        only = sorted(executions) if executions is not None else None
+
+        async def write(tx: Tx) -> list[Delivery]:
+            rows = await self._lease_deliveries(tx, owner, limit, lease_s, time.time(), only)
+            return [
+                Delivery(
+                    id=r["id"], execution_id=r["execution_id"], tenant=r["tenant"], url=r["url"],
+                    event_type=r["event_type"], payload=r["payload"], attempts=r["attempts"],
+                    created_at=r["created_at"], secret=r["webhook_secret"] or "", retry_from=r["retry_from"],
+                )
+                for r in rows
+            ]  # fmt: skip
+
+        now = time.time()
+        return await self._in_tx_if(self.sql.any_delivery_due, (now, now), write, [])
+
     async def record_delivery_attempt(
         self,
         delivery_id: str,
@@ -1351,19 +1416,15 @@ class StoreManager(StoreRules):
 
         async def write(tx: Tx) -> None:
             row = await tx.one(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, next_attempt_at = %s,"
-                " last_status_code = %s, last_error = %s, delivered_at = %s, lease_owner = NULL,"
-                " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s RETURNING attempts",
+                self.sql.delivery_attempted,
                 (status, next_attempt_at if next_attempt_at is not None else now, status_code, error,
                  now if delivered else None, delivery_id, owner),
             )  # fmt: skip
-            if row is None:
-                return
-            await tx.run(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error,"
-                " request_body, response_body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (delivery_id, row["attempts"], now, status_code, latency_ms, error, request_body, response_body),
-            )
+            if row is not None:
+                await tx.run(
+                    self.sql.insert_attempt,
+                    (delivery_id, row["attempts"], now, status_code, latency_ms, error, request_body, response_body),
+                )
 
         await self._in_tx(write)
 
@@ -1372,38 +1433,26 @@ class StoreManager(StoreRules):
     ) -> list[dict[str, Any]]:
         return await self._in_snapshot(lambda tx: self._deliveries(tx, tenant, execution_id, limit))
 
-    @staticmethod
     async def _deliveries(
-        tx: Tx, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
+        self, tx: Tx, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
     ) -> list[dict[str, Any]]:
         where, args = equal_filters(id=delivery_id, tenant=tenant, execution_id=execution_id)
-        sql = "SELECT * FROM webhook_deliveries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = await tx.all(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+        sql = self.sql.deliveries.format(where=" WHERE " + " AND ".join(where) if where else "")
+        rows = await tx.all(sql, (*args, limit))
         attempts: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for i in range(0, len(rows), IN_CHUNK):
-            cond, ids = tx.in_("delivery_id", [r["id"] for r in rows[i : i + IN_CHUNK]])
-            for a in await tx.all(
-                "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, error, request_body, response_body"
-                " FROM webhook_attempts"
-                f" WHERE {cond} ORDER BY delivery_id, attempt",
-                ids,
-            ):
+        for chunk in chunks([r["id"] for r in rows]):
+            cond, ids = tx.in_("delivery_id", chunk)
+            for a in await tx.all(self.sql.delivery_attempts.format(cond=cond), ids):
                 attempts[a["delivery_id"]].append(dict(a))
         return [delivery_view(dict(r), attempts[r["id"]]) for r in rows]
 
     async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
         async def write(tx: Tx) -> dict[str, Any]:
-            row = await tx.one("SELECT tenant FROM webhook_deliveries WHERE id = %s" + tx.for_update, (delivery_id,))
+            row = await tx.one(self.sql.delivery_tenant + tx.for_update, (delivery_id,))
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise NotFound(f"webhook delivery {delivery_id!r} not found")
             now = time.time()
-            await tx.run(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = %s, retry_from = %s,"
-                " lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
-                (now, now, delivery_id),
-            )
+            await tx.run(self.sql.redeliver, (now, now, delivery_id))
             found = await self._deliveries(tx, tenant, None, 1, delivery_id)
             return found[0]
 

@@ -1,10 +1,10 @@
 """The embedded default Store: one SQLite file in WAL mode, shared safely by many processes.
 
 Every write is a short `BEGIN IMMEDIATE` transaction, so claims are exclusive across processes.
-All database work runs on one dedicated thread per Store, so the event loop never blocks on it.
-The rules and the statements both databases share live in `manager.py` (`StoreManager`); this file holds the
-connection, the transactions (`_SQLiteTx` runs the shared statements on the thread) and what SQLite does its own
-way: the claim's pick and lease, writing outcomes row by row, settling, the event log, the delivery claim.
+All database work runs on one dedicated thread per Store, so the event loop never blocks on it: the manager's
+coroutines are driven to their end there (`_drive`), each statement running at once. The rules live in
+`manager.py`; this file holds the connection, the transactions and the steps SQLite takes its own way (the claim's
+pick, outcomes written row by row, lists as `IN (...)`), whose statements are in `sql/sqlite.sql`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
@@ -21,39 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from .. import metrics
-from ..states import (
-    guard,
-)
-from .base import (
-    ClaimedJob,
-    Delivery,
-    JobNote,
-    JobOutcome,
-    ProgressReport,
-)
-from .common import (
-    artifact_keys,
-    dumps,
-    loads,
-    merged_log,
-    migration_scripts,
-    month_start,
-)
-from .manager import (
-    FAILOVER_SQL,
-    UNCOUNT_SQL,
-    EventRow,
-    StoreManager,
-    Tx,
-    claimed_job,
-    failover_update,
-    outcome_events,
-    progress_event,
-    running_events,
-    settle,
-)
+from .base import JobOutcome, ProgressReport
+from .common import Statements, artifact_keys, dumps, loads, migration_scripts
+from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written, chunks
 
 T = TypeVar("T")
+SQL = Statements("sqlite")
 
 
 def sqlite_path(url: str) -> str:
@@ -66,17 +39,8 @@ def sqlite_path(url: str) -> str:
     return rest[1:] if rest.startswith("/") else rest
 
 
-def _qs(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 class _SQLiteTx:
-    """The shared statements (`manager.Tx`) on one SQLite connection: `%s` parameters become `?`."""
+    """The driver's statements (`manager.Tx`) on one SQLite connection: `%s` parameters become `?`."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -117,6 +81,9 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 class SQLiteStore(StoreManager):
     """Store on SQLite. Safe to share one file between processes; use one instance per process."""
 
+    sql = SQL
+    _hand_off_at_finish = True
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = sqlite_path(url)
@@ -126,8 +93,6 @@ class SQLiteStore(StoreManager):
         self._conn: sqlite3.Connection | None = None
         self._migrated = False
         self.configure_limits()
-        self._rr_after = ""
-        """The tenant served first by the last claim: the next claim starts after it (round robin)."""
         self._work = asyncio.Event()
         """Set when a write of this process made jobs claimable (`wait_for_work`); other processes are polled."""
 
@@ -136,12 +101,9 @@ class SQLiteStore(StoreManager):
         if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA temp_store=MEMORY")
-            conn.execute("PRAGMA cache_size=-65536")
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON",
+                           "temp_store=MEMORY", "cache_size=-65536"):  # fmt: skip
+                conn.execute(f"PRAGMA {pragma}")
             self._conn = conn
         return self._conn
 
@@ -163,40 +125,36 @@ class SQLiteStore(StoreManager):
                 raise
             conn.execute("COMMIT")
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+    def _written(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        with self._write() as conn:
+            return _drive(fn(_SQLiteTx(conn)))
 
     async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
-        def write() -> T:
-            with self._write() as conn:
-                return _drive(fn(_SQLiteTx(conn)))
-
-        return await self._run(write)
+        return await self._run(self._written, fn)
 
     async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         return await self._run(lambda: _drive(fn(_SQLiteTx(self._connect()))))
 
     async def _in_snapshot(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         def read() -> T:
-            with self._read() as conn:
+            conn = self._connect()
+            conn.execute("BEGIN")
+            try:
                 return _drive(fn(_SQLiteTx(conn)))
+            finally:
+                conn.execute("COMMIT")
 
         return await self._run(read)
 
-    async def _settle_in(self, tx: Tx, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
-        self._settle(cast(_SQLiteTx, tx).conn, exec_ids, now, events)
+    async def _in_tx_if(
+        self, probe: str, args: Sequence[Any], fn: Callable[[Tx], Coroutine[Any, Any, T]], default: T
+    ) -> T:
+        def work() -> T:  # the look and the write in one trip to the thread
+            if self._connect().execute(_sqlite_sql(probe), args).fetchone() is None:
+                return default
+            return self._written(fn)
 
-    async def _append_in(self, tx: Tx, events: list[EventRow]) -> None:
-        self._insert_events(cast(_SQLiteTx, tx).conn, events)
-
-    async def _apply_in(self, tx: Tx, outcomes: list[JobOutcome], now: float) -> list[str]:
-        return self._apply_outcomes(cast(_SQLiteTx, tx).conn, outcomes, now)
+        return await self._run(work)
 
     def _announce(self) -> None:
         self._work.set()
@@ -211,552 +169,6 @@ class SQLiteStore(StoreManager):
         await loop.run_in_executor(self._executor, _close)
         self._executor.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ schema
-    async def migrate(self) -> int:
-        loop = asyncio.get_running_loop()
-        version = await loop.run_in_executor(self._executor, self._migrate)
-        self._migrated = True
-        return version
-
-    def _migrate(self) -> int:
-        conn = self._connect()
-        with self._write():
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
-            )
-            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            version = max(done, default=0)
-            for v, name, sql in migration_scripts("sqlite"):
-                if v in done:
-                    continue
-                for statement in _split_sql(sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (v, name, time.time()))
-                version = v
-        return version
-
-    # ------------------------------------------------------------------ submission
-    # ------------------------------------------------------------------ claiming
-    async def claim(
-        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
-    ) -> list[ClaimedJob]:
-        only = sorted(executions) if executions is not None else None
-        return await self._run(self._claim, owner, limit, lease_s, only)
-
-    def _claim(self, owner: str, limit: int, lease_s: float, executions: list[str] | None = None) -> list[ClaimedJob]:
-        now = time.time()
-        conn = self._connect()
-        # A cheap read first: an idle worker polls often and must not take the write lock for nothing.
-        if conn.execute(
-            "SELECT 1 FROM jobs WHERE status = 'queued' AND run_after <= ? LIMIT 1", (now,)
-        ).fetchone() is None:
-            return []
-        if executions is not None and not executions:
-            return []
-        with self._write() as conn:
-            picked = self._pick(conn, limit, now, executions)
-            return self._lease(conn, owner, picked, lease_s, now) if picked else []
-
-    def _lease(
-        self, conn: sqlite3.Connection, owner: str, picked: list[int], lease_s: float, now: float
-    ) -> list[ClaimedJob]:
-        """Lease the jobs `picked` (those still queued) to `owner`, in the caller's write transaction."""
-        rows = []
-        for chunk in _chunks(picked):
-            rows += conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
-                " lease_expires_at = ?, started_at = COALESCE(started_at, ?), progress = 0, queue_position = NULL,"
-                " lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, ?),"
-                " intent_seq = COALESCE(intent_seq, lease_seq + 1)"
-                f" WHERE {guard('running')} AND id IN ({_qs(len(chunk))})"
-                " RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,"
-                " max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,"
-                " cost_estimated, lease_seq, intent_at, intent_seq, failover",
-                (owner, now + lease_s, now, now, *chunk),
-            ).fetchall()
-        if not rows:
-            return []
-        refusals = self._budget_refusals(rows, self._spent(conn, rows, now))
-        exec_ids = sorted({r["execution_id"] for r in rows})
-        events = running_events(rows, owner, now)
-        deadlines: dict[str, float | None] = {}
-        for chunk in _chunks(exec_ids):
-            started = conn.execute(
-                f"UPDATE executions SET status = 'running', started_at = ?, updated_at = ?"
-                f" WHERE {guard('running', execution=True, frm='queued')} AND id IN ({_qs(len(chunk))})"
-                " RETURNING id",
-                (now, now, *chunk),
-            ).fetchall()
-            events += [(s[0], None, "execution.running", dumps({"status": "running"}), now) for s in started]
-            for d in conn.execute(
-                f"SELECT id, deadline FROM executions WHERE id IN ({_qs(len(chunk))})", chunk
-            ):
-                deadlines[d[0]] = d[1]
-        needs: dict[str, set[str]] = defaultdict(set)
-        deps_of = {r["id"]: loads(r["depends_on"]) for r in rows}
-        for r in rows:
-            needs[r["execution_id"]].update(deps_of[r["id"]])
-        results: dict[tuple[str, str], dict[str, Any]] = {}
-        for eid, keys in needs.items():
-            if not keys:
-                continue
-            for key, res in conn.execute(
-                f"SELECT key, result FROM jobs WHERE execution_id = ? AND key IN ({_qs(len(keys))})",
-                (eid, *keys),
-            ):
-                results[(eid, key)] = loads(res) or {}
-        self._insert_events(conn, events)
-        return [
-            claimed_job(r, deadlines.get(r["execution_id"]), results, refusals.get(r["id"]))
-            for r in sorted(rows, key=lambda r: r["id"])
-        ]
-
-    def _pick(
-        self, conn: sqlite3.Connection, limit: int, now: float, executions: list[str] | None = None
-    ) -> list[int]:
-        """Up to `limit` ready jobs to start: tenants in turn (round robin, so one tenant's big batch cannot
-        starve another's single job), within a tenant by priority then age, skipping any job whose tenant,
-        provider or model is at its concurrency cap (those stay queued; nothing spins on them)."""
-        caps_p, caps_m = self._provider_caps, self._model_caps
-        running_p: dict[str, int] = {}
-        running_m: dict[str, int] = {}
-        if caps_p:
-            running_p = dict(
-                conn.execute(
-                    f"SELECT provider, COUNT(*) FROM jobs WHERE status = 'running' AND provider IN ({_qs(len(caps_p))})"
-                    " GROUP BY provider",
-                    list(caps_p),
-                ).fetchall()
-            )
-        if caps_m:
-            for model, n in conn.execute(
-                "SELECT model, COUNT(*) FROM jobs WHERE status = 'running' AND model IS NOT NULL GROUP BY model"
-            ):
-                base = model.split(":", 1)[0]
-                running_m[base] = running_m.get(base, 0) + n
-        full_p = [p for p, cap in caps_p.items() if running_p.get(p, 0) >= cap]
-        full_m = [m for m, cap in caps_m.items() if running_m.get(m, 0) >= cap]
-        tenants = [
-            r[0]
-            for r in conn.execute(
-                "WITH RECURSIVE t(name) AS ("
-                " SELECT MIN(tenant) FROM jobs WHERE status = 'queued'"
-                " UNION ALL SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)"
-                " FROM t WHERE t.name IS NOT NULL)"
-                " SELECT name FROM t WHERE name IS NOT NULL"
-            )
-        ]
-        caps_t = {t: cap for t in tenants if (cap := self._tenant_cap(t)) is not None}
-        running_t: dict[str, int] = {}
-        for chunk in _chunks(list(caps_t)):
-            running_t.update(
-                conn.execute(
-                    f"SELECT tenant, COUNT(*) FROM jobs WHERE status = 'running' AND tenant IN ({_qs(len(chunk))})"
-                    " GROUP BY tenant",
-                    chunk,
-                ).fetchall()
-            )
-        room_t = {t: min(limit, cap - running_t.get(t, 0)) for t, cap in caps_t.items()}
-        tenants = [t for t in tenants if room_t.get(t, limit) > 0]  # a tenant at its cap waits its turn
-        if not tenants:
-            return []
-        tenants = self._rotate(tenants, limit)
-        where = "status = 'queued' AND tenant = ? AND run_after <= ?"
-        extra: list[Any] = []
-        if executions is not None:  # a wait's own worker: only the executions it waits for
-            where += f" AND execution_id IN ({_qs(len(executions))})"
-            extra += executions
-        if full_p:
-            where += f" AND (provider IS NULL OR provider NOT IN ({_qs(len(full_p))}))"
-            extra += full_p
-        if full_m:
-            where += f" AND (model IS NULL OR model NOT IN ({_qs(len(full_m))}))"
-            extra += full_m
-        queues = [
-            conn.execute(
-                f"SELECT id, provider, model FROM jobs WHERE {where} ORDER BY priority DESC, id LIMIT ?",
-                (tenant, now, *extra, room_t.get(tenant, limit)),
-            ).fetchall()
-            for tenant in tenants
-        ]
-        return self._round_robin(tenants, queues, limit, running_p, running_m)
-
-    def _spent(self, conn: sqlite3.Connection, rows: list[sqlite3.Row], now: float) -> dict[str, float]:
-        """For the budget check: each tenant's spending this month, its running jobs' estimates included."""
-        return {
-            tenant: float(
-                conn.execute(
-                    "SELECT COALESCE(SUM(CASE WHEN j.status = 'running' THEN j.cost_estimated"
-                    " ELSE COALESCE(j.cost_actual, 0) END), 0)"
-                    " FROM jobs j JOIN executions e ON e.id = j.execution_id"
-                    " WHERE e.tenant = ? AND e.created_at >= ?"
-                    " AND (j.status = 'running' OR j.cost_actual IS NOT NULL)",
-                    (tenant, month_start(now)),
-                ).fetchone()[0]
-            )
-            for tenant in self._budget_tenants(rows)
-        }
-
-    # ------------------------------------------------------------------ limits, usage, cache, pace
-    async def cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        return await self._run(self._cache_lookup_many, items)
-
-    def _cache_lookup_many(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        conn = self._connect()
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        for tenant, cache_key in dict.fromkeys(items):
-            row = conn.execute(
-                "SELECT result, execution_id, key FROM jobs WHERE tenant = ? AND cache_key = ?"
-                " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
-                (tenant, cache_key),
-            ).fetchone()
-            if row is not None:
-                result = loads(row[0]) or {}
-                result["cached_from"] = {"execution_id": row[1], "job": row[2]}
-                found[(tenant, cache_key)] = dict(result)
-        return found
-
-    async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
-        await self._run(self._set_provider_ids, items)
-
-    def _set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
-        with self._write() as conn:
-            self._write_provider_ids(conn, items, time.time())
-
-    def _write_provider_ids(self, conn: sqlite3.Connection, items: list[tuple[int, str, str]], now: float) -> None:
-        events: list[EventRow] = []
-        for job_id, owner, pid in sorted(items, key=lambda item: item[0]):  # events by job id, as on PostgreSQL
-            row = conn.execute(
-                "UPDATE jobs SET provider_job_id = ?, provider_submitted_at = ?, provider_phase = NULL,"
-                " provider_started_at = NULL, provider_queued_s = NULL"
-                " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING execution_id, key",
-                (pid, now, job_id, owner),
-            ).fetchone()
-            if row is not None:
-                events.append((row[0], row[1], "job.submitted", dumps({"provider_job_id": pid}), now))
-        self._insert_events(conn, events)
-
-    async def report_progress(self, reports: list[ProgressReport]) -> None:
-        await self._run(self._report_progress, reports)
-
-    def _report_progress(self, reports: list[ProgressReport]) -> None:
-        now = time.time()
-        with self._write() as conn:
-            events: list[EventRow] = []
-            touched: set[str] = set()
-            for r in reports:
-                n = r.note or _NO_NOTE
-                row = conn.execute(
-                    "UPDATE jobs SET progress = ?, queue_position = ?, provider_phase = COALESCE(?, provider_phase),"
-                    " provider_submitted_at = COALESCE(?, provider_submitted_at),"
-                    " provider_started_at = COALESCE(provider_started_at, ?),"
-                    " provider_queued_s = COALESCE(provider_queued_s, ?) WHERE id = ? AND lease_owner = ?"
-                    " AND status = 'running' RETURNING execution_id, key",
-                    (
-                        r.progress, r.queue_position, n.phase, n.submitted_at, n.started_at, n.queued_s, r.job_id,
-                        r.owner,
-                    ),
-                ).fetchone()
-                if row is None:
-                    continue
-                if n.log is not None:
-                    self._write_log(conn, r.job_id, n, now)
-                if not r.event:
-                    continue
-                touched.add(row[0])
-                data: dict[str, Any] = {"progress": r.progress}
-                if r.queue_position is not None:
-                    data["queue_position"] = r.queue_position
-                if r.message:
-                    data["message"] = r.message
-                events.append((row[0], row[1], "job.progress", dumps(data), now))
-            self._settle(conn, touched, now, events)
-            self._insert_events(conn, events)
-
-    def _write_notes(self, conn: sqlite3.Connection, notes: list[tuple[int, str, JobNote]], now: float) -> None:
-        """What providers told about running attempts (phase, start, log), for the attempts that still hold
-        their jobs. Called inside a progress or outcome write: never a transaction of its own."""
-        for job_id, owner, note in notes:
-            row = conn.execute(
-                "UPDATE jobs SET provider_phase = COALESCE(?, provider_phase),"
-                " provider_submitted_at = COALESCE(?, provider_submitted_at),"
-                " provider_started_at = COALESCE(provider_started_at, ?),"
-                " provider_queued_s = COALESCE(provider_queued_s, ?)"
-                " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING id",
-                (note.phase, note.submitted_at, note.started_at, note.queued_s, job_id, owner),
-            ).fetchone()
-            if row is not None and note.log is not None:
-                self._write_log(conn, job_id, note, now)
-
-    def _write_log(self, conn: sqlite3.Connection, job_id: int, note: JobNote, now: float) -> None:
-        """The attempt's log (`note.log`, not None) into the job's job_logs row."""
-        if note.log is not None:
-            old = conn.execute("SELECT * FROM job_logs WHERE job_id = ?", (job_id,)).fetchone()
-            m = merged_log(None if old is None else dict(old), note.attempt, note.log, note.log_dropped)
-            conn.execute(
-                "INSERT INTO job_logs (job_id, attempt, earlier, earlier_dropped, current, current_dropped,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET"
-                " attempt = excluded.attempt, earlier = excluded.earlier, earlier_dropped = excluded.earlier_dropped,"
-                " current = excluded.current, current_dropped = excluded.current_dropped,"
-                " updated_at = excluded.updated_at",
-                (
-                    job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
-                ),
-            )  # fmt: skip
-
-    # ------------------------------------------------------------------ finishing
-    async def finish_jobs(
-        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]] | None = None
-    ) -> list[str]:
-        promoted = await self._run(self._finish_jobs, outcomes, provider_ids or [])
-        if promoted:
-            self._work.set()
-        return promoted
-
-    def _finish_jobs(self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]]) -> list[str]:
-        now = time.time()
-        with self._write() as conn:
-            if provider_ids:
-                self._write_provider_ids(conn, provider_ids, now)
-            self._write_notes(conn, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
-            return self._apply_outcomes(conn, outcomes, now)
-
-    async def finish_and_claim(
-        self,
-        outcomes: list[JobOutcome],
-        provider_ids: list[tuple[int, str, str]] | None,
-        owner: str,
-        limit: int,
-        lease_s: float,
-    ) -> tuple[list[str], list[ClaimedJob]]:
-        """`finish_jobs`, and in the same transaction lease to `owner` up to `limit` of the jobs it made ready,
-        as PostgreSQL does: jobs of a capped provider or model are left to the claim; the others skip the
-        tenants' round robin, within their tenant's cap (the write lock is exclusive: no other claim counts)."""
-        if not outcomes and not provider_ids:
-            return [], []
-        promoted, claimed = await self._run(self._finish_and_claim, outcomes, provider_ids or [], owner, limit, lease_s)
-        if len(claimed) < len(promoted):  # the rest are for anyone
-            self._work.set()
-        return promoted, claimed
-
-    def _finish_and_claim(
-        self, outcomes: list[JobOutcome], provider_ids: list[tuple[int, str, str]], owner: str, limit: int,
-        lease_s: float,
-    ) -> tuple[list[str], list[ClaimedJob]]:
-        now = time.time()
-        ready: list[tuple[int, str | None, str | None, str]] = []
-        with self._write() as conn:
-            if provider_ids:
-                self._write_provider_ids(conn, provider_ids, now)
-            self._write_notes(conn, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
-            promoted = self._apply_outcomes(conn, outcomes, now, ready)
-            room: dict[str, int | None] = {}
-            for tenant, cap in self._capped_tenants(ready).items():
-                running = conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND tenant = ?", (tenant,)
-                ).fetchone()[0]
-                room[tenant] = cap - int(running)
-            mine, _ = self._hand_off(ready, limit, room)  # the write lock is exclusive: no tenant is busy
-            claimed = self._lease(conn, owner, mine, lease_s, now) if mine else []
-        return promoted, claimed
-
-    def _apply_outcomes(
-        self,
-        conn: sqlite3.Connection,
-        outcomes: Iterable[JobOutcome],
-        now: float,
-        ready: list[tuple[int, str | None, str | None, str]] | None = None,
-    ) -> list[str]:
-        """Write the outcomes; return the keys of the dependents they made ready (and, when `ready` is given,
-        add those jobs to it: id, provider, model family, tenant)."""
-        events: list[EventRow] = []
-        touched: set[str] = set()
-        promoted: list[str] = []
-        failed: dict[str, list[str]] = defaultdict(list)
-        for o in outcomes:
-            if o.status == "succeeded":
-                row = conn.execute(
-                    "UPDATE jobs SET status = 'succeeded', result = ?, cost_actual = ?, progress = 100,"
-                    " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,"
-                    " error = NULL, cache_key = ?, cache_hit = ?, intent_at = NULL, intent_seq = NULL"
-                    f" WHERE id = ? AND {guard('succeeded')} AND lease_owner = ? AND (? IS NULL OR lease_seq = ?)"
-                    " RETURNING execution_id, key, dependents",
-                    (
-                        dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
-                        o.owner, o.seq, o.seq,
-                    ),
-                ).fetchone()
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                events += outcome_events(o, eid, key, 0, now)
-                if keys := artifact_keys(o.result):
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)"
-                        " SELECT tenant, ?, id, ? FROM executions WHERE id = ?",
-                        [(k, now, eid) for k in keys],
-                    )
-                dependents = loads(row[2])
-                if dependents:
-                    qs = _qs(len(dependents))
-                    conn.execute(
-                        f"UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = ? AND key IN ({qs})"
-                        f" AND {guard('queued', frm='waiting')}",
-                        (eid, *dependents),
-                    )
-                    for job_id, k, provider, model, tenant in conn.execute(
-                        f"UPDATE jobs SET status = 'queued', queued_at = ? WHERE execution_id = ?"
-                        f" AND key IN ({qs}) AND {guard('queued', frm='waiting')} AND deps_left <= 0"
-                        " RETURNING id, key, provider, model, tenant",
-                        (now, eid, *dependents),
-                    ).fetchall():
-                        promoted.append(k)
-                        if ready is not None:
-                            ready.append((job_id, provider, model.split(":", 1)[0] if model else None, tenant))
-                        events.append((eid, k, "job.queued", dumps({"after": key}), now))
-            elif o.status == "retry":
-                row = conn.execute(
-                    "UPDATE jobs SET status = 'queued', run_after = ?, error = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL, progress = 0, queue_position = NULL,"
-                    " provider_job_id = CASE WHEN ? THEN provider_job_id END,"
-                    " intent_at = CASE WHEN ? THEN NULL ELSE intent_at END,"
-                    " intent_seq = CASE WHEN ? THEN NULL ELSE intent_seq END,"
-                    f" queued_at = ? WHERE id = ? AND {guard('queued', frm='running')} AND lease_owner = ?"
-                    " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
-                    (
-                        o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
-                        o.seq, o.seq,
-                    ),
-                ).fetchone()
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                if (move := failover_update(o)) is not None:
-                    conn.execute(_sqlite_sql(FAILOVER_SQL), move)
-                if o.uncount:
-                    conn.execute(_sqlite_sql(UNCOUNT_SQL), (o.job_id,))
-                events += outcome_events(o, eid, key, row[2], now)
-            else:  # failed or canceled
-                row = conn.execute(
-                    "UPDATE jobs SET status = ?, error = ?, cost_actual = ?, finished_at = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = NULL"
-                    f" WHERE id = ? AND {guard(o.status, frm='running')} AND lease_owner = ?"
-                    " AND (? IS NULL OR lease_seq = ?) RETURNING execution_id, key, attempts",
-                    (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq),
-                ).fetchone()
-                if row is None:
-                    continue
-                eid, key = row[0], row[1]
-                events += outcome_events(o, eid, key, row[2], now)
-                failed[eid].append(key)
-            touched.add(eid)
-        for eid, keys in failed.items():
-            _drive(self._skip_after_failure(_SQLiteTx(conn), eid, keys, now, events))
-        self._settle(conn, touched, now, events)
-        self._insert_events(conn, events)
-        return promoted
-
-    def _settle(self, conn: sqlite3.Connection, exec_ids: set[str], now: float, events: list[EventRow]) -> None:
-        """Re-derive each touched execution's status and progress from its jobs."""
-        for chunk in _chunks(sorted(exec_ids)):
-            qs = _qs(len(chunk))
-            counts: dict[str, dict[str, int]] = defaultdict(dict)
-            for eid, status, n in conn.execute(
-                f"SELECT execution_id, status, COUNT(*) FROM jobs WHERE execution_id IN ({qs})"
-                " GROUP BY execution_id, status",
-                chunk,
-            ):
-                counts[eid][status] = n
-            running: dict[str, list[float]] = defaultdict(list)
-            for eid, p in conn.execute(
-                f"SELECT execution_id, progress FROM jobs WHERE execution_id IN ({qs}) AND status = 'running'",
-                chunk,
-            ):
-                running[eid].append(p)
-            for ex in conn.execute(
-                "SELECT id, status, progress, started_at, cancel_requested FROM executions"
-                f" WHERE id IN ({qs})",
-                chunk,
-            ).fetchall():
-                eid = ex["id"]
-                action, status, progress = settle(ex, counts[eid], running[eid])
-                if action == "end":
-                    _drive(self._finish_execution(_SQLiteTx(conn), eid, status, progress, now, events))
-                elif action == "update":
-                    conn.execute(
-                        "UPDATE executions SET status = ?, progress = ?, updated_at = ? WHERE id = ?",
-                        (status, progress, now, eid),
-                    )
-                    events += progress_event(eid, ex["progress"], progress, now)
-
-    def _insert_events(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
-        if not events:
-            return
-        conn.executemany(
-            "INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (?, ?, ?, ?, ?)", events
-        )
-        self._queue_webhooks(conn, events)
-
-    def _queue_webhooks(self, conn: sqlite3.Connection, events: list[EventRow]) -> None:
-        """Record the webhook deliveries these events call for, in the transaction that made them."""
-        exec_ids = sorted({e[0] for e in events})
-        subscribed: dict[str, tuple[str, str, list[str]]] = {}
-        for chunk in _chunks(exec_ids):
-            for eid, tenant, url, wanted in conn.execute(
-                f"SELECT id, tenant, webhook, webhook_events FROM executions WHERE id IN ({_qs(len(chunk))})"
-                " AND webhook IS NOT NULL",
-                chunk,
-            ):
-                subscribed[eid] = (tenant, url, loads(wanted) or [])
-        if subscribed:
-            _drive(self._webhook_deliveries(_SQLiteTx(conn), events, subscribed))
-
-    # ------------------------------------------------------------------ webhook deliveries
-    async def claim_deliveries(
-        self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
-    ) -> list[Delivery]:
-        only = sorted(executions) if executions is not None else None
-        return await self._run(self._claim_deliveries, owner, limit, lease_s, only)
-
-    def _claim_deliveries(
-        self, owner: str, limit: int, lease_s: float, executions: list[str] | None = None
-    ) -> list[Delivery]:
-        now = time.time()
-        only, only_args = "", []
-        if executions is not None:
-            if not executions:
-                return []
-            only, only_args = f" AND execution_id IN ({_qs(len(executions))})", list(executions)
-        conn = self._connect()
-        if conn.execute(
-            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-            " AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
-            (now, now),
-        ).fetchone() is None:
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE webhook_deliveries SET lease_owner = ?, lease_expires_at = ?"
-                " WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-                f"   AND (lease_expires_at IS NULL OR lease_expires_at < ?){only} ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, retry_from",
-                (owner, now + lease_s, now, now, *only_args, limit),
-            ).fetchall()
-            secrets = {
-                r[0]: r[1]
-                for r in conn.execute(
-                    f"SELECT name, webhook_secret FROM tenants WHERE name IN ({_qs(len({x[2] for x in rows}))})",
-                    sorted({x[2] for x in rows}),
-                )
-            } if rows else {}
-        return [
-            Delivery(
-                id=r[0], execution_id=r[1], tenant=r[2], url=r[3], event_type=r[4], payload=r[5], attempts=r[6],
-                created_at=r[7], secret=secrets.get(r[2], ""), retry_from=r[8],
-            )
-            for r in rows
-        ]
-
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a write of this process that made jobs claimable (a submission,
         a resume, released or promoted jobs); True as soon as one happened. Other processes' writes are seen by
@@ -769,8 +181,201 @@ class SQLiteStore(StoreManager):
         self._work.clear()
         return True
 
-_NO_NOTE = JobNote(attempt=0)
-"""What a progress report without a note writes: nothing more."""
+    # ------------------------------------------------------------------ schema
+    async def migrate(self) -> int:
+        loop = asyncio.get_running_loop()
+        version = await loop.run_in_executor(self._executor, self._migrate)
+        self._migrated = True
+        return version
+
+    def _migrate(self) -> int:
+        with self._write() as conn:
+            conn.execute(SQL.schema_table)
+            done = {r[0] for r in conn.execute(SQL.applied_migrations)}
+            version = max(done, default=0)
+            for v, name, sql in migration_scripts("sqlite"):
+                if v in done:
+                    continue
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute(_sqlite_sql(SQL.record_migration), (v, name, time.time()))
+                version = v
+        return version
+
+    # ------------------------------------------------------------------ claiming
+    async def _pick(self, tx: Tx, limit: int, now: float, executions: list[str] | None) -> list[int]:
+        caps_p, caps_m = self._provider_caps, self._model_caps
+        running_p: dict[str, int] = {}
+        running_m: dict[str, int] = {}
+        if caps_p:
+            cond, args = tx.in_("provider", list(caps_p))
+            running_p = {r[0]: r[1] for r in await tx.all(SQL.running_providers.format(cond=cond), args)}
+        if caps_m:
+            for model, n in await tx.all(SQL.running_models):
+                base = model.split(":", 1)[0]
+                running_m[base] = running_m.get(base, 0) + n
+        full_p = [p for p, cap in caps_p.items() if running_p.get(p, 0) >= cap]
+        full_m = [m for m, cap in caps_m.items() if running_m.get(m, 0) >= cap]
+        capped = bool(self._tenant_caps) or self._default_tenant_cap is not None
+        room_t: dict[str, int] = {}
+        tenants: list[str] = []
+        for name, running in await tx.all(SQL.queued_tenants.format(running=SQL.running_of_tenant if capped else "0")):
+            if (cap := self._tenant_cap(name)) is not None:
+                room_t[name] = min(limit, cap - running)
+                if room_t[name] <= 0:
+                    continue  # a tenant at its cap waits its turn
+            tenants.append(name)
+        if not tenants:
+            return []
+        tenants = self._rotate(tenants, limit)
+        only = ""
+        extra: list[Any] = []
+        if executions is not None:  # a wait's own worker: only the executions it waits for
+            cond, extra = tx.in_("execution_id", executions)
+            only = f" AND {cond}"
+        if full_p:
+            only += f" AND (provider IS NULL OR provider NOT IN ({', '.join(['%s'] * len(full_p))}))"
+            extra += full_p
+        if full_m:
+            only += f" AND (model IS NULL OR model NOT IN ({', '.join(['%s'] * len(full_m))}))"
+            extra += full_m
+        sql = SQL.tenant_queue.format(only=only)
+        queues = [await tx.all(sql, (t, now, *extra, room_t.get(t, limit))) for t in tenants]
+        return self._round_robin(tenants, queues, limit, running_p, running_m)
+
+    async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
+        rows: list[dict[str, Any]] = []
+        for chunk in chunks(picked):
+            cond, args = tx.in_("id", chunk)
+            rows += map(dict, await tx.all(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args)))
+        deadlines: dict[str, float | None] = {}
+        for chunk in chunks(sorted({r["execution_id"] for r in rows})):
+            cond, args = tx.in_("id", chunk)
+            deadlines.update((d[0], d[1]) for d in await tx.all(SQL.deadlines.format(cond=cond), args))
+        for r in rows:
+            r["deadline"] = deadlines.get(r["execution_id"])
+        return sorted(rows, key=lambda r: r["id"])
+
+    async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        needs: dict[str, set[str]] = defaultdict(set)
+        for r in rows:
+            needs[r["execution_id"]].update(loads(r["depends_on"]))
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for eid, keys in needs.items():
+            if keys:
+                cond, args = tx.in_("key", list(keys))
+                for key, res in await tx.all(SQL.dep_results.format(cond=cond), (eid, *args)):
+                    results[(eid, key)] = loads(res) or {}
+        return results
+
+    async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
+        # the write lock is exclusive: no claim is counting at the same time
+        return {t: cap - int((await tx.one(SQL.tenant_running, (t,)))["n"]) for t, cap in caps.items()}
+
+    # ------------------------------------------------------------------ finishing
+    async def _write_outcomes(
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
+    ) -> Written:
+        if provider_ids:
+            await self._write_provider_ids(tx, provider_ids, now)
+        await self._write_notes(tx, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
+        rows: dict[int, Any] = {}
+        released: dict[tuple[str, str], Released] = {}
+        for o in outcomes:
+            if o.status == "succeeded":
+                row = await tx.one(
+                    SQL.job_succeeded,
+                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
+                     o.owner, o.seq, o.seq),
+                )  # fmt: skip
+                if row is not None:
+                    eid = row["execution_id"]
+                    if keys := artifact_keys(o.result):
+                        await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
+                    if dependents := loads(row["dependents"]):
+                        cond, args = tx.in_("key", dependents)
+                        await tx.run(SQL.count_down.format(cond=cond), (eid, *args))
+                        queued = await tx.all(SQL.promote.format(cond=cond), (now, eid, *args))
+                        released[(eid, row["key"])] = sorted(tuple(r) for r in queued)
+            elif o.status == "retry":
+                row = await tx.one(
+                    SQL.job_retry,
+                    (o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
+                     o.seq, o.seq),
+                )  # fmt: skip
+            else:  # failed or canceled
+                row = await tx.one(SQL.job_ended, (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq))
+            if row is not None:
+                rows.setdefault(o.job_id, row)
+        return rows, released, {}
+
+    async def _settling(
+        self, tx: Tx, ids: list[str]
+    ) -> tuple[list[Any], dict[str, dict[str, int]], dict[str, list[float]]]:
+        executions: list[Any] = []
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        running: dict[str, list[float]] = defaultdict(list)
+        for chunk in chunks(ids):
+            cond, args = tx.in_("execution_id", chunk)
+            for eid, status, n in await tx.all(SQL.job_counts.format(cond=cond), args):
+                counts[eid][status] = n
+            for eid, p in await tx.all(SQL.running_progress.format(cond=cond), args):
+                running[eid].append(p)
+            cond, args = tx.in_("id", chunk)
+            executions += await tx.all(SQL.settling.format(cond=cond), args)
+        return executions, counts, running
+
+    async def _write_events(self, tx: Tx, events: list[EventRow]) -> list[Any]:
+        await tx.many(SQL.insert_events, events)
+        subscribed: list[Any] = []
+        for chunk in chunks(sorted({e[0] for e in events})):
+            cond, args = tx.in_("id", chunk)
+            subscribed += await tx.all(SQL.subscribed.format(cond=cond), args)
+        return subscribed
+
+    async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
+        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_id, owner)) for job_id, owner, pid in sorted(items)]
+        return [r for r in rows if r is not None]
+
+    async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
+        updated: dict[int, Any] = {}
+        for r in reports:
+            n = r.note or NO_NOTE
+            note = (n.phase, n.submitted_at, n.started_at, n.queued_s)
+            row = await tx.one(SQL.set_progress, (r.progress, r.queue_position, *note, r.job_id, r.owner))
+            if row is not None:
+                updated[r.job_id] = row
+        return updated
+
+    async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
+        held: set[int] = set()
+        for job_id, owner, n in notes:
+            if await tx.one(SQL.set_note, (n.phase, n.submitted_at, n.started_at, n.queued_s, job_id, owner)):
+                held.add(job_id)
+        return held
+
+    # ------------------------------------------------------------------ cache, deliveries
+    async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
+        found = [(pair, await tx.one(SQL.cache_hit, pair)) for pair in wanted]
+        return [(pair, row) for pair, row in found if row is not None]
+
+    async def _lease_deliveries(
+        self, tx: Tx, owner: str, limit: int, lease_s: float, now: float, executions: list[str] | None
+    ) -> list[Any]:
+        only = ""
+        extra: list[Any] = []
+        if executions is not None:
+            cond, extra = tx.in_("execution_id", executions)
+            only = f" AND {cond}"
+        sql = SQL.lease_deliveries.format(only=only)
+        rows = [dict(r) for r in await tx.all(sql, (owner, now + lease_s, now, now, *extra, limit))]
+        secrets: dict[str, str] = {}
+        if rows:
+            cond, args = tx.in_("name", sorted({r["tenant"] for r in rows}))
+            secrets = {r[0]: r[1] for r in await tx.all(SQL.tenant_secrets.format(cond=cond), args)}
+        for r in rows:
+            r["webhook_secret"] = secrets.get(r["tenant"], "")
+        return rows
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -1,6 +1,6 @@
-"""Operational figures both stores compute the same way: the queries (portable SQL with `?` placeholders;
-PostgreSQL swaps them for `%s`) and the assembly of their rows into the answers of `Store.stats` (the
-JSON of `GET /v1/stats`) and `Store.metric_gauges` (the gauges `/metrics` reads at scrape time).
+"""Operational figures both stores compute the same way: the assembly of the rows of the `stats_*` statements
+(sql/shared.sql, read by `StoreManager.stats`) into the answers of `Store.stats` (the JSON of `GET /v1/stats`)
+and `Store.metric_gauges` (the gauges `/metrics` reads at scrape time).
 
 Percentiles are computed here from the rows, so SQLite (which has no percentile function) and PostgreSQL
 give identical figures.
@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .common import iso, month_start
+from .common import iso
 
-Query = tuple[str, str, tuple[Any, ...]]
 Rows = Mapping[str, Sequence[Sequence[Any]]]
 
 LIVE_WITHIN_S = 60.0
@@ -55,57 +54,6 @@ def parse_since(value: str | None, now: float) -> float:
     return max(0.0, ts)
 
 
-def _scope(tenant: str | None, column: str = "tenant") -> tuple[str, tuple[Any, ...]]:
-    return ("", ()) if tenant is None else (f" AND {column} = ?", (tenant,))
-
-
-def stats_queries(tenant: str | None, since: float, now: float) -> list[Query]:
-    """The reads behind `Store.stats` (run in one read transaction). The columns of each query have distinct
-    names: PostgreSQL hands rows over as dicts."""
-    t, ta = _scope(tenant)
-    return [
-        (
-            "executions",
-            "SELECT status, COUNT(*) FROM executions WHERE (status IN ('queued', 'running') OR finished_at >= ?)"
-            f"{t} GROUP BY status",
-            (since, *ta),
-        ),
-        (
-            "execution_seconds",
-            "SELECT finished_at - created_at FROM executions WHERE finished_at >= ?"
-            f" AND status IN ('succeeded', 'failed'){t}",
-            (since, *ta),
-        ),
-        (
-            "jobs",
-            "SELECT status, COUNT(*) FROM jobs WHERE (status IN ('waiting', 'queued', 'running') OR finished_at >= ?)"
-            f"{t} GROUP BY status",
-            (since, *ta),
-        ),
-        ("queue_depth", f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND run_after <= ?{t}", (now, *ta)),
-        (
-            "provider_jobs",
-            "SELECT COALESCE(provider, 'local'), status, finished_at - started_at FROM jobs WHERE finished_at >= ?"
-            f" AND status IN ('succeeded', 'failed') AND cache_hit = 0{t}",
-            (since, *ta),
-        ),
-        (
-            "webhooks",
-            # a delivery given up on has its next_attempt_at set to the moment it was given up
-            "SELECT status, COUNT(*) FROM webhook_deliveries WHERE (status = 'pending'"
-            " OR (status = 'delivered' AND delivered_at >= ?) OR (status = 'failed' AND next_attempt_at >= ?))"
-            f"{t} GROUP BY status",
-            (since, since, *ta),
-        ),
-        (
-            "spend_month",
-            f"SELECT COALESCE(SUM(cost_actual), 0) FROM jobs WHERE finished_at >= ?{t}",
-            (month_start(now), *ta),
-        ),
-        ("workers", "SELECT COUNT(*) FROM workers WHERE last_seen > ?", (now - LIVE_WITHIN_S,)),
-    ]
-
-
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-quantile (0..1) with linear interpolation between the closest ranks; None without values."""
     if not values:
@@ -130,7 +78,7 @@ def _counts(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
 
 
 def assemble_stats(rows: Rows, tenant: str | None, since: float) -> dict[str, Any]:
-    """The figures of `GET /v1/stats` from the rows of `stats_queries`."""
+    """The figures of `GET /v1/stats` from the rows of the `stats_*` statements (sql/shared.sql)."""
     executions = _counts(rows["executions"])
     durations = [float(r[0]) for r in rows["execution_seconds"] if r[0] is not None]
     by_provider: dict[str, dict[str, Any]] = defaultdict(lambda: {"succeeded": 0, "failed": 0, "seconds": []})
@@ -175,15 +123,6 @@ def assemble_stats(rows: Rows, tenant: str | None, since: float) -> dict[str, An
     }
 
 
-def gauge_queries(now: float) -> list[Query]:
-    """The reads behind `Store.metric_gauges`: cheap aggregates over every tenant."""
-    return [
-        ("jobs", "SELECT status, COUNT(*) FROM jobs GROUP BY status", ()),
-        ("queue_depth", "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND run_after <= ?", (now,)),
-        ("workers", "SELECT info FROM workers WHERE last_seen > ?", (now - LIVE_WITHIN_S,)),
-    ]
-
-
 def assemble_gauges(rows: Rows) -> dict[str, Any]:
     jobs = _counts(rows["jobs"])
     slots = 0
@@ -201,4 +140,4 @@ def assemble_gauges(rows: Rows) -> dict[str, Any]:
     }
 
 
-__all__ = ["assemble_gauges", "assemble_stats", "gauge_queries", "parse_since", "percentile", "stats_queries"]
+__all__ = ["assemble_gauges", "assemble_stats", "parse_since", "percentile"]

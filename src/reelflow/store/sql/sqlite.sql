@@ -1,0 +1,119 @@
+-- The statements SQLite runs its own way (see shared.sql for the format). One writer at a time holds the file's
+-- write lock, so nothing here locks rows; lists arrive as `{cond}` (`column IN (...)`, at most 500 values).
+
+-- name: schema_table
+CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)
+
+-- ---------------------------------------------------------------- claims
+-- name: lease_jobs
+UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s,
+lease_expires_at = %s, started_at = COALESCE(started_at, %s), progress = 0, queue_position = NULL,
+lease_seq = lease_seq + 1, intent_at = COALESCE(intent_at, %s),
+intent_seq = COALESCE(intent_seq, lease_seq + 1)
+WHERE {guard running} AND {cond}
+RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,
+max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,
+cost_estimated, lease_seq, intent_at, intent_seq, failover
+
+-- name: deadlines
+SELECT id, deadline FROM executions WHERE {cond}
+
+-- name: dep_results
+SELECT key, result FROM jobs WHERE execution_id = %s AND {cond}
+
+-- name: running_providers
+SELECT provider, COUNT(*) AS n FROM jobs WHERE status = 'running' AND {cond} GROUP BY provider
+
+-- name: running_models
+SELECT model, COUNT(*) AS n FROM jobs WHERE status = 'running' AND model IS NOT NULL GROUP BY model
+
+-- name: tenant_queue
+SELECT id, provider, model FROM jobs WHERE status = 'queued' AND tenant = %s AND run_after <= %s{only}
+ORDER BY priority DESC, id LIMIT %s
+
+-- ---------------------------------------------------------------- outcomes, one row at a time
+-- name: job_succeeded
+UPDATE jobs SET status = 'succeeded', result = %s, cost_actual = %s, progress = 100,
+finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
+error = NULL, cache_key = %s, cache_hit = %s, intent_at = NULL, intent_seq = NULL
+WHERE id = %s AND {guard succeeded} AND lease_owner = %s AND (%s IS NULL OR lease_seq = %s)
+RETURNING execution_id, key, dependents
+
+-- name: insert_artifact
+INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)
+SELECT tenant, %s, id, %s FROM executions WHERE id = %s
+
+-- name: count_down
+UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = %s AND {cond}
+AND {guard queued from waiting}
+
+-- name: promote
+UPDATE jobs SET status = 'queued', queued_at = %s WHERE execution_id = %s
+AND {cond} AND {guard queued from waiting} AND deps_left <= 0
+RETURNING id, key, provider, model, tenant
+
+-- name: job_retry
+UPDATE jobs SET status = 'queued', run_after = %s, error = %s, lease_owner = NULL,
+lease_expires_at = NULL, progress = 0, queue_position = NULL,
+provider_job_id = CASE WHEN %s THEN provider_job_id END,
+intent_at = CASE WHEN %s THEN NULL ELSE intent_at END,
+intent_seq = CASE WHEN %s THEN NULL ELSE intent_seq END,
+queued_at = %s WHERE id = %s AND {guard queued from running} AND lease_owner = %s
+AND (%s IS NULL OR lease_seq = %s) RETURNING execution_id, key, attempts
+
+-- A failed or canceled attempt: either move is legal only from running (the guards are the same text).
+-- name: job_ended
+UPDATE jobs SET status = %s, error = %s, cost_actual = %s, finished_at = %s, lease_owner = NULL,
+lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = NULL
+WHERE id = %s AND {guard failed from running} AND lease_owner = %s
+AND (%s IS NULL OR lease_seq = %s) RETURNING execution_id, key, attempts
+
+-- name: set_provider_id
+UPDATE jobs SET provider_job_id = %s, provider_submitted_at = %s, provider_phase = NULL,
+provider_started_at = NULL, provider_queued_s = NULL
+WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id, execution_id, key, provider_job_id
+
+-- name: set_progress
+UPDATE jobs SET progress = %s, queue_position = %s, provider_phase = COALESCE(%s, provider_phase),
+provider_submitted_at = COALESCE(%s, provider_submitted_at),
+provider_started_at = COALESCE(provider_started_at, %s),
+provider_queued_s = COALESCE(provider_queued_s, %s) WHERE id = %s AND lease_owner = %s
+AND status = 'running' RETURNING id, execution_id, key
+
+-- What a provider told about a running attempt (its phase, when it started), one job at a time.
+-- name: set_note
+UPDATE jobs SET provider_phase = COALESCE(%s, provider_phase),
+provider_submitted_at = COALESCE(%s, provider_submitted_at),
+provider_started_at = COALESCE(provider_started_at, %s),
+provider_queued_s = COALESCE(provider_queued_s, %s)
+WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id
+
+-- ---------------------------------------------------------------- settling and the event log
+-- name: job_counts
+SELECT execution_id, status, COUNT(*) AS n FROM jobs WHERE {cond} GROUP BY execution_id, status
+
+-- name: running_progress
+SELECT execution_id, progress FROM jobs WHERE {cond} AND status = 'running'
+
+-- name: settling
+SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE {cond}
+
+-- name: insert_events
+INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (%s, %s, %s, %s, %s)
+
+-- name: subscribed
+SELECT id, tenant, webhook, webhook_events FROM executions WHERE {cond} AND webhook IS NOT NULL
+
+-- ---------------------------------------------------------------- cache and deliveries
+-- name: cache_hit
+SELECT result, execution_id, key FROM jobs WHERE tenant = %s AND cache_key = %s
+AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1
+
+-- name: lease_deliveries
+UPDATE webhook_deliveries SET lease_owner = %s, lease_expires_at = %s
+WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= %s
+  AND (lease_expires_at IS NULL OR lease_expires_at < %s){only} ORDER BY next_attempt_at LIMIT %s)
+RETURNING id, execution_id, tenant, url, event_type, payload, attempts, created_at, retry_from
+
+-- name: tenant_secrets
+SELECT name, webhook_secret FROM tenants WHERE {cond}

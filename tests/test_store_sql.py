@@ -1,0 +1,53 @@
+"""The named SQL statements of the stores (src/reelflow/store/sql/*.sql, read by `common.Statements`): every name
+the Python uses is defined for its dialect, none is left unused, the status guards are expanded from the
+transition table, and the files ship as package data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from reelflow.states import guard
+from reelflow.store.common import Statements
+
+STORE = Path(__file__).resolve().parent.parent / "src" / "reelflow" / "store"
+USED = re.compile(r"\b(?:self\.sql|SQL)\.([a-z_]+)\b")
+
+
+def names_used(*files: str) -> set[str]:
+    code = "".join((STORE / f).read_text(encoding="utf-8") for f in files)
+    stats = re.search(r"args = \{(.*?)\}", code[code.index("async def stats(") :], re.S)
+    assert stats is not None
+    return set(USED.findall(code)) | {f"stats_{n}" for n in re.findall(r'"(\w+)":', stats[1])}
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_every_statement_named_in_the_code_is_defined_and_expanded(dialect: str) -> None:
+    sql = Statements(dialect)
+    defined = vars(sql)
+    assert names_used("manager.py", f"{dialect}.py") - set(defined) == set()
+    assert [name for name, text in defined.items() if "{guard" in text or "--" in text or not text] == []
+
+
+def test_no_statement_is_left_unused() -> None:
+    used = names_used("manager.py", "sqlite.py", "postgres.py")
+    defined = set(vars(Statements("sqlite"))) | set(vars(Statements("postgres")))
+    assert defined - used == set()
+
+
+def test_guards_come_from_the_transition_table_and_unknown_names_fail() -> None:
+    pg, lite = Statements("postgres"), Statements("sqlite")
+    assert f"AND {guard('queued', 'j.status', frm='waiting')} RETURNING" in pg.count_down
+    assert f"WHERE {guard('running', execution=True, frm='queued')} AND {{cond}}" in lite.start_executions
+    assert f"WHERE execution_id = %s AND {guard('canceled')} RETURNING" in lite.cancel_jobs
+    assert lite.lease_jobs != pg.lease_jobs  # a dialect's block replaces the shared one of its name
+    with pytest.raises(AttributeError, match="no SQL statement named 'nope'"):
+        _ = pg.nope
+
+
+def test_the_statements_ship_with_the_package() -> None:
+    pyproject = (STORE.parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"store/sql/*.sql"' in pyproject
+    assert {p.name for p in (STORE / "sql").glob("*.sql")} == {"shared.sql", "sqlite.sql", "postgres.sql"}
