@@ -28,6 +28,7 @@ from ..states import (
 )
 from .base import ApiKey, ClaimedJob, Event, JobOutcome, NewExecution, NewJob, OrphanedCancel
 from .common import (
+    CALLBACK_OUTCOME_MAX_BYTES,
     IDEMPOTENCY_WINDOW_S,
     ORPHAN_CANCEL_S,
     callback_matches,
@@ -904,8 +905,16 @@ class StoreManager(StoreRules):
         return await self._in_tx(write)
 
     async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+        self,
+        provider: str,
+        remote_id: str,
+        execution_id: str | None = None,
+        job_key: str | None = None,
+        outcome: str | None = None,
     ) -> str:
+        if outcome is not None and len(outcome.encode()) > CALLBACK_OUTCOME_MAX_BYTES:
+            outcome = None  # too big to carry: the worker asks the provider
+
         async def write(tx: Tx) -> str:
             if execution_id is not None and job_key is not None:
                 row = await tx.one(
@@ -925,25 +934,41 @@ class StoreManager(StoreRules):
                 return "mismatch"
             if row["status"] != "running":
                 return "ignored"
-            await tx.run("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
+            if outcome is None:  # an outcome already left (by an earlier callback) stays
+                await tx.run("UPDATE jobs SET woken_at = %s WHERE id = %s", (time.time(), row["id"]))
+            else:
+                await tx.run(
+                    "UPDATE jobs SET woken_at = %s, woken_outcome = %s WHERE id = %s", (time.time(), outcome, row["id"])
+                )
             return "woken"
 
         return await self._in_tx(write)
 
     async def woken_for(self, owner: str) -> list[int]:
+        return [job_id for job_id, _ in await self.woken_outcomes(owner)]
+
+    async def woken_outcomes(self, owner: str) -> list[tuple[int, str | None]]:
         # A cheap read first: every worker asks often, and must not take a write lock for nothing.
         found = await self._in_read(
             lambda tx: tx.one("SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1", (owner,))
         )
         if found is None:
             return []
-        rows = await self._in_tx(
-            lambda tx: tx.all(
-                "UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id",
+
+        async def take(tx: Tx) -> list[tuple[int, str | None]]:
+            # Read, then clear by id (RETURNING would give the cleared outcome): a job woken meanwhile keeps its mark.
+            rows = await tx.all(
+                "SELECT id, woken_outcome FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL ORDER BY id"
+                + tx.for_update,
                 (owner,),
             )
-        )
-        return sorted(r["id"] for r in rows)
+            if rows:
+                await tx.many(
+                    "UPDATE jobs SET woken_at = NULL, woken_outcome = NULL WHERE id = %s", [(r["id"],) for r in rows]
+                )
+            return [(r["id"], r["woken_outcome"]) for r in rows]
+
+        return await self._in_tx(take)
 
     # ------------------------------------------------------------------ submission
     async def create_execution(self, execution: NewExecution) -> str:
