@@ -317,6 +317,31 @@ async def test_an_earlier_attempts_outcome_that_arrives_first_is_not_believed(
     assert (fake.creates, fake.gets) == (1, 1)  # the stale outcome led to one read of its own prediction
 
 
+async def test_an_embedded_worker_is_handed_the_outcome_and_the_database_keeps_none(
+    engine: Engine, store: SQLiteStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N`: the callback route hands the outcome to the embedded worker holding the job; the job's
+    row keeps no copy (the worker would read it after the job had finished, and leave it there)."""
+    with FakeReplicate(latency_s=0.6, queue_s=0.1) as fake:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+        provider = ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.05, callback_poll_s=30.0)
+        settings.callbacks = True
+        app = create_app(settings, workers=1, providers=Providers({"replicate": provider}), deliver_webhooks=False)
+        api = ApiServer(settings, app=app).start()
+        settings.public_url = api.url
+        try:
+            eid = await engine.submit({"jobs": [video_job("a"), video_job("b")]})
+            state = await engine.wait(eid, timeout=20)
+        finally:
+            api.stop()
+    assert state["status"] == "succeeded", state
+    assert (fake.creates, fake.gets, len(fake.requests_to("/files/")), fake.webhooks_sent) == (2, 0, 2, 2)
+    rows = await store._in_read(  # type: ignore[attr-defined]
+        lambda tx: tx.all("SELECT woken_outcome FROM jobs WHERE execution_id = %s", (eid,))
+    )
+    assert [r["woken_outcome"] for r in rows] == [None, None]
+
+
 async def test_a_fal_job_with_callbacks_costs_the_submit_and_the_download(
     engine: Engine, running_worker: WorkerFactory, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -647,11 +647,13 @@ async def provider_callback(
         log.warning("callback from %s refused: %s", provider, exc)
         raise Problem(401, f"callback signature not verified: {exc}") from None
     told = kept_outcome(event.outcome)
-    outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job, told)
-    if outcome == "woken":  # an embedded worker holding the job looks now (others read the mark within 0.5 s)
-        for worker in getattr(request.app.state, "workers", []):
-            if worker.wake_local(event.provider_job_id, execution, job, event.outcome if told else None):
-                break
+    # An embedded worker holding the job is handed the outcome here; the database keeps it for any other worker
+    # (which reads the mark within 0.5 s). The store's checks (the job runs, it waits on this work) decide both.
+    workers: list[Worker] = getattr(request.app.state, "workers", [])
+    local = next((w for w in workers if w.holding(event.provider_job_id, execution, job) is not None), None)
+    outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job, None if local else told)
+    if outcome == "woken" and local is not None:
+        local.wake_local(event.provider_job_id, execution, job, event.outcome if told else None)
     log.info("callback from %s about %s: %s", provider, event.provider_job_id, outcome)
     return {"received": True, "job": outcome}
 

@@ -456,6 +456,17 @@ class Worker:
                 held.work.callback_outcome = outcome
             held.work.wake.set()
 
+    def holding(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> int | None:
+        """The id of the job a callback names (by execution and key, else by provider id) when this worker holds
+        it; None otherwise."""
+        for job_id, held in self.held.items():
+            c = held.claim
+            if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
+                execution_id is None and held.provider_job_id == remote_id
+            ):
+                return job_id
+        return None
+
     def wake_local(
         self,
         remote_id: str,
@@ -466,14 +477,11 @@ class Worker:
         """A callback arrived in this process (the API with embedded workers): wake the job here at once, with
         the outcome it told, without waiting for the control loop to read the mark from the database. True when
         found."""
-        for job_id, held in self.held.items():
-            c = held.claim
-            if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
-                execution_id is None and held.provider_job_id == remote_id
-            ):
-                self.wake(job_id, outcome)
-                return True
-        return False
+        job_id = self.holding(remote_id, execution_id, job_key)
+        if job_id is None:
+            return False
+        self.wake(job_id, outcome)
+        return True
 
     def _interrupt(self, job_id: int, reason: str, seq: int | None = None) -> None:
         """Stop the attempt of `job_id` this worker holds (only the attempt numbered `seq`, when given: a
