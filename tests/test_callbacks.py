@@ -22,12 +22,13 @@ from apiserver import ApiServer
 from conftest import WorkerFactory
 from fakes.fal import FakeFal
 from fakes.replicate import FakeReplicate
-from reelflow.api.app import create_app
+from reelflow.api.app import create_app, kept_outcome
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.providers.fal import FalProvider
 from reelflow.providers.registry import Providers
 from reelflow.providers.replicate import ReplicateProvider
+from reelflow.store.common import CALLBACK_OUTCOME_MAX_BYTES
 from reelflow.store.sqlite import SQLiteStore
 
 SEEDANCE = "replicate/bytedance/seedance-1-lite"
@@ -229,6 +230,17 @@ async def test_a_verified_callback_about_another_prediction_changes_nothing(
         await engine.cancel(eid)
         await engine.wait(eid, timeout=10)
     assert fake.cancels == 1
+
+
+def test_an_outcome_is_kept_as_ascii_json_and_only_up_to_its_bound() -> None:
+    odd = {"id": "p1", "status": "failed", "error": "a NUL \u0000 and a lone \ud800 surrogate", "output": None}
+    kept = kept_outcome(odd)
+    assert kept is not None and kept.isascii() and "\\u0000" in kept and json.loads(kept) == odd
+    assert kept_outcome(None) is None
+    edge = {"id": "p1", "status": "succeeded", "output": "https://x.example/a.mp4", "logs": ""}
+    edge["logs"] = "x" * (CALLBACK_OUTCOME_MAX_BYTES - len(json.dumps(edge, separators=(",", ":"))))
+    assert kept_outcome(edge) is not None and len(kept_outcome(edge) or "") == CALLBACK_OUTCOME_MAX_BYTES
+    assert kept_outcome({**edge, "logs": edge["logs"] + "x"}) is None
 
 
 async def test_callbacks_that_do_not_tell_the_end_lead_to_a_confirming_read(

@@ -649,11 +649,14 @@ async def provider_callback(
     told = kept_outcome(event.outcome)
     # An embedded worker holding the job is handed the outcome here; the database keeps it for any other worker
     # (which reads the mark within 0.5 s). The store's checks (the job runs, it waits on this work) decide both.
-    workers: list[Worker] = getattr(request.app.state, "workers", [])
-    local = next((w for w in workers if w.holding(event.provider_job_id, execution, job) is not None), None)
+    local: tuple[Worker, int] | None = None
+    for worker in getattr(request.app.state, "workers", []):
+        if (held := worker.holding(event.provider_job_id, execution, job)) is not None:
+            local = (worker, held)
+            break
     outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job, None if local else told)
     if outcome == "woken" and local is not None:
-        local.wake_local(event.provider_job_id, execution, job, event.outcome if told else None)
+        local[0].wake(local[1], event.outcome if told else None)
     log.info("callback from %s about %s: %s", provider, event.provider_job_id, outcome)
     return {"received": True, "job": outcome}
 
@@ -663,10 +666,10 @@ def kept_outcome(outcome: dict[str, Any] | None) -> str | None:
     than CALLBACK_OUTCOME_MAX_BYTES (the worker then asks the provider)."""
     if outcome is None:
         return None
-    text = json.dumps(outcome, separators=(",", ":"), ensure_ascii=False)
-    size = len(text.encode())
-    if size > CALLBACK_OUTCOME_MAX_BYTES:
-        log.info("a callback's outcome of %d bytes is too big to keep; the worker asks the provider", size)
+    # ASCII: a NUL or a lone surrogate in the body stays an escape (PostgreSQL's text takes neither as such)
+    text = json.dumps(outcome, separators=(",", ":"))
+    if len(text) > CALLBACK_OUTCOME_MAX_BYTES:
+        log.info("a callback's outcome of %d bytes is too big to keep; the worker asks the provider", len(text))
         return None
     return text
 
