@@ -9,7 +9,8 @@ per job of the reelflow process and of its children (the ffmpeg probes), over th
 A summary table ends the output.
 
 Targets (issue 17): with callbacks, makespan at most 1.25x the provider's time (polling only: 1.40x) and at
-most 5 ms of reelflow CPU per job, probes included; at most 3 requests per job with callbacks, 12 polling.
+most 5 ms of reelflow CPU per job, probes included; at most 2 requests per job with callbacks (the create and
+the download: the webhook's body is the outcome), 12 polling.
 Replicate's documented request rates (600 creates and 3,000 other requests a minute, built in) are lifted
 unless `--provider-limits` keeps them (the fake enforces none); 1,000 creates then take at least 100 s.
 

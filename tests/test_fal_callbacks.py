@@ -109,7 +109,8 @@ async def test_a_good_signature_is_accepted_and_names_the_bare_request_id(fal: F
     provider = provider_for(fal)
     headers, body = webhook(fal, "req-42", "ERROR")
     event = await provider.verify_callback(headers, body)
-    assert event == CallbackEvent(provider_job_id="req-42", status="ERROR")
+    told = {"request_id": "req-42", "status": "ERROR", "error": None, "payload": None}
+    assert event == CallbackEvent(provider_job_id="req-42", status="ERROR", outcome=told)
     # header names are matched case-insensitively (the API route hands over lower-cased ones)
     event = await provider.verify_callback({k.lower(): v for k, v in headers.items()}, body)
     assert event.provider_job_id == "req-42"
@@ -284,7 +285,7 @@ async def test_without_a_callback_url_submit_sends_no_webhook(fal: FakeFal, tmp_
     assert fal.webhooks == [] and fal.webhooks_dropped == 0
 
 
-async def test_a_webhook_arrives_verifies_and_one_confirming_read_finishes(
+async def test_a_webhook_arrives_verifies_and_its_outcome_finishes_without_asking_fal(
     fal: FakeFal, sink: Sink, tmp_path: Path
 ) -> None:
     provider = provider_for(fal, callback_poll_s=30)
@@ -297,16 +298,56 @@ async def test_a_webhook_arrives_verifies_and_one_confirming_read_finishes(
     headers, body = await sink.next()
     event = await provider.verify_callback(headers, body)
     assert event.provider_job_id == pid.split("/")[-1] and event.status == "OK"
-    assert json.loads(body)["payload"]["images"][0]["content_type"] == "image/png"
+    payload = json.loads(body)["payload"]
+    assert payload["images"][0]["content_type"] == "image/png"
+    assert event.outcome == {"request_id": event.provider_job_id, "status": "OK", "payload": payload}
     assert fal.webhooks_sent == 1 and fal.webhooks_failed == 0
     assert parse_qs(urlsplit(fal.webhooks[0].url).query) == {"execution": ["ex1"], "job": ["job1"]}
     woken_at = time.monotonic()
+    t.callback_outcome = event.outcome  # what the worker does with a woken job's outcome
     t.wake.set()
     result = await asyncio.wait_for(waiting, 3)
-    assert time.monotonic() - woken_at < 1.5
-    assert status_reads(fal, after=woken_at) == 1 and fal.count("result") == 1
-    assert status_reads(fal) == 2  # the first look, then the confirming one: polling stayed slow
-    assert result.fields["provider_id"] == pid
+    assert time.monotonic() - woken_at < 1.0
+    # no look at all: the wait slept from the submit on (a webhook will come) and the webhook told the result
+    assert status_reads(fal) == 0 and fal.count("result") == 0 and fal.count("submit") == 1
+    assert result.fields == {"provider_id": pid, "seed": payload["seed"], "inference_time": None}
+    assert [(o.url, o.content_type) for o in result.outputs] == [(payload["images"][0]["url"], "image/png")]
+
+
+async def test_an_outcome_about_another_request_is_not_believed(fal: FakeFal, sink: Sink, tmp_path: Path) -> None:
+    """A verified webhook of an earlier attempt (another request id), replayed to this job: the wait asks fal about
+    its own request instead (once), and finishes from that."""
+    provider = provider_for(fal, callback_poll_s=30)
+    earlier = task(tmp_path, sink.url(), job="earlier")
+    await provider.submit(earlier)
+    stale = await provider.verify_callback(*await sink.next())
+    assert stale.outcome is not None and stale.outcome["status"] == "OK"
+    t = task(tmp_path, sink.url())
+    pid = await provider.submit(t)
+    await asyncio.sleep(0.4)  # its own work ends meanwhile
+    before = status_reads(fal)
+    t.callback_outcome = stale.outcome
+    t.wake.set()
+    result = await asyncio.wait_for(provider.wait(t, pid, ignore), 3)
+    assert result.fields["provider_id"] == pid and result.fields["inference_time"] is not None
+    assert status_reads(fal) - before == 1 and fal.count("result") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "OK", "payload": None, "payload_error": "payload too large"},
+        {"status": "OK", "payload": {"seed": 1}},  # no output file in it
+        {"status": "OK"},
+        {"status": "IN_PROGRESS", "payload": {"images": [{"url": "https://x.example/1.png"}]}},
+        {"status": None},
+    ],
+    ids=["payload-error", "no-output", "no-payload", "not-ended", "no-status"],
+)
+async def test_a_webhook_that_does_not_tell_a_result_carries_no_outcome(fal: FakeFal, body: dict[str, Any]) -> None:
+    raw = json.dumps({"request_id": "req-7", **body}).encode()
+    event = await provider_for(fal).verify_callback(fal.sign(raw, "req-7"), raw)
+    assert event.provider_job_id == "req-7" and event.outcome is None
 
 
 async def test_a_wake_cuts_a_long_pause_short_with_exactly_one_read(tmp_path: Path, sink: Sink) -> None:
@@ -314,8 +355,8 @@ async def test_a_wake_cuts_a_long_pause_short_with_exactly_one_read(tmp_path: Pa
         provider = provider_for(fal, callback_poll_s=60)
         t = task(tmp_path, sink.url())
         waiting = asyncio.ensure_future(provider.wait(t, await provider.submit(t), ignore))
-        await asyncio.sleep(0.8)  # the work ends meanwhile; the wait sleeps on (60 s)
-        assert not waiting.done() and status_reads(fal) == 1
+        await asyncio.sleep(0.8)  # the work ends meanwhile; the wait sleeps on (60 s), since the submit
+        assert not waiting.done() and status_reads(fal) == 0
         woken_at = time.monotonic()
         t.wake.set()
         result = await asyncio.wait_for(waiting, 3)
@@ -362,10 +403,22 @@ async def test_an_error_webhook_verifies_and_the_wait_fails(tmp_path: Path, sink
         pid = await provider.submit(t)
         waiting = asyncio.ensure_future(provider.wait(t, pid, ignore))
         event = await provider.verify_callback(*await sink.next())
-        assert event == CallbackEvent(provider_job_id=pid.split("/")[-1], status="ERROR")
+        assert event.provider_job_id == pid.split("/")[-1] and event.status == "ERROR"
+        t.callback_outcome = event.outcome
+        t.wake.set()
+        told = r"^fal: Invalid status code: 422: flagged \(content_policy_violation\)$"
+        with pytest.raises(PermanentError, match=told):
+            await asyncio.wait_for(waiting, 3)
+        assert status_reads(fal) == 0 and fal.count("result") == 0  # failed from the webhook's body alone
+        # woken without the outcome, the wait asks fal, which says the same
+        t = task(tmp_path, sink.url(), job="job2")
+        fal.fail_requests(1, "flagged", "content_policy_violation")
+        waiting = asyncio.ensure_future(provider.wait(t, await provider.submit(t), ignore))
+        await sink.next()
         t.wake.set()
         with pytest.raises(PermanentError, match=r"flagged.*content_policy_violation"):
             await asyncio.wait_for(waiting, 3)
+        assert status_reads(fal) == 1
 
 
 @pytest.mark.parametrize("tamper", ["body", "signature", "key", "stale"])

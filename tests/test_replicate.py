@@ -7,11 +7,13 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from conftest import WorkerFactory
 from fakes.replicate import FakeReplicate
@@ -295,6 +297,81 @@ async def test_cancel_reaches_the_fake_and_wait_then_fails(fake: FakeReplicate, 
     await provider.cancel(t, pid)  # already over: no error
     await provider.cancel(t, "unknown-id")  # never ours: no error
     await provider.aclose()
+
+
+def signed_webhook(fake: FakeReplicate, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    raw = json.dumps(body).encode()
+    now = datetime.now(UTC)
+    signature = Webhook(fake.webhook_secret).sign("msg_1", now, raw.decode())
+    return {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}, raw
+
+
+@pytest.mark.parametrize(
+    ("body", "tells"),
+    [
+        ({"status": "succeeded", "output": "https://x.example/a.mp4", "input": {"prompt": "p"}, "urls": {}}, True),
+        ({"status": "succeeded", "output": ["https://x.example/a.png", "https://x.example/b.png"]}, True),
+        ({"status": "failed", "error": "out of memory", "output": None}, True),
+        ({"status": "canceled"}, True),
+        ({"status": "aborted"}, True),
+        ({"status": "succeeded", "output": None}, False),  # the output is not in yet
+        ({"status": "succeeded"}, False),
+        ({"status": "processing", "output": "https://x.example/partial.mp4"}, False),
+        ({"status": "starting"}, False),
+        ({"status": "mystery", "output": "https://x.example/a.mp4"}, False),
+    ],
+)
+async def test_a_webhook_carries_an_outcome_only_when_it_tells_the_end(
+    fake: FakeReplicate, body: dict[str, Any], tells: bool
+) -> None:
+    event = await make_provider(fake).verify_callback(*signed_webhook(fake, {"id": "p1", **body}))
+    assert event.provider_job_id == "p1" and event.status == body["status"]
+    if tells:  # the fields `wait` reads, and no others (the input, the urls stay behind)
+        assert event.outcome == {"id": "p1", **{k: v for k, v in body.items() if k not in ("input", "urls")}}
+    else:
+        assert event.outcome is None
+
+
+async def test_a_callbacks_outcome_ends_the_wait_without_a_read_when_it_is_about_the_prediction(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    provider = make_provider(fake, callback_poll_s=30.0)
+    t = task(tmp_path, prompt="waves", duration=5)
+    t.callback_url = "https://callbacks.example/v1/providers/replicate/callback?execution=ex1&job=clip"
+    pid = await provider.submit(t)
+    time.sleep(0.6)  # the prediction ends
+    event = await provider.verify_callback(*signed_webhook(fake, fake._view(fake.predictions[pid])))
+    assert event.outcome is not None
+    t.callback_outcome = event.outcome
+    t.wake.set()
+    result = await provider.wait(t, pid, lambda update: None)
+    assert fake.gets == 0
+    assert [o.url for o in result.outputs] == [f"{fake.origin}/files/{pid}.mp4"]
+    assert result.fields == {"provider_id": pid, "predict_time": fake.latency_s}
+    assert "Generating" in t.log.text and t.provider_queued_s is not None
+    # a failure told by a callback fails the wait, with Replicate's error, without a read either
+    failing = task(tmp_path, prompt="fire", duration=5)
+    failing.callback_url = t.callback_url
+    other = await provider.submit(failing)
+    failing.callback_outcome = {"id": other, "status": "failed", "error": "the GPU caught fire", "output": None}
+    failing.wake.set()
+    with pytest.raises(PermanentError, match=f"prediction {other} failed: the GPU caught fire"):
+        await provider.wait(failing, other, lambda update: None)
+    assert fake.gets == 0
+
+
+async def test_a_callbacks_outcome_about_another_prediction_leads_to_a_read(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    provider = make_provider(fake, callback_poll_s=30.0)
+    t = task(tmp_path, prompt="waves", duration=5)
+    t.callback_url = "https://callbacks.example/v1/providers/replicate/callback?execution=ex1&job=clip"
+    pid = await provider.submit(t)
+    time.sleep(0.6)
+    t.callback_outcome = {"id": "earlier", "status": "failed", "error": "an earlier attempt's", "output": None}
+    t.wake.set()
+    result = await provider.wait(t, pid, lambda update: None)
+    assert fake.gets == 1 and result.fields["provider_id"] == pid and result.outputs
 
 
 async def test_a_forged_get_url_is_never_followed(fake: FakeReplicate, tmp_path: Path) -> None:

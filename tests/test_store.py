@@ -24,7 +24,7 @@ from reelflow.engine.scheduler import Engine
 from reelflow.errors import Conflict, IdempotencyConflict, NotFound, UsageLimitExceeded
 from reelflow.store import open_store
 from reelflow.store.base import ApiKey, JobOutcome, NewExecution, NewJob, ProgressReport, Store, UsageLimit
-from reelflow.store.common import BadCursor, migration_scripts
+from reelflow.store.common import CALLBACK_OUTCOME_MAX_BYTES, BadCursor, migration_scripts
 from reelflow.store.postgres import PostgresStore
 from reelflow.store.sqlite import SQLiteStore, sqlite_path
 
@@ -795,6 +795,31 @@ async def test_callbacks_wake_marks(store: Store) -> None:
     await store.finish_jobs([JobOutcome(claimed["y"].id, "w", "succeeded", result={})])
     assert await store.wake_job("fal", "req-9") == "ignored"
     assert await store.woken_for("w") == []  # no longer leased to w
+
+
+async def test_a_callbacks_outcome_travels_with_its_wake_mark(store: Store) -> None:
+    await store.create_execution(execution("ex", [job("x", provider="fal"), job("y", provider="fal")]))
+    claimed = {c.key: c for c in await store.claim("w", 5, 30)}
+    x, y = claimed["x"].id, claimed["y"].id
+    await store.set_provider_ids([(x, "w", "owner/app/req-1"), (y, "w", "owner/app/req-2")])
+    told = json.dumps({"request_id": "req-1", "status": "OK", "payload": {"images": [{"url": "https://x/1.png"}]}})
+    assert await store.wake_job("fal", "req-1", "ex", "x", told) == "woken"
+    assert await store.wake_job("fal", "req-1", "ex", "x") == "woken"  # a wake without an outcome keeps it
+    # about other work than the job waits on (an earlier attempt's replay): nothing is kept, not even the mark
+    assert await store.wake_job("fal", "req-1", "ex", "y", told) == "mismatch"
+    assert await store.woken_outcomes("w") == [(x, told)]
+    assert await store.woken_outcomes("w") == []  # read once: the mark and the outcome are cleared
+    # too big to keep: the mark alone (the worker then asks the provider)
+    big = json.dumps({"request_id": "req-2", "status": "OK", "payload": {"text": "x" * CALLBACK_OUTCOME_MAX_BYTES}})
+    assert await store.wake_job("fal", "req-2", "ex", "y", big) == "woken"
+    assert await store.woken_outcomes("w") == [(y, None)]
+    # a finished job keeps nothing
+    await store.finish_jobs([JobOutcome(x, "w", "succeeded", result={})])
+    assert await store.wake_job("fal", "req-1", "ex", "x", told) == "ignored"
+    assert await store.woken_outcomes("w") == []
+    assert await store.wake_job("fal", "req-2", "ex", "y", told) == "woken"
+    assert await store.woken_for("w") == [y]  # the ids alone, as before
+    assert await store.woken_outcomes("w") == []
 
 
 # ---------------------------------------------------------------------- LISTEN / NOTIFY

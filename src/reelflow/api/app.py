@@ -57,7 +57,7 @@ from ..providers.registry import Providers
 from ..states import EXECUTION_STATUSES, TERMINAL_EXECUTION
 from ..storage import BadKey, LinkRefused, LinkSigner, Storage, check_key, link_signer, open_storage
 from ..store import Store, open_store
-from ..store.common import BadCursor, iso, strip_paths
+from ..store.common import CALLBACK_OUTCOME_MAX_BYTES, BadCursor, iso, strip_paths
 from ..store.stats import parse_since
 from . import openapi, problems, ui
 from .openapi import errors, problem_answer
@@ -633,8 +633,10 @@ async def provider_callback(
     job: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Inbound provider webhooks. The provider's signature is the authentication: a request that does not
-    verify answers 401 and changes nothing. A verified one wakes the job's worker, which confirms the
-    outcome with the provider and finishes the job."""
+    verify answers 401 and changes nothing. A verified one wakes the job's worker. When its body tells how the
+    work ended (and is not too big to keep), that outcome travels with the wake-up, through the database, and
+    the worker finishes the job from it if it is about the work the job waits on; otherwise the worker asks the
+    provider."""
     adapter = svc.providers.get(provider)
     if adapter is None or provider in ("local", "sim") or not is_callback_provider(adapter):
         raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
@@ -644,13 +646,32 @@ async def provider_callback(
     except CallbackRejected as exc:
         log.warning("callback from %s refused: %s", provider, exc)
         raise Problem(401, f"callback signature not verified: {exc}") from None
-    outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job)
-    if outcome == "woken":  # an embedded worker holding the job looks now (others read the mark within 0.5 s)
-        for worker in getattr(request.app.state, "workers", []):
-            if worker.wake_local(event.provider_job_id, execution, job):
-                break
+    told = kept_outcome(event.outcome)
+    # An embedded worker holding the job is handed the outcome here; the database keeps it for any other worker
+    # (which reads the mark within 0.5 s). The store's checks (the job runs, it waits on this work) decide both.
+    local: tuple[Worker, int] | None = None
+    for worker in getattr(request.app.state, "workers", []):
+        if (held := worker.holding(event.provider_job_id, execution, job)) is not None:
+            local = (worker, held)
+            break
+    outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job, None if local else told)
+    if outcome == "woken" and local is not None:
+        local[0].wake(local[1], event.outcome if told else None)
     log.info("callback from %s about %s: %s", provider, event.provider_job_id, outcome)
     return {"received": True, "job": outcome}
+
+
+def kept_outcome(outcome: dict[str, Any] | None) -> str | None:
+    """A verified callback's outcome as the JSON kept with the wake-up; None when there is none or it is bigger
+    than CALLBACK_OUTCOME_MAX_BYTES (the worker then asks the provider)."""
+    if outcome is None:
+        return None
+    # ASCII: a NUL or a lone surrogate in the body stays an escape (PostgreSQL's text takes neither as such)
+    text = json.dumps(outcome, separators=(",", ":"))
+    if len(text) > CALLBACK_OUTCOME_MAX_BYTES:
+        log.info("a callback's outcome of %d bytes is too big to keep; the worker asks the provider", len(text))
+        return None
+    return text
 
 
 def create_app(

@@ -144,6 +144,18 @@ class _Held:
     log_sent: int = 0
 
 
+def _outcome_of(kept: str | None) -> dict[str, Any] | None:
+    """A callback's outcome as `wake_job` kept it (JSON); None when there is none or it does not read as an
+    object (the adapter then asks the provider)."""
+    if kept is None:
+        return None
+    try:
+        outcome = json.loads(kept)
+    except ValueError:
+        return None
+    return outcome if isinstance(outcome, dict) else None
+
+
 class Worker:
     """Runs jobs from a Store until stopped. Safe to run many of these against one database."""
 
@@ -392,8 +404,8 @@ class Worker:
             try:
                 for job_id, seq in await self.store.canceled_attempts(self.id):
                     self._interrupt(job_id, "canceled", seq)
-                for job_id in await self.store.woken_for(self.id):
-                    self.wake(job_id)
+                for job_id, outcome in await self.store.woken_outcomes(self.id):
+                    self.wake(job_id, _outcome_of(outcome))
                 if self.gates:
                     await self.pace.refresh(self.gates)
                 if time.monotonic() >= next_beat:
@@ -435,23 +447,41 @@ class Worker:
         """Jobs this worker may still take on: its concurrency, less those held and those being handed off."""
         return max(0, self.concurrency - len(self.held) - self._reserved)
 
-    def wake(self, job_id: int) -> None:
-        """A provider called back about this job: its adapter looks at the work now."""
+    def wake(self, job_id: int, outcome: dict[str, Any] | None = None) -> None:
+        """A provider called back about this job: its adapter looks at the work now, or, given the `outcome` the
+        callback told (see `Task.callback_outcome`), finishes from it when it is about the work it waits on."""
         held = self.held.get(job_id)
         if held is not None and held.work is not None:
+            if outcome is not None:
+                held.work.callback_outcome = outcome
             held.work.wake.set()
 
-    def wake_local(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> bool:
-        """A callback arrived in this process (the API with embedded workers): wake the job here at once,
-        without waiting for the control loop to read the mark from the database. True when found."""
+    def holding(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> int | None:
+        """The id of the job a callback names (by execution and key, else by provider id) when this worker holds
+        it; None otherwise."""
         for job_id, held in self.held.items():
             c = held.claim
             if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
                 execution_id is None and held.provider_job_id == remote_id
             ):
-                self.wake(job_id)
-                return True
-        return False
+                return job_id
+        return None
+
+    def wake_local(
+        self,
+        remote_id: str,
+        execution_id: str | None = None,
+        job_key: str | None = None,
+        outcome: dict[str, Any] | None = None,
+    ) -> bool:
+        """A callback arrived in this process (the API with embedded workers): wake the job here at once, with
+        the outcome it told, without waiting for the control loop to read the mark from the database. True when
+        found."""
+        job_id = self.holding(remote_id, execution_id, job_key)
+        if job_id is None:
+            return False
+        self.wake(job_id, outcome)
+        return True
 
     def _interrupt(self, job_id: int, reason: str, seq: int | None = None) -> None:
         """Stop the attempt of `job_id` this worker holds (only the attempt numbered `seq`, when given: a

@@ -133,6 +133,10 @@ class Task:
     """True when `wait` picks up work an earlier attempt submitted (a crash, a restart): look at once."""
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set by the worker when a verified callback for this job arrived: look at the work now."""
+    callback_outcome: dict[str, Any] | None = field(default=None, repr=False)
+    """The terminal outcome a verified callback carried (`CallbackEvent.outcome`), set by the worker with `wake`:
+    `wait` takes it with `take_callback_outcome` and finishes from it, without asking the provider, when it is
+    about the very work it waits on (the adapter compares the provider id); otherwise it asks as usual."""
     intent_at: float | None = None
     """When the job's first unsettled attempt began: an attempt from then on may have started paid work whose
     answer was lost (a read timeout, a crash). None for a task that nothing earlier may have submitted."""
@@ -190,6 +194,11 @@ class Task:
         self.wake.clear()
         return woken
 
+    def take_callback_outcome(self) -> dict[str, Any] | None:
+        """The outcome a callback brought since the last call (see `callback_outcome`), once."""
+        outcome, self.callback_outcome = self.callback_outcome, None
+        return outcome
+
     @property
     def workdir(self) -> Path:
         """The attempt's scratch folder, created on first use (most remote jobs never need one)."""
@@ -244,10 +253,15 @@ class CallbackRejected(Exception):
 
 @dataclass
 class CallbackEvent:
-    """What a verified callback says: which remote work it is about, and its status as given."""
+    """What a verified callback says: which remote work it is about, its status as given, and, when the body is
+    the work's terminal outcome complete enough to finish the job from (Replicate: the prediction succeeded with
+    its output, or failed, or was canceled; fal: OK with its payload, or ERROR), that outcome in the adapter's
+    own terms: the parts of the body its `wait` needs, the provider's id of the work included. None otherwise
+    (the woken worker then asks the provider)."""
 
     provider_job_id: str
     status: str | None = None
+    outcome: dict[str, Any] | None = None
 
 
 ProgressReporter = Callable[[ProgressUpdate], Awaitable[None] | None]

@@ -9,7 +9,10 @@ drew it.
 Callbacks: when `task.callback_url` is set, submit passes it as `?fal_webhook=`; fal POSTs once when
 the request ends. `verify_callback` checks fal's Ed25519 signature against the keys of fal's JWKS
 (fetched without our key, cached up to 24 h) and names the work by the **bare request id** (the
-webhook knows nothing of `<owner>/<app>`): match it against the last segment of the stored id.
+webhook knows nothing of `<owner>/<app>`): match it against the last segment of the stored id. A verified
+webhook that tells how the request ended (OK with its payload, or ERROR) carries that outcome to the waiting
+job, which then ends without asking fal (`wait` checks it is about its own request id); with a callback URL,
+`wait` sleeps first and looks only every `callback_poll_s`, a fallback for a lost webhook.
 
 Reconciliation: the queue API looks requests up by id only, so a request whose submit answer was lost
 cannot be found by what it asked for; `find_submitted` raises CannotReconcile (the worker submits again and
@@ -153,6 +156,47 @@ def _outputs(result: dict[str, Any]) -> list[Output]:
     return outputs
 
 
+def finished_request(body: Mapping[str, Any], request_id: str | None = None) -> dict[str, Any] | None:
+    """What `wait` needs of a webhook's body (the request's, when `request_id` is given) that tells how the
+    request ended: OK with a payload holding output files, or ERROR. None for anything else: another request,
+    another status, an OK whose payload fal could not send (`payload_error`) or that names no output file."""
+    found = body.get("request_id")
+    if not isinstance(found, str) or (request_id is not None and found != request_id):
+        return None
+    status, payload, error = body.get("status"), body.get("payload"), body.get("error")
+    if status == "OK":
+        if not isinstance(payload, dict) or body.get("payload_error") or not _outputs(payload):
+            return None
+        return {"request_id": found, "status": "OK", "payload": payload}
+    if status == "ERROR":
+        return {
+            "request_id": found,
+            "status": "ERROR",
+            "error": error if isinstance(error, str) else None,
+            "payload": payload if isinstance(payload, dict) else None,
+        }
+    return None
+
+
+def error_text(error: Any, payload: Any) -> str:
+    """A failed request's message from a webhook: its `error`, then the payload's `detail` (a string, or the
+    `{loc, msg, type}` items as `msg (type)`)."""
+    parts: list[str] = []
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, str) and detail:
+        parts.append(detail)
+    elif isinstance(detail, list):
+        for item in detail:
+            message = item.get("msg") if isinstance(item, dict) else None
+            if isinstance(message, str):
+                kind = item.get("type")
+                parts.append(message + (f" ({kind})" if isinstance(kind, str) and kind else ""))
+    text = "; ".join(parts)
+    if isinstance(error, str) and error:
+        text = f"{error}: {text}" if text else error
+    return text or "the request failed"
+
+
 def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -277,7 +321,12 @@ class FalProvider(HttpAdapter):
         schedule = self.poll_schedule(task)
         running = False
         errors = 0
+        if task.callback_url and not task.resumed:  # just submitted: the webhook will say when it ends
+            await task.pause(schedule.next_delay())
         while True:
+            told = self._told(task, request_id)
+            if told is not None:
+                return self._told_result(provider_id, told)
             percent: float | None = None
             try:
                 status = await self._json("GET", base_path + "/status", "checking the request", params={"logs": "1"})
@@ -328,16 +377,28 @@ class FalProvider(HttpAdapter):
                 delay = min(self.poll_max_s, self.poll_initial_s * 2**attempt)
                 await task.pause(max(delay, exc.retry_after or 0.0))
         assert result is not None
-        outputs = _outputs(result)
-        if not outputs:
-            raise PermanentError(f"fal: the result holds no output file: {json.dumps(result)[:500]}")
         metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
-        fields: dict[str, Any] = {
-            "provider_id": provider_id,
-            "seed": result.get("seed"),
-            "inference_time": (metrics or {}).get("inference_time"),
-        }
-        return ProviderResult(outputs=outputs, fields=fields)
+        return _result(provider_id, result, (metrics or {}).get("inference_time"))
+
+    @staticmethod
+    def _told(task: Task, request_id: str) -> dict[str, Any] | None:
+        """How the request ended, as a verified webhook told it (see `Task.callback_outcome`), when it is about
+        `request_id`: the job then ends without asking fal. An outcome about another request (a replay of an
+        earlier attempt's webhook) is dropped, and the caller asks fal."""
+        told = task.take_callback_outcome()
+        if told is None:
+            return None
+        finished = finished_request(told, request_id)
+        if finished is None:
+            log.info("fal: a callback's outcome is not about request %s; asking fal", request_id)
+        return finished
+
+    @staticmethod
+    def _told_result(provider_id: str, told: dict[str, Any]) -> ProviderResult:
+        """The result of a request a webhook said ended (fal's webhook tells no inference time)."""
+        if told["status"] == "ERROR":
+            raise PermanentError(f"fal: {error_text(told.get('error'), told.get('payload'))}")
+        return _result(provider_id, told["payload"], None)
 
     async def cancel(self, task: Task, provider_id: str) -> None:
         owner, app, request_id = _split_id(provider_id)
@@ -383,7 +444,7 @@ class FalProvider(HttpAdapter):
         status = payload.get("status")
         if status is not None and not isinstance(status, str):
             raise CallbackRejected(f"fal: the callback status {status!r:.40} is not a string")
-        return CallbackEvent(provider_job_id=request_id, status=status)
+        return CallbackEvent(provider_job_id=request_id, status=status, outcome=finished_request(payload))
 
     async def _verify_with_jwks(self, signature: bytes, message: bytes) -> bool:
         """True when a key of fal's JWKS verifies; fetches the keys when none are cached or they are
@@ -424,6 +485,15 @@ class FalProvider(HttpAdapter):
             return
         self._jwks_keys = keys
         self._jwks_fetched_at = now
+
+
+def _result(provider_id: str, result: dict[str, Any], inference_time: Any) -> ProviderResult:
+    """A completed request's result (fal's answer to `GET .../requests/{id}`, or a webhook's payload)."""
+    outputs = _outputs(result)
+    if not outputs:
+        raise PermanentError(f"fal: the result holds no output file: {json.dumps(result)[:500]}")
+    fields: dict[str, Any] = {"provider_id": provider_id, "seed": result.get("seed"), "inference_time": inference_time}
+    return ProviderResult(outputs=outputs, fields=fields)
 
 
 def _any_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:

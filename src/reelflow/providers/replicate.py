@@ -1,10 +1,13 @@
 """`replicate/*`: models run on Replicate (predictions API).
 
 `submit` creates a prediction and returns its id; `wait` polls `GET {base}/predictions/{id}` with a
-growing interval. Every request goes to the configured base, with URLs we build ourselves from the
-prediction id: URLs a response names (`urls.get`, `urls.cancel`) are never followed, so the token
-never leaves the base's host. Output URLs are handed to the worker, which copies them (without our
-token).
+growing interval, or, with a webhook, every `callback_poll_s` as a fallback: a verified webhook whose
+body is the prediction finished (`finished_prediction`) reaches `wait` as the task's callback outcome,
+and the job ends from it without reading the prediction again.
+
+Every request goes to the configured base, with URLs we build ourselves from the prediction id: URLs a
+response names (`urls.get`, `urls.cancel`) are never followed, so the token never leaves the base's host.
+Output URLs are handed to the worker, which copies them (without our token).
 
 `find_submitted` finds a prediction whose create answer was lost (a read timeout, a reset) in
 `GET {base}/predictions?created_after=...` (newest first, `next` pages), so the job adopts it instead of
@@ -89,6 +92,22 @@ _PERCENT_RE = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 _AVAILABLE_IN_RE = re.compile(r"available in\s+(\d+(?:\.\d+)?)\s*second", re.IGNORECASE)
 
 _TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+_OUTCOME_FIELDS = ("id", "status", "output", "error", "logs", "metrics", "created_at", "started_at")
+"""What `wait` reads of a finished prediction: a callback's outcome keeps these of the webhook's body."""
+
+
+def finished_prediction(data: Mapping[str, Any], pid: str | None = None) -> dict[str, Any] | None:
+    """The parts of `data` that `wait` reads, when `data` is a prediction (`pid`'s, when given) that ended and
+    says all there is to say: succeeded with its output, failed, canceled or aborted. None for anything else:
+    still running, an unknown status, a success without output (a webhook may be sent before the output is
+    in), another prediction."""
+    found = data.get("id")
+    if not isinstance(found, str) or (pid is not None and found != pid):
+        return None
+    status = data.get("status")
+    if status not in _TERMINAL or (status == "succeeded" and data.get("output") is None):
+        return None
+    return {key: data[key] for key in _OUTCOME_FIELDS if key in data}
 
 
 def parse_percent(logs: Any) -> float | None:
@@ -392,7 +411,9 @@ class ReplicateProvider(HttpAdapter):
         if not isinstance(pid, str) or not _ID_RE.match(pid):
             raise CallbackRejected("the body names no prediction id")
         status = data.get("status")
-        return CallbackEvent(provider_job_id=pid, status=status if isinstance(status, str) else None)
+        return CallbackEvent(
+            provider_job_id=pid, status=status if isinstance(status, str) else None, outcome=finished_prediction(data)
+        )
 
     # --- the protocol ----------------------------------------------------------------------------
 
@@ -634,6 +655,8 @@ class ReplicateProvider(HttpAdapter):
             await task.pause(schedule.next_delay())
         while True:
             if data is None:
+                data = self._told(task, pid)
+            if data is None:
                 try:
                     data = await self._call("GET", f"/predictions/{pid}")
                     failures = 0
@@ -670,6 +693,19 @@ class ReplicateProvider(HttpAdapter):
                 await _report(report, update)
             data = None
             await task.pause(schedule.next_delay(percent=percent))
+
+    @staticmethod
+    def _told(task: Task, pid: str) -> dict[str, Any] | None:
+        """The finished prediction a verified callback brought (see `Task.callback_outcome`), when it is `pid`'s:
+        the job then ends without reading the prediction again. An outcome about another prediction (a replay
+        of an earlier attempt's webhook) is dropped, and the caller reads the prediction."""
+        told = task.take_callback_outcome()
+        if told is None:
+            return None
+        finished = finished_prediction(told, pid)
+        if finished is None:
+            log.info("replicate: a callback's outcome is not about prediction %s; reading it", pid)
+        return finished
 
     def _transcript(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
         """A Whisper prediction's output as word timings, the SRT we store, and the transcript fields."""

@@ -302,14 +302,25 @@ class ExecutionStore(Protocol):
         """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
 
     async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+        self,
+        provider: str,
+        remote_id: str,
+        execution_id: str | None = None,
+        job_key: str | None = None,
+        outcome: str | None = None,
     ) -> str:
         """A verified provider callback about `remote_id` arrived: mark the job (named by execution and key,
-        or found by its provider id) so its worker looks at once. Answers `woken`, `ignored` (the job is not
-        running), `mismatch` (the job waits on other work) or `unknown`."""
+        or found by its provider id) so its worker looks at once. `outcome` (JSON, at most
+        CALLBACK_OUTCOME_MAX_BYTES; a larger one is dropped) is how the work ended as the callback told it: it is
+        kept with the mark for the worker (`woken_outcomes`); without one, an outcome left by an earlier callback
+        stays. Answers `woken`, `ignored` (the job is not running), `mismatch` (the job waits on other work: nothing
+        is kept) or `unknown`."""
 
     async def woken_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that a callback woke since the last call (the marks are cleared)."""
+
+    async def woken_outcomes(self, owner: str) -> list[tuple[int, str | None]]:
+        """`woken_for` with each job's kept outcome (None when the callbacks left none); both are cleared."""
 
     async def canceled_for(self, owner: str) -> list[int]:
         """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""

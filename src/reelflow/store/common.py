@@ -316,6 +316,9 @@ def migration_scripts(dialect: str) -> list[tuple[int, str, str]]:
 
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
+CALLBACK_OUTCOME_MAX_BYTES = 64 * 1024
+"""The most bytes of a callback's outcome (compact JSON) kept with the job's wake-up mark (`wake_job`); a larger
+one is dropped, and the woken worker asks the provider instead."""
 ORPHAN_CANCEL_S = 60.0
 """A cancellation its worker has not read for this long, while that worker no longer beats, is carried out by
 lease recovery instead (the provider work of the cancelled attempt is cancelled there)."""

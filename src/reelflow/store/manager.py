@@ -38,6 +38,7 @@ from .base import (
     ProgressReport,
 )
 from .common import (
+    CALLBACK_OUTCOME_MAX_BYTES,
     IDEMPOTENCY_WINDOW_S,
     ORPHAN_CANCEL_S,
     Statements,
@@ -991,8 +992,16 @@ class StoreManager(StoreRules):
         return await self._in_tx(write)
 
     async def wake_job(
-        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+        self,
+        provider: str,
+        remote_id: str,
+        execution_id: str | None = None,
+        job_key: str | None = None,
+        outcome: str | None = None,
     ) -> str:
+        if outcome is not None and len(outcome.encode()) > CALLBACK_OUTCOME_MAX_BYTES:
+            outcome = None  # too big to carry: the worker asks the provider
+
         async def write(tx: Tx) -> str:
             if execution_id is not None and job_key is not None:
                 row = await tx.one(self.sql.job_by_key, (execution_id, job_key, provider))
@@ -1004,16 +1013,26 @@ class StoreManager(StoreRules):
                 return "mismatch"
             if row["status"] != "running":
                 return "ignored"
-            await tx.run(self.sql.wake, (time.time(), row["id"]))
+            if outcome is None:  # an outcome already left (by an earlier callback) stays
+                await tx.run(self.sql.wake, (time.time(), row["id"]))
+            else:
+                await tx.run(self.sql.wake_with_outcome, (time.time(), outcome, row["id"]))
             return "woken"
 
         return await self._in_tx(write)
 
     async def woken_for(self, owner: str) -> list[int]:
-        rows: list[Any] = await self._in_tx_if(
-            self.sql.any_woken_for, (owner,), lambda tx: tx.all(self.sql.take_woken, (owner,)), []
-        )
-        return sorted(r["id"] for r in rows)
+        return [job_id for job_id, _ in await self.woken_outcomes(owner)]
+
+    async def woken_outcomes(self, owner: str) -> list[tuple[int, str | None]]:
+        async def take(tx: Tx) -> list[tuple[int, str | None]]:
+            # Read, then clear by id (RETURNING would give the cleared outcome): a job woken meanwhile keeps its mark.
+            rows = await tx.all(self.sql.woken_rows + tx.for_update, (owner,))
+            if rows:
+                await tx.many(self.sql.clear_woken, [(r["id"],) for r in rows])
+            return [(r["id"], r["woken_outcome"]) for r in rows]
+
+        return await self._in_tx_if(self.sql.any_woken_for, (owner,), take, [])
 
     # ------------------------------------------------------------------ submission
     async def create_execution(self, execution: NewExecution) -> str:

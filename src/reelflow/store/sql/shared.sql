@@ -201,8 +201,14 @@ UPDATE jobs SET woken_at = %s WHERE id = %s
 -- name: any_woken_for
 SELECT 1 FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL LIMIT 1
 
--- name: take_woken
-UPDATE jobs SET woken_at = NULL WHERE lease_owner = %s AND woken_at IS NOT NULL RETURNING id
+-- name: wake_with_outcome
+UPDATE jobs SET woken_at = %s, woken_outcome = %s WHERE id = %s
+
+-- name: woken_rows
+SELECT id, woken_outcome FROM jobs WHERE lease_owner = %s AND woken_at IS NOT NULL ORDER BY id
+
+-- name: clear_woken
+UPDATE jobs SET woken_at = NULL, woken_outcome = NULL WHERE id = %s
 
 -- ---------------------------------------------------------------- submission and reading
 -- name: idempotent_earlier
