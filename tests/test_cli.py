@@ -230,6 +230,9 @@ def test_list_and_event_times(cli: Any, tmp_path: Path) -> None:
     table = cli("list")
     assert queued in table.stdout and done["id"] in table.stdout
     assert cli("list", "--status", "nope").returncode == 2
+    none = cli("list", "--status", "failed")
+    assert (none.returncode, none.stdout) == (0, "no failed executions\n")
+    assert cli("list", "--status", "failed", "--json").stdout.strip() == "[]"
     events = [json.loads(line) for line in cli("events", done["id"]).stdout.splitlines()]
     assert events and all(e["created_at"].endswith("Z") and "T" in e["created_at"] for e in events)
 
@@ -276,6 +279,33 @@ def test_json_help_says_what_each_command_prints(cli: Any) -> None:
         text = " ".join(cli(name, "--help").stdout.split())
         assert "execution state" not in text, name
     assert "--wait " in cli("run", "--help").stdout and "<bool>" not in cli("run", "--help").stdout
+    for name in (("prune",), ("keys", "create"), ("keys", "list")):
+        text = " ".join(cli(*name, "--help").stdout.split())
+        assert "--json" in text and "execution state" not in text, name
+
+
+def test_every_command_describes_its_arguments_and_options() -> None:
+    import typer.main
+
+    from reelflow.cli.commands import app
+
+    def commands(group: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+        found = []
+        for name, cmd in group.commands.items():
+            found.append(((*path, name), cmd))
+            if hasattr(cmd, "commands"):
+                found += commands(cmd, (*path, name))
+        return found
+
+    every = commands(typer.main.get_command(app), ())
+    assert len(every) >= 21  # 18 commands, keys create|list|revoke
+    for path, cmd in every:
+        assert cmd.help and "SPEC" not in cmd.help and "\u00a7" not in cmd.help, path
+        for param in cmd.params:
+            assert param.param_type_name in ("option", "argument"), (path, param.name)
+            assert param.help and "SPEC" not in param.help, (path, param.name)
+            if param.param_type_name == "argument":
+                assert param.metavar and param.metavar.isupper(), (path, param.name)
 
 
 def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_them(cli: Any) -> None:

@@ -705,6 +705,7 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
                 latency_s=0.6,
                 duration=4,
                 depends_on=["storyboard"],
+                log_lines=6,
             ),
             sim("score", "audio", prompt="low strings", latency_s=0.2, depends_on=["storyboard"], max_attempts=5),
         ],
@@ -781,6 +782,16 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
         )
         assert top == job["id"]
 
+    # provider logs: what the provider logged, or a sentence saying it logged nothing
+    shot_log = page.locator("#job-shot details.plog")
+    shot_log.locator("summary").click()
+    expect(shot_log.locator("summary")).to_contain_text("6 lines")
+    expect(shot_log.locator("pre.plog-text")).to_contain_text("sim: step 00006 of the render")
+    quiet = page.locator("#job-storyboard details.plog")
+    quiet.locator("summary").click()
+    expect(quiet.locator(".plog-body")).to_contain_text("The provider logged nothing for this job.")
+    expect(quiet.locator("pre.plog-text")).to_have_count(0)
+
     assert_one_time_format(page)
     page.evaluate("document.getElementById('jobs').scrollIntoView(); window.scrollBy(0, -64)")
     screenshot(page, "ui-execution-plan.png")
@@ -835,6 +846,10 @@ def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
     expect(still.locator("pre.plog-text")).to_contain_text("$ ffmpeg ")
     assert still.locator("pre.plog-text").text_content() == logs["still"]["text"]
     expect(still.locator(".plog-note")).to_have_count(0)
+    # a job run in the worker has no provider queue: no "0 ms queued at provider" beside it
+    expect(page.locator("#job-still dd.provider-timing")).to_have_count(0)
+    expect(page.locator('#timeline .tl-row[data-job="still"] .tl-pq')).to_have_count(0)
+    expect(page.locator('#timeline .tl-row[data-job="render"] .tl-pq')).to_have_count(1)
     assert_one_time_format(page)
     context.close()
 

@@ -151,7 +151,7 @@ def list_executions(
     if as_json:
         print_json(rows)
     else:
-        show_list(rows)
+        show_list(rows, status)
 
 
 def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] | str]]) -> Callable[..., None]:

@@ -81,7 +81,9 @@ def price_words(model: dict[str, Any]) -> str:
 OpsJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON (one object per operation, its parameters).")
 ]
-OpTypeArg = Annotated[str | None, typer.Argument(help="Only this operation (its job type, e.g. thumbnail).")]
+OpTypeArg = Annotated[
+    str | None, typer.Argument(metavar="TYPE", help="Only this operation (its job type, e.g. thumbnail).")
+]
 
 
 def ops(op_type: OpTypeArg = None, as_json: OpsJsonOpt = False) -> None:
