@@ -333,3 +333,16 @@ def test_a_cached_rerun_says_so_in_the_timeline_and_the_summary(cli: Any, tmp_pa
     rows = [ln for ln in again.stdout.splitlines() if ln.startswith(("│ a ", "│ b "))]
     assert len(rows) == 2 and all("succeeded (cache hit)" in r and "cached" in r for r in rows), again.stdout
     assert "cache: 2 of 2 jobs reused an identical earlier result, nothing paid (a, b)" in again.stdout
+
+
+def test_logs_says_why_nothing_was_logged(cli: Any, tmp_path: Path) -> None:
+    done = json.loads(cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--wait", "--json").stdout)
+    ended = cli("logs", done["id"], "a")
+    assert (ended.returncode, ended.stdout) == (0, "")
+    assert ended.stderr.strip().endswith("(succeeded, sim, " + done["jobs"][0]["provider_job_id"]
+                                         + "): the provider logged nothing (a cache hit runs nothing)")  # fmt: skip
+    queued = cli("run", str(write_plan(tmp_path, SIM_PLAN))).stdout.strip()
+    waiting = cli("logs", queued, "b")
+    assert (waiting.returncode, waiting.stdout) == (0, "")
+    assert waiting.stderr.strip() == "job b (waiting, sim): nothing logged yet"
+    assert cli("logs", queued, "nope").returncode == 1
