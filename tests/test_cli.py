@@ -318,6 +318,8 @@ def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_t
     assert thumb["params"]["format"]["choices"] == ["jpg", "jpeg", "png"]
     table = cli("ops", "transcode")
     assert table.returncode == 0 and "crf" in table.stdout and "0–63" in table.stdout
+    box = next(line for line in cli("ops", "captions").stdout.splitlines() if line.startswith("│ box "))
+    assert "│ true " in box and "True" not in box
     assert "thumbnail" not in table.stdout
     unknown = cli("ops", "nope")
     assert unknown.returncode == 2 and "no operation 'nope'" in unknown.stderr and "thumbnail" in unknown.stderr
