@@ -591,6 +591,14 @@ def test_narrow_screens_keep_everything_within_the_width(
         page.wait_for_timeout(200)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= NARROW["width"], f"{hash_} is {width}px wide on a 390px screen"
+        # nothing cut inside the page either: every nav link whole on screen, no text running out of its box
+        edges = page.locator("#nav a").evaluate_all("as => as.map((a) => a.getBoundingClientRect().right)")
+        assert edges and max(edges) <= NARROW["width"], (hash_, edges)
+        spilled = page.evaluate(
+            "() => [...document.querySelectorAll('main .summary .value, main .figure .value')]"
+            ".filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent)"
+        )
+        assert spilled == [], (hash_, spilled)
     # the graph stacks top to bottom when the screen is narrow
     page.goto(f"/ui#/executions/{eid}")
     expect(page.locator("#dag .node")).to_have_count(4)
