@@ -230,6 +230,9 @@ def test_list_and_event_times(cli: Any, tmp_path: Path) -> None:
     table = cli("list")
     assert queued in table.stdout and done["id"] in table.stdout
     assert cli("list", "--status", "nope").returncode == 2
+    none = cli("list", "--status", "failed")
+    assert (none.returncode, none.stdout) == (0, "no failed executions\n")
+    assert cli("list", "--status", "failed", "--json").stdout.strip() == "[]"
     events = [json.loads(line) for line in cli("events", done["id"]).stdout.splitlines()]
     assert events and all(e["created_at"].endswith("Z") and "T" in e["created_at"] for e in events)
 
@@ -276,6 +279,33 @@ def test_json_help_says_what_each_command_prints(cli: Any) -> None:
         text = " ".join(cli(name, "--help").stdout.split())
         assert "execution state" not in text, name
     assert "--wait " in cli("run", "--help").stdout and "<bool>" not in cli("run", "--help").stdout
+    for name in (("prune",), ("keys", "create"), ("keys", "list")):
+        text = " ".join(cli(*name, "--help").stdout.split())
+        assert "--json" in text and "execution state" not in text, name
+
+
+def test_every_command_describes_its_arguments_and_options() -> None:
+    import typer.main
+
+    from reelflow.cli.commands import app
+
+    def commands(group: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+        found = []
+        for name, cmd in group.commands.items():
+            found.append(((*path, name), cmd))
+            if hasattr(cmd, "commands"):
+                found += commands(cmd, (*path, name))
+        return found
+
+    every = commands(typer.main.get_command(app), ())
+    assert len(every) >= 21  # 18 commands, keys create|list|revoke
+    for path, cmd in every:
+        assert cmd.help and "SPEC" not in cmd.help and "\u00a7" not in cmd.help, path
+        for param in cmd.params:
+            assert param.param_type_name in ("option", "argument"), (path, param.name)
+            assert param.help and "SPEC" not in param.help, (path, param.name)
+            if param.param_type_name == "argument":
+                assert param.metavar and param.metavar.isupper(), (path, param.name)
 
 
 def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_them(cli: Any) -> None:
@@ -288,6 +318,8 @@ def test_ops_lists_every_operation_with_its_parameters_as_the_plan_check_reads_t
     assert thumb["params"]["format"]["choices"] == ["jpg", "jpeg", "png"]
     table = cli("ops", "transcode")
     assert table.returncode == 0 and "crf" in table.stdout and "0–63" in table.stdout
+    box = next(line for line in cli("ops", "captions").stdout.splitlines() if line.startswith("│ box "))
+    assert "│ true " in box and "True" not in box
     assert "thumbnail" not in table.stdout
     unknown = cli("ops", "nope")
     assert unknown.returncode == 2 and "no operation 'nope'" in unknown.stderr and "thumbnail" in unknown.stderr
@@ -303,3 +335,16 @@ def test_a_cached_rerun_says_so_in_the_timeline_and_the_summary(cli: Any, tmp_pa
     rows = [ln for ln in again.stdout.splitlines() if ln.startswith(("│ a ", "│ b "))]
     assert len(rows) == 2 and all("succeeded (cache hit)" in r and "cached" in r for r in rows), again.stdout
     assert "cache: 2 of 2 jobs reused an identical earlier result, nothing paid (a, b)" in again.stdout
+
+
+def test_logs_says_why_nothing_was_logged(cli: Any, tmp_path: Path) -> None:
+    done = json.loads(cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--wait", "--json").stdout)
+    ended = cli("logs", done["id"], "a")
+    assert (ended.returncode, ended.stdout) == (0, "")
+    assert ended.stderr.strip().endswith("(succeeded, sim, " + done["jobs"][0]["provider_job_id"]
+                                         + "): the provider logged nothing (a cache hit runs nothing)")  # fmt: skip
+    queued = cli("run", str(write_plan(tmp_path, SIM_PLAN))).stdout.strip()
+    waiting = cli("logs", queued, "b")
+    assert (waiting.returncode, waiting.stdout) == (0, "")
+    assert waiting.stderr.strip() == "job b (waiting, sim): nothing logged yet"
+    assert cli("logs", queued, "nope").returncode == 1

@@ -398,3 +398,28 @@ async def test_a_failed_ffmpeg_run_logs_its_exit_and_the_end_of_its_stderr(tmp_p
     assert lines[0] == "$ ffmpeg -hide_banner -i missing.mp4 -f null -"
     assert re.fullmatch(r"ffmpeg exited with \d+ after \d+\.\d\d s; stderr:", lines[1]), lines[1]
     assert any("missing.mp4" in ln for ln in lines[2:]) and "No such file" in lines[-1], lines
+
+
+def test_jobs_run_in_the_worker_show_no_provider_queue() -> None:
+    from reelflow.display import _job_note, provider_queued
+
+    def job(job_id: str, model: str | None, queued: float | None) -> dict[str, Any]:
+        return {"id": job_id, "type": "generate-image", "model": model, "status": "succeeded", "attempts": 1,
+                "started_at": "2026-12-06T10:00:00.100Z", "finished_at": "2026-12-06T10:00:01.000Z",
+                "provider_queued_s": queued, "cache_hit": False, "error": None}  # fmt: skip
+
+    def table(*jobs: dict[str, Any]) -> str:
+        state = {"id": "ex_1", "status": "succeeded", "created_at": "2026-12-06T10:00:00.000Z",
+                 "finished_at": "2026-12-06T10:00:01.000Z", "jobs": list(jobs)}  # fmt: skip
+        out = io.StringIO()
+        Console(file=out, width=200).print(timeline_table(state))
+        return out.getvalue()
+
+    local, op = job("still", "local/image", 0.0), job("merged", None, 0.0)
+    assert provider_queued(local) is None and provider_queued(op) is None and _job_note(local) == ""
+    assert "queued at provider" not in table(local, op)
+    remote = job("clip", "replicate/google/veo-3", 0.0)
+    assert provider_queued(remote) == 0.0 and _job_note(remote) == "queued at provider 0s"
+    shown = table(local, remote)
+    assert "queued at provider" in shown and "0.00s" in shown
+    assert re.search(r"still .*│\s+-\s+│", shown), shown  # the local job's cell is a dash

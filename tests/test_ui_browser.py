@@ -591,6 +591,14 @@ def test_narrow_screens_keep_everything_within_the_width(
         page.wait_for_timeout(200)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= NARROW["width"], f"{hash_} is {width}px wide on a 390px screen"
+        # nothing cut inside the page either: every nav link whole on screen, no text running out of its box
+        edges = page.locator("#nav a").evaluate_all("as => as.map((a) => a.getBoundingClientRect().right)")
+        assert edges and max(edges) <= NARROW["width"], (hash_, edges)
+        spilled = page.evaluate(
+            "() => [...document.querySelectorAll('main .summary .value, main .figure .value')]"
+            ".filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent)"
+        )
+        assert spilled == [], (hash_, spilled)
     # the graph stacks top to bottom when the screen is narrow
     page.goto(f"/ui#/executions/{eid}")
     expect(page.locator("#dag .node")).to_have_count(4)
@@ -705,6 +713,7 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
                 latency_s=0.6,
                 duration=4,
                 depends_on=["storyboard"],
+                log_lines=6,
             ),
             sim("score", "audio", prompt="low strings", latency_s=0.2, depends_on=["storyboard"], max_attempts=5),
         ],
@@ -781,6 +790,16 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
         )
         assert top == job["id"]
 
+    # provider logs: what the provider logged, or a sentence saying it logged nothing
+    shot_log = page.locator("#job-shot details.plog")
+    shot_log.locator("summary").click()
+    expect(shot_log.locator("summary")).to_contain_text("6 lines")
+    expect(shot_log.locator("pre.plog-text")).to_contain_text("sim: step 00006 of the render")
+    quiet = page.locator("#job-storyboard details.plog")
+    quiet.locator("summary").click()
+    expect(quiet.locator(".plog-body")).to_contain_text("The provider logged nothing for this job.")
+    expect(quiet.locator("pre.plog-text")).to_have_count(0)
+
     assert_one_time_format(page)
     page.evaluate("document.getElementById('jobs').scrollIntoView(); window.scrollBy(0, -64)")
     screenshot(page, "ui-execution-plan.png")
@@ -817,7 +836,8 @@ def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
     expect(card.locator("dd.provider-timing")).to_have_text(f"queued at provider {queued:.1f} s")
     row = page.locator('#timeline .tl-row[data-job="render"]')
     expect(row.locator(".seg.provider-wait")).to_have_count(1)
-    expect(row.locator(".tl-pq")).to_have_attribute("data-seconds", str(queued))
+    expect(row.locator(".tl-pq")).to_have_count(1)
+    assert float(row.locator(".tl-pq").get_attribute("data-seconds") or -1) == queued  # JS writes 1.0 as "1"
     wait_box, run_box = row.locator(".seg.provider-wait").bounding_box(), row.locator(".seg.run").bounding_box()
     assert wait_box and run_box and wait_box["width"] > 0.5 * run_box["width"]  # 1.0 s of a ~1.3 s run
 
@@ -835,6 +855,10 @@ def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
     expect(still.locator("pre.plog-text")).to_contain_text("$ ffmpeg ")
     assert still.locator("pre.plog-text").text_content() == logs["still"]["text"]
     expect(still.locator(".plog-note")).to_have_count(0)
+    # a job run in the worker has no provider queue: no "0 ms queued at provider" beside it
+    expect(page.locator("#job-still dd.provider-timing")).to_have_count(0)
+    expect(page.locator('#timeline .tl-row[data-job="still"] .tl-pq')).to_have_count(0)
+    expect(page.locator('#timeline .tl-row[data-job="render"] .tl-pq')).to_have_count(1)
     assert_one_time_format(page)
     context.close()
 

@@ -64,6 +64,16 @@ def _job_time(job: dict[str, Any], now: datetime) -> str:
     return "-"
 
 
+def provider_queued(job: dict[str, Any]) -> float | None:
+    """The seconds the job waited in its provider's queue; None where that says nothing: a job run in the
+    worker (an ffmpeg operation, `local/*`) has no provider queue, its 0 s is only noise."""
+    queued = job.get("provider_queued_s")
+    if not isinstance(queued, int | float):
+        return None
+    local = not job.get("model") or str(job["model"]).startswith("local/")
+    return None if local and queued == 0 else float(queued)
+
+
 def _job_note(job: dict[str, Any], now: datetime | None = None, read_at: datetime | None = None) -> str:
     """An error; or, while it runs, where the provider has it: in its queue (for how long, at which position
     when known), or running (for how long, after how long queued). `read_at`: when the state was read (the
@@ -71,8 +81,8 @@ def _job_note(job: dict[str, Any], now: datetime | None = None, read_at: datetim
     if job.get("error"):
         return str(job["error"])
     if job["status"] != "running":
-        queued = job.get("provider_queued_s")
-        if job["status"] == "succeeded" and not job.get("cache_hit") and isinstance(queued, int | float):
+        queued = provider_queued(job)
+        if job["status"] == "succeeded" and not job.get("cache_hit") and queued is not None:
             return f"queued at provider {_elapsed(queued)}"
         return "cache hit" if job.get("cache_hit") else ""
     now = now or datetime.now(UTC)
@@ -146,10 +156,14 @@ def timeline_table(state: dict[str, Any]) -> Table:
     """Per job: when it started after the execution was created, how long it ran, and how it ended."""
     origin = state["created_at"]
     table = Table(title=f"execution {state['id']} — {state['status']}")
+    # the provider-queue column only when some job had a provider queue (not for a plan run in the worker)
+    queues = {job["id"]: provider_queued(job) for job in state["jobs"]}
+    queue_col = any(q is not None for q in queues.values())
     for col, justify in (("job", "left"), ("type", "left"), ("status", "left"), ("start", "right"),
                          ("duration", "right"), ("queued at provider", "right"), ("attempts", "right"),
                          ("timeline", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        if col != "queued at provider" or queue_col:
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
     total = _seconds(origin, state.get("finished_at")) or 0.0
     for job in state["jobs"]:
         start = _seconds(origin, job["started_at"])
@@ -163,14 +177,16 @@ def timeline_table(state: dict[str, Any]) -> Table:
         status = Text(job["status"], style=STATUS_STYLE.get(job["status"], ""))
         if job.get("cache_hit"):  # reused an identical earlier job's result: nothing ran, nothing was paid
             status.append(" (cache hit)", style="cyan")
-        table.add_row(
+        queued = queues[job["id"]]
+        cells: list[str | Text] = [
             job["id"],
             job["type"],
             status,
             f"{start:.2f}s" if start is not None else "-",
             "cached" if job.get("cache_hit") else (f"{dur:.2f}s" if dur is not None else "-"),
-            f"{queued:.2f}s" if isinstance(queued := job.get("provider_queued_s"), int | float) else "-",
+            *([f"{queued:.2f}s" if queued is not None else "-"] if queue_col else []),
             str(job["attempts"]),
             Text(bar, style=STATUS_STYLE.get(job["status"], "")),
-        )
+        ]
+        table.add_row(*cells)
     return table

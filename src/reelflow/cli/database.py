@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .common import err, on_local, out, print_json
-from .options import JsonOpt
 
 if TYPE_CHECKING:
     from .backend import Local
@@ -45,7 +44,9 @@ def prune(
     older_than: Annotated[
         str, typer.Option("--older-than", help="Age of finished executions to delete: 30d, 12h, 90m, 2w.")
     ],
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON (how many rows of each kind were deleted).")
+    ] = False,
 ) -> None:
     """Delete executions that ended longer ago than --older-than, with their jobs, events and deliveries
     (stored artifacts stay)."""

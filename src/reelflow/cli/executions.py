@@ -112,7 +112,9 @@ def logs(
     where = ", ".join(str(v) for v in (answer["provider"], answer["provider_job_id"]) if v)
     head = f"job {answer['job_id']} ({answer['status']}{', ' + where if where else ''})"
     if answer["attempt"] is None:
-        err().print(f"{head}: nothing logged yet", highlight=False, markup=False)
+        ended = answer["status"] in ("succeeded", "failed", "canceled", "skipped")
+        said = "the provider logged nothing (a cache hit runs nothing)" if ended else "nothing logged yet"
+        err().print(f"{head}: {said}", highlight=False, markup=False)
         return
     note = f", {answer['dropped_chars']} earlier characters left out" if answer["truncated"] else ""
     err().print(
@@ -151,7 +153,7 @@ def list_executions(
     if as_json:
         print_json(rows)
     else:
-        show_list(rows)
+        show_list(rows, status)
 
 
 def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] | str]]) -> Callable[..., None]:

@@ -10,7 +10,7 @@ import sys
 
 WIDTH = 78
 USAGE = "Usage: {prog} [OPTIONS] COMMAND [ARGS]..."
-RUN_USAGE = "Usage: {prog} run [OPTIONS] {plan}"
+RUN_USAGE = "Usage: {prog} run [OPTIONS] {PLAN}"
 TEXT = """\
 Usage: {prog} [OPTIONS] COMMAND [ARGS]...
 
@@ -58,13 +58,13 @@ Commands:
 """
 
 RUN_TEXT = """\
-Usage: {prog} run [OPTIONS] {plan}
+Usage: {prog} run [OPTIONS] {PLAN}
 
   Validate and enqueue a plan and print its execution id; with --wait, follow
   it to the end.
 
 Arguments:
-  plan <path>  Plan file (YAML or JSON), or - for standard input.  [required]
+  PLAN <path>  Plan file (YAML or JSON), or - for standard input.  [required]
 
 Options:
   --wait           Wait for the end, showing progress (on stderr).

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .common import Refused, err, on_local, out, print_json
-from .options import JsonOpt, typer_app
+from .options import typer_app
 
 if TYPE_CHECKING:
     from ..keys import NewKey
@@ -21,7 +21,10 @@ KEY_FIELDS = ("key_id", "tenant", "created_at", "revoked_at")
 @keys_app.command("create")
 def keys_create(
     tenant_name: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for (created if new).")],
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print machine-readable JSON ({api_key, webhook_secret, tenant, key_id})."),
+    ] = False,
 ) -> None:
     """Create an API key; prints it once, with the tenant's webhook secret."""
     from ..keys import create_key
@@ -42,7 +45,13 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(tenant_name: Annotated[str | None, typer.Option("--tenant")] = None, as_json: JsonOpt = False) -> None:
+def keys_list(
+    tenant_name: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print machine-readable JSON ([{key_id, tenant, created_at, revoked_at}])."),
+    ] = False,
+) -> None:
     """List API keys (ids and tenants; the keys themselves are never stored)."""
     from ..store.common import iso
 
@@ -68,7 +77,9 @@ def keys_list(tenant_name: Annotated[str | None, typer.Option("--tenant")] = Non
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after rf_), or the key.")]) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key id (the part after rf_), or the key.")],
+) -> None:
     """Revoke an API key at once."""
     from ..keys import KEY_RE
 

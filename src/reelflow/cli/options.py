@@ -50,8 +50,10 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option("--api-key", envvar="REELFLOW_API_KEY", help="The API key for --server.", show_default=False),
 ]
-PlanArg = Annotated[Path, typer.Argument(help="Plan file (YAML or JSON), or - for standard input.")]
-IdArg = Annotated[str, typer.Argument(metavar="ID")]
+PlanArg = Annotated[
+    Path, typer.Argument(metavar="PLAN", help="Plan file (YAML or JSON), or - for standard input.")
+]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="The execution's id (ex_..., as `run` printed it).")]
 
 
 @app.callback()

@@ -68,7 +68,7 @@ def worker(
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="Embedded workers in this process (0: API only).")
     ] = 1,

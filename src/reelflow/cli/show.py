@@ -71,8 +71,11 @@ def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool, wait:
         sys.stdout.flush()
 
 
-def show_list(rows: list[dict[str, Any]]) -> None:
-    """Executions, one row each."""
+def show_list(rows: list[dict[str, Any]], status: str | None = None) -> None:
+    """Executions, one row each; a sentence when there are none (an empty table reads like a failure)."""
+    if not rows:
+        out().print(f"no {status} executions" if status else "no executions yet", highlight=False)
+        return
     from rich.table import Table
     from rich.text import Text
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -81,7 +82,14 @@ def price_words(model: dict[str, Any]) -> str:
 OpsJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON (one object per operation, its parameters).")
 ]
-OpTypeArg = Annotated[str | None, typer.Argument(help="Only this operation (its job type, e.g. thumbnail).")]
+def shown_default(value: Any) -> str:
+    """A default as a plan writes it: `true`, not Python's `True`."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+OpTypeArg = Annotated[
+    str | None, typer.Argument(metavar="TYPE", help="Only this operation (its job type, e.g. thumbnail).")
+]
 
 
 def ops(op_type: OpTypeArg = None, as_json: OpsJsonOpt = False) -> None:
@@ -107,7 +115,7 @@ def ops(op_type: OpTypeArg = None, as_json: OpsJsonOpt = False) -> None:
             table.add_column(col, no_wrap=col == "parameter")
         for name, p in spec.params.items():
             required = "yes" if p.required else ("one of" if name in needed else "")
-            default = "" if p.default is None else str(p.default)
+            default = "" if p.default is None else shown_default(p.default)
             table.add_row(name, type_words(p), required, allowed(p).replace("`", ""), default, p.description)
         out().print(table)
 

@@ -801,6 +801,14 @@ async function copyText(text, done) {
 }
 
 /** A Gantt chart of the jobs: time in the queue (queued_at to started_at), then running (to finished_at). */
+/** The seconds a job waited in its provider's queue, or null where that says nothing: jobs run in the worker
+ * (ffmpeg operations, `local/*`) have no provider queue, and their 0 s would only be noise. */
+function providerQueued(j) {
+  if (!isNum(j.provider_queued_s)) return null;
+  const local = !j.model || String(j.model).startsWith("local/");
+  return local && j.provider_queued_s === 0 ? null : j.provider_queued_s;
+}
+
 function drawTimeline(box, ex) {
   const jobs = ex.jobs || [];
   const origin = parseTime(ex.created_at);
@@ -836,6 +844,7 @@ function drawTimeline(box, ex) {
       bars.push(h("span", { class: "seg provider-wait", style: `left:${pct(handed)};width:${width(handed, until)}`,
         title: `${j.id}: queued at the provider ${fmtSeconds(j.provider_queued_s)}` }));
     }
+    const pq = providerQueued(j);
     const startS = started !== null ? (started - origin) / 1000 : null;
     const runS = started !== null ? ((finished ?? now) - started) / 1000 : null;
     return h("div", { class: "tl-row", dataset: { job: j.id, status: j.status,
@@ -845,9 +854,9 @@ function drawTimeline(box, ex) {
       document.getElementById(`job-${j.id}`)?.scrollIntoView({ behavior: "smooth", block: "center" });
     } }, j.id),
     h("div", { class: "tl-track" }, bars),
-    h("span", { class: "tl-figure", title: isNum(j.provider_queued_s) ? `of which ${fmtSeconds(j.provider_queued_s)} queued at the provider` : null },
+    h("span", { class: "tl-figure", title: isNum(pq) ? `of which ${fmtSeconds(pq)} queued at the provider` : null },
       startS === null ? DASH : `+${fmtSeconds(startS)} · ${fmtSeconds(runS)}`,
-      isNum(j.provider_queued_s) ? h("span", { class: "tl-pq", dataset: { seconds: String(j.provider_queued_s) } }, `${fmtSeconds(j.provider_queued_s)} queued at provider`) : null));
+      isNum(pq) ? h("span", { class: "tl-pq", dataset: { seconds: String(pq) } }, `${fmtSeconds(pq)} queued at provider`) : null));
   });
   fill(box, h("div", { class: "tl-axis" }, h("span", { class: "tl-label" }), h("div", { class: "tl-ticks" }, ticks), h("span", { class: "tl-figure" }, "start · took")), rows);
 }
@@ -1108,7 +1117,7 @@ function showExecution(view, ctx, executionId) {
       h("span", { class: "muted", id: "job-tally" })), graphBox,
     h("div", { class: "legend graph-legend" }, JOB_STATUSES.map((st) => h("span", { dataset: { status: st } }, h("span", { class: "dot" }), st)))),
     outputsPanel,
-    h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "waiting in the queue, then running (hatched: waiting in the provider's queue)")), timelineBox),
+    h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Timeline"), h("span", { class: "muted" }, "grey stripes: waiting in the queue · bar: running, dark stripes on it: waiting in the provider's queue")), timelineBox),
     h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Jobs")), jobsBox),
     h("section", { class: "panel", id: "plan" }, h("header", {}, h("h2", {}, "Plan"), planNote,
       h("div", { class: "actions" }, copyBtn, editBtn)), planBody),
@@ -1289,7 +1298,8 @@ function showExecution(view, ctx, executionId) {
 
   /** Where the job's work is at its provider: how long it waited in the provider's queue, how long it has run. */
   function providerTiming(j) {
-    const queued = isNum(j.provider_queued_s) ? fmtSeconds(j.provider_queued_s) : null;
+    const seconds = providerQueued(j);
+    const queued = isNum(seconds) ? fmtSeconds(seconds) : null;
     let text = null;
     if (j.status === "running" && j.provider_phase === "queued") {
       text = `queued at provider ${queued ?? DASH}${isNum(j.queue_position) ? `, position ${j.queue_position}` : ""}`;
@@ -1327,7 +1337,8 @@ function showExecution(view, ctx, executionId) {
       p.count.textContent = log.text ? `· ${plural(log.text.split("\n").filter(Boolean).length, "line")}` : "";
       fill(p.body,
         log.truncated ? h("div", { class: "plog-note warn" }, `${fmtInt(log.dropped_chars)} earlier characters were left out (the last 64 KiB are kept)`) : null,
-        log.text ? h("pre", { class: "plog-text" }, log.text) : h("div", { class: "muted" }, "Nothing logged by the provider yet."),
+        log.text ? h("pre", { class: "plog-text" }, log.text) : h("div", { class: "muted" }, TERMINAL.has(log.status) || log.status === "skipped"
+          ? "The provider logged nothing for this job." : "Nothing logged by the provider yet."),
         log.updated_at ? h("div", { class: "muted plog-meta" }, `attempt ${log.attempt} · updated `, timeEl(log.updated_at)) : null);
     } catch (err) {
       if (isAbort(err) || !ctx.alive) return;
