@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 from ..errors import PermanentError as PermanentError
 from ..errors import ProviderError as ProviderError
 from ..errors import TransientError as TransientError
+
+log = logging.getLogger(__name__)
 
 LOG_LIMIT_CHARS = 64 * 1024
 """The most of a job's provider log kept (its end): what comes before is dropped, and the count of what was
@@ -194,10 +197,20 @@ class Task:
         self.wake.clear()
         return woken
 
-    def take_callback_outcome(self) -> dict[str, Any] | None:
-        """The outcome a callback brought since the last call (see `callback_outcome`), once."""
+    def take_callback_outcome(
+        self, remote_id: str, finished: Callable[[dict[str, Any], str], dict[str, Any] | None], what: str
+    ) -> dict[str, Any] | None:
+        """The outcome a callback brought since the last call (see `callback_outcome`), once, as `finished`
+        reads it when it is about `remote_id`: the job then ends without asking the provider. An outcome about
+        other work (a replay of an earlier attempt's callback) is dropped, logged with `what` ("fal: request
+        X"), and the caller asks the provider."""
         outcome, self.callback_outcome = self.callback_outcome, None
-        return outcome
+        if outcome is None:
+            return None
+        told = finished(outcome, remote_id)
+        if told is None:
+            log.info("%s: a callback's outcome is about other work; asking the provider", what)
+        return told
 
     @property
     def workdir(self) -> Path:

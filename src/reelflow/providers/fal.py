@@ -324,7 +324,7 @@ class FalProvider(HttpAdapter):
         if task.callback_url and not task.resumed:  # just submitted: the webhook will say when it ends
             await task.pause(schedule.next_delay())
         while True:
-            told = self._told(task, request_id)
+            told = task.take_callback_outcome(request_id, finished_request, f"fal: request {request_id}")
             if told is not None:
                 return self._told_result(provider_id, told)
             percent: float | None = None
@@ -379,19 +379,6 @@ class FalProvider(HttpAdapter):
         assert result is not None
         metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
         return _result(provider_id, result, (metrics or {}).get("inference_time"))
-
-    @staticmethod
-    def _told(task: Task, request_id: str) -> dict[str, Any] | None:
-        """How the request ended, as a verified webhook told it (see `Task.callback_outcome`), when it is about
-        `request_id`: the job then ends without asking fal. An outcome about another request (a replay of an
-        earlier attempt's webhook) is dropped, and the caller asks fal."""
-        told = task.take_callback_outcome()
-        if told is None:
-            return None
-        finished = finished_request(told, request_id)
-        if finished is None:
-            log.info("fal: a callback's outcome is not about request %s; asking fal", request_id)
-        return finished
 
     @staticmethod
     def _told_result(provider_id: str, told: dict[str, Any]) -> ProviderResult:

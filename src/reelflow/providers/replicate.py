@@ -655,7 +655,7 @@ class ReplicateProvider(HttpAdapter):
             await task.pause(schedule.next_delay())
         while True:
             if data is None:
-                data = self._told(task, pid)
+                data = task.take_callback_outcome(pid, finished_prediction, f"replicate: prediction {pid}")
             if data is None:
                 try:
                     data = await self._call("GET", f"/predictions/{pid}")
@@ -693,19 +693,6 @@ class ReplicateProvider(HttpAdapter):
                 await _report(report, update)
             data = None
             await task.pause(schedule.next_delay(percent=percent))
-
-    @staticmethod
-    def _told(task: Task, pid: str) -> dict[str, Any] | None:
-        """The finished prediction a verified callback brought (see `Task.callback_outcome`), when it is `pid`'s:
-        the job then ends without reading the prediction again. An outcome about another prediction (a replay
-        of an earlier attempt's webhook) is dropped, and the caller reads the prediction."""
-        told = task.take_callback_outcome()
-        if told is None:
-            return None
-        finished = finished_prediction(told, pid)
-        if finished is None:
-            log.info("replicate: a callback's outcome is not about prediction %s; reading it", pid)
-        return finished
 
     def _transcript(self, task: Task, pid: str, data: dict[str, Any]) -> ProviderResult:
         """A Whisper prediction's output as word timings, the SRT we store, and the transcript fields."""
