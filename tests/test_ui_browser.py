@@ -763,6 +763,14 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
         bars[job["id"]] = row.locator(".seg.run").bounding_box()
     for dependent in ("shot", "score"):
         assert bars[dependent]["x"] >= bars["storyboard"]["x"] + bars["storyboard"]["width"] - 1.5, bars
+    # its axis marks are round steps from 0 ("0", "500 ms", "1 s", "2 s"...), never "2.0 s" or "1 min 0 s"
+    marks = page.locator("#timeline .tl-ticks span").all_text_contents()
+    assert marks[0] == "0" and 3 <= len(marks) <= 6, marks
+    unit = {"ms": 0.001, "s": 1, "min": 60, "h": 3600}
+    seconds = [float(m.split()[0]) * unit[m.split()[1]] for m in marks[1:]]
+    assert all(re.fullmatch(r"\d+(\.5)? (ms|s|min|h)", m) for m in marks[1:]), marks
+    steps = {round(b - a, 6) for a, b in zip([0.0, *seconds], seconds, strict=False)}
+    assert len(steps) == 1, marks  # evenly spaced
 
     # each job's log: exactly its events, from the execution's event stream
     events = sse_events(api, key, eid)

@@ -809,6 +809,26 @@ function providerQueued(j) {
   return local && j.provider_queued_s === 0 ? null : j.provider_queued_s;
 }
 
+/** The timeline's axis marks, in seconds from the start: round steps (1, 2 or 5 times a power of ten, or whole
+ * minutes and hours), at most five of them after 0. */
+const TICK_STEPS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900,
+  1800, 3600, 7200, 10800, 21600, 43200, 86400];
+function axisTicks(spanS) {
+  const step = TICK_STEPS.find((s) => spanS / s <= 5) ?? Math.ceil(spanS / 5 / 86400) * 86400;
+  const out = [];
+  for (let i = 0; i * step <= spanS + 1e-9; i++) out.push(+(i * step).toFixed(3));
+  return out;
+}
+
+/** An axis mark: "0", "500 ms", "2.5 s", "30 s", "2 min", "1 h 30 min" (no "2.0 s" or "2 min 0 s"). */
+function fmtTick(sec) {
+  if (sec === 0) return "0";
+  if (sec < 1) return `${Math.round(sec * 1000)} ms`;
+  if (sec < 60) return `${+sec.toFixed(1)} s`;
+  if (sec < 3600) return sec % 60 === 0 ? `${sec / 60} min` : fmtSeconds(sec);
+  return sec % 3600 === 0 ? `${sec / 3600} h` : fmtSeconds(sec);
+}
+
 function drawTimeline(box, ex) {
   const jobs = ex.jobs || [];
   const origin = parseTime(ex.created_at);
@@ -822,7 +842,8 @@ function drawTimeline(box, ex) {
   const span = Math.max(end - origin, 1);
   const pct = (ms) => `${(100 * Math.max(0, Math.min(span, ms - origin))) / span}%`;
   const width = (a, b) => `${Math.max(0.4, (100 * Math.max(0, b - a)) / span)}%`;
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => h("span", { style: `left:${f * 100}%` }, fmtSeconds((span * f) / 1000)));
+  const ticks = axisTicks(span / 1000).map((sec) => h("span", { class: (1000 * sec) / span > 0.9 ? "end" : null,
+    style: `left:${(100000 * sec) / span}%` }, fmtTick(sec)));
   const rows = jobs.map((j) => {
     const queued = parseTime(j.queued_at);
     const started = parseTime(j.started_at);
