@@ -201,10 +201,10 @@ async def run(
                     # when the fake took the create (an adopted prediction is submitted long before the
                     # worker learns its id), else when the worker recorded it
                     taken = fake.predictions.get(str(e.data.get("provider_job_id")))
-                    submitted_at[(eid, e.job_id or "")] = taken.created if taken is not None else e.created_at
+                    submitted_at[(eid, e.job_key or "")] = taken.created if taken is not None else e.created_at
                 elif e.type == "job.succeeded":
                     last = max(last, e.created_at)
-                    lags.append(e.created_at - submitted_at.get((eid, e.job_id or ""), t0) - latency)
+                    lags.append(e.created_at - submitted_at.get((eid, e.job_key or ""), t0) - latency)
                 elif e.type == "job.reconciled":
                     lost_answers += 1
                     adopted += 1 if e.data.get("adopted") else 0

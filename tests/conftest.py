@@ -139,6 +139,6 @@ def running_worker(store: SQLiteStore, settings: Settings, providers: Providers)
     return start
 
 
-def sim_job(job_id: str, model: str = "sim/video", **params: Any) -> dict[str, Any]:
+def sim_job(job_key: str, model: str = "sim/video", **params: Any) -> dict[str, Any]:
     extra = {k: params.pop(k) for k in ("depends_on", "max_attempts", "timeout_s", "start_timeout_s") if k in params}
-    return {"id": job_id, "type": "generate-" + model.split("/")[1], "model": model, "params": params, **extra}
+    return {"id": job_key, "type": "generate-" + model.split("/")[1], "model": model, "params": params, **extra}

@@ -34,8 +34,8 @@ from reelflow.store.sqlite import SQLiteStore
 SEEDANCE = "replicate/bytedance/seedance-1-lite"
 
 
-def video_job(job_id: str = "clip") -> dict[str, Any]:
-    return {"id": job_id, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": "waves", "duration": 5}}
+def video_job(job_key: str = "clip") -> dict[str, Any]:
+    return {"id": job_key, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": "waves", "duration": 5}}
 
 
 @pytest.fixture

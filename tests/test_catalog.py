@@ -29,7 +29,7 @@ from reelflow.providers.catalog import (
 
 def check(specs: dict[str, ParamSpec], params: dict[str, Any], *, refs: bool = False) -> list[str]:
     errors = check_params(
-        specs, params, extra_allowed=False, loc_prefix=["params"], job_id="j", allow_refs=refs, owner="test"
+        specs, params, extra_allowed=False, loc_prefix=["params"], job_key="j", allow_refs=refs, owner="test"
     )
     return [e.msg for e in errors]
 
@@ -109,15 +109,15 @@ def test_unknown_and_missing_parameters() -> None:
 
 
 def test_extra_params_are_allowed_for_sim_but_declared_ones_still_checked() -> None:
-    errors = check_job_params("generate-video", "sim/video", {"whatever": 1, "latency_s": -1}, job_id="s")
+    errors = check_job_params("generate-video", "sim/video", {"whatever": 1, "latency_s": -1}, job_key="s")
     assert [(e.loc, e.msg) for e in errors] == [
         (["params", "latency_s"], "job 's': latency_s must be at least 0 (got -1)")
     ]
-    assert check_job_params("generate-video", "sim/video", {"fail": "permanent", "media": True}, job_id="s") == []
+    assert check_job_params("generate-video", "sim/video", {"fail": "permanent", "media": True}, job_key="s") == []
 
 
 def test_check_job_params_for_an_unserved_pair() -> None:
-    errors = check_job_params("generate-video", "local/image", {"prompt": "x"}, job_id="s")
+    errors = check_job_params("generate-video", "local/image", {"prompt": "x"}, job_key="s")
     assert errors[0].msg == "job 's': no catalogued model local/image serves generate-video"
 
 

@@ -508,7 +508,7 @@ def test_catalog_models_check_text_length_and_estimate_by_character() -> None:
 
 
 def _checks() -> dict[str, Any]:
-    return {"extra_allowed": False, "loc_prefix": [], "job_id": None, "allow_refs": False}
+    return {"extra_allowed": False, "loc_prefix": [], "job_key": None, "allow_refs": False}
 
 
 # --- through the engine ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def jobs_by_id(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def event_types(store: SQLiteStore, execution_id: str, job: str | None = None) -> list[str]:
-    return [e.type for e in await store.events(execution_id) if job is None or e.job_id == job]
+    return [e.type for e in await store.events(execution_id) if job is None or e.job_key == job]
 
 
 async def test_chain_runs_in_dependency_order(engine: Engine, running_worker: WorkerFactory) -> None:

@@ -45,12 +45,12 @@ def adapter(fake: FakeReplicate) -> ReplicateProvider:
     return ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.02, poll_max_s=0.1)
 
 
-def clip(job_id: str, model: str | list[str], **extra: Any) -> dict[str, Any]:
+def clip(job_key: str, model: str | list[str], **extra: Any) -> dict[str, Any]:
     return {
-        "id": job_id,
+        "id": job_key,
         "type": "generate-video",
         "model": model,
-        "params": {"prompt": f"slow waves at dusk ({job_id})", "duration": 5},
+        "params": {"prompt": f"slow waves at dusk ({job_key})", "duration": 5},
         "max_attempts": 2,
         **extra,
     }

@@ -39,8 +39,8 @@ def limits_file(tmp_path: Path, settings: Settings) -> Iterator[Path]:
     reset_limits()
 
 
-def video(job_id: str, prompt: str = "waves") -> dict[str, Any]:
-    return {"id": job_id, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": prompt, "duration": 5}}
+def video(job_key: str, prompt: str = "waves") -> dict[str, Any]:
+    return {"id": job_key, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": prompt, "duration": 5}}
 
 
 def workers(env: dict[str, str], tmp_path: Path, n: int, *args: str) -> list[subprocess.Popen[bytes]]:
@@ -458,7 +458,7 @@ async def test_an_identical_plan_reuses_results_at_no_cost_and_a_changed_seed_or
     assert all(j["cache_hit"] for j in second["jobs"]) and took < 0.9  # two 0.5 s jobs, not run again
     assert [j["result"]["url"] for j in second["jobs"]] == [j["result"]["url"] for j in first["jobs"]]
     hits = [e for e in await store.events(second_id) if e.type == "job.cache_hit"]
-    assert {e.job_id for e in hits} == {"still", "clip"}
+    assert {e.job_key for e in hits} == {"still", "clip"}
     assert hits[0].data["execution_id"] == first["id"]
     for missed in (seed, prompt):  # the changed job runs again; the clip may hit if the new still is the same file
         still = next(j for j in missed["jobs"] if j["id"] == "still")

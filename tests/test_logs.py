@@ -179,7 +179,7 @@ async def test_json_lines_name_the_execution_and_job_they_were_logged_for(
 
 def test_text_format_and_the_default_choice(settings: Settings, capture_logs: CaptureFactory) -> None:
     captured = capture_logs("INFO", "text")
-    logs.bind(execution_id="ex_text1", job_id="clip")  # this test's context only
+    logs.bind(execution_id="ex_text1", job_key="clip")  # this test's context only
     logging.getLogger("reelflow.test").warning("about %d things", 3, extra={"attempt": 2})
     logging.getLogger("reelflow.test").debug("not shown at INFO")
     [line] = captured.text.splitlines()

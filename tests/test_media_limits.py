@@ -41,9 +41,9 @@ from reelflow.store.sqlite import SQLiteStore
 W, H = 320, 180
 
 
-def clip_job(job_id: str, **params: Any) -> dict[str, Any]:
-    p = {"prompt": job_id, "duration": 1, "resolution": "480p", **params}
-    return {"id": job_id, "type": "generate-video", "model": "local/video", "params": p}
+def clip_job(job_key: str, **params: Any) -> dict[str, Any]:
+    p = {"prompt": job_key, "duration": 1, "resolution": "480p", **params}
+    return {"id": job_key, "type": "generate-video", "model": "local/video", "params": p}
 
 
 def srt_of(cues: int) -> str:

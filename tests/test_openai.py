@@ -258,7 +258,7 @@ async def test_bad_requests_fail_at_submit_without_a_call(oai: FakeOpenAI, tmp_p
 
 
 def test_catalog_models_check_their_limits() -> None:
-    checks: dict[str, Any] = {"extra_allowed": False, "loc_prefix": [], "job_id": None, "allow_refs": False}
+    checks: dict[str, Any] = {"extra_allowed": False, "loc_prefix": [], "job_key": None, "allow_refs": False}
     tts, image = MODELS_BY_ID[TTS], MODELS_BY_ID[IMAGE]
     assert check_params(tts.params, {"text": "x" * 4096, "voice": "sage", "speed": 4}, **checks) == []
     problems = check_params(tts.params, {"text": "x" * 4097, "voice": "gandalf", "speed": 5}, **checks)

@@ -139,7 +139,7 @@ async def test_transcription_refusals_are_precise(oai: FakeOpenAI, tmp_path: Pat
 
 
 def test_the_whisper_entry_checks_its_limits() -> None:
-    checks: dict[str, Any] = {"extra_allowed": False, "loc_prefix": [], "job_id": None, "allow_refs": False}
+    checks: dict[str, Any] = {"extra_allowed": False, "loc_prefix": [], "job_key": None, "allow_refs": False}
     whisper = MODELS_BY_ID[WHISPER]
     assert whisper.types == ["transcribe"]
     assert check_params(whisper.params, {"audio": "https://x.test/a.mp3", "language": "en"}, **checks) == []

@@ -58,7 +58,7 @@ def test_the_catalog_holds_no_openai_video_model_and_other_openai_models_pass() 
 
 
 def test_the_workers_check_refuses_sora_too() -> None:
-    [problem] = check_job_params("generate-video", "openai/sora-2", {"prompt": "waves"}, job_id="clip")
+    [problem] = check_job_params("generate-video", "openai/sora-2", {"prompt": "waves"}, job_key="clip")
     assert problem.loc == ["model"]
     assert "job 'clip': model 'openai/sora-2' is retired" in problem.msg and "2026-09-24" in problem.msg
 

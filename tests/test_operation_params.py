@@ -95,7 +95,7 @@ def test_the_worker_and_the_plan_check_agree_on_every_bound_and_choice(
             params |= {"video": "$src"} if job_type in ("transcode", "captions") else {}
             params |= {"text": "x"} if job_type == "captions" and name != "text" else {}
         specs = LOCAL_MODELS[model].params if model else OPERATIONS[job_type]  # the per-parameter checks, no rules
-        errors = check_params(specs, params, extra_allowed=True, loc_prefix=(), job_id="j", allow_refs=True)
+        errors = check_params(specs, params, extra_allowed=True, loc_prefix=(), job_key="j", allow_refs=True)
         refused = [e.msg for e in errors if e.msg.startswith(f"job 'j': {name} ")]
         assert (worker_reads(job_type, name, value, model) is None) == (not refused), (name, value, refused)
 

@@ -91,8 +91,8 @@ class NoLookup(PaidFake):
         raise CannotReconcile("fake: no lookup of lost creates")
 
 
-def seedance(job_id: str, prompt: str) -> dict[str, Any]:
-    return {"id": job_id, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": prompt, "duration": 5}}
+def seedance(job_key: str, prompt: str) -> dict[str, Any]:
+    return {"id": job_key, "type": "generate-video", "model": SEEDANCE, "params": {"prompt": prompt, "duration": 5}}
 
 
 async def events_of(store: SQLiteStore, eid: str, kind: str) -> list[Any]:

@@ -27,16 +27,16 @@ from reelflow.plan import (
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def image(job_id: str = "still", **params: Any) -> dict[str, Any]:
-    return {"id": job_id, "type": "generate-image", "model": "local/image", "params": {"prompt": "sea", **params}}
+def image(job_key: str = "still", **params: Any) -> dict[str, Any]:
+    return {"id": job_key, "type": "generate-image", "model": "local/image", "params": {"prompt": "sea", **params}}
 
 
-def video(job_id: str = "clip", **params: Any) -> dict[str, Any]:
-    return {"id": job_id, "type": "generate-video", "model": "local/video", "params": {"prompt": "waves", **params}}
+def video(job_key: str = "clip", **params: Any) -> dict[str, Any]:
+    return {"id": job_key, "type": "generate-video", "model": "local/video", "params": {"prompt": "waves", **params}}
 
 
-def sim(job_id: str, **extra: Any) -> dict[str, Any]:
-    return {"id": job_id, "type": "run", "model": "sim/video", **extra}
+def sim(job_key: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job_key, "type": "run", "model": "sim/video", **extra}
 
 
 def problems(data: Any) -> list[ErrorItem]:
@@ -738,7 +738,7 @@ def test_resolve_references_nested_and_fields() -> None:
 
 def test_resolve_missing_field_names_job_and_field() -> None:
     with pytest.raises(PlanError) as info:
-        resolve_references({"length": "$clip.durration"}, {"clip": {"url": "u", "duration": 5}}, job_id="final")
+        resolve_references({"length": "$clip.durration"}, {"clip": {"url": "u", "duration": 5}}, job_key="final")
     err = info.value.errors[0]
     assert err.loc == ["params", "length"]
     assert err.msg == (
@@ -784,15 +784,15 @@ def dag_plans(draw: st.DrawFn, min_jobs: int = 1) -> tuple[dict[str, Any], dict[
     n = draw(st.integers(min_jobs, 14))
     ids = [f"j{i}" for i in range(n)]
     deps: dict[str, list[str]] = {}
-    for i, job_id in enumerate(ids):
-        deps[job_id] = sorted(set(draw(st.lists(st.sampled_from(ids[:i]), max_size=4)))) if i else []
+    for i, job_key in enumerate(ids):
+        deps[job_key] = sorted(set(draw(st.lists(st.sampled_from(ids[:i]), max_size=4)))) if i else []
     order = draw(st.permutations(ids))
     jobs = []
-    for job_id in order:
+    for job_key in order:
         params: dict[str, Any] = {"latency_s": 0}
         depends_on: list[str] = []
         nested: list[Any] = []
-        for k, dep in enumerate(deps[job_id]):
+        for k, dep in enumerate(deps[job_key]):
             how = draw(st.sampled_from(["depends_on", "ref", "field", "nested", "twice"]))
             if how == "depends_on":
                 depends_on.append(dep)
@@ -809,7 +809,7 @@ def dag_plans(draw: st.DrawFn, min_jobs: int = 1) -> tuple[dict[str, Any], dict[
             params["extra"] = {"list": nested}
         jobs.append(
             {
-                "id": job_id,
+                "id": job_key,
                 "type": "generate-video",
                 "model": "sim/video",
                 "params": params,

@@ -130,7 +130,7 @@ async def test_the_database_restarting_mid_run_loses_nothing(
             state = await engine.wait(eid, timeout=60, poll_s=0.2)
             assert state["status"] == "succeeded", (eid, state["error"])
             events = await store.events(eid)
-            done = Counter(e.job_id for e in events if e.type == "job.succeeded")
+            done = Counter(e.job_key for e in events if e.type == "job.succeeded")
             assert done == {"a": 1, "b": 1, "c": 1, "d": 1}, done  # each job finished exactly once
             assert [e.type for e in events].count("execution.succeeded") == 1
             # Leases (60 s) outlived the outage: nothing was taken over or run a second time.

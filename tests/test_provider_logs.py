@@ -58,9 +58,9 @@ def replicate_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeReplicate]:
         yield fake
 
 
-def video_job(job_id: str = "clip") -> dict[str, Any]:
+def video_job(job_key: str = "clip") -> dict[str, Any]:
     params = {"prompt": "slow waves", "duration": 5}
-    return {"id": job_id, "type": "generate-video", "model": SEEDANCE, "params": params}
+    return {"id": job_key, "type": "generate-video", "model": SEEDANCE, "params": params}
 
 
 async def run_replicate(engine: Engine, running_worker: WorkerFactory, **opts: Any) -> tuple[str, dict[str, Any]]:
@@ -260,8 +260,8 @@ async def test_while_queued_at_the_provider_the_state_and_the_live_view_say_so(
 def test_the_live_view_keeps_counting_between_two_reads_of_the_state() -> None:
     now = datetime.now(UTC)
 
-    def job(job_id: str, **fields: Any) -> dict[str, Any]:
-        base = {"id": job_id, "type": "generate-video", "status": "running", "progress": 0.0, "attempts": 1,
+    def job(job_key: str, **fields: Any) -> dict[str, Any]:
+        base = {"id": job_key, "type": "generate-video", "status": "running", "progress": 0.0, "attempts": 1,
                 "queue_position": None, "error": None, "started_at": iso(now - timedelta(seconds=20)),
                 "finished_at": None, "provider_phase": None, "provider_queued_s": None, "provider_started_at": None}
         return {**base, **fields}  # fmt: skip
@@ -403,8 +403,8 @@ async def test_a_failed_ffmpeg_run_logs_its_exit_and_the_end_of_its_stderr(tmp_p
 def test_jobs_run_in_the_worker_show_no_provider_queue() -> None:
     from reelflow.display import _job_note, provider_queued
 
-    def job(job_id: str, model: str | None, queued: float | None) -> dict[str, Any]:
-        return {"id": job_id, "type": "generate-image", "model": model, "status": "succeeded", "attempts": 1,
+    def job(job_key: str, model: str | None, queued: float | None) -> dict[str, Any]:
+        return {"id": job_key, "type": "generate-image", "model": model, "status": "succeeded", "attempts": 1,
                 "started_at": "2026-12-06T10:00:00.100Z", "finished_at": "2026-12-06T10:00:01.000Z",
                 "provider_queued_s": queued, "cache_hit": False, "error": None}  # fmt: skip
 

@@ -317,7 +317,7 @@ async def callbacks_and_orphans(store: Store) -> str:
     assert canceled["status"] == "canceled"
     await asyncio.sleep(0.1)
     orphans = await store.recover_expired()
-    assert [(o.job_id, o.provider, o.provider_job_id) for o in orphans] == [(claimed["m"].id, "fal", "app/req-1")]
+    assert [(o.job_row, o.provider, o.provider_job_id) for o in orphans] == [(claimed["m"].id, "fal", "app/req-1")]
     assert await store.recover_expired() == []
     resumed = await store.resume_execution("ex5")
     assert [j["status"] for j in resumed["jobs"]] == ["queued", "queued"]
@@ -349,7 +349,7 @@ async def recorded(store: Store, ids: list[str]) -> dict[str, Any]:
         tenant = {"ex2": "t2", "ex4": "acme"}.get(eid)
         out[eid] = {
             "state": untimed(await store.get_execution(eid, tenant=tenant)),
-            "events": [(e.type, e.job_id, untimed(e.data)) for e in await store.events(eid)],
+            "events": [(e.type, e.job_key, untimed(e.data)) for e in await store.events(eid)],
             "webhooks": sorted(
                 (d["event_type"], d["status"], [(a["attempt"], a["status_code"], a["error"]) for a in d["attempts"]])
                 for d in await store.list_deliveries(None, eid)
@@ -482,7 +482,7 @@ async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(s
     await store.cancel_execution("gone")  # canceled while running: its remote work may still run
     await asyncio.sleep(0.1)
     orphans = await store.recover_expired()
-    assert [(o.job_id, o.provider, o.provider_job_id) for o in orphans] == [(claimed["remote"].id, "sim", "remote-1")]
+    assert [(o.job_row, o.provider, o.provider_job_id) for o in orphans] == [(claimed["remote"].id, "sim", "remote-1")]
     state = await store.get_execution("ex")
     assert state is not None
     by_key = {j["id"]: j for j in state["jobs"]}
@@ -944,7 +944,7 @@ async def test_two_workers_on_two_stores_run_every_job_exactly_once(
             state = await engine.wait(eid, timeout=30, poll_s=0.05)
         assert state["status"] == "succeeded"
         running = [e for e in await store.events(eid) if e.type == "job.running"]
-        assert len(running) == 30 and len({e.job_id for e in running}) == 30
+        assert len(running) == 30 and len({e.job_key for e in running}) == 30
         assert all(j["attempts"] == 1 for j in state["jobs"])
     finally:
         await other.close()
@@ -979,7 +979,7 @@ async def test_cancel_racing_many_finishes_ends_consistently(database_url: str) 
             events = await stores[0].events(eid)
             ends = [e.type for e in events if e.type in ("execution.succeeded", "execution.canceled")]
             assert len(ends) == 1 and state["status"] == ends[0].split(".")[1]
-            per_job = Counter(e.job_id for e in events if e.type in ("job.succeeded", "job.canceled"))
+            per_job = Counter(e.job_key for e in events if e.type in ("job.succeeded", "job.canceled"))
             assert set(per_job.values()) == {1}  # every job ended once, one way or the other
     finally:
         for s in stores:

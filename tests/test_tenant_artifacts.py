@@ -44,9 +44,9 @@ MADE_UP_KEY = "00/" + "0" * 64 + ".png"
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-def still(job_id: str = "still", prompt: str = "a red square") -> dict[str, Any]:
+def still(job_key: str = "still", prompt: str = "a red square") -> dict[str, Any]:
     return {
-        "id": job_id, "type": "generate-image", "model": "local/image",
+        "id": job_key, "type": "generate-image", "model": "local/image",
         "params": {"prompt": prompt, "width": 64, "height": 64},
     }
 

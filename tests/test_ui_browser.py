@@ -223,9 +223,9 @@ def finished(api: ApiServer, api_key: str, execution_id: str) -> dict[str, Any]:
     )
 
 
-def sim(job_id: str, kind: str = "video", **params: Any) -> dict[str, Any]:
+def sim(job_key: str, kind: str = "video", **params: Any) -> dict[str, Any]:
     extra = {k: params.pop(k) for k in ("depends_on", "max_attempts") if k in params}
-    return {"id": job_id, "type": f"generate-{kind}", "model": f"sim/{kind}", "params": params, **extra}
+    return {"id": job_key, "type": f"generate-{kind}", "model": f"sim/{kind}", "params": params, **extra}
 
 
 def screenshot(page: Page, name: str) -> None:

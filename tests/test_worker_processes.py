@@ -73,7 +73,7 @@ async def test_sigkilled_worker_jobs_are_finished_by_another_after_the_lease(
     assert jobs["fragile"]["attempts"] == 1
     assert "lease expired" in jobs["fragile"]["error"]
     started = [e for e in await store.events(eid) if e.type == "job.requeued"]
-    assert {e.job_id for e in started} == {f"long{i}" for i in range(4)}
+    assert {e.job_key for e in started} == {f"long{i}" for i in range(4)}
     assert all(e.created_at >= killed_at - 0.1 for e in started)
 
 
@@ -119,7 +119,7 @@ async def test_two_worker_processes_never_run_a_job_twice(
             state = await engine.wait(eid, timeout=60)
             assert state["status"] == "succeeded"
             assert {j["attempts"] for j in state["jobs"]} == {1}
-            runs = Counter(e.job_id for e in await store.events(eid) if e.type == "job.running")
+            runs = Counter(e.job_key for e in await store.events(eid) if e.type == "job.running")
             assert set(runs.values()) == {1}
         owners = Counter()
         for eid in ids:

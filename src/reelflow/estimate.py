@@ -34,8 +34,8 @@ def estimate_plan(plan: Plan | Any, *, catalog: Catalog | None = None) -> dict[s
         seconds[job.id] = estimate_seconds(model, job.params, job.type)
     finish: dict[str, float] = {}
     deps = parsed.dependencies()
-    for job_id in parsed.topological_order():
-        finish[job_id] = seconds[job_id] + max((finish[d] for d in deps[job_id]), default=0.0)
+    for job_key in parsed.topological_order():
+        finish[job_key] = seconds[job_key] + max((finish[d] for d in deps[job_key]), default=0.0)
     return {
         "jobs": [{"id": j.id, "cost_usd": cost[j.id], "seconds": seconds[j.id]} for j in parsed.jobs],
         "cost_usd": round(sum(cost.values()), 6),

@@ -76,18 +76,18 @@ class _Shapes:
             return self.of_job(value[1:])
         return UNKNOWN
 
-    def of_job(self, job_id: str) -> Shape:
-        if job_id in self.known:
-            return self.known[job_id]
-        job = self.jobs.get(job_id)
-        if job is None or job_id in self.visiting:  # unknown job or a cycle: reported elsewhere
+    def of_job(self, job_key: str) -> Shape:
+        if job_key in self.known:
+            return self.known[job_key]
+        job = self.jobs.get(job_key)
+        if job is None or job_key in self.visiting:  # unknown job or a cycle: reported elsewhere
             return UNKNOWN
-        self.visiting.add(job_id)
+        self.visiting.add(job_key)
         try:
             shape = self._infer(job)
         finally:
-            self.visiting.discard(job_id)
-        self.known[job_id] = shape
+            self.visiting.discard(job_key)
+        self.known[job_key] = shape
         return shape
 
     def _infer(self, job: PlanJob) -> Shape:
@@ -239,10 +239,10 @@ def plan_jobs_of(raw_jobs: Sequence[tuple[int, Any]]) -> list[PlanJob]:
     for pos, raw in raw_jobs:
         if not isinstance(raw, Mapping):
             continue
-        job_id, jtype, model, params = raw.get("id"), raw.get("type"), raw.get("model"), raw.get("params", {})
-        if isinstance(job_id, str) and isinstance(jtype, str) and isinstance(params, Mapping):
+        job_key, jtype, model, params = raw.get("id"), raw.get("type"), raw.get("model"), raw.get("params", {})
+        if isinstance(job_key, str) and isinstance(jtype, str) and isinstance(params, Mapping):
             out.append(
-                PlanJob(job_id, jtype, model if isinstance(model, str) else None, params, ["jobs", pos, "params"])
+                PlanJob(job_key, jtype, model if isinstance(model, str) else None, params, ["jobs", pos, "params"])
             )
     return out
 

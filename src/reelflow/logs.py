@@ -53,18 +53,19 @@ SECRET_ENV_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIALS?)
 """Any other environment variable whose name ends like this holds a secret too (a plugin's credential)."""
 
 execution_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("reelflow_execution_id", default=None)
-job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("reelflow_job_id", default=None)
+job_key_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("reelflow_job_key", default=None)
 
 
-def bind(*, execution_id: str | None = None, job_id: str | None = None) -> None:
-    """Tag what the current context (an asyncio task, a thread) logs from now on with these ids.
+def bind(*, execution_id: str | None = None, job_key: str | None = None) -> None:
+    """Tag what the current context (an asyncio task, a thread) logs from now on with this execution id and
+    job key (the plan's key of the job; records carry it as `job_id`).
 
     Set it inside the task that does the work: a task copies the context when it is created, so a value set
     there stays in that task (and the tasks it creates) and never reaches the others."""
     if execution_id is not None:
         execution_id_var.set(execution_id)
-    if job_id is not None:
-        job_id_var.set(job_id)
+    if job_key is not None:
+        job_key_var.set(job_key)
 
 
 # ---------------------------------------------------------------------------------------------- redaction
@@ -274,7 +275,7 @@ class ContextFilter(logging.Filter):
         if getattr(record, "execution_id", None) is None:
             record.__dict__["execution_id"] = execution_id_var.get()
         if getattr(record, "job_id", None) is None:
-            record.__dict__["job_id"] = job_id_var.get()
+            record.__dict__["job_id"] = job_key_var.get()
         return True
 
 
@@ -441,5 +442,5 @@ class RequestLogContext:
             elif path.startswith("/v1/providers/") and scope.get("query_string"):
                 query = parse_qs(scope["query_string"].decode("latin-1"))
                 execution, job = query.get("execution", [None])[0], query.get("job", [None])[0]
-                bind(execution_id=execution[:100] if execution else None, job_id=job[:100] if job else None)
+                bind(execution_id=execution[:100] if execution else None, job_key=job[:100] if job else None)
         await self.app(scope, receive, send)

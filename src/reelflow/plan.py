@@ -132,12 +132,12 @@ class Plan(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     options: PlanOptions = Field(default_factory=PlanOptions)
 
-    def job(self, job_id: str) -> JobSpec:
+    def job(self, job_key: str) -> JobSpec:
         """The job with this id (KeyError when there is none)."""
         for job in self.jobs:
-            if job.id == job_id:
+            if job.id == job_key:
                 return job
-        raise KeyError(job_id)
+        raise KeyError(job_key)
 
     def dependencies(self) -> dict[str, list[str]]:
         """Job id -> the jobs it waits on (depends_on and references), in plan order, no duplicates."""
@@ -153,14 +153,14 @@ class Plan(BaseModel):
     def dependents(self, dependencies: Mapping[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Job id -> the jobs that wait on it, in plan order (from `dependencies()`, or the result of it given)."""
         out: dict[str, list[str]] = {job.id: [] for job in self.jobs}
-        for job_id, deps in (self.dependencies() if dependencies is None else dependencies).items():
+        for job_key, deps in (self.dependencies() if dependencies is None else dependencies).items():
             for dep in deps:
-                out[dep].append(job_id)
+                out[dep].append(job_key)
         return out
 
     def sinks(self) -> list[str]:
         """Jobs nobody depends on (the plan's results), in plan order."""
-        return [job_id for job_id, users in self.dependents().items() if not users]
+        return [job_key for job_key, users in self.dependents().items() if not users]
 
     def topological_order(self) -> list[str]:
         """Job ids so that each comes after its dependencies; ties keep plan order."""
@@ -168,10 +168,10 @@ class Plan(BaseModel):
         done: set[str] = set()
         order: list[str] = []
         while len(order) < len(deps):
-            for job_id, needs in deps.items():
-                if job_id not in done and all(d in done for d in needs):
-                    done.add(job_id)
-                    order.append(job_id)
+            for job_key, needs in deps.items():
+                if job_key not in done and all(d in done for d in needs):
+                    done.add(job_key)
+                    order.append(job_key)
                     break
             else:  # pragma: no cover - parse_plan rejects cycles
                 raise ValueError("plan has a cycle")
@@ -357,8 +357,8 @@ def load_plan_text(text: str, *, filename: str | None = None) -> Any:
 
 
 def _split_reference(ref: str) -> tuple[str, str | None]:
-    job_id, _, field = ref[1:].partition(".")
-    return job_id, field or None
+    job_key, _, field = ref[1:].partition(".")
+    return job_key, field or None
 
 
 def find_references(value: Any) -> list[tuple[str, str | None, list[str | int]]]:
@@ -372,8 +372,8 @@ def find_references(value: Any) -> list[tuple[str, str | None, list[str | int]]]
     def visit(item: Any) -> None:
         if isinstance(item, str):
             if item.startswith("$") and is_reference(item):
-                job_id, field = _split_reference(item)
-                found.append((job_id, field, list(path)))
+                job_key, field = _split_reference(item)
+                found.append((job_key, field, list(path)))
         elif isinstance(item, dict) or (not isinstance(item, list | tuple) and isinstance(item, Mapping)):
             for key, sub in item.items():
                 path.append(key)
@@ -409,13 +409,13 @@ def _keys_hint(value: Any) -> str:
 
 def _lookup(ref: str, results: Mapping[str, Mapping[str, Any]]) -> tuple[Any, str | None]:
     """The value a reference stands for, or (None, why it has none)."""
-    job_id, field = _split_reference(ref)
-    if job_id not in results or results[job_id] is None:
-        return None, f"refers to job '{job_id}', which has no result"
-    current: Any = results[job_id]
+    job_key, field = _split_reference(ref)
+    if job_key not in results or results[job_key] is None:
+        return None, f"refers to job '{job_key}', which has no result"
+    current: Any = results[job_key]
     if field is None:
         if not isinstance(current, Mapping) or current.get("url") is None:
-            return None, f"refers to job '{job_id}', whose result has no url{_keys_hint(current)}"
+            return None, f"refers to job '{job_key}', whose result has no url{_keys_hint(current)}"
         return current["url"], None
     walked = ""
     for part in field.split("."):
@@ -425,12 +425,12 @@ def _lookup(ref: str, results: Mapping[str, Mapping[str, Any]]) -> tuple[Any, st
         elif isinstance(current, list | tuple) and part.isdigit() and int(part) < len(current):
             current = current[int(part)]
         else:
-            return None, f"refers to '{ref}', but job '{job_id}' has no field '{walked}'{_keys_hint(current)}"
+            return None, f"refers to '{ref}', but job '{job_key}' has no field '{walked}'{_keys_hint(current)}"
     return current, None
 
 
 def resolve_references(
-    params: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], *, job_id: str | None = None
+    params: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], *, job_key: str | None = None
 ) -> dict[str, Any]:
     """A copy of `params` with every reference replaced by the value it stands for in `results`.
 
@@ -438,7 +438,7 @@ def resolve_references(
     Raises PlanError naming each reference that cannot be resolved.
     """
     errors: list[ErrorItem] = []
-    prefix = f"job '{job_id}': " if job_id else ""
+    prefix = f"job '{job_key}': " if job_key else ""
 
     def resolve(value: Any, loc: list[str | int]) -> Any:
         if isinstance(value, Mapping):
@@ -694,7 +694,7 @@ class _Validator:
                     view.params,
                     extra_allowed=schema.extra_allowed,
                     loc_prefix=view.loc("params"),
-                    job_id=view.id or f"jobs[{view.pos}]",
+                    job_key=view.id or f"jobs[{view.pos}]",
                     allow_refs=True,
                     rules=schema.rules,
                     owner=schema.owner,
@@ -730,7 +730,7 @@ class _Validator:
                 view.params,
                 extra_allowed=schema.extra_allowed,
                 loc_prefix=view.loc("params"),
-                job_id=None,
+                job_key=None,
                 allow_refs=True,
                 rules=schema.rules,
                 owner=schema.owner,

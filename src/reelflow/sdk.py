@@ -417,7 +417,7 @@ class ExecutionBackend(Protocol):
 
     async def cancel(self, execution_id: str) -> dict[str, Any]: ...
 
-    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]: ...
+    async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]: ...
 
     async def resume(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -437,7 +437,7 @@ class SyncExecutionBackend(Protocol):
 
     def cancel(self, execution_id: str) -> dict[str, Any]: ...
 
-    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]: ...
+    def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]: ...
 
     def resume(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -460,8 +460,8 @@ class LocalBackend:
     ) -> dict[str, Any]:
         return await self.runtime.wait(execution_id, timeout=timeout, on_update=on_update)
 
-    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.job_logs(execution_id, job_id)
+    async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
+        return await self.runtime.engine.job_logs(execution_id, job_key)
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.cancel(execution_id)
@@ -479,7 +479,7 @@ class LocalBackend:
         while batch := await self.runtime.store.events(execution_id, after=after):
             for e in batch:
                 yield event_view(
-                    {"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data, "created_at": e.created_at}
+                    {"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data, "created_at": e.created_at}
                 )
             after = batch[-1].seq
 
@@ -502,8 +502,8 @@ class BlockingBackend:
     ) -> dict[str, Any]:
         return self._run(self.inner.wait(execution_id, timeout=timeout, on_update=on_update))
 
-    def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
-        return self._run(self.inner.job_logs(execution_id, job_id))
+    def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
+        return self._run(self.inner.job_logs(execution_id, job_key))
 
     def cancel(self, execution_id: str) -> dict[str, Any]:
         return self._run(self.inner.cancel(execution_id))

@@ -433,7 +433,7 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
             lines = []
             signed = await svc.signed(who, [strip_paths(e.data) for e in batch])
             for e, details in zip(batch, signed, strict=True):
-                data = event_view(e.seq, e.type, e.job_id, details, e.created_at)
+                data = event_view(e.seq, e.type, e.job_key, details, e.created_at)
                 lines.append(f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
             yield "".join(lines)
             after = batch[-1].seq

@@ -31,7 +31,7 @@ class Backend(Protocol):
 
     async def cancel(self, execution_id: str) -> dict[str, Any]: ...
 
-    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
+    async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
         """What the provider logged for one job (the API's `GET .../jobs/{job_id}/logs` answer)."""
         ...
 
@@ -96,8 +96,8 @@ class Local:
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.cancel(execution_id)
 
-    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.job_logs(execution_id, job_id)
+    async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
+        return await self.runtime.engine.job_logs(execution_id, job_key)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.runtime.engine.resume(execution_id)
@@ -111,7 +111,7 @@ class Local:
         after = 0
         while batch := await self.runtime.store.events(execution_id, after=after):
             for e in batch:
-                yield event_view({"seq": e.seq, "type": e.type, "job": e.job_id, "data": e.data,
+                yield event_view({"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data,
                                   "created_at": e.created_at})  # fmt: skip
             after = batch[-1].seq
 
@@ -180,8 +180,8 @@ class Remote:
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         return await self.client.cancel(execution_id)
 
-    async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
-        return await self.client.job_logs(execution_id, job_id)
+    async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
+        return await self.client.job_logs(execution_id, job_key)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         return await self.client.resume(execution_id)

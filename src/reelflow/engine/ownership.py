@@ -63,9 +63,9 @@ async def foreign_inputs(
     return [where for where, key in links if key not in owned]
 
 
-def refusal(where: list[str | int], job_id: str) -> ErrorItem:
+def refusal(where: list[str | int], job_key: str) -> ErrorItem:
     """The error for a foreign or unknown artifact at `where`: it names the job and the parameter, nothing else."""
-    return ErrorItem(where, f"job '{job_id}': {NOT_FOUND}")
+    return ErrorItem(where, f"job '{job_key}': {NOT_FOUND}")
 
 
 def local_input_problems(plan: Plan, storage: Storage) -> list[ErrorItem]:

@@ -157,7 +157,7 @@ class Engine:
         if not links:
             return
         owned = await self.store.owned_artifacts(tenant, {key for _, key, _ in links})
-        if problems := [refusal(where, job_id) for where, key, job_id in links if key not in owned]:
+        if problems := [refusal(where, job_key) for where, key, job_key in links if key not in owned]:
             raise PlanError(problems)
 
     async def submit(
@@ -218,12 +218,12 @@ class Engine:
             raise NotFound(f"execution {execution_id!r} not found")
         return state
 
-    async def job_logs(self, execution_id: str, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any]:
         """One job's provider log; NotFound naming what is unknown (the execution, or the job in it)."""
-        found = await self.store.job_logs(execution_id, job_id, tenant)
+        found = await self.store.job_logs(execution_id, job_key, tenant)
         if found is None:
             await self.get(execution_id, tenant)
-            raise NotFound(f"job {job_id!r} not found in execution {execution_id!r}")
+            raise NotFound(f"job {job_key!r} not found in execution {execution_id!r}")
         return found
 
     async def cancel(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:

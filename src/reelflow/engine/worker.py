@@ -402,10 +402,10 @@ class Worker:
         while True:
             await asyncio.sleep(min(CONTROL_TICK_S, beat_every))
             try:
-                for job_id, seq in await self.store.canceled_attempts(self.id):
-                    self._interrupt(job_id, "canceled", seq)
-                for job_id, outcome in await self.store.woken_outcomes(self.id):
-                    self.wake(job_id, _outcome_of(outcome))
+                for job_row, seq in await self.store.canceled_attempts(self.id):
+                    self._interrupt(job_row, "canceled", seq)
+                for job_row, outcome in await self.store.woken_outcomes(self.id):
+                    self.wake(job_row, _outcome_of(outcome))
                 if self.gates:
                     await self.pace.refresh(self.gates)
                 if time.monotonic() >= next_beat:
@@ -418,10 +418,10 @@ class Worker:
                         await self._hand_back_unknown(leased)
                     lost = before - leased
                     if lost:  # canceled since the look above, or taken over by another worker
-                        for job_id, seq in await self.store.canceled_attempts(self.id):
-                            self._interrupt(job_id, "canceled", seq)
-                        for job_id in lost:
-                            self._interrupt(job_id, "lost")
+                        for job_row, seq in await self.store.canceled_attempts(self.id):
+                            self._interrupt(job_row, "canceled", seq)
+                        for job_row in lost:
+                            self._interrupt(job_row, "lost")
                 if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
                     self._flush.set()
             except Exception:  # the database may be briefly unavailable; try again next tick
@@ -433,7 +433,7 @@ class Worker:
         without costing an attempt, instead of sitting out their lease and coming back as a second attempt."""
         # Known: jobs running here, attempts ending here, and jobs whose outcome waits for the flusher (still
         # `running` in the database until it writes; a flush in flight makes the heartbeat skip this altogether).
-        known = set(self.held) | {h.claim.id for h in self._superseded} | {o.job_id for o in self._outcomes}
+        known = set(self.held) | {h.claim.id for h in self._superseded} | {o.job_row for o in self._outcomes}
         unknown = sorted(leased - known)
         if not unknown:
             return
@@ -447,10 +447,10 @@ class Worker:
         """Jobs this worker may still take on: its concurrency, less those held and those being handed off."""
         return max(0, self.concurrency - len(self.held) - self._reserved)
 
-    def wake(self, job_id: int, outcome: dict[str, Any] | None = None) -> None:
+    def wake(self, job_row: int, outcome: dict[str, Any] | None = None) -> None:
         """A provider called back about this job: its adapter looks at the work now, or, given the `outcome` the
         callback told (see `Task.callback_outcome`), finishes from it when it is about the work it waits on."""
-        held = self.held.get(job_id)
+        held = self.held.get(job_row)
         if held is not None and held.work is not None:
             if outcome is not None:
                 held.work.callback_outcome = outcome
@@ -459,12 +459,12 @@ class Worker:
     def holding(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> int | None:
         """The id of the job a callback names (by execution and key, else by provider id) when this worker holds
         it; None otherwise."""
-        for job_id, held in self.held.items():
+        for job_row, held in self.held.items():
             c = held.claim
             if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
                 execution_id is None and held.provider_job_id == remote_id
             ):
-                return job_id
+                return job_row
         return None
 
     def wake_local(
@@ -477,16 +477,16 @@ class Worker:
         """A callback arrived in this process (the API with embedded workers): wake the job here at once, with
         the outcome it told, without waiting for the control loop to read the mark from the database. True when
         found."""
-        job_id = self.holding(remote_id, execution_id, job_key)
-        if job_id is None:
+        job_row = self.holding(remote_id, execution_id, job_key)
+        if job_row is None:
             return False
-        self.wake(job_id, outcome)
+        self.wake(job_row, outcome)
         return True
 
-    def _interrupt(self, job_id: int, reason: str, seq: int | None = None) -> None:
-        """Stop the attempt of `job_id` this worker holds (only the attempt numbered `seq`, when given: a
+    def _interrupt(self, job_row: int, reason: str, seq: int | None = None) -> None:
+        """Stop the attempt of `job_row` this worker holds (only the attempt numbered `seq`, when given: a
         cancellation of an attempt that was since superseded must not stop its successor)."""
-        candidates = [self.held.get(job_id), *(h for h in self._superseded if h.claim.id == job_id)]
+        candidates = [self.held.get(job_row), *(h for h in self._superseded if h.claim.id == job_row)]
         for held in candidates:
             if held is None or (seq is not None and held.claim.seq != seq):
                 continue
@@ -553,17 +553,17 @@ class Worker:
             if self.webhooks is not None:  # finished jobs may have queued webhooks
                 self.webhooks.notify()
         if self._progress and time.monotonic() - self._last_progress_flush >= PROGRESS_FLUSH_S:
-            reports = [r for r in self._progress.values() if r.job_id in self.held]
+            reports = [r for r in self._progress.values() if r.job_row in self.held]
             self._progress.clear()
             self._last_progress_flush = time.monotonic()
             for r in reports:
-                r.note = self._note(self.held[r.job_id])
+                r.note = self._note(self.held[r.job_row])
             if reports:
                 try:
                     await self.store.report_progress(reports)
                 except BaseException:  # what the notes carried goes with the next write
                     for r in reports:
-                        if r.note is not None and (held := self.held.get(r.job_id)) is not None:
+                        if r.note is not None and (held := self.held.get(r.job_row)) is not None:
                             held.phase_sent, held.start_sent, held.log_sent = None, False, -1
                     raise
 
@@ -591,7 +591,7 @@ class Worker:
         self.started += 1
 
     async def _run_job(self, c: ClaimedJob) -> None:
-        logs.bind(execution_id=c.execution_id, job_id=c.key)  # this task's log lines (and its subtasks')
+        logs.bind(execution_id=c.execution_id, job_key=c.key)  # this task's log lines (and its subtasks')
         held = self.held[c.id]
         outcome: JobOutcome | None = None
         try:
@@ -648,10 +648,10 @@ class Worker:
     def _log_changed(self, held: _Held) -> None:
         """The provider's log of a held job grew: written with the next progress write (at most one every
         PROGRESS_FLUSH_S), without a `job.progress` event when nothing else changed."""
-        job_id = held.claim.id
-        if self.held.get(job_id) is held and job_id not in self._progress:
-            self._progress[job_id] = ProgressReport(
-                job_id, self.id, held.percent, held.queue_position, None, event=False
+        job_row = held.claim.id
+        if self.held.get(job_row) is held and job_row not in self._progress:
+            self._progress[job_row] = ProgressReport(
+                job_row, self.id, held.percent, held.queue_position, None, event=False
             )
 
     @staticmethod
@@ -698,10 +698,10 @@ class Worker:
             return self._failed(c, f"no provider named {c.provider!r} is configured in this worker")
         held.provider = provider
         try:
-            params = resolve_references(c.params, c.dep_results, job_id=c.key)
+            params = resolve_references(c.params, c.dep_results, job_key=c.key)
         except PlanError as exc:
             return self._failed(c, str(exc))
-        if c.type != "run" and (problems := self.catalog.check_job_params(c.type, c.model, params, job_id=c.key)):
+        if c.type != "run" and (problems := self.catalog.check_job_params(c.type, c.model, params, job_key=c.key)):
             return self._failed(c, "invalid parameters after resolving references: " + "; ".join(map(str, problems)))
         key = cache_key(c, params)
         if c.use_cache and (cached := await self._cache_lookup(c.tenant, key)) is not None:

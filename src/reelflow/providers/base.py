@@ -121,6 +121,8 @@ class Task:
 
     execution_id: str
     job_id: str
+    """The plan's key of the job (`clip`; the engine calls it `job_key`). Named `job_id` here because provider
+    plugins read it."""
     type: str
     model: str | None
     params: dict[str, Any]

@@ -115,7 +115,7 @@ class ClaimedJob:
 class JobOutcome:
     """How an attempt ended, as the worker reports it. `retry` re-queues at `retry_at`."""
 
-    job_id: int
+    job_row: int
     owner: str
     status: JobOutcomeStatus
     result: dict[str, Any] | None = None
@@ -166,7 +166,7 @@ class JobNote:
 
 @dataclass
 class ProgressReport:
-    job_id: int
+    job_row: int
     owner: str
     progress: float
     queue_position: int | None = None
@@ -180,7 +180,7 @@ class ProgressReport:
 class Event:
     seq: int
     execution_id: str
-    job_id: str | None
+    job_key: str | None
     type: str
     data: dict[str, Any]
     created_at: float
@@ -190,7 +190,7 @@ class Event:
 class OrphanedCancel:
     """A canceled job whose remote work may still be running at its provider."""
 
-    job_id: int
+    job_row: int
     provider: str | None
     model: str | None
     type: str
@@ -278,7 +278,7 @@ class ExecutionStore(Protocol):
         """Lease up to `limit` ready jobs to `owner` (only jobs of `executions` when given)."""
 
     async def canceled_attempts(self, owner: str) -> list[tuple[int, int]]:
-        """(job id, lease seq) of attempts `owner` holds that were canceled since it last asked (the worker stops
+        """(job row, lease seq) of attempts `owner` holds that were canceled since it last asked (the worker stops
         them and cancels their provider work). A cancellation survives a resume that re-queued the job."""
 
     async def adopted(self, provider: str, provider_job_ids: Collection[str]) -> set[str]:
@@ -286,7 +286,7 @@ class ExecutionStore(Protocol):
 
     async def note_attempt(
         self,
-        job_id: int,
+        job_row: int,
         owner: str,
         seq: int,
         event: str,
@@ -299,7 +299,7 @@ class ExecutionStore(Protocol):
         no longer the job's."""
 
     async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        """Extend every lease `owner` holds; return the ids of the jobs it still holds."""
+        """Extend every lease `owner` holds; return the rows of the jobs it still holds."""
 
     async def wake_job(
         self,
@@ -326,7 +326,7 @@ class ExecutionStore(Protocol):
         """Jobs leased to `owner` that were canceled meanwhile (the worker stops them)."""
 
     async def set_provider_ids(self, items: list[tuple[int, str, str]]) -> None:
-        """Persist (job id, owner, provider id) before waiting on the provider."""
+        """Persist (job row, owner, provider id) before waiting on the provider."""
 
     async def report_progress(self, reports: list[ProgressReport]) -> None: ...
 
@@ -351,7 +351,7 @@ class ExecutionStore(Protocol):
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for jobs to become claimable; True as soon as some may have."""
 
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
+    async def release_jobs(self, owner: str, job_rows: list[int], *, reason: str = "worker shutting down") -> None:
         """Give jobs back un-run (a worker shutting down): queued again, the attempt not counted."""
 
     async def recover_expired(self) -> list[OrphanedCancel]:

@@ -225,7 +225,7 @@ def _resolve_params(jobs: list[dict[str, Any]]) -> None:
         if any(ref[0] not in results for ref in find_references(params)):
             continue
         try:
-            job["resolved_params"] = resolve_references(params, results, job_id=job["id"])
+            job["resolved_params"] = resolve_references(params, results, job_key=job["id"])
         except PlanError:
             job["resolved_params"] = None
 

@@ -70,12 +70,12 @@ T = TypeVar("T")
 EventRow = tuple[str, str | None, str, str, float]
 """One event to append: execution id, job key (None: the execution's own), type, data (JSON), time."""
 Ready = tuple[int, str | None, str | None, str]
-"""A job made ready by a finish: id, provider, model family, tenant."""
+"""A job made ready by a finish: job row, provider, model family, tenant."""
 Released = list[tuple[int, str, str | None, str | None, str]]
-"""The dependents a success queued, by id: id, key, provider, model, tenant."""
+"""The dependents a success queued: job row, key, provider, model, tenant."""
 Written = tuple[dict[int, Any], dict[tuple[str, str], Released], dict[int, str]]
-"""Outcomes written: job id -> row (execution_id, key, attempts) of each one applied; (execution, key of a job that
-succeeded) -> the dependents it queued; job id -> provider id recorded with a success (not on its own before)."""
+"""Outcomes written: job row -> row (execution_id, key, attempts) of each one applied; (execution, key of a job that
+succeeded) -> the dependents it queued; job row -> provider id recorded with a success (not on its own before)."""
 
 
 class Row(Protocol):
@@ -135,7 +135,7 @@ class StoreRules:
         running_p: dict[str, int],
         running_m: dict[str, int],
     ) -> list[int]:
-        """Up to `limit` job ids: each tenant's queue (id, provider, model; best first) in turn, one job per
+        """Up to `limit` job rows: each tenant's queue (job row, provider, model; best first) in turn, one job per
         tenant per round, skipping jobs whose provider or model family is at its cap (counted as they are
         picked). Remembers the first tenant for the next claim's rotation."""
         caps_p, caps_m = self._provider_caps, self._model_caps
@@ -144,13 +144,13 @@ class StoreRules:
             for queue in queues:  # each tenant's holds no more than it has room for
                 if round_ >= len(queue) or len(picked) >= limit:
                     continue
-                job_id, provider, model = queue[round_]
+                job_row, provider, model = queue[round_]
                 base = model_family(model)
                 if provider in caps_p and running_p.get(provider, 0) >= caps_p[provider]:
                     continue
                 if base in caps_m and running_m.get(base, 0) >= caps_m[base]:
                     continue
-                picked.append(job_id)
+                picked.append(job_row)
                 if provider in caps_p:
                     running_p[provider] = running_p.get(provider, 0) + 1
                 if base in caps_m:
@@ -199,12 +199,12 @@ class StoreRules:
     ) -> tuple[list[int], list[tuple[int, str]]]:
         """Which jobs a finish made ready its worker leases at once: up to `limit`, none of a capped provider or
         model (the claim counts those under their locks), within each capped tenant's `room` (None: its count
-        is not known yet; those go to the second list). Returns (job ids to lease, (id, tenant) to lease once
+        is not known yet; those go to the second list). Returns (job rows to lease, (row, tenant) to lease once
         the tenant's room is known)."""
         left = dict(room)
         mine: list[int] = []
         busy: list[tuple[int, str]] = []
-        for job_id, provider, base, tenant in ready:
+        for job_row, provider, base, tenant in ready:
             if provider in self._provider_caps or base in self._model_caps:
                 continue
             if len(mine) + len(busy) >= limit:
@@ -212,12 +212,12 @@ class StoreRules:
             if tenant in left:
                 n = left[tenant]
                 if n is None:
-                    busy.append((job_id, tenant))
+                    busy.append((job_row, tenant))
                     continue
                 if n <= 0:
                     continue
                 left[tenant] = n - 1
-            mine.append(job_id)
+            mine.append(job_row)
         return mine, busy
 
     def _capped_tenants(self, ready: Iterable[Ready]) -> dict[str, int]:
@@ -270,10 +270,10 @@ def failover_json(j: NewJob) -> str | None:
 
 
 def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
-    """(model, provider, failover JSON, job id) to write for a failover outcome, else None."""
+    """(model, provider, failover JSON, job row) to write for a failover outcome, else None."""
     if o.status != "retry" or not o.failover_to:
         return None
-    return o.failover_to, o.failover_to.split("/", 1)[0], dumps(o.failover or {}), o.job_id
+    return o.failover_to, o.failover_to.split("/", 1)[0], dumps(o.failover or {}), o.job_row
 
 
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
@@ -412,7 +412,7 @@ class Tx(Protocol):
 NO_NOTE = JobNote(attempt=0)
 """What a progress report without a note writes: nothing more."""
 Note = tuple[int, str, JobNote]
-"""What a provider told about a running attempt: job id, lease owner, the note."""
+"""What a provider told about a running attempt: job row, lease owner, the note."""
 
 IN_CHUNK = 500
 """The most values one `Tx.in_` condition holds (SQLite counts every one as a parameter)."""
@@ -498,12 +498,12 @@ class StoreManager(StoreRules):
         raise NotImplementedError
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
-        """Record the reports of running jobs (their notes' phase and times, `NO_NOTE` without one); job id ->
+        """Record the reports of running jobs (their notes' phase and times, `NO_NOTE` without one); job row ->
         (execution_id, key) of the rows changed."""
         raise NotImplementedError
 
     async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
-        """Record the notes' phase and times on the jobs their attempts still hold; the ids of those jobs."""
+        """Record the notes' phase and times on the jobs their attempts still hold; the rows of those jobs."""
         raise NotImplementedError
 
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
@@ -627,28 +627,28 @@ class StoreManager(StoreRules):
         """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
         the keys of the dependents made ready (added to `ready` when given)."""
         rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids)
-        requeued = any(o.status == "retry" and o.job_id in rows for o in outcomes)
-        if moves := [u for o in outcomes if o.job_id in rows and (u := failover_update(o)) is not None]:
+        requeued = any(o.status == "retry" and o.job_row in rows for o in outcomes)
+        if moves := [u for o in outcomes if o.job_row in rows and (u := failover_update(o)) is not None]:
             await tx.many(self.sql.failover_move, moves)
-        if waits := [(o.job_id,) for o in outcomes if o.status == "retry" and o.uncount and o.job_id in rows]:
+        if waits := [(o.job_row,) for o in outcomes if o.status == "retry" and o.uncount and o.job_row in rows]:
             await tx.many(self.sql.uncount_attempt, waits)
         events: list[EventRow] = []
         promoted: list[str] = []
         touched: set[str] = set()
         failed: dict[str, list[str]] = defaultdict(list)
         for o in outcomes:
-            if (found := rows.pop(o.job_id, None)) is None:
+            if (found := rows.pop(o.job_row, None)) is None:
                 continue
             eid, key = found["execution_id"], found["key"]
             touched.add(eid)
             if o.status == "succeeded":
-                if (pid := inline.get(o.job_id)) is not None:
+                if (pid := inline.get(o.job_row)) is not None:
                     events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
                 events += outcome_events(o, eid, key, 0, now)
-                for job_id, dep, provider, model, tenant in released.pop((eid, key), []):
+                for job_row, dep, provider, model, tenant in released.pop((eid, key), []):
                     promoted.append(dep)
                     if ready is not None:
-                        ready.append((job_id, provider, model_family(model), tenant))
+                        ready.append((job_row, provider, model_family(model), tenant))
                     events.append((eid, dep, "job.queued", dumps({"after": key}), now))
             else:
                 events += outcome_events(o, eid, key, found["attempts"], now)
@@ -739,10 +739,10 @@ class StoreManager(StoreRules):
             now = time.time()
             events: list[EventRow] = []
             updated = await self._set_progress(tx, reports)
-            await self._write_logs(tx, [(r.job_id, r.note) for r in reports if r.note and r.job_id in updated], now)
+            await self._write_logs(tx, [(r.job_row, r.note) for r in reports if r.note and r.job_row in updated], now)
             touched: set[str] = set()
             for r in reports:
-                if (row := updated.get(r.job_id)) is None or not r.event:
+                if (row := updated.get(r.job_row)) is None or not r.event:
                     continue
                 touched.add(row["execution_id"])
                 data: dict[str, Any] = {"progress": r.progress}
@@ -761,22 +761,22 @@ class StoreManager(StoreRules):
         jobs. Called inside a progress or outcome write: never a transaction of its own."""
         if notes:
             held = await self._set_notes(tx, notes)
-            await self._write_logs(tx, [(job_id, note) for job_id, _, note in notes if job_id in held], now)
+            await self._write_logs(tx, [(job_row, note) for job_row, _, note in notes if job_row in held], now)
 
     async def _write_logs(self, tx: Tx, notes: list[tuple[int, JobNote]], now: float) -> None:
         """The attempts' logs (the notes whose `log` is set) into their jobs' job_logs rows (locked first)."""
-        logged = [(job_id, note) for job_id, note in notes if note.log is not None]
+        logged = [(job_row, note) for job_row, note in notes if note.log is not None]
         old: dict[int, Any] = {}
-        for chunk in chunks([job_id for job_id, _ in logged]):
+        for chunk in chunks([job_row for job_row, _ in logged]):
             cond, args = tx.in_("job_id", chunk)
             old.update(
                 (r["job_id"], dict(r))
                 for r in await tx.all(self.sql.job_logs_of.format(cond=cond) + tx.for_update, args)
             )
-        for job_id, note in logged:
-            m = merged_log(old.get(job_id), note.attempt, note.log or "", note.log_dropped)
+        for job_row, note in logged:
+            m = merged_log(old.get(job_row), note.attempt, note.log or "", note.log_dropped)
             await tx.run(self.sql.save_job_log, (
-                job_id, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
+                job_row, m["attempt"], m["earlier"], m["earlier_dropped"], m["current"], m["current_dropped"], now,
             ))  # fmt: skip
 
     # ------------------------------------------------------------------ cancel / resume
@@ -859,7 +859,7 @@ class StoreManager(StoreRules):
     # ------------------------------------------------------------------ leases
     async def note_attempt(
         self,
-        job_id: int,
+        job_row: int,
         owner: str,
         seq: int,
         event: str,
@@ -870,7 +870,7 @@ class StoreManager(StoreRules):
         async def write(tx: Tx) -> bool:
             now = time.time()
             dup = (1 if possible_duplicate_usd is not None else 0, possible_duplicate_usd or 0.0)
-            row = await tx.one(self.sql.note_attempt, (*dup, job_id, owner, seq))
+            row = await tx.one(self.sql.note_attempt, (*dup, job_row, owner, seq))
             if row is None:
                 return False
             await self._append(tx, [(row["execution_id"], row["key"], event, dumps(data), now)])
@@ -895,14 +895,14 @@ class StoreManager(StoreRules):
 
         return await self._in_tx_if(self.sql.any_cancel_for, (owner,), write, [])
 
-    async def release_jobs(self, owner: str, job_ids: list[int], *, reason: str = "worker shutting down") -> None:
-        if not job_ids:
+    async def release_jobs(self, owner: str, job_rows: list[int], *, reason: str = "worker shutting down") -> None:
+        if not job_rows:
             return
 
         async def write(tx: Tx) -> bool:
             now = time.time()
             rows: list[Any] = []
-            for chunk in chunks(sorted(set(job_ids))):
+            for chunk in chunks(sorted(set(job_rows))):
                 cond, args = tx.in_("id", chunk)
                 rows += await tx.all(self.sql.release_jobs.format(cond=cond), (now, now, owner, *args))
             rows.sort(key=lambda r: int(r["id"]))
@@ -940,7 +940,7 @@ class StoreManager(StoreRules):
         exhausted = await tx.all(self.sql.exhausted_leases, (now,))
         error = "the worker running it stopped responding (lease expired) after {} attempts"
         failed = [
-            JobOutcome(job_id=r["id"], owner=r["lease_owner"], status="failed", error=error.format(r["attempts"]))
+            JobOutcome(job_row=r["id"], owner=r["lease_owner"], status="failed", error=error.format(r["attempts"]))
             for r in exhausted
         ]
         await self._apply_outcomes(tx, failed, now, None, [])
@@ -1022,7 +1022,7 @@ class StoreManager(StoreRules):
         return await self._in_tx(write)
 
     async def woken_for(self, owner: str) -> list[int]:
-        return [job_id for job_id, _ in await self.woken_outcomes(owner)]
+        return [job_row for job_row, _ in await self.woken_outcomes(owner)]
 
     async def woken_outcomes(self, owner: str) -> list[tuple[int, str | None]]:
         async def take(tx: Tx) -> list[tuple[int, str | None]]:

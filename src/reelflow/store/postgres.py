@@ -412,10 +412,10 @@ class PostgresStore(StoreManager):
             running = {r["tenant"]: int(r["n"]) for r in await tx.all(SQL.running_tenants, (tenants,))}
             room = {t: (self._tenant_cap(t) or 0) - running.get(t, 0) for t in tenants}
             mine: list[int] = []
-            for job_id, tenant in jobs:
+            for job_row, tenant in jobs:
                 if room[tenant] > 0:
                     room[tenant] -= 1
-                    mine.append(job_id)
+                    mine.append(job_row)
             claimed = await self._lease(tx, owner, mine, lease_s, time.time()) if mine else []
             if len(claimed) < len(jobs):
                 await self._notify_in(tx)
@@ -436,34 +436,34 @@ class PostgresStore(StoreManager):
         done = [o for o in outcomes if o.status == "succeeded"]
         # Provider ids of jobs succeeding here are written by the same UPDATE (one row version, not two); the
         # others first, on their own.
-        succeeding = {o.job_id for o in done}
-        inline = {job_id: pid for job_id, _, pid in provider_ids if job_id in succeeding}
+        succeeding = {o.job_row for o in done}
+        inline = {job_row: pid for job_row, _, pid in provider_ids if job_row in succeeding}
         if rest := [item for item in provider_ids if item[0] not in inline]:
             await self._write_provider_ids(tx, rest, now)
-        await self._write_notes(tx, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
+        await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
         retry = [o for o in outcomes if o.status == "retry"]
         ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
         rows: dict[int, Any] = {}
         if done:
             rows.update((r["id"], r) for r in await tx.all(SQL.jobs_succeeded, (
-                now, now, [o.job_id for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
+                now, now, [o.job_row for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
                 [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
-                [int(o.cache_hit) for o in done], [inline.get(o.job_id) for o in done], [o.seq for o in done],
+                [int(o.cache_hit) for o in done], [inline.get(o.job_row) for o in done], [o.seq for o in done],
             )))  # fmt: skip
         if retry:
             rows.update((r["id"], r) for r in await tx.all(SQL.jobs_retry, (
-                now, [o.job_id for o in retry], [o.owner for o in retry], [o.retry_at or now for o in retry],
+                now, [o.job_row for o in retry], [o.owner for o in retry], [o.retry_at or now for o in retry],
                 [o.error for o in retry], [bool(o.keep_provider_id) for o in retry],
                 [bool(o.settled) for o in retry], [o.seq for o in retry],
             )))  # fmt: skip
         if ended:
             rows.update((r["id"], r) for r in await tx.all(SQL.jobs_ended, (
-                now, [o.job_id for o in ended], [o.owner for o in ended], [o.status for o in ended],
+                now, [o.job_row for o in ended], [o.owner for o in ended], [o.status for o in ended],
                 [o.error for o in ended], [o.cost_usd for o in ended], [o.seq for o in ended],
             )))  # fmt: skip
         # Each waiting dependent loses as many dependencies as succeeded here; `released_by` remembers which
         # finished job released it last, for its event.
-        succeeded = [(o, rows[o.job_id]) for o in done if o.job_id in rows]
+        succeeded = [(o, rows[o.job_row]) for o in done if o.job_row in rows]
         released_by: dict[tuple[str, str], str] = {}
         counts: dict[tuple[str, str], int] = defaultdict(int)
         for _, row in succeeded:
@@ -502,14 +502,14 @@ class PostgresStore(StoreManager):
         return subscribed
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
-        ids, owners, pids = ([i[k] for i in items] for k in range(3))
-        rows = await tx.all(SQL.set_provider_ids, (now, ids, owners, pids))
+        job_rows, owners, pids = ([i[k] for i in items] for k in range(3))
+        rows = await tx.all(SQL.set_provider_ids, (now, job_rows, owners, pids))
         return sorted(rows, key=lambda r: r["id"])
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
         notes = [r.note or NO_NOTE for r in reports]
         rows = await tx.all(SQL.set_progress, (
-            [r.job_id for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
+            [r.job_row for r in reports], [r.owner for r in reports], [float(r.progress) for r in reports],
             [r.queue_position for r in reports], [n.phase for n in notes], [n.submitted_at for n in notes],
             [n.started_at for n in notes], [n.queued_s for n in notes],
         ))  # fmt: skip

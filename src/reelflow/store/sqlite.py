@@ -278,14 +278,14 @@ class SQLiteStore(StoreManager):
     ) -> Written:
         if provider_ids:
             await self._write_provider_ids(tx, provider_ids, now)
-        await self._write_notes(tx, [(o.job_id, o.owner, o.note) for o in outcomes if o.note is not None], now)
+        await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
         rows: dict[int, Any] = {}
         released: dict[tuple[str, str], Released] = {}
         for o in outcomes:
             if o.status == "succeeded":
                 row = await tx.one(
                     SQL.job_succeeded,
-                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_id,
+                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_row,
                      o.owner, o.seq, o.seq),
                 )  # fmt: skip
                 if row is not None:
@@ -300,13 +300,14 @@ class SQLiteStore(StoreManager):
             elif o.status == "retry":
                 row = await tx.one(
                     SQL.job_retry,
-                    (o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_id, o.owner,
+                    (o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_row, o.owner,
                      o.seq, o.seq),
                 )  # fmt: skip
             else:  # failed or canceled
-                row = await tx.one(SQL.job_ended, (o.status, o.error, o.cost_usd, now, o.job_id, o.owner, o.seq, o.seq))
+                ended = (o.status, o.error, o.cost_usd, now, o.job_row, o.owner, o.seq, o.seq)
+                row = await tx.one(SQL.job_ended, ended)
             if row is not None:
-                rows.setdefault(o.job_id, row)
+                rows.setdefault(o.job_row, row)
         return rows, released, {}
 
     async def _settling(
@@ -334,7 +335,7 @@ class SQLiteStore(StoreManager):
         return subscribed
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
-        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_id, owner)) for job_id, owner, pid in sorted(items)]
+        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_row, owner)) for job_row, owner, pid in sorted(items)]
         return [r for r in rows if r is not None]
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
@@ -342,16 +343,16 @@ class SQLiteStore(StoreManager):
         for r in reports:
             n = r.note or NO_NOTE
             note = (n.phase, n.submitted_at, n.started_at, n.queued_s)
-            row = await tx.one(SQL.set_progress, (r.progress, r.queue_position, *note, r.job_id, r.owner))
+            row = await tx.one(SQL.set_progress, (r.progress, r.queue_position, *note, r.job_row, r.owner))
             if row is not None:
-                updated[r.job_id] = row
+                updated[r.job_row] = row
         return updated
 
     async def _set_notes(self, tx: Tx, notes: list[Note]) -> set[int]:
         held: set[int] = set()
-        for job_id, owner, n in notes:
-            if await tx.one(SQL.set_note, (n.phase, n.submitted_at, n.started_at, n.queued_s, job_id, owner)):
-                held.add(job_id)
+        for job_row, owner, n in notes:
+            if await tx.one(SQL.set_note, (n.phase, n.submitted_at, n.started_at, n.queued_s, job_row, owner)):
+                held.add(job_row)
         return held
 
     # ------------------------------------------------------------------ cache, deliveries

@@ -150,24 +150,24 @@ class Catalog:
         model_id: str | None,
         params: Mapping[str, Any],
         *,
-        job_id: str,
+        job_key: str,
         loc_prefix: Sequence[str | int] = ("params",),
         allow_refs: bool = False,
     ) -> list[ErrorItem]:
         """Check a job's params against its type and model (the worker's check of resolved values)."""
         retired = retired_message(model_id)
         if retired is not None:
-            return [ErrorItem(["model"], f"job '{job_id}': {retired}")]
+            return [ErrorItem(["model"], f"job '{job_key}': {retired}")]
         model = self.get(model_id) if model_id else None
         schema = self.param_schema(job_type, model)
         if schema is None:
-            return [ErrorItem(["model"], f"job '{job_id}': no catalogued model {model_id} serves {job_type}")]
+            return [ErrorItem(["model"], f"job '{job_key}': no catalogued model {model_id} serves {job_type}")]
         return check_params(
             schema.specs,
             params,
             extra_allowed=schema.extra_allowed,
             loc_prefix=list(loc_prefix),
-            job_id=job_id,
+            job_key=job_key,
             allow_refs=allow_refs,
             rules=schema.rules,
             owner=schema.owner,

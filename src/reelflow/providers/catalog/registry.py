@@ -119,13 +119,13 @@ def check_job_params(
     model_id: str | None,
     params: Mapping[str, Any],
     *,
-    job_id: str,
+    job_key: str,
     loc_prefix: Sequence[str | int] = ("params",),
     allow_refs: bool = False,
 ) -> list[ErrorItem]:
     """Check a job's params against its type and model (the worker's check of resolved values)."""
     return default_catalog().check_job_params(
-        job_type, model_id, params, job_id=job_id, loc_prefix=loc_prefix, allow_refs=allow_refs
+        job_type, model_id, params, job_key=job_key, loc_prefix=loc_prefix, allow_refs=allow_refs
     )
 
 

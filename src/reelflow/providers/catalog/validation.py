@@ -129,7 +129,7 @@ def check_params(
     *,
     extra_allowed: bool,
     loc_prefix: Sequence[str | int],
-    job_id: str | None,
+    job_key: str | None,
     allow_refs: bool,
     rules: Sequence[ParamRule] = (),
     owner: str | None = None,
@@ -139,7 +139,7 @@ def check_params(
     With `allow_refs`, a reference string passes any field's checks (its value is known only at
     run time) and a leading `$$` is read as a literal `$`; without it, values are checked as given.
     """
-    prefix = f"job '{job_id}': " if job_id else ""
+    prefix = f"job '{job_key}': " if job_key else ""
     base = list(loc_prefix)
     errors: list[ErrorItem] = []
     for name, spec in specs.items():
