@@ -146,6 +146,9 @@ def test_each_built_in_adapter_carries_the_info_read_without_it() -> None:
         adapter = getattr(importlib.import_module(module), cls)
         assert adapter.info is BUILTIN_INFO[name] and adapter.info.name == name == adapter.name
         assert provider_info(name) is load_builtins()[name].info is BUILTIN_INFO[name]
+    for name, constant in (("replicate", "TOKEN_ENV"), ("elevenlabs", "KEY_ENV"), ("openai", "KEY_ENV"),
+                           ("google", "KEY_ENV")):  # fmt: skip  # the adapters' own names for their variable
+        assert getattr(importlib.import_module(f"reelflow.providers.{name}"), constant) == BUILTIN_INFO[name].key_env
     assert provider_info("replicate").key_env == "REPLICATE_API_TOKEN"  # type: ignore[union-attr]
     assert provider_info("nonesuch") is None
 
