@@ -2,58 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING
 
 import typer
 
-from . import database, executions, services, usage
-from .keys import keys_app
 from .options import new_app
 
-COMMANDS: dict[str, Callable[[typer.Typer], object]] = {
-    "run": lambda app: app.command()(executions.run),
-    "status": lambda app: app.command()(executions.status),
-    "events": lambda app: app.command()(executions.events),
-    "logs": lambda app: app.command()(executions.logs),
-    "list": lambda app: app.command("list")(executions.list_executions),
-    "cancel": lambda app: app.command(
-        "cancel", help="Cancel an execution: queued jobs are canceled, running ones stopped."
-    )(executions.cancel),
-    "resume": lambda app: app.command(
-        "resume", help="Re-run only the failed, canceled and skipped jobs of an execution."
-    )(executions.resume),
-    "retry": lambda app: app.command(
-        "retry", help="Start a new execution of the same plan (--wait follows the new one)."
-    )(executions.retry),
-    "estimate": lambda app: app.command()(executions.estimate),
-    "worker": lambda app: app.command()(services.worker),
-    "serve": lambda app: app.command()(services.serve),
-    "keys": lambda app: app.add_typer(keys_app, name="keys"),
-    "migrate": lambda app: app.command()(database.migrate),
-    "models": lambda app: app.command()(usage.models),
-    "ops": lambda app: app.command()(usage.ops),
-    "stats": lambda app: app.command()(usage.stats),
-    "prune": lambda app: app.command()(database.prune),
-    "demo": lambda app: app.command()(services.demo),
+if TYPE_CHECKING:
+    app: typer.Typer
+
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "run": ("executions", "run", None),
+    "status": ("executions", "status", None),
+    "events": ("executions", "events", None),
+    "logs": ("executions", "logs", None),
+    "list": ("executions", "list_executions", None),
+    "cancel": ("executions", "cancel", "Cancel an execution: queued jobs are canceled, running ones stopped."),
+    "resume": ("executions", "resume", "Re-run only the failed, canceled and skipped jobs of an execution."),
+    "retry": ("executions", "retry", "Start a new execution of the same plan (--wait follows the new one)."),
+    "estimate": ("executions", "estimate", None),
+    "worker": ("services", "worker", None),
+    "serve": ("services", "serve", None),
+    "keys": ("keys", "keys_app", None),
+    "migrate": ("database", "migrate", None),
+    "models": ("usage", "models", None),
+    "ops": ("usage", "ops", None),
+    "stats": ("usage", "stats", None),
+    "prune": ("database", "prune", None),
+    "demo": ("services", "demo", None),
 }
-"""How each command registers on an app, by name, in the order of `reelflow --help`."""
+"""Each command by name, in the order of `reelflow --help`: its module of this package, the function (or
+sub-app) there, and its help when it is not the function's docstring."""
+
+
+def register(app: typer.Typer, name: str) -> None:
+    """Register the command `name` of `COMMANDS` on `app` (importing its module now)."""
+    module, attr, help_text = COMMANDS[name]
+    target = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    if isinstance(target, typer.Typer):
+        app.add_typer(target, name=name)
+    else:
+        app.command(name, help=help_text)(target)
 
 
 def build_app(command: str | None = None) -> typer.Typer:
     """The app with every command; with `command`, one of `COMMANDS`, with that command alone.
 
     Each time an app runs, typer builds the click command of every command registered on it (its parameters,
-    from the function's signature and annotations): `reelflow run PLAN` needs `run`'s only, and `main` asks for
-    the command the arguments name. Anything else (no command, an unknown or misspelt one) gets every command,
-    for typer's usage errors and suggestions."""
+    from the function's signature and annotations): `reelflow run PLAN` needs `run`'s only (and its module
+    only), and `main` asks for the command the arguments name. Anything else (no command, an unknown or
+    misspelt one) gets every command, for typer's usage errors and suggestions."""
     app = new_app()
-    for name, register in COMMANDS.items():
+    for name in COMMANDS:
         if command not in COMMANDS or name == command:
-            register(app)
+            register(app, name)
     return app
 
 
-app = build_app()
+@cache
+def _every_command() -> typer.Typer:
+    return build_app()
 
 
-__all__ = ["COMMANDS", "app", "build_app"]
+def __getattr__(name: str) -> typer.Typer:
+    """`app`: the app with every command, built on first use (`main` builds its own)."""
+    if name == "app":
+        return _every_command()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["COMMANDS", "app", "build_app", "register"]
