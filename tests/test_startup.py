@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,87 @@ def test_cli_help_lists_the_commands_and_loads_nothing_heavy() -> None:
     listed = {line.strip("│ ").split(" ")[0] for line in done.stdout.splitlines()}
     assert [c for c in COMMANDS if c not in listed] == []
     assert "spend this month. Locally: every tenant." in " ".join(done.stdout.split())  # each help in full
+
+
+RUN = (
+    "import sys\nsys.argv = ['reelflow', *{args!r}]\nfrom reelflow.cli import main\n"
+    "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in {codes!r}, exc.code\n"
+)
+NOT_TO_SUBMIT = [
+    *HEAVY, "reelflow.engine.worker", "reelflow.webhooks", "reelflow.net", "reelflow.logs", "reelflow.sdk",
+    "httpx", "httpcore", "uvicorn", "prometheus_client", "av", "rich", "cryptography", "standardwebhooks",
+    *(f"reelflow.providers.{p}" for p in ("replicate", "fal", "elevenlabs", "openai", "google", "sim", "http")),
+]  # fmt: skip
+"""What `reelflow run PLAN` (local, without --wait) does without: the worker and what it runs jobs with (the
+provider adapters, the media helpers, httpx), the metrics' prometheus_client, the API, rich (it prints plain
+lines)."""
+
+
+def run_loads(
+    tmp_path: Path, *args: str, codes: tuple[int | None, ...] = (0, None), env: dict[str, str] | None = None
+) -> set[str]:
+    """The modules `reelflow ARGS` loaded, run in a fresh interpreter on a SQLite database in `tmp_path`."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REELFLOW_")}, **(env or {})}
+    env.update(REELFLOW_DATABASE_URL=f"sqlite:///{tmp_path}/startup.db", REELFLOW_STORAGE_URL=f"file://{tmp_path}/a")
+    code = RUN.format(args=list(args), codes=codes) + "import json\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_a_local_run_submits_without_the_worker_httpx_or_the_metrics(tmp_path: Path) -> None:
+    plan = Path(__file__).parent.parent / "examples" / "sunset.yaml"
+    loaded = run_loads(tmp_path, "run", str(plan))
+    assert {"reelflow.engine.scheduler", "reelflow.store.sqlite", "reelflow.plan", "typer"} <= loaded  # it ran
+    assert [m for m in NOT_TO_SUBMIT if m in loaded] == []
+    # a plan whose job runs at a paid provider is checked for its credential without loading the adapter
+    paid = tmp_path / "paid.json"
+    paid.write_text(json.dumps({"jobs": [{"id": "a", "type": "generate-image", "params": {"prompt": "x"},
+                                          "model": "replicate/black-forest-labs/flux-schnell"}]}))  # fmt: skip
+    token = {"REPLICATE_API_TOKEN": "r8_test"}
+    assert [m for m in NOT_TO_SUBMIT if m in run_loads(tmp_path, "run", str(paid), env=token)] == []
+    refused = run_loads(tmp_path, "run", str(paid), env={"REPLICATE_API_TOKEN": ""}, codes=(1,))  # no token
+    assert [m for m in NOT_TO_SUBMIT if m in refused and m != "rich"] == []  # rich prints the refusal
+    env = {**os.environ, **token, "REELFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/s.db"}
+    done = subprocess.run([sys.executable, "-m", "reelflow", "run", str(paid)], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("ex_"), done.stderr
+    assert done.stderr == f"accepted: execution {done.stdout.strip()} (1 job queued)\n"
+    done = subprocess.run([sys.executable, "-m", "reelflow", "run", str(paid)], capture_output=True, text=True,
+                          timeout=60, env={**env, "REPLICATE_API_TOKEN": ""})  # fmt: skip
+    assert done.returncode == 1 and "needs REPLICATE_API_TOKEN, which is not set" in done.stderr
+
+
+def test_status_json_and_a_remote_run_load_no_engine_worker_or_metrics(tmp_path: Path) -> None:
+    loaded = run_loads(tmp_path, "status", "ex_unknown", "--json", codes=(1,))  # not found: exit 1
+    assert "reelflow.store.sqlite" in loaded
+    assert [m for m in NOT_TO_SUBMIT if m in loaded and m != "rich"] == []  # rich says it was not found
+    plan = Path(__file__).parent.parent / "examples" / "sunset.yaml"
+    remote = ["run", str(plan), "--server", "http://127.0.0.1:9", "--api-key", "k"]  # nothing listens: exit 1
+    loaded = run_loads(tmp_path, *remote, codes=(1,))
+    assert {"reelflow.client", "httpx"} <= loaded
+    assert [m for m in ["reelflow.engine.scheduler", "reelflow.store", "reelflow.engine.worker", "uvicorn",
+                        "prometheus_client", "reelflow.api.app", "av"] if m in loaded] == []  # fmt: skip
+
+
+def test_each_built_in_adapter_carries_the_info_read_without_it() -> None:
+    """`BUILTIN_INFO` (what a submission reads of a provider) is each built-in adapter's own `info`."""
+    import importlib
+
+    from reelflow.providers.info import BUILTIN_INFO
+    from reelflow.providers.plugins import BUILTIN_ENTRY_POINTS, load_builtins, provider_info
+
+    assert list(BUILTIN_INFO) == list(BUILTIN_ENTRY_POINTS)
+    for name, value in BUILTIN_ENTRY_POINTS.items():
+        module, _, cls = value.partition(":")
+        adapter = getattr(importlib.import_module(module), cls)
+        assert adapter.info is BUILTIN_INFO[name] and adapter.info.name == name == adapter.name
+        assert provider_info(name) is load_builtins()[name].info is BUILTIN_INFO[name]
+    for name, constant in (("replicate", "TOKEN_ENV"), ("elevenlabs", "KEY_ENV"), ("openai", "KEY_ENV"),
+                           ("google", "KEY_ENV")):  # fmt: skip  # the adapters' own names for their variable
+        assert getattr(importlib.import_module(f"reelflow.providers.{name}"), constant) == BUILTIN_INFO[name].key_env
+    assert provider_info("replicate").key_env == "REPLICATE_API_TOKEN"  # type: ignore[union-attr]
+    assert provider_info("nonesuch") is None
 
 
 def test_the_help_printed_without_typer_is_the_help_typer_prints() -> None:

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
+        if value.strip() in ("INFO", ""):  # the default: `logs` (its masking rules) is not loaded to say so
+            return value.strip()
         from .logs import parse_level
 
         parse_level(value)  # a ValueError names the bad part

@@ -58,7 +58,8 @@ _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 class _Entry(BaseModel):
     # Strict: YAML already gives numbers as numbers, so `"5"` or `true` is a mistake, not a 5 or a 1.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Built on first use (`defer_build`): without a limits file, a process may need none of them.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class CircuitLimit(_Entry):

@@ -94,7 +94,7 @@ class _Shapes:
         p = job.params
         if job.type == "generate-image":
             if job.model == "local/image":
-                from .providers.local import image_size
+                from .providers.local_sizes import image_size
 
                 try:
                     w, h = image_size(_int(p.get("width")), _int(p.get("height")), _text(p.get("aspect_ratio")))
@@ -105,7 +105,7 @@ class _Shapes:
         if job.type == "generate-video":
             duration = _number(p.get("duration"))
             if job.model == "local/video":
-                from .providers.local import video_size
+                from .providers.local_sizes import video_size
 
                 try:
                     w, h = video_size(

@@ -11,7 +11,9 @@ Gauges of shared state (jobs by status, queue depth, live workers and their slot
 database at scrape time by `StoreGauges`, which only the API registers, so they are not repeated by
 every worker.
 
-This module imports nothing else of reelflow: every layer may record into it.
+This module imports nothing else of reelflow: every layer may record into it. It does not import
+prometheus_client either until something is recorded or exposed (the registry and the families are made on
+first use): the stores import it, and `reelflow run` without --wait records nothing.
 """
 
 from __future__ import annotations
@@ -25,33 +27,18 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    CollectorRegistry,
-    Counter,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    CONTENT_TYPE: str
+    """The text exposition format (version 0.0.4), which every Prometheus reads (made on first use)."""
+    REGISTRY: CollectorRegistry
+    """This process's metrics (made on first use; see `_Families`)."""
 
 log = logging.getLogger("reelflow.metrics")
-
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-"""The text exposition format (version 0.0.4), which every Prometheus reads."""
-
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series next to every counter and histogram: nothing here reads them
-REGISTRY = CollectorRegistry()
-"""This process's metrics (with the usual process_*, python_* families)."""
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
 
 MAX_JOB_COST_USD = 1_000_000.0
 """A job cost above this (or not finite) is a provider's or plugin's error: counting it would make the cost
@@ -60,64 +47,122 @@ EXECUTION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1
 """Seconds to tens of minutes (an hour is the default execution timeout)."""
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-EXECUTIONS = Counter("reelflow_executions", "Executions that ended, by final status.", ["status"], registry=REGISTRY)
-EXECUTION_SECONDS = Histogram(
-    "reelflow_execution_duration_seconds",
-    "Time from submission to the end of an execution (every final status).",
-    buckets=EXECUTION_BUCKETS,
-    registry=REGISTRY,
-)
-JOB_SECONDS = Histogram(
-    "reelflow_job_duration_seconds",
-    "Time from a job's first start to its end (succeeded or failed), retries included.",
-    ["type", "provider"],
-    buckets=JOB_BUCKETS,
-    registry=REGISTRY,
-)
-PROVIDER_REQUESTS = Counter(
-    "reelflow_provider_requests",
-    "HTTP requests to providers, by outcome: ok, throttled (429), rejected (other 4xx), error (5xx or transport).",
-    ["provider", "outcome"],
-    registry=REGISTRY,
-)
-PROVIDER_LATENCY = Histogram(
-    "reelflow_provider_latency_seconds",
-    "Latency of provider HTTP requests (the request itself, not the wait for a free slot).",
-    ["provider"],
-    buckets=REQUEST_BUCKETS,
-    registry=REGISTRY,
-)
-PROVIDER_COST = Counter(
-    "reelflow_provider_cost_usd", "Cost of finished jobs, in US dollars, by provider.", ["provider"], registry=REGISTRY
-)
-POSSIBLE_DUPLICATES = Counter(
-    "reelflow_possible_duplicate_charges",
-    "Paid retries that went ahead after an attempt whose answer was lost, where the provider offers no way to"
-    " ask whether it took the earlier one (each may have been paid twice), by provider.",
-    ["provider"],
-    registry=REGISTRY,
-)
-RECONCILED = Counter(
-    "reelflow_reconciliations",
-    "Lookups at a provider after an attempt whose answer was lost: adopted (the earlier work was found and waited"
-    " on, nothing paid again) or none_found (submitted anew), by provider.",
-    ["provider", "outcome"],
-    registry=REGISTRY,
-)
-WEBHOOK_DELIVERIES = Counter(
-    "reelflow_webhook_deliveries",
-    "Webhook delivery attempts: delivered, failed (a retry follows) or gave_up (failed for good).",
-    ["outcome"],
-    registry=REGISTRY,
-)
-
 EXECUTION_STATUSES = ("succeeded", "failed", "canceled")
 WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
-for _status in EXECUTION_STATUSES:  # present at 0 from the start, so rate() sees the first one
-    EXECUTIONS.labels(_status)
-for _outcome in WEBHOOK_OUTCOMES:
-    WEBHOOK_DELIVERIES.labels(_outcome)
+
+
+class _Families:
+    """The process's registry and its families. Made on first use (`_families()`), not at import: the stores
+    import this module, and a command that records nothing (`reelflow run` without --wait) does not pay for
+    prometheus_client."""
+
+    def __init__(self) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            GCCollector,
+            Histogram,
+            PlatformCollector,
+            ProcessCollector,
+            disable_created_metrics,
+        )
+
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series next to every counter and histogram: nothing here reads them
+        self.REGISTRY = CollectorRegistry()
+        """This process's metrics (with the usual process_*, python_* families)."""
+        ProcessCollector(registry=self.REGISTRY)
+        PlatformCollector(registry=self.REGISTRY)
+        GCCollector(registry=self.REGISTRY)
+        registry = self.REGISTRY
+        self.EXECUTIONS = Counter(
+            "reelflow_executions", "Executions that ended, by final status.", ["status"], registry=registry
+        )
+        self.EXECUTION_SECONDS = Histogram(
+            "reelflow_execution_duration_seconds",
+            "Time from submission to the end of an execution (every final status).",
+            buckets=EXECUTION_BUCKETS,
+            registry=registry,
+        )
+        self.JOB_SECONDS = Histogram(
+            "reelflow_job_duration_seconds",
+            "Time from a job's first start to its end (succeeded or failed), retries included.",
+            ["type", "provider"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        self.PROVIDER_REQUESTS = Counter(
+            "reelflow_provider_requests",
+            "HTTP requests to providers, by outcome: ok, throttled (429), rejected (other 4xx), error (5xx or"
+            " transport).",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.PROVIDER_LATENCY = Histogram(
+            "reelflow_provider_latency_seconds",
+            "Latency of provider HTTP requests (the request itself, not the wait for a free slot).",
+            ["provider"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.PROVIDER_COST = Counter(
+            "reelflow_provider_cost_usd",
+            "Cost of finished jobs, in US dollars, by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.POSSIBLE_DUPLICATES = Counter(
+            "reelflow_possible_duplicate_charges",
+            "Paid retries that went ahead after an attempt whose answer was lost, where the provider offers no way"
+            " to ask whether it took the earlier one (each may have been paid twice), by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.RECONCILED = Counter(
+            "reelflow_reconciliations",
+            "Lookups at a provider after an attempt whose answer was lost: adopted (the earlier work was found and"
+            " waited on, nothing paid again) or none_found (submitted anew), by provider.",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.WEBHOOK_DELIVERIES = Counter(
+            "reelflow_webhook_deliveries",
+            "Webhook delivery attempts: delivered, failed (a retry follows) or gave_up (failed for good).",
+            ["outcome"],
+            registry=registry,
+        )
+        for status in EXECUTION_STATUSES:  # present at 0 from the start, so rate() sees the first one
+            self.EXECUTIONS.labels(status)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.WEBHOOK_DELIVERIES.labels(outcome)
+
+
+_FAMILY_NAMES = frozenset(
+    {"REGISTRY", "EXECUTIONS", "EXECUTION_SECONDS", "JOB_SECONDS", "PROVIDER_REQUESTS", "PROVIDER_LATENCY",
+     "PROVIDER_COST", "POSSIBLE_DUPLICATES", "RECONCILED", "WEBHOOK_DELIVERIES"}
+)  # fmt: skip
+_FAMILIES: _Families | None = None
+_FAMILIES_LOCK = threading.Lock()
+
+
+def _families() -> _Families:
+    """The process's families, made on the first call (from any thread: the SQLite store records in its own)."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        with _FAMILIES_LOCK:
+            if _FAMILIES is None:
+                _FAMILIES = _Families()
+    return _FAMILIES
+
+
+def __getattr__(name: str) -> Any:
+    """`REGISTRY`, the families (`EXECUTIONS`, `JOB_SECONDS`, ...) and `CONTENT_TYPE`, made on first use."""
+    if name == "CONTENT_TYPE":
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+
+        return CONTENT_TYPE_PLAIN_0_0_4  # the text exposition format (version 0.0.4), which every Prometheus reads
+    if name in _FAMILY_NAMES:
+        return getattr(_families(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------- executions
@@ -148,9 +193,9 @@ def execution_finished(status: str, seconds: float | None) -> None:
 
 
 def _count_execution(status: str, seconds: float | None) -> None:
-    EXECUTIONS.labels(status).inc()
+    _families().EXECUTIONS.labels(status).inc()
     if seconds is not None:
-        EXECUTION_SECONDS.observe(max(0.0, seconds))
+        _families().EXECUTION_SECONDS.observe(max(0.0, seconds))
 
 
 # ---------------------------------------------------------------------------------------- jobs
@@ -159,9 +204,9 @@ def job_finished(job_type: str, provider: str | None, status: str, seconds: floa
     if status not in ("succeeded", "failed"):
         return
     name = provider or "local"
-    JOB_SECONDS.labels(job_type, name).observe(max(0.0, seconds))
+    _families().JOB_SECONDS.labels(job_type, name).observe(max(0.0, seconds))
     if cost_usd is not None and 0.0 < cost_usd <= MAX_JOB_COST_USD:  # NaN, +Inf or an absurd cost: not added
-        PROVIDER_COST.labels(name).inc(cost_usd)
+        _families().PROVIDER_COST.labels(name).inc(cost_usd)
 
 
 # ---------------------------------------------------------------------------------------- providers
@@ -200,24 +245,24 @@ def provider_call(provider: str) -> Iterator[ProviderCall]:
 
 
 def _count_request(provider: str, status: int | None, seconds: float) -> None:
-    PROVIDER_REQUESTS.labels(provider, request_outcome(status)).inc()
-    PROVIDER_LATENCY.labels(provider).observe(seconds)
+    _families().PROVIDER_REQUESTS.labels(provider, request_outcome(status)).inc()
+    _families().PROVIDER_LATENCY.labels(provider).observe(seconds)
 
 
 # ---------------------------------------------------------------------------------------- webhooks
 def possible_duplicate(provider: str) -> None:
     """A paid retry went ahead where the provider could not be asked whether it took the earlier attempt."""
-    POSSIBLE_DUPLICATES.labels(provider).inc()
+    _families().POSSIBLE_DUPLICATES.labels(provider).inc()
 
 
 def reconciled(provider: str, adopted: bool) -> None:
     """A provider was asked for work an earlier attempt may have started."""
-    RECONCILED.labels(provider, "adopted" if adopted else "none_found").inc()
+    _families().RECONCILED.labels(provider, "adopted" if adopted else "none_found").inc()
 
 
 def webhook_attempt(delivered: bool, *, retrying: bool) -> None:
     """One webhook delivery attempt: delivered, failed with a retry to come, or failed for good."""
-    WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed" if retrying else "gave_up").inc()
+    _families().WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed" if retrying else "gave_up").inc()
 
 
 # ---------------------------------------------------------------------------------------- store gauges
@@ -231,7 +276,7 @@ class GaugeSource(Protocol):
     async def metric_gauges(self) -> dict[str, Any]: ...
 
 
-class StoreGauges(Collector):
+class StoreGauges:
     """Gauges of the shared state, from one cheap store query per scrape: `refresh()` reads, `collect()` gives
     what was read. Registered by the API only."""
 
@@ -251,6 +296,8 @@ class StoreGauges(Collector):
             self.snapshot = snapshot
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         with self._lock:
             snap = self.snapshot
         if snap is None:
@@ -287,7 +334,9 @@ class StoreGauges(Collector):
 
 def exposition(*registries: CollectorRegistry) -> bytes:
     """This process's metrics, then those of `registries`, in the text format."""
-    return b"".join(generate_latest(r) for r in (REGISTRY, *registries))
+    from prometheus_client import generate_latest
+
+    return b"".join(generate_latest(r) for r in (_families().REGISTRY, *registries))
 
 
 # ---------------------------------------------------------------------------------------- the listener
@@ -355,7 +404,7 @@ async def _metrics_answer(
         challenge = {**text, "www-authenticate": 'Bearer realm="reelflow metrics"'}
         return "401 Unauthorized", challenge, b"send Authorization: Bearer <REELFLOW_METRICS_TOKEN>\n"
     body = await render()
-    return "200 OK", {"content-type": CONTENT_TYPE}, b"" if method == "HEAD" else body
+    return "200 OK", {"content-type": __getattr__("CONTENT_TYPE")}, b"" if method == "HEAD" else body
 
 
 __all__ = [

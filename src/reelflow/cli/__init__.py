@@ -31,9 +31,10 @@ def main() -> None:
     if (text := fast_help(args)) is not None:
         sys.stdout.write(text)
         return
-    from .commands import app
+    from .commands import build_app
     from .common import configuration_errors, err, escape
 
+    app = build_app(args[0] if args else None)  # typer builds the named command's options alone
     try:
         app()
     except configuration_errors() as exc:  # outside an async command (serve)

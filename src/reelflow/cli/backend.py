@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..sdk import event_view
 from .common import err
 from .follow import CtrlC
 
@@ -107,6 +106,8 @@ class Local:
 
     async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
         """The events stored so far (the execution is not followed)."""
+        from ..sdk import event_view
+
         await self.get(execution_id)  # unknown: NotFound
         after = 0
         while batch := await self.runtime.store.events(execution_id, after=after):
@@ -191,6 +192,8 @@ class Remote:
 
     async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
         """The events, followed to the end of the execution."""
+        from ..sdk import event_view
+
         async with contextlib.aclosing(self.client.events(execution_id)) as stream:
             async for e in stream:
                 yield event_view({k: e.get(k) for k in EVENT_FIELDS})

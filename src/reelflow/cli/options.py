@@ -39,7 +39,12 @@ def typer_app(**options: Any) -> typer.Typer:
     )  # fmt: skip
 
 
-app = typer_app(name="reelflow", help="Run AI video pipelines: plans of generation jobs on a durable queue.")
+def new_app() -> typer.Typer:
+    """The `reelflow` app, with no command yet (`commands` registers them), checking the configuration first."""
+    app = typer_app(name="reelflow", help="Run AI video pipelines: plans of generation jobs on a durable queue.")
+    app.callback()(check_configuration)
+    return app
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (the API's execution state).")]
 
@@ -56,7 +61,6 @@ PlanArg = Annotated[
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="The execution's id (ex_..., as `run` printed it).")]
 
 
-@app.callback()
 def check_configuration(ctx: typer.Context) -> None:
     """Every command starts by checking the configuration: a problem is bad usage (exit 2), before anything
     is done. `--help` still works on a broken configuration."""

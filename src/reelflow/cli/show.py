@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..states import TERMINAL_EXECUTION
-from .common import err, out, print_json
+from .common import out, print_json
 
 
 def summary(state: dict[str, Any]) -> None:
@@ -65,7 +65,9 @@ def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool, wait:
     if as_json and not wait:
         print_json({"id": execution_id, "status": state["status"]})
         return
-    err().print(f"accepted: execution {execution_id} ({n} {'job' if n == 1 else 'jobs'} queued)", highlight=False)
+    # plain text, not rich: no markup to render, and `run` without --wait then never loads rich (~40 ms)
+    sys.stderr.write(f"accepted: execution {execution_id} ({n} {'job' if n == 1 else 'jobs'} queued)\n")
+    sys.stderr.flush()
     if not as_json:
         sys.stdout.write(execution_id + "\n")
         sys.stdout.flush()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, get_settings
 from ..providers.catalog import Catalog
 from ..store import Store, open_store
 from .scheduler import Engine, Listener
-from .worker import Worker
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 log = logging.getLogger("reelflow.runtime")
 
@@ -68,6 +70,8 @@ class LocalRuntime:
             while True:
                 if running is None and embedded_worker is not False:
                     if embedded_worker or not await self.workers_running(execution_id):
+                        from .worker import Worker  # only a wait runs one: submitting never loads the worker
+
                         # only this execution's jobs and webhooks: a wait runs nobody else's work
                         worker = Worker(
                             self.store, settings=self.settings, executions=[execution_id], catalog=self.catalog

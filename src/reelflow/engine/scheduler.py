@@ -19,7 +19,6 @@ from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
 from ..estimate import job_cost
 from ..limits import get_limits
-from ..net import EgressPolicy, UnsafeDestination, check_destination
 from ..plan import Plan, parse_plan
 from ..providers.catalog import Catalog, default_catalog
 from ..providers.registry import missing_credential
@@ -177,6 +176,8 @@ class Engine:
         parsed = plan if isinstance(plan, Plan) else parse_plan(plan, catalog=self.catalog)
         check_credentials(parsed)
         if url := webhook or parsed.webhook:
+            from ..net import EgressPolicy, UnsafeDestination, check_destination  # httpx: only for a webhook
+
             try:
                 await check_destination(url, policy=EgressPolicy.from_settings(self.settings))
             except UnsafeDestination as exc:

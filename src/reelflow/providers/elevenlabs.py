@@ -70,7 +70,7 @@ from .base import (
 )
 from .catalog.elevenlabs import DEFAULT_VOICE, PREMADE_VOICES
 from .http import HttpAdapter, retry_after
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 from .transcripts import words_from_characters
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io/v1"
@@ -209,13 +209,7 @@ def _decode_audio(data: dict[str, Any]) -> bytes:
 class ElevenLabsProvider(HttpAdapter):
     """ElevenLabs text to speech behind the Provider protocol."""
 
-    info = ProviderInfo(
-        name="elevenlabs",
-        key_env=KEY_ENV,
-        default_limits={"max_concurrent": 2},
-        paid=True,
-        catalog="reelflow.providers.catalog.elevenlabs",
-    )
+    info = BUILTIN_INFO["elevenlabs"]
     """ElevenLabs: concurrency by plan, 2 (free) to 15 for multilingual v2; the lowest is the safe default."""
     default_base_url = DEFAULT_BASE_URL
     timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=30.0)

@@ -56,7 +56,7 @@ from .base import (
 )
 from .catalog.fal import to_fal_input
 from .http import HttpAdapter, retry_after
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,7 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 class FalProvider(HttpAdapter):
     """fal's queue API behind the Provider protocol, with fal's webhooks as callbacks."""
 
-    info = ProviderInfo(
-        name="fal", key_env="FAL_KEY", default_limits={}, paid=True, catalog="reelflow.providers.catalog.fal"
-    )
+    info = BUILTIN_INFO["fal"]
     """fal's default limits: none to enforce here; requests beyond the account's concurrency wait in fal's queue."""
     default_base_url = DEFAULT_BASE_URL
 

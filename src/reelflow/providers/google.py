@@ -55,7 +55,7 @@ from .base import (
 from .catalog import is_http_url, params_with_defaults
 from .catalog.google import IMAGE_PARAMS, INPUT_MAP, LONG_ONLY_RESOLUTIONS, MODELS_BY_ID, price_per_second, split_params
 from .http import HttpAdapter, retry_after
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +173,7 @@ def _image_type(data: bytes) -> str | None:
 class GoogleProvider(HttpAdapter):
     """Veo on the Gemini API behind the Provider protocol."""
 
-    info = ProviderInfo(
-        name="google",
-        key_env=KEY_ENV,
-        default_limits={},
-        reads_local_files=True,
-        paid=True,
-        catalog="reelflow.providers.catalog.google",
-    )
+    info = BUILTIN_INFO["google"]
     """Default limits: none built in. Veo quotas on the Gemini API are per project and depend on its tier
     (requests per minute and per day, creates only); an operator sets `max_concurrent` in the limits file. A 429
     slows the gate meanwhile. It sends our artifacts (reference images) inline, read from local files."""

@@ -62,7 +62,7 @@ from .catalog.openai import (
     transcription_cost,
 )
 from .http import HttpAdapter, retry_after
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
 log = logging.getLogger(__name__)
@@ -189,14 +189,7 @@ def _truthy(value: str | None) -> bool:
 class OpenAIProvider(HttpAdapter):
     """OpenAI speech, images and Whisper transcription behind the Provider protocol."""
 
-    info = ProviderInfo(
-        name="openai",
-        key_env=KEY_ENV,
-        default_limits={},
-        reads_local_files=True,
-        paid=True,
-        catalog="reelflow.providers.catalog.openai",
-    )
+    info = BUILTIN_INFO["openai"]
     """OpenAI's default limits: none, they depend on the account's usage tier; set them in the limits file. It
     uploads our artifacts (reference images, audio to transcribe) from local files."""
     default_base_url = DEFAULT_BASE_URL

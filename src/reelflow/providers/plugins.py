@@ -37,7 +37,7 @@ from typing import Any, cast
 
 from .base import Provider
 from .catalog import ModelSpec, UserModel, parse_model_entries
-from .info import ProviderInfo
+from .info import BUILTIN_INFO, ProviderInfo
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +255,11 @@ def make_providers() -> dict[str, Provider]:
 
 
 def provider_info(provider: str | None) -> ProviderInfo | None:
-    """What a built-in or plugin provider says about itself (None for an unknown name)."""
+    """What a built-in or plugin provider says about itself (None for an unknown name). A built-in one's is
+    read without loading its adapter (`BUILTIN_INFO`)."""
     if not provider:
         return None
-    plugin = load_builtins().get(provider) or load_plugins().get(provider)
+    if (builtin := BUILTIN_INFO.get(provider)) is not None:
+        return builtin
+    plugin = load_plugins().get(provider)
     return plugin.info if plugin is not None else None

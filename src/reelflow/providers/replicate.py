@@ -57,7 +57,7 @@ from .base import (
 from .catalog import ModelSpec, params_with_defaults
 from .catalog.replicate import AUDIO_PRICES, MODE_PRICES, MODELS_BY_ID, RESOLUTION_PRICES, base_model_id
 from .http import HttpAdapter, retry_after
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 from .transcripts import clean_words, transcript_fields, words_from_segments, write_srt
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,7 @@ class _ListWalk:
 class ReplicateProvider(HttpAdapter):
     """Replicate's predictions API behind the Provider protocol."""
 
-    info = ProviderInfo(
-        name="replicate",
-        key_env=TOKEN_ENV,
-        default_limits={"requests_per_minute": 3000, "creates_per_minute": 600},
-        paid=True,
-        catalog="reelflow.providers.catalog.replicate",
-    )
+    info = BUILTIN_INFO["replicate"]
     """Replicate: 600 prediction creates a minute, 3000 other calls a minute (bursts tolerated)."""
     create_retries_on_429 = 4
     """A throttled create started nothing: send it again (after the gate's hold) this many times in place."""

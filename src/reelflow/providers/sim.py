@@ -27,7 +27,7 @@ from .base import (
 from .base import (
     report_progress as _report,
 )
-from .info import ProviderInfo
+from .info import BUILTIN_INFO
 
 SUFFIX = {"sim/image": ".png", "sim/video": ".mp4", "sim/audio": ".m4a"}
 
@@ -51,7 +51,7 @@ def _decode(provider_id: str) -> dict[str, Any]:
 class SimProvider:
     """The simulated provider. Parameters: latency_s, queue_s, fail_times, fail, cost_usd, media."""
 
-    info = ProviderInfo(name="sim", catalog="reelflow.providers.catalog.builtin")
+    info = BUILTIN_INFO["sim"]
     name = info.name
 
     def __init__(self) -> None:

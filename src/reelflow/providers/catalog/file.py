@@ -45,13 +45,14 @@ _PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # each model of a catalog file builds its validator on first use: most processes never read one
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class FileParamItem(ParamSpec):
     """A list parameter's items, as written in a catalog file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     items: FileParamItem | None = None
 
 
@@ -65,7 +66,7 @@ class FileParam(FileParamItem):
 
 
 class FileRule(ParamRule):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["one_of", "exactly_one_of"]
 
 
