@@ -4,10 +4,15 @@ noticed before it is handed out again (the check whose socket lookup QuickNetwor
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
+import certifi
+import httpcore
 import httpx
+import pytest
 
-from reelflow.net import QuickNetwork, pooled_transport
+from reelflow.net import EgressPolicy, QuickNetwork, guarded_client, pooled_transport, verifying_context
 
 BODY = b'{"ok": true}'
 
@@ -97,3 +102,30 @@ async def test_the_stream_answers_with_the_socket_it_looked_up_once() -> None:
             assert (await stream.read(65536)).startswith(b"HTTP/1.1 200 OK")
         finally:
             await stream.aclose()
+
+
+def test_clients_share_one_verifying_tls_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA bundle is loaded once per process, not once per client; SSL_CERT_FILE still counts."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+    def context_of(transport: httpx.AsyncHTTPTransport) -> ssl.SSLContext:
+        pool = transport._pool
+        assert isinstance(pool, httpcore.AsyncConnectionPool)
+        assert pool._ssl_context is not None
+        return pool._ssl_context
+
+    limits = httpx.Limits(max_connections=2)
+    first, second = pooled_transport(limits=limits), pooled_transport(limits=limits)
+    assert context_of(first) is context_of(second) is verifying_context()
+    assert context_of(first).verify_mode == ssl.CERT_REQUIRED and context_of(first).check_hostname
+    guarded = guarded_client(EgressPolicy())._transport
+    assert isinstance(guarded, httpx.AsyncHTTPTransport)
+    assert context_of(guarded) is verifying_context(trust_env=False)
+    own = ssl.create_default_context()
+    assert context_of(pooled_transport(limits=limits, verify=own)) is own  # a context given is kept
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert context_of(pooled_transport(limits=limits)) is not context_of(first)

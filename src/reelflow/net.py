@@ -433,9 +433,28 @@ def _set_network(transport: httpx.AsyncHTTPTransport, network: httpcore.AsyncNet
     pool._network_backend = network
 
 
+_CONTEXTS: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+
+def verifying_context(*, trust_env: bool = True) -> ssl.SSLContext:
+    """httpx's default TLS context (`verify=True`), made once per process and shared by its clients. Each
+    client made its own and loaded the CA bundle again: 60-130 ms of CPU, in the first job that used it.
+    With `trust_env`, SSL_CERT_FILE / SSL_CERT_DIR are honoured as httpx does (a change makes a new one)."""
+    key = (
+        trust_env,
+        os.environ.get("SSL_CERT_FILE") if trust_env else None,
+        os.environ.get("SSL_CERT_DIR") if trust_env else None,
+    )
+    if (context := _CONTEXTS.get(key)) is None:
+        context = _CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=trust_env)
+    return context
+
+
 def pooled_transport(*, limits: httpx.Limits, **kwargs: Any) -> httpx.AsyncHTTPTransport:
     """httpx's transport (keyword arguments as for `httpx.AsyncHTTPTransport`) on QuickNetwork: for clients
     that talk only to configured hosts (a provider's API); anything else uses `guarded_client`."""
+    if kwargs.get("verify", True) is True and kwargs.get("cert") is None:
+        kwargs["verify"] = verifying_context(trust_env=kwargs.get("trust_env", True))
     transport = httpx.AsyncHTTPTransport(limits=limits, **kwargs)
     _set_network(transport, QuickNetwork())
     return transport
@@ -521,6 +540,8 @@ def guarded_client(
     else:
         guard = EgressGuard(EgressPolicy.from_settings(egress))
     limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
+    if verify is True:
+        verify = verifying_context(trust_env=False)  # as the transport's trust_env=False would make it
     transport = _GuardedTransport(guard, limits=limits, verify=verify)
     return httpx.AsyncClient(
         transport=transport,
@@ -656,5 +677,6 @@ __all__ = [
     "shorten",
     "stream_to_file",
     "system_resolver",
+    "verifying_context",
     "vet",
 ]
