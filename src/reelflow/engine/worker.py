@@ -56,8 +56,7 @@ from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
 from ..store.common import iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
-from .outputs import judge as judge_output
-from .outputs import write_data_url
+from .outputs import judge_then, write_data_url
 from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
@@ -1145,10 +1144,15 @@ class Worker:
         """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
         PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        info = await judge_output(
-            path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick, catalog=self.catalog
+        info, (key, url, local) = await judge_then(
+            path,
+            task.type,
+            task.model,
+            self._probes.probe,
+            lambda: self._put(path, suffix),  # stored in the trip that judged it, when the quick probe could
+            quick_probe=self._probes.quick,
+            catalog=self.catalog,
         )
-        key, url, local = await asyncio.to_thread(self._put, path, suffix)
         entry: dict[str, Any] = {
             "url": url,
             "key": key,
