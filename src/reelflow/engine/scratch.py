@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-KEEP = 256
+KEEP = 1024
 """At most this many emptied folders are kept for reuse (more in use at once are made, then removed)."""
 
 
