@@ -12,7 +12,15 @@ import httpcore
 import httpx
 import pytest
 
-from reelflow.net import EgressPolicy, QuickNetwork, guarded_client, pooled_transport, verifying_context
+from reelflow.net import (
+    EgressPolicy,
+    QuickNetwork,
+    QuietCookies,
+    guarded_client,
+    pooled_transport,
+    quiet_cookies,
+    verifying_context,
+)
 
 BODY = b'{"ok": true}'
 
@@ -129,3 +137,31 @@ def test_clients_share_one_verifying_tls_context(tmp_path: Path, monkeypatch: py
     bundle.write_bytes(Path(certifi.where()).read_bytes())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     assert context_of(pooled_transport(limits=limits)) is not context_of(first)
+
+
+async def test_cookies_a_response_sets_are_kept_and_the_others_cost_no_cookie_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+    real = httpx.Cookies.extract_cookies
+
+    def counting(self: httpx.Cookies, response: httpx.Response) -> None:
+        seen.append(str(response.url))
+        real(self, response)
+
+    monkeypatch.setattr(httpx.Cookies, "extract_cookies", counting)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/login":
+            return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+        return httpx.Response(200, json={"cookie": request.headers.get("cookie")})
+
+    client = quiet_cookies(httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://api.test"))
+    assert isinstance(client.cookies, QuietCookies)
+    async with client:
+        assert (await client.get("/plain")).json() == {"cookie": None}
+        assert seen == []  # no Set-Cookie: the jar was not consulted
+        await client.get("/login")
+        assert seen == ["http://api.test/login"] and client.cookies.get("session") == "abc"
+        assert (await client.get("/plain")).json() == {"cookie": "session=abc"}  # sent back as before
+    assert isinstance(guarded_client(EgressPolicy()).cookies, QuietCookies)
