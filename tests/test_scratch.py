@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import WorkerFactory, sim_job
+from reelflow.engine.scheduler import Engine
 from reelflow.engine.scratch import ScratchPool
+from reelflow.providers.base import ProgressReporter, ProviderResult, Task
+from reelflow.providers.sim import SimProvider
 
 
 def test_a_folder_is_emptied_and_handed_out_again_after_an_attempt_that_ended_well(tmp_path: Path) -> None:
@@ -71,3 +75,32 @@ def test_only_so_many_folders_are_kept_and_close_removes_them_all(tmp_path: Path
     assert sum(p.exists() for p in paths) == 2  # the third was removed
     pool.close()
     assert not (tmp_path / "w1").exists()
+
+
+class _Scribbler(SimProvider):
+    """The simulated provider, noting what each attempt's folder held when it began, and leaving a file there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Path, list[str]]] = []
+
+    async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
+        self.seen.append((task.workdir, sorted(os.listdir(task.workdir))))
+        (task.workdir / "notes.txt").write_text(task.job_id)
+        (task.workdir / "inputs").mkdir()
+        (task.workdir / "inputs" / "a.png").write_bytes(b"png")
+        return await super().wait(task, provider_id, report)
+
+
+async def test_a_worker_s_attempts_each_find_an_empty_folder_and_it_leaves_none_behind(
+    engine: Engine, running_worker: WorkerFactory
+) -> None:
+    sim = _Scribbler()
+    plan = {"jobs": [sim_job("a", n=1), sim_job("b", n=2, depends_on=["a"]), sim_job("c", n=3, depends_on=["b"])]}
+    eid = await engine.submit(plan)
+    async with running_worker(providers_={"sim": sim}) as worker:
+        state = await engine.wait(eid, timeout=20)
+        assert state["status"] == "succeeded"
+    assert [held for _, held in sim.seen] == [[], [], []]  # nothing of an earlier job visible
+    assert len({folder for folder, _ in sim.seen}) == 1  # one after the other: the same folder, emptied
+    assert not worker.workroot.exists() or list(worker.workroot.iterdir()) == []
