@@ -4,10 +4,23 @@ noticed before it is handed out again (the check whose socket lookup QuickNetwor
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
+import certifi
+import httpcore
 import httpx
+import pytest
 
-from reelflow.net import QuickNetwork, pooled_transport
+from reelflow.net import (
+    EgressPolicy,
+    QuickNetwork,
+    QuietCookies,
+    guarded_client,
+    pooled_transport,
+    quiet_cookies,
+    verifying_context,
+)
 
 BODY = b'{"ok": true}'
 
@@ -97,3 +110,58 @@ async def test_the_stream_answers_with_the_socket_it_looked_up_once() -> None:
             assert (await stream.read(65536)).startswith(b"HTTP/1.1 200 OK")
         finally:
             await stream.aclose()
+
+
+def test_clients_share_one_verifying_tls_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA bundle is loaded once per process, not once per client; SSL_CERT_FILE still counts."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+    def context_of(transport: httpx.AsyncHTTPTransport) -> ssl.SSLContext:
+        pool = transport._pool
+        assert isinstance(pool, httpcore.AsyncConnectionPool)
+        assert pool._ssl_context is not None
+        return pool._ssl_context
+
+    limits = httpx.Limits(max_connections=2)
+    first, second = pooled_transport(limits=limits), pooled_transport(limits=limits)
+    assert context_of(first) is context_of(second) is verifying_context()
+    assert context_of(first).verify_mode == ssl.CERT_REQUIRED and context_of(first).check_hostname
+    guarded = guarded_client(EgressPolicy())._transport
+    assert isinstance(guarded, httpx.AsyncHTTPTransport)
+    assert context_of(guarded) is verifying_context(trust_env=False)
+    own = ssl.create_default_context()
+    assert context_of(pooled_transport(limits=limits, verify=own)) is own  # a context given is kept
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert context_of(pooled_transport(limits=limits)) is not context_of(first)
+
+
+async def test_cookies_a_response_sets_are_kept_and_the_others_cost_no_cookie_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+    real = httpx.Cookies.extract_cookies
+
+    def counting(self: httpx.Cookies, response: httpx.Response) -> None:
+        seen.append(str(response.url))
+        real(self, response)
+
+    monkeypatch.setattr(httpx.Cookies, "extract_cookies", counting)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/login":
+            return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+        return httpx.Response(200, json={"cookie": request.headers.get("cookie")})
+
+    client = quiet_cookies(httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://api.test"))
+    assert isinstance(client.cookies, QuietCookies)
+    async with client:
+        assert (await client.get("/plain")).json() == {"cookie": None}
+        assert seen == []  # no Set-Cookie: the jar was not consulted
+        await client.get("/login")
+        assert seen == ["http://api.test/login"] and client.cookies.get("session") == "abc"
+        assert (await client.get("/plain")).json() == {"cookie": "session=abc"}  # sent back as before
+    assert isinstance(guarded_client(EgressPolicy()).cookies, QuietCookies)

@@ -11,9 +11,11 @@ import asyncio
 import importlib
 import importlib.util
 import subprocess
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -216,3 +218,45 @@ async def test_judging_probes_in_the_thread_that_sniffs_and_only_what_may_be_med
     junk.write_bytes(b"\x00\xff" * 500)  # binary (a NUL byte), and no container
     with pytest.raises(PermanentError, match="ffmpeg cannot read it as media"):  # PyAV gave up: ffmpeg words it
         await judge(junk, "generate-video", None, batcher.probe, quick_probe=quick)
+
+
+@needs_av
+async def test_a_passed_output_is_kept_in_the_thread_that_judged_it_and_a_refused_one_never(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    import threading
+
+    from reelflow.engine.outputs import judge_then
+    from reelflow.providers.base import PermanentError
+
+    batcher = media.ProbeBatcher()
+    threads: list[tuple[str, str]] = []
+
+    def quick(path: Path) -> dict[str, Any] | None:
+        threads.append(("look", threading.current_thread().name))
+        return batcher.quick(path)
+
+    def keeper(name: str) -> Callable[[], str]:
+        def keep() -> str:
+            threads.append(("keep", threading.current_thread().name))
+            return f"stored {name}"
+
+        return keep
+
+    video = files["talkie.mp4"]
+    info, kept = await judge_then(video, "generate-video", None, batcher.probe, keeper("v"), quick_probe=quick)
+    assert kept == "stored v" and info == await _by_ffmpeg(video)
+    assert [what for what, _ in threads] == ["look", "keep"] and threads[0][1] == threads[1][1]  # one trip
+
+    threads.clear()  # the quick probe cannot answer: probe() decides, then it is kept in a trip of its own
+    info, kept = await judge_then(video, "generate-video", None, batcher.probe, keeper("w"), quick_probe=None)
+    assert kept == "stored w" and info == await _by_ffmpeg(video) and threads == [("keep", ANY)]
+
+    threads.clear()  # the wrong kind, a playlist: refused, nothing kept
+    with pytest.raises(PermanentError, match=r"^the output is not a video: it is audio"):
+        await judge_then(files["tone.wav"], "generate-video", None, batcher.probe, keeper("a"), quick_probe=quick)
+    playlist = tmp_path / "out.mp4"
+    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n")
+    with pytest.raises(PermanentError, match="it is an HLS playlist"):
+        await judge_then(playlist, "generate-video", None, batcher.probe, keeper("p"), quick_probe=quick)
+    assert [what for what, _ in threads] == ["look"]

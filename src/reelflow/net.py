@@ -433,9 +433,48 @@ def _set_network(transport: httpx.AsyncHTTPTransport, network: httpcore.AsyncNet
     pool._network_backend = network
 
 
+class QuietCookies(httpx.Cookies):
+    """httpx's cookie store, without its per-response work when the response sets no cookie: httpx wraps every
+    response and its request for http.cookiejar (a urllib Request, an email Message of all headers) to find
+    no Set-Cookie there, ~2% of the serve process's CPU in bench/providers.py. Cookies that are set are kept
+    as before."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+def quiet_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """`client` with QuietCookies (its cookies copied over); returns it."""
+    if not isinstance(getattr(client, "_cookies", None), httpx.Cookies):
+        raise RuntimeError("this httpx version does not keep a client's cookies as reelflow expects")
+    client._cookies = QuietCookies(client.cookies)
+    return client
+
+
+_CONTEXTS: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+
+def verifying_context(*, trust_env: bool = True) -> ssl.SSLContext:
+    """httpx's default TLS context (`verify=True`), made once per process and shared by its clients. Each
+    client made its own and loaded the CA bundle again: 60-130 ms of CPU, in the first job that used it.
+    With `trust_env`, SSL_CERT_FILE / SSL_CERT_DIR are honoured as httpx does (a change makes a new one)."""
+    key = (
+        trust_env,
+        os.environ.get("SSL_CERT_FILE") if trust_env else None,
+        os.environ.get("SSL_CERT_DIR") if trust_env else None,
+    )
+    if (context := _CONTEXTS.get(key)) is None:
+        context = _CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=trust_env)
+    return context
+
+
 def pooled_transport(*, limits: httpx.Limits, **kwargs: Any) -> httpx.AsyncHTTPTransport:
     """httpx's transport (keyword arguments as for `httpx.AsyncHTTPTransport`) on QuickNetwork: for clients
     that talk only to configured hosts (a provider's API); anything else uses `guarded_client`."""
+    if kwargs.get("verify", True) is True and kwargs.get("cert") is None:
+        kwargs["verify"] = verifying_context(trust_env=kwargs.get("trust_env", True))
     transport = httpx.AsyncHTTPTransport(limits=limits, **kwargs)
     _set_network(transport, QuickNetwork())
     return transport
@@ -521,14 +560,17 @@ def guarded_client(
     else:
         guard = EgressGuard(EgressPolicy.from_settings(egress))
     limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
+    if verify is True:
+        verify = verifying_context(trust_env=False)  # as the transport's trust_env=False would make it
     transport = _GuardedTransport(guard, limits=limits, verify=verify)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         transport=transport,
         trust_env=False,
         follow_redirects=follow_redirects,
         max_redirects=min(max_redirects, MAX_REDIRECTS),
         **kwargs,
     )
+    return quiet_cookies(client)
 
 
 # ---------------------------------------------------------------------------------------- downloads
@@ -643,6 +685,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "EgressGuard",
     "EgressPolicy",
+    "QuietCookies",
     "Resolver",
     "UnresolvableDestination",
     "UnsafeDestination",
@@ -652,9 +695,11 @@ __all__ = [
     "fetch_output",
     "guarded_client",
     "parse_allowed_hosts",
+    "quiet_cookies",
     "refusal",
     "shorten",
     "stream_to_file",
     "system_resolver",
+    "verifying_context",
     "vet",
 ]

@@ -18,7 +18,7 @@ import json
 import mimetypes
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from .. import media
@@ -51,6 +51,7 @@ MAX_DATA_URL_BYTES = 64 * 1024 * 1024
 
 Prober = Callable[[Path], Awaitable[dict[str, Any]]]
 QuickProber = Callable[[Path], dict[str, Any] | None]
+T = TypeVar("T")
 
 
 def expected_kinds(job_type: str, model: str | None, catalog: Catalog | None = None) -> frozenset[str]:
@@ -98,16 +99,20 @@ def _checked_text(path: Path) -> int:
 
 
 def _first_look(
-    path: Path, kinds: frozenset[str], quick_probe: QuickProber | None
-) -> tuple[bytes, dict[str, Any] | None]:
+    path: Path, kinds: frozenset[str], quick_probe: QuickProber | None, keep: Callable[[], T] | None = None
+) -> tuple[bytes, dict[str, Any] | None, tuple[T] | None]:
     """The file's first bytes, and when they may be the media the job makes, `quick_probe`'s answer (None
-    when there is none): both in one trip off the event loop."""
+    when there is none): both in one trip off the event loop. When that answer shows the file is what the job
+    makes (judge's verdict is then that answer), `keep()` runs too, still in that trip: `(its result,)`."""
     head = _head(path)
     if quick_probe is None or not kinds & MEDIA or media.indirect_format(head) is not None:
-        return head, None
+        return head, None, None
     if media.looks_like_text(head):
-        return head, None
-    return head, quick_probe(path)
+        return head, None, None
+    quick = quick_probe(path)
+    if keep is not None and quick is not None and media.kinds_of(quick) & kinds:
+        return head, quick, (keep(),)
+    return head, quick, None
 
 
 async def judge(
@@ -123,9 +128,41 @@ async def judge(
     otherwise PermanentError: "the output is not a video: it is ...". `quick_probe` (blocking, run in the
     thread that reads the file's first bytes) may answer for `probe`; when it gives None, `probe` decides.
     A `run` job's model is looked up in `catalog` (the worker's; the process's default when None)."""
+    info, _ = await _judge(path, job_type, model, probe, quick_probe, catalog, None)
+    return info
+
+
+async def judge_then(
+    path: Path,
+    job_type: str,
+    model: str | None,
+    probe: Prober,
+    keep: Callable[[], T],
+    *,
+    quick_probe: QuickProber | None = None,
+    catalog: Catalog | None = None,
+) -> tuple[dict[str, Any], T]:
+    """judge(), then `keep()` (blocking: storing the file) once the output passed: in the thread trip of the
+    first look when the quick probe settles the verdict (the usual case: one trip for both), otherwise in a
+    trip of its own. Nothing is kept when judge() refuses the output."""
+    info, kept = await _judge(path, job_type, model, probe, quick_probe, catalog, keep)
+    if kept is not None:
+        return info, kept[0]
+    return info, await asyncio.to_thread(keep)
+
+
+async def _judge(
+    path: Path,
+    job_type: str,
+    model: str | None,
+    probe: Prober,
+    quick_probe: QuickProber | None,
+    catalog: Catalog | None,
+    keep: Callable[[], T] | None,
+) -> tuple[dict[str, Any], tuple[T] | None]:
     kinds = expected_kinds(job_type, model, catalog)
     wanted = describe(kinds)
-    head, quick = await asyncio.to_thread(_first_look, path, kinds, quick_probe)
+    head, quick, kept = await asyncio.to_thread(_first_look, path, kinds, quick_probe, keep)
     if (indirect := media.indirect_format(head)) is not None:
         raise PermanentError(
             f"the output is not {wanted}: it is {indirect}, a format that makes a reader open other files "
@@ -138,7 +175,7 @@ async def judge(
             size = await asyncio.to_thread(_checked_text, path)
         except (UnicodeDecodeError, ValueError) as exc:
             raise PermanentError(f"the output is not {wanted}: {exc}") from None
-        return {"size_bytes": size}
+        return {"size_bytes": size}, None
     if not kinds & MEDIA:
         raise PermanentError(f"the output is not {wanted}: it is binary data")
     try:
@@ -151,7 +188,7 @@ async def judge(
     if not found & kinds:
         what = describe(found) if found else "no picture or sound"
         raise PermanentError(f"the output is not {wanted}: it is {what} ({info.get('format')})")
-    return info
+    return info, kept
 
 
 def write_data_url(url: str, stem: Path) -> tuple[Path, str]:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import random
-import shutil
+import re
 import signal
 import socket
 import tempfile
@@ -56,11 +56,11 @@ from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
 from ..store.common import iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
-from .outputs import judge as judge_output
-from .outputs import write_data_url
+from .outputs import judge_then, write_data_url
 from .ownership import foreign_inputs, refusal
 from .pace import SharedPace, gates_of
 from .retry import backoff_delay
+from .scratch import ScratchPool
 
 log = logging.getLogger("reelflow.worker")
 
@@ -191,6 +191,9 @@ class Worker:
             self.workroot = Path(self.settings.storage_url.removeprefix("file://")).parent / "work"
         else:  # object storage: scratch space is this machine's temporary folder
             self.workroot = Path(tempfile.gettempdir()) / "reelflow-work"
+        own = f"{re.sub(r'[^A-Za-z0-9._-]', '_', self.id)}.{uuid.uuid4().hex[:8]}"  # unique even if ids clash
+        self._scratch = ScratchPool(self.workroot / own)
+        """The attempts' scratch folders, reused after attempts that ended well; removed when run() ends."""
         self.held: dict[int, _Held] = {}
         self._superseded: set[_Held] = set()
         """Attempts whose job this worker claimed again (a cancel then a resume) while they were still ending:
@@ -285,6 +288,7 @@ class Worker:
                 await self.store.unregister_worker(self.id)
             if self._http is not None:
                 await self._http.aclose()
+            self._scratch.close()
 
     def _apply_limits(self) -> None:
         """Hand the limits file (and the built-in defaults) to the store's claim and to the providers' gates."""
@@ -711,10 +715,12 @@ class Worker:
             )
         if c.refusal is not None:
             return self._failed(c, c.refusal)
-        workdir = self.workroot / c.execution_id / f"{c.key}-{c.attempts}-{uuid.uuid4().hex[:6]}"
+        workdir = self._scratch.take()
+        ended_well = False  # only then is the folder emptied for another attempt (see engine/scratch.py)
         try:
             inputs = await self._local_inputs(c, params, workdir)
         except PermanentError as exc:  # an input that is not this tenant's artifact
+            self._scratch.give_back(workdir, reuse=False)
             return self._failed(c, exc.message)
         task = Task(
             execution_id=c.execution_id,
@@ -752,6 +758,7 @@ class Worker:
             if held.phase is not None or task.provider_queued_s is not None:
                 self._provider_started(held, task, time.time())
             job_result = await self._store_outputs(result, task, c.tenant)
+            ended_well = True
             return JobOutcome(
                 c.id, self.id, "succeeded", result=job_result, cost_usd=result.cost_usd, cache_key=key, seq=c.seq
             )
@@ -774,8 +781,7 @@ class Worker:
                 return moved
             return self._failed(c, exc.message)
         finally:
-            if workdir.exists():
-                shutil.rmtree(workdir, ignore_errors=True)
+            self._scratch.give_back(workdir, reuse=ended_well)
 
     async def _cache_lookup(self, tenant: str, key: str) -> dict[str, Any] | None:
         """The cached result for this job, if any. Lookups of jobs starting together share one store trip."""
@@ -1138,10 +1144,15 @@ class Worker:
         """Store one output once its bytes show the kind its job makes (see engine/outputs.py); otherwise
         PermanentError and nothing is stored."""
         suffix = path.suffix.lower()
-        info = await judge_output(
-            path, task.type, task.model, self._probes.probe, quick_probe=self._probes.quick, catalog=self.catalog
+        info, (key, url, local) = await judge_then(
+            path,
+            task.type,
+            task.model,
+            self._probes.probe,
+            lambda: self._put(path, suffix),  # stored in the trip that judged it, when the quick probe could
+            quick_probe=self._probes.quick,
+            catalog=self.catalog,
         )
-        key, url, local = await asyncio.to_thread(self._put, path, suffix)
         entry: dict[str, Any] = {
             "url": url,
             "key": key,

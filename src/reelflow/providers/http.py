@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from .. import metrics
-from ..net import EgressPolicy, guarded_client, pooled_transport
+from ..net import EgressPolicy, guarded_client, pooled_transport, quiet_cookies
 from .catalog import Catalog, default_catalog
 from .info import ProviderInfo
 
@@ -224,7 +224,9 @@ class HttpAdapter:
         """The pooled client, made on first use (and reused by every job of this provider)."""
         if self._client is None:
             transport = pooled_transport(limits=self.limits)  # its sockets looked up once per connection
-            self._client = httpx.AsyncClient(timeout=self.timeout, transport=transport, follow_redirects=False)
+            self._client = quiet_cookies(
+                httpx.AsyncClient(timeout=self.timeout, transport=transport, follow_redirects=False)
+            )
         return self._client
 
     def egress_policy(self, *trusted: str | None) -> EgressPolicy:
