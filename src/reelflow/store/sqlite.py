@@ -294,9 +294,8 @@ class SQLiteStore(StoreManager):
                         await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
                     if dependents := loads(row["dependents"]):
                         cond, args = tx.in_("key", dependents)
-                        await tx.run(SQL.count_down.format(cond=cond), (eid, *args))
-                        queued = await tx.all(SQL.promote.format(cond=cond), (now, eid, *args))
-                        released[(eid, row["key"])] = sorted(tuple(r) for r in queued)
+                        counted = await tx.all(SQL.count_down.format(cond=cond), (now, eid, *args))
+                        released[(eid, row["key"])] = sorted(tuple(r)[:5] for r in counted if r[5] == "queued")
             elif o.status == "retry":
                 row = await tx.one(
                     SQL.job_retry,
