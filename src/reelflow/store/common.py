@@ -28,7 +28,13 @@ def iso(ts: float | None) -> str | None:
 
 
 def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    if text == "[]":  # most jobs' depends_on or dependents, and params: a fresh object, as json.loads makes
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

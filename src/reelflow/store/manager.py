@@ -277,8 +277,10 @@ def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
 
 
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
+    """`job.running` of each leased row: `dumps({"attempt": n, "worker": owner})`, the owner encoded once."""
+    worker = dumps(owner)
     return [
-        (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
+        (r["execution_id"], r["key"], "job.running", f'{{"attempt":{int(r["attempts"])},"worker":{worker}}}', now)
         for r in rows
     ]
 
