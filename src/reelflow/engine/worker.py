@@ -80,11 +80,15 @@ for the whole batch; 10,000 queued jobs took 40 of each, 250 jobs a trip (~1.7 s
 SQLite). A claim that comes back short brings the batch back to `batch_size`."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str)
+"""`json.dumps(..., sort_keys=True, default=str)` made once (with options, json.dumps builds one per call)."""
+
+
 def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
     """A job's canonical form: type, provider, model and its resolved parameters (seed included). Inputs
     made by earlier jobs appear as their content-addressed URLs, so equal inputs give equal keys."""
     canonical = {"type": c.type, "provider": c.provider, "model": c.model, "params": params}
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(canonical).encode()).hexdigest()
 
 
 def tune_gc() -> None:

@@ -277,20 +277,32 @@ def failover_update(o: JobOutcome) -> tuple[str, str, str, int] | None:
 
 
 def running_events(rows: Iterable[Row], owner: str, now: float) -> list[EventRow]:
+    """`job.running` of each leased row: `dumps({"attempt": n, "worker": owner})`, the owner encoded once."""
+    worker = dumps(owner)
     return [
-        (r["execution_id"], r["key"], "job.running", dumps({"attempt": r["attempts"], "worker": owner}), now)
+        (r["execution_id"], r["key"], "job.running", f'{{"attempt":{int(r["attempts"])},"worker":{worker}}}', now)
         for r in rows
     ]
 
 
 # ---------------------------------------------------------------------- finishing
-def outcome_events(o: JobOutcome, eid: str, key: str, attempts: int, now: float) -> list[EventRow]:
-    """The events of one outcome written (the dependents it released excepted)."""
+def result_texts(outcomes: Iterable[JobOutcome]) -> dict[int, str]:
+    """The result column of each success (`id(outcome)` -> `dumps(result or {})`), encoded once for its row and
+    its `job.succeeded` event."""
+    return {id(o): dumps(o.result or {}) for o in outcomes if o.status == "succeeded"}
+
+
+def outcome_events(
+    o: JobOutcome, eid: str, key: str, attempts: int, now: float, result_text: str | None = None
+) -> list[EventRow]:
+    """The events of one outcome written (the dependents it released excepted). `result_text`: the success's
+    result as `result_texts` encoded it, reused for the event's data (the same text as encoding it again)."""
     if o.status == "succeeded":
         events: list[EventRow] = []
         if o.cache_hit:
             events.append((eid, key, "job.cache_hit", dumps((o.result or {}).get("cached_from")), now))
-        events.append((eid, key, "job.succeeded", dumps({"result": o.result, "cost": o.cost_usd}), now))
+        result = result_text if result_text is not None and o.result is not None else dumps(o.result)
+        events.append((eid, key, "job.succeeded", f'{{"result":{result},"cost":{dumps(o.cost_usd)}}}', now))
         return events
     if o.status == "retry" and o.failover_to:
         passed = ((o.failover or {}).get("passed") or [{}])[-1]
@@ -468,10 +480,12 @@ class StoreManager(StoreRules):
         raise NotImplementedError
 
     async def _write_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
-    ) -> Written:
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]],
+        results: Mapping[int, str],
+    ) -> Written:  # fmt: skip
         """Record `provider_ids` and write the outcomes (each applies only to the attempt holding the lease), with
-        the artifacts of the successes, and count down and queue their dependents."""
+        the artifacts of the successes (their result column: `results`, see `result_texts`), and count down and
+        queue their dependents."""
         raise NotImplementedError
 
     async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
@@ -626,7 +640,8 @@ class StoreManager(StoreRules):
     ) -> list[str]:  # fmt: skip
         """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
         the keys of the dependents made ready (added to `ready` when given)."""
-        rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids)
+        results = result_texts(outcomes)
+        rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids, results)
         requeued = any(o.status == "retry" and o.job_row in rows for o in outcomes)
         if moves := [u for o in outcomes if o.job_row in rows and (u := failover_update(o)) is not None]:
             await tx.many(self.sql.failover_move, moves)
@@ -644,7 +659,7 @@ class StoreManager(StoreRules):
             if o.status == "succeeded":
                 if (pid := inline.get(o.job_row)) is not None:
                     events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
-                events += outcome_events(o, eid, key, 0, now)
+                events += outcome_events(o, eid, key, 0, now, results.get(id(o)))
                 for job_row, dep, provider, model, tenant in released.pop((eid, key), []):
                     promoted.append(dep)
                     if ready is not None:

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .. import metrics
 from ..errors import StoreBusy, StoreUnavailable
 from .base import ClaimedJob, JobOutcome, ProgressReport
-from .common import Statements, artifact_keys, dumps, loads, migration_scripts
+from .common import Statements, artifact_keys, loads, migration_scripts
 from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written
 
 log = logging.getLogger(__name__)
@@ -429,8 +429,9 @@ class PostgresStore(StoreManager):
 
     # ------------------------------------------------------------------ finishing
     async def _write_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
-    ) -> Written:
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]],
+        results: Mapping[int, str],
+    ) -> Written:  # fmt: skip
         """A batch in a fixed number of statements, whatever its size: one UPDATE per kind of outcome (succeeded,
         retry, failed or canceled), one for the dependents they release, one for the artifacts."""
         done = [o for o in outcomes if o.status == "succeeded"]
@@ -446,7 +447,7 @@ class PostgresStore(StoreManager):
         rows: dict[int, Any] = {}
         if done:
             rows.update((r["id"], r) for r in await tx.all(SQL.jobs_succeeded, (
-                now, now, [o.job_row for o in done], [o.owner for o in done], [dumps(o.result or {}) for o in done],
+                now, now, [o.job_row for o in done], [o.owner for o in done], [results[id(o)] for o in done],
                 [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
                 [int(o.cache_hit) for o in done], [inline.get(o.job_row) for o in done], [o.seq for o in done],
             )))  # fmt: skip

@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 from .. import metrics
 from .base import JobOutcome, ProgressReport
-from .common import Statements, artifact_keys, dumps, loads, migration_scripts
+from .common import Statements, artifact_keys, loads, migration_scripts
 from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written, chunks
 
 T = TypeVar("T")
@@ -274,8 +274,9 @@ class SQLiteStore(StoreManager):
 
     # ------------------------------------------------------------------ finishing
     async def _write_outcomes(
-        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]]
-    ) -> Written:
+        self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]],
+        results: Mapping[int, str],
+    ) -> Written:  # fmt: skip
         if provider_ids:
             await self._write_provider_ids(tx, provider_ids, now)
         await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
@@ -285,7 +286,7 @@ class SQLiteStore(StoreManager):
             if o.status == "succeeded":
                 row = await tx.one(
                     SQL.job_succeeded,
-                    (dumps(o.result or {}), o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_row,
+                    (results[id(o)], o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_row,
                      o.owner, o.seq, o.seq),
                 )  # fmt: skip
                 if row is not None:
@@ -294,9 +295,8 @@ class SQLiteStore(StoreManager):
                         await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
                     if dependents := loads(row["dependents"]):
                         cond, args = tx.in_("key", dependents)
-                        await tx.run(SQL.count_down.format(cond=cond), (eid, *args))
-                        queued = await tx.all(SQL.promote.format(cond=cond), (now, eid, *args))
-                        released[(eid, row["key"])] = sorted(tuple(r) for r in queued)
+                        counted = await tx.all(SQL.count_down.format(cond=cond), (now, eid, *args))
+                        released[(eid, row["key"])] = sorted(tuple(r)[:5] for r in counted if r[5] == "queued")
             elif o.status == "retry":
                 row = await tx.one(
                     SQL.job_retry,

@@ -43,14 +43,13 @@ RETURNING execution_id, key, dependents
 INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)
 SELECT tenant, %s, id, %s FROM executions WHERE id = %s
 
+-- Each waiting dependent loses one dependency, and is queued when none is left: one write of each row.
 -- name: count_down
-UPDATE jobs SET deps_left = deps_left - 1 WHERE execution_id = %s AND {cond}
-AND {guard queued from waiting}
-
--- name: promote
-UPDATE jobs SET status = 'queued', queued_at = %s WHERE execution_id = %s
-AND {cond} AND {guard queued from waiting} AND deps_left <= 0
-RETURNING id, key, provider, model, tenant
+UPDATE jobs SET deps_left = deps_left - 1,
+status = CASE WHEN deps_left <= 1 THEN 'queued' ELSE status END,
+queued_at = CASE WHEN deps_left <= 1 THEN %s ELSE queued_at END
+WHERE execution_id = %s AND {cond} AND {guard queued from waiting}
+RETURNING id, key, provider, model, tenant, status
 
 -- name: job_retry
 UPDATE jobs SET status = 'queued', run_after = %s, error = %s, lease_owner = NULL,
