@@ -55,7 +55,7 @@ async def test_sigkilled_worker_jobs_are_finished_by_another_after_the_lease(
             return all(j["provider_job_id"] for j in state["jobs"])
 
         await wait_for(all_submitted)
-        first_ids = {j["id"]: j["provider_job_id"] for j in (await engine.get(eid))["jobs"]}
+        first_ids = {j.id: j.provider_job_id for j in (await engine.get(eid)).jobs}
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ReelflowError
@@ -473,7 +473,11 @@ class LinkSigner:
         return key
 
     def _candidates(self, value: Any, found: set[str]) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, BaseModel):  # an answer model: its fields (no `key`/`url` entry is a model)
+            for v in value.__dict__.values():
+                if not isinstance(v, int | float | bool | None):
+                    self._candidates(v, found)
+        elif isinstance(value, dict):
             if "key" in value and (entry := _entry_key(value)) is not None:
                 found.add(entry)
             for v in value.values():
@@ -488,6 +492,12 @@ class LinkSigner:
 
     def _rewrite(self, value: Any, links: dict[str, str]) -> Any:
         """`value` with the links of `links`' keys replaced; parts without any are returned as they are."""
+        if isinstance(value, BaseModel):
+            changes = {}
+            for k, v in value.__dict__.items():
+                if not isinstance(v, int | float | bool | None) and (new := self._rewrite(v, links)) is not v:
+                    changes[k] = new
+            return value.model_copy(update=changes) if changes else value
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for k, v in value.items():
