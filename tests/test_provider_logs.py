@@ -100,13 +100,13 @@ async def test_replicate_logs_reach_the_api_the_cli_and_the_sdk(
         with api.client(key) as http:
             r = http.get(f"/v1/executions/{eid}/jobs/clip/logs")
             assert r.status_code == 200, r.text
-            assert r.json() == stored
+            assert r.json() == stored.model_dump(mode="json")
             state_api = http.get(f"/v1/executions/{eid}").json()
         assert state_api["jobs"][0]["provider_queued_s"] is not None
 
         # the SDK: a client's handle, and the client itself
         with Client(api.url, key) as client:
-            assert client.execution(eid).logs("clip") == stored
+            assert client.execution(eid).logs("clip") == stored.model_dump(mode="json")
             assert client.job_logs(eid, "clip")["text"] == final
 
         # the CLI against the server, and on the local database
@@ -122,7 +122,7 @@ async def test_replicate_logs_reach_the_api_the_cli_and_the_sdk(
         timeout=120,
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
-    assert json.loads(local.stdout) == stored
+    assert json.loads(local.stdout) == stored.model_dump(mode="json")
 
 
 async def test_another_tenant_and_unknown_jobs_get_404(

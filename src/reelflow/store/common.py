@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 
 from ..errors import ReelflowError, UsageLimitExceeded
+from ..models import text_fields
 from ..states import guard
 from .base import UsageLimit
 
@@ -356,10 +357,10 @@ def strip_paths(value: T) -> T:
 def _strip_shared(value: Any) -> Any:
     """`value` without paths; the parts that had none are `value`'s own (not copied)."""
     if isinstance(value, BaseModel):
-        changes = {}
-        for k, v in value.__dict__.items():
-            if isinstance(v, dict | list | BaseModel) and (new := _strip_shared(v)) is not v:
-                changes[k] = new
+        fields, changes = value.__dict__, {}
+        for name in text_fields(type(value)):
+            if isinstance(v := fields[name], dict | list | BaseModel) and (new := _strip_shared(v)) is not v:
+                changes[name] = new
         return value.model_copy(update=changes) if changes else value
     if isinstance(value, dict):
         if "path" in value and "key" in value:
