@@ -259,3 +259,11 @@ def test_the_state_dumped_is_the_dict_the_store_built(api: ApiServer, tenant: tu
     dumped_state = state.model_dump(mode="json")
     assert json.dumps(dumped_state) == json.dumps(raw)
     assert api.call(svc.engine.get(rich, tenant[0])).model_dump(mode="json") == raw
+    used = api.call(svc.store.usage(tenant[0]))  # the store's part of the usage, the engine adds the limits
+    usage = api.call(svc.engine.usage(tenant[0])).model_dump(mode="json")
+    assert json.dumps(without(usage, "limits")) == json.dumps(used)
+    assert usage["limits"] == {"monthly_executions": 100, "monthly_cost_usd": 50.0, "max_concurrent": 4}
+
+
+def without(value: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if k != key}

@@ -199,7 +199,7 @@ async def running_job(engine: Engine, eid: str, creates: int, fake: FakeReplicat
     for _ in range(500):
         job = (await engine.get(eid)).jobs[0]
         if fake.creates >= creates and job.status == "running" and job.provider_job_id:
-            return dict(job)
+            return job.model_dump(mode="json")
         await asyncio.sleep(0.02)
     raise AssertionError(f"the job never ran with a recorded provider id: {job}")
 
@@ -226,7 +226,7 @@ async def test_a_verified_callback_about_another_prediction_changes_nothing(
         assert fake.gets == 0
         after = (await engine.get(eid)).jobs[0]
         assert after.status == "running" and after.result is None
-        assert after.provider_job_id == job.provider_job_id
+        assert after.provider_job_id == job["provider_job_id"]
         await engine.cancel(eid)
         await engine.wait(eid, timeout=10)
     assert fake.cancels == 1

@@ -266,11 +266,11 @@ async def test_concurrent_cancels_and_resumes_answer_fast_and_consistently(
           f" max {durations[-1] * 1000:.0f} ms, answers {sorted(codes)}")  # fmt: skip
     assert codes <= {"200", "409"} and "200" in codes
     assert durations[-1] < 5.0
-    statuses = {j["status"] for j in final["jobs"]}
-    if final["status"] == "canceled":
+    statuses = {j.status for j in final.jobs}
+    if final.status == "canceled":
         assert statuses == {"canceled"}
     else:
-        assert final["status"] in ("running", "queued") and statuses <= {"queued", "running"}
+        assert final.status in ("running", "queued") and statuses <= {"queued", "running"}
 
 
 async def test_a_claim_whose_answer_was_lost_costs_no_attempt(

@@ -73,7 +73,7 @@ async def test_a_worker_killed_after_submission_never_submits_twice(
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 jobs = (await engine.get(eid)).jobs
-                if all(j["provider_job_id"] for j in jobs):
+                if all(j.provider_job_id for j in jobs):
                     break
                 await asyncio.sleep(0.05)
             else:
