@@ -5,6 +5,12 @@ A plan of `--jobs` sim jobs (default 200) runs to its end on a fresh SQLite data
 (client and app together: the route, the store's read, the links signed, the answer rendered), best of `--rounds`.
 
     python bench/state_get.py [--jobs 200] [--calls 200] [--rounds 5] [--media] [--profile out.prof]
+
+Measured on the shared 2-core machine (noisy: other processes ran), 200 jobs, 5 rounds of 200 GETs, three runs each,
+interleaved: before the stores returned models (da08b33) best 32.1 / 32.0 / 27.9 ms, median 36.2 / 37.5 / 31.2 ms;
+after, best 33.9 / 23.9 / 23.6 ms, median 34.9 / 28.9 / 25.9 ms. Under cProfile (100 GETs) the route took 2.34 s
+(was 3.23 s): the state is validated once, by the store (FastAPI passes the instance through: 2 us, where validating
+the dict took 2.25 ms), and `strip_paths` no longer copies the whole state (1,808 calls per GET, was 10,229).
 """
 
 from __future__ import annotations
