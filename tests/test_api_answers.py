@@ -1,14 +1,15 @@
 """The typed answers (`reelflow.models`) change nothing on the wire.
 
-FastAPI passes a returned dict through the route's `response_model`, which would silently drop a field the model
-does not declare (or turn an int into a float). So, for a rich execution (a cache hit, a failure, a skipped job,
-a webhook, costs, metadata), each answer is compared byte for byte with the dict the engine or store returns,
-rendered as the API rendered it before the models (FastAPI's answer for a `dict[str, Any]` return type): on
-both stores.
+A model would silently drop a field it does not declare (or turn an int into a float). So, for a rich execution
+(a cache hit, a failure, a skipped job, a webhook, costs, metadata), each answer is compared byte for byte with the
+dict the store builds (its state and a job's log as the store's views make them, before they become models; the
+other answers as the models the store and engine return dump them), rendered as the API rendered it before the
+models (FastAPI's answer for a `dict[str, Any]` return type): on both stores.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import typing
 from collections.abc import Callable, Coroutine, Iterator
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from apiserver import ApiServer, module_database, server_settings
 from conftest import sim_job
@@ -27,7 +28,8 @@ from reelflow.estimate import estimate_plan
 from reelflow.plan import plan_json_schema
 from reelflow.providers.catalog import list_models
 from reelflow.states import EXECUTION_STATUSES, JOB_STATUSES
-from reelflow.store.common import strip_paths
+from reelflow.store.common import execution_view, log_view, strip_paths
+from reelflow.store.manager import StoreManager
 from reelflow.store.stats import parse_since
 from reelflow.webhooks import event_body
 
@@ -39,6 +41,32 @@ BEFORE = TypeAdapter(dict[str, Any])
 
 def rendered(value: dict[str, Any]) -> bytes:
     return BEFORE.dump_json(BEFORE.validate_python(value))
+
+
+async def raw_state(store: StoreManager, execution_id: str) -> dict[str, Any]:
+    """The state as the store's view builds it (`execution_view`), before `get_execution` makes it a model."""
+
+    async def read(tx: Any) -> dict[str, Any]:
+        row = await tx.one(store.sql.execution, (execution_id,))
+        jobs = await tx.all(store.sql.execution_jobs, (execution_id,))
+        return execution_view(dict(row), [dict(j) for j in jobs])
+
+    return await store._in_snapshot(read)
+
+
+async def raw_logs(store: StoreManager, execution_id: str, job_key: str) -> dict[str, Any]:
+    """A job's log as the store's view builds it (`log_view`), before `job_logs` makes it a model."""
+
+    async def read(tx: Any) -> dict[str, Any]:
+        job = await tx.one(store.sql.job_of_execution, (execution_id, job_key))
+        row = await tx.one(store.sql.job_log, (job["id"],))
+        return log_view(execution_id, dict(job), None if row is None else dict(row))
+
+    return await store._in_snapshot(read)
+
+
+async def dumped(answer: Coroutine[Any, Any, BaseModel]) -> dict[str, Any]:
+    return (await answer).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -119,15 +147,14 @@ def same(
 def test_the_state_of_an_execution_is_unchanged(api: ApiServer, tenant: tuple[str, str], rich: str) -> None:
     who, key = tenant
     svc = api.app.state.services
-    engine = svc.engine
 
     async def state() -> dict[str, Any]:  # its artifact links signed as the answer is written (exp: this second)
-        signed: dict[str, Any] = await svc.signed(who, strip_paths(await engine.get(rich, who)))
+        signed: dict[str, Any] = await svc.signed(who, strip_paths(await raw_state(svc.store, rich)))
         return signed
 
     with api.client(key) as http:
         body = same(api, http, f"/v1/executions/{rich}", state)
-        logs = same(api, http, f"/v1/executions/{rich}/jobs/boom/logs", lambda: engine.job_logs(rich, "boom", who))
+        logs = same(api, http, f"/v1/executions/{rich}/jobs/boom/logs", lambda: raw_logs(svc.store, rich, "boom"))
     assert b'"webhook":"http://127.0.0.1:9/hook"' in body and b'"cache_hit":true' in body
     assert b'"provider_queued_s":null' in body and b'"job_id":"boom","status":"failed"' in logs
 
@@ -138,24 +165,22 @@ def test_listings_usage_stats_and_deliveries_are_unchanged(api: ApiServer, tenan
     since = "2020-01-01T00:00:00Z"
 
     async def page() -> dict[str, Any]:
-        rows, nxt = await svc.store.list_executions(who, limit=1)
-        return {"data": rows, "next_cursor": nxt}
+        return await dumped(svc.store.list_executions(who, limit=1))
 
     async def stats() -> dict[str, Any]:
-        result: dict[str, Any] = await svc.store.stats(who, parse_since(since, time.time()))
-        return result
+        return await dumped(svc.store.stats(who, parse_since(since, time.time())))
 
     async def deliveries() -> dict[str, Any]:
-        return {"data": await svc.store.list_deliveries(who, rich, 100)}
+        return await dumped(svc.store.list_deliveries(who, rich, 100))
 
     with api.client(key) as http:
         assert b'"next_cursor":null' not in same(api, http, "/v1/executions?limit=1", page)
-        same(api, http, "/v1/usage", lambda: svc.engine.usage(who))
+        same(api, http, "/v1/usage", lambda: dumped(svc.engine.usage(who)))
         body = same(api, http, f"/v1/stats?since={since}", stats)
         assert b'"providers":[{' in body
         body = same(api, http, f"/v1/webhook-deliveries?execution_id={rich}", deliveries)
         assert body.count(b'"event_type"') >= 5 and b'"latency_ms"' in body  # job events and the final one, tried
-        assert b'"monthly_cost_usd":50.0,' in same(api, http, "/v1/usage", lambda: svc.engine.usage(who))
+        assert b'"monthly_cost_usd":50.0,' in same(api, http, "/v1/usage", lambda: dumped(svc.engine.usage(who)))
 
 
 def test_estimate_models_schema_and_health_are_unchanged(api: ApiServer, tenant: tuple[str, str]) -> None:
@@ -176,7 +201,7 @@ def response_field(method: str, path: str) -> Any:
     raise LookupError(path)
 
 
-def through(field: Any, value: dict[str, Any]) -> bytes:
+def through(field: Any, value: Any) -> bytes:
     """`value` passed through a route's response model, as FastAPI does with a handler's return value."""
     checked, errors = field.validate(value, {}, loc=("response",))
     assert not errors, errors
@@ -189,12 +214,14 @@ def test_cancel_resume_and_redeliver_answers_are_unchanged(api: ApiServer, tenan
     model (what FastAPI does with it) and compared; and each route answers over HTTP with the same fields."""
     who, key = tenant
     svc = api.app.state.services
-    state = strip_paths(api.call(svc.engine.get(rich, who)))
-    delivery = api.call(svc.store.list_deliveries(who, rich, 1))[0]
+    model = strip_paths(api.call(svc.engine.get(rich, who)))  # what the routes return now: the store's model
+    state = strip_paths(api.call(raw_state(svc.store, rich)))  # the store's dict, as the routes returned it before
+    answer = api.call(svc.store.list_deliveries(who, rich, 1)).data[0]
+    delivery = answer.model_dump(mode="json")
     for path in ("/v1/executions/{execution_id}/cancel", "/v1/executions/{execution_id}/resume"):
-        assert through(response_field("POST", path), state) == rendered(state)
+        assert through(response_field("POST", path), model) == rendered(state)
     field = response_field("POST", "/v1/webhook-deliveries/{delivery_id}/redeliver")
-    assert through(field, delivery) == rendered(delivery)
+    assert through(field, answer) == rendered(delivery)
     with api.client(key) as http:
         again = http.post(f"/v1/webhook-deliveries/{delivery['id']}/redeliver")
         assert again.status_code == 200, again.text
@@ -220,3 +247,23 @@ def test_the_webhook_bodies_are_what_the_document_describes(api: ApiServer, rich
         parsed = models.WebhookEvent.model_validate(body)
         assert parsed.model_dump(mode="json", by_alias=True, exclude_unset=True) == body
         assert (parsed.data.event is None) == body["type"].startswith("execution.")
+
+
+def test_the_state_dumped_is_the_dict_the_store_built(api: ApiServer, tenant: tuple[str, str], rich: str) -> None:
+    """What the SDK and the CLI show locally (`ExecutionState.model_dump(mode="json")`) is the store's own view,
+    artifact paths included: the same keys in the same order, the same values of the same types."""
+    svc = api.app.state.services
+    raw = api.call(raw_state(svc.store, rich))
+    state = api.call(svc.store.get_execution(rich))
+    assert state is not None
+    dumped_state = state.model_dump(mode="json")
+    assert json.dumps(dumped_state) == json.dumps(raw)
+    assert api.call(svc.engine.get(rich, tenant[0])).model_dump(mode="json") == raw
+    used = api.call(svc.store.usage(tenant[0]))  # the store's part of the usage, the engine adds the limits
+    usage = api.call(svc.engine.usage(tenant[0])).model_dump(mode="json")
+    assert json.dumps(without(usage, "limits")) == json.dumps(used)
+    assert usage["limits"] == {"monthly_executions": 100, "monthly_cost_usd": 50.0, "max_concurrent": 4}
+
+
+def without(value: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if k != key}

@@ -87,7 +87,7 @@ async def test_a_job_completes_from_the_callback_with_two_provider_requests(
     assert pid in fake.predictions and per_job[1] == f"/files/{pid}.mp4"
     assert job["result"]["predict_time"] == fake.latency_s  # read from the webhook's body
     logs = await engine.store.job_logs(eid, "clip")
-    assert logs is not None and "Generating" in logs["text"]  # the prediction's logs, from the webhook's body
+    assert logs is not None and "Generating" in logs.text  # the prediction's logs, from the webhook's body
 
 
 async def test_a_callback_with_a_bad_signature_is_refused_and_changes_nothing(
@@ -101,8 +101,8 @@ async def test_a_callback_with_a_bad_signature_is_refused_and_changes_nothing(
     eid = await engine.submit({"jobs": [video_job()]})
     async with running_worker(providers_={"replicate": provider}):
         for _ in range(200):
-            job = (await engine.get(eid))["jobs"][0]
-            if fake.creates and job["status"] == "running":
+            job = (await engine.get(eid)).jobs[0]
+            if fake.creates and job.status == "running":
                 break
             await asyncio.sleep(0.02)
         pid = next(iter(fake.predictions))
@@ -125,8 +125,8 @@ async def test_a_callback_with_a_bad_signature_is_refused_and_changes_nothing(
         assert unknown.status_code == 404
         await asyncio.sleep(1.0)  # a woken worker would have read the prediction by now
         assert fake.gets == 0
-        job = (await engine.get(eid))["jobs"][0]
-        assert job["status"] == "running" and job["result"] is None
+        job = (await engine.get(eid)).jobs[0]
+        assert job.status == "running" and job.result is None
         await engine.cancel(eid)
         await engine.wait(eid, timeout=10)
     assert fake.cancels == 1
@@ -197,9 +197,9 @@ async def call_back(api: ApiServer, fake: FakeReplicate, body: dict[str, Any] | 
 async def running_job(engine: Engine, eid: str, creates: int, fake: FakeReplicate) -> dict[str, Any]:
     """The job of `eid` once it runs on the provider with its provider id recorded (after `creates` creates)."""
     for _ in range(500):
-        job = (await engine.get(eid))["jobs"][0]
-        if fake.creates >= creates and job["status"] == "running" and job["provider_job_id"]:
-            return dict(job)
+        job = (await engine.get(eid)).jobs[0]
+        if fake.creates >= creates and job.status == "running" and job.provider_job_id:
+            return job.model_dump(mode="json")
         await asyncio.sleep(0.02)
     raise AssertionError(f"the job never ran with a recorded provider id: {job}")
 
@@ -224,9 +224,9 @@ async def test_a_verified_callback_about_another_prediction_changes_nothing(
         assert await call_back(api, fake, other) == "unknown"
         await asyncio.sleep(1.0)  # a woken worker would have read the prediction (or finished) by now
         assert fake.gets == 0
-        after = (await engine.get(eid))["jobs"][0]
-        assert after["status"] == "running" and after["result"] is None
-        assert after["provider_job_id"] == job["provider_job_id"]
+        after = (await engine.get(eid)).jobs[0]
+        assert after.status == "running" and after.result is None
+        assert after.provider_job_id == job["provider_job_id"]
         await engine.cancel(eid)
         await engine.wait(eid, timeout=10)
     assert fake.cancels == 1
@@ -262,7 +262,7 @@ async def test_callbacks_that_do_not_tell_the_end_lead_to_a_confirming_read(
         big = {"id": pid, "status": "succeeded", "output": "https://evil.example/x.mp4", "logs": "x" * 70_000}
         assert await call_back(api, fake, big, where) == "woken"
         await settle(lambda: fake.gets == 3)
-        assert (await engine.get(eid))["jobs"][0]["status"] == "running"
+        assert (await engine.get(eid)).jobs[0].status == "running"
         state = await engine.wait(eid, timeout=20)  # then the real webhook ends it, with no read
     assert state["status"] == "succeeded", state
     assert state["jobs"][0]["result"]["provider_id"] == pid
@@ -291,7 +291,7 @@ async def test_a_replayed_callback_finishes_no_later_attempt_and_nothing_twice(
         # this attempt waits on, so it fails nothing
         assert await call_back(api, fake, replay, where) == "mismatch"
         await asyncio.sleep(0.8)
-        assert (await engine.get(eid))["jobs"][0]["status"] == "running"
+        assert (await engine.get(eid)).jobs[0].status == "running"
         second = await engine.wait(eid, timeout=20)
         assert second["status"] == "succeeded", second
         y = second["jobs"][0]["result"]["provider_id"]
@@ -302,7 +302,7 @@ async def test_a_replayed_callback_finishes_no_later_attempt_and_nothing_twice(
         assert await call_back(api, fake, replay, where) == "mismatch"
         await asyncio.sleep(0.8)
     final = await engine.get(eid)
-    assert final["status"] == "succeeded" and final["jobs"][0]["result"] == second["jobs"][0]["result"]
+    assert final.status == "succeeded" and final.jobs[0].result == second["jobs"][0]["result"]
     events = [e.type for e in await engine.store.events(eid)]
     assert events.count("job.succeeded") == 1 and events.count("job.failed") == 1, events
     assert fake.gets == 0 and len(fake.requests_to("/files/")) == 1
@@ -320,8 +320,8 @@ async def test_an_earlier_attempts_outcome_that_arrives_first_is_not_believed(
     stale = {"id": "earlier0attempt", "status": "failed", "error": "an earlier attempt's failure"}
     async with running_worker(providers_={"replicate": provider}):
         await settle(lambda: fake.creates == 1)
-        job = (await engine.get(eid))["jobs"][0]
-        assert job["status"] == "running" and job["provider_job_id"] is None
+        job = (await engine.get(eid)).jobs[0]
+        assert job.status == "running" and job.provider_job_id is None
         assert await call_back(api, fake, stale, f"?execution={eid}&job=clip") == "woken"
         state = await engine.wait(eid, timeout=20)
     assert state["status"] == "succeeded", state

@@ -136,7 +136,7 @@ async def test_two_runtimes_validate_and_price_with_their_own_catalogs(
         monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", rep.base_url)
         ids = {rt: await rt.engine.submit(clip(5)) for rt in (a, b)}
         # the estimate stored with each execution is its own catalog's
-        estimated = {rt: (await rt.engine.get(ids[rt]))["cost"]["estimated"] for rt in (a, b)}
+        estimated = {rt: (await rt.engine.get(ids[rt])).cost.estimated for rt in (a, b)}
         assert estimated[a] == pytest.approx(0.40) and estimated[b] == pytest.approx(0.10)
         # each runtime's embedded worker builds its providers on its catalog: the actual cost is its price
         states = {rt: await rt.wait(ids[rt], timeout=60, embedded_worker=True) for rt in (a, b)}

@@ -16,6 +16,7 @@ import pytest
 from conftest import WorkerFactory, sim_job
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import Conflict, NotFound, PlanError
+from reelflow.models import ExecutionState
 from reelflow.providers.base import PermanentError, ProgressReporter, ProviderResult, Task
 from reelflow.providers.sim import SimProvider
 from reelflow.store.sqlite import SQLiteStore
@@ -25,8 +26,10 @@ def ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def jobs_by_id(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {j["id"]: j for j in state["jobs"]}
+def jobs_by_id(state: dict[str, Any] | ExecutionState) -> dict[str, dict[str, Any]]:
+    """The jobs of a state (the engine's model, or the dict a wait returns) as JSON, by id."""
+    data = state.model_dump(mode="json") if isinstance(state, ExecutionState) else state
+    return {j["id"]: j for j in data["jobs"]}
 
 
 async def event_types(store: SQLiteStore, execution_id: str, job: str | None = None) -> list[str]:
@@ -234,7 +237,7 @@ async def test_resume_reruns_only_failed_and_skipped_jobs(engine: Engine, runnin
         a_result = jobs_by_id(first)["a"]["result"]
         provider.broken.clear()
         resumed = await engine.resume(eid)
-        assert resumed["status"] in ("queued", "running")
+        assert resumed.status in ("queued", "running")
         final = await engine.wait(eid, timeout=10)
     assert final["status"] == "succeeded"
     assert provider.runs == {"a": 1, "b": 2, "c": 1, "side": 1}
@@ -277,8 +280,8 @@ async def test_cancel_stops_queued_and_running_jobs(
             await asyncio.sleep(0.05)
         t0 = time.monotonic()
         canceled = await engine.cancel(eid)
-        assert canceled["status"] == "canceled"
-        assert {j["status"] for j in canceled["jobs"]} == {"canceled"}
+        assert canceled.status == "canceled"
+        assert {j.status for j in canceled.jobs} == {"canceled"}
         while not sim.canceled and time.monotonic() - t0 < 5:
             await asyncio.sleep(0.05)
     assert sim.canceled == [jobs_by_id(canceled)["long"]["provider_job_id"]]
@@ -336,7 +339,7 @@ async def test_progress_counts_finished_and_running_jobs(
             if jobs_by_id(state)["a"]["status"] == "succeeded" and jobs_by_id(state)["b"]["queue_position"]:
                 break
             await asyncio.sleep(0.05)
-        assert state["progress"] == 50.0
+        assert state.progress == 50.0
         assert jobs_by_id(state)["b"]["queue_position"] == 1
         await engine.cancel(eid)
     assert "execution.progress" in await event_types(store, eid)
@@ -360,17 +363,16 @@ async def test_every_state_change_appends_an_event(
 async def test_invalid_plan_is_refused_and_stores_nothing(engine: Engine, store: SQLiteStore) -> None:
     with pytest.raises(PlanError, match="clp"):
         await engine.submit({"jobs": [sim_job("clip"), sim_job("merge", echo="$clp")]})
-    rows, _ = await store.list_executions()
-    assert rows == []
+    assert (await store.list_executions()).data == []
 
 
 async def test_listing_is_newest_first_with_cursor_pagination(engine: Engine, store: SQLiteStore) -> None:
     ids = [await engine.submit({"jobs": [sim_job("a")]}) for _ in range(5)]
-    page1, cursor = await store.list_executions(limit=2)
-    page2, cursor2 = await store.list_executions(limit=2, cursor=cursor)
-    page3, cursor3 = await store.list_executions(limit=2, cursor=cursor2)
-    assert [r["id"] for r in page1 + page2 + page3] == ids[::-1]
-    assert cursor3 is None
+    page1 = await store.list_executions(limit=2)
+    page2 = await store.list_executions(limit=2, cursor=page1.next_cursor)
+    page3 = await store.list_executions(limit=2, cursor=page2.next_cursor)
+    assert [r.id for r in page1.data + page2.data + page3.data] == ids[::-1]
+    assert page1.next_cursor and page2.next_cursor and page3.next_cursor is None
 
 
 async def test_released_jobs_resume_waiting_on_the_same_provider_id(
@@ -381,13 +383,13 @@ async def test_released_jobs_resume_waiting_on_the_same_provider_id(
     async with running_worker(drain_timeout_s=0.1):
         for _ in range(100):
             state = await engine.get(eid)
-            if all(j["provider_job_id"] for j in state["jobs"]):
+            if all(j.provider_job_id for j in state.jobs):
                 break
             await asyncio.sleep(0.05)
     released = await engine.get(eid)
-    assert {j["status"] for j in released["jobs"]} == {"queued"}
-    assert {j["attempts"] for j in released["jobs"]} == {0}
-    pids = {j["id"]: j["provider_job_id"] for j in released["jobs"]}
+    assert {j.status for j in released.jobs} == {"queued"}
+    assert {j.attempts for j in released.jobs} == {0}
+    pids = {j.id: j.provider_job_id for j in released.jobs}
     assert sim.submitted == 3
     async with running_worker():
         state = await engine.wait(eid, timeout=10)
@@ -443,7 +445,7 @@ async def test_a_missing_provider_key_is_refused_at_submission(
     ) as info:
         await engine.submit(plan)
     assert info.value.errors[0].loc == ["jobs", 0, "model"]
-    assert (await store.list_executions())[0] == []
+    assert (await store.list_executions()).data == []
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_test")
     assert (await engine.submit(plan)).startswith("ex_")
 
@@ -475,7 +477,7 @@ async def test_prune_deletes_finished_executions_older_than_the_cutoff(
     assert removed["executions"] == 2 and removed["jobs"] == 3 and removed["events"] >= events_before
     with pytest.raises(NotFound):
         await engine.get(old)
-    assert (await engine.get(waiting))["status"] == "queued"
+    assert (await engine.get(waiting)).status == "queued"
     bad = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "reelflow.cli", "prune", "--older-than", "soon"],

@@ -88,7 +88,7 @@ async def test_a_down_model_fails_over_and_the_cost_is_the_model_that_ran(
     eid = await engine.submit({"jobs": [clip(f"v{i}", [PRO, LITE]) for i in range(3)]})
     submitted = await engine.get(eid)
     pro_estimate = estimate_plan({"jobs": [clip("v", PRO)]})["cost_usd"]
-    assert all(j["cost"]["estimated"] == pro_estimate for j in submitted["jobs"])
+    assert all(j.cost.estimated == pro_estimate for j in submitted.jobs)
     async with running_worker(providers_={"replicate": adapter(fake)}):
         state = await engine.wait(eid, timeout=30)
     assert state["status"] == "succeeded", state
@@ -181,7 +181,7 @@ async def test_without_an_alternative_jobs_wait_queued_and_a_probe_closes_the_ci
             await wait_for(opened, timeout=20)
             opened_at = time.monotonic()
             await asyncio.sleep(2.5)  # past a cool-down: a probe fails and opens it again
-            state = await engine.get(eid)
+            state = (await engine.get(eid)).model_dump(mode="json")
             probes = int((time.monotonic() - opened_at) / 1.0) + 1  # one per cool-down at most
             assert all(j["status"] in ("queued", "running") for j in state["jobs"]), state["jobs"]
             # waiting on the circuit, probing: none spent (a running job may be a probe, its attempt not yet given back)

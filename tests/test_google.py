@@ -423,7 +423,7 @@ def problems(spec: ModelSpec, params: dict[str, Any]) -> list[Any]:
 
 async def everything_stored(store: SQLiteStore, engine: Engine, eid: str) -> str:
     """The execution's state and every event, as one text."""
-    state = await engine.get(eid)
+    state = (await engine.get(eid)).model_dump(mode="json")
     events = await store.events(eid)
     return json.dumps(state, default=str) + json.dumps([dataclasses.asdict(e) for e in events], default=str)
 
@@ -511,7 +511,7 @@ async def test_a_lost_create_answer_is_paid_again_and_said(
             fake.accept_then_delay(1, delay_s=1.5)
         job = {"id": "clip", "type": "generate-video", "model": FAST, "params": {"prompt": "waves", "duration": 4}}
         eid = await engine.submit({"jobs": [job]})
-        estimate = float((await engine.get(eid))["jobs"][0]["cost"]["estimated"])
+        estimate = float((await engine.get(eid)).jobs[0].cost.estimated)
         async with running_worker(providers_={"google": p}):
             state = await engine.wait(eid, timeout=30, poll_s=0.1)
         await p.aclose()

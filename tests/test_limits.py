@@ -105,7 +105,7 @@ async def test_jobs_over_a_model_cap_wait_queued_while_other_models_run(
     )
     async with running_worker():
         await asyncio.sleep(0.25)
-        jobs = {j["id"]: j["status"] for j in (await engine.get(eid))["jobs"]}
+        jobs = {j.id: j.status for j in (await engine.get(eid)).jobs}
         assert sorted(jobs.values()).count("running") <= 2
         assert [jobs[f"v{i}"] for i in range(3)].count("running") == 1  # the other two wait, queued
         assert [jobs[f"v{i}"] for i in range(3)].count("queued") == 2
@@ -135,7 +135,7 @@ async def test_one_tenants_big_batch_does_not_starve_another_tenants_single_job(
         bulk_state = await engine.get(big[-1])
     assert solo["status"] == "succeeded"
     # the single job ran while the 2,000-job batch was still mostly waiting (strict FIFO would put it last)
-    assert bulk_state["status"] in ("queued", "running")
+    assert bulk_state.status in ("queued", "running")
     stats = await store.queue_stats()
     assert stats["jobs"].get("queued", 0) > 1000
 
@@ -211,7 +211,7 @@ async def test_a_flooding_tenant_holds_at_most_its_cap_across_two_worker_process
             samples.append((await store.usage("flood"))["jobs_running"])
             await asyncio.sleep(0.03)
         solo_state = await engine.wait(solo, timeout=10)
-        flood_state = await engine.get(flood)
+        flood_state = (await engine.get(flood)).model_dump(mode="json")
         await engine.cancel(flood)
     finally:
         stop(procs)
@@ -239,19 +239,19 @@ async def test_the_default_tenant_entry_caps_tenants_without_their_own_and_an_ow
     }
     async with running_worker(concurrency=50):
         deadline = time.monotonic() + 10
-        while (during := await engine.usage("anyone"))["jobs_running"] < 2:  # what GET /v1/usage shows
+        while (during := await engine.usage("anyone")).jobs_running < 2:  # what GET /v1/usage shows
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         states = {t: await engine.wait(eid, timeout=20) for t, eid in ids.items()}
-    assert during["jobs_running"] == 2 and during["limits"]["max_concurrent"] == 2
+    assert during.jobs_running == 2 and during.limits.max_concurrent == 2
     assert all(s["status"] == "succeeded" for s in states.values())
     assert peak_running(states["anyone"]["jobs"]) == 2  # the default entry
     assert peak_running(states["vip"]["jobs"]) == 4  # its own entry, over the default
     assert peak_running(states["free"]["jobs"]) == 8  # null: no cap
     usage = await engine.usage("anyone")
-    assert usage["limits"]["max_concurrent"] == 2 and usage["jobs_running"] == 0
-    assert (await engine.usage("vip"))["limits"]["max_concurrent"] == 4
-    assert (await engine.usage("free"))["limits"]["max_concurrent"] is None
+    assert usage.limits.max_concurrent == 2 and usage.jobs_running == 0
+    assert (await engine.usage("vip")).limits.max_concurrent == 4
+    assert (await engine.usage("free")).limits.max_concurrent is None
 
 
 async def test_a_fan_out_made_ready_by_a_finishing_job_starts_within_the_tenant_cap(
@@ -318,7 +318,7 @@ async def test_the_postgres_hand_off_counts_the_tenant_cap_and_waits_for_its_loc
         hand_off = asyncio.create_task(finish([JobOutcome(r2.id, "w", "succeeded", result={})], None, "w", 10, 30))
         await asyncio.sleep(0.5)
         assert not hand_off.done()  # waiting for the lock ...
-        jobs = {j["id"]: j["status"] for j in (await engine.get(fan2))["jobs"]}
+        jobs = {j.id: j.status for j in (await engine.get(fan2)).jobs}
         assert jobs["r2"] == "succeeded"  # ... after the finish committed: no row held while it waits
         assert sorted(jobs.values()).count("queued") == 5
         await other.rollback()
@@ -326,7 +326,7 @@ async def test_the_postgres_hand_off_counts_the_tenant_cap_and_waits_for_its_loc
     assert len(promoted) == 5 and len(claimed) == 1  # r2's place only, counted under the lock
     assert (await store.usage("fan"))["jobs_running"] == 3
     assert await store.claim("w", 10, 30) == []
-    queued = [j for j in (await engine.get(fan))["jobs"] + (await engine.get(fan2))["jobs"] if j["status"] == "queued"]
+    queued = [j for j in (await engine.get(fan)).jobs + (await engine.get(fan2)).jobs if j.status == "queued"]
     assert len(queued) == 9 + 4
 
 

@@ -140,7 +140,7 @@ async def test_the_concat_bomb_is_refused_at_submission(engine: Engine, store: S
     assert loc == ["jobs", 3, "params", "videos"]
     assert msg.startswith("job 'final': the output (3840x3840 at 60 fps for 6,000 s) is 5,308,416 megapixel-frames")
     assert msg.endswith("over the work budget of 40,000 per local operation (REELFLOW_LOCAL_WORK_BUDGET)")
-    assert (await store.list_executions())[0] == []  # nothing stored
+    assert (await store.list_executions()).data == []  # nothing stored
 
     # the same clips joined at their own size and rate are within the budget (100 min of 1080x1080 at 60 fps
     # is not: the sum of the durations counts), and 200 inputs are allowed, 201 not
@@ -163,7 +163,7 @@ async def test_the_caption_bomb_is_refused_at_submission(engine: Engine, store: 
     loc, msg = refusal(caught)
     assert loc == ["jobs", 1, "params", "srt"]
     assert msg == "job 'subs': srt makes 12,000 caption cues, over the limit of 5,000 (REELFLOW_CAPTION_MAX_CUES)"
-    assert (await store.list_executions())[0] == []
+    assert (await store.list_executions()).data == []
 
     plan["jobs"][1]["params"] = {"video": "$clip", "segments": [{"start": 0, "end": 1, "text": "x" * 1_100_000}]}
     with pytest.raises(PlanError) as caught:

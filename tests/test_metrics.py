@@ -193,14 +193,14 @@ async def test_store_stats_gauges_and_counters_after_a_real_workload(
         assert states[1]["jobs"][0]["attempts"] == 2
 
         async def attempted() -> bool:
-            rows = await store.list_deliveries("acme")
-            return len(rows) == 2 and all(len(d["attempts"]) >= 1 for d in rows)
+            rows = (await store.list_deliveries("acme")).data
+            return len(rows) == 2 and all(len(d.attempts) >= 1 for d in rows)
 
         await until(attempted, what="both webhooks attempted")
-        acme = await store.stats("acme", t0 - 1)
-        everyone = await store.stats(None, t0 - 1)
-        other = await store.stats("other", t0 - 1)
-        later = await store.stats("acme", time.time())
+        acme = (await store.stats("acme", t0 - 1)).model_dump(mode="json")
+        everyone = (await store.stats(None, t0 - 1)).model_dump(mode="json")
+        other = (await store.stats("other", t0 - 1)).model_dump(mode="json")
+        later = (await store.stats("acme", time.time())).model_dump(mode="json")
         gauges = await store.metric_gauges()
     after = local_samples()
 
@@ -270,14 +270,14 @@ async def test_queue_depth_counts_claimable_jobs_only(engine: Engine, store: Sto
     plan = {"jobs": [sim_job("a"), sim_job("b"), sim_job("c", depends_on=["a"])]}
     await engine.submit(plan, tenant="acme")
     stats = await store.stats("acme", time.time() - 60)
-    assert stats["queue_depth"] == 2  # c waits on a
-    assert stats["jobs"]["by_status"] == {"queued": 2, "waiting": 1}
-    assert stats["executions"]["by_status"] == {"queued": 1}
-    assert stats["executions"]["success_rate"] is None
+    assert stats.queue_depth == 2  # c waits on a
+    assert stats.jobs.by_status == {"queued": 2, "waiting": 1}
+    assert stats.executions.by_status == {"queued": 1}
+    assert stats.executions.success_rate is None
     gauges = await store.metric_gauges()
     assert gauges["queue_depth"] == 2 and gauges["jobs"] == {"queued": 2, "waiting": 1}
     assert gauges["workers_live"] == 0 and gauges["worker_slots"] == 0
-    assert (await store.stats("other", time.time() - 60))["queue_depth"] == 0
+    assert (await store.stats("other", time.time() - 60)).queue_depth == 0
 
 
 # ---------------------------------------------------------------------------------------- the API

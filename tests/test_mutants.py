@@ -118,7 +118,7 @@ async def test_a_claim_batch_of_paid_jobs_runs_only_those_that_fit_the_monthly_b
     earlier = await engine.submit({"jobs": [sim_job("paid", cost_usd=0.1)]}, tenant="acme")
     (c,) = (await claim_all(store)).values()
     await store.finish_jobs([JobOutcome(c.id, OWNER, "succeeded", result={}, cost_usd=0.1, seq=c.seq)])
-    assert (await store.get_execution(earlier) or {})["status"] == "succeeded"
+    assert (state := await store.get_execution(earlier)) is not None and state.status == "succeeded"
 
     await engine.submit({"jobs": [sim_job(f"j{i}", cost_usd=0.4) for i in range(5)]}, tenant="acme")
     await engine.submit({"jobs": [sim_job(f"o{i}", cost_usd=0.4) for i in range(3)]}, tenant="other")

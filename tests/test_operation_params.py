@@ -319,7 +319,7 @@ async def test_the_engine_refuses_an_outside_link_before_storing_anything(engine
             "transcode runs in the worker and reads stored files only (got 'https://cdn.example/a.mp4')",
         )
     ]
-    assert (await engine.store.list_executions("default"))[0] == []
+    assert (await engine.store.list_executions("default")).data == []
 
 
 def test_an_overlay_ending_before_it_starts_is_refused_at_submission() -> None:

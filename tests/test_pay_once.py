@@ -14,6 +14,7 @@ import pytest
 from conftest import WorkerFactory, sim_job
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import Conflict
+from reelflow.models import ExecutionState
 from reelflow.providers.base import (
     CannotReconcile,
     PermanentError,
@@ -33,8 +34,10 @@ def _replicate_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_test")  # submission checks the key is configured
 
 
-def jobs_by_id(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {j["id"]: j for j in state["jobs"]}
+def jobs_by_id(state: dict[str, Any] | ExecutionState) -> dict[str, dict[str, Any]]:
+    """The jobs of a state (the engine's model, or the dict a wait returns) as JSON, by id."""
+    data = state.model_dump(mode="json") if isinstance(state, ExecutionState) else state
+    return {j["id"]: j for j in data["jobs"]}
 
 
 class PaidFake:
@@ -154,7 +157,7 @@ async def test_where_the_provider_cannot_be_asked_a_possible_duplicate_is_record
     fake = NoLookup()
     fake.lose = 1
     eid = await engine.submit({"jobs": [seedance("clip", "snow")]})
-    estimate = (await engine.get(eid))["cost"]["estimated"]
+    estimate = (await engine.get(eid)).cost.estimated
     assert estimate > 0
     async with running_worker(providers_={"replicate": fake}):
         state = await engine.wait(eid, timeout=20)
@@ -242,7 +245,7 @@ async def test_concurrent_cancels_and_resumes_answer_fast_and_consistently(
     eid = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=5) for i in range(5)]})
     async with running_worker():
         deadline = time.monotonic() + 10
-        while (await engine.get(eid))["status"] != "running" and time.monotonic() < deadline:
+        while (await engine.get(eid)).status != "running" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
         async def one(op: str) -> tuple[str, float]:
@@ -263,11 +266,11 @@ async def test_concurrent_cancels_and_resumes_answer_fast_and_consistently(
           f" max {durations[-1] * 1000:.0f} ms, answers {sorted(codes)}")  # fmt: skip
     assert codes <= {"200", "409"} and "200" in codes
     assert durations[-1] < 5.0
-    statuses = {j["status"] for j in final["jobs"]}
-    if final["status"] == "canceled":
+    statuses = {j.status for j in final.jobs}
+    if final.status == "canceled":
         assert statuses == {"canceled"}
     else:
-        assert final["status"] in ("running", "queued") and statuses <= {"queued", "running"}
+        assert final.status in ("running", "queued") and statuses <= {"queued", "running"}
 
 
 async def test_a_claim_whose_answer_was_lost_costs_no_attempt(

@@ -205,7 +205,7 @@ async def run_one(
         adapter.timeout = httpx.Timeout(connect=2.0, read=READ_TIMEOUT_S, write=2.0, pool=2.0)
         case.fake.accept_then_delay(1, delay_s=DELAY_S)
     eid = await engine.submit({"jobs": [case.job]})
-    estimate = float((await engine.get(eid))["jobs"][0]["cost"]["estimated"])
+    estimate = float((await engine.get(eid)).jobs[0].cost.estimated)
     assert estimate > 0
     try:
         async with running_worker(providers_={case.name: adapter}):
@@ -300,8 +300,8 @@ async def test_a_worker_killed_while_its_create_answer_is_on_the_way_is_paid_onc
             victim.send_signal(signal.SIGKILL)
             victim.wait()
         assert fake.creates == 1, (tmp_path / "victim.log").read_text()
-        [before] = (await engine.get(eid))["jobs"]
-        assert before["status"] == "running" and before["provider_job_id"] is None  # the answer never came
+        [before] = (await engine.get(eid)).jobs
+        assert before.status == "running" and before.provider_job_id is None  # the answer never came
         adapter = case.adapter()
         try:
             async with running_worker(providers_={"replicate": adapter}):

@@ -110,7 +110,7 @@ async def test_the_database_restarting_mid_run_loses_nothing(
 
         async def working() -> bool:
             state = await engine.get(ids[-1])
-            return any(j["status"] == "running" for j in state["jobs"])
+            return any(j.status == "running" for j in state.jobs)
 
         await wait_for(working, what="jobs running before the restart")
         try:
@@ -330,8 +330,8 @@ async def test_two_delivery_loops_deliver_each_event_exactly_once(
         assert len(hits) == expected, f"{len(hits)} requests for {expected} events"
         assert set(ids_seen.values()) == {1}, [k for k, v in ids_seen.items() if v > 1]
         for eid in ids:
-            for d in await store.list_deliveries("default", eid):
-                assert d["status"] == "delivered" and len(d["attempts"]) == 1
+            for d in (await store.list_deliveries("default", eid)).data:
+                assert d.status == "delivered" and len(d.attempts) == 1
         types = Counter(h.event["type"] for h in hits)
         assert types == {"job.succeeded": 50, "execution.succeeded": 25}
     finally:
@@ -428,7 +428,7 @@ async def test_a_full_pool_answers_busy_at_once_and_is_never_logged_as_an_outage
         waited = time.monotonic() - started
         assert waited < 1.5, waited  # the pool's wait, not the 30 s outage retry
         await asyncio.gather(*hold)
-        assert (await store.list_executions("default"))[0] == []  # and it serves again once freed
+        assert (await store.list_executions("default")).data == []  # and it serves again once freed
     finally:
         await store.close()
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
@@ -446,6 +446,6 @@ async def test_a_submission_run_again_after_its_commit_finds_itself_stored(store
     again = await store._in_tx(lambda tx: store._create_execution(tx, ex))  # as the retry after a lost COMMIT
     assert first == again == ex.id
     state = await store.get_execution(ex.id)
-    assert state is not None and [j["id"] for j in state["jobs"]] == ["a", "b"]
+    assert state is not None and [j.id for j in state.jobs] == ["a", "b"]
     created = [e for e in await store.events(ex.id) if e.type == "execution.created"]
     assert len(created) == 1

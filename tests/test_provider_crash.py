@@ -72,8 +72,8 @@ async def test_a_worker_killed_after_submission_never_submits_twice(
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                jobs = (await engine.get(eid))["jobs"]
-                if all(j["provider_job_id"] for j in jobs):
+                jobs = (await engine.get(eid)).jobs
+                if all(j.provider_job_id for j in jobs):
                     break
                 await asyncio.sleep(0.05)
             else:
@@ -81,9 +81,9 @@ async def test_a_worker_killed_after_submission_never_submits_twice(
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.wait()
-        first = {j["id"]: j["provider_job_id"] for j in (await engine.get(eid))["jobs"]}
+        first = {j.id: j.provider_job_id for j in (await engine.get(eid)).jobs}
         assert submissions() == 3
-        assert all(j["status"] == "running" for j in (await engine.get(eid))["jobs"])  # not done yet
+        assert all(j.status == "running" for j in (await engine.get(eid)).jobs)  # not done yet
         remote = adapter()
         async with running_worker(providers_={env_provider(job): remote}):
             state = await engine.wait(eid, timeout=30)

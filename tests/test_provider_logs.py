@@ -91,22 +91,22 @@ async def test_replicate_logs_reach_the_api_the_cli_and_the_sdk(
     assert final and "100%|##########| 100/100" in final
 
     stored = await engine.job_logs(eid, "clip")
-    assert stored["text"] == final  # the provider's whole log, as it gave it
-    assert (stored["attempt"], stored["truncated"], stored["dropped_chars"]) == (1, False, 0)
-    assert (stored["provider"], stored["provider_job_id"], stored["status"]) == ("replicate", pid, "succeeded")
+    assert stored.text == final  # the provider's whole log, as it gave it
+    assert (stored.attempt, stored.truncated, stored.dropped_chars) == (1, False, 0)
+    assert (stored.provider, stored.provider_job_id, stored.status) == ("replicate", pid, "succeeded")
 
     with ApiServer(settings) as api:
         key = api.new_key("default").api_key
         with api.client(key) as http:
             r = http.get(f"/v1/executions/{eid}/jobs/clip/logs")
             assert r.status_code == 200, r.text
-            assert r.json() == stored
+            assert r.json() == stored.model_dump(mode="json")
             state_api = http.get(f"/v1/executions/{eid}").json()
         assert state_api["jobs"][0]["provider_queued_s"] is not None
 
         # the SDK: a client's handle, and the client itself
         with Client(api.url, key) as client:
-            assert client.execution(eid).logs("clip") == stored
+            assert client.execution(eid).logs("clip") == stored.model_dump(mode="json")
             assert client.job_logs(eid, "clip")["text"] == final
 
         # the CLI against the server, and on the local database
@@ -122,7 +122,7 @@ async def test_replicate_logs_reach_the_api_the_cli_and_the_sdk(
         timeout=120,
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
-    assert json.loads(local.stdout) == stored
+    assert json.loads(local.stdout) == stored.model_dump(mode="json")
 
 
 async def test_another_tenant_and_unknown_jobs_get_404(
@@ -156,9 +156,9 @@ async def test_a_long_log_keeps_its_end_and_says_how_much_was_left_out(
     final = replicate_env._view(replicate_env.predictions[state["jobs"][0]["provider_job_id"]])["logs"]
     assert len(final) > LOG_LIMIT_CHARS
     logs = await engine.job_logs(eid, "clip")
-    marker, _, kept = logs["text"].partition("\n")
+    marker, _, kept = logs.text.partition("\n")
     dropped = len(final) - len(kept)
-    assert logs["truncated"] is True and logs["dropped_chars"] == dropped
+    assert logs.truncated is True and logs.dropped_chars == dropped
     assert marker == f"[... {dropped} earlier characters of this log were not kept ...]"
     assert LOG_LIMIT_CHARS - 40 < len(kept) <= LOG_LIMIT_CHARS  # the last 64 KiB, from the first whole line
     assert kept == final[dropped:] and final[dropped - 1] == "\n" and kept.startswith("loading weights shard ")
@@ -178,7 +178,7 @@ async def test_a_failed_prediction_keeps_its_log_and_its_queue_time(
     job = state["jobs"][0]
     assert job["status"] == "failed" and "CUDA out of memory" in job["error"]
     logs = await engine.job_logs(eid, "clip")
-    assert logs["status"] == "failed" and logs["text"].endswith("100%|##########| 100/100\n")
+    assert logs.status == "failed" and logs.text.endswith("100%|##########| 100/100\n")
     assert 0.45 <= job["provider_queued_s"] <= 0.6, job
 
 
@@ -203,7 +203,7 @@ async def test_logs_are_written_only_when_they_change(
     assert len(texts) <= 3, texts  # the log changed a few times while processing; never while starting
     assert all(a != b for a, b in itertools.pairwise(texts))  # never the same log twice
     assert all(t and "Generating" in t for t in texts)
-    assert "100/100" in (await engine.job_logs(eid, "clip"))["text"]  # the last one came with the outcome
+    assert "100/100" in (await engine.job_logs(eid, "clip")).text  # the last one came with the outcome
 
 
 # ----------------------------------------------------------------------------------------- queue time
@@ -308,7 +308,7 @@ async def test_fal_logs_asked_with_logs_1_are_stored_once_each_and_the_queue_tim
     assert polls and all(e.query.get("logs") == "1" for e in polls)
     [req] = fal_env.requests.values()
     logs = await engine.job_logs(eid, "still")
-    lines = logs["text"].splitlines()
+    lines = logs.text.splitlines()
     # every entry fal logged, once, in order, as "<timestamp> <level> <message>"
     assert lines == [f"{e['timestamp']} INFO {e['message']}" for e in req.logs]
     assert lines[0].endswith("INFO Loading model") and lines[-1].endswith("INFO Generating: 100%")
@@ -377,7 +377,7 @@ async def test_the_local_provider_logs_its_ffmpeg_commands(
     async with running_worker(providers_={"local": LocalProvider()}):
         state = await engine.wait(eid, timeout=60)
     assert state["status"] == "succeeded", state["jobs"][0]["error"]
-    text = (await engine.job_logs(eid, "still"))["text"]
+    text = (await engine.job_logs(eid, "still")).text
     lines = text.splitlines()
     assert lines[0].startswith("$ ffmpeg ") and "-loglevel error" in lines[0]
     assert any(ln.startswith("ffmpeg done in ") for ln in lines), text

@@ -84,7 +84,7 @@ async def test_while_a_worker_elsewhere_is_alive_the_wait_runs_nothing(
     async with heartbeats(store, "w-alive"):
         with pytest.raises(TimeoutError):
             await runtime.wait(eid, timeout=2.5)  # over two leases: the live worker keeps the job
-    assert (await runtime.engine.get(eid))["status"] == "queued"
+    assert (await runtime.engine.get(eid)).status == "queued"
 
 
 class Receiver:
@@ -132,11 +132,11 @@ async def test_the_embedded_worker_runs_only_the_waited_executions_jobs_and_webh
 
         assert state["status"] == "succeeded"
         other = await rt.engine.get(b)
-        assert other["status"] == "queued"
-        assert [(j["status"], j["attempts"], j["provider_job_id"]) for j in other["jobs"]] == [("queued", 0, None)]
+        assert other.status == "queued"
+        assert [(j.status, j.attempts, j.provider_job_id) for j in other.jobs] == [("queued", 0, None)]
         assert receiver.executions() == {a}
-        (pending,) = await store.list_deliveries(None, c)
-        assert (pending["status"], pending["attempts"]) == ("pending", [])
+        (pending,) = (await store.list_deliveries(None, c)).data
+        assert (pending.status, pending.attempts) == ("pending", [])
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
@@ -150,7 +150,7 @@ async def test_a_wait_does_not_count_another_waits_worker_as_its_own(settings: S
     waiting_a = asyncio.create_task(rt_a.wait(a, timeout=20))
     try:
         for _ in range(100):  # until A's embedded worker is registered and running A
-            if (await rt_a.engine.get(a))["status"] == "running":
+            if (await rt_a.engine.get(a)).status == "running":
                 break
             await asyncio.sleep(0.05)
         b = await rt_b.engine.submit(quick_job())
@@ -173,7 +173,7 @@ async def test_a_wait_that_ends_early_hands_its_jobs_back_at_once_with_their_pro
     with pytest.raises(TimeoutError):
         await runtime.wait(eid, timeout=1.0)
     assert time.monotonic() - started < 1.0 + 1.5
-    (job,) = (await runtime.engine.get(eid))["jobs"]
-    assert (job["status"], job["attempts"]) == ("queued", 0)
-    assert job["provider_job_id"] and job["provider_job_id"].startswith("sim-")
+    (job,) = (await runtime.engine.get(eid)).jobs
+    assert (job.status, job.attempts) == ("queued", 0)
+    assert job.provider_job_id and job.provider_job_id.startswith("sim-")
     assert await store.live_workers(within_s=LEASE_S) == 0  # the embedded worker is gone

@@ -135,8 +135,8 @@ async def test_a_status_outside_the_table_is_refused(engine: Engine, database_ur
             _raw_write(database_url, sql, args)
     state = await engine.get(eid)
     assert state is not None
-    assert state["status"] == "queued" and [j["status"] for j in state["jobs"]] == ["queued", "waiting"]
+    assert state.status == "queued" and [j.status for j in state.jobs] == ["queued", "waiting"]
     # a listed status still goes through (and the store reads it back)
     _raw_write(database_url, "UPDATE jobs SET status = %s WHERE execution_id = %s AND key = 'b'", ("skipped", eid))
     state = await engine.get(eid)
-    assert state is not None and state["jobs"][1]["status"] == "skipped"
+    assert state is not None and state.jobs[1].status == "skipped"

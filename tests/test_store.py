@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 
 from conftest import WorkerFactory, sim_job
 from pgutil import PG_URL, fresh_database, requires_postgres
@@ -242,9 +243,9 @@ async def scenario(store: Store) -> list[str]:
     assert fan_in.key == "c" and fan_in.dep_results == {"a": {"key": "art/a.mp4", "url": "u"}, "b": {"url": "b"}}
     await store.finish_jobs([JobOutcome(fan_in.id, "w3", "succeeded", result={"url": "c"}, cost_usd=0.1)])
     failed = await store.get_execution("ex1")
-    assert failed is not None and failed["status"] == "failed"
+    assert failed is not None and failed.status == "failed"
     resumed = await store.resume_execution("ex1")
-    assert [j["status"] for j in resumed["jobs"]] == ["succeeded"] * 3 + ["queued", "waiting"]
+    assert [j.status for j in resumed.jobs] == ["succeeded"] * 3 + ["queued", "waiting"]
     [d] = await store.claim("w4", 10, 30)
     assert await store.finish_jobs([JobOutcome(d.id, "w4", "succeeded", result={"url": "d"})]) == ["e"]
     [e] = await store.claim("w4", 10, 30)
@@ -295,7 +296,7 @@ async def limits_and_leases(store: Store) -> str:
     await store.record_delivery_attempt(
         delivery.id, "d1", delivered=False, status_code=500, latency_ms=5.0, error="HTTP 500", next_attempt_at=None
     )
-    assert (await store.redeliver(delivery.id, "acme"))["status"] == "pending"
+    assert (await store.redeliver(delivery.id, "acme")).status == "pending"
     [again] = await store.claim_deliveries("d2", 10, 30, executions=["ex4"])
     await store.record_delivery_attempt(
         again.id, "d2", delivered=True, status_code=204, latency_ms=5.0, error=None, next_attempt_at=None
@@ -314,13 +315,13 @@ async def callbacks_and_orphans(store: Store) -> str:
     assert await store.woken_for("w9") == [claimed["m"].id]
     assert await store.adopted("fal", ["app/req-1", "app/req-9"]) == {"app/req-1"}
     canceled = await store.cancel_execution("ex5")
-    assert canceled["status"] == "canceled"
+    assert canceled.status == "canceled"
     await asyncio.sleep(0.1)
     orphans = await store.recover_expired()
     assert [(o.job_row, o.provider, o.provider_job_id) for o in orphans] == [(claimed["m"].id, "fal", "app/req-1")]
     assert await store.recover_expired() == []
     resumed = await store.resume_execution("ex5")
-    assert [j["status"] for j in resumed["jobs"]] == ["queued", "queued"]
+    assert [j.status for j in resumed.jobs] == ["queued", "queued"]
     again = await store.claim("w10", 10, 30)
     await store.finish_jobs([JobOutcome(c.id, "w10", "succeeded", result={"url": c.key}) for c in again])
     return "ex5"
@@ -335,6 +336,8 @@ TIMES = {
 
 
 def untimed(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return untimed(value.model_dump(mode="json"))
     if isinstance(value, dict):
         return {k: (v is None if k in TIMES else untimed(v)) for k, v in value.items()}
     if isinstance(value, list):
@@ -351,13 +354,13 @@ async def recorded(store: Store, ids: list[str]) -> dict[str, Any]:
             "state": untimed(await store.get_execution(eid, tenant=tenant)),
             "events": [(e.type, e.job_key, untimed(e.data)) for e in await store.events(eid)],
             "webhooks": sorted(
-                (d["event_type"], d["status"], [(a["attempt"], a["status_code"], a["error"]) for a in d["attempts"]])
-                for d in await store.list_deliveries(None, eid)
+                (d.event_type, d.status, [(a.attempt, a.status_code, a.error) for a in d.attempts])
+                for d in (await store.list_deliveries(None, eid)).data
             ),
         }
     out["usage"] = {t: untimed(await store.usage(t)) for t in ("default", "t2", "acme")}
     out["queue"] = untimed(await store.queue_stats())
-    out["list"] = [(e["id"], e["status"]) for e in (await store.list_executions(None, limit=50))[0]]
+    out["list"] = [(e.id, e.status) for e in (await store.list_executions(None, limit=50)).data]
     out["stats"] = untimed(await store.stats(None, 0))
     out["gauges"] = untimed(await store.metric_gauges())
     for eid in ids:  # last: leasing the pending deliveries to read their payloads changes them
@@ -417,17 +420,18 @@ async def test_list_pages_with_cursors_filters_and_tenants(store: Store) -> None
     cursor: str | None = None
     pages = 0
     while True:
-        page, cursor = await store.list_executions("acme", limit=2, cursor=cursor)
-        seen += [e["id"] for e in page]
+        page = await store.list_executions("acme", limit=2, cursor=cursor)
+        seen += [e.id for e in page.data]
+        cursor = page.next_cursor
         pages += 1
         if cursor is None:
             break
     assert seen == ["a4", "a3", "a2", "a1", "a0"] and pages == 3
-    everyone, nxt = await store.list_executions(None, limit=50)
-    assert len(everyone) == 6 and nxt is None
-    assert [e["id"] for e in (await store.list_executions("bolt"))[0]] == ["b0"]
-    assert (await store.list_executions("acme", status="running"))[0] == []
-    assert len((await store.list_executions("acme", status="queued"))[0]) == 5
+    everyone = await store.list_executions(None, limit=50)
+    assert len(everyone.data) == 6 and everyone.next_cursor is None
+    assert [e.id for e in (await store.list_executions("bolt")).data] == ["b0"]
+    assert (await store.list_executions("acme", status="running")).data == []
+    assert len((await store.list_executions("acme", status="queued")).data) == 5
     with pytest.raises(BadCursor):
         await store.list_executions("acme", cursor="not-a-cursor")
     assert await store.get_execution("a1", tenant="bolt") is None
@@ -435,8 +439,8 @@ async def test_list_pages_with_cursors_filters_and_tenants(store: Store) -> None
     assert await store.execution_plan("a1", tenant="acme") == {"jobs": ["a", "b", "c"], "options": {"x": 1}}
     assert await store.execution_plan("a1", tenant="bolt") is None
     state = await store.get_execution("a1")
-    assert state is not None and state["options"] == {"x": 1}
-    assert [j["status"] for j in state["jobs"]] == ["queued", "waiting", "queued"]
+    assert state is not None and state.options == {"x": 1}
+    assert [j.status for j in state.jobs] == ["queued", "waiting", "queued"]
     events = await store.events("a1")
     assert [e.type for e in events] == ["execution.created"] and events[0].data == {"status": "queued", "jobs": 3}
     assert await store.events("a1", after=events[0].seq) == []
@@ -454,12 +458,12 @@ async def test_cancel_and_resume_refuse_what_they_cannot_do(store: Store) -> Non
     with pytest.raises(Conflict, match="only a finished execution"):
         await store.resume_execution("ex")
     state = await store.cancel_execution("ex")
-    assert state["status"] == "canceled" and state["error"] == "canceled by request"
+    assert state.status == "canceled" and state.error == "canceled by request"
     with pytest.raises(Conflict, match="already canceled"):
         await store.cancel_execution("ex")
     resumed = await store.resume_execution("ex")
-    assert resumed["status"] == "queued"
-    assert [j["status"] for j in resumed["jobs"]] == ["queued", "waiting", "queued"]
+    assert resumed.status == "queued"
+    assert [j.status for j in resumed.jobs] == ["queued", "waiting", "queued"]
     claimed = await store.claim("w", 10, 30)
     assert sorted(c.key for c in claimed) == ["a", "c"]
 
@@ -485,9 +489,9 @@ async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(s
     assert [(o.job_row, o.provider, o.provider_job_id) for o in orphans] == [(claimed["remote"].id, "sim", "remote-1")]
     state = await store.get_execution("ex")
     assert state is not None
-    by_key = {j["id"]: j for j in state["jobs"]}
-    assert by_key["twice"]["status"] == "queued"
-    assert by_key["once"]["status"] == "failed" and "lease expired" in by_key["once"]["error"]
+    by_key = {j.id: j for j in state.jobs}
+    assert by_key["twice"].status == "queued"
+    assert by_key["once"].status == "failed" and "lease expired" in str(by_key["once"].error)
     types = [e.type for e in await store.events("ex")]
     assert "job.requeued" in types and "job.failed" in types
     assert await store.recover_expired() == []
@@ -519,7 +523,7 @@ async def test_idempotency_key_returns_the_first_execution_or_conflicts(store: S
     with pytest.raises(IdempotencyConflict):
         await store.create_execution(chain("e3", idempotency_key="k", request_hash="h2"))
     assert await store.create_execution(chain("e4", tenant="other", idempotency_key="k", request_hash="h2")) == "e4"
-    assert len((await store.list_executions(None))[0]) == 2
+    assert len((await store.list_executions(None)).data) == 2
 
 
 async def test_concurrent_submissions_with_one_key_make_one_execution(database_url: str) -> None:
@@ -533,7 +537,7 @@ async def test_concurrent_submissions_with_one_key_make_one_execution(database_u
             )
         )
         assert len(set(ids)) == 1
-        assert len((await stores[0].list_executions(None))[0]) == 1
+        assert len((await stores[0].list_executions(None)).data) == 1
     finally:
         for s in stores:
             await s.close()
@@ -702,21 +706,21 @@ async def test_deliveries_are_leased_once_recorded_and_redelivered(database_url:
             d.id, owner, delivered=False, status_code=500, latency_ms=12.5, error="HTTP 500",
             next_attempt_at=time.time() + 60,
         )  # fmt: skip
-        [view] = await a.list_deliveries("acme", "ex")
-        assert view["status"] == "pending" and view["next_attempt_at"] is not None
-        assert [(x["attempt"], x["status_code"], x["error"]) for x in view["attempts"]] == [(1, 500, "HTTP 500")]
+        [view] = (await a.list_deliveries("acme", "ex")).data
+        assert view.status == "pending" and view.next_attempt_at is not None
+        assert [(x.attempt, x.status_code, x.error) for x in view.attempts] == [(1, 500, "HTTP 500")]
         assert await a.claim_deliveries("dc", 10, 30) == []  # not due yet
         with pytest.raises(NotFound):
             await a.redeliver(d.id, "other-tenant")
         again = await a.redeliver(d.id, "acme")
-        assert again["status"] == "pending"
+        assert again.status == "pending"
         [d2] = await b.claim_deliveries("dd", 10, 30)
         await b.record_delivery_attempt(
             d2.id, "dd", delivered=True, status_code=204, latency_ms=3.0, error=None, next_attempt_at=None
         )
-        [final] = await b.list_deliveries(None)
-        assert final["status"] == "delivered" and len(final["attempts"]) == 2 and final["delivered_at"]
-        assert await a.list_deliveries("other-tenant") == []
+        [final] = (await b.list_deliveries(None)).data
+        assert final.status == "delivered" and len(final.attempts) == 2 and final.delivered_at
+        assert (await a.list_deliveries("other-tenant")).data == []
     finally:
         await a.close()
         await b.close()
@@ -974,11 +978,11 @@ async def test_cancel_racing_many_finishes_ends_consistently(database_url: str) 
             assert errors == []  # deadlocks retried away; a Conflict only if every job had ended first
             state = await stores[0].get_execution(eid)
             assert state is not None
-            statuses = Counter(j["status"] for j in state["jobs"])
+            statuses = Counter(j.status for j in state.jobs)
             assert set(statuses) <= {"succeeded", "canceled"} and sum(statuses.values()) == 60
             events = await stores[0].events(eid)
             ends = [e.type for e in events if e.type in ("execution.succeeded", "execution.canceled")]
-            assert len(ends) == 1 and state["status"] == ends[0].split(".")[1]
+            assert len(ends) == 1 and state.status == ends[0].split(".")[1]
             per_job = Counter(e.job_key for e in events if e.type in ("job.succeeded", "job.canceled"))
             assert set(per_job.values()) == {1}  # every job ended once, one way or the other
     finally:

@@ -29,8 +29,8 @@ async def test_finish_and_claim_hands_off_only_the_dependents_it_released(engine
     assert len(claimed) == 3 and all(c.execution_id == eid and c.key.startswith("d") for c in claimed)
     assert all(c.dep_results == {"root": {"url": "r"}} and c.attempts == 1 for c in claimed)
     state = await engine.get(eid)
-    assert sorted(j["status"] for j in state["jobs"]) == ["queued", "running", "running", "running", "succeeded"]
-    assert [j["status"] for j in (await engine.get(other))["jobs"]] == ["queued"]  # not the hand-off's to take
+    assert sorted(j.status for j in state.jobs) == ["queued", "running", "running", "running", "succeeded"]
+    assert [j.status for j in (await engine.get(other)).jobs] == ["queued"]  # not the hand-off's to take
 
     # nothing to finish: nothing written, nothing claimed
     assert await store.finish_and_claim([], None, "w", 5, 30) == ([], [])
@@ -51,7 +51,7 @@ async def test_finish_and_claim_stays_within_the_tenant_cap(engine: Engine, stor
     )
     assert len(promoted) == 4 and len(claimed) == 1  # the root's place only: x still runs
     assert (await store.usage("t"))["jobs_running"] == 2
-    assert sum(j["status"] == "queued" for j in (await engine.get(eid))["jobs"]) == 3
+    assert sum(j.status == "queued" for j in (await engine.get(eid)).jobs) == 3
 
 
 async def test_wait_for_work_answers_a_submission_of_this_process_at_once(engine: Engine, store: SQLiteStore) -> None:

@@ -261,8 +261,8 @@ async def test_a_literal_link_is_refused_at_submission_on_every_path_and_nothing
             await engine.submit(plan, tenant="b")
         answers.append(str(caught.value))
     assert answers[0] == answers[1] == f"invalid plan: jobs[0].params.input.images[0].url: job 'send': {NOT_FOUND}"
-    rows, _ = await store.list_executions("b", status=None, created_after=None, limit=10, cursor=None)
-    assert rows == []
+    page = await store.list_executions("b", status=None, created_after=None, limit=10, cursor=None)
+    assert page.data == [] and page.next_cursor is None
     # the owner passes
     plan = {"jobs": [{"id": "send", "type": "run", "model": "replicate/acme/user",
                       "params": {"input": {"images": [{"url": theirs["url"]}]}}}]}
@@ -415,8 +415,7 @@ async def test_on_object_storage_presigned_and_s3_links_of_another_tenant_are_re
                 answers.append(str(caught.value))
             expected = f"invalid plan: jobs[0].params.input.image: job 'send': {NOT_FOUND}"
             assert answers[0] == answers[1] == expected, form
-        rows, _ = await store.list_executions("b", status=None, created_after=None, limit=10, cursor=None)
-        assert rows == []
+        assert (await store.list_executions("b", status=None, created_after=None, limit=10, cursor=None)).data == []
 
         # through a reference, checked by the worker: refused for B, handed on as it is for A
         for tenant_name, expected in (("b", "failed"), ("a", "succeeded")):

@@ -149,7 +149,8 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 
 
 async def deliveries(store: SQLiteStore, execution_id: str) -> list[dict[str, Any]]:
-    return await store.list_deliveries("default", execution_id)
+    """The execution's deliveries as the API's JSON."""
+    return [d.model_dump(mode="json") for d in (await store.list_deliveries("default", execution_id)).data]
 
 
 async def finished_execution(
@@ -361,7 +362,7 @@ async def test_an_event_survives_a_sigkilled_worker_while_the_receiver_is_down(
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-    assert (await engine.get(eid))["status"] == "succeeded"
+    assert (await engine.get(eid)).status == "succeeded"
     [before] = await deliveries(store, eid)
     assert before["status"] == "pending" and "ConnectError" in before["attempts"][0]["error"]
     receiver.start()
@@ -464,7 +465,7 @@ async def test_redeliver_sends_the_same_event_again_with_the_same_id(
     await eventually(lambda: _status(store, eid, "delivered"), what="first delivery")
     [delivery] = await deliveries(store, eid)
     again = await store.redeliver(delivery["id"], "default")
-    assert again["status"] == "pending"
+    assert again.status == "pending"
     await eventually(lambda: len(receiver.at()) == 2, what="the redelivery")
     await eventually(lambda: _status(store, eid, "delivered"), what="delivered again")
     await asyncio.sleep(0.2)

@@ -52,10 +52,10 @@ async def test_sigkilled_worker_jobs_are_finished_by_another_after_the_lease(
     try:
         async def all_submitted() -> bool:
             state = await engine.get(eid)
-            return all(j["provider_job_id"] for j in state["jobs"])
+            return all(j.provider_job_id for j in state.jobs)
 
         await wait_for(all_submitted)
-        first_ids = {j["id"]: j["provider_job_id"] for j in (await engine.get(eid))["jobs"]}
+        first_ids = {j.id: j.provider_job_id for j in (await engine.get(eid)).jobs}
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
@@ -87,14 +87,14 @@ async def test_sigterm_drains_running_jobs_and_exits_cleanly(
 
     async def running() -> bool:
         state = await engine.get(eid)
-        return sum(j["status"] == "running" for j in state["jobs"]) == 3
+        return sum(j.status == "running" for j in state.jobs) == 3
 
     await wait_for(running)
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 20)
     assert code == 0
     state = await engine.get(eid)
-    statuses = {j["id"]: j["status"] for j in state["jobs"]}
+    statuses = {j.id: j.status for j in state.jobs}
     # held jobs finished; the dependent promoted meanwhile was not started by the stopping worker
     assert statuses == {"j0": "succeeded", "j1": "succeeded", "j2": "succeeded", "later": "queued"}
     assert await store.live_workers(within_s=60) == 0

@@ -29,12 +29,15 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from . import models
 from .client_errors import (
     APIConnectionError,
     APIError,
     BadRequest,
     ConflictError,
+    InvalidAnswer,
     NotFoundError,
     PayloadTooLarge,
     PlanRejected,
@@ -55,6 +58,7 @@ __all__ = [
     "BadRequest",
     "Client",
     "ConflictError",
+    "InvalidAnswer",
     "NotFoundError",
     "PayloadTooLarge",
     "PlanRejected",
@@ -205,6 +209,17 @@ def _decode(response: httpx.Response) -> Any:
         ) from None
 
 
+def _checked(answer: type[BaseModel], body: Any, operation: str, status: int) -> Any:
+    """`body` (the JSON received, returned as it is) once it parses as `answer`, the API's model of that answer;
+    InvalidAnswer naming `operation` and each field that does not match otherwise."""
+    try:
+        answer.model_validate(body)
+    except ValidationError as exc:
+        problems = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
+        raise InvalidAnswer.of(status, operation, f"a valid {answer.__name__}", problems) from None
+    return body
+
+
 def _timeout_message(execution_id: str, timeout: float | None, status: str = "not finished") -> str:
     return f"execution {execution_id} still {status} after {timeout} s"
 
@@ -242,12 +257,15 @@ class AsyncClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        answer: type[BaseModel] | None = None,
     ) -> Any:
+        """The JSON answer; with `answer` (the model the API answers with), checked against it first."""
         try:
             response = await self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.RequestError as exc:
             raise _connection_error(self.base_url, exc) from exc
-        return _decode(response)
+        body = _decode(response)
+        return body if answer is None else _checked(answer, body, f"{method} {path}", response.status_code)
 
     # executions
     async def execute(
@@ -258,7 +276,9 @@ class AsyncClient:
 
     async def _submit(self, plan: Any, webhook: str | None, idempotency_key: str | None) -> str:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-        body = await self._request("POST", "/v1/executions", json=_plan_of(plan, webhook), headers=headers)
+        body = await self._request(
+            "POST", "/v1/executions", json=_plan_of(plan, webhook), headers=headers, answer=models.Accepted
+        )
         return str(body["id"])
 
     def execution(self, execution_id: str) -> AsyncExecution:
@@ -267,22 +287,26 @@ class AsyncClient:
 
     async def get(self, execution_id: str) -> dict[str, Any]:
         """The execution's full state, as `GET /v1/executions/{id}` gives it."""
-        state: dict[str, Any] = await self._request("GET", _exec_path(execution_id))
+        state: dict[str, Any] = await self._request("GET", _exec_path(execution_id), answer=models.ExecutionState)
         return state
 
     async def job_logs(self, execution_id: str, job_id: str) -> dict[str, Any]:
         """What the provider logged for one job, as `GET /v1/executions/{id}/jobs/{job_id}/logs` gives it."""
         logs: dict[str, Any] = await self._request(
-            "GET", _exec_path(execution_id, f"jobs/{quote(str(job_id), safe='')}/logs")
+            "GET", _exec_path(execution_id, f"jobs/{quote(str(job_id), safe='')}/logs"), answer=models.JobLogs
         )
         return logs
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = await self._request("POST", _exec_path(execution_id, "cancel"))
+        state: dict[str, Any] = await self._request(
+            "POST", _exec_path(execution_id, "cancel"), answer=models.ExecutionState
+        )
         return state
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = await self._request("POST", _exec_path(execution_id, "resume"))
+        state: dict[str, Any] = await self._request(
+            "POST", _exec_path(execution_id, "resume"), answer=models.ExecutionState
+        )
         return state
 
     async def retry(self, execution_id: str) -> AsyncExecution:
@@ -290,31 +314,35 @@ class AsyncClient:
         return self.execution(await self._retry(execution_id))
 
     async def _retry(self, execution_id: str) -> str:
-        return str((await self._request("POST", _exec_path(execution_id, "retry")))["id"])
+        return str((await self._request("POST", _exec_path(execution_id, "retry"), answer=models.Accepted))["id"])
 
     async def estimate(self, plan: Any) -> dict[str, Any]:
         """Cost and time estimate of a plan; nothing is enqueued."""
-        answer: dict[str, Any] = await self._request("POST", "/v1/estimate", json=_plan_of(plan))
+        answer: dict[str, Any] = await self._request(
+            "POST", "/v1/estimate", json=_plan_of(plan), answer=models.Estimate
+        )
         return answer
 
     async def models(self) -> builtins.list[dict[str, Any]]:
         """The model catalog."""
-        return list((await self._request("GET", "/v1/models"))["data"])
+        return list((await self._request("GET", "/v1/models", answer=models.ModelList))["data"])
 
     async def usage(self) -> dict[str, Any]:
         """This calendar month's usage of the key's tenant, with its limits."""
-        answer: dict[str, Any] = await self._request("GET", "/v1/usage")
+        answer: dict[str, Any] = await self._request("GET", "/v1/usage", answer=models.Usage)
         return answer
 
     async def providers(self) -> dict[str, Any]:
         """Each provider's and model's circuit, recent success rate and limits (`GET /v1/providers`)."""
-        answer: dict[str, Any] = await self._request("GET", "/v1/providers")
+        answer: dict[str, Any] = await self._request("GET", "/v1/providers", answer=models.ProviderList)
         return answer
 
     async def stats(self, since: str | None = None) -> dict[str, Any]:
         """The key's tenant's figures (`GET /v1/stats`) since `since`: an ISO 8601 time or a duration such
         as `24h` (the default), `90m`, `7d`."""
-        answer: dict[str, Any] = await self._request("GET", "/v1/stats", params={"since": since} if since else None)
+        answer: dict[str, Any] = await self._request(
+            "GET", "/v1/stats", params={"since": since} if since else None, answer=models.Stats
+        )
         return answer
 
     # events and waiting
@@ -428,7 +456,10 @@ class AsyncClient:
         cursor: str | None = None
         while True:
             page = await self._request(
-                "GET", "/v1/executions", params={**params, **({"cursor": cursor} if cursor else {})}
+                "GET",
+                "/v1/executions",
+                params={**params, **({"cursor": cursor} if cursor else {})},
+                answer=models.ExecutionPage,
             )
             for row in page["data"]:
                 yield row

@@ -86,6 +86,22 @@ class ServerError(APIError):
     """5xx: the server failed."""
 
 
+class InvalidAnswer(APIError):
+    """A success answer that is not what the API documents (a field missing, of the wrong type, a status it does
+    not have): `detail` names the operation and each field's path (`jobs.0.status`) with what was wrong, `errors`
+    lists them (`loc`, `msg`). Raised when the answer is read, instead of a KeyError later."""
+
+    @classmethod
+    def of(cls, status: int, operation: str, kind: str, problems: builtins.list[dict[str, Any]]) -> InvalidAnswer:
+        """From pydantic's errors (`ValidationError.errors()`) for the answer of `operation` (`GET /v1/...`)."""
+        items = [{"loc": [*p.get("loc", ())], "msg": str(p.get("msg", "")), "type": str(p.get("type", ""))}
+                 for p in problems]  # fmt: skip
+        said = [f"{'.'.join(str(part) for part in i['loc']) or '(the answer)'}: {i['msg']}" for i in items[:5]]
+        more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
+        detail = f"the answer to {operation} is not {kind}: {'; '.join(said)}{more}"
+        return cls(status, "Invalid answer", detail, items)
+
+
 class APIConnectionError(ReelflowError, ConnectionError):
     """The server could not be reached, or the connection failed (timeouts included)."""
 

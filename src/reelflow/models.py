@@ -1,7 +1,9 @@
 """The typed answers of the HTTP API: an execution's state, its jobs, events, webhook deliveries, usage, stats.
 
 The API declares them as `response_model`s, so its OpenAPI document describes every answer; they need pydantic
-only (no FastAPI), so the SDK and the stores can use them too. The wire format is the one the stores build
+only (no FastAPI), so the SDK and the stores can use them too. The stores return them (validated there, once: FastAPI
+passes an instance of the route's model through without validating it again), and the client checks every answer
+it reads against them. The wire format is the one the stores build
 (`store/common.py`): each model declares its fields in the order the stores write them, and a number the store
 hands over as an int stays an int (`Number`), so an answer passed through a model is byte for byte the same.
 Where the set of keys is open (results, metadata, options) the field is a plain JSON object.
@@ -9,9 +11,12 @@ Where the set of keys is open (results, metadata, options) the field is a plain 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import functools
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.fields import FieldInfo
 
 from .providers.catalog import ModelSpec
 
@@ -26,6 +31,27 @@ JsonObject = dict[str, Any]
 ExecutionStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "canceled", "skipped"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+def _is_plain(kind: Any, metadata: list[Any]) -> bool:
+    """A type whose values are never text of the caller's: a number, a flag, a status, a timestamp, None."""
+    if get_origin(kind) is Annotated:
+        kind, *extra = get_args(kind)
+        metadata = [*metadata, *extra]
+    if any(isinstance(m, WithJsonSchema) and (m.json_schema or {}).get("format") == "date-time" for m in metadata):
+        return True
+    if get_origin(kind) in (Union, types.UnionType):
+        return all(_is_plain(k, []) for k in get_args(kind))
+    return kind in (int, float, bool, type(None)) or get_origin(kind) is Literal
+
+
+@functools.cache
+def text_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` that may hold free text, JSON objects, lists or models: where an artifact link or a
+    local path can be (`strip_paths` and the link signer walk only these; the others are numbers, flags, statuses,
+    timestamps)."""
+    fields: dict[str, FieldInfo] = model.model_fields
+    return tuple(name for name, info in fields.items() if not _is_plain(info.annotation, list(info.metadata)))
 
 
 class Answer(BaseModel):

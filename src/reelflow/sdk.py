@@ -453,7 +453,7 @@ class LocalBackend:
         self.runtime = runtime
 
     async def get(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.get(execution_id)
+        return (await self.runtime.engine.get(execution_id)).model_dump(mode="json")
 
     async def wait(
         self, execution_id: str, *, timeout: float | None = None, on_update: Listener | None = None
@@ -461,13 +461,13 @@ class LocalBackend:
         return await self.runtime.wait(execution_id, timeout=timeout, on_update=on_update)
 
     async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
-        return await self.runtime.engine.job_logs(execution_id, job_key)
+        return (await self.runtime.engine.job_logs(execution_id, job_key)).model_dump(mode="json")
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.cancel(execution_id)
+        return (await self.runtime.engine.cancel(execution_id)).model_dump(mode="json")
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.resume(execution_id)
+        return (await self.runtime.engine.resume(execution_id)).model_dump(mode="json")
 
     async def retry(self, execution_id: str) -> str:
         return await self.runtime.engine.retry(execution_id)

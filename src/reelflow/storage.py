@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ReelflowError
+from .models import text_fields
 
 KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}(\.[a-z0-9]{1,8})?\Z")  # \Z: no trailing newline
 ARTIFACT_PATH = "/v1/artifacts/"
@@ -473,7 +474,12 @@ class LinkSigner:
         return key
 
     def _candidates(self, value: Any, found: set[str]) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, BaseModel):  # an answer model: its fields that may hold text (an entry is a dict)
+            fields = value.__dict__
+            for name in text_fields(type(value)):
+                if (v := fields[name]) is not None:
+                    self._candidates(v, found)
+        elif isinstance(value, dict):
             if "key" in value and (entry := _entry_key(value)) is not None:
                 found.add(entry)
             for v in value.values():
@@ -488,6 +494,12 @@ class LinkSigner:
 
     def _rewrite(self, value: Any, links: dict[str, str]) -> Any:
         """`value` with the links of `links`' keys replaced; parts without any are returned as they are."""
+        if isinstance(value, BaseModel):
+            fields, changes = value.__dict__, {}
+            for name in text_fields(type(value)):
+                if (v := fields[name]) is not None and (new := self._rewrite(v, links)) is not v:
+                    changes[name] = new
+            return value.model_copy(update=changes) if changes else value
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for k, v in value.items():

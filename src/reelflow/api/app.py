@@ -329,7 +329,7 @@ async def submit(
     if idempotency_key is None:
         return accepted(execution_id, "queued")
     state = await svc.engine.get(execution_id, who)  # a replay answers with the first execution's status
-    return accepted(execution_id, state["status"])
+    return accepted(execution_id, state.status)
 
 
 @router.get("/executions", response_model=ExecutionPage, tags=["executions"], responses=errors(422))
@@ -340,7 +340,7 @@ async def list_executions(
     created_after: Annotated[datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> dict[str, Any]:
+) -> ExecutionPage:
     """Executions, newest first; `next_cursor` fetches the next page."""
     assert status is None or status in EXECUTION_STATUSES
     try:
@@ -349,7 +349,7 @@ async def list_executions(
         msg = "created_after is out of range"
         raise Problem(422, msg, errors=[{"loc": ["query", "created_after"], "msg": msg}]) from None
     try:
-        rows, nxt = await svc.store.list_executions(
+        return await svc.store.list_executions(
             who,
             status=status,
             created_after=after,
@@ -358,11 +358,10 @@ async def list_executions(
         )
     except BadCursor as exc:
         raise Problem(422, str(exc), errors=[{"loc": ["query", "cursor"], "msg": str(exc)}]) from None
-    return {"data": rows, "next_cursor": nxt}
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionState, tags=["executions"], responses=errors(404))
-async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> ExecutionState:
     """The full state: status, progress, jobs, result, error, cost, timestamps, metadata."""
     return await svc.signed(who, strip_paths(await svc.engine.get(check_path_id(execution_id), who)))
 
@@ -373,7 +372,7 @@ async def get_execution(execution_id: str, svc: Svc, who: Tenant) -> dict[str, A
     tags=["executions"],
     responses=errors(404),
 )
-async def get_job_logs(execution_id: str, job_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+async def get_job_logs(execution_id: str, job_id: str, svc: Svc, who: Tenant) -> JobLogs:
     """What the provider logged for one job (the last 64 KiB, every attempt), and whether earlier lines were
     left out."""
     check_path_id(execution_id)
@@ -446,7 +445,7 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
                 return
         else:
             state = await svc.store.get_execution(execution_id, who)
-            if state is None or state["status"] in TERMINAL_EXECUTION:
+            if state is None or state.status in TERMINAL_EXECUTION:
                 return
             if time.monotonic() - idle_since >= SSE_KEEPALIVE_S:
                 idle_since = time.monotonic()
@@ -462,7 +461,7 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
     tags=["executions"],
     responses=errors(404) | {409: problem_answer(409, "The execution has already finished")},
 )
-async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+async def cancel(execution_id: str, svc: Svc, who: Tenant) -> ExecutionState:
     """Cancel: queued jobs canceled, running ones stopped at their provider."""
     return await svc.signed(who, strip_paths(await svc.engine.cancel(check_path_id(execution_id), who)))
 
@@ -473,7 +472,7 @@ async def cancel(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
     tags=["executions"],
     responses=errors(404) | {409: problem_answer(409, "The execution has not finished, or it succeeded")},
 )
-async def resume(execution_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+async def resume(execution_id: str, svc: Svc, who: Tenant) -> ExecutionState:
     """Re-run only the failed, canceled and skipped jobs; succeeded ones keep their results."""
     return await svc.signed(who, strip_paths(await svc.engine.resume(check_path_id(execution_id), who)))
 
@@ -504,7 +503,7 @@ async def estimate(request: Request, svc: Svc, who: Tenant) -> dict[str, Any]:
 
 
 @router.get("/usage", response_model=Usage, tags=["usage"])
-async def usage(svc: Svc, who: Tenant) -> dict[str, Any]:
+async def usage(svc: Svc, who: Tenant) -> Usage:
     """The caller's tenant this calendar month: executions, settled and reserved cost, cache hits, limits; and
     its jobs running now (`jobs_running`, against `limits.max_concurrent`)."""
     return await svc.engine.usage(who)
@@ -518,7 +517,7 @@ async def stats(
         str | None,
         Query(max_length=64, description="An ISO 8601 time, or a duration back from now (24h, 90m, 7d); default 24h."),
     ] = None,
-) -> dict[str, Any]:
+) -> Stats:
     """The caller's tenant since `since`: executions by status with success rate and p50/p95 time, queue depth,
     jobs by status, per-provider success and p50 time, webhook deliveries, spend this month, workers."""
     try:
@@ -602,15 +601,15 @@ async def deliveries(
     who: Tenant,
     execution_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
+) -> DeliveryList:
     """Webhook deliveries with every attempt (status code, latency, error)."""
-    return {"data": await svc.store.list_deliveries(who, execution_id, limit)}
+    return await svc.store.list_deliveries(who, execution_id, limit)
 
 
 @router.post(
     "/webhook-deliveries/{delivery_id}/redeliver", response_model=Delivery, tags=["webhooks"], responses=errors(404)
 )
-async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> dict[str, Any]:
+async def redeliver(delivery_id: str, svc: Svc, who: Tenant) -> Delivery:
     """Send a delivery again (same webhook-id)."""
     return await svc.store.redeliver(check_path_id(delivery_id, "webhook delivery"), who)
 

@@ -87,19 +87,19 @@ class Local:
         return await self.runtime.engine.submit(plan, webhook=webhook)
 
     async def get(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.get(execution_id)
+        return (await self.runtime.engine.get(execution_id)).model_dump(mode="json")
 
     async def wait(self, execution_id: str, on_update: Listener | None = None) -> dict[str, Any]:
         return await self.runtime.wait(execution_id, on_update=on_update)
 
     async def cancel(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.cancel(execution_id)
+        return (await self.runtime.engine.cancel(execution_id)).model_dump(mode="json")
 
     async def job_logs(self, execution_id: str, job_key: str) -> dict[str, Any]:
-        return await self.runtime.engine.job_logs(execution_id, job_key)
+        return (await self.runtime.engine.job_logs(execution_id, job_key)).model_dump(mode="json")
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
-        return await self.runtime.engine.resume(execution_id)
+        return (await self.runtime.engine.resume(execution_id)).model_dump(mode="json")
 
     async def retry(self, execution_id: str) -> str:
         return await self.runtime.engine.retry(execution_id)
@@ -121,11 +121,12 @@ class Local:
         rows: list[dict[str, Any]] = []
         cursor: str | None = None
         while len(rows) < limit:
-            page, cursor = await self.runtime.store.list_executions(
+            page = await self.runtime.store.list_executions(
                 None, status=status, limit=min(200, limit - len(rows)), cursor=cursor
             )
-            rows.extend(page)
-            if not cursor or not page:
+            rows.extend(row.model_dump(mode="json") for row in page.data)
+            cursor = page.next_cursor
+            if not cursor or not page.data:
                 break
         return rows[:limit]
 
@@ -149,10 +150,10 @@ class Local:
         keys = {k.tenant for k in await rt.store.list_api_keys()}
         tenants = sorted(keys | set(queue["active_by_tenant"]) | {"default"})
         return {
-            "usage": [await rt.engine.usage(t) for t in tenants],
+            "usage": [(await rt.engine.usage(t)).model_dump(mode="json") for t in tenants],
             "queue": queue,
             "limits": get_limits(rt.settings).as_dict(),
-            "stats": await rt.store.stats(None, start),
+            "stats": (await rt.store.stats(None, start)).model_dump(mode="json"),
             "circuits": provider_circuits(await rt.store.circuits(), get_limits(rt.settings), time.time()),
         }
 

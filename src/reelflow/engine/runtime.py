@@ -120,8 +120,8 @@ class LocalRuntime:
         deadline = asyncio.get_running_loop().time() + patience_s
         while asyncio.get_running_loop().time() < deadline:
             pending = [
-                d for d in await self.store.list_deliveries(None, execution_id)
-                if d["status"] == "pending" and not d["attempts"]
+                d for d in (await self.store.list_deliveries(None, execution_id)).data
+                if d.status == "pending" and not d.attempts
             ]
             if not pending:
                 return

@@ -19,6 +19,7 @@ from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
 from ..estimate import job_cost
 from ..limits import get_limits
+from ..models import ExecutionState, JobLogs, Usage
 from ..plan import Plan, parse_plan
 from ..providers.catalog import Catalog, default_catalog
 from ..providers.registry import missing_credential
@@ -202,7 +203,7 @@ class Engine:
             execution.usage_limit = UsageLimit(limit.monthly_executions, limit.monthly_cost_usd)
         return await self.store.create_execution(execution)
 
-    async def usage(self, tenant: str = "default") -> dict[str, Any]:
+    async def usage(self, tenant: str = "default") -> Usage:
         """This month's executions and cost of a tenant, its jobs running now, with its limits."""
         used = await self.store.usage(tenant)
         limit = get_limits(self.settings).tenant(tenant)
@@ -211,15 +212,15 @@ class Engine:
             "monthly_cost_usd": limit.monthly_cost_usd,
             "max_concurrent": limit.max_concurrent,
         }
-        return used
+        return Usage.model_validate(used)
 
-    async def get(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def get(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
         state = await self.store.get_execution(execution_id, tenant)
         if state is None:
             raise NotFound(f"execution {execution_id!r} not found")
         return state
 
-    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any]:
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> JobLogs:
         """One job's provider log; NotFound naming what is unknown (the execution, or the job in it)."""
         found = await self.store.job_logs(execution_id, job_key, tenant)
         if found is None:
@@ -227,10 +228,10 @@ class Engine:
             raise NotFound(f"job {job_key!r} not found in execution {execution_id!r}")
         return found
 
-    async def cancel(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def cancel(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
         return await self.store.cancel_execution(execution_id, tenant)
 
-    async def resume(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def resume(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
         return await self.store.resume_execution(execution_id, tenant)
 
     async def retry(self, execution_id: str, tenant: str | None = None) -> str:
@@ -256,10 +257,11 @@ class Engine:
         poll_s: float = 0.2,
         on_update: Listener | None = None,
     ) -> dict[str, Any]:
-        """Poll until the execution ends (or `timeout` passes); call `on_update` with each new state."""
+        """Poll until the execution ends (or `timeout` passes); call `on_update` with each new state. The states
+        are the API's JSON (`ExecutionState.model_dump(mode="json")`, artifact paths kept)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            state = await self.get(execution_id, tenant)
+            state = (await self.get(execution_id, tenant)).model_dump(mode="json")
             if on_update is not None:
                 maybe = on_update(state)
                 if maybe is not None:

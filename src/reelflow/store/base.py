@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from ..circuits import Admission, Circuit, CircuitConfig
+    from ..models import Delivery as DeliveryAnswer
+    from ..models import DeliveryList, ExecutionPage, ExecutionState, JobLogs, Stats
 
 JobOutcomeStatus = Literal["succeeded", "failed", "retry", "canceled"]
 
@@ -238,13 +240,14 @@ class ExecutionStore(Protocol):
         and the same request hash, return the earlier execution's id instead (IdempotencyConflict if the
         hash differs)."""
 
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        """The full state the API shows, or None when unknown (or another tenant's)."""
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState | None:
+        """The full state the API shows (validated once, here: the API passes it through as it is; artifact
+        entries keep their local `path`, which the API leaves out), or None when unknown (or another tenant's)."""
 
     async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The plan an execution was submitted with (for retry)."""
 
-    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> JobLogs | None:
         """One job's provider log as the API shows it; None when the execution (the tenant's) or job is unknown."""
         ...
 
@@ -256,11 +259,17 @@ class ExecutionStore(Protocol):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]: ...
+    ) -> ExecutionPage:
+        """Up to `limit` executions (summaries), newest first, and the cursor of the next page (None: the last)."""
+        ...
 
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]: ...
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
+        """Cancel it; its state after (NotFound, Conflict when it has ended)."""
+        ...
 
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]: ...
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
+        """Re-run what did not succeed; its state after (NotFound, Conflict unless it failed or was canceled)."""
+        ...
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
 
@@ -382,13 +391,13 @@ class LimitStore(Protocol):
 
     async def usage(self, tenant: str, now: float | None = None) -> dict[str, Any]:
         """A tenant's calendar month so far: executions, settled cost, reserved cost, cache hits; and its jobs
-        running now (`jobs_running`)."""
+        running now (`jobs_running`). The `Usage` answer without its `limits` (the engine adds them)."""
 
     async def queue_stats(self) -> dict[str, Any]:
         """Jobs by status, running and queued by provider, active jobs by tenant."""
 
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
-        """Operational figures of one tenant (None: every tenant) since `since` (epoch seconds): the JSON of
+    async def stats(self, tenant: str | None, since: float) -> Stats:
+        """Operational figures of one tenant (None: every tenant) since `since` (epoch seconds): the answer of
         `GET /v1/stats` (store/stats.py says how each is counted)."""
 
     async def metric_gauges(self) -> dict[str, Any]:
@@ -478,9 +487,13 @@ class DeliveryStore(Protocol):
 
     async def list_deliveries(
         self, tenant: str | None, execution_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]: ...
+    ) -> DeliveryList:
+        """Deliveries with every attempt, newest first."""
+        ...
 
-    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]: ...
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> DeliveryAnswer:
+        """Send a delivery again (same webhook-id); the delivery as it now is (NotFound when unknown)."""
+        ...
 
 
 class Store(ExecutionStore, LimitStore, TenantStore, ArtifactStore, DeliveryStore, Protocol):

@@ -15,7 +15,10 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, TypeVar, cast
 
+from pydantic import BaseModel
+
 from ..errors import ReelflowError, UsageLimitExceeded
+from ..models import text_fields
 from ..states import guard
 from .base import UsageLimit
 
@@ -354,8 +357,38 @@ T = TypeVar("T")
 
 
 def strip_paths(value: T) -> T:
-    """A copy without the server's local file paths (`path` beside an artifact `key`): not for clients."""
+    """A copy without the server's local file paths (`path` beside an artifact `key`): not for clients. An answer
+    model (`reelflow.models`) is copied only where a path is left out: the rest is shared with `value`."""
+    if isinstance(value, BaseModel):
+        return cast(T, _strip_shared(value))
     return cast(T, _strip(value))
+
+
+def _strip_shared(value: Any) -> Any:
+    """`value` without paths; the parts that had none are `value`'s own (not copied)."""
+    if isinstance(value, BaseModel):
+        fields, changes = value.__dict__, {}
+        for name in text_fields(type(value)):
+            if isinstance(v := fields[name], dict | list | BaseModel) and (new := _strip_shared(v)) is not v:
+                changes[name] = new
+        return value.model_copy(update=changes) if changes else value
+    if isinstance(value, dict):
+        if "path" in value and "key" in value:
+            return {k: _strip_shared(v) for k, v in value.items() if k != "path"}
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            if isinstance(v, dict | list) and (new := _strip_shared(v)) is not v:
+                out = dict(value) if out is None else out
+                out[k] = new
+        return value if out is None else out
+    if isinstance(value, list):
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            if isinstance(v, dict | list | BaseModel) and (new := _strip_shared(v)) is not v:
+                items = list(value) if items is None else items
+                items[i] = new
+        return value if items is None else items
+    return value
 
 
 def _strip(value: Any) -> Any:

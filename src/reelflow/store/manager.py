@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol, TypeVar
 from .. import metrics
 from ..circuits import Admission, Circuit, CircuitConfig, admit, record
 from ..errors import Conflict, IdempotencyConflict, NotFound
+from ..models import Delivery as DeliveryAnswer
+from ..models import DeliveryList, ExecutionPage, ExecutionState, ExecutionSummary, JobLogs, Stats
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
@@ -805,7 +807,7 @@ class StoreManager(StoreRules):
             raise NotFound(f"execution {execution_id!r} not found")
         return row
 
-    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def cancel_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
         async def write(tx: Tx) -> None:
             now = time.time()
             row = await self._execution_for_change(tx, execution_id, tenant)
@@ -827,7 +829,7 @@ class StoreManager(StoreRules):
         assert state is not None
         return state
 
-    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any]:
+    async def resume_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState:
         async def write(tx: Tx) -> bool:
             now = time.time()
             row = await self._execution_for_change(tx, execution_id, tenant)
@@ -1117,7 +1119,7 @@ class StoreManager(StoreRules):
         return ex.id
 
     # ------------------------------------------------------------------ reading
-    async def get_execution(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+    async def get_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState | None:
         async def read(tx: Tx) -> dict[str, Any] | None:
             row = await tx.one(self.sql.execution, (execution_id,))
             if row is None or (tenant is not None and row["tenant"] != tenant):
@@ -1125,7 +1127,8 @@ class StoreManager(StoreRules):
             jobs = await tx.all(self.sql.execution_jobs, (execution_id,))
             return execution_view(dict(row), [dict(j) for j in jobs])
 
-        return await self._in_snapshot(read)
+        view = await self._in_snapshot(read)
+        return None if view is None else ExecutionState.model_validate(view)  # validated here, and only here
 
     async def list_executions(
         self,
@@ -1135,7 +1138,7 @@ class StoreManager(StoreRules):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> ExecutionPage:
         where, args = equal_filters(tenant=tenant, status=status)
         if created_after is not None:
             where.append("created_at > %s")
@@ -1149,7 +1152,8 @@ class StoreManager(StoreRules):
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [execution_summary(r) for r in rows], nxt
+        data = [ExecutionSummary.model_validate(execution_summary(r)) for r in rows]
+        return ExecutionPage(data=data, next_cursor=nxt)
 
     async def execution_plan(self, execution_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         row = await self._in_read(lambda tx: tx.one(self.sql.execution_plan, (execution_id,)))
@@ -1157,7 +1161,7 @@ class StoreManager(StoreRules):
             return None
         return dict(loads(row["plan"]))
 
-    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> dict[str, Any] | None:
+    async def job_logs(self, execution_id: str, job_key: str, tenant: str | None = None) -> JobLogs | None:
         async def read(tx: Tx) -> dict[str, Any] | None:
             job = await tx.one(self.sql.job_of_execution, (execution_id, job_key))
             if job is None or (tenant is not None and job["tenant"] != tenant):
@@ -1165,7 +1169,8 @@ class StoreManager(StoreRules):
             row = await tx.one(self.sql.job_log, (job["id"],))
             return log_view(execution_id, dict(job), None if row is None else dict(row))
 
-        return await self._in_snapshot(read)
+        view = await self._in_snapshot(read)
+        return None if view is None else JobLogs.model_validate(view)
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._in_read(lambda tx: tx.all(self.sql.events, (execution_id, after, limit)))
@@ -1214,7 +1219,7 @@ class StoreManager(StoreRules):
 
         return await self._in_snapshot(read)
 
-    async def stats(self, tenant: str | None, since: float) -> dict[str, Any]:
+    async def stats(self, tenant: str | None, since: float) -> Stats:
         now = time.time()
         t, ta = ("", ()) if tenant is None else (" AND tenant = %s", (tenant,))
         args = {
@@ -1223,7 +1228,7 @@ class StoreManager(StoreRules):
             "spend_month": (month_start(now), *ta), "workers": (now - LIVE_WITHIN_S,),
         }  # fmt: skip
         queries = {name: (getattr(self.sql, f"stats_{name}").format(t=t), a) for name, a in args.items()}
-        return assemble_stats(await self._fetch(queries), tenant, since)
+        return Stats.model_validate(assemble_stats(await self._fetch(queries), tenant, since))
 
     async def metric_gauges(self) -> dict[str, Any]:
         now = time.time()
@@ -1464,8 +1469,10 @@ class StoreManager(StoreRules):
 
     async def list_deliveries(
         self, tenant: str | None, execution_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return await self._in_snapshot(lambda tx: self._deliveries(tx, tenant, execution_id, limit))
+    ) -> DeliveryList:
+        return DeliveryList.model_validate(
+            {"data": await self._in_snapshot(lambda tx: self._deliveries(tx, tenant, execution_id, limit))}
+        )
 
     async def _deliveries(
         self, tx: Tx, tenant: str | None, execution_id: str | None, limit: int, delivery_id: str | None = None
@@ -1480,7 +1487,7 @@ class StoreManager(StoreRules):
                 attempts[a["delivery_id"]].append(dict(a))
         return [delivery_view(dict(r), attempts[r["id"]]) for r in rows]
 
-    async def redeliver(self, delivery_id: str, tenant: str | None) -> dict[str, Any]:
+    async def redeliver(self, delivery_id: str, tenant: str | None) -> DeliveryAnswer:
         async def write(tx: Tx) -> dict[str, Any]:
             row = await tx.one(self.sql.delivery_tenant + tx.for_update, (delivery_id,))
             if row is None or (tenant is not None and row["tenant"] != tenant):
@@ -1490,7 +1497,7 @@ class StoreManager(StoreRules):
             found = await self._deliveries(tx, tenant, None, 1, delivery_id)
             return found[0]
 
-        return await self._in_tx(write)
+        return DeliveryAnswer.model_validate(await self._in_tx(write))
 
 
 def equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
