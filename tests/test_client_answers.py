@@ -5,6 +5,7 @@ is returned as it came, the same dict as the model's dump of it."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -188,3 +189,22 @@ def test_what_a_server_answers_parses_and_dumps_to_the_same_json(server: ApiServ
         assert len(answers[-1][1]["data"]) >= 4  # the job events and the end, each tried
         resumed = client.resume(execution.id)
         assert models.ExecutionState.model_validate(resumed).model_dump(mode="json") == resumed
+
+
+def test_the_model_catalog_of_a_newer_server_is_read_not_refused(fake: Callable[[Any], Client]) -> None:
+    """A server that knows a job type this client does not still lists its models; a catalog that is not a list
+    of objects is refused."""
+    entry = {"id": "x/y", "provider": "x", "name": "y", "types": ["generate-hologram"], "params": {}}
+    assert fake({"data": [entry]}).models() == [entry]
+    with pytest.raises(InvalidAnswer, match="GET /v1/models"):
+        fake({"data": "everything"}).models()
+
+
+def test_a_plain_http_server_costs_no_ca_bundle_and_https_still_verifies() -> None:
+    """The CA bundle is loaded only for an https server (it is most of a CLI command's client start-up); the
+    plain-http client's TLS context trusts nothing, so it could never accept a certificate."""
+    plain, secure = AsyncClient("http://127.0.0.1:8000"), AsyncClient("https://reelflow.test")
+    contexts = [c._http._transport._pool._ssl_context for c in (plain, secure)]  # type: ignore[attr-defined]
+    assert contexts[0].cert_store_stats()["x509_ca"] == 0
+    assert contexts[1].cert_store_stats()["x509_ca"] > 0
+    assert all(c.verify_mode == ssl.CERT_REQUIRED and c.check_hostname for c in contexts)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 import weakref
@@ -209,6 +210,13 @@ def _decode(response: httpx.Response) -> Any:
         ) from None
 
 
+class _ModelEntries(BaseModel):
+    """What the client checks of `GET /v1/models`: a list of objects. Not each entry against `ModelSpec`, whose
+    checks (known job types, ...) would make this client refuse the catalog of a newer server."""
+
+    data: list[dict[str, Any]]
+
+
 def _checked(answer: type[BaseModel], body: Any, operation: str, status: int) -> Any:
     """`body` (the JSON received, returned as it is) once it parses as `answer`, the API's model of that answer;
     InvalidAnswer naming `operation` and each field that does not match otherwise."""
@@ -235,7 +243,12 @@ class AsyncClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        # A plain-http server is never spoken TLS to (no redirects are followed), so no CA bundle is loaded for
+        # it (certifi's: 45-115 ms of a CLI command's start-up); a context that trusts nothing stands in.
+        verify: ssl.SSLContext | bool = True
+        if self.base_url.startswith("http://"):
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, verify=verify)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
@@ -325,7 +338,7 @@ class AsyncClient:
 
     async def models(self) -> builtins.list[dict[str, Any]]:
         """The model catalog."""
-        return list((await self._request("GET", "/v1/models", answer=models.ModelList))["data"])
+        return list((await self._request("GET", "/v1/models", answer=_ModelEntries))["data"])
 
     async def usage(self) -> dict[str, Any]:
         """This calendar month's usage of the key's tenant, with its limits."""
