@@ -411,7 +411,7 @@ def problems(spec: ModelSpec, params: dict[str, Any]) -> list[Any]:
             params,
             extra_allowed=False,
             loc_prefix=["params"],
-            job_id="clip",
+            job_key="clip",
             allow_refs=False,
             rules=spec.rules,
         )
