@@ -79,7 +79,7 @@ async def main(total: int, database_url: str | None, concurrency: int, batch: in
     ends: list[float] = []
     handoffs: list[float] = []
     for eid in ids:
-        state = await engine.get(eid)
+        state = (await engine.get(eid)).model_dump(mode="json")
         by_id = {j["id"]: j for j in state["jobs"]}
         assert state["status"] == "succeeded", state["error"]
         for j in state["jobs"]:

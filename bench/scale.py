@@ -91,7 +91,7 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False, rate
                 p.wait(60)
         starts, ends, handoffs = [], [], []
         for eid in ids:
-            state = await engine.get(eid)
+            state = (await engine.get(eid)).model_dump(mode="json")
             by_id = {j["id"]: j for j in state["jobs"]}
             for j in state["jobs"]:
                 starts.append(ts(j["started_at"]))
