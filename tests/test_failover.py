@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from apiserver import ApiServer, server_settings
 from conftest import WorkerFactory
 from fakes.replicate import FakeReplicate
+from providerfakes import replicate_adapter, replicate_fixture
 from reelflow import sdk
 from reelflow.api.app import create_app
 from reelflow.circuits import CircuitConfig, circuit_keys
@@ -33,16 +33,11 @@ LITE = "replicate/bytedance/seedance-1-lite"
 KLING = "replicate/kwaivgi/kling-v2.1"
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeReplicate]:
-    with FakeReplicate(latency_s=0.1, queue_s=0.02) as fake:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
-        monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", fake.base_url)
-        yield fake
+fake = replicate_fixture(latency_s=0.1, queue_s=0.02)
 
 
 def adapter(fake: FakeReplicate) -> ReplicateProvider:
-    return ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.02, poll_max_s=0.1)
+    return replicate_adapter(fake, poll_initial_s=0.02)
 
 
 def clip(job_key: str, model: str | list[str], **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from apiserver import ApiServer
 from conftest import WorkerFactory
 from fakes.fal import FakeFal
 from fakes.replicate import FakeReplicate
+from providerfakes import fal_fixture, replicate_fixture
 from reelflow import media
 from reelflow.client import Client
 from reelflow.config import Settings
@@ -50,12 +50,7 @@ def paid_models(monkeypatch: pytest.MonkeyPatch) -> None:
         register_model(m, replace=True)
 
 
-@pytest.fixture
-def replicate_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeReplicate]:
-    with FakeReplicate(latency_s=0.4, queue_s=0.0) as fake:
-        monkeypatch.setenv("REELFLOW_REPLICATE_BASE_URL", fake.base_url)
-        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
-        yield fake
+replicate_env = replicate_fixture(latency_s=0.4, queue_s=0.0)
 
 
 def video_job(job_key: str = "clip") -> dict[str, Any]:
@@ -287,12 +282,7 @@ def iso(t: datetime) -> str:
 # ----------------------------------------------------------------------------------------- fal
 
 
-@pytest.fixture
-def fal_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFal]:
-    with FakeFal(queue_s=1.0, latency_s=0.6) as fal:
-        monkeypatch.setenv("FAL_KEY", fal.key)
-        monkeypatch.setenv("REELFLOW_FAL_BASE_URL", fal.base_url)
-        yield fal
+fal_env = fal_fixture(queue_s=1.0, latency_s=0.6)
 
 
 async def test_fal_logs_asked_with_logs_1_are_stored_once_each_and_the_queue_time_measured(
