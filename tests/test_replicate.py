@@ -28,6 +28,7 @@ from reelflow.providers.replicate import ReplicateProvider, parse_percent
 
 SEEDANCE = "replicate/bytedance/seedance-1-pro"
 FLUX = "replicate/black-forest-labs/flux-schnell"
+CALLBACK_URL = "https://callbacks.example/v1/providers/replicate/callback?execution=ex1&job=clip"
 
 
 @pytest.fixture
@@ -332,46 +333,41 @@ async def test_a_webhook_carries_an_outcome_only_when_it_tells_the_end(
         assert event.outcome is None
 
 
-async def test_a_callbacks_outcome_ends_the_wait_without_a_read_when_it_is_about_the_prediction(
-    fake: FakeReplicate, tmp_path: Path
+@pytest.mark.parametrize(("about", "reads"), [("the prediction", 0), ("another prediction", 1)])
+async def test_a_callbacks_outcome_ends_the_wait_without_a_read_only_when_it_is_about_the_prediction(
+    fake: FakeReplicate, tmp_path: Path, about: str, reads: int
 ) -> None:
     provider = make_provider(fake, callback_poll_s=30.0)
     t = task(tmp_path, prompt="waves", duration=5)
-    t.callback_url = "https://callbacks.example/v1/providers/replicate/callback?execution=ex1&job=clip"
+    t.callback_url = CALLBACK_URL
     pid = await provider.submit(t)
     time.sleep(0.6)  # the prediction ends
-    event = await provider.verify_callback(*signed_webhook(fake, fake._view(fake.predictions[pid])))
-    assert event.outcome is not None
-    t.callback_outcome = event.outcome
+    if about == "the prediction":
+        event = await provider.verify_callback(*signed_webhook(fake, fake._view(fake.predictions[pid])))
+        assert event.outcome is not None
+        t.callback_outcome = event.outcome
+    else:
+        t.callback_outcome = {"id": "earlier", "status": "failed", "error": "an earlier attempt's", "output": None}
     t.wake.set()
     result = await provider.wait(t, pid, lambda update: None)
-    assert fake.gets == 0
+    assert fake.gets == reads
     assert [o.url for o in result.outputs] == [f"{fake.origin}/files/{pid}.mp4"]
     assert result.fields == {"provider_id": pid, "predict_time": fake.latency_s}
     assert "Generating" in t.log.text and t.provider_queued_s is not None
-    # a failure told by a callback fails the wait, with Replicate's error, without a read either
+
+
+async def test_a_failure_told_by_a_callback_fails_the_wait_with_replicates_error_without_a_read(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    provider = make_provider(fake, callback_poll_s=30.0)
     failing = task(tmp_path, prompt="fire", duration=5)
-    failing.callback_url = t.callback_url
+    failing.callback_url = CALLBACK_URL
     other = await provider.submit(failing)
     failing.callback_outcome = {"id": other, "status": "failed", "error": "the GPU caught fire", "output": None}
     failing.wake.set()
     with pytest.raises(PermanentError, match=f"prediction {other} failed: the GPU caught fire"):
         await provider.wait(failing, other, lambda update: None)
     assert fake.gets == 0
-
-
-async def test_a_callbacks_outcome_about_another_prediction_leads_to_a_read(
-    fake: FakeReplicate, tmp_path: Path
-) -> None:
-    provider = make_provider(fake, callback_poll_s=30.0)
-    t = task(tmp_path, prompt="waves", duration=5)
-    t.callback_url = "https://callbacks.example/v1/providers/replicate/callback?execution=ex1&job=clip"
-    pid = await provider.submit(t)
-    time.sleep(0.6)
-    t.callback_outcome = {"id": "earlier", "status": "failed", "error": "an earlier attempt's", "output": None}
-    t.wake.set()
-    result = await provider.wait(t, pid, lambda update: None)
-    assert fake.gets == 1 and result.fields["provider_id"] == pid and result.outputs
 
 
 async def test_a_forged_get_url_is_never_followed(fake: FakeReplicate, tmp_path: Path) -> None:
