@@ -209,3 +209,12 @@ def read_plan(path: Path) -> Any:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def print_json_or(value: T, as_json: bool, show: Callable[[T], None]) -> None:
+    """A command's answer: with --json `value` as JSON on stdout, else `show(value)` for a person (which imports
+    rich itself, so that the JSON never loads it)."""
+    if as_json:
+        print_json(value)
+    else:
+        show(value)

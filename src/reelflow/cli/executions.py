@@ -12,7 +12,7 @@ import typer
 
 from ..errors import Conflict
 from ..states import TERMINAL_EXECUTION
-from .common import Refused, err, on_backend, out, print_json, read_plan
+from .common import Refused, err, on_backend, out, print_json_or, read_plan
 from .options import ApiKeyOpt, IdArg, JsonOpt, PlanArg, ServerOpt
 from .show import exit_for, show_list, show_state, summary
 
@@ -105,10 +105,10 @@ def logs(
     async def body(backend: Backend) -> dict[str, Any]:
         return await backend.job_logs(execution_id, job)
 
-    answer = on_backend(server, api_key, body)
-    if as_json:
-        print_json(answer)
-        return
+    print_json_or(on_backend(server, api_key, body), as_json, _show_logs)
+
+
+def _show_logs(answer: dict[str, Any]) -> None:
     where = ", ".join(str(v) for v in (answer["provider"], answer["provider_job_id"]) if v)
     head = f"job {answer['job_id']} ({answer['status']}{', ' + where if where else ''})"
     if answer["attempt"] is None:
@@ -149,11 +149,7 @@ def list_executions(
     async def body(backend: Backend) -> list[dict[str, Any]]:
         return await backend.list_executions(status, limit)
 
-    rows = on_backend(server, api_key, body)
-    if as_json:
-        print_json(rows)
-    else:
-        show_list(rows, status)
+    print_json_or(on_backend(server, api_key, body), as_json, lambda rows: show_list(rows, status))
 
 
 def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] | str]]) -> Callable[..., None]:
@@ -176,10 +172,7 @@ def lifecycle(name: str, act: Callable[[Backend, str], Awaitable[dict[str, Any] 
                 show_state(state, as_json)
                 return state
             state = result if isinstance(result, dict) else await backend.get(result)
-            if as_json:
-                print_json(state)
-            else:
-                summary(state)
+            print_json_or(state, as_json, summary)
             return state
 
         state = on_backend(server, api_key, body)
@@ -217,10 +210,10 @@ def estimate(
     async def body(backend: Backend) -> dict[str, Any]:
         return await backend.estimate(data)
 
-    answer = on_backend(server, api_key, body)
-    if as_json:
-        print_json(answer)
-        return
+    print_json_or(on_backend(server, api_key, body), as_json, _show_estimate)
+
+
+def _show_estimate(answer: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="estimate")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import fail, on_backend, out, print_json
+from .common import fail, on_backend, out, print_json, print_json_or
 from .options import ApiKeyOpt, ServerOpt
 
 if TYPE_CHECKING:
@@ -44,9 +44,10 @@ def models(
         if not specs:
             known = sorted({_provider_of(m) for m in everything})
             raise fail(f"no model of provider {provider!r}; providers: {', '.join(known)}")
-    if as_json:
-        print_json(specs)
-        return
+    print_json_or(specs, as_json, _show_models)
+
+
+def _show_models(specs: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="models")
@@ -140,10 +141,11 @@ def stats(
     async def body(backend: Backend) -> dict[str, Any]:
         return await backend.stats(since, start)
 
-    data = on_backend(server, api_key, body)
-    if as_json:
-        print_json(data)
-        return
+    print_json_or(on_backend(server, api_key, body), as_json, _show_usage)
+
+
+def _show_usage(data: dict[str, Any]) -> None:
+    """Usage against the limits, the queue, the window's figures and the circuits, for a person."""
     from rich.table import Table
 
     table = Table(title=f"usage, {data['usage'][0]['month']}" if data["usage"] else "usage")
