@@ -130,6 +130,9 @@ class _Families:
             ["outcome"],
             registry=registry,
         )
+        self.children: dict[tuple[Any, ...], Any] = {}
+        """Labelled children by (family, *label values): `.labels(...)` joins, validates and looks the values
+        up under a lock on every call; the worker counts every job it finishes (see `child`)."""
         for status in EXECUTION_STATUSES:  # present at 0 from the start, so rate() sees the first one
             self.EXECUTIONS.labels(status)
         for outcome in WEBHOOK_OUTCOMES:
@@ -152,6 +155,16 @@ def _families() -> _Families:
             if _FAMILIES is None:
                 _FAMILIES = _Families()
     return _FAMILIES
+
+
+def child(family: Any, *values: str) -> Any:
+    """`family.labels(*values)`, looked up once per process and kept (children are never removed here)."""
+    children = _families().children
+    key = (family, *values)
+    found = children.get(key)
+    if found is None:
+        found = children[key] = family.labels(*values)
+    return found
 
 
 def __getattr__(name: str) -> Any:
@@ -193,7 +206,7 @@ def execution_finished(status: str, seconds: float | None) -> None:
 
 
 def _count_execution(status: str, seconds: float | None) -> None:
-    _families().EXECUTIONS.labels(status).inc()
+    child(_families().EXECUTIONS, status).inc()
     if seconds is not None:
         _families().EXECUTION_SECONDS.observe(max(0.0, seconds))
 
@@ -204,9 +217,10 @@ def job_finished(job_type: str, provider: str | None, status: str, seconds: floa
     if status not in ("succeeded", "failed"):
         return
     name = provider or "local"
-    _families().JOB_SECONDS.labels(job_type, name).observe(max(0.0, seconds))
+    families = _families()
+    child(families.JOB_SECONDS, job_type, name).observe(max(0.0, seconds))
     if cost_usd is not None and 0.0 < cost_usd <= MAX_JOB_COST_USD:  # NaN, +Inf or an absurd cost: not added
-        _families().PROVIDER_COST.labels(name).inc(cost_usd)
+        child(families.PROVIDER_COST, name).inc(cost_usd)
 
 
 # ---------------------------------------------------------------------------------------- providers
@@ -245,8 +259,9 @@ def provider_call(provider: str) -> Iterator[ProviderCall]:
 
 
 def _count_request(provider: str, status: int | None, seconds: float) -> None:
-    _families().PROVIDER_REQUESTS.labels(provider, request_outcome(status)).inc()
-    _families().PROVIDER_LATENCY.labels(provider).observe(seconds)
+    families = _families()
+    child(families.PROVIDER_REQUESTS, provider, request_outcome(status)).inc()
+    child(families.PROVIDER_LATENCY, provider).observe(seconds)
 
 
 # ---------------------------------------------------------------------------------------- webhooks

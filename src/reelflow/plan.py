@@ -440,22 +440,30 @@ def resolve_references(
     errors: list[ErrorItem] = []
     prefix = f"job '{job_key}': " if job_key else ""
 
-    def resolve(value: Any, loc: list[str | int]) -> Any:
-        if isinstance(value, Mapping):
-            return {k: resolve(v, [*loc, k]) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [resolve(v, [*loc, i]) for i, v in enumerate(value)]
+    # The worker resolves every job's params: strings first (most values), and a value's location is made
+    # only when it is needed (a container's children, an error), not for every value.
+    def resolve(value: Any, parent: list[str | int], at: str | int) -> Any:
         if isinstance(value, str):
-            if is_reference(value):
-                resolved, why = _lookup(value, results)
-                if why is not None:
-                    errors.append(ErrorItem(loc, f"{prefix}{_path_label(loc)} {why}"))
-                return resolved
-            if value.startswith("$$"):
-                return value[1:]
+            if value.startswith("$"):  # every reference starts with one `$`; `$$` escapes it
+                if is_reference(value):
+                    resolved, why = _lookup(value, results)
+                    if why is not None:
+                        loc = [*parent, at]
+                        errors.append(ErrorItem(loc, f"{prefix}{_path_label(loc)} {why}"))
+                    return resolved
+                if value.startswith("$$"):
+                    return value[1:]
+            return value
+        if isinstance(value, dict | Mapping):
+            here = [*parent, at]
+            return {k: resolve(v, here, k) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            here = [*parent, at]
+            return [resolve(v, here, i) for i, v in enumerate(value)]
         return value
 
-    out = {k: resolve(v, ["params", k]) for k, v in params.items()}
+    top: list[str | int] = ["params"]
+    out = {k: resolve(v, top, k) for k, v in params.items()}
     if errors:
         raise PlanError(errors)
     return out

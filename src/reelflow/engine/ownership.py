@@ -56,6 +56,8 @@ async def foreign_inputs(
     store: Store, storage: Storage, tenant: str, params: Mapping[str, Any], loc: list[str | int]
 ) -> list[list[str | int]]:
     """The locations in `params` of artifact links whose artifact `tenant` does not own (one store query)."""
+    if not has_urls(params):  # no string holds "://": no artifact link (see artifact_key), and no walk that
+        return []  # builds a location for every value
     links = list(artifact_links(storage, dict(params), loc))
     if not links:
         return []

@@ -44,8 +44,9 @@ class ScratchPool:
             return
         try:
             entries = os.scandir(path)
-        except FileNotFoundError:  # never made: the name is as good as new
-            self._keep(path)
+        except FileNotFoundError:  # never made: the name is as good as new (and, the pool full, nothing to remove)
+            if len(self._free) < self.keep:
+                self._free.append(path)
             return
         except OSError:
             shutil.rmtree(path, ignore_errors=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import time
-import uuid
 from typing import Any
 
 from .base import (
@@ -72,7 +72,8 @@ class SimProvider:
         now = time.time()
         queue_s = float(p.get("queue_s") or 0)
         latency_s = float(p.get("latency_s") or 0)
-        return _encode({"n": uuid.uuid4().hex[:12], "s": now + queue_s, "e": now + queue_s + latency_s})
+        # a random 12-hex-digit id, as uuid4().hex[:12] was (its first 6 bytes are random), at a tenth of the cost
+        return _encode({"n": os.urandom(6).hex(), "s": now + queue_s, "e": now + queue_s + latency_s})
 
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
         sched = _decode(provider_id)

@@ -69,6 +69,9 @@ class Catalog:
         self._user: dict[str, tuple[str, UserModel]] = {}
         """Installed user models: id -> (where it came from, the model)."""
         self.plugin_providers: set[str] = set(plugin_providers)
+        self._schemas: dict[tuple[str, int], tuple[ModelSpec | None, ParamSchema | None]] = {}
+        """`param_schema` answers by (job type, id of the model), each with the model it was made for: the
+        worker asks once per job, and a model replaced under the same id (a new object) is not the one cached."""
 
     @classmethod
     def build(cls, settings: Settings | None = None, *, plugins: bool = True) -> Catalog:
@@ -136,6 +139,15 @@ class Catalog:
 
     def param_schema(self, job_type: str, model: ModelSpec | None) -> ParamSchema | None:
         """The parameter schema of a job of this type on this model; None when it cannot be known."""
+        key = (job_type, id(model))
+        hit = self._schemas.get(key)
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        schema = self._param_schema(job_type, model)
+        self._schemas[key] = (model, schema)
+        return schema
+
+    def _param_schema(self, job_type: str, model: ModelSpec | None) -> ParamSchema | None:
         if job_type == "run":
             return ParamSchema({"input": RUN_INPUT}, (), True, "run")
         if job_type in OPERATIONS:

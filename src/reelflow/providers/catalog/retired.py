@@ -42,7 +42,10 @@ def retirement(model_id: str | None) -> Retirement | None:
     """The retirement that covers this model id, or None for a model still offered."""
     if not model_id:
         return None
-    return next((r for r in RETIRED if model_id.startswith(r.prefix)), None)
+    for r in RETIRED:  # a plain loop: the worker asks for every job it runs (a generator cost more than the test)
+        if model_id.startswith(r.prefix):
+            return r
+    return None
 
 
 def retired_message(model_id: str | None) -> str | None:

@@ -6,7 +6,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reelflow.errors import ErrorItem
@@ -64,6 +64,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda value: isinstance(value, str),
+    "url": is_http_url,
+    "number": _is_number,
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "boolean": lambda value: isinstance(value, bool),
+    "list": lambda value: isinstance(value, list | tuple),
+    "object": lambda value: isinstance(value, Mapping),
+}
+"""Whether a value is of a parameter type: only the spec's own type is tested (the worker checks every job's
+resolved values; testing each value against all seven types, a URL parse included, cost it for nothing)."""
+
+
 def _check_value(
     spec: ParamSpec, value: Any, label: str, loc: list[str | int], allow_refs: bool
 ) -> list[tuple[list[str | int], str]]:
@@ -73,15 +86,7 @@ def _check_value(
             return []
         value = unescape(value)
     t = spec.type
-    ok = {
-        "string": isinstance(value, str),
-        "url": is_http_url(value),
-        "number": _is_number(value),
-        "integer": isinstance(value, int) and not isinstance(value, bool),
-        "boolean": isinstance(value, bool),
-        "list": isinstance(value, list | tuple),
-        "object": isinstance(value, Mapping),
-    }[t]
+    ok = _TYPE_CHECKS[t](value)
     if not ok:
         want = _TYPE_WORDS[t]
         if t == "url" and allow_refs:
