@@ -635,6 +635,17 @@ async def test_racing_claimers_take_each_job_once_and_hold_the_cap(database_url:
             await s.close()
 
 
+async def test_execution_status_reads_the_status_alone_for_its_tenant(store: Store) -> None:
+    """What the event stream reads while idle: the status, as the full state has it, and only for its tenant."""
+    await store.create_execution(chain("s1", tenant="acme"))
+    assert await store.execution_status("s1", "acme") == "queued" == (await store.get_execution("s1")).status
+    assert await store.execution_status("s1") == "queued"
+    assert await store.execution_status("s1", "bolt") is None
+    assert await store.execution_status("nope") is None
+    await store.cancel_execution("s1", "acme")
+    assert await store.execution_status("s1", "acme") == "canceled" == (await store.get_execution("s1")).status
+
+
 async def test_tenants_take_turns_and_priority_orders_within_a_tenant(store: Store) -> None:
     await store.create_execution(execution("big", [job(f"b{i}") for i in range(10)], tenant="acme"))
     await store.create_execution(execution("small", [job("s0")], tenant="zeta"))

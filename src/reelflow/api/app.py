@@ -444,8 +444,8 @@ async def sse(svc: Services, execution_id: str, who: str, after: int, request: R
             if batch[-1].type.removeprefix("execution.") in TERMINAL_EXECUTION:
                 return
         else:
-            state = await svc.store.get_execution(execution_id, who)
-            if state is None or state.status in TERMINAL_EXECUTION:
+            status = await svc.store.execution_status(execution_id, who)  # the status only: not the whole state
+            if status is None or status in TERMINAL_EXECUTION:
                 return
             if time.monotonic() - idle_since >= SSE_KEEPALIVE_S:
                 idle_since = time.monotonic()

@@ -240,6 +240,10 @@ class ExecutionStore(Protocol):
         and the same request hash, return the earlier execution's id instead (IdempotencyConflict if the
         hash differs)."""
 
+    async def execution_status(self, execution_id: str, tenant: str | None = None) -> str | None:
+        """Only the execution's status (one row, no jobs), or None when unknown (or another tenant's)."""
+        ...
+
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState | None:
         """The full state the API shows (validated once, here: the API passes it through as it is; artifact
         entries keep their local `path`, which the API leaves out), or None when unknown (or another tenant's)."""

@@ -1119,6 +1119,10 @@ class StoreManager(StoreRules):
         return ex.id
 
     # ------------------------------------------------------------------ reading
+    async def execution_status(self, execution_id: str, tenant: str | None = None) -> str | None:
+        row = await self._in_read(lambda tx: tx.one(self.sql.execution_status, (execution_id,)))
+        return None if row is None or (tenant is not None and row["tenant"] != tenant) else str(row["status"])
+
     async def get_execution(self, execution_id: str, tenant: str | None = None) -> ExecutionState | None:
         async def read(tx: Tx) -> dict[str, Any] | None:
             row = await tx.one(self.sql.execution, (execution_id,))
