@@ -753,14 +753,20 @@ def test_a_job_shows_its_prompt_parameters_log_and_the_plan_and_timeline(
 
     # the timeline: each job's bar starts and ends at its API times, dependents after what they wait for
     origin = datetime.fromisoformat(done["created_at"])
-    bars = {}
     for job in done["jobs"]:
         row = page.locator(f'#timeline .tl-row[data-job="{job["id"]}"]')
         expect(row.locator(".seg.run")).to_have_count(1)
         start, end = float(row.get_attribute("data-start") or -1), float(row.get_attribute("data-end") or -1)
         assert abs(start - (datetime.fromisoformat(job["started_at"]) - origin).total_seconds()) < 0.002
         assert abs(end - (datetime.fromisoformat(job["finished_at"]) - origin).total_seconds()) < 0.002
-        bars[job["id"]] = row.locator(".seg.run").bounding_box()
+    # measured in one evaluation: a live page may redraw the timeline between two separate measurements
+    bars = page.evaluate(
+        """(ids) => Object.fromEntries(ids.map((id) => {
+             const box = document.querySelector(`#timeline .tl-row[data-job="${id}"] .seg.run`).getBoundingClientRect();
+             return [id, {x: box.x, width: box.width}];
+           }))""",
+        [job["id"] for job in done["jobs"]],
+    )
     for dependent in ("shot", "score"):
         assert bars[dependent]["x"] >= bars["storyboard"]["x"] + bars["storyboard"]["width"] - 1.5, bars
     # its axis marks are round steps from 0 ("0", "500 ms", "1 s", "2 s"...), never "2.0 s" or "1 min 0 s"
