@@ -23,6 +23,7 @@ from reelflow.plan import (
     plan_json_schema,
     resolve_references,
 )
+from reelflow.providers.catalog.spec import is_reference
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -882,6 +883,34 @@ def test_find_references_walks_maps_lists_and_tuples_in_document_order() -> None
     found[0][2].append("changed")  # each location is a list of its own
     assert find_references({"a": ["$x"]}) == [("x", None, ["a", 0])]
     assert find_references("$top") == [("top", None, [])]
+
+
+def _references_oracle(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str, str | None, list[str | int]]]:
+    """The plain recursive reading of what find_references promises, to check its faster one against."""
+    if isinstance(value, str):
+        if value.startswith("$") and not value.startswith("$$") and value != "$" and is_reference(value):
+            key, _, field = value[1:].partition(".")
+            return [(key, field or None, list(path))]
+        return []
+    if isinstance(value, dict):
+        return [r for k, v in value.items() for r in _references_oracle(v, (*path, k))]
+    if isinstance(value, list | tuple):
+        return [r for i, v in enumerate(value) for r in _references_oracle(v, (*path, i))]
+    return []
+
+
+_REF_TEXT = st.sampled_from(["$a", "$b.url", "$c.meta.0", "$$a", "$", "a$", "plain", "$9x", "$a b"])
+_PARAM_VALUES = st.recursive(
+    st.one_of(_REF_TEXT, st.integers(), st.floats(allow_nan=False), st.booleans(), st.none()),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["x", "y", "z"]), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["image", "prompt", "videos", "k"]), _PARAM_VALUES, max_size=4) | _PARAM_VALUES)
+def test_find_references_agrees_with_the_plain_recursive_reading(params: Any) -> None:
+    assert find_references(params) == _references_oracle(params)
 
 
 def test_dependents_from_given_dependencies_match_computed_ones() -> None:

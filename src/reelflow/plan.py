@@ -363,30 +363,38 @@ def _split_reference(ref: str) -> tuple[str, str | None]:
 
 def find_references(value: Any) -> list[tuple[str, str | None, list[str | int]]]:
     """Every reference in `value` (nested lists and maps too): (job id, field path or None, location), in
-    document order. Called for every job several times per submission: one path is kept and copied only
-    where a reference is found, and plain strings, dicts and lists are told apart before the (slower)
-    Mapping check."""
+    document order. Called for every job several times per submission: the top level of a plain dict (a
+    job's params, mostly flat) is read in a loop of its own, a path is copied only where a reference is
+    found, and plain strings, dicts and lists are told apart before the (slower) Mapping check."""
     found: list[tuple[str, str | None, list[str | int]]] = []
-    path: list[str | int] = []
-
-    def visit(item: Any) -> None:
-        if isinstance(item, str):
-            if item.startswith("$") and is_reference(item):
-                job_key, field = _split_reference(item)
-                found.append((job_key, field, list(path)))
-        elif isinstance(item, dict) or (not isinstance(item, list | tuple) and isinstance(item, Mapping)):
-            for key, sub in item.items():
-                path.append(key)
-                visit(sub)
-                path.pop()
-        elif isinstance(item, list | tuple):
-            for i, sub in enumerate(item):
-                path.append(i)
-                visit(sub)
-                path.pop()
-
-    visit(value)
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(item) is str:
+                if item[:1] == "$" and is_reference(item):
+                    job_key, field = _split_reference(item)
+                    found.append((job_key, field, [key]))
+            elif not isinstance(item, int | float | bool | None):
+                _visit_references(item, [key], found)
+    else:
+        _visit_references(value, [], found)
     return found
+
+
+def _visit_references(item: Any, path: list[str | int], found: list[tuple[str, str | None, list[str | int]]]) -> None:
+    if isinstance(item, str):
+        if item.startswith("$") and is_reference(item):
+            job_key, field = _split_reference(item)
+            found.append((job_key, field, list(path)))
+    elif isinstance(item, dict) or (not isinstance(item, list | tuple) and isinstance(item, Mapping)):
+        for key, sub in item.items():
+            path.append(key)
+            _visit_references(sub, path, found)
+            path.pop()
+    elif isinstance(item, list | tuple):
+        for i, sub in enumerate(item):
+            path.append(i)
+            _visit_references(sub, path, found)
+            path.pop()
 
 
 def _path_label(loc: Sequence[str | int]) -> str:

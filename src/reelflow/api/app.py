@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -188,7 +188,7 @@ async def json_body(request: Request) -> Any:
         raise Problem(400, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:  # a number of thousands of digits, absurd nesting
         raise Problem(400, f"the JSON body cannot be read: {str(exc)[:200]}") from None
-    check_shape(data)
+    check_shape(data, raw)
     return data
 
 
@@ -221,37 +221,57 @@ class _NonFinite:
 MAX_NESTING = 32
 
 
-def check_shape(data: Any) -> None:
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+"""A JSON escape of a UTF-16 surrogate (\\uD800 to \\uDFFF): in UTF-8 text, the only way to a lone one."""
+
+
+def check_shape(data: Any, raw: bytes | None = None) -> None:
     """Refuse nesting deeper than MAX_NESTING, text that is not valid Unicode (lone surrogates), repeated keys
-    and numbers that are not finite (NaN, Infinity, 1e999); each problem is named by its place."""
+    and numbers that are not finite (NaN, Infinity, 1e999); each problem is named by its place.
+
+    With the `raw` body it was parsed from, strings are checked only when that body is UTF-8 holding a
+    surrogate escape: strict UTF-8 decoding cannot give a lone surrogate otherwise."""
+    strings = raw is None or json.detect_encoding(raw) != "utf-8" or _SURROGATE_ESCAPE.search(raw) is not None
     suspect = False
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_NESTING:
-                raise Problem(400, f"the JSON body is nested deeper than {MAX_NESTING} levels")
+        if isinstance(value, dict):
+            values: Iterable[Any] = value.values()
             suspect = suspect or type(value) is _JsonObject
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in items:
-                if isinstance(k, str):
-                    stack.append((k, depth))
-                stack.append((v, depth + 1))
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise Problem(400, "the JSON body contains invalid Unicode (a lone surrogate)") from None
-        elif isinstance(value, float):
-            suspect = suspect or not math.isfinite(value)
-        elif isinstance(value, _NonFinite):
-            suspect = True
+            if strings:
+                for key in value:
+                    _check_text(key)
+        elif isinstance(value, list):
+            values = value
+        else:  # only the top level can be a scalar here
+            values = (value,)
+            depth = 0
+        for item in values:
+            if isinstance(item, dict | list):
+                if depth >= MAX_NESTING:
+                    raise Problem(400, f"the JSON body is nested deeper than {MAX_NESTING} levels")
+                stack.append((item, depth + 1))
+            elif isinstance(item, str):
+                if strings:
+                    _check_text(item)
+            elif isinstance(item, float):
+                suspect = suspect or not math.isfinite(item)
+            elif isinstance(item, _NonFinite):
+                suspect = True
     if suspect:
         problems = _json_problems(data)
         detail = "; ".join(str(p) for p in problems[:5])
         if len(problems) > 5:
             detail += f" (and {len(problems) - 5} more)"
         raise Problem(400, detail, errors=[p.as_dict() for p in problems])
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Problem(400, "the JSON body contains invalid Unicode (a lone surrogate)") from None
 
 
 def _json_problems(data: Any) -> list[ErrorItem]:
