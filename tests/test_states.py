@@ -97,6 +97,10 @@ def test_the_migrations_check_the_same_lists(dialect: str) -> None:
     sql = (SRC / "store" / "migrations" / dialect / "0007_status_checks.sql").read_text()
     for statuses in (JOB_STATUSES, EXECUTION_STATUSES, DELIVERY_STATUSES):
         assert check_constraint(statuses) in sql
+    if dialect == "sqlite":  # v12 rebuilt jobs and executions with the constraints in place of the triggers
+        rebuilt = (SRC / "store" / "migrations" / dialect / "0012_status_constraints.sql").read_text()
+        for statuses in (JOB_STATUSES, EXECUTION_STATUSES):
+            assert check_constraint(statuses) in " ".join(rebuilt.split())
 
 
 def _raw_write(database_url: str, sql: str, args: tuple[Any, ...]) -> None:
