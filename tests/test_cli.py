@@ -342,7 +342,7 @@ def test_logs_says_why_nothing_was_logged(cli: Any, tmp_path: Path) -> None:
     ended = cli("logs", done["id"], "a")
     assert (ended.returncode, ended.stdout) == (0, "")
     assert ended.stderr.strip().endswith("(succeeded, sim, " + done["jobs"][0]["provider_job_id"]
-                                         + "): the provider logged nothing (a cache hit runs nothing)")  # fmt: skip
+                                         + "): the provider logged nothing")  # fmt: skip
     queued = cli("run", str(write_plan(tmp_path, SIM_PLAN))).stdout.strip()
     waiting = cli("logs", queued, "b")
     assert (waiting.returncode, waiting.stdout) == (0, "")

@@ -374,6 +374,26 @@ async def test_the_local_provider_logs_its_ffmpeg_commands(
     assert state["jobs"][0]["provider_queued_s"] == 0.0  # ffmpeg starts at once: no queue at the provider
 
 
+async def test_a_job_served_from_the_cache_shows_the_log_of_the_run_that_made_its_output(
+    engine: Engine, running_worker: WorkerFactory
+) -> None:
+    job = {"id": "still", "type": "generate-image", "model": "local/image",
+           "params": {"prompt": "sunset", "width": 64, "height": 48}}  # fmt: skip
+    plan = {"jobs": [job], "options": {"cache": True}}
+    first = await engine.submit(plan)
+    async with running_worker(providers_={"local": LocalProvider()}):
+        assert (await engine.wait(first, timeout=60))["status"] == "succeeded"
+        again = await engine.submit({**plan, "jobs": [{**job, "id": "same"}]})
+        state = await engine.wait(again, timeout=60)
+    assert state["status"] == "succeeded" and state["jobs"][0]["cache_hit"] is True
+    made = (await engine.job_logs(first, "still")).text
+    served = await engine.job_logs(again, "same")
+    origin = f"job 'still' of execution {first}"
+    assert served.text == f"[served from the cache: the output and this log are those of {origin}]\n" + made
+    assert made.startswith("$ ffmpeg ") and served.job_id == "same" and served.execution_id == again
+    assert served.truncated is False and served.dropped_chars == 0
+
+
 async def test_a_failed_ffmpeg_run_logs_its_exit_and_the_end_of_its_stderr(tmp_path: Path) -> None:
     log = ProviderLog()
     token = media.tool_log.set(log.add)

@@ -113,7 +113,7 @@ def _show_logs(answer: dict[str, Any]) -> None:
     head = f"job {answer['job_id']} ({answer['status']}{', ' + where if where else ''})"
     if answer["attempt"] is None:
         ended = answer["status"] in ("succeeded", "failed", "canceled", "skipped")
-        said = "the provider logged nothing (a cache hit runs nothing)" if ended else "nothing logged yet"
+        said = "the provider logged nothing" if ended else "nothing logged yet"
         err().print(f"{head}: {said}", highlight=False, markup=False)
         return
     note = f", {answer['dropped_chars']} earlier characters left out" if answer["truncated"] else ""

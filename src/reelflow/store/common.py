@@ -136,10 +136,17 @@ def merged_log(old: Mapping[str, Any] | None, attempt: int, log: str, dropped: i
     }  # fmt: skip
 
 
-def log_view(execution_id: str, job: Mapping[str, Any], row: Mapping[str, Any] | None) -> dict[str, Any]:
+def log_view(
+    execution_id: str,
+    job: Mapping[str, Any],
+    row: Mapping[str, Any] | None,
+    *,
+    cached_from: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A job's provider log as the API shows it: the last LOG_LIMIT_CHARS characters of every attempt's log,
     oldest first; when anything was left out, `truncated`, the count in `dropped_chars`, and a first line
-    saying so."""
+    saying so. A job served from the cache shows the log of the job whose output it took (`cached_from`: its
+    execution and key), after a first line naming it."""
     if row is None:
         text, dropped, attempt, updated = "", 0, None, None
     else:
@@ -158,6 +165,9 @@ def log_view(execution_id: str, job: Mapping[str, Any], row: Mapping[str, Any] |
         attempt, updated = int(row["attempt"]), row["updated_at"]
     if dropped:
         text = f"[... {dropped} earlier characters of this log were not kept ...]\n" + text
+    if cached_from is not None:
+        origin = f"job '{cached_from.get('job')}' of execution {cached_from.get('execution_id')}"
+        text = f"[served from the cache: the output and this log are those of {origin}]\n" + text
     return {
         "execution_id": execution_id,
         "job_id": job["key"],

@@ -1171,6 +1171,14 @@ class StoreManager(StoreRules):
             if job is None or (tenant is not None and job["tenant"] != tenant):
                 return None
             row = await tx.one(self.sql.job_log, (job["id"],))
+            if row is None and job["cache_hit"]:
+                # Served from the cache: the log is the one of the run that made the output (the tenant's own).
+                origin = (loads(job["result"]) or {}).get("cached_from") or {}
+                source = await tx.one(self.sql.job_of_execution, (origin.get("execution_id"), origin.get("job")))
+                if source is not None and source["tenant"] == job["tenant"]:
+                    found = await tx.one(self.sql.job_log, (source["id"],))
+                    if found is not None:
+                        return log_view(execution_id, dict(job), dict(found), cached_from=origin)
             return log_view(execution_id, dict(job), None if row is None else dict(row))
 
         view = await self._in_snapshot(read)

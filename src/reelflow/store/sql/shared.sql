@@ -418,7 +418,7 @@ WHERE key = %s
 
 -- ---------------------------------------------------------------- provider logs and times
 -- name: job_of_execution
-SELECT j.id, j.key, j.status, j.provider, j.provider_job_id, e.tenant FROM jobs j
+SELECT j.id, j.key, j.status, j.provider, j.provider_job_id, j.cache_hit, j.result, e.tenant FROM jobs j
 JOIN executions e ON e.id = j.execution_id WHERE j.execution_id = %s AND j.key = %s
 
 -- name: job_log
