@@ -385,13 +385,19 @@ async def test_a_job_served_from_the_cache_shows_the_log_of_the_run_that_made_it
         assert (await engine.wait(first, timeout=60))["status"] == "succeeded"
         again = await engine.submit({**plan, "jobs": [{**job, "id": "same"}]})
         state = await engine.wait(again, timeout=60)
+        third = await engine.submit({**plan, "jobs": [{**job, "id": "thrice"}]})  # a hit of the hit
+        third_state = await engine.wait(third, timeout=60)
     assert state["status"] == "succeeded" and state["jobs"][0]["cache_hit"] is True
+    assert third_state["jobs"][0]["cache_hit"] is True
+    assert third_state["jobs"][0]["result"]["cached_from"] == {"execution_id": again, "job": "same"}
     made = (await engine.job_logs(first, "still")).text
-    served = await engine.job_logs(again, "same")
     origin = f"job 'still' of execution {first}"
-    assert served.text == f"[served from the cache: the output and this log are those of {origin}]\n" + made
-    assert made.startswith("$ ffmpeg ") and served.job_id == "same" and served.execution_id == again
-    assert served.truncated is False and served.dropped_chars == 0
+    for eid, key in ((again, "same"), (third, "thrice")):
+        served = await engine.job_logs(eid, key)
+        assert served.text == f"[served from the cache: the output and this log are those of {origin}]\n" + made
+        assert served.job_id == key and served.execution_id == eid
+        assert served.truncated is False and served.dropped_chars == 0
+    assert made.startswith("$ ffmpeg ")
 
 
 async def test_a_failed_ffmpeg_run_logs_its_exit_and_the_end_of_its_stderr(tmp_path: Path) -> None:

@@ -438,6 +438,10 @@ def chunks(values: Sequence[T]) -> list[Sequence[T]]:
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
+CACHE_LOG_HOPS = 16
+"""How many cache hits in a row a job's log is followed through to the run that made the output."""
+
+
 class StoreManager(StoreRules):
     """Every method of the Store, written once over a driver: the transactions (`_in_tx`, `_in_read`,
     `_in_snapshot`, `_in_tx_if`), the statements (`sql`, shared.sql and the dialect's file) and the steps whose
@@ -1171,14 +1175,17 @@ class StoreManager(StoreRules):
             if job is None or (tenant is not None and job["tenant"] != tenant):
                 return None
             row = await tx.one(self.sql.job_log, (job["id"],))
-            if row is None and job["cache_hit"]:
-                # Served from the cache: the log is the one of the run that made the output (the tenant's own).
-                origin = (loads(job["result"]) or {}).get("cached_from") or {}
+            source, hops = job, 0
+            while row is None and source["cache_hit"] and hops < CACHE_LOG_HOPS:
+                # Served from the cache: the log is the one of the run that made the output (the tenant's own),
+                # through the hits that passed it on.
+                origin = (loads(source["result"]) or {}).get("cached_from") or {}
                 source = await tx.one(self.sql.job_of_execution, (origin.get("execution_id"), origin.get("job")))
-                if source is not None and source["tenant"] == job["tenant"]:
-                    found = await tx.one(self.sql.job_log, (source["id"],))
-                    if found is not None:
-                        return log_view(execution_id, dict(job), dict(found), cached_from=origin)
+                if source is None or source["tenant"] != job["tenant"]:
+                    break
+                if (found := await tx.one(self.sql.job_log, (source["id"],))) is not None:
+                    return log_view(execution_id, dict(job), dict(found), cached_from=origin)
+                hops += 1
             return log_view(execution_id, dict(job), None if row is None else dict(row))
 
         view = await self._in_snapshot(read)
