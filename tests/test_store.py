@@ -1055,3 +1055,17 @@ async def test_cancel_racing_many_finishes_ends_consistently(database_url: str) 
     finally:
         for s in stores:
             await s.close()
+
+
+def test_dumps_writes_what_json_dumps_writes() -> None:
+    """`common.dumps` (the C encoder made once) gives json.dumps' compact, non-ASCII text, whatever the value."""
+    from reelflow.store.common import dumps
+
+    values: list[Any] = [
+        None, True, 0, -3, 0.1, 1e300, float("nan"), float("inf"), "é\n\"x\"\u2028", [], {},
+        {"b": [1, 2.5, None, {"c": "ü"}], "a": (1, "t")}, [[1, "w", '{"r":1}', 0.0, None, 1, None]],
+    ]  # fmt: skip
+    for value in values:
+        assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(TypeError):
+        dumps({"x": object()})
