@@ -4,7 +4,8 @@ Every write is a short `BEGIN IMMEDIATE` transaction, so claims are exclusive ac
 All database work runs on one dedicated thread per Store, so the event loop never blocks on it: the manager's
 coroutines are driven to their end there (`_drive`), each statement running at once. The rules live in
 `manager.py`; this file holds the connection, the transactions and the steps SQLite takes its own way (the claim's
-pick, outcomes written row by row, lists as `IN (...)`), whose statements are in `sql/sqlite.sql`.
+pick, a batch of successes as one JSON array (`json_each`), lists as `IN (...)`), whose statements are in
+`sql/sqlite.sql`.
 """
 
 from __future__ import annotations
@@ -245,17 +246,11 @@ class SQLiteStore(StoreManager):
         return self._round_robin(tenants, queues, limit, running_p, running_m)
 
     async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []  # sqlite3.Row: read once each, by name (a dict of each would read every column)
         for chunk in chunks(picked):
             cond, args = tx.in_("id", chunk)
-            rows += map(dict, await tx.all(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args)))
-        deadlines: dict[str, float | None] = {}
-        for chunk in chunks(sorted({r["execution_id"] for r in rows})):
-            cond, args = tx.in_("id", chunk)
-            deadlines.update((d[0], d[1]) for d in await tx.all(SQL.deadlines.format(cond=cond), args))
-        for r in rows:
-            r["deadline"] = deadlines.get(r["execution_id"])
-        return sorted(rows, key=lambda r: r["id"])
+            rows += await tx.all(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args))
+        return sorted(rows, key=_row_id)
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
         needs: dict[str, set[str]] = defaultdict(set)
@@ -406,6 +401,10 @@ class SQLiteStore(StoreManager):
         for r in rows:
             r["webhook_secret"] = secrets.get(r["tenant"], "")
         return rows
+
+
+def _row_id(row: sqlite3.Row) -> int:
+    return int(row[0])
 
 
 def _real(value: float | None) -> float | None:

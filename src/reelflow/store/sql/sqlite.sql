@@ -13,10 +13,8 @@ intent_seq = COALESCE(intent_seq, lease_seq + 1)
 WHERE {guard running} AND {cond}
 RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,
 max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,
-cost_estimated, lease_seq, intent_at, intent_seq, failover
-
--- name: deadlines
-SELECT id, deadline FROM executions WHERE {cond}
+cost_estimated, lease_seq, intent_at, intent_seq, failover,
+(SELECT deadline FROM executions e WHERE e.id = jobs.execution_id) AS deadline
 
 -- name: dep_results
 SELECT key, result FROM jobs WHERE execution_id = %s AND {cond}
