@@ -135,6 +135,22 @@ async def test_migrate_reports_the_newest_schema_version_and_is_idempotent(db_ki
         await store.close()
 
 
+async def test_the_unused_claim_index_is_gone(db_kind: str, database_url: str) -> None:
+    """Migration 12 drops `jobs_claim` (no statement used it; every job entering or leaving 'queued' wrote it)."""
+    store = open_store(database_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+    sql = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
+        if db_kind == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'"
+    )
+    indexes = {r[0] for r in query(database_url, sql)}
+    assert "jobs_tenant_queue" in indexes and "jobs_claim" not in indexes
+
+
 async def test_five_stores_migrating_at_once_apply_each_migration_once(db_kind: str, database_url: str) -> None:
     stores = stores_on(database_url, 5, max_connections=2)
     try:
@@ -474,6 +490,46 @@ async def test_resume_of_a_succeeded_execution_is_a_conflict(store: Store) -> No
     await store.finish_jobs([JobOutcome(c.id, "w", "succeeded", result={"u": 1})])
     with pytest.raises(Conflict, match="nothing to resume"):
         await store.resume_execution("ok")
+
+
+async def test_one_batch_of_successes_releases_a_fan_in_once_and_ignores_a_stale_attempt(store: Store) -> None:
+    """Successes written together (SQLite: one statement): a dependent of two of them is queued once, released by
+    the later one in the outcomes' order; an outcome of an attempt that no longer holds its job changes nothing,
+    ahead of the current attempt's or after it. On SQLite a job finished twice by one attempt keeps the first
+    outcome, as when outcomes were written one by one (PostgreSQL's batch UPDATE picks either)."""
+    await store.create_execution(
+        execution("fan", [job("a", dependents=["c"]), job("b", dependents=["c"]), job("c", deps=["a", "b"]),
+                          job("d"), job("e")])
+    )  # fmt: skip
+    claimed = {c.key: c for c in await store.claim("w1", 10, 30)}
+    assert set(claimed) == {"a", "b", "d", "e"}
+    a, b, d, e = claimed["a"], claimed["b"], claimed["d"], claimed["e"]
+    twice = isinstance(store, SQLiteStore)
+    promoted = await store.finish_jobs(
+        [
+            JobOutcome(a.id, "w1", "succeeded", result={"url": "stale"}, seq=a.seq + 7),
+            JobOutcome(b.id, "w1", "succeeded", result={"url": "b"}, seq=b.seq),
+            JobOutcome(a.id, "w1", "succeeded", result={"url": "a"}, cost_usd=0.5, seq=a.seq),
+            JobOutcome(d.id, "w1", "succeeded", result={"url": "d"}, seq=d.seq),
+            JobOutcome(d.id, "w1", "succeeded", result={"url": "stale"}, seq=d.seq + 7),
+            JobOutcome(e.id, "w1", "succeeded", result={"url": "e1"}),
+            *([JobOutcome(e.id, "w1", "succeeded", result={"url": "e2"})] if twice else []),
+            JobOutcome(e.id, "w2", "succeeded", result={"url": "not the owner"}),
+        ]
+    )
+    assert promoted == ["c"]
+    state = await store.get_execution("fan")
+    assert state is not None
+    jobs = {j.id: j for j in state.jobs}
+    assert {k: (jobs[k].status, jobs[k].result) for k in "abde"} == {
+        "a": ("succeeded", {"url": "a"}), "b": ("succeeded", {"url": "b"}),
+        "d": ("succeeded", {"url": "d"}), "e": ("succeeded", {"url": "e1"}),
+    }  # fmt: skip
+    assert jobs["a"].cost.actual == 0.5 and jobs["c"].status == "queued"
+    queued = [(ev.job_key, ev.data) for ev in await store.events("fan") if ev.type == "job.queued"]
+    assert queued == [("c", {"after": "a"})]
+    [fan_in] = await store.claim("w1", 10, 30)
+    assert fan_in.key == "c" and fan_in.dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
 
 
 async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(store: Store) -> None:
@@ -999,3 +1055,17 @@ async def test_cancel_racing_many_finishes_ends_consistently(database_url: str) 
     finally:
         for s in stores:
             await s.close()
+
+
+def test_dumps_writes_what_json_dumps_writes() -> None:
+    """`common.dumps` (the C encoder made once) gives json.dumps' compact, non-ASCII text, whatever the value."""
+    from reelflow.store.common import dumps
+
+    values: list[Any] = [
+        None, True, 0, -3, 0.1, 1e300, float("nan"), float("inf"), "é\n\"x\"\u2028", [], {},
+        {"b": [1, 2.5, None, {"c": "ü"}], "a": (1, "t")}, [[1, "w", '{"r":1}', 0.0, None, 1, None]],
+    ]  # fmt: skip
+    for value in values:
+        assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(TypeError):
+        dumps({"x": object()})

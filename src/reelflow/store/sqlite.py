@@ -4,12 +4,14 @@ Every write is a short `BEGIN IMMEDIATE` transaction, so claims are exclusive ac
 All database work runs on one dedicated thread per Store, so the event loop never blocks on it: the manager's
 coroutines are driven to their end there (`_drive`), each statement running at once. The rules live in
 `manager.py`; this file holds the connection, the transactions and the steps SQLite takes its own way (the claim's
-pick, outcomes written row by row, lists as `IN (...)`), whose statements are in `sql/sqlite.sql`.
+pick, a batch of successes as one JSON array (`json_each`), lists as `IN (...)`), whose statements are in
+`sql/sqlite.sql`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from collections import defaultdict
@@ -22,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from .. import metrics
 from .base import JobOutcome, ProgressReport
-from .common import Statements, artifact_keys, loads, migration_scripts
+from .common import Statements, artifact_keys, dumps, loads, migration_scripts
 from .manager import NO_NOTE, EventRow, Note, Released, StoreManager, Tx, Written, chunks
 
 T = TypeVar("T")
@@ -244,17 +246,11 @@ class SQLiteStore(StoreManager):
         return self._round_robin(tenants, queues, limit, running_p, running_m)
 
     async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []  # sqlite3.Row: read once each, by name (a dict of each would read every column)
         for chunk in chunks(picked):
             cond, args = tx.in_("id", chunk)
-            rows += map(dict, await tx.all(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args)))
-        deadlines: dict[str, float | None] = {}
-        for chunk in chunks(sorted({r["execution_id"] for r in rows})):
-            cond, args = tx.in_("id", chunk)
-            deadlines.update((d[0], d[1]) for d in await tx.all(SQL.deadlines.format(cond=cond), args))
-        for r in rows:
-            r["deadline"] = deadlines.get(r["execution_id"])
-        return sorted(rows, key=lambda r: r["id"])
+            rows += await tx.all(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args))
+        return sorted(rows, key=_row_id)
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
         needs: dict[str, set[str]] = defaultdict(set)
@@ -281,34 +277,62 @@ class SQLiteStore(StoreManager):
             await self._write_provider_ids(tx, provider_ids, now)
         await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
         rows: dict[int, Any] = {}
-        released: dict[tuple[str, str], Released] = {}
+        done = [o for o in outcomes if o.status == "succeeded"]
+        succeeded: list[tuple[JobOutcome, Any]] = []
+        waves = 0
+        while done:  # one statement a batch; a job row twice (a stale attempt's outcome too) waits for the next one
+            waves += 1
+            batch: dict[int, JobOutcome] = {}
+            later: list[JobOutcome] = []
+            for o in done:
+                if o.job_row in batch:
+                    later.append(o)
+                else:
+                    batch[o.job_row] = o
+            w = dumps([[o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq]
+                       for o in batch.values()])  # fmt: skip
+            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, w))}
+            for o in batch.values():
+                if (row := written.get(o.job_row)) is not None and o.job_row not in rows:
+                    rows[o.job_row] = row
+                    succeeded.append((o, row))
+            done = later
+        if waves > 1:
+            position = {id(o): i for i, o in enumerate(outcomes)}
+            succeeded.sort(key=lambda item: position[id(item[0])])
         for o in outcomes:
-            if o.status == "succeeded":
-                row = await tx.one(
-                    SQL.job_succeeded,
-                    (results[id(o)], o.cost_usd or 0.0, now, o.cache_key, int(o.cache_hit), o.job_row,
-                     o.owner, o.seq, o.seq),
-                )  # fmt: skip
-                if row is not None:
-                    eid = row["execution_id"]
-                    if keys := artifact_keys(o.result):
-                        await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
-                    if dependents := loads(row["dependents"]):
-                        cond, args = tx.in_("key", dependents)
-                        counted = await tx.all(SQL.count_down.format(cond=cond), (now, eid, *args))
-                        released[(eid, row["key"])] = sorted(tuple(r)[:5] for r in counted if r[5] == "queued")
-            elif o.status == "retry":
+            if o.status == "retry":
                 row = await tx.one(
                     SQL.job_retry,
                     (o.retry_at or now, o.error, o.keep_provider_id, o.settled, o.settled, now, o.job_row, o.owner,
                      o.seq, o.seq),
                 )  # fmt: skip
-            else:  # failed or canceled
+            elif o.status != "succeeded":  # failed or canceled
                 ended = (o.status, o.error, o.cost_usd, now, o.job_row, o.owner, o.seq, o.seq)
                 row = await tx.one(SQL.job_ended, ended)
+            else:
+                continue
             if row is not None:
                 rows.setdefault(o.job_row, row)
-        return rows, released, {}
+        # Each waiting dependent loses as many dependencies as succeeded here; the last of them to succeed (in the
+        # outcomes' order) is the one that released it, for its event.
+        released_by: dict[tuple[str, str], str] = {}
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for o, row in succeeded:
+            eid = row["execution_id"]
+            if keys := artifact_keys(o.result):
+                await tx.many(SQL.insert_artifact, [(k, now, eid) for k in keys])
+            for dep in loads(row["dependents"]) or ():
+                released_by[(eid, dep)] = row["key"]
+                counts[(eid, dep)] += 1
+        released: dict[tuple[str, str], Released] = {}
+        if counts:
+            w = dumps([[eid, key, n] for (eid, key), n in counts.items()])
+            for r in await tx.all(SQL.count_down, (now, w)):
+                if r["status"] == "queued":
+                    by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
+                    released.setdefault(by, []).append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
+        return rows, {k: sorted(v) for k, v in released.items()}, {}
 
     async def _settling(
         self, tx: Tx, ids: list[str]
@@ -377,6 +401,16 @@ class SQLiteStore(StoreManager):
         for r in rows:
             r["webhook_secret"] = secrets.get(r["tenant"], "")
         return rows
+
+
+def _row_id(row: sqlite3.Row) -> int:
+    return int(row[0])
+
+
+def _real(value: float | None) -> float | None:
+    """A cost as JSON can carry it: SQLite's JSON has no NaN or infinity (stored as NULL, as binding NaN does)."""
+    cost = float(value or 0.0)
+    return cost if math.isfinite(cost) else None
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -13,10 +13,8 @@ intent_seq = COALESCE(intent_seq, lease_seq + 1)
 WHERE {guard running} AND {cond}
 RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,
 max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,
-cost_estimated, lease_seq, intent_at, intent_seq, failover
-
--- name: deadlines
-SELECT id, deadline FROM executions WHERE {cond}
+cost_estimated, lease_seq, intent_at, intent_seq, failover,
+(SELECT deadline FROM executions e WHERE e.id = jobs.execution_id) AS deadline
 
 -- name: dep_results
 SELECT key, result FROM jobs WHERE execution_id = %s AND {cond}
@@ -31,26 +29,36 @@ SELECT model, COUNT(*) AS n FROM jobs WHERE status = 'running' AND model IS NOT 
 SELECT id, provider, model FROM jobs WHERE status = 'queued' AND tenant = %s AND run_after <= %s{only}
 ORDER BY priority DESC, id LIMIT %s
 
--- ---------------------------------------------------------------- outcomes, one row at a time
--- name: job_succeeded
-UPDATE jobs SET status = 'succeeded', result = %s, cost_actual = %s, progress = 100,
+-- ---------------------------------------------------------------- outcomes
+-- A batch of successes in one statement: `w` is a JSON array of [job row, owner, result, cost, cache key, cache hit,
+-- lease number] (each attempt's own; a job row at most once a batch).
+-- name: jobs_succeeded
+UPDATE jobs SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
 finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
-error = NULL, cache_key = %s, cache_hit = %s, intent_at = NULL, intent_seq = NULL
-WHERE id = %s AND {guard succeeded} AND lease_owner = %s AND (%s IS NULL OR lease_seq = %s)
-RETURNING execution_id, key, dependents
+error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS owner,
+  json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS cost, json_extract(value, '$[4]') AS ck,
+  json_extract(value, '$[5]') AS hit, json_extract(value, '$[6]') AS seq FROM json_each(%s)) AS w
+WHERE jobs.id = w.id AND {guard succeeded on jobs.status} AND jobs.lease_owner = w.owner
+AND (w.seq IS NULL OR jobs.lease_seq = w.seq)
+RETURNING jobs.id, jobs.execution_id, jobs.key, jobs.dependents
 
 -- name: insert_artifact
 INSERT OR IGNORE INTO artifacts (tenant, key, execution_id, created_at)
 SELECT tenant, %s, id, %s FROM executions WHERE id = %s
 
--- Each waiting dependent loses one dependency, and is queued when none is left: one write of each row.
+-- Each waiting dependent loses as many dependencies as succeeded in the batch (`w`: a JSON array of [execution,
+-- key, n]), and is queued when none is left: one write of each row.
 -- name: count_down
-UPDATE jobs SET deps_left = deps_left - 1,
-status = CASE WHEN deps_left <= 1 THEN 'queued' ELSE status END,
-queued_at = CASE WHEN deps_left <= 1 THEN %s ELSE queued_at END
-WHERE execution_id = %s AND {cond} AND {guard queued from waiting}
-RETURNING id, key, provider, model, tenant, status
+UPDATE jobs SET deps_left = deps_left - w.n,
+status = CASE WHEN deps_left - w.n <= 0 THEN 'queued' ELSE status END,
+queued_at = CASE WHEN deps_left - w.n <= 0 THEN %s ELSE queued_at END
+FROM (SELECT json_extract(value, '$[0]') AS eid, json_extract(value, '$[1]') AS key,
+  json_extract(value, '$[2]') AS n FROM json_each(%s)) AS w
+WHERE jobs.execution_id = w.eid AND jobs.key = w.key AND {guard queued on jobs.status from waiting}
+RETURNING jobs.id, jobs.execution_id, jobs.key, jobs.provider, jobs.model, jobs.tenant, jobs.status
 
+-- Retries and failures, rarer, one row at a time.
 -- name: job_retry
 UPDATE jobs SET status = 'queued', run_after = %s, error = %s, lease_owner = NULL,
 lease_expires_at = NULL, progress = 0, queue_position = NULL,

@@ -5,6 +5,8 @@
 -- a few µs. SQLite cannot add a constraint to a table, so both tables are rebuilt, in this one transaction:
 -- `job_logs` (which refers to `jobs`) is set aside and put back, the tables are renamed, recreated with the
 -- same columns in the same order, copied, and their indexes made again. No row changes; every id stays.
+-- One index is not made again: `jobs_claim` served no statement (the claim walks `jobs_tenant_queue`, the look
+-- for ready jobs `jobs_run_after`), yet every job entering or leaving 'queued' wrote it.
 CREATE TABLE job_logs_v12 AS SELECT * FROM job_logs;
 DROP TABLE job_logs;
 ALTER TABLE jobs RENAME TO jobs_v11;
@@ -100,7 +102,6 @@ CREATE INDEX executions_tenant_created ON executions (tenant, created_at DESC, i
 CREATE INDEX executions_status ON executions (status);
 CREATE UNIQUE INDEX executions_idempotency ON executions (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX executions_tenant_month ON executions (tenant, created_at);
-CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE status = 'queued';
 CREATE INDEX jobs_run_after ON jobs (run_after) WHERE status = 'queued';
 CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX jobs_owner ON jobs (lease_owner) WHERE lease_owner IS NOT NULL;
