@@ -194,6 +194,17 @@ async def call_back(api: ApiServer, fake: FakeReplicate, body: dict[str, Any] | 
     return str(answer.json()["job"])
 
 
+async def raw_call_back(
+    api: ApiServer, fake: FakeReplicate, body: dict[str, Any], query: str = "", *, tamper: bool = False
+) -> httpx.Response:
+    """POST a signed webhook to our callback route (`tamper`: its body changed after signing); the answer."""
+    headers, raw = signed(fake, body)
+    if tamper:
+        raw = raw.replace(b'"failed"', b'"succeeded"')
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        return await http.post(f"/v1/providers/replicate/callback{query}", content=raw, headers=headers)
+
+
 async def running_job(engine: Engine, eid: str, creates: int, fake: FakeReplicate) -> dict[str, Any]:
     """The job of `eid` once it runs on the provider with its provider id recorded (after `creates` creates)."""
     for _ in range(500):
@@ -375,6 +386,21 @@ async def test_an_embedded_worker_is_woken_in_process_without_a_database_write(
         app = create_app(
             settings, store=store, workers=1, providers=Providers({"replicate": provider}), deliver_webhooks=False
         )
+        routed: list[str] = []  # the requests that reached the router
+
+        class RouterSpy:
+            def __init__(self, router: Any) -> None:
+                self.router = router
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.router, name)
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    routed.append(scope["path"])
+                await self.router(scope, receive, send)
+
+        app.router = RouterSpy(app.router)  # type: ignore[assignment]
         api = ApiServer(settings, app=app).start()
         settings.public_url = api.url
         try:
@@ -383,15 +409,41 @@ async def test_an_embedded_worker_is_woken_in_process_without_a_database_write(
                 if all(j.provider_job_id for j in (await engine.get(eid)).jobs):
                     break
                 await asyncio.sleep(0.02)
+            verified = 0
+            real_verify = provider.verify_callback
+
+            async def counting_verify(headers: Any, body: bytes) -> Any:
+                nonlocal verified
+                verified += 1
+                return await real_verify(headers, body)
+
+            monkeypatch.setattr(provider, "verify_callback", counting_verify)
             other = {"id": "someone0else", "status": "failed", "error": "not this job's"}
-            assert await call_back(api, fake, other, f"?execution={eid}&job=a") == "mismatch"
-            assert writes == [("replicate", "someone0else")]
+            mismatch = await raw_call_back(api, fake, other, f"?execution={eid}&job=a")
+            assert mismatch.json() == {"received": True, "job": "mismatch"}
+            assert writes == [("replicate", "someone0else")] and verified == 1  # verified once, not twice
+            assert routed[-1] == "/v1/providers/replicate/callback"
+            routed.clear()
+            # a callback the embedded worker takes (still processing: it reads the prediction once) is answered
+            # before the router, as the route answers
+            pid = next(j.provider_job_id for j in (await engine.get(eid)).jobs if j.id == "a")
+            woken = await raw_call_back(api, fake, {"id": pid, "status": "processing"}, f"?execution={eid}&job=a")
+            assert woken.content == mismatch.content.replace(b"mismatch", b"woken")
+            assert woken.headers["content-type"] == mismatch.headers["content-type"] == "application/json"
+            assert woken.headers["content-length"] == str(len(woken.content))
+            await settle(lambda: fake.gets == 1)
+            assert writes == [("replicate", "someone0else")] and verified == 2 and routed == []
+            refused = await raw_call_back(
+                api, fake, {"id": pid, "status": "failed"}, f"?execution={eid}&job=a", tamper=True
+            )
+            assert refused.status_code == 401 and refused.headers["content-type"] == "application/problem+json"
+            assert routed == ["/v1/providers/replicate/callback"]  # refused by the route, as before
             state = await engine.wait(eid, timeout=20)
         finally:
             api.stop()
     assert state["status"] == "succeeded", state
-    assert (fake.creates, fake.gets, fake.webhooks_sent) == (2, 0, 2)  # both ended from their webhooks' bodies
-    assert writes == [("replicate", "someone0else")]  # the two real webhooks wrote nothing
+    assert (fake.creates, fake.gets, fake.webhooks_sent) == (2, 1, 2)  # both ended from their webhooks' bodies
+    assert writes == [("replicate", "someone0else")]  # the callbacks about the jobs' own work wrote nothing
 
 
 async def test_a_fal_job_with_callbacks_costs_the_submit_and_the_download(
