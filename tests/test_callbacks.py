@@ -354,6 +354,46 @@ async def test_an_embedded_worker_is_handed_the_outcome_and_the_database_keeps_n
     assert [r["woken_outcome"] for r in rows] == [None, None]
 
 
+async def test_an_embedded_worker_is_woken_in_process_without_a_database_write(
+    engine: Engine, store: SQLiteStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N`: a verified callback about a job the embedded worker holds and waits on wakes it in
+    the process; the job's row is not written (no wake mark to set and clear again). One about work the job does
+    not wait on still goes to the database, which answers as before."""
+    writes: list[tuple[str, str]] = []
+    real = store.wake_job
+
+    async def counting(provider: str, remote_id: str, *args: object) -> str:
+        writes.append((provider, remote_id))
+        return await real(provider, remote_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "wake_job", counting)
+    with FakeReplicate(latency_s=1.5, queue_s=0.1) as fake:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", fake.token)
+        provider = ReplicateProvider(fake.token, fake.base_url, poll_initial_s=0.05, callback_poll_s=30.0)
+        settings.callbacks = True
+        app = create_app(
+            settings, store=store, workers=1, providers=Providers({"replicate": provider}), deliver_webhooks=False
+        )
+        api = ApiServer(settings, app=app).start()
+        settings.public_url = api.url
+        try:
+            eid = await engine.submit({"jobs": [video_job("a"), video_job("b")]})
+            for _ in range(250):  # until both jobs' provider ids are recorded
+                if all(j.provider_job_id for j in (await engine.get(eid)).jobs):
+                    break
+                await asyncio.sleep(0.02)
+            other = {"id": "someone0else", "status": "failed", "error": "not this job's"}
+            assert await call_back(api, fake, other, f"?execution={eid}&job=a") == "mismatch"
+            assert writes == [("replicate", "someone0else")]
+            state = await engine.wait(eid, timeout=20)
+        finally:
+            api.stop()
+    assert state["status"] == "succeeded", state
+    assert (fake.creates, fake.gets, fake.webhooks_sent) == (2, 0, 2)  # both ended from their webhooks' bodies
+    assert writes == [("replicate", "someone0else")]  # the two real webhooks wrote nothing
+
+
 async def test_a_fal_job_with_callbacks_costs_the_submit_and_the_download(
     engine: Engine, running_worker: WorkerFactory, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

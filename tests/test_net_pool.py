@@ -14,6 +14,7 @@ import pytest
 
 from reelflow.net import (
     EgressPolicy,
+    LeanPool,
     QuickNetwork,
     QuietCookies,
     guarded_client,
@@ -32,11 +33,16 @@ class Server:
     def __init__(self, close_after: int | None = None) -> None:
         self.close_after = close_after
         self.connections = 0
+        self.open = 0
+        self.peak = 0
+        """The most connections open at once."""
         self.requests = 0
         self.server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
         answered = 0
         try:
             while True:
@@ -55,6 +61,7 @@ class Server:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        self.open -= 1
         writer.close()
 
     async def __aenter__(self) -> str:
@@ -165,3 +172,154 @@ async def test_cookies_a_response_sets_are_kept_and_the_others_cost_no_cookie_wo
         assert seen == ["http://api.test/login"] and client.cookies.get("session") == "abc"
         assert (await client.get("/plain")).json() == {"cookie": "session=abc"}  # sent back as before
     assert isinstance(guarded_client(EgressPolicy()).cookies, QuietCookies)
+
+
+def pool_of(transport: httpx.AsyncHTTPTransport) -> httpcore.AsyncConnectionPool:
+    pool = transport._pool
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    return pool
+
+
+async def burst(client: httpx.AsyncClient, url: str, n: int) -> None:
+    answers = await asyncio.gather(*(client.get(f"{url}/x") for _ in range(n)))
+    assert [a.status_code for a in answers] == [200] * n
+
+
+def test_provider_and_guarded_clients_pool_with_the_lean_pool() -> None:
+    assert type(pool_of(pooled_transport(limits=httpx.Limits(max_connections=2)))) is LeanPool
+    guarded = guarded_client(EgressPolicy())._transport
+    assert isinstance(guarded, httpx.AsyncHTTPTransport) and type(pool_of(guarded)) is LeanPool
+
+
+@pytest.mark.parametrize(("max_connections", "keepalive"), [(4, 4), (4, 2), (3, 1), (2, 0)])
+async def test_the_lean_pool_keeps_connections_within_the_limits_as_httpcore_does(
+    max_connections: int, keepalive: int
+) -> None:
+    """Bursts beyond `max_connections`, then quiet: every request answered, never more than `max_connections`
+    open, and as many kept afterwards as httpcore's own pool keeps."""
+    seen: dict[str, tuple[int, int]] = {}
+    for kind in ("httpcore", "lean"):
+        server = Server()
+        async with server as url:
+            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive)
+            transport = pooled_transport(limits=limits) if kind == "lean" else httpx.AsyncHTTPTransport(limits=limits)
+            assert (type(pool_of(transport)) is LeanPool) == (kind == "lean")
+            async with httpx.AsyncClient(transport=transport) as client:
+                await burst(client, url, 10)
+                kept = len(pool_of(transport).connections)
+                await burst(client, url, 3)
+                seen[kind] = (server.requests, kept)
+                assert server.peak <= max_connections
+    assert seen["lean"] == seen["httpcore"] == (13, min(keepalive, max_connections)), seen
+
+
+async def test_a_burst_on_idle_connections_takes_each_connection_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection promised to a request that has not started on it yet is not handed to the next one too (which
+    would find it taken, and ask the pool again): each request of a burst is sent on the first connection it gets."""
+    tries = 0
+    real = httpcore.AsyncHTTPConnection.handle_async_request
+
+    async def counting(self: httpcore.AsyncHTTPConnection, request: httpcore.Request) -> httpcore.Response:
+        nonlocal tries
+        tries += 1
+        return await real(self, request)
+
+    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "handle_async_request", counting)
+    server = Server()
+    async with server as url:
+        transport = pooled_transport(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
+        async with httpx.AsyncClient(transport=transport) as client:
+            await burst(client, url, 8)
+            tries = 0
+            for _ in range(5):
+                await burst(client, url, 8)
+            assert tries == 40
+            await burst(client, url, 20)  # more than the connections: the rest wait their turn
+    assert server.requests == 68 and server.connections == 8 and server.peak == 8
+
+
+async def test_the_lean_pool_never_hands_out_a_connection_the_server_closed_between_sweeps() -> None:
+    server = Server(close_after=1)
+    async with server as url:
+        transport = pooled_transport(limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
+        async with httpx.AsyncClient(transport=transport) as client:
+            await burst(client, url, 4)
+            await asyncio.sleep(0.05)  # the server closed all four while they were idle
+            for _ in range(6):  # well within one sweep: each is looked at as it is handed out
+                assert (await client.get(f"{url}/x")).status_code == 200
+                await asyncio.sleep(0.02)
+    assert server.requests == 10 and server.connections == 10
+
+
+async def test_the_lean_pool_looks_at_each_connection_a_few_times_per_request_not_once_per_pair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore counted its connections once per idle connection on every request (16 idle: 256 looks, twice a
+    request); the lean pool's walk is linear in the connections."""
+    looks = 0
+    real = httpcore.AsyncHTTPConnection.is_idle
+
+    def counting(self: httpcore.AsyncHTTPConnection) -> bool:
+        nonlocal looks
+        looks += 1
+        return real(self)
+
+    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "is_idle", counting)
+    server = Server()
+    async with server as url:
+        transport = pooled_transport(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+        async with httpx.AsyncClient(transport=transport) as client:
+            await burst(client, url, 16)
+            assert len(pool_of(transport).connections) == 16
+            looks = 0
+            for _ in range(10):
+                assert (await client.get(f"{url}/x")).status_code == 200
+    assert server.connections == 16
+    assert looks <= 10 * 2 * 2 * 16, looks  # two walks a request, at most two looks a connection in each
+
+
+class _StubConnection:
+    """An idle HTTP/1.1 connection as the pool sees it (no socket)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def is_closed(self) -> bool:
+        return False
+
+    def has_expired(self) -> bool:
+        return False
+
+    def is_idle(self) -> bool:
+        return True
+
+    def is_available(self) -> bool:
+        return True
+
+    def can_handle_request(self, origin: object) -> bool:
+        return True
+
+
+class _StubRequest:
+    def __init__(self, connection: _StubConnection | None = None) -> None:
+        self.connection = connection
+        self.request = httpcore.Request("GET", "http://127.0.0.1:9/x")
+
+    def assign_to_connection(self, connection: _StubConnection) -> None:
+        self.connection = connection
+
+
+def test_a_connection_handed_to_a_request_not_yet_started_is_neither_closed_nor_handed_again() -> None:
+    """It still looks idle until its request starts on it: httpcore 1.0.9 may close it as a surplus keep-alive
+    (the request then waits for its read timeout, encode/httpcore#1110) or hand it to the next request too."""
+    pool = LeanPool(max_connections=4, max_keepalive_connections=1)
+    promised, spare = _StubConnection("promised"), _StubConnection("spare")
+    waiting, new = _StubRequest(promised), _StubRequest()
+    pool._connections = [promised, spare]  # type: ignore[list-item]
+    pool._requests = [waiting, new]  # type: ignore[list-item]
+    closing = pool._assign_requests_to_connections()
+    assert promised not in closing and promised in pool._connections  # type: ignore[comparison-overlap]
+    assert waiting.connection is promised
+    # two idle connections over a keep-alive bound of one: the spare one goes, and the new request gets a new one
+    assert closing == [spare]  # type: ignore[comparison-overlap]
+    assert new.connection is not None and new.connection not in (promised, spare)

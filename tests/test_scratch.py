@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,19 @@ async def test_a_worker_s_attempts_each_find_an_empty_folder_and_it_leaves_none_
     assert [held for _, held in sim.seen] == [[], [], []]  # nothing of an earlier job visible
     assert len({folder for folder, _ in sim.seen}) == 1  # one after the other: the same folder, emptied
     assert not worker.workroot.exists() or list(worker.workroot.iterdir()) == []
+
+
+def test_a_tasks_workdir_is_made_on_first_use_and_not_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = Task("e", "j", "generate-video", None, {}, 1, tmp_path / "a1")
+    assert not (tmp_path / "a1").exists()
+    assert task.workdir == tmp_path / "a1" and (tmp_path / "a1").is_dir()
+    made: list[Path] = []
+    real = Path.mkdir
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", counting)
+    assert task.workdir / "output-0" == tmp_path / "a1" / "output-0"
+    assert made == []  # each later use: no mkdir (it raised and caught FileExistsError every time)

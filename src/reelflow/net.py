@@ -32,6 +32,7 @@ import re
 import select
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -425,11 +426,103 @@ class QuickNetwork(httpcore.AsyncNetworkBackend):
         await self.network.sleep(seconds)
 
 
+POOL_SWEEP_S = 1.0
+"""How often a LeanPool looks at every connection for an expired keep-alive or a close by the server (the one it
+hands out is always looked at first)."""
+
+
+class LeanPool(httpcore.AsyncConnectionPool):
+    """httpcore's connection pool, with the bookkeeping it does on every request that starts or ends made cheap.
+
+    httpcore walks all its connections then: it drops closed ones, closes expired ones (asking each idle one's
+    socket whether the server closed it: a poll() call) and, while it holds more than `max_keepalive_connections`,
+    closes idle ones, counting its connections once per idle connection (a list built each time: 16 idle
+    connections cost 256 calls). It also hands a connection that is free but promised to a request that has not
+    started on it yet to the next request too, which then fails to get it and asks again: a burst of requests
+    went round that loop several times each. This pool counts once; looks at every connection's expiry only
+    every POOL_SWEEP_S, and always at the connection it is about to hand out (so none that expired or that the
+    server closed is ever used); and gives a request only a connection no other request was promised (HTTP/1.1:
+    one request at a time on a connection). Otherwise requests get connections as in httpcore: a free one for
+    their origin, else a new one while under `max_connections`, else a new one in place of an idle one. Closing
+    nothing costs nothing (httpcore shields even an empty list from cancellation)."""
+
+    _swept_at = 0.0
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        kept: list[httpcore.AsyncConnectionInterface] = []
+        now = time.monotonic()
+        sweep = now - self._swept_at >= POOL_SWEEP_S
+        if sweep:
+            self._swept_at = now
+        # Connections handed to a request that has not started on them yet look idle: they are neither closed as
+        # surplus here nor handed to another request (httpcore 1.0.9 does both: encode/httpcore#1110, the churn
+        # that encode/httpcore#1035 describes).
+        assigned = {id(r.connection) for r in self._requests if r.connection is not None}
+        promised = set() if self._http2 else assigned
+        count = len(self._connections)  # connections still in the pool as the walk goes
+        for connection in self._connections:
+            if connection.is_closed():
+                count -= 1
+            elif (sweep and connection.has_expired()) or (
+                connection.is_idle() and count > self._max_keepalive_connections and id(connection) not in assigned
+            ):
+                count -= 1
+                closing.append(connection)
+            else:
+                kept.append(connection)
+        self._connections = kept
+        for pool_request in self._requests:
+            if pool_request.connection is not None:
+                continue
+            origin = pool_request.request.url.origin
+            chosen: httpcore.AsyncConnectionInterface | None = None
+            idle: httpcore.AsyncConnectionInterface | None = None
+            i = 0
+            while i < len(kept):
+                connection = kept[i]
+                if (
+                    id(connection) not in promised
+                    and connection.can_handle_request(origin)
+                    and connection.is_available()
+                ):
+                    if sweep or not connection.has_expired():
+                        chosen = connection
+                        break
+                    del kept[i]  # expired, or closed by the server while idle
+                    closing.append(connection)
+                    continue
+                if idle is None and id(connection) not in promised and connection.is_idle():
+                    idle = connection
+                i += 1
+            if chosen is None:
+                if len(kept) >= self._max_connections:  # `idle`: the first idle one (the walk went through)
+                    if idle is None:
+                        continue  # every connection is busy or promised: the request stays queued
+                    kept.remove(idle)
+                    closing.append(idle)
+                chosen = self.create_connection(origin)
+                kept.append(chosen)
+            promised.add(id(chosen))
+            pool_request.assign_to_connection(chosen)
+        return closing
+
+    async def _close_connections(self, closing: list[httpcore.AsyncConnectionInterface]) -> None:
+        if closing:
+            await super()._close_connections(closing)
+
+
 def _set_network(transport: httpx.AsyncHTTPTransport, network: httpcore.AsyncNetworkBackend) -> None:
-    """Make `transport`'s pool connect through `network` (before it has any connection)."""
+    """Make `transport`'s pool connect through `network` (before it has any connection), as a LeanPool."""
     pool = transport._pool
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
+    if (
+        type(pool) not in (httpcore.AsyncConnectionPool, LeanPool)
+        or not hasattr(pool, "_network_backend")
+        or not isinstance(getattr(pool, "_connections", None), list)
+        or not isinstance(getattr(pool, "_requests", None), list)
+    ):
         raise RuntimeError("this httpx/httpcore version does not take a network backend as reelflow expects")
+    pool.__class__ = LeanPool
     pool._network_backend = network
 
 

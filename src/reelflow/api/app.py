@@ -666,8 +666,15 @@ async def provider_callback(
         log.warning("callback from %s refused: %s", provider, exc)
         raise Problem(401, f"callback signature not verified: {exc}") from None
     told = kept_outcome(event.outcome)
-    # An embedded worker holding the job is handed the outcome here; the database keeps it for any other worker
-    # (which reads the mark within 0.5 s). The store's checks (the job runs, it waits on this work) decide both.
+    # An embedded worker that holds the job and waits on this work is handed the outcome here, and nothing is
+    # written (the job is leased to it: no other worker would read a mark; a worker that resumes the job after a
+    # crash looks at the work at once anyway).
+    for worker in getattr(request.app.state, "workers", []):
+        if worker.wake_waiting(provider, event.provider_job_id, execution, job, event.outcome if told else None):
+            log.info("callback from %s about %s: woken", provider, event.provider_job_id)
+            return {"received": True, "job": "woken"}
+    # Otherwise the database keeps it for any other worker (which reads the mark within 0.5 s); the store's checks
+    # (the job runs, it waits on this work) decide, and an embedded worker holding the job is woken too.
     local: tuple[Worker, int] | None = None
     for worker in getattr(request.app.state, "workers", []):
         if (held := worker.holding(event.provider_job_id, execution, job)) is not None:

@@ -53,7 +53,7 @@ from ..providers.http import RateGate
 from ..providers.registry import Providers, reads_local_files
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
-from ..store.common import iso
+from ..store.common import callback_matches, iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
 from .outputs import judge_then, write_data_url
@@ -474,6 +474,31 @@ class Worker:
             ):
                 return job_row
         return None
+
+    def wake_waiting(
+        self,
+        provider: str,
+        remote_id: str,
+        execution_id: str | None = None,
+        job_key: str | None = None,
+        outcome: dict[str, Any] | None = None,
+    ) -> bool:
+        """A verified callback arrived in this process (the API with embedded workers) about a job this worker
+        holds: when the job runs on `provider` and waits on `remote_id` (or on work whose id it does not know yet),
+        as `wake_job` would check in the database, it is woken here with the `outcome` the callback told, and
+        nothing is written: True. False otherwise (the caller then asks the database, which decides)."""
+        job_row = self.holding(remote_id, execution_id, job_key)
+        held = self.held.get(job_row) if job_row is not None else None
+        if (
+            held is None
+            or held.work is None
+            or held.stop_reason is not None
+            or held.claim.provider != provider
+            or not callback_matches(held.provider_job_id, remote_id)
+        ):
+            return False
+        self.wake(held.claim.id, outcome)
+        return True
 
     def wake_local(
         self,

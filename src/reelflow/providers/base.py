@@ -214,10 +214,15 @@ class Task:
             log.info("%s: a callback's outcome is about other work; asking the provider", what)
         return told
 
+    _workdir_made: bool = field(default=False, repr=False)
+
     @property
     def workdir(self) -> Path:
-        """The attempt's scratch folder, created on first use (most remote jobs never need one)."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        """The attempt's scratch folder, created on first use (most remote jobs never need one; each later use
+        costs no mkdir, which raised and caught FileExistsError every time)."""
+        if not self._workdir_made:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            self._workdir_made = True
         return self.scratch
 
 
