@@ -3,18 +3,18 @@
 It behaves like a remote API: `submit` returns an id, `wait` waits on it. The id itself carries
 the schedule (when the work starts and ends, and how it ends), so any worker process can resume
 waiting on it after a crash, exactly as with a real provider. A waiting job is one sleeping
-coroutine: no thread, a few hundred bytes.
+coroutine: no thread, a few hundred bytes, no timer of its own (`sleeps.sleep`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import time
 from typing import Any
 
+from . import sleeps
 from .base import (
     Output,
     PermanentError,
@@ -86,11 +86,11 @@ class SimProvider:
         now = time.time()
         if now < starts:
             await _report(report, ProgressUpdate(phase="queued", queue_position=1))
-            await asyncio.sleep(starts - now)
+            await sleeps.sleep(starts - now)
             await _report(report, ProgressUpdate(phase="running", percent=0))
         remaining = ends - time.time()
         if remaining > 0:
-            await asyncio.sleep(remaining)
+            await sleeps.sleep(remaining)
         outputs: list[Output] = []
         fields: dict[str, Any] = {"sim_id": sim_id, "provider_id": provider_id}
         if "echo" in task.params:  # hand back (resolved) parameters: lets tests see references resolved
