@@ -260,3 +260,29 @@ async def test_a_passed_output_is_kept_in_the_thread_that_judged_it_and_a_refuse
     with pytest.raises(PermanentError, match="it is an HLS playlist"):
         await judge_then(playlist, "generate-video", None, batcher.probe, keeper("p"), quick_probe=quick)
     assert [what for what, _ in threads] == ["look"]
+
+
+@needs_av
+async def test_pyav_loads_on_the_first_probe_off_the_event_loop(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's probe batcher does not load PyAV when it is made (~17 MB of memory for workers whose jobs
+    store no media): the first probe does, in a thread, not on the event loop."""
+    import threading
+
+    monkeypatch.setattr(probing, "_av_module", probing._AV_UNLOADED)
+    loaded_in: list[threading.Thread] = []
+    real = importlib.import_module
+
+    def importing(name: str, package: str | None = None) -> Any:
+        loaded_in.append(threading.current_thread())
+        return real(name, package)
+
+    monkeypatch.setattr(probing.importlib, "import_module", importing)
+    batcher = media.ProbeBatcher()
+    assert probing._av_module is probing._AV_UNLOADED and loaded_in == []
+    info = await batcher.probe(files["talkie.mp4"])
+    assert info["has_audio"] and probing._av_module is not probing._AV_UNLOADED
+    assert len(loaded_in) == 1 and loaded_in[0] is not threading.main_thread()
+    await batcher.probe(files["tone.wav"])
+    assert len(loaded_in) == 1

@@ -1069,3 +1069,31 @@ def test_dumps_writes_what_json_dumps_writes() -> None:
         assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     with pytest.raises(TypeError):
         dumps({"x": object()})
+
+
+async def test_a_heartbeat_renews_only_the_leases_near_their_end_and_names_every_job_held(
+    store: Store, engine: Engine
+) -> None:
+    """Rewriting every lease a worker holds at every beat cost ~50 ms of SQLite CPU per 10,000 jobs: a beat
+    renews the leases with less than 3/4 of `lease_s` left, and still answers with every job held."""
+    job = {"type": "generate-video", "model": "sim/video", "params": {}}
+    await engine.submit({"jobs": [{"id": "far", **job}, {"id": "near", **job}]})
+    [far] = await store.claim("w", 1, 100)
+    [near] = await store.claim("w", 1, 10)
+    assert (far.key, near.key) == ("far", "near")
+
+    async def leases() -> dict[int, float]:
+        rows = await store._in_read(  # type: ignore[attr-defined]
+            lambda tx: tx.all("SELECT id, lease_expires_at FROM jobs WHERE lease_owner = %s", ("w",))
+        )
+        return {int(r["id"]): float(r["lease_expires_at"]) for r in rows}
+
+    before = await leases()
+    started = time.time()
+    assert await store.heartbeat("w", 40) == {far.id, near.id}
+    after = await leases()
+    assert after[far.id] == before[far.id]  # 100 s left: more than 3/4 of 40, left alone
+    assert started + 40 <= after[near.id] <= time.time() + 40  # 10 s left: renewed to 40 s from now
+    assert await store.heartbeat("w", 200) == {far.id, near.id}
+    assert min((await leases()).values()) >= started + 200  # both had less than 150 s left
+    assert await store.heartbeat("other", 40) == set()

@@ -117,6 +117,11 @@ class _Gate:
     """The create is a half-open circuit's probe: its failure reopens the circuit and costs the job no attempt."""
 
 
+_NO_GATE = _Gate([], [], False)
+"""The create of a job without circuits (every unpaid provider): one shared, never changed, instead of one held
+by each waiting job's frame."""
+
+
 class _ProbeFailed(Exception):
     """A circuit's probe failed with a transient error: the circuit is open again."""
 
@@ -126,10 +131,13 @@ class _ProbeFailed(Exception):
         """As TransientError: False when the request may have started paid work (the next attempt asks)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Held:
+    """One attempt this worker runs (10,000 may wait at once: no instance dict)."""
+
     claim: ClaimedJob
     task: asyncio.Task[None]
+    worker: Worker
     provider: Provider | None = None
     provider_job_id: str | None = None
     stop_reason: str | None = None  # canceled (its provider work is cancelled too) | lost | shutdown
@@ -146,6 +154,21 @@ class _Held:
     phase_sent: str | None = None
     start_sent: bool = False
     log_sent: int = 0
+
+    # The attempt's callbacks, as bound methods of this object: ~80 bytes each for a waiting job, where a
+    # closure (or a partial of a Worker method) was 200-600.
+    def report(self, update: ProgressUpdate) -> None:
+        """The `report` the provider's `wait` calls with its progress."""
+        self.worker._reported(self, update)
+
+    def log_changed(self) -> None:
+        """The provider's log of this attempt grew (ProviderLog.on_change)."""
+        self.worker._log_changed(self)
+
+    async def possible_duplicate(self, why: str) -> None:
+        """Task.possible_duplicate: a paid call about to go out may repeat one an earlier attempt made."""
+        c = self.claim
+        await self.worker._possible_duplicate(c, c.provider or (self.provider.name if self.provider else ""), why)
 
 
 def _outcome_of(kept: str | None) -> dict[str, Any] | None:
@@ -620,7 +643,7 @@ class Worker:
                 earlier.stop_reason = "lost" if adopts else "canceled"
                 earlier.task.cancel()
         task = asyncio.create_task(self._run_job(c), name=f"job-{c.execution_id}-{c.key}")
-        self.held[c.id] = _Held(claim=c, task=task)
+        self.held[c.id] = _Held(claim=c, task=task, worker=self)
         self.started += 1
 
     async def _run_job(self, c: ClaimedJob) -> None:
@@ -765,10 +788,12 @@ class Worker:
             seq=c.seq,
             intent_seq=c.intent_seq,
             tenant=c.tenant,
-            possible_duplicate=lambda why: self._possible_duplicate(c, c.provider or provider.name, why),
+            possible_duplicate=held.possible_duplicate,
         )
         held.work = task
-        task.log.on_change = lambda: self._log_changed(held)
+        # bound methods of `held`, not lambdas: a lambda here would also make c, held and provider cells of this
+        # frame, which every waiting job keeps for as long as it waits
+        task.log.on_change = held.log_changed
         try:
             pid = c.provider_job_id
             if pid is None and task.unsettled and getattr(provider, "paid", False):
@@ -783,7 +808,13 @@ class Worker:
                 held.provider_job_id = pid
                 task.resumed = True
                 log.info("job %s/%s: resuming wait on provider id %s", c.execution_id, c.key, pid)
-            result = await self._wait(provider, task, pid, c, held)
+            if c.timeout_s is None and c.execution_deadline is None and c.start_timeout_s is None:
+                # No deadline to watch: wait right here. A second task per job, and asyncio.wait's future, set
+                # and callbacks, were ~2 KB a job (20 MB of 10,000 jobs in flight) for nothing to time out; a
+                # frame of `_wait` in between, ~400 bytes more.
+                result = await provider.wait(task, pid, held.report)
+            else:
+                result = await self._wait(provider, task, pid, c, held)
             if held.phase is not None or task.provider_queued_s is not None:
                 self._provider_started(held, task, time.time())
             job_result = await self._store_outputs(result, task, c.tenant)
@@ -907,7 +938,7 @@ class Worker:
         not counted."""
         keys = self._circuit_keys(provider, c)
         if not keys:
-            return _Gate([], [], False)
+            return _NO_GATE
         try:
             answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
         except StoreUnavailable as exc:  # no create goes out unless its circuits were asked
@@ -1060,36 +1091,33 @@ class Worker:
                 inputs[name] = p
         return inputs
 
+    def _reported(self, held: _Held, update: ProgressUpdate) -> None:
+        """A held job's provider told its progress (the `report` its adapter's `wait` calls)."""
+        phase = update.phase
+        held.phase, held.percent, held.queue_position = phase, float(update.percent or 0.0), update.queue_position
+        held.phase_seen_queued = held.phase_seen_queued or phase == "queued"
+        if phase == "running" and held.work is not None:
+            self._provider_started(held, held.work, time.time())
+        job_row = held.claim.id
+        self._progress[job_row] = ProgressReport(
+            job_row, self.id, float(update.percent or 0.0), update.queue_position, update.message
+        )
+
     async def _wait(self, provider: Provider, task: Task, pid: str, c: ClaimedJob, held: _Held) -> ProviderResult:
-        phase = "running"
+        """Wait for the work, watching the job's deadlines (`_attempt` waits on its own when there are none)."""
+        report = held.report  # not a closure: with its cells, one was ~600 bytes of each waiting job
         submitted = time.time()
         deadlines: list[tuple[float, str]] = []
         if c.timeout_s is not None:
             deadlines.append((c.started_at + c.timeout_s, f"timed out after {c.timeout_s:g} s (timeout_s)"))
         if c.execution_deadline is not None:
             deadlines.append((c.execution_deadline, "the execution's timeout (options.timeout_s) passed"))
-
-        def report(update: ProgressUpdate) -> None:
-            nonlocal phase
-            phase = update.phase
-            held.phase, held.percent, held.queue_position = phase, float(update.percent or 0.0), update.queue_position
-            held.phase_seen_queued = held.phase_seen_queued or phase == "queued"
-            if phase == "running":
-                self._provider_started(held, task, time.time())
-            self._progress[c.id] = ProgressReport(
-                c.id, self.id, float(update.percent or 0.0), update.queue_position, update.message
-            )
-
-        if not deadlines and c.start_timeout_s is None:
-            # No deadline to watch: wait in this task. A second task per job, and asyncio.wait's future, set and
-            # callbacks, were ~2 KB a job (20 MB of 10,000 jobs in flight) for nothing to time out.
-            return await provider.wait(task, pid, report)
         waiting = asyncio.ensure_future(provider.wait(task, pid, report))
         try:
             while True:
                 now = time.time()
                 active = list(deadlines)
-                if c.start_timeout_s is not None and phase == "queued":
+                if c.start_timeout_s is not None and held.phase == "queued":
                     active.append(
                         (
                             submitted + c.start_timeout_s,

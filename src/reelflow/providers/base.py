@@ -38,6 +38,20 @@ class ProviderLog:
     status with `logs=1`: the entries so far, or only new ones; both readings work), `add` for lines of one's own
     (the local ffmpeg provider). `version` counts changes; `on_change`, set by the worker, hears of each one."""
 
+    # one per attempt (10,000 jobs waiting in one worker hold 10,000 of these): no instance dict
+    __slots__ = (
+        "_own",
+        "_own_dropped",
+        "_replaced",
+        "_replaced_dropped",
+        "_seen",
+        "dropped",
+        "limit",
+        "on_change",
+        "text",
+        "version",
+    )
+
     def __init__(self, limit: int = LOG_LIMIT_CHARS) -> None:
         self.limit = max(1, limit)
         self.text = ""
@@ -136,8 +150,7 @@ class Task:
     None when callbacks are off, and then `wait` polls on its own."""
     resumed: bool = False
     """True when `wait` picks up work an earlier attempt submitted (a crash, a restart): look at once."""
-    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    """Set by the worker when a verified callback for this job arrived: look at the work now."""
+    _wake: asyncio.Event | None = field(default=None, repr=False, compare=False)
     callback_outcome: dict[str, Any] | None = field(default=None, repr=False)
     """The terminal outcome a verified callback carried (`CallbackEvent.outcome`), set by the worker with `wake`:
     `wait` takes it with `take_callback_outcome` and finishes from it, without asking the provider, when it is
@@ -165,6 +178,14 @@ class Task:
     provider_queued_s: float | None = None
     """Seconds the work waited in the provider's queue before it started, when the provider tells it (Replicate:
     `started_at - created_at`); the worker otherwise measures it from when it sees the work start."""
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set by the worker when a verified callback for this job arrived: look at the work now. Made on first
+        use: an event is ~750 bytes, and most tasks (10,000 waiting at once in one worker) never need one."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
 
     async def note_possible_duplicate(self, why: str) -> None:
         """Record, once per attempt, that the paid call about to go out may repeat one already paid."""

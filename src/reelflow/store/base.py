@@ -312,7 +312,8 @@ class ExecutionStore(Protocol):
         no longer the job's."""
 
     async def heartbeat(self, owner: str, lease_s: float) -> set[int]:
-        """Extend every lease `owner` holds; return the rows of the jobs it still holds."""
+        """Extend the leases `owner` holds to `lease_s` from now, those with less than 3/4 of `lease_s` left
+        (`manager.RENEW_WITHIN`; the others were extended recently); return the rows of the jobs it still holds."""
 
     async def wake_job(
         self,

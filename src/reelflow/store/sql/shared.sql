@@ -182,7 +182,10 @@ DELETE FROM workers WHERE id = %s
 SELECT info FROM workers WHERE last_seen > %s
 
 -- name: extend_leases
-UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' RETURNING id
+UPDATE jobs SET lease_expires_at = %s WHERE lease_owner = %s AND status = 'running' AND lease_expires_at < %s
+
+-- name: held_leases
+SELECT id FROM jobs WHERE lease_owner = %s AND status = 'running'
 
 -- name: worker_seen
 UPDATE workers SET last_seen = %s WHERE id = %s
