@@ -30,7 +30,7 @@ from reelflow.providers.sim import SimProvider
 from reelflow.store import open_store
 
 
-def plan(pairs: int) -> dict[str, object]:
+def plan(pairs: int, cache: bool = False) -> dict[str, object]:
     jobs: list[dict[str, object]] = []
     for i in range(pairs):
         jobs.append({"id": f"r{i}", "type": "generate-video", "model": "sim/video", "params": {}})
@@ -38,7 +38,9 @@ def plan(pairs: int) -> dict[str, object]:
         jobs.append(
             {"id": f"d{i}", "type": "generate-video", "model": "sim/video", "params": {}, "depends_on": [f"r{i}"]}
         )
-    return {"jobs": jobs}
+    # Without the result cache by default: with it, every job after the first is a cache hit (identical params),
+    # which is a lookup and an event more than a job that runs (--cache measures that path).
+    return {"jobs": jobs, "options": {"cache": cache}}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,7 +48,9 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def main(total: int, database_url: str | None, concurrency: int, batch: int, tenant_cap: int | None) -> None:
+async def main(
+    total: int, database_url: str | None, concurrency: int, batch: int, tenant_cap: int | None, cache: bool
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-bench-"))
     limits = tmp / "limits.yaml"
     limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
@@ -65,12 +69,14 @@ async def main(total: int, database_url: str | None, concurrency: int, batch: in
     worker = Worker(worker_store, settings=settings, providers=Providers({"sim": SimProvider()}),
                     concurrency=concurrency, batch_size=batch)
     t0 = time.perf_counter()
-    ids = [await engine.submit(plan(pairs)) for _ in range(plans)]
+    ids = [await engine.submit(plan(pairs, cache)) for _ in range(plans)]
     submit_s = time.perf_counter() - t0
     tune_gc()  # as `reelflow worker` does
+    cpu0 = time.process_time()
     runner = asyncio.create_task(worker.run())
     while worker.finished < plans * 2 * pairs:  # cheap: reading the database here would steal the loop
         await asyncio.sleep(0.1)
+    worker_cpu = time.process_time() - cpu0  # this process: the worker's loop and its store thread
     for eid in ids:
         await engine.wait(eid, poll_s=0.05)
     worker.stop()
@@ -90,9 +96,10 @@ async def main(total: int, database_url: str | None, concurrency: int, batch: in
     n = len(starts)
     span = max(ends) - min(starts)
     print(f"store: {settings.database_url.split(':')[0]}  jobs: {n}  plans: {plans} x {2 * pairs}"
-          f"  tenant cap: {'none' if tenant_cap is None else tenant_cap}")
+          f"  tenant cap: {'none' if tenant_cap is None else tenant_cap}  result cache: {'on' if cache else 'off'}")
     print(f"submit: {plans} plans in {submit_s:.2f} s ({n / submit_s:,.0f} jobs/s enqueued)")
     print(f"throughput: {(n - 1) / span:,.0f} jobs/s (first start to last finish: {span:.2f} s)")
+    print(f"worker CPU: {worker_cpu:.2f} s, {worker_cpu / n * 1e6:.0f} us per job (the process, store thread included)")
     print(f"hand-off (dependency done -> dependent started): p50 {statistics.median(handoffs) * 1000:.1f} ms,"
           f" p99 {pct(handoffs, 0.99) * 1000:.1f} ms, max {max(handoffs) * 1000:.1f} ms")
     await worker_store.close()
@@ -112,5 +119,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100, help="jobs claimed per round trip")
     parser.add_argument("--tenant-cap", type=int, help="the tenant's max_concurrent (default: none)")
+    parser.add_argument("--cache", action="store_true", help="plans with the result cache on (all but one job hit it)")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch, args.tenant_cap))
+    asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch, args.tenant_cap, args.cache))
