@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from conftest import sim_job
@@ -87,3 +88,28 @@ async def test_the_shared_token_bucket_paces_and_a_429_holds_everyone(settings: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_hand_off_logs_its_events_after_the_outcome_and_webhooks_see_it_in_that_order(
+    store: SQLiteStore, settings: Settings
+) -> None:
+    """PostgreSQL leases the dependents right after the outcome is written when no webhook is watching; the log is
+    the same either way, and a delivery for the outcome shows the dependents still queued."""
+    plan: dict[str, object] = {"jobs": [sim_job("root"), sim_job("d0", depends_on=["root"]),
+                                        sim_job("d1", depends_on=["root"])]}  # fmt: skip
+    engine = Engine(store, settings.model_copy(update={"allow_private_urls": True}))
+    quiet = await engine.submit(plan)
+    watched = await engine.submit({**plan, "options": {"webhook_events": ["job.*"]}}, webhook="http://127.0.0.1:9/hook")
+    for eid in (quiet, watched):
+        [root] = await store.claim("w", 1, 30, executions=[eid])
+        promoted, claimed = await store.finish_and_claim(
+            [JobOutcome(root.id, "w", "succeeded", result={"url": "r"})], None, "w", 5, 30
+        )
+        assert sorted(promoted) == ["d0", "d1"] and sorted(c.key for c in claimed) == ["d0", "d1"]
+        tail = [(e.type, e.job_key) for e in await store.events(eid)][-6:]
+        assert tail == [("job.succeeded", "root"), ("job.queued", "d0"), ("job.queued", "d1"),
+                        ("execution.progress", None), ("job.running", "d0"), ("job.running", "d1")]  # fmt: skip
+    sent = {d.event_type: d.payload for d in await store.claim_deliveries("w", 100, 30, executions=[watched])}
+    payload = json.loads(sent["job.succeeded"])
+    assert {j["id"]: j["status"] for j in payload["data"]["jobs"]} == {"root": "succeeded", "d0": "queued",
+                                                                       "d1": "queued"}  # fmt: skip

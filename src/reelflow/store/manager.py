@@ -449,6 +449,11 @@ class StoreManager(StoreRules):
     _hand_off_at_finish = False
     """The hand-off stamps its leases (started_at, the lease's start) with the finish's time, not the moment the
     lease is written later in the same transaction (SQLite's way, whose transactions are short)."""
+    _hand_off_early = False
+    """The hand-off leases the jobs a finish made ready right after the outcomes are written, before the failures'
+    skips, the settling and the events (see `_apply_outcomes`); their events still follow the outcomes' in the log,
+    appended with them. Taken only when no outcome failed and no execution of those jobs has a webhook
+    (`_without_webhooks`)."""
 
     async def _in_tx(self, fn: Fn[T]) -> T:
         """Run `fn` in one write transaction."""
@@ -542,6 +547,10 @@ class StoreManager(StoreRules):
     def _announce(self) -> None:
         """After a commit that made jobs claimable: wake this process's `wait_for_work`."""
 
+    async def _without_webhooks(self, tx: Tx, ids: list[str]) -> bool:
+        """None of these executions has a webhook (only asked where `_hand_off_early` is set)."""
+        return False
+
     # ------------------------------------------------------------------ claiming
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -562,8 +571,12 @@ class StoreManager(StoreRules):
         self._claims_full = len(claimed) >= limit and only is None
         return claimed
 
-    async def _lease(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[ClaimedJob]:
-        """Lease `picked` to `owner`: the jobs, their executions started, the budget check, the events."""
+    async def _lease(
+        self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float,
+        deferred: list[EventRow] | None = None,
+    ) -> list[ClaimedJob]:  # fmt: skip
+        """Lease `picked` to `owner`: the jobs, their executions started, the budget check, the events (added to
+        `deferred` when given, for the caller to append)."""
         rows = await self._lease_rows(tx, owner, picked, lease_s, now)
         if not rows:
             return []
@@ -579,7 +592,10 @@ class StoreManager(StoreRules):
             started += [s["id"] for s in await tx.all(self.sql.start_executions.format(cond=cond), (now, now, *args))]
         events += [(eid, None, "execution.running", dumps({"status": "running"}), now) for eid in sorted(started)]
         results = await self._dep_results(tx, rows)
-        await self._append(tx, events)
+        if deferred is None:
+            await self._append(tx, events)
+        else:
+            deferred += events
         return [claimed_job(r, r["deadline"], results, refusals.get(r["id"])) for r in rows]
 
     # ------------------------------------------------------------------ finishing
@@ -588,7 +604,7 @@ class StoreManager(StoreRules):
     ) -> list[str]:
         if not outcomes and not provider_ids:
             return []
-        promoted = await self._in_tx(
+        promoted, _ = await self._in_tx(
             lambda tx: self._apply_outcomes(tx, outcomes, time.time(), None, provider_ids or [])
         )
         if promoted:
@@ -618,12 +634,19 @@ class StoreManager(StoreRules):
             busy.clear()  # a retried transaction starts again
             now = time.time()
             ready: list[Ready] = []
-            promoted = await self._apply_outcomes(tx, outcomes, now, ready, provider_ids or [])
-            room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
-            mine, later = self._hand_off(ready, limit, room)
-            busy.extend(later)
-            lease_at = now if self._hand_off_at_finish else time.time()
-            claimed = await self._lease(tx, owner, mine, lease_s, lease_at) if mine else []
+            claimed: list[ClaimedJob] = []
+
+            async def hand_off(deferred: list[EventRow] | None) -> None:
+                room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
+                mine, later = self._hand_off(ready, limit, room)
+                busy.extend(later)
+                lease_at = now if self._hand_off_at_finish else time.time()
+                claimed.extend(await self._lease(tx, owner, mine, lease_s, lease_at, deferred) if mine else [])
+
+            early = hand_off if self._hand_off_early and limit > 0 else None
+            promoted, handed = await self._apply_outcomes(tx, outcomes, now, ready, provider_ids or [], early)
+            if not handed:
+                await hand_off(None)
             left[0] = len(claimed) + len(busy) < len(ready)
             if left[0]:  # the rest are for anyone
                 await self._notify_in(tx)
@@ -639,9 +662,13 @@ class StoreManager(StoreRules):
     async def _apply_outcomes(
         self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
         provider_ids: list[tuple[int, str, str]],
-    ) -> list[str]:  # fmt: skip
+        early: Callable[[list[EventRow] | None], Coroutine[Any, Any, None]] | None = None,
+    ) -> tuple[list[str], bool]:  # fmt: skip
         """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
-        the keys of the dependents made ready (added to `ready` when given)."""
+        the keys of the dependents made ready (added to `ready` when given), and whether `early` ran: the hand-off
+        of `ready`, called once the outcomes are written when nothing failed and no execution of a ready job has a
+        webhook (so that no delivery's state would show the hand-off before its event), given a list to add its
+        events to (appended with the outcomes', after them: the log's order is the same)."""
         results = result_texts(outcomes)
         rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids, results)
         requeued = any(o.status == "retry" and o.job_row in rows for o in outcomes)
@@ -651,6 +678,7 @@ class StoreManager(StoreRules):
             await tx.many(self.sql.uncount_attempt, waits)
         events: list[EventRow] = []
         promoted: list[str] = []
+        readied: set[str] = set()
         touched: set[str] = set()
         failed: dict[str, list[str]] = defaultdict(list)
         for o in outcomes:
@@ -664,6 +692,7 @@ class StoreManager(StoreRules):
                 events += outcome_events(o, eid, key, 0, now, results.get(id(o)))
                 for job_row, dep, provider, model, tenant in released.pop((eid, key), []):
                     promoted.append(dep)
+                    readied.add(eid)
                     if ready is not None:
                         ready.append((job_row, provider, model_family(model), tenant))
                     events.append((eid, dep, "job.queued", dumps({"after": key}), now))
@@ -671,13 +700,17 @@ class StoreManager(StoreRules):
                 events += outcome_events(o, eid, key, found["attempts"], now)
                 if o.status != "retry":
                     failed[eid].append(key)
+        handed: list[EventRow] | None = None
+        if early is not None and readied and not failed and await self._without_webhooks(tx, sorted(readied)):
+            handed = []
+            await early(handed)
         for eid, keys in failed.items():
             await self._skip_after_failure(tx, eid, keys, now, events)
         await self._settle(tx, touched, now, events)
-        await self._append(tx, events)
+        await self._append(tx, events if handed is None else events + handed)
         if (promoted and ready is None) or requeued:
             await self._notify_in(tx)
-        return promoted
+        return promoted, handed is not None
 
     async def _skip_after_failure(self, tx: Tx, eid: str, keys: list[str], now: float, events: list[EventRow]) -> None:
         """Skip the jobs of `eid` that will not run now that `keys` failed (`skips`)."""

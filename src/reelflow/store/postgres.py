@@ -95,6 +95,13 @@ class _PgTx:
         return f"{column} = ANY(%s)", [list(values)]
 
 
+async def _unprepared(tx: Tx, sql: str, args: Sequence[Any]) -> list[Any]:
+    """The rows of `sql` planned for these very arguments (never a prepared statement's generic plan)."""
+    assert isinstance(tx, _PgTx)
+    await tx.cur.execute(sql, args, prepare=False)
+    return await tx.cur.fetchall()
+
+
 class _PgReads(_PgTx):
     """The shared reads (`manager.Tx`), each statement on its own pooled connection (autocommit)."""
 
@@ -120,6 +127,7 @@ class PostgresStore(StoreManager):
     """Store on PostgreSQL. One instance per process; its pool is shared by every task of the process."""
 
     sql = SQL
+    _hand_off_early = True
 
     def __init__(
         self,
@@ -345,7 +353,9 @@ class PostgresStore(StoreManager):
         locked_p: set[str] = set()
         locked_m: set[str] = set()
         if caps_p or caps_m:
-            for r in await tx.all(SQL.capped_queued, (now, list(caps_p), list(caps_m))):
+            probes = [(SQL.queued_provider, (p, p, now)) for p in sorted(caps_p)]
+            probes += [(SQL.queued_model, (m, m, now)) for m in sorted(caps_m)]
+            for r in await _unprepared(tx, " UNION ALL ".join(p[0] for p in probes), [a for p in probes for a in p[1]]):
                 if r["provider"] in caps_p:
                     locked_p.add(r["provider"])
                 if r["base"] in caps_m:
@@ -387,6 +397,9 @@ class PostgresStore(StoreManager):
             return {}
         found = await tx.all(SQL.dep_results, ([p[0] for p in pairs], [p[1] for p in pairs]))
         return {(d["execution_id"], d["key"]): loads(d["result"]) or {} for d in found}
+
+    async def _without_webhooks(self, tx: Tx, ids: list[str]) -> bool:
+        return not await tx.all(SQL.any_webhook, (ids,))
 
     async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
         """The hand-off already holds row locks a claimer may be waiting for, so it only tries the tenants' locks

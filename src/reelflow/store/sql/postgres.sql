@@ -32,10 +32,16 @@ j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_se
 SELECT j.execution_id, j.key, j.result FROM jobs j
 JOIN unnest(%b::text[], %b::text[]) AS w(eid, k) ON j.execution_id = w.eid AND j.key = w.k
 
--- name: capped_queued
-SELECT DISTINCT provider, split_part(model, ':', 1) AS base FROM jobs
-WHERE status = 'queued' AND run_after <= %s
-AND (provider = ANY(%b::text[]) OR split_part(model, ':', 1) = ANY(%b::text[]))
+-- Whether a capped provider (`queued_provider`) or model family (`queued_model`) has ready jobs: one branch each,
+-- joined by UNION ALL, sent unprepared so that each is planned for its own value (a provider's probe is one look
+-- into jobs_queued_provider; a model family's stops at its first ready job).
+-- name: queued_provider
+SELECT %s::text AS provider, NULL::text AS base WHERE EXISTS (SELECT FROM jobs
+WHERE status = 'queued' AND provider = %s AND run_after <= %s)
+
+-- name: queued_model
+SELECT NULL::text AS provider, %s::text AS base WHERE EXISTS (SELECT FROM jobs
+WHERE status = 'queued' AND split_part(model, ':', 1) = %s AND run_after <= %s)
 
 -- name: running_providers
 SELECT 'p' AS kind, provider AS name, COUNT(*) AS n FROM jobs
@@ -62,6 +68,9 @@ ORDER BY t.n, c.priority DESC, c.id
 
 -- name: candidates_only
 AND j.execution_id = ANY(%b::text[])
+
+-- name: any_webhook
+SELECT 1 FROM executions WHERE id = ANY(%b::text[]) AND webhook IS NOT NULL LIMIT 1
 
 -- name: try_tenant_locks
 SELECT t.name FROM unnest(%b::text[], %b::bigint[]) AS t(name, k) WHERE pg_try_advisory_xact_lock(t.k)

@@ -1,0 +1,2 @@
+-- reelflow schema v12: nothing for SQLite (its claim counts capped providers its own way); the PostgreSQL schema
+-- gets an index of queued jobs by provider. Kept so the two dialects' versions stay in step.
