@@ -488,7 +488,7 @@ class PostgresStore(StoreManager):
         if counts:
             pairs = sorted(counts)
             for r in await tx.all(
-                SQL.count_down, (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs])
+                SQL.count_down, ([p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs], now)
             ):
                 if r["status"] == "queued":
                     by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
