@@ -95,6 +95,13 @@ class _PgTx:
         return f"{column} = ANY(%s)", [list(values)]
 
 
+async def _unprepared(tx: Tx, sql: str, args: Sequence[Any]) -> list[Any]:
+    """The rows of `sql` planned for these very arguments (never a prepared statement's generic plan)."""
+    assert isinstance(tx, _PgTx)
+    await tx.cur.execute(sql, args, prepare=False)
+    return await tx.cur.fetchall()
+
+
 class _PgReads(_PgTx):
     """The shared reads (`manager.Tx`), each statement on its own pooled connection (autocommit)."""
 
@@ -345,7 +352,9 @@ class PostgresStore(StoreManager):
         locked_p: set[str] = set()
         locked_m: set[str] = set()
         if caps_p or caps_m:
-            for r in await tx.all(SQL.capped_queued, (now, list(caps_p), list(caps_m))):
+            probes = [(SQL.queued_provider, (p, p, now)) for p in sorted(caps_p)]
+            probes += [(SQL.queued_model, (m, m, now)) for m in sorted(caps_m)]
+            for r in await _unprepared(tx, " UNION ALL ".join(p[0] for p in probes), [a for p in probes for a in p[1]]):
                 if r["provider"] in caps_p:
                     locked_p.add(r["provider"])
                 if r["base"] in caps_m:
@@ -475,7 +484,7 @@ class PostgresStore(StoreManager):
         if counts:
             pairs = sorted(counts)
             for r in await tx.all(
-                SQL.count_down, (now, [p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs])
+                SQL.count_down, ([p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs], now)
             ):
                 if r["status"] == "queued":
                     by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
