@@ -528,8 +528,34 @@ async def test_one_batch_of_successes_releases_a_fan_in_once_and_ignores_a_stale
     assert jobs["a"].cost.actual == 0.5 and jobs["c"].status == "queued"
     queued = [(ev.job_key, ev.data) for ev in await store.events("fan") if ev.type == "job.queued"]
     assert queued == [("c", {"after": "a"})]
+    # each job's one job.succeeded event tells the outcome its row holds (not a stale attempt's, listed before it)
+    succeeded = [(ev.job_key, ev.data["result"]) for ev in await store.events("fan") if ev.type == "job.succeeded"]
+    assert sorted(succeeded, key=lambda kv: kv[0]) == [
+        ("a", {"url": "a"}), ("b", {"url": "b"}), ("d", {"url": "d"}), ("e", {"url": "e1"})
+    ]  # fmt: skip
     [fan_in] = await store.claim("w1", 10, 30)
     assert fan_in.key == "c" and fan_in.dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
+
+
+async def test_a_stale_attempts_success_beside_the_current_one_counts_down_its_dependents_once(store: Store) -> None:
+    """A dependent of two jobs stays waiting when one of them succeeds in a batch that also holds an outcome of its
+    earlier attempt (counted twice, it was released before its other dependency ran)."""
+    await store.create_execution(
+        execution("pair", [job("a", dependents=["c"]), job("b", dependents=["c"]), job("c", deps=["a", "b"])])
+    )
+    claimed = {c.key: c for c in await store.claim("w1", 10, 30)}
+    a = claimed["a"]
+    promoted = await store.finish_jobs(
+        [
+            JobOutcome(a.id, "w1", "succeeded", result={"url": "stale"}, seq=a.seq + 3),
+            JobOutcome(a.id, "w1", "succeeded", result={"url": "a"}, seq=a.seq),
+        ]
+    )
+    assert promoted == []
+    state = await store.get_execution("pair")
+    assert state is not None
+    assert {j.id: j.status for j in state.jobs} == {"a": "succeeded", "b": "running", "c": "waiting"}
+    assert [e.data["result"] for e in await store.events("pair") if e.type == "job.succeeded"] == [{"url": "a"}]
 
 
 async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(store: Store) -> None:

@@ -77,8 +77,9 @@ Ready = tuple[int, str | None, str | None, str]
 Released = list[tuple[int, str, str | None, str | None, str]]
 """The dependents a success queued: job row, key, provider, model, tenant."""
 Written = tuple[dict[int, Any], dict[tuple[str, str], Released], dict[int, str]]
-"""Outcomes written: job row -> row (execution_id, key, attempts) of each one applied; (execution, key of a job that
-succeeded) -> the dependents it queued; job row -> provider id recorded with a success (not on its own before)."""
+"""Outcomes written: `id(outcome)` -> the row (execution_id, key, attempts) it wrote, for each outcome applied (one
+per job at most: not a stale attempt's outcome beside it in the batch); (execution, key of a job that succeeded) ->
+the dependents it queued; job row -> provider id recorded with a success (not on its own before)."""
 
 
 class Row(Protocol):
@@ -661,17 +662,17 @@ class StoreManager(StoreRules):
         the keys of the dependents made ready (added to `ready` when given)."""
         results = result_texts(outcomes)
         rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids, results)
-        requeued = any(o.status == "retry" and o.job_row in rows for o in outcomes)
-        if moves := [u for o in outcomes if o.job_row in rows and (u := failover_update(o)) is not None]:
+        requeued = any(o.status == "retry" and id(o) in rows for o in outcomes)
+        if moves := [u for o in outcomes if id(o) in rows and (u := failover_update(o)) is not None]:
             await tx.many(self.sql.failover_move, moves)
-        if waits := [(o.job_row,) for o in outcomes if o.status == "retry" and o.uncount and o.job_row in rows]:
+        if waits := [(o.job_row,) for o in outcomes if o.status == "retry" and o.uncount and id(o) in rows]:
             await tx.many(self.sql.uncount_attempt, waits)
         events: list[EventRow] = []
         promoted: list[str] = []
         touched: set[str] = set()
         failed: dict[str, list[str]] = defaultdict(list)
         for o in outcomes:
-            if (found := rows.pop(o.job_row, None)) is None:
+            if (found := rows.pop(id(o), None)) is None:
                 continue
             eid, key = found["execution_id"], found["key"]
             touched.add(eid)

@@ -453,27 +453,27 @@ class PostgresStore(StoreManager):
         await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
         retry = [o for o in outcomes if o.status == "retry"]
         ended = [o for o in outcomes if o.status not in ("succeeded", "retry")]
-        rows: dict[int, Any] = {}
+        rows: dict[int, Any] = {}  # by id(outcome): each statement says which of its outcomes wrote a row (`n`)
         if done:
-            rows.update((r["id"], r) for r in await tx.all(SQL.jobs_succeeded, (
+            rows.update((id(done[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_succeeded, (
                 now, now, [o.job_row for o in done], [o.owner for o in done], [results[id(o)] for o in done],
                 [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
                 [int(o.cache_hit) for o in done], [inline.get(o.job_row) for o in done], [o.seq for o in done],
             )))  # fmt: skip
         if retry:
-            rows.update((r["id"], r) for r in await tx.all(SQL.jobs_retry, (
+            rows.update((id(retry[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_retry, (
                 now, [o.job_row for o in retry], [o.owner for o in retry], [o.retry_at or now for o in retry],
                 [o.error for o in retry], [bool(o.keep_provider_id) for o in retry],
                 [bool(o.settled) for o in retry], [o.seq for o in retry],
             )))  # fmt: skip
         if ended:
-            rows.update((r["id"], r) for r in await tx.all(SQL.jobs_ended, (
+            rows.update((id(ended[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_ended, (
                 now, [o.job_row for o in ended], [o.owner for o in ended], [o.status for o in ended],
                 [o.error for o in ended], [o.cost_usd for o in ended], [o.seq for o in ended],
             )))  # fmt: skip
         # Each waiting dependent loses as many dependencies as succeeded here; `released_by` remembers which
         # finished job released it last, for its event.
-        succeeded = [(o, rows[o.job_row]) for o in done if o.job_row in rows]
+        succeeded = [(o, rows[id(o)]) for o in done if id(o) in rows]
         released_by: dict[tuple[str, str], str] = {}
         counts: dict[tuple[str, str], int] = defaultdict(int)
         for _, row in succeeded:

@@ -276,7 +276,8 @@ class SQLiteStore(StoreManager):
         if provider_ids:
             await self._write_provider_ids(tx, provider_ids, now)
         await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
-        rows: dict[int, Any] = {}
+        rows: dict[int, Any] = {}  # by id(outcome): the row each outcome wrote
+        taken: set[int] = set()  # the job rows written (by one outcome each)
         done = [o for o in outcomes if o.status == "succeeded"]
         succeeded: list[tuple[JobOutcome, Any]] = []
         waves = 0
@@ -293,8 +294,9 @@ class SQLiteStore(StoreManager):
                        for o in batch.values()])  # fmt: skip
             written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, w))}
             for o in batch.values():
-                if (row := written.get(o.job_row)) is not None and o.job_row not in rows:
-                    rows[o.job_row] = row
+                if (row := written.get(o.job_row)) is not None and o.job_row not in taken:
+                    taken.add(o.job_row)
+                    rows[id(o)] = row
                     succeeded.append((o, row))
             done = later
         if waves > 1:
@@ -312,8 +314,9 @@ class SQLiteStore(StoreManager):
                 row = await tx.one(SQL.job_ended, ended)
             else:
                 continue
-            if row is not None:
-                rows.setdefault(o.job_row, row)
+            if row is not None and o.job_row not in taken:
+                taken.add(o.job_row)
+                rows[id(o)] = row
         # Each waiting dependent loses as many dependencies as succeeded here; the last of them to succeed (in the
         # outcomes' order) is the one that released it, for its event.
         released_by: dict[tuple[str, str], str] = {}

@@ -83,6 +83,8 @@ SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running' AND tenant = ANY
 GROUP BY tenant
 
 -- ---------------------------------------------------------------- outcomes, a batch per statement
+-- `n` (the outcome's place in the batch, from 1) says which outcome wrote each row returned: a stale attempt's
+-- outcome beside the current one in a batch writes nothing, and must not be taken for it.
 -- name: jobs_succeeded
 UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
 finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
@@ -90,10 +92,10 @@ error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq 
 provider_job_id = COALESCE(w.pid, j.provider_job_id),
 provider_submitted_at = CASE WHEN w.pid IS NULL THEN j.provider_submitted_at ELSE %s END
 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],
-  %b::bigint[]) AS w(id, owner, result, cost, ck, hit, pid, seq)
+  %b::bigint[]) WITH ORDINALITY AS w(id, owner, result, cost, ck, hit, pid, seq, n)
 WHERE j.id = w.id AND {guard succeeded on j.status} AND j.lease_owner = w.owner
 AND (w.seq IS NULL OR j.lease_seq = w.seq)
-RETURNING j.id, j.execution_id, j.key, j.dependents
+RETURNING j.id, j.execution_id, j.key, j.dependents, w.n
 
 -- name: jobs_retry
 UPDATE jobs j SET status = 'queued', run_after = w.run_after, error = w.error, lease_owner = NULL,
@@ -102,20 +104,20 @@ provider_job_id = CASE WHEN w.keep THEN j.provider_job_id END, queued_at = %s,
 intent_at = CASE WHEN w.settled THEN NULL ELSE j.intent_at END,
 intent_seq = CASE WHEN w.settled THEN NULL ELSE j.intent_seq END
 FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::text[], %b::bool[], %b::bool[], %b::bigint[])
-  AS w(id, owner, run_after, error, keep, settled, seq)
+  WITH ORDINALITY AS w(id, owner, run_after, error, keep, settled, seq, n)
 WHERE j.id = w.id AND {guard queued on j.status from running} AND j.lease_owner = w.owner
 AND (w.seq IS NULL OR j.lease_seq = w.seq)
-RETURNING j.id, j.execution_id, j.key, j.attempts
+RETURNING j.id, j.execution_id, j.key, j.attempts, w.n
 
 -- name: jobs_ended
 UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,
 lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL, intent_at = NULL,
 intent_seq = NULL
 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])
-  AS w(id, owner, status, error, cost, seq)
+  WITH ORDINALITY AS w(id, owner, status, error, cost, seq, n)
 WHERE j.id = w.id AND {guard failed on j.status} AND j.lease_owner = w.owner
 AND (w.seq IS NULL OR j.lease_seq = w.seq)
-RETURNING j.id, j.execution_id, j.key, j.attempts
+RETURNING j.id, j.execution_id, j.key, j.attempts, w.n
 
 -- Each waiting dependent loses as many dependencies as succeeded in the batch; queued when none are left.
 -- name: count_down
