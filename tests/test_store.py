@@ -537,6 +537,28 @@ async def test_one_batch_of_successes_releases_a_fan_in_once_and_ignores_a_stale
     assert fan_in.key == "c" and fan_in.dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
 
 
+async def test_a_provider_id_that_comes_with_its_jobs_success_is_written_with_it(store: Store) -> None:
+    """A quick job's work id reaches the store in the same flush as its end: it is kept (and its job.submitted
+    event comes before its job.succeeded one); an id of a job that does not end here is written on its own."""
+    await store.create_execution(execution("quick", [job("a"), job("b")]))
+    claimed = {c.key: c for c in await store.claim("w", 10, 30)}
+    a, b = claimed["a"], claimed["b"]
+    await store.finish_jobs(
+        [JobOutcome(a.id, "w", "succeeded", result={"url": "a"}, seq=a.seq)],
+        [(a.id, "w", "pid-a"), (b.id, "w", "pid-b")],
+    )
+    state = await store.get_execution("quick")
+    assert state is not None
+    jobs = {j.id: j for j in state.jobs}
+    assert (jobs["a"].status, jobs["a"].provider_job_id) == ("succeeded", "pid-a")
+    assert (jobs["b"].status, jobs["b"].provider_job_id) == ("running", "pid-b")
+    kinds = [(e.job_key, e.type, e.data.get("provider_job_id")) for e in await store.events("quick")
+             if e.type in ("job.submitted", "job.succeeded")]  # fmt: skip
+    assert sorted(kinds, key=lambda k: k[0]) == [
+        ("a", "job.submitted", "pid-a"), ("a", "job.succeeded", None), ("b", "job.submitted", "pid-b")
+    ]  # fmt: skip
+
+
 async def test_a_stale_attempts_success_beside_the_current_one_counts_down_its_dependents_once(store: Store) -> None:
     """A dependent of two jobs stays waiting when one of them succeeds in a batch that also holds an outcome of its
     earlier attempt (counted twice, it was released before its other dependency ran)."""

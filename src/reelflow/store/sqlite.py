@@ -273,8 +273,11 @@ class SQLiteStore(StoreManager):
         self, tx: Tx, outcomes: list[JobOutcome], now: float, provider_ids: list[tuple[int, str, str]],
         results: Mapping[int, str],
     ) -> Written:  # fmt: skip
-        if provider_ids:
-            await self._write_provider_ids(tx, provider_ids, now)
+        # Provider ids of jobs succeeding here are written by the success's UPDATE; the others first, on their own.
+        succeeding = {o.job_row for o in outcomes if o.status == "succeeded"}
+        inline = {job_row: pid for job_row, _, pid in provider_ids if job_row in succeeding}
+        if rest := [item for item in provider_ids if item[0] not in inline]:
+            await self._write_provider_ids(tx, rest, now)
         await self._write_notes(tx, [(o.job_row, o.owner, o.note) for o in outcomes if o.note is not None], now)
         rows: dict[int, Any] = {}  # by id(outcome): the row each outcome wrote
         taken: set[int] = set()  # the job rows written (by one outcome each)
@@ -290,9 +293,9 @@ class SQLiteStore(StoreManager):
                     later.append(o)
                 else:
                     batch[o.job_row] = o
-            w = dumps([[o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq]
-                       for o in batch.values()])  # fmt: skip
-            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, w))}
+            w = dumps([[o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq,
+                        inline.get(o.job_row)] for o in batch.values()])  # fmt: skip
+            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, now, w))}
             for o in batch.values():
                 if (row := written.get(o.job_row)) is not None and o.job_row not in taken:
                     taken.add(o.job_row)
@@ -335,7 +338,7 @@ class SQLiteStore(StoreManager):
                 if r["status"] == "queued":
                     by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
                     released.setdefault(by, []).append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
-        return rows, {k: sorted(v) for k, v in released.items()}, {}
+        return rows, {k: sorted(v) for k, v in released.items()}, inline
 
     async def _settling(
         self, tx: Tx, ids: list[str]

@@ -31,14 +31,18 @@ ORDER BY priority DESC, id LIMIT %s
 
 -- ---------------------------------------------------------------- outcomes
 -- A batch of successes in one statement: `w` is a JSON array of [job row, owner, result, cost, cache key, cache hit,
--- lease number] (each attempt's own; a job row at most once a batch).
+-- lease number, provider id] (each attempt's own; a job row at most once a batch). The provider id, when the
+-- work's id arrives with its end (a quick job), is written by this same UPDATE: one row version, not two.
 -- name: jobs_succeeded
 UPDATE jobs SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
 finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
-error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL
+error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,
+provider_job_id = COALESCE(w.pid, provider_job_id),
+provider_submitted_at = CASE WHEN w.pid IS NULL THEN provider_submitted_at ELSE %s END
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS owner,
   json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS cost, json_extract(value, '$[4]') AS ck,
-  json_extract(value, '$[5]') AS hit, json_extract(value, '$[6]') AS seq FROM json_each(%s)) AS w
+  json_extract(value, '$[5]') AS hit, json_extract(value, '$[6]') AS seq, json_extract(value, '$[7]') AS pid
+  FROM json_each(%s)) AS w
 WHERE jobs.id = w.id AND {guard succeeded on jobs.status} AND jobs.lease_owner = w.owner
 AND (w.seq IS NULL OR jobs.lease_seq = w.seq)
 RETURNING jobs.id, jobs.execution_id, jobs.key, jobs.dependents
