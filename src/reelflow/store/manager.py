@@ -242,8 +242,10 @@ closer than half a lease to its end, and a dead worker's leases still end at mos
 
 
 def _shared(value: Any) -> Any:
-    """One copy of a string that many claimed jobs repeat (their execution, type, provider, model, tenant): a
-    worker holding 10,000 jobs held 10,000 copies of each, ~250 bytes a job."""
+    """One copy of a string that many claimed jobs repeat (their type, provider, model, tenant): a worker holding
+    10,000 jobs held 10,000 copies of each. Only for values of a small set: `sys.intern` keeps a string forever on
+    some Pythons (3.12.0 to 3.12.4; free-threaded builds), so a value as many as the executions (their ids) is
+    never interned."""
     return sys.intern(value) if type(value) is str else value
 
 
@@ -253,7 +255,7 @@ def claimed_job(
     """A leased job as the worker gets it: its row, its execution's deadline, its dependencies' results."""
     return ClaimedJob(
         id=r["id"],
-        execution_id=_shared(r["execution_id"]),
+        execution_id=r["execution_id"],
         key=r["key"],
         type=_shared(r["type"]),
         provider=_shared(r["provider"]),
