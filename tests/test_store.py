@@ -163,6 +163,27 @@ async def test_five_stores_migrating_at_once_apply_each_migration_once(db_kind: 
         await close_all(stores)
 
 
+async def test_a_sqlite_file_locked_by_another_process_is_waited_for_not_refused(tmp_path: Path) -> None:
+    # A new file still in rollback mode, written by another connection: switching it to WAL needs the file to
+    # itself, and SQLite refuses the switch at once instead of waiting (what made several stores migrating one
+    # new file together fail now and then with "database is locked"). The store waits for the lock instead.
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE someone_elses (x)")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    store = SQLiteStore(f"sqlite:///{path}")
+    started = time.monotonic()
+    try:
+        assert await store.migrate() == latest("sqlite")
+        assert time.monotonic() - started >= 0.25  # it did wait for the other connection's commit
+        assert query(f"sqlite:///{path}", "PRAGMA journal_mode") == [("wal",)]
+    finally:
+        await store.close()
+        other.close()
+
+
 async def test_ten_reelflow_migrate_processes_started_together_migrate_once(db_kind: str, database_url: str) -> None:
     env = dict(os.environ, REELFLOW_DATABASE_URL=database_url)
     procs = [

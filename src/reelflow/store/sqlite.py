@@ -65,6 +65,28 @@ class _SQLiteTx:
         return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
 
 
+BUSY_S = 30
+"""How long a statement waits for another process's lock before it fails with "database is locked"."""
+
+
+def _into_wal(conn: sqlite3.Connection, within_s: float) -> None:
+    """Put the file in WAL mode. The switch needs the file to itself, and SQLite refuses it at once ("database is
+    locked") instead of waiting while another connection holds a lock: several processes opening a new file
+    together (a server and its workers started at once, each migrating) would fail. So it is retried, with a
+    growing pause, for up to `within_s` seconds. Once the file is in WAL mode the pragma asks for nothing."""
+    deadline = time.monotonic() + within_s
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
 @cache
 def _sqlite_sql(sql: str) -> str:
     return sql.replace("%s", "?")
@@ -101,9 +123,10 @@ class SQLiteStore(StoreManager):
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_S)
             conn.row_factory = sqlite3.Row
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON",
+            _into_wal(conn, BUSY_S)
+            for pragma in ("synchronous=NORMAL", f"busy_timeout={BUSY_S * 1000}", "foreign_keys=ON",
                            "temp_store=MEMORY", "cache_size=-65536"):  # fmt: skip
                 conn.execute(f"PRAGMA {pragma}")
             self._conn = conn
