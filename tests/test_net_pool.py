@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any
 
 import certifi
 import httpcore
@@ -213,27 +214,38 @@ async def test_the_lean_pool_keeps_connections_within_the_limits_as_httpcore_doe
     assert seen["lean"] == seen["httpcore"] == (13, min(keepalive, max_connections)), seen
 
 
+class Calls:
+    """How many times a patched method was called (`count_calls`)."""
+
+    n = 0
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> Calls:
+    """Count the calls of `owner.name` (a coroutine method too: its coroutine is counted when it is made)."""
+    calls = Calls()
+    real = getattr(owner, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.n += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 async def test_a_burst_on_idle_connections_takes_each_connection_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection promised to a request that has not started on it yet is not handed to the next one too (which
     would find it taken, and ask the pool again): each request of a burst is sent on the first connection it gets."""
-    tries = 0
-    real = httpcore.AsyncHTTPConnection.handle_async_request
-
-    async def counting(self: httpcore.AsyncHTTPConnection, request: httpcore.Request) -> httpcore.Response:
-        nonlocal tries
-        tries += 1
-        return await real(self, request)
-
-    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "handle_async_request", counting)
+    tries = count_calls(monkeypatch, httpcore.AsyncHTTPConnection, "handle_async_request")
     server = Server()
     async with server as url:
         transport = pooled_transport(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
         async with httpx.AsyncClient(transport=transport) as client:
             await burst(client, url, 8)
-            tries = 0
+            tries.n = 0
             for _ in range(5):
                 await burst(client, url, 8)
-            assert tries == 40
+            assert tries.n == 40
             await burst(client, url, 20)  # more than the connections: the rest wait their turn
     assert server.requests == 68 and server.connections == 8 and server.peak == 8
 
@@ -256,26 +268,18 @@ async def test_the_lean_pool_looks_at_each_connection_a_few_times_per_request_no
 ) -> None:
     """httpcore counted its connections once per idle connection on every request (16 idle: 256 looks, twice a
     request); the lean pool's walk is linear in the connections."""
-    looks = 0
-    real = httpcore.AsyncHTTPConnection.is_idle
-
-    def counting(self: httpcore.AsyncHTTPConnection) -> bool:
-        nonlocal looks
-        looks += 1
-        return real(self)
-
-    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "is_idle", counting)
+    looks = count_calls(monkeypatch, httpcore.AsyncHTTPConnection, "is_idle")
     server = Server()
     async with server as url:
         transport = pooled_transport(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
         async with httpx.AsyncClient(transport=transport) as client:
             await burst(client, url, 16)
             assert len(pool_of(transport).connections) == 16
-            looks = 0
+            looks.n = 0
             for _ in range(10):
                 assert (await client.get(f"{url}/x")).status_code == 200
     assert server.connections == 16
-    assert looks <= 10 * 2 * 2 * 16, looks  # two walks a request, at most two looks a connection in each
+    assert looks.n <= 10 * 2 * 2 * 16, looks.n  # two walks a request, at most two looks a connection in each
 
 
 class _StubConnection:
