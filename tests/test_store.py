@@ -580,6 +580,29 @@ async def test_a_stale_attempts_success_beside_the_current_one_counts_down_its_d
     assert [e.data["result"] for e in await store.events("pair") if e.type == "job.succeeded"] == [{"url": "a"}]
 
 
+async def test_provider_ids_of_a_batch_are_written_for_the_jobs_their_owner_still_holds(store: Store) -> None:
+    await store.create_execution(execution("ex", [job(k) for k in "abcde"]))
+    mine = {c.key: c.id for c in await store.claim("w", 4, 30)}
+    assert set(mine) == {"a", "b", "c", "d"}
+    others = {c.key: c.id for c in await store.claim("v", 4, 30)}
+    await store.finish_jobs([JobOutcome(mine["c"], "w", "succeeded", result={})])
+    before = time.time()
+    await store.set_provider_ids([
+        (mine["d"], "w", "pid-d-1"), (mine["a"], "w", "pid-a"), (others["e"], "w", "not-mine"),
+        (mine["c"], "w", "pid-c"), (mine["d"], "w", "pid-d-2"), (mine["b"], "v", "wrong-owner"),
+    ])  # fmt: skip
+    state = await store.get_execution("ex")
+    assert state is not None
+    assert {j.id: j.provider_job_id for j in state.jobs} == {
+        "a": "pid-a", "b": None, "c": None, "d": "pid-d-2", "e": None,
+    }  # fmt: skip
+    submitted = [(e.job_key, e.data) for e in await store.events("ex") if e.type == "job.submitted"]
+    assert submitted == [("a", {"provider_job_id": "pid-a"}), ("d", {"provider_job_id": "pid-d-2"})]
+    url = store.url  # type: ignore[attr-defined]
+    rows = query(url, "SELECT key, provider_submitted_at FROM jobs WHERE provider_job_id IS NOT NULL ORDER BY key")
+    assert [r[0] for r in rows] == ["a", "d"] and all(r[1] >= before for r in rows)
+
+
 async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(store: Store) -> None:
     await store.create_execution(
         execution("ex", [job("once", max_attempts=1), job("twice", max_attempts=2)], on_failure="continue")

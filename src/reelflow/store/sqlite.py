@@ -365,8 +365,8 @@ class SQLiteStore(StoreManager):
         return subscribed
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
-        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_row, owner)) for job_row, owner, pid in sorted(items)]
-        return [r for r in rows if r is not None]
+        w = dumps([[job_row, owner, pid] for job_row, owner, pid in items])
+        return sorted(await tx.all(SQL.set_provider_ids, (now, w)), key=_row_id)
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
         updated: dict[int, Any] = {}

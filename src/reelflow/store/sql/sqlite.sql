@@ -79,10 +79,15 @@ lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = N
 WHERE id = %s AND {guard failed from running} AND lease_owner = %s
 AND (%s IS NULL OR lease_seq = %s) RETURNING execution_id, key, attempts
 
--- name: set_provider_id
-UPDATE jobs SET provider_job_id = %s, provider_submitted_at = %s, provider_phase = NULL,
+-- Provider ids of running jobs in one statement: `w` is a JSON array of [job row, lease owner, provider id] (a job
+-- row and owner at most once).
+-- name: set_provider_ids
+UPDATE jobs SET provider_job_id = w.pid, provider_submitted_at = %s, provider_phase = NULL,
 provider_started_at = NULL, provider_queued_s = NULL
-WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id, execution_id, key, provider_job_id
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS owner,
+  json_extract(value, '$[2]') AS pid FROM json_each(%s)) AS w
+WHERE jobs.id = w.id AND jobs.lease_owner = w.owner AND jobs.status = 'running'
+RETURNING jobs.id, jobs.execution_id, jobs.key, jobs.provider_job_id
 
 -- name: set_progress
 UPDATE jobs SET progress = %s, queue_position = %s, provider_phase = COALESCE(%s, provider_phase),
