@@ -882,6 +882,23 @@ async def test_cache_lookup_finds_the_latest_result_of_the_tenant(store: Store) 
     assert await store.cache_lookup_many([]) == {}
 
 
+async def test_cache_lookup_many_answers_each_tenant_and_key_of_a_batch(store: Store) -> None:
+    await store.create_execution(execution("e1", [job("x"), job("y")], tenant="acme"))
+    await store.create_execution(execution("e2", [job("z")], tenant="beta"))
+    claimed = {c.key: c for c in await store.claim("w", 5, 30)}
+    await store.finish_jobs([
+        JobOutcome(claimed["x"].id, "w", "succeeded", result={"url": "x"}, cache_key="K1"),
+        JobOutcome(claimed["y"].id, "w", "succeeded", result={"url": "y"}, cache_key="K2"),
+        JobOutcome(claimed["z"].id, "w", "succeeded", result={"url": "z"}, cache_key="K1"),
+    ])  # fmt: skip
+    wanted = [("beta", "K1"), ("acme", "K2"), ("beta", "K2"), ("acme", "K1"), ("nobody", "K1")]
+    assert await store.cache_lookup_many(wanted) == {
+        ("beta", "K1"): {"url": "z", "cached_from": {"execution_id": "e2", "job": "z"}},
+        ("acme", "K2"): {"url": "y", "cached_from": {"execution_id": "e1", "job": "y"}},
+        ("acme", "K1"): {"url": "x", "cached_from": {"execution_id": "e1", "job": "x"}},
+    }
+
+
 async def test_cache_hits_are_counted_in_usage(store: Store) -> None:
     await store.create_execution(execution("e1", [job("x")]))
     [c] = await store.claim("w", 5, 30)

@@ -387,8 +387,8 @@ class SQLiteStore(StoreManager):
 
     # ------------------------------------------------------------------ cache, deliveries
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
-        found = [(pair, await tx.one(SQL.cache_hit, pair)) for pair in wanted]
-        return [(pair, row) for pair, row in found if row is not None]
+        rows = await tx.all(SQL.cache_hits, (dumps([list(pair) for pair in wanted]),))
+        return [((r["tenant"], r["ck"]), r) for r in rows]
 
     async def _lease_deliveries(
         self, tx: Tx, owner: str, limit: int, lease_s: float, now: float, executions: list[str] | None

@@ -121,9 +121,12 @@ INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (%s, %
 SELECT id, tenant, webhook, webhook_events FROM executions WHERE {cond} AND webhook IS NOT NULL
 
 -- ---------------------------------------------------------------- cache and deliveries
--- name: cache_hit
-SELECT result, execution_id, key FROM jobs WHERE tenant = %s AND cache_key = %s
-AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1
+-- The latest succeeded job of each (tenant, cache key) in `w` (a JSON array of [tenant, cache key]) that has one.
+-- name: cache_hits
+SELECT w.tenant, w.ck, j.result, j.execution_id, j.key
+FROM (SELECT json_extract(value, '$[0]') AS tenant, json_extract(value, '$[1]') AS ck FROM json_each(%s)) AS w
+JOIN jobs j ON j.id = (SELECT c.id FROM jobs c WHERE c.tenant = w.tenant AND c.cache_key = w.ck
+  AND c.status = 'succeeded' ORDER BY c.finished_at DESC LIMIT 1)
 
 -- name: lease_deliveries
 UPDATE webhook_deliveries SET lease_owner = %s, lease_expires_at = %s
