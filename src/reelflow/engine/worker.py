@@ -237,6 +237,9 @@ class Worker:
         none in flight and none begin knows every lease this worker holds (see `_hand_back_unknown`)."""
         self._reserved = 0
         """Slots set aside for dependents the flusher may claim in its transaction (see `_flush_all`)."""
+        self._slot_wanted = False
+        """The claim loop waits for a slot (`_wait_for_slot`): the flusher wakes it when it gives back the slots it
+        set aside."""
         self._pids: list[tuple[int, str, str]] = []
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
@@ -383,7 +386,21 @@ class Worker:
                 await asyncio.sleep(0)  # let the new tasks start before claiming more
                 continue
             growth = 1
-            await self._idle(poll)
+            if want == 0 and until is None:
+                await self._wait_for_slot(next_recover - time.monotonic())
+            else:
+                await self._idle(poll)
+
+    async def _wait_for_slot(self, timeout: float) -> None:
+        """Every slot is taken: nothing the store could say would let this worker claim, so it is not asked (10,000
+        held jobs took 300 looks over 30 s). Wait for a local wake-up (a job ended, a flush gave back the slots it
+        set aside, `notify`, `stop`) or the next lease recovery, whichever comes first."""
+        self._slot_wanted = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, timeout))
+        finally:
+            self._slot_wanted = False
 
     async def _idle(self, poll: float) -> None:
         """Wait for work: a local wake-up (an in-process submission, a finished job), the store's notification
@@ -604,7 +621,7 @@ class Worker:
             finally:
                 self._reserved -= room
                 self._claims_under_way -= 1
-            if promoted:
+            if promoted or (room > 0 and self._slot_wanted):
                 self._wake.set()
             if self.webhooks is not None:  # finished jobs may have queued webhooks
                 self.webhooks.notify()
