@@ -538,6 +538,50 @@ async def test_claims_grow_while_the_queue_is_deep_and_shrink_when_it_empties(
     assert asked[6:] and max(asked[6:]) == 2, asked  # back to batch_size once the queue ran dry (or less: slots)
 
 
+async def test_a_worker_with_every_slot_taken_does_not_ask_the_store_for_work(
+    engine: Engine, running_worker: WorkerFactory, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    claim, wait_for_work = store.claim, store.wait_for_work
+
+    async def counting_claim(owner: str, limit: int, lease_s: float, **kw: Any) -> Any:
+        asked.append("claim")
+        return await claim(owner, limit, lease_s, **kw)
+
+    async def counting_wait(timeout: float) -> bool:
+        asked.append("wait")
+        return await wait_for_work(timeout)
+
+    monkeypatch.setattr(store, "claim", counting_claim)
+    monkeypatch.setattr(store, "wait_for_work", counting_wait)
+    first = await engine.submit({"jobs": [sim_job(f"j{i}", latency_s=1.0) for i in range(2)]})
+    async with running_worker(concurrency=2) as w:
+        for _ in range(100):
+            if w.started == 2:
+                break
+            await asyncio.sleep(0.01)
+        asked.clear()
+        await asyncio.sleep(0.6)  # both slots held: no claim, no wait for the store's word
+        assert asked == []
+        later = await engine.submit({"jobs": [sim_job("later", latency_s=0.0)]})
+        done = await engine.wait(first, poll_s=0.02)
+        state = await engine.wait(later, poll_s=0.02)
+    assert done["status"] == state["status"] == "succeeded"
+    ended = max(ts(j["finished_at"]) for j in done["jobs"])
+    assert ts(state["jobs"][0]["started_at"]) - ended < 0.3  # a freed slot is taken at once
+
+
+def test_a_worker_process_hands_the_gil_over_within_a_millisecond() -> None:
+    from reelflow.engine import worker
+
+    before = sys.getswitchinterval()
+    try:
+        worker.tune_threads()
+        assert sys.getswitchinterval() == pytest.approx(worker.SWITCH_INTERVAL_S) and worker.SWITCH_INTERVAL_S <= 0.001
+    finally:
+        sys.setswitchinterval(before)
+
+
 async def test_a_job_without_deadlines_waits_in_its_own_task(engine: Engine, running_worker: WorkerFactory) -> None:
     """No second task (and no asyncio.wait) per job when there is no deadline to watch; with a timeout_s the
     wait is still watched, and the job still times out."""

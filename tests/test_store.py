@@ -601,6 +601,29 @@ async def test_a_stale_attempts_success_beside_the_current_one_counts_down_its_d
     assert [e.data["result"] for e in await store.events("pair") if e.type == "job.succeeded"] == [{"url": "a"}]
 
 
+async def test_provider_ids_of_a_batch_are_written_for_the_jobs_their_owner_still_holds(store: Store) -> None:
+    await store.create_execution(execution("ex", [job(k) for k in "abcde"]))
+    mine = {c.key: c.id for c in await store.claim("w", 4, 30)}
+    assert set(mine) == {"a", "b", "c", "d"}
+    others = {c.key: c.id for c in await store.claim("v", 4, 30)}
+    await store.finish_jobs([JobOutcome(mine["c"], "w", "succeeded", result={})])
+    before = time.time()
+    await store.set_provider_ids([
+        (mine["d"], "w", "pid-d-1"), (mine["a"], "w", "pid-a"), (others["e"], "w", "not-mine"),
+        (mine["c"], "w", "pid-c"), (mine["d"], "w", "pid-d-2"), (mine["b"], "v", "wrong-owner"),
+    ])  # fmt: skip
+    state = await store.get_execution("ex")
+    assert state is not None
+    assert {j.id: j.provider_job_id for j in state.jobs} == {
+        "a": "pid-a", "b": None, "c": None, "d": "pid-d-2", "e": None,
+    }  # fmt: skip
+    submitted = [(e.job_key, e.data) for e in await store.events("ex") if e.type == "job.submitted"]
+    assert submitted == [("a", {"provider_job_id": "pid-a"}), ("d", {"provider_job_id": "pid-d-2"})]
+    url = store.url  # type: ignore[attr-defined]
+    rows = query(url, "SELECT key, provider_submitted_at FROM jobs WHERE provider_job_id IS NOT NULL ORDER BY key")
+    assert [r[0] for r in rows] == ["a", "d"] and all(r[1] >= before for r in rows)
+
+
 async def test_leases_expire_requeue_then_fail_and_release_gives_attempts_back(store: Store) -> None:
     await store.create_execution(
         execution("ex", [job("once", max_attempts=1), job("twice", max_attempts=2)], on_failure="continue")
@@ -878,6 +901,23 @@ async def test_cache_lookup_finds_the_latest_result_of_the_tenant(store: Store) 
     many = await store.cache_lookup_many([("acme", "K"), ("acme", "missing"), ("acme", "K")])
     assert list(many) == [("acme", "K")]
     assert await store.cache_lookup_many([]) == {}
+
+
+async def test_cache_lookup_many_answers_each_tenant_and_key_of_a_batch(store: Store) -> None:
+    await store.create_execution(execution("e1", [job("x"), job("y")], tenant="acme"))
+    await store.create_execution(execution("e2", [job("z")], tenant="beta"))
+    claimed = {c.key: c for c in await store.claim("w", 5, 30)}
+    await store.finish_jobs([
+        JobOutcome(claimed["x"].id, "w", "succeeded", result={"url": "x"}, cache_key="K1"),
+        JobOutcome(claimed["y"].id, "w", "succeeded", result={"url": "y"}, cache_key="K2"),
+        JobOutcome(claimed["z"].id, "w", "succeeded", result={"url": "z"}, cache_key="K1"),
+    ])  # fmt: skip
+    wanted = [("beta", "K1"), ("acme", "K2"), ("beta", "K2"), ("acme", "K1"), ("nobody", "K1")]
+    assert await store.cache_lookup_many(wanted) == {
+        ("beta", "K1"): {"url": "z", "cached_from": {"execution_id": "e2", "job": "z"}},
+        ("acme", "K2"): {"url": "y", "cached_from": {"execution_id": "e1", "job": "y"}},
+        ("acme", "K1"): {"url": "x", "cached_from": {"execution_id": "e1", "job": "x"}},
+    }
 
 
 async def test_cache_hits_are_counted_in_usage(store: Store) -> None:

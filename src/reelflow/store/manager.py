@@ -530,7 +530,8 @@ class StoreManager(StoreRules):
         raise NotImplementedError
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
-        """Record (job id, owner, provider id) of running jobs, submitted at `now`; the rows changed by job id."""
+        """Record (job id, owner, provider id) of running jobs (each job id and owner at most once), submitted at
+        `now`; the rows changed, by job id."""
         raise NotImplementedError
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
@@ -762,6 +763,10 @@ class StoreManager(StoreRules):
             await self._in_tx(lambda tx: self._write_provider_ids(tx, items, time.time()))
 
     async def _write_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> None:
+        # One statement writes them all: a job row and owner given twice keeps its last provider id (the newest).
+        latest = {(job_row, owner): pid for job_row, owner, pid in items}
+        if len(latest) < len(items):
+            items = [(job_row, owner, pid) for (job_row, owner), pid in latest.items()]
         rows = await self._set_provider_ids(tx, items, now)
         await self._append(tx, [
             (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)

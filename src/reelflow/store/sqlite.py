@@ -388,8 +388,8 @@ class SQLiteStore(StoreManager):
         return subscribed
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
-        rows = [await tx.one(SQL.set_provider_id, (pid, now, job_row, owner)) for job_row, owner, pid in sorted(items)]
-        return [r for r in rows if r is not None]
+        w = dumps([[job_row, owner, pid] for job_row, owner, pid in items])
+        return sorted(await tx.all(SQL.set_provider_ids, (now, w)), key=_row_id)
 
     async def _set_progress(self, tx: Tx, reports: list[ProgressReport]) -> dict[int, Any]:
         updated: dict[int, Any] = {}
@@ -410,8 +410,8 @@ class SQLiteStore(StoreManager):
 
     # ------------------------------------------------------------------ cache, deliveries
     async def _cache_hits(self, tx: Tx, wanted: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
-        found = [(pair, await tx.one(SQL.cache_hit, pair)) for pair in wanted]
-        return [(pair, row) for pair, row in found if row is not None]
+        rows = await tx.all(SQL.cache_hits, (dumps([list(pair) for pair in wanted]),))
+        return [((r["tenant"], r["ck"]), r) for r in rows]
 
     async def _lease_deliveries(
         self, tx: Tx, owner: str, limit: int, lease_s: float, now: float, executions: list[str] | None

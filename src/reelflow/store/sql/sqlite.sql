@@ -79,10 +79,15 @@ lease_expires_at = NULL, queue_position = NULL, intent_at = NULL, intent_seq = N
 WHERE id = %s AND {guard failed from running} AND lease_owner = %s
 AND (%s IS NULL OR lease_seq = %s) RETURNING execution_id, key, attempts
 
--- name: set_provider_id
-UPDATE jobs SET provider_job_id = %s, provider_submitted_at = %s, provider_phase = NULL,
+-- Provider ids of running jobs in one statement: `w` is a JSON array of [job row, lease owner, provider id] (a job
+-- row and owner at most once).
+-- name: set_provider_ids
+UPDATE jobs SET provider_job_id = w.pid, provider_submitted_at = %s, provider_phase = NULL,
 provider_started_at = NULL, provider_queued_s = NULL
-WHERE id = %s AND lease_owner = %s AND status = 'running' RETURNING id, execution_id, key, provider_job_id
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS owner,
+  json_extract(value, '$[2]') AS pid FROM json_each(%s)) AS w
+WHERE jobs.id = w.id AND jobs.lease_owner = w.owner AND jobs.status = 'running'
+RETURNING jobs.id, jobs.execution_id, jobs.key, jobs.provider_job_id
 
 -- name: set_progress
 UPDATE jobs SET progress = %s, queue_position = %s, provider_phase = COALESCE(%s, provider_phase),
@@ -116,9 +121,12 @@ INSERT INTO events (execution_id, job_key, type, data, created_at) VALUES (%s, %
 SELECT id, tenant, webhook, webhook_events FROM executions WHERE {cond} AND webhook IS NOT NULL
 
 -- ---------------------------------------------------------------- cache and deliveries
--- name: cache_hit
-SELECT result, execution_id, key FROM jobs WHERE tenant = %s AND cache_key = %s
-AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1
+-- The latest succeeded job of each (tenant, cache key) in `w` (a JSON array of [tenant, cache key]) that has one.
+-- name: cache_hits
+SELECT w.tenant, w.ck, j.result, j.execution_id, j.key
+FROM (SELECT json_extract(value, '$[0]') AS tenant, json_extract(value, '$[1]') AS ck FROM json_each(%s)) AS w
+JOIN jobs j ON j.id = (SELECT c.id FROM jobs c WHERE c.tenant = w.tenant AND c.cache_key = w.ck
+  AND c.status = 'succeeded' ORDER BY c.finished_at DESC LIMIT 1)
 
 -- name: lease_deliveries
 UPDATE webhook_deliveries SET lease_owner = %s, lease_expires_at = %s
