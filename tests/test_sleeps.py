@@ -68,3 +68,61 @@ def test_each_event_loop_has_its_own_slots() -> None:
 async def test_zero_or_less_yields_once() -> None:
     await sleeps.sleep(0)
     await sleeps.sleep(-1)
+
+
+def _task() -> Any:
+    from pathlib import Path
+
+    from reelflow.providers.base import Task
+
+    return Task("e", "j", "generate-video", "m", {}, 1, Path("/nonexistent"))
+
+
+async def test_pauses_ending_together_share_one_timer_and_never_end_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    real = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return real(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    monkeypatch.setattr(loop, "call_later", lambda *a, **k: pytest.fail("a pause took a timer of its own"))
+    real_time = loop.time
+    begun = real_time()
+    monkeypatch.setattr(loop, "time", lambda: begun)
+    tasks = [_task() for _ in range(500)]
+    pauses = [asyncio.ensure_future(t.pause(0.05)) for t in tasks]
+    await asyncio.sleep(0)
+    monkeypatch.setattr(loop, "time", real_time)
+    assert await asyncio.gather(*pauses) == [False] * 500  # not woken: the time ran out
+    assert real_time() - begun >= 0.05
+    assert len(timers) == 1
+
+
+async def test_a_wake_ends_a_pause_at_once_and_is_taken_by_it() -> None:
+    t = _task()
+    loop = asyncio.get_running_loop()
+    pause = asyncio.ensure_future(t.pause(60))
+    await asyncio.sleep(0)
+    begun = loop.time()
+    t.wake.set()
+    assert await asyncio.wait_for(pause, 1) is True
+    assert loop.time() - begun < 0.5
+    assert not t.wake.is_set()  # taken: the next pause sleeps again
+    assert await t.pause(0.01) is False
+    t.wake.set()  # set before the pause: it returns at once
+    assert await asyncio.wait_for(t.pause(60), 1) is True
+
+
+async def test_cancelling_a_pause_ends_it_and_a_later_wake_is_kept() -> None:
+    t = _task()
+    pause = asyncio.ensure_future(t.pause(60))
+    await asyncio.sleep(0)
+    pause.cancel()
+    await asyncio.sleep(0)
+    assert pause.cancelled()
+    t.wake.set()  # no pause under way: the next one sees it
+    assert await asyncio.wait_for(t.pause(60), 1) is True
+    assert await asyncio.wait_for(t.pause(float("nan")), 1) is False  # NaN is no time, as before

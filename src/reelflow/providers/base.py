@@ -7,7 +7,6 @@ a `PermanentError` fails the job at once with the provider's message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 from ..errors import PermanentError as PermanentError
 from ..errors import ProviderError as ProviderError
 from ..errors import TransientError as TransientError
+from . import sleeps
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,20 @@ class ProviderLog:
             self._changed()
 
 
+class _Wake(asyncio.Event):
+    """`Task.wake`: an event that also ends the pause under way (`Task.pause`) when it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pausing: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        fut = self.pausing
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
 @dataclass
 class Task:
     """One attempt of one job, as a provider sees it. `params` have every reference resolved."""
@@ -150,7 +164,7 @@ class Task:
     None when callbacks are off, and then `wait` polls on its own."""
     resumed: bool = False
     """True when `wait` picks up work an earlier attempt submitted (a crash, a restart): look at once."""
-    _wake: asyncio.Event | None = field(default=None, repr=False, compare=False)
+    _wake: _Wake | None = field(default=None, repr=False, compare=False)
     callback_outcome: dict[str, Any] | None = field(default=None, repr=False)
     """The terminal outcome a verified callback carried (`CallbackEvent.outcome`), set by the worker with `wake`:
     `wait` takes it with `take_callback_outcome` and finishes from it, without asking the provider, when it is
@@ -184,7 +198,7 @@ class Task:
         """Set by the worker when a verified callback for this job arrived: look at the work now. Made on first
         use: an event is ~750 bytes, and most tasks (10,000 waiting at once in one worker) never need one."""
         if self._wake is None:
-            self._wake = asyncio.Event()
+            self._wake = _Wake()
         return self._wake
 
     async def note_possible_duplicate(self, why: str) -> None:
@@ -212,12 +226,25 @@ class Task:
         return self.intent_attempt is not None and self.intent_attempt < self.attempt
 
     async def pause(self, seconds: float) -> bool:
-        """Sleep up to `seconds`, or less if a callback wakes the job; True when woken."""
-        if not self.wake.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=max(0.0, seconds))
-        woken = self.wake.is_set()
-        self.wake.clear()
+        """Sleep up to `seconds`, or less if a callback wakes the job; True when woken.
+
+        The sleep shares the loop's timer with the others ending within the same few milliseconds
+        (`sleeps.ring_later`; it ends at most `sleeps.GRAIN_S` late): `asyncio.wait_for` made a task, a future
+        and a timer of its own for each pause of each waiting job."""
+        wake = self.wake
+        if not wake.is_set():
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            wake.pausing = fut
+            delay = max(0.0, seconds)  # a NaN is 0, as asyncio.wait_for took it
+            if delay < math.inf:  # an endless pause waits for the wake-up alone
+                sleeps.ring_later(loop, fut, delay)
+            try:
+                await fut
+            finally:
+                wake.pausing = None
+        woken = wake.is_set()
+        wake.clear()
         return woken
 
     def take_callback_outcome(

@@ -40,17 +40,24 @@ async def sleep(seconds: float) -> None:
         await asyncio.sleep(0)
         return
     loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    ring_later(loop, fut, seconds)
+    await fut
+
+
+def ring_later(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], seconds: float) -> None:
+    """Set `fut`'s result (None) once `seconds` passed, at the end of their slot, unless it is done by then
+    (something else may set it sooner: a sleep that a wake-up cuts short, see `Task.pause`). The slot keeps
+    `fut` until it rings."""
     slots = _loops.get(loop)
     if slots is None:
         slots = _loops[loop] = _Slots()
-    slot = math.ceil((loop.time() + seconds) / GRAIN_S)
-    fut: asyncio.Future[None] = loop.create_future()
+    slot = math.ceil((loop.time() + max(0.0, seconds)) / GRAIN_S)
     waiting = slots.due.get(slot)
     if waiting is None:
         waiting = slots.due[slot] = []
         loop.call_at(slot * GRAIN_S, slots.ring, slot)
     waiting.append(fut)
-    await fut
 
 
-__all__ = ["GRAIN_S", "sleep"]
+__all__ = ["GRAIN_S", "ring_later", "sleep"]
