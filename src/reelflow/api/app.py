@@ -653,9 +653,13 @@ async def provider_callback(
 ) -> dict[str, Any]:
     """Inbound provider webhooks. The provider's signature is the authentication: a request that does not
     verify answers 401 and changes nothing. A verified one wakes the job's worker. When its body tells how the
-    work ended (and is not too big to keep), that outcome travels with the wake-up, through the database, and
-    the worker finishes the job from it if it is about the work the job waits on; otherwise the worker asks the
-    provider."""
+    work ended (and is not too big to keep), that outcome goes with the wake-up and the worker finishes the job
+    from it if it is about the work the job waits on; otherwise the worker asks the provider.
+
+    An embedded worker of this process that holds the job and waits on that work is woken here, outcome in
+    hand, and nothing is written. Otherwise the database decides (`wake_job`: the job runs, it waits on this
+    work) and keeps the mark, with the outcome, for the worker that holds the job, which reads it within 0.5 s;
+    when that worker is one of this process's, it is woken here at once instead, and the outcome is not kept."""
     adapter = svc.providers.get(provider)
     if adapter is None or provider in ("local", "sim") or not is_callback_provider(adapter):
         raise Problem(404, f"no callbacks are accepted for provider {provider[:50]!r}")
@@ -666,20 +670,21 @@ async def provider_callback(
         log.warning("callback from %s refused: %s", provider, exc)
         raise Problem(401, f"callback signature not verified: {exc}") from None
     told = kept_outcome(event.outcome)
-    # An embedded worker that holds the job and waits on this work is handed the outcome here, and nothing is
-    # written (the job is leased to it: no other worker would read a mark; a worker that resumes the job after a
-    # crash looks at the work at once anyway).
-    for worker in getattr(request.app.state, "workers", []):
-        if worker.wake_waiting(provider, event.provider_job_id, execution, job, event.outcome if told else None):
-            log.info("callback from %s about %s: woken", provider, event.provider_job_id)
-            return {"received": True, "job": "woken"}
-    # Otherwise the database keeps it for any other worker (which reads the mark within 0.5 s); the store's checks
-    # (the job runs, it waits on this work) decide, and an embedded worker holding the job is woken too.
+    # One walk over the embedded workers: one that holds the job and waits on this work is handed the outcome
+    # here, and nothing is written (the job is leased to it: no other worker would read a mark; a worker that
+    # resumes the job after a crash looks at the work at once anyway). The first that holds it otherwise is
+    # woken after the database's checks.
     local: tuple[Worker, int] | None = None
     for worker in getattr(request.app.state, "workers", []):
-        if (held := worker.holding(event.provider_job_id, execution, job)) is not None:
+        held, waits = worker.callback_target(provider, event.provider_job_id, execution, job)
+        if held is None:
+            continue
+        if waits:
+            worker.wake(held, event.outcome if told else None)
+            log.info("callback from %s about %s: woken", provider, event.provider_job_id)
+            return {"received": True, "job": "woken"}
+        if local is None:
             local = (worker, held)
-            break
     outcome = await svc.store.wake_job(provider, event.provider_job_id, execution, job, None if local else told)
     if outcome == "woken" and local is not None:
         local[0].wake(local[1], event.outcome if told else None)

@@ -238,6 +238,8 @@ class Worker:
         self._scratch = ScratchPool(self.workroot / own)
         """The attempts' scratch folders, reused after attempts that ended well; removed when run() ends."""
         self.held: dict[int, _Held] = {}
+        self._rows: dict[tuple[str, str], int] = {}
+        """The held jobs' rows by (execution id, job key): a callback names its job so (see `holding`)."""
         self._superseded: set[_Held] = set()
         """Attempts whose job this worker claimed again (a cancel then a resume) while they were still ending:
         they are stopped, their outcomes no longer count, and the drain waits for them too."""
@@ -522,14 +524,35 @@ class Worker:
 
     def holding(self, remote_id: str, execution_id: str | None = None, job_key: str | None = None) -> int | None:
         """The id of the job a callback names (by execution and key, else by provider id) when this worker holds
-        it; None otherwise."""
+        it; None otherwise. By execution and key it is one look-up (the walk over 10,000 held jobs was ~0.5 ms a
+        callback)."""
+        if execution_id is not None:
+            if job_key is None:
+                return None
+            job_row = self._rows.get((execution_id, job_key))
+            return job_row if job_row is not None and job_row in self.held else None
         for job_row, held in self.held.items():
-            c = held.claim
-            if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
-                execution_id is None and held.provider_job_id == remote_id
-            ):
+            if held.provider_job_id == remote_id:
                 return job_row
         return None
+
+    def callback_target(
+        self, provider: str, remote_id: str, execution_id: str | None = None, job_key: str | None = None
+    ) -> tuple[int | None, bool]:
+        """The job a verified callback names, when this worker holds it (else None), and whether it waits here on
+        the work the callback is about: it runs on `provider` and waits on `remote_id` (or on work whose id it does
+        not know yet), as `wake_job` would check in the database."""
+        job_row = self.holding(remote_id, execution_id, job_key)
+        if job_row is None:
+            return None, False
+        held = self.held[job_row]
+        waits = (
+            held.work is not None
+            and held.stop_reason is None
+            and held.claim.provider == provider
+            and callback_matches(held.provider_job_id, remote_id)
+        )
+        return job_row, waits
 
     def wake_waiting(
         self,
@@ -540,20 +563,13 @@ class Worker:
         outcome: dict[str, Any] | None = None,
     ) -> bool:
         """A verified callback arrived in this process (the API with embedded workers) about a job this worker
-        holds: when the job runs on `provider` and waits on `remote_id` (or on work whose id it does not know yet),
-        as `wake_job` would check in the database, it is woken here with the `outcome` the callback told, and
-        nothing is written: True. False otherwise (the caller then asks the database, which decides)."""
-        job_row = self.holding(remote_id, execution_id, job_key)
-        held = self.held.get(job_row) if job_row is not None else None
-        if (
-            held is None
-            or held.work is None
-            or held.stop_reason is not None
-            or held.claim.provider != provider
-            or not callback_matches(held.provider_job_id, remote_id)
-        ):
+        holds: when it waits here on the work the callback is about (`callback_target`), it is woken with the
+        `outcome` the callback told, and nothing is written: True. False otherwise (the caller then asks the
+        database, which decides)."""
+        job_row, waits = self.callback_target(provider, remote_id, execution_id, job_key)
+        if job_row is None or not waits:
             return False
-        self.wake(held.claim.id, outcome)
+        self.wake(job_row, outcome)
         return True
 
     def wake_local(
@@ -677,6 +693,7 @@ class Worker:
                 earlier.task.cancel()
         task = asyncio.create_task(self._run_job(c), name=f"job-{c.execution_id}-{c.key}")
         self.held[c.id] = _Held(claim=c, task=task, worker=self)
+        self._rows[(c.execution_id, c.key)] = c.id
         self.started += 1
 
     async def _run_job(self, c: ClaimedJob) -> None:
@@ -696,6 +713,7 @@ class Worker:
         finally:
             if self.held.get(c.id) is held:
                 del self.held[c.id]
+                self._rows.pop((c.execution_id, c.key), None)
             self._superseded.discard(held)
             self.finished += 1
             self._wake.set()
