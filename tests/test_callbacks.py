@@ -465,3 +465,52 @@ async def test_a_429_storm_slows_the_whole_provider_down_and_every_job_finishes(
     assert calm_rate < 30, calm_rate
     assert calm_rate < wild_rate / 2, (calm_rate, wild_rate)
     assert calm.throttled * 3 < wild.throttled, (calm.throttled, wild.throttled)
+
+
+@pytest.mark.parametrize("callbacks", [True, False])
+async def test_a_callback_finds_the_job_a_worker_holds_by_execution_and_key(
+    store: SQLiteStore, settings: Settings, callbacks: bool
+) -> None:
+    """`Worker.holding`/`callback_target`: found by execution and key (one look-up while callbacks are on, a walk
+    otherwise), by provider id without them; a job that ended is no longer found."""
+    from reelflow.engine.worker import Worker, _Held
+    from reelflow.providers.base import Task
+    from reelflow.store.base import ClaimedJob
+
+    settings.callbacks = callbacks
+    worker = Worker(store, settings=settings, providers=Providers({}))
+
+    async def waits() -> None:
+        await asyncio.sleep(60)
+
+    claims = [
+        ClaimedJob(row, "ex1", f"clip{row}", "generate-video", "replicate", "m", {}, 1, 3, None, None, None, 0.0, None)
+        for row in range(1, 4)
+    ]
+    started = []
+    for c in claims:  # held by hand: no attempt runs
+        task = asyncio.ensure_future(waits())
+        started.append(task)
+        worker.held[c.id] = held = _Held(claim=c, task=task, worker=worker)
+        if callbacks:
+            worker._rows[(c.execution_id, c.key)] = c.id
+        held.work = Task(c.execution_id, c.key, c.type, c.model, {}, 1, Path("/nonexistent"))
+    worker.held[2].provider_job_id = "pred2"
+    try:
+        assert worker.holding("x", "ex1", "clip2") == 2
+        assert worker.holding("x", "ex1", "clip9") is None
+        assert worker.holding("x", "ex2", "clip2") is None
+        assert worker.holding("pred2") == 2 and worker.holding("pred9") is None
+        assert worker.callback_target("replicate", "pred2", "ex1", "clip2") == (2, True)
+        assert worker.callback_target("replicate", "other", "ex1", "clip2") == (2, False)  # not its work
+        assert worker.callback_target("fal", "pred2", "ex1", "clip2") == (2, False)  # not its provider
+        assert worker.callback_target("replicate", "pred3", "ex1", "clip3") == (3, True)  # no id yet: it may be
+        assert worker.wake_waiting("replicate", "pred2", "ex1", "clip2", {"id": "pred2"})
+        assert worker.held[2].work is not None and worker.held[2].work.wake.is_set()
+        del worker.held[3]
+        worker._rows.pop(("ex1", "clip3"), None)
+        assert worker.holding("x", "ex1", "clip3") is None
+    finally:
+        for t in started:
+            t.cancel()
+        await asyncio.gather(*started, return_exceptions=True)

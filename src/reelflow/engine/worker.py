@@ -239,7 +239,8 @@ class Worker:
         """The attempts' scratch folders, reused after attempts that ended well; removed when run() ends."""
         self.held: dict[int, _Held] = {}
         self._rows: dict[tuple[str, str], int] = {}
-        """The held jobs' rows by (execution id, job key): a callback names its job so (see `holding`)."""
+        """The held jobs' rows by (execution id, job key), while callbacks are on (a callback names its job so,
+        see `holding`); none otherwise (10,000 `sim` jobs would pay ~1 MB for nothing)."""
         self._superseded: set[_Held] = set()
         """Attempts whose job this worker claimed again (a cancel then a resume) while they were still ending:
         they are stopped, their outcomes no longer count, and the drain waits for them too."""
@@ -530,9 +531,15 @@ class Worker:
             if job_key is None:
                 return None
             job_row = self._rows.get((execution_id, job_key))
-            return job_row if job_row is not None and job_row in self.held else None
+            if job_row is not None and job_row in self.held:
+                return job_row
+            if len(self._rows) >= len(self.held):  # every held job is in `_rows`: it is not held here
+                return None
         for job_row, held in self.held.items():
-            if held.provider_job_id == remote_id:
+            c = held.claim
+            if (execution_id is not None and c.execution_id == execution_id and c.key == job_key) or (
+                execution_id is None and held.provider_job_id == remote_id
+            ):
                 return job_row
         return None
 
@@ -693,7 +700,8 @@ class Worker:
                 earlier.task.cancel()
         task = asyncio.create_task(self._run_job(c), name=f"job-{c.execution_id}-{c.key}")
         self.held[c.id] = _Held(claim=c, task=task, worker=self)
-        self._rows[(c.execution_id, c.key)] = c.id
+        if self.settings.callbacks_enabled:
+            self._rows[(c.execution_id, c.key)] = c.id
         self.started += 1
 
     async def _run_job(self, c: ClaimedJob) -> None:
