@@ -194,7 +194,7 @@ class Task:
     `started_at - created_at`); the worker otherwise measures it from when it sees the work start."""
 
     @property
-    def wake(self) -> asyncio.Event:
+    def wake(self) -> _Wake:
         """Set by the worker when a verified callback for this job arrived: look at the work now. Made on first
         use: an event is ~750 bytes, and most tasks (10,000 waiting at once in one worker) never need one."""
         if self._wake is None:
