@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -73,6 +73,9 @@ class _PgTx:
 
     def __init__(self, cur: Cur) -> None:
         self.cur = cur
+        self.locked: dict[str, Any] = {}
+        """Executions this transaction holds locked (FOR UPDATE), by id: their rows (id, tenant, webhook,
+        webhook_events), which stay as they are while the lock is held."""
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         await self.cur.execute(sql, args)
@@ -237,6 +240,10 @@ class PostgresStore(StoreManager):
     async def _lock_in(self, tx: Tx, name: str) -> None:
         await tx.all(SQL.advisory_lock, (lock_key(name),))
 
+    def _unsubscribed(self, tx: Tx, execution_ids: Collection[str]) -> bool:
+        assert isinstance(tx, _PgTx)
+        return all(i in tx.locked and tx.locked[i]["webhook"] is None for i in execution_ids)
+
     async def _notify_in(self, tx: Tx) -> None:
         """Delivered to every listening worker when the transaction commits."""
         await tx.all(SQL.notify, (CHANNEL,))
@@ -391,11 +398,13 @@ class PostgresStore(StoreManager):
         return sorted(await tx.all(SQL.lease_jobs, (owner, now + lease_s, now, now, picked)), key=lambda r: r["id"])
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        pairs = sorted({(r["execution_id"], k) for r in rows for k in loads(r["depends_on"])})
-        if not pairs:
-            return {}
-        found = await tx.all(SQL.dep_results, ([p[0] for p in pairs], [p[1] for p in pairs]))
-        return {(d["execution_id"], d["key"]): loads(d["result"]) or {} for d in found}
+        """Read by the lease itself (`dep_results`, aligned with `depends_on`): no round trip."""
+        return {
+            (r["execution_id"], k): loads(result) or {}
+            for r in rows
+            if r["dep_results"] is not None
+            for k, result in zip(loads(r["depends_on"]), r["dep_results"], strict=True)
+        }
 
     async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
         """The hand-off already holds row locks a claimer may be waiting for, so it only tries the tenants' locks
@@ -497,7 +506,9 @@ class PostgresStore(StoreManager):
         self, tx: Tx, ids: list[str]
     ) -> tuple[list[Any], dict[str, dict[str, int]], dict[str, list[float]]]:
         """Under READ COMMITTED the counts, taken after the executions' locks, see the others' committed jobs."""
+        assert isinstance(tx, _PgTx)
         executions = await tx.all(SQL.lock_settling, (ids,))
+        tx.locked.update((r["id"], r) for r in executions)
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         running: dict[str, list[float]] = defaultdict(list)
         for r in await tx.all(SQL.settle_counts, (ids,)):
@@ -507,9 +518,14 @@ class PostgresStore(StoreManager):
         return executions, counts, running
 
     async def _write_events(self, tx: Tx, events: list[EventRow]) -> list[Any]:
-        subscribed = await tx.all(SQL.lock_subscribed, (sorted({e[0] for e in events}),))
+        """The executions are locked first (their appends one transaction at a time), unless this transaction
+        holds them already (settled or appended to before): then their rows are known and no statement is sent."""
+        assert isinstance(tx, _PgTx)
+        ids = sorted({e[0] for e in events})
+        if missing := [i for i in ids if i not in tx.locked]:
+            tx.locked.update((r["id"], r) for r in await tx.all(SQL.lock_subscribed, (missing,)))
         await tx.run(SQL.insert_events, tuple(list(col) for col in zip(*events, strict=True)))
-        return subscribed
+        return [tx.locked[i] for i in ids if i in tx.locked]
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
         job_rows, owners, pids = ([i[k] for i in items] for k in range(3))

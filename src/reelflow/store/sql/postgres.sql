@@ -22,6 +22,8 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- (`= ANY(ARRAY(SELECT ...))`). Joined to the batch as a whole instead, the planner reads every queued or waiting
 -- job when the statistics are missing or old (a new database, a burst): a claim's lease took 38 ms with 10,000
 -- queued, the count-down 15 ms; matched by `id = ANY(list)`, the lease walked a whole index per id.
+-- The lease returns the results of each job's dependencies too (`dep_results`, in `depends_on`'s order, NULL
+-- for one not found): no statement of their own.
 -- name: lease_jobs
 UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,
 lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,
@@ -32,11 +34,10 @@ AND j.ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(%b::bigint[]) AS w(id)
   CROSS JOIN LATERAL (SELECT ctid FROM jobs WHERE id = w.id) x))
 RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,
 j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,
-j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover
-
--- name: dep_results
-SELECT w.eid AS execution_id, w.k AS key, j.result FROM unnest(%b::text[], %b::text[]) AS w(eid, k)
-CROSS JOIN LATERAL (SELECT j.result FROM jobs j WHERE j.execution_id = w.eid AND j.key = w.k LIMIT 1) j
+j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover,
+CASE WHEN j.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
+  WHERE r.execution_id = j.execution_id AND r.key = d.k) FROM json_array_elements_text(j.depends_on::json)
+  WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
 
 -- Whether a capped provider (`queued_provider`) or model family (`queued_model`) has ready jobs: one branch each,
 -- joined by UNION ALL, sent unprepared so that each is planned for its own value (a provider's probe is one look
@@ -167,8 +168,8 @@ WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running' RETURNING
 -- Executions are locked before their jobs are counted: two workers finishing the last two jobs of one execution
 -- at once would each count the other's job as still running, and neither would end it.
 -- name: lock_settling
-SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%b::text[])
-ORDER BY id FOR UPDATE
+SELECT id, status, progress, started_at, cancel_requested, tenant, webhook, webhook_events FROM executions
+WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE
 
 -- name: settle_counts
 SELECT execution_id, status, COUNT(*) AS n,
