@@ -76,6 +76,10 @@ class _PgTx:
         self.locked: dict[str, Any] = {}
         """Executions this transaction holds locked (FOR UPDATE), by id: their rows (id, tenant, webhook,
         webhook_events), which stay as they are while the lock is held."""
+        self.count_down: dict[int, tuple[str, int, bool]] = {}
+        """Dependents this transaction locked and has yet to count down (`_count_down`): job row -> (address,
+        successes to count, whether it becomes ready)."""
+        self.count_down_at = 0.0
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         await self.cur.execute(sql, args)
@@ -224,7 +228,13 @@ class PostgresStore(StoreManager):
                 lost_since = await self._outage(exc, lost_since)
 
     async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
-        return await self._tx(lambda cur: fn(_PgTx(cur)))
+        async def run(cur: Cur) -> T:
+            tx = _PgTx(cur)
+            result = await fn(tx)
+            await self._count_down(tx)  # whatever no lease or append counted down yet
+            return result
+
+        return await self._tx(run)
 
     async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         return await fn(_PgReads(self))
@@ -395,7 +405,28 @@ class PostgresStore(StoreManager):
         return self._round_robin(tenants, list(queues.values()), limit, running_p, running_m)
 
     async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
-        return sorted(await tx.all(SQL.lease_jobs, (owner, now + lease_s, now, now, picked)), key=lambda r: r["id"])
+        """Dependents this transaction released and has yet to count down are leased by the count-down itself."""
+        assert isinstance(tx, _PgTx)
+        rest = [i for i in picked if i not in tx.count_down]
+        rows = await self._count_down(tx, {i for i in picked if i in tx.count_down}, owner, now + lease_s, now)
+        if rest:
+            rows += await tx.all(SQL.lease_jobs, (owner, now + lease_s, now, now, rest))
+        return sorted(rows, key=lambda r: r["id"])
+
+    async def _count_down(
+        self, tx: _PgTx, lease: Collection[int] = (), owner: str = "", expires: float = 0.0, now: float = 0.0
+    ) -> list[Any]:
+        """Count down the dependents `_write_outcomes` locked, leasing those of `lease` to `owner` (their rows)."""
+        if not tx.count_down:
+            return []
+        items = sorted(tx.count_down.items())
+        tids, ns = [v[0] for _, v in items], [v[1] for _, v in items]
+        tx.count_down = {}
+        if not lease:
+            await tx.run(SQL.count_down_rows, (tx.count_down_at, tids, ns))
+            return []
+        go = [job_row in lease and ready for job_row, (_, _, ready) in items]
+        return await tx.all(SQL.count_down_lease, (tx.count_down_at, owner, expires, now, now, tids, ns, go))
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
         """Read by the lease itself (`dep_results`, aligned with `depends_on`): no round trip."""
@@ -490,12 +521,22 @@ class PostgresStore(StoreManager):
                 released_by[(row["execution_id"], dep)] = row["key"]
                 counts[(row["execution_id"], dep)] += 1
         released: dict[tuple[str, str], Released] = defaultdict(list)
-        if counts:
+        if counts and len(done) < len(outcomes):  # a failure may skip dependents: counted down at once
             pairs = sorted(counts)
             for r in await tx.all(
                 SQL.count_down, ([p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs], now)
             ):
                 if r["status"] == "queued":
+                    by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
+                    released[by].append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
+        elif counts:  # locked and read now, counted down with the hand-off's lease (`_count_down`)
+            assert isinstance(tx, _PgTx)
+            pairs = sorted(counts)
+            tx.count_down_at = now
+            for r in await tx.all(SQL.lock_dependents, ([p[0] for p in pairs], [p[1] for p in pairs])):
+                n = counts[(r["execution_id"], r["key"])]
+                tx.count_down[r["id"]] = (r["t"], n, r["deps_left"] - n <= 0)
+                if r["deps_left"] - n <= 0:
                     by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
                     released[by].append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
         if art := [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]:
@@ -521,6 +562,7 @@ class PostgresStore(StoreManager):
         """The executions are locked first (their appends one transaction at a time), unless this transaction
         holds them already (settled or appended to before): then their rows are known and no statement is sent."""
         assert isinstance(tx, _PgTx)
+        await self._count_down(tx)  # the states webhooks carry show the dependents queued
         ids = sorted({e[0] for e in events})
         if missing := [i for i in ids if i not in tx.locked]:
             tx.locked.update((r["id"], r) for r in await tx.all(SQL.lock_subscribed, (missing,)))

@@ -131,6 +131,51 @@ FROM w WHERE j.id = ANY(ARRAY(SELECT x.id FROM w CROSS JOIN LATERAL (SELECT id F
 AND j.execution_id = w.eid AND j.key = w.key AND {guard queued on j.status from waiting}
 RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model, j.tenant
 
+-- A batch of successes only (nothing to skip after a failure) counts its dependents down in two steps, so that
+-- the dependents its worker takes at once are written once, not queued then leased: `lock_dependents` locks the
+-- waiting dependents and reads how many dependencies each has left; then `count_down_lease` (when the finish
+-- leases some of them) or `count_down_rows` counts them down, by the addresses of the rows this transaction holds
+-- locked. A dependent leased here goes from waiting to running in one row version (the transaction that released
+-- it leased it: nobody could ever see it queued; its events still say job.queued, then job.running).
+-- name: lock_dependents
+SELECT x.ctid::text AS t, x.id, x.execution_id, x.key, x.deps_left, x.provider, x.model, x.tenant
+FROM unnest(%b::text[], %b::text[]) AS w(eid, key)
+CROSS JOIN LATERAL (SELECT ctid, id, execution_id, key, deps_left, provider, model, tenant FROM jobs
+  WHERE execution_id = w.eid AND key = w.key AND {guard queued on status from waiting}) x
+ORDER BY x.id FOR UPDATE OF x
+
+-- name: count_down_rows
+UPDATE jobs j SET deps_left = j.deps_left - w.n,
+status = CASE WHEN j.deps_left - w.n <= 0 THEN 'queued' ELSE j.status END,
+queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END
+FROM unnest(%b::tid[], %b::int[]) AS w(t, n) WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
+
+-- `w.go`: this dependent is ready and leased here (to the owner, until the expiry, started now); the others are
+-- counted down, and queued when ready. Returns the leased rows as `lease_jobs` does.
+-- name: count_down_lease
+WITH c AS (UPDATE jobs j SET deps_left = j.deps_left - w.n,
+status = CASE WHEN j.deps_left - w.n > 0 THEN j.status WHEN w.go THEN 'running' ELSE 'queued' END,
+queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END,
+attempts = CASE WHEN w.go THEN j.attempts + 1 ELSE j.attempts END,
+lease_owner = CASE WHEN w.go THEN %s ELSE j.lease_owner END,
+lease_expires_at = CASE WHEN w.go THEN %s ELSE j.lease_expires_at END,
+started_at = CASE WHEN w.go THEN COALESCE(j.started_at, %s) ELSE j.started_at END,
+progress = CASE WHEN w.go THEN 0 ELSE j.progress END,
+queue_position = CASE WHEN w.go THEN NULL ELSE j.queue_position END,
+lease_seq = CASE WHEN w.go THEN j.lease_seq + 1 ELSE j.lease_seq END,
+intent_at = CASE WHEN w.go THEN COALESCE(j.intent_at, %s) ELSE j.intent_at END,
+intent_seq = CASE WHEN w.go THEN COALESCE(j.intent_seq, j.lease_seq + 1) ELSE j.intent_seq END
+FROM unnest(%b::tid[], %b::int[], %b::bool[]) AS w(t, n, go)
+WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
+RETURNING j.*, w.go)
+SELECT c.id, c.execution_id, c.key, c.type, c.provider, c.model, c.params, c.depends_on, c.attempts,
+c.max_attempts, c.provider_job_id, c.timeout_s, c.start_timeout_s, c.started_at, c.tenant,
+c.use_cache, c.cost_estimated, e.deadline, c.lease_seq, c.intent_at, c.intent_seq, c.failover,
+CASE WHEN c.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
+  WHERE r.execution_id = c.execution_id AND r.key = d.k) FROM json_array_elements_text(c.depends_on::json)
+  WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
+FROM c JOIN executions e ON e.id = c.execution_id WHERE c.go AND c.status = 'running'
+
 -- name: insert_artifacts
 INSERT INTO artifacts (tenant, key, execution_id, created_at)
 SELECT e.tenant, w.key, e.id, %s FROM unnest(%b::text[], %b::text[]) AS w(eid, key)
