@@ -6,7 +6,7 @@ claimers cannot both take the last slot. Transactions that make jobs claimable s
 `wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
 The rules live in `manager.py` (`StoreManager`); this file holds the pool, the retried transactions and the steps
 PostgreSQL takes its own way (locked claims, batched outcome writes, settling under row locks, the hand-off's
-second transaction, LISTEN/NOTIFY), whose statements are in `sql/postgres.sql`.
+count-down that leases, its second transaction, LISTEN/NOTIFY), whose statements are in `sql/postgres.sql`.
 """
 
 from __future__ import annotations
