@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from conftest import WorkerFactory, sim_job
 from pgutil import PG_URL, fresh_database, requires_postgres
+from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import Conflict, IdempotencyConflict, NotFound, UsageLimitExceeded
 from reelflow.store import open_store
@@ -556,6 +557,31 @@ async def test_one_batch_of_successes_releases_a_fan_in_once_and_ignores_a_stale
     ]  # fmt: skip
     [fan_in] = await store.claim("w1", 10, 30)
     assert fan_in.key == "c" and fan_in.dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
+
+
+async def test_a_hand_off_in_a_subscribed_execution_gives_each_webhook_the_state_of_its_event(
+    store: Store, settings: Settings
+) -> None:
+    """The finish's events are delivered with the state they were made in (the dependent queued), the lease's
+    with the dependent running; the one the finish leases is leased once, with its dependency's result."""
+    await store.create_execution(chain("ex-w", webhook="https://hooks.example/x", webhook_events=["job.*"]))
+    held = {c.key: c for c in await store.claim("w", 5, 30)}
+    assert sorted(held) == ["a", "c"]
+    promoted, claimed = await store.finish_and_claim(
+        [JobOutcome(held["a"].id, "w", "succeeded", result={"u": 1})], None, "w", 5, 30
+    )
+    assert promoted == ["b"] and [(j.key, j.attempts, j.dep_results) for j in claimed] == [("b", 1, {"a": {"u": 1}})]
+    statuses = {}
+    for etype, payload in query(
+        settings.database_url, "SELECT event_type, payload FROM webhook_deliveries WHERE execution_id = ?", "ex-w"
+    ):
+        data = json.loads(payload)["data"]
+        statuses[(etype, data["event"]["job"])] = {j["id"]: j["status"] for j in data["jobs"]}
+    assert statuses[("job.succeeded", "a")] == {"a": "succeeded", "b": "queued", "c": "running"}
+    assert statuses[("job.queued", "b")] == {"a": "succeeded", "b": "queued", "c": "running"}
+    assert statuses[("job.running", "b")] == {"a": "succeeded", "b": "running", "c": "running"}
+    state = await store.get_execution("ex-w")
+    assert state is not None and [j.status for j in state.jobs] == ["succeeded", "running", "running"]
 
 
 async def test_a_provider_id_that_comes_with_its_jobs_success_is_written_with_it(store: Store) -> None:

@@ -39,6 +39,34 @@ async def test_finish_and_claim_hands_off_only_the_dependents_it_released(engine
     assert await store.finish_and_claim([stale], None, "w", 5, 30) == ([], [])
 
 
+async def test_finish_and_claim_counts_down_a_fan_in_and_leases_what_it_released(
+    engine: Engine, store: SQLiteStore
+) -> None:
+    """A finish counts every dependent down, leases the ones it released (on PostgreSQL in the count-down's own
+    row version), and says so in the events: job.queued, then job.running."""
+    plan = {"jobs": [sim_job("a"), sim_job("b"), sim_job("c", depends_on=["a", "b"]), sim_job("d", depends_on=["a"]),
+                     sim_job("e", depends_on=["a"])]}  # fmt: skip
+    eid = await engine.submit(plan)
+    held = {c.key: c for c in await store.claim("w", 5, 30)}
+    assert sorted(held) == ["a", "b"]
+    promoted, claimed = await store.finish_and_claim(
+        [JobOutcome(held["a"].id, "w", "succeeded", result={"url": "a"})], None, "w", 1, 30
+    )
+    assert sorted(promoted) == ["d", "e"] and len(claimed) == 1  # room for one: the other is left queued
+    [mine] = claimed
+    assert mine.dep_results == {"a": {"url": "a"}} and mine.attempts == 1 and mine.seq == 1
+    jobs = {j.id: j for j in (await engine.get(eid)).jobs}
+    other = "e" if mine.key == "d" else "d"
+    assert (jobs["c"].status, jobs[mine.key].status, jobs[other].status) == ("waiting", "running", "queued")
+    assert jobs[mine.key].started_at is not None and jobs[other].started_at is None
+    assert [e.type for e in await store.events(eid) if e.job_key == mine.key] == ["job.queued", "job.running"]
+    # the fan-in's last dependency, finished without a hand-off: c is queued for the claims
+    assert await store.finish_jobs([JobOutcome(held["b"].id, "w", "succeeded", result={"url": "b"})]) == ["c"]
+    rest = {c.key: c for c in await store.claim("w", 5, 30)}
+    assert sorted(rest) == sorted(["c", other])
+    assert rest["c"].dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
+
+
 async def test_finish_and_claim_stays_within_the_tenant_cap(engine: Engine, store: SQLiteStore) -> None:
     store.configure_limits(tenant_caps={"t": 2})
     plan = {"jobs": [sim_job("root"), *(sim_job(f"d{i}", depends_on=["root"]) for i in range(4))]}

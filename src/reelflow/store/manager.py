@@ -563,6 +563,11 @@ class StoreManager(StoreRules):
     def _announce(self) -> None:
         """After a commit that made jobs claimable: wake this process's `wait_for_work`."""
 
+    def _unsubscribed(self, tx: Tx, execution_ids: Collection[str]) -> bool:
+        """True when this transaction already knows that none of these executions has a webhook (their events
+        need no delivery, so appending them may wait for the transaction's later events: one statement)."""
+        return False
+
     # ------------------------------------------------------------------ claiming
     async def claim(
         self, owner: str, limit: int, lease_s: float, *, executions: Collection[str] | None = None
@@ -583,10 +588,14 @@ class StoreManager(StoreRules):
         self._claims_full = len(claimed) >= limit and only is None
         return claimed
 
-    async def _lease(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[ClaimedJob]:
-        """Lease `picked` to `owner`: the jobs, their executions started, the budget check, the events."""
+    async def _lease(
+        self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float, earlier: Sequence[EventRow] = ()
+    ) -> list[ClaimedJob]:
+        """Lease `picked` to `owner`: the jobs, their executions started, the budget check, the events (after
+        the `earlier` ones this transaction held back, appended with them)."""
         rows = await self._lease_rows(tx, owner, picked, lease_s, now)
         if not rows:
+            await self._append(tx, list(earlier))
             return []
         spent = {
             t: float((await tx.one(self.sql.month_spent, (t, month_start(now))))["spent"])
@@ -600,7 +609,7 @@ class StoreManager(StoreRules):
             started += [s["id"] for s in await tx.all(self.sql.start_executions.format(cond=cond), (now, now, *args))]
         events += [(eid, None, "execution.running", dumps({"status": "running"}), now) for eid in sorted(started)]
         results = await self._dep_results(tx, rows)
-        await self._append(tx, events)
+        await self._append(tx, [*earlier, *events])
         return [claimed_job(r, r["deadline"], results, refusals.get(r["id"])) for r in rows]
 
     # ------------------------------------------------------------------ finishing
@@ -639,12 +648,17 @@ class StoreManager(StoreRules):
             busy.clear()  # a retried transaction starts again
             now = time.time()
             ready: list[Ready] = []
-            promoted = await self._apply_outcomes(tx, outcomes, now, ready, provider_ids or [])
+            held: list[EventRow] = []  # the outcomes' events, when they may wait for the lease's (one statement)
+            promoted = await self._apply_outcomes(tx, outcomes, now, ready, provider_ids or [], held)
             room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
             mine, later = self._hand_off(ready, limit, room)
             busy.extend(later)
             lease_at = now if self._hand_off_at_finish else time.time()
-            claimed = await self._lease(tx, owner, mine, lease_s, lease_at) if mine else []
+            if mine:
+                claimed = await self._lease(tx, owner, mine, lease_s, lease_at, held)
+            else:
+                claimed = []
+                await self._append(tx, held)
             left[0] = len(claimed) + len(busy) < len(ready)
             if left[0]:  # the rest are for anyone
                 await self._notify_in(tx)
@@ -659,10 +673,11 @@ class StoreManager(StoreRules):
 
     async def _apply_outcomes(
         self, tx: Tx, outcomes: list[JobOutcome], now: float, ready: list[Ready] | None,
-        provider_ids: list[tuple[int, str, str]],
+        provider_ids: list[tuple[int, str, str]], held: list[EventRow] | None = None,
     ) -> list[str]:  # fmt: skip
         """Write the outcomes and their events, skip what failures make pointless, settle the executions; return
-        the keys of the dependents made ready (added to `ready` when given)."""
+        the keys of the dependents made ready (added to `ready` when given). With `held`, events that need no
+        webhook delivery (`_unsubscribed`) are added to it for the caller to append, instead of appended here."""
         results = result_texts(outcomes)
         rows, released, inline = await self._write_outcomes(tx, outcomes, now, provider_ids, results)
         requeued = any(o.status == "retry" and id(o) in rows for o in outcomes)
@@ -695,7 +710,10 @@ class StoreManager(StoreRules):
         for eid, keys in failed.items():
             await self._skip_after_failure(tx, eid, keys, now, events)
         await self._settle(tx, touched, now, events)
-        await self._append(tx, events)
+        if held is not None and self._unsubscribed(tx, {e[0] for e in events}):
+            held += events
+        else:
+            await self._append(tx, events)
         if (promoted and ready is None) or requeued:
             await self._notify_in(tx)
         return promoted
@@ -714,14 +732,17 @@ class StoreManager(StoreRules):
         if not exec_ids:
             return
         executions, counts, running = await self._settling(tx, sorted(exec_ids))
+        updates: list[tuple[str, float, float, str]] = []
         for ex in executions:
             eid = ex["id"]
             action, status, progress = settle(ex, counts[eid], running[eid])
             if action == "end":
                 await self._finish_execution(tx, eid, status, progress, now, events)
             elif action == "update":
-                await tx.run(self.sql.update_progress, (status, progress, now, eid))
+                updates.append((status, progress, now, eid))
                 events += progress_event(eid, ex["progress"], progress, now)
+        if updates:  # one round trip for all
+            await tx.many(self.sql.update_progress, updates)
 
     async def _finish_execution(
         self, tx: Tx, eid: str, status: str, progress: float, now: float, events: list[EventRow]

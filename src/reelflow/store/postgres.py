@@ -6,7 +6,7 @@ claimers cannot both take the last slot. Transactions that make jobs claimable s
 `wait_for_work` returns as soon as one arrives (a dedicated LISTEN connection, re-established if it drops).
 The rules live in `manager.py` (`StoreManager`); this file holds the pool, the retried transactions and the steps
 PostgreSQL takes its own way (locked claims, batched outcome writes, settling under row locks, the hand-off's
-second transaction, LISTEN/NOTIFY), whose statements are in `sql/postgres.sql`.
+count-down that leases, its second transaction, LISTEN/NOTIFY), whose statements are in `sql/postgres.sql`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -73,6 +73,13 @@ class _PgTx:
 
     def __init__(self, cur: Cur) -> None:
         self.cur = cur
+        self.locked: dict[str, Any] = {}
+        """Executions this transaction holds locked (FOR UPDATE), by id: their rows (id, tenant, webhook,
+        webhook_events), which stay as they are while the lock is held."""
+        self.count_down: dict[int, tuple[str, int, bool]] = {}
+        """Dependents this transaction locked and has yet to count down (`_count_down`): job row -> (address,
+        successes to count, whether it becomes ready)."""
+        self.count_down_at = 0.0
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         await self.cur.execute(sql, args)
@@ -221,7 +228,13 @@ class PostgresStore(StoreManager):
                 lost_since = await self._outage(exc, lost_since)
 
     async def _in_tx(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
-        return await self._tx(lambda cur: fn(_PgTx(cur)))
+        async def run(cur: Cur) -> T:
+            tx = _PgTx(cur)
+            result = await fn(tx)
+            await self._count_down(tx)  # whatever no lease or append counted down yet
+            return result
+
+        return await self._tx(run)
 
     async def _in_read(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         return await fn(_PgReads(self))
@@ -236,6 +249,10 @@ class PostgresStore(StoreManager):
 
     async def _lock_in(self, tx: Tx, name: str) -> None:
         await tx.all(SQL.advisory_lock, (lock_key(name),))
+
+    def _unsubscribed(self, tx: Tx, execution_ids: Collection[str]) -> bool:
+        assert isinstance(tx, _PgTx)
+        return all(i in tx.locked and tx.locked[i]["webhook"] is None for i in execution_ids)
 
     async def _notify_in(self, tx: Tx) -> None:
         """Delivered to every listening worker when the transaction commits."""
@@ -388,14 +405,37 @@ class PostgresStore(StoreManager):
         return self._round_robin(tenants, list(queues.values()), limit, running_p, running_m)
 
     async def _lease_rows(self, tx: Tx, owner: str, picked: list[int], lease_s: float, now: float) -> list[Any]:
-        return sorted(await tx.all(SQL.lease_jobs, (owner, now + lease_s, now, now, picked)), key=lambda r: r["id"])
+        """Dependents this transaction released and has yet to count down are leased by the count-down itself."""
+        assert isinstance(tx, _PgTx)
+        rest = [i for i in picked if i not in tx.count_down]
+        rows = await self._count_down(tx, {i for i in picked if i in tx.count_down}, owner, now + lease_s, now)
+        if rest:
+            rows += await tx.all(SQL.lease_jobs, (owner, now + lease_s, now, now, rest))
+        return sorted(rows, key=lambda r: r["id"])
+
+    async def _count_down(
+        self, tx: _PgTx, lease: Collection[int] = (), owner: str = "", expires: float = 0.0, now: float = 0.0
+    ) -> list[Any]:
+        """Count down the dependents `_write_outcomes` locked, leasing those of `lease` to `owner` (their rows)."""
+        if not tx.count_down:
+            return []
+        items = sorted(tx.count_down.items())
+        tids, ns = [v[0] for _, v in items], [v[1] for _, v in items]
+        tx.count_down = {}
+        if not lease:
+            await tx.run(SQL.count_down_rows, (tx.count_down_at, tids, ns))
+            return []
+        go = [job_row in lease and ready for job_row, (_, _, ready) in items]
+        return await tx.all(SQL.count_down_lease, (tx.count_down_at, owner, expires, now, now, tids, ns, go))
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        pairs = sorted({(r["execution_id"], k) for r in rows for k in loads(r["depends_on"])})
-        if not pairs:
-            return {}
-        found = await tx.all(SQL.dep_results, ([p[0] for p in pairs], [p[1] for p in pairs]))
-        return {(d["execution_id"], d["key"]): loads(d["result"]) or {} for d in found}
+        """Read by the lease itself (`dep_results`, aligned with `depends_on`): no round trip."""
+        return {
+            (r["execution_id"], k): loads(result) or {}
+            for r in rows
+            if r["dep_results"] is not None
+            for k, result in zip(loads(r["depends_on"]), r["dep_results"], strict=True)
+        }
 
     async def _tenant_room(self, tx: Tx, caps: dict[str, int]) -> dict[str, int | None]:
         """The hand-off already holds row locks a claimer may be waiting for, so it only tries the tenants' locks
@@ -481,12 +521,22 @@ class PostgresStore(StoreManager):
                 released_by[(row["execution_id"], dep)] = row["key"]
                 counts[(row["execution_id"], dep)] += 1
         released: dict[tuple[str, str], Released] = defaultdict(list)
-        if counts:
+        if counts and len(done) < len(outcomes):  # a failure may skip dependents: counted down at once
             pairs = sorted(counts)
             for r in await tx.all(
                 SQL.count_down, ([p[0] for p in pairs], [p[1] for p in pairs], [counts[p] for p in pairs], now)
             ):
                 if r["status"] == "queued":
+                    by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
+                    released[by].append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
+        elif counts:  # locked and read now, counted down with the hand-off's lease (`_count_down`)
+            assert isinstance(tx, _PgTx)
+            pairs = sorted(counts)
+            tx.count_down_at = now
+            for r in await tx.all(SQL.lock_dependents, ([p[0] for p in pairs], [p[1] for p in pairs])):
+                n = counts[(r["execution_id"], r["key"])]
+                tx.count_down[r["id"]] = (r["t"], n, r["deps_left"] - n <= 0)
+                if r["deps_left"] - n <= 0:
                     by = (r["execution_id"], released_by[(r["execution_id"], r["key"])])
                     released[by].append((r["id"], r["key"], r["provider"], r["model"], r["tenant"]))
         if art := [(row["execution_id"], k) for o, row in succeeded for k in artifact_keys(o.result)]:
@@ -497,7 +547,9 @@ class PostgresStore(StoreManager):
         self, tx: Tx, ids: list[str]
     ) -> tuple[list[Any], dict[str, dict[str, int]], dict[str, list[float]]]:
         """Under READ COMMITTED the counts, taken after the executions' locks, see the others' committed jobs."""
+        assert isinstance(tx, _PgTx)
         executions = await tx.all(SQL.lock_settling, (ids,))
+        tx.locked.update((r["id"], r) for r in executions)
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         running: dict[str, list[float]] = defaultdict(list)
         for r in await tx.all(SQL.settle_counts, (ids,)):
@@ -507,9 +559,15 @@ class PostgresStore(StoreManager):
         return executions, counts, running
 
     async def _write_events(self, tx: Tx, events: list[EventRow]) -> list[Any]:
-        subscribed = await tx.all(SQL.lock_subscribed, (sorted({e[0] for e in events}),))
+        """The executions are locked first (their appends one transaction at a time), unless this transaction
+        holds them already (settled or appended to before): then their rows are known and no statement is sent."""
+        assert isinstance(tx, _PgTx)
+        await self._count_down(tx)  # the states webhooks carry show the dependents queued
+        ids = sorted({e[0] for e in events})
+        if missing := [i for i in ids if i not in tx.locked]:
+            tx.locked.update((r["id"], r) for r in await tx.all(SQL.lock_subscribed, (missing,)))
         await tx.run(SQL.insert_events, tuple(list(col) for col in zip(*events, strict=True)))
-        return subscribed
+        return [tx.locked[i] for i in ids if i in tx.locked]
 
     async def _set_provider_ids(self, tx: Tx, items: list[tuple[int, str, str]], now: float) -> list[Any]:
         job_rows, owners, pids = ([i[k] for i in items] for k in range(3))

@@ -22,6 +22,8 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- (`= ANY(ARRAY(SELECT ...))`). Joined to the batch as a whole instead, the planner reads every queued or waiting
 -- job when the statistics are missing or old (a new database, a burst): a claim's lease took 38 ms with 10,000
 -- queued, the count-down 15 ms; matched by `id = ANY(list)`, the lease walked a whole index per id.
+-- The lease returns the results of each job's dependencies too (`dep_results`, in `depends_on`'s order, NULL
+-- for one not found): no statement of their own.
 -- name: lease_jobs
 UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,
 lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,
@@ -32,11 +34,10 @@ AND j.ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(%b::bigint[]) AS w(id)
   CROSS JOIN LATERAL (SELECT ctid FROM jobs WHERE id = w.id) x))
 RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,
 j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,
-j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover
-
--- name: dep_results
-SELECT w.eid AS execution_id, w.k AS key, j.result FROM unnest(%b::text[], %b::text[]) AS w(eid, k)
-CROSS JOIN LATERAL (SELECT j.result FROM jobs j WHERE j.execution_id = w.eid AND j.key = w.k LIMIT 1) j
+j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover,
+CASE WHEN j.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
+  WHERE r.execution_id = j.execution_id AND r.key = d.k) FROM json_array_elements_text(j.depends_on::json)
+  WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
 
 -- Whether a capped provider (`queued_provider`) or model family (`queued_model`) has ready jobs: one branch each,
 -- joined by UNION ALL, sent unprepared so that each is planned for its own value (a provider's probe is one look
@@ -130,6 +131,51 @@ FROM w WHERE j.id = ANY(ARRAY(SELECT x.id FROM w CROSS JOIN LATERAL (SELECT id F
 AND j.execution_id = w.eid AND j.key = w.key AND {guard queued on j.status from waiting}
 RETURNING j.id, j.execution_id, j.key, j.status, j.provider, j.model, j.tenant
 
+-- A batch of successes only (nothing to skip after a failure) counts its dependents down in two steps, so that
+-- the dependents its worker takes at once are written once, not queued then leased: `lock_dependents` locks the
+-- waiting dependents and reads how many dependencies each has left; then `count_down_lease` (when the finish
+-- leases some of them) or `count_down_rows` counts them down, by the addresses of the rows this transaction holds
+-- locked. A dependent leased here goes from waiting to running in one row version (the transaction that released
+-- it leased it: nobody could ever see it queued; its events still say job.queued, then job.running).
+-- name: lock_dependents
+SELECT x.ctid::text AS t, x.id, x.execution_id, x.key, x.deps_left, x.provider, x.model, x.tenant
+FROM unnest(%b::text[], %b::text[]) AS w(eid, key)
+CROSS JOIN LATERAL (SELECT ctid, id, execution_id, key, deps_left, provider, model, tenant FROM jobs
+  WHERE execution_id = w.eid AND key = w.key AND {guard queued on status from waiting}) x
+ORDER BY x.id FOR UPDATE OF x
+
+-- name: count_down_rows
+UPDATE jobs j SET deps_left = j.deps_left - w.n,
+status = CASE WHEN j.deps_left - w.n <= 0 THEN 'queued' ELSE j.status END,
+queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END
+FROM unnest(%b::tid[], %b::int[]) AS w(t, n) WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
+
+-- `w.go`: this dependent is ready and leased here (to the owner, until the expiry, started now); the others are
+-- counted down, and queued when ready. Returns the leased rows as `lease_jobs` does.
+-- name: count_down_lease
+WITH c AS (UPDATE jobs j SET deps_left = j.deps_left - w.n,
+status = CASE WHEN j.deps_left - w.n > 0 THEN j.status WHEN w.go THEN 'running' ELSE 'queued' END,
+queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END,
+attempts = CASE WHEN w.go THEN j.attempts + 1 ELSE j.attempts END,
+lease_owner = CASE WHEN w.go THEN %s ELSE j.lease_owner END,
+lease_expires_at = CASE WHEN w.go THEN %s ELSE j.lease_expires_at END,
+started_at = CASE WHEN w.go THEN COALESCE(j.started_at, %s) ELSE j.started_at END,
+progress = CASE WHEN w.go THEN 0 ELSE j.progress END,
+queue_position = CASE WHEN w.go THEN NULL ELSE j.queue_position END,
+lease_seq = CASE WHEN w.go THEN j.lease_seq + 1 ELSE j.lease_seq END,
+intent_at = CASE WHEN w.go THEN COALESCE(j.intent_at, %s) ELSE j.intent_at END,
+intent_seq = CASE WHEN w.go THEN COALESCE(j.intent_seq, j.lease_seq + 1) ELSE j.intent_seq END
+FROM unnest(%b::tid[], %b::int[], %b::bool[]) AS w(t, n, go)
+WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
+RETURNING j.*, w.go)
+SELECT c.id, c.execution_id, c.key, c.type, c.provider, c.model, c.params, c.depends_on, c.attempts,
+c.max_attempts, c.provider_job_id, c.timeout_s, c.start_timeout_s, c.started_at, c.tenant,
+c.use_cache, c.cost_estimated, e.deadline, c.lease_seq, c.intent_at, c.intent_seq, c.failover,
+CASE WHEN c.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
+  WHERE r.execution_id = c.execution_id AND r.key = d.k) FROM json_array_elements_text(c.depends_on::json)
+  WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
+FROM c JOIN executions e ON e.id = c.execution_id WHERE c.go AND c.status = 'running'
+
 -- name: insert_artifacts
 INSERT INTO artifacts (tenant, key, execution_id, created_at)
 SELECT e.tenant, w.key, e.id, %s FROM unnest(%b::text[], %b::text[]) AS w(eid, key)
@@ -167,8 +213,8 @@ WHERE j.id = w.id AND j.lease_owner = w.owner AND j.status = 'running' RETURNING
 -- Executions are locked before their jobs are counted: two workers finishing the last two jobs of one execution
 -- at once would each count the other's job as still running, and neither would end it.
 -- name: lock_settling
-SELECT id, status, progress, started_at, cancel_requested FROM executions WHERE id = ANY(%b::text[])
-ORDER BY id FOR UPDATE
+SELECT id, status, progress, started_at, cancel_requested, tenant, webhook, webhook_events FROM executions
+WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE
 
 -- name: settle_counts
 SELECT execution_id, status, COUNT(*) AS n,
