@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
-from reelflow.engine.worker import Worker, tune_gc, tune_threads
+from reelflow.engine.worker import Worker, tune_gc
 from reelflow.providers.registry import Providers
 from reelflow.providers.sim import SimProvider
 from reelflow.store import open_store
@@ -72,7 +72,6 @@ async def main(
     ids = [await engine.submit(plan(pairs, cache)) for _ in range(plans)]
     submit_s = time.perf_counter() - t0
     tune_gc()  # as `reelflow worker` does
-    tune_threads()
     cpu0 = time.process_time()
     runner = asyncio.create_task(worker.run())
     while worker.finished < plans * 2 * pairs:  # cheap: reading the database here would steal the loop

@@ -571,17 +571,6 @@ async def test_a_worker_with_every_slot_taken_does_not_ask_the_store_for_work(
     assert ts(state["jobs"][0]["started_at"]) - ended < 0.3  # a freed slot is taken at once
 
 
-def test_a_worker_process_hands_the_gil_over_within_a_millisecond() -> None:
-    from reelflow.engine import worker
-
-    before = sys.getswitchinterval()
-    try:
-        worker.tune_threads()
-        assert sys.getswitchinterval() == pytest.approx(worker.SWITCH_INTERVAL_S) and worker.SWITCH_INTERVAL_S <= 0.001
-    finally:
-        sys.setswitchinterval(before)
-
-
 async def test_a_job_without_deadlines_waits_in_its_own_task(engine: Engine, running_worker: WorkerFactory) -> None:
     """No second task (and no asyncio.wait) per job when there is no deadline to watch; with a timeout_s the
     wait is still watched, and the job still times out."""

@@ -35,7 +35,7 @@ def worker(
     """Run a worker until SIGTERM/SIGINT: claims jobs from the database and runs them."""
     from .. import metrics
     from ..config import get_settings
-    from ..engine.worker import Worker, tune_gc, tune_threads
+    from ..engine.worker import Worker, tune_gc
     from ..logs import configure_logging
 
     async def body(local: Local) -> None:
@@ -55,7 +55,6 @@ def worker(
             w = Worker(rt.store, settings=rt.settings, concurrency=concurrency)
             w.install_signal_handlers()
             tune_gc()
-            tune_threads()
             log.info("worker %s on %s (concurrency %d)", w.id, rt.settings.database_url, concurrency)
             await w.run()
             log.info("worker %s stopped after %d jobs", w.id, w.finished)

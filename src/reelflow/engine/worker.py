@@ -18,7 +18,6 @@ import random
 import re
 import signal
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -102,21 +101,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)
-
-
-SWITCH_INTERVAL_S = 0.001
-"""How long a thread may hold the GIL while another waits for it, in a worker process (Python's default: 5 ms)."""
-
-
-def tune_threads() -> None:
-    """For a process that is mainly a worker: hand the GIL over sooner.
-
-    The event loop and the store's thread (SQLite's, which lets go of the GIL in every statement) take turns on
-    one GIL: each time one of them lets go of it for a moment (a statement, a system call), getting it back waited
-    for up to the switch interval while the other ran Python. Claiming and starting 10,000 jobs took ~0.3 s longer
-    with Python's 5 ms than with 1 ms (bench/inflight.py: their starts spread over 1.27-1.36 s against 0.91-1.11).
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class JobTimeout(Exception):
