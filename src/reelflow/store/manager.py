@@ -466,9 +466,6 @@ class StoreManager(StoreRules):
     sql: Statements
     _claims_full = False
     """The last claim filled its batch: the next one skips the look for ready jobs."""
-    _hand_off_at_finish = False
-    """The hand-off stamps its leases (started_at, the lease's start) with the finish's time, not the moment the
-    lease is written later in the same transaction (SQLite's way, whose transactions are short)."""
 
     async def _in_tx(self, fn: Fn[T]) -> T:
         """Run `fn` in one write transaction."""
@@ -653,9 +650,8 @@ class StoreManager(StoreRules):
             room = await self._tenant_room(tx, self._capped_tenants(ready)) if limit > 0 else {}
             mine, later = self._hand_off(ready, limit, room)
             busy.extend(later)
-            lease_at = now if self._hand_off_at_finish else time.time()
-            if mine:
-                claimed = await self._lease(tx, owner, mine, lease_s, lease_at, held)
+            if mine:  # leased as of now, after the writes above: started_at says when the dependent was leased
+                claimed = await self._lease(tx, owner, mine, lease_s, time.time(), held)
             else:
                 claimed = []
                 await self._append(tx, held)

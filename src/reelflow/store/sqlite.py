@@ -106,7 +106,6 @@ class SQLiteStore(StoreManager):
     """Store on SQLite. Safe to share one file between processes; use one instance per process."""
 
     sql = SQL
-    _hand_off_at_finish = True
 
     def __init__(self, url: str) -> None:
         self.url = url
