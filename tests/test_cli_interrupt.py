@@ -43,7 +43,9 @@ def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
+            # Ctrl-C's default made explicit: a suite started in the background of a shell without job control
+            # inherits SIGINT ignored, and the command would rightly keep ignoring it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL),
         )
         procs.append(proc)
         return proc
