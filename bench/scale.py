@@ -9,7 +9,13 @@ With --hold-snapshot, each run is made twice: as above, then with another sessio
 snapshot open for the whole run (a long report, a forgotten psql): the dead rows of every claim and finish
 cannot be cleaned up while it lives, and the claim must not slow down to a crawl because of them.
 
-    python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--hold-snapshot] [--database-url postgresql://…/test]
+The one tenant runs without the built-in cap of 200 jobs at once per tenant, as in `bench/overhead.py` (a
+limit, not an overhead). `--tenant-cap N` sets one: a tenant's cap is kept exact across the workers, so their
+claims and hand-offs of that tenant's jobs take its lock one at a time, and with a single tenant more workers
+then gain nothing.
+
+    python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--hold-snapshot] [--rate R] [--tenant-cap N]
+                          [--database-url postgresql://…/test]
 """
 
 from __future__ import annotations
@@ -51,7 +57,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def run(admin_url: str, total: int, workers: int, hold: bool = False, rate: float | None = None) -> None:
+async def run(
+    admin_url: str, total: int, workers: int, hold: bool = False, rate: float | None = None,
+    tenant_cap: int | None = None,
+) -> None:  # fmt: skip
     name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(admin_url)
     url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
@@ -70,8 +79,10 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False, rate
             snapshot = await psycopg.AsyncConnection.connect(url)
             await snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             await snapshot.execute("SELECT count(*) FROM jobs")
+        limits = tmp / "limits.yaml"
+        limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
         env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
-                   REELFLOW_LOG_LEVEL="WARNING")
+                   REELFLOW_LOG_LEVEL="WARNING", REELFLOW_LIMITS_FILE=str(limits))
         procs = [subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", "1000"],
                                   env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
                  for _ in range(workers)]
@@ -111,12 +122,14 @@ async def run(admin_url: str, total: int, workers: int, hold: bool = False, rate
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def main(admin_url: str, total: int, counts: list[int], hold: bool, rate: float | None) -> None:
-    print(f"store: postgresql  jobs: {total} per run")
+async def main(
+    admin_url: str, total: int, counts: list[int], hold: bool, rate: float | None, tenant_cap: int | None
+) -> None:
+    print(f"store: postgresql  jobs: {total} per run  tenant cap: {'none' if tenant_cap is None else tenant_cap}")
     for n in counts:
         for held in (False, True) if hold else (False,):
             started = time.monotonic()
-            await run(admin_url, total, n, held, rate)
+            await run(admin_url, total, n, held, rate, tenant_cap)
             print(f"  (run took {time.monotonic() - started:.0f} s with set-up)")
 
 
@@ -127,8 +140,9 @@ if __name__ == "__main__":
     parser.add_argument("--hold-snapshot", action="store_true", help="also run with a REPEATABLE READ snapshot held")
     parser.add_argument("--rate", type=float, help="submit plans while the workers run, at this many jobs/s in all"
                         " (the hand-off below saturation; the throughput printed is then the offered rate)")
+    parser.add_argument("--tenant-cap", type=int, help="the tenant's max_concurrent (default: none)")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a database to connect to and create the benchmark's own database from")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
-    asyncio.run(main(args.database_url, args.jobs, counts, args.hold_snapshot, args.rate))
+    asyncio.run(main(args.database_url, args.jobs, counts, args.hold_snapshot, args.rate, args.tenant_cap))
