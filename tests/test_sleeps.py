@@ -10,8 +10,8 @@ import pytest
 from reelflow.providers import sleeps
 
 
-async def test_sleeps_ending_together_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
+def timers_set(monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop) -> list[float]:
+    """The times of the timers `loop.call_at` sets from now on, in order."""
     timers: list[float] = []
     real = loop.call_at
 
@@ -20,6 +20,12 @@ async def test_sleeps_ending_together_share_one_timer(monkeypatch: pytest.Monkey
         return real(when, callback, *args, **kwargs)
 
     monkeypatch.setattr(loop, "call_at", call_at)
+    return timers
+
+
+async def test_sleeps_ending_together_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    timers = timers_set(monkeypatch, loop)
     real_time = loop.time
     begun = real_time()
     monkeypatch.setattr(loop, "time", lambda: begun)  # all 1,000 begin at one instant, however loaded the machine
@@ -80,14 +86,7 @@ def _task() -> Any:
 
 async def test_pauses_ending_together_share_one_timer_and_never_end_early(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    real = loop.call_at
-
-    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        timers.append(when)
-        return real(when, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", call_at)
+    timers = timers_set(monkeypatch, loop)
     monkeypatch.setattr(loop, "call_later", lambda *a, **k: pytest.fail("a pause took a timer of its own"))
     real_time = loop.time
     begun = real_time()

@@ -151,7 +151,8 @@ queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END
 FROM unnest(%b::tid[], %b::int[]) AS w(t, n) WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
 
 -- `w.go`: this dependent is ready and leased here (to the owner, until the expiry, started now); the others are
--- counted down, and queued when ready. Returns the leased rows as `lease_jobs` does.
+-- counted down, and queued when ready. Returns the leased rows as `lease_jobs` does: its SET and RETURNING lists
+-- are `lease_jobs`' own, and a column the lease writes or returns goes in both.
 -- name: count_down_lease
 WITH c AS (UPDATE jobs j SET deps_left = j.deps_left - w.n,
 status = CASE WHEN j.deps_left - w.n > 0 THEN j.status WHEN w.go THEN 'running' ELSE 'queued' END,
