@@ -563,22 +563,6 @@ class Worker:
         self.wake(job_row, outcome)
         return True
 
-    def wake_local(
-        self,
-        remote_id: str,
-        execution_id: str | None = None,
-        job_key: str | None = None,
-        outcome: dict[str, Any] | None = None,
-    ) -> bool:
-        """A callback arrived in this process (the API with embedded workers): wake the job here at once, with
-        the outcome it told, without waiting for the control loop to read the mark from the database. True when
-        found."""
-        job_row = self.holding(remote_id, execution_id, job_key)
-        if job_row is None:
-            return False
-        self.wake(job_row, outcome)
-        return True
-
     def _interrupt(self, job_row: int, reason: str, seq: int | None = None) -> None:
         """Stop the attempt of `job_row` this worker holds (only the attempt numbered `seq`, when given: a
         cancellation of an attempt that was since superseded must not stop its successor)."""
