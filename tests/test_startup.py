@@ -103,6 +103,7 @@ def test_a_local_run_submits_without_the_worker_httpx_or_the_metrics(tmp_path: P
     loaded = run_loads(tmp_path, "run", str(plan))
     assert {"reelflow.engine.scheduler", "reelflow.store.sqlite", "reelflow.plan", "typer"} <= loaded  # it ran
     assert [m for m in NOT_TO_SUBMIT if m in loaded] == []
+    assert "reelflow.models" not in loaded  # what was accepted is said without building the state's model
     # a plan whose job runs at a paid provider is checked for its credential without loading the adapter
     paid = tmp_path / "paid.json"
     paid.write_text(json.dumps({"jobs": [{"id": "a", "type": "generate-image", "params": {"prompt": "x"},

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ReelflowError
-from .models import text_fields
+from .fieldkinds import text_fields
 
 KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}(\.[a-z0-9]{1,8})?\Z")  # \Z: no trailing newline
 ARTIFACT_PATH = "/v1/artifacts/"

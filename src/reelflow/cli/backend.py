@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .common import err
 from .follow import CtrlC
@@ -19,10 +19,22 @@ Listener = Callable[[dict[str, Any]], None]
 EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
 
 
+class Accepted(NamedTuple):
+    """A submission as `reelflow run` shows it: the execution's id, its status now, and how many jobs it has."""
+
+    id: str
+    status: str
+    jobs: int
+
+
 class Backend(Protocol):
     """What a command asks of the place its executions live; states are the API's execution state."""
 
     async def submit(self, plan: Any, webhook: str | None) -> str: ...
+
+    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+        """Submit, and say what was accepted."""
+        ...
 
     async def get(self, execution_id: str) -> dict[str, Any]: ...
 
@@ -85,6 +97,17 @@ class Local:
 
     async def submit(self, plan: Any, webhook: str | None) -> str:
         return await self.runtime.engine.submit(plan, webhook=webhook)
+
+    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+        """Without building the execution's state: its status and the parsed plan's jobs say what was accepted
+        (the state's model, and its import, are for the commands that show one)."""
+        from ..plan import parse_plan
+
+        engine = self.runtime.engine
+        parsed = parse_plan(plan, catalog=engine.catalog)
+        execution_id = await engine.submit(parsed, webhook=webhook)
+        status = await self.runtime.store.execution_status(execution_id)
+        return Accepted(execution_id, status or "queued", len(parsed.jobs))
 
     async def get(self, execution_id: str) -> dict[str, Any]:
         return (await self.runtime.engine.get(execution_id)).model_dump(mode="json")
@@ -172,6 +195,11 @@ class Remote:
 
     async def submit(self, plan: Any, webhook: str | None) -> str:
         return (await self.client.execute(plan, webhook=webhook)).id
+
+    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+        execution_id = await self.submit(plan, webhook)
+        state = await self.client.get(execution_id)
+        return Accepted(execution_id, state["status"], len(state["jobs"]))
 
     async def get(self, execution_id: str) -> dict[str, Any]:
         return await self.client.get(execution_id)

@@ -46,14 +46,14 @@ def run(
     data = read_plan(plan)
 
     async def body(backend: Backend) -> dict[str, Any]:
-        execution_id = await backend.submit(data, webhook)
-        state = await backend.get(execution_id)
-        show_accepted(execution_id, state, as_json, wait)
-        if wait:
-            from .follow import follow
+        accepted = await backend.accept(data, webhook)
+        show_accepted(accepted, as_json, wait)
+        if not wait:
+            return {"id": accepted.id, "status": accepted.status}
+        from .follow import follow
 
-            state = await follow(backend, execution_id, as_json=as_json)
-            show_final(state, as_json)
+        state = await follow(backend, accepted.id, as_json=as_json)
+        show_final(state, as_json)
         return state
 
     state = on_backend(server, api_key, body)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..states import TERMINAL_EXECUTION
 from .common import out, print_json
+
+if TYPE_CHECKING:
+    from .backend import Accepted
 
 
 def summary(state: dict[str, Any]) -> None:
@@ -58,12 +61,12 @@ def show_final(state: dict[str, Any], as_json: bool) -> None:
         summary(state)
 
 
-def show_accepted(execution_id: str, state: dict[str, Any], as_json: bool, wait: bool = False) -> None:
+def show_accepted(accepted: Accepted, as_json: bool, wait: bool = False) -> None:
     """What was accepted, on stderr; on stdout the id alone (`EX=$(reelflow run plan.yaml)`), or the JSON
     `{id, status}`; with --wait and --json nothing (stdout is the final state's JSON alone)."""
-    n = len(state["jobs"])
+    execution_id, n = accepted.id, accepted.jobs
     if as_json and not wait:
-        print_json({"id": execution_id, "status": state["status"]})
+        print_json({"id": execution_id, "status": accepted.status})
         return
     # plain text, not rich: no markup to render, and `run` without --wait then never loads rich (~40 ms)
     sys.stderr.write(f"accepted: execution {execution_id} ({n} {'job' if n == 1 else 'jobs'} queued)\n")

@@ -13,13 +13,12 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, get_settings
 from ..errors import ErrorItem, NotFound, PlanError
 from ..estimate import job_cost
 from ..limits import get_limits
-from ..models import ExecutionState, JobLogs, Usage
 from ..plan import Plan, parse_plan
 from ..providers.catalog import Catalog, default_catalog
 from ..providers.registry import missing_credential
@@ -27,6 +26,9 @@ from ..states import TERMINAL_EXECUTION
 from ..storage import Storage, open_storage
 from ..store.base import NewExecution, NewJob, Store, UsageLimit
 from .ownership import artifact_links, has_urls, local_input_problems, refusal
+
+if TYPE_CHECKING:  # the answer models load on first use: `reelflow run` never builds one
+    from ..models import ExecutionState, JobLogs, Usage
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -212,6 +214,8 @@ class Engine:
             "monthly_cost_usd": limit.monthly_cost_usd,
             "max_concurrent": limit.max_concurrent,
         }
+        from ..models import Usage
+
         return Usage.model_validate(used)
 
     async def get(self, execution_id: str, tenant: str | None = None) -> ExecutionState:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 
 from ..errors import ReelflowError, UsageLimitExceeded
-from ..models import text_fields
+from ..fieldkinds import text_fields
 from ..states import guard
 from .base import UsageLimit
 

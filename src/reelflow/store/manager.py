@@ -13,13 +13,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .. import metrics
 from ..circuits import Admission, Circuit, CircuitConfig, admit, record
 from ..errors import Conflict, IdempotencyConflict, NotFound
-from ..models import Delivery as DeliveryAnswer
-from ..models import DeliveryList, ExecutionPage, ExecutionState, ExecutionSummary, JobLogs, Stats
 from ..states import (
     RESUMABLE_JOB,
     TERMINAL_EXECUTION,
@@ -67,6 +65,10 @@ from .common import (
     webhook_body,
 )
 from .stats import LIVE_WITHIN_S, assemble_gauges, assemble_stats
+
+if TYPE_CHECKING:  # the answer models load on first use: `reelflow run` never builds one
+    from ..models import Delivery as DeliveryAnswer
+    from ..models import DeliveryList, ExecutionPage, ExecutionState, JobLogs, Stats
 
 T = TypeVar("T")
 
@@ -1176,6 +1178,8 @@ class StoreManager(StoreRules):
             return execution_view(dict(row), [dict(j) for j in jobs])
 
         view = await self._in_snapshot(read)
+        from ..models import ExecutionState
+
         return None if view is None else ExecutionState.model_validate(view)  # validated here, and only here
 
     async def list_executions(
@@ -1200,6 +1204,8 @@ class StoreManager(StoreRules):
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+        from ..models import ExecutionPage, ExecutionSummary
+
         data = [ExecutionSummary.model_validate(execution_summary(r)) for r in rows]
         return ExecutionPage(data=data, next_cursor=nxt)
 
@@ -1229,6 +1235,8 @@ class StoreManager(StoreRules):
             return log_view(execution_id, dict(job), None if row is None else dict(row))
 
         view = await self._in_snapshot(read)
+        from ..models import JobLogs
+
         return None if view is None else JobLogs.model_validate(view)
 
     async def events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
@@ -1287,6 +1295,8 @@ class StoreManager(StoreRules):
             "spend_month": (month_start(now), *ta), "workers": (now - LIVE_WITHIN_S,),
         }  # fmt: skip
         queries = {name: (getattr(self.sql, f"stats_{name}").format(t=t), a) for name, a in args.items()}
+        from ..models import Stats
+
         return Stats.model_validate(assemble_stats(await self._fetch(queries), tenant, since))
 
     async def metric_gauges(self) -> dict[str, Any]:
@@ -1529,6 +1539,8 @@ class StoreManager(StoreRules):
     async def list_deliveries(
         self, tenant: str | None, execution_id: str | None = None, limit: int = 100
     ) -> DeliveryList:
+        from ..models import DeliveryList
+
         return DeliveryList.model_validate(
             {"data": await self._in_snapshot(lambda tx: self._deliveries(tx, tenant, execution_id, limit))}
         )
@@ -1555,6 +1567,8 @@ class StoreManager(StoreRules):
             await tx.run(self.sql.redeliver, (now, now, delivery_id))
             found = await self._deliveries(tx, tenant, None, 1, delivery_id)
             return found[0]
+
+        from ..models import Delivery as DeliveryAnswer
 
         return DeliveryAnswer.model_validate(await self._in_tx(write))
 
