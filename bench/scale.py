@@ -1,6 +1,6 @@
-"""Scale-out on PostgreSQL: 20,000 zero-latency `sim` jobs (100 plans of 100 roots + 100 dependents) run by 1, 2
-and 4 `reelflow worker` processes on one database. For each: jobs per second from the first start to the last
-finish, and the hand-off from a dependency's completion to its dependent's start (p50, p99).
+"""Scale-out: 20,000 zero-latency `sim` jobs (100 plans of 100 roots + 100 dependents) run by 1, 2 and 4
+`reelflow worker` processes on one database (PostgreSQL by default). For each: jobs per second from the first
+start to the last finish, and the hand-off from a dependency's completion to its dependent's start (p50, p99).
 
 Targets: at least 6,000 jobs/s, more workers never slower, hand-off p99 under 20 ms.
 
@@ -14,8 +14,11 @@ limit, not an overhead). `--tenant-cap N` sets one: a tenant's cap is kept exact
 claims and hand-offs of that tenant's jobs take its lock one at a time, and with a single tenant more workers
 then gain nothing.
 
+With `--database-url sqlite`, the workers share a new SQLite file instead (in WAL mode, one writer at a time):
+`--workers 1 --rate R` is SQLite's hand-off below saturation.
+
     python bench/scale.py [--jobs 20000] [--workers 1,2,4] [--hold-snapshot] [--rate R] [--tenant-cap N]
-                          [--database-url postgresql://…/test]
+                          [--database-url postgresql://…/test | sqlite]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -62,11 +66,15 @@ async def run(
     tenant_cap: int | None = None,
 ) -> None:  # fmt: skip
     name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(admin_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-scale-"))
+    on_sqlite = admin_url.startswith("sqlite")
+    if on_sqlite:
+        url = f"sqlite:///{tmp}/{name}.db"
+    else:
+        parts = urlsplit(admin_url)
+        url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
     try:
         store = open_store(url)
         await store.migrate()
@@ -96,10 +104,10 @@ async def run(
                 state = await engine.wait(eid, poll_s=0.2, timeout=600)
                 assert state["status"] == "succeeded", state["error"]
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait(60)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(60)
         starts, ends, handoffs = [], [], []
         for eid in ids:
             state = (await engine.get(eid)).model_dump(mode="json")
@@ -118,14 +126,19 @@ async def run(
               f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms")
         await store.close()
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not on_sqlite:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def main(
     admin_url: str, total: int, counts: list[int], hold: bool, rate: float | None, tenant_cap: int | None
 ) -> None:
-    print(f"store: postgresql  jobs: {total} per run  tenant cap: {'none' if tenant_cap is None else tenant_cap}")
+    store = "sqlite" if admin_url.startswith("sqlite") else "postgresql"
+    if hold and store == "sqlite":
+        raise SystemExit("--hold-snapshot is for PostgreSQL")
+    print(f"store: {store}  jobs: {total} per run  tenant cap: {'none' if tenant_cap is None else tenant_cap}")
     for n in counts:
         for held in (False, True) if hold else (False,):
             started = time.monotonic()
@@ -142,7 +155,7 @@ if __name__ == "__main__":
                         " (the hand-off below saturation; the throughput printed is then the offered rate)")
     parser.add_argument("--tenant-cap", type=int, help="the tenant's max_concurrent (default: none)")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="a database to connect to and create the benchmark's own database from")
+                        help="a database to create the benchmark's own database from; `sqlite`: a new file")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     asyncio.run(main(args.database_url, args.jobs, counts, args.hold_snapshot, args.rate, args.tenant_cap))
