@@ -28,13 +28,30 @@ def test_every_statement_named_in_the_code_is_defined_and_expanded(dialect: str)
     sql = Statements(dialect)
     defined = vars(sql)
     assert names_used("manager.py", f"{dialect}.py") - set(defined) == set()
-    assert [name for name, text in defined.items() if "{guard" in text or "--" in text or not text] == []
+    unexpanded = ("{guard", "{use", "--")
+    assert [name for name, text in defined.items() if any(u in text for u in unexpanded) or not text] == []
 
 
 def test_no_statement_is_left_unused() -> None:
     used = names_used("manager.py", "sqlite.py", "postgres.py")
     defined = set(vars(Statements("sqlite"))) | set(vars(Statements("postgres")))
     assert defined - used == set()
+
+
+def test_a_dependent_leased_by_its_count_down_is_written_and_returned_as_a_lease_writes_and_returns() -> None:
+    """`count_down_lease` takes `lease_jobs`' assignments (each under its `w.go`) and its returned columns from one
+    fragment each: a column added to the lease cannot be missing from the hand-off."""
+    sql = Statements("postgres")
+    lease, count_down = sql.lease_jobs, sql.count_down_lease
+    assignments = lease[lease.index("SET status = 'running', ") + 24 : lease.index(" FROM executions")]
+    pairs = [part.split(" = ", 1) for part in re.split(r", (?=\w+ = )", assignments)]
+    assert [col for col, _ in pairs][:3] == ["attempts", "lease_owner", "lease_expires_at"] and len(pairs) == 9
+    for col, value in pairs:
+        assert f"{col} = CASE WHEN w.go THEN {value} ELSE j.{col} END" in count_down
+    returned = lease[lease.index(" RETURNING ") + 11 :]
+    assert count_down.endswith(f"SELECT {returned} FROM c AS j JOIN executions e ON e.id = j.execution_id"
+                               " WHERE j.go AND j.status = 'running'")  # fmt: skip
+    assert returned.startswith("j.id, j.execution_id,") and returned.endswith("END AS dep_results")
 
 
 def test_guards_come_from_the_transition_table_and_unknown_names_fail() -> None:

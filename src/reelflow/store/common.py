@@ -309,8 +309,9 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise BadCursor(f"invalid cursor {cursor!r}") from exc
 
 
-_BLOCK = re.compile(r"^-- name: (\w+)[ \t]*$", re.M)
+_BLOCK = re.compile(r"^-- (name|fragment): (\w+)[ \t]*$", re.M)
 _GUARD = re.compile(r"\{guard ([\w. ]+)\}")
+_USE = re.compile(r"\{use (\w+)(?: if ([^{}]+))?\}")
 
 
 def _guard(m: re.Match[str]) -> str:
@@ -324,15 +325,32 @@ def _guard(m: re.Match[str]) -> str:
 
 class Statements:
     """The named statements of `sql/shared.sql` and `sql/<dialect>.sql` (a dialect's block replaces the shared one
-    of its name), read once: one attribute a `-- name:` block, its lines joined, comments left out."""
+    of its name), read once: one attribute a `-- name:` block, its lines joined, comments left out.
+
+    A `-- fragment:` block is a part written once for several statements: `{use NAME}` puts it in as it is;
+    `{use NAME if COND}` puts in its assignments (`column = value,`, one a line) as
+    `column = CASE WHEN COND THEN value ELSE j.column END` (the statement's table is `j`)."""
 
     def __init__(self, dialect: str) -> None:
         folder = resources.files("reelflow.store") / "sql"
+        blocks: dict[str, tuple[str, list[str]]] = {}
         for file in ("shared", dialect):
             parts = _BLOCK.split((folder / f"{file}.sql").read_text(encoding="utf-8"))
-            for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
                 lines = [line.strip() for line in body.splitlines()]
-                setattr(self, name, _GUARD.sub(_guard, " ".join(s for s in lines if s and not s.startswith("--"))))
+                blocks[name] = (kind, [s for s in lines if s and not s.startswith("--")])
+        fragments = {name: lines for name, (kind, lines) in blocks.items() if kind == "fragment"}
+
+        def use(m: re.Match[str]) -> str:
+            lines = fragments[m[1]]
+            if m[2] is None:
+                return " ".join(lines)
+            pairs = [line.rstrip(",").split(" = ", 1) for line in lines]
+            return ", ".join(f"{col} = CASE WHEN {m[2]} THEN {value} ELSE j.{col} END" for col, value in pairs)
+
+        for name, (kind, lines) in blocks.items():
+            if kind == "name":
+                setattr(self, name, _GUARD.sub(_guard, _USE.sub(use, " ".join(lines))))
 
     def __getattr__(self, name: str) -> str:  # only reached for a name no block has
         raise AttributeError(f"no SQL statement named {name!r}")

@@ -24,20 +24,33 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- queued, the count-down 15 ms; matched by `id = ANY(list)`, the lease walked a whole index per id.
 -- The lease returns the results of each job's dependencies too (`dep_results`, in `depends_on`'s order, NULL
 -- for one not found): no statement of their own.
--- name: lease_jobs
-UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s,
-lease_expires_at = %s, started_at = COALESCE(j.started_at, %s), progress = 0, queue_position = NULL,
-lease_seq = j.lease_seq + 1, intent_at = COALESCE(j.intent_at, %s),
+-- What a lease writes besides the status (one assignment a line; parameters: the owner, the lease's expiry, the
+-- start, the intent's time) and what it returns: `lease_jobs` and `count_down_lease` both use these.
+-- fragment: lease_set
+attempts = j.attempts + 1,
+lease_owner = %s,
+lease_expires_at = %s,
+started_at = COALESCE(j.started_at, %s),
+progress = 0,
+queue_position = NULL,
+lease_seq = j.lease_seq + 1,
+intent_at = COALESCE(j.intent_at, %s),
 intent_seq = COALESCE(j.intent_seq, j.lease_seq + 1)
-FROM executions e WHERE e.id = j.execution_id AND {guard running on j.status}
-AND j.ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(%b::bigint[]) AS w(id)
-  CROSS JOIN LATERAL (SELECT ctid FROM jobs WHERE id = w.id) x))
-RETURNING j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,
+
+-- fragment: lease_returning
+j.id, j.execution_id, j.key, j.type, j.provider, j.model, j.params, j.depends_on, j.attempts,
 j.max_attempts, j.provider_job_id, j.timeout_s, j.start_timeout_s, j.started_at, j.tenant,
 j.use_cache, j.cost_estimated, e.deadline, j.lease_seq, j.intent_at, j.intent_seq, j.failover,
 CASE WHEN j.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
   WHERE r.execution_id = j.execution_id AND r.key = d.k) FROM json_array_elements_text(j.depends_on::json)
   WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
+
+-- name: lease_jobs
+UPDATE jobs j SET status = 'running', {use lease_set}
+FROM executions e WHERE e.id = j.execution_id AND {guard running on j.status}
+AND j.ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(%b::bigint[]) AS w(id)
+  CROSS JOIN LATERAL (SELECT ctid FROM jobs WHERE id = w.id) x))
+RETURNING {use lease_returning}
 
 -- Whether a capped provider (`queued_provider`) or model family (`queued_model`) has ready jobs: one branch each,
 -- joined by UNION ALL, sent unprepared so that each is planned for its own value (a provider's probe is one look
@@ -151,31 +164,17 @@ queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END
 FROM unnest(%b::tid[], %b::int[]) AS w(t, n) WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
 
 -- `w.go`: this dependent is ready and leased here (to the owner, until the expiry, started now); the others are
--- counted down, and queued when ready. Returns the leased rows as `lease_jobs` does: its SET and RETURNING lists
--- are `lease_jobs`' own, and a column the lease writes or returns goes in both.
+-- counted down, and queued when ready. Writes and returns the leased rows as `lease_jobs` does (its fragments).
 -- name: count_down_lease
 WITH c AS (UPDATE jobs j SET deps_left = j.deps_left - w.n,
 status = CASE WHEN j.deps_left - w.n > 0 THEN j.status WHEN w.go THEN 'running' ELSE 'queued' END,
 queued_at = CASE WHEN j.deps_left - w.n <= 0 THEN %s ELSE j.queued_at END,
-attempts = CASE WHEN w.go THEN j.attempts + 1 ELSE j.attempts END,
-lease_owner = CASE WHEN w.go THEN %s ELSE j.lease_owner END,
-lease_expires_at = CASE WHEN w.go THEN %s ELSE j.lease_expires_at END,
-started_at = CASE WHEN w.go THEN COALESCE(j.started_at, %s) ELSE j.started_at END,
-progress = CASE WHEN w.go THEN 0 ELSE j.progress END,
-queue_position = CASE WHEN w.go THEN NULL ELSE j.queue_position END,
-lease_seq = CASE WHEN w.go THEN j.lease_seq + 1 ELSE j.lease_seq END,
-intent_at = CASE WHEN w.go THEN COALESCE(j.intent_at, %s) ELSE j.intent_at END,
-intent_seq = CASE WHEN w.go THEN COALESCE(j.intent_seq, j.lease_seq + 1) ELSE j.intent_seq END
+{use lease_set if w.go}
 FROM unnest(%b::tid[], %b::int[], %b::bool[]) AS w(t, n, go)
 WHERE j.ctid = w.t AND {guard queued on j.status from waiting}
 RETURNING j.*, w.go)
-SELECT c.id, c.execution_id, c.key, c.type, c.provider, c.model, c.params, c.depends_on, c.attempts,
-c.max_attempts, c.provider_job_id, c.timeout_s, c.start_timeout_s, c.started_at, c.tenant,
-c.use_cache, c.cost_estimated, e.deadline, c.lease_seq, c.intent_at, c.intent_seq, c.failover,
-CASE WHEN c.depends_on <> '[]' THEN ARRAY(SELECT (SELECT r.result FROM jobs r
-  WHERE r.execution_id = c.execution_id AND r.key = d.k) FROM json_array_elements_text(c.depends_on::json)
-  WITH ORDINALITY AS d(k, i) ORDER BY d.i) END AS dep_results
-FROM c JOIN executions e ON e.id = c.execution_id WHERE c.go AND c.status = 'running'
+SELECT {use lease_returning}
+FROM c AS j JOIN executions e ON e.id = j.execution_id WHERE j.go AND j.status = 'running'
 
 -- name: insert_artifacts
 INSERT INTO artifacts (tenant, key, execution_id, created_at)
