@@ -505,7 +505,7 @@ async def test_a_callback_finds_the_job_a_worker_holds_by_execution_and_key(
         assert worker.callback_target("replicate", "other", "ex1", "clip2") == (2, False)  # not its work
         assert worker.callback_target("fal", "pred2", "ex1", "clip2") == (2, False)  # not its provider
         assert worker.callback_target("replicate", "pred3", "ex1", "clip3") == (3, True)  # no id yet: it may be
-        assert worker.wake_waiting("replicate", "pred2", "ex1", "clip2", {"id": "pred2"})
+        worker.wake(2, {"id": "pred2"})
         assert worker.held[2].work is not None and worker.held[2].work.wake.is_set()
         del worker.held[3]
         worker._rows.pop(("ex1", "clip3"), None)

@@ -545,24 +545,6 @@ class Worker:
         )
         return job_row, waits
 
-    def wake_waiting(
-        self,
-        provider: str,
-        remote_id: str,
-        execution_id: str | None = None,
-        job_key: str | None = None,
-        outcome: dict[str, Any] | None = None,
-    ) -> bool:
-        """A verified callback arrived in this process (the API with embedded workers) about a job this worker
-        holds: when it waits here on the work the callback is about (`callback_target`), it is woken with the
-        `outcome` the callback told, and nothing is written: True. False otherwise (the caller then asks the
-        database, which decides)."""
-        job_row, waits = self.callback_target(provider, remote_id, execution_id, job_key)
-        if job_row is None or not waits:
-            return False
-        self.wake(job_row, outcome)
-        return True
-
     def _interrupt(self, job_row: int, reason: str, seq: int | None = None) -> None:
         """Stop the attempt of `job_row` this worker holds (only the attempt numbered `seq`, when given: a
         cancellation of an attempt that was since superseded must not stop its successor)."""
