@@ -121,3 +121,28 @@ def test_a_tasks_workdir_is_made_on_first_use_and_not_again(tmp_path: Path, monk
     monkeypatch.setattr(Path, "mkdir", counting)
     assert task.workdir / "output-0" == tmp_path / "a1" / "output-0"
     assert made == []  # each later use: no mkdir (it raised and caught FileExistsError every time)
+
+
+def test_a_folder_the_attempt_never_used_is_kept_without_a_look_at_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = ScratchPool(tmp_path / "w1", keep=2)
+    emptied = pool.take()
+    emptied.mkdir(parents=True)
+    (emptied / "f").write_bytes(b"x")
+    pool.give_back(emptied, reuse=True)  # on disk, emptied, in the pool
+    assert pool.take() == emptied
+    others = [pool.take() for _ in range(3)]  # names never made
+
+    def no_look(*a: object, **k: object) -> Any:
+        raise AssertionError("the disk was looked at")
+
+    monkeypatch.setattr(os, "scandir", no_look)
+    monkeypatch.setattr(os, "lstat", no_look)  # shutil.rmtree's first look
+    for p in [*others, emptied][:2]:
+        pool.give_back(p, reuse=True, used=False)
+    pool.give_back(others[2], reuse=True, used=False)  # the pool is full: a name never made is just dropped
+    monkeypatch.undo()
+    pool.give_back(emptied, reuse=True, used=False)  # on disk, the pool full: removed
+    assert not emptied.exists()
+    assert {pool.take(), pool.take()} == set(others[:2])

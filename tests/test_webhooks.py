@@ -597,3 +597,28 @@ async def test_a_redelivery_after_the_window_gets_a_window_of_its_own(
     assert len(retried) >= 3, retried
     assert all("gave up" not in a["error"] for a in retried[:-1])
     assert retried[-1]["error"].endswith("gave up after 0.5 s of retries")
+
+
+async def test_the_client_is_made_with_the_first_delivery_and_not_before(
+    engine: Engine,
+    store: SQLiteStore,
+    running_worker: WorkerFactory,
+    receiver: Receiver,
+    dispatch: Callable[..., WebhookDispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[httpx.AsyncClient] = []
+    real = WebhookDispatcher.make_client
+
+    def counted(self: WebhookDispatcher) -> httpx.AsyncClient:
+        made.append(real(self))
+        return made[-1]
+
+    monkeypatch.setattr(WebhookDispatcher, "make_client", counted)
+    dispatch()
+    await asyncio.sleep(0.1)  # a few polls that find nothing: no client (its TLS context cost 13-34 ms)
+    assert made == []
+    await store.ensure_tenant("default")
+    await finished_execution(engine, running_worker, receiver.url)
+    await eventually(lambda: len(receiver.at()) >= 1, what="the webhook")
+    assert len(made) == 1

@@ -26,27 +26,44 @@ class ScratchPool:
     def __init__(self, root: Path, keep: int = KEEP) -> None:
         self.root = root
         self.keep = keep
-        self._free: list[Path] = []
+        self._free: list[tuple[Path, bool]] = []
+        """Folders to hand out: each with whether it is on disk (emptied) or a name never made."""
+        self._out_on_disk: set[Path] = set()
+        """Folders handed out that were on disk (emptied) when they were."""
         self._made = 0
 
     def take(self) -> Path:
         """A folder for one attempt: an emptied one, or a new name (made on first use by Task.workdir)."""
         if self._free:
-            return self._free.pop()
+            path, on_disk = self._free.pop()
+            if on_disk:
+                self._out_on_disk.add(path)
+            return path
         self._made += 1
         return self.root / f"a{self._made}"
 
-    def give_back(self, path: Path, *, reuse: bool) -> None:
+    def give_back(self, path: Path, *, reuse: bool, used: bool = True) -> None:
         """The attempt using `path` ended: empty it for the next attempt when `reuse` (the attempt ended well),
-        otherwise remove it and never hand its name out again."""
+        otherwise remove it and never hand its name out again. `used=False`: the attempt never touched the folder
+        (no `Task.workdir`, no input fetched into it), so it is as it was handed out, never made or empty, and is
+        kept without a look at the disk (a scandir that failed, ~3 µs of each of 10,000 `sim` jobs)."""
+        on_disk = path in self._out_on_disk
+        if on_disk:
+            self._out_on_disk.discard(path)
         if not reuse:
             shutil.rmtree(path, ignore_errors=True)
+            return
+        if not used:  # as it was handed out: emptied, or never made
+            if on_disk:
+                self._keep(path)
+            elif len(self._free) < self.keep:
+                self._free.append((path, False))
             return
         try:
             entries = os.scandir(path)
         except FileNotFoundError:  # never made: the name is as good as new (and, the pool full, nothing to remove)
             if len(self._free) < self.keep:
-                self._free.append(path)
+                self._free.append((path, False))
             return
         except OSError:
             shutil.rmtree(path, ignore_errors=True)
@@ -67,14 +84,16 @@ class ScratchPool:
             shutil.rmtree(path, ignore_errors=True)
 
     def _keep(self, path: Path) -> None:
+        """Keep `path`, an emptied folder on disk, for a later attempt (or remove it, the pool full)."""
         if len(self._free) < self.keep:
-            self._free.append(path)
+            self._free.append((path, True))
         else:
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         """Remove every folder (the worker stops); folders still in use go too."""
         self._free.clear()
+        self._out_on_disk.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

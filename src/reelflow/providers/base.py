@@ -273,6 +273,11 @@ class Task:
             self._workdir_made = True
         return self.scratch
 
+    @property
+    def workdir_made(self) -> bool:
+        """`workdir` was asked for (its folder made): files may be in it."""
+        return self._workdir_made
+
 
 @dataclass
 class Output:
