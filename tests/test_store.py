@@ -152,6 +152,29 @@ async def test_the_unused_claim_index_is_gone(db_kind: str, database_url: str) -
     assert "jobs_tenant_queue" in indexes and "jobs_claim" not in indexes
 
 
+async def test_the_look_for_expired_leases_probes_indexes_and_walks_no_held_lease(
+    db_kind: str, database_url: str
+) -> None:
+    """Migration 13 indexes the leases held on jobs no longer running, so `any_expired` (once a second in every
+    worker) is index probes; it walked every held lease (10,000 in one worker: ~1.5 ms a second on SQLite)."""
+    store = open_store(database_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+    if db_kind == "postgres":
+        indexes = {r[0] for r in query(database_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
+        assert "jobs_lease_held" in indexes
+        return
+    sql = SQLiteStore.sql.any_expired.replace("%s", "?")
+    plan = [r[3] for r in query(database_url, "EXPLAIN QUERY PLAN " + sql, 1.0, 1.0, 1.0)]
+    jobs = [step for step in plan if " jobs " in f" {step} "]
+    assert jobs == [
+        "SEARCH jobs USING INDEX jobs_lease (lease_expires_at<?)",
+        "SEARCH jobs USING INDEX jobs_lease_held (lease_expires_at<?)",
+    ]
+
+
 async def test_five_stores_migrating_at_once_apply_each_migration_once(db_kind: str, database_url: str) -> None:
     stores = stores_on(database_url, 5, max_connections=2)
     try:

@@ -981,7 +981,7 @@ class StoreManager(StoreRules):
 
     async def recover_expired(self) -> list[OrphanedCancel]:
         now = time.time()
-        return await self._in_tx_if(self.sql.any_expired, (now, now - ORPHAN_CANCEL_S), self._recover_expired, [])
+        return await self._in_tx_if(self.sql.any_expired, (now, now, now - ORPHAN_CANCEL_S), self._recover_expired, [])
 
     async def _recover_expired(self, tx: Tx) -> list[OrphanedCancel]:
         now = time.time()

@@ -140,8 +140,11 @@ END, lease_owner = NULL, lease_expires_at = NULL, queued_at = %s, run_after = %s
 WHERE lease_owner = %s AND {guard queued from running} AND {cond}
 RETURNING id, execution_id, key
 
+-- Leases expired (a running job's lease is always held: `jobs_lease`; the others' by `jobs_lease_held`), or
+-- cancellations left for a dead worker: three index probes.
 -- name: any_expired
-SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < %s
+SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < %s
+UNION ALL SELECT 1 FROM jobs WHERE lease_owner IS NOT NULL AND status <> 'running' AND lease_expires_at < %s
 UNION ALL SELECT 1 FROM job_cancels WHERE owner = '' OR created_at < %s LIMIT 1
 
 -- name: requeue_expired
