@@ -256,6 +256,7 @@ class WebhookDispatcher:
                 if claimed and client is None:
                     client = self.make_client()
                 for delivery in claimed:
+                    assert client is not None  # made above
                     task = asyncio.create_task(self._deliver(delivery, client), name=f"webhook-{delivery.id}")
                     self._in_flight.add(task)
                     task.add_done_callback(self._finished)
