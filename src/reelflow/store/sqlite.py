@@ -315,9 +315,13 @@ class SQLiteStore(StoreManager):
                     later.append(o)
                 else:
                     batch[o.job_row] = o
-            w = dumps([[o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq,
-                        inline.get(o.job_row)] for o in batch.values()])  # fmt: skip
-            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, now, w))}
+            await tx.run(SQL.succeeded_table)
+            await tx.many(SQL.succeeded_rows, [
+                (o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq,
+                 inline.get(o.job_row)) for o in batch.values()
+            ])  # fmt: skip
+            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, now))}
+            await tx.run(SQL.succeeded_done)
             for o in batch.values():
                 if (row := written.get(o.job_row)) is not None and o.job_row not in taken:
                     taken.add(o.job_row)
