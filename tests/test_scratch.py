@@ -47,6 +47,43 @@ def test_a_folder_never_made_is_reused_without_touching_the_disk(tmp_path: Path)
     assert not unused.exists() and pool.take() == unused
 
 
+def test_folders_attempts_did_not_touch_are_looked_at_together_with_one_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = ScratchPool(tmp_path / "w1", look_every=3)
+    looked: list[str] = []
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def scandir(p: Any) -> Any:
+        looked.append(f"scandir {Path(p).name}")
+        return real_scandir(p)
+
+    def listdir(p: Any) -> Any:
+        looked.append("listdir")
+        return real_listdir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
+    a, b, c = pool.take(), pool.take(), pool.take()
+    b.mkdir(parents=True)  # a provider writing into Task.scratch without asking for its workdir
+    (b / "left").write_bytes(b"x")
+    pool.give_back(a, reuse=True, touched=False)
+    pool.give_back(b, reuse=True, touched=False)
+    assert looked == [] and pool.take() not in (a, b)  # no system call per job; not handed out unlooked
+    pool.give_back(c, reuse=True, touched=False)  # the third: one listing for the three
+    assert looked == ["listdir", f"scandir {b.name}"]  # and a look of its own for the one that is there
+    again = {pool.take() for _ in range(3)}
+    assert again == {a, b, c} and list(b.iterdir()) == []  # b emptied before it is handed out again
+
+
+def test_folders_not_touched_before_any_folder_was_made_are_as_good_as_new(tmp_path: Path) -> None:
+    pool = ScratchPool(tmp_path / "w1", look_every=2)
+    names = [pool.take(), pool.take()]
+    for name in names:
+        pool.give_back(name, reuse=True, touched=False)
+    assert not (tmp_path / "w1").exists() and sorted([pool.take(), pool.take()]) == sorted(names)
+
+
 def test_a_folder_that_cannot_be_emptied_is_not_handed_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = ScratchPool(tmp_path / "w1")
     path = pool.take()
@@ -121,28 +158,3 @@ def test_a_tasks_workdir_is_made_on_first_use_and_not_again(tmp_path: Path, monk
     monkeypatch.setattr(Path, "mkdir", counting)
     assert task.workdir / "output-0" == tmp_path / "a1" / "output-0"
     assert made == []  # each later use: no mkdir (it raised and caught FileExistsError every time)
-
-
-def test_a_folder_the_attempt_never_used_is_kept_without_a_look_at_the_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pool = ScratchPool(tmp_path / "w1", keep=2)
-    emptied = pool.take()
-    emptied.mkdir(parents=True)
-    (emptied / "f").write_bytes(b"x")
-    pool.give_back(emptied, reuse=True)  # on disk, emptied, in the pool
-    assert pool.take() == emptied
-    others = [pool.take() for _ in range(3)]  # names never made
-
-    def no_look(*a: object, **k: object) -> Any:
-        raise AssertionError("the disk was looked at")
-
-    monkeypatch.setattr(os, "scandir", no_look)
-    monkeypatch.setattr(os, "lstat", no_look)  # shutil.rmtree's first look
-    for p in [*others, emptied][:2]:
-        pool.give_back(p, reuse=True, used=False)
-    pool.give_back(others[2], reuse=True, used=False)  # the pool is full: a name never made is just dropped
-    monkeypatch.undo()
-    pool.give_back(emptied, reuse=True, used=False)  # on disk, the pool full: removed
-    assert not emptied.exists()
-    assert {pool.take(), pool.take()} == set(others[:2])

@@ -18,52 +18,51 @@ from pathlib import Path
 
 KEEP = 1024
 """At most this many emptied folders are kept for reuse (more in use at once are made, then removed)."""
+LOOK_EVERY = 256
+"""Folders whose attempts did not touch them are looked at together, once this many were given back."""
 
 
 class ScratchPool:
     """The scratch folders of one worker, all under `root` (one folder per worker: `<workroot>/<worker id>`)."""
 
-    def __init__(self, root: Path, keep: int = KEEP) -> None:
+    def __init__(self, root: Path, keep: int = KEEP, look_every: int = LOOK_EVERY) -> None:
         self.root = root
         self.keep = keep
-        self._free: list[tuple[Path, bool]] = []
-        """Folders to hand out: each with whether it is on disk (emptied) or a name never made."""
-        self._out_on_disk: set[Path] = set()
-        """Folders handed out that were on disk (emptied) when they were."""
+        self.look_every = look_every
+        self._free: list[Path] = []
         self._made = 0
+        self._unlooked: list[Path] = []
+        """Folders given back untouched, not looked at yet (see `give_back`)."""
 
     def take(self) -> Path:
         """A folder for one attempt: an emptied one, or a new name (made on first use by Task.workdir)."""
         if self._free:
-            path, on_disk = self._free.pop()
-            if on_disk:
-                self._out_on_disk.add(path)
-            return path
+            return self._free.pop()
         self._made += 1
         return self.root / f"a{self._made}"
 
-    def give_back(self, path: Path, *, reuse: bool, used: bool = True) -> None:
+    def give_back(self, path: Path, *, reuse: bool, touched: bool = True) -> None:
         """The attempt using `path` ended: empty it for the next attempt when `reuse` (the attempt ended well),
-        otherwise remove it and never hand its name out again. `used=False`: the attempt never touched the folder
-        (no `Task.workdir`, no input fetched into it), so it is as it was handed out, never made or empty, and is
-        kept without a look at the disk (a scandir that failed, ~3 µs of each of 10,000 `sim` jobs)."""
-        on_disk = bool(self._out_on_disk) and path in self._out_on_disk  # (a Path's hash is ~2 µs: not when empty)
-        if on_disk:
-            self._out_on_disk.discard(path)
+        otherwise remove it and never hand its name out again.
+
+        `touched=False`: the worker made nothing there (the attempt never asked for its `Task.workdir` and fetched
+        no input into it), as with most remote jobs. Such folders are looked at together, `look_every` at a time,
+        with one listing of the root (`_look`): a look of its own was a system call per job, which hands the GIL
+        to the store's thread and leaves the event loop waiting to get it back. Until then they are not handed
+        out."""
+        if reuse and not touched:
+            self._unlooked.append(path)
+            if len(self._unlooked) >= self.look_every:
+                self._look()
+            return
         if not reuse:
             shutil.rmtree(path, ignore_errors=True)
-            return
-        if not used:  # as it was handed out: emptied, or never made
-            if on_disk:
-                self._keep(path)
-            elif len(self._free) < self.keep:
-                self._free.append((path, False))
             return
         try:
             entries = os.scandir(path)
         except FileNotFoundError:  # never made: the name is as good as new (and, the pool full, nothing to remove)
             if len(self._free) < self.keep:
-                self._free.append((path, False))
+                self._free.append(path)
             return
         except OSError:
             shutil.rmtree(path, ignore_errors=True)
@@ -83,17 +82,32 @@ class ScratchPool:
         else:  # something stayed: no other attempt may see it
             shutil.rmtree(path, ignore_errors=True)
 
+    def _look(self) -> None:
+        """The untouched folders given back, at once: a name the root does not hold is as good as new; a folder
+        there all the same (made by hand, from `Task.scratch`) is emptied, or removed, as any other."""
+        paths, self._unlooked = self._unlooked, []
+        try:
+            there = set(os.listdir(self.root))
+        except FileNotFoundError:  # no attempt made a folder yet
+            there = set()
+        except OSError:  # cannot tell: each is looked at on its own
+            there = {p.name for p in paths}
+        for path in paths:
+            if path.name in there:
+                self.give_back(path, reuse=True)
+            elif len(self._free) < self.keep:
+                self._free.append(path)
+
     def _keep(self, path: Path) -> None:
-        """Keep `path`, an emptied folder on disk, for a later attempt (or remove it, the pool full)."""
         if len(self._free) < self.keep:
-            self._free.append((path, True))
+            self._free.append(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         """Remove every folder (the worker stops); folders still in use go too."""
         self._free.clear()
-        self._out_on_disk.clear()
+        self._unlooked.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -849,8 +849,8 @@ class Worker:
             if (c.failover or {}).get("on") == "any" and (moved := self._failover(c, exc.message)) is not None:
                 return moved
             return self._failed(c, exc.message)
-        finally:
-            self._scratch.give_back(workdir, reuse=ended_well, used=task.workdir_made or bool(inputs))
+        finally:  # the folder was made only if the task asked for its workdir, or an input was fetched into it
+            self._scratch.give_back(workdir, reuse=ended_well, touched=task.workdir_made or bool(inputs))
 
     async def _cache_lookup(self, tenant: str, key: str) -> dict[str, Any] | None:
         """The cached result for this job, if any. Lookups of jobs starting together share one store trip."""
