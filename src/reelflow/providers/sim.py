@@ -76,8 +76,9 @@ class SimProvider:
         now = time.time()
         queue_s = float(p.get("queue_s") or 0)
         latency_s = float(p.get("latency_s") or 0)
-        # a random 12-hex-digit id, as uuid4().hex[:12] was (its first 6 bytes are random), without a system call:
-        # os.urandom cost ~13 µs a job in a worker holding 10,000, and a simulated id needs no cryptographic quality
+        # a random 12-hex-digit id, as uuid4().hex[:12] was (its first 6 bytes are random), from `random` (seeded
+        # from the system's entropy, and again in a forked child): os.urandom was a system call per job, which
+        # handed the GIL to the store's thread and left the event loop waiting to get it back
         return _encode({"n": f"{random.getrandbits(48):012x}", "s": now + queue_s, "e": now + queue_s + latency_s})
 
     async def wait(self, task: Task, provider_id: str, report: ProgressReporter) -> ProviderResult:
