@@ -68,3 +68,21 @@ def test_the_statements_ship_with_the_package() -> None:
     pyproject = (STORE.parents[2] / "pyproject.toml").read_text(encoding="utf-8")
     assert '"store/sql/*.sql"' in pyproject
     assert {p.name for p in (STORE / "sql").glob("*.sql")} == {"shared.sql", "sqlite.sql", "postgres.sql"}
+
+
+def test_loads_reads_what_json_loads_reads_and_refuses_what_it_refuses() -> None:
+    """`common.loads` calls the decoder's scanner itself: the same values, and the same errors."""
+    import json
+    import math
+
+    from reelflow.store.common import loads
+
+    for text in ('[]', '{}', '["r5"]', ' [1] ', '{"a": [1, 2.5, null, true, "\\u00e9\\u2028"], "b": {"c": "d"}}',
+                 '"x"', '12345678901234567890', '1e400', '-0.0'):  # fmt: skip
+        assert loads(text) == json.loads(text)
+        assert type(loads(text)) is type(json.loads(text))
+    assert math.isnan(loads("NaN")) and loads("-Infinity") == -math.inf
+    assert loads(None) is None and loads("[]") is not loads("[]")  # a fresh object each time
+    for bad in ("[1]x", "", "x", "[1,", "\ufeff[1]", '{"a" 1}'):
+        with pytest.raises(json.JSONDecodeError):
+            loads(bad)

@@ -31,6 +31,11 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""The decoder's scanner (C), called directly: `json.loads` wraps it in ~0.6 µs of Python (keyword checks, the
+encoding's detection, two whitespace matches), as much as the scan of a small result, more than of a key list."""
+
+
 def loads(text: str | None) -> Any:
     if text is None:
         return None
@@ -38,6 +43,14 @@ def loads(text: str | None) -> Any:
         return []
     if text == "{}":
         return {}
+    if type(text) is str:
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:  # not a value at the start (whitespace first, or no JSON): json.loads says
+            pass
+        else:
+            if end == len(text):  # the text was that value and nothing more, as stored
+                return value
     return json.loads(text)
 
 
