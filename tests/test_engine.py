@@ -587,3 +587,23 @@ async def test_a_job_without_deadlines_waits_in_its_own_task(engine: Engine, run
         slow = await engine.wait(timed, poll_s=0.05)
     assert state["status"] == "succeeded"
     assert slow["status"] == "failed" and "timed out after 2 s" in slow["jobs"][0]["error"]
+
+
+def test_cache_key_is_the_sha256_of_the_canonical_json() -> None:
+    """The key stays what earlier versions wrote (sorted keys, default separators, ASCII escapes, `str` of
+    anything else): results cached by them keep being found."""
+    import hashlib
+    from decimal import Decimal
+
+    from reelflow.engine.worker import cache_key
+    from reelflow.store.base import ClaimedJob
+
+    c = ClaimedJob(1, "e", "k", "generate-video", "sim", "sim/video", {}, 1, 3, None, None, None, 0.0, None)
+    for params in (
+        {},
+        {"prompt": "un café — 猫 \u2028", "b": 1.5, "a": [1, None, True, {"z": 2, "y": [0.1, -3]}]},
+        {"seed": 2**70, "nan": float("inf"), "odd": Decimal("1.10")},
+    ):
+        canonical = {"type": c.type, "provider": c.provider, "model": c.model, "params": params}
+        expected = hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+        assert cache_key(c, params) == expected
