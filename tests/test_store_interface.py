@@ -67,6 +67,21 @@ async def test_finish_and_claim_counts_down_a_fan_in_and_leases_what_it_released
     assert rest["c"].dep_results == {"a": {"url": "a"}, "b": {"url": "b"}}
 
 
+async def test_claimed_jobs_carry_their_own_execution_s_deadline(engine: Engine, store: SQLiteStore) -> None:
+    """Each job of a claim, and of a hand-off, gets the deadline of its own execution (None without one)."""
+    t0 = time.time()
+    timed = await engine.submit({"jobs": [sim_job("a"), sim_job("b", depends_on=["a"])], "options": {"timeout_s": 600}})
+    endless = await engine.submit({"jobs": [sim_job("x"), sim_job("y", depends_on=["x"])]})
+    held = {c.execution_id: c for c in await store.claim("w", 5, 30)}
+    assert sorted(c.key for c in held.values()) == ["a", "x"]
+    deadline = held[timed].execution_deadline
+    assert deadline is not None and t0 + 600 <= deadline <= time.time() + 600
+    assert held[endless].execution_deadline is None
+    outcomes = [JobOutcome(c.id, "w", "succeeded", result={"url": c.key}) for c in held.values()]
+    _, claimed = await store.finish_and_claim(outcomes, None, "w", 5, 30)
+    assert {c.key: c.execution_deadline for c in claimed} == {"b": deadline, "y": None}
+
+
 async def test_finish_and_claim_stays_within_the_tenant_cap(engine: Engine, store: SQLiteStore) -> None:
     store.configure_limits(tenant_caps={"t": 2})
     plan = {"jobs": [sim_job("root"), *(sim_job(f"d{i}", depends_on=["root"]) for i in range(4))]}

@@ -282,6 +282,12 @@ class SQLiteStore(StoreManager):
         for chunk in chunks(picked):
             cond, args = tx.in_("id", chunk)
             rows += cast(_SQLiteTx, tx).dicts(SQL.lease_jobs.format(cond=cond), (owner, now + lease_s, now, now, *args))
+        deadlines: dict[str, float | None] = {}
+        for chunk in chunks(sorted({r["execution_id"] for r in rows})):
+            cond, args = tx.in_("id", chunk)
+            deadlines.update(await tx.all(SQL.execution_deadlines.format(cond=cond), args))
+        for r in rows:
+            r["deadline"] = deadlines.get(r["execution_id"])
         return sorted(rows, key=_dict_id)
 
     async def _dep_results(self, tx: Tx, rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:

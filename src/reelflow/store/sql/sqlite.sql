@@ -13,8 +13,12 @@ intent_seq = COALESCE(intent_seq, lease_seq + 1)
 WHERE {guard running} AND {cond}
 RETURNING id, execution_id, key, type, provider, model, params, depends_on, attempts,
 max_attempts, provider_job_id, timeout_s, start_timeout_s, started_at, tenant, use_cache,
-cost_estimated, lease_seq, intent_at, intent_seq, failover,
-(SELECT deadline FROM executions e WHERE e.id = jobs.execution_id) AS deadline
+cost_estimated, lease_seq, intent_at, intent_seq, failover
+
+-- The leased jobs' executions' deadlines, once each (`deadline` follows `plan`, the whole plan's JSON, in the
+-- row: read for each leased job, it walked the plan's overflow pages, ~2 us a job).
+-- name: execution_deadlines
+SELECT id, deadline FROM executions WHERE {cond}
 
 -- name: dep_results
 SELECT key, result FROM jobs WHERE execution_id = %s AND {cond}
