@@ -86,3 +86,17 @@ def test_loads_reads_what_json_loads_reads_and_refuses_what_it_refuses() -> None
     for bad in ("[1]x", "", "x", "[1,", "\ufeff[1]", '{"a" 1}'):
         with pytest.raises(json.JSONDecodeError):
             loads(bad)
+
+
+def test_dumps_writes_what_the_compact_encoder_writes() -> None:
+    """`common.dumps` takes strings and finite floats the short way: the same text as json.dumps gives them."""
+    import json
+    import math
+
+    from reelflow.store.common import dumps
+
+    for value in ("", "r5", 'a "quoted" \\ line\nbreak \u2028 é 猫 \x00', 0.0, -0.0, 1.5, 1e300, 5e-324, 0.1 + 0.2,
+                  math.inf, -math.inf, 3, True, None, {"provider_job_id": "p-1"}, ["é", 1.0]):  # fmt: skip
+        assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert dumps(math.nan) == "NaN"
+    assert f'{{"after":{dumps("k")}}}' == dumps({"after": "k"})  # how the events spell their small objects

@@ -67,6 +67,11 @@ state between calls and threads may share it."""
 
 
 def dumps(value: Any) -> str:
+    kind = type(value)
+    if kind is str:  # a key, an id: what JSONEncoder.encode gives a string, without its checks
+        return str(encode_basestring(value))
+    if kind is float and math.isfinite(value):  # a cost: the encoder writes a finite float as its repr
+        return float.__repr__(value)
     if _C_ENCODER is None or isinstance(value, str):
         return _ENCODER.encode(value)
     return "".join(_C_ENCODER(value, 0))

@@ -693,14 +693,14 @@ class StoreManager(StoreRules):
             eid, key = found["execution_id"], found["key"]
             touched.add(eid)
             if o.status == "succeeded":
-                if (pid := inline.get(o.job_row)) is not None:
-                    events.append((eid, key, "job.submitted", dumps({"provider_job_id": pid}), now))
+                if (pid := inline.get(o.job_row)) is not None:  # dumps({"provider_job_id": pid}), spelled out
+                    events.append((eid, key, "job.submitted", f'{{"provider_job_id":{dumps(pid)}}}', now))
                 events += outcome_events(o, eid, key, 0, now, results.get(id(o)))
                 for job_row, dep, provider, model, tenant in released.pop((eid, key), []):
                     promoted.append(dep)
                     if ready is not None:
                         ready.append((job_row, provider, model_family(model), tenant))
-                    events.append((eid, dep, "job.queued", dumps({"after": key}), now))
+                    events.append((eid, dep, "job.queued", f'{{"after":{dumps(key)}}}', now))
             else:
                 events += outcome_events(o, eid, key, found["attempts"], now)
                 if o.status != "retry":
@@ -788,7 +788,7 @@ class StoreManager(StoreRules):
             items = [(job_row, owner, pid) for (job_row, owner), pid in latest.items()]
         rows = await self._set_provider_ids(tx, items, now)
         await self._append(tx, [
-            (r["execution_id"], r["key"], "job.submitted", dumps({"provider_job_id": r["provider_job_id"]}), now)
+            (r["execution_id"], r["key"], "job.submitted", f'{{"provider_job_id":{dumps(r["provider_job_id"])}}}', now)
             for r in rows
         ])  # fmt: skip
 
