@@ -56,6 +56,31 @@ async def test_chain_runs_in_dependency_order(engine: Engine, running_worker: Wo
     assert state["result"]["outputs"].keys() == {"c"}
 
 
+async def test_a_job_finished_when_its_attempt_ended_though_its_outcome_was_written_later(
+    engine: Engine, store: SQLiteStore, running_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_finish, real_claim = store.finish_jobs, store.finish_and_claim
+
+    async def slow_finish(*args: Any, **kwargs: Any) -> Any:  # the write waits behind a slow database
+        await asyncio.sleep(0.4)
+        return await real_finish(*args, **kwargs)
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.4)
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_jobs", slow_finish)
+    monkeypatch.setattr(store, "finish_and_claim", slow_claim)
+    eid = await engine.submit({"jobs": [sim_job("a", latency_s=0.1)]})
+    async with running_worker():
+        state = await engine.wait(eid, timeout=10)
+    [a] = state["jobs"]
+    assert state["status"] == "succeeded"
+    # the job's end is its attempt's; the execution ended when that was written, 0.4 s later
+    assert ts(state["finished_at"]) - ts(a["finished_at"]) >= 0.35
+    assert 0.09 <= ts(a["finished_at"]) - ts(a["started_at"]) < 0.3
+
+
 async def test_independent_branches_overlap_in_time(engine: Engine, running_worker: WorkerFactory) -> None:
     plan = {"jobs": [sim_job("left", latency_s=0.6), sim_job("right", latency_s=0.6)]}
     eid = await engine.submit(plan)

@@ -246,6 +246,34 @@ async def test_methods_migrate_on_first_use(database_url: str) -> None:
         await store.close()
 
 
+async def test_a_job_finished_when_its_attempt_ended_not_when_its_outcome_was_written(database_url: str) -> None:
+    from datetime import datetime
+
+    store = open_store(database_url)
+    try:
+        await store.create_execution(execution("ex-end", [job("ok"), job("bad"), job("stop"), job("ahead"), job("x")]))
+        held = {c.key: c for c in await store.claim("w", 10, 30)}
+        ended = time.time() - 5  # the outcomes waited 5 s for their write (a flush behind a slow database)
+        before = time.time()
+        await store.finish_jobs([
+            JobOutcome(held["ok"].id, "w", "succeeded", result={"url": "u"}, ended_at=ended),
+            JobOutcome(held["bad"].id, "w", "failed", error="no", ended_at=ended - 1),
+            JobOutcome(held["stop"].id, "w", "canceled", error="stopped", ended_at=ended - 2),
+            JobOutcome(held["ahead"].id, "w", "succeeded", result={"url": "v"}, ended_at=time.time() + 60),
+            JobOutcome(held["x"].id, "w", "succeeded", result={"url": "x"}),  # no end given: the write's time
+        ])  # fmt: skip
+        after = time.time()
+        state = await store.get_execution("ex-end")
+        assert state is not None
+        fin = {j.id: datetime.fromisoformat(str(j.finished_at).replace("Z", "+00:00")).timestamp() for j in state.jobs}
+        assert abs(fin["ok"] - ended) < 0.002 and abs(fin["bad"] - (ended - 1)) < 0.002
+        assert abs(fin["stop"] - (ended - 2)) < 0.002
+        for key in ("ahead", "x"):  # never later than the write: a clock ahead does not make a job end later
+            assert before - 0.002 <= fin[key] <= after + 0.002, key
+    finally:
+        await store.close()
+
+
 # ---------------------------------------------------------------------- parity: the same calls on both stores
 
 

@@ -692,8 +692,9 @@ class Worker:
             if work is not None and work.provider_queued_s is not None:  # it started, then failed: when, still
                 self._provider_started(held, work, time.time())
             outcome.note = self._note(held, final=True)
+            outcome.ended_at = now = time.time()  # the job's end, not the later write of its outcome
             self._log_outcome(c, outcome)
-            metrics.job_finished(c.type, c.provider, outcome.status, time.time() - c.started_at, outcome.cost_usd)
+            metrics.job_finished(c.type, c.provider, outcome.status, now - c.started_at, outcome.cost_usd)
             self._outcomes.append(outcome)
             self._flush.set()
 

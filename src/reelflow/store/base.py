@@ -143,6 +143,13 @@ class JobOutcome:
     """With `failover_to`: the job's failover state to store (ClaimedJob.failover, the passed model added)."""
     note: JobNote | None = None
     """What the provider told about the attempt that was not written yet (its log, when it started)."""
+    ended_at: float | None = None
+    """When the attempt ended (the worker's clock, as the stores' times are): the job's `finished_at` when it
+    succeeded, failed or was canceled. None: when the outcome is written."""
+
+    def finished_at(self, now: float) -> float:
+        """The job's `finished_at` for this outcome written at `now`: its end, never later than `now`."""
+        return self.ended_at if self.ended_at is not None and self.ended_at < now else now
 
 
 @dataclass

@@ -496,9 +496,10 @@ class PostgresStore(StoreManager):
         rows: dict[int, Any] = {}  # by id(outcome): each statement says which of its outcomes wrote a row (`n`)
         if done:
             rows.update((id(done[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_succeeded, (
-                now, now, [o.job_row for o in done], [o.owner for o in done], [results[id(o)] for o in done],
+                now, [o.job_row for o in done], [o.owner for o in done], [results[id(o)] for o in done],
                 [float(o.cost_usd or 0.0) for o in done], [o.cache_key for o in done],
                 [int(o.cache_hit) for o in done], [inline.get(o.job_row) for o in done], [o.seq for o in done],
+                [o.finished_at(now) for o in done],
             )))  # fmt: skip
         if retry:
             rows.update((id(retry[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_retry, (
@@ -508,8 +509,9 @@ class PostgresStore(StoreManager):
             )))  # fmt: skip
         if ended:
             rows.update((id(ended[r["n"] - 1]), r) for r in await tx.all(SQL.jobs_ended, (
-                now, [o.job_row for o in ended], [o.owner for o in ended], [o.status for o in ended],
+                [o.job_row for o in ended], [o.owner for o in ended], [o.status for o in ended],
                 [o.error for o in ended], [o.cost_usd for o in ended], [o.seq for o in ended],
+                [o.finished_at(now) for o in ended],
             )))  # fmt: skip
         # Each waiting dependent loses as many dependencies as succeeded here; `released_by` remembers which
         # finished job released it last, for its event.

@@ -334,9 +334,9 @@ class SQLiteStore(StoreManager):
             await tx.run(SQL.succeeded_table)
             await tx.many(SQL.succeeded_rows, [
                 (o.job_row, o.owner, results[id(o)], _real(o.cost_usd), o.cache_key, int(o.cache_hit), o.seq,
-                 inline.get(o.job_row)) for o in batch.values()
+                 inline.get(o.job_row), o.finished_at(now)) for o in batch.values()
             ])  # fmt: skip
-            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now, now))}
+            written = {r["id"]: r for r in await tx.all(SQL.jobs_succeeded, (now,))}
             await tx.run(SQL.succeeded_done)
             for o in batch.values():
                 if (row := written.get(o.job_row)) is not None and o.job_row not in taken:
@@ -355,7 +355,7 @@ class SQLiteStore(StoreManager):
                      o.seq, o.seq),
                 )  # fmt: skip
             elif o.status != "succeeded":  # failed or canceled
-                ended = (o.status, o.error, o.cost_usd, now, o.job_row, o.owner, o.seq, o.seq)
+                ended = (o.status, o.error, o.cost_usd, o.finished_at(now), o.job_row, o.owner, o.seq, o.seq)
                 row = await tx.one(SQL.job_ended, ended)
             else:
                 continue

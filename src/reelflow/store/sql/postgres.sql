@@ -101,12 +101,12 @@ GROUP BY tenant
 -- outcome beside the current one in a batch writes nothing, and must not be taken for it.
 -- name: jobs_succeeded
 UPDATE jobs j SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
-finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
+finished_at = w.fin, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
 error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,
 provider_job_id = COALESCE(w.pid, j.provider_job_id),
 provider_submitted_at = CASE WHEN w.pid IS NULL THEN j.provider_submitted_at ELSE %s END
 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[],
-  %b::bigint[]) WITH ORDINALITY AS w(id, owner, result, cost, ck, hit, pid, seq, n)
+  %b::bigint[], %b::float8[]) WITH ORDINALITY AS w(id, owner, result, cost, ck, hit, pid, seq, fin, n)
 WHERE j.id = w.id AND {guard succeeded on j.status} AND j.lease_owner = w.owner
 AND (w.seq IS NULL OR j.lease_seq = w.seq)
 RETURNING j.id, j.execution_id, j.key, j.dependents, w.n
@@ -124,11 +124,11 @@ AND (w.seq IS NULL OR j.lease_seq = w.seq)
 RETURNING j.id, j.execution_id, j.key, j.attempts, w.n
 
 -- name: jobs_ended
-UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = %s,
+UPDATE jobs j SET status = w.status, error = w.error, cost_actual = w.cost, finished_at = w.fin,
 lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL, intent_at = NULL,
 intent_seq = NULL
-FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[])
-  WITH ORDINALITY AS w(id, owner, status, error, cost, seq, n)
+FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::bigint[], %b::float8[])
+  WITH ORDINALITY AS w(id, owner, status, error, cost, seq, fin, n)
 WHERE j.id = w.id AND {guard failed on j.status} AND j.lease_owner = w.owner
 AND (w.seq IS NULL OR j.lease_seq = w.seq)
 RETURNING j.id, j.execution_id, j.key, j.attempts, w.n

@@ -34,24 +34,26 @@ SELECT id, provider, model FROM jobs WHERE status = 'queued' AND tenant = %s AND
 ORDER BY priority DESC, id LIMIT %s
 
 -- ---------------------------------------------------------------- outcomes
--- A batch of successes in one statement, from `temp.succeeded` (filled by `succeeded_rows` just before, emptied by
--- `succeeded_done` after): [job row, owner, result, cost, cache key, cache hit, lease number, provider id] (each
--- attempt's own; a job row at most once a batch). A JSON array read with json_extract cost 8 parses of each row's
--- element (its result's text unescaped each time): ~9 us a row, a third more than this. The provider id, when the
--- work's id arrives with its end (a quick job), is written by this same UPDATE: one row version, not two.
+-- A batch of successes in one statement, from `temp.succeeded` (filled by `succeeded_rows` just before, emptied
+-- by `succeeded_done` after): [job row, owner, result, cost, cache key, cache hit, lease number, provider id, the
+-- attempt's end] (each attempt's own; a job row at most once a batch). A JSON array read with json_extract cost
+-- 8 parses of each row's element (its result's text unescaped each time): ~9 us a row, a third more than this.
+-- The provider id, when the work's id arrives with its end (a quick job), is written by this same UPDATE: one
+-- row version, not two.
 -- name: succeeded_table
 CREATE TEMP TABLE IF NOT EXISTS succeeded (id INTEGER PRIMARY KEY, owner TEXT, result TEXT, cost REAL, ck TEXT,
-hit INTEGER, seq INTEGER, pid TEXT)
+hit INTEGER, seq INTEGER, pid TEXT, fin REAL)
 
 -- name: succeeded_rows
-INSERT INTO temp.succeeded (id, owner, result, cost, ck, hit, seq, pid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO temp.succeeded (id, owner, result, cost, ck, hit, seq, pid, fin)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 -- name: succeeded_done
 DELETE FROM temp.succeeded
 
 -- name: jobs_succeeded
 UPDATE jobs SET status = 'succeeded', result = w.result, cost_actual = w.cost, progress = 100,
-finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
+finished_at = w.fin, lease_owner = NULL, lease_expires_at = NULL, queue_position = NULL,
 error = NULL, cache_key = w.ck, cache_hit = w.hit, intent_at = NULL, intent_seq = NULL,
 provider_job_id = COALESCE(w.pid, provider_job_id),
 provider_submitted_at = CASE WHEN w.pid IS NULL THEN provider_submitted_at ELSE %s END
