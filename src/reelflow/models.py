@@ -33,7 +33,7 @@ DeliveryStatus = Literal["pending", "delivered", "failed"]
 class Answer(BaseModel):
     """Base of the answers: plain data, frozen once built."""
 
-    model_config = ConfigDict(defer_build=True)
+    model_config = ConfigDict()
 
 
 class Cost(Answer):
