@@ -19,7 +19,7 @@ Listener = Callable[[dict[str, Any]], None]
 EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
 
 
-class Accepted(NamedTuple):
+class Submitted(NamedTuple):
     """A submission as `reelflow run` shows it: the execution's id, its status now, and how many jobs it has."""
 
     id: str
@@ -32,7 +32,7 @@ class Backend(Protocol):
 
     async def submit(self, plan: Any, webhook: str | None) -> str: ...
 
-    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+    async def accept(self, plan: Any, webhook: str | None) -> Submitted:
         """Submit, and say what was accepted."""
         ...
 
@@ -98,7 +98,7 @@ class Local:
     async def submit(self, plan: Any, webhook: str | None) -> str:
         return await self.runtime.engine.submit(plan, webhook=webhook)
 
-    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+    async def accept(self, plan: Any, webhook: str | None) -> Submitted:
         """Without building the execution's state: its status and the parsed plan's jobs say what was accepted
         (the state's model, and its import, are for the commands that show one)."""
         from ..plan import parse_plan
@@ -107,7 +107,7 @@ class Local:
         parsed = parse_plan(plan, catalog=engine.catalog)
         execution_id = await engine.submit(parsed, webhook=webhook)
         status = await self.runtime.store.execution_status(execution_id)
-        return Accepted(execution_id, status or "queued", len(parsed.jobs))
+        return Submitted(execution_id, status or "queued", len(parsed.jobs))
 
     async def get(self, execution_id: str) -> dict[str, Any]:
         return (await self.runtime.engine.get(execution_id)).model_dump(mode="json")
@@ -196,10 +196,10 @@ class Remote:
     async def submit(self, plan: Any, webhook: str | None) -> str:
         return (await self.client.execute(plan, webhook=webhook)).id
 
-    async def accept(self, plan: Any, webhook: str | None) -> Accepted:
+    async def accept(self, plan: Any, webhook: str | None) -> Submitted:
         execution_id = await self.submit(plan, webhook)
         state = await self.client.get(execution_id)
-        return Accepted(execution_id, state["status"], len(state["jobs"]))
+        return Submitted(execution_id, state["status"], len(state["jobs"]))
 
     async def get(self, execution_id: str) -> dict[str, Any]:
         return await self.client.get(execution_id)

@@ -9,7 +9,7 @@ from ..states import TERMINAL_EXECUTION
 from .common import out, print_json
 
 if TYPE_CHECKING:
-    from .backend import Accepted
+    from .backend import Submitted
 
 
 def summary(state: dict[str, Any]) -> None:
@@ -61,7 +61,7 @@ def show_final(state: dict[str, Any], as_json: bool) -> None:
         summary(state)
 
 
-def show_accepted(accepted: Accepted, as_json: bool, wait: bool = False) -> None:
+def show_accepted(accepted: Submitted, as_json: bool, wait: bool = False) -> None:
     """What was accepted, on stderr; on stdout the id alone (`EX=$(reelflow run plan.yaml)`), or the JSON
     `{id, status}`; with --wait and --json nothing (stdout is the final state's JSON alone)."""
     execution_id, n = accepted.id, accepted.jobs

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ from ..providers.http import RateGate
 from ..providers.registry import Providers, reads_local_files
 from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
-from ..store.common import callback_matches, iso
+from ..store.common import callback_matches, encoder_once, iso
 from ..webhooks import WebhookDispatcher
 from .fairslots import FairSlots
 from .outputs import judge_then, write_data_url
@@ -81,24 +80,16 @@ for the whole batch; 10,000 queued jobs took 40 of each, 250 jobs a trip (~1.7 s
 SQLite). A claim that comes back short brings the batch back to `batch_size`."""
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, default=str)
-"""`json.dumps(..., sort_keys=True, default=str)` made once (with options, json.dumps builds one per call)."""
-_C_CANONICAL = (
-    None
-    if c_make_encoder is None
-    else c_make_encoder(None, _CANONICAL.default, encode_basestring_ascii, None, ": ", ", ", True, False, True)
-)
-"""`_CANONICAL`'s C encoder, made once too (`JSONEncoder.encode` makes one at every call: ~40% of a key's cost),
-giving the same text. Without circular-reference markers: it keeps no state between calls (a job's parameters,
-read from JSON, hold no cycle)."""
+_CANONICAL = encoder_once(json.JSONEncoder(sort_keys=True, default=str))
+"""`json.dumps(..., sort_keys=True, default=str)`, its encoder made once (a job's parameters, read from JSON, hold
+no cycle)."""
 
 
 def cache_key(c: ClaimedJob, params: dict[str, Any]) -> str:
     """A job's canonical form: type, provider, model and its resolved parameters (seed included). Inputs
     made by earlier jobs appear as their content-addressed URLs, so equal inputs give equal keys."""
     canonical = {"type": c.type, "provider": c.provider, "model": c.model, "params": params}
-    text = _CANONICAL.encode(canonical) if _C_CANONICAL is None else "".join(_C_CANONICAL(canonical, 0))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL(canonical).encode()).hexdigest()
 
 
 def tune_gc() -> None:

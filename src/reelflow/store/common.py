@@ -10,10 +10,10 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
@@ -54,16 +54,27 @@ def loads(text: str | None) -> Any:
     return json.loads(text)
 
 
+def encoder_once(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """`encoder.encode` (no indent), with its C encoder made once: `JSONEncoder.encode` makes one at every call
+    (half the cost of a small value), from the same options, giving the same text. Without circular-reference
+    markers (a cycle ends in RecursionError, not ValueError), so that it keeps no state between calls and threads
+    may share it. A top-level string, and Pythons without the C encoder, go through `encoder.encode`."""
+    if c_make_encoder is None or encoder.indent is not None:
+        return encoder.encode
+    made = c_make_encoder(
+        None, encoder.default, encode_basestring_ascii if encoder.ensure_ascii else encode_basestring, None,
+        encoder.key_separator, encoder.item_separator, encoder.sort_keys, encoder.skipkeys, encoder.allow_nan,
+    )  # fmt: skip
+
+    def encode(value: Any) -> str:
+        return encoder.encode(value) if isinstance(value, str) else "".join(made(value, 0))
+
+    return encode
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Made once: `json.dumps` with options builds a new encoder at every call (a third of the cost of a small value)."""
-_C_ENCODER = (
-    None
-    if c_make_encoder is None
-    else c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
-)
-"""`_ENCODER`'s C encoder, made once too: `JSONEncoder.encode` makes one at every call (half the cost of a small
-value). Without circular-reference markers (a cycle ends in RecursionError, not ValueError), so that it keeps no
-state between calls and threads may share it."""
+_encode = encoder_once(_ENCODER)
 
 
 def dumps(value: Any) -> str:
@@ -72,9 +83,7 @@ def dumps(value: Any) -> str:
         return str(encode_basestring(value))
     if kind is float and math.isfinite(value):  # a cost: the encoder writes a finite float as its repr
         return float.__repr__(value)
-    if _C_ENCODER is None or isinstance(value, str):
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODER(value, 0))
+    return _encode(value)
 
 
 def _failover_view(row: Mapping[str, Any]) -> dict[str, Any]:

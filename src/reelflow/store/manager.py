@@ -312,6 +312,12 @@ def result_texts(outcomes: Iterable[JobOutcome]) -> dict[int, str]:
     return {id(o): dumps(o.result or {}) for o in outcomes if o.status == "succeeded"}
 
 
+def submitted_data(provider_job_id: str) -> str:
+    """A `job.submitted` event's data: `dumps({"provider_job_id": ...})`, spelled out (a dict through the encoder
+    cost ~0.5 µs more, for every quick job)."""
+    return f'{{"provider_job_id":{dumps(provider_job_id)}}}'
+
+
 def outcome_events(
     o: JobOutcome, eid: str, key: str, attempts: int, now: float, result_text: str | None = None
 ) -> list[EventRow]:
@@ -693,8 +699,8 @@ class StoreManager(StoreRules):
             eid, key = found["execution_id"], found["key"]
             touched.add(eid)
             if o.status == "succeeded":
-                if (pid := inline.get(o.job_row)) is not None:  # dumps({"provider_job_id": pid}), spelled out
-                    events.append((eid, key, "job.submitted", f'{{"provider_job_id":{dumps(pid)}}}', now))
+                if (pid := inline.get(o.job_row)) is not None:
+                    events.append((eid, key, "job.submitted", submitted_data(pid), now))
                 events += outcome_events(o, eid, key, 0, now, results.get(id(o)))
                 for job_row, dep, provider, model, tenant in released.pop((eid, key), []):
                     promoted.append(dep)
@@ -788,7 +794,7 @@ class StoreManager(StoreRules):
             items = [(job_row, owner, pid) for (job_row, owner), pid in latest.items()]
         rows = await self._set_provider_ids(tx, items, now)
         await self._append(tx, [
-            (r["execution_id"], r["key"], "job.submitted", f'{{"provider_job_id":{dumps(r["provider_job_id"])}}}', now)
+            (r["execution_id"], r["key"], "job.submitted", submitted_data(r["provider_job_id"]), now)
             for r in rows
         ])  # fmt: skip
 
