@@ -308,8 +308,17 @@ RECORDER = """() => {
     if (badge) note('@execution', badge.dataset.status, badge.textContent);
   };
   look();
-  new MutationObserver(look).observe(document.querySelector('main'),
-    {subtree: true, attributes: true, attributeFilter: ['data-status'], childList: true});
+  // every change, not only the last of a batch: events read in one chunk set a node's status several times in
+  // one task, and the observer then sees only the last unless it reads each change's old value
+  new MutationObserver((records) => {
+    for (const r of records) {
+      const g = r.target;
+      const node = r.type === 'attributes' && r.oldValue && g.matches && g.matches('#dag .node');
+      if (node) note(g.dataset.job, r.oldValue, '');
+    }
+    look();
+  }).observe(document.querySelector('main'),
+    {subtree: true, attributes: true, attributeFilter: ['data-status'], attributeOldValue: true, childList: true});
 }"""
 
 
@@ -936,6 +945,8 @@ def test_search_and_filter_the_executions(browser: Browser, api: ApiServer, cons
     expect(rows).to_have_count(1)
     assert ids() == [two_b] and "status=failed" in asked[-1]
     page.locator('.chip[data-filter="all"]').click()
+    # the chip draws the list anew: type into the new form, not the one it replaces
+    expect(page.locator('.chip[data-filter="all"]')).to_have_attribute("aria-pressed", "true")
     page.locator("#f-meta").fill("shot=2, take=b")
     page.locator("#f-apply").click()
     expect(rows).to_have_count(1)
