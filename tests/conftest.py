@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
@@ -22,6 +23,11 @@ from reelflow.store import open_store
 from reelflow.store.sqlite import SQLiteStore
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The property tests assert what comes out, never how fast: a slow example on a busy machine (a GC pause, the
+# browser tests beside them) is not a failure, and hypothesis's default 200 ms deadline would report it as one.
+hypothesis_settings.register_profile("reelflow", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("reelflow")
 
 
 BOTH_STORES = frozenset(
