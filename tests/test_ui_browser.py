@@ -618,6 +618,67 @@ def test_narrow_screens_keep_everything_within_the_width(
     context.close()
 
 
+EDGE_HITS = """() => {
+  // every edge sampled along its length: which node boxes, other than its own two ends, does it pass through?
+  const boxes = [...document.querySelectorAll('#dag .node')].map((g) => {
+    const r = g.querySelector('rect.box');
+    const [x, y, w, h] = ['x', 'y', 'width', 'height'].map((a) => Number(r.getAttribute(a)));
+    return { job: g.dataset.job, x, y, w, h };
+  });
+  const hits = [];
+  for (const e of document.querySelectorAll('#dag path.edge')) {
+    const ends = [e.dataset.from, e.dataset.to];
+    const length = e.getTotalLength();
+    for (let at = 0; at <= length; at += 2) {
+      const p = e.getPointAtLength(at);
+      for (const b of boxes) {
+        if (ends.includes(b.job)) continue;
+        if (p.x > b.x + 1 && p.x < b.x + b.w - 1 && p.y > b.y + 1 && p.y < b.y + b.h - 1) {
+          hits.push(`${ends.join('→')} under ${b.job}`);
+          break;
+        }
+      }
+    }
+  }
+  return [...new Set(hits)];
+}"""
+
+
+@pytest.mark.parametrize("viewport", [WIDE, NARROW], ids=["wide", "narrow"])
+def test_an_edge_that_skips_a_layer_goes_around_the_jobs_between(
+    browser: Browser, api: ApiServer, key: str, console: Console, viewport: dict[str, int]
+) -> None:
+    # the demo's shape (voice skips clip's layer on its way to merged) and an edge that skips three layers
+    plan = [
+        sim("still", "image", latency_s=0),
+        sim("voice", "audio", latency_s=0),
+        sim("clip", image="$still", latency_s=0),
+        sim("merged", latency_s=0, depends_on=["clip", "voice"]),
+        sim("final", latency_s=0, depends_on=["merged"]),
+        sim("thumb", "image", latency_s=0, depends_on=["still", "final"]),
+        sim("poster", "image", latency_s=0, depends_on=["still", "thumb"]),
+    ]
+    eid = submit(api, key, {"jobs": plan})
+    finished(api, key, eid)
+    context, page = new_page(browser, api, console, key, viewport=viewport)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#dag .node")).to_have_count(7)
+    expect(page.locator("#dag path.edge")).to_have_count(8)  # one path per dependency, waypoints or not
+    assert page.evaluate(EDGE_HITS) == []
+    # each path still starts at its dependency and ends at its dependent
+    ends = page.evaluate(
+        """() => [...document.querySelectorAll('#dag path.edge')].map((e) => {
+             const box = (job) => document.querySelector(`#dag .node[data-job="${job}"] rect.box`).getBBox();
+             const a = e.getPointAtLength(0), b = e.getPointAtLength(e.getTotalLength());
+             const near = (p, r) =>
+               p.x >= r.x - 3 && p.x <= r.x + r.width + 3 && p.y >= r.y - 3 && p.y <= r.y + r.height + 3;
+             return near(a, box(e.dataset.from)) && near(b, box(e.dataset.to));
+           })"""
+    )
+    assert ends == [True] * 8, ends
+    context.close()
+
+
 # ---------------------------------------------------------------------------------------------- overview
 
 

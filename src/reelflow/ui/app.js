@@ -590,13 +590,15 @@ function showExecutions(view, ctx, params) {
 
 // ------------------------------------------------------------------ DAG layout (layered, left to right)
 
-/** Layers by longest path from a root; order in each layer by barycentre sweeps to cut edge crossings. */
+/**
+ * Layers by longest path from a root; order in each layer by barycentre sweeps to cut edge crossings. An edge
+ * that spans several layers passes through a waypoint in each layer between (ordered with the nodes), so it is
+ * drawn in a lane of its own, never under a node it skips.
+ */
 function layoutDag(jobs) {
   const ids = jobs.map((j) => j.id);
   const known = new Set(ids);
   const deps = new Map(jobs.map((j) => [j.id, (j.depends_on || []).filter((d) => known.has(d) && d !== j.id)]));
-  const kids = new Map(ids.map((id) => [id, []]));
-  for (const [id, ds] of deps) for (const d of ds) kids.get(d).push(id);
 
   const level = new Map();
   const visiting = new Set();
@@ -613,23 +615,45 @@ function layoutDag(jobs) {
   const layers = [];
   for (const id of ids) (layers[level.get(id)] ||= []).push(id);
 
-  const pos = new Map();
-  const index = () => layers.forEach((layer) => layer.forEach((id, i) => pos.set(id, i)));
-  index();
-  const bary = (id, near) => {
-    const ns = near.get(id);
-    return ns.length ? ns.reduce((a, n) => a + pos.get(n), 0) / ns.length : pos.get(id);
-  };
-  for (let sweep = 0; sweep < 4; sweep++) {
-    const down = sweep % 2 === 0;
-    const order = down ? layers.slice(1) : layers.slice(0, -1).reverse();
-    for (const layer of order) {
-      const score = new Map(layer.map((id) => [id, bary(id, down ? deps : kids)]));
-      layer.sort((a, b) => score.get(a) - score.get(b) || pos.get(a) - pos.get(b));
-      layer.forEach((id, i) => pos.set(id, i));
+  // neighbours one layer away, waypoints included; a waypoint is an object, so no job id can collide with one
+  const up = new Map(ids.map((id) => [id, []]));
+  const down = new Map(ids.map((id) => [id, []]));
+  const waypoints = new Map(); // "from\u0000to" -> the waypoints of that edge, first layer first
+  for (const [id, ds] of deps) {
+    for (const d of ds) {
+      let prev = d;
+      const via = [];
+      for (let li = level.get(d) + 1; li < level.get(id); li++) {
+        const w = { edge: [d, id], layer: li };
+        up.set(w, [prev]);
+        down.set(w, []);
+        down.get(prev).push(w);
+        layers[li].push(w);
+        via.push(w);
+        prev = w;
+      }
+      down.get(prev).push(id);
+      up.get(id).push(prev);
+      if (via.length) waypoints.set(`${d}\u0000${id}`, via);
     }
   }
-  return { layers, deps };
+
+  const pos = new Map();
+  layers.forEach((layer) => layer.forEach((n, i) => pos.set(n, i)));
+  const bary = (n, near) => {
+    const ns = near.get(n);
+    return ns.length ? ns.reduce((a, m) => a + pos.get(m), 0) / ns.length : pos.get(n);
+  };
+  for (let sweep = 0; sweep < 4; sweep++) {
+    const goingDown = sweep % 2 === 0;
+    const order = goingDown ? layers.slice(1) : layers.slice(0, -1).reverse();
+    for (const layer of order) {
+      const score = new Map(layer.map((n) => [n, bary(n, goingDown ? up : down)]));
+      layer.sort((a, b) => score.get(a) - score.get(b) || pos.get(a) - pos.get(b));
+      layer.forEach((n, i) => pos.set(n, i));
+    }
+  }
+  return { layers, deps, waypoints };
 }
 
 function kindLabel(job) {
@@ -638,26 +662,27 @@ function kindLabel(job) {
 }
 
 function drawGraph(container, jobs, onPick) {
-  const { layers, deps } = layoutDag(jobs);
+  const { layers, deps, waypoints } = layoutDag(jobs);
   const vertical = container.clientWidth > 0 && container.clientWidth < 560 && layers.length > 1;
   const W = 184;
   const H = 62;
   const GAP_LAYER = vertical ? 46 : 70;
   const GAP_NODE = vertical ? 16 : 18;
   const PAD = 6;
-  const maxCount = Math.max(...layers.map((l) => l.length));
-  const crossSpan = (n, size) => n * size + (n - 1) * GAP_NODE;
+  const LANE = 10; // a waypoint's width across its layer: an edge passing by, not a node
+  const sizeOf = (n) => (typeof n === "string" ? (vertical ? W : H) : LANE);
+  const crossSpan = (layer) => layer.reduce((a, n) => a + sizeOf(n), 0) + (layer.length - 1) * GAP_NODE;
   const alongSize = vertical ? H : W;
-  const crossSize = vertical ? W : H;
-  const crossMax = crossSpan(maxCount, crossSize);
-  const place = new Map();
+  const crossMax = Math.max(...layers.map(crossSpan));
+  const place = new Map(); // a job's box's corner, a waypoint's centre line
   layers.forEach((layer, li) => {
-    const offset = (crossMax - crossSpan(layer.length, crossSize)) / 2;
-    layer.forEach((id, i) => {
-      const along = PAD + li * (alongSize + GAP_LAYER);
-      const cross = PAD + offset + i * (crossSize + GAP_NODE);
-      place.set(id, vertical ? { x: cross, y: along } : { x: along, y: cross });
-    });
+    let cross = PAD + (crossMax - crossSpan(layer)) / 2;
+    const along = PAD + li * (alongSize + GAP_LAYER);
+    for (const n of layer) {
+      const at = typeof n === "string" ? cross : cross + LANE / 2;
+      place.set(n, vertical ? { x: at, y: along } : { x: along, y: at });
+      cross += sizeOf(n) + GAP_NODE;
+    }
   });
   const width = vertical ? crossMax + 2 * PAD : layers.length * (W + GAP_LAYER) - GAP_LAYER + 2 * PAD;
   const height = vertical ? layers.length * (H + GAP_LAYER) - GAP_LAYER + 2 * PAD : crossMax + 2 * PAD;
@@ -671,20 +696,29 @@ function drawGraph(container, jobs, onPick) {
   const nodes = s("g", {});
   svg.append(edges, nodes);
   const edgeEls = [];
+  // an edge leaves its job's far side, crosses each skipped layer straight along its own lane, and enters the
+  // dependent's near side; between layers it bends with one cubic curve
+  const curve = (a, b) => {
+    if (vertical) {
+      const m = (a.y + b.y) / 2;
+      return ` C${a.x} ${m} ${b.x} ${m} ${b.x} ${b.y}`;
+    }
+    const m = (a.x + b.x) / 2;
+    return ` C${m} ${a.y} ${m} ${b.y} ${b.x} ${b.y}`;
+  };
   for (const j of jobs) {
     const to = place.get(j.id);
     for (const d of deps.get(j.id)) {
       const from = place.get(d);
-      let path;
-      if (vertical) {
-        const x1 = from.x + W / 2, y1 = from.y + H, x2 = to.x + W / 2, y2 = to.y - 2;
-        const m = (y1 + y2) / 2;
-        path = `M${x1} ${y1} C${x1} ${m} ${x2} ${m} ${x2} ${y2}`;
-      } else {
-        const x1 = from.x + W, y1 = from.y + H / 2, x2 = to.x - 2, y2 = to.y + H / 2;
-        const m = (x1 + x2) / 2;
-        path = `M${x1} ${y1} C${m} ${y1} ${m} ${y2} ${x2} ${y2}`;
+      let at = vertical ? { x: from.x + W / 2, y: from.y + H } : { x: from.x + W, y: from.y + H / 2 };
+      let path = `M${at.x} ${at.y}`;
+      for (const w of waypoints.get(`${d}\u0000${j.id}`) || []) {
+        const p = place.get(w);
+        const leave = vertical ? { x: p.x, y: p.y + H } : { x: p.x + W, y: p.y };
+        path += `${curve(at, p)} L${leave.x} ${leave.y}`;
+        at = leave;
       }
+      path += curve(at, vertical ? { x: to.x + W / 2, y: to.y - 2 } : { x: to.x - 2, y: to.y + H / 2 });
       const el = s("path", { d: path, class: "edge", "marker-end": "url(#arrow)", "data-from": d, "data-to": j.id });
       edges.append(el);
       edgeEls.push(el);
