@@ -49,6 +49,8 @@ from typing import Any
 
 import httpx
 
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
+
 PLAN = {
     "jobs": [
         {"id": "still", "type": "generate-image", "model": "sim/image", "params": {"latency_s": 0.5, "cost_usd": 0.01}},
@@ -518,6 +520,7 @@ def main() -> None:
         serve_diagnosed(args.serve_diagnosed, args.workers, Path(args.diagnosis), args.try_tune_gc,
                         args.try_worker_store)
         return
+    print(speed_line(), flush=True)
     sys.exit(asyncio.run(bench(args)))
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
 from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
 
@@ -93,4 +94,5 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=30.0)
     parser.add_argument("--database-url")
     args = parser.parse_args()
+    print(speed_line(), flush=True)
     asyncio.run(main(args.jobs, args.latency, args.database_url))

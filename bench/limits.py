@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes.replicate import FakeReplicate
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
 from providers import seedance_plan  # bench/providers.py: the same plans
 from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
@@ -90,4 +91,5 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=3)
     args = parser.parse_args()
+    print(speed_line(), flush=True)
     asyncio.run(main(args.jobs, args.limit, args.latency, args.workers))

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.engine.worker import Worker, tune_gc
@@ -121,4 +122,5 @@ if __name__ == "__main__":
     parser.add_argument("--tenant-cap", type=int, help="the tenant's max_concurrent (default: none)")
     parser.add_argument("--cache", action="store_true", help="plans with the result cache on (all but one job hit it)")
     args = parser.parse_args()
+    print(speed_line(), flush=True)
     asyncio.run(main(args.jobs, args.database_url, args.concurrency, args.batch, args.tenant_cap, args.cache))

@@ -50,6 +50,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes.replicate import FakeReplicate
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
 from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
 
@@ -344,4 +345,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.drop_every is not None and args.drop_every < 1:
         parser.error("--drop-every must be 1 or more")
+    print(speed_line(), flush=True)
     asyncio.run(main(args.jobs, args.latency, args.only, args.tenant_cap, args.drop_every, args.provider_limits))

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
 from reelflow.engine.scheduler import Engine
 from reelflow.store import open_store
 
@@ -157,5 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a database to create the benchmark's own database from; `sqlite`: a new file")
     args = parser.parse_args()
+    print(speed_line(), flush=True)
     counts = [int(n) for n in args.workers.split(",")]
     asyncio.run(main(args.database_url, args.jobs, counts, args.hold_snapshot, args.rate, args.tenant_cap))

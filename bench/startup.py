@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "examples" / "sunset.yaml"
 FLOORS = {
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the package's parent directory")
     parser.add_argument("--importtime", action="store_true")
     args = parser.parse_args()
+    print(speed_line(), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-startup-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELFLOW_")}
