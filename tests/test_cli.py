@@ -124,6 +124,42 @@ def test_plan_from_stdin_and_events(cli: Any) -> None:
     assert events[-1]["type"] == "execution.succeeded"
 
 
+def test_events_follow_prints_new_events_until_the_execution_ends(
+    cli: Any, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    import time
+
+    queued = cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--json")
+    assert queued.returncode == 0, queued.stderr
+    eid = json.loads(queued.stdout)["id"]
+    # without --follow: the events so far (nothing runs it yet), and the command ends at once
+    so_far = cli("events", eid, "--json")
+    assert so_far.returncode == 0, so_far.stderr
+    assert [json.loads(line)["type"] for line in so_far.stdout.splitlines()] == ["execution.created"]
+
+    follower = subprocess.Popen(
+        [*CLI, "events", eid, "--follow"], env=worker_env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        assert follower.poll() is None, "the follower waits while the execution has not ended"
+        done = cli("status", eid, "--wait", "--json")  # no worker running: runs one embedded
+        assert done.returncode == 0, done.stderr
+        out, errs = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, errs
+    followed = [json.loads(line) for line in out.splitlines()]
+    assert followed[0]["type"] == "execution.created" and followed[-1]["type"] == "execution.succeeded"
+    assert {e["type"] for e in followed} >= {"job.running", "job.succeeded"}
+    seqs = [e["seq"] for e in followed]
+    assert seqs == sorted(set(seqs)), "each event once, in order"
+    # the same events a later plain read gives, none missed
+    assert [json.loads(line) for line in cli("events", eid).stdout.splitlines()] == followed
+
+
 def test_models_lists_the_catalog(cli: Any) -> None:
     proc = cli("models", "--json")
     assert proc.returncode == 0

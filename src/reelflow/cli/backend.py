@@ -3,6 +3,7 @@ reelflow server (`--server`), through the HTTP client. The commands are written 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 Listener = Callable[[dict[str, Any]], None]
 EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
+EVENTS_POLL_S = 0.25
+"""How often `reelflow events --follow` reads the local database for new events."""
 
 
 class Submitted(NamedTuple):
@@ -52,8 +55,9 @@ class Backend(Protocol):
         """A new execution of the same plan: its id."""
         ...
 
-    def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The execution's events as `{seq, type, job, data, created_at}` (an ISO 8601 time)."""
+    def events(self, execution_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The execution's events as `{seq, type, job, data, created_at}` (an ISO 8601 time); with `follow`,
+        new ones as they come, until the execution has ended."""
         ...
 
     async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -127,17 +131,25 @@ class Local:
     async def retry(self, execution_id: str) -> str:
         return await self.runtime.engine.retry(execution_id)
 
-    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The events stored so far (the execution is not followed)."""
+    async def events(self, execution_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The events stored so far; with `follow`, then the new ones, read every EVENTS_POLL_S, until the
+        execution has ended (its last events are written with its final status, so one more read gets them)."""
         from ..sdk import event_view
+        from ..states import TERMINAL_EXECUTION
 
+        store = self.runtime.store
         await self.get(execution_id)  # unknown: NotFound
         after = 0
-        while batch := await self.runtime.store.events(execution_id, after=after):
-            for e in batch:
-                yield event_view({"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data,
-                                  "created_at": e.created_at})  # fmt: skip
-            after = batch[-1].seq
+        while True:
+            ended = not follow or await store.execution_status(execution_id) in TERMINAL_EXECUTION
+            while batch := await store.events(execution_id, after=after):
+                for e in batch:
+                    yield event_view({"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data,
+                                      "created_at": e.created_at})  # fmt: skip
+                after = batch[-1].seq
+            if ended:
+                return
+            await asyncio.sleep(EVENTS_POLL_S)
 
     async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Every tenant's executions (the local database is the operator's)."""
@@ -219,8 +231,8 @@ class Remote:
     async def retry(self, execution_id: str) -> str:
         return (await self.client.retry(execution_id)).id
 
-    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The events, followed to the end of the execution."""
+    async def events(self, execution_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The events, followed to the end of the execution (the server's stream does, `follow` or not)."""
         from ..sdk import event_view
 
         async with contextlib.aclosing(self.client.events(execution_id)) as stream:

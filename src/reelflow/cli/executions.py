@@ -75,11 +75,25 @@ def status(
     exit_for(on_backend(server, api_key, body), finished_only=not wait)
 
 
-def events(execution_id: IdArg, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Print an execution's event log, one JSON object per line (with --server: followed to the end)."""
+def events(
+    execution_id: IdArg,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f",
+            help="Keep printing new events until the execution ends (with --server the stream always is).",
+        ),
+    ] = False,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Accepted for scripts: the output is JSON lines either way.")
+    ] = False,
+) -> None:  # fmt: skip
+    """Print an execution's event log, one JSON object per line (with --follow or --server: to the end)."""
 
     async def body(backend: Backend) -> None:
-        async for e in backend.events(execution_id):
+        async for e in backend.events(execution_id, follow=follow):
             sys.stdout.write(json.dumps(e) + "\n")
             sys.stdout.flush()
 
