@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)
 
+EVENTS_POLL_S = 0.25
+"""How often following a local execution's events (`reelflow events --follow`) reads the database."""
+
 
 @dataclass(frozen=True)
 class Model:
@@ -472,16 +475,24 @@ class LocalBackend:
     async def retry(self, execution_id: str) -> str:
         return await self.runtime.engine.retry(execution_id)
 
-    async def events(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The events stored so far (locally the execution is not followed: `wait` runs it)."""
+    async def events(self, execution_id: str, *, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The events stored so far (locally the execution is not followed: `wait` runs it); with `follow`, then
+        the new ones, read every EVENTS_POLL_S, until the execution has ended (its last events are written with
+        its final status, so one more read after seeing that status gets them all)."""
+        store = self.runtime.store
         await self.get(execution_id)  # unknown: NotFound
         after = 0
-        while batch := await self.runtime.store.events(execution_id, after=after):
-            for e in batch:
-                yield event_view(
-                    {"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data, "created_at": e.created_at}
-                )
-            after = batch[-1].seq
+        while True:
+            ended = not follow or await store.execution_status(execution_id) in TERMINAL_EXECUTION
+            while batch := await store.events(execution_id, after=after):
+                for e in batch:
+                    yield event_view(
+                        {"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data, "created_at": e.created_at}
+                    )
+                after = batch[-1].seq
+            if ended:
+                return
+            await asyncio.sleep(EVENTS_POLL_S)
 
 
 class BlockingBackend:

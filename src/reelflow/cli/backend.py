@@ -3,7 +3,6 @@ reelflow server (`--server`), through the HTTP client. The commands are written 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,8 +17,7 @@ if TYPE_CHECKING:
 
 Listener = Callable[[dict[str, Any]], None]
 EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
-EVENTS_POLL_S = 0.25
-"""How often `reelflow events --follow` reads the local database for new events."""
+
 
 
 class Submitted(NamedTuple):
@@ -132,24 +130,11 @@ class Local:
         return await self.runtime.engine.retry(execution_id)
 
     async def events(self, execution_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
-        """The events stored so far; with `follow`, then the new ones, read every EVENTS_POLL_S, until the
-        execution has ended (its last events are written with its final status, so one more read gets them)."""
-        from ..sdk import event_view
-        from ..states import TERMINAL_EXECUTION
+        """The events stored so far; with `follow`, then the new ones until the execution has ended."""
+        from ..sdk import LocalBackend
 
-        store = self.runtime.store
-        await self.get(execution_id)  # unknown: NotFound
-        after = 0
-        while True:
-            ended = not follow or await store.execution_status(execution_id) in TERMINAL_EXECUTION
-            while batch := await store.events(execution_id, after=after):
-                for e in batch:
-                    yield event_view({"seq": e.seq, "type": e.type, "job": e.job_key, "data": e.data,
-                                      "created_at": e.created_at})  # fmt: skip
-                after = batch[-1].seq
-            if ended:
-                return
-            await asyncio.sleep(EVENTS_POLL_S)
+        async for e in LocalBackend(self.runtime).events(execution_id, follow=follow):
+            yield e
 
     async def list_executions(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Every tenant's executions (the local database is the operator's)."""
