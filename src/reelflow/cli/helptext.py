@@ -24,7 +24,7 @@ Commands:
             --wait, follow it to the end.
   status    Show an execution's state (exit 1 when it failed or was canceled).
   events    Print an execution's event log, one JSON object per line (with
-            --server: followed to the end).
+            --follow or --server: to the end).
   logs      Print what the provider logged for one job of an execution (the
             last 64 KiB, every attempt).
   list      List executions, newest first (id, status, progress, cost,
