@@ -19,7 +19,6 @@ Listener = Callable[[dict[str, Any]], None]
 EVENT_FIELDS = ("seq", "type", "job", "data", "created_at")
 
 
-
 class Submitted(NamedTuple):
     """A submission as `reelflow run` shows it: the execution's id, its status now, and how many jobs it has."""
 
