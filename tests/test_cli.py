@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,6 @@ def test_plan_from_stdin_and_events(cli: Any) -> None:
 def test_events_follow_prints_new_events_until_the_execution_ends(
     cli: Any, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    import time
-
     queued = cli("run", str(write_plan(tmp_path, SIM_PLAN)), "--json")
     assert queued.returncode == 0, queued.stderr
     eid = json.loads(queued.stdout)["id"]
@@ -207,8 +206,6 @@ COMMANDS = [
 def test_a_configuration_problem_stops_every_command_at_start_with_exit_2(
     worker_env: dict[str, str], tmp_path: Path, problem: str, command: list[str]
 ) -> None:
-    import time
-
     variable, text, said = BAD_CONFIG[problem]
     value = "abc"
     if text is not None:
