@@ -33,7 +33,7 @@ DeliveryStatus = Literal["pending", "delivered", "failed"]
 class Answer(BaseModel):
     """Base of the answers: plain data, frozen once built."""
 
-    model_config = ConfigDict()
+    model_config = ConfigDict(frozen=True)
 
 
 class Cost(Answer):
