@@ -922,9 +922,12 @@ def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
     expect(row.locator(".seg.provider-wait")).to_have_count(1)
     expect(row.locator(".tl-pq")).to_have_count(1)
     assert float(row.locator(".tl-pq").get_attribute("data-seconds") or -1) == queued  # JS writes 1.0 as "1"
-    wait_box, run_box = row.locator(".seg.provider-wait").bounding_box(), row.locator(".seg.run").bounding_box()
+    # Both widths in one browser task: the page redraws the timeline with every event the stream replays, and
+    # an element measured after its row was redrawn has no box (bounding_box() gave None under CI's load).
+    wait_w, run_w = page.evaluate("""() => ['.seg.provider-wait', '.seg.run'].map((s) => document
+        .querySelector(`#timeline .tl-row[data-job="render"] ${s}`)?.getBoundingClientRect().width ?? null)""")
     # 1.0 s of a ~1.3 s run; the run part may have no width at all when the worker saw the start late (a poll)
-    assert wait_box and wait_box["width"] > 0.5 * (run_box["width"] if run_box else 0.0), (wait_box, run_box)
+    assert wait_w is not None and wait_w > 0.5 * (run_w or 0.0), (wait_w, run_w)
 
     # the provider logs panel: loaded when opened, the API's text, and what was left out said
     panel = card.locator("details.plog")
