@@ -428,6 +428,41 @@ def test_the_execution_page_follows_a_run_live_and_plays_its_outputs(
     screenshot(page, "ui-execution.png")
 
 
+STATUS_CHANGES = """
+window.__changes = [];
+new MutationObserver((records) => {
+  for (const r of records) {
+    const t = r.target;
+    if (t.id === 'exec-status' || (t.matches && t.matches('#dag .node'))) {
+      window.__changes.push([t.id || t.dataset.job, r.oldValue, t.dataset.status]);
+    }
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-status'], attributeOldValue: true});
+"""
+
+
+def test_a_finished_execution_opens_at_its_final_state_while_its_events_are_replayed(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    # 60 jobs, 183 events: the stream replays them all into the events panel
+    eid = submit(api, key, {"jobs": [sim(f"j{i}") for i in range(60)]})
+    assert finished(api, key, eid)["status"] == "succeeded"
+    context, page = new_page(browser, api, console, key)
+    context.add_init_script(STATUS_CHANGES)
+    page.goto(f"/ui#/executions/{eid}")
+    expect(page.locator("#events li").last.locator(".ty")).to_have_text("execution.succeeded")
+    assert page.locator("#events li").count() >= 3 * 60  # running, submitted, succeeded: each job's
+    changes = page.evaluate("window.__changes")
+    # The page shows what the state says from its first render on; the replayed history goes to the events panel,
+    # not back into the execution's and the jobs' statuses (it set them to running again, then to their end, and
+    # redrew the page once per event). Each record is [what, value before, value now].
+    assert [c for c in changes if c[1] not in (None, "succeeded")] == [], changes[:10]
+    assert len(changes) < 10 * 61, len(changes)  # a handful of renders, not one per replayed event
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator('#dag .node[data-status="succeeded"]')).to_have_count(60)
+    context.close()
+
+
 def test_resume_a_failed_execution_from_its_page(page: Page, api: ApiServer, key: str) -> None:
     plan = {
         "jobs": [

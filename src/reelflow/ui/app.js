@@ -1506,7 +1506,7 @@ function showExecution(view, ctx, executionId) {
       renderLog(ev.job);
     }
     noteAttempt(ev);
-    if (!state) return;
+    if (!state || replayed(ev)) return;
     const d = ev.data || {};
     if (ev.job) {
       const job = state.jobs.find((j) => j.id === ev.job);
@@ -1536,6 +1536,16 @@ function showExecution(view, ctx, executionId) {
     }
     render();
     scheduleRefresh();
+  }
+
+  // The stream starts from the first event. Of an execution that had ended when its state was loaded, the events up
+  // to its end go to the events panel and the job logs only: the state already says how it ended, and applying them
+  // again walked every job back through running to its end, redrawing the page once per event. What came after the
+  // end (a resume, a late cancellation) is news.
+  function replayed(ev) {
+    if (!TERMINAL.has(state.status)) return false;
+    const ended = parseTime(state.finished_at); // to the millisecond: the ending transaction's events share it
+    return ended === null || Math.floor(eventMs(ev)) <= ended;
   }
 
   function scheduleRefresh() {
