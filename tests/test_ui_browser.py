@@ -452,6 +452,9 @@ def test_a_finished_execution_opens_at_its_final_state_while_its_events_are_repl
     page.goto(f"/ui#/executions/{eid}")
     expect(page.locator("#events li").last.locator(".ty")).to_have_text("execution.succeeded")
     assert page.locator("#events li").count() >= 3 * 60  # running, submitted, succeeded: each job's
+    # the panel scrolls, and it followed the rows to the last one (it reads its scroll position once a frame)
+    at_end = "(e) => e.scrollHeight > e.clientHeight + 100 && e.scrollTop + e.clientHeight >= e.scrollHeight - 8"
+    page.wait_for_function(at_end, arg=page.locator("#events").element_handle(), timeout=5000)
     changes = page.evaluate("window.__changes")
     # The page shows what the state says from its first render on; the replayed history goes to the events panel,
     # not back into the execution's and the jobs' statuses (it set them to running again, then to their end, and
