@@ -960,8 +960,9 @@ def test_a_job_shows_its_provider_log_and_its_time_in_the_providers_queue(
     expect(row.locator(".seg.provider-wait")).to_have_count(1)
     expect(row.locator(".tl-pq")).to_have_count(1)
     assert float(row.locator(".tl-pq").get_attribute("data-seconds") or -1) == queued  # JS writes 1.0 as "1"
-    # Both widths in one browser task: the page redraws the timeline with every event the stream replays, and
-    # an element measured after its row was redrawn has no box (bounding_box() gave None under CI's load).
+    # Both widths in one browser task: the page may redraw the timeline between two separate measurements (a
+    # refresh, an event), and an element measured after its row was redrawn has no box (bounding_box() gave None
+    # under CI's load).
     wait_w, run_w = page.evaluate("""() => ['.seg.provider-wait', '.seg.run'].map((s) => document
         .querySelector(`#timeline .tl-row[data-job="render"] ${s}`)?.getBoundingClientRect().width ?? null)""")
     # 1.0 s of a ~1.3 s run; the run part may have no width at all when the worker saw the start late (a poll)
