@@ -383,17 +383,24 @@ asyncio.run(main())
 """
 
 
+def state_of(pid: int) -> str:
+    """The process's state letter and name (`S (sleeping)`), or `gone`."""
+    return str(proc_status(pid).get("State", "gone"))
+
+
 def test_ffmpeg_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
     script = tmp_path / "worker_like.py"
     script.write_text(WORKER_LIKE)
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out.mp4")], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
-        while not (children := ffmpeg_children(parent.pid)):
-            assert time.monotonic() < deadline and parent.poll() is None, "the worker-like process started no ffmpeg"
+        seen: dict[int, str] = {}
+        # a child found running: one seen as it is being reaped, or dying at start, is not the case under test
+        while not (running := [c for c in ffmpeg_children(parent.pid) if seen.setdefault(c, state_of(c))[0] in "RS"]):
+            assert time.monotonic() < deadline and parent.poll() is None, f"no ffmpeg running under the worker: {seen}"
+            seen.clear()
             time.sleep(0.02)
-        (ffmpeg,) = children
-        assert proc_status(ffmpeg).get("State", "").startswith(("R", "S"))
+        (ffmpeg,) = running
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
