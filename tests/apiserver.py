@@ -29,6 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelflow.api.app import create_app
+from reelflow.api.server import server_config
 from reelflow.config import Settings
 from reelflow.keys import NewKey, create_key
 from reelflow.store.sqlite import sqlite_path
@@ -82,8 +83,11 @@ class ApiServer:
         sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port in between
         self._sock = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
+        config = server_config(  # the protocol `reelflow serve` runs: its read deadline and request limits
             self.app,
+            self.settings,
+            host="127.0.0.1",
+            port=self.port,
             lifespan="on",
             log_config=None,  # leave the test process's logging alone (pytest's caplog sees server errors)
             log_level="warning",

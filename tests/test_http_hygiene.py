@@ -1,4 +1,5 @@
-"""HTTP hygiene of `reelflow serve`: slow clients are closed, connections are bounded, an aborted upload is
+"""HTTP hygiene of `reelflow serve`: slow clients are closed, connections are bounded, an oversized or
+malformed request is answered problem+json without a reset, an aborted upload is
 not an error, bodies are JSON only, `OPTIONS` tells every method, an event stream stops writing when its
 client is gone, `/metrics` can be private, and a configuration that goes bad answers 503, never 500.
 
@@ -229,6 +230,62 @@ def test_connections_beyond_the_bound_are_answered_503_at_once(served: Served) -
         for sock in held:
             sock.close()
     assert len(served.wait_for_log("refusing connections: 6 open")) == 1
+
+
+def send_in_pieces(sock: socket.socket, pieces: list[bytes], pause_s: float = 0.02) -> int:
+    """Send each piece on its own (paused between, so the server reads them apart) until the server stops
+    reading; how many pieces went out."""
+    for sent, piece in enumerate(pieces):
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return sent
+        time.sleep(pause_s)
+    return len(pieces)
+
+
+def answer_of(sock: socket.socket, limit_s: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """The status and problem+json body of the server's answer, read to the server's end of the connection.
+    A reset fails the test: the client must be able to read the answer."""
+    sock.settimeout(limit_s)
+    data = b""
+    while chunk := sock.recv(65536):  # ConnectionResetError propagates
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head.lower(), data[:500]
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+WHOLE_HEAD_END = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "pieces", "status"),
+    [
+        ("a path growing past 64 KiB", [b"GET /v1/executions/" + b"b" * 16_000] * 20, 414),
+        (
+            "headers growing past 64 KiB",
+            [b"GET /healthz HTTP/1.1\r\nHost: x\r\n"] + [b"X-Pad: " + b"p" * 16_000 + b"\r\n"] * 20,
+            431,
+        ),
+        ("a 100 KB path in one write", [b"GET /v1/executions/" + b"b" * 100_000 + WHOLE_HEAD_END], 414),
+        ("a 9 KB path", [b"GET /v1/executions/" + b"b" * 9_000 + WHOLE_HEAD_END], 414),
+        ("a malformed request line", [b"GET\x00 / HTTP/1.1\r\n\r\n"], 400),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_an_oversized_or_malformed_request_is_answered_problem_json_and_never_reset(
+    served: Served, name: str, pieces: list[bytes], status: int
+) -> None:
+    """However the bytes of a request too big to read are split on the way, the answer is the same, and the
+    client reads it even while it is still sending: the server drops the rest instead of resetting."""
+    with served.connect() as sock:
+        send_in_pieces(sock, pieces)
+        code, problem = answer_of(sock)
+    assert code == status and problem["status"] == status, (code, problem)
+    assert problem["detail"], problem
+    with httpx.Client(base_url=served.url) as http:  # the server is unharmed
+        assert http.get("/healthz").status_code == 200
 
 
 def test_an_aborted_upload_is_one_info_line_without_a_traceback(served: Served) -> None:

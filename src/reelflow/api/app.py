@@ -777,6 +777,7 @@ def create_app(
     problems.install(app)
     openapi.install(app)
     app.add_middleware(problems.BodyLimit)
+    app.add_middleware(problems.HeadLimit)
     app.add_middleware(openapi.DocsPolicy)
     app.add_middleware(RequestLogContext)
     app.include_router(router)

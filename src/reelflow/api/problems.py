@@ -32,6 +32,10 @@ from ..providers.catalog import CatalogFileError
 log = logging.getLogger("reelflow.api")
 PROBLEM = "application/problem+json"
 MAX_BODY_BYTES = 1_000_000
+MAX_TARGET_BYTES = 8 * 1024
+"""The longest request target (path and query) answered; a longer one is answered 414."""
+MAX_HEAD_BYTES = 64 * 1024
+"""The most bytes of request line and headers read for one request; more is answered 431 (or 414)."""
 _LOGGED_CONFIG_PROBLEMS: set[str] = set()
 """Configuration problems already logged: each is logged once, not on every request it fails."""
 
@@ -164,6 +168,41 @@ def allowed_methods(request: Request) -> list[str]:
     return [
         m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
     ]
+
+
+def problem_bytes(status: int, detail: str, *, title: str | None = None) -> bytes:
+    """A problem+json body, for the answers written below the app (by the HTTP protocol itself)."""
+    body = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status, "detail": detail}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def head_too_big(target_bytes: int, head_bytes: int) -> Problem | None:
+    """The answer to a request whose target or head is over the limits, or None when both are within."""
+    if target_bytes > MAX_TARGET_BYTES:
+        return Problem(414, f"request target (path and query) over {MAX_TARGET_BYTES} bytes")
+    if head_bytes > MAX_HEAD_BYTES:
+        return Problem(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
+    return None
+
+
+class HeadLimit:
+    """Refuse a request target over MAX_TARGET_BYTES with 414 and a head over MAX_HEAD_BYTES with 431.
+
+    The HTTP protocol refuses a head that grows past MAX_HEAD_BYTES before it is whole; one that arrived
+    whole is measured here, so the answer does not depend on how the bytes were split on the way."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            head = target + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+            refusal = head_too_big(target, head)
+            if refusal is not None:
+                await problem_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -9,7 +9,11 @@ byte), and connections beyond `limit_concurrency` are accepted and kept until th
   REELFLOW_HTTP_READ_TIMEOUT_S to send a whole request, headers and body; a slower one is answered 408
   when no answer has started yet, and disconnected;
 - a bound on open connections per process (REELFLOW_HTTP_MAX_CONNECTIONS): one more is answered 503
-  and closed at once.
+  and closed at once;
+- a request it cannot read (malformed, or a head growing past MAX_HEAD_BYTES) is answered with
+  problem+json, 400, 414 or 431, instead of uvicorn's plain-text 400. The connection is then closed
+  gracefully: what the client still sends is read and dropped until it closes (at most LINGER_S), so
+  the client reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import h11
@@ -24,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
+from .problems import MAX_HEAD_BYTES, PROBLEM, Problem, head_too_big, problem_bytes
 
 log = logging.getLogger("reelflow.api")
 
@@ -35,6 +41,8 @@ BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nretry-after: 5\r\nconnection: close\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
 )
+LINGER_S = 2.0
+"""How long a connection refused for a bad request is still read (and dropped) before it is closed."""
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -47,6 +55,7 @@ class GuardedH11Protocol(H11Protocol):
     _last_refusal_log: ClassVar[float] = 0.0
 
     _deadline: asyncio.TimerHandle | None = None
+    _lingering: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,6 +77,8 @@ class GuardedH11Protocol(H11Protocol):
         transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # the rest of a refused request: dropped
         super().data_received(data)
         if self.conn.their_state in _REQUEST_READ:
             self._disarm()
@@ -79,7 +90,34 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request h11 could not read (uvicorn calls this) with problem+json, then close gracefully."""
+        pending, _ = self.conn.trailing_data
+        refusal = None
+        if len(pending) > MAX_HEAD_BYTES:  # h11 gave up waiting for the end of the head
+            line_end = pending.find(b"\n")
+            refusal = head_too_big(len(pending) if line_end < 0 else line_end, len(pending))
+        if refusal is None:
+            refusal = Problem(400, "malformed HTTP request")
+        body = problem_bytes(refusal.status, refusal.detail)
+        headers = [
+            (b"content-type", PROBLEM.encode()),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        reason = HTTPStatus(refusal.status).phrase.encode()
+        for event in (h11.Response(status_code=refusal.status, headers=headers, reason=reason), h11.Data(data=body)):
+            self.transport.write(self.conn.send(event) or b"")
+        self._disarm()
+        # Closing now, with the client's bytes still arriving, would reset the connection, and the client could
+        # lose the answer; so say we are done writing and drop what comes until the client closes.
+        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def _arm(self) -> None:
         self._disarm()
@@ -112,4 +150,5 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
 
 def server_config(app: Any, settings: Settings, *, host: str, port: int, **options: Any) -> uvicorn.Config:
     """The uvicorn configuration `reelflow serve` runs the API with."""
+    options.setdefault("h11_max_incomplete_event_size", MAX_HEAD_BYTES)
     return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(settings), **options)
