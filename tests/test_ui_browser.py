@@ -466,6 +466,32 @@ def test_a_finished_execution_opens_at_its_final_state_while_its_events_are_repl
     context.close()
 
 
+def test_a_running_execution_opens_at_its_state_and_follows_what_is_new(
+    browser: Browser, api: ApiServer, key: str, console: Console
+) -> None:
+    # 40 quick jobs done and one slow job still running when the page opens: 123 events to replay, then news
+    eid = submit(api, key, {"jobs": [*(sim(f"j{i}") for i in range(40)), sim("slow", latency_s=5)]})
+    done = lambda: sum(j["status"] == "succeeded" for j in state(api, key, eid)["jobs"])  # noqa: E731
+    wait_for(lambda: done() == 40, "the 40 quick jobs to succeed")
+    assert state(api, key, eid)["status"] == "running"
+    context, page = new_page(browser, api, console, key)
+    context.add_init_script(STATUS_CHANGES)
+    page.goto(f"/ui#/executions/{eid}")
+    page.wait_for_function("() => document.querySelectorAll('#events li').length >= 3 * 40", timeout=10_000)
+    # what happens now is applied as it comes: the slow job's end, then the execution's
+    expect(page.locator("#exec-status")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+    expect(page.locator('#dag .node[data-status="succeeded"]')).to_have_count(41)
+    changes = page.evaluate("window.__changes")
+    # The history the state already showed went to the events panel only: a quick job was never shown as anything
+    # but succeeded (replayed, its events set it to queued or running again, then back). Each record is
+    # [what, value before, value now].
+    assert [c for c in changes if c[0].startswith("j") and c[2] != "succeeded"] == [], changes[:10]
+    # the execution and the slow job only ever moved forward, from running to succeeded (a redraw may set a value again)
+    moves = {(c[0], c[1], c[2]) for c in changes if c[1] is not None and c[1] != c[2]}
+    assert moves == {("exec-status", "running", "succeeded"), ("slow", "running", "succeeded")}, moves
+    context.close()
+
+
 def test_resume_a_failed_execution_from_its_page(page: Page, api: ApiServer, key: str) -> None:
     plan = {
         "jobs": [

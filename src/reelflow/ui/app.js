@@ -1122,6 +1122,7 @@ const JOB_EVENT_STATUS = {
 function showExecution(view, ctx, executionId) {
   pageTitle(executionId);
   let state = null;
+  let seenMs = null; // the newest moment the loaded state shows (ms): events up to it are in the state already
   let updateGraph = null;
   let graphKey = "";
   let refreshTimer = null;
@@ -1515,7 +1516,11 @@ function showExecution(view, ctx, executionId) {
       renderLog(ev.job);
     }
     noteAttempt(ev);
-    if (!state || replayed(ev)) return;
+    if (!state) return;
+    if (replayed(ev)) {
+      if (!TERMINAL.has(state.status)) scheduleRefresh(); // one fresh read after the replay, in case one was missed
+      return;
+    }
     const d = ev.data || {};
     if (ev.job) {
       const job = state.jobs.find((j) => j.id === ev.job);
@@ -1547,14 +1552,35 @@ function showExecution(view, ctx, executionId) {
     scheduleRefresh();
   }
 
-  // The stream starts from the first event. Of an execution that had ended when its state was loaded, the events up
-  // to its end go to the events panel and the job logs only: the state already says how it ended, and applying them
-  // again walked every job back through running to its end, redrawing the page once per event. What came after the
-  // end (a resume, a late cancellation) is news.
+  // The stream starts from the first event. Those the loaded state already shows go to the events panel and the job
+  // logs only: applying them again walked every job back through queued and running to where it is, redrawing the
+  // page once per event. Of an execution that had ended, that is every event up to its end (what came after, a
+  // resume or a late cancellation, is news); of one still running, every event up to the newest moment its state
+  // shows. Timestamps are to the millisecond: a transaction's events share its rows' times.
   function replayed(ev) {
-    if (!TERMINAL.has(state.status)) return false;
-    const ended = parseTime(state.finished_at); // to the millisecond: the ending transaction's events share it
-    return ended === null || Math.floor(eventMs(ev)) <= ended;
+    if (TERMINAL.has(state.status)) {
+      const ended = parseTime(state.finished_at);
+      return ended === null || Math.floor(eventMs(ev)) <= ended;
+    }
+    return seenMs !== null && Math.floor(eventMs(ev)) <= seenMs;
+  }
+
+  function newestMs(s) {
+    let newest = null;
+    const note = (iso) => {
+      const t = parseTime(iso);
+      if (t !== null && (newest === null || t > newest)) newest = t;
+    };
+    [s.created_at, s.started_at, s.finished_at].forEach(note);
+    for (const j of s.jobs || []) {
+      [j.queued_at, j.started_at, j.finished_at, j.provider_submitted_at, j.provider_started_at].forEach(note);
+    }
+    return newest;
+  }
+
+  function loaded(fresh) {
+    state = fresh;
+    seenMs = newestMs(fresh);
   }
 
   function scheduleRefresh() {
@@ -1570,7 +1596,7 @@ function showExecution(view, ctx, executionId) {
     try {
       const fresh = await api(`/v1/executions/${encodeURIComponent(executionId)}`, { signal: ctx.signal });
       if (!ctx.alive) return;
-      state = fresh;
+      loaded(fresh);
       render();
     } catch (err) {
       if (isAbort(err) || !ctx.alive) return;
@@ -1608,7 +1634,7 @@ function showExecution(view, ctx, executionId) {
         return;
       }
       toast(what === "cancel" ? "Cancel requested" : "Resumed: failed, canceled and skipped jobs run again");
-      if (res && res.jobs) state = res;
+      if (res && res.jobs) loaded(res);
       render();
       stream.start(); // the stream ended with the execution; a resumed one has more to say
     } catch (err) {
