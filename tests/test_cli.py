@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import sqlite3
 import subprocess
@@ -381,3 +383,31 @@ def test_logs_says_why_nothing_was_logged(cli: Any, tmp_path: Path) -> None:
     assert (waiting.returncode, waiting.stdout) == (0, "")
     assert waiting.stderr.strip() == "job b (waiting, sim): nothing logged yet"
     assert cli("logs", queued, "nope").returncode == 1
+
+
+def test_the_cyclic_collector_is_off_while_a_command_starts_and_on_once_it_has(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reelflow.cli import common, main
+
+    seen: list[bool] = []
+
+    @common.command
+    async def body() -> str:
+        seen.append(gc.isenabled())
+        await asyncio.sleep(common.START_S + 0.3)
+        seen.append(gc.isenabled())
+        return "done"
+
+    gc.disable()  # as `main` leaves it while the command starts
+    try:
+        assert body() == "done"
+        assert seen == [False, True]  # back on for a command still running after its start
+        gc.disable()
+        monkeypatch.setattr(sys, "argv", ["reelflow", "--help"])
+        main()
+        assert "Usage" in capsys.readouterr().out
+        assert gc.isenabled()  # `main` returns with it on, for a caller in the same process
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..client_errors import APIError
 from ..errors import ErrorItem, PlanError, ReelflowError
+from . import collect_from_now_on
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .backend import Backend, Local
 
 T = TypeVar("T")
+START_S = 0.5
+"""A command body running this long has started: the cyclic collector goes back on (see `main`)."""
 
 
 WIDE = 1000
@@ -132,8 +135,13 @@ def command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         import asyncio
 
+        async def started() -> T:
+            # a command still running after its start has made what it keeps: collect cycles from then on
+            asyncio.get_running_loop().call_later(START_S, collect_from_now_on)
+            return await fn(*args, **kwargs)
+
         try:
-            return asyncio.run(fn(*args, **kwargs))
+            return asyncio.run(started())
         except configuration_errors() as exc:  # bad configuration: bad usage
             raise fail(str(exc), 2) from None
         except PlanError as exc:

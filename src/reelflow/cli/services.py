@@ -84,12 +84,12 @@ def serve(
 
     settings = public_url_for(host, port, get_settings())
     configure_logging(settings, service=True)  # uvicorn's own lines go through the same handler
-    tune_gc()
     access_log = logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)
     try:
         api = create_app(settings, workers=workers)
     except OSError as exc:  # the metrics listener's address is taken
         raise fail(str(exc)) from None
+    tune_gc()  # the app made: what is there now lives as long as the process
     config = server_config(api, settings, host=host, port=port, log_config=None, log_level=None, access_log=access_log)
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):

@@ -102,6 +102,7 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)
+    gc.enable()  # the command line keeps it off during its start-up
 
 
 class JobTimeout(Exception):
