@@ -411,3 +411,22 @@ def test_the_cyclic_collector_is_off_while_a_command_starts_and_on_once_it_has(
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_a_cycle_left_while_the_collector_was_off_is_still_finalized_at_exit() -> None:
+    # a command's garbage cycle from before `collect_from_now_on` is frozen out of the collector's passes; the
+    # interpreter's last collection still finalizes it (without that, its __del__ never ran)
+    script = (
+        "import gc, os\n"
+        "from reelflow.cli import collect_from_now_on\n"
+        "gc.disable()\n"
+        "class Held:\n"
+        "    def __del__(self): os.write(1, b'finalized')\n"
+        "h = Held(); h.me = h\n"
+        "del h\n"
+        "collect_from_now_on()\n"
+        "assert gc.isenabled()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "finalized"

@@ -11,6 +11,7 @@ execution and Ctrl-C in `follow`; `reelflow --help` and `reelflow run --help` wi
 
 from __future__ import annotations
 
+import atexit
 import gc
 import sys
 from typing import TYPE_CHECKING, Any
@@ -35,9 +36,12 @@ def main() -> None:
 
 
 def collect_from_now_on() -> None:
-    """Turn the cyclic collector back on for the rest of the process, the start-up's objects left out of it."""
+    """Turn the cyclic collector back on for the rest of the process, the start-up's objects left out of its
+    passes. The interpreter's last collection, at exit, still sees them: a cycle the command left as garbage (a
+    buffered file in it, say) is finalized then, as it would have been."""
     if not gc.isenabled():
         gc.freeze()
+        atexit.register(gc.unfreeze)
         gc.enable()
 
 
