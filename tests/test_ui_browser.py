@@ -364,12 +364,17 @@ def test_the_execution_page_follows_a_run_live_and_plays_its_outputs(
     page.wait_for_timeout(500)  # the stroke transition ends
     seen = page.evaluate("window.__seen")
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
-    # the final job was waiting when the page opened, and turned green in front of us, through the states between
+    # the final job was waiting when the page opened, and turned green in front of us, only ever forward: a state
+    # read fresher than the stream (the page reads it again after events) is not walked back by the stream's older
+    # events, so a short step between may not be drawn at all
     assert seen["final"][0] == ["waiting", WAITING_RGB], seen["final"]
-    assert seen["final"][-1][0] == "succeeded" and len(seen["final"]) >= 3, seen["final"]
+    assert seen["final"][-1][0] == "succeeded", seen["final"]
     assert final.locator("rect.box").evaluate("r => getComputedStyle(r).stroke") == SUCCEEDED_RGB
-    assert [s for s, _ in seen["clip"]][-2:] == ["running", "succeeded"], seen["clip"]
-    assert [s for s, _ in seen["@execution"]][-2:] == ["running", "succeeded"], seen["@execution"]
+    lifecycle = ["waiting", "queued", "running", "succeeded"]
+    for what in ("final", "clip", "@execution"):
+        statuses = [s for s, _ in seen[what]]
+        assert statuses == sorted(statuses, key=lifecycle.index) and statuses[-1] == "succeeded", (what, statuses)
+    assert "running" in [s for s, _ in seen["clip"]], seen["clip"]  # a 1 s job: seen running
     assert seen["@execution"][0][0] in ("queued", "running"), seen["@execution"]
 
     # timings, attempts and cost per job, from the state and the event stream
