@@ -1434,6 +1434,21 @@ function showExecution(view, ctx, executionId) {
     fill(card.log, summary, evs.length ? list : h("div", { class: "muted" }, "No event yet."));
   }
 
+  // A job's log is drawn once a frame, however many of its events came in it: drawn after each one, a replay redrew
+  // every job's whole log once per event of it.
+  const staleLogs = new Set();
+  let logFrame = 0;
+  function logChanged(jobId) {
+    staleLogs.add(jobId);
+    if (logFrame) return;
+    logFrame = requestAnimationFrame(() => {
+      logFrame = 0;
+      for (const id of staleLogs) renderLog(id);
+      staleLogs.clear();
+    });
+  }
+  ctx.onDispose(() => cancelAnimationFrame(logFrame));
+
   function noteAttempt(ev) {
     const job = ev.job;
     if (!job) return;
@@ -1513,7 +1528,7 @@ function showExecution(view, ctx, executionId) {
       jobEvents.set(ev.job, list);
       list.push(ev);
       if (list.length > 500) list.shift();
-      renderLog(ev.job);
+      logChanged(ev.job);
     }
     noteAttempt(ev);
     if (!state) return;
