@@ -31,11 +31,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..net import UnsafeDestination
 from .base import (
@@ -57,6 +55,9 @@ from .base import (
 from .catalog.fal import to_fal_input
 from .http import HttpAdapter, retry_after
 from .info import BUILTIN_INFO
+
+if TYPE_CHECKING:  # cryptography is imported where a signature is checked: a worker that never does skips it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,8 @@ def _b64url(text: str) -> bytes:
 
 def parse_jwks(document: Any) -> list[Ed25519PublicKey]:
     """The Ed25519 keys (`kty: OKP, crv: Ed25519`) of a JWKS document; other keys are skipped."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys: list[Ed25519PublicKey] = []
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
@@ -482,6 +485,8 @@ def _result(provider_id: str, result: dict[str, Any], inference_time: Any) -> Pr
 
 
 def _any_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     for key in keys:
         try:
             key.verify(signature, message)
