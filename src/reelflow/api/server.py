@@ -109,10 +109,14 @@ class GuardedH11Protocol(H11Protocol):
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
         ]
-        reason = HTTPStatus(refusal.status).phrase.encode()
-        for event in (h11.Response(status_code=refusal.status, headers=headers, reason=reason), h11.Data(data=body)):
-            self.transport.write(self.conn.send(event) or b"")
+        head = h11.Response(status_code=refusal.status, headers=headers, reason=HTTPStatus(refusal.status).phrase)
         self._disarm()
+        try:
+            for event in (head, h11.Data(data=body)):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:  # an answer had already started on this connection: nothing more can be said
+            self.transport.close()
+            return
         # Closing now, with the client's bytes still arriving, would reset the connection, and the client could
         # lose the answer; so say we are done writing and drop what comes until the client closes.
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
