@@ -262,14 +262,14 @@ WHOLE_HEAD_END = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 @pytest.mark.parametrize(
     ("name", "pieces", "status"),
     [
-        ("a path growing past 64 KiB", [b"GET /v1/executions/" + b"b" * 16_000] * 20, 414),
+        ("a path growing past 128 KiB", [b"GET /v1/executions/" + b"b" * 16_000] * 20, 414),
         (
-            "headers growing past 64 KiB",
+            "headers growing past 128 KiB",
             [b"GET /healthz HTTP/1.1\r\nHost: x\r\n"] + [b"X-Pad: " + b"p" * 16_000 + b"\r\n"] * 20,
             431,
         ),
         ("a 100 KB path in one write", [b"GET /v1/executions/" + b"b" * 100_000 + WHOLE_HEAD_END], 414),
-        ("a 9 KB path", [b"GET /v1/executions/" + b"b" * 9_000 + WHOLE_HEAD_END], 414),
+        ("a 60 KB path in pieces, routed", [b"GET /v1/executions/", *[b"b" * 15_000] * 4, WHOLE_HEAD_END], 401),
         ("a malformed request line", [b"GET\x00 / HTTP/1.1\r\n\r\n"], 400),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

@@ -32,9 +32,9 @@ from ..providers.catalog import CatalogFileError
 log = logging.getLogger("reelflow.api")
 PROBLEM = "application/problem+json"
 MAX_BODY_BYTES = 1_000_000
-MAX_TARGET_BYTES = 8 * 1024
+MAX_TARGET_BYTES = 64 * 1024
 """The longest request target (path and query) answered; a longer one is answered 414."""
-MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 128 * 1024
 """The most bytes of request line and headers read for one request; more is answered 431 (or 414)."""
 _LOGGED_CONFIG_PROBLEMS: set[str] = set()
 """Configuration problems already logged: each is logged once, not on every request it fails."""
