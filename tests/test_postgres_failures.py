@@ -71,6 +71,9 @@ def cluster() -> list[str] | None:
 
 
 def ctl(action: str, *args: str) -> None:
+    """Stop or start the cluster. Call it off the test's event loop (`asyncio.to_thread`): a connection the test's own
+    pool had begun to open when the server began to stop would otherwise wait, with the loop, for the stop, and the
+    stop for it (PostgreSQL waits up to `authentication_timeout`, 60 s, for its startup packet)."""
     command = cluster()
     assert command is not None
     subprocess.run([*command, action, *args], check=True, capture_output=True, timeout=60)
@@ -114,14 +117,14 @@ async def test_the_database_restarting_mid_run_loses_nothing(
 
         await wait_for(working, what="jobs running before the restart")
         try:
-            ctl("stop", "-m", "fast")  # every connection is cut; nothing answers on 5432
+            await asyncio.to_thread(ctl, "stop", "-m", "fast")  # every connection is cut; nothing answers on 5432
             assert not reachable()
             down_for = 3.0
             # A request made while the database is away waits for it, then answers normally.
             pending = asyncio.ensure_future(asyncio.to_thread(http.get, f"/v1/executions/{ids[0]}", timeout=60))
             await asyncio.sleep(down_for)
         finally:
-            ctl("start")
+            await asyncio.to_thread(ctl, "start")
         answer = await pending
         assert answer.status_code == 200, answer.text
         assert answer.json()["id"] == ids[0]
@@ -140,7 +143,7 @@ async def test_the_database_restarting_mid_run_loses_nothing(
         assert r.status_code == 200 and len(r.json()["data"]) == len(ids)
     finally:
         if not reachable():
-            ctl("start")
+            await asyncio.to_thread(ctl, "start")
         worker.send_signal(signal.SIGTERM)
         await asyncio.to_thread(worker.wait, 30)
         api.stop()
@@ -197,10 +200,10 @@ async def test_a_database_restart_pays_each_replicate_prediction_once(
 
             await wait_for(all_created, what="every prediction created before the restart")
             try:
-                ctl("stop", "-m", "fast")
+                await asyncio.to_thread(ctl, "stop", "-m", "fast")
                 await asyncio.sleep(3.0)  # the predictions end at Replicate while the database is away
             finally:
-                ctl("start")
+                await asyncio.to_thread(ctl, "start")
             for eid in ids:
                 state = await engine.wait(eid, timeout=60, poll_s=0.2)
                 assert state["status"] == "succeeded", (eid, state["error"])
@@ -210,7 +213,7 @@ async def test_a_database_restart_pays_each_replicate_prediction_once(
             assert worker.poll() is None
         finally:
             if not reachable():
-                ctl("start")
+                await asyncio.to_thread(ctl, "start")
             worker.send_signal(signal.SIGTERM)
             await asyncio.to_thread(worker.wait, 30)
     assert "PostgreSQL unreachable" in (tmp_path / "worker.log").read_text()
