@@ -62,13 +62,18 @@ class Problem(Exception):
         self.type = type_ or "about:blank"
 
 
-def problem_response(p: Problem, instance: str | None = None) -> JSONResponse:
+def problem_body(p: Problem, instance: str | None = None) -> dict[str, Any]:
+    """The problem+json document of `p`."""
     body: dict[str, Any] = {"type": p.type, "title": p.title, "status": p.status, "detail": p.detail}
     if instance:
         body["instance"] = instance
     if p.errors is not None:
         body["errors"] = p.errors
-    return JSONResponse(body, status_code=p.status, media_type=PROBLEM, headers=p.headers)
+    return body
+
+
+def problem_response(p: Problem, instance: str | None = None) -> JSONResponse:
+    return JSONResponse(problem_body(p, instance), status_code=p.status, media_type=PROBLEM, headers=p.headers)
 
 
 def _loc(parts: Any) -> list[str | int]:
@@ -168,12 +173,6 @@ def allowed_methods(request: Request) -> list[str]:
     return [
         m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
     ]
-
-
-def problem_bytes(status: int, detail: str, *, title: str | None = None) -> bytes:
-    """A problem+json body, for the answers written below the app (by the HTTP protocol itself)."""
-    body = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status, "detail": detail}
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def head_too_big(target_bytes: int, head_bytes: int) -> Problem | None:

@@ -19,6 +19,7 @@ byte), and connections beyond `limit_concurrency` are accepted and kept until th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from http import HTTPStatus
@@ -29,7 +30,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
-from .problems import MAX_HEAD_BYTES, PROBLEM, Problem, head_too_big, problem_bytes
+from .problems import MAX_HEAD_BYTES, PROBLEM, Problem, head_too_big, problem_body
 
 log = logging.getLogger("reelflow.api")
 
@@ -103,7 +104,7 @@ class GuardedH11Protocol(H11Protocol):
             refusal = head_too_big(len(pending) if line_end < 0 else line_end, len(pending))
         if refusal is None:
             refusal = Problem(400, "malformed HTTP request")
-        body = problem_bytes(refusal.status, refusal.detail)
+        body = json.dumps(problem_body(refusal), separators=(",", ":")).encode()
         headers = [
             (b"content-type", PROBLEM.encode()),
             (b"content-length", b"%d" % len(body)),
