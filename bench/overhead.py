@@ -10,7 +10,11 @@ The one tenant runs without the built-in cap of 200 jobs at once per tenant (tha
 overhead); `--tenant-cap N` sets one: 1000 (the worker's slots, so it never binds) measures what counting it
 costs, 200 what the built-in cap does to a single tenant's zero-latency jobs.
 
-    python bench/overhead.py [--jobs 20000] [--database-url sqlite:///path] [--tenant-cap N]
+On PostgreSQL (`--database-url postgresql://…/test`) the run gets a new database of its own, made through
+that URL and dropped at the end, and the server's own CPU over the run is printed beside the worker's when
+the server runs on this machine: both share its cores.
+
+    python bench/overhead.py [--jobs 20000] [--database-url sqlite:///path | postgresql://…/test] [--tenant-cap N]
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import asyncio
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
+from pgbench_db import fresh_database, postgres_cpu
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.engine.worker import Worker, tune_gc
@@ -52,6 +58,15 @@ def pct(values: list[float], q: float) -> float:
 async def main(
     total: int, database_url: str | None, concurrency: int, batch: int, tenant_cap: int | None, cache: bool
 ) -> None:
+    on_postgres = bool(database_url) and not str(database_url).startswith("sqlite")
+    with fresh_database(str(database_url), "reelflow_overhead") if on_postgres else nullcontext(database_url) as url:
+        await run(total, url, concurrency, batch, tenant_cap, cache, on_postgres)
+
+
+async def run(
+    total: int, database_url: str | None, concurrency: int, batch: int, tenant_cap: int | None, cache: bool,
+    on_postgres: bool,
+) -> None:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-bench-"))
     limits = tmp / "limits.yaml"
     limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
@@ -73,11 +88,13 @@ async def main(
     ids = [await engine.submit(plan(pairs, cache)) for _ in range(plans)]
     submit_s = time.perf_counter() - t0
     tune_gc()  # as `reelflow worker` does
+    server0 = postgres_cpu() if on_postgres else None
     cpu0 = time.process_time()
     runner = asyncio.create_task(worker.run())
     while worker.finished < plans * 2 * pairs:  # cheap: reading the database here would steal the loop
         await asyncio.sleep(0.1)
     worker_cpu = time.process_time() - cpu0  # this process: the worker's loop and its store thread
+    server1 = postgres_cpu() if server0 is not None else None
     for eid in ids:
         await engine.wait(eid, poll_s=0.05)
     worker.stop()
@@ -101,6 +118,10 @@ async def main(
     print(f"submit: {plans} plans in {submit_s:.2f} s ({n / submit_s:,.0f} jobs/s enqueued)")
     print(f"throughput: {(n - 1) / span:,.0f} jobs/s (first start to last finish: {span:.2f} s)")
     print(f"worker CPU: {worker_cpu:.2f} s, {worker_cpu / n * 1e6:.0f} us per job (the process, store thread included)")
+    if server0 is not None and server1 is not None:
+        server_cpu = server1 - server0
+        print(f"PostgreSQL CPU: {server_cpu:.2f} s, {server_cpu / n * 1e6:.0f} us per job (the server's processes,"
+              " on this machine's cores too)")
     print(f"hand-off (dependency done -> dependent started): p50 {statistics.median(handoffs) * 1000:.1f} ms,"
           f" p99 {pct(handoffs, 0.99) * 1000:.1f} ms, max {max(handoffs) * 1000:.1f} ms")
     await worker_store.close()

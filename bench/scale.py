@@ -33,15 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from machine import speed_line  # bench/machine.py: the yardstick printed beside the figures
+from pgbench_db import fresh_database, postgres_cpu
 from reelflow.engine.scheduler import Engine
+from reelflow.states import TERMINAL_EXECUTION
 from reelflow.store import open_store
 
 
@@ -66,71 +67,79 @@ async def run(
     admin_url: str, total: int, workers: int, hold: bool = False, rate: float | None = None,
     tenant_cap: int | None = None,
 ) -> None:  # fmt: skip
-    name = f"reelflow_scale_{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="reelflow-scale-"))
     on_sqlite = admin_url.startswith("sqlite")
-    if on_sqlite:
-        url = f"sqlite:///{tmp}/{name}.db"
-    else:
-        parts = urlsplit(admin_url)
-        url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        store = open_store(url)
-        await store.migrate()
-        engine = Engine(store)
-        pairs = 100
-        plans = max(1, total // (2 * pairs))
-        ids = [] if rate else [await engine.submit(plan(pairs, str(p))) for p in range(plans)]
-        snapshot = None
-        if hold:  # pins the cleanup horizon before the first claim: every dead row of the run stays
-            snapshot = await psycopg.AsyncConnection.connect(url)
-            await snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            await snapshot.execute("SELECT count(*) FROM jobs")
-        limits = tmp / "limits.yaml"
-        limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
-        env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
-                   REELFLOW_LOG_LEVEL="WARNING", REELFLOW_LIMITS_FILE=str(limits))
-        procs = [subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", "1000"],
-                                  env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-                 for _ in range(workers)]
-        try:
-            if rate:  # an offered load below capacity: plans arrive one by one while the workers run
-                await asyncio.sleep(2.0)  # the workers are up
-                for p in range(plans):
-                    ids.append(await engine.submit(plan(pairs, str(p))))
-                    await asyncio.sleep(2 * pairs / rate)
-            for eid in ids:
-                state = await engine.wait(eid, poll_s=0.2, timeout=600)
-                assert state["status"] == "succeeded", state["error"]
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(60)
-        starts, ends, handoffs = [], [], []
-        for eid in ids:
-            state = (await engine.get(eid)).model_dump(mode="json")
-            by_id = {j["id"]: j for j in state["jobs"]}
-            for j in state["jobs"]:
-                starts.append(ts(j["started_at"]))
-                ends.append(ts(j["finished_at"]))
-                if j["depends_on"]:
-                    handoffs.append(ts(j["started_at"]) - ts(by_id[j["depends_on"][0]]["finished_at"]))
-        span = max(ends) - min(starts)
-        if snapshot is not None:
-            await snapshot.close()
-        label = f"workers {workers}" + (" (snapshot held)" if hold else "")
-        label += f" at {rate:,.0f} jobs/s offered" if rate else ""
-        print(f"{label}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
-              f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms")
-        await store.close()
+        name = "reelflow_scale"
+        database = nullcontext(f"sqlite:///{tmp}/{name}.db") if on_sqlite else fresh_database(admin_url, name)
+        with database as url:
+            await measure(url, tmp, workers, hold, rate, tenant_cap, total, on_sqlite)
     finally:
-        if not on_sqlite:
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def measure(
+    url: str, tmp: Path, workers: int, hold: bool, rate: float | None, tenant_cap: int | None, total: int,
+    on_sqlite: bool,
+) -> None:  # fmt: skip
+    store = open_store(url)
+    await store.migrate()
+    engine = Engine(store)
+    pairs = 100
+    plans = max(1, total // (2 * pairs))
+    ids = [] if rate else [await engine.submit(plan(pairs, str(p))) for p in range(plans)]
+    snapshot = None
+    if hold:  # pins the cleanup horizon before the first claim: every dead row of the run stays
+        snapshot = await psycopg.AsyncConnection.connect(url)
+        await snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await snapshot.execute("SELECT count(*) FROM jobs")
+    limits = tmp / "limits.yaml"
+    limits.write_text(f"tenants:\n  default: {{max_concurrent: {'null' if tenant_cap is None else tenant_cap}}}\n")
+    env = dict(os.environ, REELFLOW_DATABASE_URL=url, REELFLOW_STORAGE_URL=f"file://{tmp}/artifacts",
+               REELFLOW_LOG_LEVEL="WARNING", REELFLOW_LIMITS_FILE=str(limits))
+    server0 = None if on_sqlite else postgres_cpu()
+    procs = [subprocess.Popen([sys.executable, "-m", "reelflow.cli", "worker", "--concurrency", "1000"],
+                              env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+             for _ in range(workers)]
+    try:
+        if rate:  # an offered load below capacity: plans arrive one by one while the workers run
+            await asyncio.sleep(2.0)  # the workers are up
+            for p in range(plans):
+                ids.append(await engine.submit(plan(pairs, str(p))))
+                await asyncio.sleep(2 * pairs / rate)
+        # Waiting reads each execution's status alone, one small query a poll: reading whole states here (as
+        # Engine.wait does, 200 jobs each) took half a core from the workers and the database on 2 cores.
+        deadline = time.monotonic() + 600
+        for eid in ids:
+            while (status := await store.execution_status(eid)) not in TERMINAL_EXECUTION:
+                assert time.monotonic() < deadline, f"{eid} still {status} after 600 s"
+                await asyncio.sleep(0.2)
+        server1 = None if server0 is None else postgres_cpu()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+    starts, ends, handoffs = [], [], []
+    for eid in ids:
+        state = (await engine.get(eid)).model_dump(mode="json")
+        assert state["status"] == "succeeded", state["error"]
+        by_id = {j["id"]: j for j in state["jobs"]}
+        for j in state["jobs"]:
+            starts.append(ts(j["started_at"]))
+            ends.append(ts(j["finished_at"]))
+            if j["depends_on"]:
+                handoffs.append(ts(j["started_at"]) - ts(by_id[j["depends_on"][0]]["finished_at"]))
+    span = max(ends) - min(starts)
+    if snapshot is not None:
+        await snapshot.close()
+    label = f"workers {workers}" + (" (snapshot held)" if hold else "")
+    label += f" at {rate:,.0f} jobs/s offered" if rate else ""
+    print(f"{label}: {(len(starts) - 1) / span:,.0f} jobs/s ({len(starts)} jobs in {span:.2f} s);"
+          f" hand-off p50 {statistics.median(handoffs) * 1000:.1f} ms, p99 {pct(handoffs, 0.99) * 1000:.1f} ms"
+          + ("" if server0 is None or server1 is None else
+             f"; PostgreSQL CPU {(server1 - server0) / len(starts) * 1e6:.0f} us per job"))
+    await store.close()
 
 
 async def main(
