@@ -16,7 +16,7 @@ from fakes.replicate import FakeReplicate
 from providerfakes import replicate_adapter, replicate_fixture
 from reelflow import sdk
 from reelflow.api.app import create_app
-from reelflow.circuits import CircuitConfig, circuit_keys
+from reelflow.circuits import Admission, Admit, CircuitConfig, CircuitOp, Outcome, circuit_keys
 from reelflow.config import Settings
 from reelflow.engine.scheduler import Engine
 from reelflow.errors import PlanError
@@ -25,6 +25,7 @@ from reelflow.limits import reset_limits
 from reelflow.plan import parse_plan
 from reelflow.providers.registry import Providers
 from reelflow.providers.replicate import ReplicateProvider
+from reelflow.store import open_store
 from reelflow.store.sqlite import SQLiteStore
 from test_worker_processes import start_worker, wait_for
 
@@ -291,3 +292,54 @@ async def test_the_success_rate_rule_can_be_turned_off(store: SQLiteStore) -> No
         assert answer.allowed
         await store.circuit_record(keys, n % 3 == 0, answer.reserved, now=1000.0 + n)
     assert {c.key: c for c in await store.circuits()}[PRO].state == "closed"
+
+
+async def test_circuit_steps_written_together_end_as_the_same_steps_written_one_by_one(
+    store: SQLiteStore, settings: Settings, tmp_path: Path
+) -> None:
+    """A worker's admissions and outcomes go many to a transaction: the answers and the circuits must be
+    those of the same steps made one at a time, a circuit opening on its 3rd failure in a row mid-batch."""
+    cfg = CircuitConfig(failures=3, cooldown_s=30, min_success_rate=0.0, min_calls=1)
+    keys = [(k, p, m, cfg) for k, p, m in circuit_keys("replicate", PRO)]
+    steps: list[CircuitOp] = []
+    for n in range(6):
+        steps.append(Admit(keys, f"w:{n}"))
+        steps.append(Outcome(keys, n == 0, [k for k, *_ in keys]))
+    steps.append(Admit(keys, "w:late"))  # the circuit is open by now: refused
+    one_by_one = [await store.circuit_steps([step], now=1000.0) for step in steps]
+    apart = {c.key: c for c in await store.circuits()}
+    together_store = open_store(f"sqlite:///{tmp_path}/together.db")
+    await together_store.migrate()
+    try:
+        together = await together_store.circuit_steps(steps, now=1000.0)
+        joined = {c.key: c for c in await together_store.circuits()}
+    finally:
+        await together_store.close()
+    assert together == [answer for (answer,) in one_by_one]
+    assert joined == apart
+    late = together[-1]
+    assert isinstance(late, Admission) and not late.allowed and late.why == "open"
+    assert joined[PRO].state == "open" and joined[PRO].ok_count == 1 and joined[PRO].fail_count == 5
+
+
+async def test_a_burst_of_creates_asks_the_circuits_in_a_few_transactions_and_counts_every_create(
+    engine: Engine, store: SQLiteStore, fake: FakeReplicate, running_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    trips: list[int] = []
+    steps = store.circuit_steps
+
+    async def counted(batch: Any, now: float | None = None) -> Any:
+        trips.append(len(batch))
+        return await steps(batch, now)
+
+    monkeypatch.setattr(store, "circuit_steps", counted)
+    eid = await engine.submit({"jobs": [clip(f"v{i}", LITE) for i in range(30)]})
+    async with running_worker(providers_={"replicate": adapter(fake)}):
+        state = await engine.wait(eid, timeout=30)
+    assert state["status"] == "succeeded", state["error"]
+    assert sum(trips) == 60  # an admission and an outcome for each of the 30 creates
+    assert trips[0] >= 10 and len(trips) < 45, trips  # the claimed burst asks together (one transaction each: 60)
+    circuits = {c.key: c for c in await store.circuits()}
+    assert circuits[LITE].ok_count == 30 and circuits[LITE].pending == 0
+    assert circuits["replicate"].ok_count == 30 and circuits["replicate"].pending == 0

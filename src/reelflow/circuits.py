@@ -14,6 +14,7 @@ not take its provider's other models with it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,6 +100,32 @@ class Admission:
     """The circuits this create holds a reservation on (given back when its outcome is recorded)."""
     probe: bool = False
     """This create is a half-open circuit's probe."""
+
+
+CircuitKeys = Sequence[tuple[str, str, str | None, CircuitConfig]]
+"""The circuits one create goes through: (key, provider, model, settings) each (see `circuit_keys`)."""
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Ask whether one create may go through `keys` now (answered by an `Admission`)."""
+
+    keys: CircuitKeys
+    owner: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Count one create's outcome in `keys` (answered by the circuits as they now are); `held`: the circuits
+    its admission reserved."""
+
+    keys: CircuitKeys
+    ok: bool
+    held: Sequence[str]
+
+
+CircuitOp = Admit | Outcome
+"""One step of `Store.circuit_steps`: steps written together apply in their order, as one after another."""
 
 
 def admit(c: Circuit, owner: str, now: float, cfg: CircuitConfig) -> Admission:

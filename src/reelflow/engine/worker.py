@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from .. import logs, media, metrics
-from ..circuits import CircuitConfig, circuit_keys
+from ..circuits import Admission, Admit, Circuit, CircuitConfig, CircuitOp, Outcome, circuit_keys
 from ..config import Settings, get_settings
 from ..errors import PlanError, StoreUnavailable
 from ..limits import get_limits
@@ -55,6 +55,7 @@ from ..storage import Storage, artifact_key, open_storage
 from ..store.base import ClaimedJob, JobNote, JobOutcome, ProgressReport, Store
 from ..store.common import callback_matches, encoder_once, iso
 from ..webhooks import WebhookDispatcher
+from .coalesce import Coalesced
 from .fairslots import FairSlots
 from .outputs import judge_then, write_data_url
 from .ownership import foreign_inputs, refusal
@@ -246,6 +247,8 @@ class Worker:
         """The claim loop waits for a slot (`_wait_for_slot`): the flusher wakes it when it gives back the slots it
         set aside."""
         self._pids: list[tuple[int, str, str]] = []
+        self._circuits: Coalesced[CircuitOp, Admission | list[Circuit]] = Coalesced(self.store.circuit_steps)
+        """The creates' admissions and outcomes, many to a transaction (see engine/coalesce.py)."""
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
         self._http: httpx.AsyncClient | None = None
@@ -952,7 +955,8 @@ class Worker:
         if not keys:
             return _NO_GATE
         try:
-            answer = await self.store.circuit_admit(keys, f"{self.id}:{c.id}")
+            answer = await self._circuits(Admit(keys, f"{self.id}:{c.id}"))
+            assert isinstance(answer, Admission)
         except StoreUnavailable as exc:  # no create goes out unless its circuits were asked
             return self._circuit_wait(c, f"circuits not readable ({exc}): waiting", time.time() + 1.0)
         if answer.allowed:
@@ -992,7 +996,7 @@ class Worker:
 
     async def _circuit_note(self, gate: _Gate, *, ok: bool) -> None:
         try:
-            await self.store.circuit_record(gate.keys, ok, gate.reserved)
+            await self._circuits(Outcome(gate.keys, ok, gate.reserved))
         except Exception:  # circuits protect providers; failing to count one outcome must not fail the job
             log.warning("worker %s: recording a circuit outcome failed", self.id, exc_info=True)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from ..circuits import Admission, Circuit, CircuitConfig
+    from ..circuits import Admission, Circuit, CircuitKeys, CircuitOp
     from ..models import Delivery as DeliveryAnswer
     from ..models import DeliveryList, ExecutionPage, ExecutionState, JobLogs, Stats
 
@@ -419,20 +419,20 @@ class LimitStore(Protocol):
     async def cache_lookup(self, tenant: str, cache_key: str) -> dict[str, Any] | None:
         """The result of the tenant's latest succeeded job with this cache key, or None."""
 
-    async def circuit_admit(
-        self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
-    ) -> Admission:
-        """May one create go through every circuit of `keys` ((key, provider, model, config))? Reservations it
-        takes are given back by `circuit_record`."""
+    async def circuit_steps(
+        self, steps: Sequence[CircuitOp], now: float | None = None
+    ) -> list[Admission | list[Circuit]]:
+        """Admissions (`Admit`: may one create go through every circuit of its keys? the reservations it takes
+        are given back by its create's `Outcome`) and outcomes (the circuits as they now are), in one
+        transaction, each step applied as if alone, in order."""
+
+    async def circuit_admit(self, keys: CircuitKeys, owner: str, now: float | None = None) -> Admission:
+        """`circuit_steps` of one `Admit`."""
 
     async def circuit_record(
-        self,
-        keys: Sequence[tuple[str, str, str | None, CircuitConfig]],
-        ok: bool,
-        held: Sequence[str],
-        now: float | None = None,
+        self, keys: CircuitKeys, ok: bool, held: Sequence[str], now: float | None = None
     ) -> list[Circuit]:
-        """Count one create's outcome in each circuit of `keys`; the circuits as they now are."""
+        """`circuit_steps` of one `Outcome`: count one create's outcome in each circuit of `keys`."""
 
     async def circuits(self) -> list[Circuit]:
         """Every circuit the store knows."""

@@ -12,11 +12,12 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .. import metrics
-from ..circuits import Admission, Circuit, CircuitConfig, admit, record
+from ..circuits import Admission, Admit, Circuit, CircuitKeys, CircuitOp, Outcome, admit, record
 from ..errors import Conflict, IdempotencyConflict, NotFound
 from ..states import (
     RESUMABLE_JOB,
@@ -1343,46 +1344,40 @@ class StoreManager(StoreRules):
         return found
 
     # ------------------------------------------------------------------ circuits
-    async def circuit_admit(
-        self, keys: Sequence[tuple[str, str, str | None, CircuitConfig]], owner: str, now: float | None = None
-    ) -> Admission:
+    async def circuit_steps(
+        self, steps: Sequence[CircuitOp], now: float | None = None
+    ) -> list[Admission | list[Circuit]]:
         at = time.time() if now is None else now
 
-        async def write(tx: Tx) -> Admission:
-            rows = [await self._circuit_row(tx, key, provider, model, at) for key, provider, model, _ in keys]
-            reserved: list[str] = []
-            probe = False
-            for c, (*_, cfg) in zip(rows, keys, strict=True):
-                answer = admit(c, owner, at, cfg)
-                if not answer.allowed:
-                    return answer  # nothing written: the reservations taken so far are dropped
-                reserved += answer.reserved
-                probe = probe or answer.probe
-            for c in rows:
-                await self._circuit_write(tx, c, at)
-            return Admission(True, reserved=tuple(reserved), probe=probe)
+        async def write(tx: Tx) -> list[Admission | list[Circuit]]:
+            rows: dict[str, Circuit] = {}  # each row read once, the steps applied to it in order, written once
+            for key, provider, model, _ in {k[0]: k for step in steps for k in step.keys}.values():
+                rows[key] = await self._circuit_row(tx, key, provider, model, at)
+            before = {key: replace(c) for key, c in rows.items()}
+            done: list[Admission | list[Circuit]] = []
+            for step in steps:
+                if isinstance(step, Admit):
+                    done.append(_admitted(rows, step, at))
+                else:
+                    done.append(_recorded(rows, step, at))
+            for key, c in rows.items():
+                if c != before[key]:
+                    await self._circuit_write(tx, c, at)
+            return done
 
         return await self._in_tx(write)
+
+    async def circuit_admit(self, keys: CircuitKeys, owner: str, now: float | None = None) -> Admission:
+        (answer,) = await self.circuit_steps([Admit(keys, owner)], now)
+        assert isinstance(answer, Admission)
+        return answer
 
     async def circuit_record(
-        self,
-        keys: Sequence[tuple[str, str, str | None, CircuitConfig]],
-        ok: bool,
-        held: Sequence[str],
-        now: float | None = None,
+        self, keys: CircuitKeys, ok: bool, held: Sequence[str], now: float | None = None
     ) -> list[Circuit]:
-        at = time.time() if now is None else now
-
-        async def write(tx: Tx) -> list[Circuit]:
-            out = []
-            for key, provider, model, cfg in keys:
-                c = await self._circuit_row(tx, key, provider, model, at)
-                record(c, ok, key in held, keys[-1][2], at, cfg)
-                await self._circuit_write(tx, c, at)
-                out.append(c)
-            return out
-
-        return await self._in_tx(write)
+        (circuits,) = await self.circuit_steps([Outcome(keys, ok, held)], now)
+        assert isinstance(circuits, list)
+        return circuits
 
     async def circuits(self) -> list[Circuit]:
         return [Circuit.of_row(r) for r in await self._in_read(lambda tx: tx.all(self.sql.circuits))]
@@ -1583,3 +1578,30 @@ def equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
     """`column = %s` conditions (and their arguments) for every filter that is set."""
     given = [(name, value) for name, value in columns.items() if value is not None]
     return [f"{name} = %s" for name, _ in given], [value for _, value in given]
+
+
+def _admitted(rows: dict[str, Circuit], step: Admit, at: float) -> Admission:
+    """One admission against the rows as the steps before it left them; refused, it changes none of them."""
+    trial = [replace(rows[key]) for key, *_ in step.keys]
+    reserved: list[str] = []
+    probe = False
+    for c, (*_, cfg) in zip(trial, step.keys, strict=True):
+        answer = admit(c, step.owner, at, cfg)
+        if not answer.allowed:
+            return answer  # the reservations taken so far are dropped
+        reserved += answer.reserved
+        probe = probe or answer.probe
+    for c in trial:
+        rows[c.key] = c
+    return Admission(True, reserved=tuple(reserved), probe=probe)
+
+
+def _recorded(rows: dict[str, Circuit], step: Outcome, at: float) -> list[Circuit]:
+    """One create's outcome counted in its circuits; the circuits as they are after it (copies: the steps
+    after it change the rows, not this answer)."""
+    out = []
+    for key, _, _, cfg in step.keys:
+        c = rows[key]
+        record(c, step.ok, key in step.held, step.keys[-1][2], at, cfg)
+        out.append(replace(c))
+    return out
