@@ -247,7 +247,9 @@ class Worker:
         """The claim loop waits for a slot (`_wait_for_slot`): the flusher wakes it when it gives back the slots it
         set aside."""
         self._pids: list[tuple[int, str, str]] = []
-        self._circuits: Coalesced[CircuitOp, Admission | list[Circuit]] = Coalesced(self.store.circuit_steps)
+        self._circuits: Coalesced[CircuitOp, Admission | list[Circuit]] = Coalesced(
+            lambda steps: self.store.circuit_steps(steps)  # the store as it is then (tests make workers without one)
+        )
         """The creates' admissions and outcomes, many to a transaction (see engine/coalesce.py)."""
         self._progress: dict[int, ProgressReport] = {}
         self._last_progress_flush = 0.0
