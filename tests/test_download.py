@@ -93,6 +93,18 @@ async def test_fetch_streams_media_and_refuses_what_is_not(files: Files, clip: b
             await fetch_output(client, "http://127.0.0.1:9/nothing", tmp_path / "g")
 
 
+@pytest.mark.parametrize("size", [0, 2_840, 64 * 1024, 64 * 1024 + 1, 3 * 1024 * 1024 + 7])
+async def test_a_body_of_any_size_lands_whole_in_a_folder_made_for_it(files: Files, tmp_path: Path, size: int) -> None:
+    """Chunks up to 64 KiB are written from the event loop, larger ones in a thread: either way the file holds
+    the body, byte for byte, in a folder made for it."""
+    body = bytes((i * 7 + size) % 251 for i in range(size))
+    files.routes["/out/v"] = (200, "video/mp4", body)
+    async with httpx.AsyncClient() as client:
+        path, _ = await fetch_output(client, f"{files.base}/out/v", tmp_path / "not" / "yet" / "output-0")
+    assert path == tmp_path / "not" / "yet" / "output-0.mp4"
+    assert path.read_bytes() == body
+
+
 class RemoteOutputs(SimProvider):
     """Like a real provider: the result is a URL on its own server; the first download may fail."""
 
