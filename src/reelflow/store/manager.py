@@ -1351,7 +1351,8 @@ class StoreManager(StoreRules):
 
         async def write(tx: Tx) -> list[Admission | list[Circuit]]:
             rows: dict[str, Circuit] = {}  # each row read once, the steps applied to it in order, written once
-            for key, provider, model, _ in {k[0]: k for step in steps for k in step.keys}.values():
+            wanted = {k[0]: k for step in steps for k in step.keys}
+            for key, provider, model, _ in sorted(wanted.values(), key=lambda k: k[0]):  # one lock order: no deadlock
                 rows[key] = await self._circuit_row(tx, key, provider, model, at)
             before = {key: replace(c) for key, c in rows.items()}
             done: list[Admission | list[Circuit]] = []
