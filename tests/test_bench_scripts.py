@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+
+from pgutil import PG_URL, requires_postgres
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -44,3 +48,39 @@ def test_overhead_runs_every_job_and_prints_its_figures_after_the_yardstick() ->
     assert re.search(r"^throughput: [\d,]+ jobs/s \(first start to last finish: \d+\.\d\d s\)$", figures, re.M)
     assert re.search(r"^worker CPU: \d+\.\d\d s, \d+ us per job", figures, re.M)
     assert re.search(r"^hand-off \(dependency done -> dependent started\): p50 [\d.]+ ms, p99 [\d.]+ ms", figures, re.M)
+
+
+def databases_made_by_benchmarks() -> set[str]:
+    with psycopg.connect(PG_URL) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'reelflow\\_overhead\\_%'"
+                            " OR datname LIKE 'reelflow\\_scale\\_%'").fetchall()  # fmt: skip
+    return {r[0] for r in rows}
+
+
+def tables_of_the_given_database() -> list[tuple[str, int]]:
+    """Each table of PG_URL's database with its rows written so far (inserts, updates, deletes)."""
+    with psycopg.connect(PG_URL) as conn:
+        rows = conn.execute("SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables"
+                            " ORDER BY relname").fetchall()  # fmt: skip
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+@requires_postgres
+def test_the_postgresql_benchmarks_run_on_a_database_of_their_own_and_print_the_servers_cpu() -> None:
+    """Each run makes its own database through the URL given (a database earlier runs filled costs the server
+    twice the CPU), drops it, and prints the server's CPU per job beside the worker's."""
+    before = databases_made_by_benchmarks()
+    given = tables_of_the_given_database()
+    lines = run_bench("bench/overhead.py", "--jobs", "400", "--database-url", PG_URL)
+    assert lines[1].startswith("store: postgresql  jobs: 400"), lines
+    figures = "\n".join(lines[2:])
+    assert re.search(r"^throughput: [\d,]+ jobs/s", figures, re.M), figures
+    assert re.search(r"^PostgreSQL CPU: \d+\.\d\d s, \d+ us per job", figures, re.M), figures
+    lines = run_bench("bench/scale.py", "--jobs", "400", "--workers", "1", "--database-url", PG_URL)
+    assert re.fullmatch(
+        r"workers 1: [\d,]+ jobs/s \(400 jobs in [\d.]+ s\); hand-off p50 [\d.]+ ms, p99 [\d.]+ ms;"
+        r" PostgreSQL CPU \d+ us per job",
+        lines[2],
+    ), lines
+    assert databases_made_by_benchmarks() == before
+    assert tables_of_the_given_database() == given  # nothing made or written there
