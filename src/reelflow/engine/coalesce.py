@@ -1,13 +1,14 @@
 """Many coroutines' small writes to the store, made as one: each caller waits for its own answer.
 
-A worker sending a thousand creates asks the circuits twice for each (may it go out? what came back?). One
-transaction each was 2,000 trips to the store for 1,000 jobs, each a thread hand-off and a commit; coalesced,
-the requests made while one batch is being written go together in the next.
+A worker starting a thousand jobs looks each up in the result cache, and asks the circuits twice for each create
+(may it go out? what came back?). One trip to the store each was thousands of thread hand-offs and commits;
+coalesced, the requests made while one batch is being written go together in the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -31,7 +32,8 @@ class Coalesced(Generic[Item, Answer]):
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
         if self._writer is None:  # it starts on the loop's next turn: callers of this turn join the first batch
-            self._writer = asyncio.create_task(self._drain())
+            # in a fresh context: a batch serves many callers, its log lines belong to none of them
+            self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
         return await fut
 
     async def _drain(self) -> None:

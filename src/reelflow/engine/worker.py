@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import gc
 import hashlib
 import json
@@ -258,10 +257,11 @@ class Worker:
         self._download_slots = FairSlots(DOWNLOADS_IN_FLIGHT)
         """Shared fairly between tenants: a freed slot goes to the waiting tenant holding the fewest."""
         self._probes = media.ProbeBatcher()
+        """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
         self.pace = SharedPace(store, {})
         self.gates: dict[str, RateGate] = {}
-        self._lookups: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
-        """Outputs finishing together share ffmpeg runs to be probed (1,000 lone probes cost ~10 CPU-s)."""
+        self._lookups: Coalesced[tuple[str, str], dict[str, Any] | None] = Coalesced(self._lookup_many)
+        """Result-cache lookups of jobs starting together, one store trip (see engine/coalesce.py)."""
         self.webhooks = (
             WebhookDispatcher(store, settings=self.settings, owner=self.id, executions=self.executions)
             if deliver_webhooks
@@ -861,27 +861,17 @@ class Worker:
             self._scratch.give_back(workdir, reuse=ended_well, touched=task.workdir_made or bool(inputs))
 
     async def _cache_lookup(self, tenant: str, key: str) -> dict[str, Any] | None:
-        """The cached result for this job, if any. Lookups of jobs starting together share one store trip."""
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._lookups.append((tenant, key, fut))
-        if len(self._lookups) == 1:
-            # in a fresh context: the batch serves many jobs, its log lines belong to none of them
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(self._run_lookups()), context=contextvars.Context()
-            )
-        return await fut
+        """The cached result for this job, if any (a copy: jobs of one key get the same answer)."""
+        hit = await self._lookups((tenant, key))
+        return dict(hit) if hit is not None else None
 
-    async def _run_lookups(self) -> None:
-        batch, self._lookups = self._lookups, []
+    async def _lookup_many(self, items: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
         try:
-            found = await self.store.cache_lookup_many([(t, k) for t, k, _ in batch])
+            found = await self.store.cache_lookup_many(items)
         except Exception as exc:  # the cache is an optimisation: without it the job just runs
             log.warning("worker %s: cache lookup failed (%s); running the jobs", self.id, exc)
             found = {}
-        for tenant, key, fut in batch:
-            if not fut.done():
-                hit = found.get((tenant, key))
-                fut.set_result(dict(hit) if hit is not None else None)
+        return [found.get(item) for item in items]
 
     def _callback_url(self, provider: Provider, c: ClaimedJob) -> str | None:
         """The URL the provider should call when this job's work ends, when callbacks are on and it takes them."""
